@@ -1,0 +1,22 @@
+"""probgen: deep generative models as Pyro model/guide pairs.
+
+Quick start::
+
+    import probgen
+    from probgen.models import CVAE, Baseline
+
+    splits = probgen.data.image_splits("mnist", val_size=10000)
+    task = {k: probgen.data.quadrant_task(v, num_visible=2) for k, v in splits.items()}
+    baseline = Baseline()
+    probgen.fit(baseline, task["train"], task["val"], epochs=10)
+    cvae = CVAE(baseline)
+    result = probgen.fit(cvae, task["train"], task["val"], epochs=10)
+"""
+
+from probgen import data, errors, infer, metrics, models, nn, train
+from probgen.train import FitConfig, FitResult, LossStep, SVIStep, fit
+
+__version__ = "0.1.0"
+
+__all__ = ["FitConfig", "FitResult", "LossStep", "SVIStep", "data", "errors", "fit", "infer",
+           "metrics", "models", "nn", "train", "__version__"]

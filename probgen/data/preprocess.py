@@ -1,0 +1,62 @@
+"""Preprocessing of image tensors: scaling, binarization, validation splits."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from probgen.errors import ConfigError, DataError
+
+BINARIZE_CHOICES = ("none", "dynamic", "static")
+
+
+def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(N, H, W)`` or ``(N, C, H, W)`` -> float32 ``(N, C, H, W)`` in [0, 1]."""
+    if images.dtype != torch.uint8:
+        raise DataError(f"expected uint8 images, got {images.dtype}.")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif images.dim() != 4:
+        raise DataError(f"expected images of shape (N, H, W) or (N, C, H, W), got {tuple(images.shape)}.")
+    return images.float().div_(255.0)
+
+
+def _uniform_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    # A CPU generator drives CPU tensors (exactly reproducible, stored in checkpoints);
+    # on an accelerator the device's own RNG is used.
+    if generator is not None and x.device.type == generator.device.type:
+        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.rand_like(x)
+
+
+def binarize_sample(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw x_bin ~ Bernoulli(x) for grey levels x in [0, 1]."""
+    return (_uniform_like(x, generator) < x).to(x.dtype)
+
+
+def dynamic_binarization(batch, generator=None):
+    """Batch transform: resample the binarization of the first tensor (the images) each draw."""
+    return (binarize_sample(batch[0], generator),) + tuple(batch[1:])
+
+
+def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One fixed binarization of ``images`` (the same for a given seed)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.rand(images.shape, generator=g).to(images.device)
+    return (u < images).to(images.dtype)
+
+
+def check_binarize(binarize: str) -> str:
+    if binarize not in BINARIZE_CHOICES:
+        raise ConfigError(f"binarize must be one of {BINARIZE_CHOICES}, got {binarize!r}.")
+    return binarize
+
+
+def split_indices(n: int, val_size: int, seed: int = 0):
+    """A seeded random split of ``range(n)`` into (train, validation) index tensors."""
+    if not 0 <= val_size < n:
+        raise ConfigError(f"val_size must be in [0, {n}), got {val_size}.")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    return order[val_size:].sort().values, order[:val_size].sort().values

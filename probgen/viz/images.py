@@ -1,0 +1,112 @@
+"""Matplotlib figures of images: grids, completion panels, learning curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from probgen.data.masks import MISSING
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _to_rgb(images: torch.Tensor, hidden_colour=(0.85, 0.35, 0.2)) -> np.ndarray:
+    """(N, 1|3, H, W) in [0, 1] (MISSING allowed) -> (N, H, W, 3) with hidden pixels tinted."""
+    x = images.detach().float().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    missing = (x == MISSING).all(1, keepdim=True)
+    x = x.clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    colour = torch.tensor(hidden_colour).view(1, 3, 1, 1)
+    x = torch.where(missing, colour.expand_as(x), x)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def image_row(images: torch.Tensor, pad: int = 1) -> np.ndarray:
+    """Images side by side, ``pad`` white pixels between them."""
+    rgb = _to_rgb(images)
+    n, h, w, _ = rgb.shape
+    out = np.ones((h, n * (w + pad) - pad, 3))
+    for i in range(n):
+        out[:, i * (w + pad): i * (w + pad) + w] = rgb[i]
+    return out
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """A grid of images with ``nrow`` images per row."""
+    rows = [image_row(images[i:i + nrow], pad) for i in range(0, images.shape[0], nrow)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1) for r in rows]
+    spacer = np.ones((pad, width, 3))
+    return np.concatenate(sum(([r, spacer] for r in rows), [])[:-1], 0)
+
+
+def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
+                      predictions: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
+                      title: Optional[str] = None):
+    """Rows: inputs (hidden pixels tinted), truth, then one row per prediction.
+
+    ``predictions`` maps a row label to ``(B, C, H, W)`` images, or to
+    ``(S, B, C, H, W)`` samples, which become S rows.
+    """
+    plt = _figure()
+    rows = [("input", inputs), ("truth", truth)]
+    for label, pred in predictions.items():
+        if pred.dim() == inputs.dim() + 1:
+            rows += [(f"{label} {s + 1}" if pred.shape[0] > 1 else label, pred[s])
+                     for s in range(pred.shape[0])]
+        else:
+            rows.append((label, pred))
+    n = inputs.shape[0]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax, (label, imgs) in zip(axes[:, 0], rows):
+        ax.imshow(image_row(imgs), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        for s in ax.spines.values():
+            s.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.3, h_pad=0.1)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def learning_curves(histories: Dict[str, Sequence[dict]], path: Union[str, Path, None] = None,
+                    ylabel: str = "loss per example"):
+    """Train (dashed) and validation (solid) loss against epoch, one colour per run."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, hist) in enumerate(histories.items()):
+        c = f"C{i}"
+        ep = [h["epoch"] + 1 for h in hist]
+        ax.plot(ep, [h["train_loss"] for h in hist], "--", color=c, label=f"{label} train")
+        if hist and hist[0].get("val_loss") is not None:
+            ax.plot(ep, [h["val_loss"] for h in hist], "-", color=c, label=f"{label} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
