@@ -124,7 +124,7 @@ def run_setting(q, splits, args, device, out: Path):
                       {"NN": baseline.predict(inputs),
                        "CVAE": cvae.predict(inputs, num_samples=args.num_samples)},
                       path=out / f"cvae_q{q}.png",
-                      title=f"{column(q)} visible (hidden pixels tinted in the input row)")
+                      title=f"{column(q)} visible")
     return {"nn_nll": nn_nll, "cvae_elbo": elbo, "cvae_iw_nll": nll,
             "baseline_epochs": base_fit.epochs_run, "cvae_epochs": cvae_fit.epochs_run,
             "baseline_seconds": t_base, "cvae_seconds": t_cvae, "eval_seconds": t_eval,

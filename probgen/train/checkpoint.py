@@ -9,9 +9,7 @@ file is opened).
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -39,6 +37,9 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; use the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -59,8 +60,7 @@ def load_checkpoint(path: Union[str, Path], map_location=None) -> Dict[str, Any]
         raise CheckpointError(f"no checkpoint file at {path}.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as err:
+    except Exception as err:  # EOFError, UnpicklingError, RuntimeError, KeyError, ...
         raise CheckpointError(
             f"{path} is truncated or is not a checkpoint file ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}). Delete it, or point "

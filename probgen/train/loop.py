@@ -62,6 +62,7 @@ class FitConfig:
         checkpoint: path of the checkpoint file written after every epoch.
         resume: continue from ``checkpoint`` when it exists.
         progress: show a tqdm progress bar.
+        verbose: print one line per epoch (losses, time).
         validate: switch on Pyro's (slow) argument and shape validation.
     """
 
@@ -83,6 +84,7 @@ class FitConfig:
     checkpoint: Optional[str] = None
     resume: bool = False
     progress: bool = True
+    verbose: bool = True
     validate: bool = False
 
     def check(self) -> "FitConfig":
@@ -357,7 +359,7 @@ def fit(step, train: TensorData, val: Optional[TensorData] = None,
             entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                      "seconds": time.perf_counter() - te}
             result.history.append(entry)
-            if config.progress:
+            if config.verbose:
                 tqdm.write(f"epoch {epoch + 1:3d}  train {train_loss:9.4f}"
                            + (f"  val {val_loss:9.4f}" if val_loss is not None else "")
                            + ("  *" if improved else "") + f"  ({entry['seconds']:.1f}s)")

@@ -1,0 +1,141 @@
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from probgen.data import (BUNDLED_MNIST, MISSING, TensorData, image_splits, load_images,
+                          mask_inputs, quadrant_mask, quadrant_task, split_indices,
+                          static_binarize, unpack_bundled_mnist)
+from probgen.errors import ConfigError, DataError, DataNotFoundError
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_bundled_files_match_their_checksums():
+    sums = dict(reversed(line.split()) for line in (BUNDLED_MNIST / "SHA256SUMS").read_text().splitlines())
+    assert len(sums) == 4
+    for name, digest in sums.items():
+        assert hashlib.sha256((BUNDLED_MNIST / name).read_bytes()).hexdigest() == digest
+    assert "CC BY-SA" in (BUNDLED_MNIST / "SOURCE.md").read_text()
+
+
+def test_mnist_counts_labels_and_mean(tmp_path):
+    unpack_bundled_mnist(tmp_path)
+    images, labels = load_images("mnist", train=True, root=tmp_path)
+    assert images.shape == (60000, 28, 28) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == TRAIN_COUNTS
+    assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert abs(images.float().mean().item() / 255 - 0.1307) < 1e-4
+    images, labels = load_images("mnist", train=False, root=tmp_path)
+    assert images.shape == (10000, 28, 28)
+    assert torch.bincount(labels).tolist() == TEST_COUNTS
+    assert (tmp_path / "MNIST" / "raw" / "SOURCE.md").exists()
+
+
+def test_missing_data_folder_offline_says_what_to_do(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_images("mnist", root=tmp_path / "nowhere", download=False)
+    msg = str(err.value)
+    assert "nowhere" in msg and "bundled" in msg
+    with pytest.raises(DataNotFoundError, match="download=True"):
+        load_images("fashion-mnist", root=tmp_path, download=False)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ConfigError, match="mnist"):
+        load_images("imagenet")
+
+
+def test_splits_are_disjoint_and_sized():
+    tr, va = split_indices(100, 20, seed=3)
+    assert len(tr) == 80 and len(va) == 20
+    assert set(tr.tolist()).isdisjoint(va.tolist())
+    assert torch.equal(split_indices(100, 20, seed=3)[1], va)
+    with pytest.raises(ConfigError):
+        split_indices(100, 100)
+
+
+def test_image_splits_shapes_range_device():
+    s = image_splits("mnist", val_size=1000, limit=300)
+    assert set(s) == {"train", "val", "test"}
+    x, y = s["train"].tensors
+    assert x.shape == (300, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1 and y.dtype == torch.int64
+    full = image_splits("mnist", val_size=1000)
+    assert len(full["train"]) == 59000 and len(full["val"]) == 1000 and len(full["test"]) == 10000
+
+
+def test_static_binarization_is_fixed_and_unbiased():
+    s1 = image_splits("mnist", val_size=0, limit=2000, binarize="static", seed=7)
+    s2 = image_splits("mnist", val_size=0, limit=2000, binarize="static", seed=7)
+    grey = image_splits("mnist", val_size=0, limit=2000)["train"].tensors[0]
+    b = s1["train"].tensors[0]
+    assert set(b.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(b, s2["train"].tensors[0])
+    # E[binarized] = grey level; 1.5M pixels make the mean match to ~1e-3
+    assert abs(b.mean().item() - grey.mean().item()) < 3e-3
+    # the batch iterator returns the same fixed draw every epoch
+    e1 = next(s1["train"].batches(64))[0]
+    e2 = next(s1["train"].batches(64))[0]
+    assert torch.equal(e1, e2)
+
+
+def test_dynamic_binarization_resamples_every_epoch():
+    s = image_splits("mnist", val_size=100, limit=1000, binarize="dynamic", seed=0)
+    g = torch.Generator().manual_seed(0)
+    e1 = next(s["train"].batches(1000, generator=g))[0]
+    e2 = next(s["train"].batches(1000, generator=g))[0]
+    grey = s["train"].tensors[0]
+    assert set(e1.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(e1, e2)
+    assert abs(e1.mean().item() - grey.mean().item()) < 3e-3
+    # evaluation splits get one fixed binarization
+    assert set(s["test"].tensors[0].unique().tolist()) <= {0.0, 1.0}
+    # the same generator state gives the same draw (reproducible resumes)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(next(s["train"].batches(10, generator=g1))[0],
+                       next(s["train"].batches(10, generator=g2))[0])
+
+
+def test_batches_cover_every_example_once():
+    d = TensorData(torch.arange(10).float(), torch.arange(10) * 2)
+    batches = list(d.batches(4, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[0] for b in batches])
+    assert sorted(seen.long().tolist()) == list(range(10))
+    for x, y in batches:
+        assert torch.equal(y, x.long() * 2)
+    assert d.num_batches(4) == 3 and len(list(d.batches(4, drop_last=True))) == 2
+
+
+def test_tensordata_rejects_mismatched_lengths():
+    with pytest.raises(DataError, match="first dimension"):
+        TensorData(torch.zeros(3), torch.zeros(4))
+
+
+@pytest.mark.parametrize("q,visible", [(1, 196), (2, 392), (3, 588)])
+def test_quadrant_masks(q, visible):
+    m = quadrant_mask(q)
+    assert m.shape == (28, 28) and int(m.sum()) == visible
+    assert m[27, 0]                     # bottom-left is always visible
+    assert not m[27, 27]                # bottom-right is always hidden
+    assert bool(m[0, 0]) == (q >= 2) and bool(m[0, 27]) == (q == 3)
+
+
+@pytest.mark.parametrize("q", [0, 4, -1, 2.0, True])
+def test_quadrant_count_outside_range(q):
+    with pytest.raises(ConfigError, match="1, 2 or 3"):
+        quadrant_mask(q)
+
+
+def test_quadrant_task_batches(mnist_small):
+    task = quadrant_task(mnist_small["test"], 1)
+    inputs, targets = next(task.batches(8))
+    assert inputs.shape == targets.shape == (8, 1, 28, 28)
+    hidden = inputs == MISSING
+    assert int(hidden[0].sum()) == 784 - 196
+    assert torch.equal(inputs[~hidden], targets[~hidden])
+    assert torch.equal(mask_inputs(targets, quadrant_mask(1)), inputs)

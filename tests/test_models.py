@@ -1,0 +1,116 @@
+"""Contract tests over every registered model, and the CVAE's own behaviour."""
+
+import math
+
+import pytest
+import torch
+from pyro.infer import Predictive
+
+import probgen
+from probgen.data import MISSING, quadrant_task
+from probgen.errors import ConfigError, DataError
+from probgen.metrics import iw_nll, negative_elbo
+from probgen.models import MODELS, CVAE, Baseline
+from probgen.train import load_model, save_model
+from tests.conftest import QUIET
+
+
+def tiny_cvae(mnist_small):
+    task = quadrant_task(mnist_small["train"], 2)
+    return CVAE(Baseline(hidden=(16,)), z_dim=3, hidden=(16,)), next(task.batches(8))
+
+
+# One tiny instance and one batch per registered model; a new model adds itself here.
+TINY = {"cvae": tiny_cvae}
+
+
+def test_every_registered_model_has_a_contract_case():
+    assert set(MODELS.names()) == set(TINY)
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny(request, mnist_small):
+    torch.manual_seed(0)
+    return TINY[request.param](mnist_small)
+
+
+def test_contract_finite_loss_and_gradients_reach_every_parameter(tiny):
+    model, batch = tiny
+    step = probgen.SVIStep(model)
+    loss = step.loss(batch)
+    assert loss.dim() == 0 and math.isfinite(loss.item())
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_contract_predictive_and_save_load(tiny, tmp_path):
+    model, batch = tiny
+    samples = Predictive(model.model, guide=model.guide, num_samples=4)(batch[0])
+    assert samples["z"].shape[:2] == (4, batch[0].shape[0])
+    save_model(model, tmp_path / "m.pt")
+    other = type(model)(Baseline(hidden=(16,)), z_dim=3, hidden=(16,))
+    load_model(other, tmp_path / "m.pt")
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_cvae_shapes_and_predictions(mnist_small):
+    model, (inputs, targets) = tiny_cvae(mnist_small)
+    probs = model.model(inputs)
+    assert probs.shape == (8, 784) and 0 <= probs.min() and probs.max() <= 1
+    pred = model.predict(inputs, num_samples=5)
+    assert pred.shape == (5, 8, 1, 28, 28)
+    visible = inputs != MISSING
+    assert torch.equal(pred[:, visible], inputs[visible].expand(5, -1))  # visible pixels kept
+    assert not torch.equal(pred[0], pred[1])  # z differs per sample
+    assert model.baseline.predict(inputs).shape == inputs.shape
+
+
+def test_cvae_learns_and_beats_its_untrained_self(mnist_small):
+    task = {k: quadrant_task(v, 1) for k, v in mnist_small.items()}
+    baseline = Baseline(hidden=(64,))
+    before_base = baseline.state_dict()["net.0.weight"].clone()
+    b_fit = probgen.fit(baseline, task["train"], task["val"], epochs=4, lr=3e-3,
+                        batch_size=64, device="cpu", **QUIET)
+    assert b_fit.train_loss[-1] < b_fit.train_loss[0]
+    frozen = baseline.state_dict()["net.0.weight"].clone()
+    assert not torch.equal(before_base, frozen)
+    cvae = CVAE(baseline, z_dim=8, hidden=(64,))
+    start = negative_elbo(cvae.model, cvae.guide, task["test"], num_particles=2)
+    res = probgen.fit(cvae, task["train"], task["val"], epochs=4, lr=3e-3, batch_size=64,
+                      device="cpu", **QUIET)
+    assert res.train_loss[-1] < res.train_loss[0]
+    end = negative_elbo(cvae.model, cvae.guide, task["test"], num_particles=2)
+    assert end < start - 50
+    assert torch.equal(cvae.baseline.state_dict()["net.0.weight"], frozen)  # baseline untouched
+    # importance sampling tightens the bound: IW NLL below -ELBO
+    torch.manual_seed(0)
+    elbo = negative_elbo(cvae.model, cvae.guide, task["test"], num_particles=20)
+    nll = iw_nll(cvae.model, cvae.guide, task["test"], num_samples=20)
+    assert nll < elbo
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 27, 28), (8, 783), (784,)])
+def test_cvae_rejects_images_of_the_wrong_shape(mnist_small, shape):
+    model, _ = tiny_cvae(mnist_small)
+    with pytest.raises(DataError, match="shape"):
+        model.model(torch.zeros(shape))
+
+
+def test_cvae_rejects_values_outside_unit_interval(mnist_small):
+    model, (inputs, targets) = tiny_cvae(mnist_small)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        model.model(inputs, targets * 255)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        model.model(inputs * 255, targets)
+    with pytest.raises(DataError, match="do not match"):
+        model.model(inputs, targets[:3])
+
+
+def test_cvae_settings_are_checked():
+    with pytest.raises(ConfigError, match="z_dim"):
+        CVAE(z_dim=0)
+    with pytest.raises(ConfigError, match="layer sizes"):
+        CVAE(hidden=(0,))
