@@ -140,6 +140,8 @@ class CVAE(nn.Module):
         return self
 
     def _register(self):
+        # Registering in the model covers the guide's networks too (pyro.infer.SVI
+        # collects the parameters of both traces); the frozen baseline stays out.
         for name in ("prior_net", "recognition_net", "generation_net"):
             pyro.module(f"cvae_{name}", getattr(self, name))
 
@@ -167,7 +169,6 @@ class CVAE(nn.Module):
         return probs
 
     def guide(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        self._register()
         x = inputs.reshape(inputs.shape[0], -1)
         with pyro.plate("data", x.shape[0]):
             if targets is None:
