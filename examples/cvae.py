@@ -14,7 +14,7 @@ Writes results.csv, results.json, one figure per setting (inputs / truth / NN /
 CVAE samples), learning curves, and checkpoints to --out. ``--resume`` continues
 an interrupted run from its checkpoints.
 
-    python examples/cvae.py                   # full run (about half an hour on 2 CPU cores)
+    python examples/cvae.py                   # full run (about an hour on 2 CPU cores)
     python examples/cvae.py --quadrants 2 --epochs 20
     python examples/cvae.py --smoke           # seconds
 """
