@@ -61,3 +61,66 @@ def test_cvae_example_resume_and_bad_quadrant(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "cvae.py"), "--smoke",
                           "--quadrants", "4"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "1..3" in bad.stderr
+
+
+def results(tmp_path):
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+def test_vae_example_smoke(tmp_path):
+    proc = run("vae.py", "--out", str(tmp_path), "--device", "cpu")
+    rec = results(tmp_path)["results"]["models"]["vae"]
+    assert 0 < rec["iw_nll"] <= rec["neg_elbo"] + 1.0  # k = 16 tightens the bound
+    assert 0 < rec["kl"] and 0 <= rec["active_units"] <= 50 and len(rec["kl_per_dim"]) == 50
+    assert rec["epochs_run"] == 2 and rec["iw_samples"] == 16
+    for name in ("reconstructions", "samples", "latent", "learning_curves"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+    assert "86.76" in proc.stdout
+
+
+def test_vae_example_beta_sweep_and_iwae(tmp_path):
+    run("vae.py", "--out", str(tmp_path / "b"), "--betas", "0", "4", "--z-dim", "4")
+    with open(tmp_path / "b" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["beta"]) for r in rows] == [0.0, 4.0]
+    kl = [float(r["kl"]) for r in rows]
+    assert kl[0] > kl[1]  # the KL weight squeezes the code
+    run("vae.py", "--out", str(tmp_path / "i"), "--model", "iwae", "--particles", "4",
+        "--net", "conv", "--likelihood", "continuous_bernoulli")
+    args = results(tmp_path / "i")["args"]
+    assert args["objective"] == "iwae" and args["particles"] == 4
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "vae.py"), "--smoke",
+                          "--z-dim", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--z-dim" in bad.stderr
+
+
+@pytest.mark.parametrize("script, figure", [("denoising.py", "noisy.png"),
+                                            ("inpainting.py", "holed.png")])
+def test_restoration_examples_smoke(script, figure, tmp_path):
+    run(script, "--out", str(tmp_path))
+    rec = results(tmp_path)["results"]
+    assert 0 < rec["psnr_before"] < 60 and 0 < rec["psnr_after"] < 60
+    assert (tmp_path / figure).stat().st_size > 1000
+
+
+def test_anomaly_example_smoke(tmp_path):
+    run("anomaly.py", "--out", str(tmp_path), "--digits", "1")
+    row = results(tmp_path)["results"]["rows"][0]
+    assert row["left_out_digit"] == 1 and 0 <= row["roc_auc"] <= 1
+    assert (tmp_path / "anomaly_digit1.png").exists()
+
+
+def test_cvae_label_example_smoke(tmp_path):
+    run("cvae_label.py", "--out", str(tmp_path))
+    rec = results(tmp_path)["results"]
+    assert 0 < rec["iw_nll"] <= rec["neg_elbo"] + 1.0
+    assert (tmp_path / "generated.png").exists() and (tmp_path / "restyle.png").exists()
+
+
+def test_latent_space_example_smoke(tmp_path):
+    run("latent_space.py", "--out", str(tmp_path))
+    rec = results(tmp_path)["results"]
+    assert [r["code_size"] for r in rec["by_code_size"]] == [2, 8]
+    assert 60 <= rec["pca_components_for_90pct"] <= 120  # the documents: about 80
+    for name in ("latent", "prior_samples", "manifold", "interpolation", "pca"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name

@@ -93,3 +93,69 @@ def test_masked_bernoulli_nll_closed_form():
     expected = math.log(2) - (0.25 * torch.log(p) + 0.75 * torch.log(1 - p)).item()
     assert masked_bernoulli_nll(logits, targets, mask).item() == pytest.approx(expected, rel=1e-6)
     assert masked_bernoulli_nll(logits, targets).shape == (1,)
+
+
+def test_kl_per_dimension_and_active_units_closed_form():
+    from probgen.metrics import active_units, kl_per_dimension
+
+    loc = torch.tensor([[0.0, 1.0, 0.3], [0.0, -1.0, 0.3]])
+    scale = torch.tensor([[1.0, 0.5, 2.0], [1.0, 0.5, 2.0]])
+    kl = kl_per_dimension(loc, scale)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
+                                            torch.distributions.Normal(0.0, 1.0)).mean(0)
+    assert torch.allclose(kl, ref)
+    assert kl[0] == 0
+    assert active_units(loc).tolist() == [False, True, False]
+
+
+def test_psnr_and_restoration_closed_form():
+    from probgen.metrics import psnr, restoration_psnr
+
+    clean = torch.zeros(2, 1, 4, 4)
+    assert torch.allclose(psnr(clean + 0.1, clean), torch.tensor([20.0, 20.0]))
+    noisy = clean + 0.1
+    scores = restoration_psnr(lambda x: x - 0.09, clean, noisy)
+    assert scores["psnr_before"] == pytest.approx(20.0)
+    assert scores["psnr_after"] == pytest.approx(40.0, rel=1e-4)
+
+
+def test_roc_auc_is_the_pairwise_ranking_probability():
+    from probgen.metrics import roc_auc
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (300,), generator=g).float()  # many ties
+    pos = torch.rand(300, generator=g) < 0.3
+    s_pos, s_neg = scores[pos][:, None], scores[~pos][None, :]
+    ref = ((s_pos > s_neg).double() + 0.5 * (s_pos == s_neg).double()).mean().item()
+    assert roc_auc(scores, pos) == pytest.approx(ref, abs=1e-12)
+    assert roc_auc(torch.arange(10.0), torch.arange(10) >= 5) == 1.0
+    with pytest.raises(Exception, match="both positive and negative"):
+        roc_auc(torch.arange(3.0), torch.ones(3, dtype=torch.bool))
+
+
+def test_pca_recovers_a_known_covariance():
+    from probgen.metrics import pca, pca_reconstruction
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0]) + 5
+    mean, comps, ratio = pca(x)
+    assert torch.allclose(ratio, torch.tensor([9.0, 4.0, 1.0], dtype=ratio.dtype) / 14, atol=0.01)
+    assert abs(comps[0, 0]) == pytest.approx(1.0, abs=0.01)
+    assert torch.allclose(pca_reconstruction(x, mean, comps, 3), x, atol=1e-4)
+    assert torch.allclose(mean.float(), torch.full((3,), 5.0), atol=0.05)
+
+
+def test_elbo_per_example_ignores_the_kl_weight():
+    from probgen.metrics import elbo_per_example
+    from probgen.models import VAE
+
+    torch.manual_seed(0)
+    x = (torch.rand(16, 1, 28, 28) < 0.3).float()
+    data = TensorData(x, torch.zeros(16, dtype=torch.long))
+    vals = []
+    for beta in (1.0, 4.0):
+        torch.manual_seed(0)
+        m = VAE(z_dim=2, hidden=(8,), beta=beta)
+        torch.manual_seed(1)
+        vals.append(elbo_per_example(m.model, m.guide, data, num_particles=3))
+    assert vals[0].shape == (16,) and torch.allclose(vals[0], vals[1])

@@ -10,7 +10,7 @@ import probgen
 from probgen.data import MISSING, quadrant_task
 from probgen.errors import ConfigError, DataError
 from probgen.metrics import iw_nll, negative_elbo
-from probgen.models import MODELS, CVAE, Baseline
+from probgen.models import MODELS, CVAE, VAE, Baseline
 from probgen.train import load_model, save_model
 from tests.conftest import QUIET
 
@@ -20,8 +20,14 @@ def tiny_cvae(mnist_small):
     return CVAE(Baseline(hidden=(16,)), z_dim=3, hidden=(16,)), next(task.batches(8))
 
 
+def tiny_vae(mnist_small):
+    x, y = next(mnist_small["train"].batches(8))
+    return VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli", num_labels=10), (x, y)
+
+
 # One tiny instance and one batch per registered model; a new model adds itself here.
-TINY = {"cvae": tiny_cvae}
+# The builder is called again (another seed) to check that save/load restores every value.
+TINY = {"cvae": tiny_cvae, "vae": tiny_vae}
 
 
 def test_every_registered_model_has_a_contract_case():
@@ -31,11 +37,14 @@ def test_every_registered_model_has_a_contract_case():
 @pytest.fixture(params=sorted(TINY))
 def tiny(request, mnist_small):
     torch.manual_seed(0)
-    return TINY[request.param](mnist_small)
+    model, batch = TINY[request.param](mnist_small)
+    torch.manual_seed(1)
+    other, _ = TINY[request.param](mnist_small)
+    return model, batch, other
 
 
 def test_contract_finite_loss_and_gradients_reach_every_parameter(tiny):
-    model, batch = tiny
+    model, batch, _ = tiny
     step = probgen.SVIStep(model)
     loss = step.loss(batch)
     assert loss.dim() == 0 and math.isfinite(loss.item())
@@ -46,11 +55,13 @@ def test_contract_finite_loss_and_gradients_reach_every_parameter(tiny):
 
 
 def test_contract_predictive_and_save_load(tiny, tmp_path):
-    model, batch = tiny
-    samples = Predictive(model.model, guide=model.guide, num_samples=4)(batch[0])
+    model, batch, other = tiny
+    samples = Predictive(model.model, guide=model.guide, num_samples=4)(*batch)
     assert samples["z"].shape[:2] == (4, batch[0].shape[0])
+    assert torch.isfinite(samples["z"]).all()
     save_model(model, tmp_path / "m.pt")
-    other = type(model)(Baseline(hidden=(16,)), z_dim=3, hidden=(16,))
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                     other.state_dict().values()))
     load_model(other, tmp_path / "m.pt")
     for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), k

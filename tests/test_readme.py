@@ -28,3 +28,15 @@ def test_api_snippet_runs(tmp_path, monkeypatch):
     assert tuple(scope["samples"].shape) == (10, 8, 1, 28, 28)
     assert scope["result"].epochs_run == 1 and 0 < scope["result"].best_loss < 200
     assert (tmp_path / "cvae.pt").exists()
+
+
+def test_vae_snippet_runs():
+    block = README.split("<!-- vae-snippet")[1]
+    code = re.search(r"```python\n(.*?)\n```", block, re.S).group(1)
+    code = (code.replace("epochs=100", "epochs=1").replace("iw_samples=5000", "iw_samples=4")
+            .replace('splits["test"]', 'splits["test"].subset(slice(0, 500))'))
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    report = scope["report"]
+    assert 0 < report["iw_nll"] < report["neg_elbo"] + 1 < 250
+    assert len(report["kl_per_dim"]) == 50

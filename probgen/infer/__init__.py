@@ -1,5 +1,5 @@
 """Inference: objectives by name."""
 
-from probgen.infer.objectives import OBJECTIVES, make_elbo
+from probgen.infer.objectives import IWAE_ELBO, OBJECTIVES, make_elbo
 
-__all__ = ["OBJECTIVES", "make_elbo"]
+__all__ = ["IWAE_ELBO", "OBJECTIVES", "make_elbo"]

@@ -11,28 +11,79 @@ name               Pyro class                                  KL term
 ``meanfield``      :class:`pyro.infer.TraceMeanField_ELBO`     analytic where known
 ``jit``            :class:`pyro.infer.JitTrace_ELBO`           Monte Carlo, compiled
 ``jit_meanfield``  :class:`pyro.infer.JitTraceMeanField_ELBO`  analytic, compiled
+``iwae``           :class:`IWAE_ELBO` (Pyro's ``RenyiELBO``,    importance-weighted
+                   ``alpha=0``)                                bound (Burda et al.)
 =================  ==========================================  ======================
 
-``num_particles > 1`` averages that many samples per example, vectorized.
+``num_particles > 1`` averages that many samples per example, vectorized; for
+``iwae`` the ``k = num_particles`` samples form the importance-weighted bound
+``E[log (1/k) sum_j p(x, z_j) / q(z_j | x)]`` instead of their mean ELBO.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.infer as infer
+import torch
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
 from probgen.errors import ConfigError
 from probgen.registry import Registry
+
+class IWAE_ELBO(infer.RenyiELBO):
+    """Pyro's :class:`~pyro.infer.RenyiELBO` at ``alpha = 0``: the IWAE bound, with a
+    ``differentiable_loss``.
+
+    Pyro's class only offers ``loss_and_grads`` (it calls ``backward`` itself),
+    which does not fit a loop that owns the backward pass, gradient clipping and
+    the NaN check. This adds ``differentiable_loss``: the same per-example log
+    weights Pyro sums (sites in the data plate kept apart), combined as
+    ``-sum_b [logsumexp_j log w_jb - log k]``. Its gradient equals what
+    ``loss_and_grads`` computes for reparameterizable guides (tested); guides with
+    non-reparameterizable sites are refused.
+    """
+
+    def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1,
+                 vectorize_particles: bool = True):
+        super().__init__(alpha=0.0, num_particles=num_particles,
+                         max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        log_weights = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            lw = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    lw = lw + torch_sum(site["log_prob"], sum_dims)
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample":
+                    if not site["fn"].has_rsample:
+                        raise ConfigError(
+                            f"the iwae objective needs reparameterizable guide sites; {name!r} "
+                            f"({type(site['fn']).__name__}) is not. Use objective='trace'.")
+                    lw = lw - torch_sum(site["log_prob"], sum_dims)
+            log_weights.append(lw)
+        if self.vectorize_particles and self.num_particles > 1:
+            lw = log_weights[0]
+        else:
+            lw = torch.stack([torch.as_tensor(w) for w in log_weights])
+        return -(torch.logsumexp(lw, 0) - math.log(self.num_particles)).sum()
+
 
 OBJECTIVES: Registry = Registry("objective")
 OBJECTIVES.register("trace", infer.Trace_ELBO)
 OBJECTIVES.register("meanfield", infer.TraceMeanField_ELBO)
 OBJECTIVES.register("jit", infer.JitTrace_ELBO)
 OBJECTIVES.register("jit_meanfield", infer.JitTraceMeanField_ELBO)
+OBJECTIVES.register("iwae", IWAE_ELBO)
 
 # The uncompiled twin of each objective (evaluation runs without gradients,
 # where a compiled trace buys nothing).
 _EAGER = {"trace": "trace", "meanfield": "meanfield", "jit": "trace",
-          "jit_meanfield": "meanfield"}
+          "jit_meanfield": "meanfield", "iwae": "iwae"}
 
 
 def make_elbo(name: str = "trace", num_particles: int = 1, max_plate_nesting: int = 1,

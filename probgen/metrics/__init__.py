@@ -1,7 +1,12 @@
 """Metrics, in one place: every model and example uses these."""
 
-from probgen.metrics.likelihood import (iw_log_likelihood, iw_nll, log_importance_weights,
-                                        masked_bernoulli_nll, negative_elbo)
+from probgen.metrics.images import (mse_per_image, pca, pca_reconstruction, psnr,
+                                    restoration_psnr, roc_auc)
+from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
+from probgen.metrics.likelihood import (elbo_per_example, iw_log_likelihood, iw_nll,
+                                        log_importance_weights, masked_bernoulli_nll,
+                                        negative_elbo)
 
-__all__ = ["iw_log_likelihood", "iw_nll", "log_importance_weights", "masked_bernoulli_nll",
-           "negative_elbo"]
+__all__ = ["active_units", "collect_codes", "elbo_per_example", "iw_log_likelihood", "iw_nll",
+           "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mse_per_image",
+           "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]

@@ -40,8 +40,11 @@ def _repeat(args, k: int):
 
 
 def _site_log_prob(name, site, n: int) -> torch.Tensor:
+    # The unscaled log-density. Masks count on observed sites (pixels left out of the
+    # likelihood); on latent sites a scale or mask only weights a training objective
+    # (beta of a beta-VAE, beta = 0 of an autoencoder), so the joint uses the full density.
     lp = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
+    if site["mask"] is not None and site["is_observed"]:
         lp = lp * site["mask"] if torch.is_tensor(site["mask"]) else (lp if site["mask"] else 0 * lp)
     if lp.dim() == 0 or lp.shape[0] != n:
         raise ConfigError(
@@ -52,7 +55,11 @@ def _site_log_prob(name, site, n: int) -> torch.Tensor:
 
 
 def log_importance_weights(model: Callable, guide: Callable, *args) -> torch.Tensor:
-    """``log p(x, z) - log q(z | x)`` per example for one draw z ~ q (no scaling by beta)."""
+    """``log p(x, z) - log q(z | x)`` per example for one draw z ~ q.
+
+    Densities are unscaled: a KL weight (beta) on the latent site does not change the
+    model's marginal likelihood, which this estimates.
+    """
     n = next(a for a in args if torch.is_tensor(a)).shape[0]
     guide_tr = poutine.trace(guide).get_trace(*args)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
@@ -124,3 +131,23 @@ def negative_elbo(model: Callable, guide: Callable, data: TensorData, num_partic
             total += float(elbo.differentiable_loss(model, guide, *batch))
             count += b
     return total / count
+
+
+@torch.no_grad()
+def elbo_per_example(model: Callable, guide: Callable, data: TensorData, num_particles: int = 1,
+                     batch_size: int = 500) -> torch.Tensor:
+    """The ELBO of each example, ``(N,)``, averaged over ``num_particles`` draws of q.
+
+    Densities are unscaled (a beta on the latent site does not enter), so for any
+    model this is a lower bound of ``log p(x)`` per example: the anomaly score of
+    an image is its negative.
+    """
+    if num_particles < 1:
+        raise ConfigError(f"num_particles must be at least 1, got {num_particles}.")
+    out = []
+    with pyro.validation_enabled(False):
+        for batch in data.batches(batch_size):
+            n = batch[0].shape[0]
+            lw = log_importance_weights(model, guide, *_repeat(batch, num_particles))
+            out.append(lw.reshape(num_particles, n).mean(0))
+    return torch.cat(out)

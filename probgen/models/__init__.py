@@ -2,5 +2,7 @@
 
 from probgen.models.registry import MODELS
 from probgen.models.cvae import CVAE, Baseline
+from probgen.models.likelihoods import LIKELIHOODS
+from probgen.models.vae import PRESETS, VAE
 
-__all__ = ["MODELS", "CVAE", "Baseline"]
+__all__ = ["MODELS", "CVAE", "Baseline", "LIKELIHOODS", "PRESETS", "VAE"]

@@ -1,5 +1,6 @@
 """Plain PyTorch networks used by probgen's models."""
 
+from probgen.nn.coders import NETS, Encoder
 from probgen.nn.mlp import ACTIVATIONS, MLP, GaussianMLP
 
-__all__ = ["ACTIVATIONS", "GaussianMLP", "MLP"]
+__all__ = ["ACTIVATIONS", "Encoder", "GaussianMLP", "MLP", "NETS"]

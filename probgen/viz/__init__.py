@@ -1,5 +1,10 @@
 """Matplotlib figures."""
 
-from probgen.viz.images import completion_figure, image_grid, image_row, learning_curves
+from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
+                                learning_curves, rows_figure, save)
+from probgen.viz.latent import (anomaly_figure, interpolation_figure, latent_scatter,
+                                manifold_grids, pca_vs_autoencoder)
 
-__all__ = ["completion_figure", "image_grid", "image_row", "learning_curves"]
+__all__ = ["anomaly_figure", "completion_figure", "grid_figure", "image_grid", "image_row",
+           "interpolation_figure", "latent_scatter", "learning_curves", "manifold_grids",
+           "pca_vs_autoencoder", "rows_figure", "save"]

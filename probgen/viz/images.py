@@ -53,26 +53,14 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
     return np.concatenate(sum(([r, spacer] for r in rows), [])[:-1], 0)
 
 
-def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
-                      predictions: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
-                      title: Optional[str] = None):
-    """Rows: inputs (hidden pixels tinted), truth, then one row per prediction.
-
-    ``predictions`` maps a row label to ``(B, C, H, W)`` images, or to
-    ``(S, B, C, H, W)`` samples, which become S rows.
-    """
+def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
+                title: Optional[str] = None):
+    """One labelled row of images per entry of ``rows`` (label -> ``(B, C, H, W)``)."""
     plt = _figure()
-    rows = [("input", inputs), ("truth", truth)]
-    for label, pred in predictions.items():
-        if pred.dim() == inputs.dim() + 1:
-            rows += [(f"{label} {s + 1}" if pred.shape[0] > 1 else label, pred[s])
-                     for s in range(pred.shape[0])]
-        else:
-            rows.append((label, pred))
-    n = inputs.shape[0]
+    n = max(r.shape[0] for r in rows.values())
     fig, axes = plt.subplots(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
                              squeeze=False)
-    for ax, (label, imgs) in zip(axes[:, 0], rows):
+    for ax, (label, imgs) in zip(axes[:, 0], rows.items()):
         ax.imshow(image_row(imgs), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -82,11 +70,51 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.3, h_pad=0.1)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    return save(fig, path)
+
+
+def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, None] = None,
+                title: Optional[str] = None, size: float = 0.5):
+    """A grid of images, ``nrow`` per row."""
+    plt = _figure()
+    grid = image_grid(images, nrow=nrow)
+    rows = (images.shape[0] + nrow - 1) // nrow
+    fig, ax = plt.subplots(figsize=(size * nrow + 0.4, size * rows + (0.5 if title else 0.2)))
+    ax.imshow(grid, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout(pad=0.2)
+    return save(fig, path)
+
+
+def save(fig, path: Union[str, Path, None]):
+    """Write ``fig`` to ``path`` (folders made) and close it; without a path return it."""
+    if path is None:
+        return fig
+    plt = _figure()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return fig
+
+
+def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
+                      predictions: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
+                      title: Optional[str] = None):
+    """Rows: inputs (hidden pixels tinted), truth, then one row per prediction.
+
+    ``predictions`` maps a row label to ``(B, C, H, W)`` images, or to
+    ``(S, B, C, H, W)`` samples, which become S rows.
+    """
+    rows = {"input": inputs, "truth": truth}
+    for label, pred in predictions.items():
+        if pred.dim() == inputs.dim() + 1:
+            for s in range(pred.shape[0]):
+                rows[f"{label} {s + 1}" if pred.shape[0] > 1 else label] = pred[s]
+        else:
+            rows[label] = pred
+    return rows_figure(rows, path, title)
 
 
 def learning_curves(histories: Dict[str, Sequence[dict]], path: Union[str, Path, None] = None,
@@ -105,8 +133,4 @@ def learning_curves(histories: Dict[str, Sequence[dict]], path: Union[str, Path,
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
+    return save(fig, path)

@@ -1,0 +1,111 @@
+"""What the example scripts share: common flags, data loading, run records.
+
+Every example takes ``--epochs --patience --lr --batch-size --device --seed --out
+--no-progress --smoke``; :func:`common_parser` adds them, :func:`fit_config`
+turns them into a :class:`~probgen.train.FitConfig`, :func:`mnist` loads the
+bundled MNIST (a small slice with ``--smoke``), and :func:`write_results`
+records the numbers with the machine and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from probgen.train import FitConfig, resolve_device
+
+SMOKE_LIMIT = 512
+
+
+def common_parser(description: str, epochs: int, out: str, patience: int = 10,
+                  lr: float = 1e-3, batch_size: int = 100) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-n", "--epochs", type=int, default=epochs, help="most training epochs")
+    p.add_argument("--patience", type=int, default=patience,
+                   help="early stopping: epochs without validation improvement")
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--val-size", type=int, default=10000,
+                   help="training images held out for early stopping")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds-long run on a small slice (used by the tests)")
+    return p
+
+
+def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str, Any]] = None):
+    """Parse; with ``--smoke`` cap the epochs at 2 and apply the ``smoke`` settings."""
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.smoke:
+        args.epochs = min(args.epochs, 2)
+        args.val_size = 128
+        for k, v in (smoke or {}).items():
+            setattr(args, k, v)
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.device = str(resolve_device(args.device))
+    return args
+
+
+def fit_config(args, **overrides) -> FitConfig:
+    cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    patience=args.patience, device=args.device, seed=args.seed,
+                    progress=not args.no_progress, verbose=True)
+    return cfg.__class__(**{**cfg.to_dict(), **overrides})
+
+
+def mnist(args, binarize: str = "none"):
+    """The bundled MNIST as device-resident train/val/test splits (a slice with --smoke)."""
+    from probgen.data import image_splits
+
+    return image_splits("mnist", val_size=args.val_size, binarize=binarize, seed=args.seed,
+                        device=args.device, limit=SMOKE_LIMIT if args.smoke else None)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def write_results(out: Path, results: Dict[str, Any], args, started: float,
+                  table: Optional[List[Dict[str, Any]]] = None, name: str = "results") -> Dict:
+    """Write ``{name}.json`` (results, args, wall time, machine, versions) and, when
+    ``table`` rows are given, ``{name}.csv``."""
+    import probgen
+
+    record = {"results": results, "wall_seconds": time.perf_counter() - started,
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "device": args.device, "machine": machine(),
+              "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=float))
+    if table:
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            for row in table:
+                w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    return record
+
+
+def print_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """A plain-text table of dict rows (same keys), printed and returned."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text

@@ -1,0 +1,88 @@
+"""Corruptions of image batches: what a denoising or inpainting encoder sees.
+
+A corruption maps clean images ``(B, C, H, W)`` (or flat ``(B, D)`` with an
+``image_shape``) in [0, 1] to corrupted ones of the same shape; the model's
+target stays the clean image. Picked by name from :data:`CORRUPTIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from probgen.errors import ConfigError
+from probgen.registry import Registry
+
+CORRUPTIONS: Registry = Registry("corruption")
+
+
+@CORRUPTIONS.register("noise")
+class GaussianNoise:
+    """``clip(x + std * N(0, 1), 0, 1)`` (the denoising autoencoder's input)."""
+
+    def __init__(self, std: float = 0.4, clip: bool = True):
+        if not std >= 0:
+            raise ConfigError(f"the noise std must be >= 0, got {std!r}.")
+        self.std, self.clip = float(std), clip
+
+    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
+            if generator is not None else torch.randn_like(x)
+        y = x + self.std * noise
+        return y.clamp(0, 1) if self.clip else y
+
+    def __repr__(self):
+        return f"GaussianNoise(std={self.std}, clip={self.clip})"
+
+
+@CORRUPTIONS.register("blocks")
+class RandomBlocks:
+    """Set ``count`` random ``size`` x ``size`` squares of each image to ``fill``.
+
+    The square's position differs per image and per call, and nothing marks it:
+    the encoder has to find the hole (the inpainting autoencoder's input).
+    ``image_shape`` is needed for flat ``(B, D)`` inputs.
+    """
+
+    def __init__(self, size: int = 9, count: int = 1, fill: float = 0.0,
+                 image_shape: Optional[Sequence[int]] = None):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"the block size must be a positive integer, got {size!r}.")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"the block count must be a positive integer, got {count!r}.")
+        self.size, self.count, self.fill = size, count, float(fill)
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+
+    def mask(self, shape: torch.Size, device, generator: Optional[torch.Generator] = None
+             ) -> torch.Tensor:
+        """Boolean ``(B, 1, H, W)``: True inside a block."""
+        b, h, w = shape[0], shape[-2], shape[-1]
+        if self.size > min(h, w):
+            raise ConfigError(f"a {self.size}x{self.size} block does not fit {h}x{w} images.")
+        g = dict(generator=generator) if generator is not None else {}
+        top = torch.randint(0, h - self.size + 1, (b, self.count), device="cpu", **g).to(device)
+        left = torch.randint(0, w - self.size + 1, (b, self.count), device="cpu", **g).to(device)
+        rows = torch.arange(h, device=device).view(1, 1, h, 1)
+        cols = torch.arange(w, device=device).view(1, 1, 1, w)
+        top, left = top.view(b, self.count, 1, 1), left.view(b, self.count, 1, 1)
+        inside = ((rows >= top) & (rows < top + self.size)
+                  & (cols >= left) & (cols < left + self.size))
+        return inside.any(1, keepdim=True)
+
+    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        shape = x.shape
+        if x.dim() == 2:
+            if self.image_shape is None:
+                raise ConfigError("RandomBlocks needs image_shape for flat (B, D) inputs.")
+            x = x.reshape((shape[0],) + self.image_shape)
+        m = self.mask(x.shape, x.device, generator)
+        return torch.where(m, x.new_tensor(self.fill), x).reshape(shape)
+
+    def __repr__(self):
+        return f"RandomBlocks(size={self.size}, count={self.count}, fill={self.fill})"
+
+
+def make_corruption(name: Optional[str], **kwargs):
+    """The corruption called ``name`` (``None`` -> no corruption)."""
+    return None if name is None else CORRUPTIONS.get(name)(**kwargs)

@@ -1,0 +1,238 @@
+"""The autoencoder family as one Pyro model/guide pair: VAE, beta-VAE, AE, denoising and
+inpainting AE, label-conditional VAE (Kingma & Welling 2014; Higgins et al. 2017).
+
+Generative model (``model``), for each image in the data plate::
+
+    z ~ N(0, I)                       latent code, z_dim values
+    x ~ p(x | decoder(z [, label]))   a likelihood from probgen.models.likelihoods
+
+Guide (``guide``): ``z ~ q(z | x~ [, label])`` with ``x~ = corrupt(x)`` (or ``x``);
+a diagonal Gaussian from the encoder (``encoder="gaussian"``) or a point mass
+at the encoder's output (``encoder="delta"``).
+
+The ELBO is ``E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))``: ``beta`` scales the
+latent site in model and guide alike (``poutine.scale``). The variants the
+source documents compare are settings of this one class, one setting apart:
+
+=====================  ==============================================================
+preset                 settings
+=====================  ==============================================================
+``vae``                Gaussian encoder, ``beta = 1``
+``beta_vae``           Gaussian encoder, ``beta = 4`` (any ``beta >= 0`` trains)
+``ae``                 point-mass encoder, ``beta = 0``: the ELBO is the
+                       reconstruction log-likelihood and nothing shapes the code
+                       space (why a plain AE cannot generate)
+``denoising_ae``       ``ae`` whose encoder sees ``clip(x + 0.4 N(0,1))``
+``inpainting_ae``      ``ae`` whose encoder sees ``x`` with a random 9x9 hole
+``conditional_vae``    ``vae`` with a one-hot digit label to encoder and decoder
+=====================  ==============================================================
+
+IWAE is a training objective, not a model: train a ``vae`` with
+``objective="iwae"`` and ``num_particles=k`` (Pyro's ``RenyiELBO(alpha=0)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import Predictive
+from torch import nn
+
+from probgen.data.corrupt import make_corruption
+from probgen.errors import ConfigError, DataError
+from probgen.models.likelihoods import LIKELIHOODS
+from probgen.models.registry import MODELS
+from probgen.nn.coders import NETS
+from probgen.registry import Registry
+
+ENCODERS = ("gaussian", "delta")
+
+PRESETS: Registry = Registry("autoencoder preset")
+PRESETS.register("vae", {})
+PRESETS.register("beta_vae", {"beta": 4.0})
+PRESETS.register("ae", {"encoder": "delta", "beta": 0.0})
+PRESETS.register("denoising_ae", {"encoder": "delta", "beta": 0.0, "corruption": "noise"})
+PRESETS.register("inpainting_ae", {"encoder": "delta", "beta": 0.0, "corruption": "blocks"})
+PRESETS.register("conditional_vae", {"num_labels": 10})
+
+
+@MODELS.register("vae")
+class VAE(nn.Module):
+    """Variational (or plain) autoencoder as a Pyro model/guide pair.
+
+    Args:
+        image_shape: shape of one image, e.g. ``(1, 28, 28)``.
+        z_dim: latent size.
+        hidden: hidden layer sizes (``None``: the network's default).
+        net: encoder/decoder architecture, a name in :data:`probgen.nn.coders.NETS`.
+        likelihood: a name in :data:`probgen.models.likelihoods.LIKELIHOODS`.
+        encoder: ``"gaussian"`` (a VAE) or ``"delta"`` (a point code: an AE).
+        beta: weight of the KL term (``>= 0``).
+        num_labels: classes of a label-conditional model (0: unconditional).
+        corruption: what the encoder sees instead of ``x`` while training and
+            scoring: a name in :data:`probgen.data.corrupt.CORRUPTIONS` or ``None``.
+        activation: hidden activation (``None``: the network's default).
+        likelihood_kwargs, corruption_kwargs: settings of those parts.
+
+    Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)``
+    integers (needed when ``num_labels > 0``, ignored otherwise); with ``x=None``
+    the model generates ``size`` images (or one per label).
+    Sites: ``z`` (latent), ``x`` (observed), ``mean`` (deterministic: the image
+    the likelihood stands for, ``(B, D)``).
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 50,
+                 hidden: Optional[Sequence[int]] = None, net: str = "mlp",
+                 likelihood: str = "bernoulli", encoder: str = "gaussian", beta: float = 1.0,
+                 num_labels: int = 0, corruption: Optional[str] = None,
+                 activation: Optional[str] = None,
+                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
+                 corruption_kwargs: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+            raise ConfigError(f"beta weights the KL term and must be a number >= 0, got {beta!r}.")
+        self.image_shape = tuple(image_shape)
+        self.z_dim, self.beta, self.num_labels = z_dim, float(beta), num_labels
+        self.settings = dict(image_shape=list(self.image_shape), z_dim=z_dim,
+                             hidden=list(hidden) if hidden is not None else None, net=net,
+                             likelihood=likelihood, encoder=encoder, beta=float(beta),
+                             num_labels=num_labels, corruption=corruption, activation=activation,
+                             likelihood_kwargs=likelihood_kwargs,
+                             corruption_kwargs=corruption_kwargs)
+        kw = {}
+        if hidden is not None:
+            kw["hidden"] = tuple(hidden)
+        if activation is not None:
+            kw["activation"] = activation
+        self.encoder_kind = encoder
+        self.encoder, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_labels,
+                                                   stochastic=encoder == "gaussian", **kw)
+        self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
+        ckw = dict(corruption_kwargs or {})
+        if corruption == "blocks":
+            ckw.setdefault("image_shape", self.image_shape)
+        self.corrupt = make_corruption(corruption, **ckw)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VAE":
+        """A model of the preset ``name`` (see :data:`PRESETS`), settings overridden."""
+        return cls(**{**PRESETS.get(name), **overrides})
+
+    def extra_repr(self) -> str:
+        s = self.settings
+        return (f"z_dim={s['z_dim']}, net={s['net']}, likelihood={s['likelihood']}, "
+                f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
+                f"corruption={s['corruption']}")
+
+    # -- input checks ---------------------------------------------------------------
+    @property
+    def data_dim(self) -> int:
+        return int(torch.Size(self.image_shape).numel())
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(x):
+            raise DataError(f"images must be a tensor, got {type(x).__name__}.")
+        if x.dim() < 2 or x[0].numel() != self.data_dim:
+            raise DataError(
+                f"images of shape {tuple(x.shape)} do not fit this model, which takes images of "
+                f"shape {self.image_shape} (batch first: (B, {', '.join(map(str, self.image_shape))})"
+                f" or (B, {self.data_dim})).")
+        return x.reshape(x.shape[0], -1)
+
+    def _onehot(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+        if self.num_labels == 0:
+            return None
+        if labels is None:
+            raise DataError(f"this model is conditioned on {self.num_labels} classes; pass "
+                            f"labels (B,) with the images.")
+        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
+            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
+                            f"per image, shape ({n},).")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise DataError(f"labels must be integers, got {labels.dtype}.")
+        if not torch.jit.is_tracing() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
+            raise DataError(f"labels must lie in 0..{self.num_labels - 1}; found "
+                            f"{labels.min().item()}..{labels.max().item()}.")
+        return F.one_hot(labels, self.num_labels)
+
+    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
+        flat = self._flat(x)
+        if not torch.jit.is_tracing():
+            self.likelihood.check(flat)
+        return flat, self._onehot(labels, flat.shape[0])
+
+    # -- Pyro model and guide ---------------------------------------------------------
+    def _kl_weight(self):
+        # beta scales log p(z) in the model and log q(z|x) in the guide, hence the KL term.
+        # Pyro's scale must be positive: beta = 0 masks the latent site out of the ELBO.
+        if self.beta == 0:
+            return poutine.mask(mask=False)
+        return poutine.scale(scale=self.beta)
+
+    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None):
+        pyro.module("vae", self)
+        if x is not None:
+            flat, onehot = self.check_data(x, labels)
+            n = flat.shape[0]
+        else:
+            flat = None
+            n = labels.shape[0] if labels is not None else size
+            if n is None:
+                raise ConfigError("to generate, pass labels or size (how many images).")
+            onehot = self._onehot(labels, n)
+        p = next(self.parameters())
+        with pyro.plate("data", n):
+            prior = dist.Normal(p.new_zeros(()), p.new_ones(())).expand([self.z_dim]).to_event(1)
+            with self._kl_weight():
+                z = pyro.sample("z", prior)
+            out = self.decoder(z, onehot)
+            pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
+            return pyro.sample("x", self.likelihood(out), obs=flat)
+
+    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None):
+        flat = self._flat(x)
+        onehot = self._onehot(labels, flat.shape[0])
+        seen = self.corrupt(flat) if self.corrupt is not None else flat
+        with pyro.plate("data", flat.shape[0]):
+            loc, scale = self.encoder(seen, onehot)
+            q = (dist.Normal(loc, scale).to_event(1) if scale is not None
+                 else dist.Delta(loc, event_dim=1))
+            with self._kl_weight():
+                return pyro.sample("z", q)
+
+    # -- using a trained model ------------------------------------------------------------
+    def encode(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``q(z | x)``'s ``(loc, scale)`` for the images as given (no corruption added);
+        ``scale`` is ``None`` for a point-mass encoder."""
+        flat = self._flat(x)
+        return self.encoder(flat, self._onehot(labels, flat.shape[0]))
+
+    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The likelihood's mean image for each code, ``(B, *image_shape)``."""
+        out = self.decoder(z, self._onehot(labels, z.shape[0]))
+        return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decode the encoder's mean code of each image: ``(B, *image_shape)``."""
+        return self.decode(self.encode(x, labels)[0], labels)
+
+    @torch.no_grad()
+    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean images of ``z ~ p(z)`` drawn with :class:`pyro.infer.Predictive`:
+        ``(n, *image_shape)``, or one per label."""
+        pred = Predictive(self.model, num_samples=1, return_sites=("mean",))
+        mean = pred(None, labels, size=n)["mean"][0]
+        return mean.reshape((mean.shape[0],) + self.image_shape)
