@@ -1,0 +1,160 @@
+r"""Dequantization and logit preprocessing for density models of images.
+
+A flow is a density on continuous values; images are integers. With ``L`` grey
+levels (256 for 8-bit images), uniform dequantization replaces the level
+:math:`k \in \{0, \dots, L-1\}` by :math:`x = (k + u) / L`, :math:`u \sim U(0, 1)^D`,
+a point of the level's bin in :math:`[0, 1)^D`. Any density :math:`p` on
+:math:`[0,1]^D` then bounds the discrete likelihood (Theis et al. 2016):
+
+.. math::
+    \log P(k) \ge E_u[\log p((k + u) / L)] - D \log L,
+
+which is what bits/dim report (:mod:`probgen.metrics.density`).
+
+The logit preprocessing of RealNVP maps :math:`x \in [0, 1]` to
+:math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha) x)`, so the flow works on
+the real line; its log-determinant
+:math:`\sum_i \log(1-2\alpha) - \log z_i - \log(1 - z_i)`, :math:`z = \alpha + (1-2\alpha)x`,
+is part of the density of ``x``. :func:`logit_transform` is the same map as a
+torch transform (logit space to data), placed last in a
+``TransformedDistribution`` so that ``log_prob`` counts it automatically.
+
+probgen's image data sets hold grey levels ``k / (L - 1)`` in [0, 1] (what
+:func:`probgen.data.image_splits` returns); these functions recover ``k`` from them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
+
+from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError, DataError
+
+
+def _check_levels(num_levels: int) -> int:
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
+        raise ConfigError(f"num_levels must be an integer of at least 2, got {num_levels!r}.")
+    return num_levels
+
+
+def check_unit_interval(x: torch.Tensor, what: str = "images") -> None:
+    """Raise :class:`DataError` unless every value of ``x`` is in [0, 1]."""
+    if not torch.is_tensor(x):
+        raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
+    if torch.jit.is_tracing():
+        return
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise DataError(
+            f"{what} must be grey levels in [0, 1]; found values in [{x.min().item():.4g}, "
+            f"{x.max().item():.4g}]. Scale 8-bit images by 1/255 (probgen.data.image_splits "
+            f"does) or dequantize them with probgen.data.dequantize.uniform_dequantize.")
+
+
+def to_levels(x: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
+    """Integer levels ``k`` (as floats) of grey levels ``x = k / (L - 1)`` in [0, 1].
+
+    Raises:
+        DataError: values outside [0, 1], or values off the grid of ``L`` levels
+            (data that are dequantized already, or were never quantized).
+    """
+    _check_levels(num_levels)
+    check_unit_interval(x)
+    k = torch.round(x * (num_levels - 1))
+    if x.numel() and float((x * (num_levels - 1) - k).abs().max()) > 1e-3:
+        raise DataError(
+            f"these images are not on the grid of {num_levels} grey levels (k / {num_levels - 1}); "
+            f"they may be dequantized already. Pass the quantized grey levels, or skip "
+            f"dequantization.")
+    return k
+
+
+def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = None,
+                       num_levels: int = 256) -> torch.Tensor:
+    """``(k + u) / L`` with ``u ~ U(0, 1)``, for grey levels ``x = k / (L - 1)``.
+
+    Args:
+        x: grey levels in [0, 1], any shape.
+        generator: a CPU generator drives CPU tensors (reproducible); on an
+            accelerator the device's own random stream is used.
+        num_levels: ``L``.
+
+    Returns:
+        A tensor like ``x`` with values in ``[0, 1)``.
+    """
+    k = to_levels(x, num_levels)
+    if generator is not None and x.device.type == generator.device.type:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    else:
+        u = torch.rand_like(x)
+    return (k + u) / num_levels
+
+
+def uniform_dequantization(num_levels: int = 256):
+    """A :class:`TensorData` batch transform: dequantize the first tensor afresh per draw."""
+    _check_levels(num_levels)
+
+    def transform(batch, generator=None):
+        return (uniform_dequantize(batch[0], generator, num_levels),) + tuple(batch[1:])
+
+    return transform
+
+
+def dequantized(data: TensorData, seed: Optional[int] = None,
+                num_levels: int = 256) -> TensorData:
+    """``data`` with its images (first tensor) uniformly dequantized.
+
+    Args:
+        seed: ``None``: a new draw every time a batch is drawn (training);
+            an integer: one fixed draw made now (evaluation sets, comparable runs).
+    """
+    if seed is None:
+        return data.with_transform(uniform_dequantization(num_levels))
+    if data.transform is not None:
+        raise DataError("a fixed dequantization needs data without a batch transform.")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    images = data.tensors[0]
+    k = to_levels(images, num_levels)
+    u = torch.rand(images.shape, generator=g, dtype=images.dtype).to(images.device)
+    return TensorData((k + u) / num_levels, *data.tensors[1:], names=data.names)
+
+
+def _check_alpha(alpha: float) -> float:
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 0.5):
+        raise ConfigError(f"the logit preprocessing needs 0 < alpha < 0.5, got {alpha!r}.")
+    return float(alpha)
+
+
+def logit_transform(alpha: float = 0.05) -> ComposeTransform:
+    r"""The map from logit space to data, :math:`x = (\sigma(y) - \alpha) / (1 - 2\alpha)`.
+
+    torch's ``SigmoidTransform`` and ``AffineTransform`` (caching their last pair,
+    so a model that inverts once and then scores runs them once). Put it last in
+    a ``TransformedDistribution``'s list (data side); the distribution's
+    ``log_prob`` of ``x`` then includes the log-determinant of the logit map.
+    """
+    alpha = _check_alpha(alpha)
+    beta = 1.0 - 2.0 * alpha
+    return ComposeTransform([SigmoidTransform(cache_size=1),
+                             AffineTransform(-alpha / beta, 1.0 / beta, cache_size=1)],
+                            cache_size=1)
+
+
+def logit_preprocess(x: torch.Tensor, alpha: float = 0.05, event_dim: int = 3):
+    r"""``(y, log_det)``: :math:`y = \operatorname{logit}(\alpha + (1-2\alpha)x)` and
+    :math:`\log|\det \partial y / \partial x|` summed over the last ``event_dim`` dimensions.
+
+    Args:
+        x: values in [0, 1], shape ``(..., *event)``.
+    """
+    alpha = _check_alpha(alpha)
+    check_unit_interval(x)
+    beta = 1.0 - 2.0 * alpha
+    z = alpha + beta * x
+    y = torch.log(z) - torch.log1p(-z)
+    ld = math.log(beta) - torch.log(z) - torch.log1p(-z)
+    ld = ld.reshape(ld.shape[: ld.dim() - event_dim] + (-1,)).sum(-1)
+    return y, ld

@@ -1,0 +1,114 @@
+"""Conditioner networks of the flows: they compute shifts and log-scales, never invert.
+
+A coupling layer's conditioner can be any network; only the layer around it has
+to be invertible. Vector data uses Pyro's :class:`pyro.nn.DenseNN` directly.
+Images need convolutions that read the flat vector Pyro's
+:class:`~pyro.distributions.transforms.AffineCoupling` hands its hypernet, so
+:class:`ConvHypernet` reshapes to ``(C, H, W)`` and back around a small
+:class:`ConvNet` (the 3x3 / 1x1 / 3x3 network of Glow).
+
+Every network's last layer starts near zero (weights ``N(0, 1e-3^2)``, bias 0),
+so a fresh coupling is close to the identity, as in Glow (which uses exact zeros;
+a tiny non-zero start keeps a gradient flowing to every layer from the first step).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from pyro.nn import DenseNN
+from torch import nn
+
+from probgen.errors import ConfigError
+
+LAST_LAYER_STD = 1e-3
+
+
+def near_zero_(layer: nn.Module) -> nn.Module:
+    """Initialise a linear or convolutional layer to (almost) zero, in place."""
+    nn.init.normal_(layer.weight, std=LAST_LAYER_STD)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def check_hidden(hidden: Sequence[int]) -> Tuple[int, ...]:
+    hidden = tuple(hidden)
+    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ConfigError(f"hidden layer sizes must be positive integers, got {hidden!r}.")
+    return hidden
+
+
+class ConvNet(nn.Module):
+    """Glow's conditioner: 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 conv (near-zero start).
+
+    Args:
+        in_channels: channels of the input ``(B, in_channels, H, W)``.
+        out_channels: channels of the output ``(B, out_channels, H, W)``.
+        hidden: channels of the two hidden layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64):
+        super().__init__()
+        check_positive("hidden channels", hidden)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
+            near_zero_(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvHypernet(nn.Module):
+    """Hypernet of Pyro's ``AffineCoupling(split_dim, hypernet, dim=-3)`` on images.
+
+    Pyro flattens the conditioning half to ``(..., C1*H*W)`` before calling the
+    hypernet and expects ``(mean, log_scale)`` back, each ``(..., C2*H*W)``.
+
+    Args:
+        in_shape: ``(C1, H, W)``, the conditioning channels.
+        out_channels: ``C2``, the channels being transformed.
+        hidden: hidden channels of the :class:`ConvNet`.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_channels: int, hidden: int = 64):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.out_channels = out_channels
+        self.net = ConvNet(self.in_shape[0], 2 * out_channels, hidden)
+
+    def forward(self, x1: torch.Tensor):
+        batch = x1.shape[:-1]
+        h = self.net(x1.reshape((-1,) + self.in_shape))
+        mean, log_scale = h.chunk(2, dim=1)
+        return mean.reshape(batch + (-1,)), log_scale.reshape(batch + (-1,))
+
+
+def dense_hypernet(in_dim: int, out_dim: int, hidden: Sequence[int]) -> DenseNN:
+    """Pyro's ``DenseNN`` returning ``(mean, log_scale)``, last layer near zero."""
+    net = DenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim, out_dim])
+    near_zero_(net.layers[-1])
+    return net
+
+
+class AdditiveHypernet(nn.Module):
+    """A shift-only hypernet: ``(m(x1), 0)``, turning Pyro's affine coupling into
+    NICE's additive coupling ``y2 = x2 + m(x1)`` (log-scale identically zero, unit Jacobian).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        self.net = DenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim])
+        near_zero_(self.net.layers[-1])
+
+    def forward(self, x1: torch.Tensor):
+        m = self.net(x1)
+        return m, torch.zeros_like(m)

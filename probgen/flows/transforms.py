@@ -1,0 +1,598 @@
+"""The flow pieces that Pyro and normflows lack, as Pyro ``TransformModule`` s.
+
+Direction convention (Pyro's): a transform's ``__call__`` maps the base side to
+the data side (sampling), ``.inv`` maps data to base (density evaluation), and
+``log_abs_det_jacobian(x, y)`` is ``log|det dy/dx|`` of the base-to-data map, one
+value per batch element. :class:`~pyro.distributions.TransformedDistribution`
+computes ``log p(y) = log p_base(x) - log|det dy/dx|`` with ``x = t.inv(y)``.
+
+What is here and why it is written by hand:
+
+* :class:`NormflowsTransform` -- an adapter that makes any normflows ``Flow``
+  (whose ``forward`` is also base-to-data and returns ``(z, log_det)``) a Pyro
+  transform. It is how probgen uses normflows' ``ActNorm`` (data-dependent
+  initialisation, its state a buffer), ``AffineConstFlow`` (NICE's scaling) and
+  ``InvertibleAffine`` (an LU-parameterised linear map for vectors).
+* :class:`Permute` -- Pyro's ``Permute`` with its index tensors as buffers:
+  Pyro keeps them as plain attributes, which ``module.to(device)`` does not move.
+* :class:`Squeeze` and :func:`squeeze2d` -- RealNVP's space-to-depth reshaping;
+  normflows' ``Squeeze`` works on a batch of exactly one leading dimension only.
+* :class:`CheckerboardAffineCoupling` -- RealNVP's spatial checkerboard coupling.
+  Pyro's ``AffineCoupling`` splits along one tensor dimension (so it serves as the
+  *channel* coupling); normflows' ``MaskedAffineFlow`` evaluates two separate
+  networks for scale and shift. This one computes both with one network.
+* :class:`MultiscaleTransform` -- one scale of the multiscale architecture as a
+  single shape-preserving bijection (squeeze, steps, factor out half, recurse on
+  the other half), so that a whole multiscale flow is one Pyro transform under
+  one standard-normal base. normflows' ``MultiscaleFlow`` is a complete model with
+  a base distribution per level, not a transform; Pyro has no multiscale transform.
+* :class:`CrossUnitCoupling` -- DenseFlow's noise augmentation (Grcic et al. 2021);
+  no library has it. It changes the dimension, so it is a module with
+  ``augment``/``drop`` rather than a bijective transform.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.transforms import Permute as PyroPermute
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
+from pyro.nn import DenseNN
+from torch import nn
+from torch.distributions import Transform
+
+from probgen.errors import ConfigError, DataError
+from probgen.flows.nets import ConvNet, check_hidden, check_positive, near_zero_
+
+LOG_SCALE_CLIP = (-5.0, 3.0)  # as Pyro's AffineCoupling
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def squeeze2d(x: torch.Tensor) -> torch.Tensor:
+    """Space-to-depth: ``(..., C, H, W)`` -> ``(..., 4C, H/2, W/2)``.
+
+    Output channel ``4c + 2i + j`` holds input channel ``c`` at rows ``2r + i``,
+    columns ``2s + j`` (normflows' and RealNVP's order).
+    """
+    *batch, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise DataError(f"squeezing needs even height and width, got {h}x{w}.")
+    x = x.reshape(*batch, c, h // 2, 2, w // 2, 2)
+    n = len(batch)
+    x = x.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3)
+    return x.reshape(*batch, 4 * c, h // 2, w // 2)
+
+
+def unsqueeze2d(x: torch.Tensor) -> torch.Tensor:
+    """Depth-to-space, the inverse of :func:`squeeze2d`."""
+    *batch, c, h, w = x.shape
+    if c % 4:
+        raise DataError(f"unsqueezing needs a channel count divisible by 4, got {c}.")
+    n = len(batch)
+    x = x.reshape(*batch, c // 4, 2, 2, h, w)
+    x = x.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return x.reshape(*batch, c // 4, 2 * h, 2 * w)
+
+
+def _to_batch(ladj: torch.Tensor, x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """Sum a log-determinant over whatever event dimensions it still has."""
+    batch_dim = x.dim() - event_dim
+    if ladj.dim() > batch_dim:
+        ladj = ladj.reshape(ladj.shape[:batch_dim] + (-1,)).sum(-1)
+    return ladj.expand(x.shape[:batch_dim])
+
+
+def apply_forward(t: Transform, x: torch.Tensor, event_dim: int):
+    """``(t(x), log|det dt(x)/dx|)`` with the log-determinant summed to the batch shape."""
+    y = t(x)
+    return y, _to_batch(t.log_abs_det_jacobian(x, y), x, event_dim)
+
+
+def apply_inverse(t: Transform, y: torch.Tensor, event_dim: int):
+    """``(t.inv(y), log|det dt.inv(y)/dy|)`` (minus the forward log-determinant)."""
+    x = t.inv(y)
+    return x, -_to_batch(t.log_abs_det_jacobian(x, y), x, event_dim)
+
+
+def reset_caches(module: nn.Module) -> None:
+    """Forget every cached ``(x, y)`` pair of the transforms inside ``module``.
+
+    Pyro's transforms cache their last input/output pair and look it up by
+    identity. That saves the second pass :class:`TransformedDistribution` makes,
+    but a tensor evaluated again after an optimizer step (or first under
+    ``no_grad``) would get a stale result; probgen's models call this at the start
+    of every evaluation.
+    """
+    for m in module.modules():
+        if isinstance(m, Transform) and getattr(m, "_cache_size", 0) == 1:
+            m._cached_x_y = (None, None)
+            if hasattr(m, "_cached_log_scale"):
+                m._cached_log_scale = None
+            if hasattr(m, "_cached_ladj"):
+                m._cached_ladj = None
+
+
+def chain(density_order: Sequence[Transform]):
+    """A Pyro composition from parts listed in *density* order (data side first).
+
+    Flows are easiest to read from the data towards the latent (Glow's step is
+    "ActNorm, 1x1 convolution, coupling"); Pyro lists transforms from the base to
+    the data. ``chain`` reverses the list into a ``ComposeTransformModule``.
+    """
+    from pyro.distributions.torch_transform import ComposeTransformModule
+
+    return ComposeTransformModule(list(reversed(list(density_order))))
+
+
+# ----------------------------------------------------------------------- base class
+
+class CachedLogDetTransform(TransformModule):
+    """A bijection that computes its output and log-determinant in one pass.
+
+    Subclasses implement :meth:`forward_and_log_det` (base to data) and
+    :meth:`inverse_and_log_det` (data to base, returning the *forward* map's
+    log-determinant); the log-determinant of the last call is cached with Pyro's
+    ``(x, y)`` pair, like Pyro's own ``AffineCoupling``.
+
+    Args:
+        event_dim: number of rightmost dimensions forming one event.
+    """
+
+    bijective = True
+
+    def __init__(self, event_dim: int):
+        super().__init__(cache_size=1)
+        self._event_dim = event_dim
+        self._cached_ladj = None
+
+    @constraints.dependent_property(is_discrete=False)
+    def domain(self):
+        return constraints.independent(constraints.real, self._event_dim)
+
+    @constraints.dependent_property(is_discrete=False)
+    def codomain(self):
+        return constraints.independent(constraints.real, self._event_dim)
+
+    def forward_and_log_det(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _call(self, x):
+        y, ladj = self.forward_and_log_det(x)
+        self._cached_ladj = ladj
+        return y
+
+    def _inverse(self, y):
+        x, ladj = self.inverse_and_log_det(y)
+        self._cached_ladj = ladj
+        return x
+
+    def log_abs_det_jacobian(self, x, y):
+        x_old, y_old = self._cached_x_y
+        if self._cached_ladj is not None and x is x_old and y is y_old:
+            return self._cached_ladj
+        return self.forward_and_log_det(x)[1]
+
+    def with_cache(self, cache_size=1):
+        if cache_size != 1:
+            raise ValueError(f"{type(self).__name__} always caches its last call.")
+        return self
+
+
+# -------------------------------------------------------------------------- adapters
+
+class NormflowsTransform(CachedLogDetTransform):
+    """A normflows ``Flow`` as a Pyro transform.
+
+    normflows' ``flow(z) -> (x, log_det)`` maps base to data with
+    ``log_det = log|det dx/dz|`` and ``flow.inverse(x) -> (z, log|det dz/dx|)``,
+    over a batch of exactly one leading dimension. The adapter flattens any batch
+    shape to one dimension and back, and broadcasts normflows' scalar log-dets.
+
+    Args:
+        flow: a ``normflows.flows.Flow``, e.g. ``ActNorm((C, 1, 1))``.
+        event_shape: the shape of one event, e.g. ``(C, H, W)`` or ``(D,)``;
+            ``None`` entries match any size (a 1x1 convolution takes any H and W).
+    """
+
+    def __init__(self, flow: nn.Module, event_shape: Sequence[int]):
+        super().__init__(len(event_shape))
+        self.flow = flow
+        self.event_shape = tuple(event_shape)
+
+    def _flat(self, x):
+        k = x.dim() - self._event_dim
+        event = tuple(x.shape[k:])
+        if k < 0 or any(e is not None and e != s for e, s in zip(self.event_shape, event)):
+            raise DataError(f"{type(self.flow).__name__} takes events of shape "
+                            f"{self.event_shape}, got a tensor of shape {tuple(x.shape)}.")
+        return x.reshape((-1,) + event), x.shape[:k]
+
+    def _log_det(self, ld, xf, batch):
+        return (xf.new_zeros(xf.shape[0]) + ld).reshape(batch)
+
+    def forward_and_log_det(self, x):
+        xf, batch = self._flat(x)
+        y, ld = self.flow(xf)
+        return y.reshape(batch + y.shape[1:]), self._log_det(ld, xf, batch)
+
+    def inverse_and_log_det(self, y):
+        yf, batch = self._flat(y)
+        x, ld = self.flow.inverse(yf)
+        return x.reshape(batch + x.shape[1:]), -self._log_det(ld, yf, batch)
+
+    def __repr__(self):
+        return f"NormflowsTransform({type(self.flow).__name__}, event_shape={self.event_shape})"
+
+
+def actnorm(event_shape: Sequence[int]) -> NormflowsTransform:
+    """normflows' ``ActNorm``: per-channel scale and shift, initialised from the
+    first batch it sees in the density direction so that its output has zero mean
+    and unit variance per channel (Glow). The "initialised" flag is the buffer
+    ``flow.data_dep_init_done`` and travels with the state dict.
+
+    Args:
+        event_shape: ``(C, H, W)`` (one scale per channel) or ``(D,)``.
+    """
+    from normflows.flows import ActNorm
+
+    shape = tuple(event_shape)
+    param_shape = (shape[0],) + (1,) * (len(shape) - 1)
+    return NormflowsTransform(ActNorm(param_shape), shape)
+
+
+def scaling(event_shape: Sequence[int]) -> NormflowsTransform:
+    """NICE's diagonal scaling layer ``y = exp(s) * x``: normflows' ``AffineConstFlow``
+    with a scale and no shift."""
+    from normflows.flows import AffineConstFlow
+
+    return NormflowsTransform(AffineConstFlow(tuple(event_shape), scale=True, shift=False),
+                              event_shape)
+
+
+def _quiet(make):
+    # normflows' LU constructors call the deprecated ``Tensor.lu``; the warning is theirs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
+        return make()
+
+
+def invertible_linear(dim: int) -> NormflowsTransform:
+    """normflows' ``InvertibleAffine``: an LU-parameterised invertible matrix on
+    vectors (the 1x1 convolution of Glow for data without pixels)."""
+    from normflows.flows import InvertibleAffine
+
+    return NormflowsTransform(_quiet(lambda: InvertibleAffine(dim, use_lu=True)), (dim,))
+
+
+def invertible_conv1x1(channels: int) -> NormflowsTransform:
+    r"""Glow's invertible 1x1 convolution, LU-parameterised: normflows' ``Invertible1x1Conv``.
+
+    :math:`W = P L (U + \operatorname{diag}(	ext{sign}(s) e^{\log|s|}))`, so
+    :math:`\log|\det| = H W \sum \log|s|`. In the density direction it is one
+    ``conv2d`` with :math:`W`; sampling inverts the two triangular C x C factors.
+    (Pyro's ``GeneralizedChannelPermute`` has the same parameterisation, but
+    evaluates densities by triangular solves over every pixel, about a hundred
+    times slower per training step here.)
+    """
+    from normflows.flows import Invertible1x1Conv
+
+    return NormflowsTransform(_quiet(lambda: Invertible1x1Conv(channels, use_lu=True)),
+                              (channels, None, None))
+
+
+def is_initialized(module: nn.Module) -> bool:
+    """False while any ActNorm inside ``module`` waits for its first data batch."""
+    for m in module.modules():
+        flag = getattr(m, "data_dep_init_done", None)
+        if torch.is_tensor(flag) and not bool(flag > 0):
+            return False
+    return True
+
+
+# ------------------------------------------------------------------- small bijections
+
+class Permute(PyroPermute, TransformModule):
+    """Pyro's :class:`~pyro.distributions.transforms.Permute` with the index
+    tensors stored as buffers, so that ``.to(device)`` moves them.
+
+    Args:
+        permutation: a permutation of ``range(n)`` (a list or a tensor).
+        dim: the (negative) dimension to permute; the event has ``-dim`` dimensions.
+    """
+
+    def __init__(self, permutation, dim: int = -1):
+        perm = torch.as_tensor(permutation, dtype=torch.long)
+        if perm.dim() != 1 or not torch.equal(perm.sort().values, torch.arange(len(perm))):
+            raise ConfigError(f"not a permutation of range({len(perm)}): {perm.tolist()}.")
+        super().__init__(perm, dim=dim)
+        del self.permutation
+        self.register_buffer("permutation", perm)
+        self.register_buffer("_inv_permutation", torch.argsort(perm))
+
+    @property
+    def inv_permutation(self):
+        return self._inv_permutation
+
+    def with_cache(self, cache_size=1):
+        return self
+
+    @staticmethod
+    def reverse(n: int, dim: int = -1) -> "Permute":
+        """Reverse the order along ``dim``: alternates which half a coupling conditions on."""
+        return Permute(torch.arange(n - 1, -1, -1), dim=dim)
+
+    @staticmethod
+    def even_odd(n: int) -> "Permute":
+        """Even positions first, then odd ones (NICE's partition, as contiguous halves)."""
+        return Permute(torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)]))
+
+
+class Squeeze(TransformModule):
+    """Space-to-depth as a Pyro transform: ``(C, H, W)`` -> ``(4C, H/2, W/2)``, volume preserving.
+
+    As written (``__call__`` squeezes), it belongs on the *data* side; in a list of
+    transforms from base to data use ``Squeeze().inv``.
+    """
+
+    bijective = True
+    volume_preserving = True
+    domain = constraints.independent(constraints.real, 3)
+    codomain = constraints.independent(constraints.real, 3)
+
+    def __init__(self):
+        super().__init__(cache_size=1)
+
+    def _call(self, x):
+        return squeeze2d(x)
+
+    def _inverse(self, y):
+        return unsqueeze2d(y)
+
+    def log_abs_det_jacobian(self, x, y):
+        return x.new_zeros(x.shape[:-3])
+
+    def forward_shape(self, shape):
+        *b, c, h, w = shape
+        return torch.Size((*b, 4 * c, h // 2, w // 2))
+
+    def inverse_shape(self, shape):
+        *b, c, h, w = shape
+        return torch.Size((*b, c // 4, 2 * h, 2 * w))
+
+    def with_cache(self, cache_size=1):
+        return self
+
+
+# --------------------------------------------------------------------- checkerboard
+
+def checkerboard(height: int, width: int, parity: int = 0) -> torch.Tensor:
+    """``b[i, j] = (i + j + parity) mod 2``, shape ``(1, H, W)``."""
+    i = torch.arange(height).view(-1, 1)
+    j = torch.arange(width).view(1, -1)
+    return ((i + j + parity) % 2).to(torch.get_default_dtype()).unsqueeze(0)
+
+
+class CheckerboardAffineCoupling(CachedLogDetTransform):
+    r"""RealNVP's checkerboard affine coupling on images.
+
+    With a fixed checkerboard mask :math:`b`,
+
+    .. math::
+        y = b \odot x + (1 - b) \odot \big(x \odot e^{s(b \odot x)} + t(b \odot x)\big),
+        \qquad \log|\det \partial y / \partial x| = \sum (1 - b) \odot s(b \odot x),
+
+    with :math:`s = \text{scale} \cdot \tanh(\cdot)` (a learned per-channel bound,
+    as in RealNVP) and :math:`s, t` from one :class:`ConvNet` that also sees the mask.
+
+    Args:
+        event_shape: ``(C, H, W)``.
+        parity: 0 or 1, which squares are kept; alternate it between layers.
+        hidden: hidden channels of the conditioner.
+    """
+
+    def __init__(self, event_shape: Sequence[int], parity: int = 0, hidden: int = 64):
+        super().__init__(3)
+        c, h, w = _image_shape(event_shape, "CheckerboardAffineCoupling")
+        self.event_shape = (c, h, w)
+        self.register_buffer("mask", checkerboard(h, w, parity))
+        self.net = ConvNet(c + 1, 2 * c, hidden)
+        self.scale = nn.Parameter(torch.ones(c, 1, 1))
+
+    def _params(self, x):
+        batch = x.shape[:-3]
+        b = self.mask.to(x.dtype)
+        xm = (x * b).reshape((-1,) + self.event_shape)
+        inp = torch.cat([xm, b.expand(xm.shape[0], 1, *self.event_shape[1:])], 1)
+        s, t = self.net(inp).chunk(2, dim=1)
+        s = self.scale * torch.tanh(s) * (1 - b)
+        t = t * (1 - b)
+        return s.reshape(batch + self.event_shape), t.reshape(batch + self.event_shape)
+
+    def forward_and_log_det(self, x):
+        s, t = self._params(x)
+        y = x * torch.exp(s) + t  # s = t = 0 where the mask keeps x
+        return y, s.flatten(-3).sum(-1)
+
+    def inverse_and_log_det(self, y):
+        s, t = self._params(y)  # b * y == b * x
+        return (y - t) * torch.exp(-s), s.flatten(-3).sum(-1)
+
+
+def _image_shape(shape, what):
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise ConfigError(f"{what} works on images of shape (C, H, W), got event shape {shape}.")
+    return shape
+
+
+# ----------------------------------------------------------------------- multiscale
+
+class MultiscaleTransform(CachedLogDetTransform):
+    r"""One scale of a multiscale flow, as one shape-preserving bijection of ``(C, H, W)``.
+
+    Density direction (data to base), as in RealNVP and Glow::
+
+        x --pre--> squeeze --post--> [split prior] --> (h, z_out) ;  h --inner--> z_h
+        latent = unsqueeze(cat(z_h, z_out))
+
+    ``pre`` acts at ``(C, H, W)`` (RealNVP's checkerboard couplings), ``post`` at
+    ``(4C, H/2, W/2)`` (channel couplings, Glow steps). Half of the squeezed
+    channels, ``z_out``, are factored out: they leave the flow here and go straight
+    to the base distribution, while ``h`` continues through ``inner`` (the next
+    scale). The optional ``split_prior`` is a transform of the squeezed tensor that
+    changes only ``z_out`` given ``h`` (Glow's learned conditional prior
+    :math:`z_{out} \sim N(\mu(h), \sigma(h))`, written as Pyro's ``AffineCoupling``).
+    Without ``inner`` nothing is factored out (the last scale).
+
+    The latent is unsqueezed back to ``(C, H, W)``, so every scale maps a shape to
+    itself and the whole flow has one standard-normal base of the data's shape.
+
+    Args:
+        event_shape: ``(C, H, W)``, with H and W even.
+        post: transform on ``(4C, H/2, W/2)`` (base-to-data convention, e.g. :func:`chain`).
+        pre: optional transform on ``(C, H, W)``.
+        inner: optional transform on ``(2C, H/2, W/2)``; ``None`` for the last scale.
+        split_prior: optional transform on ``(4C, H/2, W/2)`` conditioned on the first 2C channels.
+    """
+
+    def __init__(self, event_shape: Sequence[int], post: Transform,
+                 pre: Optional[Transform] = None, inner: Optional[Transform] = None,
+                 split_prior: Optional[Transform] = None):
+        super().__init__(3)
+        c, h, w = _image_shape(event_shape, "MultiscaleTransform")
+        if h % 2 or w % 2:
+            raise ConfigError(f"a scale squeezes 2x2 pixels into channels and needs even "
+                              f"height and width; got {h}x{w}. Use fewer levels.")
+        if split_prior is not None and inner is None:
+            raise ConfigError("a split prior needs an inner scale (something to factor out).")
+        self.event_shape = (c, h, w)
+        self.pre, self.post, self.inner, self.split_prior = pre, post, inner, split_prior
+
+    def forward_and_log_det(self, z):
+        ld = z.new_zeros(z.shape[:-3])
+        v = squeeze2d(z)
+        if self.inner is not None:
+            k = v.shape[-3] // 2
+            zh, zo = v.split([k, v.shape[-3] - k], dim=-3)
+            h, l = apply_forward(self.inner, zh, 3)
+            ld = ld + l
+            v = torch.cat([h, zo], dim=-3)
+            if self.split_prior is not None:
+                v, l = apply_forward(self.split_prior, v, 3)
+                ld = ld + l
+        v, l = apply_forward(self.post, v, 3)
+        x = unsqueeze2d(v)
+        ld = ld + l
+        if self.pre is not None:
+            x, l = apply_forward(self.pre, x, 3)
+            ld = ld + l
+        return x, ld
+
+    def inverse_and_log_det(self, x):
+        ld = x.new_zeros(x.shape[:-3])
+        if self.pre is not None:
+            x, l = apply_inverse(self.pre, x, 3)
+            ld = ld + l
+        v, l = apply_inverse(self.post, squeeze2d(x), 3)
+        ld = ld + l
+        if self.inner is not None:
+            if self.split_prior is not None:
+                v, l = apply_inverse(self.split_prior, v, 3)
+                ld = ld + l
+            k = v.shape[-3] // 2
+            h, zo = v.split([k, v.shape[-3] - k], dim=-3)
+            zh, l = apply_inverse(self.inner, h, 3)
+            ld = ld + l
+            v = torch.cat([zh, zo], dim=-3)
+        return unsqueeze2d(v), -ld  # ld is log|det dz/dx|; report the forward's
+
+
+# ------------------------------------------------------------------------- DenseFlow
+
+class CrossUnitCoupling(nn.Module):
+    r"""DenseFlow's cross-unit coupling (Grcic, Grubisic & Segvic 2021): noise augmentation.
+
+    The current latent :math:`z` (everything the flow has computed so far from the
+    data, so a function of all earlier latents) is extended by ``growth`` new
+    channels (or dimensions) of noise :math:`e \sim N(0, I)`, moved and scaled by
+    a learned map of :math:`z`:
+
+    .. math::
+        z^{aug} = [z,\; \mu(z) + \sigma(z) \odot e], \qquad
+        \log|\det \partial z^{aug} / \partial [z, e]| = \textstyle\sum \log \sigma(z).
+
+    The flow density then bounds the data likelihood (eqs. 2.39-2.42 of the source):
+    :math:`\ln p(z) \ge E_e[\ln p(z^{aug}) + \sum \log\sigma - \ln N(e; 0, I)]`.
+    Sampling drops the added channels (:meth:`drop`).
+
+    Args:
+        event_shape: ``(C, H, W)`` or ``(D,)`` of ``z``.
+        growth: channels (images) or dimensions (vectors) added.
+        hidden: conditioner width: hidden channels (int) for images, layer sizes for vectors.
+    """
+
+    def __init__(self, event_shape: Sequence[int], growth: int, hidden=64):
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        self.growth = check_positive("growth", growth)
+        if len(self.event_shape) == 3:
+            self.net = ConvNet(self.event_shape[0], 2 * growth, hidden)
+        elif len(self.event_shape) == 1:
+            hidden = (hidden,) if isinstance(hidden, int) else hidden
+            self.net = DenseNN(self.event_shape[0], list(check_hidden(hidden)),
+                               param_dims=[2 * growth])
+            near_zero_(self.net.layers[-1])
+        else:
+            raise ConfigError(f"CrossUnitCoupling works on (C, H, W) or (D,) events, "
+                              f"got {self.event_shape}.")
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    @property
+    def out_shape(self) -> Tuple[int, ...]:
+        return (self.event_shape[0] + self.growth,) + self.event_shape[1:]
+
+    def noise_shape(self, batch) -> Tuple[int, ...]:
+        return tuple(batch) + (self.growth,) + self.event_shape[1:]
+
+    def forward(self, z: torch.Tensor):
+        """``(mu, log_sigma)`` of the added noise, each of the noise's shape."""
+        batch = z.shape[: z.dim() - self.event_dim]
+        out = self.net(z.reshape((-1,) + self.event_shape))
+        mu, log_sigma = out.chunk(2, dim=1)
+        log_sigma = clamp_preserve_gradients(log_sigma, *LOG_SCALE_CLIP)
+        shape = self.noise_shape(batch)
+        return mu.reshape(shape), log_sigma.reshape(shape)
+
+    def augment(self, z: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        """``(z_aug, sum log sigma, e)``: ``e`` is drawn unless given."""
+        mu, log_sigma = self(z)
+        if noise is None:
+            noise = torch.randn_like(mu)
+        elif noise.shape != mu.shape:
+            raise DataError(f"noise of shape {tuple(noise.shape)} does not fit this "
+                            f"augmentation, which needs {tuple(mu.shape)}.")
+        u = mu + torch.exp(log_sigma) * noise
+        ld = log_sigma.reshape(log_sigma.shape[: z.dim() - self.event_dim] + (-1,)).sum(-1)
+        return torch.cat([z, u], dim=-self.event_dim), ld, noise
+
+    def drop(self, z_aug: torch.Tensor) -> torch.Tensor:
+        """Remove the added channels: the sampling direction."""
+        return z_aug.narrow(-self.event_dim, 0, self.event_shape[0])
+
+
+def standard_normal_log_prob(x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """``log N(x; 0, I)`` summed over the last ``event_dim`` dimensions."""
+    lp = -0.5 * (x * x + math.log(2 * math.pi))
+    return lp.reshape(lp.shape[: x.dim() - event_dim] + (-1,)).sum(-1)

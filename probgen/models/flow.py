@@ -1,0 +1,203 @@
+"""A normalizing flow as a Pyro model, trained by maximum likelihood.
+
+The model is one observed site::
+
+    pyro.sample("x", TransformedDistribution(base, [flow, logit^{-1}]), obs=x)
+
+with an empty guide, so the ELBO that :func:`probgen.fit` maximises is exactly
+``log p(x)`` (nats per example); the logit preprocessing is the last transform
+of the distribution, so its log-determinant is part of ``log p(x)``. A
+deterministic site ``z`` records the latent code ``f^{-1}(x)`` (flattened), so
+``pyro.infer.Predictive`` returns it. For DenseFlow the site's distribution is
+the flow's :class:`~probgen.flows.AugmentedFlowDistribution`, whose
+``log_prob`` is the lower bound (one noise draw per step during training) --
+the augmentation noise plays the part of a latent variable whose variational
+distribution is fixed -- and ``z`` is the augmented latent of one draw.
+
+Images are expected dequantized, in [0, 1) (:func:`probgen.data.dequantize.dequantized`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from probgen.data.dequantize import check_unit_interval, logit_transform
+from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError, DataError
+from probgen.flows.builders import build_flow
+from probgen.flows.core import AugmentedFlowDistribution, DensityFlow
+from probgen.flows.transforms import reset_caches
+from probgen.metrics.density import bits_per_dim, mean_bits_per_dim
+from probgen.models.registry import MODELS
+
+PREPROCESS = ("logit", "none")
+
+
+@MODELS.register("flow")
+class FlowModel(nn.Module):
+    """A flow density as a Pyro model/guide pair.
+
+    Args:
+        flow: a built flow (:mod:`probgen.flows`) or a builder name
+            (``nice``, ``realnvp``, ``glow``, ``denseflow``, ``identity``).
+        event_shape: shape of one data point, when ``flow`` is a name.
+        preprocess: ``logit`` (data in [0, 1], modelled in logit space) or ``none``.
+        alpha: the logit preprocessing's margin, ``logit(alpha + (1 - 2 alpha) x)``.
+        num_levels: grey levels the data were dequantized from, for bits/dim;
+            ``None`` for continuous data. Default: 256 with ``logit``, else ``None``.
+        **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...).
+
+    Model arguments: ``x`` of shape ``(B, *event_shape)`` (further batch items such as
+    labels are ignored), or ``None`` to sample ``num_samples`` points.
+    """
+
+    def __init__(self, flow: Union[DensityFlow, str] = "glow",
+                 event_shape: Sequence[int] = (1, 28, 28), preprocess: str = "logit",
+                 alpha: float = 0.05, num_levels: Optional[int] = -1, **flow_kwargs):
+        super().__init__()
+        if isinstance(flow, str):
+            flow = build_flow(flow, event_shape, **flow_kwargs)
+        elif flow_kwargs:
+            raise ConfigError(f"flow settings {sorted(flow_kwargs)} only apply when the flow "
+                              f"is given by name.")
+        if not isinstance(flow, DensityFlow):
+            raise ConfigError(f"flow must be a probgen flow or a builder name, got "
+                              f"{type(flow).__name__}.")
+        if preprocess not in PREPROCESS:
+            raise ConfigError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
+        self.flow = flow
+        self.preprocess = preprocess
+        self.alpha = alpha
+        if preprocess == "logit":
+            logit_transform(alpha)  # checks alpha
+        self.num_levels = (256 if preprocess == "logit" else None) if num_levels == -1 else num_levels
+
+    @property
+    def event_shape(self):
+        return self.flow.event_shape
+
+    @property
+    def num_dims(self) -> int:
+        return self.flow.num_dims
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``log_prob`` is exact (False for DenseFlow: a lower bound)."""
+        return self.flow.exact
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]."""
+        self.flow.check_input(x)
+        if x.dim() != len(self.event_shape) + 1:
+            raise DataError(f"this model takes a batch of shape (B, "
+                            f"{', '.join(map(str, self.event_shape))}); got a tensor of shape "
+                            f"{tuple(x.shape)}.")
+        if self.preprocess == "logit":
+            check_unit_interval(x, "the data of a flow with logit preprocessing")
+
+    def _data_transforms(self):
+        return [logit_transform(self.alpha)] if self.preprocess == "logit" else []
+
+    def distribution(self, temperature: float = 1.0, num_samples: int = 1):
+        """The Pyro distribution of the data (including preprocessing).
+
+        Exact flows: ``TransformedDistribution(base, [flow transform, logit^{-1}])``.
+        DenseFlow: ``TransformedDistribution(AugmentedFlowDistribution, [logit^{-1}])``
+        whose ``log_prob`` is the bound from ``num_samples`` noise draws.
+        """
+        pre = self._data_transforms()
+        if self.flow.exact:
+            base = self.flow.base_distribution(self.flow.latent_shape, temperature, self.flow.base)
+            return dist.TransformedDistribution(base, self.flow.transforms() + pre)
+        d = self.flow.distribution(temperature, num_samples)
+        return dist.TransformedDistribution(d, pre) if pre else d
+
+    @staticmethod
+    def _latent(d, x: torch.Tensor) -> torch.Tensor:
+        # Invert the distribution's transforms (each caches its pair, so scoring x
+        # afterwards reuses the work), then flatten the base value.
+        y = x
+        base = d
+        if isinstance(d, dist.TransformedDistribution):
+            for t in reversed(d.transforms):
+                y = t.inv(y)
+            base = d.base_dist
+        if isinstance(base, AugmentedFlowDistribution):
+            return base.log_prob_and_latent(y)[1]
+        return y.reshape(y.shape[0], -1)
+
+    def model(self, x: Optional[torch.Tensor] = None, *rest, num_samples: int = 1,
+              temperature: float = 1.0):
+        pyro.module("flow", self)
+        reset_caches(self)
+        if x is not None:
+            self.check_data(x)
+            n = x.shape[0]
+        else:
+            n = num_samples
+        d = self.distribution(temperature)
+        with pyro.plate("data", n):
+            z = self._latent(d, x) if x is not None else None
+            x = pyro.sample("x", d, obs=x)
+            if z is None:
+                z = self._latent(d, x)
+            pyro.deterministic("z", z, event_dim=1)
+        return x
+
+    def guide(self, x: Optional[torch.Tensor] = None, *rest, **kwargs):
+        """Nothing to infer: the latent of a flow is a function of the data."""
+
+    # ------------------------------------------------------------------ evaluation
+
+    def log_prob(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """``log p(x)`` per example, in nats, with the preprocessing's log-determinant.
+
+        For DenseFlow a lower bound from ``num_samples`` noise draws.
+        """
+        self.check_data(x)
+        reset_caches(self)
+        if self.flow.exact and num_samples != 1:
+            raise ConfigError("num_samples applies to DenseFlow's bound only; this flow is exact.")
+        return self.distribution(num_samples=num_samples).log_prob(x)
+
+    def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """Bits/dim per example (an upper bound for DenseFlow, see :mod:`probgen.metrics.density`)."""
+        return bits_per_dim(self.log_prob(x, num_samples), self.num_dims, self.num_levels)
+
+    @torch.no_grad()
+    def evaluate_bits_per_dim(self, data: TensorData, batch_size: int = 500,
+                              num_samples: int = 1, progress: bool = False) -> float:
+        """Mean bits/dim over ``data`` (dequantized images, first tensor)."""
+        was = self.training
+        self.eval()
+        try:
+            return mean_bits_per_dim(lambda x: self.log_prob(x, num_samples), data,
+                                     self.num_dims, self.num_levels, batch_size, progress)
+        finally:
+            self.train(was)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> "FlowModel":
+        """Data-dependent initialisation (ActNorm) from one batch of data."""
+        self.check_data(x)
+        if x.shape[0] < 2:
+            raise DataError("data-dependent initialisation needs a batch of at least 2 examples.")
+        self.log_prob(x)
+        return self
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
+        """``(num_samples, *event_shape)`` draws; images clamped to [0, 1].
+
+        ``temperature`` scales the base distribution's standard deviation (Glow's
+        "temperature" T; T < 1 trades diversity for cleaner samples).
+        """
+        self.flow.check_initialized()
+        reset_caches(self)
+        x = self.distribution(temperature).sample((num_samples,))
+        return x.clamp(0, 1) if self.preprocess == "logit" else x

@@ -1,0 +1,134 @@
+"""Figures of density models: 2-D densities on a grid, samples at several temperatures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from probgen.viz.images import image_grid
+
+Extent = Tuple[float, float, float, float]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@torch.no_grad()
+def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
+                    extent: Extent = (-4, 4, -4, 4), resolution: int = 200,
+                    batch_size: int = 10000, device=None, dtype=None):
+    """Evaluate ``exp(log_prob_fn(points))`` on a ``resolution`` x ``resolution`` grid.
+
+    Returns:
+        ``(density (R, R) numpy array, cell area)``; row ``i`` is ``y = y_i``, so
+        ``imshow(density, origin="lower", extent=extent)`` draws it.
+    """
+    x0, x1, y0, y1 = extent
+    xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+    pts = pts.to(device=device, dtype=dtype or torch.get_default_dtype())
+    out = [log_prob_fn(pts[i:i + batch_size]).double().cpu()
+           for i in range(0, pts.shape[0], batch_size)]
+    logp = torch.cat(out).reshape(resolution, resolution)
+    area = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
+    return torch.exp(logp).numpy(), area
+
+
+def _style(ax, extent, title=None):
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _save(fig, plt, path):
+    fig.tight_layout(pad=0.3)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def toy_density_figure(data: Mapping[str, torch.Tensor],
+                       densities: Mapping[str, Mapping[str, np.ndarray]],
+                       path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
+                       titles: Optional[Mapping[Tuple[str, str], str]] = None):
+    """Rows: data sets; columns: a 2-D histogram of the data, then each model's density.
+
+    Args:
+        data: data set name -> points ``(N, 2)``.
+        densities: data set name -> {model name -> density grid from :func:`density_on_grid`}.
+        titles: optional ``(data set, model) -> panel title`` (e.g. with the test NLL).
+    """
+    plt = _figure()
+    models = list(dict.fromkeys(m for d in densities.values() for m in d))
+    rows = list(data)
+    fig, axes = plt.subplots(len(rows), 1 + len(models),
+                             figsize=(1.9 * (1 + len(models)), 1.9 * len(rows)), squeeze=False)
+    for r, name in enumerate(rows):
+        pts = data[name].detach().double().cpu().numpy()
+        ax = axes[r, 0]
+        ax.hist2d(pts[:, 0], pts[:, 1], bins=120, range=[extent[:2], extent[2:]], cmap="viridis")
+        _style(ax, extent, f"{name}: data")
+        for c, model in enumerate(models, start=1):
+            ax = axes[r, c]
+            grid = densities.get(name, {}).get(model)
+            if grid is not None:
+                ax.imshow(grid, origin="lower", extent=extent, cmap="viridis", aspect="equal")
+            title = (titles or {}).get((name, model), model)
+            _style(ax, extent, title)
+    return _save(fig, plt, path)
+
+
+def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
+                       path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
+                       title: Optional[str] = None):
+    """Rows: models; columns: temperatures; scatter plots of 2-D samples."""
+    plt = _figure()
+    rows = list(samples)
+    temps = sorted({t for s in samples.values() for t in s})
+    fig, axes = plt.subplots(len(rows), len(temps), figsize=(1.9 * len(temps), 1.9 * len(rows)),
+                             squeeze=False)
+    for r, model in enumerate(rows):
+        for c, t in enumerate(temps):
+            ax = axes[r, c]
+            pts = samples[model].get(t)
+            if pts is not None:
+                pts = pts.detach().double().cpu().numpy()
+                ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
+            _style(ax, extent, f"{model}, T={t:g}")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, plt, path)
+
+
+def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
+                            path: Union[str, Path, None] = None, nrow: int = 8,
+                            title: Optional[str] = None):
+    """Image samples side by side, one grid per temperature (``{T: (N, C, H, W)}`` in [0, 1])."""
+    plt = _figure()
+    temps = sorted(samples)
+    fig, axes = plt.subplots(1, len(temps), figsize=(2.6 * len(temps), 2.9), squeeze=False)
+    for ax, t in zip(axes[0], temps):
+        ax.imshow(image_grid(samples[t].clamp(0, 1), nrow=nrow), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"T = {t:g}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, path)
