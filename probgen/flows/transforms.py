@@ -233,20 +233,40 @@ class NormflowsTransform(CachedLogDetTransform):
         return f"NormflowsTransform({type(self.flow).__name__}, event_shape={self.event_shape})"
 
 
+def _actnorm_class():
+    from normflows.flows import ActNorm, AffineConstFlow
+
+    class WaitingActNorm(ActNorm):
+        """normflows' ActNorm that waits for a batch of at least two examples before
+        its data-dependent start (from one example the standard deviation is NaN,
+        and normflows' would keep NaN scales for good); until then it is the identity."""
+
+        def forward(self, z):
+            if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+                return AffineConstFlow.forward(self, z)
+            return super().forward(z)
+
+        def inverse(self, z):
+            if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+                return AffineConstFlow.inverse(self, z)
+            return super().inverse(z)
+
+    return WaitingActNorm
+
+
 def actnorm(event_shape: Sequence[int]) -> NormflowsTransform:
     """normflows' ``ActNorm``: per-channel scale and shift, initialised from the
     first batch it sees in the density direction so that its output has zero mean
     and unit variance per channel (Glow). The "initialised" flag is the buffer
-    ``flow.data_dep_init_done`` and travels with the state dict.
+    ``flow.data_dep_init_done`` and travels with the state dict. (A batch of one
+    example does not start it: see ``WaitingActNorm``.)
 
     Args:
         event_shape: ``(C, H, W)`` (one scale per channel) or ``(D,)``.
     """
-    from normflows.flows import ActNorm
-
     shape = tuple(event_shape)
     param_shape = (shape[0],) + (1,) * (len(shape) - 1)
-    return NormflowsTransform(ActNorm(param_shape), shape)
+    return NormflowsTransform(_actnorm_class()(param_shape), shape)
 
 
 def scaling(event_shape: Sequence[int]) -> NormflowsTransform:
