@@ -21,6 +21,7 @@ torch transform (logit space to data), placed last in a
 
 probgen's image data sets hold grey levels ``k / (L - 1)`` in [0, 1] (what
 :func:`probgen.data.image_splits` returns); these functions recover ``k`` from them.
+:class:`VariationalDequantizer` learns the dequantization noise instead (a guide).
 """
 
 from __future__ import annotations
@@ -158,3 +159,50 @@ def logit_preprocess(x: torch.Tensor, alpha: float = 0.05, event_dim: int = 3):
     ld = math.log(beta) - torch.log(z) - torch.log1p(-z)
     ld = ld.reshape(ld.shape[: ld.dim() - event_dim] + (-1,)).sum(-1)
     return y, ld
+
+
+class VariationalDequantizer(torch.nn.Module):
+    r"""A learned dequantization distribution :math:`q(u \mid k)` on the unit cube.
+
+    Uniform dequantization fills each grey level's bin evenly; variational
+    dequantization (Ho et al. 2019, Flow++) learns how to fill it, which tightens
+    the bound :math:`\log P(k) \ge E_q[\log p((k+u)/L) - \log q(u \mid k)] - D\log L`.
+    Here :math:`q` is a logistic-normal per pixel,
+    :math:`u = \sigma(\mu(k) + s(k)\,\epsilon)`, :math:`\epsilon \sim N(0, I)`, with
+    :math:`\mu, \log s` from a small convolutional network of the image (Flow++ uses
+    a conditional flow; a diagonal family is the simplest that learns). It is a
+    Pyro ``TransformedDistribution`` (torch's ``SigmoidTransform`` over a Normal), so
+    probgen's flow model uses it as the guide of the latent dequantization noise.
+
+    Args:
+        event_shape: ``(C, H, W)``.
+        hidden: hidden channels of the network.
+    """
+
+    def __init__(self, event_shape, hidden: int = 32):
+        super().__init__()
+        from torch import nn
+
+        shape = tuple(event_shape)
+        if len(shape) != 3:
+            raise ConfigError(f"variational dequantization works on images (C, H, W), got {shape}.")
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"hidden must be a positive integer, got {hidden!r}.")
+        c = shape[0]
+        self.event_shape = shape
+        last = nn.Conv2d(hidden, 2 * c, 3, padding=1)
+        nn.init.normal_(last.weight, std=1e-3)  # near zero: q starts the same for every image
+        with torch.no_grad():  # and near uniform: sigmoid(N(0, 1.6^2)) is roughly flat
+            last.bias.zero_()
+            last.bias[c:] = math.log(1.6)
+        self.net = nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), last)
+
+    def distribution(self, levels: torch.Tensor, num_levels: int = 256):
+        """``q(u | k)`` for integer levels ``k`` of shape ``(B, C, H, W)`` (batch ``(B,)``)."""
+        import pyro.distributions as dist
+
+        h = self.net(levels / (num_levels - 1) - 0.5)
+        loc, log_scale = h.chunk(2, dim=1)
+        base = dist.Normal(loc, torch.exp(log_scale.clamp(-7.0, 5.0))).to_event(3)
+        return dist.TransformedDistribution(base, [SigmoidTransform()])

@@ -7,7 +7,7 @@ Images need convolutions that read the flat vector Pyro's
 :class:`ConvHypernet` reshapes to ``(C, H, W)`` and back around a small
 :class:`ConvNet` (the 3x3 / 1x1 / 3x3 network of Glow).
 
-Every network's last layer starts near zero (weights ``N(0, 1e-3^2)``, bias 0),
+Every affine network's last layer starts near zero (weights ``N(0, 1e-3^2)``, bias 0),
 so a fresh coupling is close to the identity, as in Glow (which uses exact zeros;
 a tiny non-zero start keeps a gradient flowing to every layer from the first step).
 """
@@ -102,12 +102,16 @@ def dense_hypernet(in_dim: int, out_dim: int, hidden: Sequence[int]) -> DenseNN:
 class AdditiveHypernet(nn.Module):
     """A shift-only hypernet: ``(m(x1), 0)``, turning Pyro's affine coupling into
     NICE's additive coupling ``y2 = x2 + m(x1)`` (log-scale identically zero, unit Jacobian).
+
+    Unlike the affine couplings, NICE's start with PyTorch's default (random)
+    initialisation, as in the paper: a shift that starts at zero sits at a stationary
+    point of the likelihood of any density symmetric in ``x2`` given ``x1`` (the
+    rings, for instance), where ``E[x2 | x1] = 0``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
         super().__init__()
         self.net = DenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim])
-        near_zero_(self.net.layers[-1])
 
     def forward(self, x1: torch.Tensor):
         m = self.net(x1)

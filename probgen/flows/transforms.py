@@ -11,8 +11,9 @@ What is here and why it is written by hand:
 * :class:`NormflowsTransform` -- an adapter that makes any normflows ``Flow``
   (whose ``forward`` is also base-to-data and returns ``(z, log_det)``) a Pyro
   transform. It is how probgen uses normflows' ``ActNorm`` (data-dependent
-  initialisation, its state a buffer), ``AffineConstFlow`` (NICE's scaling) and
-  ``InvertibleAffine`` (an LU-parameterised linear map for vectors).
+  initialisation, its state a buffer), ``Invertible1x1Conv`` (Glow's LU-parameterised
+  1x1 convolution), ``AffineConstFlow`` (NICE's scaling) and ``InvertibleAffine``
+  (an LU-parameterised linear map for vectors).
 * :class:`Permute` -- Pyro's ``Permute`` with its index tensors as buffers:
   Pyro keeps them as plain attributes, which ``module.to(device)`` does not move.
 * :class:`Squeeze` and :func:`squeeze2d` -- RealNVP's space-to-depth reshaping;
@@ -38,6 +39,8 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from normflows.flows import ActNorm as _NfActNorm
+from normflows.flows import AffineConstFlow as _NfAffineConstFlow
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import Permute as PyroPermute
@@ -233,25 +236,21 @@ class NormflowsTransform(CachedLogDetTransform):
         return f"NormflowsTransform({type(self.flow).__name__}, event_shape={self.event_shape})"
 
 
-def _actnorm_class():
-    from normflows.flows import ActNorm, AffineConstFlow
+class WaitingActNorm(_NfActNorm):
+    """normflows' ``ActNorm`` that waits for a batch of at least two examples before
+    its data-dependent start: from one example the standard deviation is NaN, and
+    normflows' would keep NaN scales for good (Pyro runs a guide once with a single
+    sample to count its plates). Until then it is the identity."""
 
-    class WaitingActNorm(ActNorm):
-        """normflows' ActNorm that waits for a batch of at least two examples before
-        its data-dependent start (from one example the standard deviation is NaN,
-        and normflows' would keep NaN scales for good); until then it is the identity."""
+    def forward(self, z):
+        if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+            return _NfAffineConstFlow.forward(self, z)
+        return super().forward(z)
 
-        def forward(self, z):
-            if not self.data_dep_init_done > 0 and z.shape[0] < 2:
-                return AffineConstFlow.forward(self, z)
-            return super().forward(z)
-
-        def inverse(self, z):
-            if not self.data_dep_init_done > 0 and z.shape[0] < 2:
-                return AffineConstFlow.inverse(self, z)
-            return super().inverse(z)
-
-    return WaitingActNorm
+    def inverse(self, z):
+        if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+            return _NfAffineConstFlow.inverse(self, z)
+        return super().inverse(z)
 
 
 def actnorm(event_shape: Sequence[int]) -> NormflowsTransform:
@@ -259,14 +258,14 @@ def actnorm(event_shape: Sequence[int]) -> NormflowsTransform:
     first batch it sees in the density direction so that its output has zero mean
     and unit variance per channel (Glow). The "initialised" flag is the buffer
     ``flow.data_dep_init_done`` and travels with the state dict. (A batch of one
-    example does not start it: see ``WaitingActNorm``.)
+    example does not start it: see :class:`WaitingActNorm`.)
 
     Args:
         event_shape: ``(C, H, W)`` (one scale per channel) or ``(D,)``.
     """
     shape = tuple(event_shape)
     param_shape = (shape[0],) + (1,) * (len(shape) - 1)
-    return NormflowsTransform(_actnorm_class()(param_shape), shape)
+    return NormflowsTransform(WaitingActNorm(param_shape), shape)
 
 
 def scaling(event_shape: Sequence[int]) -> NormflowsTransform:

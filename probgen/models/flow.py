@@ -14,7 +14,19 @@ the flow's :class:`~probgen.flows.AugmentedFlowDistribution`, whose
 the augmentation noise plays the part of a latent variable whose variational
 distribution is fixed -- and ``z`` is the augmented latent of one draw.
 
-Images are expected dequantized, in [0, 1) (:func:`probgen.data.dequantize.dequantized`).
+Dequantization. With ``dequantization=None`` the data arrive continuous: images
+dequantized beforehand, in [0, 1) (:func:`probgen.data.dequantize.dequantized`),
+or toy points. With ``"uniform"`` or ``"variational"`` the model takes the grey
+levels ``k / (L - 1)`` themselves and the dequantization noise is a latent site::
+
+    u ~ Uniform(0, 1)^D                 (its prior: the level's bin, density 1)
+    x ~ flow,  observed at (k + u) / L
+
+whose guide is ``Uniform(0, 1)`` (then the ELBO is exactly the uniform
+dequantization bound) or a learned :class:`~probgen.data.dequantize.VariationalDequantizer`
+``q(u | k)`` (variational dequantization). Either way
+``ELBO = E_q[log p((k + u) / L) - log q(u | k)] <= log P(k) + D log L``, and
+importance sampling over ``u`` tightens it (:meth:`FlowModel.log_prob` with ``num_samples``).
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from probgen.data.dequantize import check_unit_interval, logit_transform
+from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval,
+                                     logit_transform, to_levels)
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.flows.builders import build_flow
@@ -36,6 +49,7 @@ from probgen.metrics.density import bits_per_dim, mean_bits_per_dim
 from probgen.models.registry import MODELS
 
 PREPROCESS = ("logit", "none")
+DEQUANTIZATION = (None, "uniform", "variational")
 
 
 @MODELS.register("flow")
@@ -48,17 +62,25 @@ class FlowModel(nn.Module):
         event_shape: shape of one data point, when ``flow`` is a name.
         preprocess: ``logit`` (data in [0, 1], modelled in logit space) or ``none``.
         alpha: the logit preprocessing's margin, ``logit(alpha + (1 - 2 alpha) x)``.
-        num_levels: grey levels the data were dequantized from, for bits/dim;
-            ``None`` for continuous data. Default: 256 with ``logit``, else ``None``.
+        num_levels: grey levels the data were (or are to be) dequantized from, for
+            bits/dim; ``None`` for continuous data. Default: 256 with ``logit``, else ``None``.
+        dequantization: ``None`` (data arrive continuous), ``uniform`` or ``variational``
+            (data arrive as grey levels; the dequantization noise is a latent site,
+            see the module doc).
+        dequantizer_hidden: hidden channels of the variational dequantizer.
         **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...).
 
     Model arguments: ``x`` of shape ``(B, *event_shape)`` (further batch items such as
     labels are ignored), or ``None`` to sample ``num_samples`` points.
+    Sites: ``x`` (observed), ``z`` (deterministic: the latent code, flattened),
+    ``u`` (latent dequantization noise, with ``dequantization`` set).
     """
 
     def __init__(self, flow: Union[DensityFlow, str] = "glow",
                  event_shape: Sequence[int] = (1, 28, 28), preprocess: str = "logit",
-                 alpha: float = 0.05, num_levels: Optional[int] = -1, **flow_kwargs):
+                 alpha: float = 0.05, num_levels: Optional[int] = -1,
+                 dequantization: Optional[str] = None, dequantizer_hidden: int = 32,
+                 **flow_kwargs):
         super().__init__()
         if isinstance(flow, str):
             flow = build_flow(flow, event_shape, **flow_kwargs)
@@ -76,6 +98,14 @@ class FlowModel(nn.Module):
         if preprocess == "logit":
             logit_transform(alpha)  # checks alpha
         self.num_levels = (256 if preprocess == "logit" else None) if num_levels == -1 else num_levels
+        if dequantization not in DEQUANTIZATION:
+            raise ConfigError(f"dequantization must be one of {DEQUANTIZATION}, got "
+                              f"{dequantization!r}.")
+        if dequantization is not None and self.num_levels is None:
+            raise ConfigError("dequantization needs the number of grey levels (num_levels).")
+        self.dequantization = dequantization
+        self.dequantizer = (VariationalDequantizer(self.event_shape, dequantizer_hidden)
+                            if dequantization == "variational" else None)
 
     @property
     def event_shape(self):
@@ -131,9 +161,13 @@ class FlowModel(nn.Module):
             return base.log_prob_and_latent(y)[1]
         return y.reshape(y.shape[0], -1)
 
+    def _noise_prior(self, like: torch.Tensor):
+        zeros = like.new_zeros(like.shape[1:])
+        return dist.Uniform(zeros, zeros + 1.0).to_event(len(self.event_shape))
+
     def model(self, x: Optional[torch.Tensor] = None, *rest, num_samples: int = 1,
               temperature: float = 1.0):
-        pyro.module("flow", self)
+        pyro.module("flow", self.flow)
         reset_caches(self)
         if x is not None:
             self.check_data(x)
@@ -142,6 +176,10 @@ class FlowModel(nn.Module):
             n = num_samples
         d = self.distribution(temperature)
         with pyro.plate("data", n):
+            if x is not None and self.dequantization is not None:
+                k = to_levels(x, self.num_levels)
+                u = pyro.sample("u", self._noise_prior(x))
+                x = (k + u) / self.num_levels
             z = self._latent(d, x) if x is not None else None
             x = pyro.sample("x", d, obs=x)
             if z is None:
@@ -150,19 +188,38 @@ class FlowModel(nn.Module):
         return x
 
     def guide(self, x: Optional[torch.Tensor] = None, *rest, **kwargs):
-        """Nothing to infer: the latent of a flow is a function of the data."""
+        """Empty for continuous data (the latent of a flow is a function of the data);
+        with dequantization, the distribution of the noise ``u`` given the grey levels."""
+        if x is None or self.dequantization is None:
+            return
+        k = to_levels(x, self.num_levels)
+        with pyro.plate("data", x.shape[0]):
+            if self.dequantizer is None:
+                pyro.sample("u", self._noise_prior(x))
+            else:
+                pyro.module("dequantizer", self.dequantizer)
+                pyro.sample("u", self.dequantizer.distribution(k, self.num_levels))
 
     # ------------------------------------------------------------------ evaluation
 
     def log_prob(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """``log p(x)`` per example, in nats, with the preprocessing's log-determinant.
 
-        For DenseFlow a lower bound from ``num_samples`` noise draws.
+        For DenseFlow a lower bound from ``num_samples`` noise draws. With
+        ``dequantization`` set (``x`` grey levels), the importance-sampled bound of
+        ``log P(k) + D log L`` from ``num_samples`` draws of ``u`` from the guide
+        (``num_samples=1``: the ELBO), computed without gradients.
         """
         self.check_data(x)
+        if self.dequantization is not None:
+            from probgen.metrics.likelihood import iw_log_likelihood
+
+            return iw_log_likelihood(self.model, self.guide, x, num_samples=num_samples,
+                                     chunk_size=max(1, 512 // max(x.shape[0], 1)))
         reset_caches(self)
         if self.flow.exact and num_samples != 1:
-            raise ConfigError("num_samples applies to DenseFlow's bound only; this flow is exact.")
+            raise ConfigError("num_samples applies to DenseFlow's bound and to dequantization "
+                              "models only; this flow is exact.")
         return self.distribution(num_samples=num_samples).log_prob(x)
 
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
@@ -187,7 +244,10 @@ class FlowModel(nn.Module):
         self.check_data(x)
         if x.shape[0] < 2:
             raise DataError("data-dependent initialisation needs a batch of at least 2 examples.")
-        self.log_prob(x)
+        if self.dequantization is not None:
+            x = (to_levels(x, self.num_levels) + torch.rand_like(x)) / self.num_levels
+        reset_caches(self)
+        self.distribution().log_prob(x)
         return self
 
     @torch.no_grad()

@@ -55,8 +55,8 @@ def _style(ax, extent, title=None):
         ax.set_title(title, fontsize=8)
 
 
-def _save(fig, plt, path):
-    fig.tight_layout(pad=0.3)
+def _save(fig, plt, path, top: float = 1.0):
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, top))
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
@@ -89,7 +89,11 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
             ax = axes[r, c]
             grid = densities.get(name, {}).get(model)
             if grid is not None:
-                ax.imshow(grid, origin="lower", extent=extent, cmap="viridis", aspect="equal")
+                # a robust colour scale: a few noisy grid points (DenseFlow's estimate is
+                # stochastic) must not dim the rest
+                vmax = float(np.quantile(grid, 0.995)) or None
+                ax.imshow(grid, origin="lower", extent=extent, cmap="viridis", aspect="equal",
+                          vmin=0, vmax=vmax)
             title = (titles or {}).get((name, model), model)
             _style(ax, extent, title)
     return _save(fig, plt, path)
@@ -114,7 +118,7 @@ def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
             _style(ax, extent, f"{model}, T={t:g}")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, top=1 - 0.3 / (1.9 * len(rows)) if title else 1.0)
 
 
 def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
@@ -131,4 +135,4 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
         ax.set_title(f"T = {t:g}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, top=0.9 if title else 1.0)
