@@ -25,9 +25,16 @@ def tiny_vae(mnist_small):
     return VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli", num_labels=10), (x, y)
 
 
+def tiny_flow(mnist_small):
+    from probgen.models.flow import FlowModel
+
+    x = torch.randn(8, 2)
+    return FlowModel("realnvp", event_shape=(2,), preprocess="none", hidden=(8,), depth=2), (x,)
+
+
 # One tiny instance and one batch per registered model; a new model adds itself here.
 # The builder is called again (another seed) to check that save/load restores every value.
-TINY = {"cvae": tiny_cvae, "vae": tiny_vae}
+TINY = {"cvae": tiny_cvae, "flow": tiny_flow, "vae": tiny_vae}
 
 
 def test_every_registered_model_has_a_contract_case():

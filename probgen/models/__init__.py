@@ -2,7 +2,8 @@
 
 from probgen.models.registry import MODELS
 from probgen.models.cvae import CVAE, Baseline
+from probgen.models.flow import FlowModel
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.vae import PRESETS, VAE
 
-__all__ = ["MODELS", "CVAE", "Baseline", "LIKELIHOODS", "PRESETS", "VAE"]
+__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "LIKELIHOODS", "PRESETS", "VAE"]
