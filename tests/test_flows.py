@@ -31,7 +31,7 @@ from probgen.flows import (FLOWS, CheckerboardAffineCoupling, CrossUnitCoupling,
                            reset_caches, scaling, squeeze2d, unsqueeze2d)
 from probgen.flows.builders import _channel_coupling, _split_prior, _vector_coupling
 from probgen.flows.transforms import invertible_conv1x1
-from probgen.metrics.density import bits_per_dim, mean_bits_per_dim, nats_to_bits_per_dim
+from probgen.metrics.density import mean_bits_per_dim, nats_to_bits_per_dim
 from probgen.models.flow import FlowModel
 from probgen.train import load_model, save_model
 from tests.conftest import QUIET, ROOT

@@ -9,7 +9,7 @@ reproducible from ``seed``, roughly centred and within [-4, 4]^2;
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributions import Transform
 
 from probgen.errors import ConfigError, DataError
-from probgen.flows.transforms import (CrossUnitCoupling, apply_forward, apply_inverse,
+from probgen.flows.transforms import (CrossUnitCoupling, apply_inverse,
                                       is_initialized, reset_caches, squeeze2d,
                                       standard_normal_log_prob, unsqueeze2d)
 
@@ -369,6 +369,3 @@ class AugmentedFlowDistribution(TorchDistribution):
         n = _numel(shape)
         x = self.flow.decode(self.flow.draw_latents(n, self.temperature))
         return x.reshape(shape + self.event_shape)
-
-    def expand(self, batch_shape, _instance=None):
-        return super().expand(batch_shape, _instance)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -127,12 +127,16 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
     """Image samples side by side, one grid per temperature (``{T: (N, C, H, W)}`` in [0, 1])."""
     plt = _figure()
     temps = sorted(samples)
-    fig, axes = plt.subplots(1, len(temps), figsize=(2.6 * len(temps), 2.9), squeeze=False)
-    for ax, t in zip(axes[0], temps):
-        ax.imshow(image_grid(samples[t].clamp(0, 1), nrow=nrow), interpolation="nearest")
+    grids = [image_grid(samples[t].clamp(0, 1), nrow=nrow) for t in temps]
+    width = 3.4
+    height = width * grids[0].shape[0] / grids[0].shape[1] + 0.35
+    fig, axes = plt.subplots(1, len(temps), figsize=(width * len(temps), height + 0.3),
+                             squeeze=False)
+    for ax, t, grid in zip(axes[0], temps, grids):
+        ax.imshow(grid, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"T = {t:g}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, plt, path, top=0.9 if title else 1.0)
+    return _save(fig, plt, path, top=1 - 0.3 / (height + 0.3) if title else 1.0)
