@@ -14,6 +14,7 @@ import csv
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -64,7 +65,7 @@ def fit_config(args, **overrides) -> FitConfig:
     cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     patience=args.patience, device=args.device, seed=args.seed,
                     progress=not args.no_progress, verbose=True)
-    return cfg.__class__(**{**cfg.to_dict(), **overrides})
+    return replace(cfg, **overrides)
 
 
 def mnist(args, binarize: str = "none"):

@@ -10,7 +10,7 @@ import torch
 from probgen.data.tensors import TensorData
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
-from probgen.metrics.likelihood import iw_nll, negative_elbo
+from probgen.metrics.likelihood import elbo_per_example, iw_nll
 
 
 @torch.no_grad()
@@ -37,13 +37,9 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
         kl = kl_per_dimension(codes["loc"], codes["scale"])
         out["kl"] = float(kl.sum())
         out["kl_per_dim"] = [float(v) for v in kl]
-        beta = getattr(model, "beta", 1.0)
-        try:
-            model.beta = 1.0  # the bound on log p(x), not the training objective
-            out["neg_elbo"] = negative_elbo(model.model, model.guide, data,
-                                            num_particles=elbo_particles)
-        finally:
-            model.beta = beta
+        # unscaled densities: the bound on log p(x), not the (beta-weighted) training objective
+        out["neg_elbo"] = -float(elbo_per_example(model.model, model.guide, data,
+                                                  num_particles=elbo_particles).mean())
     mse, n = 0.0, 0
     for batch in data.batches(1000):
         rec = model.reconstruct(*batch)
