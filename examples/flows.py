@@ -21,23 +21,20 @@ checkpoint per MNIST flow (``--resume`` continues from them).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from probgen import cli
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
 from probgen.data.toy import TOY, toy_splits
 from probgen.flows import FLOWS
 from probgen.metrics.density import nats_to_bits_per_dim
 from probgen.models.flow import FlowModel
-from probgen.train import FitConfig, fit, resolve_device, set_seed
+from probgen.train import fit, set_seed
 from probgen.viz import learning_curves
 from probgen.viz.density import (density_on_grid, temperature_grid_figure, toy_density_figure,
                                  toy_samples_figure)
@@ -48,8 +45,9 @@ TOY_EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/flows", patience=5,
+                          batch_size=64)
+    p.set_defaults(val_size=5000)
     p.add_argument("--flow", nargs="+", default=FLOW_NAMES, choices=FLOW_NAMES,
                    help="flows to train")
     p.add_argument("--data", nargs="+", default=["mnist"], choices=["mnist", "toy"],
@@ -63,39 +61,21 @@ def parse_args(argv=None):
                    help="widths: conv channels of image flows (first value), MLP layer "
                         "sizes of NICE and toy flows (default: the builder's)")
     p.add_argument("--levels", type=int, default=None, help="scales of image flows")
-    p.add_argument("--epochs", type=int, default=10, help="most epochs on MNIST")
     p.add_argument("--toy-epochs", type=int, default=40, help="epochs on each toy density")
-    p.add_argument("--patience", type=int, default=5, help="early stopping on validation")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--alpha", type=float, default=0.05, help="logit preprocessing margin")
     p.add_argument("--dequantization", default="uniform", choices=["uniform", "variational"],
                    help="MNIST: uniform noise, or a learned q(u | x) as the guide of the noise")
     p.add_argument("--train-size", type=int, default=None, help="MNIST training images (all)")
-    p.add_argument("--val-size", type=int, default=5000, help="held-out training images")
     p.add_argument("--eval-size", type=int, default=None, help="MNIST test images (all)")
     p.add_argument("--iw-samples", type=int, default=16,
                    help="noise draws of DenseFlow's bound at evaluation")
     p.add_argument("--num-samples", type=int, default=32, help="images per temperature")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default; 1 is much faster for small "
-                        "models on a busy machine)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/flows", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from MNIST checkpoints")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds-long run with tiny flows on small slices (used by the tests)")
-    args = p.parse_args(argv)
-    for name in ("epochs", "toy_epochs", "batch_size", "iw_samples", "num_samples"):
+    args = cli.finish_args(p, argv, smoke=dict(
+        epochs=1, toy_epochs=2, train_size=256, val_size=128, eval_size=128, depth=1,
+        hidden=[8], iw_samples=2, num_samples=8, patience=None))
+    for name in ("toy_epochs", "batch_size", "iw_samples", "num_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.smoke:
-        args.epochs, args.toy_epochs = 1, 2
-        args.train_size, args.val_size, args.eval_size = 256, 128, 128
-        args.depth, args.hidden = 1, args.hidden or [8]
-        args.iw_samples, args.num_samples, args.patience = 2, 8, None
     return args
 
 
@@ -112,12 +92,6 @@ def flow_kwargs(name: str, args, image: bool) -> dict:
     if not image and name == "denseflow":
         kw.setdefault("depth", 2)
     return kw
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
-            "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
 
 
 def bpd_history(history, d):
@@ -151,10 +125,7 @@ def run_mnist(args, device, out: Path):
         print(f"\n-- {name}: {n_params:,} parameters --", flush=True)
         init = train.subset(slice(0, 512)).all()[0]
         model.initialize(init)
-        cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        patience=args.patience, device=str(device), seed=args.seed,
-                        progress=not args.no_progress, resume=args.resume,
-                        checkpoint=str(out / f"{name}_mnist.pt"), clip_norm=100.0)
+        cfg = cli.fit_config(args, checkpoint=str(out / f"{name}_mnist.pt"), clip_norm=100.0)
         t0 = time.perf_counter()
         res = fit(model, train, val, cfg)
         seconds = time.perf_counter() - t0
@@ -222,45 +193,40 @@ def run_toy(args, device, out: Path):
     return results
 
 
-def write_results(results, args, out: Path):
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["data", "flow", "parameters", "epochs", "train_seconds",
-                    "test_bits_per_dim", "test_nll_nats", "bound"])
-        for name, r in results.get("mnist", {}).items():
-            nll = (r["test_bits_per_dim"] - 8) * 784 * math.log(2)
-            w.writerow(["mnist", name, r["parameters"], r["epochs"], f"{r['train_seconds']:.1f}",
-                        f"{r['test_bits_per_dim']:.4f}", f"{nll:.2f}", r["bound"]])
-        for toy, rows in results.get("toy", {}).items():
-            for name, r in rows.items():
-                w.writerow([f"toy:{toy}", name, r["parameters"], r["epochs"],
-                            f"{r['train_seconds']:.1f}", f"{r['test_bits_per_dim']:.4f}",
-                            f"{r['test_nll']:.4f}", r["bound"]])
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    if results.get("mnist"):
-        print("\nMNIST test bits/dim (published, large models: RealNVP 1.06, Glow 1.05)")
-        for name, r in results["mnist"].items():
-            print(f"  {name:10s} {'<=' if r['bound'] else '  '} {r['test_bits_per_dim']:.4f}"
-                  f"   ({r['parameters']:,} parameters, {r['train_seconds']:.0f} s)")
+def table(results):
+    rows = []
+    for name, r in results.get("mnist", {}).items():
+        rows.append({"data": "mnist", "flow": name, "parameters": r["parameters"],
+                     "epochs": r["epochs"], "train_seconds": r["train_seconds"],
+                     "test_bits_per_dim": r["test_bits_per_dim"],
+                     "test_nll_nats": (r["test_bits_per_dim"] - 8) * 784 * math.log(2),
+                     "bound": r["bound"]})
+    for toy, flows in results.get("toy", {}).items():
+        for name, r in flows.items():
+            rows.append({"data": f"toy:{toy}", "flow": name, "parameters": r["parameters"],
+                         "epochs": r["epochs"], "train_seconds": r["train_seconds"],
+                         "test_bits_per_dim": r["test_bits_per_dim"],
+                         "test_nll_nats": r["test_nll"], "bound": r["bound"]})
+    return rows
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "device": str(device), "settings": vars(args)}
-    t0 = time.perf_counter()
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    results = {}
     if "mnist" in args.data:
-        results["mnist"] = run_mnist(args, device, out)
+        results["mnist"] = run_mnist(args, device, args.out)
     if "toy" in args.data:
-        results["toy"] = run_toy(args, device, out)
-    results["wall_seconds"] = time.perf_counter() - t0
-    write_results(results, args, out)
-    print(f"\nwrote {out}/results.json, results.csv and figures "
-          f"({results['wall_seconds']:.0f} s on {device}, {torch.get_num_threads()} threads)")
+        results["toy"] = run_toy(args, device, args.out)
+    rows = table(results)
+    if results.get("mnist"):
+        print("\nMNIST test bits/dim (published, large models: RealNVP 1.06, Glow 1.05)")
+    cli.print_table(rows)
+    record = cli.write_results(args.out, results, args, started, table=rows)
+    print(f"\nwrote {args.out}/results.json, results.csv and figures "
+          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
+    return record
 
 
 if __name__ == "__main__":

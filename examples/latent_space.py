@@ -21,6 +21,7 @@ Also writes results.json / results.csv (reconstruction MSE by code size).
     python examples/latent_space.py --smoke
 """
 
+import re
 import sys
 import time
 
@@ -37,7 +38,9 @@ from probgen.viz import (grid_figure, interpolation_figure, latent_scatter, mani
 def train(model, splits, args, name):
     set_seed(args.seed)
     print(f"\n== {name}: {model.extra_repr()} ==", flush=True)
-    fit(model, splits["train"], splits["val"], cli.fit_config(args, verbose=False))
+    tag = re.sub(r"\W+", "_", name).strip("_")
+    fit(model, splits["train"], splits["val"], cli.fit_config(args, verbose=False),
+        checkpoint=str(args.out / f"checkpoint_{tag}.pt"))
     return model.eval()
 
 

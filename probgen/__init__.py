@@ -13,10 +13,10 @@ Quick start::
     result = probgen.fit(cvae, task["train"], task["val"], epochs=10)
 """
 
-from probgen import data, errors, infer, metrics, models, nn, train
+from probgen import data, errors, flows, infer, metrics, models, nn, train
 from probgen.train import FitConfig, FitResult, LossStep, SVIStep, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["FitConfig", "FitResult", "LossStep", "SVIStep", "data", "errors", "fit", "infer",
-           "metrics", "models", "nn", "train", "__version__"]
+__all__ = ["FitConfig", "FitResult", "LossStep", "SVIStep", "data", "errors", "fit", "flows",
+           "infer", "metrics", "models", "nn", "train", "__version__"]

@@ -607,7 +607,7 @@ def test_flows_example_smoke(tmp_path):
          "--data", "mnist", "toy", "--device", "cpu", "--threads", "1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
     flows = ["nice", "realnvp", "glow", "denseflow"]
     assert sorted(results["mnist"]) == sorted(flows)
     for name in flows:

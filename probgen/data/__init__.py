@@ -3,14 +3,21 @@
 from probgen.data.datasets import (BUNDLED_MNIST, default_root, image_splits, load_images,
                                    unpack_bundled_mnist)
 from probgen.data.corrupt import CORRUPTIONS, GaussianNoise, RandomBlocks, make_corruption
+from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval, dequantized,
+                                     logit_preprocess, logit_transform, to_levels,
+                                     uniform_dequantization, uniform_dequantize)
 from probgen.data.masks import MISSING, mask_inputs, quadrant_mask, quadrant_task
 from probgen.data.preprocess import (binarize_sample, dynamic_binarization, split_indices,
                                      static_binarize, to_unit_interval)
 from probgen.data.tensors import TensorData
+from probgen.data.toy import eight_gaussians, rings, toy_points, toy_splits, two_moons
 
 __all__ = [
-    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "make_corruption", "TensorData", "binarize_sample", "default_root",
-    "dynamic_binarization", "image_splits", "load_images", "mask_inputs", "quadrant_mask",
-    "quadrant_task", "split_indices", "static_binarize", "to_unit_interval",
+    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "TensorData",
+    "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
+    "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "load_images",
+    "logit_preprocess", "logit_transform", "make_corruption", "mask_inputs", "quadrant_mask",
+    "quadrant_task", "rings", "split_indices", "static_binarize", "to_levels", "to_unit_interval",
+    "toy_points", "toy_splits", "two_moons", "uniform_dequantization", "uniform_dequantize",
     "unpack_bundled_mnist",
 ]

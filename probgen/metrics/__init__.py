@@ -1,5 +1,6 @@
 """Metrics, in one place: every model and example uses these."""
 
+from probgen.metrics.density import bits_per_dim, mean_bits_per_dim, nats_to_bits_per_dim
 from probgen.metrics.images import (mse_per_image, pca, pca_reconstruction, psnr,
                                     restoration_psnr, roc_auc)
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
@@ -7,6 +8,6 @@ from probgen.metrics.likelihood import (elbo_per_example, iw_log_likelihood, iw_
                                         log_importance_weights, masked_bernoulli_nll,
                                         negative_elbo)
 
-__all__ = ["active_units", "collect_codes", "elbo_per_example", "iw_log_likelihood", "iw_nll",
-           "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mse_per_image",
-           "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]
+__all__ = ["active_units", "bits_per_dim", "collect_codes", "elbo_per_example", "iw_log_likelihood", "iw_nll",
+           "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mean_bits_per_dim",
+           "mse_per_image", "nats_to_bits_per_dim", "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]
