@@ -588,6 +588,76 @@ def test_images_outside_the_expected_range_are_rejected(mnist_small):
         FlowModel("identity").sample(2, temperature=0)
 
 
+def test_nice_partition_puts_even_positions_first_in_the_density_direction():
+    p = Permute.even_odd(7)
+    assert p.inv(torch.arange(7.0)).tolist() == [0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0]
+    assert p(p.inv(torch.arange(7.0))).tolist() == list(range(7))
+    flow = nice((6,), depth=2, hidden=(4,))
+    first = flow.transform.parts[-1]  # chain reverses: the data side's first part is last
+    assert isinstance(first, Permute)
+    assert first.inv(torch.arange(6.0)).tolist() == [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "denseflow"])
+def test_a_flow_distribution_in_a_users_own_pyro_model(name):
+    """The documented use, ``pyro.sample("x", flow.distribution(), obs=x)`` in a model
+    written by hand, trained with SVI on the same batch every step: each step's loss
+    is the current parameters' exact NLL (no stale cached transform values)."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    flow = build_flow(name, (2, 4, 4), hidden=4, depth=1, levels=1).double()
+    x = torch.randn(8, 2, 4, 4, dtype=torch.float64)
+    flow.initialize(x)
+
+    def model(x):
+        pyro.module("flow", flow)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", flow.distribution(), obs=x)
+
+    svi = SVI(model, lambda x: None, Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x) for _ in range(4)]  # a stale cache breaks the second backward
+    assert all(math.isfinite(v) for v in losses) and len(set(losses)) == 4
+    with torch.no_grad():
+        before = flow.distribution().log_prob(x)
+        for param in flow.parameters():
+            param.add_(0.01)
+        after = flow.distribution().log_prob(x)  # the same x object: no stale value
+        assert not torch.allclose(after, before)
+        if flow.exact:
+            torch.testing.assert_close(after, flow.log_prob(x))
+
+
+def test_base_temperature_and_data_range_settings_are_checked():
+    with pytest.raises(ConfigError, match="uniform base has no temperature"):
+        FlowModel("identity", event_shape=(2,), preprocess="none",
+                  base="uniform").sample(3, temperature=0.5)
+    # images without logit preprocessing still count the 256 levels and check the range
+    model = FlowModel("identity", preprocess="none")
+    assert model.num_levels == 256
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(model.bits_per_dim(x),
+                               (784 * math.log(256) - model.log_prob(x)) / (784 * math.log(2)))
+    with pytest.raises(DataError, match="num_levels=None"):
+        model.log_prob(x * 255)
+    assert FlowModel("identity", preprocess="none", num_levels=None).log_prob(x * 255).shape == (3,)
+
+
+def test_variational_dequantizer_keeps_u_inside_the_support():
+    from probgen.data.dequantize import U_MARGIN, VariationalDequantizer
+
+    deq = VariationalDequantizer((1, 4, 4), hidden=4)
+    with torch.no_grad():  # push sigmoid far into saturation: float32 rounds it to 1
+        deq.net[-1].bias.fill_(40.0)
+    q = deq.distribution(torch.randint(0, 256, (5, 1, 4, 4)).float())
+    u = q.sample()
+    assert u.max() <= 1 - U_MARGIN + 1e-7 and u.min() >= U_MARGIN
+    prior = torch.distributions.Uniform(torch.zeros(1, 4, 4), torch.ones(1, 4, 4))
+    assert torch.isfinite(prior.log_prob(u)).all()
+
+
 def test_squeeze_round_trip_and_order():
     x = torch.arange(2 * 4 * 4.0).reshape(1, 2, 4, 4)
     s = squeeze2d(x)

@@ -35,6 +35,10 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform, Si
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 
+# The variational dequantizer's noise lies in [U_MARGIN, 1 - U_MARGIN], never on the
+# edge of the uniform prior's support.
+U_MARGIN = 1e-6
+
 
 def _check_levels(num_levels: int) -> int:
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
@@ -171,8 +175,9 @@ class VariationalDequantizer(torch.nn.Module):
     :math:`u = \sigma(\mu(k) + s(k)\,\epsilon)`, :math:`\epsilon \sim N(0, I)`, with
     :math:`\mu, \log s` from a small convolutional network of the image (Flow++ uses
     a conditional flow; a diagonal family is the simplest that learns). It is a
-    Pyro ``TransformedDistribution`` (torch's ``SigmoidTransform`` over a Normal), so
-    probgen's flow model uses it as the guide of the latent dequantization noise.
+    Pyro ``TransformedDistribution`` (torch's ``SigmoidTransform`` over a Normal, then
+    an affine squeeze into ``[U_MARGIN, 1 - U_MARGIN]`` so that float32 rounding never
+    puts ``u`` on the edge of the prior's support), so probgen's flow model uses it as the guide of the latent dequantization noise.
 
     Args:
         event_shape: ``(C, H, W)``.
@@ -205,4 +210,8 @@ class VariationalDequantizer(torch.nn.Module):
         h = self.net(levels / (num_levels - 1) - 0.5)
         loc, log_scale = h.chunk(2, dim=1)
         base = dist.Normal(loc, torch.exp(log_scale.clamp(-7.0, 5.0))).to_event(3)
-        return dist.TransformedDistribution(base, [SigmoidTransform()])
+        # squeezed into [eps, 1 - eps]: in float32 sigmoid(y) rounds to exactly 1 for
+        # y > 16.6, where the uniform prior's density (and the ELBO) would be -inf
+        eps = U_MARGIN
+        squeeze = AffineTransform(eps, 1.0 - 2.0 * eps, event_dim=3)
+        return dist.TransformedDistribution(base, [SigmoidTransform(), squeeze])

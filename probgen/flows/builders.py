@@ -27,13 +27,14 @@ by hand       checkerboard coupling, squeeze, multiscale factor-out, DenseFlow's
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Tuple, Union
 
 from pyro.distributions.transforms import AffineCoupling
 from torch.distributions.transforms import ReshapeTransform
 
 from probgen.errors import ConfigError
-from probgen.flows.core import AugmentedFlow, DenseLevel, Flow
+from probgen.flows.core import AugmentedFlow, DenseLevel, Flow, _numel
 from probgen.flows.nets import (AdditiveHypernet, ConvHypernet, check_hidden, check_positive,
                                 dense_hypernet)
 from probgen.flows.transforms import (CheckerboardAffineCoupling, CrossUnitCoupling,
@@ -56,12 +57,6 @@ def _event_shape(event_shape) -> Tuple[int, ...]:
         raise ConfigError(f"flows model vectors (D,) or images (C, H, W); got event shape {shape}.")
     return shape
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _mlp_hidden(hidden: Hidden, dim: int) -> Tuple[int, ...]:
@@ -137,7 +132,8 @@ def _split_prior(shape, hidden: int):
     c, h, w = shape
     if c % 2:
         raise ConfigError(f"factoring out half of the channels needs an even channel count, "
-                          f"got {c} channels at {h}x{w}; choose an even growth.")
+                          f"got {c} channels at {h}x{w}; choose settings (growth, units) that leave an "
+                          f"even channel count at every scale.")
     return AffineCoupling(c // 2, ConvHypernet((c // 2, h, w), c // 2, hidden), dim=-3)
 
 
@@ -379,8 +375,9 @@ def build_flow(name: str, event_shape: Sequence[int], **kwargs):
     """``FLOWS.get(name)(event_shape, **kwargs)`` with a clear error for unknown settings."""
     builder = FLOWS.get(name)
     try:
-        return builder(event_shape, **kwargs)
+        inspect.signature(builder).bind(event_shape, **kwargs)
     except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise ConfigError(f"flow {name!r} does not take that setting ({err}).") from None
-        raise
+        accepted = [p for p in inspect.signature(builder).parameters if p != "event_shape"]
+        raise ConfigError(f"flow {name!r} does not take those settings ({err}); it takes "
+                          f"{', '.join(accepted)}.") from None
+    return builder(event_shape, **kwargs)

@@ -93,6 +93,9 @@ class DensityFlow(nn.Module):
         elif base == "logistic":
             d = dist.Logistic(loc, loc.new_full((), temperature))
         elif base == "uniform":
+            if temperature != 1.0:
+                raise ConfigError("a uniform base has no temperature; sample it with "
+                                  "temperature=1.0 (or use a normal or logistic base).")
             d = dist.Uniform(loc, loc + 1.0)
         else:
             raise ConfigError(f"base must be one of {BASES}, got {base!r}.")
@@ -135,7 +138,12 @@ class Flow(DensityFlow):
         return [] if self.transform is None else [self.transform]
 
     def distribution(self, temperature: float = 1.0) -> dist.TransformedDistribution:
-        """``TransformedDistribution(base, [transform])``; the base's scale is ``temperature``."""
+        """``TransformedDistribution(base, [transform])``; the base's scale is ``temperature``.
+
+        The transforms' caches are cleared, so a distribution built in each step of a
+        user's own Pyro model never reuses a value computed with older parameters.
+        """
+        reset_caches(self)
         return dist.TransformedDistribution(
             self.base_distribution(self.latent_shape, temperature, self.base), self.transforms())
 
@@ -316,6 +324,8 @@ class AugmentedFlow(DensityFlow):
                 for s in self.latent_shapes]
 
     def distribution(self, temperature: float = 1.0, num_samples: int = 1):
+        """The data distribution (:class:`AugmentedFlowDistribution`), caches cleared."""
+        reset_caches(self)
         return AugmentedFlowDistribution(self, temperature, num_samples)
 
 

@@ -16,8 +16,10 @@ What is here and why it is written by hand:
   (an LU-parameterised linear map for vectors).
 * :class:`Permute` -- Pyro's ``Permute`` with its index tensors as buffers:
   Pyro keeps them as plain attributes, which ``module.to(device)`` does not move.
-* :class:`Squeeze` and :func:`squeeze2d` -- RealNVP's space-to-depth reshaping;
-  normflows' ``Squeeze`` works on a batch of exactly one leading dimension only.
+* :func:`squeeze2d` -- RealNVP's space-to-depth reshaping, which the multiscale
+  builders use, and :class:`Squeeze`, the same as a Pyro transform for flows
+  composed by hand; normflows' ``Squeeze`` works on a batch of exactly one leading
+  dimension only.
 * :class:`CheckerboardAffineCoupling` -- RealNVP's spatial checkerboard coupling.
   Pyro's ``AffineCoupling`` splits along one tensor dimension (so it serves as the
   *channel* coupling); normflows' ``MaskedAffineFlow`` evaluates two separate
@@ -295,7 +297,7 @@ def invertible_linear(dim: int) -> NormflowsTransform:
 def invertible_conv1x1(channels: int) -> NormflowsTransform:
     r"""Glow's invertible 1x1 convolution, LU-parameterised: normflows' ``Invertible1x1Conv``.
 
-    :math:`W = P L (U + \operatorname{diag}(	ext{sign}(s) e^{\log|s|}))`, so
+    :math:`W = P L (U + \operatorname{diag}(\text{sign}(s) e^{\log|s|}))`, so
     :math:`\log|\det| = H W \sum \log|s|`. In the density direction it is one
     ``conv2d`` with :math:`W`; sampling inverts the two triangular C x C factors.
     (Pyro's ``GeneralizedChannelPermute`` has the same parameterisation, but
@@ -351,8 +353,10 @@ class Permute(PyroPermute, TransformModule):
 
     @staticmethod
     def even_odd(n: int) -> "Permute":
-        """Even positions first, then odd ones (NICE's partition, as contiguous halves)."""
-        return Permute(torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)]))
+        """NICE's partition as contiguous halves: in the density direction (``.inv``,
+        which is how :func:`chain` runs it) even positions come first, then odd ones."""
+        order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)])
+        return Permute(torch.argsort(order))
 
 
 class Squeeze(TransformModule):

@@ -62,8 +62,9 @@ def mean_bits_per_dim(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], data:
     """Mean bits/dim over a data set (first tensor of each batch), no gradients.
 
     ``log_prob_fn(x)`` returns ``log p(x)`` per example, including every
-    preprocessing Jacobian; ``data`` holds dequantized values (see
-    :func:`probgen.data.dequantize.dequantized`).
+    preprocessing Jacobian; ``data`` holds what ``log_prob_fn`` takes (dequantized
+    values, see :func:`probgen.data.dequantize.dequantized`, or grey levels for a model
+    that dequantizes them itself).
     """
     from tqdm.auto import tqdm
 

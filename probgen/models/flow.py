@@ -63,7 +63,8 @@ class FlowModel(nn.Module):
         preprocess: ``logit`` (data in [0, 1], modelled in logit space) or ``none``.
         alpha: the logit preprocessing's margin, ``logit(alpha + (1 - 2 alpha) x)``.
         num_levels: grey levels the data were (or are to be) dequantized from, for
-            bits/dim; ``None`` for continuous data. Default: 256 with ``logit``, else ``None``.
+            bits/dim; ``None`` for continuous data. Default: 256 with ``logit`` or for
+            images ``(C, H, W)``, else ``None``. When set, data must lie in [0, 1].
         dequantization: ``None`` (data arrive continuous), ``uniform`` or ``variational``
             (data arrive as grey levels; the dequantization noise is a latent site,
             see the module doc).
@@ -97,7 +98,9 @@ class FlowModel(nn.Module):
         self.alpha = alpha
         if preprocess == "logit":
             logit_transform(alpha)  # checks alpha
-        self.num_levels = (256 if preprocess == "logit" else None) if num_levels == -1 else num_levels
+        if num_levels == -1:  # not given: images are 8-bit grey levels, vectors continuous
+            num_levels = 256 if preprocess == "logit" or len(flow.event_shape) == 3 else None
+        self.num_levels = num_levels
         if dequantization not in DEQUANTIZATION:
             raise ConfigError(f"dequantization must be one of {DEQUANTIZATION}, got "
                               f"{dequantization!r}.")
@@ -129,6 +132,9 @@ class FlowModel(nn.Module):
                             f"{tuple(x.shape)}.")
         if self.preprocess == "logit":
             check_unit_interval(x, "the data of a flow with logit preprocessing")
+        elif self.num_levels is not None:
+            check_unit_interval(x, f"the data of a flow of {self.num_levels} grey levels "
+                                   f"(pass num_levels=None for continuous data)")
 
     def _data_transforms(self):
         return [logit_transform(self.alpha)] if self.preprocess == "logit" else []
@@ -139,7 +145,9 @@ class FlowModel(nn.Module):
         Exact flows: ``TransformedDistribution(base, [flow transform, logit^{-1}])``.
         DenseFlow: ``TransformedDistribution(AugmentedFlowDistribution, [logit^{-1}])``
         whose ``log_prob`` is the bound from ``num_samples`` noise draws.
+        The transforms' caches are cleared (values from older parameters never leak in).
         """
+        reset_caches(self)
         pre = self._data_transforms()
         if self.flow.exact:
             base = self.flow.base_distribution(self.flow.latent_shape, temperature, self.flow.base)
@@ -229,7 +237,8 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def evaluate_bits_per_dim(self, data: TensorData, batch_size: int = 500,
                               num_samples: int = 1, progress: bool = False) -> float:
-        """Mean bits/dim over ``data`` (dequantized images, first tensor)."""
+        """Mean bits/dim over ``data`` (first tensor): dequantized images, or grey
+        levels in [0, 1] when the model dequantizes them itself (``dequantization``)."""
         was = self.training
         self.eval()
         try:
