@@ -242,15 +242,31 @@ class WaitingActNorm(_NfActNorm):
     """normflows' ``ActNorm`` that waits for a batch of at least two examples before
     its data-dependent start: from one example the standard deviation is NaN, and
     normflows' would keep NaN scales for good (Pyro runs a guide once with a single
-    sample to count its plates). Until then it is the identity."""
+    sample to count its plates). Until then it is the identity.
+
+    Once started it remembers so in a Python flag, instead of reading the
+    ``data_dep_init_done`` buffer on every call (on a GPU that read is a host-device
+    synchronisation per layer per pass); loading a state dict makes it look again.
+    """
+
+    _started = False
+
+    def _is_started(self) -> bool:
+        if not self._started and bool(self.data_dep_init_done > 0):
+            self._started = True
+        return self._started
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._started = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, z):
-        if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+        if self._is_started() or z.shape[0] < 2:
             return _NfAffineConstFlow.forward(self, z)
-        return super().forward(z)
+        return super().forward(z)  # the data-dependent start
 
     def inverse(self, z):
-        if not self.data_dep_init_done > 0 and z.shape[0] < 2:
+        if self._is_started() or z.shape[0] < 2:
             return _NfAffineConstFlow.inverse(self, z)
         return super().inverse(z)
 
