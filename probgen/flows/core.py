@@ -312,10 +312,16 @@ class AugmentedFlow(DensityFlow):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
         self.check_input(x)
-        if num_samples == 1:
-            return self.log_weight(x)[0]
-        lw = torch.stack([self.log_weight(x)[0] for _ in range(num_samples)])
-        return torch.logsumexp(lw, 0) - math.log(num_samples)
+        return self.log_weight_mean(x, num_samples)[0]
+
+    def log_weight_mean(self, x: torch.Tensor, num_samples: int = 1):
+        """``(log mean_k exp(log_weight_k), latents of the first draw)`` over
+        ``num_samples`` noise draws: the importance-weighted bound (1: the ELBO)."""
+        lw, latents = self.log_weight(x)
+        if num_samples > 1:
+            more = [self.log_weight(x)[0] for _ in range(num_samples - 1)]
+            lw = torch.logsumexp(torch.stack([lw] + more), 0) - math.log(num_samples)
+        return lw, latents
 
     def draw_latents(self, n: int, temperature: float = 1.0) -> List[torch.Tensor]:
         if not temperature > 0:
@@ -362,11 +368,8 @@ class AugmentedFlowDistribution(TorchDistribution):
         if self._last[0] is x:
             return self._last[1], self._last[2]
         xf, batch = self._flat(x)
-        lw, latents = self.flow.log_weight(xf)
+        lw, latents = self.flow.log_weight_mean(xf, self.num_samples)
         z = torch.cat([w.reshape(w.shape[0], -1) for w in latents], 1)
-        if self.num_samples > 1:
-            more = [self.flow.log_weight(xf)[0] for _ in range(self.num_samples - 1)]
-            lw = torch.logsumexp(torch.stack([lw] + more), 0) - math.log(self.num_samples)
         lp, z = lw.reshape(batch), z.reshape(batch + (-1,))
         self._last = (x, lp, z)
         return lp, z
