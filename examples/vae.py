@@ -95,11 +95,10 @@ def train_one(args, splits, beta=None, tag=""):
     model = build(args, beta)
     print(f"\n== {model.extra_repr()} | objective {args.objective}, {args.particles} "
           f"particle(s) ==", flush=True)
-    t0 = time.perf_counter()
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
                  objective=args.objective, num_particles=args.particles,
                  checkpoint=str(args.out / f"checkpoint{tag}.pt"))
-    train_s = time.perf_counter() - t0
+    train_s = result.train_seconds  # a --resume run counts the epochs before it too
     save_model(model, args.out / f"model{tag}.pt")
     t0 = time.perf_counter()
     set_seed(args.seed)

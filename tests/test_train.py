@@ -59,14 +59,18 @@ def test_resume_equals_uninterrupted_run(mnist_small, tmp_path):
     def run(epochs, ckpt, resume=False, seed_model=1):
         torch.manual_seed(seed_model)
         model = CVAE(Baseline(hidden=(32,)), z_dim=4, hidden=(32,))
-        probgen.fit(model, task["train"], task["val"], epochs=epochs, batch_size=64,
-                    device="cpu", seed=3, checkpoint=str(ckpt), resume=resume,
-                    restore_best=False, patience=None, **QUIET)
-        return model
+        result = probgen.fit(model, task["train"], task["val"], epochs=epochs, batch_size=64,
+                             device="cpu", seed=3, checkpoint=str(ckpt), resume=resume,
+                             restore_best=False, patience=None, **QUIET)
+        return model, result
 
-    full = run(4, tmp_path / "a.pt")
-    run(2, tmp_path / "b.pt")                    # "killed" after two epochs
-    resumed = run(4, tmp_path / "b.pt", resume=True, seed_model=99)  # other init: weights come from disk
+    full, _ = run(4, tmp_path / "a.pt")
+    _, first = run(2, tmp_path / "b.pt")         # "killed" after two epochs
+    resumed, second = run(4, tmp_path / "b.pt", resume=True, seed_model=99)  # other init: weights come from disk
+    # the training time of a resumed run counts the epochs of the first process too
+    assert second.train_seconds > first.train_seconds > 0
+    assert second.train_seconds == pytest.approx(sum(h["seconds"] for h in second.history))
+    assert second.epochs_run == 4
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     sa, sb = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")

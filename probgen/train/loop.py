@@ -153,6 +153,12 @@ class FitResult:
     def epochs_run(self) -> int:
         return len(self.history)
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in training epochs, over every process of a resumed run
+        (``wall_time`` is this process's part only)."""
+        return float(sum(h["seconds"] for h in self.history))
+
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["config"] = self.config.to_dict() if self.config else None
