@@ -14,6 +14,14 @@ from probgen.train import fit, save_model, set_seed
 from probgen.viz import learning_curves, rows_figure
 
 
+def title(scores) -> str:
+    whole = f"{scores['psnr_before']:.1f} dB -> {scores['psnr_after']:.1f} dB"
+    if "region_psnr_before" in scores:  # inpainting: what matters is inside the holes
+        return (f"test PSNR in the holes {scores['region_psnr_before']:.1f} dB -> "
+                f"{scores['region_psnr_after']:.1f} dB (whole images {whole})")
+    return f"test PSNR {whole}"
+
+
 def add_model_args(p):
     p.add_argument("--z-dim", type=int, default=32, help="code size")
     p.add_argument("--net", default="conv", choices=["mlp", "conv"])
@@ -48,11 +56,11 @@ def run(args, preset: str, corruption_kwargs: dict, what: str):
     rows_figure({"clean": clean[:n], what: corrupted[:n],
                  "restored": model.reconstruct(corrupted[:n]).reshape(clean[:n].shape)},
                 path=args.out / f"{what}.png",
-                title=f"test PSNR {scores['psnr_before']:.1f} dB -> {scores['psnr_after']:.1f} dB")
+                title=title(scores))
     learning_curves({preset: result.history}, path=args.out / "learning_curves.png",
                     ylabel="-ELBO per image (Gaussian likelihood, sigma 0.1)")
     row = {"model": preset, **scores, "epochs": result.epochs_run,
-           "train_min": result.wall_time / 60}
+           "train_min": result.train_seconds / 60}
     print("\nTest set:")
     cli.print_table([row])
     record = cli.write_results(args.out, {**row, "history": result.history}, args, started,

@@ -50,7 +50,7 @@ def main(argv=None):
         rows.append({"left_out_digit": d, "roc_auc": auc,
                      "score_normal": float(scores[~is_anomaly].mean()),
                      "score_anomalous": float(scores[is_anomaly].mean()),
-                     "epochs": result.epochs_run, "train_min": result.wall_time / 60})
+                     "epochs": result.epochs_run, "train_min": result.train_seconds / 60})
     print("\nTest set (score = -ELBO in nats, higher = more anomalous):")
     cli.print_table(rows)
     record = cli.write_results(args.out, {"rows": rows}, args, started, table=rows)

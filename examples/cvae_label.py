@@ -58,7 +58,7 @@ def main(argv=None):
     row = {"model": "conditional_vae", "neg_elbo": report["neg_elbo"],
            f"iw_nll_k{args.iw_samples}": report.get("iw_nll", float("nan")), "kl": report["kl"],
            "active_units": report["active_units"], "epochs": result.epochs_run,
-           "train_min": result.wall_time / 60}
+           "train_min": result.train_seconds / 60}
     print("\nTest set (nats per image):")
     cli.print_table([row])
     record = cli.write_results(args.out, report, args, started, table=[row])

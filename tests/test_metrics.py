@@ -117,6 +117,16 @@ def test_psnr_and_restoration_closed_form():
     scores = restoration_psnr(lambda x: x - 0.09, clean, noisy)
     assert scores["psnr_before"] == pytest.approx(20.0)
     assert scores["psnr_after"] == pytest.approx(40.0, rel=1e-4)
+    # a hole of one pixel per image filled with 0 where the truth is 0.5; restored to 0.45
+    truth = torch.zeros(2, 1, 4, 4)
+    truth[:, :, 1, 2] = 0.5
+    hole = torch.zeros_like(truth, dtype=torch.bool)
+    hole[:, :, 1, 2] = True
+    holed = torch.where(hole, torch.zeros_like(truth), truth)
+    scores = restoration_psnr(lambda x: torch.where(hole, x + 0.45, x), truth, holed, hole)
+    assert scores["region_mse_before"] == pytest.approx(0.25)
+    assert scores["region_psnr_before"] == pytest.approx(10 * math.log10(1 / 0.25))
+    assert scores["region_psnr_after"] == pytest.approx(10 * math.log10(1 / 0.0025), rel=1e-4)
 
 
 def test_roc_auc_is_the_pairwise_ranking_probability():

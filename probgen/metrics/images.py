@@ -7,6 +7,7 @@ against closed forms in the tests.
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -86,7 +87,8 @@ def pca_reconstruction(x: torch.Tensor, mean: torch.Tensor, components: torch.Te
 def restoration_psnr(restore, clean: torch.Tensor, corrupted: torch.Tensor,
                      region: "torch.Tensor | None" = None) -> dict:
     """Mean PSNR (dB) of the corrupted images and of ``restore(corrupted)`` against the
-    clean ones; with a boolean ``region`` (same shape), also the MSE inside it."""
+    clean ones; with a boolean ``region`` (same shape), also the MSE and the PSNR of
+    the pixels inside it (pooled over the images)."""
     restored = restore(corrupted).reshape(clean.shape)
     out = {"psnr_before": float(psnr(corrupted, clean).mean()),
            "psnr_after": float(psnr(restored, clean).mean())}
@@ -95,4 +97,7 @@ def restoration_psnr(restore, clean: torch.Tensor, corrupted: torch.Tensor,
         n = r.sum().clamp(min=1)
         out["region_mse_before"] = float(((corrupted - clean).pow(2) * r).sum() / n)
         out["region_mse_after"] = float(((restored - clean).pow(2) * r).sum() / n)
+        # PSNR of the region's pixels pooled (images in [0, 1])
+        for k in ("before", "after"):
+            out[f"region_psnr_{k}"] = 10.0 * math.log10(1.0 / max(out[f"region_mse_{k}"], 1e-12))
     return out
