@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=10, help="digits in each figure")
     p.add_argument("--num-samples", type=int, default=5, help="CVAE samples per digit in figures")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/cvae", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
@@ -75,6 +77,10 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="seconds-long run on a small slice (used by the tests)")
     args = p.parse_args(argv)
+    if args.threads < 0:
+        p.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for q in args.quadrants:
         if not 1 <= q <= 3:
             p.error(f"--quadrants takes numbers in 1..3, got {q}")

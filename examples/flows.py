@@ -72,7 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--num-samples", type=int, default=32, help="images per temperature")
     args = cli.finish_args(p, argv, smoke=dict(
         epochs=1, toy_epochs=2, train_size=256, val_size=128, eval_size=128, depth=1,
-        hidden=[8], iw_samples=2, num_samples=8, patience=None))
+        iw_samples=2, num_samples=8, patience=None))
+    if args.smoke:
+        args.hidden = args.hidden or [8]
     for name in ("toy_epochs", "batch_size", "iw_samples", "num_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -126,9 +128,8 @@ def run_mnist(args, device, out: Path):
         init = train.subset(slice(0, 512)).all()[0]
         model.initialize(init)
         cfg = cli.fit_config(args, checkpoint=str(out / f"{name}_mnist.pt"), clip_norm=100.0)
-        t0 = time.perf_counter()
         res = fit(model, train, val, cfg)
-        seconds = time.perf_counter() - t0
+        seconds = res.train_seconds  # with --resume, the epochs before it too
         bound = variational or not model.exact
         k = args.iw_samples if bound else 1
         set_seed(args.seed)

@@ -39,7 +39,7 @@ PAPER = {"vae": 86.76, "iwae k=5": 85.54, "iwae k=50": 84.78}
 
 
 def paper_key(args) -> str:
-    return f"iwae k={args.particles}" if args.model == "iwae" else args.model
+    return f"iwae k={args.particles}" if args.objective == "iwae" else args.model
 
 
 def parse_args(argv=None):
@@ -149,7 +149,8 @@ def main(argv=None):
     cli.print_table(rows)
     ref = PAPER.get(paper_key(args))
     if ref is not None and args.betas is None:
-        print(f"Burda et al. 2016, Table 1: {paper_key(args).upper()} test NLL {ref} "
+        name = paper_key(args).replace("iwae", "IWAE").replace("vae", "VAE")
+        print(f"Burda et al. 2016, Table 1: {name} test NLL {ref} "
               f"(k = 5000 test samples)")
     record = cli.write_results(args.out, {"models": results, "paper": PAPER}, args, started,
                                table=rows)

@@ -20,8 +20,9 @@ def test_every_example_has_a_smoke_flag():
 
 
 def run(script, *args, timeout=600):
+    # every example takes the common flags, --threads among them
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--smoke",
-                           "--no-progress", *args], capture_output=True, text=True,
+                           "--no-progress", "--threads", "1", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

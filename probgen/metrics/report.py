@@ -27,8 +27,13 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
     * ``kl``, ``kl_per_dim``: ``KL(q(z|x) || p(z))`` in total and per latent dimension;
     * ``active_units``: dimensions whose code mean varies over the data (> 0.01);
     * ``recon_mse``: mean squared error per pixel of the mean reconstruction.
+
+    ``data`` is moved to the model's device first.
     """
     model.eval()
+    param = next(model.parameters(), None)
+    if param is not None and data.device != param.device:
+        data = data.to(param.device)  # e.g. trained on a GPU, test set on the CPU
     out: Dict[str, Any] = {}
     codes = collect_codes(model.encode, data)
     au = active_units(codes["loc"])

@@ -242,7 +242,8 @@ class FlowModel(nn.Module):
         was = self.training
         self.eval()
         try:
-            return mean_bits_per_dim(lambda x: self.log_prob(x, num_samples), data,
+            device = self.flow._anchor.device  # data may live elsewhere (a CPU test set)
+            return mean_bits_per_dim(lambda x: self.log_prob(x.to(device), num_samples), data,
                                      self.num_dims, self.num_levels, batch_size, progress)
         finally:
             self.train(was)
