@@ -77,6 +77,26 @@ def test_resume_equals_uninterrupted_run(mnist_small, tmp_path):
     assert [h["train_loss"] for h in sa["history"]] == [h["train_loss"] for h in sb["history"]]
 
 
+def test_resume_refuses_a_checkpoint_of_another_run(mnist_small, tmp_path):
+    task, _ = small_cvae_task(mnist_small)
+    ckpt = str(tmp_path / "c.pt")
+
+    def run(**kw):
+        model = CVAE(Baseline(hidden=(16,)), z_dim=2, hidden=(16,))
+        return probgen.fit(model, task["train"], epochs=1, batch_size=64, device="cpu",
+                           checkpoint=ckpt, resume=True, **kw, **QUIET)
+
+    run(objective="trace", num_particles=1)
+    assert run(objective="trace", num_particles=1).epochs_run == 1  # the same run: nothing to do
+    with pytest.raises(CheckpointError, match="objective: 'trace' in the checkpoint, 'iwae' now"):
+        run(objective="iwae", num_particles=1)
+    with pytest.raises(CheckpointError, match="num_particles"):
+        run(objective="trace", num_particles=3)
+    with pytest.raises(CheckpointError, match="model: CVAE in the checkpoint, Linear now"):
+        probgen.fit(LossStep(nn.Linear(784, 784), mse), task["train"], epochs=1, device="cpu",
+                    checkpoint=ckpt, resume=True, **QUIET)
+
+
 def test_resume_without_checkpoint_file_starts_fresh(tmp_path):
     net = nn.Linear(1, 1)
     train, _ = conflicting_data()

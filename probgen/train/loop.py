@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probgen.data.tensors import TensorData
-from probgen.errors import ConfigError, TrainingDivergedError
+from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
 from probgen.infer.objectives import OBJECTIVES
 from probgen.registry import Registry
 from probgen.train.checkpoint import load_checkpoint, load_module_state, save_checkpoint
@@ -250,6 +250,23 @@ def as_step(obj, config: FitConfig):
         f"got {type(obj).__name__}. Wrap a plain network as LossStep(net, loss_fn).")
 
 
+RUN_DEFINING = ("objective", "num_particles")
+
+
+def _check_same_run(state: Dict[str, Any], config: "FitConfig", module, path) -> None:
+    """A resumed run must continue the same training: same model class and objective."""
+    saved = state.get("config") or {}
+    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(config, k)!r} now"
+             for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
+    cls = state.get("module_class")
+    if cls is not None and cls != type(module).__qualname__:
+        diffs.append(f"model: {cls} in the checkpoint, {type(module).__qualname__} now")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: it belongs to another run ({'; '.join(diffs)}). "
+            f"Use another checkpoint path (--out) or start afresh without resume.")
+
+
 def fit(step, train: TensorData, val: Optional[TensorData] = None,
         config: Optional[FitConfig] = None,
         callbacks: Sequence[Callable[[Dict[str, Any]], None]] = (), **overrides) -> FitResult:
@@ -300,6 +317,7 @@ def fit(step, train: TensorData, val: Optional[TensorData] = None,
 
     if config.resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
+        _check_same_run(state, config, module, ckpt_path)
         load_module_state(module, state["module"], source=f"checkpoint {ckpt_path}")
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], loader_gen)
