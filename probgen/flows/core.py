@@ -105,8 +105,7 @@ class DensityFlow(nn.Module):
     def sample(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
         """``num_samples`` draws, ``(num_samples, *event_shape)``, base scaled by ``temperature``."""
         self.check_initialized()
-        reset_caches(self)
-        return self.distribution(temperature).sample((num_samples,))
+        return self.distribution(temperature).sample((num_samples,))  # caches cleared there
 
 
 class Flow(DensityFlow):
@@ -150,8 +149,7 @@ class Flow(DensityFlow):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x)``, shape ``x.shape[:-len(event_shape)]``."""
         self.check_input(x)
-        reset_caches(self)
-        return self.distribution().log_prob(x)
+        return self.distribution().log_prob(x)  # caches cleared there
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The latent ``f^{-1}(x)``, shape ``(..., *latent_shape)``."""

@@ -176,7 +176,6 @@ class FlowModel(nn.Module):
     def model(self, x: Optional[torch.Tensor] = None, *rest, num_samples: int = 1,
               temperature: float = 1.0):
         pyro.module("flow", self.flow)
-        reset_caches(self)
         if x is not None:
             self.check_data(x)
             n = x.shape[0]
@@ -224,7 +223,6 @@ class FlowModel(nn.Module):
 
             return iw_log_likelihood(self.model, self.guide, x, num_samples=num_samples,
                                      chunk_size=max(1, 512 // max(x.shape[0], 1)))
-        reset_caches(self)
         if self.flow.exact and num_samples != 1:
             raise ConfigError("num_samples applies to DenseFlow's bound and to dequantization "
                               "models only; this flow is exact.")
@@ -256,7 +254,6 @@ class FlowModel(nn.Module):
             raise DataError("data-dependent initialisation needs a batch of at least 2 examples.")
         if self.dequantization is not None:
             x = (to_levels(x, self.num_levels) + torch.rand_like(x)) / self.num_levels
-        reset_caches(self)
         self.distribution().log_prob(x)
         return self
 
@@ -268,6 +265,5 @@ class FlowModel(nn.Module):
         "temperature" T; T < 1 trades diversity for cleaner samples).
         """
         self.flow.check_initialized()
-        reset_caches(self)
         x = self.distribution(temperature).sample((num_samples,))
         return x.clamp(0, 1) if self.preprocess == "logit" else x
