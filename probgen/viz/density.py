@@ -8,18 +8,9 @@ from typing import Callable, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from probgen.viz.images import image_grid
+from probgen.viz.images import image_grid, new_figure, save
 
 Extent = Tuple[float, float, float, float]
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @torch.no_grad()
@@ -55,13 +46,9 @@ def _style(ax, extent, title=None):
         ax.set_title(title, fontsize=8)
 
 
-def _save(fig, plt, path, top: float = 1.0):
+def _save(fig, path, top: float = 1.0):
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, top))
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return save(fig, path, dpi=110)
 
 
 def toy_density_figure(data: Mapping[str, torch.Tensor],
@@ -75,11 +62,10 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
         densities: data set name -> {model name -> density grid from :func:`density_on_grid`}.
         titles: optional ``(data set, model) -> panel title`` (e.g. with the test NLL).
     """
-    plt = _figure()
     models = list(dict.fromkeys(m for d in densities.values() for m in d))
     rows = list(data)
-    fig, axes = plt.subplots(len(rows), 1 + len(models),
-                             figsize=(1.9 * (1 + len(models)), 1.9 * len(rows)), squeeze=False)
+    fig, axes = new_figure(len(rows), 1 + len(models),
+                           figsize=(1.9 * (1 + len(models)), 1.9 * len(rows)), squeeze=False)
     for r, name in enumerate(rows):
         pts = data[name].detach().double().cpu().numpy()
         ax = axes[r, 0]
@@ -96,18 +82,17 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
                           vmin=0, vmax=vmax)
             title = (titles or {}).get((name, model), model)
             _style(ax, extent, title)
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
 def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
                        path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
                        title: Optional[str] = None):
     """Rows: models; columns: temperatures; scatter plots of 2-D samples."""
-    plt = _figure()
     rows = list(samples)
     temps = sorted({t for s in samples.values() for t in s})
-    fig, axes = plt.subplots(len(rows), len(temps), figsize=(1.9 * len(temps), 1.9 * len(rows)),
-                             squeeze=False)
+    fig, axes = new_figure(len(rows), len(temps), figsize=(1.9 * len(temps), 1.9 * len(rows)),
+                           squeeze=False)
     for r, model in enumerate(rows):
         for c, t in enumerate(temps):
             ax = axes[r, c]
@@ -118,20 +103,19 @@ def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
             _style(ax, extent, f"{model}, T={t:g}")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, plt, path, top=1 - 0.3 / (1.9 * len(rows)) if title else 1.0)
+    return _save(fig, path, top=1 - 0.3 / (1.9 * len(rows)) if title else 1.0)
 
 
 def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
                             path: Union[str, Path, None] = None, nrow: int = 8,
                             title: Optional[str] = None):
     """Image samples side by side, one grid per temperature (``{T: (N, C, H, W)}`` in [0, 1])."""
-    plt = _figure()
     temps = sorted(samples)
     grids = [image_grid(samples[t].clamp(0, 1), nrow=nrow) for t in temps]
     width = 3.4
     height = width * grids[0].shape[0] / grids[0].shape[1] + 0.35
-    fig, axes = plt.subplots(1, len(temps), figsize=(width * len(temps), height + 0.3),
-                             squeeze=False)
+    fig, axes = new_figure(1, len(temps), figsize=(width * len(temps), height + 0.3),
+                           squeeze=False)
     for ax, t, grid in zip(axes[0], temps, grids):
         ax.imshow(grid, interpolation="nearest")
         ax.set_xticks([])
@@ -139,4 +123,4 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
         ax.set_title(f"T = {t:g}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, plt, path, top=1 - 0.3 / (height + 0.3) if title else 1.0)
+    return _save(fig, path, top=1 - 0.3 / (height + 0.3) if title else 1.0)

@@ -1,4 +1,11 @@
-"""Matplotlib figures of images: grids, completion panels, learning curves."""
+"""Matplotlib figures of images: grids, completion panels, learning curves.
+
+Every figure function of :mod:`probgen.viz` builds a :class:`matplotlib.figure.Figure`
+directly, never through ``pyplot``: it neither selects nor switches the user's
+backend (a notebook's inline figures keep working), adds nothing to pyplot's list
+of open figures, and saves headless. With a ``path`` the figure is written there;
+either way it is returned (the last expression of a notebook cell shows it).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +18,13 @@ import torch
 from probgen.data.masks import MISSING
 
 
-def _figure():
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), squeeze: bool = True):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot: the figure belongs
+    to no backend and no pyplot state, and :func:`save` writes it."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _to_rgb(images: torch.Tensor, hidden_colour=(0.85, 0.35, 0.2)) -> np.ndarray:
@@ -56,10 +63,9 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
 def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
                 title: Optional[str] = None):
     """One labelled row of images per entry of ``rows`` (label -> ``(B, C, H, W)``)."""
-    plt = _figure()
     n = max(r.shape[0] for r in rows.values())
-    fig, axes = plt.subplots(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
-                             squeeze=False)
+    fig, axes = new_figure(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
+                           squeeze=False)
     for ax, (label, imgs) in zip(axes[:, 0], rows.items()):
         ax.imshow(image_row(imgs), interpolation="nearest")
         ax.set_xticks([])
@@ -76,10 +82,9 @@ def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = No
 def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, None] = None,
                 title: Optional[str] = None, size: float = 0.5):
     """A grid of images, ``nrow`` per row."""
-    plt = _figure()
     grid = image_grid(images, nrow=nrow)
     rows = (images.shape[0] + nrow - 1) // nrow
-    fig, ax = plt.subplots(figsize=(size * nrow + 0.4, size * rows + (0.5 if title else 0.2)))
+    fig, ax = new_figure(figsize=(size * nrow + 0.4, size * rows + (0.5 if title else 0.2)))
     ax.imshow(grid, interpolation="nearest")
     ax.axis("off")
     if title:
@@ -88,14 +93,21 @@ def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, Non
     return save(fig, path)
 
 
-def save(fig, path: Union[str, Path, None]):
-    """Write ``fig`` to ``path`` (folders made) and close it; without a path return it."""
+def save(fig, path: Union[str, Path, None], dpi: int = 120):
+    """Write ``fig`` to ``path`` (folders made) and return it; without a path just return it.
+
+    A figure that pyplot manages (a user's own ``plt.subplots``) is closed after
+    writing, as pyplot would otherwise keep it open; probgen's own figures are not
+    pyplot's and need no closing.
+    """
     if path is None:
         return fig
-    plt = _figure()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt  # already imported by whoever made the figure
+
+        plt.close(fig)
     return fig
 
 
@@ -120,8 +132,7 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
 def learning_curves(histories: Dict[str, Sequence[dict]], path: Union[str, Path, None] = None,
                     ylabel: str = "loss per example"):
     """Train (dashed) and validation (solid) loss against epoch, one colour per run."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for i, (label, hist) in enumerate(histories.items()):
         c = f"C{i}"
         ep = [h["epoch"] + 1 for h in hist]

@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from probgen.viz.images import _figure, image_grid, save
+from probgen.viz.images import image_grid, new_figure, save
 
 PathLike = Union[str, Path, None]
 
@@ -30,8 +30,7 @@ def latent_scatter(codes: Dict[str, torch.Tensor], labels: torch.Tensor, path: P
     Codes of more than two dimensions are projected on their first two principal axes.
     A dashed circle marks two standard deviations of the N(0, I) prior.
     """
-    plt = _figure()
-    fig, axes = plt.subplots(1, len(codes), figsize=(4.6 * len(codes) + 0.8, 4.4), squeeze=False)
+    fig, axes = new_figure(1, len(codes), figsize=(4.6 * len(codes) + 0.8, 4.4), squeeze=False)
     lab = labels[:max_points].cpu().numpy()
     sc = None
     for ax, (name, z) in zip(axes[0], codes.items()):
@@ -60,12 +59,11 @@ def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], 
     (0, 1), so equal areas of the figure hold equal prior mass. One panel per
     decoder (``z (n*n, 2) -> images (n*n, C, H, W)``).
     """
-    plt = _figure()
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
     q = torch.distributions.Normal(0.0, 1.0).icdf(u)
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
     z = torch.stack([zx.flatten(), zy.flatten()], 1)
-    fig, axes = plt.subplots(1, len(decoders), figsize=(5 * len(decoders), 5.3), squeeze=False)
+    fig, axes = new_figure(1, len(decoders), figsize=(5 * len(decoders), 5.3), squeeze=False)
     for ax, (name, decode) in zip(axes[0], decoders.items()):
         with torch.no_grad():
             imgs = decode(z)
@@ -90,8 +88,7 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
                        ae_errors: Dict[int, float], path: PathLike = None):
     """Left: PCA's cumulative explained variance; right: reconstruction error (MSE per
     pixel) of PCA and of an autoencoder at the same code sizes."""
-    plt = _figure()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = new_figure(1, 2, figsize=(10, 4))
     cum = explained.cumsum(0).cpu().numpy()
     a.plot(np.arange(1, len(cum) + 1), cum, "C0")
     k90 = int(np.searchsorted(cum, 0.9) + 1)
@@ -119,8 +116,7 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
 def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
                    label: str = "held-out class", path: PathLike = None):
     """Histograms of anomaly scores (-ELBO) of normal and anomalous test images."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     s = scores.detach().cpu().numpy()
     m = is_anomaly.cpu().numpy().astype(bool)
     bins = np.linspace(np.percentile(s, 0.5), np.percentile(s, 99.5), 60)
