@@ -54,7 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--betas", type=float, nargs="+", default=None,
                    help="train one model per beta and write the beta sweep table")
     p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS.names(),
-                   help="bernoulli trains on dynamically binarized images, the others on grey levels")
+                   help="bernoulli trains on binarized images (--binarize), the others on grey levels")
+    p.add_argument("--binarize", default="dynamic", choices=["dynamic", "static"],
+                   help="bernoulli likelihood: a new draw of binary pixels every time an image "
+                        "is used (dynamic), or one fixed draw per split (static)")
     p.add_argument("--net", default="mlp", choices=NETS.names())
     p.add_argument("--objective", default=None, choices=OBJECTIVES.names(),
                    help="trace: Monte Carlo KL, meanfield: analytic KL, iwae: importance weighted")
@@ -124,7 +127,7 @@ def figures(model, splits, args, tag=""):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    binarize = "dynamic" if args.likelihood == "bernoulli" and args.model not in (
+    binarize = args.binarize if args.likelihood == "bernoulli" and args.model not in (
         "denoising_ae", "inpainting_ae") else "none"
     splits = cli.mnist(args, binarize)
     betas = args.betas or [None]
