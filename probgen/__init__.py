@@ -14,9 +14,9 @@ Quick start::
 """
 
 from probgen import data, errors, flows, infer, metrics, models, nn, train
-from probgen.train import FitConfig, FitResult, LossStep, SVIStep, fit
+from probgen.train import FitConfig, FitResult, LossStep, Phase, PhasedStep, SVIStep, fit, load
 
 __version__ = "0.1.0"
 
-__all__ = ["FitConfig", "FitResult", "LossStep", "SVIStep", "data", "errors", "fit", "flows",
+__all__ = ["FitConfig", "FitResult", "LossStep", "Phase", "PhasedStep", "SVIStep", "data", "load", "errors", "fit", "flows",
            "infer", "metrics", "models", "nn", "train", "__version__"]

@@ -137,8 +137,13 @@ def test_foreign_checkpoints(tmp_path):
         load_checkpoint(plain)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match="not a checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint file"):
         load_checkpoint(text)
+    pickled = tmp_path / "objects.pt"
+    torch.save({"format": "probgen.checkpoint", "model": nn.Linear(2, 2)}, pickled)
+    with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as err:
+        load_checkpoint(pickled)
+    assert "truncated" not in str(err.value)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "absent.pt")
     ok = tmp_path / "ok.pt"

@@ -23,6 +23,7 @@ name               Pyro class                                  KL term
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pyro.infer as infer
 import torch
@@ -86,17 +87,20 @@ _EAGER = {"trace": "trace", "meanfield": "meanfield", "jit": "trace",
           "jit_meanfield": "meanfield", "iwae": "iwae"}
 
 
-def make_elbo(name: str = "trace", num_particles: int = 1, max_plate_nesting: int = 1,
-              eager: bool = False):
+def make_elbo(name: str = "trace", num_particles: int = 1,
+              max_plate_nesting: Optional[int] = 1, eager: bool = False):
     """Build the Pyro ELBO called ``name`` with ``num_particles`` vectorized particles.
 
     Args:
-        max_plate_nesting: plates a model nests (probgen's models use one data plate).
+        max_plate_nesting: plates a model nests (probgen's models use one data plate);
+            ``None``: Pyro infers it by running the model once.
         eager: return the uncompiled counterpart of a ``jit*`` objective.
     """
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}.")
     cls = OBJECTIVES.get(_EAGER.get(name, name) if eager else name)
+    if max_plate_nesting is None:
+        max_plate_nesting = float("inf")   # Pyro's "not given": it guesses from the model
     kwargs = dict(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                   vectorize_particles=num_particles > 1)
     if name.startswith("jit") and not eager:

@@ -6,4 +6,6 @@ from probgen.models.flow import FlowModel
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.vae import PRESETS, VAE
 
+MODELS.register("baseline", Baseline)   # rebuilt with the CVAE it belongs to
+
 __all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "LIKELIHOODS", "PRESETS", "VAE"]

@@ -1,5 +1,112 @@
-"""The registry of every model family (used by contract tests and examples)."""
+"""The registry of every model family (used by contract tests, examples and ``probgen.load``).
 
+Registering a class here also makes it *rebuildable*: its constructor's arguments are
+recorded on every instance (:func:`model_config`), so a checkpoint written by the fit
+loop carries them and :func:`probgen.load` returns a ready model without the user
+repeating them. Arguments that are themselves registered models (the CVAE's baseline)
+are recorded as such, recursively.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from probgen.errors import CheckpointError
 from probgen.registry import Registry
 
-MODELS: Registry = Registry("model")
+_CONFIG_ATTR = "_probgen_init_args"
+_MODEL_KEY = "__probgen_model__"
+
+
+def _encode(value: Any, where: str) -> Any:
+    """A constructor argument as checkpoint-safe data (numbers, strings, lists, dicts)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v, where) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:   # numpy / torch scalars
+        return value.item()
+    if hasattr(type(value), _CONFIG_ATTR + "_recorded"):
+        return model_config(value)
+    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot record")
+
+
+def model_config(module) -> Dict[str, Any]:
+    """``{"__probgen_model__": "module:Class", "args": {...}}`` of a registered model."""
+    recorded = module.__dict__.get(_CONFIG_ATTR)
+    cls = type(module)
+    if recorded is None or recorded[0] is not cls:
+        # a subclass with a constructor of its own records nothing we could rebuild it from
+        raise TypeError(f"{cls.__name__} is not a registered probgen model")
+    args = recorded[1]
+    encoded = {k: _encode(v, f"argument {k!r} of {cls.__name__}") for k, v in args.items()}
+    return {_MODEL_KEY: f"{cls.__module__}:{cls.__qualname__}", "args": encoded}
+
+
+def build_from_config(config: Dict[str, Any]):
+    """Rebuild a model from :func:`model_config` (only classes of the probgen package)."""
+    path = config.get(_MODEL_KEY, "")
+    module_name, _, qualname = path.partition(":")
+    if not module_name.startswith("probgen.") or not qualname:
+        raise CheckpointError(f"the checkpoint names model class {path!r}; probgen.load "
+                              f"rebuilds only probgen's own registered models.")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not hasattr(obj, _CONFIG_ATTR + "_recorded"):
+        raise CheckpointError(f"{path} is not a registered probgen model.")
+    args = {k: build_from_config(v) if isinstance(v, dict) and _MODEL_KEY in v else v
+            for k, v in config["args"].items()}
+    return obj(**args)
+
+
+def _record_init(cls):
+    """Wrap ``cls.__init__`` so that instances remember the arguments they were built with."""
+    if cls.__dict__.get(_CONFIG_ATTR + "_recorded"):
+        return cls
+    init = cls.__init__
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        outermost = _CONFIG_ATTR not in self.__dict__
+        if outermost:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded = dict(list(bound.arguments.items())[1:])
+            for name, p in sig.parameters.items():   # **kwargs flattened
+                if p.kind is p.VAR_KEYWORD and name in recorded:
+                    recorded.update(recorded.pop(name))
+            object.__setattr__(self, _CONFIG_ATTR, (cls, recorded))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    setattr(cls, _CONFIG_ATTR + "_recorded", True)
+    # probgen's models name their pyro.module sites after their class: two models of
+    # one class in one process would collide in the global param store, so the fit
+    # loop trains them in a scope of the store of their own.
+    cls.isolate_param_store = True
+    return cls
+
+
+class ModelRegistry(Registry):
+    """A :class:`~probgen.registry.Registry` whose classes record their constructor
+    arguments (see the module docstring)."""
+
+    def _add(self, name, item):
+        if inspect.isclass(item) and issubclass(item, torch.nn.Module):
+            _record_init(item)
+        super()._add(name, item)
+
+
+MODELS: ModelRegistry = ModelRegistry("model")

@@ -1,11 +1,15 @@
-"""Training: one fit loop, step functions, checkpoints."""
+"""Training: one fit loop, step functions and phases, callbacks, checkpoints, torchrun."""
 
-from probgen.train.checkpoint import (load_checkpoint, load_model, save_checkpoint,
+from probgen.train.callbacks import CSVLogger, Callback, Metric, TensorBoard
+from probgen.train.checkpoint import (load, load_checkpoint, load_model, save_checkpoint,
                                       save_model)
-from probgen.train.loop import (OPTIMIZERS, FitConfig, FitResult, evaluate, fit,
-                                resolve_device, set_seed)
-from probgen.train.steps import LossStep, SVIStep
+from probgen.train.config import OPTIMIZERS, FitConfig, FitResult
+from probgen.train.distributed import is_main_process
+from probgen.train.loop import Run, as_step, evaluate, fit, resolve_device, set_seed
+from probgen.train.schedules import SCHEDULES
+from probgen.train.steps import LossStep, Phase, PhasedStep, Step, SVIStep
 
-__all__ = ["FitConfig", "FitResult", "LossStep", "OPTIMIZERS", "SVIStep", "evaluate", "fit",
-           "load_checkpoint", "load_model", "resolve_device", "save_checkpoint", "save_model",
-           "set_seed"]
+__all__ = ["CSVLogger", "Callback", "FitConfig", "FitResult", "LossStep", "Metric", "OPTIMIZERS",
+           "Phase", "PhasedStep", "Run", "SCHEDULES", "SVIStep", "Step", "TensorBoard", "as_step",
+           "evaluate", "fit", "is_main_process", "load", "load_checkpoint", "load_model",
+           "resolve_device", "save_checkpoint", "save_model", "set_seed"]

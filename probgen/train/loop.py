@@ -1,22 +1,33 @@
 """The fit loop: one loop for every model probgen trains.
 
-``fit(step, train, val, config)`` runs epochs of mini-batch gradient steps
-on device-resident data, tracks train/validation loss, stops early when the
-validation loss has not improved for ``patience`` epochs (restoring the best
-weights), writes atomic checkpoints every epoch and resumes from them
-bit-for-bit on a CPU. What one step computes lives in :mod:`probgen.train.steps`.
+``fit(step, train, val, config)`` runs epochs of mini-batch gradient steps. A step is
+a list of phases (:mod:`probgen.train.steps`): one for a VAE or a flow, several for an
+adversarial game. The loop reads top to bottom in named parts, each a method of
+:class:`Run`:
+
+1. ``set_up``      device (and torchrun's process group), seeds, the step's phases;
+2. ``resume``      a checkpoint's weights, optimizers, schedules, RNG states, history;
+3. ``train_epoch`` batches through every phase (``run_phase``: loss, backward,
+                   gradient averaging over processes, clipping, optimizer, schedule);
+4. ``validate``    the validation loss, reduced over processes;
+5. callbacks       figures added to the epoch's entry (``on_validation_end``);
+6. ``monitor``     early stopping and the best weights, on any figure;
+7. ``checkpoint``  an atomic file after every epoch (rank 0);
+8. ``finish``      the best weights restored, the module back in the mode it came in.
+
+What varies between runs is a step definition or a callback, never a second loop.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -26,149 +37,12 @@ from tqdm.auto import tqdm
 
 from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
-from probgen.infer.objectives import OBJECTIVES
-from probgen.registry import Registry
+from probgen.train import distributed as ddp
+from probgen.train.callbacks import as_callback
 from probgen.train.checkpoint import load_checkpoint, load_module_state, save_checkpoint
-from probgen.train.steps import LossStep, SVIStep
-
-OPTIMIZERS: Registry = Registry("optimizer")
-OPTIMIZERS.register("adam", torch.optim.Adam)
-OPTIMIZERS.register("adamw", torch.optim.AdamW)
-OPTIMIZERS.register("sgd", torch.optim.SGD)
-
-
-@dataclass
-class FitConfig:
-    """Settings of one training run (round-trips through JSON).
-
-    Attributes:
-        epochs: the most epochs to run.
-        batch_size: examples per gradient step.
-        lr: learning rate.
-        optimizer: a name in :data:`OPTIMIZERS`.
-        weight_decay: L2 penalty of the optimizer.
-        patience: stop after this many epochs without improvement of the
-            monitored loss (validation loss if there is validation data, else
-            training loss); ``None`` never stops early.
-        min_delta: an improvement must exceed this.
-        restore_best: load the best epoch's weights when training ends.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: seeds torch, numpy, random and the batch order; ``None`` leaves them.
-        objective: for Pyro models, a name in :data:`probgen.infer.OBJECTIVES`.
-        num_particles: ELBO samples per example during training.
-        eval_particles: ELBO samples per example for the validation loss.
-        clip_norm: clip the gradient norm to this, if set.
-        eval_batch_size: batch size of the validation pass.
-        checkpoint: path of the checkpoint file written after every epoch.
-        resume: continue from ``checkpoint`` when it exists.
-        progress: show a tqdm progress bar.
-        verbose: print one line per epoch (losses, time).
-        validate: switch on Pyro's (slow) argument and shape validation.
-    """
-
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    patience: Optional[int] = 10
-    min_delta: float = 0.0
-    restore_best: bool = True
-    device: str = "auto"
-    seed: Optional[int] = 0
-    objective: str = "trace"
-    num_particles: int = 1
-    eval_particles: Optional[int] = None
-    clip_norm: Optional[float] = None
-    eval_batch_size: int = 1000
-    checkpoint: Optional[str] = None
-    resume: bool = False
-    progress: bool = True
-    verbose: bool = True
-    validate: bool = False
-
-    def check(self) -> "FitConfig":
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
-
-        for name in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
-            positive_int(name)
-        if self.eval_particles is not None:
-            positive_int("eval_particles")
-        if self.patience is not None:
-            positive_int("patience")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}.")
-        OPTIMIZERS.get(self.optimizer)
-        OBJECTIVES.get(self.objective)
-        if self.resume and not self.checkpoint:
-            raise ConfigError("resume=True needs a checkpoint path to resume from.")
-        resolve_device(self.device)
-        return self
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "FitConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown FitConfig settings: {sorted(unknown)}.")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FitConfig":
-        return cls.from_dict(json.loads(text))
-
-
-@dataclass
-class FitResult:
-    """What a run returns: per-epoch history and where the best epoch was."""
-
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    best_epoch: Optional[int] = None
-    best_loss: float = math.inf
-    stopped_early: bool = False
-    wall_time: float = 0.0
-    device: str = "cpu"
-    config: Optional[FitConfig] = None
-
-    @property
-    def train_loss(self) -> List[float]:
-        return [h["train_loss"] for h in self.history]
-
-    @property
-    def val_loss(self) -> List[Optional[float]]:
-        return [h["val_loss"] for h in self.history]
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history)
-
-    @property
-    def train_seconds(self) -> float:
-        """Seconds spent in training epochs, over every process of a resumed run
-        (``wall_time`` is this process's part only)."""
-        return float(sum(h["seconds"] for h in self.history))
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["config"] = self.config.to_dict() if self.config else None
-        return d
-
-    def __repr__(self) -> str:
-        last = self.history[-1] if self.history else {}
-        return (f"FitResult(epochs_run={self.epochs_run}, best_epoch={self.best_epoch}, "
-                f"best_loss={self.best_loss:.4f}, last={last.get('train_loss')}, "
-                f"stopped_early={self.stopped_early}, wall_time={self.wall_time:.1f}s)")
+from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
+from probgen.train.schedules import SCHEDULES
+from probgen.train.steps import LossStep, Phase, Step, SVIStep, traced_params
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -179,7 +53,7 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device.startswith("cuda"):
+    if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device!r} was asked for, but this machine has no CUDA "
                               f"device; use device='cpu' or 'auto'.")
@@ -188,16 +62,22 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python's, numpy's and torch's random generators."""
+    """Seed Python's, numpy's and torch's global random generators (for scripts; the
+    fit loop calls it only when its ``seed`` setting is not ``None``)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
+# --------------------------------------------------------------------------- RNG states
+
 def _rng_state(loader_gen: torch.Generator) -> Dict[str, Any]:
+    keys, pos, has_gauss, gauss = np.random.get_state()[1:]
     state = {"torch": torch.get_rng_state(), "loader": loader_gen.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
+             "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -206,6 +86,10 @@ def _set_rng_state(state: Dict[str, Any], loader_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     loader_gen.set_state(state["loader"].cpu())
     random.setstate(_as_tuple(state["python"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
@@ -214,206 +98,659 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _clone_state(module: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+# --------------------------------------------------------------------------- data
+
+def _as_batch(item, device) -> tuple:
+    """A batch from a data loader: a tuple of tensors on ``device``."""
+    if torch.is_tensor(item):
+        item = (item,)
+    elif isinstance(item, dict):
+        item = tuple(item.values())
+    elif not isinstance(item, (tuple, list)):
+        raise ConfigError(f"a batch must be a tensor, a tuple/list of tensors or a dict of "
+                          f"them; the data gave a {type(item).__name__}.")
+    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in item)
+
+
+def _shard(batch: tuple, rank: int, world: int) -> tuple:
+    n = next(t for t in batch if torch.is_tensor(t)).shape[0]
+    per = n // world
+    return tuple(t[rank * per:(rank + 1) * per] if torch.is_tensor(t) else t for t in batch)
+
+
+def _batch_len(batch) -> int:
+    return next(t for t in batch if torch.is_tensor(t)).shape[0]
 
 
 @torch.no_grad()
-def evaluate(step, data: TensorData, batch_size: int = 1000) -> float:
-    """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode)."""
+def evaluate(step, data, batch_size: int = 1000) -> float:
+    """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode).
+
+    ``data`` is a :class:`TensorData` or any iterable of batches. Under torchrun each
+    process scores its share and the mean is over all of them.
+    """
     module = step.module
-    was_training = module.training
-    module.eval()
+    was_training = module.training if module is not None else None
+    if module is not None:
+        module.eval()
     total, n = 0.0, 0
+    device = _module_device(module)
+    rank, world = ddp.rank(), ddp.world_size()
     try:
-        for batch in data.batches(batch_size):
-            b = batch[0].shape[0]
-            total += float(step.eval_loss(batch)) * b
+        if isinstance(data, TensorData):
+            if world > 1:
+                data = data.subset(slice(rank, None, world))
+            batches = data.batches(batch_size)
+        else:
+            batches = (_shard(_as_batch(b, device), rank, world) if world > 1
+                       else _as_batch(b, device) for b in data)
+        for batch in batches:
+            value = step.eval_loss(batch)
+            if value is None:
+                return None
+            b = _batch_len(batch)
+            total += float(value) * b
             n += b
     finally:
-        module.train(was_training)
+        if module is not None:
+            module.train(was_training)
+    total, n = ddp.all_reduce_sum([total, n], device or "cpu")
     return total / max(n, 1)
 
 
-def as_step(obj, config: FitConfig):
-    """A step object for ``obj``: a step already, or a module with ``model``/``guide`` (SVI)."""
-    if hasattr(obj, "loss") and hasattr(obj, "module"):
+def _module_device(module) -> Optional[torch.device]:
+    if module is None:
+        return None
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return None
+
+
+# --------------------------------------------------------------------------- steps
+
+def as_step(obj, config: FitConfig) -> Step:
+    """A :class:`Step` for ``obj``: a step already; a model with ``fit_step(config)``
+    (the adversarial families); a module with ``model``/``guide`` (SVI); a network
+    with a ``loss`` method."""
+    if isinstance(obj, Step):
         return obj
+    if callable(getattr(obj, "fit_step", None)):
+        step = obj.fit_step(config)
+        if not isinstance(step, Step):
+            raise ConfigError(f"{type(obj).__name__}.fit_step must return a probgen Step.")
+        return step
     if isinstance(obj, nn.Module) and hasattr(obj, "model") and hasattr(obj, "guide"):
         return SVIStep(obj, objective=config.objective, num_particles=config.num_particles,
                        eval_particles=config.eval_particles)
     if isinstance(obj, nn.Module) and callable(getattr(obj, "loss", None)):
         return LossStep(obj, lambda module, *batch: module.loss(*batch))
+    if hasattr(obj, "loss") and hasattr(obj, "module"):   # a step of the older, duck-typed form
+        legacy = Step()
+        legacy.module = obj.module
+        legacy.phases = [Phase("loss", lambda b, ctx: obj.loss(b), params=obj.module)]
+        legacy.eval_loss = getattr(obj, "eval_loss", lambda b: None)
+        return legacy
     raise ConfigError(
         f"fit() needs a Pyro model with .model and .guide methods, a network with a .loss "
-        f"method, an SVIStep or a LossStep; "
-        f"got {type(obj).__name__}. Wrap a plain network as LossStep(net, loss_fn).")
+        f"method, an SVIStep, a LossStep or a PhasedStep; got {type(obj).__name__}. Wrap a "
+        f"plain network as LossStep(net, loss_fn) and a model/guide pair as SVIStep(model, guide).")
 
 
-RUN_DEFINING = ("objective", "num_particles")
+class _PhaseState:
+    """A phase's parameters (in the order they joined), optimizer, schedule and counter."""
+
+    def __init__(self, phase: Phase, config: FitConfig, module: Optional[nn.Module]):
+        self.phase = phase
+        self.params: List[torch.Tensor] = []
+        self.names: List[str] = []
+        self._ids = set()
+        self.optimizer = None
+        self.scheduler = None
+        self.steps = 0
+        self.config = config
+        names = {id(p): f"module:{n}" for n, p in module.named_parameters()} if module else {}
+        declared = phase.declared_params()
+        if declared is not None:
+            for i, p in enumerate(declared):
+                self.add(names.get(id(p), f"param:{i}"), p)
+
+    def add(self, name: str, tensor: torch.Tensor) -> bool:
+        if id(tensor) in self._ids:
+            return False
+        self._ids.add(id(tensor))
+        self.params.append(tensor)
+        self.names.append(name)
+        if self.optimizer is not None:
+            # One parameter group per phase, grown as Pyro creates parameters (so the
+            # schedule covers them all); Adam's state is per parameter either way.
+            self.optimizer.param_groups[0]["params"].append(tensor)
+        return True
+
+    def build_optimizer(self, total_steps: int, steps_per_epoch: int) -> None:
+        c, ph = self.config, self.phase
+        kwargs = dict(lr=ph.lr if ph.lr is not None else c.lr)
+        if c.weight_decay:
+            kwargs["weight_decay"] = c.weight_decay
+        kwargs.update(ph.optim_kwargs)
+        self.optimizer = OPTIMIZERS.get(ph.optimizer or c.optimizer)(list(self.params), **kwargs)
+        if c.lr_schedule is not None:
+            self.scheduler = SCHEDULES.get(c.lr_schedule)(
+                self.optimizer, max(total_steps * ph.repeats, 1), steps_per_epoch * ph.repeats,
+                c.warmup_epochs)
+
+    def lr(self) -> Optional[float]:
+        return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
 
 
-def _check_same_run(state: Dict[str, Any], config: "FitConfig", module, path) -> None:
-    """A resumed run must continue the same training: same model class and objective."""
-    saved = state.get("config") or {}
-    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(config, k)!r} now"
-             for k in RUN_DEFINING if k in saved and saved[k] != getattr(config, k)]
-    cls = state.get("module_class")
-    if cls is not None and cls != type(module).__qualname__:
-        diffs.append(f"model: {cls} in the checkpoint, {type(module).__qualname__} now")
-    if diffs:
-        raise CheckpointError(
-            f"cannot resume from {path}: it belongs to another run ({'; '.join(diffs)}). "
-            f"Use another checkpoint path (--out) or start afresh without resume.")
+class Run:
+    """One call of :func:`fit`: the loop's state and its named parts."""
+
+    def __init__(self, step, train, val, config: FitConfig, callbacks: Sequence = ()):
+        self.config = config
+        self.callbacks = [as_callback(c) for c in callbacks]
+        self.train_data, self.val_data = train, val
+        self.step_obj = step
+        self.result = FitResult(config=config, monitor=config.monitor)
+        self.best_state = None
+        self.bad_epochs = 0
+        self.start_epoch = 0
+        self.epoch = 0
+        self.ckpt_path = Path(config.checkpoint) if config.checkpoint else None
+
+    # ------------------------------------------------------------------ 1. set-up
+    def set_up(self) -> None:
+        c = self.config
+        self.device = ddp.setup(resolve_device(c.device))
+        self.world, self.rank = ddp.world_size(), ddp.rank()
+        self.is_main = self.rank == 0
+        self.step = as_step(self.step_obj, c)
+        self.module = self.step.module
+        if self.module is not None:
+            self.was_training = self.module.training
+            before = _module_device(self.module)
+            self.module.to(self.device)
+            if before is not None and before != self.device and c.verbose and self.is_main:
+                tqdm.write(f"fit: moved {type(self.module).__name__} from {before} to "
+                           f"{self.device}")
+        if isinstance(self.train_data, TensorData):
+            if len(self.train_data) == 0:
+                raise ConfigError("the training data is empty.")
+            if self.train_data.device != self.device:
+                self.train_data = self.train_data.to(self.device)
+        elif not isinstance(self.train_data, Iterable):
+            raise ConfigError(f"train must be a TensorData or an iterable of batches (e.g. a "
+                              f"torch DataLoader), got {type(self.train_data).__name__}.")
+        if isinstance(self.val_data, TensorData) and self.val_data.device != self.device:
+            self.val_data = self.val_data.to(self.device)
+        if c.seed is not None:
+            # Each process its own stream of noise; all share the batch order.
+            set_seed(c.seed + self.rank)
+            loader_seed = c.seed
+        else:
+            # Draw from the global generator, never re-seed it: a user who seeded torch
+            # before fit(seed=None) gets the same run twice.
+            loader_seed = int(torch.randint(0, 2**62, (1,)).item())
+            loader_seed = ddp.broadcast_object(loader_seed)
+        self.loader_gen = torch.Generator(device="cpu")
+        self.loader_gen.manual_seed(loader_seed)
+        self.phases = [_PhaseState(p, c, self.module) for p in self.step.phases]
+        for st in self.phases:
+            if not st.phase.discover and not st.params:
+                raise ConfigError(f"phase {st.phase.name!r} of {self.step.describe()} has no "
+                                  f"trainable parameters.")
+        self.steps_per_epoch = self._steps_per_epoch()
+        ddp.broadcast_tensors(self._all_params())
+
+    def _steps_per_epoch(self) -> int:
+        data = self.train_data
+        if isinstance(data, TensorData):
+            n = len(data) // self.world if self.world > 1 else len(data)
+            return max(1, -(-n // self.config.batch_size))
+        try:
+            return max(1, len(data))
+        except TypeError:
+            return 1
+
+    def _all_params(self) -> List[torch.Tensor]:
+        seen, out = set(), []
+        for st in self.phases:
+            for p in st.params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def _pyro_params(self) -> Dict[str, torch.Tensor]:
+        """Parameters found through Pyro that no module holds, by param-store name."""
+        out = {}
+        for st in self.phases:
+            for name, p in zip(st.names, st.params):
+                if name.startswith("pyro:"):
+                    out[name[5:]] = p
+        return out
+
+    def _batches(self, data, shuffle: bool):
+        if isinstance(data, TensorData):
+            if self.world > 1:
+                # the global batch order, this process's slice of every global batch
+                for batch in data.batches(self.config.batch_size * self.world, shuffle=shuffle,
+                                          generator=self.loader_gen, drop_last=True):
+                    yield _shard(batch, self.rank, self.world)
+            else:
+                yield from data.batches(self.config.batch_size, shuffle=shuffle,
+                                        generator=self.loader_gen)
+        else:
+            for item in data:
+                batch = _as_batch(item, self.device)
+                yield _shard(batch, self.rank, self.world) if self.world > 1 else batch
+
+    def _discover_all(self) -> None:
+        """Run each discovering phase once on a first batch, without a gradient step, so
+        that parameters Pyro creates lazily (AutoGuides) exist before a resume loads them
+        or before rank 0's values are broadcast."""
+        if not any(st.phase.discover for st in self.phases):
+            return
+        batch = next(iter(self._batches(self.train_data, shuffle=False)))
+        ctx: Dict[str, Any] = {}
+        for st in self.phases:
+            if st.phase.discover:
+                _, found = traced_params(lambda: st.phase.loss(batch, ctx))
+                self._join(st, found)
+
+    def _join(self, st: _PhaseState, found: Dict[str, torch.Tensor]) -> None:
+        new = [t for name, t in found.items() if st.add(f"pyro:{name}", t)]
+        if new:
+            ddp.broadcast_tensors(new)
+
+    # ------------------------------------------------------------------ 2. resume
+    def resume(self) -> None:
+        c = self.config
+        if not (c.resume and self.ckpt_path is not None and self.ckpt_path.exists()):
+            if self.world > 1:
+                self._discover_all()
+            return
+        state = load_checkpoint(self.ckpt_path, map_location=self.device)
+        self._check_same_run(state)
+        self._discover_all()
+        if self.module is not None and "module" in state:
+            load_module_state(self.module, state["module"], source=f"checkpoint {self.ckpt_path}")
+        store_params = self._pyro_params()
+        with torch.no_grad():
+            for name, value in state.get("pyro_params", {}).items():
+                if name in store_params:
+                    store_params[name].copy_(value)
+        for st, saved in zip(self.phases, state.get("phases", [])):
+            by_name = dict(zip(st.names, st.params))
+            missing = [n for n in saved["names"] if n not in by_name]
+            if missing:
+                raise CheckpointError(
+                    f"cannot resume from {self.ckpt_path}: phase {st.phase.name!r} had "
+                    f"parameters this run does not create ({', '.join(missing[:3])}).")
+            order = list(saved["names"]) + [n for n in st.names if n not in saved["names"]]
+            st.params = [by_name[n] for n in order]
+            st.names = order
+            st.steps = saved["steps"]
+            if saved.get("optimizer") is not None:
+                st.build_optimizer(self._total_steps(), self.steps_per_epoch)
+                st.optimizer.load_state_dict(saved["optimizer"])
+                if st.scheduler is not None and saved.get("scheduler") is not None:
+                    st.scheduler.load_state_dict(saved["scheduler"])
+        self._apply_new_lr(state)
+        rng = state["rng"]
+        if isinstance(rng, list):   # one state per process of a torchrun job
+            rng = rng[self.rank] if self.rank < len(rng) else rng[0]
+        _set_rng_state(rng, self.loader_gen)
+        self.result.history = list(state["history"])
+        self.result.best_epoch = state["best_epoch"]
+        self.result.best_loss = state["best_loss"]
+        self.best_state = state.get("best_state")
+        self.bad_epochs = state["bad_epochs"]
+        self.start_epoch = state["epoch"]
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            if hasattr(cb, "load_state_dict") and cb_state:
+                cb.load_state_dict(cb_state)
+        if state.get("stopped_early"):
+            self.start_epoch = c.epochs  # that run was finished already
+            self.result.stopped_early = True
+
+    def _check_same_run(self, state: Dict[str, Any]) -> None:
+        """A resumed run must continue the same training: every setting that changes
+        what it computes is the same (epochs, patience and lr may change)."""
+        saved = state.get("config") or {}
+        now = self.config.to_dict()
+        diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+                 for k in now if k in saved and k not in NOT_RUN_DEFINING and saved[k] != now[k]]
+        cls = state.get("module_class")
+        mine = type(self.module).__qualname__ if self.module is not None else None
+        if cls is not None and cls != mine:
+            diffs.append(f"model: {cls} in the checkpoint, {mine} now")
+        phases = state.get("phases")
+        if phases is not None and [p["name"] for p in phases] != [s.phase.name for s in self.phases]:
+            diffs.append(f"phases: {[p['name'] for p in phases]} in the checkpoint, "
+                         f"{[s.phase.name for s in self.phases]} now")
+        if state.get("world_size", 1) != self.world and self.config.seed is not None:
+            diffs.append(f"processes: {state.get('world_size', 1)} in the checkpoint, "
+                         f"{self.world} now")
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume from {self.ckpt_path}: it belongs to another run "
+                f"({'; '.join(diffs)}). Use another checkpoint path (--out) or start afresh "
+                f"without resume.")
+
+    def _apply_new_lr(self, state) -> None:
+        old = (state.get("config") or {}).get("lr")
+        new = self.config.lr
+        if old is None or old == new:
+            return
+        for st in self.phases:
+            if st.optimizer is None or st.phase.lr is not None:
+                continue
+            for g in st.optimizer.param_groups:
+                g["lr"] = g["lr"] * new / old
+                if "initial_lr" in g:
+                    g["initial_lr"] = new
+            if st.scheduler is not None:
+                st.scheduler.base_lrs = [b * new / old for b in st.scheduler.base_lrs]
+        if self.config.verbose and self.is_main:
+            tqdm.write(f"fit: resuming {self.ckpt_path} with lr {new} (the checkpoint ran "
+                       f"with {old})")
+
+    def _total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    # ------------------------------------------------------------------ 3. train epoch
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        c = self.config
+        t0 = time.perf_counter()
+        totals = {st.phase.name: 0.0 for st in self.phases}
+        counts = {st.phase.name: 0 for st in self.phases}
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                   disable=not (c.progress and self.is_main), leave=False, dynamic_ncols=True)
+        # Reading a loss is a host-device sync: on a GPU the loop reads every 10th step.
+        check_every = 1 if self.device.type == "cpu" else 10
+        batches = self._batches(self.train_data, shuffle=True)
+        i = 0
+        for batch in batches:
+            ctx: Dict[str, Any] = {}
+            for st in self.phases:
+                for r in range(st.phase.repeats):
+                    if r and st.phase.fresh_batch:
+                        batch = next(batches, None)
+                        if batch is None:
+                            break
+                    value = self.run_phase(st, batch, ctx)
+                    b = _batch_len(batch)
+                    totals[st.phase.name] = totals[st.phase.name] + value * b
+                    counts[st.phase.name] += b
+                    if i % check_every == 0 or check_every == 1:
+                        v = float(value)
+                        if not math.isfinite(v):
+                            bar.close()
+                            self._diverged(epoch, i, v, st.phase.name)
+                if batch is None:
+                    break
+            bar.update(1)
+            if i % 10 == 0 and c.progress and self.is_main:
+                first = self.phases[0].phase.name
+                bar.set_postfix(loss=f"{float(totals[first]) / max(counts[first], 1):.3f}")
+            i += 1
+        bar.close()
+        entry: Dict[str, Any] = {"epoch": epoch}
+        names = [st.phase.name for st in self.phases]
+        sums = ddp.all_reduce_sum([float(totals[n]) for n in names] +
+                                  [counts[n] for n in names], self.device)
+        means = {n: sums[j] / max(sums[len(names) + j], 1) for j, n in enumerate(names)}
+        for n, v in means.items():
+            if not math.isfinite(v):
+                self._diverged(epoch, None, v, n, where="training")
+        entry["train_loss"] = means[names[0]]
+        if len(names) > 1:
+            for n in names:
+                entry[f"train_loss/{n}"] = means[n]
+        entry["lr"] = self.phases[0].lr()
+        entry["_t0"] = t0
+        return entry
+
+    def run_phase(self, st: _PhaseState, batch, ctx) -> torch.Tensor:
+        """One optimizer step of one phase; returns the reported loss (a tensor)."""
+        ph = st.phase
+        if ph.discover:
+            out, found = traced_params(lambda: ph.loss(batch, ctx))
+            self._join(st, found)
+        else:
+            out = ph.loss(batch, ctx)
+        loss, reported = (out if isinstance(out, tuple) else (out, out))
+        reported = reported.detach() if torch.is_tensor(reported) else torch.as_tensor(reported)
+        if self.device.type == "cpu" and not math.isfinite(float(reported)):
+            return reported   # checked and reported by the caller, before any update
+        if st.optimizer is None:
+            if not st.params:
+                raise ConfigError(
+                    f"phase {ph.name!r} of {self.step.describe()} found no trainable "
+                    f"parameters: its loss touched no pyro.param / pyro.module site and it "
+                    f"declares none.")
+            st.build_optimizer(self._total_steps(), self.steps_per_epoch)
+        if not ph.owns_backward:
+            st.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        ddp.average_gradients(st.params)
+        clip = ph.clip_norm if ph.clip_norm is not None else self.config.clip_norm
+        if clip is not None:
+            nn.utils.clip_grad_norm_(st.params, clip)
+        st.optimizer.step()
+        if ph.owns_backward:
+            # as pyro.infer.SVI: the objective accumulated into .grad; clear it
+            st.optimizer.zero_grad(set_to_none=True)
+        if st.scheduler is not None:
+            st.scheduler.step()
+        st.steps += 1
+        return reported
+
+    # ------------------------------------------------------------------ 4. validate
+    def validate(self, entry: Dict[str, Any]) -> None:
+        val_loss = None
+        if self.val_data is not None:
+            val_loss = evaluate(self.step, self.val_data, self.config.eval_batch_size)
+            if val_loss is not None and not math.isfinite(val_loss):
+                self._diverged(entry["epoch"], None, val_loss, None, where="validation")
+        entry["val_loss"] = val_loss
+
+    # ------------------------------------------------------------------ 6. monitor
+    def monitor(self, entry: Dict[str, Any]) -> bool:
+        """Update the best figure and the patience count; True when it improved."""
+        c = self.config
+        key = c.monitor
+        if key == "val_loss" and entry.get("val_loss") is None:
+            key = "train_loss"
+        value = entry.get(key)
+        value = ddp.broadcast_object(value)   # every process takes rank 0's decision
+        if value is None:
+            return False
+        value = float(value)
+        sign = 1.0 if c.mode == "min" else -1.0
+        best = self.result.best_loss
+        improved = (best is None or not math.isfinite(best) or
+                    sign * value < sign * best - c.min_delta)
+        if improved:
+            self.result.best_loss, self.result.best_epoch = value, entry["epoch"]
+            self.result.best_value = value
+            self.best_state = self._snapshot()
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if c.patience is not None and self.bad_epochs >= c.patience:
+            self.result.stopped_early = True
+        return improved
+
+    def _snapshot(self) -> Dict[str, Any]:
+        snap = {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+                if self.module is not None else None}
+        snap["pyro_params"] = {k: v.detach().clone() for k, v in self._pyro_params().items()}
+        return snap
+
+    def _restore(self, snap) -> None:
+        if snap is None:
+            return
+        if "pyro_params" not in snap:    # a checkpoint of the first edition: module only
+            snap = {"module": snap, "pyro_params": {}}
+        if self.module is not None and snap.get("module") is not None:
+            self.module.load_state_dict(snap["module"])
+        params = self._pyro_params()
+        with torch.no_grad():
+            for k, v in snap["pyro_params"].items():
+                if k in params:
+                    params[k].copy_(v)
+
+    # ------------------------------------------------------------------ 7. checkpoint
+    def checkpoint(self, epoch_done: int) -> None:
+        if self.ckpt_path is None:
+            return
+        rngs = ddp.gather_objects(_rng_state(self.loader_gen)) if self.world > 1 else \
+            _rng_state(self.loader_gen)
+        if not self.is_main:
+            return
+        state = {"epoch": epoch_done,
+                 "module": self.module.state_dict() if self.module is not None else None,
+                 "pyro_params": {k: v.detach() for k, v in self._pyro_params().items()},
+                 "phases": [{"name": st.phase.name, "names": list(st.names), "steps": st.steps,
+                             "optimizer": st.optimizer.state_dict() if st.optimizer else None,
+                             "scheduler": st.scheduler.state_dict() if st.scheduler else None}
+                            for st in self.phases],
+                 "rng": rngs, "world_size": self.world,
+                 "config": self.config.to_dict(), "history": self.result.history,
+                 "best_epoch": self.result.best_epoch, "best_loss": self.result.best_loss,
+                 "best_state": self.best_state, "bad_epochs": self.bad_epochs,
+                 "stopped_early": self.result.stopped_early,
+                 "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {}
+                               for cb in self.callbacks],
+                 "module_class": type(self.module).__qualname__ if self.module is not None
+                 else None}
+        settings = _model_settings(self.module)
+        if settings is not None:
+            state["model"] = settings
+        save_checkpoint(self.ckpt_path, state)
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self) -> FitResult:
+        c = self.config
+        self.set_up()
+        t0 = time.perf_counter()
+        with ExitStack() as stack:
+            if self.step.isolate_param_store:
+                stack.enter_context(pyro.get_param_store().scope())
+            stack.enter_context(pyro.validation_enabled(c.validate))
+            try:
+                if self.module is not None:
+                    self.module.train()
+                self.resume()
+                for cb in self.callbacks:
+                    _call(cb, "on_fit_start", self)
+                for epoch in range(self.start_epoch, c.epochs):
+                    self.epoch = epoch
+                    entry = self.train_epoch(epoch)
+                    self.validate(entry)
+                    for cb in self.callbacks:
+                        _call(cb, "on_validation_end", self, entry)
+                    improved = self.monitor(entry)
+                    entry["seconds"] = time.perf_counter() - entry.pop("_t0")
+                    self.result.history.append(entry)
+                    self._print(entry, improved)
+                    self.checkpoint(epoch + 1)
+                    for cb in self.callbacks:
+                        _call(cb, "on_epoch_end", self, entry)
+                    if self.result.stopped_early:
+                        break
+                self.finish(t0)
+            except BaseException:
+                if self.module is not None:
+                    self.module.train(self.was_training)
+                raise
+        for cb in self.callbacks:
+            _call(cb, "on_fit_end", self, self.result)
+        return self.result
+
+    def _print(self, entry, improved) -> None:
+        if not (self.config.verbose and self.is_main):
+            return
+        extra = "".join(f"  {k.split('/')[-1]} {v:.4f}" for k, v in entry.items()
+                        if k.startswith("train_loss/"))
+        others = "".join(f"  {k} {v:.4g}" for k, v in entry.items()
+                         if k not in ("epoch", "train_loss", "val_loss", "lr", "seconds")
+                         and not k.startswith("train_loss/") and isinstance(v, (int, float))
+                         and not isinstance(v, bool))
+        tqdm.write(f"epoch {entry['epoch'] + 1:3d}  train {entry['train_loss']:9.4f}" + extra
+                   + (f"  val {entry['val_loss']:9.4f}" if entry["val_loss"] is not None else "")
+                   + others + ("  *" if improved else "") + f"  ({entry['seconds']:.1f}s)")
+
+    # ------------------------------------------------------------------ 8. finish
+    def finish(self, t0: float) -> None:
+        if self.config.restore_best and self.best_state is not None:
+            self._restore(self.best_state)
+        self.result.wall_time = time.perf_counter() - t0
+        self.result.device = str(self.device)
+        self.result.world_size = self.world
+        if self.module is not None:
+            self.module.train(self.was_training)   # the mode it came in
+
+    def _diverged(self, epoch, step_i, value, phase, where=None):
+        if where is None:
+            where = f"epoch {epoch + 1}, step {step_i + 1}"
+        else:
+            where = f"epoch {epoch + 1} ({where})"
+        if phase is not None and len(self.phases) > 1:
+            where += f", phase {phase!r}"
+        if self.best_state is not None:
+            self._restore(self.best_state)
+            kept = "the model holds the best weights so far"
+        else:
+            kept = "no epoch had finished, so there are no good weights to restore"
+        ckpt = self.ckpt_path
+        if ckpt is not None and ckpt.exists():
+            kept += f"; the last good checkpoint is kept at {ckpt}"
+        raise TrainingDivergedError(
+            f"the training loss became {value} at {where}; {kept}. Try a lower learning rate, "
+            f"gradient clipping (clip_norm) or check the data for NaNs.",
+            epoch=epoch, step=step_i,
+            checkpoint=str(ckpt) if ckpt is not None and ckpt.exists() else None)
 
 
-def fit(step, train: TensorData, val: Optional[TensorData] = None,
-        config: Optional[FitConfig] = None,
-        callbacks: Sequence[Callable[[Dict[str, Any]], None]] = (), **overrides) -> FitResult:
+def _call(cb, hook, *args):
+    fn = getattr(cb, hook, None)
+    if callable(fn):
+        fn(*args)
+
+
+def _model_settings(module) -> Optional[Dict[str, Any]]:
+    """The constructor settings of a registered probgen model (``None`` for others)."""
+    if module is None:
+        return None
+    from probgen.models.registry import model_config
+    try:
+        return model_config(module)
+    except TypeError:
+        return None
+
+
+def fit(step, train: Union[TensorData, Iterable], val=None, config: Optional[FitConfig] = None,
+        callbacks: Sequence = (), **overrides) -> FitResult:
     """Train ``step`` on ``train``; return a :class:`FitResult`.
 
     Args:
-        step: a probgen Pyro model (an ``nn.Module`` with ``model`` and ``guide``),
-            an :class:`SVIStep` for any Pyro model/guide pair, or a :class:`LossStep`
-            for a plain PyTorch network.
-        train: training data; batches are passed to the step as positional arguments.
-        val: validation data, monitored for early stopping.
+        step: a probgen model (a module with ``model`` and ``guide``, or with
+            ``fit_step``), an :class:`SVIStep` for any Pyro model/guide pair, a
+            :class:`LossStep` for a plain PyTorch network, or a :class:`PhasedStep`.
+        train: a :class:`TensorData` (device-resident, the fast path) or any iterable
+            of batches, e.g. a ``torch.utils.data.DataLoader`` (it shuffles itself).
+        val: validation data of either kind, scored every epoch.
         config: a :class:`FitConfig`; keyword ``overrides`` replace its fields.
-        callbacks: called after each epoch with that epoch's history entry.
+        callbacks: :class:`Callback` objects or functions of the epoch's entry.
+
+    Under ``torchrun`` every process calls ``fit`` alike and they train data-parallel
+    (:mod:`probgen.train.distributed`).
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf; names the epoch and step.
             The last checkpoint on disk is the last good one.
     """
     config = replace(config or FitConfig(), **overrides).check()
-    device = resolve_device(config.device)
-    step = as_step(step, config)
-    module = step.module.to(device)
-    if train.device != device:
-        train = train.to(device)
-    if val is not None and val.device != device:
-        val = val.to(device)
-    if len(train) == 0:
-        raise ConfigError("the training data is empty.")
-
-    if config.seed is not None:
-        set_seed(config.seed)
-    loader_gen = torch.Generator(device="cpu")
-    loader_gen.manual_seed(config.seed if config.seed is not None else torch.seed())
-
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(f"{type(module).__name__} has no trainable parameters.")
-    opt_kwargs = dict(lr=config.lr)
-    if config.weight_decay:
-        opt_kwargs["weight_decay"] = config.weight_decay
-    optimizer = OPTIMIZERS.get(config.optimizer)(params, **opt_kwargs)
-
-    result = FitResult(device=str(device), config=config)
-    best_state = None
-    bad_epochs = 0
-    start_epoch = 0
-    ckpt_path = Path(config.checkpoint) if config.checkpoint else None
-
-    if config.resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        _check_same_run(state, config, module, ckpt_path)
-        load_module_state(module, state["module"], source=f"checkpoint {ckpt_path}")
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], loader_gen)
-        result.history = list(state["history"])
-        result.best_epoch = state["best_epoch"]
-        result.best_loss = state["best_loss"]
-        best_state = state.get("best_state")
-        bad_epochs = state["bad_epochs"]
-        start_epoch = state["epoch"]
-        if state.get("stopped_early"):
-            start_epoch = config.epochs  # that run was finished already
-            result.stopped_early = True
-
-    def checkpoint_state(epoch):
-        return {"epoch": epoch, "module": module.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng": _rng_state(loader_gen),
-                "config": config.to_dict(), "history": result.history,
-                "best_epoch": result.best_epoch, "best_loss": result.best_loss,
-                "best_state": best_state, "bad_epochs": bad_epochs,
-                "stopped_early": result.stopped_early,
-                "module_class": type(module).__qualname__}
-
-    t0 = time.perf_counter()
-    n_batches = train.num_batches(config.batch_size)
-    with pyro.get_param_store().scope(), pyro.validation_enabled(config.validate):
-        module.train()
-        for epoch in range(start_epoch, config.epochs):
-            te = time.perf_counter()
-            total, count = 0.0, 0
-            bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not config.progress, leave=False, dynamic_ncols=True)
-            for i, batch in enumerate(train.batches(config.batch_size, shuffle=True,
-                                                    generator=loader_gen)):
-                loss = step.loss(batch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    bar.close()
-                    _diverged(module, best_state, epoch, i, value, ckpt_path)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_norm is not None:
-                    nn.utils.clip_grad_norm_(params, config.clip_norm)
-                optimizer.step()
-                b = batch[0].shape[0]
-                total += value * b
-                count += b
-                bar.update(1)
-                if i % 10 == 0:
-                    bar.set_postfix(loss=f"{total / count:.3f}")
-            bar.close()
-            train_loss = total / count
-            val_loss = evaluate(step, val, config.eval_batch_size) if val is not None else None
-            if val_loss is not None and not math.isfinite(val_loss):
-                _diverged(module, best_state, epoch, None, val_loss, ckpt_path)
-            monitored = val_loss if val_loss is not None else train_loss
-            improved = monitored < result.best_loss - config.min_delta
-            if improved:
-                result.best_loss, result.best_epoch = monitored, epoch
-                best_state = _clone_state(module)
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "seconds": time.perf_counter() - te}
-            result.history.append(entry)
-            if config.verbose:
-                tqdm.write(f"epoch {epoch + 1:3d}  train {train_loss:9.4f}"
-                           + (f"  val {val_loss:9.4f}" if val_loss is not None else "")
-                           + ("  *" if improved else "") + f"  ({entry['seconds']:.1f}s)")
-            if config.patience is not None and bad_epochs >= config.patience:
-                result.stopped_early = True
-            if ckpt_path is not None:
-                save_checkpoint(ckpt_path, checkpoint_state(epoch + 1))
-            for cb in callbacks:
-                cb(entry)
-            if result.stopped_early:
-                break
-    if config.restore_best and best_state is not None:
-        module.load_state_dict(best_state)
-    result.wall_time = time.perf_counter() - t0
-    module.eval()
-    return result
-
-
-def _diverged(module, best_state, epoch, step_i, value, ckpt_path):
-    where = f"epoch {epoch + 1}" + (f", step {step_i + 1}" if step_i is not None else
-                                   " (validation)")
-    if best_state is not None:
-        module.load_state_dict(best_state)
-        kept = "the model holds the best weights so far"
-    else:
-        kept = "no epoch had finished, so there are no good weights to restore"
-    if ckpt_path is not None and ckpt_path.exists():
-        kept += f"; the last good checkpoint is kept at {ckpt_path}"
-    raise TrainingDivergedError(
-        f"the training loss became {value} at {where}; {kept}. Try a lower learning rate, "
-        f"gradient clipping (clip_norm) or check the data for NaNs.",
-        epoch=epoch, step=step_i,
-        checkpoint=str(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None)
+    return Run(step, train, val, config, callbacks).execute()

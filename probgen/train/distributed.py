@@ -1,0 +1,140 @@
+"""Multi-process data-parallel training on ``torch.distributed`` (torchrun).
+
+``torchrun --nproc_per_node N examples/<any>.py ...`` starts N copies of a script;
+:func:`probgen.train.fit` sees torchrun's environment (``WORLD_SIZE``, ``RANK``,
+``LOCAL_RANK``), joins the process group (gloo on the CPU, NCCL on GPUs, one GPU per
+process) and trains data-parallel:
+
+* every process draws the same global batch order and takes its own slice of each
+  global batch of ``batch_size * N`` examples;
+* after each phase's backward pass the gradients of that phase's parameters are
+  averaged over the processes (one flattened all-reduce per phase, which is what
+  :class:`torch.nn.parallel.DistributedDataParallel` does bucket by bucket);
+* parameters start equal: rank 0's values are broadcast when training starts and
+  whenever Pyro creates a parameter lazily (AutoGuides);
+* validation losses and the monitored figure are reduced over the processes, so every
+  process takes the same early-stopping decision;
+* rank 0 alone writes checkpoints; examples write figures and results only on rank 0
+  (:func:`is_main_process`).
+
+Why not the ``DistributedDataParallel`` wrapper itself: it reduces the gradients of
+the parameters of one module whose ``forward`` it runs. A probgen step has phases that
+share modules (an adversarial autoencoder's encoder is in two phases) and Pyro models
+whose parameters Pyro creates lazily as plain tensors in its param store (AutoGuides,
+``pyro.param``), which no module holds. Reducing each phase's gradients explicitly
+covers both with the same arithmetic. (Pyro's own ``svi_lightning`` example takes the
+other route, ``module_local_params=True`` plus an ``ELBOModule``, which fits models
+whose parameters all live in modules.)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True in a single-process run, and on rank 0 of a torchrun job."""
+    if is_distributed():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group if there is one; return this process's device.
+
+    Under torchrun, a CUDA device becomes ``cuda:LOCAL_RANK`` (NCCL); a CPU run uses
+    gloo. Outside torchrun this does nothing.
+    """
+    if env_world_size() <= 1 or not dist.is_available():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s values of ``tensors`` into every process's (in place)."""
+    if not is_distributed() or not tensors:
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src)
+
+
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Average ``p.grad`` over the processes, in one flattened all-reduce.
+
+    A parameter without a gradient on this process counts as a zero gradient (so the
+    reduction has the same shape everywhere); afterwards it has the averaged one.
+    """
+    if not is_distributed() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def all_reduce_sum(values: Sequence[float], device) -> List[float]:
+    """Sum each number over the processes."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj``, in rank order (a one-item list outside torchrun)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
