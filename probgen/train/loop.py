@@ -420,6 +420,10 @@ class Run:
         now = self.config.to_dict()
         diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
                  for k in now if k in saved and k not in NOT_RUN_DEFINING and saved[k] != now[k]]
+        if saved.get("lr_schedule") is not None and saved.get("epochs") != now["epochs"]:
+            # a schedule spans the run's epochs: changing them changes every later step
+            diffs.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
+                         f"now (the {saved['lr_schedule']} schedule spans them)")
         cls = state.get("module_class")
         mine = type(self.module).__qualname__ if self.module is not None else None
         if cls is not None and cls != mine:
@@ -538,9 +542,9 @@ class Run:
         if clip is not None:
             nn.utils.clip_grad_norm_(st.params, clip)
         st.optimizer.step()
-        if ph.owns_backward:
-            # as pyro.infer.SVI: the objective accumulated into .grad; clear it
-            st.optimizer.zero_grad(set_to_none=True)
+        # Clear after the step too, as pyro.infer.SVI does: no gradient is left on the
+        # parameters for the user's next Pyro step to accumulate onto.
+        st.optimizer.zero_grad(set_to_none=True)
         if st.scheduler is not None:
             st.scheduler.step()
         st.steps += 1

@@ -208,8 +208,11 @@ class SVIStep(Step):
         if loss is not None and objective is not None:
             raise ConfigError("give the objective once: loss= (or its old name objective=).")
         # The older, module-first form: SVIStep(module[, model, guide]).
+        # (A Pyro ELBO is callable too, so the third argument is a guide only when it is
+        # not an objective.)
+        third_is_guide = callable(loss) and not hasattr(loss, "loss") and not isinstance(loss, str)
         if isinstance(model, nn.Module) and module is None and (
-                guide is None or (callable(guide) and callable(loss))):
+                guide is None or (callable(guide) and third_is_guide)):
             if guide is None and hasattr(model, "model") and hasattr(model, "guide"):
                 module, model, guide = model, model.model, model.guide
             elif guide is not None:
