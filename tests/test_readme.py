@@ -71,3 +71,19 @@ def test_public_names_resolve():
         assert exported, f"{name} has no __all__"
         missing = [n for n in exported if not hasattr(module, n)]
         assert not missing, f"{name}.__all__ names {missing}, which it does not define"
+
+
+def test_svi_snippet_runs_and_recovers_the_weights():
+    import pyro
+    import torch
+
+    block = README.split("<!-- svi-snippet")[1]
+    code = re.search(r"```python\n(.*?)\n```", block, re.S).group(1)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    scope = {}
+    exec(compile(code.replace("batch_size=100)", "batch_size=100, progress=False)"),
+                 "README.md", "exec"), scope)
+    w = scope["guide"].median()["w"]
+    assert torch.allclose(w, torch.tensor([1.0, -2.0, 0.5]), atol=0.05), w
+    pyro.clear_param_store()
