@@ -1,5 +1,8 @@
-"""Inference: objectives by name."""
+"""Inference: objectives by name, adversarial losses."""
 
+from probgen.infer.adversarial import (ADVERSARIAL_LOSSES, AdversarialLoss, adversarial_phases,
+                                       discriminator_loss, generator_loss, gradient_penalty)
 from probgen.infer.objectives import IWAE_ELBO, OBJECTIVES, make_elbo
 
-__all__ = ["IWAE_ELBO", "OBJECTIVES", "make_elbo"]
+__all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "IWAE_ELBO", "OBJECTIVES", "adversarial_phases",
+           "discriminator_loss", "generator_loss", "gradient_penalty", "make_elbo"]

@@ -3,9 +3,10 @@
 from probgen.models.registry import MODELS
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
+from probgen.models.gan import GAN
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.vae import PRESETS, VAE
 
 MODELS.register("baseline", Baseline)   # rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "LIKELIHOODS", "PRESETS", "VAE"]
+__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "PRESETS", "VAE"]

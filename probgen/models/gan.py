@@ -1,0 +1,273 @@
+"""Generative adversarial networks as Pyro models (Goodfellow et al. 2014, "Generative
+Adversarial Nets"; Radford et al. 2016, DCGAN).
+
+Generative model (``model``), for each example in the data plate::
+
+    z ~ p(z)                  noise: N(0, I) or U(0, 1)^z_dim, a sample site
+    x = G(z)                  the generator's output, a deterministic site
+
+so ``pyro.infer.Predictive(gan.model, num_samples=S)(size=n)`` draws samples and a trace
+shows the latent. A GAN has no likelihood and no guide: it is trained as a two-player
+game whose losses are plain PyTorch (:mod:`probgen.infer.adversarial`), run by the fit
+loop as phases (``fit_step``): ``k`` discriminator steps, each on a fresh batch of data and
+fresh noise, then one generator step (Algorithm 1)::
+
+    gan = GAN(net="dcgan", loss="non_saturating")
+    probgen.fit(gan, splits["train"], epochs=5, patience=None, restore_best=False)
+    images = gan.sample(64)                     # (64, 1, 28, 28) in [0, 1]
+
+Formulations (``loss``): ``minimax``, ``non_saturating`` (the default), ``wgan_gp``,
+``hinge``; one-sided ``label_smoothing`` for the cross-entropy two.
+
+Data live in ``data_range`` (``(0, 1)`` for images; ``None`` for unbounded data such as
+the 1-D toy). The networks work in [-1, 1]: the discriminator sees data mapped there, and
+the generator's output passes through ``tanh`` (or ``2 sigmoid - 1``) before it is mapped
+back, so the deterministic site and :meth:`GAN.sample` are in the data's own range.
+
+The generator and discriminator are not registered in Pyro's param store: the game's
+phases name the parameters each player optimises, and the model uses the generator as a
+fixed function (as latent inversion by MCMC or optimisation wants it).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from probgen.errors import ConfigError, DataError
+from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
+from probgen.models.registry import MODELS
+from probgen.nn.gan_nets import GAN_NETS, check_input
+
+PRIORS = ("normal", "uniform")
+OUTPUTS = ("tanh", "sigmoid", "identity")
+
+
+def _number(value, name: str, low: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    if low is not None and not value > low:
+        raise ConfigError(f"{name} must be greater than {low}, got {value!r}.")
+    return float(value)
+
+
+@MODELS.register("gan")
+class GAN(nn.Module):
+    """A GAN: a Pyro model of ``x = G(z)`` and a discriminator, trained by ``probgen.fit``.
+
+    Args:
+        data_shape: shape of one example: ``(1, 28, 28)`` (MNIST), ``(3, 32, 32)``,
+            ``(3, 64, 64)``, or ``(1,)`` for the 1-D toy.
+        z_dim: noise size.
+        net: a name in :data:`probgen.nn.gan_nets.GAN_NETS` (``mlp``, ``dcgan``).
+        loss: a name in :data:`probgen.infer.adversarial.ADVERSARIAL_LOSSES`.
+        k: discriminator steps per generator step (default: the loss's, 5 for WGAN-GP,
+            else 1).
+        label_smoothing: one-sided label smoothing (real label ``1 - label_smoothing``).
+        gp_weight: weight of WGAN-GP's gradient penalty (default: the loss's, 10).
+        prior: ``normal`` (N(0, I)) or ``uniform`` (U(0, 1) per coordinate).
+        output: the generator's output activation: ``tanh``, ``sigmoid`` or ``identity``
+            (unbounded data only).
+        data_range: ``(low, high)`` of the data (checked on every real batch), or ``None``.
+        g_hidden, d_hidden: MLP layer sizes (``mlp`` only).
+        g_width, d_width: base widths of the DCGAN networks (``dcgan`` only).
+        d_norm: discriminator normalization for ``dcgan``: ``batch``, ``layer``, ``none``
+            (default: ``layer`` with a gradient penalty, else ``batch``).
+        d_lr, g_lr: learning rates of the players (default: the run's ``lr``).
+        betas: Adam betas of both players (default: the loss's: (0.5, 0.999), or (0, 0.9)
+            for WGAN-GP).
+    """
+
+    def __init__(self, data_shape: Sequence[int] = (1, 28, 28), z_dim: int = 100,
+                 net: str = "dcgan", loss: str = "non_saturating", k: Optional[int] = None,
+                 label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
+                 prior: str = "normal", output: str = "tanh",
+                 data_range: Optional[Tuple[float, float]] = (0.0, 1.0),
+                 g_hidden: Optional[Sequence[int]] = None,
+                 d_hidden: Optional[Sequence[int]] = None,
+                 g_width: Optional[int] = None, d_width: Optional[int] = None,
+                 d_norm: Optional[str] = None, d_lr: Optional[float] = None,
+                 g_lr: Optional[float] = None, betas: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.spec = adversarial_loss(loss)
+        self.k = check_k(self.spec.k if k is None else k)
+        if prior not in PRIORS:
+            raise ConfigError(f"prior must be one of {PRIORS}, got {prior!r}.")
+        if output not in OUTPUTS:
+            raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}.")
+        if data_range is not None:
+            lo, hi = (_number(v, "data_range") for v in data_range)
+            if not hi > lo:
+                raise ConfigError(f"data_range must be (low, high) with low < high, got "
+                                  f"{tuple(data_range)!r}.")
+            self.data_range = (lo, hi)
+            if output == "identity":
+                raise ConfigError("output='identity' is for unbounded data (data_range=None); "
+                                  "bounded data need output='tanh' or 'sigmoid'.")
+        else:
+            self.data_range = None
+        for name, v in (("d_lr", d_lr), ("g_lr", g_lr)):
+            if v is not None:
+                _number(v, name, 0.0)
+        self.data_shape = tuple(data_shape)
+        self.z_dim, self.prior_kind, self.output = z_dim, prior, output
+        self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
+        self.d_lr, self.g_lr = d_lr, g_lr
+        self.betas = tuple(betas) if betas is not None else None
+        if d_norm is None and net == "dcgan" and (self.spec.gradient_penalty
+                                                 if gp_weight is None else gp_weight):
+            d_norm = "layer"   # no batch norm in a critic with a gradient penalty
+        self.net_kind = net
+        self.generator, self.discriminator = GAN_NETS.get(net)(
+            self.data_shape, z_dim, g_hidden=g_hidden, d_hidden=d_hidden, g_width=g_width,
+            d_width=d_width, d_norm=d_norm,
+            value_range=(-1.0, 1.0) if self.data_range is not None else None)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        # settings checks that need the networks (k, smoothing, gp weight, betas)
+        adversarial_phases(self.discriminator, self.generator, lambda b: b, lambda b: b,
+                           self.spec, k=self.k, label_smoothing=label_smoothing,
+                           gp_weight=gp_weight, betas=self.betas)
+
+    def extra_repr(self) -> str:
+        return (f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
+                f"loss={self.spec.name}, k={self.k}, label_smoothing={self.label_smoothing}, "
+                f"prior={self.prior_kind}, output={self.output}")
+
+    # -- the generative model ------------------------------------------------------------
+    def prior(self) -> dist.Distribution:
+        """``p(z)`` of one example (event shape ``(z_dim,)``) on the model's device."""
+        zero = self._anchor.new_zeros(self.z_dim)
+        if self.prior_kind == "normal":
+            return dist.Normal(zero, 1.0).to_event(1)
+        return dist.Uniform(zero, zero + 1.0).to_event(1)
+
+    def _sample_z(self, n: int) -> torch.Tensor:
+        if self.prior_kind == "normal":
+            return torch.randn(n, self.z_dim, device=self._anchor.device)
+        return torch.rand(n, self.z_dim, device=self._anchor.device)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """``G(z)`` in the networks' space ([-1, 1] for bounded data); ``z`` is ``(..., z_dim)``."""
+        if not torch.is_tensor(z) or z.shape[-1:] != (self.z_dim,):
+            raise DataError(f"z must be a tensor (..., {self.z_dim}), got "
+                            f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}.")
+        lead = z.shape[:-1]
+        out = self.generator(z.reshape(-1, self.z_dim))
+        if self.output == "tanh":
+            out = torch.tanh(out)
+        elif self.output == "sigmoid":
+            out = 2 * torch.sigmoid(out) - 1
+        return out.reshape(lead + self.data_shape)
+
+    def to_net(self, x: torch.Tensor) -> torch.Tensor:
+        """Data -> the networks' space (``data_range`` -> [-1, 1])."""
+        if self.data_range is None:
+            return x
+        lo, hi = self.data_range
+        return (x - lo) * (2.0 / (hi - lo)) - 1.0
+
+    def from_net(self, y: torch.Tensor) -> torch.Tensor:
+        """The networks' space -> data."""
+        if self.data_range is None:
+            return y
+        lo, hi = self.data_range
+        return lo + (y + 1.0) * ((hi - lo) / 2.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``G(z)`` in the data's range."""
+        return self.from_net(self.generate(z))
+
+    def model(self, x: Optional[torch.Tensor] = None, *args, size: Optional[int] = None):
+        """The Pyro model: ``z ~ p(z)`` (site ``z``), ``x = G(z)`` (deterministic site ``x``),
+        the generator in eval mode.
+
+        Generates one example per row of ``x`` (a GAN has no likelihood: the data only set
+        the plate's size) or ``size`` examples (1 without either). Returns ``G(z)``.
+        """
+        n = x.shape[0] if torch.is_tensor(x) else (1 if size is None else size)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"size must be a positive integer, got {size!r}.")
+        # The generator runs in eval mode here (batch norm's running statistics): samples
+        # do not depend on the other examples drawn with them, and drawing them leaves
+        # those statistics as they were.
+        was = self.generator.training
+        self.generator.eval()
+        try:
+            with pyro.plate("data", n):
+                z = pyro.sample("z", self.prior())
+                out = self.decode(z)
+                pyro.deterministic("x", out, event_dim=len(self.data_shape))
+        finally:
+            self.generator.train(was)
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, batch_size: int = 1000) -> torch.Tensor:
+        """``n`` examples ``G(z)``, ``z ~ p(z)``, in the data's range (eval mode: batch norm
+        uses its running statistics; the module's mode is restored)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"the number of samples must be a positive integer, got {n!r}.")
+        was = self.training
+        self.eval()
+        try:
+            return torch.cat([self.decode(self._sample_z(min(batch_size, n - i)))
+                              for i in range(0, n, batch_size)])
+        finally:
+            self.train(was)
+
+    @torch.no_grad()
+    def discriminate(self, x: torch.Tensor) -> torch.Tensor:
+        """``D(x)`` for data ``x``: the discriminator's probability that ``x`` is real
+        (a critic's raw value for WGAN-GP and hinge), in eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            logits = self.discriminator(self.to_net(x))
+        finally:
+            self.train(was)
+        return torch.sigmoid(logits) if self.spec.probability else logits
+
+    # -- the game ------------------------------------------------------------------------
+    def real(self, batch: tuple) -> torch.Tensor:
+        """The batch's data (its first tensor), checked and mapped to the networks' space."""
+        x = batch[0]
+        check_input(x, self.data_shape, self.data_range, "the GAN's data")
+        return self.to_net(x)
+
+    def fake(self, batch: tuple) -> torch.Tensor:
+        """``G(z)`` for fresh ``z``, one per example of the batch, in the networks' space."""
+        return self.generate(self._sample_z(batch[0].shape[0]))
+
+    def phases(self):
+        """The discriminator and generator phases (see :func:`adversarial_phases`)."""
+        return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
+                                  self.spec, k=self.k, label_smoothing=self.label_smoothing,
+                                  gp_weight=self.gp_weight, d_lr=self.d_lr, g_lr=self.g_lr,
+                                  betas=self.betas)
+
+    def fit_step(self, config):
+        """The training step ``probgen.fit`` runs: ``PhasedStep(self, self.phases())``.
+
+        A GAN has no validation loss, and the discriminator's loss says nothing about the
+        samples, so early stopping and the best weights must follow a figure a callback
+        computes (``monitor="fid"`` with a :class:`probgen.train.Metric`), or be off
+        (``patience=None, restore_best=False``).
+        """
+        from probgen.train.steps import PhasedStep
+
+        monitor = config.monitor
+        if (monitor in ("val_loss", "train_loss") or monitor.startswith("train_loss/")) and \
+                (config.patience is not None or config.restore_best):
+            raise ConfigError(
+                f"a GAN has no validation loss and its {monitor} (a discriminator or "
+                f"generator loss) does not measure sample quality: pass patience=None and "
+                f"restore_best=False, or monitor a figure such as an FID computed by a "
+                f"Metric callback (monitor='fid', mode='min').")
+        return PhasedStep(self, self.phases())
+
+
+__all__ = ["GAN", "OUTPUTS", "PRIORS"]

@@ -1,0 +1,302 @@
+"""GANs: the adversarial losses, the theory of the game on a grid, the networks, the GAN as
+a Pyro model trained by the fit loop's phases, the 1-D toy, and examples/gan.py."""
+
+import math
+
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Predictive
+from torch import nn
+
+import probgen
+from probgen.data import TensorData
+from probgen.errors import ConfigError, DataError
+from probgen.infer.adversarial import (ADVERSARIAL_LOSSES, adversarial_phases,
+                                       discriminator_loss, generator_loss, gradient_penalty,
+                                       optimal_discriminator, value_on_grid)
+from probgen.models import GAN, MODELS
+from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator,
+                                 dcgan_nets)
+from probgen.train import Phase, load_checkpoint
+from tests.conftest import QUIET
+
+NO_MONITOR = dict(patience=None, restore_best=False)
+
+
+# --------------------------------------------------------------------------- losses
+
+def test_losses_are_the_papers_formulas():
+    real, fake = torch.tensor([2.0, -0.5, 0.3]), torch.tensor([-1.0, 0.7, -3.0])
+    d_real, d_fake = torch.sigmoid(real), torch.sigmoid(fake)
+    # -(1/m) sum [log D(x) + log(1 - D(G(z)))]: Algorithm 1, line 5, as a descent
+    v = (d_real.log() + (1 - d_fake).log()).mean()
+    assert discriminator_loss(real, fake).item() == pytest.approx(-v.item(), rel=1e-6)
+    # one-sided smoothing: the real label 0.9, the fake label still 0
+    smoothed = -(0.9 * d_real.log() + 0.1 * (1 - d_real).log()).mean() - (1 - d_fake).log().mean()
+    assert discriminator_loss(real, fake, label_smoothing=0.1).item() == \
+        pytest.approx(smoothed.item(), rel=1e-6)
+    assert generator_loss(fake, "minimax").item() == \
+        pytest.approx((1 - d_fake).log().mean().item(), rel=1e-6)
+    assert generator_loss(fake, "non_saturating").item() == \
+        pytest.approx(-d_fake.log().mean().item(), rel=1e-6)
+    assert discriminator_loss(real, fake, "wasserstein").item() == \
+        pytest.approx((fake.mean() - real.mean()).item())
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(
+        (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()).item())
+    assert generator_loss(fake, "wasserstein").item() == pytest.approx(-fake.mean().item())
+    # stable where sigmoid saturates in float32
+    assert math.isfinite(discriminator_loss(torch.tensor([-200.0]), torch.tensor([200.0])).item())
+
+
+def test_non_saturating_gradient_stays_large_where_minimax_vanishes():
+    # A generator that puts its sample at theta, where a fixed discriminator is sure it is
+    # fake: D(G(z)) -> 0. The minimax loss's gradient vanishes there, the non-saturating
+    # one does not, and both push theta towards the data (towards larger D).
+    w = 4.0                                               # D(x) = sigmoid(w x)
+
+    def grad(kind, theta):
+        t = torch.tensor(theta, requires_grad=True)
+        generator_loss((w * t).reshape(1), kind).backward()
+        return t.grad.item()
+
+    for theta in (-2.0, -3.0):                             # D(G(z)) = 3e-4, 6e-6
+        mm, ns = grad("minimax", theta), grad("non_saturating", theta)
+        assert mm < 0 and ns < 0                           # descent moves theta up
+        assert abs(mm) < 2e-3 and abs(ns) > 0.99 * w
+    # where D is fooled (D(G(z)) -> 1) it is the other way round
+    assert abs(grad("minimax", 2.0)) > 0.99 * w and abs(grad("non_saturating", 2.0)) < 2e-3
+
+
+def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
+    real, fake = torch.randn(16, 3), torch.randn(16, 3)
+    unit = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        unit.weight.copy_(torch.tensor([[0.6, 0.0, 0.8]]))   # |grad| = 1
+    assert gradient_penalty(unit, real, fake).item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        unit.weight.mul_(3.0)                                # |grad| = 3: (3 - 1)^2
+    gp = gradient_penalty(unit, real, fake)
+    assert gp.item() == pytest.approx(4.0, rel=1e-5)
+    gp.backward()                                            # differentiable in the critic
+    assert unit.weight.grad is not None and unit.weight.grad.abs().sum() > 0
+
+
+def test_loss_settings_are_checked():
+    assert set(ADVERSARIAL_LOSSES.names()) == {"minimax", "non_saturating", "wgan_gp", "hinge"}
+    with pytest.raises(ConfigError, match="adversarial loss"):
+        GAN(loss="least_squares")
+    with pytest.raises(ConfigError, match="k .*positive integer"):
+        GAN(net="mlp", k=0)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        GAN(net="mlp", label_smoothing=1.0)
+    with pytest.raises(ConfigError, match="label smoothing applies"):
+        GAN(net="mlp", loss="wgan_gp", label_smoothing=0.1)
+    with pytest.raises(ConfigError, match="betas"):
+        GAN(net="mlp", betas=(0.5, 1.5))
+    with pytest.raises(ConfigError, match="generator loss kind"):
+        generator_loss(torch.zeros(2), "saturating")
+
+
+# --------------------------------------------------------------------------- theory on a grid
+
+def _grid_densities(shift=2.0, scale=1.5):
+    x = torch.linspace(-12, 12, 24001, dtype=torch.float64)
+    dx = float(x[1] - x[0])
+    p_data = torch.distributions.Normal(-1.0, 1.0).log_prob(x).exp()
+    p_g = torch.distributions.Normal(-1.0 + shift, scale).log_prob(x).exp()
+    return x, dx, p_data, p_g
+
+
+def test_value_at_the_optimal_discriminator_is_minus_log4_plus_2_jsd():
+    from scipy.spatial.distance import jensenshannon
+
+    x, dx, p_data, p_g = _grid_densities()
+    d_star = optimal_discriminator(p_data, p_g)
+    v = value_on_grid(d_star, p_data, p_g, dx).item()
+    jsd = jensenshannon(p_data.numpy(), p_g.numpy()) ** 2     # scipy: sqrt(JSD), nats
+    assert v == pytest.approx(-math.log(4) + 2 * jsd, abs=1e-6)
+    assert v > -math.log(4) + 0.1                             # the densities differ
+    # D* maximises V(D, G): any other discriminator scores less
+    for other in (d_star.clamp(0.1, 0.9), torch.full_like(d_star, 0.5),
+                  torch.sigmoid(torch.logit(d_star.clamp(1e-9, 1 - 1e-9)) + 0.3)):
+        assert value_on_grid(other, p_data, p_g, dx).item() < v
+    # equal densities: D* = 1/2 everywhere and V = -log 4 (the global minimum of C(G))
+    d_equal = optimal_discriminator(p_data, p_data)
+    assert torch.allclose(d_equal, torch.full_like(d_equal, 0.5))
+    assert value_on_grid(d_equal, p_data, p_data, dx).item() == pytest.approx(-math.log(4),
+                                                                             abs=1e-6)
+
+
+def test_a_trained_discriminator_approaches_the_optimal_one():
+    torch.manual_seed(0)
+    p_data = torch.distributions.Normal(-1.0, 1.0)
+    p_g = torch.distributions.Normal(1.0, 1.5)
+    d = MLPDiscriminator((1,), hidden=(32, 32))
+    steps = 400
+    opt = torch.optim.Adam(d.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        loss = discriminator_loss(d(p_data.sample((512, 1))), d(p_g.sample((512, 1))))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    x = torch.linspace(-3, 3, 121)
+    d_star = optimal_discriminator(p_data.log_prob(x).exp(), p_g.log_prob(x).exp())
+    with torch.no_grad():
+        learned = torch.sigmoid(d(x[:, None]))
+    assert (learned - d_star).abs().max() < 0.03
+    assert (d_star.max() - d_star.min()) > 0.8                # a task where D matters
+
+
+# --------------------------------------------------------------------------- networks
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_dcgan_networks_follow_the_guidelines(shape):
+    g, d = dcgan_nets(shape, 100)
+    x = g(torch.randn(4, 100))
+    assert x.shape == (4,) + shape and d(torch.tanh(x)).shape == (4,)
+    modules = list(g.modules()) + list(d.modules())
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in modules)   # no pooling
+    ups = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    downs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert ups and all(m.stride == (2, 2) for m in ups)                  # fractionally strided
+    assert all(m.stride == (2, 2) for m in downs[:-1])                   # strided
+    assert any(isinstance(m, nn.BatchNorm2d) for m in g.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    assert any(isinstance(m, nn.ReLU) for m in g.modules())
+    slopes = {m.negative_slope for m in d.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.2}
+
+
+def test_dcgan_cifar_discriminator_is_the_thesis_network():
+    d = DCGANDiscriminator((3, 32, 32))
+    widths = [m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [32, 64, 128, 1]
+    assert sum(p.numel() for p in d.parameters()) == 167808
+
+
+def test_dcgan_64_generator_starts_from_1024x4x4():
+    g = DCGANGenerator((3, 64, 64), z_dim=100)
+    assert g.start == (1024, 4, 4)
+    widths = [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert widths == [512, 256, 128, 3]
+    g.eval()
+    assert g(torch.randn(2, 100)).shape == (2, 3, 64, 64)
+
+
+def test_networks_reject_bad_input():
+    d = DCGANDiscriminator((1, 28, 28))
+    with pytest.raises(DataError, match=r"shape \(B, 1, 28, 28\)"):
+        d(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(DataError, match=r"values in \[-1, 1\]"):
+        d(torch.full((2, 1, 28, 28), 255.0))
+    with pytest.raises(DataError, match=r"values in \[-1, 1\]"):
+        d(torch.full((2, 1, 28, 28), float("nan")))
+    with pytest.raises(ConfigError, match="28, 32, 64"):
+        DCGANGenerator((1, 30, 30))
+    with pytest.raises(ConfigError, match="square"):
+        GAN(data_shape=(1,), net="dcgan")
+    with pytest.raises(ConfigError, match="unbounded"):
+        GAN(data_shape=(1,), net="mlp", output="identity")
+    with pytest.raises(ConfigError, match="takes no setting g_width"):
+        GAN(net="mlp", g_width=8)
+    gan = GAN(net="mlp", g_hidden=(8,), d_hidden=(8,))
+    with pytest.raises(DataError, match=r"values in \[0, 1\]"):
+        gan.real((torch.full((2, 1, 28, 28), 255.0),))
+
+
+# --------------------------------------------------------------------------- the model
+
+def tiny_gan(**kw):
+    return GAN(**{"net": "mlp", "z_dim": 4, "g_hidden": (16,), "d_hidden": (16,), **kw})
+
+
+def test_gan_is_a_pyro_model_with_a_latent_site():
+    gan = tiny_gan()
+    samples = Predictive(gan.model, num_samples=3)(size=5)
+    assert samples["z"].shape == (3, 5, 4) and samples["x"].shape == (3, 5, 1, 28, 28)
+    assert 0 <= samples["x"].min() and samples["x"].max() <= 1          # the data's range
+    trace = poutine.trace(gan.model).get_trace(torch.zeros(6, 1, 28, 28))
+    assert trace.nodes["z"]["type"] == "sample" and not trace.nodes["z"]["is_observed"]
+    assert trace.nodes["x"]["infer"].get("_deterministic")
+    assert trace.nodes["z"]["fn"].event_shape == (4,)
+    # x is G(z): the deterministic site follows from the latent
+    assert torch.allclose(trace.nodes["x"]["value"], gan.decode(trace.nodes["z"]["value"]))
+    uniform = tiny_gan(prior="uniform").sample(500)
+    assert uniform.shape == (500, 1, 28, 28)
+
+
+@pytest.mark.parametrize("loss", ["minimax", "non_saturating", "wgan_gp", "hinge"])
+def test_every_loss_trains_a_dcgan_epoch(loss, mnist_small):
+    torch.manual_seed(0)
+    gan = GAN(net="dcgan", loss=loss, z_dim=8, g_width=8, d_width=8, k=1)
+    g0 = [p.detach().clone() for p in gan.generator.parameters()]
+    res = probgen.fit(gan, mnist_small["train"].subset(slice(0, 64)), epochs=1, batch_size=32,
+                      lr=2e-4, device="cpu", **NO_MONITOR, **QUIET)
+    h = res.history[0]
+    assert math.isfinite(h["train_loss/D"]) and math.isfinite(h["train_loss/G"])
+    assert not all(torch.equal(a, b) for a, b in zip(g0, gan.generator.parameters()))
+    x = gan.sample(8)
+    assert x.shape == (8, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+
+
+def test_k_discriminator_steps_per_generator_step_on_fresh_batches():
+    gan = tiny_gan(k=3)
+    phases = gan.phases()
+    assert [p.name for p in phases] == ["D", "G"]
+    assert phases[0].repeats == 3 and phases[0].fresh_batch
+    seen = []
+    x = torch.rand(12, 1, 28, 28)
+    x[:, 0, 0, 0] = torch.arange(12) / 12                 # a batch is known by its first pixel
+    d_loss, g_loss = phases[0].loss, phases[1].loss
+
+    def spy(name, fn):
+        def loss(batch, ctx):
+            seen.append((name, round(batch[0][0, 0, 0, 0].item() * 12)))
+            return fn(batch, ctx)
+        return loss
+
+    step = probgen.PhasedStep(gan, [Phase("D", spy("D", d_loss), params=gan.discriminator,
+                                          repeats=3),
+                                    Phase("G", spy("G", g_loss), params=gan.generator)])
+    probgen.fit(step, TensorData(x), epochs=1, batch_size=2, device="cpu", seed=None,
+                **NO_MONITOR, **QUIET)
+    d_batches = [b for n, b in seen if n == "D"]
+    assert [n for n, _ in seen] == ["D", "D", "D", "G"] * 2
+    assert len(set(d_batches)) == 6                       # six different batches of data
+
+
+def test_generator_step_leaves_the_discriminator_alone():
+    torch.manual_seed(0)
+    gan = tiny_gan()
+    d_phase, g_phase = gan.phases()
+    batch = (torch.rand(8, 1, 28, 28),)
+    g_phase.loss(batch, {}).backward()
+    assert all(p.grad is None for p in gan.discriminator.parameters())
+    assert all(p.requires_grad for p in gan.discriminator.parameters())
+    assert all(p.grad is not None for p in gan.generator.parameters())
+    gan.zero_grad(set_to_none=True)
+    d_phase.loss(batch, {}).backward()                    # the fakes are detached
+    assert all(p.grad is None for p in gan.generator.parameters())
+
+
+def test_fit_refuses_to_early_stop_a_gan_on_its_losses(mnist_small):
+    with pytest.raises(ConfigError, match="no validation loss"):
+        probgen.fit(tiny_gan(), mnist_small["train"], epochs=1, device="cpu", **QUIET)
+
+
+def test_checkpoint_records_settings_and_load_rebuilds(tmp_path, mnist_small):
+    torch.manual_seed(0)
+    gan = tiny_gan(loss="hinge", k=2, prior="uniform")
+    ckpt = tmp_path / "gan.pt"
+    probgen.fit(gan, mnist_small["train"].subset(slice(0, 64)), epochs=1, batch_size=16,
+                device="cpu", checkpoint=str(ckpt), **NO_MONITOR, **QUIET)
+    assert "gan" in MODELS
+    state = load_checkpoint(ckpt)
+    assert [p["steps"] for p in state["phases"]] == [4, 2]        # k = 2: two D steps per G step
+    loaded = probgen.load(ckpt)
+    assert isinstance(loaded, GAN) and loaded.k == 2 and loaded.spec.name == "hinge"
+    for (k, a), (_, b) in zip(gan.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
