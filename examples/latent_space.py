@@ -35,8 +35,11 @@ from probgen.viz import (grid_figure, interpolation_figure, latent_scatter, mani
                          pca_vs_autoencoder)
 
 
-def train(model, splits, args, name):
+def train(splits, args, name, preset, **settings):
+    """Seed, then build ``VAE.from_preset(preset, **settings)`` and train it: each model
+    starts from the same seed whatever was trained before it."""
     set_seed(args.seed)
+    model = VAE.from_preset(preset, **settings)
     print(f"\n== {name}: {model.extra_repr()} ==", flush=True)
     tag = re.sub(r"\W+", "_", name).strip("_")
     fit(model, splits["train"], splits["val"], cli.fit_config(args, verbose=False),
@@ -50,15 +53,16 @@ def main(argv=None):
     p.add_argument("--pca-sizes", type=int, nargs="+", default=[2, 8, 32, 80],
                    help="code sizes of the PCA / autoencoder comparison")
     args = cli.finish_args(p, argv, smoke=dict(pca_sizes=[2, 8]))
+    for k in args.pca_sizes:
+        if not 1 <= k <= 784:
+            p.error(f"--pca-sizes takes code sizes in 1..784, got {k}")
     started = time.perf_counter()
     binary = cli.mnist(args, binarize="dynamic")
     grey = cli.mnist(args)
 
-    models = {"autoencoder": VAE.from_preset("ae", z_dim=2),
-              "VAE (beta = 1)": VAE.from_preset("vae", z_dim=2),
-              "VAE (beta = 2)": VAE.from_preset("vae", z_dim=2, beta=2.0)}
-    for name, m in models.items():
-        train(m, binary, args, name)
+    models = {"autoencoder": train(binary, args, "autoencoder", "ae", z_dim=2),
+              "VAE (beta = 1)": train(binary, args, "VAE (beta = 1)", "vae", z_dim=2),
+              "VAE (beta = 2)": train(binary, args, "VAE (beta = 2)", "vae", z_dim=2, beta=2.0)}
     x, y = binary["test"].subset(slice(0, 5000)).all()
     codes = {name: m.encode(x)[0].detach() for name, m in models.items()}
     latent_scatter({k: codes[k] for k in ("autoencoder", "VAE (beta = 1)")}, y,
@@ -86,8 +90,8 @@ def main(argv=None):
     pca_err, ae_err = {}, {}
     for k in args.pca_sizes:
         pca_err[k] = float(mse_per_image(pca_reconstruction(test_x, mean, comps, k), test_x).mean())
-        ae = train(VAE.from_preset("ae", z_dim=k, likelihood="gaussian"), grey, args,
-                   f"autoencoder, code size {k}")
+        ae = train(grey, args, f"autoencoder, code size {k}", "ae", z_dim=k,
+                   likelihood="gaussian")
         ae_err[k] = float(mse_per_image(ae.reconstruct(test_x), test_x).mean())
         table.append({"code_size": k, "pca_mse": pca_err[k], "ae_mse": ae_err[k],
                       "pca_explained_variance": float(explained[:k].sum())})
@@ -105,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(cli.run(main))

@@ -1,10 +1,23 @@
-"""What the example scripts share: common flags, data loading, run records.
+"""What the example scripts share: common flags, data loading, run records, errors.
 
 Every example takes ``--epochs --patience --lr --batch-size --device --threads
---seed --out --resume --no-progress --smoke``; :func:`common_parser` adds them, :func:`fit_config`
-turns them into a :class:`~probgen.train.FitConfig`, :func:`mnist` loads the
-bundled MNIST (a small slice with ``--smoke``), and :func:`write_results`
-records the numbers with the machine and the versions.
+--seed --out --resume --no-progress --smoke``; :func:`common_parser` adds them,
+:func:`finish_args` parses them and applies the run's global settings (torch
+threads, the seed), :func:`fit_config` turns them into a
+:class:`~probgen.train.FitConfig`, :func:`mnist` loads the bundled MNIST (a small
+slice with ``--smoke``), and :func:`write_results` records the numbers with the
+machine and the versions. :func:`run` is every script's entry point::
+
+    if __name__ == "__main__":
+        sys.exit(cli.run(main))
+
+It reports a setting that probgen refuses (a :class:`~probgen.errors.ProbgenError`:
+``--z-dim 0``, ``--resume`` into another run's folder, ...) as one line
+``<script>: error: ...`` on stderr with exit status 2, as argparse reports a bad
+flag, instead of a traceback.
+
+This module is for scripts: :func:`finish_args` seeds the global random
+generators, which library code never does.
 """
 
 from __future__ import annotations
@@ -13,14 +26,16 @@ import argparse
 import csv
 import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from probgen.train import FitConfig, resolve_device
+from probgen.errors import ProbgenError, TrainingDivergedError
+from probgen.train import FitConfig, resolve_device, set_seed
 
 SMOKE_LIMIT = 512
 
@@ -51,7 +66,15 @@ def common_parser(description: str, epochs: int, out: str, patience: int = 10,
 
 
 def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str, Any]] = None):
-    """Parse; with ``--smoke`` cap the epochs at 2 and apply the ``smoke`` settings."""
+    """Parse the flags and apply the run's global settings.
+
+    With ``--smoke`` the epochs are capped at 2 and each ``smoke`` setting replaces
+    its flag's default (a value given on the command line is kept, so a bad one is
+    still refused). Then the torch thread count is set, and the global random
+    generators are seeded with ``--seed`` (:func:`probgen.train.set_seed`): every
+    weight the script draws from here on, the first model's included, follows
+    from the seed.
+    """
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
@@ -63,11 +86,32 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
         args.epochs = min(args.epochs, 2)
         args.val_size = 128
         for k, v in (smoke or {}).items():
-            setattr(args, k, v)
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     args.device = str(resolve_device(args.device))
+    set_seed(args.seed)
     return args
+
+
+def run(main: Callable[..., Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a script's ``main(argv)`` and return its exit status.
+
+    0 when it finishes. A :class:`~probgen.errors.ProbgenError` (a setting or input
+    that probgen refused) is printed as one line ``<script>: error: <message>`` on
+    stderr, the form of argparse's own errors, and gives 2 -- or 1 for a
+    :class:`~probgen.errors.TrainingDivergedError`, which is no bad setting. Any
+    other exception is a bug and keeps its traceback.
+    """
+    try:
+        main(argv)
+    except ProbgenError as err:
+        prog = Path(sys.argv[0]).name or "probgen"
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return 1 if isinstance(err, TrainingDivergedError) else 2
+    return 0
 
 
 def fit_config(args, **overrides) -> FitConfig:

@@ -118,10 +118,78 @@ def test_cvae_label_example_smoke(tmp_path):
     assert (tmp_path / "generated.png").exists() and (tmp_path / "restyle.png").exists()
 
 
-def test_latent_space_example_smoke(tmp_path):
-    run("latent_space.py", "--out", str(tmp_path))
+def test_latent_space_example_smoke_and_same_seed_same_run(tmp_path):
+    run("latent_space.py", "--out", str(tmp_path), "--seed", "3")
     rec = results(tmp_path)["results"]
     assert [r["code_size"] for r in rec["by_code_size"]] == [2, 8]
     assert 60 <= rec["pca_components_for_90pct"] <= 120  # the documents: about 80
     for name in ("latent", "prior_samples", "manifold", "interpolation", "pca"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+    # --seed fixes every weight from the first: five models, each built after the last
+    # one trained, give the same numbers in a second process (torch seeds itself randomly)
+    run("latent_space.py", "--out", str(tmp_path / "again"), "--seed", "3")
+    assert results(tmp_path / "again")["results"] == rec
+
+
+# ------------------------------------------------------------------- bad settings
+
+def run_bad(script, *args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / script), "--smoke",
+                           "--no-progress", "--threads", "1", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_error_line(proc, script, *words):
+    """Exit status 2, no traceback, and the last line of stderr is the only one that
+    says ``error:``, in argparse's form ``<script>: error: ...``."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert [line for line in lines if "error:" in line] == lines[-1:], proc.stderr[-3000:]
+    assert lines[-1].startswith(f"{script}: error: "), lines[-1]
+    for w in words:
+        assert w in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("cvae_label.py", ["--z-dim", "0"], ["z_dim", "0"]),
+    ("anomaly.py", ["--z-dim", "-3"], ["z_dim", "-3"]),
+    ("denoising.py", ["--hidden", "0"], ["hidden"]),
+    ("vae.py", ["--hidden", "64", "0"], ["hidden"]),
+    ("flows.py", ["--depth", "0", "--flow", "realnvp"], ["depth"]),
+])
+def test_a_setting_the_library_refuses_is_one_error_line(script, args, words, tmp_path):
+    assert_one_error_line(run_bad(script, *args, "--out", str(tmp_path)), script, *words)
+
+
+def test_resume_into_another_runs_folder_is_one_error_line(tmp_path):
+    run("denoising.py", "--out", str(tmp_path))
+    proc = run_bad("cvae_label.py", "--out", str(tmp_path), "--resume")
+    assert_one_error_line(proc, "cvae_label.py", "another run", "--out")
+
+
+def test_argparse_flag_errors_keep_exit_status_2():
+    proc = run_bad("latent_space.py", "--pca-sizes", "0")
+    assert proc.returncode == 2 and "--pca-sizes" in proc.stderr.splitlines()[-1]
+    proc = run_bad("vae.py", "--likelihood", "poisson")
+    assert proc.returncode == 2 and "--likelihood" in proc.stderr.splitlines()[-1]
+
+
+def test_cli_run_turns_probgen_errors_into_one_line(capsys):
+    from probgen import cli
+    from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
+
+    def failing(error):
+        def main(argv=None):
+            raise error
+        return main
+
+    assert cli.run(lambda argv=None: {"done": True}) == 0
+    assert cli.run(failing(ConfigError("z_dim must be positive,\n  got 0."))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(": error: z_dim must be positive, got 0.\n")
+    assert cli.run(failing(CheckpointError("truncated"))) == 2
+    assert cli.run(failing(TrainingDivergedError("loss became NaN in epoch 3"))) == 1
+    assert "error: loss became NaN" in capsys.readouterr().err
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        cli.run(failing(ZeroDivisionError("bug")))
