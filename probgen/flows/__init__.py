@@ -15,16 +15,18 @@ from probgen.flows.builders import (FLOWS, build_flow, denseflow, glow, glow_ste
                                     nice, realnvp)
 from probgen.flows.core import (AugmentedFlow, AugmentedFlowDistribution, DenseLevel,
                                 DensityFlow, Flow)
-from probgen.flows.transforms import (CachedLogDetTransform, CheckerboardAffineCoupling,
-                                      CrossUnitCoupling, MultiscaleTransform,
+from probgen.flows.transforms import (ActNorm, CachedLogDetTransform,
+                                      CheckerboardAffineCoupling, CrossUnitCoupling,
+                                      ElementwiseAffine, InvertibleLinear, MultiscaleTransform,
                                       NormflowsTransform, Permute, Squeeze, actnorm, chain,
-                                      invertible_linear, reset_caches, scaling, squeeze2d,
-                                      unsqueeze2d)
+                                      invertible_conv1x1, invertible_linear, reset_caches,
+                                      scaling, squeeze2d, unsqueeze2d)
 
 __all__ = [
-    "AugmentedFlow", "AugmentedFlowDistribution", "CachedLogDetTransform",
-    "CheckerboardAffineCoupling", "CrossUnitCoupling", "DenseLevel", "DensityFlow", "FLOWS",
-    "Flow", "MultiscaleTransform", "NormflowsTransform", "Permute", "Squeeze", "actnorm",
-    "build_flow", "chain", "denseflow", "glow", "glow_step", "identity", "invertible_linear",
-    "nice", "realnvp", "reset_caches", "scaling", "squeeze2d", "unsqueeze2d",
+    "ActNorm", "AugmentedFlow", "AugmentedFlowDistribution", "CachedLogDetTransform",
+    "CheckerboardAffineCoupling", "CrossUnitCoupling", "DenseLevel", "DensityFlow",
+    "ElementwiseAffine", "FLOWS", "Flow", "InvertibleLinear", "MultiscaleTransform",
+    "NormflowsTransform", "Permute", "Squeeze", "actnorm", "build_flow", "chain", "denseflow",
+    "glow", "glow_step", "identity", "invertible_conv1x1", "invertible_linear", "nice",
+    "realnvp", "reset_caches", "scaling", "squeeze2d", "unsqueeze2d",
 ]

@@ -14,13 +14,11 @@ piece         from
 coupling      Pyro ``AffineCoupling`` (vectors: hypernet Pyro ``DenseNN``; images: ``dim=-3``
               channel split with :class:`~probgen.flows.nets.ConvHypernet`); NICE's additive
               coupling is the same class with a zero log-scale hypernet
-1x1 conv      normflows ``Invertible1x1Conv`` (LU-parameterised; images),
-              normflows ``InvertibleAffine`` (LU; vectors)
-ActNorm       normflows ``ActNorm`` (data-dependent start, flag in the state dict)
-scaling       normflows ``AffineConstFlow`` (NICE's diagonal scaling)
 reshape       torch ``ReshapeTransform`` (NICE on images works on flat vectors)
 base          Pyro ``Normal`` / ``Logistic`` / ``Uniform``
-by hand       checkerboard coupling, squeeze, multiscale factor-out, DenseFlow's
+by hand       ActNorm (data-dependent start, flag in the state dict), NICE's scaling,
+              the LU-parameterised 1x1 convolution (images) and linear map (vectors),
+              checkerboard coupling, squeeze, multiscale factor-out, DenseFlow's
               cross-unit coupling (see :mod:`probgen.flows.transforms` for why)
 ============  ==============================================================================
 """
@@ -140,9 +138,9 @@ def _split_prior(shape, hidden: int):
 def glow_step(shape: Sequence[int], hidden) -> list:
     """One Glow step in density order: ActNorm, invertible 1x1 convolution, affine coupling.
 
-    For images ``(C, H, W)`` the 1x1 convolution is normflows' ``Invertible1x1Conv``
-    (LU) and the coupling Pyro's ``AffineCoupling`` on channels; for vectors ``(D,)``
-    normflows' ``InvertibleAffine`` and ``AffineCoupling`` with a ``DenseNN``.
+    For images ``(C, H, W)`` the 1x1 convolution is :func:`invertible_conv1x1` (LU)
+    and the coupling Pyro's ``AffineCoupling`` on channels; for vectors ``(D,)`` the
+    same LU matrix (:func:`invertible_linear`) and ``AffineCoupling`` with a ``DenseNN``.
     """
     shape = tuple(shape)
     if len(shape) == 3:
@@ -166,8 +164,8 @@ def nice(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
     paper) or Gaussian.
 
     Reuses Pyro's ``AffineCoupling`` with a shift-only hypernet (``DenseNN``), Pyro's
-    ``Permute`` (index tensors as buffers), normflows' ``AffineConstFlow`` and torch's
-    ``ReshapeTransform``.
+    ``Permute`` (index tensors as buffers), torch's ``ReshapeTransform`` and the
+    scaling layer :func:`~probgen.flows.transforms.scaling`.
 
     Args:
         event_shape: ``(D,)`` or ``(C, H, W)``.
@@ -261,11 +259,12 @@ def glow(event_shape: Sequence[int], depth: int = 8, hidden: Hidden = None,
     learned conditional prior :math:`z_{out} \sim N(\mu(h), \sigma(h))` given the
     kept half :math:`h`. Vectors: ``depth`` steps.
 
-    Reuses normflows' ``ActNorm`` (data-dependent start, saved flag), normflows'
-    ``Invertible1x1Conv`` (LU-parameterised; see :func:`invertible_conv1x1` for why
-    not Pyro's ``GeneralizedChannelPermute``) and Pyro's
-    ``AffineCoupling`` (also as the split prior); for vectors normflows'
-    ``InvertibleAffine``. The squeeze/factor-out scale is :class:`MultiscaleTransform`.
+    Reuses Pyro's ``AffineCoupling`` (also as the split prior); ActNorm (data-dependent
+    start, saved flag) and the LU-parameterised 1x1 convolution are
+    :class:`~probgen.flows.transforms.ActNorm` and
+    :class:`~probgen.flows.transforms.InvertibleLinear` (see there for why not Pyro's
+    ``GeneralizedChannelPermute``). The squeeze/factor-out scale is
+    :class:`MultiscaleTransform`.
 
     Args:
         event_shape: ``(D,)`` or ``(C, H, W)``.

@@ -1,4 +1,4 @@
-"""The flow pieces that Pyro and normflows lack, as Pyro ``TransformModule`` s.
+"""The flow pieces that Pyro lacks, as Pyro ``TransformModule`` s.
 
 Direction convention (Pyro's): a transform's ``__call__`` maps the base side to
 the data side (sampling), ``.inv`` maps data to base (density evaluation), and
@@ -8,12 +8,19 @@ computes ``log p(y) = log p_base(x) - log|det dy/dx|`` with ``x = t.inv(y)``.
 
 What is here and why it is written by hand:
 
-* :class:`NormflowsTransform` -- an adapter that makes any normflows ``Flow``
-  (whose ``forward`` is also base-to-data and returns ``(z, log_det)``) a Pyro
-  transform. It is how probgen uses normflows' ``ActNorm`` (data-dependent
-  initialisation, its state a buffer), ``Invertible1x1Conv`` (Glow's LU-parameterised
-  1x1 convolution), ``AffineConstFlow`` (NICE's scaling) and ``InvertibleAffine``
-  (an LU-parameterised linear map for vectors).
+* :class:`ElementwiseAffine` and :class:`ActNorm` -- a learned per-dimension
+  (or per-channel) scale and shift: NICE's scaling layer, and Glow's ActNorm with
+  its data-dependent start. Pyro has neither (its ``AffineTransform`` holds fixed
+  tensors, not parameters, and nothing starts from data).
+* :class:`InvertibleLinear` -- Glow's LU-parameterised invertible 1x1 convolution
+  on images, and the same matrix on vectors. Pyro's ``GeneralizedChannelPermute``
+  has this parameterisation but evaluates densities by triangular solves over every
+  pixel (about a hundred times slower per training step here); this one is a single
+  ``conv2d`` in the density direction.
+* :class:`NormflowsTransform` -- an adapter that makes any normflows ``Flow`` (whose
+  ``forward`` is also base-to-data and returns ``(z, log_det)``) a Pyro transform,
+  for users who bring their own normflows layers. probgen's builders do not use it:
+  they depend on no normflows internals.
 * :class:`Permute` -- Pyro's ``Permute`` with its index tensors as buffers:
   Pyro keeps them as plain attributes, which ``module.to(device)`` does not move.
 * :func:`squeeze2d` -- RealNVP's space-to-depth reshaping, which the multiscale
@@ -37,12 +44,10 @@ What is here and why it is written by hand:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
-from normflows.flows import ActNorm as _NfActNorm
-from normflows.flows import AffineConstFlow as _NfAffineConstFlow
+import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import Permute as PyroPermute
@@ -238,21 +243,85 @@ class NormflowsTransform(CachedLogDetTransform):
         return f"NormflowsTransform({type(self.flow).__name__}, event_shape={self.event_shape})"
 
 
-class WaitingActNorm(_NfActNorm):
-    """normflows' ``ActNorm`` that waits for a batch of at least two examples before
-    its data-dependent start: from one example the standard deviation is NaN, and
-    normflows' would keep NaN scales for good (Pyro runs a guide once with a single
-    sample to count its plates). Until then it is the identity.
+def _check_event(x: torch.Tensor, event_shape: Sequence[Optional[int]], what: str):
+    """Raise :class:`DataError` unless ``x`` ends in ``event_shape`` (``None`` matches any size)."""
+    k = len(event_shape)
+    if x.dim() < k or any(e is not None and e != s for e, s in zip(event_shape, x.shape[x.dim() - k:])):
+        shown = tuple("any" if e is None else e for e in event_shape)
+        raise DataError(f"{what} takes events of shape {shown}, got a tensor of shape "
+                        f"{tuple(x.shape)}.")
 
-    Once started it remembers so in a Python flag, instead of reading the
-    ``data_dep_init_done`` buffer on every call (on a GPU that read is a host-device
-    synchronisation per layer per pass); loading a state dict makes it look again.
+
+class ElementwiseAffine(CachedLogDetTransform):
+    r"""A learned scale and shift, :math:`y = x \odot e^{s} + t`, base to data.
+
+    ``s`` and ``t`` have ``param_shape``, broadcast over the event: ``(C, 1, 1)`` for
+    one value per image channel, the event shape for one per dimension.
+    :math:`\log|\det \partial y / \partial x| = \sum s` times the number of event
+    entries that share each parameter (``H W`` per channel). Both start at zero
+    (the identity).
+
+    Args:
+        event_shape: ``(C, H, W)`` or ``(D,)``.
+        param_shape: shape of ``s`` and ``t``, broadcastable to ``event_shape``.
+        shift: learn ``t`` (else ``t = 0``: NICE's scaling layer).
     """
 
-    _started = False
+    def __init__(self, event_shape: Sequence[int], param_shape: Sequence[int],
+                 shift: bool = True):
+        super().__init__(len(event_shape))
+        self.event_shape = tuple(event_shape)
+        param_shape = tuple(param_shape)
+        if len(param_shape) != len(self.event_shape) or any(
+                p not in (1, e) for p, e in zip(param_shape, self.event_shape)):
+            raise ConfigError(f"parameters of shape {param_shape} do not broadcast over events "
+                              f"of shape {self.event_shape}.")
+        self.log_scale = nn.Parameter(torch.zeros(param_shape))
+        self.shift = nn.Parameter(torch.zeros(param_shape)) if shift else None
+        self._repeats = math.prod(self.event_shape) // math.prod(param_shape)
+
+    def _log_det(self, x):
+        ld = self.log_scale.sum() * self._repeats
+        return ld.expand(x.shape[: x.dim() - self._event_dim])
+
+    def forward_and_log_det(self, x):
+        _check_event(x, self.event_shape, type(self).__name__)
+        y = x * torch.exp(self.log_scale)
+        return (y if self.shift is None else y + self.shift), self._log_det(x)
+
+    def inverse_and_log_det(self, y):
+        _check_event(y, self.event_shape, type(self).__name__)
+        x = y if self.shift is None else y - self.shift
+        return x * torch.exp(-self.log_scale), self._log_det(y)
+
+    def extra_repr(self):
+        return f"event_shape={self.event_shape}, param_shape={tuple(self.log_scale.shape)}"
+
+
+class ActNorm(ElementwiseAffine):
+    """Glow's activation normalisation (Kingma & Dhariwal 2018): a per-channel scale and
+    shift that start from data.
+
+    The first batch of at least two examples that passes (either way) sets them so
+    that the output has zero mean and unit standard deviation per channel; until
+    then the layer is the identity. (From one example the standard deviation is
+    undefined, and Pyro runs a guide once with a single sample to count its plates.)
+    The buffer ``initialized`` records the start and travels with the state dict; a
+    Python flag keeps later passes from reading it (on a GPU each read is a
+    host-device synchronisation), and loading a state dict makes it look again.
+
+    Args:
+        event_shape: ``(C, H, W)`` (one scale per channel) or ``(D,)`` (one per dimension).
+    """
+
+    def __init__(self, event_shape: Sequence[int]):
+        shape = tuple(event_shape)
+        super().__init__(shape, (shape[0],) + (1,) * (len(shape) - 1), shift=True)
+        self.register_buffer("initialized", torch.tensor(False))
+        self._started = False
 
     def _is_started(self) -> bool:
-        if not self._started and bool(self.data_dep_init_done > 0):
+        if not self._started and bool(self.initialized):
             self._started = True
         return self._started
 
@@ -260,79 +329,134 @@ class WaitingActNorm(_NfActNorm):
         self._started = False
         super()._load_from_state_dict(*args, **kwargs)
 
-    def forward(self, z):
-        if self._is_started() or z.shape[0] < 2:
-            return _NfAffineConstFlow.forward(self, z)
-        return super().forward(z)  # the data-dependent start
+    @torch.no_grad()
+    def _start(self, v: torch.Tensor, density: bool) -> None:
+        channel = v.dim() - self._event_dim
+        dims = [d for d in range(v.dim()) if d != channel]
+        mean = v.mean(dims).reshape(self.log_scale.shape)
+        std = v.std(dims).reshape(self.log_scale.shape) + 1e-6
+        if density:  # base = (data - mean) / std
+            self.log_scale.copy_(torch.log(std))
+            self.shift.copy_(mean)
+        else:  # data = (base - mean) / std
+            self.log_scale.copy_(-torch.log(std))
+            self.shift.copy_(-mean / std)
+        self.initialized.fill_(True)
+        self._started = True
 
-    def inverse(self, z):
-        if self._is_started() or z.shape[0] < 2:
-            return _NfAffineConstFlow.inverse(self, z)
-        return super().inverse(z)
+    def _wait_or_start(self, v: torch.Tensor, density: bool) -> None:
+        if not self._is_started():
+            _check_event(v, self.event_shape, "ActNorm")
+            if math.prod(v.shape[: v.dim() - self._event_dim]) >= 2:
+                self._start(v.detach(), density)
+
+    def forward_and_log_det(self, x):
+        self._wait_or_start(x, density=False)
+        return super().forward_and_log_det(x)
+
+    def inverse_and_log_det(self, y):
+        self._wait_or_start(y, density=True)
+        return super().inverse_and_log_det(y)
 
 
-def actnorm(event_shape: Sequence[int]) -> NormflowsTransform:
-    """normflows' ``ActNorm``: per-channel scale and shift, initialised from the
-    first batch it sees in the density direction so that its output has zero mean
-    and unit variance per channel (Glow). The "initialised" flag is the buffer
-    ``flow.data_dep_init_done`` and travels with the state dict. (A batch of one
-    example does not start it: see :class:`WaitingActNorm`.)
+class InvertibleLinear(CachedLogDetTransform):
+    r"""An invertible ``C x C`` matrix on the channels of an image (Glow's invertible 1x1
+    convolution, Kingma & Dhariwal 2018) or on a vector, LU-parameterised.
+
+    :math:`W = P L (U + \operatorname{diag}(\operatorname{sign}(s) e^{\log|s|}))` with a
+    fixed permutation :math:`P`, unit lower-triangular :math:`L` and strictly upper
+    :math:`U`, started from a random rotation. The density direction (data to base)
+    maps every pixel's channels by :math:`W`, one ``conv2d``, with
+    :math:`\log|\det| = H W \sum \log|s|`; sampling applies :math:`W^{-1}`, from two
+    triangular solves of ``C x C`` matrices (in float64).
 
     Args:
-        event_shape: ``(C, H, W)`` (one scale per channel) or ``(D,)``.
+        channels: ``C``.
+        event_dim: 3 for images ``(C, H, W)`` (any H and W), 1 for vectors ``(C,)``.
     """
+
+    def __init__(self, channels: int, event_dim: int = 3):
+        super().__init__(event_dim)
+        if event_dim not in (1, 3):
+            raise ConfigError(f"InvertibleLinear works on (C, H, W) or (C,) events, "
+                              f"got event_dim={event_dim}.")
+        self.channels = check_positive("channels", channels)
+        self.event_shape = (channels,) + (None, None) * (event_dim == 3)
+        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        p, lower, upper = torch.linalg.lu(q)
+        s = upper.diagonal()
+        self.register_buffer("permutation", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.lower = nn.Parameter(lower)  # only the strictly lower part is used
+        self.upper = nn.Parameter(torch.triu(upper, 1))  # only the strictly upper part
+        self.log_abs_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def _factors(self):
+        eye = torch.eye(self.channels, dtype=self.lower.dtype, device=self.lower.device)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign_s * torch.exp(self.log_abs_s))
+        return lower, upper
+
+    def weight(self) -> torch.Tensor:
+        """:math:`W`, the density direction's matrix."""
+        lower, upper = self._factors()
+        return self.permutation @ lower @ upper
+
+    def inverse_weight(self) -> torch.Tensor:
+        """:math:`W^{-1} = U^{-1} L^{-1} P^T`, the sampling direction's matrix."""
+        lower, upper = (f.double() for f in self._factors())
+        w = torch.linalg.solve_triangular(lower, self.permutation.double().T, upper=False,
+                                          unitriangular=True)
+        return torch.linalg.solve_triangular(upper, w, upper=True).to(self.lower.dtype)
+
+    def _map_channels(self, w, x):
+        if self._event_dim == 1:
+            return x @ w.T
+        flat = x.reshape((-1,) + x.shape[-3:])
+        return F.conv2d(flat, w.reshape(self.channels, self.channels, 1, 1)).reshape(x.shape)
+
+    def _log_det(self, x):
+        per_pixel = x.shape[-2] * x.shape[-1] if self._event_dim == 3 else 1
+        return (self.log_abs_s.sum() * per_pixel).expand(x.shape[: x.dim() - self._event_dim])
+
+    def forward_and_log_det(self, x):
+        _check_event(x, self.event_shape, "InvertibleLinear")
+        return self._map_channels(self.inverse_weight(), x), -self._log_det(x)
+
+    def inverse_and_log_det(self, y):
+        _check_event(y, self.event_shape, "InvertibleLinear")
+        return self._map_channels(self.weight(), y), -self._log_det(y)
+
+    def extra_repr(self):
+        return f"channels={self.channels}, event_dim={self._event_dim}"
+
+
+def actnorm(event_shape: Sequence[int]) -> ActNorm:
+    """Glow's :class:`ActNorm` for events of ``event_shape``: ``(C, H, W)`` (one scale
+    and shift per channel) or ``(D,)``; it starts from the first batch of two or more."""
+    return ActNorm(event_shape)
+
+
+def scaling(event_shape: Sequence[int]) -> ElementwiseAffine:
+    """NICE's diagonal scaling layer ``y = exp(s) * x``, one ``s`` per dimension."""
     shape = tuple(event_shape)
-    param_shape = (shape[0],) + (1,) * (len(shape) - 1)
-    return NormflowsTransform(WaitingActNorm(param_shape), shape)
+    return ElementwiseAffine(shape, shape, shift=False)
 
 
-def scaling(event_shape: Sequence[int]) -> NormflowsTransform:
-    """NICE's diagonal scaling layer ``y = exp(s) * x``: normflows' ``AffineConstFlow``
-    with a scale and no shift."""
-    from normflows.flows import AffineConstFlow
-
-    return NormflowsTransform(AffineConstFlow(tuple(event_shape), scale=True, shift=False),
-                              event_shape)
+def invertible_linear(dim: int) -> InvertibleLinear:
+    """An LU-parameterised invertible matrix on vectors ``(D,)`` (Glow's 1x1 convolution
+    for data without pixels)."""
+    return InvertibleLinear(dim, event_dim=1)
 
 
-def _quiet(make):
-    # normflows' LU constructors call the deprecated ``Tensor.lu``; the warning is theirs.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
-        return make()
-
-
-def invertible_linear(dim: int) -> NormflowsTransform:
-    """normflows' ``InvertibleAffine``: an LU-parameterised invertible matrix on
-    vectors (the 1x1 convolution of Glow for data without pixels)."""
-    from normflows.flows import InvertibleAffine
-
-    return NormflowsTransform(_quiet(lambda: InvertibleAffine(dim, use_lu=True)), (dim,))
-
-
-def invertible_conv1x1(channels: int) -> NormflowsTransform:
-    r"""Glow's invertible 1x1 convolution, LU-parameterised: normflows' ``Invertible1x1Conv``.
-
-    :math:`W = P L (U + \operatorname{diag}(\text{sign}(s) e^{\log|s|}))`, so
-    :math:`\log|\det| = H W \sum \log|s|`. In the density direction it is one
-    ``conv2d`` with :math:`W`; sampling inverts the two triangular C x C factors.
-    (Pyro's ``GeneralizedChannelPermute`` has the same parameterisation, but
-    evaluates densities by triangular solves over every pixel, about a hundred
-    times slower per training step here.)
-    """
-    from normflows.flows import Invertible1x1Conv
-
-    return NormflowsTransform(_quiet(lambda: Invertible1x1Conv(channels, use_lu=True)),
-                              (channels, None, None))
+def invertible_conv1x1(channels: int) -> InvertibleLinear:
+    """Glow's invertible 1x1 convolution on images ``(C, H, W)`` of any height and width."""
+    return InvertibleLinear(channels, event_dim=3)
 
 
 def is_initialized(module: nn.Module) -> bool:
-    """False while any ActNorm inside ``module`` waits for its first data batch."""
-    for m in module.modules():
-        flag = getattr(m, "data_dep_init_done", None)
-        if torch.is_tensor(flag) and not bool(flag > 0):
-            return False
-    return True
+    """False while any :class:`ActNorm` inside ``module`` waits for its first data batch."""
+    return all(bool(m.initialized) for m in module.modules() if isinstance(m, ActNorm))
 
 
 # ------------------------------------------------------------------- small bijections
