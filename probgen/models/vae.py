@@ -33,6 +33,7 @@ IWAE is a training objective, not a model: train a ``vae`` with
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import pyro
@@ -176,6 +177,8 @@ class VAE(nn.Module):
         # Pyro's scale must be positive: beta = 0 masks the latent site out of the ELBO.
         if self.beta == 0:
             return poutine.mask(mask=False)
+        if self.beta == 1:
+            return contextlib.nullcontext()   # a scale of 1 would only cost a multiply per step
         return poutine.scale(scale=self.beta)
 
     def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
