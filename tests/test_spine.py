@@ -355,6 +355,37 @@ def test_resumed_adversarial_run_equals_uninterrupted(tmp_path):
                     lr_schedule="cosine", **QUIET)
 
 
+def test_a_phase_adds_a_custom_term_to_a_pyro_objective():
+    """ELBO + custom term in one phase: its gradient is the sum of the two gradients."""
+    from probgen.train import ELBOLoss
+
+    torch.manual_seed(0)
+    vae = VAE(z_dim=2, hidden=(8,))
+    x = (torch.rand(16, 1, 28, 28) > 0.5).float()
+    neg_elbo = ELBOLoss(vae.model, vae.guide, "meanfield")
+    penalty = lambda: 0.1 * sum((p ** 2).sum() for p in vae.decoder.parameters())  # noqa: E731
+
+    def grads(fn):
+        for p in vae.parameters():
+            p.grad = None
+        torch.manual_seed(1)
+        with pyro.get_param_store().scope():
+            fn().backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                for p in vae.parameters()]
+
+    both = grads(lambda: neg_elbo((x,)) + penalty())
+    elbo_only = grads(lambda: neg_elbo((x,)))
+    pen_only = grads(penalty)
+    for g, a, b in zip(both, elbo_only, pen_only):
+        assert torch.allclose(g, a + b, atol=1e-5)
+    step = PhasedStep(vae, [Phase("ae", lambda b, ctx: neg_elbo(b) + penalty(), params=vae)])
+    res = probgen.fit(step, TensorData(x), epochs=3, batch_size=8, lr=1e-2, device="cpu", **QUIET)
+    assert res.train_loss[-1] < res.train_loss[0]
+    with pytest.raises(ConfigError, match="differentiable_loss"):
+        ELBOLoss(vae.model, vae.guide, TraceGraph_ELBO())
+
+
 # --------------------------------------------------------------------------- monitors, callbacks
 
 def test_monitor_follows_a_callback_metric_every_n_epochs():

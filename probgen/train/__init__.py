@@ -7,9 +7,9 @@ from probgen.train.config import OPTIMIZERS, FitConfig, FitResult
 from probgen.train.distributed import is_main_process
 from probgen.train.loop import Run, as_step, evaluate, fit, resolve_device, set_seed
 from probgen.train.schedules import SCHEDULES
-from probgen.train.steps import LossStep, Phase, PhasedStep, Step, SVIStep
+from probgen.train.steps import ELBOLoss, LossStep, Phase, PhasedStep, Step, SVIStep
 
-__all__ = ["CSVLogger", "Callback", "FitConfig", "FitResult", "LossStep", "Metric", "OPTIMIZERS",
+__all__ = ["CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep", "Metric", "OPTIMIZERS",
            "Phase", "PhasedStep", "Run", "SCHEDULES", "SVIStep", "Step", "TensorBoard", "as_step",
            "evaluate", "fit", "is_main_process", "load", "load_checkpoint", "load_model",
            "resolve_device", "save_checkpoint", "save_model", "set_seed"]

@@ -279,6 +279,37 @@ class SVIStep(Step):
             getattr(self.model, "__name__", type(self.model).__name__)
 
 
+class ELBOLoss:
+    """The negative ELBO of a Pyro model/guide pair as a term of any phase's loss.
+
+    How an adversarial family adds its custom loss to a Pyro objective::
+
+        neg_elbo = ELBOLoss(aae.model, aae.guide, "meanfield")
+        Phase("generator", lambda batch, ctx: neg_elbo(batch) + lam * adversarial(batch),
+              params=aae.decoder, discover=False)
+
+    Args:
+        model, guide: Pyro callables taking the batch's tensors.
+        loss: an objective name or a Pyro ELBO instance with ``differentiable_loss``.
+        num_particles, max_plate_nesting: as for :class:`SVIStep`.
+        per_example: divide by the batch size (the default) or return Pyro's sum.
+    """
+
+    def __init__(self, model, guide, loss: _ELBO = "trace", num_particles: int = 1,
+                 max_plate_nesting: Optional[int] = 1, per_example: bool = True):
+        self.model, self.guide = model, guide
+        self.elbo = make_elbo(loss, num_particles, max_plate_nesting) if isinstance(loss, str) \
+            else loss
+        if not hasattr(self.elbo, "differentiable_loss"):
+            raise ConfigError(f"{type(self.elbo).__name__} has no differentiable_loss, so it cannot "
+                              f"be one term of a sum; use an SVIStep for it alone.")
+        self.per_example = per_example
+
+    def __call__(self, batch) -> torch.Tensor:
+        loss = self.elbo.differentiable_loss(self.model, self.guide, *batch)
+        return loss / _batch_size(batch) if self.per_example else loss
+
+
 class PhasedStep(Step):
     """A step made of several phases: the adversarial families' training step.
 
