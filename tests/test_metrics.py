@@ -169,3 +169,133 @@ def test_elbo_per_example_ignores_the_kl_weight():
         torch.manual_seed(1)
         vals.append(elbo_per_example(m.model, m.guide, data, num_particles=3))
     assert vals[0].shape == (16,) and torch.allclose(vals[0], vals[1])
+
+
+def _tiny_vae(beta=1.0, encoder="gaussian", seed=0):
+    from probgen.models import VAE
+
+    torch.manual_seed(seed)
+    return VAE(z_dim=3, hidden=(16,), beta=beta, encoder=encoder)
+
+
+def _binary_images(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 28, 28, generator=g) < 0.3).float()
+
+
+def test_one_negative_elbo_for_any_beta_the_unscaled_bound():
+    """negative_elbo, -mean(elbo_per_example) and the report's neg_elbo are the same number
+    for a beta = 4 VAE: the beta = 1 bound computed by hand, not the weighted training loss."""
+    from pyro.infer import Trace_ELBO
+
+    from probgen.metrics import elbo_per_example
+    from probgen.metrics.report import autoencoder_report
+
+    x = _binary_images()
+    data = TensorData(x)
+    model = _tiny_vae(beta=4.0)
+    k, n = 5, x.shape[0]
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loc, scale = model.encode(x)
+        eps = torch.randn(k, n, 3)  # the draws the guide makes after the same seed
+        flat = x.reshape(n, -1)
+        by_hand, kl = [], []
+        for j in range(k):
+            z = loc + scale * eps[j]
+            p = model.decode(z).reshape(n, -1).clamp(1e-7, 1 - 1e-7)
+            log_px = (flat * p.log() + (1 - flat) * (1 - p).log()).sum(1)
+            log_pz = dist.Normal(0.0, 1.0).log_prob(z).sum(1)
+            log_qz = dist.Normal(loc, scale).log_prob(z).sum(1)
+            by_hand.append(log_px + log_pz - log_qz)
+            kl.append(log_qz - log_pz)
+        by_hand = -torch.stack(by_hand).mean().item()
+        kl = torch.stack(kl).mean().item()  # Monte Carlo KL of the same draws
+
+    torch.manual_seed(3)
+    neg = negative_elbo(model.model, model.guide, data, num_particles=k)
+    torch.manual_seed(3)
+    per_example = elbo_per_example(model.model, model.guide, data, num_particles=k)
+    torch.manual_seed(3)
+    report = autoencoder_report(model, data, elbo_particles=k)
+    assert neg == pytest.approx(by_hand, rel=1e-4)
+    assert -per_example.mean().item() == pytest.approx(neg, rel=1e-6)
+    assert report["neg_elbo"] == pytest.approx(neg, rel=1e-6)
+    # the training objective (Pyro's loss of the beta = 4 model) weights that KL by 4
+    torch.manual_seed(3)
+    weighted = Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1
+                          ).differentiable_loss(model.model, model.guide, x).item() / n
+    assert kl > 0.05
+    assert weighted == pytest.approx(neg + 3 * kl, rel=1e-4)
+
+
+def test_importance_sampled_metrics_refuse_a_point_mass_guide():
+    from probgen.errors import ConfigError
+    from probgen.metrics import elbo_per_example
+    from probgen.metrics.likelihood import elbo_and_iw_nll
+    from probgen.metrics.report import autoencoder_report
+
+    x = _binary_images(8)
+    data = TensorData(x)
+    ae = _tiny_vae(beta=0.0, encoder="delta")
+    for call in (lambda: iw_log_likelihood(ae.model, ae.guide, x, num_samples=4),
+                 lambda: iw_nll(ae.model, ae.guide, data, num_samples=4),
+                 lambda: negative_elbo(ae.model, ae.guide, data, num_particles=2),
+                 lambda: elbo_per_example(ae.model, ae.guide, data),
+                 lambda: elbo_and_iw_nll(ae.model, ae.guide, data, 2, 4)):
+        with pytest.raises(ConfigError, match="point mass"):
+            call()
+    report = autoencoder_report(ae, data, iw_samples=4)  # the report skips them
+    assert "iw_nll" not in report and "neg_elbo" not in report and report["recon_mse"] > 0
+
+
+def test_particle_plate_and_repeated_arguments_give_the_same_weights(ppca):
+    from probgen.metrics import log_importance_weights
+
+    x, _, model, _, rough_guide = ppca
+    out = {}
+    for vectorize in (True, False):
+        torch.manual_seed(2)
+        out[vectorize] = log_importance_weights(model, rough_guide, x, num_particles=6,
+                                                vectorize=vectorize)
+    assert out[True].shape == (6, 200)
+    assert torch.allclose(out[True], out[False], atol=1e-10)
+
+    def flat_model(x):  # reshapes to the data's size: cannot broadcast over particles
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
+            mean = (z.reshape(x.shape[0], K) @ torch.ones(K, D, dtype=x.dtype))
+            pyro.sample("x", dist.Normal(mean, SIGMA).to_event(1), obs=x)
+
+    torch.manual_seed(2)
+    lw = log_importance_weights(flat_model, rough_guide, x, num_particles=3)  # falls back
+    assert lw.shape == (3, 200) and torch.isfinite(lw).all()
+    with pytest.raises(RuntimeError):
+        log_importance_weights(flat_model, rough_guide, x, num_particles=3, vectorize=True)
+
+
+def test_elbo_and_iw_nll_share_one_set_of_draws(ppca):
+    from probgen.metrics.likelihood import elbo_and_iw_nll
+
+    x, exact, model, _, rough_guide = ppca
+    data = TensorData(x)
+    torch.manual_seed(5)
+    both = elbo_and_iw_nll(model, rough_guide, data, elbo_particles=10, iw_samples=10,
+                           batch_size=50, chunk_size=10)
+    torch.manual_seed(5)
+    alone = negative_elbo(model, rough_guide, data, num_particles=10, batch_size=50)
+    assert both["neg_elbo"] == pytest.approx(alone, rel=1e-9)
+    torch.manual_seed(5)
+    assert both["iw_nll"] == pytest.approx(
+        iw_nll(model, rough_guide, data, num_samples=10, batch_size=50, chunk_size=10), rel=1e-9)
+    # more draws for the NLL than for the ELBO, in chunks: the NLL is close to the truth
+    torch.manual_seed(6)
+    both = elbo_and_iw_nll(model, rough_guide, data, elbo_particles=10, iw_samples=1000,
+                           batch_size=50, chunk_size=64)
+    true_nll = -exact.mean().item()
+    assert both["iw_samples"] == 1000
+    assert both["neg_elbo"] > both["iw_nll"] > true_nll - 0.01
+    assert both["iw_nll"] == pytest.approx(true_nll, abs=0.05)
+    torch.manual_seed(7)
+    many = negative_elbo(model, rough_guide, data, num_particles=1000, batch_size=50)
+    assert both["neg_elbo"] == pytest.approx(many, abs=0.5)  # 10 other draws, same bound

@@ -21,7 +21,9 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
     and a Pyro ``model``/``guide``) on ``data``, per example, in nats:
 
     * ``neg_elbo``: ``-ELBO`` with ``elbo_particles`` samples and beta = 1 (the bound on
-      ``-log p(x)``, whatever beta the model was trained with);
+      ``-log p(x)``, whatever beta the model was trained with): the number
+      :func:`probgen.metrics.negative_elbo` gives; skipped for a point-mass encoder
+      (an autoencoder), whose ``log q(z|x)`` is no density;
     * ``iw_nll``: importance-sampled ``-log p(x)`` with ``k = iw_samples`` on the first
       ``iw_size`` examples (skipped for ``iw_samples = 0`` or a point-mass encoder);
     * ``kl``, ``kl_per_dim``: ``KL(q(z|x) || p(z))`` in total and per latent dimension;
