@@ -213,15 +213,21 @@ def test_bad_images_raise_clear_errors(test_images, reference):
         fid([[0.0]], reference)
 
 
-def test_too_few_samples_raise_clear_errors(test_images, reference):
+def test_too_few_samples_raise_clear_errors(test_images, reference, monkeypatch):
     with pytest.raises(DataError, match="at least 129 samples") as err:
         fid(test_images[:50], reference)
     _one_line(err)
-    with pytest.raises(DataError, match="kid_subset_size") as err:
+    with pytest.raises(DataError, match="KID subsets: 1000.*kid_subset_size") as err:
         sample_quality(test_images[:500], reference)          # default KID subsets of 1000
     _one_line(err)
-    with pytest.raises(DataError, match="at least 129 reference"):
+    with pytest.raises(DataError, match="at least 129 reference images"):
         fid(test_images[:300], test_images[:60])
+    import torchmetrics.utilities.imports as tm_imports
+    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)   # refused before any loading
+    with pytest.raises(DataError, match="at least 2049 samples"):     # Inception: 2048 features
+        fid(test_images[:300], test_images[:3000], feature="inception", inception_weights="download")
+    with pytest.raises(DataError, match="at least 129 reference features"):
+        frechet_distance(reference.features[:100], reference.features)
 
 
 def test_bad_settings_raise_clear_errors(test_images, reference):
@@ -242,9 +248,10 @@ def test_inception_fid_asks_for_weights_offline(test_images, tmp_path, monkeypat
     with pytest.raises(ConfigError, match="not found"):
         fid(test_images[:300], test_images[300:600], feature="inception",
             inception_weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(ConfigError, match="reference"):
-        fid(test_images[:300], feature="inception", inception_weights="download")
     import torchmetrics.utilities.imports as tm_imports
+    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)   # refused before any loading
+    with pytest.raises(ConfigError, match="pass the real images"):
+        fid(test_images[:3000], feature="inception", inception_weights="download")
     monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", False)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")

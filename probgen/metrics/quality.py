@@ -193,6 +193,11 @@ def _classifier_on(device: str) -> nn.Module:
 
 
 def _inception(weights: Optional[str]) -> nn.Module:
+    return _load_inception(_inception_weights_path(weights))
+
+
+def _inception_weights_path(weights: Optional[str]) -> Optional[str]:
+    """Check the Inception settings (without loading anything); the path, or None to download."""
     if weights is None:
         raise ConfigError(
             "Inception FID needs the Inception-v3 FID weights: pass inception_weights='/path/to/"
@@ -209,7 +214,7 @@ def _inception(weights: Optional[str]) -> nn.Module:
     if not imports._TORCH_FIDELITY_AVAILABLE:
         raise ConfigError("Inception FID needs torch-fidelity (torchmetrics' Inception-v3): "
                           "`pip install torch-fidelity`, or use feature='mnist'.")
-    return _load_inception(path)
+    return path
 
 
 @functools.lru_cache(maxsize=2)
@@ -225,9 +230,11 @@ def _feature_id(feature: str) -> str:
     return f"inception-v3:{INCEPTION_FEATURES}"
 
 
-def _check_feature(feature: str) -> None:
+def _check_feature(feature: str, inception_weights: Optional[str] = None) -> None:
     if feature not in FEATURES:
         raise ConfigError(f"feature must be one of {FEATURES}, got {feature!r}.")
+    if feature == "inception":
+        _inception_weights_path(inception_weights)
 
 
 def _device_of(images, device) -> torch.device:
@@ -377,7 +384,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """
     _check_features(real, fake)
     need = _min_fid_samples(real.shape[1])
-    for name, f in (("reference", real), ("samples", fake)):
+    for name, f in (("reference features", real), ("sample features", fake)):
         if f.shape[0] < need:
             raise DataError(f"FID on {real.shape[1]} features needs at least {need} {name}, got "
                             f"{f.shape[0]}; draw more (10,000 is usual).")
@@ -499,6 +506,33 @@ def class_coverage(logits: torch.Tensor, min_share: float = 0.1) -> dict:
 # the entry points
 
 
+def _feature_width(feature: str, reference) -> int:
+    if isinstance(reference, QualityReference):
+        return reference.num_features
+    return INCEPTION_FEATURES if feature == "inception" else _classifier_on("cpu").num_features
+
+
+def _check_counts(samples, reference, feature: str, kid_subset_size: Optional[int] = None,
+                  k: Optional[int] = None) -> None:
+    """Refuse too few samples or reference images before any network runs."""
+    if reference is None and feature != "mnist":
+        raise ConfigError("with feature='inception' pass the real images (or their "
+                          "QualityReference) as reference.")
+    width = _feature_width(feature, reference)
+    need = {f"FID on {width} features": _min_fid_samples(width)}
+    if kid_subset_size is not None:
+        need["KID subsets"] = kid_subset_size
+    if k is not None:
+        need[f"k-NN radii with k={k}"] = k + 1
+    most = max(need.values())
+    why = "; ".join(f"{what}: {n}" for what, n in need.items())
+    for name, x in (("samples", samples), ("reference images", reference)):
+        if torch.is_tensor(x) and x.dim() >= 1 and x.shape[0] < most:
+            hint = " or lower kid_subset_size" if kid_subset_size is not None else ""
+            raise DataError(f"need at least {most} {name} ({why}), got {x.shape[0]}; "
+                            f"draw more (10,000 is usual){hint}.")
+
+
 def _as_reference(reference, feature: str, inception_weights, batch_size: int, device) -> QualityReference:
     if reference is None:
         if feature != "mnist":
@@ -522,12 +556,9 @@ def fid(samples, reference=None, *, feature: str = "mnist", inception_weights: O
     Only FID: the cheap score for curves during training. ``reference``: ``None`` (the
     MNIST test set), real images, or a :class:`QualityReference`.
     """
-    _check_feature(feature)
+    _check_feature(feature, inception_weights)
+    _check_counts(samples, reference, feature)
     ref = _as_reference(reference, feature, inception_weights, batch_size, device)
-    need = _min_fid_samples(ref.num_features)
-    if torch.is_tensor(samples) and samples.dim() >= 1 and samples.shape[0] < need:
-        raise DataError(f"FID on {ref.num_features} features needs at least {need} samples, got "
-                        f"{samples.shape[0]}; draw more (10,000 is usual).")
     feats, _ = extract_features(samples, feature=feature, inception_weights=inception_weights,
                                 batch_size=batch_size, device=device, name="samples")
     return frechet_distance(ref.features, feats)
@@ -560,17 +591,12 @@ def sample_quality(samples, reference=None, *, feature: str = "mnist",
         ``kid_name`` (what the numbers are: "FID, MNIST-classifier features" unless
         Inception), ``feature_network``, ``k``, ``kid_subset_size``.
     """
-    _check_feature(feature)
+    _check_feature(feature, inception_weights)
     _check_int(kid_subsets, "kid_subsets", 1)
     _check_int(kid_subset_size, "kid_subset_size", 2)
     _check_int(k, "k", 1)
+    _check_counts(samples, reference, feature, kid_subset_size, k)
     ref = _as_reference(reference, feature, inception_weights, batch_size, device)
-    n = samples.shape[0] if torch.is_tensor(samples) and samples.dim() >= 1 else None
-    need = max(_min_fid_samples(ref.num_features), kid_subset_size, k + 1)
-    if n is not None and n < need:
-        raise DataError(f"sample_quality needs at least {need} samples (FID on {ref.num_features} "
-                        f"features: {_min_fid_samples(ref.num_features)}; KID subsets: "
-                        f"{kid_subset_size}), got {n}; draw more or lower kid_subset_size.")
     feats, logits = extract_features(samples, feature=feature, inception_weights=inception_weights,
                                      batch_size=batch_size, device=device, name="samples")
     out = {"fid": frechet_distance(ref.features, feats)}
