@@ -453,6 +453,28 @@ def test_dataloader_input_trains_and_validates():
     assert torch.equal(a.weight, b.weight)
 
 
+def test_dataloader_over_an_image_folder_streams_from_disk(tmp_path):
+    """Images read from disk batch by batch (torchvision's ImageFolder) train a network."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    g = torch.Generator().manual_seed(0)
+    for label, level in (("dark", 40), ("light", 215)):
+        (tmp_path / label).mkdir()
+        for i in range(24):
+            pixels = (level + torch.randint(-30, 30, (8, 8), generator=g)).clamp(0, 255)
+            Image.fromarray(pixels.to(torch.uint8).numpy(), mode="L").save(
+                tmp_path / label / f"{i}.png")
+    folder = datasets.ImageFolder(str(tmp_path), transform=transforms.ToTensor(),
+                                  loader=lambda path: Image.open(path).convert("L"))
+    loader = DataLoader(folder, batch_size=8, shuffle=True, generator=g)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    res = probgen.fit(LossStep(net, lambda m, x, y: F.cross_entropy(m(x), y)), loader,
+                      epochs=15, lr=0.05, device="cpu", **QUIET)
+    assert res.train_loss[-1] < 0.1 < res.train_loss[0]
+
+
 def test_bad_training_data_is_refused():
     with pytest.raises(ConfigError, match="TensorData or an iterable"):
         probgen.fit(LossStep(nn.Linear(1, 1), lambda m, x: m(x).mean()), 42, epochs=1,
