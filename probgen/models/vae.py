@@ -8,7 +8,11 @@ Generative model (``model``), for each image in the data plate::
 
 Guide (``guide``): ``z ~ q(z | x~ [, label])`` with ``x~ = corrupt(x)`` (or ``x``);
 a diagonal Gaussian from the encoder (``encoder="gaussian"``) or a point mass
-at the encoder's output (``encoder="delta"``).
+at the encoder's output (``encoder="delta"``). With ``guide_flow`` set
+(``"planar"``, ``"iaf"``, ``"sylvester"``, ``"spline"``), the Gaussian is pushed
+through ``guide_flow_depth`` flow steps conditioned on the encoder's last hidden
+layer (:mod:`probgen.infer.guides`): a flow-based q(z|x) that every objective,
+IWAE included, trains.
 
 The ELBO is ``E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))``: ``beta`` scales the
 latent site in model and guide alike (``poutine.scale``). The variants the
@@ -46,6 +50,7 @@ from torch import nn
 
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError, DataError
+from probgen.infer.guides import AmortizedFlow, flow_settings
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
@@ -79,6 +84,12 @@ class VAE(nn.Module):
             scoring: a name in :data:`probgen.data.corrupt.CORRUPTIONS` or ``None``.
         activation: hidden activation (``None``: the network's default).
         likelihood_kwargs, corruption_kwargs: settings of those parts.
+        guide_flow: ``None`` (the encoder's diagonal Gaussian is q(z|x)) or a flow
+            family in :data:`probgen.infer.guides.GUIDE_FLOWS` (``"planar"``,
+            ``"iaf"``, ``"sylvester"``, ``"spline"``) that pushes it further.
+        guide_flow_depth: flow steps (with ``guide_flow``).
+        guide_flow_kwargs: the flow family's settings (``hidden``, ``householder``,
+            ``count_bins``, ...; see :mod:`probgen.infer.guides`).
 
     Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)``
     integers (needed when ``num_labels > 0``, ignored otherwise); with ``x=None``
@@ -93,10 +104,16 @@ class VAE(nn.Module):
                  num_labels: int = 0, corruption: Optional[str] = None,
                  activation: Optional[str] = None,
                  likelihood_kwargs: Optional[Dict[str, Any]] = None,
-                 corruption_kwargs: Optional[Dict[str, Any]] = None):
+                 corruption_kwargs: Optional[Dict[str, Any]] = None,
+                 guide_flow: Optional[str] = None, guide_flow_depth: int = 2,
+                 guide_flow_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
         if encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
+        flow_kw = flow_settings(guide_flow, guide_flow_depth, guide_flow_kwargs)
+        if guide_flow is not None and encoder != "gaussian":
+            raise ConfigError(f"guide_flow={guide_flow!r} pushes the encoder's Gaussian through a "
+                              f"flow; it needs encoder='gaussian', got {encoder!r}.")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ConfigError(f"beta weights the KL term and must be a number >= 0, got {beta!r}.")
         self.image_shape = tuple(image_shape)
@@ -107,6 +124,9 @@ class VAE(nn.Module):
                              num_labels=num_labels, corruption=corruption, activation=activation,
                              likelihood_kwargs=likelihood_kwargs,
                              corruption_kwargs=corruption_kwargs)
+        if guide_flow is not None:   # recorded only when set: a plain VAE's settings stay as they were
+            self.settings.update(guide_flow=guide_flow, guide_flow_depth=guide_flow_depth,
+                                 guide_flow_kwargs=guide_flow_kwargs)
         kw = {}
         if hidden is not None:
             kw["hidden"] = tuple(hidden)
@@ -120,6 +140,10 @@ class VAE(nn.Module):
         if corruption == "blocks":
             ckw.setdefault("image_shape", self.image_shape)
         self.corrupt = make_corruption(corruption, **ckw)
+        self.guide_flow = None
+        if guide_flow is not None:
+            self.guide_flow = AmortizedFlow(guide_flow, z_dim, self._context_dim(),
+                                            guide_flow_depth, **flow_kw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VAE":
@@ -128,9 +152,11 @@ class VAE(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.settings
+        flow = (f", guide_flow={s['guide_flow']} x {s['guide_flow_depth']}"
+                if s.get("guide_flow") else "")
         return (f"z_dim={s['z_dim']}, net={s['net']}, likelihood={s['likelihood']}, "
                 f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
-                f"corruption={s['corruption']}")
+                f"corruption={s['corruption']}{flow}")
 
     # -- input checks ---------------------------------------------------------------
     @property
@@ -202,23 +228,44 @@ class VAE(nn.Module):
             pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
+    def _context_dim(self) -> int:
+        # The flow steps see the encoder's last hidden layer (the features its loc and
+        # scale heads read), as in Kingma et al. (2016) and van den Berg et al. (2018).
+        return self.encoder.loc.in_features
+
+    def _q(self, seen: torch.Tensor, onehot: Optional[torch.Tensor]):
+        if self.guide_flow is None:
+            loc, scale = self.encoder(seen, onehot)
+            return (dist.Normal(loc, scale).to_event(1) if scale is not None
+                    else dist.Delta(loc, event_dim=1))
+        h = self.encoder.body(seen, onehot)
+        loc, scale = self.encoder.loc(h), self.encoder.log_scale(h).exp()
+        return self.guide_flow.distribution(loc, scale, h)
+
     def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
               size: Optional[int] = None):
         flat = self._flat(x)
         onehot = self._onehot(labels, flat.shape[0])
         seen = self.corrupt(flat) if self.corrupt is not None else flat
         with pyro.plate("data", flat.shape[0]):
-            loc, scale = self.encoder(seen, onehot)
-            q = (dist.Normal(loc, scale).to_event(1) if scale is not None
-                 else dist.Delta(loc, event_dim=1))
+            q = self._q(seen, onehot)
             with self._kl_weight():
                 return pyro.sample("z", q)
+
+    def posterior(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """``q(z | x)`` for the images as given (no corruption added), as a distribution
+        with batch shape ``(B,)`` and event shape ``(z_dim,)``: the encoder's Gaussian,
+        or with ``guide_flow`` a :class:`~pyro.distributions.TransformedDistribution`
+        (score its own draws; only invertible flows score other codes)."""
+        flat = self._flat(x)
+        return self._q(flat, self._onehot(labels, flat.shape[0]))
 
     # -- using a trained model ------------------------------------------------------------
     def encode(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``q(z | x)``'s ``(loc, scale)`` for the images as given (no corruption added);
-        ``scale`` is ``None`` for a point-mass encoder."""
+        ``scale`` is ``None`` for a point-mass encoder. With ``guide_flow`` these are the
+        flow's base Gaussian (:meth:`posterior` is the whole q)."""
         flat = self._flat(x)
         return self.encoder(flat, self._onehot(labels, flat.shape[0]))
 
@@ -229,8 +276,15 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Decode the encoder's mean code of each image: ``(B, *image_shape)``."""
-        return self.decode(self.encode(x, labels)[0], labels)
+        """Decode the encoder's mean code of each image: ``(B, *image_shape)`` (with
+        ``guide_flow``: the base mean pushed through the flow)."""
+        loc = self.encode(x, labels)[0]
+        if self.guide_flow is not None:
+            flat = self._flat(x)
+            h = self.encoder.body(flat, self._onehot(labels, flat.shape[0]))
+            for t in self.guide_flow.transforms(h):
+                loc = t(loc)
+        return self.decode(loc, labels)
 
     @torch.no_grad()
     def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
