@@ -300,3 +300,109 @@ def test_checkpoint_records_settings_and_load_rebuilds(tmp_path, mnist_small):
     assert isinstance(loaded, GAN) and loaded.k == 2 and loaded.spec.name == "hinge"
     for (k, a), (_, b) in zip(gan.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+# --------------------------------------------------------------------------- examples/gan.py
+# The example runs in this process (its module imported once): no interpreter start-up and
+# no second import of torch per run, which on a busy 2-core machine is most of a smoke run.
+
+@pytest.fixture(scope="module")
+def example():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("gan_example", ROOT / "examples" / "gan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(example, *args) -> int:
+    """``examples/gan.py --smoke ... args`` as its command line runs it; the exit status."""
+    threads = torch.get_num_threads()
+    try:
+        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
+                                              "--device", "cpu", *args])
+    finally:
+        torch.set_num_threads(threads)      # --threads 1 must not outlive the run
+
+
+def test_gan_example_mnist_smoke_and_resume(example, tmp_path, capsys):
+    import json
+
+    assert run_example(example, "--out", str(tmp_path), "--epochs", "1", "--loss", "minimax",
+                       "non_saturating") == 0
+    first = json.loads((tmp_path / "results.json").read_text())["results"]["gans"]
+    for loss in ("minimax", "non_saturating"):
+        r = first[loss]
+        assert [h["epoch"] for h in r["history"]] == [0]
+        assert math.isfinite(r["history"][0]["fid"])             # the FID curve
+        assert 0 <= r["classes_covered"] <= 10 and r["fid"] > 0 and r["k"] == 1
+        for name in (f"samples_mnist_{loss}.png", f"over_training_mnist_{loss}.png"):
+            assert (tmp_path / name).stat().st_size > 1000
+    for name in ("losses.png", "fid.png", "results.csv"):
+        assert (tmp_path / name).exists()
+    assert "FID, MNIST-classifier features" in capsys.readouterr().out
+    # --resume continues the checkpoint: one more epoch, the first one kept
+    assert run_example(example, "--out", str(tmp_path), "--epochs", "2", "--loss",
+                       "non_saturating", "--resume") == 0
+    hist = json.loads((tmp_path / "results.json").read_text())["results"]["gans"][
+        "non_saturating"]["history"]
+    assert [h["epoch"] for h in hist] == [0, 1]
+    assert hist[0] == first["non_saturating"]["history"][0]
+    loaded = probgen.load(tmp_path / "gan_mnist_non_saturating.pt")
+    assert isinstance(loaded, GAN) and loaded.spec.name == "non_saturating"
+
+
+def test_gan_example_toy_smoke_and_bad_k(example, tmp_path, capsys):
+    import json
+
+    assert run_example(example, "--out", str(tmp_path), "--data", "toy1d", "--loss",
+                       "hinge") == 0
+    r = json.loads((tmp_path / "results.json").read_text())["results"]["gans"]["hinge"]
+    assert math.isfinite(r["mean"]) and r["std"] >= 0 and r["arch"] == "mlp"
+    assert (tmp_path / "toy1d_hinge.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert run_example(example, "--out", str(tmp_path), "--k", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert "k (discriminator steps per generator step) must be a positive integer" in err
+    assert len(err.splitlines()) == 1
+
+
+def _fake_cifar(root, per_batch=64, seed=0):
+    """A folder in CIFAR-10's python layout (torchvision's cifar-10-batches-py), small."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": rng.integers(0, 10, per_batch).tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+def test_gan_example_cifar10_through_torchvision(example, tmp_path, monkeypatch):
+    """CIFAR-10 loads through torchvision's CIFAR10 with download=True, here from a small
+    CIFAR-shaped folder (its files cannot carry the real checksums, so torchvision's
+    checksum test is bypassed; everything else is torchvision's own loading)."""
+    import json
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    _fake_cifar(tmp_path / "data")
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    assert run_example(example, "--data", "cifar10", "--data-root", str(tmp_path / "data"),
+                       "--out", str(tmp_path / "out")) == 0
+    r = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert r["fid_name"] is None                          # no colour features offline
+    gan = probgen.load(tmp_path / "out" / "gan_cifar10_non_saturating.pt")
+    assert gan.data_shape == (3, 32, 32) and gan.sample(2).shape == (2, 3, 32, 32)
+    assert (tmp_path / "out" / "samples_cifar10_non_saturating.png").stat().st_size > 1000

@@ -145,10 +145,12 @@ class GAN(nn.Module):
             return dist.Normal(zero, 1.0).to_event(1)
         return dist.Uniform(zero, zero + 1.0).to_event(1)
 
-    def _sample_z(self, n: int) -> torch.Tensor:
-        if self.prior_kind == "normal":
-            return torch.randn(n, self.z_dim, device=self._anchor.device)
-        return torch.rand(n, self.z_dim, device=self._anchor.device)
+    def _sample_z(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        draw = torch.randn if self.prior_kind == "normal" else torch.rand
+        if generator is not None:   # a caller's own stream (fixed noise for figures, FID)
+            return draw(n, self.z_dim, generator=generator,
+                        device=generator.device).to(self._anchor.device)
+        return draw(n, self.z_dim, device=self._anchor.device)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """``G(z)`` in the networks' space ([-1, 1] for bounded data); ``z`` is ``(..., z_dim)``."""
@@ -206,15 +208,18 @@ class GAN(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, n: int, batch_size: int = 1000) -> torch.Tensor:
+    def sample(self, n: int, batch_size: int = 1000,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``n`` examples ``G(z)``, ``z ~ p(z)``, in the data's range (eval mode: batch norm
-        uses its running statistics; the module's mode is restored)."""
+        uses its running statistics; the module's mode is restored). ``z`` is drawn from
+        ``generator`` when given (the same noise every call), else from torch's global
+        generator."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"the number of samples must be a positive integer, got {n!r}.")
         was = self.training
         self.eval()
         try:
-            return torch.cat([self.decode(self._sample_z(min(batch_size, n - i)))
+            return torch.cat([self.decode(self._sample_z(min(batch_size, n - i), generator))
                               for i in range(0, n, batch_size)])
         finally:
             self.train(was)
