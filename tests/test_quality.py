@@ -8,7 +8,6 @@ import torch
 import torchvision.transforms.functional as TF
 
 from probgen.errors import CheckpointError, ConfigError, DataError
-from probgen.metrics import quality
 from probgen.metrics.quality import (FID_NAME, QualityReference, class_coverage, extract_features,
                                      fid, fid_metric, frechet_distance, kernel_distance, knn_radii,
                                      precision_recall, reference_statistics, sample_quality)

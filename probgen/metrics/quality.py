@@ -40,7 +40,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,6 @@ INCEPTION_KID_NAME = "KID, Inception-v3 pool features"
 FEATURES = ("mnist", "inception")
 INCEPTION_FEATURES = 2048
 
-Images = torch.Tensor
 MNIST_IMAGE_SHAPE = (1, 28, 28)
 
 
