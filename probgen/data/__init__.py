@@ -7,6 +7,7 @@ from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval
                                      logit_preprocess, logit_transform, to_levels,
                                      uniform_dequantization, uniform_dequantize)
 from probgen.data.masks import MISSING, mask_inputs, quadrant_mask, quadrant_task
+from probgen.data.scenes import images_only, make_scenes, scene_splits
 from probgen.data.preprocess import (binarize_sample, dynamic_binarization, split_indices,
                                      static_binarize, to_unit_interval)
 from probgen.data.tensors import TensorData
@@ -15,9 +16,9 @@ from probgen.data.toy import eight_gaussians, rings, toy_points, toy_splits, two
 __all__ = [
     "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "TensorData",
     "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
-    "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "load_images",
-    "logit_preprocess", "logit_transform", "make_corruption", "mask_inputs", "quadrant_mask",
-    "quadrant_task", "rings", "split_indices", "static_binarize", "to_levels", "to_unit_interval",
-    "toy_points", "toy_splits", "two_moons", "uniform_dequantization", "uniform_dequantize",
-    "unpack_bundled_mnist",
+    "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "images_only",
+    "load_images", "logit_preprocess", "logit_transform", "make_corruption", "make_scenes",
+    "mask_inputs", "quadrant_mask", "quadrant_task", "rings", "scene_splits", "split_indices",
+    "static_binarize", "to_levels", "to_unit_interval", "toy_points", "toy_splits", "two_moons",
+    "uniform_dequantization", "uniform_dequantize", "unpack_bundled_mnist",
 ]
