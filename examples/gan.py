@@ -30,7 +30,6 @@ toy1d_<loss>.png (the toy's figure) and one checkpoint per GAN, gan_<data>_<loss
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ import torch
 
 from probgen import cli
 from probgen.data import TensorData, image_splits
-from probgen.errors import ConfigError
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.models import GAN
 from probgen.train import Callback, fit, set_seed

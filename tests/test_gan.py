@@ -14,7 +14,7 @@ from probgen.data import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import (ADVERSARIAL_LOSSES, adversarial_phases,
                                        discriminator_loss, generator_loss, gradient_penalty,
-                                       optimal_discriminator, value_on_grid)
+                                       optimal_discriminator, r1_penalty, value_on_grid)
 from probgen.models import GAN, MODELS
 from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator,
                                  dcgan_nets)
@@ -80,6 +80,37 @@ def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
     assert gp.item() == pytest.approx(4.0, rel=1e-5)
     gp.backward()                                            # differentiable in the critic
     assert unit.weight.grad is not None and unit.weight.grad.abs().sum() > 0
+
+
+def test_r1_penalty_is_the_squared_gradient_norm_at_the_data():
+    critic = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[1.0, 2.0, 2.0]]))   # |grad|^2 = 9 everywhere
+    x = torch.randn(8, 3, requires_grad=True)
+    r1 = r1_penalty(critic(x).squeeze(-1), x)
+    assert r1.item() == pytest.approx(9.0, rel=1e-6)
+    r1.backward()
+    assert critic.weight.grad is not None
+
+
+def test_the_phases_serve_other_adversarial_families():
+    # an adversarial autoencoder's regularisation game: D tells prior draws ("real") from
+    # the encoder's codes ("fake"); a Flow-GAN adds a likelihood term to the generator's loss
+    torch.manual_seed(0)
+    encoder, disc = nn.Linear(4, 2), MLPDiscriminator((2,), hidden=(8,))
+    d_phase, g_phase = adversarial_phases(
+        disc, encoder, real=lambda b: torch.randn(b[0].shape[0], 2),
+        fake=lambda b: encoder(b[0]), loss="non_saturating", k=2, r1_weight=1.0,
+        generator_extra=lambda b, ctx: torch.tensor(5.0), adversarial_weight=0.0,
+        names=("D_z", "encoder"))
+    assert (d_phase.name, d_phase.repeats, g_phase.name) == ("D_z", 2, "encoder")
+    batch = (torch.randn(16, 4),)
+    assert g_phase.loss(batch, {}).item() == pytest.approx(5.0)      # weight 0: the extra term
+    value = d_phase.loss(batch, {})
+    value.backward()
+    assert math.isfinite(value.item()) and encoder.weight.grad is None
+    with pytest.raises(ConfigError, match="r1_weight"):
+        adversarial_phases(disc, encoder, lambda b: b, lambda b: b, r1_weight=-1.0)
 
 
 def test_loss_settings_are_checked():

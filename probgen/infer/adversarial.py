@@ -39,7 +39,6 @@ functions of two densities on a grid, so that it can be checked numerically:
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -136,6 +135,17 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     return (grad.reshape(grad.shape[0], -1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 regularization ``E_data[||grad_x D(x)||^2]`` (Mescheder et al. 2018, "Which Training
+    Methods for GANs do actually Converge?"): the discriminator's gradient on the data,
+    which makes the game's gradient dynamics converge locally instead of circling the
+    equilibrium. ``real_logits`` must come from ``real`` with ``requires_grad``; multiply by
+    ``gamma / 2``. Differentiable in the discriminator's parameters.
+    """
+    grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
 @dataclass(frozen=True)
 class AdversarialLoss:
     """One GAN formulation: a discriminator loss, a generator loss and their usual settings.
@@ -215,7 +225,8 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
                        fake: Callable[[tuple], torch.Tensor],
                        loss: Union[str, AdversarialLoss] = "non_saturating", *,
                        k: Optional[int] = None, label_smoothing: float = 0.0,
-                       gp_weight: Optional[float] = None, d_lr: Optional[float] = None,
+                       gp_weight: Optional[float] = None, r1_weight: float = 0.0,
+                       d_lr: Optional[float] = None,
                        g_lr: Optional[float] = None,
                        betas: Optional[Sequence[float]] = None,
                        generator_extra: Optional[Callable[[tuple, Dict[str, Any]],
@@ -236,6 +247,8 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
             loss's, 1 or 5 for WGAN-GP).
         label_smoothing: one-sided smoothing of the real label.
         gp_weight: weight of the gradient penalty (default: the loss's).
+        r1_weight: ``gamma`` of the R1 penalty ``gamma / 2 E[||grad D(x)||^2]`` on the real
+            examples (0: none).
         d_lr, g_lr: learning rates of the players (default: the run's).
         betas: Adam betas of both players (default: the loss's).
         generator_extra: ``f(batch, ctx)`` -> a term added to the generator's loss (a
@@ -257,6 +270,8 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
     gp = spec.gradient_penalty if gp_weight is None else gp_weight
     if isinstance(gp, bool) or not isinstance(gp, (int, float)) or gp < 0:
         raise ConfigError(f"gp_weight must be a number >= 0, got {gp!r}.")
+    if isinstance(r1_weight, bool) or not isinstance(r1_weight, (int, float)) or r1_weight < 0:
+        raise ConfigError(f"r1_weight must be a number >= 0, got {r1_weight!r}.")
     betas = tuple(spec.betas if betas is None else betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}.")
@@ -265,7 +280,12 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
         x = real(batch)
         with torch.no_grad():
             x_fake = fake(batch)
-        value = spec.d_loss(discriminator(x), discriminator(x_fake), smoothing)
+        if r1_weight:
+            x = x.detach().requires_grad_(True)
+        real_logits = discriminator(x)
+        value = spec.d_loss(real_logits, discriminator(x_fake), smoothing)
+        if r1_weight:
+            value = value + 0.5 * r1_weight * r1_penalty(real_logits, x)
         if gp:
             value = value + gp * gradient_penalty(discriminator, x, x_fake)
         return value
@@ -306,4 +326,4 @@ def value_on_grid(d: torch.Tensor, p_data: torch.Tensor, p_g: torch.Tensor,
 
 __all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "adversarial_loss", "adversarial_phases",
            "check_k", "discriminator_loss", "frozen", "generator_loss", "gradient_penalty",
-           "optimal_discriminator", "value_on_grid"]
+           "optimal_discriminator", "r1_penalty", "value_on_grid"]

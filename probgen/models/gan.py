@@ -69,6 +69,8 @@ class GAN(nn.Module):
             else 1).
         label_smoothing: one-sided label smoothing (real label ``1 - label_smoothing``).
         gp_weight: weight of WGAN-GP's gradient penalty (default: the loss's, 10).
+        r1_weight: ``gamma`` of the R1 penalty on the discriminator's gradient at the data
+            (Mescheder et al. 2018; 0: none).
         prior: ``normal`` (N(0, I)) or ``uniform`` (U(0, 1) per coordinate).
         output: the generator's output activation: ``tanh``, ``sigmoid`` or ``identity``
             (unbounded data only).
@@ -85,7 +87,7 @@ class GAN(nn.Module):
     def __init__(self, data_shape: Sequence[int] = (1, 28, 28), z_dim: int = 100,
                  net: str = "dcgan", loss: str = "non_saturating", k: Optional[int] = None,
                  label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
-                 prior: str = "normal", output: str = "tanh",
+                 r1_weight: float = 0.0, prior: str = "normal", output: str = "tanh",
                  data_range: Optional[Tuple[float, float]] = (0.0, 1.0),
                  g_hidden: Optional[Sequence[int]] = None,
                  d_hidden: Optional[Sequence[int]] = None,
@@ -115,7 +117,7 @@ class GAN(nn.Module):
                 _number(v, name, 0.0)
         self.data_shape = tuple(data_shape)
         self.z_dim, self.prior_kind, self.output = z_dim, prior, output
-        self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
+        self.label_smoothing, self.gp_weight, self.r1_weight = label_smoothing, gp_weight, r1_weight
         self.d_lr, self.g_lr = d_lr, g_lr
         self.betas = tuple(betas) if betas is not None else None
         if d_norm is None and net == "dcgan" and (self.spec.gradient_penalty
@@ -130,7 +132,7 @@ class GAN(nn.Module):
         # settings checks that need the networks (k, smoothing, gp weight, betas)
         adversarial_phases(self.discriminator, self.generator, lambda b: b, lambda b: b,
                            self.spec, k=self.k, label_smoothing=label_smoothing,
-                           gp_weight=gp_weight, betas=self.betas)
+                           gp_weight=gp_weight, r1_weight=r1_weight, betas=self.betas)
 
     def extra_repr(self) -> str:
         return (f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
@@ -251,7 +253,8 @@ class GAN(nn.Module):
         """The discriminator and generator phases (see :func:`adversarial_phases`)."""
         return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
                                   self.spec, k=self.k, label_smoothing=self.label_smoothing,
-                                  gp_weight=self.gp_weight, d_lr=self.d_lr, g_lr=self.g_lr,
+                                  gp_weight=self.gp_weight, r1_weight=self.r1_weight,
+                                  d_lr=self.d_lr, g_lr=self.g_lr,
                                   betas=self.betas)
 
     def fit_step(self, config):

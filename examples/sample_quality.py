@@ -1,0 +1,245 @@
+"""One sample-quality table across every family: VAEs, flows and GANs scored with the same
+feature network against the MNIST test set.
+
+Each model draws ``--samples`` images (10,000) and is scored by probgen.metrics.quality with
+the shipped MNIST classifier's features: "FID, MNIST-classifier features" and "KID, MNIST-
+classifier features" (offline; not comparable with published Inception FIDs), precision and
+recall of samples (Kynkaanniemi et al. 2019, k = 3) and the classes covered by the samples'
+predicted digits (with the KL of that histogram to uniform). Models:
+
+=================  =================================================================
+``vae``            VAE 784-200-200-50 (Bernoulli, dynamic binarization, mean field)
+``beta_vae``       the same with beta = 4
+``iwae``           the same trained with the IWAE bound, k = 5
+``cvae``           label-conditional VAE (samples: 1,000 of each digit)
+``realnvp``        RealNVP, at temperatures 0.7 and 1.0 (two rows)
+``glow``           Glow (depth 4, hidden 64), at temperatures 0.7 and 1.0
+``gan_minimax``    MLP GAN, minimax loss
+``gan_ns``         MLP GAN, non-saturating loss
+``wgan_gp``        DCGAN networks, WGAN-GP (k = 5, layer-normed critic)
+``dcgan``          DCGAN, non-saturating loss
+=================  =================================================================
+
+A VAE's sample is the decoder's mean image (Bernoulli probabilities as grey levels) for
+``z ~ p(z)``: the picture VAE papers show; ``--vae-binary`` scores Bernoulli draws instead.
+Each model is loaded from ``--out/checkpoints/<name>.pt`` when there (or from a checkpoint
+named with ``--load name=PATH``, e.g. one written by examples/gan.py), else trained for
+``--epochs`` (the VAEs; ``--flow-epochs`` and ``--gan-epochs`` for the others) and
+checkpointed there; ``--resume`` continues unfinished ones. The training time shown is the
+wall time of its epochs (from the checkpoint's history) and, where recorded, the CPU time of
+one thread.
+
+Writes to --out: results.json, results.csv, samples.png (ten samples of every model side
+by side) and the checkpoints.
+
+    python examples/sample_quality.py                          # everything (hours on a CPU)
+    python examples/sample_quality.py --models vae dcgan --load dcgan=results/gan/gan_mnist_non_saturating.pt
+    python examples/sample_quality.py --smoke                  # seconds
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+import probgen
+from probgen import cli
+from probgen.data import image_splits
+from probgen.data.dequantize import dequantized
+from probgen.errors import ConfigError
+from probgen.metrics import quality
+from probgen.models import GAN, VAE
+from probgen.models.flow import FlowModel
+from probgen.train import Callback, fit, load_checkpoint, set_seed
+from probgen.viz import rows_figure
+
+FAMILIES = {"vae": "likelihood (VAE)", "beta_vae": "likelihood (VAE)",
+            "iwae": "likelihood (VAE)", "cvae": "likelihood (VAE)",
+            "realnvp": "likelihood (flow)", "glow": "likelihood (flow)",
+            "gan_minimax": "adversarial", "gan_ns": "adversarial", "wgan_gp": "adversarial",
+            "dcgan": "adversarial"}
+TEMPERATURES = (0.7, 1.0)
+
+
+def parse_args(argv=None):
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/sample_quality",
+                          patience=None, batch_size=100)
+    p.set_defaults(val_size=0)
+    p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--samples", type=int, default=10000, help="samples scored per model")
+    p.add_argument("--flow-epochs", type=int, default=5)
+    p.add_argument("--gan-epochs", type=int, default=5)
+    p.add_argument("--load", nargs="+", default=[], metavar="NAME=PATH",
+                   help="use these checkpoints instead of training")
+    p.add_argument("--vae-binary", action="store_true",
+                   help="score Bernoulli draws of the VAEs instead of their mean images")
+    args = cli.finish_args(p, argv, smoke=dict(samples=1000, flow_epochs=1, gan_epochs=1))
+    if args.samples < 129:
+        p.error("--samples must be at least 129 (FID on 128 features)")
+    loads = {}
+    for item in args.load:
+        name, sep, path = item.partition("=")
+        if not sep or name not in FAMILIES:
+            p.error(f"--load takes NAME=PATH with NAME one of {', '.join(FAMILIES)}, got {item!r}")
+        loads[name] = Path(path)
+    args.load = loads
+    for name in ("flow_epochs", "gan_epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+# --------------------------------------------------------------------------- the models
+
+def build(name: str, smoke: bool):
+    small = dict(hidden=(32,), z_dim=8) if smoke else dict(hidden=(200, 200), z_dim=50)
+    if name == "vae":
+        return VAE(**small)
+    if name == "beta_vae":
+        return VAE.from_preset("beta_vae", **small)
+    if name == "iwae":
+        return VAE(**small)
+    if name == "cvae":
+        return VAE.from_preset("conditional_vae", **small)
+    if name in ("realnvp", "glow"):
+        kw = dict(depth=1, hidden=8) if smoke else dict(depth=4, hidden=64)
+        return FlowModel(name, **kw)
+    gan = dict(g_hidden=(32,), d_hidden=(32,), z_dim=8) if smoke else {}
+    width = dict(g_width=8, d_width=8) if smoke else {}
+    if name == "gan_minimax":
+        return GAN(net="mlp", loss="minimax", **gan)
+    if name == "gan_ns":
+        return GAN(net="mlp", loss="non_saturating", **gan)
+    if name == "wgan_gp":
+        return GAN(net="dcgan", loss="wgan_gp", **width)
+    if name == "dcgan":
+        return GAN(net="dcgan", loss="non_saturating", **width)
+    raise ConfigError(f"unknown model {name!r}")
+
+
+class CPUClock(Callback):
+    """This process's CPU seconds per epoch (``cpu_seconds``): with one torch thread, what
+    the training cost, whatever else the machine ran."""
+
+    def on_fit_start(self, run):
+        self.last = time.process_time()
+
+    def on_validation_end(self, run, entry):
+        now = time.process_time()
+        entry["cpu_seconds"], self.last = now - self.last, now
+
+
+def train(name: str, model, args, splits, ckpt: Path):
+    """Train ``model`` (checkpointed to ``ckpt``, resumable); the fit settings per family."""
+    set_seed(args.seed)
+    base = cli.fit_config(args, checkpoint=str(ckpt), patience=None)
+    clock = [CPUClock()]
+    if isinstance(model, VAE):
+        train = splits["train_binary"]
+        over = dict(epochs=args.epochs, objective="meanfield", restore_best=False)
+        if name == "iwae":
+            over.update(objective="iwae", num_particles=5)
+        return fit(model, train, None, base, callbacks=clock, **over)
+    if isinstance(model, FlowModel):
+        train = dequantized(splits["train"])
+        model.initialize(train.subset(slice(0, 512)).all()[0])
+        return fit(model, train, None, base, callbacks=clock, epochs=args.flow_epochs, lr=1e-3,
+                   batch_size=64, clip_norm=100.0, restore_best=False)
+    lr = 1e-4 if name == "wgan_gp" else 2e-4
+    return fit(model, splits["train"], None, base, callbacks=clock, epochs=args.gan_epochs,
+               lr=lr, batch_size=64, restore_best=False)
+
+
+def obtain(name: str, args, splits):
+    """``(model, checkpoint path)``: loaded when a checkpoint is given or finished, else trained."""
+    ckpt = args.load.get(name, args.out / "checkpoints" / f"{name}.pt")
+    if name in args.load or (ckpt.exists() and not args.resume):
+        print(f"{name}: loading {ckpt}", flush=True)
+        return probgen.load(ckpt, map_location=args.device), ckpt
+    print(f"\n== {name}: training ==", flush=True)
+    model = build(name, args.smoke).to(args.device)
+    train(name, model, args, splits, ckpt)
+    return model.eval(), ckpt
+
+
+def training_time(ckpt: Path) -> Tuple[int, float, float]:
+    """``(epochs, wall seconds, CPU seconds or nan)`` from a checkpoint's history (time
+    spent on FIDs during training, recorded by examples/gan.py, left out)."""
+    hist = load_checkpoint(ckpt).get("history", [])
+    wall = sum(h["seconds"] - h.get("fid_seconds", 0.0) for h in hist)
+    cpu = (sum(h["cpu_seconds"] for h in hist) if hist and all("cpu_seconds" in h for h in hist)
+           else float("nan"))
+    return len(hist), wall, cpu
+
+
+# --------------------------------------------------------------------------- sampling
+
+@torch.no_grad()
+def draw(name: str, model, n: int, args) -> Dict[str, torch.Tensor]:
+    """Samples as ``(n, 1, 28, 28)`` grey levels in [0, 1], one entry per row of the table."""
+    if isinstance(model, FlowModel):
+        return {f"{name} T={t}": model.sample(n, temperature=t).cpu() for t in TEMPERATURES}
+    if isinstance(model, GAN):
+        return {name: model.sample(n).cpu()}
+    model.eval()
+    labels = None
+    if model.num_labels:
+        labels = torch.arange(model.num_labels, device=args.device).repeat_interleave(
+            -(-n // model.num_labels))[:n]
+    from pyro.infer import Predictive
+
+    out = Predictive(model.model, num_samples=1, return_sites=["mean", "x"])(
+        labels=labels, size=None if labels is not None else n)
+    x = out["x"] if args.vae_binary else out["mean"]
+    return {name: x[0].reshape(n, 1, 28, 28).clamp(0, 1).float().cpu()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    splits = image_splits("mnist", val_size=args.val_size, seed=args.seed, device=args.device,
+                          limit=cli.SMOKE_LIMIT if args.smoke else None)
+    splits["train_binary"] = image_splits("mnist", val_size=args.val_size, seed=args.seed,
+                                          binarize="dynamic", device=args.device,
+                                          limit=cli.SMOKE_LIMIT if args.smoke else None)["train"]
+    ref = quality.reference_statistics(splits["test"].tensors[0])
+    kid_size = min(1000, len(ref), args.samples)
+    rows: List[dict] = []
+    shown: Dict[str, torch.Tensor] = {}
+    for name in args.models:
+        model, ckpt = obtain(name, args, splits)
+        epochs, wall, cpu = training_time(ckpt)
+        set_seed(args.seed)
+        for label, x in draw(name, model, args.samples, args).items():
+            t0 = time.perf_counter()
+            q = quality.sample_quality(x, ref, kid_subset_size=kid_size)
+            row = {"model": label, "family": FAMILIES[name], "epochs": epochs,
+                   "train_seconds": wall, "train_cpu_seconds": cpu, "fid": q["fid"],
+                   "kid": q["kid_mean"], "precision": q["precision"], "recall": q["recall"],
+                   "classes_covered": q["classes_covered"], "class_kl": q["class_kl"]}
+            rows.append(row)
+            shown[label] = x[:10]
+            print(f"{label}: FID {q['fid']:.2f}, KID {q['kid_mean']:.4f}, precision "
+                  f"{q['precision']:.3f}, recall {q['recall']:.3f}, classes "
+                  f"{q['classes_covered']}/10 ({epochs} epochs, {wall / 60:.1f} min of training;"
+                  f" scored in {time.perf_counter() - t0:.0f} s)", flush=True)
+    rows_figure(shown, args.out / "samples.png",
+                title=f"{args.samples} samples each; first ten shown")
+    print(f"\n{quality.FID_NAME} / {quality.KID_NAME}, against the MNIST test set "
+          f"({len(ref)} images)")
+    cli.print_table(rows)
+    record = cli.write_results(args.out, {"fid_name": quality.FID_NAME,
+                                          "kid_name": quality.KID_NAME, "reference": "MNIST test",
+                                          "samples": args.samples, "rows": rows},
+                               args, started, table=rows)
+    print(f"\nwrote {args.out}/results.json, results.csv, samples.png "
+          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
