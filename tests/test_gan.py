@@ -437,3 +437,32 @@ def test_gan_example_cifar10_through_torchvision(example, tmp_path, monkeypatch)
     gan = probgen.load(tmp_path / "out" / "gan_cifar10_non_saturating.pt")
     assert gan.data_shape == (3, 32, 32) and gan.sample(2).shape == (2, 3, 32, 32)
     assert (tmp_path / "out" / "samples_cifar10_non_saturating.png").stat().st_size > 1000
+
+
+def test_sample_quality_example_scores_every_family_alike(tmp_path):
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("sq_example",
+                                                  ROOT / "examples" / "sample_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    common = ["--smoke", "--no-progress", "--threads", "1", "--device", "cpu", "--samples", "200",
+              "--out", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        assert module.cli.run(module.main, common + ["--models", "vae", "glow", "gan_ns"]) == 0
+        rows = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
+        assert [r["model"] for r in rows] == ["vae", "glow T=0.7", "glow T=1.0", "gan_ns"]
+        for r in rows:
+            assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+            assert 1 <= r["classes_covered"] <= 10 and r["epochs"] >= 1
+        assert (tmp_path / "samples.png").stat().st_size > 1000
+        # a second run loads the checkpoints instead of training
+        assert module.cli.run(module.main, common + ["--models", "gan_ns"]) == 0
+        again = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
+        assert again[0]["epochs"] == rows[-1]["epochs"]
+    finally:
+        torch.set_num_threads(threads)
