@@ -2,7 +2,10 @@
 
 The default is the IWAE paper's setting (Burda et al. 2016, Table 1): a VAE
 784-200-200-50 (tanh) on dynamically binarized MNIST, Bernoulli likelihood,
-test NLL estimated with k = 5000 importance samples. ``--model iwae`` trains
+test NLL estimated with k = 5000 importance samples, trained on the ELBO with
+its KL term in closed form (``--objective meanfield``, Pyro's
+TraceMeanField_ELBO: at equal epochs it converged at least as fast as the Monte
+Carlo KL of ``--objective trace``, at the same cost per step). ``--model iwae`` trains
 the same network on the importance-weighted bound with k = 50 (Pyro's
 RenyiELBO, alpha = 0). ``--betas 0 1 2 4`` trains one model per beta and
 writes the beta sweep table (beta vs NLL, KL, active units).
@@ -60,7 +63,8 @@ def parse_args(argv=None):
                         "is used (dynamic), or one fixed draw per split (static)")
     p.add_argument("--net", default="mlp", choices=NETS.names())
     p.add_argument("--objective", default=None, choices=OBJECTIVES.names(),
-                   help="trace: Monte Carlo KL, meanfield: analytic KL, iwae: importance weighted")
+                   help="meanfield: analytic KL (default), trace: Monte Carlo KL, iwae: "
+                        "importance weighted (default with --model iwae)")
     p.add_argument("-p", "--particles", type=int, default=None,
                    help="samples per example while training (default 1; 50 for iwae)")
     p.add_argument("-k", "--iw-samples", type=int, default=5000,
@@ -76,7 +80,7 @@ def parse_args(argv=None):
     if args.model == "iwae":
         args.objective = args.objective or "iwae"
         args.particles = args.particles or 50
-    args.objective = args.objective or "trace"
+    args.objective = args.objective or "meanfield"
     args.particles = args.particles or 1
     return args
 
