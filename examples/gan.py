@@ -39,6 +39,7 @@ import torch
 
 from probgen import cli
 from probgen.data import TensorData, image_splits
+from probgen.errors import DataNotFoundError
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.models import GAN
 from probgen.train import Callback, fit, set_seed
@@ -140,9 +141,15 @@ def load_data(args):
         g = torch.Generator().manual_seed(args.seed)
         x = torch.randn(args.toy_size, 1, generator=g) * TOY_STD + TOY_MEAN
         return TensorData(x.to(args.device)), None, (1,), None
-    splits = image_splits(args.data, val_size=args.val_size, seed=args.seed, device=args.device,
-                          root=args.data_root, download=not args.no_download and args.data != "mnist",
-                          limit=cli.SMOKE_LIMIT if args.smoke else None)
+    try:
+        splits = image_splits(args.data, val_size=args.val_size, seed=args.seed,
+                              device=args.device, root=args.data_root,
+                              download=not args.no_download and args.data != "mnist",
+                              limit=cli.SMOKE_LIMIT if args.smoke else None)
+    except OSError as err:   # a download that could not reach the network
+        raise DataNotFoundError(f"{args.data} is not under {args.data_root or 'the cache folder'} "
+                                f"and could not be downloaded ({err}); copy the files there, "
+                                f"or run where the network is reachable.") from None
     train = splits["train"]
     return train, splits["test"].tensors[0], tuple(train.tensors[0].shape[1:]), (0.0, 1.0)
 
