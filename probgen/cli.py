@@ -23,6 +23,7 @@ generators, which library code never does.
 from __future__ import annotations
 
 import argparse
+import os
 import csv
 import json
 import platform
@@ -36,6 +37,7 @@ import torch
 
 from probgen.errors import ProbgenError, TrainingDivergedError
 from probgen.train import FitConfig, resolve_device, set_seed
+from probgen.train.distributed import env_world_size, is_main_process
 
 SMOKE_LIMIT = 512
 
@@ -90,7 +92,13 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
                 setattr(args, k, v)
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.device = str(resolve_device(args.device))
+    device = resolve_device(args.device)
+    if device.type == "cuda" and env_world_size() > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU each
+    args.device = str(device)
+    if not is_main_process():
+        # under torchrun the other ranks train alongside rank 0, which alone reports
+        sys.stdout = open(os.devnull, "w")
     set_seed(args.seed)
     return args
 
@@ -144,6 +152,8 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "device": args.device, "machine": machine(),
               "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
+    if not is_main_process():   # under torchrun, rank 0 alone writes files
+        return record
     (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=float))
     if table:
         with open(out / f"{name}.csv", "w", newline="") as f:

@@ -33,3 +33,19 @@ def test_two_processes_equal_one_process_on_the_combined_batches(tmp_path):
         assert torch.equal(p, q)
     # and the parameters did move (the comparison is not between untouched inits)
     assert not torch.equal(got["params"][0], ddp_worker.net()[0].weight.detach())
+
+
+def test_an_example_trains_under_torchrun_and_rank_0_alone_writes(tmp_path):
+    from probgen.train import load_checkpoint
+
+    out = tmp_path / "vae"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "examples" / "vae.py"), "--smoke", "--threads", "1", "--no-progress",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Test set") == 1            # rank 1 trains but does not report
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert (out / "results.json").exists() and (out / "samples.png").exists()

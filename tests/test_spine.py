@@ -536,6 +536,17 @@ def test_resume_names_every_differing_setting_and_applies_a_new_lr(tmp_path, cap
     assert res.history[-1]["lr"] == pytest.approx(0.01)
 
 
+def test_resume_refuses_the_same_class_built_otherwise(tmp_path):
+    x = TensorData((torch.rand(32, 1, 28, 28) > 0.5).float())
+    ck = str(tmp_path / "ae.pt")
+    probgen.fit(VAE.from_preset("denoising_ae", z_dim=2, hidden=(8,)), x, epochs=1,
+                batch_size=16, device="cpu", checkpoint=ck, **QUIET)
+    with pytest.raises(CheckpointError, match="model setting corruption: 'noise' in the "
+                                              "checkpoint, 'blocks' now"):
+        probgen.fit(VAE.from_preset("inpainting_ae", z_dim=2, hidden=(8,)), x, epochs=2,
+                    batch_size=16, device="cpu", checkpoint=ck, resume=True, **QUIET)
+
+
 def test_config_takes_numpy_numbers_and_paths():
     cfg = FitConfig(epochs=np.int64(3), lr=np.float32(0.5), batch_size=np.int32(8),
                     checkpoint=Path("runs") / "a.pt", patience=np.int64(2)).check()

@@ -118,7 +118,11 @@ def save_model(module: torch.nn.Module, path: Union[str, Path], **extra) -> Path
     """Save a module's weights (and any extra JSON-like entries) as a probgen checkpoint;
     a registered probgen model's settings go with them, for :func:`load`."""
     from probgen.models.registry import model_config
+    from probgen.train.distributed import is_main_process
 
+    path = Path(path)
+    if not is_main_process():   # under torchrun, rank 0 alone writes files
+        return path
     state = dict(extra, module=module.state_dict(), module_class=type(module).__qualname__)
     try:
         state["model"] = model_config(module)

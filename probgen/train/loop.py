@@ -428,6 +428,14 @@ class Run:
         mine = type(self.module).__qualname__ if self.module is not None else None
         if cls is not None and cls != mine:
             diffs.append(f"model: {cls} in the checkpoint, {mine} now")
+        saved_model, mine_model = state.get("model"), _model_settings(self.module)
+        if cls == mine and saved_model is not None and mine_model is not None:
+            # the same class built otherwise (a denoising and an inpainting autoencoder)
+            a, b = saved_model.get("args", {}), mine_model.get("args", {})
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    diffs.append(f"model setting {k}: {a.get(k)!r} in the checkpoint, "
+                                 f"{b.get(k)!r} now")
         phases = state.get("phases")
         if phases is not None and [p["name"] for p in phases] != [s.phase.name for s in self.phases]:
             diffs.append(f"phases: {[p['name'] for p in phases]} in the checkpoint, "

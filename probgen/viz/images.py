@@ -102,6 +102,9 @@ def save(fig, path: Union[str, Path, None], dpi: int = 120):
     """
     if path is None:
         return fig
+    from probgen.train.distributed import is_main_process
+    if not is_main_process():   # under torchrun, rank 0 alone writes files
+        return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     if getattr(fig.canvas, "manager", None) is not None:
