@@ -336,3 +336,40 @@ def test_vae_gap_table(kind):
                                                  + row["amortization_gap"])
     assert all(torch.equal(v, vae.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in vae.parameters())
+
+
+# -- the example -----------------------------------------------------------------------------
+
+
+def test_posterior_example_smoke(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "posterior.py"), "--smoke",
+                           "--no-progress", "--threads", "1", "--device", "cpu", "--out",
+                           str(tmp_path), "--guides", "diag", "iaf", "sylvester"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    flows = list(csv.DictReader(open(tmp_path / "flows.csv")))
+    assert [r["guide"] for r in flows] == ["diag", "iaf", "sylvester"]
+    for r in flows:
+        assert 0 < float(r["iw_nll_k16"]) <= float(r["neg_elbo"]) + 1.0
+    nuts = list(csv.DictReader(open(tmp_path / "nuts.csv")))
+    assert [r["model"] for r in nuts] == ["diag", "iaf"]
+    assert all(1.0 <= float(r["max_rhat"]) < 2.0 for r in nuts)
+    for g in ("diag", "iaf"):
+        for i in (0, 1):
+            assert (tmp_path / f"pairs_{g}_{i}.png").stat().st_size > 5000
+    gaps = json.loads((tmp_path / "gaps.json").read_text())["results"]["gaps"]
+    for r in gaps:
+        assert r["inference_gap"] == pytest.approx(r["approximation_gap"]
+                                                   + r["amortization_gap"], abs=1e-3)
+    # a part that needs a model no run trained is one error line
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "posterior.py"), "--smoke",
+                          "--out", str(tmp_path / "empty"), "--parts", "gaps"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert bad.returncode == 2 and "train the 'diag' guide first" in bad.stderr

@@ -17,6 +17,7 @@ ArviZ ``InferenceData``, whose ``az.summary`` gives R-hat and effective sample s
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -104,7 +105,11 @@ def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500
         kernel = NUTS(model, **kernel_kw)
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
                     num_chains=1, disable_progbar=not progress)
-        mcmc.run(*args, **kwargs)
+        with warnings.catch_warnings():
+            # torch deprecates jit.trace, which Pyro's jit_compile uses: say nothing of it
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated",
+                                    category=FutureWarning)
+            mcmc.run(*args, **kwargs)
         samples = mcmc.get_samples()
         if not samples:
             raise ConfigError("the model has no latent sample sites for NUTS to sample "
