@@ -223,7 +223,7 @@ class Snapshots(Callback):
         gan = run.module
         shot = {"samples": gan.sample(self.n, generator=torch.Generator().manual_seed(self.seed)).cpu()}
         if self.grid is not None:
-            shot["d"] = gan.discriminate(self.grid.to(gan._anchor.device)[:, None]).cpu()
+            shot["d"] = gan.discriminate(self.grid.to(gan.device)[:, None]).cpu()
         self.taken[f"epoch {entry['epoch'] + 1}"] = shot
 
     def state_dict(self):

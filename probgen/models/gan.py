@@ -139,6 +139,11 @@ class GAN(nn.Module):
                 f"loss={self.spec.name}, k={self.k}, label_smoothing={self.label_smoothing}, "
                 f"prior={self.prior_kind}, output={self.output}")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are."""
+        return self._anchor.device
+
     # -- the generative model ------------------------------------------------------------
     def prior(self) -> dist.Distribution:
         """``p(z)`` of one example (event shape ``(z_dim,)``) on the model's device."""
