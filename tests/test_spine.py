@@ -269,16 +269,8 @@ def toy_data(n=8192, seed=0):
     return TensorData(torch.randn(n, generator=g) - 1.0)
 
 
-def test_one_dimensional_gan_learns_the_gaussian():
-    torch.manual_seed(0)
-    gan = ToyGAN()
-    res = probgen.fit(gan, toy_data(), epochs=30, batch_size=256, lr=2e-3, device="cpu",
-                      patience=None, restore_best=False, seed=0, lr_schedule="cosine", **QUIET)
-    assert set(res.history[0]) >= {"train_loss/D", "train_loss/G"}
-    with torch.no_grad():
-        x = gan.sample(20000)
-    assert abs(x.mean().item() + 1.0) < 0.1, x.mean()
-    assert abs(x.std().item() - 1.0) < 0.1, x.std()
+# The 1-D GAN that learns N(-1, 1) from z ~ U(0, 1) through these phases, to within 0.05 of
+# the mean and std: tests/test_gan.py::test_toy_recipe_reaches_the_target_moments.
 
 
 def test_phases_move_only_their_own_parameters():
