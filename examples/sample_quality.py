@@ -20,8 +20,10 @@ predicted digits (with the KL of that histogram to uniform). Models:
 ``dcgan``          DCGAN, non-saturating loss
 =================  =================================================================
 
-A VAE's sample is the decoder's mean image (Bernoulli probabilities as grey levels) for
-``z ~ p(z)``: the picture VAE papers show; ``--vae-binary`` scores Bernoulli draws instead.
+Each VAE gives two rows from the same ``z ~ p(z)``: ``(mean)``, the decoder's mean image
+(Bernoulli probabilities as grey levels: the picture VAE papers show, though no draw of
+the model looks like it), and ``(draw)``, a binary image drawn from p(x | z): the model's
+own samples.
 Each model is loaded from ``--out/checkpoints/<name>.pt`` when there (or from a checkpoint
 named with ``--load name=PATH``, e.g. one written by examples/gan.py), else trained for
 ``--epochs`` (the VAEs; ``--flow-epochs`` and ``--gan-epochs`` for the others) and
@@ -75,8 +77,6 @@ def parse_args(argv=None):
     p.add_argument("--gan-epochs", type=int, default=5)
     p.add_argument("--load", nargs="+", default=[], metavar="NAME=PATH",
                    help="use these checkpoints instead of training")
-    p.add_argument("--vae-binary", action="store_true",
-                   help="score Bernoulli draws of the VAEs instead of their mean images")
     args = cli.finish_args(p, argv, smoke=dict(samples=1000, flow_epochs=1, gan_epochs=1))
     if args.samples < 129:
         p.error("--samples must be at least 129 (FID on 128 features)")
@@ -194,8 +194,8 @@ def draw(name: str, model, n: int, args) -> Dict[str, torch.Tensor]:
 
     out = Predictive(model.model, num_samples=1, return_sites=["mean", "x"])(
         labels=labels, size=None if labels is not None else n)
-    x = out["x"] if args.vae_binary else out["mean"]
-    return {name: x[0].reshape(n, 1, 28, 28).clamp(0, 1).float().cpu()}
+    return {f"{name} ({kind})": out[site][0].reshape(n, 1, 28, 28).clamp(0, 1).float().cpu()
+            for kind, site in (("mean", "mean"), ("draw", "x"))}
 
 
 def main(argv=None):

@@ -473,7 +473,8 @@ def test_sample_quality_example_scores_every_family_alike(tmp_path):
     try:
         assert module.cli.run(module.main, common + ["--models", "vae", "glow", "gan_ns"]) == 0
         rows = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
-        assert [r["model"] for r in rows] == ["vae", "glow T=0.7", "glow T=1.0", "gan_ns"]
+        assert [r["model"] for r in rows] == ["vae (mean)", "vae (draw)", "glow T=0.7",
+                                              "glow T=1.0", "gan_ns"]
         for r in rows:
             assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
             assert 1 <= r["classes_covered"] <= 10 and r["epochs"] >= 1
