@@ -141,7 +141,7 @@ def part_nuts(args, splits):
                           progress=not args.no_progress)
         exact = from_vae(model, x, mcmc=chains, index=index)
         q = from_vae(model, x, num_samples=args.chains * args.draws, index=index)
-        summary = az.summary(exact, var_names=["z"], kind="diagnostics")
+        summary = az.summary(exact, var_names=["z"], kind="diagnostics", round_to="none")
         active = []
         for i in index:
             lat = informative_latents(exact, i, count=3)
