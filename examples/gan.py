@@ -80,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--r1", type=float, default=None,
                    help="gamma of the R1 penalty on D's gradient at the data (Mescheder et al. "
                         "2018; default 0, 1 for toy1d)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="decay of a moving average of G's weights that draws the samples "
+                        "(0: none; 0.999 is usual)")
     p.add_argument("--d-lr", type=float, default=None, help="discriminator lr (default --lr)")
     p.add_argument("--g-lr", type=float, default=None, help="generator lr (default --lr)")
     p.add_argument("--schedule", default=None,
@@ -157,7 +160,7 @@ def load_data(args):
 def build(args, loss: str, data_shape, data_range) -> GAN:
     kw = dict(data_shape=data_shape, net=args.arch, loss=loss, k=args.k,
               label_smoothing=args.label_smoothing, r1_weight=args.r1, d_lr=args.d_lr,
-              g_lr=args.g_lr)
+              g_lr=args.g_lr, ema=args.ema)
     if args.data == "toy1d":
         kw.update(z_dim=args.z_dim or 1, prior=args.prior or "uniform", output="identity",
                   data_range=None)
@@ -190,6 +193,10 @@ class FIDCurve(Callback):
         t0, c0 = time.perf_counter(), time.process_time()
         gen = torch.Generator().manual_seed(self.seed)
         entry["fid"] = self.score(run.module.sample(self.n, generator=gen))
+        if run.module.ema:   # the live generator's, from the same noise
+            gen = torch.Generator().manual_seed(self.seed)
+            entry["fid_live"] = self.score(run.module.sample(self.n, generator=gen,
+                                                             averaged=False))
         entry["fid_seconds"] = time.perf_counter() - t0
         entry["fid_cpu_seconds"] = time.process_time() - c0
 
@@ -274,6 +281,11 @@ def fid_figure(histories: Dict[str, list], path: Path, name: str):
         axes[0].plot([h["epoch"] + 1 for h in rows], [h["fid"] for h in rows], "o-",
                      color=f"C{i}", label=label)
         axes[1].plot(elapsed, [h["fid"] for h in rows], "o-", color=f"C{i}", label=label)
+        if all("fid_live" in h for h in rows):   # with --ema: the live generator dashed
+            axes[0].plot([h["epoch"] + 1 for h in rows], [h["fid_live"] for h in rows], "x--",
+                         color=f"C{i}", label=f"{label}, live G")
+            axes[1].plot(elapsed, [h["fid_live"] for h in rows], "x--", color=f"C{i}",
+                         label=f"{label}, live G")
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("training CPU minutes (one thread)" if cpu else "training minutes")
     for ax in axes:
@@ -357,7 +369,7 @@ def train_one(args, loss, data, scorer):
     result = fit(gan, train, None, cli.fit_config(args, **over), callbacks=callbacks)
     fid_seconds = sum(h.get("fid_seconds", 0.0) for h in result.history)
     record = {"loss": loss, "arch": args.arch, "k": gan.k, "label_smoothing": gan.label_smoothing,
-              "r1_weight": gan.r1_weight,
+              "r1_weight": gan.r1_weight, "ema": gan.ema,
               "epochs": result.epochs_run, "parameters": n_params,
               "train_seconds": result.train_seconds - fid_seconds, "fid_seconds": fid_seconds,
               "train_cpu_seconds": sum(h.get("cpu_seconds", 0.0) for h in result.history),

@@ -313,6 +313,38 @@ def test_generator_step_leaves_the_discriminator_alone():
     assert all(p.grad is None for p in gan.generator.parameters())
 
 
+def test_generator_average_follows_the_live_generator(tmp_path, mnist_small):
+    torch.manual_seed(0)
+    gan = tiny_gan(ema=0.5)
+    _, g_phase = gan.phases()
+    live = [p.detach().clone() for p in gan.generator.parameters()]
+    avg = [p.clone() for p in live]
+    opt = torch.optim.SGD(gan.generator.parameters(), lr=0.1)
+    batch = (torch.rand(8, 1, 28, 28),)
+    for _ in range(3):
+        opt.zero_grad()
+        g_phase.loss(batch, {}).backward()   # folds the current weights in, then the loss
+        opt.step()
+        avg = [0.5 * a + 0.5 * p for a, p in zip(avg, live)]
+        live = [p.detach().clone() for p in gan.generator.parameters()]
+    for a, b in zip(avg, gan.generator_ema.parameters()):
+        assert torch.allclose(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(live, gan.generator_ema.parameters()))
+    z = torch.randn(4, 4)
+    gan.eval()
+    assert torch.allclose(gan.decode(z), gan.from_net(gan.generate(z, gan.generator_ema)))
+    # the average is part of the model: checkpointed and loaded
+    probgen.fit(gan, mnist_small["train"].subset(slice(0, 32)), epochs=1, batch_size=16,
+                device="cpu", checkpoint=str(tmp_path / "g.pt"), **NO_MONITOR, **QUIET)
+    loaded = probgen.load(tmp_path / "g.pt")
+    assert loaded.ema == 0.5
+    for a, b in zip(gan.generator_ema.state_dict().values(),
+                    loaded.generator_ema.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="ema"):
+        tiny_gan(ema=1.0)
+
+
 def test_fit_refuses_to_early_stop_a_gan_on_its_losses(mnist_small):
     with pytest.raises(ConfigError, match="no validation loss"):
         probgen.fit(tiny_gan(), mnist_small["train"], epochs=1, device="cpu", **QUIET)

@@ -31,6 +31,7 @@ fixed function (as latent inversion by MCMC or optimisation wants it).
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence, Tuple
 
 import pyro
@@ -82,6 +83,11 @@ class GAN(nn.Module):
         d_lr, g_lr: learning rates of the players (default: the run's ``lr``).
         betas: Adam betas of both players (default: the loss's: (0.5, 0.999), or (0, 0.9)
             for WGAN-GP).
+        ema: decay of an exponential moving average of the generator's weights, updated
+            at every generator step (0: none). With it, :meth:`sample`, :meth:`decode` and
+            the Pyro model use the averaged generator (Yazici et al. 2019, "The Unusual
+            Effectiveness of Averaging in GAN Training"; 0.999 averages over about a
+            thousand steps); training uses the live one.
     """
 
     def __init__(self, data_shape: Sequence[int] = (1, 28, 28), z_dim: int = 100,
@@ -93,7 +99,8 @@ class GAN(nn.Module):
                  d_hidden: Optional[Sequence[int]] = None,
                  g_width: Optional[int] = None, d_width: Optional[int] = None,
                  d_norm: Optional[str] = None, d_lr: Optional[float] = None,
-                 g_lr: Optional[float] = None, betas: Optional[Sequence[float]] = None):
+                 g_lr: Optional[float] = None, betas: Optional[Sequence[float]] = None,
+                 ema: float = 0.0):
         super().__init__()
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
@@ -128,6 +135,12 @@ class GAN(nn.Module):
             self.data_shape, z_dim, g_hidden=g_hidden, d_hidden=d_hidden, g_width=g_width,
             d_width=d_width, d_norm=d_norm,
             value_range=(-1.0, 1.0) if self.data_range is not None else None)
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
+            raise ConfigError(f"ema must be a decay in [0, 1) (0.999 is usual; 0: none), "
+                              f"got {ema!r}.")
+        self.ema = float(ema)
+        self.generator_ema = (copy.deepcopy(self.generator).requires_grad_(False).eval()
+                              if self.ema else None)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         # settings checks that need the networks (k, smoothing, gp weight, betas)
         adversarial_phases(self.discriminator, self.generator, lambda b: b, lambda b: b,
@@ -137,7 +150,8 @@ class GAN(nn.Module):
     def extra_repr(self) -> str:
         return (f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
                 f"loss={self.spec.name}, k={self.k}, label_smoothing={self.label_smoothing}, "
-                f"prior={self.prior_kind}, output={self.output}")
+                f"prior={self.prior_kind}, output={self.output}"
+                + (f", ema={self.ema}" if self.ema else ""))
 
     @property
     def device(self) -> torch.device:
@@ -159,13 +173,30 @@ class GAN(nn.Module):
                         device=generator.device).to(self._anchor.device)
         return draw(n, self.z_dim, device=self._anchor.device)
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """``G(z)`` in the networks' space ([-1, 1] for bounded data); ``z`` is ``(..., z_dim)``."""
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that draws samples: the averaged one with ``ema``, else the live one."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """One step of the generator's moving average (weights averaged, batch-norm
+        statistics copied)."""
+        if self.generator_ema is None:
+            return
+        for avg, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            avg.lerp_(live, 1.0 - self.ema)
+        for avg, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            avg.copy_(live)
+
+    def generate(self, z: torch.Tensor, net: Optional[nn.Module] = None) -> torch.Tensor:
+        """``G(z)`` in the networks' space ([-1, 1] for bounded data); ``z`` is ``(..., z_dim)``.
+        ``net``: the generator to run (default: the live one, which training moves)."""
         if not torch.is_tensor(z) or z.shape[-1:] != (self.z_dim,):
             raise DataError(f"z must be a tensor (..., {self.z_dim}), got "
                             f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}.")
         lead = z.shape[:-1]
-        out = self.generator(z.reshape(-1, self.z_dim))
+        out = (net or self.generator)(z.reshape(-1, self.z_dim))
         if self.output == "tanh":
             out = torch.tanh(out)
         elif self.output == "sigmoid":
@@ -187,8 +218,8 @@ class GAN(nn.Module):
         return lo + (y + 1.0) * ((hi - lo) / 2.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``G(z)`` in the data's range."""
-        return self.from_net(self.generate(z))
+        """``G(z)`` in the data's range, by :attr:`sampler`."""
+        return self.from_net(self.generate(z, self.sampler))
 
     def model(self, x: Optional[torch.Tensor] = None, *args, size: Optional[int] = None):
         """The Pyro model: ``z ~ p(z)`` (site ``z``), ``x = G(z)`` (deterministic site ``x``),
@@ -203,31 +234,34 @@ class GAN(nn.Module):
         # The generator runs in eval mode here (batch norm's running statistics): samples
         # do not depend on the other examples drawn with them, and drawing them leaves
         # those statistics as they were.
-        was = self.generator.training
-        self.generator.eval()
+        sampler = self.sampler
+        was = sampler.training
+        sampler.eval()
         try:
             with pyro.plate("data", n):
                 z = pyro.sample("z", self.prior())
                 out = self.decode(z)
                 pyro.deterministic("x", out, event_dim=len(self.data_shape))
         finally:
-            self.generator.train(was)
+            sampler.train(was)
         return out
 
     @torch.no_grad()
-    def sample(self, n: int, batch_size: int = 1000,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, batch_size: int = 1000, generator: Optional[torch.Generator] = None,
+               averaged: bool = True) -> torch.Tensor:
         """``n`` examples ``G(z)``, ``z ~ p(z)``, in the data's range (eval mode: batch norm
         uses its running statistics; the module's mode is restored). ``z`` is drawn from
         ``generator`` when given (the same noise every call), else from torch's global
-        generator."""
+        generator. ``averaged=False`` draws from the live generator of a GAN with ``ema``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"the number of samples must be a positive integer, got {n!r}.")
+        net = self.sampler if averaged else self.generator
         was = self.training
         self.eval()
         try:
-            return torch.cat([self.decode(self._sample_z(min(batch_size, n - i), generator))
-                              for i in range(0, n, batch_size)])
+            return torch.cat([self.from_net(self.generate(
+                self._sample_z(min(batch_size, n - i), generator), net))
+                for i in range(0, n, batch_size)])
         finally:
             self.train(was)
 
@@ -255,12 +289,22 @@ class GAN(nn.Module):
         return self.generate(self._sample_z(batch[0].shape[0]))
 
     def phases(self):
-        """The discriminator and generator phases (see :func:`adversarial_phases`)."""
-        return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
-                                  self.spec, k=self.k, label_smoothing=self.label_smoothing,
-                                  gp_weight=self.gp_weight, r1_weight=self.r1_weight,
-                                  d_lr=self.d_lr, g_lr=self.g_lr,
-                                  betas=self.betas)
+        """The discriminator and generator phases (see :func:`adversarial_phases`); with
+        ``ema``, each generator step first folds the weights its last step left into the
+        average."""
+        d_phase, g_phase = adversarial_phases(
+            self.discriminator, self.generator, self.real, self.fake, self.spec, k=self.k,
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
+            r1_weight=self.r1_weight, d_lr=self.d_lr, g_lr=self.g_lr, betas=self.betas)
+        if self.generator_ema is not None:
+            g_loss = g_phase.loss
+
+            def averaged_then_loss(batch, ctx):
+                self.update_average()
+                return g_loss(batch, ctx)
+
+            g_phase.loss = averaged_then_loss
+        return [d_phase, g_phase]
 
     def fit_step(self, config):
         """The training step ``probgen.fit`` runs: ``PhasedStep(self, self.phases())``.
