@@ -12,7 +12,12 @@ end FID, KID, precision/recall and the classes covered on ``--eval-samples`` sam
 CIFAR-10 (and other colour data) get an FID only with Inception weights
 (``--inception-weights PATH``). The 1-D toy (z ~ U(0, 1), data N(-1, 1)) reports the mean
 and standard deviation of G(z) and draws the histogram of G(z) over the target density with
-D(x) over [-5, 5] at several points of training.
+D(x) over [-5, 5] at several points of training; its recipe adds the R1 penalty (``--r1 1``,
+Mescheder et al. 2018), without which the game circles its equilibrium and the moments
+land where the decaying learning rate leaves them. ``--ema 0.999`` draws the samples from a
+moving average of the generator's weights (the live generator's FID is recorded beside it).
+Training time is recorded as wall seconds and, per epoch, this process's CPU seconds
+(``cpu_seconds``: with ``--threads 1``, the cost whatever else the machine runs).
 
 Writes to --out: results.json, results.csv, losses.png (G and D losses per epoch),
 fid.png (the FID curve), samples_<data>_<loss>.png (final samples),
@@ -23,6 +28,7 @@ toy1d_<loss>.png (the toy's figure) and one checkpoint per GAN, gan_<data>_<loss
     python examples/gan.py                                   # DCGAN, non-saturating, MNIST
     python examples/gan.py --loss minimax non_saturating     # both from the same seed
     python examples/gan.py --loss wgan_gp --epochs 10        # k = 5 critic steps by default
+    python examples/gan.py --ema 0.999 --label-smoothing 0.1
     python examples/gan.py --data toy1d                      # the 1-D toy (R1 penalty 1)
     python examples/gan.py --data cifar10 --data-root DIR    # downloads when online
     python examples/gan.py --smoke                           # seconds
