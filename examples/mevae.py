@@ -77,8 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--iw-size", type=int, default=500, help="test scenes in the NLL estimate")
     p.add_argument("--min-ink", type=float, default=20.0,
                    help="an entity is active when it draws this many pixels' worth of ink")
-    args = cli.finish_args(p, argv, smoke=dict(train_scenes=256, val_scenes=64, test_scenes=64,
-                                               iw_samples=4, iw_size=16, elbo_particles=2))
+    args = cli.finish_args(p, argv, smoke=dict(train_scenes=128, val_scenes=32, test_scenes=32,
+                                               iw_samples=4, iw_size=8, elbo_particles=2))
     for name in ("entities", "what_dim", "train_scenes", "val_scenes", "test_scenes",
                  "elbo_particles"):
         if getattr(args, name) < 1:

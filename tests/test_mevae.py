@@ -17,7 +17,7 @@ from probgen.metrics.likelihood import elbo_and_iw_nll
 from probgen.metrics.segmentation import (active_entities, adjusted_rand_index,
                                           decomposition_scores)
 from probgen.models.mevae import MEVAE
-from probgen.nn.mevae_nets import (EntityDecoder, centre_to_where, gaussian_kl, noisy_or_logits,
+from probgen.nn.mevae_nets import (COMPOSITIONS, EntityDecoder, centre_to_where, gaussian_kl, noisy_or_logits,
                                    select_topk_by_kl)
 
 from .conftest import QUIET
@@ -168,13 +168,19 @@ def test_model_gradients_reach_the_kept_candidates_only():
 
 def test_k_larger_than_the_grid_and_bad_model_settings():
     with pytest.raises(ConfigError, match="larger than the encoder's grid"):
-        MEVAE((1, 32, 32), num_entities=17, encoder_channels=(8, 8, 8))   # grid 4x4
+        MEVAE(num_entities=17)                      # 64x64 halved 4 times: a 4x4 grid
+    with pytest.raises(ConfigError, match="larger than the encoder's grid"):
+        MEVAE((1, 32, 32), num_entities=5, encoder_channels=(8, 8, 8, 8))   # 2x2
     with pytest.raises(ConfigError, match="divisible"):
         MEVAE((1, 36, 36))
     with pytest.raises(ConfigError, match="num_entities"):
         MEVAE(num_entities=0)
     with pytest.raises(ConfigError, match="one-channel"):
         MEVAE((3, 64, 64))
+    with pytest.raises(ConfigError, match="composition"):
+        MEVAE(composition="sum")
+    with pytest.raises(ConfigError, match="context_layers"):
+        MEVAE(context_layers=-1)
     m = MEVAE((1, 32, 32), num_entities=2, encoder_channels=(8, 16))
     with pytest.raises(DataError, match="binary"):
         probgen.metrics.negative_elbo(m.model, m.guide, TensorData(torch.rand(4, 1, 32, 32)))
@@ -194,6 +200,8 @@ def test_noisy_or_composition():
     # an entity that draws nothing leaves the image as the others make it
     more = torch.cat([ink, torch.zeros(2, 1, 5, 5)], 1)
     assert torch.allclose(noisy_or_logits(more, b, dim=1), noisy_or_logits(ink, b, dim=1))
+    p_max = torch.sigmoid(COMPOSITIONS.get("max")(ink, b, dim=1))
+    assert torch.allclose(p_max, torch.maximum(ink.amax(1), torch.sigmoid(b)), atol=1e-5)
 
 
 def test_where_places_the_glimpse_at_the_pixel_it_names():

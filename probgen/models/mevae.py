@@ -13,18 +13,19 @@ Generative model (``model``), for each scene in the data plate::
                                         sigmoid(a * presence + b) scales it
     x ~ Bernoulli(1 - sigmoid(-c) prod_k (1 - p_k))   per pixel
 
-The composition is a **noisy OR**: a pixel is off only if the background (a learned
-logit ``c``) and every entity leave it off, i.e. the entity renders *add in
-``log(1 - p)`` space*. Entities never fight over a pixel (two entities drawing the
-same stroke cost KL, not likelihood), every entity's render gets gradient
-everywhere it draws, and each pixel's owner is the entity with the most ink there.
+The composition is a **noisy OR** (setting ``composition``): a pixel is off only if
+the background (a learned logit ``c``) and every entity leave it off, i.e. the entity
+renders *add in ``log(1 - p)`` space*. Every entity's render gets gradient
+everywhere it draws, an entity that draws nothing changes nothing, and each pixel's
+owner is the entity with the most ink there. Two entities drawing the same stroke
+raise its probability rather than compete for it; what stops such duplicates is their
+KL cost. (``composition="max"`` takes the pixel-wise maximum instead.)
 
 Guide (``guide``): a convolutional encoder (coordinate channels appended) maps the
 scene to a ``G x G`` grid of candidates, each location a diagonal Gaussian over one
-entity's latent. For every
-candidate the guide computes ``KL(q_m || N(0, I))`` and keeps the ``K`` largest
-(:func:`~probgen.nn.mevae_nets.select_topk_by_kl`), in decreasing order of KL, as
-``q(z_1..K | x)``.
+entity's latent. For every candidate the guide computes ``KL(q_m || N(0, I))`` and
+keeps the ``K`` largest (:func:`~probgen.nn.mevae_nets.select_topk_by_kl`), in
+decreasing order of KL, as ``q(z_1..K | x)``.
 
 **Unselected candidates and the KL term.** The selection is a deterministic function
 of ``x``: the guide is the product of the ``K`` kept Gaussians, and the unselected
@@ -33,10 +34,12 @@ term (equivalently: regard them as auxiliary variables whose posterior equals th
 prior, KL = 0) and get no gradient through it; they are shaped only through the
 weights they share with the kept ones. The ELBO is therefore the ordinary ELBO of the
 ``K``-entity model, a lower bound on its ``log p(x)`` that the importance-sampled
-metrics of :mod:`probgen.metrics.likelihood` tighten. The order of the kept
-candidates (by KL) is one of the ``K!`` orders the exchangeable prior gives equal
-mass; the guide covers that one, so its bound can be up to ``log K!`` looser than a
-guide averaging over the orders.
+metrics of :mod:`probgen.metrics.likelihood` tighten. The prior and the composition
+are exchangeable, so the posterior gives the ``K!`` orders of the entities equal mass;
+the guide puts its mass on one order (by KL rank), so its ELBO, and its importance-
+sampled NLL however many samples it takes, can sit up to ``log K!`` nats (3.2 for
+``K = 4``) above what a guide spread over the orders would give. A plain VAE has no
+such gap; a fixed-order guide (AIR's sequential one too) pays it.
 
 Sites: ``z`` ``(B, K, D)`` in plates ``data`` (dim -2) and ``entities`` (dim -1);
 ``x`` the flattened scene, ``(B, 1, H*W)``; ``mean`` (deterministic) the composed
@@ -57,8 +60,8 @@ from torch import nn
 from probgen.errors import ConfigError, DataError
 from probgen.models.likelihoods import BernoulliLikelihood
 from probgen.models.registry import MODELS
-from probgen.nn.mevae_nets import (PRESENCE_DIM, WHERE_DIM, CandidateEncoder, EntityDecoder,
-                                   noisy_or_logits, select_topk_by_kl)
+from probgen.nn.mevae_nets import (COMPOSITIONS, PRESENCE_DIM, WHERE_DIM, CandidateEncoder,
+                                   EntityDecoder, select_topk_by_kl)
 
 
 def _positive_int(name, value):
@@ -82,12 +85,17 @@ class MEVAE(nn.Module):
         encoder_hidden: channels of the encoder's 3x3 convolution on the grid.
         decoder_hidden: hidden sizes of the glimpse MLP.
         activation: hidden activation of both networks.
+        composition: how the entity renders make one image, a name in
+            :data:`~probgen.nn.mevae_nets.COMPOSITIONS`: ``noisy_or`` (the default, above)
+            or ``max`` (each pixel the strongest entity's).
+        context_layers: 3x3 convolutions on the candidate grid (neighbours' context).
     """
 
     def __init__(self, image_shape: Sequence[int] = (1, 64, 64), num_entities: int = 4,
                  what_dim: int = 12, glimpse: int = 28,
-                 encoder_channels: Sequence[int] = (16, 32, 64), encoder_hidden: int = 128,
-                 decoder_hidden: Sequence[int] = (256, 512), activation: str = "relu"):
+                 encoder_channels: Sequence[int] = (16, 32, 64, 64), encoder_hidden: int = 128,
+                 decoder_hidden: Sequence[int] = (256, 512), activation: str = "relu",
+                 composition: str = "noisy_or", context_layers: int = 2):
         super().__init__()
         image_shape = tuple(image_shape)
         if len(image_shape) != 3 or image_shape[0] != 1:
@@ -101,7 +109,8 @@ class MEVAE(nn.Module):
         canvas = image_shape[1]
         self.decoder = EntityDecoder(what_dim, canvas, glimpse, tuple(decoder_hidden), activation)
         self.encoder = CandidateEncoder(image_shape, self.latent_dim, tuple(encoder_channels),
-                                        encoder_hidden, activation)
+                                        encoder_hidden, activation, context_layers)
+        self.compose = COMPOSITIONS.get(composition)
         self.grid = self.encoder.grid
         if num_entities > self.grid ** 2:
             raise ConfigError(
@@ -148,7 +157,7 @@ class MEVAE(nn.Module):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of the composed scene, ``(..., H*W)``, for ``(..., K, D)``."""
-        out = noisy_or_logits(self.entity_ink(z), self.background, dim=-3)
+        out = self.compose(self.entity_ink(z), self.background, dim=-3)
         return out.flatten(-2)
 
     # -- Pyro model and guide ----------------------------------------------------------------
@@ -201,7 +210,7 @@ class MEVAE(nn.Module):
         """
         idx, loc, _, kl = self.select(x)
         ink = self.entity_ink(loc)
-        recon = torch.sigmoid(noisy_or_logits(ink, self.background, dim=-3))
+        recon = torch.sigmoid(self.compose(ink, self.background, dim=-3))
         return {"indices": idx, "kl": kl.view(-1, self.grid, self.grid), "z": loc, "ink": ink,
                 "presence": self.decoder.alpha(loc), "centres": self.decoder.centre(loc),
                 "reconstruction": recon.unsqueeze(1)}

@@ -7,7 +7,8 @@
   "The Multi-Entity Variational Autoencoder").
 * :class:`EntityDecoder`: one entity's latent -> its ink probability on the canvas
   (a glimpse drawn by an MLP, placed by a spatial transformer, scaled by presence).
-* :func:`noisy_or_logits`: the composition of the entity renders into one image.
+* :data:`COMPOSITIONS`: how the entity renders make one image (``noisy_or``, the
+  default: the renders add in ``log(1 - p)`` space; ``max``: the pixel-wise maximum).
 
 An entity's latent is laid out as ``[what (what_dim) | where (2) | presence (1)]``.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.nn.mlp import ACTIVATIONS, MLP
+from probgen.registry import Registry
 
 WHERE_DIM = 2
 PRESENCE_DIM = 1
@@ -95,7 +97,8 @@ class CandidateEncoder(nn.Module):
     Stride-2 convolutions (4x4 kernels) take the canvas down to the grid, with two
     coordinate channels appended to the input so that a candidate knows where on the
     canvas it sits; a 3x3 convolution on the grid lets neighbouring candidates see
-    each other (a digit straddling two cells is claimed by one of them); 1x1
+    each other (a digit straddling two cells is claimed by one of them;
+    ``context_layers`` of them); 1x1
     convolutions give each location's ``loc`` and ``scale``. No candidate is anchored
     at its cell: a background candidate can give the prior itself (KL 0), and a
     candidate's ``where`` is whatever the network reads from the coordinates it sees
@@ -106,11 +109,14 @@ class CandidateEncoder(nn.Module):
     """
 
     def __init__(self, image_shape: Sequence[int], latent_dim: int,
-                 channels: Sequence[int] = (16, 32, 64), hidden: int = 128,
-                 activation: str = "relu"):
+                 channels: Sequence[int] = (16, 32, 64, 64), hidden: int = 128,
+                 activation: str = "relu", context_layers: int = 2):
         super().__init__()
         c, h, w = image_shape
         f = 2 ** len(channels)
+        if isinstance(context_layers, bool) or not isinstance(context_layers, int) \
+                or context_layers < 0:
+            raise ConfigError(f"context_layers must be an integer >= 0, got {context_layers!r}.")
         if h != w or h % f:
             raise ConfigError(f"the candidate encoder halves a square canvas {len(channels)} "
                               f"times, so its side must be divisible by {f}; got {h}x{w}.")
@@ -119,10 +125,12 @@ class CandidateEncoder(nn.Module):
         for ch in channels:
             layers += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), act()]
             prev = ch
-        layers += [nn.Conv2d(prev, hidden, 3, padding=1), act()]
+        for _ in range(context_layers):
+            layers += [nn.Conv2d(prev, hidden, 3, padding=1), act()]
+            prev = hidden
         self.body = nn.Sequential(*layers)
-        self.loc = nn.Conv2d(hidden, latent_dim, 1)
-        self.log_scale = nn.Conv2d(hidden, latent_dim, 1)
+        self.loc = nn.Conv2d(prev, latent_dim, 1)
+        self.log_scale = nn.Conv2d(prev, latent_dim, 1)
         self.grid = h // f
         self.image_shape = (c, h, w)
 
@@ -187,6 +195,10 @@ class EntityDecoder(nn.Module):
         return ink.view(*lead, c, c)
 
 
+COMPOSITIONS: Registry = Registry("composition")
+
+
+@COMPOSITIONS.register("noisy_or")
 def noisy_or_logits(ink: torch.Tensor, background_logit: torch.Tensor, dim: int = -3
                     ) -> torch.Tensor:
     """Compose entity renders by a noisy OR, as Bernoulli logits.
@@ -198,3 +210,12 @@ def noisy_or_logits(ink: torch.Tensor, background_logit: torch.Tensor, dim: int 
     """
     log_off = F.logsigmoid(-background_logit) + torch.log1p(-ink.clamp(max=1 - _EPS)).sum(dim)
     return torch.log(-torch.expm1(log_off)) - log_off
+
+
+@COMPOSITIONS.register("max")
+def max_logits(ink: torch.Tensor, background_logit: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """Compose entity renders by their pixel-wise maximum (and the background's
+    ``sigmoid(b)``), as Bernoulli logits: each pixel is the strongest entity's, and only
+    that entity gets its gradient."""
+    p = torch.maximum(ink.amax(dim), torch.sigmoid(background_logit)).clamp(_EPS, 1 - _EPS)
+    return torch.log(p) - torch.log1p(-p)
