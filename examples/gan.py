@@ -234,7 +234,8 @@ class Snapshots(Callback):
         if entry["epoch"] + 1 not in self.epochs or not run.is_main:
             return
         gan = run.module
-        shot = {"samples": gan.sample(self.n, generator=torch.Generator().manual_seed(self.seed)).cpu()}
+        noise = torch.Generator().manual_seed(self.seed)
+        shot = {"samples": gan.sample(self.n, generator=noise).cpu()}
         if self.grid is not None:
             shot["d"] = gan.discriminate(self.grid.to(gan.device)[:, None]).cpu()
         self.taken[f"epoch {entry['epoch'] + 1}"] = shot
