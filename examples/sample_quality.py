@@ -35,8 +35,7 @@ Writes to --out: results.json, results.csv, samples.png (ten samples of every mo
 by side) and the checkpoints.
 
     python examples/sample_quality.py                          # everything (hours on a CPU)
-    python examples/sample_quality.py --models vae dcgan \
-        --load dcgan=results/gan/gan_mnist_non_saturating.pt
+    python examples/sample_quality.py --models vae dcgan --load dcgan=gan_mnist.pt
     python examples/sample_quality.py --smoke                  # seconds
 """
 
