@@ -179,8 +179,9 @@ def main(argv=None):
     x_test, _, seg, counts = truth.tensors[:4]
     data = {k: images_only(v) for k, v in splits.items()}
     image_shape = (1, args.canvas, args.canvas)
-    print(f"scenes: {len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test, "
-          f"{args.canvas}x{args.canvas}, {args.min_digits}-{args.max_digits} digits", flush=True)
+    print(f"scenes: {len(data['train'])} train / {len(data['val'])} val / "
+          f"{len(data['test'])} test, {args.canvas}x{args.canvas}, "
+          f"{args.min_digits}-{args.max_digits} digits", flush=True)
 
     set_seed(args.seed)
     mevae = MEVAE(image_shape, num_entities=args.entities, what_dim=args.what_dim)

@@ -136,8 +136,8 @@ class MEVAE(nn.Module):
         if x.dim() < 2 or x[0].numel() != self.data_dim:
             raise DataError(
                 f"scenes of shape {tuple(x.shape)} do not fit this model, which takes scenes of "
-                f"shape {self.image_shape} (batch first: (B, {', '.join(map(str, self.image_shape))})"
-                f" or (B, {self.data_dim})).")
+                f"shape {self.image_shape} (batch first: "
+                f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim})).")
         return x.reshape(x.shape[0], -1)
 
     # -- the pieces -----------------------------------------------------------------------

@@ -15,7 +15,6 @@ An entity's latent is laid out as ``[what (what_dim) | where (2) | presence (1)]
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Tuple
 
 import torch
