@@ -1,12 +1,12 @@
 """Pyro model/guide pairs, one file per family."""
 
-from probgen.models.registry import MODELS
+from probgen.models.registry import MODELS, rebuildable
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
 from probgen.models.gan import GAN
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.vae import PRESETS, VAE
 
-MODELS.register("baseline", Baseline)   # rebuilt with the CVAE it belongs to
+rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
 __all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "PRESETS", "VAE"]

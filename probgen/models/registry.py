@@ -70,8 +70,10 @@ def build_from_config(config: Dict[str, Any]):
     return obj(**args)
 
 
-def _record_init(cls):
-    """Wrap ``cls.__init__`` so that instances remember the arguments they were built with."""
+def rebuildable(cls):
+    """Wrap ``cls.__init__`` so that instances remember the arguments they were built with
+    (what registration does; also for a network that is part of a model without being a
+    model itself, such as the CVAE's baseline)."""
     if cls.__dict__.get(_CONFIG_ATTR + "_recorded"):
         return cls
     init = cls.__init__
@@ -105,7 +107,7 @@ class ModelRegistry(Registry):
 
     def _add(self, name, item):
         if inspect.isclass(item) and issubclass(item, torch.nn.Module):
-            _record_init(item)
+            rebuildable(item)
         super()._add(name, item)
 
 

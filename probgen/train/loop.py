@@ -526,7 +526,7 @@ class Run:
     def run_phase(self, st: _PhaseState, batch, ctx) -> torch.Tensor:
         """One optimizer step of one phase; returns the reported loss (a tensor)."""
         ph = st.phase
-        if ph.discover:
+        if ph.discover is True or (ph.discover == "first" and st.steps == 0):
             out, found = traced_params(lambda: ph.loss(batch, ctx))
             self._join(st, found)
         else:

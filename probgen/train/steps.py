@@ -66,9 +66,11 @@ class Phase:
             offer ``loss_and_grads``); the loop then skips it.
         clip_norm: gradient-norm clipping for this phase (default: the run's).
         discover: also optimise the Pyro param sites the loss touches that are not in
-            ``params`` (default: only when ``params`` is ``None``). Leave it off for a
-            phase whose loss runs networks it must not move (a discriminator phase
-            that samples the generator).
+            ``params`` (default: only when ``params`` is ``None``); ``"first"`` looks on
+            the run's first step only (a probgen model, whose module holds everything
+            its ``pyro.module`` sites register: the trace would cost every step for
+            nothing). Leave it off for a phase whose loss runs networks it must not move
+            (a discriminator phase that samples the generator).
     """
 
     name: str
@@ -81,7 +83,7 @@ class Phase:
     fresh_batch: bool = True
     owns_backward: bool = False
     clip_norm: Optional[float] = None
-    discover: Optional[bool] = None
+    discover: Union[bool, str, None] = None
 
     def __post_init__(self):
         if self.discover is None:
@@ -249,8 +251,10 @@ class SVIStep(Step):
         self.per_example = own_methods if per_example is None else bool(per_example)
         self.isolate_param_store = isolated
         owns = not hasattr(self.elbo, "differentiable_loss")
-        # The module's parameters, and whatever else the ELBO touches through Pyro.
-        self.phases = [Phase("elbo", self._loss, params=module, discover=True,
+        # The module's parameters, and whatever else the ELBO touches through Pyro
+        # (looked for on every step, as SVI.step does; once for probgen's own models).
+        self.phases = [Phase("elbo", self._loss, params=module,
+                             discover="first" if isolated else True,
                              owns_backward=owns, **phase_kwargs)]
 
     def _loss(self, batch, ctx=None):
