@@ -39,9 +39,17 @@ def tiny_gan(mnist_small):
     return GAN(z_dim=4, net="mlp", g_hidden=(16,), d_hidden=(16,)), (x,)
 
 
+def tiny_mevae(mnist_small):
+    from probgen.models.mevae import MEVAE
+
+    x = (torch.rand(8, 1, 32, 32) < 0.2).float()
+    return MEVAE((1, 32, 32), num_entities=2, what_dim=4, encoder_channels=(8, 16),
+                 encoder_hidden=16, decoder_hidden=(32,)), (x,)
+
+
 # One tiny instance and one batch per registered model; a new model adds itself here.
 # The builder is called again (another seed) to check that save/load restores every value.
-TINY = {"cvae": tiny_cvae, "flow": tiny_flow, "vae": tiny_vae}
+TINY = {"cvae": tiny_cvae, "flow": tiny_flow, "mevae": tiny_mevae, "vae": tiny_vae}
 ADVERSARIAL = {"gan": tiny_gan}   # no guide: trained by phases (fit_step)
 
 

@@ -5,8 +5,9 @@ from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
 from probgen.models.gan import GAN
 from probgen.models.likelihoods import LIKELIHOODS
+from probgen.models.mevae import MEVAE
 from probgen.models.vae import PRESETS, VAE
 
 rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "PRESETS", "VAE"]
+__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS", "VAE"]

@@ -91,6 +91,8 @@ class MEVAE(nn.Module):
         context_layers: 3x3 convolutions on the candidate grid (neighbours' context).
     """
 
+    max_plate_nesting = 2   # data x entities (read by SVIStep when the model is fit as it is)
+
     def __init__(self, image_shape: Sequence[int] = (1, 64, 64), num_entities: int = 4,
                  what_dim: int = 12, glimpse: int = 28,
                  encoder_channels: Sequence[int] = (16, 32, 64, 64), encoder_hidden: int = 128,

@@ -235,7 +235,7 @@ class SVIStep(Step):
         own_methods = module is not None and getattr(model, "__self__", None) is module
         isolated = own_methods and bool(getattr(module, "isolate_param_store", False))
         if max_plate_nesting is None and isolated:
-            max_plate_nesting = 1
+            max_plate_nesting = getattr(module, "max_plate_nesting", 1)
         if isinstance(loss, str):
             self.objective = loss
             self.elbo = make_elbo(loss, num_particles, max_plate_nesting)
