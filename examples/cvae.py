@@ -10,32 +10,30 @@ the MNIST test set:
 * CVAE importance-sampled NLL, -log p(y|x) estimated with k samples of q(z|x,y);
 * the gap between the baseline and the CVAE -ELBO.
 
-Writes results.csv, results.json, one figure per setting (inputs / truth / NN /
-CVAE samples), learning curves, and checkpoints to --out. ``--resume`` continues
-an interrupted run from its checkpoints.
+Writes results.csv, results.json (with the time of every phase), one figure per
+setting (inputs / truth / NN / CVAE samples), learning curves, and checkpoints to
+--out. ``--resume`` continues an interrupted run from its checkpoints.
 
-    python examples/cvae.py                   # full run (about an hour on 2 CPU cores)
+    python examples/cvae.py                          # full run (20 epochs per network)
+    python examples/cvae.py --epochs 50 --patience 3 # Pyro's example's settings
     python examples/cvae.py --quadrants 2 --epochs 20
-    python examples/cvae.py --smoke           # seconds
+    python examples/cvae.py --smoke                  # seconds
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-import probgen
-from probgen.data import image_splits, quadrant_task
-from probgen.metrics import iw_nll, negative_elbo
+from probgen import cli
+from probgen.data import quadrant_task
+from probgen.infer import OBJECTIVES
+from probgen.metrics.likelihood import elbo_and_iw_nll
 from probgen.models import CVAE, Baseline
-from probgen.train import FitConfig, evaluate, fit, resolve_device, set_seed
+from probgen.train import SCHEDULES, LossStep, evaluate, fit, set_seed
 from probgen.viz import completion_figure, learning_curves
 
 # Pyro's tutorial table (examples/cvae, cvae.ipynb): negative log-likelihood /
@@ -44,49 +42,42 @@ PYRO_REFERENCE = {"NN baseline NLL": [100.4, 61.9, 25.4],
                   "CVAE -ELBO": [71.8, 51.0, 24.2]}
 
 
+def quadrants(text: str) -> int:
+    q = int(text)
+    if not 1 <= q <= 3:
+        raise argparse.ArgumentTypeError(f"takes numbers in 1..3 (visible quadrants), got {q}")
+    return q
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-q", "--quadrants", type=int, nargs="+", default=[1, 2, 3],
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=20, out="results/cvae", patience=5,
+                          lr=2e-3, batch_size=256)
+    p.add_argument("-q", "--quadrants", type=quadrants, nargs="+", default=[1, 2, 3],
                    help="numbers of visible quadrants to run (each in 1..3)")
-    p.add_argument("-n", "--epochs", type=int, default=101, help="most epochs per network")
-    p.add_argument("--patience", type=int, default=5,
-                   help="early stopping: epochs without validation improvement")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr-schedule", default="warmup_cosine",
+                   choices=["none"] + SCHEDULES.names(),
+                   help="learning-rate schedule over --epochs, stepped every batch")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="epochs of linear warm-up (warmup_cosine, onecycle)")
+    p.add_argument("--objective", default="meanfield", choices=OBJECTIVES.names(),
+                   help="Pyro objective of the CVAE (meanfield: analytic KL of the two Gaussians)")
+    p.add_argument("--train-particles", type=int, default=1, help="ELBO particles while training")
+    p.add_argument("--val-particles", type=int, default=1,
+                   help="ELBO particles of the validation loss (early stopping)")
     p.add_argument("-p", "--particles", type=int, default=10,
                    help="particles of the reported -ELBO")
-    p.add_argument("--train-particles", type=int, default=1, help="particles while training")
-    p.add_argument("--objective", default="trace", choices=probgen.infer.OBJECTIVES.names(),
-                   help="Pyro objective for training")
     p.add_argument("-k", "--iw-samples", type=int, default=100,
-                   help="importance samples of the CVAE NLL")
+                   help="importance samples of the CVAE NLL (the -ELBO's draws are among them)")
     p.add_argument("--z-dim", type=int, default=200)
     p.add_argument("--hidden", type=int, nargs="+", default=[500, 500])
-    p.add_argument("--val-size", type=int, default=10000,
-                   help="training images held out for early stopping")
     p.add_argument("--num-images", type=int, default=10, help="digits in each figure")
     p.add_argument("--num-samples", type=int, default=5, help="CVAE samples per digit in figures")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/cvae", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds-long run on a small slice (used by the tests)")
-    args = p.parse_args(argv)
-    if args.threads < 0:
-        p.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    for q in args.quadrants:
-        if not 1 <= q <= 3:
-            p.error(f"--quadrants takes numbers in 1..3, got {q}")
-    if args.smoke:
-        args.epochs, args.particles, args.iw_samples = min(args.epochs, 2), 2, 8
-        args.num_images, args.num_samples = 4, 2
+    args = cli.finish_args(p, argv, smoke=dict(particles=2, iw_samples=8, num_images=4,
+                                                num_samples=2))
+    for name in ("train_particles", "val_particles", "particles", "iw_samples", "num_images",
+                 "num_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
 
 
@@ -94,48 +85,61 @@ def column(q: int) -> str:
     return f"{q} quadrant{'s' if q > 1 else ''}"
 
 
-def run_setting(q, splits, args, device, out: Path):
+def run_setting(q, splits, args):
     task = {k: quadrant_task(v, q) for k, v in splits.items()}
-    base_cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         patience=args.patience, device=str(device), seed=args.seed,
-                         progress=not args.no_progress, resume=args.resume)
+    config = cli.fit_config(args, lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                            warmup_epochs=args.warmup_epochs)
+    seconds = {}
 
     print(f"\n== {column(q)} visible: baseline ==", flush=True)
+    set_seed(args.seed)
     baseline = Baseline(hidden=args.hidden)
-    base_fit = fit(baseline, task["train"], task["val"], base_cfg,
-                   checkpoint=str(out / f"baseline_q{q}.pt"))
-    t_base = base_fit.train_seconds  # with --resume, the epochs before it too
+    base_fit = fit(baseline, task["train"], task["val"], config,
+                   checkpoint=str(args.out / f"baseline_q{q}.pt"))
+    seconds["baseline"] = base_fit.train_seconds  # with --resume, the epochs before it too
 
     print(f"== {column(q)} visible: CVAE ==", flush=True)
+    set_seed(args.seed)
     cvae = CVAE(baseline, z_dim=args.z_dim, hidden=args.hidden)
-    cvae_fit = fit(cvae, task["train"], task["val"], base_cfg,
-                   checkpoint=str(out / f"cvae_q{q}.pt"), objective=args.objective,
-                   num_particles=args.train_particles)
-    t_cvae = cvae_fit.train_seconds
+    t0 = time.perf_counter()
+    # The baseline is frozen from here on: its completion of every image, which the
+    # prior network takes, is computed once per split instead of in every step.
+    data = {k: cvae.with_completions(v) for k, v in task.items()}
+    seconds["completions"] = time.perf_counter() - t0
+    cvae_fit = fit(cvae, data["train"], data["val"], config,
+                   checkpoint=str(args.out / f"cvae_q{q}.pt"), objective=args.objective,
+                   num_particles=args.train_particles, eval_particles=args.val_particles)
+    seconds["cvae"] = cvae_fit.train_seconds
 
     print(f"== {column(q)} visible: evaluation on the test set ==", flush=True)
     t0 = time.perf_counter()
     set_seed(args.seed)
-    test = task["test"]
-    nn_nll = evaluate(probgen.LossStep(baseline, lambda m, x, y: m.nll(x, y).mean()), test)
-    elbo = negative_elbo(cvae.model, cvae.guide, test, num_particles=args.particles)
-    nll = iw_nll(cvae.model, cvae.guide, test, num_samples=args.iw_samples, batch_size=100,
-                 progress=not args.no_progress)
-    t_eval = time.perf_counter() - t0
+    nn_nll = evaluate(LossStep(baseline, lambda m, x, y: m.nll(x, y).mean()), task["test"])
+    # One pass of k = iw_samples draws of q(z|x,y): the -ELBO averages the first
+    # `particles` log weights (Pyro's Trace_ELBO estimator), the NLL uses all of them.
+    bounds = elbo_and_iw_nll(cvae.model, cvae.guide, data["test"],
+                             elbo_particles=args.particles, iw_samples=args.iw_samples,
+                             batch_size=100, chunk_size=max(args.particles, args.iw_samples),
+                             progress=not args.no_progress)
+    seconds["evaluation"] = time.perf_counter() - t0
 
-    inputs, truth = test.subset(slice(0, args.num_images)).all()
+    t0 = time.perf_counter()
+    inputs, truth = task["test"].subset(slice(0, args.num_images)).all()
     completion_figure(inputs, truth,
                       {"NN": baseline.predict(inputs),
                        "CVAE": cvae.predict(inputs, num_samples=args.num_samples)},
-                      path=out / f"cvae_q{q}.png",
-                      title=f"{column(q)} visible")
-    return {"nn_nll": nn_nll, "cvae_elbo": elbo, "cvae_iw_nll": nll,
+                      path=args.out / f"cvae_q{q}.png", title=f"{column(q)} visible")
+    seconds["figure"] = time.perf_counter() - t0
+    return {"nn_nll": nn_nll, "cvae_elbo": bounds["neg_elbo"], "cvae_iw_nll": bounds["iw_nll"],
             "baseline_epochs": base_fit.epochs_run, "cvae_epochs": cvae_fit.epochs_run,
-            "baseline_seconds": t_base, "cvae_seconds": t_cvae, "eval_seconds": t_eval,
+            "baseline_best_epoch": base_fit.best_epoch, "cvae_best_epoch": cvae_fit.best_epoch,
+            "baseline_seconds": seconds["baseline"], "cvae_seconds": seconds["cvae"],
+            "eval_seconds": seconds["evaluation"], "seconds": seconds,
             "baseline_history": base_fit.history, "cvae_history": cvae_fit.history}
 
 
-def write_table(results, args, out: Path):
+def tables(results, args):
+    """The results.csv rows and the printed table (with Pyro's tutorial figures)."""
     cols = [column(q) for q in args.quadrants]
     rows = {
         "NN baseline NLL": [results[q]["nn_nll"] for q in args.quadrants],
@@ -144,11 +148,7 @@ def write_table(results, args, out: Path):
         "gap (NN NLL - CVAE -ELBO)": [results[q]["nn_nll"] - results[q]["cvae_elbo"]
                                       for q in args.quadrants],
     }
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([""] + cols)
-        for name, vals in rows.items():
-            w.writerow([name] + [f"{v:.2f}" for v in vals])
+    csv_rows = [{"": name, **dict(zip(cols, vals))} for name, vals in rows.items()]
     width = max(len(r) for r in list(rows) + [f"Pyro tutorial: {n}" for n in PYRO_REFERENCE]) + 2
     lines = ["".ljust(width) + "".join(c.rjust(14) for c in cols)]
     for name, vals in rows.items():
@@ -156,40 +156,36 @@ def write_table(results, args, out: Path):
     for name, ref in PYRO_REFERENCE.items():
         lines.append(f"Pyro tutorial: {name}".ljust(width)
                      + "".join(f"{ref[q - 1]:14.1f}" for q in args.quadrants))
-    return "\n".join(lines)
+    phases = ["baseline", "completions", "cvae", "evaluation", "figure"]
+    lines += ["", "seconds".ljust(width) + "".join(c.rjust(14) for c in cols)]
+    for ph in phases:
+        lines.append(f"  {ph}".ljust(width)
+                     + "".join(f"{results[q]['seconds'][ph]:14.1f}" for q in args.quadrants))
+    lines.append("  epochs run (baseline, CVAE)".ljust(width) + "".join(
+        f"{results[q]['baseline_epochs']:>8d}, {results[q]['cvae_epochs']:>3d}"
+        for q in args.quadrants))
+    return csv_rows, "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    limit = 512 if args.smoke else None
-    t_start = time.perf_counter()
-    splits = image_splits("mnist", val_size=256 if args.smoke else args.val_size,
-                          seed=args.seed, device=device, limit=limit)
-    results = {}
-    for q in args.quadrants:
-        results[q] = run_setting(q, splits, args, device, out)
-    wall = time.perf_counter() - t_start
-    table = write_table(results, args, out)
+    started = time.perf_counter()
+    splits = cli.mnist(args)
+    results = {q: run_setting(q, splits, args) for q in args.quadrants}
+    csv_rows, table = tables(results, args)
     learning_curves({f"{kind} q={q}": results[q][f"{kind.lower()}_history"]
                      for q in args.quadrants for kind in ("Baseline", "CVAE")},
-                    path=out / "learning_curves.png",
+                    path=args.out / "learning_curves.png",
                     ylabel="loss per image (nats): NN NLL / CVAE -ELBO")
-    summary = {
-        "results": {column(q): {k: v for k, v in r.items() if not k.endswith("history")}
-                    for q, r in results.items()},
-        "pyro_reference": PYRO_REFERENCE, "wall_seconds": wall, "args": vars(args),
-        "device": str(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "versions": {"probgen": probgen.__version__, "torch": torch.__version__},
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    summary = {column(q): {k: v for k, v in r.items() if not k.endswith("history")}
+               for q, r in results.items()}
+    summary["pyro_reference"] = PYRO_REFERENCE
+    record = cli.write_results(args.out, summary, args, started, table=csv_rows)
     print("\nTest-set results (nats per image)\n" + table)
-    print(f"\nwall time {wall / 60:.1f} min on {summary['machine']} ({device}); "
-          f"outputs in {out}/")
-    return summary
+    print(f"\nwall time {record['wall_seconds'] / 60:.1f} min on {record['machine']} "
+          f"({args.device}); outputs in {args.out}/")
+    return record
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(cli.run(main))
