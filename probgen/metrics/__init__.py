@@ -4,7 +4,8 @@ from probgen.metrics.density import bits_per_dim, mean_bits_per_dim, nats_to_bit
 from probgen.metrics.images import (mse_per_image, pca, pca_reconstruction, psnr,
                                     restoration_psnr, roc_auc)
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
-from probgen.metrics.likelihood import (elbo_per_example, iw_log_likelihood, iw_nll,
+from probgen.metrics.likelihood import (elbo_and_iw_nll, elbo_per_example, iw_log_likelihood,
+                                        iw_nll,
                                         log_importance_weights, masked_bernoulli_nll,
                                         negative_elbo)
 from probgen.metrics.quality import (FID_NAME, KID_NAME, QualityReference, class_coverage, fid,
@@ -13,6 +14,6 @@ from probgen.metrics.quality import (FID_NAME, KID_NAME, QualityReference, class
 
 __all__ = ["FID_NAME", "KID_NAME", "QualityReference", "class_coverage", "fid", "mnist_reference",
            "precision_recall", "reference_statistics", "sample_quality",
-           "active_units", "bits_per_dim", "collect_codes", "elbo_per_example", "iw_log_likelihood", "iw_nll",
+           "active_units", "bits_per_dim", "collect_codes", "elbo_and_iw_nll", "elbo_per_example", "iw_log_likelihood", "iw_nll",
            "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mean_bits_per_dim",
            "mse_per_image", "nats_to_bits_per_dim", "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]
