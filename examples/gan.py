@@ -237,7 +237,10 @@ class Snapshots(Callback):
         noise = torch.Generator().manual_seed(self.seed)
         shot = {"samples": gan.sample(self.n, generator=noise).cpu()}
         if self.grid is not None:
-            shot["d"] = gan.discriminate(self.grid.to(gan.device)[:, None]).cpu()
+            d = gan.discriminate(self.grid.to(gan.device)[:, None]).cpu()
+            if not gan.spec.probability:   # a critic's values: rescaled to [0, 1] to draw
+                d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+            shot["d"] = d
         self.taken[f"epoch {entry['epoch'] + 1}"] = shot
 
     def state_dict(self):
@@ -390,7 +393,8 @@ def train_one(args, loss, data, scorer):
         record.update(mean=float(x.mean()), std=float(x.std()),
                       mean_error=float(x.mean()) - TOY_MEAN, std_error=float(x.std()) - TOY_STD)
         toy_figure(shots.taken, grid, args.out / f"toy1d_{loss}.png",
-                   f"1-D toy, {loss} loss: G(z) (histogram) over N(-1, 1), D(x) in red")
+                   f"1-D toy, {loss} loss: G(z) (histogram) over N(-1, 1), D(x) in red"
+                   + ("" if gan.spec.probability else " (a critic: rescaled to [0, 1])"))
         print(f"{loss}: G(z) mean {record['mean']:.4f} (target -1), std {record['std']:.4f} "
               f"(target 1) over {x.shape[0]} samples", flush=True)
         return gan, record
