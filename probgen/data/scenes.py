@@ -25,9 +25,9 @@ tensor              shape, dtype                      meaning
 
 (``D = max_digits``, ``C = canvas``.) Digit centres lie at least ``min_distance``
 pixels apart, so no digit hides another completely; positions are drawn uniformly
-by rejection, and a scene that does not find room after a few hundred draws
-falls back to a shuffled square lattice of spacing ``min_distance`` (which
-always fits when the settings pass their check). Scenes of one digit
+by rejection, and a scene that does not find room in 20 attempts falls back to a
+shuffled square lattice of spacing ``min_distance`` (which always fits when the
+settings pass their check). Scenes of one digit
 (``min_digits = max_digits = 1``) come from the same generator.
 
 Generation is deterministic given the settings and ``seed``; :func:`scene_splits`
@@ -56,9 +56,9 @@ from probgen.data.preprocess import (check_binarize, dynamic_binarization, split
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 
-SCENE_FORMAT = 2          # bump when the generator changes: old cache files are not reused
+SCENE_FORMAT = 3          # bump when the generator changes: old cache files are not reused
 TRUTH_NAMES = ("images", "masks", "segmentation", "counts", "classes", "positions")
-_PLACEMENT_TRIES = 200
+_PLACEMENT_TRIES = 100    # draws per digit, and scenes redrawn, before the lattice
 _MAX_DIGITS = 63          # the cache packs the masks as bits of one integer per pixel
 
 
@@ -107,7 +107,7 @@ def check_scene_settings(canvas: int, digit_size: int, min_digits: int, max_digi
 def _place(rng: np.random.Generator, n: int, span: int, min_distance: float) -> np.ndarray:
     """``n`` top-left corners in ``[0, span]^2`` whose pairwise distances are >= min_distance."""
     d2 = min_distance * min_distance
-    for _ in range(_PLACEMENT_TRIES):
+    for _ in range(_PLACEMENT_TRIES // 5):
         pos = np.empty((n, 2), dtype=np.int64)
         ok = True
         for i in range(n):
