@@ -19,7 +19,7 @@ from torch import nn
 
 import probgen
 from probgen.data import TensorData
-from probgen.errors import CheckpointError, ConfigError
+from probgen.errors import CheckpointError, ConfigError, DataError
 from probgen.models import VAE
 from probgen.train import (CSVLogger, FitConfig, LossStep, Metric, Phase, PhasedStep, SVIStep,
                            load_checkpoint)
@@ -471,6 +471,83 @@ def test_bad_training_data_is_refused():
     with pytest.raises(ConfigError, match="TensorData or an iterable"):
         probgen.fit(LossStep(nn.Linear(1, 1), lambda m, x: m(x).mean()), 42, epochs=1,
                     device="cpu", **QUIET)
+
+
+def _grey_vae_data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(n, 1, 28, 28, generator=g) < 0.3).float()
+    grey = x.clone()
+    grey[n - 1, 0, 5, 5] = 0.5      # one grey pixel in the last example only
+    return x, grey
+
+
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_data_checked_whole_before_the_first_step(where):
+    """The VAE's per-batch check is skipped inside fit because the loop checks the whole
+    TensorData first: a grey pixel anywhere is still refused, before any update."""
+    x, grey = _grey_vae_data()
+    vae = VAE(z_dim=2, hidden=(8,))
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    train, val = (TensorData(grey), TensorData(x)) if where == "train" else \
+        (TensorData(x), TensorData(grey))
+    with pytest.raises(DataError, match="binary pixels"):
+        probgen.fit(vae, train, val, epochs=1, batch_size=16, device="cpu", **QUIET)
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+
+
+def test_the_whole_data_is_checked_once_not_per_batch(monkeypatch):
+    x, _ = _grey_vae_data()
+    vae = VAE(z_dim=2, hidden=(8,))
+    sizes = []
+    check = vae.likelihood.check
+    monkeypatch.setattr(vae.likelihood, "check", lambda t: (sizes.append(t.shape[0]), check(t)))
+    probgen.fit(vae, TensorData(x), TensorData(x[:32]), epochs=2, batch_size=16, device="cpu",
+                **QUIET)
+    assert sizes == [64, 32]                 # train and validation, whole, once
+    sizes.clear()
+    probgen.fit(vae, [(x[:32],), (x[32:],)], epochs=2, device="cpu", **QUIET)
+    assert sizes == [32, 32, 32, 32]         # a list of batches: every batch, every epoch
+
+
+def test_batches_the_loop_cannot_check_whole_are_checked_one_by_one():
+    """A DataLoader (or a TensorData with a per-batch transform) is checked per batch."""
+    x, grey = _grey_vae_data()
+    with pytest.raises(DataError, match="binary pixels"):
+        probgen.fit(VAE(z_dim=2, hidden=(8,)), [(x[:32],), (grey[32:],)], epochs=1,
+                    device="cpu", **QUIET)
+    with pytest.raises(DataError, match="binary pixels"):
+        probgen.fit(VAE(z_dim=2, hidden=(8,)), TensorData(x, transform=lambda b, g: (b[0] * 0.5,)),
+                    epochs=1, batch_size=16, device="cpu", **QUIET)
+
+
+def test_deterministic_sites_skipped_only_inside_the_loops_steps():
+    """fit's steps trace no "mean" site (no loss reads it); Predictive after fit, and a
+    Predictive run from a callback during fit, both still return it."""
+    from probgen.train.context import current_step
+
+    x, _ = _grey_vae_data()
+    vae = VAE(z_dim=2, hidden=(8,))
+    seen, from_callback = [], []
+
+    def spy_model(*args, **kw):
+        with pyro.poutine.block():
+            inner = pyro.poutine.trace(vae.model).get_trace(*args, **kw)
+        seen.append((current_step(), "mean" in inner.nodes))
+        return vae.model(*args, **kw)
+
+    def callback(entry):
+        from_callback.append(pyro.infer.Predictive(vae.model, guide=vae.guide, num_samples=2,
+                                                   return_sites=("mean",))(x[:3])["mean"].shape)
+
+    probgen.fit(SVIStep(spy_model, vae.guide, module=vae, loss="meanfield"), TensorData(x),
+                TensorData(x), epochs=1, batch_size=32, device="cpu", callbacks=[callback],
+                **QUIET)
+    assert seen and all(ctx is not None and not has_mean for ctx, has_mean in seen)
+    assert from_callback == [torch.Size([2, 3, 784])]
+    assert current_step() is None
+    post = pyro.infer.Predictive(vae.model, guide=vae.guide, num_samples=2,
+                                 return_sites=("mean",))(x[:3])
+    assert post["mean"].shape == (2, 3, 784)
 
 
 # --------------------------------------------------------------------------- checkpoints

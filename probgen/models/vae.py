@@ -55,6 +55,7 @@ from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.registry import Registry
+from probgen.train.context import current_step
 
 ENCODERS = ("gaussian", "delta")
 
@@ -193,7 +194,9 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
         flat = self._flat(x)
-        if not torch.jit.is_tracing():
+        step = current_step()
+        # Inside fit, data checked whole before the first step is not checked per batch.
+        if not torch.jit.is_tracing() and not (step is not None and step.data_checked):
             self.likelihood.check(flat)
         return flat, self._onehot(labels, flat.shape[0])
 
@@ -225,7 +228,8 @@ class VAE(nn.Module):
             with self._kl_weight():
                 z = pyro.sample("z", prior)
             out = self.decoder(z, onehot)
-            pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
+            if current_step() is None:   # no loss reads it: skipped in fit's own steps
+                pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
     def _context_dim(self) -> int:

@@ -39,6 +39,7 @@ from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
 from probgen.train import distributed as ddp
 from probgen.train.callbacks import as_callback
+from probgen.train.context import running_steps
 from probgen.train.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
 from probgen.train.schedules import SCHEDULES
@@ -156,6 +157,14 @@ def evaluate(step, data, batch_size: int = 1000) -> float:
             module.train(was_training)
     total, n = ddp.all_reduce_sum([total, n], device or "cpu")
     return total / max(n, 1)
+
+
+def _checked_once(step, data) -> bool:
+    # Only a TensorData without a per-batch transform is what the steps will read.
+    if not isinstance(data, TensorData) or data.transform is not None:
+        return False
+    check = getattr(step, "check_data", None)
+    return bool(check(data.tensors)) if check is not None else False
 
 
 def _module_device(module) -> Optional[torch.device]:
@@ -282,6 +291,9 @@ class Run:
                               f"torch DataLoader), got {type(self.train_data).__name__}.")
         if isinstance(self.val_data, TensorData) and self.val_data.device != self.device:
             self.val_data = self.val_data.to(self.device)
+        # Whole-data checks once, here, instead of in every step (context.py).
+        self.train_checked = _checked_once(self.step, self.train_data)
+        self.val_checked = _checked_once(self.step, self.val_data)
         if c.seed is not None:
             # Each process its own stream of noise; all share the batch order.
             set_seed(c.seed + self.rank)
@@ -482,30 +494,32 @@ class Run:
         check_every = 1 if self.device.type == "cpu" else 10
         batches = self._batches(self.train_data, shuffle=True)
         i = 0
-        for batch in batches:
-            ctx: Dict[str, Any] = {}
-            for st in self.phases:
-                for r in range(st.phase.repeats):
-                    if r and st.phase.fresh_batch:
-                        batch = next(batches, None)
-                        if batch is None:
-                            break
-                    value = self.run_phase(st, batch, ctx)
-                    b = _batch_len(batch)
-                    totals[st.phase.name] = totals[st.phase.name] + value * b
-                    counts[st.phase.name] += b
-                    if i % check_every == 0 or check_every == 1:
-                        v = float(value)
-                        if not math.isfinite(v):
-                            bar.close()
-                            self._diverged(epoch, i, v, st.phase.name)
-                if batch is None:
-                    break
-            bar.update(1)
-            if i % 10 == 0 and c.progress and self.is_main:
-                first = self.phases[0].phase.name
-                bar.set_postfix(loss=f"{float(totals[first]) / max(counts[first], 1):.3f}")
-            i += 1
+        # The steps' context: models may skip what only a user reads (context.py).
+        with running_steps(data_checked=self.train_checked):
+            for batch in batches:
+                ctx: Dict[str, Any] = {}
+                for st in self.phases:
+                    for r in range(st.phase.repeats):
+                        if r and st.phase.fresh_batch:
+                            batch = next(batches, None)
+                            if batch is None:
+                                break
+                        value = self.run_phase(st, batch, ctx)
+                        b = _batch_len(batch)
+                        totals[st.phase.name] = totals[st.phase.name] + value * b
+                        counts[st.phase.name] += b
+                        if i % check_every == 0 or check_every == 1:
+                            v = float(value)
+                            if not math.isfinite(v):
+                                bar.close()
+                                self._diverged(epoch, i, v, st.phase.name)
+                    if batch is None:
+                        break
+                bar.update(1)
+                if i % 10 == 0 and c.progress and self.is_main:
+                    first = self.phases[0].phase.name
+                    bar.set_postfix(loss=f"{float(totals[first]) / max(counts[first], 1):.3f}")
+                i += 1
         bar.close()
         entry: Dict[str, Any] = {"epoch": epoch}
         names = [st.phase.name for st in self.phases]
@@ -562,7 +576,8 @@ class Run:
     def validate(self, entry: Dict[str, Any]) -> None:
         val_loss = None
         if self.val_data is not None:
-            val_loss = evaluate(self.step, self.val_data, self.config.eval_batch_size)
+            with running_steps(data_checked=self.val_checked):
+                val_loss = evaluate(self.step, self.val_data, self.config.eval_batch_size)
             if val_loss is not None and not math.isfinite(val_loss):
                 self._diverged(entry["epoch"], None, val_loss, None, where="validation")
         entry["val_loss"] = val_loss

@@ -142,6 +142,11 @@ class Step:
         """Validation loss per example (``None``: this step has none)."""
         return None
 
+    def check_data(self, tensors) -> bool:
+        """Check a whole data set's tensors once before training; True when checked
+        (models may then skip their per-batch checks inside the loop)."""
+        return False
+
     @property
     def loss(self) -> LossFn:
         """The first phase's loss (for one-phase steps: *the* loss)."""
@@ -250,6 +255,7 @@ class SVIStep(Step):
             self.elbo = self.eval_elbo = loss
         self.per_example = own_methods if per_example is None else bool(per_example)
         self.isolate_param_store = isolated
+        self._own_methods = own_methods
         owns = not hasattr(self.elbo, "differentiable_loss")
         # The module's parameters, and whatever else the ELBO touches through Pyro
         # (looked for on every step, as SVI.step does; once for probgen's own models).
@@ -270,6 +276,18 @@ class SVIStep(Step):
             loss = loss / n
             return loss
         return loss, loss.detach() / n
+
+    def check_data(self, tensors) -> bool:
+        """Check a whole data set once, before the first step, with the module's own
+        ``check_data(*tensors)`` (called as its ``model`` is, on the batch's tensors).
+        True when it did: the model may then skip its per-batch check inside the loop
+        (:func:`probgen.train.context.current_step`). False for a bare model/guide pair or
+        a module without ``check_data``; a data error propagates, before any update."""
+        check = getattr(self.module, "check_data", None) if self._own_methods else None
+        if check is None:
+            return False
+        check(*tensors)
+        return True
 
     def eval_loss(self, batch):
         n = _batch_size(batch)
