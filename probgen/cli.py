@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from probgen.errors import ProbgenError, TrainingDivergedError
-from probgen.train import FitConfig, resolve_device, set_seed
+from probgen.train import OPTIMIZERS, FitConfig, resolve_device, set_seed
 from probgen.train.distributed import env_world_size, is_main_process
 
 SMOKE_LIMIT = 512
@@ -49,7 +49,11 @@ def common_parser(description: str, epochs: int, out: str, patience: int = 10,
     p.add_argument("-n", "--epochs", type=int, default=epochs, help="most training epochs")
     p.add_argument("--patience", type=int, default=patience,
                    help="early stopping: epochs without validation improvement")
-    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=lr, help="learning rate")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS.names(),
+                   help="torch optimizer")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="weight decay (an L2 penalty with adam, decoupled with adamw)")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--val-size", type=int, default=10000,
                    help="training images held out for early stopping")
@@ -124,6 +128,8 @@ def run(main: Callable[..., Any], argv: Optional[Sequence[str]] = None) -> int:
 
 def fit_config(args, **overrides) -> FitConfig:
     cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    optimizer=getattr(args, "optimizer", "adam"),
+                    weight_decay=getattr(args, "weight_decay", 0.0),
                     patience=args.patience, device=args.device, seed=args.seed,
                     progress=not args.no_progress, verbose=True,
                     resume=getattr(args, "resume", False))
