@@ -1,0 +1,725 @@
+"""Adversarial autoencoders as a Pyro model/guide pair (Makhzani et al. 2015, "Adversarial
+Autoencoders").
+
+An adversarial autoencoder is an autoencoder whose *aggregated posterior*
+``q(z) = E_{p_d(x)} q(z | x)`` is matched to a prior ``p(z)`` by a discriminator on codes
+instead of a KL term. In Pyro terms:
+
+Generative model (``model``), for each image in the data plate::
+
+    z ~ p(z [| label])                a prior from :data:`PRIORS` (or any Pyro distribution)
+    x ~ p(x | decoder(z [, label]))   a likelihood from probgen.models.likelihoods
+
+Guide (``guide``): the encoder, ``z ~ q(z | x)``, of one of three kinds (the three choices of
+Makhzani et al. 2015, section 2.1):
+
+=================  ===========================================================  ==============
+``encoder``        q(z | x)                                                     randomness of
+                                                                                q(z)
+=================  ===========================================================  ==============
+``deterministic``  a point mass at ``f(x)``                                     the data only
+``gaussian``       ``N(mu(x), diag sigma(x)^2)``, reparameterized               data + Normal
+``universal``      a point mass at ``f(x, eta)``, ``eta ~ N(0, I_noise_dim)``   data + eta
+                   drawn afresh at every call: q(z | x) is whatever
+                   distribution ``f(x, .)`` makes of the noise (not Gaussian)
+=================  ===========================================================  ==============
+
+The universal approximator's noise enters the encoder where :mod:`probgen.nn.coders` feeds
+a conditioning vector: next to the flattened image (``net="mlp"``) or next to the
+convolutional features before the dense layer (``net="conv"``).
+
+Training (``fit_step``) runs three phases per batch through the fit loop
+(:class:`probgen.train.PhasedStep`), each with its own optimizer and parameters:
+
+1. ``reconstruction`` -- encoder and decoder minimise ``-E_q log p(x | z)`` per image: the
+   ELBO of this model/guide pair with the latent site's densities masked out (Pyro's
+   ``MaskedDistribution(mask=False)``; the prior needs no density, so a swiss roll serves).
+   With ``likelihood="gaussian"`` it is the squared error up to scale and constant.
+2. ``discriminator`` -- prior draws labelled real, codes ``z ~ q(z | x)`` labelled fake,
+   binary cross-entropy (:func:`probgen.infer.adversarial.adversarial_phases`; the codes
+   are computed without gradient, so the encoder does not move).
+3. ``generator`` -- the encoder (the adversarial game's generator) is updated to make the
+   discriminator call its codes real; the discriminator is frozen, the decoder untouched.
+
+``phase_order="reconstruction_first"`` runs them 1, 2, 3 (the order of the lecture slides
+and of Makhzani et al.); ``"regularization_first"`` runs 2, 3, 1 (the order the other source
+text gives). Any adversarial formulation of :data:`probgen.infer.ADVERSARIAL_LOSSES` plays
+the regularization game (``loss``; non-saturating by default).
+
+Label-conditional variants (``num_labels > 0``; Makhzani et al. 2015, sections 4 and 5):
+
+* ``label_to_discriminator``: the discriminator sees ``[z, onehot(y)]``; prior draws of an
+  example of class ``y`` come from the prior's component ``y`` (a mixture's own component,
+  a swiss roll's ``y``-th segment; priors without components draw from the whole prior, which
+  pushes every class's codes to cover all of ``p(z)``);
+* ``label_to_decoder``: the decoder sees ``[z, onehot(y)]``, so the code is free to carry
+  the style alone.
+
+The networks are not registered in Pyro's param store (as the GAN's): each phase names the
+parameters it optimises.
+
+Example::
+
+    aae = AAE(z_dim=2, encoder="gaussian", prior="mixture", num_labels=10)
+    probgen.fit(aae, splits["train"], splits["val"], epochs=20)
+    z = aae.codes(x)                      # draws from q(z | x)
+    images = aae.sample(64)               # decoded prior draws
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.infer import Predictive
+from torch import nn
+
+from probgen.errors import ConfigError, DataError
+from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
+from probgen.models.likelihoods import LIKELIHOODS
+from probgen.models.registry import MODELS
+from probgen.nn.coders import NETS
+from probgen.nn.gan_nets import MLPDiscriminator
+from probgen.registry import Registry
+from probgen.train.context import current_step
+from probgen.train.steps import ELBOLoss, Phase, PhasedStep
+
+ENCODERS = ("deterministic", "gaussian", "universal")
+PHASE_ORDERS = ("reconstruction_first", "regularization_first")
+
+
+# --------------------------------------------------------------------------- priors
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+class SwissRoll(dist.TorchDistribution):
+    """Points on a 2-D swiss roll: ``u ~ U(low, high)``, angle ``2 pi turns u``, radius
+    ``radius (0.2 + 0.8 u)``, plus ``N(0, noise^2 I)``. ``low``/``high`` select a segment of
+    the roll (a class's own segment in a conditional AAE; the whole roll is ``[0, 1]``).
+
+    Only sampling is defined: the roll has no density in closed form, and an adversarial
+    autoencoder needs none (``log_prob`` raises :class:`NotImplementedError`).
+    """
+
+    arg_constraints: Dict[str, Any] = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, low, high, turns: float = 1.5, radius: float = 4.0, noise: float = 0.05,
+                 validate_args=None):
+        self.low, self.high = torch.broadcast_tensors(torch.as_tensor(low),
+                                                      torch.as_tensor(high))
+        self.turns, self.radius, self.noise = turns, radius, noise
+        super().__init__(self.low.shape, torch.Size([2]), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return SwissRoll(self.low.expand(batch_shape), self.high.expand(batch_shape),
+                         self.turns, self.radius, self.noise)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        u = self.low + (self.high - self.low) * torch.rand(shape, dtype=self.low.dtype,
+                                                           device=self.low.device)
+        angle = 2 * math.pi * self.turns * u
+        r = self.radius * (0.2 + 0.8 * u)
+        point = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], -1)
+        return point + self.noise * torch.randn_like(point)
+
+    def log_prob(self, value):
+        raise NotImplementedError("the swiss-roll prior has no density in closed form; an "
+                                  "adversarial autoencoder needs only its samples.")
+
+
+class CodePrior:
+    """A prior over codes of ``z_dim`` values, built on the model's device and dtype.
+
+    ``distribution(like)`` is ``p(z)`` (batch shape ``()``, event shape ``(z_dim,)``);
+    ``conditional(labels, like)`` is one distribution per example (batch ``(B,)``): the
+    component of each label for priors with ``num_components``, else ``p(z)`` itself.
+    """
+
+    num_components: Optional[int] = None
+
+    def __init__(self, z_dim: int):
+        self.z_dim = z_dim
+
+    def distribution(self, like: torch.Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def conditional(self, labels: torch.Tensor, like: torch.Tensor) -> dist.Distribution:
+        return self.distribution(like).expand(labels.shape)
+
+    def check_labels(self, num_labels: int) -> None:
+        """Raise unless each of ``num_labels`` classes can have its own component."""
+        if self.num_components is not None and self.num_components != num_labels:
+            raise ConfigError(
+                f"the prior has {self.num_components} components but the model {num_labels} "
+                f"classes; each class is mapped to its own component, so give the prior "
+                f"num_components={num_labels} (prior_kwargs).")
+
+
+PRIORS: Registry = Registry("AAE prior")
+
+
+def _need_2d(z_dim: int, name: str) -> None:
+    if z_dim != 2:
+        raise ConfigError(f"the {name} prior lives in two dimensions; it needs z_dim=2, got "
+                          f"z_dim={z_dim} (use prior='normal' or 'uniform' for other sizes).")
+
+
+@PRIORS.register("normal")
+class NormalPrior(CodePrior):
+    """``N(0, scale^2 I)``."""
+
+    def __init__(self, z_dim: int, scale: float = 1.0):
+        super().__init__(z_dim)
+        self.scale = _positive(scale, "the normal prior's scale")
+
+    def distribution(self, like):
+        zero = like.new_zeros(self.z_dim)
+        return dist.Normal(zero, zero + self.scale).to_event(1)
+
+
+@PRIORS.register("uniform")
+class UniformPrior(CodePrior):
+    """``U(low, high)`` in every coordinate."""
+
+    def __init__(self, z_dim: int, low: float = -1.0, high: float = 1.0):
+        super().__init__(z_dim)
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and high > low):
+            raise ConfigError(f"the uniform prior needs numbers low < high, got {low!r}, {high!r}.")
+        self.low, self.high = float(low), float(high)
+
+    def distribution(self, like):
+        zero = like.new_zeros(self.z_dim)
+        return dist.Uniform(zero + self.low, zero + self.high).to_event(1)
+
+
+@PRIORS.register("mixture")
+class CircleMixturePrior(CodePrior):
+    """A mixture of ``num_components`` equally weighted 2-D Gaussians whose means lie on a
+    circle of ``radius``, each elongated along its radius (standard deviations
+    ``radial_scale`` along it, ``tangential_scale`` across): the prior of Makhzani et al.'s
+    figure 4 (10 components; the paper gives no sizes, these are probgen's)."""
+
+    def __init__(self, z_dim: int, num_components: int = 10, radius: float = 4.0,
+                 radial_scale: float = 1.0, tangential_scale: float = 0.25):
+        super().__init__(z_dim)
+        _need_2d(z_dim, "mixture")
+        if isinstance(num_components, bool) or not isinstance(num_components, int) or \
+                num_components < 1:
+            raise ConfigError(f"num_components must be a positive integer, got "
+                              f"{num_components!r}.")
+        self.num_components = num_components
+        self.radius = _positive(radius, "radius")
+        self.radial_scale = _positive(radial_scale, "radial_scale")
+        self.tangential_scale = _positive(tangential_scale, "tangential_scale")
+
+    def components(self, like) -> dist.MultivariateNormal:
+        """The components as one MultivariateNormal of batch shape ``(num_components,)``."""
+        angle = torch.arange(self.num_components, dtype=like.dtype, device=like.device) * (
+            2 * math.pi / self.num_components)
+        radial = torch.stack([torch.cos(angle), torch.sin(angle)], -1)        # (K, 2)
+        tangent = torch.stack([-torch.sin(angle), torch.cos(angle)], -1)
+        loc = self.radius * radial
+        # covariance R diag(s_r^2, s_t^2) R^T, R = [radial, tangent] as columns
+        rot = torch.stack([radial, tangent], -1)                              # (K, 2, 2)
+        cov = rot @ torch.diag_embed(like.new_tensor(
+            [self.radial_scale ** 2, self.tangential_scale ** 2])).expand(
+            self.num_components, 2, 2) @ rot.transpose(-1, -2)
+        return dist.MultivariateNormal(loc, covariance_matrix=cov)
+
+    def distribution(self, like):
+        mix = dist.Categorical(logits=like.new_zeros(self.num_components))
+        return dist.MixtureSameFamily(mix, self.components(like))
+
+    def conditional(self, labels, like):
+        comps = self.components(like)
+        return dist.MultivariateNormal(comps.loc[labels], scale_tril=comps.scale_tril[labels])
+
+
+@PRIORS.register("swiss_roll")
+class SwissRollPrior(CodePrior):
+    """The 2-D swiss roll of Makhzani et al.'s figure 4 (:class:`SwissRoll`); with labels,
+    class ``k`` of ``K`` takes the segment ``u in [k/K, (k+1)/K]``."""
+
+    def __init__(self, z_dim: int, turns: float = 1.5, radius: float = 4.0, noise: float = 0.05):
+        super().__init__(z_dim)
+        _need_2d(z_dim, "swiss_roll")
+        self.turns = _positive(turns, "turns")
+        self.radius = _positive(radius, "radius")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+            raise ConfigError(f"noise must be a number >= 0, got {noise!r}.")
+        self.noise = float(noise)
+        self.num_labels: Optional[int] = None
+
+    def check_labels(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+
+    def distribution(self, like):
+        return SwissRoll(like.new_zeros(()), like.new_ones(()), self.turns, self.radius,
+                         self.noise)
+
+    def conditional(self, labels, like):
+        k = labels.to(like.dtype)
+        n = float(self.num_labels or int(labels.max()) + 1)
+        return SwissRoll(k / n, (k + 1) / n, self.turns, self.radius, self.noise)
+
+
+class _Sampled(dist.TorchDistribution):
+    """A distribution known by a sampler alone: ``fn(n) -> (n, z_dim)``."""
+
+    arg_constraints: Dict[str, Any] = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, fn: Callable[[int], torch.Tensor], z_dim: int, like: torch.Tensor,
+                 batch_shape=torch.Size()):
+        self.fn, self.like = fn, like
+        super().__init__(torch.Size(batch_shape), torch.Size([z_dim]), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return _Sampled(self.fn, self.event_shape[0], self.like, batch_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        n = shape.numel()
+        z = self.fn(n)
+        if not torch.is_tensor(z) or tuple(z.shape) != (n,) + tuple(self.event_shape):
+            got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            raise DataError(f"the prior's sampler, asked for {n} draws, returned {got}; it must "
+                            f"return a tensor ({n}, {self.event_shape[0]}).")
+        return z.to(self.like).reshape(shape + self.event_shape)
+
+    def log_prob(self, value):
+        raise NotImplementedError("this prior is known by its sampler alone; it has no density.")
+
+
+class GivenPrior(CodePrior):
+    """A prior the user passes: a Pyro distribution with event shape ``(z_dim,)``, an object
+    with ``sample(sample_shape)``, or a callable ``f(n) -> (n, z_dim)``."""
+
+    def __init__(self, z_dim: int, prior: Any):
+        super().__init__(z_dim)
+        if isinstance(prior, torch.distributions.Distribution):
+            if not isinstance(prior, dist.TorchDistributionMixin):
+                raise ConfigError(f"the prior {type(prior).__name__} is a torch distribution; "
+                                  f"pass its pyro.distributions version (Pyro's plates need it).")
+            if tuple(prior.event_shape) != (z_dim,) or tuple(prior.batch_shape) != ():
+                raise ConfigError(
+                    f"the prior must have batch shape () and event shape ({z_dim},), got "
+                    f"{tuple(prior.batch_shape)} and {tuple(prior.event_shape)}; e.g. "
+                    f"dist.Normal(torch.zeros({z_dim}), 1).to_event(1).")
+            self.prior, self.fn = prior, None
+        elif callable(getattr(prior, "sample", None)):
+            self.prior, self.fn = None, lambda n: prior.sample((n,))
+        elif callable(prior):
+            self.prior, self.fn = None, prior
+        else:
+            raise ConfigError(f"prior must be a name in {PRIORS.names()}, a Pyro distribution or "
+                              f"a sampler, got {type(prior).__name__}.")
+
+    def distribution(self, like):
+        return self.prior if self.prior is not None else _Sampled(self.fn, self.z_dim, like)
+
+
+def make_prior(prior: Union[str, Any], z_dim: int,
+               prior_kwargs: Optional[Dict[str, Any]] = None) -> CodePrior:
+    """A :class:`CodePrior` from a name in :data:`PRIORS` (with its settings) or an object."""
+    if isinstance(prior, str):
+        try:
+            return PRIORS.get(prior)(z_dim, **(prior_kwargs or {}))
+        except TypeError as err:
+            raise ConfigError(f"prior {prior!r}: bad prior_kwargs {prior_kwargs!r} ({err}).") \
+                from None
+    if prior_kwargs:
+        raise ConfigError("prior_kwargs are settings of a named prior; pass them to the object "
+                          "you give as prior instead.")
+    return prior if isinstance(prior, CodePrior) else GivenPrior(z_dim, prior)
+
+
+# --------------------------------------------------------------------------- the model
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+@MODELS.register("aae")
+class AAE(nn.Module):
+    """Adversarial autoencoder as a Pyro model/guide pair with a discriminator on codes.
+
+    Args:
+        image_shape: shape of one image, e.g. ``(1, 28, 28)``.
+        z_dim: code size (2 for the mixture and swiss-roll priors and the classic figures).
+        hidden: encoder/decoder hidden sizes (``None``: the network's default).
+        net: encoder/decoder architecture, a name in :data:`probgen.nn.coders.NETS`.
+        likelihood: a name in :data:`probgen.models.likelihoods.LIKELIHOODS` (``gaussian``:
+            the squared error up to scale).
+        encoder: ``deterministic``, ``gaussian`` or ``universal`` (see the module docstring).
+        noise_dim: size of the universal encoder's noise ``eta ~ N(0, I)`` (default: z_dim).
+        prior: a name in :data:`PRIORS` (``normal``, ``uniform``, ``mixture``,
+            ``swiss_roll``), a Pyro distribution with event shape ``(z_dim,)``, an object with
+            ``sample(sample_shape)`` or a callable ``f(n) -> (n, z_dim)``. Only a named prior
+            is recorded in checkpoints (an object is not rebuilt by ``probgen.load``).
+        prior_kwargs: the named prior's settings (``scale``, ``num_components``, ``radius``...).
+        num_labels: classes of a label-conditional model (0: unconditional).
+        label_to_discriminator: the discriminator sees the one-hot label, and prior draws
+            of class ``y`` come from the prior's component ``y``.
+        label_to_decoder: the decoder sees the one-hot label next to ``z``.
+        d_hidden: the discriminator's hidden sizes (an MLP, LeakyReLU 0.2).
+        loss: the regularization game, a name in
+            :data:`probgen.infer.adversarial.ADVERSARIAL_LOSSES`.
+        k: discriminator steps per generator step (default: the loss's).
+        label_smoothing, gp_weight: as for :class:`probgen.models.GAN`.
+        phase_order: ``reconstruction_first`` or ``regularization_first``.
+        lr, d_lr, g_lr: learning rates of the reconstruction, discriminator and generator
+            phases (default: the run's).
+        betas: Adam betas of the two adversarial phases (default: the loss's).
+        activation: encoder/decoder hidden activation (``None``: the network's default).
+        likelihood_kwargs: the likelihood's settings.
+
+    Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)`` integers
+    (needed when ``num_labels > 0``, ignored otherwise); with ``x=None`` the model generates
+    ``size`` images (or one per label). Sites: ``z`` (latent), ``x`` (observed), ``mean``
+    (deterministic: the image the likelihood stands for, ``(B, D)``).
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 2,
+                 hidden: Optional[Sequence[int]] = None, net: str = "mlp",
+                 likelihood: str = "gaussian", encoder: str = "deterministic",
+                 noise_dim: Optional[int] = None, prior: Union[str, Any] = "normal",
+                 prior_kwargs: Optional[Dict[str, Any]] = None, num_labels: int = 0,
+                 label_to_discriminator: bool = True, label_to_decoder: bool = False,
+                 d_hidden: Sequence[int] = (256, 256), loss: str = "non_saturating",
+                 k: Optional[int] = None, label_smoothing: float = 0.0,
+                 gp_weight: Optional[float] = None,
+                 phase_order: str = "reconstruction_first", lr: Optional[float] = None,
+                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
+                 betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
+                 likelihood_kwargs: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
+        if phase_order not in PHASE_ORDERS:
+            raise ConfigError(f"phase_order must be one of {PHASE_ORDERS}, got {phase_order!r}.")
+        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
+            raise ConfigError(f"the code size z_dim must be a positive integer, got {z_dim!r}.")
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 0:
+            raise ConfigError(f"num_labels must be a non-negative integer, got {num_labels!r}.")
+        _flag(label_to_discriminator, "label_to_discriminator")
+        _flag(label_to_decoder, "label_to_decoder")
+        if num_labels and not (label_to_discriminator or label_to_decoder):
+            raise ConfigError("a conditional AAE (num_labels > 0) gives the label to the "
+                              "discriminator, the decoder or both: set label_to_discriminator "
+                              "or label_to_decoder.")
+        if encoder == "universal":
+            noise_dim = z_dim if noise_dim is None else noise_dim
+            if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
+                raise ConfigError(f"noise_dim must be a positive integer, got {noise_dim!r}.")
+        elif noise_dim is not None:
+            raise ConfigError(f"noise_dim is the universal encoder's noise size; encoder="
+                              f"{encoder!r} takes none.")
+        for name, v in (("lr", lr), ("d_lr", d_lr), ("g_lr", g_lr)):
+            if v is not None:
+                _positive(v, name)
+        self.image_shape = tuple(image_shape)
+        self.z_dim, self.num_labels = z_dim, num_labels
+        self.encoder_kind, self.noise_dim = encoder, noise_dim or 0
+        self.phase_order, self.lr, self.d_lr, self.g_lr = phase_order, lr, d_lr, g_lr
+        self.label_to_discriminator = bool(num_labels) and label_to_discriminator
+        self.label_to_decoder = bool(num_labels) and label_to_decoder
+        self.prior_spec = make_prior(prior, z_dim, prior_kwargs)
+        self.prior_name = prior if isinstance(prior, str) else type(prior).__name__
+        if self.label_to_discriminator:
+            self.prior_spec.check_labels(num_labels)
+        self.net_kind, self.likelihood_name = net, likelihood
+        kw = {}
+        if hidden is not None:
+            kw["hidden"] = tuple(hidden)
+        if activation is not None:
+            kw["activation"] = activation
+        build = NETS.get(net)
+        # the encoder's conditioning input carries the universal encoder's noise; the
+        # decoder's the label (two builds: the two networks condition on different things)
+        self.encoder, decoder = build(self.image_shape, z_dim, num_labels=self.noise_dim,
+                                      stochastic=encoder == "gaussian", **kw)
+        decoder_labels = num_labels if self.label_to_decoder else 0
+        if decoder_labels != self.noise_dim:
+            _, decoder = build(self.image_shape, z_dim, num_labels=decoder_labels, **kw)
+        self.decoder = decoder
+        self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
+        d_in = z_dim + (num_labels if self.label_to_discriminator else 0)
+        self.discriminator = MLPDiscriminator((d_in,), hidden=tuple(d_hidden))
+        self.spec = adversarial_loss(loss)
+        self.k = check_k(self.spec.k if k is None else k)
+        self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
+        self.betas = tuple(betas) if betas is not None else None
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.phases()   # the adversarial settings' checks (smoothing, gp weight, betas)
+
+    def extra_repr(self) -> str:
+        labels = ""
+        if self.num_labels:
+            to = [n for n, on in (("discriminator", self.label_to_discriminator),
+                                  ("decoder", self.label_to_decoder)) if on]
+            labels = f", num_labels={self.num_labels} -> {'+'.join(to)}"
+        noise = f", noise_dim={self.noise_dim}" if self.encoder_kind == "universal" else ""
+        return (f"z_dim={self.z_dim}, net={self.net_kind}, likelihood={self.likelihood_name}, "
+                f"encoder={self.encoder_kind}{noise}, prior={self.prior_name}{labels}, "
+                f"loss={self.spec.name}, k={self.k}, phase_order={self.phase_order}")
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    # -- input checks ---------------------------------------------------------------
+    @property
+    def data_dim(self) -> int:
+        return int(torch.Size(self.image_shape).numel())
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(x):
+            raise DataError(f"images must be a tensor, got {type(x).__name__}.")
+        if x.dim() < 2 or x[0].numel() != self.data_dim:
+            raise DataError(
+                f"images of shape {tuple(x.shape)} do not fit this model, which takes images of "
+                f"shape {self.image_shape} (batch first: (B, {', '.join(map(str, self.image_shape))})"
+                f" or (B, {self.data_dim})).")
+        return x.reshape(x.shape[0], -1)
+
+    def _labels(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+        """The checked labels of a conditional model (``None`` for an unconditional one)."""
+        if self.num_labels == 0:
+            return None
+        if labels is None:
+            raise DataError(f"this AAE is conditioned on {self.num_labels} classes; pass labels "
+                            f"(B,) with the images (a data set of (images, labels)).")
+        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
+            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
+                            f"per image, shape ({n},).")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise DataError(f"labels must be integers, got {labels.dtype}.")
+        if not torch.jit.is_tracing() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
+            raise DataError(f"labels must lie in 0..{self.num_labels - 1}; found "
+                            f"{labels.min().item()}..{labels.max().item()}.")
+        return labels
+
+    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """Flat images and checked labels (clear errors otherwise); the likelihood's support
+        is checked outside the fit loop's steps (which check the whole data once)."""
+        flat = self._flat(x)
+        step = current_step()
+        if not torch.jit.is_tracing() and not (step is not None and step.data_checked):
+            self.likelihood.check(flat)
+        return flat, self._labels(labels, flat.shape[0])
+
+    def _onehot(self, labels: Optional[torch.Tensor], like: torch.Tensor):
+        return None if labels is None else F.one_hot(labels, self.num_labels).to(like.dtype)
+
+    # -- the prior, the encoder, the decoder ----------------------------------------
+    def prior(self, labels: Optional[torch.Tensor] = None) -> dist.Distribution:
+        """``p(z)`` (event shape ``(z_dim,)``); with labels and ``label_to_discriminator``,
+        each label's own component (batch shape ``(B,)``)."""
+        if labels is not None and self.label_to_discriminator:
+            return self.prior_spec.conditional(labels, self._anchor)
+        return self.prior_spec.distribution(self._anchor)
+
+    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(n, z_dim)`` draws of ``p(z)`` (of each label's component, with labels)."""
+        p = self.prior(labels)
+        z = p.sample() if labels is not None and self.label_to_discriminator else p.sample((n,))
+        return z.to(self._anchor.dtype)
+
+    def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
+                  ) -> dist.Distribution:
+        """``q(z | x)`` for flat or shaped images (batch ``(B,)``, event ``(z_dim,)``): a
+        point mass, a diagonal Gaussian, or for the universal encoder a point mass at
+        ``f(x, eta)`` with ``eta`` = ``noise`` or a fresh ``N(0, I)`` draw."""
+        flat = self._flat(x)
+        if self.encoder_kind == "universal":
+            if noise is None:
+                noise = torch.randn(flat.shape[0], self.noise_dim, dtype=flat.dtype,
+                                    device=flat.device)
+            loc, _ = self.encoder(flat, noise)
+            return dist.Delta(loc, event_dim=1)
+        loc, scale = self.encoder(flat)
+        if scale is None:
+            return dist.Delta(loc, event_dim=1)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def decoder_output(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """The decoder's ``(B, D)`` output (the likelihood's parameters)."""
+        onehot = self._onehot(labels, z) if self.label_to_decoder else None
+        return self.decoder(z, onehot)
+
+    # -- Pyro model and guide ---------------------------------------------------------
+    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None, *, reconstruction_only: bool = False):
+        """The generative model. ``reconstruction_only`` masks the latent site's density
+        out (the reconstruction phase's objective: no prior density is needed)."""
+        if x is not None:
+            flat, labels = self.check_data(x, labels)
+            n = flat.shape[0]
+        else:
+            flat = None
+            n = labels.shape[0] if labels is not None else size
+            if n is None:
+                raise ConfigError("to generate, pass labels or size (how many images).")
+            if labels is not None:
+                labels = self._labels(labels, n)
+            elif self.label_to_decoder:
+                raise DataError(f"this AAE's decoder takes a label: pass labels (B,) in "
+                                f"0..{self.num_labels - 1} to generate.")
+        with pyro.plate("data", n):
+            p_z = self.prior(labels)
+            if reconstruction_only:
+                p_z = p_z.mask(False)
+            z = pyro.sample("z", p_z)
+            out = self.decoder_output(z, labels)
+            if current_step() is None:   # no loss reads it: skipped in fit's own steps
+                pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
+            return pyro.sample("x", self.likelihood(out), obs=flat)
+
+    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None, *, reconstruction_only: bool = False):
+        """The encoder ``z ~ q(z | x)`` (labels do not reach it)."""
+        flat = self._flat(x)
+        with pyro.plate("data", flat.shape[0]):
+            q = self.posterior(flat)
+            if reconstruction_only:
+                q = q.mask(False)
+            return pyro.sample("z", q)
+
+    # -- the three phases ------------------------------------------------------------------
+    def _batch(self, batch: tuple):
+        x = batch[0]
+        labels = batch[1] if len(batch) > 1 and self.num_labels else None
+        return self.check_data(x, labels)
+
+    def _discriminator_input(self, z: torch.Tensor, labels: Optional[torch.Tensor]):
+        if not self.label_to_discriminator:
+            return z
+        return torch.cat([z, self._onehot(labels, z)], -1)
+
+    def real(self, batch: tuple) -> torch.Tensor:
+        """Prior draws, one per example of the batch (of its label's component), with the
+        labels when the discriminator sees them: what the discriminator should call real."""
+        flat, labels = self._batch(batch)
+        z = self.prior_sample(flat.shape[0], labels)
+        return self._discriminator_input(z, labels)
+
+    def fake(self, batch: tuple) -> torch.Tensor:
+        """Codes ``z ~ q(z | x)`` of the batch (differentiable in the encoder), with labels."""
+        flat, labels = self._batch(batch)
+        z = self.posterior(flat).rsample()
+        return self._discriminator_input(z, labels)
+
+    def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
+        """``-E_{q(z|x)} log p(x | z)`` per image (mean over the batch): Pyro's
+        ``Trace_ELBO`` of this model/guide pair with the latent site masked out."""
+        loss = ELBOLoss(functools.partial(self.model, reconstruction_only=True),
+                        functools.partial(self.guide, reconstruction_only=True), "trace")
+        args = tuple(batch[:2]) if self.num_labels else (batch[0],)
+        return loss(args)
+
+    def _autoencoder_parameters(self):
+        return (list(self.encoder.parameters()) + list(self.decoder.parameters())
+                + list(self.likelihood.parameters()))
+
+    def phases(self):
+        """The three phases in ``phase_order``: ``reconstruction`` (encoder + decoder),
+        ``discriminator`` (the discriminator, ``k`` times) and ``generator`` (the encoder)."""
+        d_phase, g_phase = adversarial_phases(
+            self.discriminator, self.encoder, self.real, self.fake, self.spec, k=self.k,
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight, d_lr=self.d_lr,
+            g_lr=self.g_lr, betas=self.betas, names=("discriminator", "generator"))
+        rec = Phase("reconstruction", lambda batch, ctx: self.reconstruction_loss(batch),
+                    params=self._autoencoder_parameters, lr=self.lr, discover=False)
+        if self.phase_order == "reconstruction_first":
+            return [rec, d_phase, g_phase]
+        return [d_phase, g_phase, rec]
+
+    def fit_step(self, config=None):
+        """The training step ``probgen.fit`` runs: the three phases; the validation loss is
+        the reconstruction term per image (it says nothing about how well q(z) matches
+        p(z): measure that with :func:`probgen.metrics.parzen.mmd` on codes and prior
+        draws)."""
+        return AAEStep(self, self.phases(), eval_loss=self.reconstruction_loss)
+
+    # -- using a trained model ------------------------------------------------------------
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor, sample: bool = True,
+              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, z_dim)`` codes of the images: draws of ``q(z | x)`` (so that codes of a data
+        set are draws of the aggregated posterior ``q(z)``), or with ``sample=False`` its
+        centre: the point, the Gaussian's mean, or ``f(x, 0)`` for the universal encoder."""
+        if not sample and self.encoder_kind == "universal" and noise is None:
+            noise = x.new_zeros(x.shape[0], self.noise_dim)
+        q = self.posterior(x, noise)
+        if sample:
+            return q.sample()
+        return q.mean if isinstance(q, dist.Independent) else q.v
+
+    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The likelihood's mean image for each code, ``(B, *image_shape)``."""
+        if self.label_to_decoder:
+            labels = self._labels(labels, z.shape[0])
+        out = self.decoder_output(z, labels)
+        return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decode the centre of each image's code, ``(B, *image_shape)``."""
+        return self.decode(self.codes(x, sample=False), labels)
+
+    @torch.no_grad()
+    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean images of ``z ~ p(z)`` (of each label's component) drawn with
+        :class:`pyro.infer.Predictive`: ``(n, *image_shape)``, or one per label."""
+        pred = Predictive(self.model, num_samples=1, return_sites=("mean",))
+        mean = pred(None, labels, size=n)["mean"][0]
+        return mean.reshape((mean.shape[0],) + self.image_shape)
+
+    @torch.no_grad()
+    def discriminate(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The discriminator's probability that codes come from the prior (a critic's raw
+        value for WGAN-GP and hinge), in eval mode."""
+        if self.label_to_discriminator:
+            labels = self._labels(labels, z.shape[0])
+        was = self.training
+        self.eval()
+        try:
+            logits = self.discriminator(self._discriminator_input(z, labels))
+        finally:
+            self.train(was)
+        return torch.sigmoid(logits) if self.spec.probability else logits
+
+
+class AAEStep(PhasedStep):
+    """The AAE's phases; the whole data set is checked once before the first step (the
+    model then skips its per-batch checks inside the fit loop)."""
+
+    def check_data(self, tensors) -> bool:
+        x = tensors[0]
+        labels = tensors[1] if len(tensors) > 1 and self.module.num_labels else None
+        self.module.check_data(x, labels)
+        return True
+
+
+__all__ = ["AAE", "AAEStep", "ENCODERS", "PHASE_ORDERS", "PRIORS", "CodePrior", "CircleMixturePrior",
+           "GivenPrior", "NormalPrior", "SwissRoll", "SwissRollPrior", "UniformPrior",
+           "make_prior"]
