@@ -77,6 +77,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer import Predictive
 from torch import nn
 
@@ -313,7 +314,7 @@ class GivenPrior(CodePrior):
     def __init__(self, z_dim: int, prior: Any):
         super().__init__(z_dim)
         if isinstance(prior, torch.distributions.Distribution):
-            if not isinstance(prior, dist.TorchDistributionMixin):
+            if not isinstance(prior, TorchDistributionMixin):
                 raise ConfigError(f"the prior {type(prior).__name__} is a torch distribution; "
                                   f"pass its pyro.distributions version (Pyro's plates need it).")
             if tuple(prior.event_shape) != (z_dim,) or tuple(prior.batch_shape) != ():
