@@ -19,14 +19,17 @@ same seed. Each is measured on the test set by
 
 Writes to --out: results.json and results.csv (one row per encoder kind), codes_<tag>.png
 (test codes coloured by digit next to prior draws), samples_<tag>.png, manifold_<tag>.png
-(2-D codes only), losses.png and one checkpoint per AAE, aae_<tag>.pt (``probgen.load``
-rebuilds the model from it; ``--resume`` continues it).
+(2-D codes only), style_<tag>.png (a decoder-conditional AAE: style fixed along each row,
+label along the columns), losses.png and one checkpoint per AAE, aae_<tag>.pt
+(``probgen.load`` rebuilds the model from it; ``--resume`` continues it). ``--vae`` adds a
+VAE of the same networks to the table (vae_normal.pt).
 
     python examples/aae.py                                        # deterministic, N(0, I)
     python examples/aae.py --encoder deterministic gaussian universal --prior mixture
     python examples/aae.py --prior swiss_roll --labels conditional
     python examples/aae.py --labels conditional --label-to decoder --z-dim 8
     python examples/aae.py --phase-order regularization_first
+    python examples/aae.py --encoder deterministic gaussian universal --vae --z-dim 8
     python examples/aae.py --smoke                                # seconds
 """
 
@@ -43,6 +46,7 @@ from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.parzen import mmd, parzen_score
 from probgen.models.aae import AAE, ENCODERS, PHASE_ORDERS, PRIORS
+from probgen.models import VAE
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.nn.coders import NETS
 from probgen.train import fit, set_seed
@@ -86,6 +90,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=int, default=None,
                    help="test images measured (default: all)")
     p.add_argument("--fid-samples", type=int, default=10000, help="samples of the FID (0: skip)")
+    p.add_argument("--vae", action="store_true",
+                   help="also train a VAE of the same encoder/decoder networks (Gaussian "
+                        "encoder, N(0, I) prior, analytic-KL ELBO) and measure it alike")
     args = cli.finish_args(p, argv, smoke=dict(
         hidden=[32], d_hidden=[32], parzen_samples=200, parzen_val=64, eval_size=200,
         fid_samples=300))
@@ -97,6 +104,9 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_size is not None and args.eval_size < 2:
         p.error("--eval-size must be at least 2")
+    if args.vae and (args.prior != "normal" or args.labels != "none"):
+        p.error("--vae compares with an unconditional VAE, whose prior is N(0, I): use it with "
+                "--prior normal --labels none")
     return args
 
 
@@ -160,6 +170,57 @@ def manifold_figure(model: AAE, prior_draws, path, title, n: int = 15):
     return save(fig, path)
 
 
+def style_figure(model: AAE, path, styles: int = 8):
+    """Rows: one code (style) each, drawn from the prior; columns: the digit label given
+    to the decoder."""
+    z = model.prior_sample(styles).repeat_interleave(model.num_labels, 0)
+    labels = torch.arange(model.num_labels, device=model.device).repeat(styles)
+    with torch.no_grad():
+        images = model.decode(z, labels).cpu()
+    return grid_figure(images, nrow=model.num_labels, path=path,
+                       title="style z fixed along each row, label 0-9 along the columns")
+
+
+class VAEView:
+    """What :func:`measure` reads of a model, for a :class:`~probgen.models.VAE` of the same
+    networks: codes are draws of its q(z|x), its prior N(0, I)."""
+
+    num_labels, label_to_decoder, encoder_kind, prior_name = 0, False, "vae", "normal"
+
+    def __init__(self, vae: VAE):
+        self.vae, self.z_dim = vae, vae.z_dim
+
+    @property
+    def device(self):
+        return next(self.vae.parameters()).device
+
+    def eval(self):
+        self.vae.eval()
+
+    @torch.no_grad()
+    def codes(self, x):
+        return self.vae.posterior(x).sample()
+
+    def prior_sample(self, n, labels=None):
+        return torch.randn(n, self.z_dim, device=self.device)
+
+    def reconstruct(self, x, labels=None):
+        return self.vae.reconstruct(x)
+
+    @torch.no_grad()
+    def reconstruction_loss(self, batch):
+        x = batch[0]
+        z = self.vae.posterior(x).sample()
+        flat = x.reshape(x.shape[0], -1)
+        return -self.vae.likelihood(self.vae.decoder(z)).log_prob(flat).mean()
+
+    def decode(self, z, labels=None):
+        return self.vae.decode(z)
+
+    def sample(self, n=None, labels=None):
+        return self.vae.sample(n)
+
+
 def losses_figure(histories: Dict[str, list], path):
     fig, axes = new_figure(1, 3, figsize=(13, 3.6))
     for i, (label, hist) in enumerate(histories.items()):
@@ -216,6 +277,8 @@ def measure(model: AAE, splits, args, tag: str) -> dict:
         if model.z_dim == 2 and not model.label_to_decoder:
             manifold_figure(model, prior_draws, args.out / f"manifold_{tag}.png",
                             f"decoded 2-D codes ({model.encoder_kind}, {model.prior_name})")
+    if model.label_to_decoder and not getattr(model, "label_to_discriminator", False):
+        style_figure(model, args.out / f"style_{tag}.png")
     # samples: decoded prior draws (mean images)
     labels = (torch.arange(10, device=model.device).repeat_interleave(10)
               if model.label_to_decoder else None)
@@ -267,6 +330,24 @@ def train_one(args, encoder: str, splits):
     return model, record
 
 
+def train_vae(args, splits):
+    """A VAE of the same encoder/decoder networks, measured as the AAEs are."""
+    set_seed(args.seed)
+    vae = VAE(image_shape=(1, 28, 28), z_dim=args.z_dim, hidden=args.hidden, net=args.net,
+              likelihood=args.likelihood, encoder="gaussian")
+    print(f"\n== VAE of the same networks: {vae.extra_repr()} ==", flush=True)
+    result = fit(vae, splits["train"], splits["val"], cli.fit_config(
+        args, checkpoint=str(args.out / "vae_normal.pt"), restore_best=False),
+        objective="meanfield")
+    record = {"encoder": "vae", "prior": "normal", "labels": "none", "label_to": None,
+              "phase_order": None, "z_dim": args.z_dim, "epochs": result.epochs_run,
+              "train_seconds": result.train_seconds, "history": result.history}
+    t0 = time.perf_counter()
+    record.update(measure(VAEView(vae), splits, args, "vae_normal"))
+    record["eval_seconds"] = time.perf_counter() - t0
+    return record
+
+
 def table(records: Dict[str, dict]) -> List[dict]:
     rows = []
     for enc, r in records.items():
@@ -288,6 +369,8 @@ def main(argv=None):
         _, records[encoder] = train_one(args, encoder, splits)
         histories[encoder] = records[encoder]["history"]
     losses_figure(histories, args.out / "losses.png")
+    if args.vae:
+        records["vae"] = train_vae(args, splits)
     rows = table(records)
     print()
     cli.print_table(rows)

@@ -381,6 +381,17 @@ def test_aae_example_smoke(example, tmp_path, capsys):
         assert isinstance(loaded, AAE) and loaded.encoder_kind == enc
     assert (tmp_path / "results.csv").read_text().count("\n") == 3
     assert "Makhzani et al. 2015" in capsys.readouterr().out
+    # a VAE of the same networks in the same table; a decoder-conditional AAE's style figure
+    assert run_example(example, "--out", str(tmp_path / "vae"), "--encoder", "gaussian",
+                       "--vae", "--z-dim", "3", "--fid-samples", "0") == 0
+    rec = json.loads((tmp_path / "vae" / "results.json").read_text())["results"]["aaes"]
+    assert set(rec) == {"gaussian", "vae"} and "fid" not in rec["vae"]
+    assert all(math.isfinite(rec[k][m]) for k in rec for m in ("parzen_ll", "mmd2", "recon_mse"))
+    assert run_example(example, "--out", str(tmp_path / "dec"), "--encoder", "deterministic",
+                       "--labels", "conditional", "--label-to", "decoder", "--fid-samples", "0",
+                       "--parzen-samples", "0") == 0
+    assert (tmp_path / "dec" / "style_deterministic_normal_conditional.png").stat().st_size > 1000
+    capsys.readouterr()
     # a refused setting: one line on stderr, exit status 2
     assert run_example(example, "--out", str(tmp_path), "--prior", "swiss_roll",
                        "--z-dim", "3") == 2
