@@ -60,7 +60,8 @@ def _flat(x, name: str) -> torch.Tensor:
 
 def _check_sigma(sigma) -> float:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ConfigError(f"the Parzen window width sigma must be a positive number, got {sigma!r}.")
+        raise ConfigError(f"the Parzen window width sigma must be a positive number, "
+                          f"got {sigma!r}.")
     return float(sigma)
 
 

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -373,8 +373,9 @@ class AAE(nn.Module):
         noise_dim: size of the universal encoder's noise ``eta ~ N(0, I)`` (default: z_dim).
         prior: a name in :data:`PRIORS` (``normal``, ``uniform``, ``mixture``,
             ``swiss_roll``), a Pyro distribution with event shape ``(z_dim,)``, an object with
-            ``sample(sample_shape)`` or a callable ``f(n) -> (n, z_dim)``. Only a named prior
-            is recorded in checkpoints (an object is not rebuilt by ``probgen.load``).
+            ``sample(sample_shape)`` or a callable ``f(n) -> (n, z_dim)``. A distribution is
+            used as given (build it on the model's device). Only a named prior is recorded
+            in checkpoints (an object is not rebuilt by ``probgen.load``).
         prior_kwargs: the named prior's settings (``scale``, ``num_components``, ``radius``...).
         num_labels: classes of a label-conditional model (0: unconditional).
         label_to_discriminator: the discriminator sees the one-hot label, and prior draws
@@ -497,8 +498,8 @@ class AAE(nn.Module):
         if x.dim() < 2 or x[0].numel() != self.data_dim:
             raise DataError(
                 f"images of shape {tuple(x.shape)} do not fit this model, which takes images of "
-                f"shape {self.image_shape} (batch first: (B, {', '.join(map(str, self.image_shape))})"
-                f" or (B, {self.data_dim})).")
+                f"shape {self.image_shape} (batch first: "
+                f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim})).")
         return x.reshape(x.shape[0], -1)
 
     def _labels(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -688,7 +689,8 @@ class AAE(nn.Module):
         return self.decode(self.codes(x, sample=False), labels)
 
     @torch.no_grad()
-    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, n: Optional[int] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean images of ``z ~ p(z)`` (of each label's component) drawn with
         :class:`pyro.infer.Predictive`: ``(n, *image_shape)``, or one per label."""
         pred = Predictive(self.model, num_samples=1, return_sites=("mean",))
@@ -721,6 +723,6 @@ class AAEStep(PhasedStep):
         return True
 
 
-__all__ = ["AAE", "AAEStep", "ENCODERS", "PHASE_ORDERS", "PRIORS", "CodePrior", "CircleMixturePrior",
-           "GivenPrior", "NormalPrior", "SwissRoll", "SwissRollPrior", "UniformPrior",
-           "make_prior"]
+__all__ = ["AAE", "AAEStep", "ENCODERS", "PHASE_ORDERS", "PRIORS", "CircleMixturePrior",
+           "CodePrior", "GivenPrior", "NormalPrior", "SwissRoll", "SwissRollPrior",
+           "UniformPrior", "make_prior"]
