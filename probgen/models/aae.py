@@ -55,6 +55,10 @@ Label-conditional variants (``num_labels > 0``; Makhzani et al. 2015, sections 4
 * ``label_to_decoder``: the decoder sees ``[z, onehot(y)]``, so the code is free to carry
   the style alone.
 
+The semi-supervised form (Makhzani et al. 2015, section 5) is :class:`SemiSupervisedAAE`: a
+class code ``y`` and a style code ``z``, each matched to its own prior by its own
+discriminator, and a classification phase on the few labelled examples of each batch.
+
 The networks are not registered in Pyro's param store (as the GAN's): each phase names the
 parameters it optimises.
 
