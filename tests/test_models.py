@@ -50,7 +50,22 @@ def tiny_mevae(mnist_small):
 # One tiny instance and one batch per registered model; a new model adds itself here.
 # The builder is called again (another seed) to check that save/load restores every value.
 TINY = {"cvae": tiny_cvae, "flow": tiny_flow, "mevae": tiny_mevae, "vae": tiny_vae}
-ADVERSARIAL = {"gan": tiny_gan}   # no guide: trained by phases (fit_step)
+def tiny_aae(mnist_small):
+    from probgen.models.aae import AAE
+
+    x, y = next(mnist_small["train"].batches(8))
+    return AAE(z_dim=2, hidden=(16,), d_hidden=(16,), encoder="gaussian", prior="mixture",
+               num_labels=10), (x, y)
+
+
+def tiny_semi_supervised_aae(mnist_small):
+    from probgen.models.aae import SemiSupervisedAAE
+
+    x, y = next(mnist_small["train"].batches(8))
+    return SemiSupervisedAAE(z_dim=3, hidden=(16,), d_hidden=(16,), encoder="gaussian"), (x, y)
+
+
+ADVERSARIAL = {"aae": tiny_aae, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
 
 
 def test_every_registered_model_has_a_contract_case():

@@ -8,12 +8,14 @@ from probgen.metrics.likelihood import (elbo_and_iw_nll, elbo_per_example, iw_lo
                                         iw_nll,
                                         log_importance_weights, masked_bernoulli_nll,
                                         negative_elbo)
+from probgen.metrics.parzen import mmd, parzen_log_likelihood, parzen_score
 from probgen.metrics.quality import (FID_NAME, KID_NAME, QualityReference, class_coverage, fid,
                                      mnist_reference, precision_recall, reference_statistics,
                                      sample_quality)
 
 __all__ = ["FID_NAME", "KID_NAME", "QualityReference", "class_coverage", "fid", "mnist_reference",
            "precision_recall", "reference_statistics", "sample_quality",
+           "mmd", "parzen_log_likelihood", "parzen_score",
            "active_units", "bits_per_dim", "collect_codes", "elbo_and_iw_nll", "elbo_per_example", "iw_log_likelihood", "iw_nll",
            "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mean_bits_per_dim",
            "mse_per_image", "nats_to_bits_per_dim", "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]

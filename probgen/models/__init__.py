@@ -1,6 +1,7 @@
 """Pyro model/guide pairs, one file per family."""
 
 from probgen.models.registry import MODELS, rebuildable
+from probgen.models.aae import AAE, SemiSupervisedAAE
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
 from probgen.models.gan import GAN
@@ -10,4 +11,5 @@ from probgen.models.vae import PRESETS, VAE
 
 rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS", "VAE"]
+__all__ = ["MODELS", "AAE", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
+           "SemiSupervisedAAE", "VAE"]
