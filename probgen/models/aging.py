@@ -1,0 +1,657 @@
+"""Attribute editing and aging: a conditional GAN with latent inversion (Age-cGAN), a
+conditional adversarial autoencoder (CAAE) and recurrent aging.
+
+Three ways to move an image ``x`` of level (age group) ``y0`` to a level ``y``:
+
+* :class:`AgeCGAN` (Antipov, Baccouche & Dugelay 2017, "Face Aging with Conditional
+  Generative Adversarial Networks"): a conditional DCGAN ``G(z, y)``, ``D(x, y)`` (the level
+  one-hot, into G's input and as constant channels of D's); then an encoder ``E`` trained on
+  generated pairs ``(z_i, G(z_i, y_i))``, ``z_i ~ N(0, I)``, ``y_i`` uniform, to minimise
+  ``||E(x_i) - z_i||^2`` (:meth:`AgeCGAN.encoder_pairs`, :meth:`AgeCGAN.encoder_step`);
+  then, per image, ``z0 = E(x)`` refined by L-BFGS-B (SciPy) minimising the pixel distance
+  ``||x - G(z, y0)||^2`` or the identity-preserving distance ``||FR(x) - FR(G(z, y0))||^2``
+  in the features of a recognition network ``FR`` (:meth:`AgeCGAN.invert`; all images of a
+  batch at once); then ``x_y = G(z*, y)`` (:meth:`AgeCGAN.edit`). For digits ``FR`` is the
+  shipped MNIST classifier's penultimate layer (:func:`mnist_identity_features`); for faces
+  any feature network the user passes.
+* :class:`CAAE` (Zhang, Song & Qi 2017, "Age Progression/Regression by Conditional
+  Adversarial Autoencoder"): an adversarial autoencoder (:class:`probgen.models.AAE`) whose
+  decoder ``G(z, y)`` takes the level, whose code discriminator ``D_z`` matches ``E(x)`` to a
+  uniform prior on [-1, 1]^z_dim, plus an image discriminator ``D_img(x, y)`` and a total-
+  variation term. Phases: ``encoder_generator`` (E and G: reconstruction + ``z_weight`` x
+  fooling ``D_z`` + ``img_weight`` x fooling ``D_img`` + ``tv_weight`` x TV, one optimizer
+  as in the authors' code), ``discriminator_z``, ``discriminator_img``. Aging is
+  ``G(E(x), y)`` (:meth:`CAAE.edit`).
+* :class:`RecurrentAger` (Wang et al. 2016, "Recurrent Face Aging"): a two-layer GRU
+  (:class:`probgen.nn.aging_nets.GRUAger`) stepping through the groups in order, trained
+  on whole progressions of the same identity (each step a pair of neighbouring groups) with
+  loss weights that grow towards the oldest group. It only ages forward.
+
+Choices the source text leaves open (and what is chosen here): the condition is a one-hot
+level into G's input and as ``K`` constant channels of D's input; ``E`` sees the image only;
+the squared distances; L-BFGS-B without bounds and ``maxiter`` iterations (default 50);
+the CAAE's reconstruction is its Gaussian likelihood's negative log-likelihood (a squared
+error; the authors' code used L1) and its adversarial and TV weights are per-image terms
+added to that per-image NLL (settings; defaults 1, 1, 1).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError, DataError
+from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
+from probgen.models.aae import AAE, AAEStep
+from probgen.models.registry import MODELS, rebuildable
+from probgen.nn.aging_nets import (ConditionalDiscriminator, ConditionalGenerator, ConvEncoder,
+                                   GRUAger, label_maps)
+from probgen.nn.gan_nets import check_input
+from probgen.train.steps import LossStep, Phase, PhasedStep
+
+REFINEMENTS = ("none", "pixel", "identity")
+WEIGHTINGS = ("linear", "uniform")
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _weight(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_levels(levels, n: int, num_levels: int, what: str = "levels") -> torch.Tensor:
+    """``(n,)`` integer levels in ``0..num_levels-1`` (an int is broadcast)."""
+    if isinstance(levels, int) and not isinstance(levels, bool):
+        if not 0 <= levels < num_levels:
+            raise ConfigError(f"{what} {levels} is out of range: this model has levels "
+                              f"0..{num_levels - 1}.")
+        return torch.full((n,), levels, dtype=torch.long)
+    if not torch.is_tensor(levels) or levels.dim() != 1 or levels.shape[0] != n:
+        shape = tuple(levels.shape) if torch.is_tensor(levels) else type(levels).__name__
+        raise DataError(f"{what} must be an int or one integer per image, shape ({n},); got "
+                        f"{shape}.")
+    if levels.dtype.is_floating_point or levels.dtype == torch.bool:
+        raise DataError(f"{what} must be integers, got {levels.dtype}.")
+    if n and bool(((levels < 0) | (levels >= num_levels)).any()):
+        raise ConfigError(f"{what} must lie in 0..{num_levels - 1} (this model's levels); "
+                          f"found {levels.min().item()}..{levels.max().item()}.")
+    return levels
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Per-image total variation as in the CAAE authors' code, mean over the batch:
+    ``sum(dy^2) / (2 H) + sum(dx^2) / (2 W)``."""
+    h, w = images.shape[-2:]
+    dy = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).sum(1) / (2 * h)
+    dx = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).sum(1) / (2 * w)
+    return (dy + dx).mean()
+
+
+def mnist_identity_features(device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The recognition network for digits: the shipped MNIST classifier's penultimate layer
+    (128 features), in eval mode with frozen weights, differentiable in its input."""
+    from probgen.nn.classifier import load_classifier
+
+    net = load_classifier(device=device).eval().requires_grad_(False)
+
+    class _Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def train(self, mode: bool = True):
+            return super().train(False)
+
+        def forward(self, x):
+            return self.net.features(x)
+
+    return _Features().eval()
+
+
+def check_feature_network(features: Callable, x: torch.Tensor) -> torch.Tensor:
+    """``features(x)`` as ``(B, F)``, with gradients to ``x``; a clear error otherwise."""
+    if not callable(features):
+        raise ConfigError(f"the feature network must be callable on images, got "
+                          f"{type(features).__name__}.")
+    probe = x[:2].detach().clone().requires_grad_(True)
+    try:
+        out = features(probe)
+    except Exception as err:   # any failure of a user's network on these images
+        raise ConfigError(f"the feature network does not accept images of shape "
+                          f"{tuple(probe.shape[1:])} in [0, 1] ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:200]}); pass one that does.") from None
+    if not torch.is_tensor(out) or out.dim() < 2 or out.shape[0] != probe.shape[0]:
+        raise ConfigError(f"the feature network must return (B, features) for B images, got "
+                          f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}.")
+    if not out.requires_grad:
+        raise ConfigError("the feature network gives no gradient with respect to its input "
+                          "(does it run under torch.no_grad?); the identity distance needs one.")
+    return out
+
+
+class _EvalMode:
+    """Modules in eval mode inside the block, their modes restored after."""
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+
+    def __enter__(self):
+        self.was = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m, w in zip(self.modules, self.was):
+            m.train(w)
+
+
+# --------------------------------------------------------------------------- Age-cGAN
+
+@MODELS.register("age_cgan")
+class AgeCGAN(nn.Module):
+    """Age-cGAN: a conditional DCGAN with a latent encoder, for inversion and editing.
+
+    Args:
+        image_shape: ``(C, H, H)``, side 4-7 times a power of two (28, 32, 64, ...).
+        num_levels: ``K``, the number of levels (age groups).
+        z_dim: noise size (100 in the thesis).
+        g_width, d_width, e_width: base widths of G, D and E (default: the DCGAN nets').
+        loss: the game, a name in :data:`probgen.infer.adversarial.ADVERSARIAL_LOSSES`.
+        k: discriminator steps per generator step (default: the loss's).
+        label_smoothing: one-sided label smoothing.
+        d_lr, g_lr: the players' learning rates (default: the run's).
+        betas: Adam betas of both players (default: the loss's).
+
+    Model: ``z ~ N(0, I)`` (site ``z``), ``y ~ U{0..K-1}`` (site ``y``, observed when
+    ``levels`` are given), ``x = G(z, y)`` (deterministic site ``x``), images in [0, 1].
+    Training data: ``(images, levels, ...)`` batches, images in [0, 1].
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_levels: int = 6,
+                 z_dim: int = 100, g_width: Optional[int] = None, d_width: Optional[int] = None,
+                 e_width: Optional[int] = None, loss: str = "non_saturating",
+                 k: Optional[int] = None, label_smoothing: float = 0.0,
+                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
+                 betas: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.num_levels = _positive_int(num_levels, "num_levels")
+        if num_levels < 2:
+            raise ConfigError(f"num_levels must be at least 2, got {num_levels}.")
+        self.z_dim = _positive_int(z_dim, "z_dim")
+        self.spec = adversarial_loss(loss)
+        self.k = check_k(self.spec.k if k is None else k)
+        self.label_smoothing, self.d_lr, self.g_lr = label_smoothing, d_lr, g_lr
+        self.betas = tuple(betas) if betas is not None else None
+        norm = "layer" if self.spec.gradient_penalty else "batch"
+        self.generator = ConditionalGenerator(self.image_shape, z_dim, num_levels, g_width)
+        self.discriminator = ConditionalDiscriminator(self.image_shape, num_levels, d_width, norm)
+        self.encoder = ConvEncoder(self.image_shape, z_dim, e_width)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.phases()   # the adversarial settings' checks
+
+    def extra_repr(self) -> str:
+        return (f"image_shape={self.image_shape}, num_levels={self.num_levels}, "
+                f"z_dim={self.z_dim}, loss={self.spec.name}, k={self.k}")
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    # -- data and the networks' space ------------------------------------------------------
+    @staticmethod
+    def to_net(x: torch.Tensor) -> torch.Tensor:
+        return 2 * x - 1
+
+    @staticmethod
+    def from_net(y: torch.Tensor) -> torch.Tensor:
+        return (y + 1) / 2
+
+    def check_images(self, x: torch.Tensor, who: str = "Age-cGAN's images") -> torch.Tensor:
+        check_input(x, self.image_shape, (0.0, 1.0), who)
+        return x
+
+    def _levels(self, levels, n: int, what: str = "levels") -> torch.Tensor:
+        return check_levels(levels, n, self.num_levels, what).to(self.device)
+
+    def _onehot(self, levels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(levels, self.num_levels).to(like.dtype)
+
+    def generate(self, z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """``G(z, y)`` in [-1, 1] (tanh), ``(B, *image_shape)``."""
+        if not torch.is_tensor(z) or z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise DataError(f"z must be a tensor (B, {self.z_dim}), got "
+                            f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}.")
+        return torch.tanh(self.generator(z, self._onehot(levels, z)))
+
+    def decode(self, z: torch.Tensor, levels) -> torch.Tensor:
+        """``G(z, y)`` as images in [0, 1]; ``levels`` an int or ``(B,)``."""
+        return self.from_net(self.generate(z, self._levels(levels, z.shape[0])))
+
+    def _with_maps(self, x_net: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x_net, label_maps(levels, self.num_levels, x_net)], 1)
+
+    # -- the Pyro model ---------------------------------------------------------------------
+    def model(self, x: Optional[torch.Tensor] = None, levels: Optional[torch.Tensor] = None,
+              *args, size: Optional[int] = None):
+        """``z ~ N(0, I)``, ``y ~ U{0..K-1}`` (observed ``levels`` when given), ``x = G(z, y)``
+        (deterministic site), one per row of ``x`` or ``levels``, or ``size`` (default 1).
+        The generator runs in eval mode."""
+        n = x.shape[0] if torch.is_tensor(x) else (
+            levels.shape[0] if torch.is_tensor(levels) else (1 if size is None else size))
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"size must be a positive integer, got {size!r}.")
+        if levels is not None:
+            levels = self._levels(levels, n)
+        with _EvalMode(self.generator), pyro.plate("data", n):
+            zero = self._anchor.new_zeros(self.z_dim)
+            z = pyro.sample("z", dist.Normal(zero, 1.0).to_event(1))
+            y = pyro.sample("y", dist.Categorical(logits=self._anchor.new_zeros(self.num_levels)),
+                            obs=levels)
+            out = self.from_net(self.generate(z, y))
+            pyro.deterministic("x", out, event_dim=len(self.image_shape))
+        return out
+
+    @torch.no_grad()
+    def sample(self, levels, n: Optional[int] = None) -> torch.Tensor:
+        """Images ``G(z, y)``, ``z ~ N(0, I)``: ``levels`` ``(B,)``, or an int with ``n``."""
+        if isinstance(levels, int) and not isinstance(levels, bool):
+            levels = self._levels(levels, n or 1)
+        levels = self._levels(levels, levels.shape[0])
+        with _EvalMode(self.generator):
+            return self.decode(torch.randn(levels.shape[0], self.z_dim, device=self.device),
+                               levels)
+
+    # -- the game ---------------------------------------------------------------------------
+    def _batch(self, batch: tuple):
+        if len(batch) < 2:
+            raise DataError("Age-cGAN trains on (images, levels) batches; the data have no "
+                            "levels.")
+        x = self.check_images(batch[0])
+        return x, self._levels(batch[1], x.shape[0], "the batch's levels")
+
+    def real(self, batch: tuple) -> torch.Tensor:
+        """The data with their level maps, in the networks' space."""
+        x, levels = self._batch(batch)
+        return self._with_maps(self.to_net(x), levels)
+
+    def fake(self, batch: tuple) -> torch.Tensor:
+        """``G(z, y)`` for fresh ``z`` and the batch's levels, with their level maps."""
+        x, levels = self._batch(batch)
+        z = torch.randn(x.shape[0], self.z_dim, device=x.device, dtype=x.dtype)
+        return self._with_maps(self.generate(z, levels), levels)
+
+    def phases(self):
+        """``D`` (``k`` times, each on a fresh batch) then ``G``."""
+        return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
+                                  self.spec, k=self.k, label_smoothing=self.label_smoothing,
+                                  d_lr=self.d_lr, g_lr=self.g_lr, betas=self.betas)
+
+    def fit_step(self, config=None):
+        """The conditional GAN's training step (the encoder has its own:
+        :meth:`encoder_step`). As for the GAN, early stopping needs a figure a callback
+        computes, not the players' losses."""
+        if config is not None:
+            monitor = config.monitor
+            if (monitor in ("val_loss", "train_loss") or monitor.startswith("train_loss/")) \
+                    and (config.patience is not None or config.restore_best):
+                raise ConfigError(
+                    f"Age-cGAN's {monitor} (a discriminator or generator loss) does not measure "
+                    f"sample quality: pass patience=None and restore_best=False, or monitor a "
+                    f"figure computed by a Metric callback.")
+        return PhasedStep(self, self.phases())
+
+    # -- the encoder ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encoder_pairs(self, n: int, batch_size: int = 1000,
+                      generator: Optional[torch.Generator] = None) -> TensorData:
+        """``TensorData(images, levels, z)``: ``n`` pairs ``x_i = G(z_i, y_i)``,
+        ``z_i ~ N(0, I)``, ``y_i`` uniform (100,000 in the thesis), generator in eval mode."""
+        _positive_int(n, "the number of pairs")
+        kw = dict(generator=generator, device=generator.device) if generator is not None \
+            else dict(device=self.device)
+        z = torch.randn(n, self.z_dim, **kw).to(self.device)
+        y = torch.randint(0, self.num_levels, (n,), **kw).to(self.device)
+        with _EvalMode(self.generator):
+            x = torch.cat([self.decode(z[i:i + batch_size], y[i:i + batch_size])
+                           for i in range(0, n, batch_size)])
+        return TensorData(x, y, z, names=("images", "levels", "z"))
+
+    def encoder_loss(self, batch: tuple) -> torch.Tensor:
+        """``||E(x_i) - z_i||^2`` summed over ``z``'s coordinates, mean over the pairs."""
+        x, _, z = batch[:3]
+        return (self.encoder(self.to_net(self.check_images(x))) - z).pow(2).sum(1).mean()
+
+    def encoder_step(self, lr: Optional[float] = None) -> PhasedStep:
+        """The encoder's training step on :meth:`encoder_pairs` (one phase, the encoder's
+        parameters only; the validation loss is the same distance)."""
+        return PhasedStep(self, [Phase("encoder", lambda b, ctx: self.encoder_loss(b),
+                                       params=self.encoder, lr=lr)],
+                          eval_loss=self.encoder_loss)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``z0 = E(x)`` (eval mode), ``(B, z_dim)``."""
+        with _EvalMode(self.encoder):
+            return self.encoder(self.to_net(self.check_images(x)))
+
+    # -- inversion and editing --------------------------------------------------------------
+    def distance(self, x: torch.Tensor, levels, refine: str = "pixel",
+                 features: Optional[Callable] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``d(z) -> (B,)``: the squared distance between each image and ``G(z, y0)``, in
+        pixels (``pixel``) or in ``features`` (``identity``)."""
+        if refine not in ("pixel", "identity"):
+            raise ConfigError(f"the distance must be 'pixel' or 'identity', got {refine!r}.")
+        x = self.check_images(x)
+        levels = self._levels(levels, x.shape[0])
+        if refine == "pixel":
+            return lambda z: (self.decode(z, levels) - x).pow(2).flatten(1).sum(1)
+        if features is None:
+            if self.image_shape != (1, 28, 28):
+                raise ConfigError(f"the identity distance needs a feature network for "
+                                  f"{self.image_shape} images: pass features=... (the digits' "
+                                  f"default, the MNIST classifier, takes (1, 28, 28)).")
+            features = mnist_identity_features(self.device)
+        check_feature_network(features, x)
+        with torch.no_grad():
+            target = features(x).flatten(1)
+        return lambda z: (features(self.decode(z, levels)).flatten(1) - target).pow(2).sum(1)
+
+    def invert(self, x: torch.Tensor, levels, refine: str = "none",
+               features: Optional[Callable] = None, maxiter: int = 50,
+               bounds: Optional[float] = None, z0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The latent ``z*`` of each image at its level ``levels`` (int or ``(B,)``).
+
+        ``z0 = E(x)`` (or ``z0``); ``refine``: ``none`` (the encoder alone), ``pixel`` or
+        ``identity`` -- L-BFGS-B (``scipy.optimize.minimize``, torch gradients) on the sum
+        of the images' distances (independent images: the sum's minimum is each image's),
+        at most ``maxiter`` iterations, ``|z_j| <= bounds`` when given. Networks in eval
+        mode, their weights untouched.
+        """
+        if refine not in REFINEMENTS:
+            raise ConfigError(f"refine must be one of {REFINEMENTS}, got {refine!r}.")
+        x = self.check_images(x)
+        levels = self._levels(levels, x.shape[0])
+        z = self.encode(x) if z0 is None else z0.detach().to(x)
+        if refine == "none":
+            return z
+        _positive_int(maxiter, "maxiter")
+        import numpy as np
+        from scipy.optimize import minimize
+
+        with _EvalMode(self.generator):
+            d = self.distance(x, levels, refine, features)
+            shape = z.shape
+
+            def f(v):
+                zz = torch.from_numpy(v).to(z).reshape(shape).requires_grad_(True)
+                total = d(zz).sum()
+                g, = torch.autograd.grad(total, zz)
+                return float(total.detach()), g.detach().double().cpu().numpy().ravel()
+
+            box = None if bounds is None else [(-float(bounds), float(bounds))] * z.numel()
+            res = minimize(f, z.double().cpu().numpy().ravel(), jac=True, method="L-BFGS-B",
+                           bounds=box, options={"maxiter": int(maxiter)})
+        return torch.from_numpy(np.asarray(res.x)).to(z).reshape(shape)
+
+    @torch.no_grad()
+    def regenerate(self, z: torch.Tensor, target) -> torch.Tensor:
+        """``G(z, target)`` in [0, 1] (eval mode)."""
+        with _EvalMode(self.generator):
+            return self.decode(z, self._levels(target, z.shape[0], "target level"))
+
+    def edit(self, x: torch.Tensor, levels, target, **invert_kw) -> torch.Tensor:
+        """``G(z*, target)``: each image moved from its level to ``target`` (int or
+        ``(B,)``); ``invert_kw`` as :meth:`invert`."""
+        self._levels(target, x.shape[0], "target level")
+        return self.regenerate(self.invert(x, levels, **invert_kw), target)
+
+
+# --------------------------------------------------------------------------- CAAE
+
+@MODELS.register("caae")
+class CAAE(AAE):
+    """Conditional adversarial autoencoder for age progression and regression.
+
+    Args:
+        image_shape: shape of one image (``(1, 28, 28)``; ``(3, 128, 128)`` for faces).
+        num_levels: ``K``, the number of levels (age groups; 10 in Zhang et al.).
+        z_dim: code size (50 in Zhang et al.).
+        hidden, net, activation: encoder/decoder (:data:`probgen.nn.coders.NETS`).
+        likelihood: the reconstruction term (``gaussian``: a squared error).
+        prior: the code prior (``uniform`` on [-1, 1], as Zhang et al.).
+        d_hidden: ``D_z``'s hidden sizes.
+        d_img_width: ``D_img``'s base width (a conditional DCGAN discriminator; needs a
+            square image whose side is 4-7 times a power of two).
+        z_weight, img_weight, tv_weight: weights of fooling ``D_z``, fooling ``D_img`` and
+            the total variation in the encoder-generator loss.
+        loss, k, label_smoothing, lr, d_lr, g_lr, betas, likelihood_kwargs: as
+            :class:`probgen.models.AAE` (``lr``: the encoder-generator phase; ``d_lr``: both
+            discriminators).
+
+    Model and guide are the AAE's with the level as the decoder's label (``labels``:
+    the batch's second tensor); generating without levels draws them uniformly (site ``y``).
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_levels: int = 6,
+                 z_dim: int = 50, hidden: Optional[Sequence[int]] = None, net: str = "conv",
+                 likelihood: str = "gaussian", prior: str = "uniform",
+                 d_hidden: Sequence[int] = (64, 64), d_img_width: Optional[int] = None,
+                 z_weight: float = 1.0, img_weight: float = 1.0, tv_weight: float = 1.0,
+                 loss: str = "non_saturating", k: Optional[int] = None,
+                 label_smoothing: float = 0.0, lr: Optional[float] = None,
+                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
+                 betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
+                 likelihood_kwargs: Optional[dict] = None):
+        _positive_int(num_levels, "num_levels")
+        if num_levels < 2:
+            raise ConfigError(f"num_levels must be at least 2, got {num_levels}.")
+        super().__init__(image_shape, z_dim, hidden=hidden, net=net, likelihood=likelihood,
+                         encoder="deterministic", prior=prior, num_labels=num_levels,
+                         label_to_discriminator=False, label_to_decoder=True,
+                         d_hidden=d_hidden, loss=loss, k=k, label_smoothing=label_smoothing,
+                         lr=lr, d_lr=d_lr, g_lr=g_lr, betas=betas, activation=activation,
+                         likelihood_kwargs=likelihood_kwargs)
+        self.num_levels = num_levels
+        self.z_weight = _weight(z_weight, "z_weight")
+        self.img_weight = _weight(img_weight, "img_weight")
+        self.tv_weight = _weight(tv_weight, "tv_weight")
+        self.image_discriminator = ConditionalDiscriminator(self.image_shape, num_levels,
+                                                            d_img_width)
+        self.phases()
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", num_levels={self.num_levels}, z_weight="
+                f"{self.z_weight}, img_weight={self.img_weight}, tv_weight={self.tv_weight}")
+
+    def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
+        """The AAE's model; generating without ``labels`` draws the levels (site ``y``)."""
+        if x is None and labels is None:
+            n = 1 if size is None else size
+            _positive_int(n, "size")
+            with pyro.plate("levels", n):
+                labels = pyro.sample("y", dist.Categorical(
+                    logits=self._anchor.new_zeros(self.num_levels)))
+        return super().model(x, labels, size, reconstruction_only=reconstruction_only)
+
+    # -- the image discriminator and the encoder-generator loss -----------------------------
+    def _image_input(self, images: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        x = 2 * images.reshape((images.shape[0],) + self.image_shape) - 1
+        return torch.cat([x, label_maps(levels, self.num_levels, x)], 1)
+
+    def real_image(self, batch: tuple) -> torch.Tensor:
+        """The data with their level maps (what ``D_img`` should call real)."""
+        flat, levels = self._batch(batch)
+        return self._image_input(flat, levels)
+
+    def fake_image(self, batch: tuple) -> torch.Tensor:
+        """``G(E(x), y)`` with the batch's levels (differentiable in E and G)."""
+        flat, levels = self._batch(batch)
+        z = self.posterior(flat).rsample()
+        return self._image_input(self.decode(z, levels), levels)
+
+    def encoder_generator_loss(self, batch: tuple) -> torch.Tensor:
+        """Reconstruction (per-image NLL) + ``z_weight`` x fooling ``D_z`` + ``img_weight``
+        x fooling ``D_img`` + ``tv_weight`` x total variation of ``G(E(x), y)``."""
+        flat, levels = self._batch(batch)
+        value = self.reconstruction_loss(batch)
+        z = self.posterior(flat).rsample()
+        out = self.decode(z, levels)
+        if self.z_weight:
+            with frozen(self.discriminator):
+                value = value + self.z_weight * self.spec.g_loss(self.discriminator(z))
+        if self.img_weight:
+            with frozen(self.image_discriminator):
+                value = value + self.img_weight * self.spec.g_loss(
+                    self.image_discriminator(self._image_input(out, levels)))
+        if self.tv_weight:
+            value = value + self.tv_weight * total_variation(out)
+        return value
+
+    def phases(self):
+        """``encoder_generator`` (E, G), ``discriminator_z`` (``D_z``, ``k`` times),
+        ``discriminator_img`` (``D_img``, ``k`` times)."""
+        d_z, _ = adversarial_phases(
+            self.discriminator, self.encoder, self.real, self.fake, self.spec, k=self.k,
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight, d_lr=self.d_lr,
+            betas=self.betas, names=("discriminator_z", "unused"))
+        d_img, _ = adversarial_phases(
+            self.image_discriminator, self.decoder, self.real_image, self.fake_image, self.spec,
+            k=self.k, label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
+            d_lr=self.d_lr, betas=self.betas, names=("discriminator_img", "unused"))
+        opt = {"betas": tuple(self.spec.betas if self.betas is None else self.betas)}
+        eg = Phase("encoder_generator", lambda batch, ctx: self.encoder_generator_loss(batch),
+                   params=self._autoencoder_parameters, lr=self.lr, optim_kwargs=opt,
+                   discover=False)
+        return [eg, d_z, d_img]
+
+    def fit_step(self, config=None):
+        """The three phases; the validation loss is the reconstruction term per image."""
+        return AAEStep(self, self.phases(), eval_loss=self.reconstruction_loss)
+
+    @torch.no_grad()
+    def edit(self, x: torch.Tensor, target) -> torch.Tensor:
+        """``G(E(x), target)``: each image at level ``target`` (int or ``(B,)``), eval mode.
+        (The CAAE's encoder does not read the input's level.)"""
+        target = check_levels(target, x.shape[0], self.num_levels, "target level").to(x.device)
+        with _EvalMode(self):
+            return self.decode(self.codes(x, sample=False), target)
+
+
+# --------------------------------------------------------------------------- recurrent
+
+def loss_weights(num_levels: int, weighting: Union[str, Sequence[float]] = "linear"
+                 ) -> torch.Tensor:
+    """Weights of the ``K - 1`` transitions' errors, for the groups ``1..K-1`` reached:
+    ``linear`` (proportional to the group, the oldest the largest), ``uniform``, or given;
+    normalised to sum 1."""
+    n = _positive_int(num_levels, "num_levels") - 1
+    if n < 1:
+        raise ConfigError("recurrent aging needs at least 2 levels.")
+    if isinstance(weighting, str):
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(f"weights must be one of {WEIGHTINGS} or {n} numbers, got "
+                              f"{weighting!r}.")
+        w = torch.arange(1, n + 1, dtype=torch.float32) if weighting == "linear" \
+            else torch.ones(n)
+    else:
+        w = torch.as_tensor(list(weighting), dtype=torch.float32)
+        if w.shape != (n,) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+            raise ConfigError(f"weights must be {n} numbers >= 0 (one per transition), not all "
+                              f"0; got {list(weighting)!r}.")
+    return w / w.sum()
+
+
+@rebuildable
+class RecurrentAger(nn.Module):
+    """Recurrent aging: a two-layer GRU that steps an image through the following groups.
+
+    Args:
+        image_shape: shape of one image.
+        num_levels: ``K``.
+        hidden, embed: the GRU's hidden size and the image embedding's size.
+        weights: the transitions' loss weights (:func:`loss_weights`): ``linear`` (growing
+            towards the oldest group), ``uniform`` or ``K - 1`` numbers.
+        teacher_forcing: feed the true image of each group to the next step in training.
+
+    Training data: whole progressions ``(B, K, *image_shape)`` (identity ``i`` at every
+    level). Each batch starts at a random level ``s`` and predicts groups ``s+1..K-1``;
+    the error of group ``g`` (summed squared error per image) is weighted by ``w_g``.
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_levels: int = 6,
+                 hidden: int = 256, embed: int = 256,
+                 weights: Union[str, Sequence[float]] = "linear", teacher_forcing: bool = False):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.num_levels = _positive_int(num_levels, "num_levels")
+        self.net = GRUAger(self.image_shape, hidden, embed)
+        self.register_buffer("weights", loss_weights(num_levels, weights))
+        self.teacher_forcing = bool(teacher_forcing)
+
+    def extra_repr(self) -> str:
+        return f"num_levels={self.num_levels}, weights={[round(float(w), 3) for w in self.weights]}"
+
+    def _sequences(self, seq: torch.Tensor) -> torch.Tensor:
+        want = (self.num_levels,) + self.image_shape
+        if not torch.is_tensor(seq) or seq.dim() != len(want) + 1 or tuple(seq.shape[1:]) != want:
+            raise DataError(f"the recurrent ager trains on progressions (B, "
+                            f"{', '.join(map(str, want))}), got "
+                            f"{tuple(seq.shape) if torch.is_tensor(seq) else type(seq).__name__}.")
+        return seq
+
+    def sequence_loss(self, seq: torch.Tensor, start: Optional[int] = None) -> torch.Tensor:
+        """``sum_g w_g ||x^_g - x_g||^2`` (per image, mean over the batch) for the groups
+        after ``start`` (default: a random start level in ``0..K-2``)."""
+        seq = self._sequences(seq)
+        if start is None:
+            start = int(torch.randint(0, self.num_levels - 1, ()))
+        steps = self.num_levels - 1 - start
+        truth = seq[:, start + 1:]
+        pred = self.net(seq[:, start], steps, truth if self.teacher_forcing else None)
+        err = (pred - truth).pow(2).flatten(2).sum(2)          # (B, steps)
+        return (err * self.weights[start:].to(err)).sum(1).mean()
+
+    def loss(self, seq: torch.Tensor, *rest) -> torch.Tensor:
+        """The fit loop's loss (a :class:`~probgen.train.LossStep`)."""
+        return self.sequence_loss(seq)
+
+    def fit_step(self, config=None) -> LossStep:
+        return LossStep(self, lambda module, seq, *rest: module.sequence_loss(seq))
+
+    @torch.no_grad()
+    def progression(self, x: torch.Tensor, levels: int) -> torch.Tensor:
+        """From images at level ``levels`` (an int), the images of every later group:
+        ``(B, K - levels - 1, *image_shape)`` (eval mode)."""
+        check_levels(levels, x.shape[0], self.num_levels)
+        with _EvalMode(self):
+            return self.net(x, self.num_levels - 1 - int(levels))
+
+    @torch.no_grad()
+    def edit(self, x: torch.Tensor, level: int, target: int) -> torch.Tensor:
+        """Images at level ``level`` aged to ``target >= level`` (the input itself when equal)."""
+        check_levels(target, x.shape[0], self.num_levels, "target level")
+        check_levels(level, x.shape[0], self.num_levels)
+        if target < level:
+            raise ConfigError(f"the recurrent model only ages forward: target level {target} is "
+                              f"below the input's level {level}.")
+        if target == level:
+            return x.clone()
+        with _EvalMode(self):
+            return self.net(x, target - level)[:, -1]
+
+
+__all__ = ["AgeCGAN", "CAAE", "REFINEMENTS", "RecurrentAger", "check_feature_network",
+           "check_levels", "loss_weights", "mnist_identity_features", "total_variation"]
