@@ -1,0 +1,308 @@
+"""Aging measured against ground truth: Age-cGAN (conditional GAN + latent inversion), CAAE and
+recurrent aging on digits drawn at every level of one attribute.
+
+Face-aging papers can only show pictures and user studies: nobody has the same face photographed
+at every age. Here every test digit exists at every level (stroke thickness, or slant; the level
+plays the age group and the digit with its style the identity; probgen.data.faces.graded_mnist),
+so each method is scored against the true image at the target level. For each test identity and
+each input level ``s``, the image at ``s`` is moved to every level ``t`` and compared with the
+truth:
+
+* reconstruction at ``t = s``: pixel MSE and squared distance in the recognition features (the
+  shipped MNIST classifier's penultimate layer);
+* identity preserved (``t != s``): the share of edited images whose nearest neighbour, in the
+  recognition features, among all test identities at level ``t`` is their own truth (the
+  analogue of Age-cGAN's face-verification rates);
+* attribute accuracy: a level classifier trained on the true levels finds ``t``;
+* MSE and SSIM (torchmetrics) to the truth at ``t``; ``target_mse_forward`` over ``t > s`` only
+  (the recurrent model only ages forward: its figures are over ``t > s``);
+* seconds per input image (all its targets).
+
+Rows: no-change (the input returned as is), Age-cGAN with the encoder only / + pixel refinement /
++ identity refinement (L-BFGS-B), CAAE, recurrent (two-layer GRU). The recognition network that
+refines is also the one that scores identity: a face pipeline would score with a second one.
+
+``--data faces --faces-dir DIR`` trains the cGAN and the CAAE on a UTKFace-style folder
+(``{age}_{gender}_{race}_{datetime}.jpg``), streaming it from disk, and draws edits (no ground
+truth, so no table; ``--features`` is not available for faces here: pixel refinement only).
+
+Writes to --out: results.json, results.csv (the table), progression.png (true progression above
+each method's), recurrent.png (the GRU's sequences), checkpoints age_cgan.pt, caae.pt,
+recurrent.pt (``probgen.load`` rebuilds the first two).
+
+    python examples/aging.py --smoke
+    python examples/aging.py --method cgan --refine none pixel identity --pairs 100000
+    python examples/aging.py --data slant --levels 5
+    python examples/aging.py --data faces --faces-dir UTKFace --method cgan caae
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from probgen import cli
+from probgen.data.faces import AgeFolder, faces_loader, graded_mnist
+from probgen.errors import ConfigError
+from probgen.models.aging import (CAAE, REFINEMENTS, AgeCGAN, RecurrentAger,
+                                  mnist_identity_features)
+from probgen.train import fit, save_model
+from probgen.viz import rows_figure
+
+METHODS = ("cgan", "caae", "recurrent")
+NO_MONITOR = dict(patience=None, restore_best=False)
+
+
+def parse_args(argv=None):
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/aging",
+                          patience=None, lr=2e-4, batch_size=64)
+    p.add_argument("--method", nargs="+", default=["all"], choices=METHODS + ("all",))
+    p.add_argument("--refine", nargs="+", default=list(REFINEMENTS), choices=REFINEMENTS,
+                   help="Age-cGAN inversions to score (encoder only, + pixel, + identity)")
+    p.add_argument("--data", default="thickness", choices=["thickness", "slant", "faces"])
+    p.add_argument("--faces-dir", default=None, help="UTKFace-style folder (--data faces)")
+    p.add_argument("--face-size", type=int, default=64, help="side of the face images")
+    p.add_argument("--age-groups", default="agecgan", choices=["agecgan", "caae"])
+    p.add_argument("--levels", type=int, default=6, help="levels of the attribute (K)")
+    p.add_argument("--pairs", type=int, default=100000,
+                   help="generated (z, G(z, y)) pairs that train Age-cGAN's encoder")
+    p.add_argument("--encoder-epochs", type=int, default=5)
+    p.add_argument("--maxiter", type=int, default=50, help="L-BFGS-B iterations")
+    p.add_argument("--z-dim", type=int, default=100, help="Age-cGAN's noise size")
+    p.add_argument("--caae-z-dim", type=int, default=50)
+    p.add_argument("--width", type=int, default=None, help="DCGAN base widths")
+    p.add_argument("--eval-identities", type=int, default=500,
+                   help="test identities in the table")
+    p.add_argument("--classifier-epochs", type=int, default=3,
+                   help="epochs of the level classifier")
+    p.add_argument("--limit", type=int, default=None, help="digits per split (default: all)")
+    args = cli.finish_args(p, argv, smoke=dict(
+        pairs=512, encoder_epochs=1, maxiter=5, z_dim=16, caae_z_dim=8, width=8,
+        eval_identities=48, classifier_epochs=1, limit=cli.SMOKE_LIMIT, levels=4))
+    if args.smoke:
+        args.epochs = 1
+    for name in ("levels", "pairs", "encoder_epochs", "maxiter", "eval_identities",
+                 "classifier_epochs", "face_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.levels < 2:
+        p.error("--levels must be at least 2")
+    if args.data == "faces" and not args.faces_dir:
+        p.error("--data faces needs --faces-dir")
+    args.method = list(METHODS) if "all" in args.method else args.method
+    return args
+
+
+# --------------------------------------------------------------------------- training
+
+def train_cgan(args, data, image_shape, levels, log):
+    cgan = AgeCGAN(image_shape, levels, z_dim=args.z_dim, g_width=args.width,
+                   d_width=args.width, e_width=args.width)
+    start = time.perf_counter()
+    fit(cgan, data, config=cli.fit_config(args, **NO_MONITOR, progress=False, verbose=False))
+    gan_s = time.perf_counter() - start
+    g = torch.Generator().manual_seed(args.seed)
+    pairs = cgan.encoder_pairs(args.pairs, generator=g)
+    start = time.perf_counter()
+    res = fit(cgan.encoder_step(), pairs, config=cli.fit_config(
+        args, epochs=args.encoder_epochs, **NO_MONITOR, progress=False, verbose=False))
+    log["cgan"] = {"train_seconds": gan_s, "encoder_seconds": time.perf_counter() - start,
+                    "encoder_loss": res.train_loss[-1], "pairs": args.pairs}
+    save_model(cgan, args.out / "age_cgan.pt")
+    return cgan
+
+
+def train_caae(args, data, image_shape, levels, log):
+    caae = CAAE(image_shape, levels, z_dim=args.caae_z_dim,
+                net="conv" if image_shape[-1] % 4 == 0 else "mlp", d_img_width=args.width)
+    start = time.perf_counter()
+    res = fit(caae, data, config=cli.fit_config(args, **NO_MONITOR, progress=False,
+                                                verbose=False))
+    log["caae"] = {"train_seconds": time.perf_counter() - start,
+                   "reconstruction": res.history[-1].get("train_loss/encoder_generator")}
+    save_model(caae, args.out / "caae.pt")
+    return caae
+
+
+def train_recurrent(args, sequences, image_shape, levels, log):
+    rec = RecurrentAger(image_shape, levels, hidden=32 if args.smoke else 256,
+                        embed=32 if args.smoke else 256)
+    start = time.perf_counter()
+    res = fit(rec, sequences, config=cli.fit_config(args, lr=max(args.lr, 1e-3), **NO_MONITOR,
+                                                    progress=False, verbose=False))
+    log["recurrent"] = {"train_seconds": time.perf_counter() - start,
+                        "loss": res.train_loss[-1], "weights": rec.weights.tolist()}
+    save_model(rec, args.out / "recurrent.pt")
+    return rec
+
+
+# --------------------------------------------------------------------------- the table
+
+def edits(method, model, x, s: int, levels: int, refine=None, maxiter=50):
+    """``(N, K, C, H, W)`` images of ``x`` (level ``s``) at every level (NaN where the method
+    cannot go)."""
+    n = x.shape[0]
+    if method == "no-change":
+        return x[:, None].expand(n, levels, *x.shape[1:]).clone()
+    if method == "cgan":
+        z = model.invert(x, s, refine=refine, maxiter=maxiter)
+        return torch.stack([model.regenerate(z, t) for t in range(levels)], 1)
+    if method == "caae":
+        return torch.stack([model.edit(x, t) for t in range(levels)], 1)
+    out = torch.full((n, levels) + x.shape[1:], float("nan"))
+    out[:, s] = x
+    if s < levels - 1:
+        out[:, s + 1:] = model.progression(x, s)
+    return out
+
+
+def score(name, produce, truth, features, level_net, levels: int) -> Dict[str, float]:
+    """One row of the table; ``produce(x, s)`` -> every level's edit."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    n = truth.shape[0]
+    with torch.no_grad():
+        truth_f = torch.stack([features(truth[:, t]) for t in range(levels)], 1)   # (N, K, F)
+    acc = {k: [] for k in ("rec_mse", "rec_feat", "ident", "attr", "mse", "mse_fwd", "ssim")}
+    seconds = 0.0
+    for s in range(levels):
+        start = time.perf_counter()
+        out = produce(truth[:, s], s)
+        seconds += time.perf_counter() - start
+        acc["rec_mse"].append((out[:, s] - truth[:, s]).pow(2).mean().item())
+        with torch.no_grad():
+            acc["rec_feat"].append((features(out[:, s]) - truth_f[:, s]).pow(2).sum(1).mean()
+                                   .item())
+        for t in range(levels):
+            if t == s or torch.isnan(out[:, t]).any():
+                continue
+            e = out[:, t]
+            with torch.no_grad():
+                f = features(e)
+                nearest = torch.cdist(f, truth_f[:, t]).argmin(1)
+                acc["ident"].append((nearest == torch.arange(n)).float().mean().item())
+                acc["attr"].append((level_net(e).argmax(1) == t).float().mean().item())
+            err = (e - truth[:, t]).pow(2).mean().item()
+            acc["mse"].append(err)
+            if t > s:
+                acc["mse_fwd"].append(err)
+            acc["ssim"].append(float(ssim(e, truth[:, t], data_range=1.0)))
+
+    def mean(v):
+        return sum(v) / len(v) if v else float("nan")
+
+    return {"method": name, "rec_mse": mean(acc["rec_mse"]), "rec_feature": mean(acc["rec_feat"]),
+            "identity": mean(acc["ident"]), "attribute_acc": mean(acc["attr"]),
+            "target_mse": mean(acc["mse"]), "target_mse_forward": mean(acc["mse_fwd"]),
+            "target_ssim": mean(acc["ssim"]), "seconds_per_image": seconds / (n * levels)}
+
+
+def figures(args, truth, producers, levels: int):
+    rows = {}
+    for i in range(min(3, truth.shape[0])):
+        rows[f"#{i} truth"] = truth[i]
+        for name, produce in producers.items():
+            row = produce(truth[i:i + 1, 1], 1)[0]
+            rows[f"#{i} {name}"] = torch.nan_to_num(row, nan=0.0).clamp(0, 1)
+    rows_figure(rows, args.out / "progression.png",
+                title=f"true progression (input: level 1) above each method's ({args.data})")
+
+
+# --------------------------------------------------------------------------- faces
+
+def run_faces(args, log):
+    folder = AgeFolder(args.faces_dir, args.face_size, args.age_groups)
+    loader = faces_loader(args.faces_dir, args.face_size, args.age_groups, args.batch_size,
+                          generator=torch.Generator().manual_seed(args.seed))
+    shape, k = (3, args.face_size, args.face_size), folder.num_groups
+    x = torch.stack([folder[i][0] for i in range(min(4, len(folder)))])
+    y = folder.groups[:x.shape[0]]
+    rows = {}
+    if "cgan" in args.method:
+        cgan = train_cgan(args, loader, shape, k, log)
+        z = cgan.invert(x, y, refine="pixel" if "pixel" in args.refine else "none",
+                        maxiter=args.maxiter)
+        for i in range(x.shape[0]):
+            rows[f"#{i} cGAN"] = torch.cat([x[i:i + 1]] + [cgan.regenerate(z[i:i + 1], t)
+                                                           for t in range(k)])
+    if "caae" in args.method:
+        caae = train_caae(args, loader, shape, k, log)
+        for i in range(x.shape[0]):
+            rows[f"#{i} CAAE"] = torch.cat([x[i:i + 1]] + [caae.edit(x[i:i + 1], t)
+                                                           for t in range(k)])
+    if "recurrent" in args.method:
+        raise ConfigError("recurrent aging trains on progressions of one identity, which a "
+                          "face folder does not have: use --method cgan caae with --data faces.")
+    if rows:
+        rows_figure(rows, args.out / "progression.png", title="input, then every age group")
+    return {"faces": len(folder), "groups": k}
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    log: Dict[str, dict] = {}
+    if args.data == "faces":
+        results = run_faces(args, log)
+        results["training"] = log
+        cli.write_results(args.out, results, args, started)
+        print(f"trained on {results['faces']} faces; figure in {args.out}")
+        return results
+    splits = graded_mnist(args.data, args.levels, val_size=0 if args.smoke else 10000,
+                          seed=args.seed, limit=args.limit)
+    train, test = splits["train"], splits["test"]
+    k, shape = train.levels, tuple(train.images.shape[2:])
+    models = {}
+    if "cgan" in args.method:
+        models["cgan"] = train_cgan(args, train.flat(), shape, k, log)
+    if "caae" in args.method:
+        models["caae"] = train_caae(args, train.flat(), shape, k, log)
+    if "recurrent" in args.method:
+        models["recurrent"] = train_recurrent(args, train.sequences(), shape, k, log)
+
+    from probgen.nn.classifier import train_classifier
+
+    flat = train.flat()
+    level_net = train_classifier(flat.tensors[0], flat.tensors[1], epochs=args.classifier_epochs,
+                                 seed=args.seed, log=lambda *a: None)
+    features = mnist_identity_features()
+    truth = test.images[:args.eval_identities]
+    producers = {"no-change": lambda x, s: edits("no-change", None, x, s, k)}
+    if "cgan" in models:
+        for r in args.refine:
+            producers[f"cgan+{r}" if r != "none" else "cgan encoder"] = (
+                lambda x, s, r=r: edits("cgan", models["cgan"], x, s, k, r, args.maxiter))
+    if "caae" in models:
+        producers["caae"] = lambda x, s: edits("caae", models["caae"], x, s, k)
+    if "recurrent" in models:
+        producers["recurrent"] = lambda x, s: edits("recurrent", models["recurrent"], x, s, k)
+    table: List[dict] = [score(name, produce, truth, features, level_net, k)
+                         for name, produce in producers.items()]
+    figures(args, truth, producers, k)
+    if "recurrent" in models:
+        rec = models["recurrent"]
+        rows = {}
+        for i in range(min(4, truth.shape[0])):
+            rows[f"#{i} truth"] = truth[i]
+            rows[f"#{i} GRU"] = torch.cat([truth[i:i + 1, 0], rec.progression(truth[i:i + 1, 0],
+                                                                               0)[0]])
+        rows_figure(rows, args.out / "recurrent.png", title="the GRU's sequence from level 0")
+    results = {"table": {r["method"]: {k2: v for k2, v in r.items() if k2 != "method"}
+                         for r in table},
+               "training": log, "levels": k, "attribute": args.data,
+               "eval_identities": int(truth.shape[0]), "train_identities": len(train)}
+    cli.write_results(args.out, results, args, started, table=table)
+    cli.print_table(table)
+    print(f"{args.data}, {k} levels, {truth.shape[0]} test identities; "
+          f"{time.perf_counter() - started:.1f} s on {cli.machine()}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
