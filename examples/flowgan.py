@@ -1,0 +1,294 @@
+"""Flow-GAN on MNIST (and CIFAR-10): a normalizing flow trained by likelihood and an
+adversarial loss at once, over a sweep of the adversarial share.
+
+Each setting trains one :class:`probgen.models.FlowGAN` from the same seed: the flow's
+loss is ``(1 - w) * bits/dim + w * L_G`` for each ``--adv-weight`` w (0: plain maximum
+likelihood, no discriminator; 1: a purely adversarial flow), with each ``--disc``
+(``dcgan``: the thesis's DCGAN discriminator; ``resnet18``: its CIFAR-style ResNet-18;
+``wgan_gp``: the DCGAN critic with layer norm, WGAN-GP loss and k = 5, as Grover et al.
+2018 train Flow-GAN), and Grover et al.'s ``L_G + like_reg * bits/dim`` for each
+``--like-reg``. Per batch: one flow step, then one discriminator step on the same,
+detached, fakes (the thesis's order). It reports per setting the test bits/dim (every
+preprocessing Jacobian counted, as examples/flows.py; DenseFlow's an upper bound from
+``--iw-samples`` noise draws), on MNIST the FID and KID of ``--fid-samples`` samples
+(temperature 1) with the MNIST-classifier features against the test set (not comparable
+with published Inception FIDs; colour data get them with ``--inception-weights``), and
+the wall and CPU seconds of training.
+
+Writes to --out: results.json, results.csv (one row per setting), tradeoff.png (test
+bits/dim against FID over the sweep), losses.png (the flow's two terms, the
+discriminator's loss and the validation bits/dim per epoch), samples_<tag>.png and one
+checkpoint per setting, flowgan_<tag>.pt (``probgen.load`` rebuilds it; ``--resume``
+continues from it).
+
+    python examples/flowgan.py                                    # RealNVP, w = 0, 0.5, 1
+    python examples/flowgan.py --disc dcgan resnet18 --adv-weight 0.5
+    python examples/flowgan.py --disc wgan_gp --adv-weight 1 --like-reg 1
+    python examples/flowgan.py --data cifar10 --data-root DIR     # downloads when online
+    python examples/flowgan.py --smoke                            # seconds
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from probgen import cli
+from probgen.data import image_splits
+from probgen.data.dequantize import dequantized
+from probgen.errors import DataNotFoundError
+from probgen.models.flowgan import FlowGAN
+from probgen.train import Callback, fit, set_seed
+from probgen.viz import grid_figure
+from probgen.viz.images import new_figure, save
+
+FLOWS = ("nice", "realnvp", "glow", "denseflow")
+DISCS = ("dcgan", "resnet18", "wgan_gp")
+
+
+def parse_args(argv=None):
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=5, out="results/flowgan",
+                          patience=None, lr=1e-3, batch_size=64)
+    p.set_defaults(val_size=5000)
+    p.add_argument("--data", default="mnist", choices=["mnist", "cifar10"])
+    p.add_argument("--flow", default="realnvp", choices=FLOWS, help="the generator")
+    p.add_argument("--depth", type=int, default=None, help="flow depth (default: the builder's)")
+    p.add_argument("--hidden", type=int, default=None, help="flow conv channels")
+    p.add_argument("--levels", type=int, default=None, help="flow scales")
+    p.add_argument("--disc", nargs="+", default=["dcgan"], choices=DISCS,
+                   help="discriminators (one run each per adversarial weight above 0)")
+    p.add_argument("--adv-weight", nargs="+", type=float, default=[0.0, 0.5, 1.0],
+                   help="adversarial shares w of (1 - w) bits/dim + w L_G (the sweep)")
+    p.add_argument("--like-reg", nargs="*", type=float, default=[],
+                   help="Grover et al.'s form L_G + like_reg * bits/dim, one run each")
+    p.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="one-sided: real target 1 - this (dcgan, resnet18; chosen, 001 gives "
+                        "no value)")
+    p.add_argument("--k", type=int, default=None,
+                   help="discriminator steps per flow step (default 1; 5 for wgan_gp)")
+    p.add_argument("--d-lr", type=float, default=2e-4, help="discriminator learning rate")
+    p.add_argument("--g-lr", type=float, default=None, help="flow learning rate (--lr)")
+    p.add_argument("--train-size", type=int, default=None, help="training images (all)")
+    p.add_argument("--eval-size", type=int, default=None, help="test images (all)")
+    p.add_argument("--iw-samples", type=int, default=16,
+                   help="noise draws of DenseFlow's bound at evaluation")
+    p.add_argument("--fid-samples", type=int, default=10000, help="samples of FID and KID")
+    p.add_argument("--data-root", default=None,
+                   help="folder of torchvision data sets (default: probgen's cache)")
+    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    p.add_argument("--inception-weights", default=None,
+                   help="Inception-v3 FID weights (a path, or 'download') for colour data")
+    args = cli.finish_args(p, argv, smoke=dict(
+        train_size=256, eval_size=256, depth=1, hidden=8, iw_samples=2,
+        fid_samples=300))
+    for name in ("batch_size", "iw_samples", "fid_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for w in args.adv_weight:
+        if not 0.0 <= w <= 1.0:
+            p.error(f"--adv-weight values must lie in [0, 1], got {w:g}")
+    for r in args.like_reg:
+        if r < 0:
+            p.error(f"--like-reg values must be 0 or more, got {r:g}")
+    return args
+
+
+# --------------------------------------------------------------------------- settings
+
+def settings(args) -> List[dict]:
+    """One dict of FlowGAN arguments (and a tag) per run of the sweep."""
+    out = []
+    for w in dict.fromkeys(args.adv_weight):
+        for disc in (args.disc[:1] if w == 0 else args.disc):
+            out.append(dict(tag=f"w{w:g}" if w == 0 else f"{disc}_w{w:g}",
+                            disc="-" if w == 0 else disc, adv_weight=w, like_reg=None))
+    for r in dict.fromkeys(args.like_reg):
+        for disc in args.disc:
+            out.append(dict(tag=f"{disc}_grover{r:g}", disc=disc, adv_weight=None, like_reg=r))
+    return out
+
+
+def build(args, s: dict, shape) -> FlowGAN:
+    disc = args.disc[0] if s["disc"] == "-" else s["disc"]
+    wgan = disc == "wgan_gp"
+    kw = {k: v for k, v in (("depth", args.depth), ("hidden", args.hidden),
+                            ("levels", args.levels)) if v is not None}
+    return FlowGAN(args.flow, event_shape=shape, adv_weight=s["adv_weight"],
+                   like_reg=s["like_reg"], discriminator="dcgan" if wgan else disc,
+                   loss="wgan_gp" if wgan else "non_saturating", k=args.k,
+                   label_smoothing=0.0 if wgan else args.label_smoothing, d_lr=args.d_lr,
+                   g_lr=args.g_lr, **kw)
+
+
+# --------------------------------------------------------------------------- data
+
+def load_data(args):
+    """``(train, val, test)`` dequantized TensorData and the test images for FID."""
+    try:
+        splits = image_splits(args.data, val_size=args.val_size, seed=args.seed,
+                              device=args.device, root=args.data_root,
+                              download=not args.no_download and args.data != "mnist",
+                              limit=args.train_size)
+    except OSError as err:   # a download that could not reach the network
+        raise DataNotFoundError(f"{args.data} is not under {args.data_root or 'the cache folder'} "
+                                f"and could not be downloaded ({err}); copy the files there, "
+                                f"or run where the network is reachable.") from None
+    test = splits["test"]
+    if args.eval_size is not None:
+        test = test.subset(slice(0, args.eval_size))
+    val = dequantized(splits["val"], seed=args.seed + 1) if len(splits.get("val", ())) else None
+    return (dequantized(splits["train"]), val, dequantized(test, seed=args.seed + 2),
+            test.tensors[0])
+
+
+def quality_scorer(args, test_images):
+    """``(report(samples), name)`` or ``None`` where no features fit the data."""
+    from probgen.metrics import quality
+
+    if args.data == "mnist":
+        kw, name = {}, quality.FID_NAME
+    elif args.inception_weights:
+        kw = dict(feature="inception", inception_weights=args.inception_weights)
+        name = quality.INCEPTION_FID_NAME
+    else:
+        return None
+    ref = quality.reference_statistics(test_images, **kw)
+
+    def report(samples):
+        return quality.sample_quality(samples, ref, kid_subset_size=min(
+            1000, len(ref), samples.shape[0]), **kw)
+
+    return report, name
+
+
+# --------------------------------------------------------------------------- training
+
+class TermCurves(Callback):
+    """The epoch's means of the flow's two loss terms (``train_bpd``, ``train_adv``) and
+    this process's CPU seconds of training (``cpu_seconds``)."""
+
+    def on_fit_start(self, run):
+        self.last = time.process_time()
+        run.module.pop_term_means()
+
+    def on_validation_end(self, run, entry):
+        for k, v in run.module.pop_term_means().items():
+            entry[f"train_{k}"] = v
+        now = time.process_time()
+        entry["cpu_seconds"] = now - self.last
+        self.last = now
+
+
+def train_one(args, s: dict, data, scorer) -> dict:
+    train, val, test, _ = data
+    shape = tuple(train.tensors[0].shape[1:])
+    set_seed(args.seed)
+    fg = build(args, s, shape).to(args.device)
+    n_flow = sum(p.numel() for p in fg.flow_model.parameters())
+    n_disc = sum(p.numel() for p in fg.discriminator.parameters())
+    print(f"\n== {s['tag']}: {args.flow} ({n_flow:,} parameters), {fg.extra_repr()}"
+          + (f", D {n_disc:,} parameters" if s["disc"] != "-" else "") + " ==", flush=True)
+    fg.initialize(train.subset(slice(0, 512)).all()[0])
+    cfg = cli.fit_config(args, checkpoint=str(args.out / f"flowgan_{s['tag']}.pt"),
+                         patience=None, restore_best=False, clip_norm=100.0)
+    res = fit(fg, train, val, cfg, callbacks=[TermCurves()])
+    k = args.iw_samples if not fg.exact else 1
+    set_seed(args.seed)
+    bpd = fg.evaluate_bits_per_dim(test, batch_size=250, num_samples=k,
+                                   progress=not args.no_progress)
+    record = {**{key: s[key] for key in ("tag", "disc", "adv_weight", "like_reg")},
+              "test_bits_per_dim": bpd, "bound": not fg.exact, "iw_samples": k,
+              "flow_parameters": n_flow, "discriminator_parameters": n_disc,
+              "epochs": res.epochs_run, "train_seconds": res.train_seconds,
+              "train_cpu_seconds": sum(h.get("cpu_seconds", 0.0) for h in res.history),
+              "history": [dict(h) for h in res.history]}
+    set_seed(args.seed + 5)
+    grid_figure(fg.sample(64).cpu(), nrow=8, path=args.out / f"samples_{s['tag']}.png",
+                title=f"{args.flow}, {s['tag']}: samples (T = 1)")
+    if scorer is not None:
+        set_seed(args.seed + 13)
+        t0 = time.perf_counter()
+        q = scorer[0](fg.sample(args.fid_samples))
+        record.update(fid=q["fid"], kid_mean=q["kid_mean"], kid_std=q.get("kid_std"),
+                      precision=q.get("precision"), recall=q.get("recall"),
+                      eval_seconds=time.perf_counter() - t0)
+    print(f"{s['tag']}: test bits/dim {'<= ' if record['bound'] else ''}{bpd:.4f}"
+          + (f", {scorer[1]} {record['fid']:.2f}, KID {record['kid_mean']:.4f}"
+             if scorer is not None else "")
+          + f" ({res.epochs_run} epochs, {res.train_seconds:.0f} s)", flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------- figures
+
+def loss_figure(records: Dict[str, dict], path: Path):
+    panels = [("train_bpd", "flow: bits/dim term (train)"),
+              ("train_adv", "flow: adversarial term L_G"),
+              ("train_loss/D", "discriminator loss"), ("val_loss", "validation bits/dim")]
+    fig, axes = new_figure(1, 4, figsize=(15, 3.4))
+    for i, (tag, r) in enumerate(records.items()):
+        for ax, (key, _) in zip(axes, panels):
+            rows = [h for h in r["history"] if h.get(key) is not None]
+            if rows:
+                ax.plot([h["epoch"] + 1 for h in rows], [h[key] for h in rows], "o-",
+                        color=f"C{i}", label=tag, ms=3)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def tradeoff_figure(records: Dict[str, dict], path: Path, fid_name: str):
+    fig, ax = new_figure(figsize=(5.5, 4))
+    for i, (tag, r) in enumerate(records.items()):
+        ax.plot(r["test_bits_per_dim"], r["fid"], "o", color=f"C{i}")
+        ax.annotate(tag, (r["test_bits_per_dim"], r["fid"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 3))
+    ax.set_xlabel("test bits/dim (lower: better likelihood)")
+    ax.set_ylabel(f"{fid_name} (lower: better samples)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    data = load_data(args)
+    scorer = quality_scorer(args, data[3])
+    if scorer is None:
+        print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
+              "--inception-weights for colour images", flush=True)
+    records = {}
+    for s in settings(args):
+        records[s["tag"]] = train_one(args, s, data, scorer)
+    loss_figure(records, args.out / "losses.png")
+    if scorer is not None:
+        tradeoff_figure(records, args.out / "tradeoff.png", scorer[1])
+    rows = [{"setting": r["tag"], "disc": r["disc"],
+             "adv_weight": "-" if r["adv_weight"] is None else r["adv_weight"],
+             "like_reg": "-" if r["like_reg"] is None else r["like_reg"],
+             "test_bits_per_dim": r["test_bits_per_dim"], "bound": r["bound"],
+             "fid": r.get("fid"), "kid_mean": r.get("kid_mean"), "epochs": r["epochs"],
+             "train_seconds": r["train_seconds"], "train_cpu_seconds": r["train_cpu_seconds"]}
+            for r in records.values()]
+    print()
+    cli.print_table(rows)
+    record = cli.write_results(args.out, {"data": args.data, "flow": args.flow,
+                                          "fid_name": scorer[1] if scorer else None,
+                                          "settings": records}, args, started, table=rows)
+    print(f"\nwrote {args.out}/results.json, results.csv and figures "
+          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
