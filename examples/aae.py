@@ -15,7 +15,8 @@ same seed. Each is measured on the test set by
   ``-log p(x | z)`` per image, the validation loss);
 * how well the codes match the prior: the unbiased MMD^2 between codes of the test images
   (draws of q(z)) and as many prior draws (Gaussian kernel, median bandwidth);
-* "FID, MNIST-classifier features" of ``--fid-samples`` samples (probgen.metrics.quality);
+* "FID, MNIST-classifier features" and KID (the same features) of ``--fid-samples``
+  samples against the test images (probgen.metrics.quality.sample_quality);
 * with ``--labels semi_supervised`` (the semi-supervised AAE: a class code and a style
   code, each with its discriminator, ``--num-labelled`` labelled training images), the test
   error of the class code (Makhzani et al. Table 2: about 1.9% with 100 labels; Pyro's
@@ -344,8 +345,14 @@ def measure(model: AAE, splits, args, tag: str) -> dict:
         t0 = time.perf_counter()
         samples = model.sample(labels=draw_labels(model, args.fid_samples, gen)) \
             if model.label_to_decoder else model.sample(args.fid_samples)
-        out.update(fid=quality.fid(samples.clamp(0, 1), splits["test"].tensors[0]),
-                   fid_name=quality.FID_NAME, fid_seconds=time.perf_counter() - t0)
+        ref = splits["test"].tensors[0]
+        # KID's subsets of 1000 images, fewer in a smoke run (both sets must hold a subset)
+        q = quality.sample_quality(samples.clamp(0, 1), ref, seed=args.seed,
+                                   kid_subset_size=min(1000, ref.shape[0], samples.shape[0]))
+        out.update(fid=q["fid"], fid_name=q["fid_name"], kid_mean=q["kid_mean"],
+                   kid_std=q["kid_std"], kid_name=q["kid_name"],
+                   kid_subset_size=q["kid_subset_size"], quality_samples=q["num_samples"],
+                   quality_reference=q["num_reference"], fid_seconds=time.perf_counter() - t0)
     return out
 
 
@@ -385,7 +392,7 @@ def train_one(args, encoder: str, splits):
     record["eval_seconds"] = time.perf_counter() - t0
     parzen = (f", Parzen LL {record['parzen_ll']:.1f} +- {record['parzen_std_error']:.1f} "
               f"(sigma {record['parzen_sigma']:.3f})" if "parzen_ll" in record else "")
-    fid = f", FID {record['fid']:.2f}" if "fid" in record else ""
+    fid = f", FID {record['fid']:.2f}, KID {record['kid_mean']:.4f}" if "fid" in record else ""
     if "test_error" in record:
         fid += f", test error {record['test_error']:.2f}% with {args.num_labelled} labels"
     print(f"{encoder}: recon MSE {record['recon_mse']:.4f}, MMD^2(q(z), p(z)) "
@@ -419,7 +426,7 @@ def table(records: Dict[str, dict]) -> List[dict]:
                      "phase_order": r["phase_order"], "epochs": r["epochs"],
                      "parzen_ll": r.get("parzen_ll"), "parzen_se": r.get("parzen_std_error"),
                      "recon_mse": r["recon_mse"], "recon_nll": r["recon_nll"],
-                     "mmd2": r["mmd2"], "fid": r.get("fid"),
+                     "mmd2": r["mmd2"], "fid": r.get("fid"), "kid_mean": r.get("kid_mean"),
                      "test_error_pct": r.get("test_error"),
                      "train_seconds": r["train_seconds"]})
     return rows

@@ -441,15 +441,20 @@ def test_aae_example_smoke(example, tmp_path, capsys):
     for enc in ("deterministic", "universal"):
         r = rec[enc]
         assert r["phase_order"] == "regularization_first" and r["epochs"] == 2
-        for key in ("parzen_ll", "recon_mse", "recon_nll", "mmd2", "fid"):
+        for key in ("parzen_ll", "recon_mse", "recon_nll", "mmd2", "fid", "kid_mean"):
             assert math.isfinite(r[key]), key
         assert r["parzen_samples"] == 200
+        # FID and KID (the issue asks both) of the smoke run's 300 samples against its test
+        # images, KID on subsets as large as the smaller set allows
+        assert r["quality_samples"] == 300 and r["kid_subset_size"] == min(
+            300, r["quality_reference"]) and r["kid_std"] >= 0
         tag = f"{enc}_mixture_conditional"
         for name in (f"codes_{tag}.png", f"samples_{tag}.png", f"manifold_{tag}.png"):
             assert (tmp_path / name).stat().st_size > 1000, name
         loaded = probgen.load(tmp_path / f"aae_{tag}.pt")
         assert isinstance(loaded, AAE) and loaded.encoder_kind == enc
-    assert (tmp_path / "results.csv").read_text().count("\n") == 3
+    csv = (tmp_path / "results.csv").read_text()
+    assert csv.count("\n") == 3 and "kid_mean" in csv.splitlines()[0].split(",")
     assert "Makhzani et al. 2015" in capsys.readouterr().out
     # a VAE of the same networks in the same table; a decoder-conditional AAE's style figure
     assert run_example(example, "--out", str(tmp_path / "vae"), "--encoder", "gaussian",
