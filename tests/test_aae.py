@@ -303,6 +303,34 @@ def test_semi_supervised_phases_reach_their_own_parameters():
     assert [p.name for p in order][-2:] == ["reconstruction", "classification"]
 
 
+def test_classification_phase_leaves_the_class_head_alone_on_an_unlabelled_batch():
+    """A batch without labelled examples must not move the classifier: no gradient reaches
+    it, so Adam (as the fit loop runs a phase: zero_grad(set_to_none), backward, step) skips
+    it instead of stepping along its momentum from the last labelled batch."""
+    torch.manual_seed(0)
+    aae = SemiSupervisedAAE(SHAPE, num_classes=10, z_dim=3, hidden=(16,), d_hidden=(16,))
+    cls = [p for p in aae.phases() if p.name == "classification"][0]
+    params = cls.declared_params()
+    opt = torch.optim.Adam(params, lr=1e-2)
+    x = toy_data(32).tensors[0]
+    labelled, unlabelled = torch.arange(32) % 10, torch.full((32,), -1)
+
+    def step(labels):
+        opt.zero_grad(set_to_none=True)
+        loss = cls.loss((x, labels), {})
+        loss.backward()
+        grads = [p.grad for p in params]
+        opt.step()
+        return grads
+
+    assert all(g is not None for g in step(labelled))       # momentum built up
+    before = [p.detach().clone() for p in params]
+    assert all(g is None for g in step(unlabelled))
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    step(labelled)
+    assert not torch.equal(before[-1], params[-1])            # a labelled batch moves it
+
+
 def test_semi_supervised_accuracy_above_chance_after_a_short_run(mnist_small, tmp_path):
     torch.manual_seed(0)
     x, y = mnist_small["train"].all()

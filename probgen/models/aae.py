@@ -987,11 +987,17 @@ class SemiSupervisedAAE(AAE):
         return torch.softmax(self.class_head(self._features(flat)), -1)
 
     def classification_loss(self, batch):
-        """Cross-entropy of the class head on the batch's labelled examples (0 without any)."""
+        """Cross-entropy of the class head on the batch's labelled examples.
+
+        A batch without any labelled example gives a zero loss that no parameter takes
+        part in: its backward pass leaves every parameter's gradient ``None``, and torch's
+        optimizers skip a parameter without a gradient, so Adam's momentum does not move
+        the class head on such a batch (a zero *gradient* would: a multiple of zero times
+        the parameters would reach them)."""
         flat, labels = self._batch(batch)
         keep = labels >= 0 if labels is not None else None
         if keep is None or not bool(keep.any()):
-            return self.class_head.weight.sum() * 0.0
+            return self._anchor.new_zeros((), requires_grad=True)
         return F.cross_entropy(self.class_logits(flat[keep]), labels[keep])
 
     def _style_parameters(self):
