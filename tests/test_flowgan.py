@@ -267,3 +267,76 @@ def test_a_short_run_of_each_setting(name, mnist_small):
                   if k.startswith("discriminator.") and v.is_floating_point())
     assert flow_moved and d_moved == (fg._adv_w > 0)
     assert fg.exact == (name != "denseflow")
+
+
+# --------------------------------------------------------------------------- examples/flowgan.py
+# Run in this process (its module imported once), as tests/test_gan.py runs examples/gan.py.
+
+@pytest.fixture(scope="module")
+def example():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("flowgan_example",
+                                                  ROOT / "examples" / "flowgan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(example, *args) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
+                                              "--device", "cpu", *args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_flowgan_example_sweep_smoke(example, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    assert run_example(example, "--adv-weight", "0", "1", "--like-reg", "2",
+                       "--out", str(out)) == 0
+    r = json.loads((out / "results.json").read_text())["results"]
+    assert set(r["settings"]) == {"w0", "dcgan_w1", "dcgan_grover2"}
+    for tag, s in r["settings"].items():
+        assert 0 < s["test_bits_per_dim"] < 20 and s["fid"] > 0, tag
+        assert all("train_bpd" in h for h in s["history"]) == (tag != "dcgan_w1")
+        assert all("train_adv" in h for h in s["history"]) == (tag != "w0")
+        assert (out / f"samples_{tag}.png").stat().st_size > 1000
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("setting,disc,adv_weight")
+    for name in ("tradeoff.png", "losses.png"):
+        assert (out / name).stat().st_size > 1000
+    again = probgen.load(out / "flowgan_dcgan_grover2.pt")
+    assert again.like_reg == 2.0 and again.form == "grover"
+
+
+def test_flowgan_example_cifar10_and_bad_weight(example, tmp_path, monkeypatch, capsys):
+    """CIFAR-10 through torchvision (download=True), from a small CIFAR-shaped folder, with
+    the WGAN-GP critic; an adversarial weight outside [0, 1] is refused."""
+    import json
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    from tests.test_gan import _fake_cifar
+
+    _fake_cifar(tmp_path / "data")
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    out = tmp_path / "out"
+    assert run_example(example, "--data", "cifar10", "--data-root", str(tmp_path / "data"),
+                       "--disc", "wgan_gp", "--adv-weight", "0.5", "--epochs", "1",
+                       "--train-size", "48", "--batch-size", "16", "--val-size", "16",
+                       "--out", str(out)) == 0
+    r = json.loads((out / "results.json").read_text())["results"]
+    assert r["fid_name"] is None and set(r["settings"]) == {"wgan_gp_w0.5"}
+    assert 0 < r["settings"]["wgan_gp_w0.5"]["test_bits_per_dim"] < 20
+    fg = probgen.load(out / "flowgan_wgan_gp_w0.5.pt")
+    assert fg.event_shape == (3, 32, 32) and fg.spec.name == "wgan_gp" and fg.k == 5
+    with pytest.raises(SystemExit):
+        run_example(example, "--adv-weight", "1.5", "--out", str(out))
+    assert "[0, 1]" in capsys.readouterr().err
