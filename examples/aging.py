@@ -82,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="digits per split (default: all)")
     args = cli.finish_args(p, argv, smoke=dict(
         pairs=512, encoder_epochs=1, maxiter=5, z_dim=16, caae_z_dim=8, width=8,
-        eval_identities=48, classifier_epochs=1, limit=cli.SMOKE_LIMIT, levels=4))
+        eval_identities=32, classifier_epochs=1, limit=256, levels=3))
     if args.smoke:
         args.epochs = 1
     for name in ("levels", "pairs", "encoder_epochs", "maxiter", "eval_identities",

@@ -135,7 +135,11 @@ def check_feature_network(features: Callable, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(out) or out.dim() < 2 or out.shape[0] != probe.shape[0]:
         raise ConfigError(f"the feature network must return (B, features) for B images, got "
                           f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}.")
-    if not out.requires_grad:
+    try:
+        grad, = torch.autograd.grad(out.float().sum(), probe, allow_unused=True)
+    except RuntimeError:
+        grad = None
+    if grad is None:
         raise ConfigError("the feature network gives no gradient with respect to its input "
                           "(does it run under torch.no_grad?); the identity distance needs one.")
     return out
