@@ -31,6 +31,7 @@ VAE of the same networks to the table (vae_normal.pt).
 
     python examples/aae.py                                        # deterministic, N(0, I)
     python examples/aae.py --encoder deterministic gaussian universal --prior mixture
+    python examples/aae.py --labels conditional                   # mixture, a digit each
     python examples/aae.py --prior swiss_roll --labels conditional
     python examples/aae.py --labels conditional --label-to decoder --z-dim 8
     python examples/aae.py --phase-order regularization_first
@@ -75,7 +76,9 @@ def parse_args(argv=None):
                           lr=1e-3, batch_size=100)
     p.add_argument("--encoder", nargs="+", default=["deterministic"], choices=ENCODERS,
                    help="one AAE per encoder kind, same seed")
-    p.add_argument("--prior", default="normal", choices=PRIORS.names(), help="p(z)")
+    p.add_argument("--prior", default=None, choices=PRIORS.names(),
+                   help="p(z) (default: mixture when the label reaches the discriminator, "
+                        "which maps each digit to its own component; normal otherwise)")
     p.add_argument("--labels", default="none", choices=["none", "conditional", "semi_supervised"],
                    help="conditional: the digit label reaches the networks --label-to names; "
                         "semi_supervised: a class code y and a style code z (--z-dim), "
@@ -132,6 +135,9 @@ def parse_args(argv=None):
         args.g_lr = args.lr / 10 if args.g_lr is None else args.g_lr
         if not 0 < args.labelled_share < 1:
             p.error("--labelled-share must lie in (0, 1)")
+    if args.prior is None:
+        to_discriminator = args.labels == "conditional" and LABEL_TO[args.label_to][0]
+        args.prior = "mixture" if to_discriminator else "normal"
     if args.vae and (args.prior != "normal" or args.labels != "none"):
         p.error("--vae compares with an unconditional VAE, whose prior is N(0, I): use it with "
                 "--prior normal --labels none")

@@ -15,7 +15,8 @@ import probgen
 from probgen.data import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.metrics.parzen import mmd, parzen_log_likelihood, parzen_score
-from probgen.models.aae import AAE, ENCODERS, SemiSupervisedAAE, labelled_split
+from probgen.models.aae import (AAE, ENCODERS, SemiSupervisedAAE, SwissRollPrior,
+                                labelled_split)
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
 from tests.conftest import QUIET
@@ -152,6 +153,38 @@ def test_each_adversarial_phase_plays_its_side():
     assert float(aae.discriminate(aae.codes(x)).mean()) > fooled_before + 0.2
 
 
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_encoder_kinds_differ_in_their_randomness_and_check_their_noise(encoder):
+    """A point mass gives one code per image; a Gaussian and the universal encoder a fresh
+    draw at each call; the universal encoder's draw is a function of (x, eta): the same
+    for the same eta, another for another eta. Only it takes noise, of shape (B, noise_dim)."""
+    torch.manual_seed(0)
+    x = toy_data(8).tensors[0]
+    for aae in (tiny(encoder=encoder),
+                SemiSupervisedAAE(SHAPE, z_dim=2, hidden=(16,), d_hidden=(16,), encoder=encoder)):
+        a, b = aae.codes(x), aae.codes(x)
+        if encoder == "deterministic":
+            assert torch.equal(a, b) and torch.equal(a, aae.codes(x, sample=False))
+        else:
+            assert bool(((a - b).abs().sum(1) > 1e-4).all())       # every image's code moved
+        if encoder == "universal":
+            eta = torch.randn(8, aae.noise_dim)
+            fixed = aae.codes(x, noise=eta)
+            assert torch.equal(fixed, aae.codes(x, noise=eta))
+            assert bool(((fixed - aae.codes(x, noise=eta + 1)).abs().sum(1) > 1e-4).all())
+            for bad in (torch.randn(8, aae.noise_dim + 1), torch.randn(7, aae.noise_dim),
+                        torch.zeros(8, aae.noise_dim, dtype=torch.long)):
+                with pytest.raises(DataError, match=r"noise must be a float tensor of shape "
+                                                    r"\(8, 2\)") as info:
+                    aae.posterior(x, noise=bad)
+                assert "\n" not in str(info.value)
+        else:
+            for call in (lambda: aae.codes(x, noise=torch.randn(8, 2)),
+                         lambda: aae.posterior(x, torch.randn(8, 2))):
+                with pytest.raises(ConfigError, match="feeds the universal encoder only"):
+                    call()
+
+
 def test_reconstruction_phase_is_the_masked_elbo():
     """The reconstruction loss is -log p(x | decoder(f(x))) per image: no prior density, no
     entropy of q (a Pyro Trace_ELBO with the latent site masked out)."""
@@ -182,6 +215,12 @@ def test_aae_is_a_pyro_model_and_checkpoints_rebuild_it(tmp_path):
     labels = torch.arange(10)
     trace = poutine.trace(aae.model).get_trace(None, labels)
     assert not trace.nodes["z"]["is_observed"] and trace.nodes["z"]["fn"].batch_shape == (10,)
+    # generating with labels 0-9, each z comes from its class's component (radius 3 here):
+    # 400 draws per label, their mean within 0.25 of the centre (standard error 0.05)
+    z = Predictive(aae.model, num_samples=400, return_sites=("z",))(None, labels)["z"]
+    angle = torch.arange(10) * 2 * math.pi / 10
+    centres = 3.0 * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    assert z.shape == (400, 10, 2) and torch.allclose(z.mean(0), centres, atol=0.25)
     gtrace = poutine.trace(aae.guide).get_trace(toy_data(6).tensors[0])
     assert gtrace.nodes["z"]["value"].shape == (6, 2)
     ckpt = tmp_path / "aae.pt"
@@ -222,6 +261,22 @@ def test_swiss_roll_classes_take_their_own_segment():
         aae.prior().log_prob(torch.zeros(2))
 
 
+def test_one_prior_object_serves_models_of_different_class_counts():
+    """A prior keeps no state of the models using it: class 4 of ten takes u in [0.4, 0.5]
+    (radius 4 (0.2 + 0.8 u): 2.08 to 2.4), class 4 of five u in [0.8, 1] (3.36 to 4)."""
+    torch.manual_seed(0)
+    prior = SwissRollPrior(2)
+    ten = tiny(prior=prior, num_labels=10)
+    five = tiny(prior=prior, num_labels=5)
+    four = torch.full((500,), 4)
+    r10, r5 = (m.prior_sample(500, four).norm(dim=1) for m in (ten, five))
+    assert 2.08 - 0.2 < float(r10.min()) and float(r10.max()) < 2.4 + 0.2
+    assert 3.36 - 0.2 < float(r5.min()) and float(r5.max()) < 4.0 + 0.2
+    # a class's segment needs the number of classes, never a batch's largest label
+    with pytest.raises(ConfigError, match="number of classes"):
+        prior.conditional(torch.tensor([0, 1]), torch.zeros(()))
+
+
 def test_any_pyro_distribution_or_sampler_serves_as_prior():
     torch.manual_seed(0)
     laplace = dist.Laplace(torch.zeros(3), torch.ones(3)).to_event(1)
@@ -247,6 +302,12 @@ def test_any_pyro_distribution_or_sampler_serves_as_prior():
      "4 components but the model 10 classes"),
     (dict(num_labels=10, label_to_discriminator=False), ConfigError, "gives the label to"),
     (dict(noise_dim=4), ConfigError, "noise_dim is the universal encoder's"),
+    # the label at the discriminator needs a component per class
+    (dict(num_labels=10), ConfigError, "NormalPrior has none"),
+    (dict(num_labels=10, prior="uniform", label_to_decoder=True), ConfigError,
+     "UniformPrior has none"),
+    (dict(num_labels=10, prior=dist.Normal(torch.zeros(2), 1.0).to_event(1)), ConfigError,
+     "maps each class to its own component"),
     (dict(prior=dist.Normal(torch.zeros(2), 1.0)), ConfigError, "event shape \\(2,\\)"),
     (dict(prior=torch.distributions.Normal(torch.zeros(2), 1.0)), ConfigError,
      "pyro.distributions"),
@@ -261,14 +322,14 @@ def test_bad_settings_give_one_line_errors(kw, error, match):
 
 
 def test_labels_requested_without_labels_is_a_data_error():
-    aae = tiny(num_labels=10)
+    aae = tiny(num_labels=10, prior="mixture")
     with pytest.raises(DataError, match="conditioned on 10 classes; pass labels") as info:
         probgen.fit(aae, toy_data(labels=False), epochs=1, device="cpu", **QUIET)
     assert "\n" not in str(info.value)
     with pytest.raises(DataError, match="labels must lie in 0..9"):
         aae.fake((toy_data(4).tensors[0], torch.tensor([0, 1, 2, 10])))
     with pytest.raises(DataError, match="decoder takes a label"):
-        tiny(num_labels=10, label_to_decoder=True).sample(4)
+        tiny(num_labels=10, label_to_discriminator=False, label_to_decoder=True).sample(4)
     with pytest.raises(DataError, match="do not fit this model"):
         aae.codes(torch.rand(4, 1, 9, 9))
 
@@ -352,6 +413,18 @@ def test_semi_supervised_accuracy_above_chance_after_a_short_run(mnist_small, tm
     loaded = probgen.load(ckpt)
     assert isinstance(loaded, SemiSupervisedAAE) and torch.equal(loaded.predict(xt),
                                                                   aae.predict(xt))
+
+
+def test_generating_needs_a_class_for_every_label():
+    """The unlabelled mark is data, not a class: generating with it is refused (it once
+    became class 0); real classes are observed as the y site."""
+    aae = SemiSupervisedAAE(SHAPE, hidden=(16,), d_hidden=(16,))
+    with pytest.raises(DataError, match="every label must be a class in 0..9") as info:
+        aae.sample(labels=torch.tensor([3, -1]))
+    assert "\n" not in str(info.value)
+    trace = poutine.trace(aae.model).get_trace(None, torch.tensor([3, 7]))
+    assert trace.nodes["y"]["is_observed"]
+    assert torch.equal(trace.nodes["y"]["value"].argmax(-1), torch.tensor([3, 7]))
 
 
 def test_too_few_labelled_examples_per_class_are_refused():
@@ -455,6 +528,22 @@ def run_example(example, *args) -> int:
     try:
         return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
                                               "--device", "cpu", *args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_example_conditional_default_prior_has_a_component_per_digit(example, tmp_path):
+    """With the label at the discriminator the default prior is the mixture (a component
+    per digit; N(0, I) has none and is refused); with the label at the decoder only, N(0, I)."""
+    threads = torch.get_num_threads()
+    try:
+        def prior(*args):
+            return example.parse_args(["--out", str(tmp_path), "--threads", "1", *args]).prior
+        assert prior() == "normal" and prior("--labels", "semi_supervised") == "normal"
+        assert prior("--labels", "conditional") == "mixture"
+        assert prior("--labels", "conditional", "--label-to", "both") == "mixture"
+        assert prior("--labels", "conditional", "--label-to", "decoder") == "normal"
+        assert prior("--labels", "conditional", "--prior", "swiss_roll") == "swiss_roll"
     finally:
         torch.set_num_threads(threads)
 

@@ -11,7 +11,7 @@ Generative model (``model``), for each image in the data plate::
     x ~ p(x | decoder(z [, label]))   a likelihood from probgen.models.likelihoods
 
 Guide (``guide``): the encoder, ``z ~ q(z | x)``, of one of three kinds (the three choices of
-Makhzani et al. 2015, section 2.1):
+Makhzani et al. 2015, section 2):
 
 =================  ===========================================================  ==============
 ``encoder``        q(z | x)                                                     randomness of
@@ -46,14 +46,17 @@ and of Makhzani et al.); ``"regularization_first"`` runs 2, 3, 1 (the order the 
 text gives). Any adversarial formulation of :data:`probgen.infer.ADVERSARIAL_LOSSES` plays
 the regularization game (``loss``; non-saturating by default).
 
-Label-conditional variants (``num_labels > 0``; Makhzani et al. 2015, sections 4 and 5):
+Label-conditional variants (``num_labels > 0``):
 
-* ``label_to_discriminator``: the discriminator sees ``[z, onehot(y)]``; prior draws of an
-  example of class ``y`` come from the prior's component ``y`` (a mixture's own component,
-  a swiss roll's ``y``-th segment; priors without components draw from the whole prior, which
-  pushes every class's codes to cover all of ``p(z)``);
-* ``label_to_decoder``: the decoder sees ``[z, onehot(y)]``, so the code is free to carry
-  the style alone.
+* ``label_to_discriminator`` (Makhzani et al. 2015, section 2.2, incorporating label
+  information in the adversarial regularization): the discriminator sees
+  ``[z, onehot(y)]``; prior draws of an example of class ``y`` come from the prior's
+  component ``y`` (a mixture's own component, a swiss roll's ``y``-th segment). It needs a
+  prior with one component per class: a prior without components (``normal``, ``uniform``,
+  a given distribution) is refused, since every class would draw from the whole prior;
+* ``label_to_decoder`` (Makhzani et al. 2015, section 4, the supervised adversarial
+  autoencoder): the decoder sees ``[z, onehot(y)]``, so the code is free to carry the
+  style alone.
 
 The semi-supervised form (Makhzani et al. 2015, section 5) is :class:`SemiSupervisedAAE`: a
 class code ``y`` and a style code ``z``, each matched to its own prior by its own
@@ -150,11 +153,16 @@ class CodePrior:
     """A prior over codes of ``z_dim`` values, built on the model's device and dtype.
 
     ``distribution(like)`` is ``p(z)`` (batch shape ``()``, event shape ``(z_dim,)``);
-    ``conditional(labels, like)`` is one distribution per example (batch ``(B,)``): the
-    component of each label for priors with ``num_components``, else ``p(z)`` itself.
+    ``conditional(labels, like, num_labels)`` is one distribution per example (batch
+    ``(B,)``): the component of each label of ``num_labels`` classes, for priors with
+    ``has_components`` (a conditional AAE with the label at the discriminator needs one).
+
+    A prior holds its settings only: the number of classes comes with each call, so one
+    prior object can serve several models.
     """
 
     num_components: Optional[int] = None
+    has_components: bool = False
 
     def __init__(self, z_dim: int):
         self.z_dim = z_dim
@@ -162,11 +170,18 @@ class CodePrior:
     def distribution(self, like: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
 
-    def conditional(self, labels: torch.Tensor, like: torch.Tensor) -> dist.Distribution:
-        return self.distribution(like).expand(labels.shape)
+    def conditional(self, labels: torch.Tensor, like: torch.Tensor,
+                    num_labels: int) -> dist.Distribution:
+        raise ConfigError(f"the {type(self).__name__} has no component per class.")
 
     def check_labels(self, num_labels: int) -> None:
         """Raise unless each of ``num_labels`` classes can have its own component."""
+        if not self.has_components:
+            raise ConfigError(
+                f"label_to_discriminator maps each class to its own component of the prior, "
+                f"but the {type(self).__name__} has none (every class would draw from the "
+                f"whole prior): use prior='mixture' or 'swiss_roll', or give the label to the "
+                f"decoder only (label_to_discriminator=False, label_to_decoder=True).")
         if self.num_components is not None and self.num_components != num_labels:
             raise ConfigError(
                 f"the prior has {self.num_components} components but the model {num_labels} "
@@ -218,6 +233,8 @@ class CircleMixturePrior(CodePrior):
     ``radial_scale`` along it, ``tangential_scale`` across): the prior of Makhzani et al.'s
     figure 4 (10 components; the paper gives no sizes, these are probgen's)."""
 
+    has_components = True
+
     def __init__(self, z_dim: int, num_components: int = 10, radius: float = 4.0,
                  radial_scale: float = 1.0, tangential_scale: float = 0.25):
         super().__init__(z_dim)
@@ -249,7 +266,7 @@ class CircleMixturePrior(CodePrior):
         mix = dist.Categorical(logits=like.new_zeros(self.num_components))
         return dist.MixtureSameFamily(mix, self.components(like))
 
-    def conditional(self, labels, like):
+    def conditional(self, labels, like, num_labels=None):
         comps = self.components(like)
         return dist.MultivariateNormal(comps.loc[labels], scale_tril=comps.scale_tril[labels])
 
@@ -259,6 +276,8 @@ class SwissRollPrior(CodePrior):
     """The 2-D swiss roll of Makhzani et al.'s figure 4 (:class:`SwissRoll`); with labels,
     class ``k`` of ``K`` takes the segment ``u in [k/K, (k+1)/K]``."""
 
+    has_components = True
+
     def __init__(self, z_dim: int, turns: float = 1.5, radius: float = 4.0, noise: float = 0.05):
         super().__init__(z_dim)
         _need_2d(z_dim, "swiss_roll")
@@ -267,18 +286,17 @@ class SwissRollPrior(CodePrior):
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
             raise ConfigError(f"noise must be a number >= 0, got {noise!r}.")
         self.noise = float(noise)
-        self.num_labels: Optional[int] = None
-
-    def check_labels(self, num_labels: int) -> None:
-        self.num_labels = num_labels
 
     def distribution(self, like):
         return SwissRoll(like.new_zeros(()), like.new_ones(()), self.turns, self.radius,
                          self.noise)
 
-    def conditional(self, labels, like):
+    def conditional(self, labels, like, num_labels=None):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ConfigError(f"the swiss roll's segments need the number of classes: pass "
+                              f"num_labels (a positive integer), got {num_labels!r}.")
         k = labels.to(like.dtype)
-        n = float(self.num_labels or int(labels.max()) + 1)
+        n = float(num_labels)
         return SwissRoll(k / n, (k + 1) / n, self.turns, self.radius, self.noise)
 
 
@@ -383,7 +401,8 @@ class AAE(nn.Module):
         prior_kwargs: the named prior's settings (``scale``, ``num_components``, ``radius``...).
         num_labels: classes of a label-conditional model (0: unconditional).
         label_to_discriminator: the discriminator sees the one-hot label, and prior draws
-            of class ``y`` come from the prior's component ``y``.
+            of class ``y`` come from the prior's component ``y`` (a prior with components:
+            ``mixture``, ``swiss_roll``; others are refused).
         label_to_decoder: the decoder sees the one-hot label next to ``z``.
         d_hidden: the discriminator's hidden sizes (an MLP, LeakyReLU 0.2).
         loss: the regularization game, a name in
@@ -541,7 +560,7 @@ class AAE(nn.Module):
         """``p(z)`` (event shape ``(z_dim,)``); with labels and ``label_to_discriminator``,
         each label's own component (batch shape ``(B,)``)."""
         if labels is not None and self.label_to_discriminator:
-            return self.prior_spec.conditional(labels, self._anchor)
+            return self.prior_spec.conditional(labels, self._anchor, self.num_labels)
         return self.prior_spec.distribution(self._anchor)
 
     def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -550,16 +569,35 @@ class AAE(nn.Module):
         z = p.sample() if labels is not None and self.label_to_discriminator else p.sample((n,))
         return z.to(self._anchor.dtype)
 
+    def _noise(self, noise: Optional[torch.Tensor], flat: torch.Tensor
+               ) -> Optional[torch.Tensor]:
+        """The universal encoder's ``eta``: ``noise`` checked, or a fresh ``N(0, I)`` draw;
+        ``None`` for the other kinds (which refuse a ``noise``)."""
+        if self.encoder_kind != "universal":
+            if noise is not None:
+                raise ConfigError(f"noise feeds the universal encoder only; this AAE's "
+                                  f"encoder={self.encoder_kind!r} takes none (pass noise=None).")
+            return None
+        n = flat.shape[0]
+        if noise is None:
+            return torch.randn(n, self.noise_dim, dtype=flat.dtype, device=flat.device)
+        if not torch.is_tensor(noise) or tuple(noise.shape) != (n, self.noise_dim) or \
+                not noise.dtype.is_floating_point:
+            got = f"{tuple(noise.shape)} {noise.dtype}" if torch.is_tensor(noise) else \
+                type(noise).__name__
+            raise DataError(f"noise must be a float tensor of shape ({n}, {self.noise_dim}): one "
+                            f"eta of noise_dim={self.noise_dim} values per image; got {got}.")
+        return noise.to(flat)
+
     def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
                   ) -> dist.Distribution:
         """``q(z | x)`` for flat or shaped images (batch ``(B,)``, event ``(z_dim,)``): a
         point mass, a diagonal Gaussian, or for the universal encoder a point mass at
-        ``f(x, eta)`` with ``eta`` = ``noise`` or a fresh ``N(0, I)`` draw."""
+        ``f(x, eta)`` with ``eta`` = ``noise`` (``(B, noise_dim)``; the universal encoder
+        only) or a fresh ``N(0, I)`` draw."""
         flat = self._flat(x)
+        noise = self._noise(noise, flat)
         if self.encoder_kind == "universal":
-            if noise is None:
-                noise = torch.randn(flat.shape[0], self.noise_dim, dtype=flat.dtype,
-                                    device=flat.device)
             loc, _ = self.encoder(flat, noise)
             return dist.Delta(loc, event_dim=1)
         loc, scale = self.encoder(flat)
@@ -869,10 +907,7 @@ class SemiSupervisedAAE(AAE):
 
     # -- the encoder's two codes ---------------------------------------------------------------
     def _features(self, flat, noise=None):
-        if self.encoder_kind == "universal" and noise is None:
-            noise = torch.randn(flat.shape[0], self.noise_dim, dtype=flat.dtype,
-                                device=flat.device)
-        return self.encoder.body(flat, noise)
+        return self.encoder.body(flat, self._noise(noise, flat))
 
     def _style(self, h) -> dist.Distribution:
         loc = self.encoder.loc(h)
@@ -926,6 +961,25 @@ class SemiSupervisedAAE(AAE):
         out = self.decoder_output(z, torch.softmax(self.class_head(h), -1))
         return self.likelihood.mean(out).reshape((flat.shape[0],) + self.image_shape)
 
+    def _class_labels(self, labels, n):
+        """Labels to generate with: a class for each (the unlabelled mark is refused)."""
+        labels = self._labels(labels, n)
+        if bool((labels < 0).any()):
+            raise DataError(f"to generate, every label must be a class in 0.."
+                            f"{self.num_classes - 1}; {UNLABELLED} (unlabelled) has none: "
+                            f"pass size=... instead to draw the classes.")
+        return labels
+
+    @torch.no_grad()
+    def sample(self, n: Optional[int] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean images of ``y ~ p(y)`` (or ``labels``), ``z ~ p(z)``: ``(n, *image_shape)``,
+        or one per label."""
+        if labels is not None:   # checked here too: an error inside Predictive gains lines
+            self._class_labels(labels, labels.shape[0] if torch.is_tensor(labels)
+                               and labels.dim() == 1 else -1)
+        return super().sample(n, labels)
+
     # -- Pyro model and guide ---------------------------------------------------------
     def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
         """``y ~ OneHotCategorical(uniform)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``;
@@ -940,7 +994,7 @@ class SemiSupervisedAAE(AAE):
             if n is None:
                 raise ConfigError("to generate, pass labels or size (how many images).")
             if labels is not None:
-                observed_y = self._onehot(self._labels(labels, n).clamp_min(0), self._anchor)
+                observed_y = self._onehot(self._class_labels(labels, n), self._anchor)
         with pyro.plate("data", n):
             p_y = dist.OneHotCategorical(logits=self._anchor.new_zeros(self.num_classes))
             p_z = self.prior_spec.distribution(self._anchor)
