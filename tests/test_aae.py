@@ -507,6 +507,70 @@ def test_mmd_of_gaussians_against_the_closed_form():
     assert abs(same["mmd2"]) < 0.005 and same["bandwidth"] > 0
     with pytest.raises(DataError, match="at least two points"):
         mmd(p[:1], q)
+    with pytest.raises(ConfigError, match="the MMD kernel bandwidth must be a positive") as info:
+        mmd(p, q, bandwidth=-1.0)
+    assert "Parzen" not in str(info.value)
+
+
+def test_mmd_is_computed_by_blocks(monkeypatch):
+    """The same unbiased estimate as the three dense kernel matrices, but no distance
+    matrix larger than block_size x the other set's size is ever built."""
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(700, 3, generator=g), torch.randn(600, 3, generator=g) + 0.3
+    h = 1.3
+    pd, qd = p.double(), q.double()
+
+    def dense(u, v):
+        return torch.exp(-((u[:, None] - v[None]) ** 2).sum(-1) / (2 * h * h))
+
+    kxx, kyy = dense(pd, pd), dense(qd, qd)
+    want = ((kxx.sum() - kxx.diagonal().sum()) / (700 * 699)
+            + (kyy.sum() - kyy.diagonal().sum()) / (600 * 599) - 2 * dense(pd, qd).mean())
+    largest = []
+    cdist = torch.cdist
+
+    def spy(a, b, *args, **kw):
+        largest.append(a.shape[0] * b.shape[0])
+        return cdist(a, b, *args, **kw)
+
+    monkeypatch.setattr(torch, "cdist", spy)
+    got = mmd(p, q, bandwidth=h, block_size=128)
+    assert got["mmd2"] == pytest.approx(float(want), abs=1e-9)
+    assert largest and max(largest) <= 128 * 700
+    # the default bandwidth is the median distance of distinct pooled pairs, without a
+    # square matrix either
+    largest.clear()
+    pooled = torch.cat([pd, qd])
+    iu = torch.triu_indices(1300, 1300, offset=1)
+    median = float(cdist(pooled, pooled)[iu[0], iu[1]].median())
+    assert mmd(p, q, block_size=128)["bandwidth"] == pytest.approx(median, rel=1e-9)
+    assert max(largest) <= 128 * 700
+    with pytest.raises(ConfigError, match="block_size must be a positive integer"):
+        mmd(p, q, block_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mmd_of_samples_on_two_devices():
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(300, 2, generator=g), torch.randn(300, 2, generator=g)
+    on_gpu = mmd(p.cuda(), q)                       # the median bandwidth joins them first
+    assert on_gpu["mmd2"] == pytest.approx(mmd(p, q)["mmd2"], abs=1e-9)
+
+
+@pytest.mark.parametrize("where", ["samples", "validation", "test"])
+def test_parzen_and_mmd_refuse_non_finite_values(where):
+    """A NaN once picked an arbitrary width (every width's mean was NaN): refused, naming
+    the set and the first bad example."""
+    g = torch.Generator().manual_seed(0)
+    sets = {k: torch.randn(20, 4, generator=g) for k in ("samples", "validation", "test")}
+    sets[where][7, 2] = float("nan")
+    with pytest.raises(DataError, match=r"NaN or infinite values \(1 of 20 examples, the "
+                                        r"first at index 7\)") as info:
+        parzen_score(sets["samples"], sets["test"], sets["validation"], sigmas=[0.5, 1.0])
+    assert where in str(info.value) and "\n" not in str(info.value)
+    sets[where][7, 2] = float("inf")
+    with pytest.raises(DataError, match="NaN or infinite"):
+        mmd(sets["samples"], sets[where] if where != "samples" else sets["test"])
 
 
 # --------------------------------------------------------------------------- examples/aae.py

@@ -55,27 +55,34 @@ def _flat(x, name: str) -> torch.Tensor:
         raise DataError(f"{name} must be a tensor, got {type(x).__name__}.")
     if x.dim() < 1 or x.shape[0] < 1:
         raise DataError(f"{name} must hold at least one example, got shape {tuple(x.shape)}.")
-    return x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], -1)
+    if flat.dtype.is_floating_point or flat.dtype.is_complex:
+        bad = ~torch.isfinite(flat).all(1)
+        if bool(bad.any()):
+            raise DataError(f"{name} hold NaN or infinite values ({int(bad.sum())} of "
+                            f"{flat.shape[0]} examples, the first at index "
+                            f"{int(bad.nonzero()[0])}); drop or fix them before estimating.")
+    return flat
 
 
-def _check_sigma(sigma) -> float:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ConfigError(f"the Parzen window width sigma must be a positive number, "
-                          f"got {sigma!r}.")
+def _check_sigma(sigma, what: str = "the Parzen window width sigma") -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or \
+            not math.isfinite(sigma):
+        raise ConfigError(f"{what} must be a positive number, got {sigma!r}.")
     return float(sigma)
 
 
-def _check_batch(batch_size) -> int:
+def _check_batch(batch_size, name: str = "batch_size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise ConfigError(f"{name} must be a positive integer, got {batch_size!r}.")
     return batch_size
 
 
 @torch.no_grad()
 def _parzen_grid(samples, data, sigmas: Sequence[float], batch_size: int,
-                 dtype: torch.dtype) -> torch.Tensor:
+                 dtype: torch.dtype, name: str = "data") -> torch.Tensor:
     """``(len(sigmas), m)`` log-densities: the distances are computed once for every width."""
-    s, x = _flat(samples, "samples"), _flat(data, "data")
+    s, x = _flat(samples, "samples"), _flat(data, name)
     if s.shape[1] != x.shape[1]:
         raise DataError(f"samples have {s.shape[1]} values each but data {x.shape[1]}; the "
                         f"window compares examples of one size.")
@@ -137,59 +144,74 @@ def parzen_score(samples: torch.Tensor, test: torch.Tensor, val: torch.Tensor,
     grid = [_check_sigma(s) for s in (DEFAULT_SIGMAS if sigmas is None else sigmas)]
     if not grid:
         raise ConfigError("sigmas must hold at least one window width.")
-    val_ll = [float(v) for v in _parzen_grid(samples, val, grid, batch_size, dtype).mean(1)]
+    val_ll = [float(v) for v in
+              _parzen_grid(samples, val, grid, batch_size, dtype, "the validation images").mean(1)]
     best = max(range(len(grid)), key=lambda i: val_ll[i])
-    ll = parzen_log_likelihood(samples, test, grid[best], batch_size, dtype)
+    ll = _parzen_grid(samples, test, [grid[best]], batch_size, dtype, "the test images")[0]
     return {"log_likelihood": float(ll.mean()),
             "std_error": float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else 0.0,
             "sigma": grid[best],
             "sigma_at_grid_edge": len(grid) > 1 and best in (0, len(grid) - 1),
             "val_log_likelihood": val_ll, "sigmas": grid,
-            "num_samples": int(_flat(samples, "samples").shape[0]),
+            "num_samples": int(samples.shape[0]),
             "num_test": int(ll.numel())}
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -> float:
     """The median distance between points of the pooled sample (the first ``max_points``
-    of each set), a common default bandwidth of the Gaussian kernel."""
-    pooled = torch.cat([_flat(x, "x")[:max_points], _flat(y, "y")[:max_points]]).double()
-    d = torch.cdist(pooled, pooled)
-    iu = torch.triu_indices(d.shape[0], d.shape[0], offset=1, device=d.device)
-    med = float(d[iu[0], iu[1]].median())
+    of each set), a common default bandwidth of the Gaussian kernel. ``y`` is moved to
+    ``x``'s device; the distances of distinct pairs are computed once each
+    (:func:`torch.nn.functional.pdist`, no square matrix)."""
+    a = _flat(x, "x")[:max_points].double()
+    pooled = torch.cat([a, _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)])
+    med = float(torch.nn.functional.pdist(pooled).median())
     return med if med > 0 else 1.0
+
+
+def _kernel_sum(p: torch.Tensor, q: torch.Tensor, h: float, block_size: int,
+                drop_diagonal: bool = False) -> torch.Tensor:
+    """``sum_ij exp(-|p_i - q_j|^2 / 2h^2)`` by blocks of ``block_size`` rows of ``p`` (memory
+    ``block_size x len(q)``); ``drop_diagonal`` leaves out the terms ``i == j`` (``p is q``)."""
+    total = p.new_zeros(())
+    for i in range(0, p.shape[0], block_size):
+        k = torch.exp(-torch.cdist(p[i:i + block_size], q).pow(2) / (2 * h * h))
+        if drop_diagonal:
+            k.diagonal(offset=i).zero_()
+        total = total + k.sum()
+    return total
 
 
 @torch.no_grad()
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
-        max_points: int = 5000) -> Dict[str, float]:
+        max_points: int = 5000, block_size: int = 500) -> Dict[str, float]:
     """Unbiased squared MMD between samples ``x`` ``(n, d)`` and ``y`` ``(m, d)`` with a
     Gaussian kernel (Gretton et al. 2012), e.g. an AAE's codes of a test set and draws of its
     prior.
 
     Args:
         bandwidth: the kernel's ``h`` (default: :func:`median_bandwidth`).
-        max_points: use the first ``max_points`` of each set (the cost is quadratic).
+        max_points: use the first ``max_points`` of each set (the time is quadratic).
+        block_size: rows of a kernel matrix computed at once (memory ``block_size x
+            max_points`` values, 20 MB at the defaults, not the three dense matrices).
 
     Returns:
         ``{"mmd2": ..., "bandwidth": h, "n": ..., "m": ...}``; ``mmd2`` can be slightly
         negative when the two distributions agree (the estimate is unbiased).
     """
-    a, b = _flat(x, "x")[:max_points].double(), _flat(y, "y")[:max_points].double()
+    _check_batch(block_size, "block_size")
+    a = _flat(x, "x")[:max_points].double()
+    b = _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)
     if a.shape[1] != b.shape[1]:
         raise DataError(f"the two samples have {a.shape[1]} and {b.shape[1]} values each; MMD "
                         f"compares points of one space.")
     n, m = a.shape[0], b.shape[0]
     if n < 2 or m < 2:
         raise DataError(f"MMD needs at least two points in each sample, got {n} and {m}.")
-    h = median_bandwidth(a, b) if bandwidth is None else _check_sigma(bandwidth)
-    b = b.to(a.device)
-
-    def k(p, q):
-        return torch.exp(-torch.cdist(p, q).pow(2) / (2 * h * h))
-
-    kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
-    value = ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-             + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    h = median_bandwidth(a, b) if bandwidth is None else \
+        _check_sigma(bandwidth, "the MMD kernel bandwidth")
+    value = (_kernel_sum(a, a, h, block_size, drop_diagonal=True) / (n * (n - 1))
+             + _kernel_sum(b, b, h, block_size, drop_diagonal=True) / (m * (m - 1))
+             - 2 * _kernel_sum(a, b, h, block_size) / (n * m))
     return {"mmd2": float(value), "bandwidth": h, "n": n, "m": m}
 
 
