@@ -35,8 +35,6 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import torch
-
 from probgen import cli
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
