@@ -9,8 +9,9 @@ same seed. Each is measured on the test set by
 
 * the Parzen-window log-likelihood of ``--parzen-samples`` decoded prior draws (the mean
   images), the window chosen on ``--parzen-val`` validation images (Makhzani et al. Table 1
-  reports 340 +- 2 nats for the AAE, Goodfellow et al.'s GAN 225 +- 2; see
-  probgen.metrics.parzen for why the estimator is a poor one);
+  reports 340 +- 2 nats for the AAE, and 225 +- 2 for the GAN of Goodfellow et al. 2014,
+  "Generative Adversarial Nets"; see probgen.metrics.parzen for why the estimator is a
+  poor one);
 * the reconstruction error (mean squared error per pixel of the decoded code centre, and
   ``-log p(x | z)`` per image, the validation loss);
 * how well the codes match the prior: the unbiased MMD^2 between codes of the test images
@@ -20,12 +21,13 @@ same seed. Each is measured on the test set by
 * with ``--labels semi_supervised`` (the semi-supervised AAE: a class code and a style
   code, each with its discriminator, ``--num-labelled`` labelled training images), the test
   error of the class code (Makhzani et al. Table 2: about 1.9% with 100 labels; Pyro's
-  semi-supervised VAE tutorial: 93.2% accuracy).
+  semi-supervised VAE tutorial, which follows Kingma et al. 2014, "Semi-supervised
+  Learning with Deep Generative Models": 93.2% accuracy).
 
 Writes to --out: results.json and results.csv (one row per encoder kind), codes_<tag>.png
 (test codes coloured by digit next to prior draws), samples_<tag>.png, manifold_<tag>.png
-(2-D codes only), style_<tag>.png (a decoder-conditional AAE: style fixed along each row,
-label along the columns), losses.png and one checkpoint per AAE, aae_<tag>.pt
+(2-D codes only), style_<tag>.png (a decoder-conditional or semi-supervised AAE: style
+fixed along each row, label along the columns), losses.png and one checkpoint per AAE, aae_<tag>.pt
 (``probgen.load`` rebuilds the model from it; ``--resume`` continues it). ``--vae`` adds a
 VAE of the same networks to the table (vae_normal.pt).
 
@@ -42,6 +44,7 @@ VAE of the same networks to the table (vae_normal.pt).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Dict, List
@@ -62,10 +65,14 @@ from probgen.train import fit, set_seed
 from probgen.viz import grid_figure
 from probgen.viz.images import image_grid, new_figure, save
 
-# Makhzani et al. 2015, Table 1 (MNIST, Parzen window on 10,000 samples, nats)
+# Makhzani et al. 2015, "Adversarial Autoencoders", Table 1 (MNIST, Parzen window on
+# 10,000 samples, nats): their AAE, and the GAN of Goodfellow et al. 2014, "Generative
+# Adversarial Nets"
 PAPER = {"aae": 340.0, "gan (Goodfellow et al. 2014)": 225.0}
 # semi-supervised MNIST with 100 labels: Makhzani et al. 2015, Table 2 (test error, about
-# 1.9%); Pyro's semi-supervised VAE tutorial (test accuracy 93.2%, i.e. 6.8% error)
+# 1.9%); Pyro's semi-supervised VAE tutorial, which follows Kingma et al. 2014,
+# "Semi-supervised Learning with Deep Generative Models" (test accuracy 93.2%, i.e. 6.8%
+# error)
 SEMI_SUPERVISED = {"aae (Makhzani et al. 2015), 100 labels": 1.9,
                    "pyro ss-vae tutorial, 100 labels": 6.8}
 LABEL_TO = {"discriminator": (True, False), "decoder": (False, True), "both": (True, True)}
@@ -210,12 +217,43 @@ def manifold_figure(model: AAE, prior_draws, path, title, n: int = 15):
     return save(fig, path)
 
 
-def style_figure(model: AAE, path, styles: int = 8):
-    """Rows: one code (style) each, drawn from the prior; columns: the digit label given
-    to the decoder."""
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int):
+    """Seed the CPU's and ``device``'s random numbers inside a forked random state: the
+    process's global random state is as it was afterwards (the example may run inside
+    another program, a test for one)."""
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def style_codes(model: AAE, styles: int, seed: int = 0):
+    """``(styles * classes, z_dim)`` prior draws and their labels: row ``s`` holds style ``s``
+    for every class. A style is a set of random numbers: each class's code is drawn with the
+    same ones, so with the label at the discriminator it sits at the same place of that
+    class's component (a mixture component rotated, the same share of a swiss-roll
+    segment), and without it it is the same code for every class."""
     classes = getattr(model, "num_classes", model.num_labels)
-    z = model.prior_sample(styles).repeat_interleave(classes, 0)
-    labels = torch.arange(classes, device=model.device).repeat(styles)
+    z, labels = [], []
+    for s in range(styles):
+        for c in range(classes):
+            label = torch.tensor([c], device=model.device)
+            with seeded(model.device, seed + s):
+                z.append(model.prior_sample(1, label))
+            labels.append(label)
+    return torch.cat(z), torch.cat(labels)
+
+
+def style_figure(model: AAE, path, styles: int = 8, seed: int = 0):
+    """Rows: one style each (:func:`style_codes`); columns: the digit label given to the
+    decoder."""
+    classes = getattr(model, "num_classes", model.num_labels)
+    z, labels = style_codes(model, styles, seed)
     with torch.no_grad():
         images = model.decode(z, labels).cpu()
     return grid_figure(images, nrow=classes, path=path,
@@ -291,6 +329,13 @@ def draw_labels(model: AAE, n: int, generator: torch.Generator):
 
 @torch.no_grad()
 def measure(model: AAE, splits, args, tag: str) -> dict:
+    """The metrics and figures of one trained model; its random numbers come from
+    ``--seed + 17`` in a forked random state (the caller's is left alone)."""
+    with seeded(model.device, args.seed + 17):
+        return _measure(model, splits, args, tag)
+
+
+def _measure(model: AAE, splits, args, tag: str) -> dict:
     model.eval()
     x, y = splits["test"].all()
     if args.eval_size is not None:
@@ -310,7 +355,6 @@ def measure(model: AAE, splits, args, tag: str) -> dict:
     out["recon_mse"], out["recon_nll"] = rec / n, nll / n
     # q(z) against p(z)
     gen = torch.Generator().manual_seed(args.seed + 17)
-    torch.manual_seed(args.seed + 17)
     codes = torch.cat([model.codes(x[i:i + 1000]) for i in range(0, x.shape[0], 1000)])
     prior_draws = model.prior_sample(codes.shape[0], y_in)
     match = mmd(codes, prior_draws)
@@ -319,7 +363,6 @@ def measure(model: AAE, splits, args, tag: str) -> dict:
     if semi:
         pred = model.predict(x)
         out["test_error"] = 100.0 * float((pred != y).float().mean())
-        style_figure(model, args.out / f"style_{tag}.png")
     if model.z_dim >= 2:
         codes_figure(codes, y, prior_draws, y_in, args.out / f"codes_{tag}.png",
                      f"{model.encoder_kind} encoder, {model.prior_name} prior"
@@ -327,8 +370,8 @@ def measure(model: AAE, splits, args, tag: str) -> dict:
         if model.z_dim == 2 and not model.label_to_decoder and not semi:
             manifold_figure(model, prior_draws, args.out / f"manifold_{tag}.png",
                             f"decoded 2-D codes ({model.encoder_kind}, {model.prior_name})")
-    if model.label_to_decoder and not getattr(model, "label_to_discriminator", False):
-        style_figure(model, args.out / f"style_{tag}.png")
+    if model.label_to_decoder or semi:   # the decoder takes the label (the class code)
+        style_figure(model, args.out / f"style_{tag}.png", seed=args.seed)
     # samples: decoded prior draws (mean images)
     labels = (torch.arange(10, device=model.device).repeat_interleave(10)
               if model.label_to_decoder else None)

@@ -612,6 +612,51 @@ def test_example_conditional_default_prior_has_a_component_per_digit(example, tm
         torch.set_num_threads(threads)
 
 
+def test_example_measure_leaves_the_global_random_state_alone(example, tmp_path):
+    """measure() seeds its own draws in a forked random state: the same numbers on every
+    call, and the caller's random state as it was."""
+    threads = torch.get_num_threads()
+    try:
+        args = example.parse_args(["--smoke", "--out", str(tmp_path), "--threads", "1",
+                                   "--device", "cpu", "--parzen-samples", "0",
+                                   "--fid-samples", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(5)
+    aae = AAE(z_dim=2, hidden=(16,), d_hidden=(16,), encoder="gaussian")
+    g = torch.Generator().manual_seed(0)
+    test = TensorData(torch.rand(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,)))
+    splits = {"test": test, "val": test}
+    state = torch.get_rng_state()
+    first = example.measure(aae, splits, args, "rng")
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(3)                                         # another caller state
+    assert example.measure(aae, splits, args, "rng")["mmd2"] == first["mmd2"]
+
+
+def test_example_style_codes_hold_the_style_while_the_label_changes(example):
+    """With the label at the decoder only, a row is one code; with it at the discriminator
+    too (mixture prior), a row is the same place in each class's component: whitened by
+    their components (z = loc_c + L_c eps), the codes of a row share one eps."""
+    torch.manual_seed(0)
+    decoder = tiny(num_labels=10, label_to_discriminator=False, label_to_decoder=True)
+    both = tiny(num_labels=10, prior="mixture", label_to_decoder=True)
+    state = torch.get_rng_state()
+    z, labels = example.style_codes(decoder, styles=3)
+    assert torch.equal(labels, torch.arange(10).repeat(3))
+    z = z.reshape(3, 10, 2)
+    assert torch.equal(z, z[:, :1].expand(3, 10, 2)) and not torch.equal(z[0], z[1])
+    z, _ = example.style_codes(both, styles=3)
+    z = z.reshape(3, 10, 2)
+    comps = both.prior_spec.components(torch.zeros(()))
+    eps = torch.linalg.solve_triangular(comps.scale_tril, (z - comps.loc)[..., None],
+                                        upper=False)[..., 0]
+    assert torch.allclose(eps, eps[:, :1].expand(3, 10, 2), atol=1e-5)
+    assert not torch.allclose(eps[0], eps[1], atol=1e-2)
+    assert float((z[:, 1:] - z[:, :1]).norm(dim=-1).min()) > 0.5   # yet in another component
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_aae_example_smoke(example, tmp_path, capsys):
     import json
 
@@ -643,10 +688,13 @@ def test_aae_example_smoke(example, tmp_path, capsys):
     rec = json.loads((tmp_path / "vae" / "results.json").read_text())["results"]["aaes"]
     assert set(rec) == {"gaussian", "vae"} and "fid" not in rec["vae"]
     assert all(math.isfinite(rec[k][m]) for k in rec for m in ("parzen_ll", "mmd2", "recon_mse"))
+    # the label at the decoder and the discriminator: the style figure too (default prior:
+    # the mixture)
     assert run_example(example, "--out", str(tmp_path / "dec"), "--encoder", "deterministic",
-                       "--labels", "conditional", "--label-to", "decoder", "--fid-samples", "0",
+                       "--labels", "conditional", "--label-to", "both", "--fid-samples", "0",
                        "--parzen-samples", "0") == 0
-    assert (tmp_path / "dec" / "style_deterministic_normal_conditional.png").stat().st_size > 1000
+    assert (tmp_path / "dec" / "style_deterministic_mixture_conditional.png").stat().st_size \
+        > 1000
     assert run_example(example, "--out", str(tmp_path / "ss"), "--encoder", "deterministic",
                        "--labels", "semi_supervised", "--fid-samples", "0",
                        "--parzen-samples", "0") == 0
