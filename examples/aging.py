@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import torch

@@ -93,13 +93,14 @@ def test_graded_mnist_is_cached_and_splits_into_identities(tmp_path):
 # --------------------------------------------------------------------------- faces folder
 
 def write_faces(folder: Path, names, size=20):
-    from torchvision.io import write_jpeg, write_png
+    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     for name in names:
-        img = torch.randint(0, 256, (3, size, size + 4), generator=g, dtype=torch.uint8)
-        (write_png if name.endswith(".png") else write_jpeg)(img, str(folder / name))
+        img = torch.randint(0, 256, (size, size + 4, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(img.numpy()).save(folder / name, format="PNG" if name.endswith(".png")
+                                          else "JPEG")
 
 
 def test_faces_loader_parses_bins_and_streams_to_the_fit_loop(tmp_path):
@@ -131,6 +132,10 @@ def test_faces_loader_parses_bins_and_streams_to_the_fit_loop(tmp_path):
     write_faces(tmp_path / "faces", ["selfie.jpg"])
     with pytest.raises(DataError, match="selfie.jpg"):
         AgeFolder(tmp_path / "faces")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "30_1_2_2017.jpg").write_text("not a jpeg")
+    with pytest.raises(DataError, match="30_1_2_2017.jpg.*could not be decoded"):
+        AgeFolder(tmp_path / "broken")[0]
     lenient = AgeFolder(tmp_path / "faces", strict=False)
     assert lenient.skipped == ["selfie.jpg"] and len(lenient) == 8
     with pytest.raises(ConfigError, match="age group"):
@@ -387,6 +392,15 @@ def test_aging_example_smoke(example, tmp_path, capsys):
     assert isinstance(probgen.load(tmp_path / "age_cgan.pt"), AgeCGAN)
     assert isinstance(probgen.load(tmp_path / "caae.pt"), CAAE)
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
+    # a face folder: the cGAN and the CAAE train on it from disk and draw their edits
+    write_faces(tmp_path / "faces", [f"{a}_0_1_2017{a}.jpg" for a in (4, 22, 33, 44, 55, 66)])
+    out = tmp_path / "faces_run"
+    assert run_example(example, "--out", str(out), "--data", "faces", "--faces-dir",
+                       str(tmp_path / "faces"), "--face-size", "32", "--method", "cgan", "caae",
+                       "--batch-size", "4") == 0
+    rec = json.loads((out / "results.json").read_text())["results"]
+    assert rec["faces"] == 6 and rec["groups"] == 6 and set(rec["training"]) == {"cgan", "caae"}
+    assert (out / "progression.png").stat().st_size > 1000
     capsys.readouterr()
     assert run_example(example, "--out", str(tmp_path), "--data", "faces", "--faces-dir",
                        str(tmp_path / "nowhere")) == 2

@@ -290,7 +290,7 @@ class AgeFolder(torch.utils.data.Dataset):
     """A folder of aligned face crops named ``{age}_{gender}_{race}_{datetime}.jpg``.
 
     Items are ``(image (C, size, size) float in [0, 1], group int64)``, read from disk when
-    asked (``torchvision.io``) and resized with antialiasing.
+    asked (Pillow) and resized with antialiasing (torchvision).
 
     Args:
         root: the folder (its ``.jpg``/``.jpeg``/``.png`` files, not sub-folders).
@@ -343,14 +343,14 @@ class AgeFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from torchvision.io import ImageReadMode, decode_image, read_file
-        from torchvision.transforms.functional import resize
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms.functional import pil_to_tensor, resize
 
         path = self.files[i]
-        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
         try:
-            img = decode_image(read_file(str(path)), mode=mode)
-        except RuntimeError as err:
+            with Image.open(path) as im:
+                img = pil_to_tensor(im.convert("RGB" if self.channels == 3 else "L"))
+        except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"face file {str(path)!r} could not be decoded ({err}).") from None
         img = resize(img, [self.size, self.size], antialias=True)
         return img.float().div_(255), self.groups[i]
