@@ -65,7 +65,14 @@ def tiny_semi_supervised_aae(mnist_small):
     return SemiSupervisedAAE(z_dim=3, hidden=(16,), d_hidden=(16,), encoder="gaussian"), (x, y)
 
 
-ADVERSARIAL = {"aae": tiny_aae, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
+def tiny_flowgan(mnist_small):
+    from probgen.models.flowgan import FlowGAN
+
+    x, _ = next(mnist_small["train"].batches(8))
+    return FlowGAN("realnvp", event_shape=(1, 28, 28), adv_weight=0.5, depth=1, hidden=4), (x,)
+
+
+ADVERSARIAL = {"aae": tiny_aae, "flowgan": tiny_flowgan, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
 
 
 def test_every_registered_model_has_a_contract_case():

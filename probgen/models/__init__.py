@@ -4,6 +4,7 @@ from probgen.models.registry import MODELS, rebuildable
 from probgen.models.aae import AAE, SemiSupervisedAAE
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
+from probgen.models.flowgan import FlowGAN
 from probgen.models.gan import GAN
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.mevae import MEVAE
@@ -11,5 +12,5 @@ from probgen.models.vae import PRESETS, VAE
 
 rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "AAE", "CVAE", "Baseline", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
+__all__ = ["MODELS", "AAE", "CVAE", "Baseline", "FlowGAN", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
            "SemiSupervisedAAE", "VAE"]
