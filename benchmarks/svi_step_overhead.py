@@ -88,9 +88,18 @@ def loop_step_fn(model, data, objective, batch):
                                                      progress=False, verbose=False).check())
         run.set_up()
         state = run.phases[0]
+        try:   # the step context train_epoch runs its steps in (once per epoch there)
+            from probgen.train.context import running_steps
+        except ImportError:   # an older checkout
+            import contextlib
+            running_steps = lambda **kw: contextlib.nullcontext()   # noqa: E731
+        kw = dict(data_checked=getattr(run, "train_checked", False))
+        if hasattr(run, "declared"):
+            kw["module"] = run.declared
 
         def step():
-            float(run.run_phase(state, batch, {}))
+            with running_steps(**kw):
+                float(run.run_phase(state, batch, {}))
         return step
     step = SVIStep(model, objective=objective)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -123,8 +123,9 @@ class FlowModel(nn.Module):
         """Whether ``log_prob`` is exact (False for DenseFlow: a lower bound)."""
         return self.flow.exact
 
-    def check_data(self, x: torch.Tensor) -> None:
-        """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]."""
+    def check_data(self, x: torch.Tensor, *rest) -> None:
+        """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]. Other
+        tensors of a batch (labels the model takes and ignores) are not checked."""
         self.flow.check_input(x)
         if x.dim() != len(self.event_shape) + 1:
             raise DataError(f"this model takes a batch of shape (B, "

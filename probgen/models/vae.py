@@ -212,7 +212,9 @@ class VAE(nn.Module):
 
     def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
               size: Optional[int] = None):
-        pyro.module("vae", self)
+        step = current_step()
+        if step is None or step.registers(self):
+            pyro.module("vae", self)
         if x is not None:
             flat, onehot = self.check_data(x, labels)
             n = flat.shape[0]
@@ -228,7 +230,7 @@ class VAE(nn.Module):
             with self._kl_weight():
                 z = pyro.sample("z", prior)
             out = self.decoder(z, onehot)
-            if current_step() is None:   # no loss reads it: skipped in fit's own steps
+            if step is None:   # no loss reads it: skipped in fit's own steps
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 

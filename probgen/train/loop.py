@@ -294,6 +294,7 @@ class Run:
         # Whole-data checks once, here, instead of in every step (context.py).
         self.train_checked = _checked_once(self.step, self.train_data)
         self.val_checked = _checked_once(self.step, self.val_data)
+        self.declared = getattr(self.step, "declared_module", None)
         if c.seed is not None:
             # Each process its own stream of noise; all share the batch order.
             set_seed(c.seed + self.rank)
@@ -495,7 +496,7 @@ class Run:
         batches = self._batches(self.train_data, shuffle=True)
         i = 0
         # The steps' context: models may skip what only a user reads (context.py).
-        with running_steps(data_checked=self.train_checked):
+        with running_steps(data_checked=self.train_checked, module=self.declared):
             for batch in batches:
                 ctx: Dict[str, Any] = {}
                 for st in self.phases:
@@ -576,7 +577,7 @@ class Run:
     def validate(self, entry: Dict[str, Any]) -> None:
         val_loss = None
         if self.val_data is not None:
-            with running_steps(data_checked=self.val_checked):
+            with running_steps(data_checked=self.val_checked, module=self.declared):
                 val_loss = evaluate(self.step, self.val_data, self.config.eval_batch_size)
             if val_loss is not None and not math.isfinite(val_loss):
                 self._diverged(entry["epoch"], None, val_loss, None, where="validation")

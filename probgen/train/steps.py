@@ -148,6 +148,12 @@ class Step:
         return False
 
     @property
+    def declared_module(self) -> Optional[nn.Module]:
+        """The module every phase optimizes by declaration, whose model may then skip
+        ``pyro.module`` inside the loop (:mod:`probgen.train.context`); else ``None``."""
+        return None
+
+    @property
     def loss(self) -> LossFn:
         """The first phase's loss (for one-phase steps: *the* loss)."""
         return self.phases[0].loss
@@ -276,6 +282,11 @@ class SVIStep(Step):
             loss = loss / n
             return loss
         return loss, loss.detach() / n
+
+    @property
+    def declared_module(self) -> Optional[nn.Module]:
+        # The one phase declares params=module; its own model/guide methods see it.
+        return self.module if self._own_methods else None
 
     def check_data(self, tensors) -> bool:
         """Check a whole data set once, before the first step, with the module's own
