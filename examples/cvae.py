@@ -14,7 +14,7 @@ Writes results.csv, results.json (with the time of every phase), one figure per
 setting (inputs / truth / NN / CVAE samples), learning curves, and checkpoints to
 --out. ``--resume`` continues an interrupted run from its checkpoints.
 
-    python examples/cvae.py                          # full run (20 epochs per network)
+    python examples/cvae.py                          # full run (11 min on 2 CPU cores)
     python examples/cvae.py --epochs 50 --patience 3 # Pyro's example's settings
     python examples/cvae.py --quadrants 2 --epochs 20
     python examples/cvae.py --smoke                  # seconds
