@@ -8,8 +8,7 @@ so each method is scored against the true image at the target level. For each te
 each input level ``s``, the image at ``s`` is moved to every level ``t`` and compared with the
 truth:
 
-* reconstruction at ``t = s``: pixel MSE and squared distance in the recognition features (the
-  shipped MNIST classifier's penultimate layer);
+* reconstruction at ``t = s``: pixel MSE and squared distance in the scoring features;
 * identity preserved (``t != s``): the share of edited images whose nearest neighbour, in the
   recognition features, among all test identities at level ``t`` is their own truth (the
   analogue of Age-cGAN's face-verification rates);
@@ -19,16 +18,22 @@ truth:
 * seconds per input image (all its targets).
 
 Rows: no-change (the input returned as is), Age-cGAN with the encoder only / + pixel refinement /
-+ identity refinement (L-BFGS-B), CAAE, recurrent (two-layer GRU). The recognition network that
-refines is also the one that scores identity: a face pipeline would score with a second one.
++ identity refinement (L-BFGS-B), CAAE, recurrent (two-layer GRU). The identity refinement uses
+the shipped MNIST classifier's penultimate layer as its recognition network; the table scores
+with another one (``--score-features trained``, the default: a digit classifier the script
+trains on the graded training images, as face-aging evaluations score verification with a
+recognition network other than the one that refined), or with the same one (``shipped``).
 
 ``--data faces --faces-dir DIR`` trains the cGAN and the CAAE on a UTKFace-style folder
-(``{age}_{gender}_{race}_{datetime}.jpg``), streaming it from disk, and draws edits (no ground
-truth, so no table; ``--features`` is not available for faces here: pixel refinement only).
+(``{age}_{gender}_{race}_{datetime}.jpg``; 64x64 for the cGAN, ``--caae-face-size`` 128 for the
+CAAE), streaming it from disk, and draws edits (no ground truth, so no table; no recognition
+network for faces ships with probgen, so the example refines by pixels; the library takes one as
+``AgeCGAN.invert(..., refine="identity", features=net)``).
 
 Writes to --out: results.json, results.csv (the table), progression.png (true progression above
-each method's), recurrent.png (the GRU's sequences), checkpoints age_cgan.pt, caae.pt,
-recurrent.pt (``probgen.load`` rebuilds the first two).
+each method's; with faces: the cGAN's edits, and the CAAE's in progression_caae.png),
+recurrent.png (the GRU's sequences), checkpoints age_cgan.pt, caae.pt, recurrent.pt
+(``probgen.load`` rebuilds the first two).
 
     python examples/aging.py --smoke
     python examples/aging.py --method cgan --refine none pixel identity --pairs 100000
@@ -64,7 +69,12 @@ def parse_args(argv=None):
                    help="Age-cGAN inversions to score (encoder only, + pixel, + identity)")
     p.add_argument("--data", default="thickness", choices=["thickness", "slant", "faces"])
     p.add_argument("--faces-dir", default=None, help="UTKFace-style folder (--data faces)")
-    p.add_argument("--face-size", type=int, default=64, help="side of the face images")
+    p.add_argument("--face-size", type=int, default=64,
+                   help="side of the face images (Age-cGAN)")
+    p.add_argument("--caae-face-size", type=int, default=128,
+                   help="side of the face images the CAAE trains on")
+    p.add_argument("--score-features", default="trained", choices=["trained", "shipped"],
+                   help="recognition features that score the table (see above)")
     p.add_argument("--age-groups", default="agecgan", choices=["agecgan", "caae"])
     p.add_argument("--levels", type=int, default=6, help="levels of the attribute (K)")
     p.add_argument("--pairs", type=int, default=100000,
@@ -85,7 +95,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.epochs = 1
     for name in ("levels", "pairs", "encoder_epochs", "maxiter", "eval_identities",
-                 "classifier_epochs", "face_size"):
+                 "classifier_epochs", "face_size", "caae_face_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.levels < 2:
@@ -214,6 +224,9 @@ def figures(args, truth, producers, levels: int):
 # --------------------------------------------------------------------------- faces
 
 def run_faces(args, log):
+    if "recurrent" in args.method:
+        raise ConfigError("recurrent aging trains on progressions of one identity, which a "
+                          "face folder does not have: use --method cgan caae with --data faces.")
     folder = AgeFolder(args.faces_dir, args.face_size, args.age_groups)
     loader = faces_loader(args.faces_dir, args.face_size, args.age_groups, args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed))
@@ -228,16 +241,19 @@ def run_faces(args, log):
         for i in range(x.shape[0]):
             rows[f"#{i} cGAN"] = torch.cat([x[i:i + 1]] + [cgan.regenerate(z[i:i + 1], t)
                                                            for t in range(k)])
-    if "caae" in args.method:
-        caae = train_caae(args, loader, shape, k, log)
-        for i in range(x.shape[0]):
-            rows[f"#{i} CAAE"] = torch.cat([x[i:i + 1]] + [caae.edit(x[i:i + 1], t)
-                                                           for t in range(k)])
-    if "recurrent" in args.method:
-        raise ConfigError("recurrent aging trains on progressions of one identity, which a "
-                          "face folder does not have: use --method cgan caae with --data faces.")
-    if rows:
         rows_figure(rows, args.out / "progression.png", title="input, then every age group")
+    if "caae" in args.method:
+        size = args.caae_face_size
+        loader = faces_loader(args.faces_dir, size, args.age_groups, args.batch_size,
+                              generator=torch.Generator().manual_seed(args.seed))
+        caae = train_caae(args, loader, (3, size, size), k, log)
+        big = AgeFolder(args.faces_dir, size, args.age_groups)
+        xb = torch.stack([big[i][0] for i in range(x.shape[0])])
+        rows = {f"#{i} CAAE": torch.cat([xb[i:i + 1]] + [caae.edit(xb[i:i + 1], t)
+                                                         for t in range(k)])
+                for i in range(x.shape[0])}
+        rows_figure(rows, args.out / "progression_caae.png",
+                    title="input, then every age group")
     return {"faces": len(folder), "groups": k}
 
 
@@ -270,7 +286,12 @@ def main(argv=None):
     flat = train.flat()
     level_net = train_classifier(flat.tensors[0], flat.tensors[1], epochs=args.classifier_epochs,
                                  seed=args.seed, log=lambda *a: None)
-    features = mnist_identity_features()
+    if args.score_features == "shipped":
+        features = mnist_identity_features()
+    else:
+        digits = train.digits.repeat_interleave(k)
+        features = train_classifier(flat.tensors[0], digits, epochs=args.classifier_epochs,
+                                    seed=args.seed + 1, log=lambda *a: None).features
     truth = test.images[:args.eval_identities]
     producers = {"no-change": lambda x, s: edits("no-change", None, x, s, k)}
     if "cgan" in models:

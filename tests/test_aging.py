@@ -396,12 +396,17 @@ def test_aging_example_smoke(example, tmp_path, capsys):
     write_faces(tmp_path / "faces", [f"{a}_0_1_2017{a}.jpg" for a in (4, 22, 33, 44, 55, 66)])
     out = tmp_path / "faces_run"
     assert run_example(example, "--out", str(out), "--data", "faces", "--faces-dir",
-                       str(tmp_path / "faces"), "--face-size", "32", "--method", "cgan", "caae",
-                       "--batch-size", "4") == 0
+                       str(tmp_path / "faces"), "--face-size", "32", "--caae-face-size", "16",
+                       "--method", "cgan", "caae", "--batch-size", "4") == 0
     rec = json.loads((out / "results.json").read_text())["results"]
     assert rec["faces"] == 6 and rec["groups"] == 6 and set(rec["training"]) == {"cgan", "caae"}
-    assert (out / "progression.png").stat().st_size > 1000
+    for name in ("progression.png", "progression_caae.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert probgen.load(out / "caae.pt").image_shape == (3, 16, 16)
     capsys.readouterr()
     assert run_example(example, "--out", str(tmp_path), "--data", "faces", "--faces-dir",
-                       str(tmp_path / "nowhere")) == 2
+                       str(tmp_path / "faces")) == 2
+    assert "recurrent aging trains on progressions" in capsys.readouterr().err
+    assert run_example(example, "--out", str(tmp_path), "--data", "faces", "--faces-dir",
+                       str(tmp_path / "nowhere"), "--method", "cgan") == 2
     assert "does not exist" in capsys.readouterr().err
