@@ -1045,9 +1045,10 @@ class SemiSupervisedAAE(AAE):
 
         A batch without any labelled example gives a zero loss that no parameter takes
         part in: its backward pass leaves every parameter's gradient ``None``, and torch's
-        optimizers skip a parameter without a gradient, so Adam's momentum does not move
-        the class head on such a batch (a zero *gradient* would: a multiple of zero times
-        the parameters would reach them)."""
+        optimizers skip a parameter without a gradient, so the class head stays where it
+        is (a zero *gradient*, as ``0 * weight.sum()`` gives, would let Adam step along its
+        momentum). In a distributed run the fit loop averages gradients and counts a
+        missing one as zero, so there a batch unlabelled on every process still steps."""
         flat, labels = self._batch(batch)
         keep = labels >= 0 if labels is not None else None
         if keep is None or not bool(keep.any()):
