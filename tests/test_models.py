@@ -72,7 +72,21 @@ def tiny_flowgan(mnist_small):
     return FlowGAN("realnvp", event_shape=(1, 28, 28), adv_weight=0.5, depth=1, hidden=4), (x,)
 
 
-ADVERSARIAL = {"aae": tiny_aae, "flowgan": tiny_flowgan, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
+def tiny_age_cgan(mnist_small):
+    from probgen.models.aging import AgeCGAN
+
+    x, y = next(mnist_small["train"].batches(8))
+    return AgeCGAN(num_levels=10, z_dim=4, g_width=4, d_width=4, e_width=4), (x, y)
+
+
+def tiny_caae(mnist_small):
+    from probgen.models.aging import CAAE
+
+    x, y = next(mnist_small["train"].batches(8))
+    return CAAE(num_levels=10, z_dim=3, hidden=(16,), d_hidden=(16,), d_img_width=4), (x, y)
+
+
+ADVERSARIAL = {"aae": tiny_aae, "age_cgan": tiny_age_cgan, "caae": tiny_caae, "flowgan": tiny_flowgan, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
 
 
 def test_every_registered_model_has_a_contract_case():

@@ -2,6 +2,7 @@
 
 from probgen.models.registry import MODELS, rebuildable
 from probgen.models.aae import AAE, SemiSupervisedAAE
+from probgen.models.aging import CAAE, AgeCGAN, RecurrentAger
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel
 from probgen.models.flowgan import FlowGAN
@@ -12,5 +13,5 @@ from probgen.models.vae import PRESETS, VAE
 
 rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "AAE", "CVAE", "Baseline", "FlowGAN", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
-           "SemiSupervisedAAE", "VAE"]
+__all__ = ["MODELS", "AAE", "AgeCGAN", "CAAE", "CVAE", "Baseline", "FlowGAN", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
+           "RecurrentAger", "SemiSupervisedAAE", "VAE"]
