@@ -553,12 +553,20 @@ def test_deterministic_sites_skipped_only_inside_the_loops_steps():
 def test_a_probgen_model_passed_as_bare_functions_still_registers_its_parameters():
     """Inside fit the VAE skips pyro.module only when the step declares its module; as a
     bare model/guide pair its parameters are found through Pyro and every one trains."""
+    pyro.clear_param_store()   # a bare pair uses the global store: no stale "vae$$$" names
     x, _ = _grey_vae_data()
     vae = VAE(z_dim=2, hidden=(8,))
     before = {k: v.clone() for k, v in vae.named_parameters()}
     probgen.fit(SVIStep(vae.model, vae.guide, loss="meanfield"), TensorData(x), epochs=1,
                 batch_size=16, device="cpu", **QUIET)
     assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())
+    # a compiled objective traces the parameters through pyro.module: the VAE keeps it
+    jit_vae = VAE(z_dim=2, hidden=(8,))
+    before = {k: v.clone() for k, v in jit_vae.named_parameters()}
+    probgen.fit(jit_vae, TensorData(x), epochs=1, batch_size=16, device="cpu",
+                objective="jit", **QUIET)
+    assert all(not torch.equal(before[k], v) for k, v in jit_vae.named_parameters())
+    pyro.clear_param_store()
 
 
 # --------------------------------------------------------------------------- checkpoints

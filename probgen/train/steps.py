@@ -285,8 +285,11 @@ class SVIStep(Step):
 
     @property
     def declared_module(self) -> Optional[nn.Module]:
-        # The one phase declares params=module; its own model/guide methods see it.
-        return self.module if self._own_methods else None
+        # The one phase declares params=module; its own model/guide methods see it. A
+        # compiled (Jit*) ELBO traces the parameters through pyro.module: never skipped.
+        if not self._own_methods or type(self.elbo).__name__.startswith("Jit"):
+            return None
+        return self.module
 
     def check_data(self, tensors) -> bool:
         """Check a whole data set once, before the first step, with the module's own
