@@ -19,7 +19,7 @@ from probgen.models.aae import (AAE, ENCODERS, SemiSupervisedAAE, SwissRollPrior
                                 labelled_split)
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
-from tests.conftest import QUIET
+from tests.conftest import QUIET, load_example, run_example
 
 NO_MONITOR = dict(patience=None, restore_best=False)
 SHAPE = (1, 8, 8)
@@ -604,23 +604,7 @@ def test_parzen_and_mmd_refuse_non_finite_values(where):
 
 @pytest.fixture(scope="module")
 def example():
-    import importlib.util
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("aae_example", ROOT / "examples" / "aae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_example(example, *args) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                              "--device", "cpu", *args])
-    finally:
-        torch.set_num_threads(threads)
+    return load_example("aae")
 
 
 def test_example_conditional_default_prior_has_a_component_per_digit(example, tmp_path):

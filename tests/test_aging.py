@@ -2,7 +2,6 @@
 inversion (encoder on generated pairs, then pixel or identity refinement), the CAAE's phases,
 the recurrent model's loss weights, bad settings, and examples/aging.py."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from probgen.errors import ConfigError, DataError
 from probgen.models.aging import CAAE, AgeCGAN, RecurrentAger, loss_weights, total_variation
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
-from tests.conftest import QUIET
+from tests.conftest import QUIET, load_example, run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MONITOR = dict(patience=None, restore_best=False)
@@ -356,19 +355,7 @@ def test_recurrent_loss_weights_grow_towards_the_oldest_group():
 
 @pytest.fixture
 def example():
-    spec = importlib.util.spec_from_file_location("aging_example", ROOT / "examples" / "aging.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_example(example, *args) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                              "--device", "cpu", *args])
-    finally:
-        torch.set_num_threads(threads)
+    return load_example("aging")
 
 
 def test_aging_example_smoke(example, tmp_path, capsys):

@@ -13,7 +13,7 @@ from probgen.metrics.density import bits_per_dim
 from probgen.models.flowgan import FlowGAN
 from probgen.nn.flowgan_nets import build_discriminator
 from probgen.train import save_model
-from tests.conftest import QUIET
+from tests.conftest import QUIET, load_example, run_example
 
 TINY = dict(depth=1, hidden=4)
 
@@ -274,24 +274,7 @@ def test_a_short_run_of_each_setting(name, mnist_small):
 
 @pytest.fixture(scope="module")
 def example():
-    import importlib.util
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("flowgan_example",
-                                                  ROOT / "examples" / "flowgan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_example(example, *args) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                              "--device", "cpu", *args])
-    finally:
-        torch.set_num_threads(threads)
+    return load_example("flowgan")
 
 
 def test_flowgan_example_sweep_smoke(example, tmp_path):

@@ -19,7 +19,7 @@ from probgen.models import GAN, MODELS
 from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator,
                                  dcgan_nets)
 from probgen.train import Phase, load_checkpoint
-from tests.conftest import QUIET
+from tests.conftest import QUIET, load_example, run_example
 
 NO_MONITOR = dict(patience=None, restore_best=False)
 
@@ -371,24 +371,7 @@ def test_checkpoint_records_settings_and_load_rebuilds(tmp_path, mnist_small):
 
 @pytest.fixture(scope="module")
 def example():
-    import importlib.util
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("gan_example", ROOT / "examples" / "gan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_example(example, *args) -> int:
-    """``examples/gan.py --smoke ... args`` as its command line runs it; the exit status."""
-    threads = torch.get_num_threads()
-    try:
-        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                              "--device", "cpu", *args])
-    finally:
-        torch.set_num_threads(threads)      # --threads 1 must not outlive the run
+    return load_example("gan")
 
 
 def test_gan_example_mnist_smoke_and_resume(example, tmp_path, capsys):
