@@ -49,8 +49,9 @@ from pyro.infer import Predictive
 from torch import nn
 
 from probgen.data.corrupt import make_corruption
-from probgen.errors import ConfigError, DataError
+from probgen.errors import ConfigError
 from probgen.infer.guides import AmortizedFlow, flow_settings
+from probgen.models.checks import checked_labels, flat_images
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
@@ -165,31 +166,11 @@ class VAE(nn.Module):
         return int(torch.Size(self.image_shape).numel())
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_tensor(x):
-            raise DataError(f"images must be a tensor, got {type(x).__name__}.")
-        if x.dim() < 2 or x[0].numel() != self.data_dim:
-            raise DataError(
-                f"images of shape {tuple(x.shape)} do not fit this model, which takes images of "
-                f"shape {self.image_shape} (batch first: (B, {', '.join(map(str, self.image_shape))})"
-                f" or (B, {self.data_dim})).")
-        return x.reshape(x.shape[0], -1)
+        return flat_images(x, self.image_shape)
 
     def _onehot(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
-        if self.num_labels == 0:
-            return None
-        if labels is None:
-            raise DataError(f"this model is conditioned on {self.num_labels} classes; pass "
-                            f"labels (B,) with the images.")
-        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
-            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
-            raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
-                            f"per image, shape ({n},).")
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise DataError(f"labels must be integers, got {labels.dtype}.")
-        if not torch.jit.is_tracing() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
-            raise DataError(f"labels must lie in 0..{self.num_labels - 1}; found "
-                            f"{labels.min().item()}..{labels.max().item()}.")
-        return F.one_hot(labels, self.num_labels)
+        labels = checked_labels(labels, n, self.num_labels)
+        return None if labels is None else F.one_hot(labels, self.num_labels)
 
     def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
