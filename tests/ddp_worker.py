@@ -38,9 +38,22 @@ class Killed(Exception):
     pass
 
 
+def gradient_flags():
+    """average_gradients on three parameters: a gradient on both processes, on rank 0
+    only, on neither. Returns what rank 0 holds afterwards."""
+    rank = distributed.rank()
+    both, one, none = (nn.Parameter(torch.zeros(3)) for _ in range(3))
+    both.grad = torch.full((3,), float(rank + 1))      # 1 and 2: mean 1.5
+    if rank == 0:
+        one.grad = torch.full((3,), 4.0)               # 4 and (missing) 0: mean 2
+    distributed.average_gradients([both, one, none])
+    return [None if p.grad is None else p.grad.clone() for p in (both, one, none)]
+
+
 def main(out, ckpt):
     a = net()
     res = run(a, batch_size=16)                     # 16 per process: global batches of 32
+    flags = gradient_flags()                        # (fit has set up the process group)
     b = net()
 
     def kill(entry):
@@ -56,7 +69,7 @@ def main(out, ckpt):
         torch.save({"params": [p.detach() for p in a.parameters()],
                     "resumed": [p.detach() for p in c.parameters()],
                     "val_loss": res.val_loss, "train_loss": res.train_loss,
-                    "world_size": res.world_size, "main": distributed.is_main_process()}, out)
+                    "world_size": res.world_size, "grads": flags, "main": distributed.is_main_process()}, out)
 
 
 if __name__ == "__main__":

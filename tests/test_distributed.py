@@ -21,6 +21,9 @@ def test_two_processes_equal_one_process_on_the_combined_batches(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out)
     assert got["world_size"] == 2
+    both, one, none = got["grads"]
+    assert torch.equal(both, torch.full((3,), 1.5)) and torch.equal(one, torch.full((3,), 2.0))
+    assert none is None     # no process had a gradient: the optimizer skips it, as alone
     single = ddp_worker.net()
     res = ddp_worker.run(single, batch_size=32)      # the two processes' batches together
     for p, q in zip(single.parameters(), got["params"]):

@@ -1027,8 +1027,9 @@ class SemiSupervisedAAE(AAE):
         part in: its backward pass leaves every parameter's gradient ``None``, and torch's
         optimizers skip a parameter without a gradient, so the class head stays where it
         is (a zero *gradient*, as ``0 * weight.sum()`` gives, would let Adam step along its
-        momentum). In a distributed run the fit loop averages gradients and counts a
-        missing one as zero, so there a batch unlabelled on every process still steps."""
+        momentum). In a distributed run the fit loop's gradient average keeps a gradient
+        that no process has as ``None`` (a batch unlabelled on every process does not step
+        the class head there either)."""
         flat, labels = self._batch(batch)
         keep = labels >= 0 if labels is not None else None
         if keep is None or not bool(keep.any()):

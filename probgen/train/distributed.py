@@ -92,19 +92,26 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
 def average_gradients(params: Sequence[torch.Tensor]) -> None:
     """Average ``p.grad`` over the processes, in one flattened all-reduce.
 
-    A parameter without a gradient on this process counts as a zero gradient (so the
-    reduction has the same shape everywhere); afterwards it has the averaged one.
+    A parameter without a gradient on some process counts there as a zero gradient (so the
+    reduction has the same shape everywhere); afterwards it has the averaged one. A
+    parameter without a gradient on *every* process keeps ``grad = None`` everywhere, as
+    in a one-process run, so the optimizer skips it (a phase whose loss did not touch it
+    on any process: e.g. a class head on batches without labelled examples). One flag per
+    parameter travels in the same all-reduce.
     """
     if not is_distributed() or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flags = torch.tensor([float(p.grad is not None) for p in params],
+                         dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flags])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
+    seen = flat[-len(params):] > 0
     offset = 0
-    for p in params:
+    for p, has in zip(params, seen.tolist()):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if has else None
         offset += n
 
 
