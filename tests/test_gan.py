@@ -365,6 +365,63 @@ def test_checkpoint_records_settings_and_load_rebuilds(tmp_path, mnist_small):
         assert torch.equal(a, b), k
 
 
+# --------------------------------------------------------------------------- quality, recomputed
+# The examples' sample-quality numbers, recomputed here from the same images with numpy and
+# scipy (the Frechet distance of Heusel et al. 2017 by numpy's eigh, Kynkaanniemi et al.
+# 2019's precision and recall by brute-force distances, the class histogram by bincount): a
+# second implementation that shares only the feature network with probgen.metrics.quality.
+
+def independent_quality(samples, test_images, k=3, min_share=0.1):
+    import numpy as np
+    from scipy.spatial.distance import cdist
+
+    from probgen.metrics.quality import extract_features
+
+    real = extract_features(test_images)[0].double().numpy()
+    feats, logits = extract_features(samples)
+    fake = feats.double().numpy()
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    # tr sqrt(C_r C_f) = tr sqrt(C_r^1/2 C_f C_r^1/2), a symmetric matrix (eigh, no sqrtm of
+    # a product that dead ReLU features make singular)
+    w, v = np.linalg.eigh(cov_r)
+    half = (v * np.sqrt(w.clip(min=0))) @ v.T
+    root_trace = np.sqrt(np.linalg.eigvalsh(half @ cov_f @ half).clip(min=0)).sum()
+    fid = float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r) + np.trace(cov_f) - 2 * root_trace)
+    # column k of the sorted distances: the k-th neighbour, column 0 being the point itself
+    radius_r = np.sort(cdist(real, real), axis=1)[:, k]
+    radius_f = np.sort(cdist(fake, fake), axis=1)[:, k]
+    d = cdist(fake, real)
+    precision = float((d <= radius_r[None, :]).any(axis=1).mean())
+    recall = float((d.T <= radius_f[None, :]).any(axis=1).mean())
+    share = np.bincount(logits.argmax(1).numpy(), minlength=10) / len(fake)
+    return {"fid": fid, "precision": precision, "recall": recall,
+            "classes_covered": int((share >= min_share / 10).sum()), "class_histogram": share}
+
+
+def assert_same_quality(reported, samples, test_images):
+    """The reported FID, precision, recall and classes covered are those of ``samples``."""
+    n = samples.shape[0]
+    mine = independent_quality(samples, test_images)
+    assert reported["classes_covered"] == mine["classes_covered"], (reported, mine)
+    # float32 against float64 distances may move a point on a ball's edge: one point of slack
+    assert abs(reported["precision"] - mine["precision"]) <= 1.5 / n, (reported, mine)
+    assert abs(reported["recall"] - mine["recall"]) <= 1.5 / test_images.shape[0], (reported, mine)
+    # (the same features in float64 both ways: they agree to 1e-9; other samples of the
+    # same generator move a smoke run's FID by 3e-4 of itself)
+    assert reported["fid"] == pytest.approx(mine["fid"], rel=1e-6), (reported, mine)
+    return mine
+
+
+def smoke_mnist_test_images():
+    """The MNIST test images a --smoke run of the examples scores against."""
+    from probgen import cli
+    from probgen.data import image_splits
+
+    return image_splits("mnist", val_size=0, seed=0, device="cpu",
+                        limit=cli.SMOKE_LIMIT)["test"].tensors[0]
+
+
 # --------------------------------------------------------------------------- examples/gan.py
 # The example runs in this process (its module imported once): no interpreter start-up and
 # no second import of torch per run, which on a busy 2-core machine is most of a smoke run.
@@ -380,11 +437,18 @@ def test_gan_example_mnist_smoke_and_resume(example, tmp_path, capsys):
     assert run_example(example, "--out", str(tmp_path), "--epochs", "1", "--loss", "minimax",
                        "non_saturating") == 0
     first = json.loads((tmp_path / "results.json").read_text())["results"]["gans"]
+    test_images = smoke_mnist_test_images()
     for loss in ("minimax", "non_saturating"):
         r = first[loss]
         assert [h["epoch"] for h in r["history"]] == [0]
         assert math.isfinite(r["history"][0]["fid"])             # the FID curve
-        assert 0 <= r["classes_covered"] <= 10 and r["fid"] > 0 and r["k"] == 1
+        assert r["k"] == 1 and r["num_samples"] == 1000
+        # the reported quality is that of the saved generator's evaluation samples (drawn
+        # with seed + 13), recomputed here by a second implementation
+        gan = probgen.load(tmp_path / f"gan_mnist_{loss}.pt")
+        samples = gan.sample(1000, generator=torch.Generator().manual_seed(13))
+        mine = assert_same_quality(r, samples, test_images)
+        assert r["class_histogram"] == pytest.approx(mine["class_histogram"].tolist(), abs=1e-12)
         for name in (f"samples_mnist_{loss}.png", f"over_training_mnist_{loss}.png"):
             assert (tmp_path / name).stat().st_size > 1000
     for name in ("losses.png", "fid.png", "results.csv"):
@@ -475,7 +539,9 @@ def test_gan_example_cifar10_through_torchvision(example, tmp_path, monkeypatch)
 def test_sample_quality_example_scores_every_family_alike(tmp_path):
     import importlib.util
     import json
+    from types import SimpleNamespace
 
+    from probgen.train import set_seed
     from tests.conftest import ROOT
 
     spec = importlib.util.spec_from_file_location("sq_example",
@@ -490,13 +556,23 @@ def test_sample_quality_example_scores_every_family_alike(tmp_path):
         rows = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
         assert [r["model"] for r in rows] == ["vae (mean)", "vae (draw)", "glow T=0.7",
                                               "glow T=1.0", "gan_ns"]
-        for r in rows:
-            assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
-            assert 1 <= r["classes_covered"] <= 10 and r["epochs"] >= 1
+        # every row's numbers are those of its model's samples (the checkpoint saved, the
+        # example's own draw after set_seed(seed)), recomputed here by a second implementation
+        test_images = smoke_mnist_test_images()
+        by_label = {r["model"]: r for r in rows}
+        for name in ("vae", "glow", "gan_ns"):
+            model = probgen.load(tmp_path / "checkpoints" / f"{name}.pt")
+            set_seed(0)
+            for label, x in module.draw(name, model, 200, SimpleNamespace(device="cpu")).items():
+                assert_same_quality(by_label.pop(label), x, test_images)
+        assert not by_label and all(r["epochs"] >= 1 for r in rows)
         assert (tmp_path / "samples.png").stat().st_size > 1000
         # a second run loads the checkpoints instead of training
         assert module.cli.run(module.main, common + ["--models", "gan_ns"]) == 0
         again = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
         assert again[0]["epochs"] == rows[-1]["epochs"]
+        # the loaded generator, the same seed: the same samples and so the same scores
+        for key in ("fid", "kid", "precision", "recall", "classes_covered", "class_kl"):
+            assert again[0][key] == rows[-1][key], key
     finally:
         torch.set_num_threads(threads)
