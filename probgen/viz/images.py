@@ -106,7 +106,9 @@ def save(fig, path: Union[str, Path, None], dpi: int = 120):
     if not is_main_process():   # under torchrun, rank 0 alone writes files
         return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    # "tight": a long row label or a suptitle that tight_layout left outside the canvas
+    # is kept (rows_figure's labels sit left of the axes).
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
     if getattr(fig.canvas, "manager", None) is not None:
         import matplotlib.pyplot as plt  # already imported by whoever made the figure
 
