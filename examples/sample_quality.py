@@ -147,8 +147,10 @@ def train(name: str, model, args, splits, ckpt: Path):
     if isinstance(model, FlowModel):
         train = dequantized(splits["train"])
         model.initialize(train.subset(slice(0, 512)).all()[0])
+        # Best weights by training loss (no validation split here): one epoch whose loss
+        # spikes (a Glow at lr 1e-3 can) does not decide what is scored.
         return fit(model, train, None, base, callbacks=clock, epochs=args.flow_epochs, lr=1e-3,
-                   batch_size=64, clip_norm=100.0, restore_best=False)
+                   batch_size=64, clip_norm=100.0, restore_best=True)
     lr = 1e-4 if name == "wgan_gp" else 2e-4
     return fit(model, splits["train"], None, base, callbacks=clock, epochs=args.gan_epochs,
                lr=lr, batch_size=64, restore_best=False)
