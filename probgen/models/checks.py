@@ -9,14 +9,15 @@ import torch
 from probgen.errors import DataError
 
 
-def flat_images(x, image_shape: Sequence[int]) -> torch.Tensor:
-    """``x`` of shape ``(B, *image_shape)`` or ``(B, D)`` as ``(B, D)``; a clear error else."""
+def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Tensor:
+    """``x`` of shape ``(B, *image_shape)`` or ``(B, D)`` as ``(B, D)``; a clear error else
+    (``what`` names the argument in it)."""
     dim = int(torch.Size(image_shape).numel())
     if not torch.is_tensor(x):
-        raise DataError(f"images must be a tensor, got {type(x).__name__}.")
+        raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
     if x.dim() < 2 or x[0].numel() != dim:
         raise DataError(
-            f"images of shape {tuple(x.shape)} do not fit this model, which takes images of "
+            f"{what} of shape {tuple(x.shape)} do not fit this model, which takes images of "
             f"shape {tuple(image_shape)} (batch first: (B, {', '.join(map(str, image_shape))})"
             f" or (B, {dim})).")
     return x.reshape(x.shape[0], -1)

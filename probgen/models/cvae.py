@@ -30,6 +30,7 @@ from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
 from probgen.errors import DataError
 from probgen.metrics.likelihood import masked_bernoulli_nll
+from probgen.models.checks import flat_images
 from probgen.models.registry import MODELS
 from probgen.nn.mlp import MLP, GaussianMLP
 
@@ -37,16 +38,7 @@ from probgen.nn.mlp import MLP, GaussianMLP
 def check_completion_batch(inputs: torch.Tensor, targets: Optional[torch.Tensor],
                            image_shape: Tuple[int, ...]) -> None:
     """Raise :class:`DataError` unless inputs/targets fit a completion model."""
-    d = 1
-    for s in image_shape:
-        d *= s
-    if not torch.is_tensor(inputs):
-        raise DataError(f"inputs must be a tensor, got {type(inputs).__name__}.")
-    if inputs.dim() < 2 or inputs[0].numel() != d:
-        raise DataError(
-            f"inputs of shape {tuple(inputs.shape)} do not fit this model, which takes "
-            f"images of shape {tuple(image_shape)} (batch first: (B, {', '.join(map(str, image_shape))}) "
-            f"or (B, {d})).")
+    flat_images(inputs, image_shape, what="inputs")   # the shape check the VAE and AAE use
     if torch.jit.is_tracing():
         return
     bad = ~(((inputs >= 0) & (inputs <= 1)) | (inputs == MISSING))
@@ -56,7 +48,7 @@ def check_completion_batch(inputs: torch.Tensor, targets: Optional[torch.Tensor]
             f"input pixels must be grey levels in [0, 1], or {MISSING} where hidden; found {v}. "
             f"Scale images to [0, 1] and mark hidden pixels with probgen.data.MISSING.")
     if targets is not None:
-        if targets.shape[0] != inputs.shape[0] or targets[0].numel() != d:
+        if targets.shape[0] != inputs.shape[0] or targets[0].numel() != inputs[0].numel():
             raise DataError(
                 f"targets of shape {tuple(targets.shape)} do not match inputs of shape "
                 f"{tuple(inputs.shape)}.")
