@@ -269,12 +269,12 @@ def test_a_short_run_of_each_setting(name, mnist_small):
     assert fg.exact == (name != "denseflow")
 
 
-# --------------------------------------------------------------------------- examples/flowgan.py
+# --------------------------------------------------------------------------- examples/flow_gan.py
 # Run in this process (its module imported once), as tests/test_gan.py runs examples/gan.py.
 
 @pytest.fixture(scope="module")
 def example():
-    return load_example("flowgan")
+    return load_example("flow_gan")
 
 
 def test_flowgan_example_sweep_smoke(example, tmp_path):

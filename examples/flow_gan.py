@@ -21,11 +21,11 @@ discriminator's loss and the validation bits/dim per epoch), samples_<tag>.png a
 checkpoint per setting, flowgan_<tag>.pt (``probgen.load`` rebuilds it; ``--resume``
 continues from it).
 
-    python examples/flowgan.py                                    # RealNVP, w = 0, 0.5, 1
-    python examples/flowgan.py --disc dcgan resnet18 --adv-weight 0.5
-    python examples/flowgan.py --disc wgan_gp --adv-weight 1 --like-reg 1
-    python examples/flowgan.py --data cifar10 --data-root DIR     # downloads when online
-    python examples/flowgan.py --smoke                            # seconds
+    python examples/flow_gan.py                                    # RealNVP, w = 0, 0.5, 1
+    python examples/flow_gan.py --disc dcgan resnet18 --adv-weight 0.5
+    python examples/flow_gan.py --disc wgan_gp --adv-weight 1 --like-reg 1
+    python examples/flow_gan.py --data cifar10 --data-root DIR     # downloads when online
+    python examples/flow_gan.py --smoke                            # seconds
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ DISCS = ("dcgan", "resnet18", "wgan_gp")
 
 
 def parse_args(argv=None):
-    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=5, out="results/flowgan",
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=5, out="results/flow_gan",
                           patience=None, lr=1e-3, batch_size=64)
     p.set_defaults(val_size=5000)
     p.add_argument("--data", default="mnist", choices=["mnist", "cifar10"])
