@@ -61,7 +61,7 @@ from probgen.models.aae import (AAE, ENCODERS, PHASE_ORDERS, PRIORS, SemiSupervi
 from probgen.models import VAE
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.nn.coders import NETS
-from probgen.train import fit, set_seed
+from probgen.train import Callback, fit, set_seed
 from probgen.viz import grid_figure
 from probgen.viz.images import image_grid, new_figure, save
 
@@ -301,16 +301,19 @@ class VAEView:
 
 
 def losses_figure(histories: Dict[str, list], path):
-    """One panel per phase: its loss (epoch mean) for every model."""
+    """One panel per phase: its loss (epoch mean) for every model; and the class error on
+    the validation images of a semi-supervised AAE."""
     keys = sorted({k for hist in histories.values() for k in hist[0]
                    if k.startswith("train_loss/")})
+    keys += ["val_error"] if any("val_error" in hist[0] for hist in histories.values()) else []
     fig, axes = new_figure(1, len(keys), figsize=(4.3 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for i, (label, hist) in enumerate(histories.items()):
             if key in hist[0]:
                 ax.plot([h["epoch"] + 1 for h in hist], [h[key] for h in hist],
                         color=f"C{i}", label=label)
-        ax.set_title(f"{key.split('/', 1)[1]} loss (epoch mean)", fontsize=9)
+        ax.set_title("class error on validation images (%)" if key == "val_error" else
+                     f"{key.split('/', 1)[1]} loss (epoch mean)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -421,6 +424,27 @@ def semi_supervised_data(args, train: TensorData) -> TensorData:
     return TensorData(xs, ys, transform=train.transform)
 
 
+class ClassError(Callback):
+    """The class head's error (%) on the validation images after every epoch
+    (``val_error``): a learning curve only. It never chooses the weights: a run that kept
+    its best epoch by 10,000 validation labels would use far more labels than it claims
+    (Oliver et al. 2018, "Realistic Evaluation of Deep Semi-Supervised Learning
+    Algorithms")."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def on_validation_end(self, run, entry):
+        model = run.module
+        was = model.training
+        model.eval()
+        try:
+            pred = model.predict(self.images)
+        finally:
+            model.train(was)
+        entry["val_error"] = 100.0 * float((pred != self.labels).float().mean())
+
+
 def train_one(args, encoder: str, splits):
     set_seed(args.seed)
     model = build(args, encoder)
@@ -429,8 +453,12 @@ def train_one(args, encoder: str, splits):
     train = splits["train"]
     if args.labels == "semi_supervised":
         train = semi_supervised_data(args, train)
+    callbacks = []
+    if args.labels == "semi_supervised":
+        callbacks.append(ClassError(*splits["val"].tensors[:2]))
     result = fit(model, train, splits["val"], cli.fit_config(
-        args, checkpoint=str(args.out / f"aae_{tag}.pt"), restore_best=False))
+        args, checkpoint=str(args.out / f"aae_{tag}.pt"), restore_best=False),
+        callbacks=callbacks)
     record = {"encoder": encoder, "prior": args.prior, "labels": args.labels,
               "label_to": args.label_to if args.labels == "conditional" else None,
               "phase_order": args.phase_order, "z_dim": args.z_dim,

@@ -647,6 +647,20 @@ def test_nice_partition_puts_even_positions_first_in_the_density_direction():
     assert first.inv(torch.arange(6.0)).tolist() == [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
 
 
+@pytest.mark.parametrize("u", [0.0, 1.0])
+def test_a_logistic_base_gives_finite_draws_at_the_uniforms_ends(monkeypatch, u):
+    """torch's ``uniform_`` returns exactly 0 about once in 2**24 draws, and a logistic's
+    inverse CDF maps it to -inf (a NICE sample of NaN); clamped, the base value and the
+    sample stay finite, at the clamped quantile."""
+    flow = nice((6,), depth=2, hidden=(4,))
+    monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, *a, **k: self.fill_(u))
+    z = flow.base_distribution((6,), base="logistic").sample((2,))
+    eps = torch.finfo(z.dtype).eps
+    expected = math.log(eps / (1 - eps)) if u == 0 else math.log((1 - eps) / eps)
+    assert torch.allclose(z, torch.full_like(z, expected))
+    assert torch.isfinite(flow.sample(2)).all()
+
+
 @pytest.mark.parametrize("name", ["realnvp", "glow"])  # DenseFlow draws new noise each call
 def test_a_flow_distribution_in_a_users_own_pyro_model(name):
     """The documented use, ``pyro.sample("x", flow.distribution(), obs=x)`` in a model
