@@ -103,6 +103,11 @@ def parse_args(argv=None):
     p.add_argument("--net", default="mlp", choices=NETS.names())
     p.add_argument("--hidden", type=int, nargs="+", default=None,
                    help="encoder/decoder hidden sizes (default: the network's)")
+    p.add_argument("--corruption", default=None, choices=["noise", "blocks"],
+                   help="what the encoder sees while training instead of the image (noise: "
+                        "Gaussian noise of --noise-std, clipped to [0, 1]); the target stays "
+                        "clean (default: none)")
+    p.add_argument("--noise-std", type=float, default=0.3, help="std of --corruption noise")
     p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256],
                    help="discriminator hidden sizes")
     p.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS.names(),
@@ -133,6 +138,8 @@ def parse_args(argv=None):
     for name in ("parzen_val", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.noise_std >= 0:
+        p.error("--noise-std must be 0 or more")
     if args.eval_size is not None and args.eval_size < 2:
         p.error("--eval-size must be at least 2")
     if args.labels == "semi_supervised":
@@ -152,19 +159,22 @@ def parse_args(argv=None):
 
 
 def build(args, encoder: str) -> AAE:
+    corrupt = dict(corruption=args.corruption,
+                   corruption_kwargs={"std": args.noise_std} if args.corruption == "noise"
+                   else None)
     if args.labels == "semi_supervised":
         return SemiSupervisedAAE(image_shape=(1, 28, 28), num_classes=10, z_dim=args.z_dim,
                                  hidden=args.hidden, net=args.net, likelihood=args.likelihood,
                                  encoder=encoder, prior=args.prior, d_hidden=tuple(args.d_hidden),
                                  loss=args.loss, k=args.k, phase_order=args.phase_order,
-                                 d_lr=args.d_lr, g_lr=args.g_lr)
+                                 d_lr=args.d_lr, g_lr=args.g_lr, **corrupt)
     to_d, to_dec = LABEL_TO[args.label_to]
     return AAE(image_shape=(1, 28, 28), z_dim=args.z_dim, hidden=args.hidden, net=args.net,
                likelihood=args.likelihood, encoder=encoder, prior=args.prior,
                num_labels=10 if args.labels == "conditional" else 0,
                label_to_discriminator=to_d, label_to_decoder=to_dec,
                d_hidden=tuple(args.d_hidden), loss=args.loss, k=args.k,
-               phase_order=args.phase_order, d_lr=args.d_lr, g_lr=args.g_lr)
+               phase_order=args.phase_order, d_lr=args.d_lr, g_lr=args.g_lr, **corrupt)
 
 
 # --------------------------------------------------------------------------- figures

@@ -233,6 +233,44 @@ def test_aae_is_a_pyro_model_and_checkpoints_rebuild_it(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_corrupting_aae_trains_on_corrupted_inputs_and_is_used_on_clean_ones(tmp_path):
+    """With ``corruption`` every training phase's encoder input is the corrupted image
+    (here a stand-in corruption that blanks the image, so each expected value is the
+    encoder's output on zeros), the reconstruction target stays clean, and a trained
+    model's own methods (codes, predict) see the images as given."""
+    torch.manual_seed(0)
+    x, y = toy_data(16, labels=True).tensors
+    blank = lambda flat: torch.zeros_like(flat)      # noqa: E731
+    zeros = torch.zeros(16, *SHAPE)
+
+    aae = tiny(encoder="deterministic", corruption="noise", corruption_kwargs={"std": 0.5})
+    assert "corruption=GaussianNoise(std=0.5" in aae.extra_repr()
+    aae.corrupt = blank
+    z_blank, z_clean = aae.codes(zeros, sample=False), aae.codes(x, sample=False)
+    assert not torch.allclose(z_blank, z_clean)
+    assert torch.allclose(aae.fake((x,)), z_blank)                       # generator phase
+    expected = -aae.likelihood(aae.decoder_output(z_blank)).log_prob(x.reshape(16, -1)).mean()
+    assert aae.reconstruction_loss((x,)).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(aae.codes(x, sample=False), z_clean)
+
+    ss = SemiSupervisedAAE(SHAPE, num_classes=10, z_dim=3, hidden=(16,), d_hidden=(16,),
+                           corruption="blocks", corruption_kwargs={"size": 3})
+    assert ss.corrupt.image_shape == SHAPE          # flat inputs need it; filled in
+    ss.corrupt = blank
+    logits_blank = ss.class_logits(zeros)
+    assert torch.allclose(ss.fake_y((x, y)), torch.softmax(logits_blank, -1))
+    loss = torch.nn.functional.cross_entropy(logits_blank, y)
+    assert ss.classification_loss((x, y)).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert torch.equal(ss.predict(x), ss.class_logits(x).argmax(-1))
+    assert not torch.equal(ss.class_logits(x), logits_blank)
+    # the setting is recorded: a checkpoint rebuilds a corrupting model
+    noisy = tiny(corruption="noise", corruption_kwargs={"std": 0.2})
+    probgen.fit(noisy, toy_data(32), epochs=1, batch_size=32, device="cpu",
+                checkpoint=str(tmp_path / "n.pt"), **NO_MONITOR, **QUIET)
+    loaded = probgen.load(tmp_path / "n.pt")
+    assert loaded.corruption == "noise" and loaded.corrupt.std == 0.2
+
+
 # --------------------------------------------------------------------------- priors
 
 def test_mixture_prior_maps_each_class_to_its_own_component():
@@ -320,6 +358,8 @@ def test_any_pyro_distribution_or_sampler_serves_as_prior():
     (dict(prior="normal", prior_kwargs={"radius": 2}), ConfigError, "bad prior_kwargs"),
     (dict(loss="least_squares"), ConfigError, "adversarial loss"),
     (dict(k=0), ConfigError, "positive integer"),
+    (dict(corruption="dropout"), ConfigError, "unknown corruption 'dropout'"),
+    (dict(corruption="noise", corruption_kwargs={"std": -1.0}), ConfigError, "noise std"),
 ])
 def test_bad_settings_give_one_line_errors(kw, error, match):
     with pytest.raises(error, match=match) as info:

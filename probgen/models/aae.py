@@ -88,6 +88,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer import Predictive
 from torch import nn
 
+from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
 from probgen.models.checks import checked_labels, flat_images
@@ -416,6 +417,12 @@ class AAE(nn.Module):
         betas: Adam betas of the two adversarial phases (default: the loss's).
         activation: encoder/decoder hidden activation (``None``: the network's default).
         likelihood_kwargs: the likelihood's settings.
+        corruption: what the encoder sees instead of ``x`` while training, a name in
+            :data:`probgen.data.corrupt.CORRUPTIONS` (``noise``: Gaussian noise, the
+            denoising autoencoder's input; ``blocks``), or ``None``; the reconstruction
+            target stays the clean image. The guide and the adversarial phases see it;
+            :meth:`posterior`, :meth:`codes` and the other methods of a trained model do not.
+        corruption_kwargs: its settings (``std`` of ``noise``...).
 
     Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)`` integers
     (needed when ``num_labels > 0``, ignored otherwise); with ``x=None`` the model generates
@@ -435,7 +442,9 @@ class AAE(nn.Module):
                  phase_order: str = "reconstruction_first", lr: Optional[float] = None,
                  d_lr: Optional[float] = None, g_lr: Optional[float] = None,
                  betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[Dict[str, Any]] = None):
+                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
+                 corruption: Optional[str] = None,
+                 corruption_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
         if encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
@@ -487,6 +496,11 @@ class AAE(nn.Module):
             _, decoder = build(self.image_shape, z_dim, num_labels=decoder_labels, **kw)
         self.decoder = decoder
         self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
+        ckw = dict(corruption_kwargs or {})
+        if corruption == "blocks":
+            ckw.setdefault("image_shape", self.image_shape)
+        self.corruption = corruption
+        self.corrupt = make_corruption(corruption, **ckw)
         d_in = z_dim + (num_labels if self.label_to_discriminator else 0)
         self.discriminator = MLPDiscriminator((d_in,), hidden=tuple(d_hidden))
         self.spec = adversarial_loss(loss)
@@ -505,7 +519,8 @@ class AAE(nn.Module):
         noise = f", noise_dim={self.noise_dim}" if self.encoder_kind == "universal" else ""
         return (f"z_dim={self.z_dim}, net={self.net_kind}, likelihood={self.likelihood_name}, "
                 f"encoder={self.encoder_kind}{noise}, prior={self.prior_name}{labels}, "
-                f"loss={self.spec.name}, k={self.k}, phase_order={self.phase_order}")
+                f"loss={self.spec.name}, k={self.k}, phase_order={self.phase_order}"
+                + (f", corruption={self.corrupt!r}" if self.corrupt is not None else ""))
 
     @property
     def device(self) -> torch.device:
@@ -569,6 +584,11 @@ class AAE(nn.Module):
                             f"eta of noise_dim={self.noise_dim} values per image; got {got}.")
         return noise.to(flat)
 
+    def _seen(self, flat: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees while training: the flat images corrupted by
+        ``corruption`` (the target stays clean), or as given."""
+        return flat if self.corrupt is None else self.corrupt(flat)
+
     def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
                   ) -> dist.Distribution:
         """``q(z | x)`` for flat or shaped images (batch ``(B,)``, event ``(z_dim,)``): a
@@ -620,10 +640,11 @@ class AAE(nn.Module):
 
     def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
               size: Optional[int] = None, *, reconstruction_only: bool = False):
-        """The encoder ``z ~ q(z | x)`` (labels do not reach it)."""
+        """The encoder ``z ~ q(z | x)`` (labels do not reach it; with ``corruption`` it
+        sees the corrupted images)."""
         flat = self._flat(x)
         with pyro.plate("data", flat.shape[0]):
-            q = self.posterior(flat)
+            q = self.posterior(self._seen(flat))
             if reconstruction_only:
                 q = q.mask(False)
             return pyro.sample("z", q)
@@ -654,7 +675,7 @@ class AAE(nn.Module):
     def fake(self, batch: tuple) -> torch.Tensor:
         """Codes ``z ~ q(z | x)`` of the batch (differentiable in the encoder), with labels."""
         flat, labels = self._batch(batch)
-        z = self.posterior(flat).rsample()
+        z = self.posterior(self._seen(flat)).rsample()
         return self._discriminator_input(z, labels)
 
     def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
@@ -810,7 +831,8 @@ class SemiSupervisedAAE(AAE):
         num_classes: classes of ``y``.
         z_dim: the style's size.
         c_lr: learning rate of the classification phase (default: the run's).
-        Other arguments as for :class:`AAE` (no labels reach the networks as inputs).
+        Other arguments as for :class:`AAE` (no labels reach the networks as inputs; with
+        ``corruption`` the classification phase, too, sees corrupted labelled images).
     """
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
@@ -824,7 +846,9 @@ class SemiSupervisedAAE(AAE):
                  lr: Optional[float] = None, d_lr: Optional[float] = None,
                  g_lr: Optional[float] = None, c_lr: Optional[float] = None,
                  betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[Dict[str, Any]] = None):
+                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
+                 corruption: Optional[str] = None,
+                 corruption_kwargs: Optional[Dict[str, Any]] = None):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes must be an integer of at least 2, got "
                               f"{num_classes!r}.")
@@ -833,7 +857,8 @@ class SemiSupervisedAAE(AAE):
         super().__init__(image_shape, z_dim, hidden, net, likelihood, encoder, noise_dim, prior,
                          prior_kwargs, 0, True, False, d_hidden, loss, k, label_smoothing,
                          gp_weight, phase_order, lr, d_lr, g_lr, betas, activation,
-                         likelihood_kwargs)
+                         likelihood_kwargs, corruption=corruption,
+                         corruption_kwargs=corruption_kwargs)
         self.num_classes, self.c_lr = num_classes, c_lr
         kw = {}
         if hidden is not None:
@@ -990,7 +1015,7 @@ class SemiSupervisedAAE(AAE):
     def guide(self, x, labels=None, size=None, *, reconstruction_only: bool = False):
         """``y`` a point at the class head's softmax, ``z ~ q(z | x)``."""
         flat = self._flat(x)
-        h = self._features(flat)
+        h = self._features(self._seen(flat))
         with pyro.plate("data", flat.shape[0]):
             q_y = dist.Delta(torch.softmax(self.class_head(h), -1), event_dim=1)
             q_z = self._style(h)
@@ -1007,7 +1032,7 @@ class SemiSupervisedAAE(AAE):
     def fake(self, batch):
         """Styles ``z ~ q(z | x)`` of the batch."""
         flat, _ = self._batch(batch)
-        return self.posterior(flat).rsample()
+        return self.posterior(self._seen(flat)).rsample()
 
     def real_y(self, batch):
         """One-hot draws of the uniform categorical prior, one per example."""
@@ -1018,7 +1043,7 @@ class SemiSupervisedAAE(AAE):
     def fake_y(self, batch):
         """The class head's softmax of the batch."""
         flat, _ = self._batch(batch)
-        return torch.softmax(self.class_head(self._features(flat)), -1)
+        return torch.softmax(self.class_head(self._features(self._seen(flat))), -1)
 
     def classification_loss(self, batch):
         """Cross-entropy of the class head on the batch's labelled examples.
@@ -1034,7 +1059,7 @@ class SemiSupervisedAAE(AAE):
         keep = labels >= 0 if labels is not None else None
         if keep is None or not bool(keep.any()):
             return self._anchor.new_zeros((), requires_grad=True)
-        return F.cross_entropy(self.class_logits(flat[keep]), labels[keep])
+        return F.cross_entropy(self.class_logits(self._seen(flat[keep])), labels[keep])
 
     def _style_parameters(self):
         e = self.encoder
