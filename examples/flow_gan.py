@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=None, help="flow depth (default: the builder's)")
     p.add_argument("--hidden", type=int, default=None, help="flow conv channels")
     p.add_argument("--levels", type=int, default=None, help="flow scales")
+    p.add_argument("--base", default=None, choices=["logistic", "normal"],
+                   help="NICE's base distribution (default: logistic, as Dinh et al. 2015; "
+                        "the README's Flow-GAN table compares the two)")
     p.add_argument("--disc", nargs="+", default=["dcgan"], choices=DISCS,
                    help="discriminators (one run each per adversarial weight above 0)")
     p.add_argument("--adv-weight", nargs="+", type=float, default=[0.0, 0.5, 1.0],
@@ -114,7 +117,7 @@ def build(args, s: dict, shape) -> FlowGAN:
     disc = args.disc[0] if s["disc"] == "-" else s["disc"]
     wgan = disc == "wgan_gp"
     kw = {k: v for k, v in (("depth", args.depth), ("hidden", args.hidden),
-                            ("levels", args.levels)) if v is not None}
+                            ("levels", args.levels), ("base", args.base)) if v is not None}
     return FlowGAN(args.flow, event_shape=shape, adv_weight=s["adv_weight"],
                    like_reg=s["like_reg"], discriminator="dcgan" if wgan else disc,
                    loss="wgan_gp" if wgan else "non_saturating", k=args.k,
