@@ -106,8 +106,10 @@ def parse_args(argv=None):
     p.add_argument("--corruption", default=None, choices=["noise", "blocks"],
                    help="what the encoder sees while training instead of the image (noise: "
                         "Gaussian noise of --noise-std, clipped to [0, 1]); the target stays "
-                        "clean (default: none)")
-    p.add_argument("--noise-std", type=float, default=0.3, help="std of --corruption noise")
+                        "clean (default: none). The table scores clean test images; the "
+                        "--vae row's VAE trains on clean images")
+    p.add_argument("--noise-std", type=float, default=None,
+                   help="std of --corruption noise (default 0.3)")
     p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256],
                    help="discriminator hidden sizes")
     p.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS.names(),
@@ -138,7 +140,9 @@ def parse_args(argv=None):
     for name in ("parzen_val", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.noise_std >= 0:
+    if args.noise_std is not None and args.corruption != "noise":
+        p.error("--noise-std sets the noise of --corruption noise; add --corruption noise")
+    if args.noise_std is not None and not args.noise_std >= 0:
         p.error("--noise-std must be 0 or more")
     if args.eval_size is not None and args.eval_size < 2:
         p.error("--eval-size must be at least 2")
@@ -160,8 +164,8 @@ def parse_args(argv=None):
 
 def build(args, encoder: str) -> AAE:
     corrupt = dict(corruption=args.corruption,
-                   corruption_kwargs={"std": args.noise_std} if args.corruption == "noise"
-                   else None)
+                   corruption_kwargs={"std": 0.3 if args.noise_std is None else args.noise_std}
+                   if args.corruption == "noise" else None)
     if args.labels == "semi_supervised":
         return SemiSupervisedAAE(image_shape=(1, 28, 28), num_classes=10, z_dim=args.z_dim,
                                  hidden=args.hidden, net=args.net, likelihood=args.likelihood,
@@ -344,8 +348,13 @@ def draw_labels(model: AAE, n: int, generator: torch.Generator):
 def measure(model: AAE, splits, args, tag: str) -> dict:
     """The metrics and figures of one trained model; its random numbers come from
     ``--seed + 17`` in a forked random state (the caller's is left alone)."""
-    with seeded(model.device, args.seed + 17):
-        return _measure(model, splits, args, tag)
+    corrupt, model.corrupt = getattr(model, "corrupt", None), None   # scored on clean images
+    try:
+        with seeded(model.device, args.seed + 17):
+            return _measure(model, splits, args, tag)
+    finally:
+        if corrupt is not None:
+            model.corrupt = corrupt
 
 
 def _measure(model: AAE, splits, args, tag: str) -> dict:

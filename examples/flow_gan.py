@@ -58,8 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=None, help="flow conv channels")
     p.add_argument("--levels", type=int, default=None, help="flow scales")
     p.add_argument("--base", default=None, choices=["logistic", "normal"],
-                   help="NICE's base distribution (default: logistic, as Dinh et al. 2015; "
-                        "the README's Flow-GAN table compares the two)")
+                   help="NICE's base distribution (default: logistic, as Dinh et al. 2015); "
+                        "not part of the checkpoints' names: give each base its own --out")
     p.add_argument("--disc", nargs="+", default=["dcgan"], choices=DISCS,
                    help="discriminators (one run each per adversarial weight above 0)")
     p.add_argument("--adv-weight", nargs="+", type=float, default=[0.0, 0.5, 1.0],
@@ -89,6 +89,8 @@ def parse_args(argv=None):
     for name in ("batch_size", "iw_samples", "fid_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.base is not None and args.flow != "nice":
+        p.error(f"--base picks NICE's base; --flow {args.flow} has a normal base")
     for w in args.adv_weight:
         if not 0.0 <= w <= 1.0:
             p.error(f"--adv-weight values must lie in [0, 1], got {w:g}")

@@ -263,6 +263,11 @@ def test_a_corrupting_aae_trains_on_corrupted_inputs_and_is_used_on_clean_ones(t
     assert ss.classification_loss((x, y)).item() == pytest.approx(loss.item(), rel=1e-5)
     assert torch.equal(ss.predict(x), ss.class_logits(x).argmax(-1))
     assert not torch.equal(ss.class_logits(x), logits_blank)
+    style_blank = ss.codes(zeros, sample=False)
+    assert torch.allclose(ss.fake((x, y)), style_blank)                  # generator_z phase
+    out = ss.decoder_output(style_blank, torch.softmax(logits_blank, -1))
+    expected = -ss.likelihood(out).log_prob(x.reshape(16, -1)).mean()     # reconstruction
+    assert ss.reconstruction_loss((x, y)).item() == pytest.approx(expected.item(), rel=1e-5)
     # the setting is recorded: a checkpoint rebuilds a corrupting model
     noisy = tiny(corruption="noise", corruption_kwargs={"std": 0.2})
     probgen.fit(noisy, toy_data(32), epochs=1, batch_size=32, device="cpu",
@@ -360,6 +365,7 @@ def test_any_pyro_distribution_or_sampler_serves_as_prior():
     (dict(k=0), ConfigError, "positive integer"),
     (dict(corruption="dropout"), ConfigError, "unknown corruption 'dropout'"),
     (dict(corruption="noise", corruption_kwargs={"std": -1.0}), ConfigError, "noise std"),
+    (dict(corruption_kwargs={"std": 0.2}), ConfigError, "but corruption=None"),
 ])
 def test_bad_settings_give_one_line_errors(kw, error, match):
     with pytest.raises(error, match=match) as info:
@@ -752,15 +758,25 @@ def test_aae_example_smoke(example, tmp_path, capsys):
                        "--parzen-samples", "0") == 0
     assert (tmp_path / "dec" / "style_deterministic_mixture_conditional.png").stat().st_size \
         > 1000
-    assert run_example(example, "--out", str(tmp_path / "ss"), "--encoder", "deterministic",
-                       "--labels", "semi_supervised", "--fid-samples", "0",
-                       "--parzen-samples", "0") == 0
+    argv = ["--out", str(tmp_path / "ss"), "--encoder", "deterministic", "--labels",
+            "semi_supervised", "--fid-samples", "0", "--parzen-samples", "0",
+            "--corruption", "noise", "--noise-std", "0.2"]
+    assert run_example(example, *argv) == 0
     rec = json.loads((tmp_path / "ss" / "results.json").read_text())["results"]["aaes"]
     # chance: 90% error; measured after the smoke run's two epochs: 74.5% at --seed 0
     # (67-86% over seeds 0-3)
     assert rec["deterministic"]["test_error"] < 90
     assert (tmp_path / "ss" / "style_deterministic_normal_semi_supervised.png").exists()
+    # the per-epoch validation error is the last weights' error on the validation images
+    loaded = probgen.load(tmp_path / "ss" / "aae_deterministic_normal_semi_supervised.pt")
+    assert loaded.corruption == "noise" and loaded.corrupt.std == 0.2
+    xv, yv = example.cli.mnist(example.parse_args(argv + ["--smoke"]))["val"].tensors[:2]
+    wrong = 100.0 * float((loaded.eval().predict(xv) != yv).float().mean())
+    assert rec["deterministic"]["history"][-1]["val_error"] == pytest.approx(wrong, abs=1e-9)
     capsys.readouterr()
+    with pytest.raises(SystemExit) as info:        # argparse's refusal: status 2
+        example.parse_args(["--noise-std", "0.2"])
+    assert info.value.code == 2 and "add --corruption noise" in capsys.readouterr().err
     # a refused setting: one line on stderr, exit status 2
     assert run_example(example, "--out", str(tmp_path), "--prior", "swiss_roll",
                        "--z-dim", "3") == 2

@@ -323,3 +323,18 @@ def test_flowgan_example_cifar10_and_bad_weight(example, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):
         run_example(example, "--adv-weight", "1.5", "--out", str(out))
     assert "[0, 1]" in capsys.readouterr().err
+
+
+def test_flowgan_example_nice_base_is_a_setting(example, tmp_path, capsys):
+    """``--base normal`` builds NICE on a Gaussian base (recorded in the checkpoint); the
+    other flows, whose base is normal, refuse it."""
+    out = tmp_path / "out"
+    assert run_example(example, "--flow", "nice", "--base", "normal", "--adv-weight", "0",
+                       "--fid-samples", "200", "--out", str(out)) == 0
+    fg = probgen.load(out / "flowgan_w0.pt")
+    assert fg.flow_model.flow.base == "normal"
+    assert isinstance(fg.flow_model.flow.distribution().base_dist.base_dist,
+                      torch.distributions.Normal)
+    with pytest.raises(SystemExit):
+        run_example(example, "--flow", "realnvp", "--base", "normal", "--out", str(out))
+    assert "--base picks NICE's base" in capsys.readouterr().err

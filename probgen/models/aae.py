@@ -420,8 +420,11 @@ class AAE(nn.Module):
         corruption: what the encoder sees instead of ``x`` while training, a name in
             :data:`probgen.data.corrupt.CORRUPTIONS` (``noise``: Gaussian noise, the
             denoising autoencoder's input; ``blocks``), or ``None``; the reconstruction
-            target stays the clean image. The guide and the adversarial phases see it;
-            :meth:`posterior`, :meth:`codes` and the other methods of a trained model do not.
+            target stays the clean image. The guide, and so every training phase and
+            :meth:`reconstruction_loss` (the fit loop's validation loss too, as the VAE's),
+            sees it: the prior is matched by codes of corrupted images. :meth:`posterior`,
+            :meth:`codes`, :meth:`reconstruct`, :meth:`sample` and the semi-supervised
+            :meth:`predict` take the images as given.
         corruption_kwargs: its settings (``std`` of ``noise``...).
 
     Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)`` integers
@@ -496,6 +499,9 @@ class AAE(nn.Module):
             _, decoder = build(self.image_shape, z_dim, num_labels=decoder_labels, **kw)
         self.decoder = decoder
         self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
+        if corruption is None and corruption_kwargs:
+            raise ConfigError(f"corruption_kwargs {sorted(corruption_kwargs)} set a corruption, "
+                              f"but corruption=None: name one ('noise' or 'blocks').")
         ckw = dict(corruption_kwargs or {})
         if corruption == "blocks":
             ckw.setdefault("image_shape", self.image_shape)
@@ -585,8 +591,8 @@ class AAE(nn.Module):
         return noise.to(flat)
 
     def _seen(self, flat: torch.Tensor) -> torch.Tensor:
-        """What the encoder sees while training: the flat images corrupted by
-        ``corruption`` (the target stays clean), or as given."""
+        """What the guide's encoder sees: the flat images corrupted by ``corruption``
+        (the target stays clean), or as given."""
         return flat if self.corrupt is None else self.corrupt(flat)
 
     def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
