@@ -24,6 +24,8 @@ continues from it).
     python examples/flow_gan.py                                    # RealNVP, w = 0, 0.5, 1
     python examples/flow_gan.py --disc dcgan resnet18 --adv-weight 0.5
     python examples/flow_gan.py --disc wgan_gp --adv-weight 1 --like-reg 1
+    python examples/flow_gan.py --flow nice --disc wgan_gp --adv-weight 0 0.01 --epochs 3 \
+        --init results/flow_gan/flowgan_w0.pt                   # fine-tune a trained flow
     python examples/flow_gan.py --data cifar10 --data-root DIR     # downloads when online
     python examples/flow_gan.py --smoke                            # seconds
 """
@@ -57,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=None, help="flow depth (default: the builder's)")
     p.add_argument("--hidden", type=int, default=None, help="flow conv channels")
     p.add_argument("--levels", type=int, default=None, help="flow scales")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start every setting's flow from this trained flow's weights (a "
+                        "checkpoint of this example, e.g. its likelihood-only flowgan_w0.pt, "
+                        "or of examples/flows.py) instead of from scratch: adversarial "
+                        "fine-tuning of a maximum-likelihood flow; --epochs more epochs")
     p.add_argument("--base", default=None, choices=["logistic", "normal"],
                    help="NICE's base distribution (default: logistic, as Dinh et al. 2015); "
                         "not part of the checkpoints' names: give each base its own --out")
@@ -186,6 +193,18 @@ class TermCurves(Callback):
         self.last = now
 
 
+def start_from(fg: FlowGAN, path) -> None:
+    """Copy a trained flow's weights (a FlowGAN or FlowModel checkpoint; its best weights,
+    as ``probgen.load`` gives them) into ``fg``'s flow."""
+    import probgen
+    from probgen.train.checkpoint import load_module_state
+
+    src = probgen.load(path, map_location=next(fg.flow_model.parameters()).device)
+    load_module_state(fg.flow_model, getattr(src, "flow_model", src).state_dict(),
+                      source=f"--init {path}")
+    print(f"flow weights from {path}", flush=True)
+
+
 def train_one(args, s: dict, data, scorer) -> dict:
     train, val, test, _ = data
     shape = tuple(train.tensors[0].shape[1:])
@@ -196,6 +215,8 @@ def train_one(args, s: dict, data, scorer) -> dict:
     print(f"\n== {s['tag']}: {args.flow} ({n_flow:,} parameters), {fg.extra_repr()}"
           + (f", D {n_disc:,} parameters" if s["disc"] != "-" else "") + " ==", flush=True)
     fg.initialize(train.subset(slice(0, 512)).all()[0])
+    if args.init is not None:
+        start_from(fg, args.init)
     cfg = cli.fit_config(args, checkpoint=str(args.out / f"flowgan_{s['tag']}.pt"),
                          patience=None, restore_best=False, clip_norm=100.0)
     res = fit(fg, train, val, cfg, callbacks=[TermCurves()])

@@ -338,3 +338,30 @@ def test_flowgan_example_nice_base_is_a_setting(example, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_example(example, "--flow", "realnvp", "--base", "normal", "--out", str(out))
     assert "--base picks NICE's base" in capsys.readouterr().err
+
+
+def test_flowgan_example_init_starts_from_a_trained_flow(example, tmp_path):
+    """``--init CHECKPOINT`` copies a trained flow's weights into every setting's flow
+    before it trains; a checkpoint of another flow is refused with the flag's name."""
+    from probgen.errors import CheckpointError
+
+    src = tmp_path / "src"
+    assert run_example(example, "--flow", "nice", "--adv-weight", "0", "--fid-samples", "200",
+                       "--out", str(src)) == 0
+    trained = probgen.load(src / "flowgan_w0.pt").flow_model.state_dict()
+    args = example.parse_args(["--smoke", "--flow", "nice", "--adv-weight", "0.5"])
+    setting = example.settings(args)[0]
+    fresh = example.build(args, setting, (1, 28, 28))
+    assert not all(torch.equal(v, trained[k]) for k, v in fresh.flow_model.state_dict().items())
+    example.start_from(fresh, src / "flowgan_w0.pt")
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.flow_model.state_dict().items())
+    other = example.build(example.parse_args(["--smoke", "--flow", "realnvp"]), setting,
+                          (1, 28, 28))
+    with pytest.raises(CheckpointError, match="--init"):
+        example.start_from(other, src / "flowgan_w0.pt")
+    # the whole run: the adversarial setting trains on from the copied weights
+    out = tmp_path / "out"
+    assert run_example(example, "--flow", "nice", "--disc", "wgan_gp", "--adv-weight", "0.5",
+                       "--fid-samples", "200", "--init", str(src / "flowgan_w0.pt"),
+                       "--out", str(out)) == 0
+    assert (out / "flowgan_wgan_gp_w0.5.pt").exists()
