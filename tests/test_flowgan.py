@@ -281,7 +281,7 @@ def test_flowgan_example_sweep_smoke(example, tmp_path):
     import json
 
     out = tmp_path / "out"
-    assert run_example(example, "--adv-weight", "0", "1", "--like-reg", "2",
+    assert run_example(example, "--disc", "dcgan", "--adv-weight", "0", "1", "--like-reg", "2",
                        "--out", str(out)) == 0
     r = json.loads((out / "results.json").read_text())["results"]
     assert set(r["settings"]) == {"w0", "dcgan_w1", "dcgan_grover2"}
