@@ -148,6 +148,12 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def _json_value(obj):
+    """JSON for what ``json`` cannot write: paths (anywhere in the record, e.g. a dict of
+    checkpoints an argument names) as strings, numpy/torch scalars as floats."""
+    return str(obj) if isinstance(obj, Path) else float(obj)
+
+
 def write_results(out: Path, results: Dict[str, Any], args, started: float,
                   table: Optional[List[Dict[str, Any]]] = None, name: str = "results") -> Dict:
     """Write ``{name}.json`` (results, args, wall time, machine, versions) and, when
@@ -160,7 +166,7 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
               "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
     if not is_main_process():   # under torchrun, rank 0 alone writes files
         return record
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=float))
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=_json_value))
     if table:
         with open(out / f"{name}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))

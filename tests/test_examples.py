@@ -220,3 +220,19 @@ def test_cli_run_turns_probgen_errors_into_one_line(capsys):
     assert "error: loss became NaN" in capsys.readouterr().err
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         cli.run(failing(ZeroDivisionError("bug")))
+
+
+def test_results_json_writes_paths_anywhere_in_the_arguments(tmp_path):
+    """A checkpoint path inside an argument's dict (sample_quality's ``--load name=PATH``)
+    once crashed the results file's JSON after a whole run; it is written as a string."""
+    import argparse
+    import json
+    import time
+
+    from probgen import cli
+
+    args = argparse.Namespace(out=tmp_path, load={"realnvp": tmp_path / "r.pt"}, device="cpu")
+    cli.write_results(tmp_path, {"fid": 1.5}, args, time.perf_counter())
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["args"]["load"] == {"realnvp": str(tmp_path / "r.pt")}
+    assert record["args"]["out"] == str(tmp_path) and record["results"] == {"fid": 1.5}
