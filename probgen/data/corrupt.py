@@ -83,6 +83,10 @@ class RandomBlocks:
         return f"RandomBlocks(size={self.size}, count={self.count}, fill={self.fill})"
 
 
-def make_corruption(name: Optional[str], **kwargs):
-    """The corruption called ``name`` (``None`` -> no corruption)."""
+def make_corruption(name: Optional[str], image_shape: Optional[Sequence[int]] = None,
+                    **kwargs):
+    """The corruption called ``name`` (``None`` -> no corruption); ``image_shape`` is the
+    default shape of ``blocks`` (which needs it for flat inputs), ignored by the others."""
+    if name == "blocks" and image_shape is not None:
+        kwargs.setdefault("image_shape", tuple(image_shape))
     return None if name is None else CORRUPTIONS.get(name)(**kwargs)

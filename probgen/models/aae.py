@@ -502,11 +502,8 @@ class AAE(nn.Module):
         if corruption is None and corruption_kwargs:
             raise ConfigError(f"corruption_kwargs {sorted(corruption_kwargs)} set a corruption, "
                               f"but corruption=None: name one ('noise' or 'blocks').")
-        ckw = dict(corruption_kwargs or {})
-        if corruption == "blocks":
-            ckw.setdefault("image_shape", self.image_shape)
         self.corruption = corruption
-        self.corrupt = make_corruption(corruption, **ckw)
+        self.corrupt = make_corruption(corruption, self.image_shape, **(corruption_kwargs or {}))
         d_in = z_dim + (num_labels if self.label_to_discriminator else 0)
         self.discriminator = MLPDiscriminator((d_in,), hidden=tuple(d_hidden))
         self.spec = adversarial_loss(loss)

@@ -138,10 +138,7 @@ class VAE(nn.Module):
         self.encoder, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_labels,
                                                    stochastic=encoder == "gaussian", **kw)
         self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
-        ckw = dict(corruption_kwargs or {})
-        if corruption == "blocks":
-            ckw.setdefault("image_shape", self.image_shape)
-        self.corrupt = make_corruption(corruption, **ckw)
+        self.corrupt = make_corruption(corruption, self.image_shape, **(corruption_kwargs or {}))
         self.guide_flow = None
         if guide_flow is not None:
             self.guide_flow = AmortizedFlow(guide_flow, z_dim, self._context_dim(),
