@@ -37,8 +37,9 @@ class FiniteLogistic(dist.Logistic):
     about once in 2**24 draws, and ``icdf(0) = -inf``: a NICE flow (logistic base, 784
     values per MNIST image) then turned about one image in 21,000 (784 / 2**24) into NaN
     through its inverse pass (one of the 10,000 an FID drew). The uniform is clamped to
-    ``[eps, 1 - eps]`` first, as torch's own distributions do (``torch.distributions.utils.clamp_probs``); the tail this cuts off
-    (beyond ``|z| = log(1/eps - 1)``, about 15.9 in float32) holds 2.4e-7 of the mass.
+    ``[eps, 1 - eps]`` first, as torch's own distributions do
+    (``torch.distributions.utils.clamp_probs``); the tail this cuts off (beyond
+    ``|z| = log(1/eps - 1)``, about 15.9 in float32) holds 2.4e-7 of the mass.
     The density is Pyro's, unchanged."""
 
     def rsample(self, sample_shape=torch.Size()):
