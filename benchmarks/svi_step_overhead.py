@@ -20,6 +20,7 @@ Adam, loss read back).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -81,8 +82,11 @@ def build(model_name, device, batch_size):
     return VAE(z_dim=50, hidden=(200, 200)).to(device), data, vae_loss
 
 
-def loop_step_fn(model, data, objective, batch):
-    """The fit loop's own step for ``model`` (or the first edition's, on an old checkout)."""
+def loop_step_fn(model, data, objective, batch, stack):
+    """The fit loop's own step for ``model`` (or the first edition's, on an old checkout).
+
+    ``stack`` (a :class:`contextlib.ExitStack`) holds the step context open for the whole
+    timing, as ``train_epoch`` holds it for a whole epoch."""
     if hasattr(loop, "Run"):
         run = loop.Run(model, data, None, FitConfig(objective=objective, device=str(batch[0].device),
                                                      progress=False, verbose=False).check())
@@ -91,15 +95,14 @@ def loop_step_fn(model, data, objective, batch):
         try:   # the step context train_epoch runs its steps in (once per epoch there)
             from probgen.train.context import running_steps
         except ImportError:   # an older checkout
-            import contextlib
             running_steps = lambda **kw: contextlib.nullcontext()   # noqa: E731
         kw = dict(data_checked=getattr(run, "train_checked", False))
         if hasattr(run, "declared"):
             kw["module"] = run.declared
+        stack.enter_context(running_steps(**kw))
 
         def step():
-            with running_steps(**kw):
-                float(run.run_phase(state, batch, {}))
+            float(run.run_phase(state, batch, {}))
         return step
     step = SVIStep(model, objective=objective)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,8 +150,9 @@ def main(argv=None):
                 opt.step()
                 float(loss.detach())
 
-            with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-                probgen_step = loop_step_fn(model, data, name, batch)
+            with pyro.get_param_store().scope(), pyro.validation_enabled(False), \
+                    contextlib.ExitStack() as stack:
+                probgen_step = loop_step_fn(model, data, name, batch, stack)
                 for _ in range(5):
                     probgen_step(), torch_step()
                 a, b = [], []
