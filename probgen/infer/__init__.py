@@ -2,7 +2,8 @@
 
 from probgen.infer.adversarial import (ADVERSARIAL_LOSSES, AdversarialLoss, adversarial_phases,
                                        discriminator_loss, generator_loss, gradient_penalty)
-from probgen.infer.objectives import IWAE_ELBO, OBJECTIVES, make_elbo
+from probgen.infer.objectives import IWAE_ELBO, OBJECTIVES, Trace_ELBO, make_elbo
 
-__all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "IWAE_ELBO", "OBJECTIVES", "adversarial_phases",
+__all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "IWAE_ELBO", "OBJECTIVES", "Trace_ELBO",
+           "adversarial_phases",
            "discriminator_loss", "generator_loss", "gradient_penalty", "make_elbo"]
