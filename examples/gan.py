@@ -29,6 +29,7 @@ toy1d_<loss>.png (the toy's figure) and one checkpoint per GAN, gan_<data>_<loss
     python examples/gan.py --loss minimax non_saturating     # both from the same seed
     python examples/gan.py --loss wgan_gp --epochs 10        # k = 5 critic steps by default
     python examples/gan.py --ema 0.999 --label-smoothing 0.1
+    python examples/gan.py --width 16 16 --lr 1e-3 --ema 0.99   # the CPU's recipe (README)
     python examples/gan.py --data toy1d                      # the 1-D toy (R1 penalty 1)
     python examples/gan.py --data cifar10 --data-root DIR    # downloads when online
     python examples/gan.py --smoke                           # seconds

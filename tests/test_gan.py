@@ -552,27 +552,38 @@ def test_sample_quality_example_scores_every_family_alike(tmp_path):
               "--out", str(tmp_path)]
     threads = torch.get_num_threads()
     try:
-        assert module.cli.run(module.main, common + ["--models", "vae", "glow", "gan_ns"]) == 0
+        assert module.cli.run(module.main, common + ["--models", "vae", "glow", "gan_ns",
+                                                     "cdcgan"]) == 0
         rows = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
         assert [r["model"] for r in rows] == ["vae (mean)", "vae (draw)", "glow T=0.7",
-                                              "glow T=1.0", "gan_ns"]
+                                              "glow T=1.0", "gan_ns", "cdcgan"]
         # every row's numbers are those of its model's samples (the checkpoint saved, the
         # example's own draw after set_seed(seed)), recomputed here by a second implementation
         test_images = smoke_mnist_test_images()
         by_label = {r["model"]: r for r in rows}
-        for name in ("vae", "glow", "gan_ns"):
+        for name in ("vae", "glow", "gan_ns", "cdcgan"):
             model = probgen.load(tmp_path / "checkpoints" / f"{name}.pt")
             set_seed(0)
             for label, x in module.draw(name, model, 200, SimpleNamespace(device="cpu")).items():
                 assert_same_quality(by_label.pop(label), x, test_images)
         assert not by_label and all(r["epochs"] >= 1 for r in rows)
+        # the conditional DCGAN is asked for 20 of each digit, in turn, as the conditional VAE
+        cgan = probgen.load(tmp_path / "checkpoints" / "cdcgan.pt")
+        set_seed(0)
+        x, = module.draw("cdcgan", cgan, 200, SimpleNamespace(device="cpu")).values()
+        set_seed(0)
+        z = torch.randn(200, cgan.z_dim)
+        levels = torch.arange(10).repeat_interleave(20)
+        torch.testing.assert_close(x, cgan.regenerate(z, levels))
+        assert not torch.allclose(x, cgan.regenerate(z, levels.roll(1)))
         assert (tmp_path / "samples.png").stat().st_size > 1000
         # a second run loads the checkpoints instead of training
         assert module.cli.run(module.main, common + ["--models", "gan_ns"]) == 0
         again = json.loads((tmp_path / "results.json").read_text())["results"]["rows"]
-        assert again[0]["epochs"] == rows[-1]["epochs"]
+        first, = (r for r in rows if r["model"] == "gan_ns")
+        assert again[0]["epochs"] == first["epochs"]
         # the loaded generator, the same seed: the same samples and so the same scores
         for key in ("fid", "kid", "precision", "recall", "classes_covered", "class_kl"):
-            assert again[0][key] == rows[-1][key], key
+            assert again[0][key] == first[key], key
     finally:
         torch.set_num_threads(threads)
