@@ -1,6 +1,7 @@
 """The autoencoder family: every preset x network contract, likelihoods, objectives, errors."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -152,6 +153,43 @@ def test_trace_objective_matches_pyro_without_host_reads(particles, vectorize, m
         torch.manual_seed(5)
         got, got_g = _value_and_grads(ours_cls(**kw), model.model, model.guide, params, x, y)
     assert reads == []
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(got_g, ref_g):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_fit_steps_reuse_the_data_plate_with_pyros_value_and_gradient(particles):
+    """In fit's own steps of a VAE (the step declares the module) the model and guide share
+    one plate per batch size; the ELBO and its gradient are Pyro's on fresh plates, with
+    vectorized particles too (their plate at dim -2), and no plate dim stays allocated."""
+    from pyro.poutine.runtime import _DIM_ALLOCATOR
+
+    from probgen.train.context import running_steps
+
+    x, y = batch()
+    model = tiny("vae")
+    params = list(model.parameters())
+    kw = dict(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1)
+    with pyro.get_param_store().scope():
+        torch.manual_seed(5)
+        ref, ref_g = _value_and_grads(Trace_ELBO(**kw), model.model, model.guide, params, x, y)
+        assert model._plates == {}                       # outside fit: fresh plates
+        with running_steps(module=model), warnings.catch_warnings():
+            warnings.simplefilter("error")               # Pyro's model/guide plate check too
+            for half in (x[:3], x):                      # two batch sizes: two plates
+                _value_and_grads(Trace_ELBO(**kw), model.model, model.guide, params, half,
+                                 y[:len(half)])
+            torch.manual_seed(5)
+            got, got_g = _value_and_grads(Trace_ELBO(**kw), model.model, model.guide, params,
+                                          x, y)
+            trace = pyro.poutine.trace(model.guide).get_trace(x, y)
+        with running_steps(module=None):                 # a step that does not declare it
+            fresh = pyro.poutine.trace(model.guide).get_trace(x, y)
+    assert sorted(model._plates) == [3, len(x)]
+    assert "data" not in trace.nodes and "data" in fresh.nodes   # no subsample message
+    assert trace.nodes["z"]["cond_indep_stack"][0].dim == -1
+    assert all(d is None for d in _DIM_ALLOCATOR._stack)
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     for a, b in zip(got_g, ref_g):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -15,7 +16,7 @@ def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Te
     dim = int(torch.Size(image_shape).numel())
     if not torch.is_tensor(x):
         raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
-    if x.dim() < 2 or x[0].numel() != dim:
+    if x.dim() < 2 or math.prod(x.shape[1:]) != dim:   # (x[0].numel() would cost an op)
         raise DataError(
             f"{what} of shape {tuple(x.shape)} do not fit this model, which takes images of "
             f"shape {tuple(image_shape)} (batch first: (B, {', '.join(map(str, image_shape))})"
