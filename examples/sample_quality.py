@@ -27,7 +27,7 @@ predicted digits (with the KL of that histogram to uniform). Models:
 
 The two DCGAN recipes are made for this CPU: narrower networks than Radford et al.'s 64
 (a width-16 epoch costs a fifth of a width-64 one) and a larger learning rate reach a
-lower FID per CPU second (measured in the README). The GANs of
+lower FID per CPU second than Radford et al.'s settings (measured in the README). The GANs of
 ``examples/gan.py`` keep the paper's settings by default.
 
 Each VAE gives two rows from the same ``z ~ p(z)``: ``(mean)``, the decoder's mean image
@@ -74,7 +74,7 @@ FAMILIES = {"vae": "likelihood (VAE)", "beta_vae": "likelihood (VAE)",
             "realnvp": "likelihood (flow)", "glow": "likelihood (flow)",
             "gan_minimax": "adversarial", "gan_ns": "adversarial", "wgan_gp": "adversarial",
             "dcgan": "adversarial", "cdcgan": "adversarial"}
-# Adam learning rates of the GANs (the others': 2e-4, Radford et al.'s).
+# Adam learning rates of the GANs (the others': 2e-4).
 GAN_LR = {"wgan_gp": 1e-4, "dcgan": 1e-3, "cdcgan": 5e-4}
 TEMPERATURES = (0.7, 1.0)
 

@@ -59,3 +59,27 @@ def test_flows_guide(tmp_path, monkeypatch):
 
     torch.testing.assert_close(ns["site_log_prob"], ns["flow"].log_prob(ns["test_x"][:5]))
     assert 0.5 < ns["bpd"] < 8.0
+
+
+def test_gans_guide(tmp_path, monkeypatch):
+    import torch
+
+    from probgen.metrics import quality
+
+    ns = run_notebook(ROOT / "guides" / "gans.ipynb", tmp_path, monkeypatch)
+    n = ns["N"]
+    # the GAN is a Pyro model: a latent sample site and the images as a deterministic site
+    assert tuple(ns["trace"].nodes["z"]["value"].shape) == (4, ns["gan"].z_dim)
+    assert ns["trace"].nodes["x"]["infer"].get("_deterministic") is True
+    assert tuple(ns["draws"]["x"].shape) == (1, 8, 1, 28, 28)
+    # the FID curve: one entry per epoch, the last the model's own FID on the same noise
+    assert len(ns["fid_curve"]) == ns["EPOCHS"]
+    assert ns["fid_curve"][-1] == pytest.approx(ns["fid_of"](ns["gan"]), rel=1e-6)
+    # the printed scores are those of the samples shown; training images score near zero
+    assert ns["scores"]["fid"] == pytest.approx(quality.fid(ns["samples"], ns["reference"]),
+                                                rel=1e-6)
+    assert ns["real"]["fid"] < 0.2 * ns["scores"]["fid"]
+    # the conditional samples: N / 10 of each asked digit, the agreement the classifier's
+    assert torch.equal(torch.bincount(ns["asked"].cpu()), torch.full((10,), n // 10))
+    shown = ns["classifier"](ns["conditional"]).argmax(-1)
+    assert ns["agreement"] == pytest.approx(float((shown == ns["asked"]).float().mean()))

@@ -359,5 +359,7 @@ def test_bad_data_are_clear_errors():
         model.model(x)
     with pytest.raises(DataError, match="shape"):
         model.model(x[:, :, :27], y)
+    with pytest.raises(DataError, match="0 images"):
+        model.guide(x[:0], y[:0])
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         tiny("vae", likelihood="gaussian").model(x * 255)

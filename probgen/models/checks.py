@@ -21,7 +21,9 @@ def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Te
             f"{what} of shape {tuple(x.shape)} do not fit this model, which takes images of "
             f"shape {tuple(image_shape)} (batch first: (B, {', '.join(map(str, image_shape))})"
             f" or (B, {dim})).")
-    return x.reshape(x.shape[0], -1)
+    if x.shape[0] == 0:
+        raise DataError(f"{what}: got a batch of 0 images; pass at least one.")
+    return x.reshape(x.shape[0], dim)
 
 
 def checked_labels(labels, n: int, num_labels: int) -> Optional[torch.Tensor]:

@@ -198,10 +198,11 @@ class VAE(nn.Module):
         through Pyro's whole handler stack for its subsample site on every call, which the
         ELBO never reads. Elsewhere a fresh ``pyro.plate("data", n)``."""
         if self.reuse_plates and step is not None and step.module is self:
-            plate = self._plates.get(n)
+            plates = self.__dict__.setdefault("_plates", {})   # (a VAE pickled before it)
+            plate = plates.get(n)
             if plate is None:   # made outside the handlers: no trace records its making
                 with poutine.block():
-                    plate = self._plates[n] = pyro.plate("data", n, dim=-1)
+                    plate = plates[n] = pyro.plate("data", n, dim=-1)
             return plate
         return pyro.plate("data", n)
 
