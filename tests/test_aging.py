@@ -254,6 +254,8 @@ def test_bad_settings_give_clear_errors():
         caae.edit(x, -1)
     with pytest.raises(ConfigError, match="tv_weight"):
         CAAE(num_levels=4, tv_weight=-1.0)
+    with pytest.raises(ConfigError, match="fake_levels"):
+        CAAE(num_levels=4, fake_levels="other")
     rec = RecurrentAger(num_levels=4, hidden=8, embed=8)
     with pytest.raises(ConfigError, match="only ages forward"):
         rec.edit(x, 2, 1)
@@ -306,6 +308,45 @@ def test_caae_phases_move_only_their_own_parameters():
     x = batch[0][:4]
     assert not torch.allclose(caae.edit(x, 0), caae.edit(x, 3))
     assert Predictive(caae.model, num_samples=2)(None, size=3)["y"].shape == (2, 3)
+
+
+def test_caae_random_fake_levels_ask_the_generator_for_drawn_levels():
+    """fake_levels="random": D_img's fakes and the generator's adversarial and TV terms use
+    G(E(x), y') at levels y' drawn uniformly (labelled y'); the reconstruction stays at y."""
+    torch.manual_seed(0)
+    caae = CAAE(num_levels=4, z_dim=3, hidden=(16,), d_hidden=(16,), d_img_width=4,
+                tv_weight=0.5, fake_levels="random")
+    assert "fake_levels='random'" in repr(caae)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 28, 28, generator=g)
+    batch = (x, torch.zeros(256, dtype=torch.long))           # every image at level 0
+    with torch.no_grad():
+        maps = caae.fake_image(batch)[:, 1:]                  # the label maps D_img reads
+        drawn = maps.flatten(2).mean(2).argmax(1)             # the level each fake carries
+        counts = torch.bincount(drawn, minlength=4)
+        assert bool((counts > 30).all()), counts              # all four levels, about 64 each
+        real = caae.real_image(batch)[:, 1:].flatten(2).mean(2).argmax(1)
+        assert bool((real == 0).all())
+        # the generator's loss, term by term, with the levels the same seed draws
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            value = caae.encoder_generator_loss(batch)
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            z = caae.codes(x, sample=False)
+            levels = torch.randint(0, 4, (256,))
+        out = caae.decode(z, levels)
+        assert not bool((levels == 0).all())
+        rest = (value - caae.reconstruction_loss(batch)).item()   # the terms besides it
+        expected = (caae.spec.g_loss(caae.discriminator(z))
+                    + caae.spec.g_loss(caae.image_discriminator(caae._image_input(out, levels)))
+                    + 0.5 * total_variation(out))
+        assert rest == pytest.approx(expected.item(), abs=2e-3)
+        own = caae.decode(z, batch[1])                              # what "own" would give
+        wrong = (caae.spec.g_loss(caae.discriminator(z))
+                 + caae.spec.g_loss(caae.image_discriminator(caae._image_input(own, batch[1])))
+                 + 0.5 * total_variation(own))
+        assert abs(expected.item() - wrong.item()) > 1e-2
 
 
 def test_total_variation_is_the_authors_formula():
@@ -445,7 +486,9 @@ def test_aging_example_smoke(example, tmp_path, capsys):
     for name in ("progression.png", "recurrent.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert isinstance(probgen.load(tmp_path / "age_cgan.pt"), AgeCGAN)
-    assert isinstance(probgen.load(tmp_path / "caae.pt"), CAAE)
+    caae = probgen.load(tmp_path / "caae.pt")
+    assert isinstance(caae, CAAE) and caae.fake_levels == "random"   # the example's default
+    assert rec["training"]["recurrent"]["epochs"] == 1                # --recurrent-epochs (smoke)
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
     # a face folder: the cGAN and the CAAE train on it from disk and draw their edits
     write_faces(tmp_path / "faces", [f"{a}_0_1_2017{a}.jpg" for a in (4, 22, 33, 44, 55, 66)])

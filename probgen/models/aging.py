@@ -57,6 +57,7 @@ from probgen.train.steps import LossStep, Phase, PhasedStep
 
 REFINEMENTS = ("none", "pixel", "identity")
 WEIGHTINGS = ("linear", "uniform")
+FAKE_LEVELS = ("own", "random")
 
 
 def _positive_int(value, name: str) -> int:
@@ -441,6 +442,14 @@ class CAAE(AAE):
             square image whose side is 4-7 times a power of two).
         z_weight, img_weight, tv_weight: weights of fooling ``D_z``, fooling ``D_img`` and
             the total variation in the encoder-generator loss.
+        fake_levels: the levels of the images ``D_img`` is shown as fake: ``"own"`` (Zhang et
+            al.: ``G(E(x), y)`` at each image's own level ``y``) or ``"random"``
+            (``G(E(x), y')`` at a level ``y'`` drawn uniformly, with ``y'`` as its label). With
+            ``"own"`` no loss ever asks ``G`` for a level other than the input's, so nothing
+            stops the code from keeping the attribute and ``G`` from ignoring the level (on
+            graded digits the edits then keep the input's thickness: the level classifier
+            finds the asked level at chance); ``"random"`` makes fooling ``D_img`` a matter of
+            drawing the asked level. The reconstruction term stays at the own level.
         loss, k, label_smoothing, lr, d_lr, g_lr, betas, likelihood_kwargs: as
             :class:`probgen.models.AAE` (``lr``: the encoder-generator phase; ``d_lr``: both
             discriminators).
@@ -454,7 +463,7 @@ class CAAE(AAE):
                  likelihood: str = "gaussian", prior: str = "uniform",
                  d_hidden: Sequence[int] = (64, 64), d_img_width: Optional[int] = None,
                  z_weight: float = 1.0, img_weight: float = 1.0, tv_weight: float = 1.0,
-                 loss: str = "non_saturating", k: Optional[int] = None,
+                 fake_levels: str = "own", loss: str = "non_saturating", k: Optional[int] = None,
                  label_smoothing: float = 0.0, lr: Optional[float] = None,
                  d_lr: Optional[float] = None, g_lr: Optional[float] = None,
                  betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
@@ -472,13 +481,17 @@ class CAAE(AAE):
         self.z_weight = _weight(z_weight, "z_weight")
         self.img_weight = _weight(img_weight, "img_weight")
         self.tv_weight = _weight(tv_weight, "tv_weight")
+        if fake_levels not in FAKE_LEVELS:
+            raise ConfigError(f"fake_levels must be one of {FAKE_LEVELS}, got {fake_levels!r}.")
+        self.fake_levels = fake_levels
         self.image_discriminator = ConditionalDiscriminator(self.image_shape, num_levels,
                                                             d_img_width)
         self.phases()
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", num_levels={self.num_levels}, z_weight="
-                f"{self.z_weight}, img_weight={self.img_weight}, tv_weight={self.tv_weight}")
+                f"{self.z_weight}, img_weight={self.img_weight}, tv_weight={self.tv_weight}, "
+                f"fake_levels={self.fake_levels!r}")
 
     def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
         """The AAE's model; generating without ``labels`` draws the levels (site ``y``)."""
@@ -500,18 +513,28 @@ class CAAE(AAE):
         flat, levels = self._batch(batch)
         return self._image_input(flat, levels)
 
+    def _fake_levels(self, levels: torch.Tensor) -> torch.Tensor:
+        if self.fake_levels == "own":
+            return levels
+        return torch.randint(0, self.num_levels, levels.shape, device=levels.device)
+
     def fake_image(self, batch: tuple) -> torch.Tensor:
-        """``G(E(x), y)`` with the batch's levels (differentiable in E and G)."""
+        """``G(E(x), y)`` with the batch's levels (``fake_levels="random"``: drawn levels),
+        with those levels' maps (differentiable in E and G)."""
         flat, levels = self._batch(batch)
         z = self.posterior(flat).rsample()
+        levels = self._fake_levels(levels)
         return self._image_input(self.decode(z, levels), levels)
 
     def encoder_generator_loss(self, batch: tuple) -> torch.Tensor:
         """Reconstruction (per-image NLL) + ``z_weight`` x fooling ``D_z`` + ``img_weight``
-        x fooling ``D_img`` + ``tv_weight`` x total variation of ``G(E(x), y)``."""
+        x fooling ``D_img`` (with ``G(E(x), y)``, or ``G(E(x), y')`` at drawn levels ``y'``
+        when ``fake_levels="random"``) + ``tv_weight`` x total variation of the images
+        shown to ``D_img``."""
         flat, levels = self._batch(batch)
         value = self.reconstruction_loss(batch)
         z = self.posterior(flat).rsample()
+        levels = self._fake_levels(levels)
         out = self.decode(z, levels)
         if self.z_weight:
             with frozen(self.discriminator):

@@ -73,9 +73,11 @@ def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = No
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
         for s in ax.spines.values():
             s.set_visible(False)
+    top = 1.0
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.3, h_pad=0.1)
+        top = 1.0 - 0.3 / fig.get_figheight()     # room for the title (tight_layout ignores it)
+    fig.tight_layout(pad=0.3, h_pad=0.1, rect=(0, 0, 1, top))
     return save(fig, path)
 
 
