@@ -448,7 +448,8 @@ class CAAE(AAE):
             ``"own"`` no loss ever asks ``G`` for a level other than the input's, so nothing
             stops the code from keeping the attribute and ``G`` from ignoring the level (on
             graded digits the edits then keep the input's thickness: the level classifier
-            finds the asked level at chance); ``"random"`` makes fooling ``D_img`` a matter of
+            finds the asked level below chance, near the unchanged input's rate);
+            ``"random"`` makes fooling ``D_img`` a matter of
             drawing the asked level. The reconstruction term stays at the own level.
         loss, k, label_smoothing, lr, d_lr, g_lr, betas, likelihood_kwargs: as
             :class:`probgen.models.AAE` (``lr``: the encoder-generator phase; ``d_lr``: both
@@ -463,11 +464,11 @@ class CAAE(AAE):
                  likelihood: str = "gaussian", prior: str = "uniform",
                  d_hidden: Sequence[int] = (64, 64), d_img_width: Optional[int] = None,
                  z_weight: float = 1.0, img_weight: float = 1.0, tv_weight: float = 1.0,
-                 fake_levels: str = "own", loss: str = "non_saturating", k: Optional[int] = None,
+                 loss: str = "non_saturating", k: Optional[int] = None,
                  label_smoothing: float = 0.0, lr: Optional[float] = None,
                  d_lr: Optional[float] = None, g_lr: Optional[float] = None,
                  betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[dict] = None):
+                 likelihood_kwargs: Optional[dict] = None, fake_levels: str = "own"):
         _positive_int(num_levels, "num_levels")
         if num_levels < 2:
             raise ConfigError(f"num_levels must be at least 2, got {num_levels}.")
