@@ -24,10 +24,10 @@ with another one (``--score-features trained``, the default: a digit classifier 
 trains on the graded training images, as face-aging evaluations score verification with a
 recognition network other than the one that refined), or with the same one (``shipped``).
 
-The CAAE departs from Zhang et al. in one setting, measured: their image discriminator sees
+The CAAE departs from Zhang et al. in two settings, measured: their image discriminator sees
 reconstructions at each image's own level only, so no loss ever asks the generator for another
 level, and on graded digits the code keeps the thickness (the level classifier finds the asked
-level in 8% of the edits, at chance or below). Here its fakes are drawn at random levels
+level in 8% of the edits, below chance, 1/6). Here its fakes are drawn at random levels
 (``--caae-fake-levels random``) and fooling it weighs 300 (``--caae-img-weight``; the
 reconstruction term is a summed Gaussian NLL of hundreds of nats per image): the edits then
 reach the asked level (see the README for the table). ``--caae-fake-levels own
