@@ -66,7 +66,7 @@ import torch
 from probgen import cli
 from probgen.data.faces import AgeFolder, faces_loader, graded_mnist
 from probgen.errors import ConfigError
-from probgen.models.aging import (CAAE, REFINEMENTS, AgeCGAN, RecurrentAger,
+from probgen.models.aging import (CAAE, FAKE_LEVELS, REFINEMENTS, AgeCGAN, RecurrentAger,
                                   mnist_identity_features)
 from probgen.train import fit, save_model
 from probgen.viz import rows_figure
@@ -104,7 +104,7 @@ def parse_args(argv=None):
                    help="weight of fooling the CAAE's image discriminator (chosen on digits, "
                         "whose reconstruction term is a summed Gaussian NLL of hundreds of "
                         "nats per image; not measured on faces)")
-    p.add_argument("--caae-fake-levels", default="random", choices=["own", "random"],
+    p.add_argument("--caae-fake-levels", default="random", choices=FAKE_LEVELS,
                    help="levels of the CAAE's fakes shown to its image discriminator: own "
                         "(Zhang et al.; the edits then keep the input's level) or random (each "
                         "fake at a drawn level, which asks the generator for that level)")

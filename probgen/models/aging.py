@@ -449,8 +449,8 @@ class CAAE(AAE):
             stops the code from keeping the attribute and ``G`` from ignoring the level (on
             graded digits the edits then keep the input's thickness: the level classifier
             finds the asked level below chance, near the unchanged input's rate);
-            ``"random"`` makes fooling ``D_img`` a matter of
-            drawing the asked level. The reconstruction term stays at the own level.
+            ``"random"`` makes fooling ``D_img`` a matter of drawing the asked level. The
+            reconstruction term stays at the own level.
         loss, k, label_smoothing, lr, d_lr, g_lr, betas, likelihood_kwargs: as
             :class:`probgen.models.AAE` (``lr``: the encoder-generator phase; ``d_lr``: both
             discriminators).
