@@ -28,7 +28,9 @@ Writes to --out: results.json and results.csv (one row per encoder kind), codes_
 (test codes coloured by digit next to prior draws), samples_<tag>.png, manifold_<tag>.png
 (2-D codes only), style_<tag>.png (a decoder-conditional or semi-supervised AAE: style
 fixed along each row, label along the columns), losses.png and one checkpoint per AAE, aae_<tag>.pt
-(``probgen.load`` rebuilds the model from it; ``--resume`` continues it). ``--vae`` adds a
+(``probgen.load`` rebuilds the model from it; ``--resume`` continues it). With ``--average``
+every figure is of the averaged weights (the trained weights' test error is reported beside
+them), saved as aae_<tag>_averaged.pt; the checkpoint holds both. ``--vae`` adds a
 VAE of the same networks to the table (vae_normal.pt).
 
     python examples/aae.py                                        # deterministic, N(0, I)
@@ -38,6 +40,7 @@ VAE of the same networks to the table (vae_normal.pt).
     python examples/aae.py --labels conditional --label-to decoder --z-dim 8
     python examples/aae.py --phase-order regularization_first
     python examples/aae.py --labels semi_supervised --num-labelled 100 --z-dim 10
+    python examples/aae.py --labels semi_supervised --z-dim 10 --average ema   # averaged
     python examples/aae.py --encoder deterministic gaussian universal --vae --z-dim 8
     python examples/aae.py --smoke                                # seconds
 """
@@ -61,7 +64,7 @@ from probgen.models.aae import (AAE, ENCODERS, PHASE_ORDERS, PRIORS, SemiSupervi
 from probgen.models import VAE
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.nn.coders import NETS
-from probgen.train import Callback, fit, set_seed
+from probgen.train import AVERAGES, Callback, WeightAverage, fit, save_model, set_seed
 from probgen.viz import grid_figure
 from probgen.viz.images import image_grid, new_figure, save
 
@@ -128,6 +131,15 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=int, default=None,
                    help="test images measured (default: all)")
     p.add_argument("--fid-samples", type=int, default=10000, help="samples of the FID (0: skip)")
+    p.add_argument("--average", default="none", choices=("none",) + AVERAGES,
+                   help="measure (and save, aae_<tag>_averaged.pt) a running average of the "
+                        "weights, one update per epoch (probgen.train.WeightAverage): ema, "
+                        "or the uniform mean of the epochs from --average-start")
+    p.add_argument("--average-decay", type=float, default=0.8,
+                   help="the exponential average's decay per epoch (0.8: about the last 5 "
+                        "epochs)")
+    p.add_argument("--average-start", type=int, default=1,
+                   help="the first epoch (from 1) whose weights enter the average")
     p.add_argument("--vae", action="store_true",
                    help="also train a VAE of the same encoder/decoder networks (Gaussian "
                         "encoder, N(0, I) prior, analytic-KL ELBO) and measure it alike")
@@ -144,6 +156,10 @@ def parse_args(argv=None):
         p.error("--noise-std sets the noise of --corruption noise; add --corruption noise")
     if args.noise_std is not None and not args.noise_std >= 0:
         p.error("--noise-std must be 0 or more")
+    if args.average != "none" and not 0 < args.average_decay < 1:
+        p.error("--average-decay must lie in (0, 1)")
+    if args.average != "none" and args.average_start < 1:
+        p.error("--average-start must be at least 1")
     if args.eval_size is not None and args.eval_size < 2:
         p.error("--eval-size must be at least 2")
     if args.labels == "semi_supervised":
@@ -453,15 +469,18 @@ class ClassError(Callback):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         self.images, self.labels = images, labels
 
-    def on_validation_end(self, run, entry):
-        model = run.module
+    @torch.no_grad()
+    def error(self, model) -> float:
         was = model.training
         model.eval()
         try:
             pred = model.predict(self.images)
         finally:
             model.train(was)
-        entry["val_error"] = 100.0 * float((pred != self.labels).float().mean())
+        return 100.0 * float((pred != self.labels).float().mean())
+
+    def on_validation_end(self, run, entry):
+        entry["val_error"] = self.error(run.module)
 
 
 def train_one(args, encoder: str, splits):
@@ -472,9 +491,16 @@ def train_one(args, encoder: str, splits):
     train = splits["train"]
     if args.labels == "semi_supervised":
         train = semi_supervised_data(args, train)
-    callbacks = []
+    callbacks, average = [], None
     if args.labels == "semi_supervised":
         callbacks.append(ClassError(*splits["val"].tensors[:2]))
+    if args.average != "none":
+        # the averaged copy's validation error is a learning curve too (val_error_avg)
+        metrics = ({"val_error_avg": ClassError(*splits["val"].tensors[:2]).error}
+                   if args.labels == "semi_supervised" else {})
+        average = WeightAverage(args.average, decay=args.average_decay,
+                                start=args.average_start, metrics=metrics, swap=False)
+        callbacks.append(average)
     result = fit(model, train, splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / f"aae_{tag}.pt"), restore_best=False),
         callbacks=callbacks)
@@ -482,7 +508,17 @@ def train_one(args, encoder: str, splits):
               "label_to": args.label_to if args.labels == "conditional" else None,
               "phase_order": args.phase_order, "z_dim": args.z_dim,
               "epochs": result.epochs_run, "train_seconds": result.train_seconds,
-              "history": result.history}
+              "history": result.history, "average": args.average}
+    if average is not None and average.num_averaged:
+        # the trained weights' test error first, then every figure of the averaged ones
+        if isinstance(model, SemiSupervisedAAE):
+            x, y = splits["test"].tensors[:2]
+            n = args.eval_size or x.shape[0]      # the images measure() scores
+            record["test_error_trained"] = ClassError(x[:n], y[:n]).error(model)
+        average.copy_to(model)
+        record.update(average_decay=args.average_decay if args.average == "ema" else None,
+                      average_start=args.average_start, epochs_averaged=average.num_averaged)
+        save_model(model, args.out / f"aae_{tag}_averaged.pt")
     t0 = time.perf_counter()
     record.update(measure(model, splits, args, tag))
     record["eval_seconds"] = time.perf_counter() - t0
@@ -491,6 +527,9 @@ def train_one(args, encoder: str, splits):
     fid = f", FID {record['fid']:.2f}, KID {record['kid_mean']:.4f}" if "fid" in record else ""
     if "test_error" in record:
         fid += f", test error {record['test_error']:.2f}% with {args.num_labelled} labels"
+        if "test_error_trained" in record:
+            fid += (f" ({args.average} average of {record['epochs_averaged']} epochs; the "
+                    f"trained weights {record['test_error_trained']:.2f}%)")
     print(f"{encoder}: recon MSE {record['recon_mse']:.4f}, MMD^2(q(z), p(z)) "
           f"{record['mmd2']:.4f}{parzen}{fid} ({record['train_seconds']:.0f} s of training)",
           flush=True)
@@ -524,6 +563,8 @@ def table(records: Dict[str, dict]) -> List[dict]:
                      "recon_mse": r["recon_mse"], "recon_nll": r["recon_nll"],
                      "mmd2": r["mmd2"], "fid": r.get("fid"), "kid_mean": r.get("kid_mean"),
                      "test_error_pct": r.get("test_error"),
+                     "test_error_trained_pct": r.get("test_error_trained"),
+                     "average": r.get("average"),
                      "train_seconds": r["train_seconds"]})
     return rows
 

@@ -760,7 +760,7 @@ def test_aae_example_smoke(example, tmp_path, capsys):
         > 1000
     argv = ["--out", str(tmp_path / "ss"), "--encoder", "deterministic", "--labels",
             "semi_supervised", "--fid-samples", "0", "--parzen-samples", "0",
-            "--corruption", "noise", "--noise-std", "0.2"]
+            "--corruption", "noise", "--noise-std", "0.2", "--average", "uniform"]
     assert run_example(example, *argv) == 0
     rec = json.loads((tmp_path / "ss" / "results.json").read_text())["results"]["aaes"]
     # chance: 90% error; measured after the smoke run's two epochs: 74.5% at --seed 0
@@ -773,7 +773,29 @@ def test_aae_example_smoke(example, tmp_path, capsys):
     xv, yv = example.cli.mnist(example.parse_args(argv + ["--smoke"]))["val"].tensors[:2]
     wrong = 100.0 * float((loaded.eval().predict(xv) != yv).float().mean())
     assert rec["deterministic"]["history"][-1]["val_error"] == pytest.approx(wrong, abs=1e-9)
+    # --average: the figures are the averaged weights' (saved on their own, and in the
+    # checkpoint beside the trained ones), the trained weights' test error beside them
+    r = rec["deterministic"]
+    averaged = probgen.load(tmp_path / "ss" /
+                            "aae_deterministic_normal_semi_supervised_averaged.pt")
+    state = probgen.train.load_checkpoint(
+        tmp_path / "ss" / "aae_deterministic_normal_semi_supervised.pt")["callbacks"][1]
+    assert int(state["averaged"]["n_averaged"]) == r["epochs_averaged"] == 2
+    for k, v in averaged.state_dict().items():
+        if k.endswith(("weight", "bias")):
+            assert torch.equal(state["averaged"]["module." + k], v), k
+    xt, yt = example.cli.mnist(example.parse_args(argv + ["--smoke"]))["test"].tensors[:2]
+    xt, yt = xt[:200], yt[:200]                         # --smoke measures 200 test images
+    for model, key in ((averaged, "test_error"), (loaded, "test_error_trained")):
+        err = 100.0 * float((model.eval().predict(xt) != yt).float().mean())
+        assert r[key] == pytest.approx(err, abs=1e-9), key
+    avg_val = 100.0 * float((averaged.predict(xv) != yv).float().mean())
+    assert r["history"][-1]["val_error_avg"] == pytest.approx(avg_val, abs=1e-9)
+    assert r["history"][-1]["val_error_avg"] != r["history"][-1]["val_error"]
     capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        example.parse_args(["--average", "ema", "--average-decay", "1"])
+    assert info.value.code == 2 and "--average-decay must lie in (0, 1)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:        # argparse's refusal: status 2
         example.parse_args(["--noise-std", "0.2"])
     assert info.value.code == 2 and "add --corruption noise" in capsys.readouterr().err

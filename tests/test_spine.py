@@ -22,7 +22,7 @@ from probgen.data import TensorData
 from probgen.errors import CheckpointError, ConfigError, DataError
 from probgen.models import VAE
 from probgen.train import (CSVLogger, FitConfig, LossStep, Metric, Phase, PhasedStep, SVIStep,
-                           load_checkpoint)
+                           WeightAverage, load_checkpoint)
 from tests.conftest import QUIET
 
 # --------------------------------------------------------------------------- Pyro equivalence
@@ -407,6 +407,103 @@ def test_lr_schedule_and_csv_log(tmp_path):
     assert rows[0].startswith("epoch,train_loss") and len(rows) == 6
     with pytest.raises(ConfigError, match="learning-rate schedule"):
         FitConfig(lr_schedule="sawtooth").check()
+
+
+def _regression_net_and_data():
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(96, 3, generator=g)
+    data = TensorData(x, x @ torch.tensor([[1.0], [-2.0], [0.5]]) + torch.randn(96, 1, generator=g))
+    return net, LossStep(net, lambda m, x, y: ((m(x) - y) ** 2).mean()), data
+
+
+class EpochWeights:
+    """Records the module's weights after every epoch's training."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_validation_end(self, run, entry):
+        self.seen.append(torch.cat([p.detach().flatten().clone()
+                                    for p in run.module.parameters()]))
+
+
+def _flat(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("kind", ["ema", "uniform"])
+def test_weight_average_is_the_average_of_the_epochs_weights(kind):
+    net, step, data = _regression_net_and_data()
+    rec = EpochWeights()
+    avg = WeightAverage(kind, decay=0.6, start=3,
+                        metrics={"avg_w0": lambda m: float(m.weight[0, 0])})
+    res = probgen.fit(step, data, epochs=7, batch_size=16, lr=0.05, device="cpu",
+                      restore_best=False, patience=None, callbacks=[rec, avg], **QUIET)
+    w = rec.seen[2:]                       # the epochs from start=3
+    if kind == "ema":
+        expect = w[0].clone()
+        for v in w[1:]:
+            expect = 0.6 * expect + 0.4 * v
+    else:
+        expect = torch.stack(w).mean(0)
+    assert avg.num_averaged == 5
+    assert torch.allclose(_flat(net), expect, atol=1e-6)       # swapped in at the end
+    assert not torch.allclose(expect, rec.seen[-1], atol=1e-4)  # an average, not the last
+    # the metric saw the averaged copy, epoch by epoch; nothing before start
+    curve = res.curve("avg_w0")
+    assert curve[:2] == [None, None]
+    assert curve[-1] == pytest.approx(float(expect[0]), abs=1e-6)
+
+
+def test_weight_average_swap_off_keeps_the_trained_weights_and_copies_on_request():
+    net, step, data = _regression_net_and_data()
+    rec = EpochWeights()
+    avg = WeightAverage("uniform", swap=False)
+    with pytest.raises(ConfigError, match="no average yet"):
+        avg.copy_to(net)
+    probgen.fit(step, data, epochs=3, batch_size=16, lr=0.05, device="cpu",
+                restore_best=False, patience=None, callbacks=[rec, avg], **QUIET)
+    assert torch.equal(_flat(net), rec.seen[-1])
+    other = nn.Linear(3, 1)
+    avg.copy_to(other)
+    assert torch.allclose(_flat(other), torch.stack(rec.seen).mean(0), atol=1e-6)
+    assert torch.equal(_flat(avg.averaged), _flat(other))
+
+
+def test_resumed_weight_average_equals_uninterrupted(tmp_path):
+    def run(ckpt, resume=False, kill=None):
+        net, step, data = _regression_net_and_data()
+        avg = WeightAverage("ema", decay=0.5)
+        cbs = [avg] + ([kill_after(kill)] if kill else [])
+        probgen.fit(step, data, epochs=5, batch_size=16, lr=0.05, device="cpu", seed=1,
+                    checkpoint=str(ckpt), resume=resume, restore_best=False, patience=None,
+                    callbacks=cbs, **QUIET)
+        return net, avg
+
+    full, avg_full = run(tmp_path / "a.pt")
+    with pytest.raises(Killed):
+        run(tmp_path / "b.pt", kill=3)
+    assert load_checkpoint(tmp_path / "b.pt")["callbacks"][0]["averaged"]["n_averaged"] == 3
+    resumed, avg_resumed = run(tmp_path / "b.pt", resume=True)
+    assert avg_resumed.num_averaged == 5
+    assert torch.equal(_flat(full), _flat(resumed))
+
+
+def test_weight_average_refuses_bad_settings():
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        WeightAverage("swa")
+    for decay in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ConfigError, match="decay must be a number in"):
+            WeightAverage(decay=decay)
+    with pytest.raises(ConfigError, match="start must be an epoch number"):
+        WeightAverage(start=0)
+    pyro.clear_param_store()
+    with pytest.raises(ConfigError, match="no module"):
+        probgen.fit(SVIStep(param_model, empty_guide), _batches(), epochs=1, device="cpu",
+                    callbacks=[WeightAverage()], **QUIET)
+    pyro.clear_param_store()
 
 
 def test_fit_returns_the_module_in_the_mode_it_came_in():

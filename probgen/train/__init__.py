@@ -1,6 +1,7 @@
 """Training: one fit loop, step functions and phases, callbacks, checkpoints, torchrun."""
 
-from probgen.train.callbacks import CSVLogger, Callback, Metric, TensorBoard
+from probgen.train.callbacks import (AVERAGES, CSVLogger, Callback, Metric, TensorBoard,
+                                     WeightAverage)
 from probgen.train.checkpoint import (load, load_checkpoint, load_model, save_checkpoint,
                                       save_model)
 from probgen.train.config import OPTIMIZERS, FitConfig, FitResult
@@ -9,7 +10,8 @@ from probgen.train.loop import Run, as_step, evaluate, fit, resolve_device, set_
 from probgen.train.schedules import SCHEDULES
 from probgen.train.steps import ELBOLoss, LossStep, Phase, PhasedStep, Step, SVIStep
 
-__all__ = ["CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep", "Metric", "OPTIMIZERS",
-           "Phase", "PhasedStep", "Run", "SCHEDULES", "SVIStep", "Step", "TensorBoard", "as_step",
-           "evaluate", "fit", "is_main_process", "load", "load_checkpoint", "load_model",
-           "resolve_device", "save_checkpoint", "save_model", "set_seed"]
+__all__ = ["AVERAGES", "CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep",
+           "Metric", "OPTIMIZERS", "Phase", "PhasedStep", "Run", "SCHEDULES", "SVIStep", "Step",
+           "TensorBoard", "WeightAverage", "as_step", "evaluate", "fit", "is_main_process", "load",
+           "load_checkpoint", "load_model", "resolve_device", "save_checkpoint", "save_model",
+           "set_seed"]

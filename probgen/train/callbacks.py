@@ -163,6 +163,121 @@ class TensorBoard(Callback):
             self._writer = None
 
 
+AVERAGES = ("ema", "uniform")
+
+
+class WeightAverage(Callback):
+    """A running average of the module's weights, updated once per epoch.
+
+    ``kind="ema"``: an exponential moving average, ``w_avg <- decay * w_avg + (1 - decay) * w``
+    (Polyak and Juditsky 1992, "Acceleration of Stochastic Approximation by Averaging");
+    ``kind="uniform"``: the plain mean of the epochs' weights (Izmailov et al. 2018,
+    "Averaging Weights Leads to Wider Optima and Better Generalization"). The epochs from
+    ``start`` (counted from 1) enter the average. The averaging itself is
+    :class:`torch.optim.swa_utils.AveragedModel`'s; this callback decides when it runs,
+    evaluates the averaged copy and carries it over a resume.
+
+    The average is updated after each validation pass, before the checkpoint, so the
+    checkpoint holds it and a resumed run continues the same average. ``metrics``
+    (``name -> fn(averaged_module)``) are computed on the averaged copy every epoch (eval
+    mode, no gradients) and added to the epoch's entry, where ``FitConfig.monitor`` can
+    follow them. :attr:`averaged` is that copy (``None`` before the first update). With
+    ``swap=True`` the averaged weights are copied into the trained module when fit ends
+    (after ``restore_best``, so the average wins); otherwise call :meth:`copy_to`.
+
+    Buffers (batch-norm statistics) follow the trained module and are not averaged; for
+    a network with batch norm, recompute them on the averaged copy with
+    :func:`torch.optim.swa_utils.update_bn`. Only the module's parameters are averaged,
+    not parameters that live only in Pyro's param store.
+
+    Example::
+
+        avg = WeightAverage("ema", decay=0.8, metrics={"val_error_avg": error_of})
+        fit(model, train, val, callbacks=[avg], restore_best=False)   # model: averaged
+    """
+
+    def __init__(self, kind: str = "ema", decay: float = 0.8, start: int = 1,
+                 metrics: Optional[Dict[str, Callable[[Any], float]]] = None,
+                 swap: bool = True):
+        if kind not in AVERAGES:
+            raise ConfigError(f"WeightAverage: kind must be one of {AVERAGES}, got {kind!r}.")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) \
+                or not 0.0 < decay < 1.0:
+            raise ConfigError(f"WeightAverage: decay must be a number in (0, 1), got {decay!r} "
+                              f"(0.8 keeps about the last 5 epochs).")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise ConfigError(f"WeightAverage: start must be an epoch number >= 1, got {start!r}.")
+        self.kind, self.decay, self.start, self.swap = kind, float(decay), start, bool(swap)
+        self.metrics = dict(metrics or {})
+        self._avg = None        # the AveragedModel, built from the module on the first update
+        self._pending = None    # a resumed state, loaded on that first build
+
+    @property
+    def averaged(self):
+        """The module with the averaged weights (``None`` before the first update)."""
+        return None if self._avg is None else self._avg.module
+
+    @property
+    def num_averaged(self) -> int:
+        """How many epochs' weights are in the average."""
+        return 0 if self._avg is None else int(self._avg.n_averaged)
+
+    def _build(self, module) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        fn = get_ema_multi_avg_fn(self.decay) if self.kind == "ema" else None
+        self._avg = AveragedModel(module, multi_avg_fn=fn, use_buffers=False)
+        self._avg.requires_grad_(False)
+
+    def on_fit_start(self, run) -> None:
+        if run.module is None:
+            raise ConfigError("WeightAverage averages a module's weights, but this run has no "
+                              "module (a model whose parameters live only in Pyro's param "
+                              "store); wrap the networks in an nn.Module / PyroModule.")
+        if self._pending is not None:
+            self._build(run.module)
+            self._avg.load_state_dict(self._pending)
+            self._pending = None
+
+    def on_validation_end(self, run, entry):
+        import torch
+
+        if entry["epoch"] + 1 < self.start:
+            return
+        if self._avg is None:
+            self._build(run.module)
+        self._avg.update_parameters(run.module)
+        if not self.metrics:
+            return
+        module = self._avg.module
+        module.eval()
+        with torch.no_grad():
+            for name, fn in self.metrics.items():
+                entry[name] = float(fn(module))
+
+    def copy_to(self, module) -> None:
+        """Copy the averaged parameters into ``module`` (of the same architecture)."""
+        import torch
+
+        if self._avg is None:
+            raise ConfigError(f"WeightAverage has no average yet: no epoch since start="
+                              f"{self.start} has finished.")
+        with torch.no_grad():
+            for p, q in zip(module.parameters(), self._avg.module.parameters(), strict=True):
+                p.copy_(q.to(p.device))
+
+    def on_fit_end(self, run, result):
+        if self.swap and self._avg is not None:
+            self.copy_to(run.module)
+
+    def state_dict(self):
+        return {} if self._avg is None else {"averaged": self._avg.state_dict()}
+
+    def load_state_dict(self, state):
+        if state.get("averaged") is not None:
+            self._pending = state["averaged"]
+
+
 def metric_value(entry: Dict[str, Any], key: str) -> Optional[float]:
     v = entry.get(key)
     return None if v is None else float(v)
