@@ -11,7 +11,7 @@ from probgen.data import MISSING, quadrant_task
 from probgen.errors import ConfigError, DataError
 from probgen.metrics import iw_nll, negative_elbo
 from probgen.models import MODELS, CVAE, VAE, Baseline
-from probgen.train import load_model, save_model
+from probgen.train import WeightAverage, load_model, save_model
 from tests.conftest import QUIET
 
 
@@ -115,6 +115,27 @@ def test_contract_adversarial_phases_move_their_own_parameters(name, mnist_small
     again = probgen.load(tmp_path / "m.pt")
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("name", sorted(set(TINY) | set(ADVERSARIAL)))
+def test_contract_weight_average_copies_and_averages_every_model(name, mnist_small):
+    """WeightAverage builds its averaged copy of every model (a deep copy) and ends with
+    the mean of the epochs' weights in the model, every parameter included."""
+    torch.manual_seed(0)
+    model, batch = {**TINY, **ADVERSARIAL}[name](mnist_small)
+    seen = []
+
+    def record(run, entry):
+        seen.append([p.detach().clone() for p in run.module.parameters()])
+
+    recorder = type("Recorder", (), {"on_validation_end": staticmethod(record)})()
+    probgen.fit(model, [batch], epochs=2, lr=1e-2, device="cpu", restore_best=False,
+                patience=None, callbacks=[recorder, WeightAverage("uniform")], **QUIET)
+    moved = 0
+    for i, p in enumerate(model.parameters()):
+        assert torch.allclose(p, (seen[0][i] + seen[1][i]) / 2, atol=1e-6), i
+        moved += int(not torch.equal(seen[0][i], seen[1][i]))
+    assert moved > 0
 
 
 @pytest.fixture(params=sorted(TINY))

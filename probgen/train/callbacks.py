@@ -226,7 +226,7 @@ class WeightAverage(Callback):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         fn = get_ema_multi_avg_fn(self.decay) if self.kind == "ema" else None
-        self._avg = AveragedModel(module, multi_avg_fn=fn, use_buffers=False)
+        self._avg = AveragedModel(_copyable(module), multi_avg_fn=fn, use_buffers=False)
         self._avg.requires_grad_(False)
 
     def on_fit_start(self, run) -> None:
@@ -276,6 +276,35 @@ class WeightAverage(Callback):
     def load_state_dict(self, state):
         if state.get("averaged") is not None:
             self._pending = state["averaged"]
+
+
+def _copyable(module):
+    """A deep copy of ``module`` that AveragedModel can copy again.
+
+    ``copy.deepcopy`` refuses tensors inside an autograd graph, and Pyro's transforms keep
+    their last input and output in such tensors (``_cached_x_y``, ``_cached_log_scale``;
+    a flow after one training step has them). The copy takes those caches detached: a cache
+    is used only when the same tensor object comes back, which a stale copy never is."""
+    import copy
+
+    import torch
+
+    memo, seen, todo = {}, set(), [module]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if not obj.is_leaf:
+                memo[id(obj)] = obj.detach()
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            todo.extend(vars(obj).values())
+    return copy.deepcopy(module, memo)
 
 
 def metric_value(entry: Dict[str, Any], key: str) -> Optional[float]:
