@@ -491,13 +491,13 @@ def train_one(args, encoder: str, splits):
     train = splits["train"]
     if args.labels == "semi_supervised":
         train = semi_supervised_data(args, train)
-    callbacks, average = [], None
+    callbacks, average, val_error = [], None, None
     if args.labels == "semi_supervised":
-        callbacks.append(ClassError(*splits["val"].tensors[:2]))
+        val_error = ClassError(*splits["val"].tensors[:2])
+        callbacks.append(val_error)
     if args.average != "none":
         # the averaged copy's validation error is a learning curve too (val_error_avg)
-        metrics = ({"val_error_avg": ClassError(*splits["val"].tensors[:2]).error}
-                   if args.labels == "semi_supervised" else {})
+        metrics = {"val_error_avg": val_error.error} if val_error is not None else {}
         average = WeightAverage(args.average, decay=args.average_decay,
                                 start=args.average_start, metrics=metrics, swap=False)
         callbacks.append(average)
