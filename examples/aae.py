@@ -31,7 +31,9 @@ fixed along each row, label along the columns), losses.png and one checkpoint pe
 (``probgen.load`` rebuilds the model from it; ``--resume`` continues it). With ``--average``
 every figure is of the averaged weights (the trained weights' test error is reported beside
 them), saved as aae_<tag>_averaged.pt; the checkpoint holds both. ``--vae`` adds a
-VAE of the same networks to the table (vae_normal.pt).
+VAE of the same networks to the table (vae_normal.pt). ``--augment-shift N`` moves every
+training image (``--augment-which labelled``: the labelled ones alone) by a random offset
+of up to N pixels per batch (probgen.data.RandomShift).
 
     python examples/aae.py                                        # deterministic, N(0, I)
     python examples/aae.py --encoder deterministic gaussian universal --prior mixture
@@ -41,6 +43,8 @@ VAE of the same networks to the table (vae_normal.pt).
     python examples/aae.py --phase-order regularization_first
     python examples/aae.py --labels semi_supervised --num-labelled 100 --z-dim 10
     python examples/aae.py --labels semi_supervised --z-dim 10 --average ema   # averaged
+    python examples/aae.py --labels semi_supervised --z-dim 10 --g-lr 1e-3 --epochs 300 \
+        --average ema --augment-shift 2 --augment-which labelled   # the README's best
     python examples/aae.py --encoder deterministic gaussian universal --vae --z-dim 8
     python examples/aae.py --smoke                                # seconds
 """
@@ -58,7 +62,7 @@ from probgen import cli
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.parzen import mmd, parzen_score
-from probgen.data import TensorData
+from probgen.data import RandomShift, TensorData
 from probgen.models.aae import (AAE, ENCODERS, PHASE_ORDERS, PRIORS, SemiSupervisedAAE,
                                 labelled_split)
 from probgen.models import VAE
@@ -113,6 +117,11 @@ def parse_args(argv=None):
                         "--vae row's VAE trains on clean images")
     p.add_argument("--noise-std", type=float, default=None,
                    help="std of --corruption noise (default 0.3)")
+    p.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="translate every training image by a random offset of up to this many "
+                        "pixels per axis, input and target alike (0: none)")
+    p.add_argument("--augment-which", default="all", choices=["all", "labelled"],
+                   help="semi_supervised: shift every training image, or the labelled ones only")
     p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256],
                    help="discriminator hidden sizes")
     p.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS.names(),
@@ -160,6 +169,10 @@ def parse_args(argv=None):
         p.error("--average-decay must lie in (0, 1)")
     if args.average != "none" and args.average_start < 1:
         p.error("--average-start must be at least 1")
+    if args.augment_shift < 0:
+        p.error("--augment-shift must be 0 or more pixels")
+    if args.augment_which == "labelled" and args.labels != "semi_supervised":
+        p.error("--augment-which labelled shifts the labelled images of --labels semi_supervised")
     if args.eval_size is not None and args.eval_size < 2:
         p.error("--eval-size must be at least 2")
     if args.labels == "semi_supervised":
@@ -459,6 +472,15 @@ def semi_supervised_data(args, train: TensorData) -> TensorData:
     return TensorData(xs, ys, transform=train.transform)
 
 
+def augmented(args, train: TensorData) -> TensorData:
+    """The training images with ``--augment-shift`` random translations drawn per batch
+    (with ``--augment-which labelled``, of the labelled images alone)."""
+    if not args.augment_shift:
+        return train
+    return train.with_transform(RandomShift(args.augment_shift, train.tensors[0].shape[1:],
+                                            only_labelled=args.augment_which == "labelled"))
+
+
 class ClassError(Callback):
     """The class head's error (%) on the validation images after every epoch
     (``val_error``): a learning curve only. It never chooses the weights: a run that kept
@@ -491,6 +513,7 @@ def train_one(args, encoder: str, splits):
     train = splits["train"]
     if args.labels == "semi_supervised":
         train = semi_supervised_data(args, train)
+    train = augmented(args, train)
     callbacks, average, val_error = [], None, None
     if args.labels == "semi_supervised":
         val_error = ClassError(*splits["val"].tensors[:2])
@@ -542,7 +565,7 @@ def train_vae(args, splits):
     vae = VAE(image_shape=(1, 28, 28), z_dim=args.z_dim, hidden=args.hidden, net=args.net,
               likelihood=args.likelihood, encoder="gaussian")
     print(f"\n== VAE of the same networks: {vae.extra_repr()} ==", flush=True)
-    result = fit(vae, splits["train"], splits["val"], cli.fit_config(
+    result = fit(vae, augmented(args, splits["train"]), splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / "vae_normal.pt"), restore_best=False),
         objective="meanfield")
     record = {"encoder": "vae", "prior": "normal", "labels": "none", "label_to": None,

@@ -803,3 +803,33 @@ def test_aae_example_smoke(example, tmp_path, capsys):
     assert run_example(example, "--out", str(tmp_path), "--prior", "swiss_roll",
                        "--z-dim", "3") == 2
     assert "needs z_dim=2" in capsys.readouterr().err
+
+
+def test_example_augments_the_labelled_images_it_is_told_to(example, tmp_path, capsys):
+    """--augment-shift moves every training image, or with --augment-which labelled the
+    labelled ones alone; the validation images are never moved."""
+    threads = torch.get_num_threads()
+    try:
+        def args(*extra):
+            return example.parse_args(["--smoke", "--out", str(tmp_path), "--threads", "1",
+                                       "--labels", "semi_supervised", *extra])
+        plain, every = args(), args("--augment-shift", "2")
+        labelled = args("--augment-shift", "2", "--augment-which", "labelled")
+    finally:
+        torch.set_num_threads(threads)
+    train = example.semi_supervised_data(labelled, example.cli.mnist(labelled)["train"])
+    x, y = train.tensors[:2]
+    assert example.augmented(plain, train) is train
+    for a, moved_unlabelled in ((every, True), (labelled, False)):
+        data = example.augmented(a, train)
+        (bx, by), = data.batches(len(train), generator=torch.Generator().manual_seed(0))
+        keep = by >= 0
+        assert torch.equal(by, y) and bool(keep.any()) and bool((~keep).any())
+        assert not torch.equal(bx[keep], x[keep])
+        assert torch.equal(bx[~keep], x[~keep]) is not moved_unlabelled
+    with pytest.raises(SystemExit) as info:
+        example.parse_args(["--augment-shift", "2", "--augment-which", "labelled"])
+    assert info.value.code == 2 and "--augment-which labelled" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(["--augment-shift", "-1"])
+    assert "--augment-shift must be 0 or more" in capsys.readouterr().err

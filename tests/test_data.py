@@ -139,3 +139,51 @@ def test_quadrant_task_batches(mnist_small):
     assert int(hidden[0].sum()) == 784 - 196
     assert torch.equal(inputs[~hidden], targets[~hidden])
     assert torch.equal(mask_inputs(targets, quadrant_mask(1)), inputs)
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    from probgen.data.augment import RandomShift
+
+    # a random image inside a 2-pixel zero frame: every shift of up to 2 keeps all of it
+    x = torch.zeros(64, 2, 9, 9)
+    x[:, :, 2:7, 2:7] = torch.rand(64, 2, 5, 5) + 0.1
+    labels = torch.arange(64)
+    out, same = RandomShift(2)((x, labels), torch.Generator().manual_seed(0))
+    assert same is labels and out.shape == x.shape
+    offsets = set()
+    for i in range(64):
+        # exactly one offset in {-2..2}^2 maps the image onto the output
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(torch.roll(x[i], (dy, dx), (1, 2)), out[i])]
+        assert len(hits) == 1, i
+        offsets.add(hits[0])
+    assert len(offsets) > 10           # per image, not one offset for the batch
+    # reproducible from the generator; flat images shift alike given their shape
+    flat = RandomShift(2, image_shape=(2, 9, 9))(x.reshape(64, -1),
+                                                 torch.Generator().manual_seed(0))
+    assert torch.equal(flat, out.reshape(64, -1))
+    # pixels that enter the frame are the fill value
+    edge = RandomShift(1, fill=-1.0)(torch.zeros(200, 1, 4, 4), torch.Generator().manual_seed(1))
+    assert set(edge.unique().tolist()) == {-1.0, 0.0} and (edge == 0).sum(dim=(1, 2, 3)).min() >= 9
+    assert torch.equal(RandomShift(0)(x), x)
+    # only_labelled: the images of label -1 (unlabelled) stay, the others move
+    y = torch.where(torch.arange(64) % 3 == 0, torch.arange(64) % 10, torch.full((64,), -1))
+    part, labels = RandomShift(2, only_labelled=True)((x, y), torch.Generator().manual_seed(0))
+    keep = y >= 0
+    assert labels is y and torch.equal(part[~keep], x[~keep])
+    moved = (part[keep] != x[keep]).flatten(1).any(1)
+    assert int(moved.sum()) >= int(keep.sum()) - 3    # (0, 0) has chance 1/25 per image
+    with pytest.raises(ConfigError, match="labels say which"):
+        RandomShift(1, only_labelled=True)(x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_shift=-1), "max_shift"), (dict(max_shift=1.5), "max_shift"),
+    (dict(max_shift=9), "out of the frame")])
+def test_random_shift_bad_settings(kwargs, message):
+    from probgen.data.augment import RandomShift
+
+    with pytest.raises(ConfigError, match=message):
+        RandomShift(**kwargs)(torch.zeros(2, 1, 9, 9))
+    with pytest.raises(ConfigError, match="image_shape"):
+        RandomShift(1)(torch.zeros(2, 81))

@@ -2,6 +2,7 @@
 
 from probgen.data.datasets import (BUNDLED_MNIST, default_root, image_splits, load_images,
                                    unpack_bundled_mnist)
+from probgen.data.augment import RandomShift
 from probgen.data.corrupt import CORRUPTIONS, GaussianNoise, RandomBlocks, make_corruption
 from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval, dequantized,
                                      logit_preprocess, logit_transform, to_levels,
@@ -14,7 +15,7 @@ from probgen.data.tensors import TensorData
 from probgen.data.toy import eight_gaussians, rings, toy_points, toy_splits, two_moons
 
 __all__ = [
-    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "TensorData",
+    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "RandomShift", "TensorData",
     "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
     "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "images_only",
     "load_images", "logit_preprocess", "logit_transform", "make_corruption", "make_scenes",
