@@ -15,7 +15,8 @@ from probgen.data.tensors import TensorData
 from probgen.data.toy import eight_gaussians, rings, toy_points, toy_splits, two_moons
 
 __all__ = [
-    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "RandomShift", "TensorData",
+    "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "RandomShift",
+    "TensorData",
     "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
     "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "images_only",
     "load_images", "logit_preprocess", "logit_transform", "make_corruption", "make_scenes",

@@ -27,11 +27,12 @@ class RandomShift:
     ``only_labelled`` it moves only the images whose label (the batch's second tensor) is
     not negative, so that in a semi-supervised set (unlabelled images carry -1, see
     :func:`probgen.models.aae.labelled_split`) the few labelled images are augmented and
-    the unlabelled ones stay as they are. It is
-    written here rather than taken from torchvision because torchvision's random affine
-    transforms draw one offset per call from the global generator, where a batch needs one
-    offset per image drawn from the loader's generator (checkpointed, so a resumed run
-    sees the same offsets).
+    the unlabelled ones stay as they are.
+
+    It is written here rather than taken from torchvision because torchvision's random
+    affine transforms draw one offset per call from the global generator, where a batch
+    needs one offset per image drawn from the loader's generator (checkpointed, so a
+    resumed run sees the same offsets).
 
     Args:
         max_shift: the largest offset in pixels, per axis (0: the identity).
@@ -43,8 +44,10 @@ class RandomShift:
     def __init__(self, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
                  fill: float = 0.0, only_labelled: bool = False):
         if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-            raise ConfigError(f"max_shift must be a whole number of pixels >= 0, got {max_shift!r}.")
-        self.max_shift, self.fill, self.only_labelled = max_shift, float(fill), bool(only_labelled)
+            raise ConfigError(
+                f"max_shift must be a whole number of pixels >= 0, got {max_shift!r}.")
+        self.max_shift, self.fill = max_shift, float(fill)
+        self.only_labelled = bool(only_labelled)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
     def __repr__(self):
@@ -61,7 +64,8 @@ class RandomShift:
                 raise ConfigError("RandomShift needs image_shape for flat (B, D) images.")
             x = x.reshape((shape[0],) + self.image_shape)
         if x.dim() != 4:
-            raise ConfigError(f"RandomShift shifts (B, C, H, W) images, got shape {tuple(shape)}.")
+            raise ConfigError(
+                f"RandomShift shifts (B, C, H, W) images, got shape {tuple(shape)}.")
         b, c, h, w = x.shape
         s = self.max_shift
         if s >= min(h, w):
