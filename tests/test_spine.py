@@ -188,7 +188,7 @@ def test_autoguide_trains_without_calling_it_first():
 
 
 def test_module_form_trains_pyro_params_too():
-    """SVIStep(module, model, guide): the module's parameters and the model's pyro.param
+    """SVIStep(model, guide, module=m): the module's parameters and the model's pyro.param
     sites both train (the first edition silently left the latter untouched)."""
     pyro.clear_param_store()
     holder = nn.Linear(1, 1)
@@ -200,9 +200,13 @@ def test_module_form_trains_pyro_params_too():
             pyro.sample("x", dist.Normal(loc + 0 * holder.weight.sum(), 1.0), obs=x)
 
     data = TensorData(torch.full((64,), 2.0))
-    probgen.fit(SVIStep(holder, model, empty_guide), data, epochs=40, lr=0.1, batch_size=64,
-                device="cpu", **QUIET)
+    # (the last weights, as SVI leaves them: enough epochs for Adam's swing to settle)
+    probgen.fit(SVIStep(model, empty_guide, module=holder), data, epochs=80, lr=0.1,
+                batch_size=64, device="cpu", **QUIET)
     assert abs(pyro.param("loc").item() - 2.0) < 0.1
+    # the older positional form is refused with the keyword to use
+    with pytest.raises(ConfigError, match=r"write SVIStep\(model, guide, module=module\)"):
+        SVIStep(holder, model, empty_guide)
     pyro.clear_param_store()
 
 

@@ -114,6 +114,10 @@ def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = 
             (one fixed draw with ``seed`` for every split).
         seed: seed of the split and of static binarization.
         limit: keep only the first ``limit`` examples of each split (quick runs).
+
+    Each split records how it was made in ``TensorData.settings`` (data set, split,
+    ``val_size``, ``binarize``, ``limit``, ``seed``); the fit loop keeps the training
+    split's settings in its checkpoints, and a resumed run refuses other ones.
     """
     check_binarize(binarize)
     out = {}
@@ -136,5 +140,8 @@ def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = 
             x = static_binarize(x, seed + {"train": 0, "val": 1, "test": 2}[k])
         elif binarize == "dynamic":
             transform = dynamic_binarization
-        out[k] = TensorData(x, y, transform=transform, names=("images", "labels"))
+        settings = {"dataset": name, "split": k, "val_size": val_size, "binarize": binarize,
+                    "limit": limit, "seed": seed}
+        out[k] = TensorData(x, y, transform=transform, names=("images", "labels"),
+                            settings=settings)
     return out

@@ -7,11 +7,16 @@ A *transform* is applied per batch and receives the loader's random
 generator, so stochastic preprocessing (dynamic binarization, noise) is
 resampled every time an example is drawn and is reproducible from the
 generator's state (which checkpoints store).
+
+A TensorData may carry ``settings``: a small JSON-like dict saying how it was made
+(data set, binarization, split seed, ...; :func:`probgen.data.image_splits` fills it).
+The fit loop records the training data's settings in its checkpoints and a resumed
+run refuses data made otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -28,10 +33,15 @@ class TensorData:
         *tensors: tensors of shape ``(N, ...)``.
         transform: optional ``f(batch, generator) -> batch`` applied to every batch.
         names: optional names of the tensors, for messages and ``repr``.
+        settings: optional dict (numbers, strings, lists, dicts) of how the data was
+            made; recorded in checkpoints so that a resumed run uses the same data.
+            Kept by :meth:`to` and :meth:`with_transform`; :meth:`subset` adds the slice
+            it took (and drops them for other indices, which it cannot describe).
     """
 
     def __init__(self, *tensors: torch.Tensor, transform: Optional[Transform] = None,
-                 names: Optional[Sequence[str]] = None):
+                 names: Optional[Sequence[str]] = None,
+                 settings: Optional[Dict[str, Any]] = None):
         if not tensors:
             raise DataError("TensorData needs at least one tensor.")
         n = tensors[0].shape[0]
@@ -45,6 +55,9 @@ class TensorData:
         self.tensors = tuple(tensors)
         self.transform = transform
         self.names = tuple(names) if names is not None else None
+        if settings is not None and not isinstance(settings, dict):
+            raise DataError(f"TensorData: settings must be a dict, got {type(settings).__name__}.")
+        self.settings = dict(settings) if settings is not None else None
 
     def __len__(self) -> int:
         return self.tensors[0].shape[0]
@@ -59,14 +72,25 @@ class TensorData:
     def device(self) -> torch.device:
         return self.tensors[0].device
 
-    def to(self, device) -> "TensorData":
-        return TensorData(*(t.to(device) for t in self.tensors), transform=self.transform,
-                          names=self.names)
+    def to(self, device=None, dtype=None) -> "TensorData":
+        """The same data on ``device``; ``dtype`` converts the floating-point tensors only
+        (labels and indices keep theirs)."""
+        def move(t):
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device) if device is not None else t
+        return TensorData(*(move(t) for t in self.tensors), transform=self.transform,
+                          names=self.names, settings=self.settings)
 
     def subset(self, index) -> "TensorData":
         """The examples at ``index`` (a slice, a list or a tensor of indices)."""
+        settings = None
+        if self.settings is not None and isinstance(index, slice):
+            settings = dict(self.settings)
+            settings["subsets"] = list(settings.get("subsets", [])) + [
+                [index.start, index.stop, index.step]]
         return TensorData(*(t[index] for t in self.tensors), transform=self.transform,
-                          names=self.names)
+                          names=self.names, settings=settings)
 
     def with_transform(self, transform: Optional[Transform]) -> "TensorData":
         """The same tensors with ``transform`` applied after the current one."""
@@ -78,7 +102,8 @@ class TensorData:
         else:
             def combined(batch, generator=None):
                 return transform(first(batch, generator), generator)
-        return TensorData(*self.tensors, transform=combined, names=self.names)
+        return TensorData(*self.tensors, transform=combined, names=self.names,
+                          settings=self.settings)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None,

@@ -53,21 +53,70 @@ def model_config(module) -> Dict[str, Any]:
     return {_MODEL_KEY: f"{cls.__module__}:{cls.__qualname__}", "args": encoded}
 
 
-def build_from_config(config: Dict[str, Any]):
-    """Rebuild a model from :func:`model_config` (only classes of the probgen package)."""
+def build_from_config(config: Dict[str, Any], source: str = "the checkpoint"):
+    """Rebuild a model from :func:`model_config` (only classes of the probgen package).
+
+    Raises:
+        CheckpointError: one line when the settings do not fit this probgen: the class was
+            renamed or moved, or its constructor gained or lost an argument (a checkpoint
+            of another probgen version).
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
+        raise CheckpointError(f"{source} records no model settings probgen can read (written "
+                              f"by another probgen version); build the model yourself and "
+                              f"restore it with probgen.load(path, module=model).")
     path = config.get(_MODEL_KEY, "")
     module_name, _, qualname = path.partition(":")
     if not module_name.startswith("probgen.") or not qualname:
-        raise CheckpointError(f"the checkpoint names model class {path!r}; probgen.load "
+        raise CheckpointError(f"{source} names model class {path!r}; probgen.load "
                               f"rebuilds only probgen's own registered models.")
-    obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    how = ("it was written by another probgen version: load it with that version, or build "
+           "the model yourself and restore it with probgen.load(path, module=model)")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{source} holds a {path}, a model class this probgen does not "
+                              f"have ({type(err).__name__}: {err}); {how}.") from None
     if not hasattr(obj, _CONFIG_ATTR + "_recorded"):
-        raise CheckpointError(f"{path} is not a registered probgen model.")
-    args = {k: build_from_config(v) if isinstance(v, dict) and _MODEL_KEY in v else v
+        raise CheckpointError(f"{source}: {path} is not a registered probgen model.")
+    args = {k: build_from_config(v, source) if isinstance(v, dict) and _MODEL_KEY in v else v
             for k, v in config["args"].items()}
-    return obj(**args)
+    differs = _signature_differences(obj, args)
+    if differs:
+        raise CheckpointError(f"{source} holds a {obj.__name__} whose settings do not fit this "
+                              f"probgen's {obj.__name__} ({differs}); {how}.")
+    try:
+        return obj(**args)
+    except TypeError as err:
+        raise CheckpointError(f"{source} holds a {obj.__name__} that this probgen cannot build "
+                              f"from its recorded settings (TypeError: {err}); {how}.") from None
+
+
+def _signature_differences(cls, args: Dict[str, Any]) -> str:
+    """What the recorded ``args`` lack or have too many for ``cls``'s constructor."""
+    init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+    try:
+        params = list(inspect.signature(init).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        unknown = []
+    else:
+        names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = sorted(set(args) - names)
+    missing = sorted(p.name for p in params
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and p.default is p.empty and p.name not in args)
+    parts = []
+    if unknown:
+        parts.append(f"it records {', '.join(map(repr, unknown))}, which the constructor no "
+                     f"longer takes")
+    if missing:
+        parts.append(f"the constructor now needs {', '.join(map(repr, missing))}, which it "
+                     f"does not record")
+    return "; ".join(parts)
 
 
 def rebuildable(cls):

@@ -4,16 +4,31 @@ A checkpoint is a ``torch.save`` file holding a dict with ``format`` set to
 :data:`FORMAT`. It contains only tensors, numbers, strings, lists and dicts,
 so it loads with ``torch.load(..., weights_only=True)`` (no code runs when a
 file is opened).
+
+What the fit loop writes (besides ``format`` and ``version``): ``module`` (the step's
+module's ``state_dict``, or ``None`` for a Pyro model whose parameters all live in
+Pyro's param store), ``pyro_params`` (the unconstrained values of the Pyro parameters no
+module holds, by param-store name) and ``pyro_constraints`` (their constraints, as
+data), ``model`` (a registered probgen model's constructor settings), ``config``,
+``history``, ``best_state``, ``phases`` (optimizers, schedules), ``rng``, ``data`` (the
+training data's ``settings``) and ``step`` (the objective and particle count).
+Everything loads on the CPU unless asked otherwise (``map_location``), so a checkpoint
+written on a GPU opens on a machine without one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
+import pyro
 import torch
+from torch.distributions import constraints as torch_constraints
 
 from probgen.errors import CheckpointError
 
@@ -21,35 +36,151 @@ FORMAT = "probgen.checkpoint"
 VERSION = 1
 
 
+# --------------------------------------------------------------------------- writing
+
+def _orphans(path: Path) -> List[Path]:
+    """Temporary files of earlier writes of ``path`` that a kill left behind."""
+    prefix = f".{path.name}."
+    try:
+        return [p for p in path.parent.iterdir()
+                if p.name.startswith(prefix) and p.name.endswith(".part") and p.is_file()]
+    except OSError:
+        return []
+
+
+def check_writable(path: Union[str, Path]) -> Path:
+    """Refuse, before any training, a checkpoint path that cannot be written: a folder,
+    a path under a file, a read-only folder. Creates the missing folders.
+
+    Raises:
+        CheckpointError: one line saying what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"the checkpoint path {path} is a folder; give a file name "
+                              f"inside it (e.g. {path / 'checkpoint.pt'}).")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(f"cannot write the checkpoint {path}: {parent} is a file, "
+                                      f"not a folder. Choose another path.")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the folder {path.parent} for the checkpoint "
+                              f"({err.strerror or err}). Choose another path.") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(path, os.W_OK) and
+            not os.access(path.parent, os.W_OK)):
+        raise CheckpointError(f"cannot write the checkpoint {path}: the folder {path.parent} "
+                              f"is not writable. Choose another path.")
+    return path
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save reports a failed write as a RuntimeError from its zip writer
+    # ("[enforce fail at inline_container.cc] ... file write failed"): ask the disk.
+    if isinstance(err, RuntimeError) and ("file write failed" in str(err) or
+                                          "inline_container" in str(err)):
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
+
+
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically.
 
     The file is written under a temporary name in the same folder, flushed to
     disk, then renamed over ``path``: a kill at any moment leaves either the
-    previous checkpoint or the new one, never a truncated file.
+    previous checkpoint or the new one, never a truncated file. Temporary files that
+    an earlier write left behind (a ``SIGKILL`` during the write) are removed first.
+
+    Raises:
+        CheckpointError: the write failed (disk full, folder not writable, ...); the
+            previous checkpoint, if any, is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(state, format=FORMAT, version=VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    existed = path.exists()
+    intact = ("the previous checkpoint is intact" if existed else
+              "no checkpoint was written")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create the folder {path.parent} for the checkpoint "
+                              f"{path} ({err.strerror or err}).") from None
+    for orphan in _orphans(path):
+        try:
+            orphan.unlink()
+        except OSError:
+            pass
+    payload = dict(state, format=FORMAT, version=VERSION)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; use the usual permissions
+        # mkstemp creates 0600; give the file the permissions any new file gets here
+        # (0666 less the umask, read without changing it: /proc, else a probe file).
+        os.chmod(tmp, 0o666 & ~_umask(path.parent))
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        _remove(tmp)
+        if _disk_full(err, path.parent):
+            raise CheckpointError(f"no space left on the device while writing {path}; {intact}. "
+                                  f"Free some space and resume with resume=True "
+                                  f"(--resume).") from None
+        why = err.strerror if isinstance(err, OSError) and err.strerror else \
+            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"could not write the checkpoint {path} ({why}); {intact}.") \
+            from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return path
 
 
-def load_checkpoint(path: Union[str, Path], map_location=None) -> Dict[str, Any]:
+def _remove(tmp) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _umask(folder: Path) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # No /proc: the mode a new file gets says the umask, with no change to the process's.
+    fd, probe = tempfile.mkstemp(dir=folder)
+    os.close(fd)
+    try:
+        open(probe + ".m", "x").close()
+        return 0o666 & ~os.stat(probe + ".m").st_mode & 0o777
+    finally:
+        for p in (probe, probe + ".m"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+# --------------------------------------------------------------------------- reading
+
+def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        map_location: where the tensors go (``torch.load``'s argument); the CPU by
+            default, so a checkpoint written on a GPU opens anywhere.
 
     Raises:
         CheckpointError: the file is missing, truncated, not a PyTorch file, or
@@ -89,6 +220,9 @@ def _why_unreadable(path: Path, err: Exception) -> str:
                 f"dicts{culprit}, so it was not written by probgen's fit loop or save_model; "
                 f"probgen does not run the code such a file names. If you trust it, open it "
                 f"with torch.load(path, weights_only=False).")
+    if "CUDA" in text and ("deserialize" in text or "torch.cuda.is_available" in text):
+        return (f"{path} holds CUDA tensors and this machine has no CUDA device; load it with "
+                f"map_location='cpu' (the default).")
     size = path.stat().st_size if path.exists() else 0
     truncated = isinstance(err, EOFError) or any(
         s in text for s in ("central directory", "failed finding", "unexpected EOF",
@@ -103,13 +237,17 @@ def _why_unreadable(path: Path, err: Exception) -> str:
 
 def load_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], source="checkpoint"):
     """``module.load_state_dict`` with a clear message when the shapes or names differ."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"the {source} holds no weights for a module (its 'module' entry "
+                              f"is {type(state_dict).__name__}).")
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as err:
         raise CheckpointError(
             f"the {source} does not fit this {type(module).__name__}: "
             f"{str(err).splitlines()[0]} ... Build the model with the settings it was "
-            f"trained with (the checkpoint's 'config' entry records them)."
+            f"trained with (the checkpoint's 'config' entry records them), or load it with "
+            f"the probgen version that wrote it."
         ) from None
     return module
 
@@ -131,51 +269,217 @@ def save_model(module: torch.nn.Module, path: Union[str, Path], **extra) -> Path
     return save_checkpoint(path, state)
 
 
-def load_model(module: torch.nn.Module, path: Union[str, Path], map_location=None):
-    """Load weights saved by :func:`save_model` or by the fit loop into ``module``."""
+def _param_store_run(path, state) -> str:
+    names = sorted((state.get("pyro_params") or {}))
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return (f"{path} is a run of a Pyro model whose parameters live in Pyro's param store "
+            f"({len(names)} of them{': ' + shown if names else ''}) and holds no module weights; "
+            f"restore it with probgen.load(path, model=model, guide=guide).")
+
+
+def load_model(module: torch.nn.Module, path: Union[str, Path], map_location="cpu"):
+    """Load weights saved by :func:`save_model` or by the fit loop into ``module``
+    (the last epoch's; :func:`load` picks the best ones and restores Pyro parameters)."""
     state = load_checkpoint(path, map_location=map_location)
     if "module" not in state:
-        raise CheckpointError(f"{path} holds no model weights (no 'module' entry).")
+        raise CheckpointError(f"{path} holds no model weights (no 'module' entry): it was not "
+                              f"written by probgen's fit or save_model, or by an older probgen.")
+    if state["module"] is None:
+        raise CheckpointError(_param_store_run(path, state))
     return load_module_state(module, state["module"], source=f"checkpoint {path}")
 
 
-def load(path: Union[str, Path], map_location=None, weights: str = "best"):
-    """A ready model from a checkpoint of the fit loop (or of :func:`save_model`).
+# --------------------------------------------------------------------------- constraints
 
-    The checkpoint records the model's class and constructor settings (every model
-    registered in :data:`probgen.models.MODELS`, flows included), so nothing needs
-    repeating::
+def encode_constraint(constraint) -> Optional[Dict[str, Any]]:
+    """A Pyro/torch constraint as checkpoint data, or ``None`` when it cannot be written
+    as data (a constraint class probgen does not know how to rebuild)."""
+    import pyro.distributions.constraints as pc
 
-        model = probgen.load("results/vae/vae.pt")
+    for name in dir(pc):
+        if not name.startswith("_") and getattr(pc, name) is constraint:
+            return {"name": name}
+    cls = type(constraint)
+    owner = getattr(torch_constraints, cls.__name__, None) or getattr(pc, cls.__name__, None)
+    if owner is not cls:
+        return None
+    args = {}
+    for k, v in vars(constraint).items():
+        if isinstance(v, torch_constraints.Constraint):
+            v = encode_constraint(v)
+            if v is None:
+                return None
+            args[k] = {"constraint": v}
+        elif isinstance(v, (bool, int, float)) or torch.is_tensor(v):
+            args[k] = v
+        else:
+            return None
+    return {"class": cls.__name__, "args": args}
+
+
+def decode_constraint(data: Optional[Dict[str, Any]]):
+    """The constraint :func:`encode_constraint` wrote (``None`` for ``None``)."""
+    import pyro.distributions.constraints as pc
+
+    if data is None:
+        return None
+    if "name" in data:
+        return getattr(pc, data["name"])
+    cls = getattr(torch_constraints, data["class"], None) or getattr(pc, data["class"])
+    args = {k: decode_constraint(v["constraint"]) if isinstance(v, dict) else v
+            for k, v in data["args"].items()}
+    return cls(**args)
+
+
+def param_store_constraints(names) -> Dict[str, Optional[Dict[str, Any]]]:
+    """The encoded constraints of the named entries of Pyro's (current) param store."""
+    table = pyro.get_param_store().get_state()["constraints"]
+    return {n: encode_constraint(table[n]) if n in table else None for n in names}
+
+
+# --------------------------------------------------------------------------- load
+
+@dataclass
+class RestoredRun:
+    """A run of a user's Pyro model restored by :func:`load`.
+
+    Attributes:
+        model, guide: the callables given to :func:`load`.
+        module: the module whose weights were loaded (``None`` when the run had none).
+        params: the restored Pyro parameters, by param-store name, as their
+            *constrained* values (what ``pyro.param(name)`` returns), detached.
+        epoch: the epochs the run had finished when the checkpoint was written.
+        history: the run's per-epoch history.
+    """
+
+    model: Any = None
+    guide: Any = None
+    module: Optional[torch.nn.Module] = None
+    params: Dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: Optional[int] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def _pick_weights(path, state, weights):
+    """(module state, Pyro params) of the weights asked for."""
+    if "module" not in state and "pyro_params" not in state:
+        raise CheckpointError(f"{path} holds no model weights (no 'module' entry): it was not "
+                              f"written by probgen's fit or save_model, or by an older probgen; "
+                              f"load it with the version that wrote it.")
+    best = state.get("best_state")
+    if weights is None:
+        # what fit returned: the best weights when the run restored them, else the last
+        restored = (state.get("config") or {}).get("restore_best", True)
+        weights = "best" if restored is True else "last"
+    if weights == "best" and isinstance(best, dict) and best and \
+            ("module" in best or "pyro_params" in best):
+        return best.get("module"), best.get("pyro_params") or {}
+    if weights == "best" and isinstance(best, dict) and best and "pyro_params" not in best:
+        return best, {}          # a checkpoint of the first edition of the loop
+    return state.get("module"), state.get("pyro_params") or {}
+
+
+def _restore_param_store(path, params: Dict[str, torch.Tensor],
+                         encoded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    store = pyro.get_param_store()
+    current = store.get_state()["constraints"]
+    new_params, new_constraints = {}, {}
+    for name, value in params.items():
+        data = encoded.get(name)
+        constraint = decode_constraint(data) if data is not None else current.get(name)
+        if constraint is None:
+            if name in encoded:
+                raise CheckpointError(
+                    f"{path}: the constraint of Pyro parameter {name!r} was not recorded (a "
+                    f"constraint class probgen cannot write as data); call the model and guide "
+                    f"once so that the parameter exists, then load again.")
+            constraint = torch_constraints.real   # a checkpoint of an older probgen
+        new_params[name] = value.detach().clone().requires_grad_(True)
+        new_constraints[name] = constraint
+    store.set_state({"params": new_params, "constraints": new_constraints})
+    return {name: pyro.param(name).detach() for name in new_params}
+
+
+def load(path: Union[str, Path], model: Optional[Callable] = None,
+         guide: Optional[Callable] = None, *, module: Optional[torch.nn.Module] = None,
+         map_location="cpu", weights: Optional[str] = None):
+    """A ready model from a checkpoint of the fit loop (or of :func:`save_model`), or a
+    user's Pyro run restored.
+
+    A probgen model: the checkpoint records the model's class and constructor settings
+    (every model registered in :data:`probgen.models.MODELS`, flows included), so nothing
+    needs repeating::
+
+        model = probgen.load("results/vae/vae.pt")        # the model, in eval mode
+
+    Your own Pyro model: give the callables that made the run. The Pyro parameters
+    (``pyro.param`` sites, AutoGuides, ``PyroModule`` parameters) go back into Pyro's
+    param store with their constraints, and ``module`` (the step's module, when the run
+    had one) gets its weights::
+
+        run = probgen.load("run.pt", model=model, guide=guide)
+        Predictive(model, guide=guide, num_samples=100)(x)   # as before saving
+        run.params["scale"]                                  # constrained, as pyro.param
 
     Args:
-        map_location: where the tensors go (``"cpu"``, ``"cuda"``); default as saved.
-        weights: ``"best"`` (the best epoch's weights, what ``fit`` returns with
-            ``restore_best``; the last ones when the run kept no best) or ``"last"``.
+        model, guide: the run's Pyro callables. A model or guide that is an
+            ``nn.Module`` of the checkpoint's module class gets the module weights.
+        module: the module to load the weights into (``SVIStep(..., module=m)``).
+        map_location: where the tensors go; the CPU by default (a checkpoint written on a
+            GPU loads on a machine without one). A rebuilt probgen model is moved there.
+        weights: ``None`` (what ``fit`` returned: the best epoch's weights when the run
+            restored them, else the last), ``"best"`` or ``"last"``.
 
-    Returns the model in eval mode.
+    Returns:
+        The rebuilt probgen model in eval mode when neither callables nor ``module`` are
+        given; else a :class:`RestoredRun` (modules are left in their mode).
+
+    Raises:
+        CheckpointError: one line saying what does not fit (a run of a Pyro model loaded
+            without its callables, a model class or constructor of another probgen
+            version, missing entries).
     """
     from probgen.models.registry import build_from_config
 
-    if weights not in ("best", "last"):
-        raise CheckpointError(f"weights must be 'best' or 'last', got {weights!r}.")
+    if weights not in (None, "best", "last"):
+        raise CheckpointError(f"weights must be None, 'best' or 'last', got {weights!r}.")
     state = load_checkpoint(path, map_location=map_location)
-    settings = state.get("model")
-    if settings is None:
-        raise CheckpointError(
-            f"{path} does not record the model's settings (it holds a "
-            f"{state.get('module_class') or 'model'} that is not a registered probgen model, "
-            f"or was built from objects rather than settings). Build the model yourself and "
-            f"load the weights with probgen.train.load_model(model, path).")
-    model = build_from_config(settings)
-    best = state.get("best_state")
-    if weights == "best" and isinstance(best, dict) and best.get("module") is not None:
-        module_state = best["module"]
-    elif weights == "best" and isinstance(best, dict) and "pyro_params" not in best and best:
-        module_state = best        # a checkpoint of the first edition of the loop
-    else:
-        module_state = state["module"]
-    load_module_state(model, module_state, source=f"checkpoint {path}")
-    if map_location is not None:
-        model.to(map_location)
-    return model.eval()
+    module_state, pyro_params = _pick_weights(path, state, weights)
+    source = f"checkpoint {path}"
+    if model is None and guide is None and module is None:
+        settings = state.get("model")
+        if settings is None:
+            if module_state is None:
+                raise CheckpointError(_param_store_run(path, state))
+            raise CheckpointError(
+                f"{path} does not record the model's settings (it holds a "
+                f"{state.get('module_class') or 'model'} that is not a registered probgen "
+                f"model, or was built from objects rather than settings). Build the model "
+                f"yourself and load its weights with probgen.load(path, module=model) (or "
+                f"probgen.train.load_model(model, path)).")
+        built = build_from_config(settings, source=str(path))
+        load_module_state(built, module_state, source=source)
+        if map_location is not None:
+            built.to(map_location)
+        return built.eval()
+    target = module
+    saved_class = state.get("module_class")
+    if target is None and module_state is not None:
+        for candidate in (model, guide):
+            if isinstance(candidate, torch.nn.Module) and \
+                    type(candidate).__qualname__ == saved_class:
+                target = candidate
+                break
+        if target is None:
+            raise CheckpointError(f"{path} holds the weights of a {saved_class}, and neither "
+                                  f"the model nor the guide is one: pass it as "
+                                  f"probgen.load(path, model=..., guide=..., module=...).")
+    if target is not None:
+        if module_state is None:
+            raise CheckpointError(f"{path} holds no module weights for module="
+                                  f"{type(target).__name__}: "
+                                  + _param_store_run(path, state).split(": ", 1)[-1])
+        load_module_state(target, module_state, source=source)
+    params = _restore_param_store(path, pyro_params, state.get("pyro_constraints") or {})
+    return RestoredRun(model=model, guide=guide, module=target, params=params,
+                       epoch=state.get("epoch"), history=list(state.get("history") or []))

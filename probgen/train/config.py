@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -30,12 +30,29 @@ def _plain(value):
     return value
 
 
+AUTO = "auto"
+"""The default of ``patience`` and ``restore_best``: decided by the run (see
+:class:`FitConfig`)."""
+
+DEFAULT_EPOCHS = 100
+DEFAULT_PATIENCE = 10
+
+
 @dataclass
 class FitConfig:
     """Settings of one training run (round-trips through JSON).
 
+    Pyro's meaning by default: a model/guide pair trained with the defaults gets what
+    repeated ``pyro.infer.SVI.step`` calls give it. No early stopping and no best weights
+    unless the run has validation data or the user asks (``patience``, ``restore_best``,
+    ``monitor``); Pyro's validation as the user set it; no global generator re-seeded
+    unless ``seed`` is given.
+
     Attributes:
-        epochs: the most epochs to run.
+        epochs: the most epochs to run (``None``: 100, or as many as ``num_steps`` needs).
+        num_steps: run exactly this many training steps (batches; one optimizer step per
+            phase each), across as many epochs as that takes, as a loop of
+            ``SVI.step`` calls counts them. Give ``epochs`` or ``num_steps``, not both.
         batch_size: examples per gradient step (per process under torchrun).
         lr: learning rate (a phase may set its own).
         optimizer: a name in :data:`OPTIMIZERS`.
@@ -46,43 +63,62 @@ class FitConfig:
         warmup_epochs: epochs of linear warm-up for ``warmup_cosine`` (and the rising
             part of ``onecycle``, as a share of the run when < 1).
         patience: stop after this many *checks* of the monitored figure without
-            improvement; ``None`` never stops early.
+            improvement; ``None`` never stops early. ``"auto"`` (the default): 10 when the
+            run has validation data or monitors a figure named in ``monitor``, else
+            ``None`` (a training loss of one sample per example is no ground to stop on).
+            When a run stops early, ``fit`` prints one line saying when and why.
         min_delta: an improvement must exceed this.
         monitor: the history entry that early stopping and the best weights follow:
             ``val_loss`` (the default; ``train_loss`` when there is no validation data)
             or any figure a callback adds (``fid``, ``val_nll``, ...). Epochs without it
-            are not checks.
+            are not checks. Naming another figure than ``val_loss`` asks for early
+            stopping and the best weights.
         mode: ``min`` (lower is better) or ``max``.
-        restore_best: load the best epoch's weights when training ends.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: seeds torch, numpy, random and the batch order; ``None`` leaves the global
-            generators alone and draws the batch order from torch's global generator.
+        restore_best: load the best epoch's weights when training ends. ``"auto"`` (the
+            default): when the run has validation data, an explicit ``patience`` or a
+            ``monitor`` other than ``val_loss``; else the last weights are kept.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``fit``
+            moves the step's module there for the run and back to the device it came
+            on when it returns. A bare model/guide pair (no module) trains where its data
+            is under ``auto``: Pyro's ``SVI`` moves nothing, and the model may hold CPU
+            tensors of its own.
+        seed: seeds torch, numpy, random and the batch order. ``None`` (the default)
+            re-seeds nothing: the batch order of a :class:`~probgen.data.TensorData` is
+            drawn from torch's global generator, so a user who seeded torch gets the same
+            run twice.
         objective: for Pyro models, a name in :data:`probgen.infer.OBJECTIVES`.
         num_particles: ELBO samples per example during training.
         eval_particles: ELBO samples per example for the validation loss.
+            (``objective``, ``num_particles`` and ``eval_particles`` build the step of a
+            probgen model; a step given ready-made has its own, and ``fit`` refuses them.)
         clip_norm: clip the gradient norm to this, if set.
         eval_batch_size: batch size of the validation pass.
         checkpoint: path of the checkpoint file written after every epoch.
         resume: continue from ``checkpoint`` when it exists.
         progress: show a tqdm progress bar.
-        verbose: print one line per epoch (losses, time).
-        validate: switch on Pyro's (slow) argument and shape validation.
+        verbose: print one line per epoch (losses, time), and the early-stopping line.
+        validate: Pyro's argument and support validation inside the run. ``None`` (the
+            default) leaves it as the user set it (``pyro.enable_validation``) for
+            any step of the user's; a probgen model trains with it off, since ``fit``
+            checks its data whole before the first step and Pyro's per-step support
+            checks cost a host sync each on a GPU. ``True``/``False`` force it.
     """
 
-    epochs: int = 100
+    epochs: Optional[int] = None
+    num_steps: Optional[int] = None
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
     lr_schedule: Optional[str] = None
     warmup_epochs: float = 0.0
-    patience: Optional[int] = 10
+    patience: Union[int, None, str] = AUTO
     min_delta: float = 0.0
     monitor: str = "val_loss"
     mode: str = "min"
-    restore_best: bool = True
+    restore_best: Union[bool, str] = AUTO
     device: str = "auto"
-    seed: Optional[int] = 0
+    seed: Optional[int] = None
     objective: str = "trace"
     num_particles: int = 1
     eval_particles: Optional[int] = None
@@ -92,13 +128,14 @@ class FitConfig:
     resume: bool = False
     progress: bool = True
     verbose: bool = True
-    validate: bool = False
+    validate: Optional[bool] = None
 
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _plain(getattr(self, f.name)))
 
     def check(self) -> "FitConfig":
+        """Refuse bad settings, one line each (:class:`~probgen.errors.ConfigError`)."""
         from probgen.train.schedules import SCHEDULES
 
         def positive_int(name):
@@ -106,18 +143,41 @@ class FitConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
 
-        for name in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
+        def finite(name, low, low_ok):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v < low if low_ok else v <= low):
+                what = "0 or more" if low_ok else "positive"
+                raise ConfigError(f"{name} must be a finite number, {what}, got {v!r}.")
+
+        if self.epochs is not None and self.num_steps is not None:
+            raise ConfigError(f"give epochs or num_steps, not both (epochs={self.epochs!r}, "
+                              f"num_steps={self.num_steps!r}).")
+        for name in ("batch_size", "num_particles", "eval_batch_size"):
             positive_int(name)
-        if self.eval_particles is not None:
-            positive_int("eval_particles")
-        if self.patience is not None:
+        for name in ("epochs", "num_steps", "eval_particles"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        if self.patience is not None and self.patience != AUTO:
+            if isinstance(self.patience, str):
+                raise ConfigError(f"patience must be a positive integer, None or 'auto', got "
+                                  f"{self.patience!r}.")
             positive_int("patience")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}.")
-        if not (isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0):
-            raise ConfigError(f"warmup_epochs must be 0 or more, got {self.warmup_epochs!r}.")
+        if self.restore_best != AUTO and not isinstance(self.restore_best, bool):
+            raise ConfigError(f"restore_best must be True, False or 'auto', got "
+                              f"{self.restore_best!r}.")
+        if self.validate is not None and not isinstance(self.validate, bool):
+            raise ConfigError(f"validate must be True, False or None (as the user set it), "
+                              f"got {self.validate!r}.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**63):
+            raise ConfigError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}.")
+        finite("lr", 0, False)
+        finite("weight_decay", 0, True)
+        finite("min_delta", 0, True)
+        if self.clip_norm is not None:
+            finite("clip_norm", 0, False)
+        finite("warmup_epochs", 0, True)
         if self.mode not in ("min", "max"):
             raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}.")
         if not isinstance(self.monitor, str) or not self.monitor:
@@ -131,6 +191,19 @@ class FitConfig:
         from probgen.train.loop import resolve_device
         resolve_device(self.device)
         return self
+
+    def resolved(self, has_val: bool) -> "FitConfig":
+        """These settings with ``"auto"`` decided for a run with (or without) validation
+        data: what the run does, and what its result and checkpoint record."""
+        asked = self.monitor != "val_loss" or isinstance(self.patience, int)
+        active = has_val or asked
+        patience = (DEFAULT_PATIENCE if active else None) if self.patience == AUTO \
+            else self.patience
+        restore = active if self.restore_best == AUTO else self.restore_best
+        epochs = self.epochs
+        if epochs is None and self.num_steps is None:
+            epochs = DEFAULT_EPOCHS
+        return replace(self, patience=patience, restore_best=restore, epochs=epochs)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -150,11 +223,16 @@ class FitConfig:
     def from_json(cls, text: str) -> "FitConfig":
         return cls.from_dict(json.loads(text))
 
+    def explicit(self) -> set:
+        """The settings that differ from the defaults."""
+        default = FitConfig()
+        return {f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
 
 # Settings that do not change what a run computes: a resumed run may change them freely.
 # (epochs and patience only say when to stop; lr is applied with a message.)
-NOT_RUN_DEFINING = ("epochs", "patience", "device", "checkpoint", "resume", "progress",
-                    "verbose", "validate", "eval_batch_size", "lr", "restore_best")
+NOT_RUN_DEFINING = ("epochs", "num_steps", "patience", "device", "checkpoint", "resume",
+                    "progress", "verbose", "validate", "eval_batch_size", "lr", "restore_best")
 
 
 @dataclass
@@ -163,7 +241,10 @@ class FitResult:
 
     ``history`` holds one dict per epoch: ``epoch``, ``train_loss`` (the first phase's
     loss per example), ``train_loss/<phase>`` for every phase of a multi-phase step,
-    ``val_loss``, ``lr``, ``seconds`` and whatever the callbacks added.
+    ``val_loss``, ``lr``, ``seconds`` and whatever the callbacks added. ``steps``
+    counts the training steps (batches) of the whole run, resumed parts included;
+    ``config`` holds the settings the run used, with ``"auto"`` decided, and ``None`` for
+    the settings a ready-made step does not read (``objective``, ``num_particles``, ...).
     """
 
     history: List[Dict[str, Any]] = field(default_factory=list)
@@ -172,6 +253,7 @@ class FitResult:
     best_value: Optional[float] = None
     monitor: str = "val_loss"
     stopped_early: bool = False
+    steps: int = 0
     wall_time: float = 0.0
     device: str = "cpu"
     world_size: int = 1

@@ -112,15 +112,22 @@ def average_gradients(params: Sequence[torch.Tensor]) -> None:
     """
     if not is_distributed() or not params:
         return
+    local = [p.grad is not None for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flags = torch.tensor([float(p.grad is not None) for p in params],
-                         dtype=grads[0].dtype, device=grads[0].device)
+    # all ones: filled on the device, no copy from the host
+    flags = grads[0].new_ones(len(params)) if all(local) else \
+        torch.tensor([float(h) for h in local], dtype=grads[0].dtype, device=grads[0].device)
     flat = torch.cat([g.reshape(-1) for g in grads] + [flags])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    seen = flat[-len(params):] > 0
+    if all(local):
+        # This process had every gradient, so every flag is set: no need to read them
+        # (reading is a host sync on a GPU, once per phase and step).
+        seen = local
+    else:
+        seen = (flat[-len(params):] > 0).tolist()
     offset = 0
-    for p, has in zip(params, seen.tolist()):
+    for p, has in zip(params, seen):
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone() if has else None
         offset += n

@@ -5,7 +5,8 @@ a list of phases (:mod:`probgen.train.steps`): one for a VAE or a flow, several 
 adversarial game. The loop reads top to bottom in named parts, each a method of
 :class:`Run`:
 
-1. ``set_up``      device (and torchrun's process group), seeds, the step's phases;
+1. ``set_up``      the settings decided ("auto"), device (and torchrun's process group),
+                   the data's dtype and device, seeds, the step's phases;
 2. ``resume``      a checkpoint's weights, optimizers, schedules, RNG states, history;
 3. ``train_epoch`` batches through every phase (``run_phase``: loss, backward,
                    gradient averaging over processes, clipping, optimizer, schedule);
@@ -13,21 +14,26 @@ adversarial game. The loop reads top to bottom in named parts, each a method of
 5. callbacks       figures added to the epoch's entry (``on_validation_end``);
 6. ``monitor``     early stopping and the best weights, on any figure;
 7. ``checkpoint``  an atomic file after every epoch (rank 0);
-8. ``finish``      the best weights restored, the module back in the mode it came in.
+8. ``finish``      the best weights restored (when asked), the module back on the device
+                   and in the mode it came in.
 
 What varies between runs is a step definition or a callback, never a second loop.
+
+Pyro's meaning by default: a model/guide pair trained with the defaults gets what a loop
+of ``pyro.infer.SVI.step`` calls gives it (the same gradients, no early stopping or best
+weights without validation data, Pyro's validation and the global generators left as
+the user set them); see :class:`~probgen.train.FitConfig`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -36,14 +42,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probgen.data.tensors import TensorData
-from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
+from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from probgen.train import distributed as ddp
-from probgen.train.callbacks import as_callback
-from probgen.train.context import running_steps
-from probgen.train.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from probgen.train.callbacks import Callback, as_callback
+from probgen.train.checkpoint import (check_writable, load_checkpoint, load_module_state,
+                                      param_store_constraints, save_checkpoint)
 from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
+from probgen.train.context import running_steps
 from probgen.train.schedules import SCHEDULES
-from probgen.train.steps import LossStep, Phase, Step, SVIStep, traced_params
+from probgen.train.steps import (BatchArguments, LossStep, Phase, Step, SVIStep, batch_len,
+                                 traced_params)
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -79,20 +87,35 @@ def _rng_state(loader_gen: torch.Generator) -> Dict[str, Any]:
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def _set_rng_state(state: Dict[str, Any], loader_gen: torch.Generator) -> None:
+def _set_rng_state(state: Dict[str, Any], loader_gen: torch.Generator) -> Optional[str]:
+    """Restore the generators; a note (one line) when the checkpoint's CUDA states cannot
+    be restored here, else ``None``. The states are read on the CPU, wherever the
+    checkpoint was mapped."""
     torch.set_rng_state(state["torch"].cpu())
     loader_gen.set_state(state["loader"].cpu())
     random.setstate(_as_tuple(state["python"]))
     if "numpy" in state:
         n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+        np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"],
                              n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if not cuda:
+        return None
+    if not torch.cuda.is_available():
+        return ("the checkpoint holds the random-generator states of CUDA devices, and this "
+                "machine has none: the run goes on without them, so its random draws differ "
+                "from an uninterrupted run on the GPU")
+    count = torch.cuda.device_count()
+    for i, s in enumerate(cuda[:count]):
+        torch.cuda.set_rng_state(s.cpu(), i)
+    if len(cuda) > count:
+        return (f"the checkpoint holds the random-generator states of {len(cuda)} CUDA "
+                f"devices and this machine has {count}: the first {count} were restored")
+    return None
 
 
 def _as_tuple(x):
@@ -101,41 +124,82 @@ def _as_tuple(x):
 
 # --------------------------------------------------------------------------- data
 
-def _as_batch(item, device) -> tuple:
-    """A batch from a data loader: a tuple of tensors on ``device``."""
+def _move(t, device):
+    if device is None or not torch.is_tensor(t) or t.device == device:
+        return t
+    # non_blocking only helps (and is only safe to rely on) for pinned host memory
+    pinned = t.device.type == "cpu" and device.type == "cuda" and t.is_pinned()
+    return t.to(device, non_blocking=pinned)
+
+
+def _as_batch(item, device):
+    """A batch from a data loader, its tensors on ``device`` (``None``: where they are).
+    A tensor becomes a one-tensor tuple; tuples and dicts keep their form (a dict's
+    entries are the model's keyword arguments)."""
     if torch.is_tensor(item):
-        item = (item,)
-    elif isinstance(item, dict):
-        item = tuple(item.values())
-    elif not isinstance(item, (tuple, list)):
-        raise ConfigError(f"a batch must be a tensor, a tuple/list of tensors or a dict of "
-                          f"them; the data gave a {type(item).__name__}.")
-    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in item)
+        return (_move(item, device),)
+    if isinstance(item, dict):
+        return {k: _move(v, device) for k, v in item.items()}
+    if isinstance(item, (tuple, list)):
+        return tuple(_move(v, device) for v in item)
+    return item     # another object: the step's batch_to_args reads it
 
 
-def _shard(batch: tuple, rank: int, world: int) -> tuple:
-    n = next(t for t in batch if torch.is_tensor(t)).shape[0]
+def _shard(batch, rank: int, world: int):
+    n = batch_len(batch)
     per = n // world
-    return tuple(t[rank * per:(rank + 1) * per] if torch.is_tensor(t) else t for t in batch)
+
+    def cut(t):
+        return t[rank * per:(rank + 1) * per] if torch.is_tensor(t) and t.dim() else t
+    if isinstance(batch, dict):
+        return {k: cut(v) for k, v in batch.items()}
+    return tuple(cut(t) for t in batch)
 
 
-def _batch_len(batch) -> int:
-    return next(t for t in batch if torch.is_tensor(t)).shape[0]
+def _first_tensor(batch) -> Optional[torch.Tensor]:
+    items = batch.values() if isinstance(batch, dict) else batch
+    if not isinstance(items, (tuple, list)) and not isinstance(batch, dict):
+        return None
+    return next((t for t in items if torch.is_tensor(t)), None)
+
+
+def _reduce_device(device) -> torch.device:
+    """Where a cross-process sum can run: the given device; under NCCL (which takes CUDA
+    tensors only) this process's GPU; else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if ddp.is_distributed() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 @torch.no_grad()
-def evaluate(step, data, batch_size: int = 1000) -> float:
+def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]:
     """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode).
 
     ``data`` is a :class:`TensorData` or any iterable of batches. Under torchrun each
-    process scores its share and the mean is over all of them.
+    process scores its share and the mean is over all of them (summed on ``device``, the
+    module's by default: NCCL takes CUDA tensors only).
+
+    Args:
+        device: where the batches of an iterable go and the sums are reduced; default the
+            step's module's device (a step without a module: batches stay where they are).
+
+    Raises:
+        DataError: the data gave no batch.
     """
+    module = step.module
+    step = as_step(step, FitConfig())
+    batch_device = torch.device(device) if device is not None else _module_device(module)
+    return _evaluate(step, data, batch_size, batch_device, _reduce_device(batch_device))
+
+
+def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[float]:
     module = step.module
     was_training = module.training if module is not None else None
     if module is not None:
         module.eval()
     total, n = 0.0, 0
-    device = _module_device(module)
     rank, world = ddp.rank(), ddp.world_size()
     try:
         if isinstance(data, TensorData):
@@ -143,20 +207,30 @@ def evaluate(step, data, batch_size: int = 1000) -> float:
                 data = data.subset(slice(rank, None, world))
             batches = data.batches(batch_size)
         else:
-            batches = (_shard(_as_batch(b, device), rank, world) if world > 1
-                       else _as_batch(b, device) for b in data)
+            batches = (_shard(_as_batch(b, batch_device), rank, world) if world > 1
+                       else _as_batch(b, batch_device) for b in data)
+        seen = False
         for batch in batches:
+            seen = True
             value = step.eval_loss(batch)
             if value is None:
                 return None
-            b = _batch_len(batch)
-            total += float(value) * b
+            b = batch_len(batch)
+            total = total + value.detach() * b if torch.is_tensor(value) else \
+                total + float(value) * b
             n += b
+        if not seen and world == 1:
+            raise DataError("the validation data gave no batch (an empty DataLoader or data "
+                            "set?); give data with at least one example, or val=None.")
     finally:
         if module is not None:
             module.train(was_training)
-    total, n = ddp.all_reduce_sum([total, n], device or "cpu")
-    return total / max(n, 1)
+    # one read of the sum (a host sync on a GPU) per pass, not one per batch
+    total, n = ddp.all_reduce_sum([float(total), n], reduce_device)
+    if n == 0:
+        raise DataError("the validation data gave no batch on any process; give data with at "
+                        "least one example, or val=None.")
+    return total / n
 
 
 def _checked_once(step, data) -> bool:
@@ -175,24 +249,44 @@ def _module_device(module) -> Optional[torch.device]:
     return None
 
 
+def _is_probgen_model(module) -> bool:
+    """A registered probgen model (its class records its constructor's arguments)."""
+    return module is not None and bool(getattr(type(module), "isolate_param_store", False))
+
+
+def _overrides(cb, hook: str) -> bool:
+    """Whether ``cb`` does something in ``hook`` (the loop calls per-batch hooks only on
+    callbacks that define them: a no-op per batch and callback is not free)."""
+    fn = getattr(cb, hook, None)
+    if not callable(fn):
+        return False
+    return getattr(type(cb), hook, None) is not getattr(Callback, hook, None)
+
+
 # --------------------------------------------------------------------------- steps
 
-def as_step(obj, config: FitConfig) -> Step:
+def as_step(obj, config: FitConfig, batch_to_args=None) -> Step:
     """A :class:`Step` for ``obj``: a step already; a model with ``fit_step(config)``
     (the adversarial families); a module with ``model``/``guide`` (SVI); a network
     with a ``loss`` method."""
     if isinstance(obj, Step):
         return obj
     if callable(getattr(obj, "fit_step", None)):
+        if batch_to_args is not None:
+            raise ConfigError(f"batch_to_args is for a model/guide pair or a network with a "
+                              f".loss; {type(obj).__name__} builds its own step.")
         step = obj.fit_step(config)
         if not isinstance(step, Step):
             raise ConfigError(f"{type(obj).__name__}.fit_step must return a probgen Step.")
         return step
     if isinstance(obj, nn.Module) and hasattr(obj, "model") and hasattr(obj, "guide"):
         return SVIStep(obj, objective=config.objective, num_particles=config.num_particles,
-                       eval_particles=config.eval_particles)
+                       eval_particles=config.eval_particles, batch_to_args=batch_to_args)
     if isinstance(obj, nn.Module) and callable(getattr(obj, "loss", None)):
-        return LossStep(obj, lambda module, *batch: module.loss(*batch))
+        step = LossStep(obj, lambda module, *args, **kwargs: module.loss(*args, **kwargs))
+        step.arguments = BatchArguments({"loss": obj.loss}, batch_to_args,
+                                        where=f"{type(obj).__name__}.loss")
+        return step
     if hasattr(obj, "loss") and hasattr(obj, "module"):   # a step of the older, duck-typed form
         legacy = Step()
         legacy.module = obj.module
@@ -230,18 +324,35 @@ class _PhaseState:
         self.params.append(tensor)
         self.names.append(name)
         if self.optimizer is not None:
-            # One parameter group per phase, grown as Pyro creates parameters (so the
-            # schedule covers them all); Adam's state is per parameter either way.
-            self.optimizer.param_groups[0]["params"].append(tensor)
+            if self.phase.per_parameter:
+                # Pyro's per-parameter settings: a group of its own
+                self.optimizer.add_param_group(dict(self._base(),
+                                                    **self.phase.optim_args_for(name),
+                                                    params=[tensor]))
+            else:
+                # One parameter group per phase, grown as Pyro creates parameters (so the
+                # schedule covers them all); Adam's state is per parameter either way.
+                self.optimizer.param_groups[0]["params"].append(tensor)
         return True
 
-    def build_optimizer(self, total_steps: int, steps_per_epoch: int) -> None:
+    def _base(self) -> Dict[str, Any]:
         c, ph = self.config, self.phase
         kwargs = dict(lr=ph.lr if ph.lr is not None else c.lr)
         if c.weight_decay:
             kwargs["weight_decay"] = c.weight_decay
-        kwargs.update(ph.optim_kwargs)
-        self.optimizer = OPTIMIZERS.get(ph.optimizer or c.optimizer)(list(self.params), **kwargs)
+        return kwargs
+
+    def build_optimizer(self, total_steps: int, steps_per_epoch: int) -> None:
+        c, ph = self.config, self.phase
+        name = ph.optimizer or c.optimizer
+        cls = OPTIMIZERS.get(name) if isinstance(name, str) else name
+        base = self._base()
+        if ph.per_parameter:
+            groups = [dict(base, **ph.optim_args_for(n), params=[p])
+                      for n, p in zip(self.names, self.params)]
+            self.optimizer = cls(groups, **base)
+        else:
+            self.optimizer = cls(list(self.params), **dict(base, **ph.optim_kwargs))
         if c.lr_schedule is not None:
             self.scheduler = SCHEDULES.get(c.lr_schedule)(
                 self.optimizer, max(total_steps * ph.repeats, 1), steps_per_epoch * ph.repeats,
@@ -254,8 +365,11 @@ class _PhaseState:
 class Run:
     """One call of :func:`fit`: the loop's state and its named parts."""
 
-    def __init__(self, step, train, val, config: FitConfig, callbacks: Sequence = ()):
+    def __init__(self, step, train, val, config: FitConfig, callbacks: Sequence = (),
+                 explicit: Iterable[str] = (), batch_to_args=None):
         self.config = config
+        self.explicit = set(explicit)
+        self.batch_to_args = batch_to_args
         self.callbacks = [as_callback(c) for c in callbacks]
         self.train_data, self.val_data = train, val
         self.step_obj = step
@@ -264,33 +378,66 @@ class Run:
         self.bad_epochs = 0
         self.start_epoch = 0
         self.epoch = 0
+        self.finished = False
+        self.monitored = config.monitor
+        self.module = None
+        self.home = None
+        self.was_training = None
         self.ckpt_path = Path(config.checkpoint) if config.checkpoint else None
 
     # ------------------------------------------------------------------ 1. set-up
     def set_up(self) -> None:
-        c = self.config
-        self.device = ddp.setup(resolve_device(c.device))
+        self.config = c = self.config.resolved(has_val=self.val_data is not None)
+        ready_made = isinstance(self.step_obj, Step)
+        if ready_made and self.batch_to_args is not None:
+            raise ConfigError("fit(batch_to_args=...) adapts the batches of a step fit builds; "
+                              "give a ready-made step its own: SVIStep(model, guide, "
+                              "batch_to_args=fn) or LossStep(net, loss_fn, batch_to_args=fn).")
+        self.step = as_step(self.step_obj, c, self.batch_to_args)
+        if ready_made:
+            # Settings the step does not read are refused when set, and not recorded.
+            ignored = self.step.ignored_settings()
+            refused = sorted(self.explicit & ignored)
+            if refused:
+                raise ConfigError(
+                    f"fit: {', '.join(refused)} {'is' if len(refused) == 1 else 'are'} set, but "
+                    f"the step given ({type(self.step).__name__} of {self.step.describe()}) "
+                    f"does not read {'it' if len(refused) == 1 else 'them'}: it brings its own "
+                    f"(SVIStep(model, guide, loss=..., num_particles=..., optim=...)). Set "
+                    f"{'it' if len(refused) == 1 else 'them'} on the step, or pass the model "
+                    f"itself to fit.")
+            c = self.config = replace(c, **{k: None for k in ignored})
+        self.result.config = c
+        self.result.monitor = c.monitor
+        if self.ckpt_path is not None:
+            check_writable(self.ckpt_path)
+        self.module = self.step.module
+        self._set_device()
         self.world, self.rank = ddp.world_size(), ddp.rank()
         self.is_main = self.rank == 0
-        self.step = as_step(self.step_obj, c)
-        self.module = self.step.module
         if self.module is not None:
             self.was_training = self.module.training
-            before = _module_device(self.module)
-            self.module.to(self.device)
-            if before is not None and before != self.device and c.verbose and self.is_main:
-                tqdm.write(f"fit: moved {type(self.module).__name__} from {before} to "
-                           f"{self.device}")
+            self.home = _module_device(self.module)
+            if self.home is not None and self.home != self.device:
+                self.module.to(self.device)
+                if c.verbose and self.is_main:
+                    tqdm.write(f"fit: moved {type(self.module).__name__} from {self.home} to "
+                               f"{self.device} (it goes back when fit returns)")
         if isinstance(self.train_data, TensorData):
             if len(self.train_data) == 0:
-                raise ConfigError("the training data is empty.")
-            if self.train_data.device != self.device:
-                self.train_data = self.train_data.to(self.device)
+                raise DataError("the training data is empty.")
         elif not isinstance(self.train_data, Iterable):
             raise ConfigError(f"train must be a TensorData or an iterable of batches (e.g. a "
                               f"torch DataLoader), got {type(self.train_data).__name__}.")
-        if isinstance(self.val_data, TensorData) and self.val_data.device != self.device:
-            self.val_data = self.val_data.to(self.device)
+        if isinstance(self.val_data, TensorData) and len(self.val_data) == 0:
+            raise DataError("the validation data is empty; give data with at least one "
+                            "example, or val=None.")
+        self._conform_dtypes()
+        for which in ("train_data", "val_data"):
+            data = getattr(self, which)
+            if isinstance(data, TensorData) and self.batch_device is not None and \
+                    data.device != self.batch_device:
+                setattr(self, which, data.to(self.batch_device))
         # Whole-data checks once, here, instead of in every step (context.py).
         self.train_checked = _checked_once(self.step, self.train_data)
         self.val_checked = _checked_once(self.step, self.val_data)
@@ -299,11 +446,14 @@ class Run:
             # Each process its own stream of noise; all share the batch order.
             set_seed(c.seed + self.rank)
             loader_seed = c.seed
-        else:
+        elif isinstance(self.train_data, TensorData):
             # Draw from the global generator, never re-seed it: a user who seeded torch
-            # before fit(seed=None) gets the same run twice.
+            # before fit(seed=None) gets the same run twice. (A DataLoader or a list
+            # orders itself: nothing is drawn, so the run's draws are SVI.step's.)
             loader_seed = int(torch.randint(0, 2**62, (1,)).item())
             loader_seed = ddp.broadcast_object(loader_seed)
+        else:
+            loader_seed = 0
         self.loader_gen = torch.Generator(device="cpu")
         self.loader_gen.manual_seed(loader_seed)
         self.phases = [_PhaseState(p, c, self.module) for p in self.step.phases]
@@ -311,18 +461,79 @@ class Run:
             if not st.phase.discover and not st.params:
                 raise ConfigError(f"phase {st.phase.name!r} of {self.step.describe()} has no "
                                   f"trainable parameters.")
-        self.steps_per_epoch = self._steps_per_epoch()
+            if st.phase.per_parameter and c.lr_schedule is not None:
+                raise ConfigError(f"phase {st.phase.name!r}: per-parameter optimizer settings "
+                                  f"and lr_schedule={c.lr_schedule!r} cannot go together; give "
+                                  f"the optimizer one dict of settings.")
+        self.steps_per_epoch, known = self._steps_per_epoch()
+        self.max_steps = c.num_steps
+        if c.num_steps is not None:
+            epochs = -(-c.num_steps // self.steps_per_epoch) if known else None
+            self.config = c = replace(c, epochs=epochs)
+            self.result.config = c
+        # a Pyro user counting steps in epochs of one batch: about 20 lines, not thousands
+        self.print_every = max(1, (c.epochs or 0) // 20) if c.num_steps is not None else 1
         ddp.broadcast_tensors(self._all_params())
 
-    def _steps_per_epoch(self) -> int:
+    def _set_device(self) -> None:
+        """The run's device, and where batches go (``None``: where they are).
+
+        A bare model/guide pair (no module) under ``device="auto"`` trains where its data
+        is, as Pyro's ``SVI`` moves nothing: the user's model may hold CPU tensors.
+        """
+        c = self.config
+        if self.module is None and c.device == "auto" and ddp.env_world_size() <= 1:
+            data_device = self.train_data.device if isinstance(self.train_data, TensorData) \
+                else None
+            self.batch_device = data_device
+            self.device = data_device or torch.device("cpu")
+            self.device_from_data = data_device is None
+        else:
+            self.device = ddp.setup(resolve_device(c.device))
+            self.batch_device = self.device
+            self.device_from_data = False
+
+    def _conform_dtypes(self) -> None:
+        """Data of another dtype than the module's: floats are converted (said once),
+        uint8 images are refused (their scale is not the loop's to guess). A step without
+        a module gets its data as given, as under Pyro's SVI."""
+        if self.module is None:
+            return
+        want = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), None)
+        if want is None:
+            return
+        notes = []
+        for which, label in (("train_data", "training"), ("val_data", "validation")):
+            data = getattr(self, which)
+            if not isinstance(data, TensorData):
+                continue
+            names = data.names or [f"tensor {i}" for i in range(len(data.tensors))]
+            for name, t in zip(names, data.tensors):
+                if t.dtype == torch.uint8:
+                    raise DataError(
+                        f"the {label} data's {name} are uint8 (levels 0-255), and "
+                        f"{self.step.describe()} computes in {want}: convert them first, e.g. "
+                        f"probgen.data.to_unit_interval(x) for grey levels in [0, 1], and "
+                        f"build the TensorData from that.")
+            other = sorted({str(t.dtype).replace("torch.", "") for t in data.tensors
+                            if t.is_floating_point() and t.dtype != want})
+            if other:
+                setattr(self, which, data.to(dtype=want))
+                notes.append(f"the {label} data from {'/'.join(other)}")
+        if notes and self.config.verbose and self.is_main:
+            tqdm.write(f"fit: converted {' and '.join(notes)} to "
+                       f"{str(want).replace('torch.', '')}, the dtype of "
+                       f"{type(self.module).__name__}'s parameters")
+
+    def _steps_per_epoch(self):
         data = self.train_data
         if isinstance(data, TensorData):
             n = len(data) // self.world if self.world > 1 else len(data)
-            return max(1, -(-n // self.config.batch_size))
+            return max(1, -(-n // self.config.batch_size)), True
         try:
-            return max(1, len(data))
+            return max(1, len(data)), True
         except TypeError:
-            return 1
+            return 1, False
 
     def _all_params(self) -> List[torch.Tensor]:
         seen, out = set(), []
@@ -354,7 +565,7 @@ class Run:
                                         generator=self.loader_gen)
         else:
             for item in data:
-                batch = _as_batch(item, self.device)
+                batch = _as_batch(item, self.batch_device)
                 yield _shard(batch, self.rank, self.world) if self.world > 1 else batch
 
     def _discover_all(self) -> None:
@@ -363,7 +574,9 @@ class Run:
         or before rank 0's values are broadcast."""
         if not any(st.phase.discover for st in self.phases):
             return
-        batch = next(iter(self._batches(self.train_data, shuffle=False)))
+        batch = next(iter(self._batches(self.train_data, shuffle=False)), None)
+        if batch is None:
+            raise DataError("the training data gave no batch (an empty DataLoader?).")
         ctx: Dict[str, Any] = {}
         for st in self.phases:
             if st.phase.discover:
@@ -382,14 +595,16 @@ class Run:
             if self.world > 1:
                 self._discover_all()
             return
-        state = load_checkpoint(self.ckpt_path, map_location=self.device)
+        # On the CPU first (the RNG states must be CPU tensors; a checkpoint written on a
+        # GPU opens anywhere); weights and optimizer states are copied to their device.
+        state = load_checkpoint(self.ckpt_path, map_location="cpu")
         self._check_same_run(state)
         self._discover_all()
-        if self.module is not None and "module" in state:
+        if self.module is not None and state.get("module") is not None:
             load_module_state(self.module, state["module"], source=f"checkpoint {self.ckpt_path}")
         store_params = self._pyro_params()
         with torch.no_grad():
-            for name, value in state.get("pyro_params", {}).items():
+            for name, value in (state.get("pyro_params") or {}).items():
                 if name in store_params:
                     store_params[name].copy_(value)
         for st, saved in zip(self.phases, state.get("phases", [])):
@@ -412,10 +627,13 @@ class Run:
         rng = state["rng"]
         if isinstance(rng, list):   # one state per process of a torchrun job
             rng = rng[self.rank] if self.rank < len(rng) else rng[0]
-        _set_rng_state(rng, self.loader_gen)
+        note = _set_rng_state(rng, self.loader_gen)
+        if note and c.verbose and self.is_main:
+            tqdm.write(f"fit: resuming {self.ckpt_path}: {note}.")
         self.result.history = list(state["history"])
         self.result.best_epoch = state["best_epoch"]
         self.result.best_loss = state["best_loss"]
+        self.result.steps = int(state.get("steps", 0))
         self.best_state = state.get("best_state")
         self.bad_epochs = state["bad_epochs"]
         self.start_epoch = state["epoch"]
@@ -423,12 +641,13 @@ class Run:
             if hasattr(cb, "load_state_dict") and cb_state:
                 cb.load_state_dict(cb_state)
         if state.get("stopped_early"):
-            self.start_epoch = c.epochs  # that run was finished already
+            self.finished = True    # that run was finished already
             self.result.stopped_early = True
 
     def _check_same_run(self, state: Dict[str, Any]) -> None:
         """A resumed run must continue the same training: every setting that changes
-        what it computes is the same (epochs, patience and lr may change)."""
+        what it computes is the same (epochs, patience and lr may change), on the same
+        data, with the same objective and particle count."""
         saved = state.get("config") or {}
         now = self.config.to_dict()
         diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
@@ -449,6 +668,18 @@ class Run:
                 if a.get(k) != b.get(k):
                     diffs.append(f"model setting {k}: {a.get(k)!r} in the checkpoint, "
                                  f"{b.get(k)!r} now")
+        saved_step, mine_step = state.get("step") or {}, self.step.signature()
+        for k in mine_step:
+            if k in saved_step and saved_step[k] != mine_step[k]:
+                diffs.append(f"step {k}: {saved_step[k]!r} in the checkpoint, "
+                             f"{mine_step[k]!r} now")
+        saved_data = state.get("data")
+        mine_data = getattr(self.train_data, "settings", None)
+        if isinstance(saved_data, dict) and isinstance(mine_data, dict):
+            for k in sorted(set(saved_data) | set(mine_data)):
+                if saved_data.get(k) != mine_data.get(k):
+                    diffs.append(f"data {k}: {saved_data.get(k)!r} in the checkpoint, "
+                                 f"{mine_data.get(k)!r} now")
         phases = state.get("phases")
         if phases is not None and [p["name"] for p in phases] != [s.phase.name for s in self.phases]:
             diffs.append(f"phases: {[p['name'] for p in phases]} in the checkpoint, "
@@ -465,10 +696,10 @@ class Run:
     def _apply_new_lr(self, state) -> None:
         old = (state.get("config") or {}).get("lr")
         new = self.config.lr
-        if old is None or old == new:
+        if old is None or new is None or old == new:
             return
         for st in self.phases:
-            if st.optimizer is None or st.phase.lr is not None:
+            if st.optimizer is None or st.phase.sets_lr:
                 continue
             for g in st.optimizer.param_groups:
                 g["lr"] = g["lr"] * new / old
@@ -481,47 +712,90 @@ class Run:
                        f"with {old})")
 
     def _total_steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
         return self.config.epochs * self.steps_per_epoch
 
     # ------------------------------------------------------------------ 3. train epoch
+    def _bar(self, epoch: int):
+        c = self.config
+        show = c.progress and self.is_main
+        if self.max_steps is not None:
+            # counting steps: one bar for the whole run
+            if getattr(self, "_run_bar", None) is None:
+                self._run_bar = tqdm(total=self.max_steps, initial=self.result.steps,
+                                     desc="steps", disable=not show, leave=False,
+                                     dynamic_ncols=True)
+            return self._run_bar
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                    disable=not show, leave=False, dynamic_ncols=True)
+
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         c = self.config
         t0 = time.perf_counter()
         totals = {st.phase.name: 0.0 for st in self.phases}
         counts = {st.phase.name: 0 for st in self.phases}
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                   disable=not (c.progress and self.is_main), leave=False, dynamic_ncols=True)
-        # Reading a loss is a host-device sync: on a GPU the loop reads every 10th step.
-        check_every = 1 if self.device.type == "cpu" else 10
+        bar = self._bar(epoch)
+        per_run_bar = self.max_steps is not None
+        batch_hooks = [cb for cb in self.callbacks if _overrides(cb, "on_train_batch_end")]
         batches = self._batches(self.train_data, shuffle=True)
         i = 0
+        # Reading a loss is a host-device sync: on a GPU the loop reads every 10th step.
+        check_every = 1 if self.device.type == "cpu" else 10
         # The steps' context: models may skip what only a user reads (context.py).
         with running_steps(data_checked=self.train_checked, module=self.declared):
             for batch in batches:
+                if self.max_steps is not None and self.result.steps >= self.max_steps:
+                    break
+                if self.device_from_data and i == 0:
+                    first = _first_tensor(batch)
+                    if first is not None:
+                        self.device = first.device
+                        check_every = 1 if self.device.type == "cpu" else 10
                 ctx: Dict[str, Any] = {}
+                losses: Optional[Dict[str, Any]] = {} if batch_hooks else None
                 for st in self.phases:
+                    done = []
                     for r in range(st.phase.repeats):
                         if r and st.phase.fresh_batch:
                             batch = next(batches, None)
                             if batch is None:
                                 break
                         value = self.run_phase(st, batch, ctx)
-                        b = _batch_len(batch)
+                        b = batch_len(batch)
                         totals[st.phase.name] = totals[st.phase.name] + value * b
                         counts[st.phase.name] += b
+                        if losses is not None:
+                            done.append(value)
                         if i % check_every == 0 or check_every == 1:
                             v = float(value)
                             if not math.isfinite(v):
-                                bar.close()
+                                if not per_run_bar:
+                                    bar.close()
                                 self._diverged(epoch, i, v, st.phase.name)
+                    if losses is not None and done:
+                        losses[st.phase.name] = done[0] if len(done) == 1 else \
+                            torch.stack([torch.as_tensor(d) for d in done]).mean()
                     if batch is None:
                         break
                 bar.update(1)
                 if i % 10 == 0 and c.progress and self.is_main:
-                    first = self.phases[0].phase.name
-                    bar.set_postfix(loss=f"{float(totals[first]) / max(counts[first], 1):.3f}")
+                    first_phase = self.phases[0].phase.name
+                    bar.set_postfix(loss=f"{float(totals[first_phase]) / max(counts[first_phase], 1):.3f}")
+                self.result.steps += 1
+                if batch_hooks:
+                    index = epoch * self.steps_per_epoch + i
+                    for cb in batch_hooks:
+                        cb.on_train_batch_end(self, index, losses)
                 i += 1
-        bar.close()
+                if batch is None:
+                    break
+        if not per_run_bar:
+            bar.close()
+        if i == 0:
+            raise DataError(f"the training data gave no batch in epoch {epoch + 1} (an empty "
+                            f"DataLoader, or an iterator that was used up by the epoch "
+                            f"before?); give data with at least one batch, re-iterable.")
         entry: Dict[str, Any] = {"epoch": epoch}
         names = [st.phase.name for st in self.phases]
         sums = ddp.all_reduce_sum([float(totals[n]) for n in names] +
@@ -582,7 +856,8 @@ class Run:
         val_loss = None
         if self.val_data is not None:
             with running_steps(data_checked=self.val_checked, module=self.declared):
-                val_loss = evaluate(self.step, self.val_data, self.config.eval_batch_size)
+                val_loss = _evaluate(self.step, self.val_data, self.config.eval_batch_size,
+                                     self.batch_device, self.device)
             if val_loss is not None and not math.isfinite(val_loss):
                 self._diverged(entry["epoch"], None, val_loss, None, where="validation")
         entry["val_loss"] = val_loss
@@ -594,6 +869,7 @@ class Run:
         key = c.monitor
         if key == "val_loss" and entry.get("val_loss") is None:
             key = "train_loss"
+        self.monitored = key
         value = entry.get(key)
         value = ddp.broadcast_object(value)   # every process takes rank 0's decision
         if value is None:
@@ -606,7 +882,8 @@ class Run:
         if improved:
             self.result.best_loss, self.result.best_epoch = value, entry["epoch"]
             self.result.best_value = value
-            self.best_state = self._snapshot()
+            if c.restore_best:
+                self.best_state = self._snapshot()
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
@@ -633,6 +910,17 @@ class Run:
                 if k in params:
                     params[k].copy_(v)
 
+    def _stop_line(self, entry) -> str:
+        c, r = self.config, self.result
+        best = r.best_epoch
+        held = (f"the model holds epoch {best + 1}'s weights (restore_best)"
+                if c.restore_best and self.best_state is not None else
+                "the model holds the last epoch's weights")
+        of = f" of {c.epochs}" if c.epochs is not None else ""
+        return (f"fit: stopped early after epoch {entry['epoch'] + 1}{of}: {self.monitored} did "
+                f"not improve on {r.best_loss:.6g} (epoch {best + 1}) for {c.patience} "
+                f"check{'s' if c.patience != 1 else ''} (patience={c.patience}); {held}.")
+
     # ------------------------------------------------------------------ 7. checkpoint
     def checkpoint(self, epoch_done: int) -> None:
         if self.ckpt_path is None:
@@ -641,9 +929,11 @@ class Run:
             _rng_state(self.loader_gen)
         if not self.is_main:
             return
-        state = {"epoch": epoch_done,
+        pyro_params = {k: v.detach() for k, v in self._pyro_params().items()}
+        state = {"epoch": epoch_done, "steps": self.result.steps,
                  "module": self.module.state_dict() if self.module is not None else None,
-                 "pyro_params": {k: v.detach() for k, v in self._pyro_params().items()},
+                 "pyro_params": pyro_params,
+                 "pyro_constraints": param_store_constraints(pyro_params),
                  "phases": [{"name": st.phase.name, "names": list(st.names), "steps": st.steps,
                              "optimizer": st.optimizer.state_dict() if st.optimizer else None,
                              "scheduler": st.scheduler.state_dict() if st.scheduler else None}
@@ -656,50 +946,89 @@ class Run:
                  "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {}
                                for cb in self.callbacks],
                  "module_class": type(self.module).__qualname__ if self.module is not None
-                 else None}
+                 else None,
+                 "step": self.step.signature(),
+                 "data": getattr(self.train_data, "settings", None)}
         settings = _model_settings(self.module)
         if settings is not None:
             state["model"] = settings
         save_checkpoint(self.ckpt_path, state)
 
     # ------------------------------------------------------------------ the loop
+    def _validation_setting(self) -> Optional[bool]:
+        """Pyro's validation inside the run: as asked; by default the user's own for their
+        steps, off for a probgen model (its data is checked whole before the first step)."""
+        if self.config.validate is not None:
+            return self.config.validate
+        return False if _is_probgen_model(self.module) else None
+
+    def _done(self, epoch: int) -> bool:
+        if self.finished:
+            return True
+        if self.max_steps is not None:
+            return self.result.steps >= self.max_steps
+        return epoch >= self.config.epochs
+
     def execute(self) -> FitResult:
-        c = self.config
-        self.set_up()
-        t0 = time.perf_counter()
-        with ExitStack() as stack:
-            if self.step.isolate_param_store:
-                stack.enter_context(pyro.get_param_store().scope())
-            stack.enter_context(pyro.validation_enabled(c.validate))
-            try:
-                if self.module is not None:
-                    self.module.train()
-                self.resume()
-                for cb in self.callbacks:
-                    _call(cb, "on_fit_start", self)
-                for epoch in range(self.start_epoch, c.epochs):
-                    self.epoch = epoch
-                    entry = self.train_epoch(epoch)
-                    self.validate(entry)
+        try:
+            self.set_up()
+            t0 = time.perf_counter()
+            with ExitStack() as stack:
+                if self.step.isolate_param_store:
+                    stack.enter_context(pyro.get_param_store().scope())
+                validate = self._validation_setting()
+                if validate is not None:
+                    stack.enter_context(pyro.validation_enabled(validate))
+                try:
+                    self._train(t0)
+                except BaseException as err:
                     for cb in self.callbacks:
-                        _call(cb, "on_validation_end", self, entry)
-                    improved = self.monitor(entry)
-                    entry["seconds"] = time.perf_counter() - entry.pop("_t0")
-                    self.result.history.append(entry)
-                    self._print(entry, improved)
-                    self.checkpoint(epoch + 1)
-                    for cb in self.callbacks:
-                        _call(cb, "on_epoch_end", self, entry)
-                    if self.result.stopped_early:
-                        break
-                self.finish(t0)
-            except BaseException:
-                if self.module is not None:
-                    self.module.train(self.was_training)
-                raise
-        for cb in self.callbacks:
-            _call(cb, "on_fit_end", self, self.result)
+                        if _overrides(cb, "on_exception"):
+                            try:
+                                cb.on_exception(self, err)
+                            except Exception:
+                                pass    # the training error is the one reported
+                    raise
+            for cb in self.callbacks:
+                _call(cb, "on_fit_end", self, self.result)
+        finally:
+            self._return_module()
         return self.result
+
+    def _train(self, t0: float) -> None:
+        c = self.config
+        if self.module is not None:
+            self.module.train()
+        self.resume()
+        for cb in self.callbacks:
+            _call(cb, "on_fit_start", self)
+        epoch = self.start_epoch
+        try:
+            while not self._done(epoch):
+                self.epoch = epoch
+                entry = self.train_epoch(epoch)
+                self.validate(entry)
+                for cb in self.callbacks:
+                    _call(cb, "on_validation_end", self, entry)
+                improved = self.monitor(entry)
+                entry["seconds"] = time.perf_counter() - entry.pop("_t0")
+                self.result.history.append(entry)
+                last = self.result.stopped_early or self._done(epoch + 1)
+                if last or (epoch + 1) % self.print_every == 0:
+                    self._print(entry, improved)
+                self.checkpoint(epoch + 1)
+                for cb in self.callbacks:
+                    _call(cb, "on_epoch_end", self, entry)
+                if self.result.stopped_early:
+                    if c.verbose and self.is_main:
+                        tqdm.write(self._stop_line(entry))
+                    break
+                epoch += 1
+        finally:
+            bar = getattr(self, "_run_bar", None)
+            if bar is not None:
+                bar.close()
+        self.finish(t0)
 
     def _print(self, entry, improved) -> None:
         if not (self.config.verbose and self.is_main):
@@ -710,7 +1039,9 @@ class Run:
                          if k not in ("epoch", "train_loss", "val_loss", "lr", "seconds")
                          and not k.startswith("train_loss/") and isinstance(v, (int, float))
                          and not isinstance(v, bool))
-        tqdm.write(f"epoch {entry['epoch'] + 1:3d}  train {entry['train_loss']:9.4f}" + extra
+        steps = f"  step {self.result.steps}" if self.max_steps is not None else ""
+        tqdm.write(f"epoch {entry['epoch'] + 1:3d}{steps}  train {entry['train_loss']:9.4f}"
+                   + extra
                    + (f"  val {entry['val_loss']:9.4f}" if entry["val_loss"] is not None else "")
                    + others + ("  *" if improved else "") + f"  ({entry['seconds']:.1f}s)")
 
@@ -721,8 +1052,18 @@ class Run:
         self.result.wall_time = time.perf_counter() - t0
         self.result.device = str(self.device)
         self.result.world_size = self.world
-        if self.module is not None:
-            self.module.train(self.was_training)   # the mode it came in
+
+    def _return_module(self) -> None:
+        """The module back in the mode and on the device it came in (no side effects)."""
+        module = self.module
+        if module is None:
+            return
+        if self.was_training is not None:
+            module.train(self.was_training)
+        if self.home is not None and _module_device(module) != self.home:
+            module.to(self.home)
+            if self.config.verbose and getattr(self, "is_main", True):
+                tqdm.write(f"fit: moved {type(module).__name__} back to {self.home}")
 
     def _diverged(self, epoch, step_i, value, phase, where=None):
         if where is None:
@@ -734,6 +1075,8 @@ class Run:
         if self.best_state is not None:
             self._restore(self.best_state)
             kept = "the model holds the best weights so far"
+        elif not self.config.restore_best:
+            kept = "the weights were not restored (restore_best is off)"
         else:
             kept = "no epoch had finished, so there are no good weights to restore"
         ckpt = self.ckpt_path
@@ -764,25 +1107,57 @@ def _model_settings(module) -> Optional[Dict[str, Any]]:
 
 
 def fit(step, train: Union[TensorData, Iterable], val=None, config: Optional[FitConfig] = None,
-        callbacks: Sequence = (), **overrides) -> FitResult:
+        callbacks: Sequence = (), *, batch_to_args=None, **overrides) -> FitResult:
     """Train ``step`` on ``train``; return a :class:`FitResult`.
+
+    With a Pyro model/guide pair and the default settings, ``fit`` does what a loop of
+    ``pyro.infer.SVI.step`` calls does: the same gradients and updates, no early
+    stopping and no best weights unless there is validation data (or ``patience``,
+    ``restore_best`` or ``monitor`` ask for them), Pyro's validation and the global
+    random generators as the user left them (see :class:`FitConfig`). When a run stops
+    early, one line says when and why.
 
     Args:
         step: a probgen model (a module with ``model`` and ``guide``, or with
             ``fit_step``), an :class:`SVIStep` for any Pyro model/guide pair, a
             :class:`LossStep` for a plain PyTorch network, or a :class:`PhasedStep`.
-        train: a :class:`TensorData` (device-resident, the fast path) or any iterable
-            of batches, e.g. a ``torch.utils.data.DataLoader`` (it shuffles itself).
+        train: a :class:`TensorData` (device-resident, the fast path: its tensors are
+            the model's positional arguments) or any iterable of batches, e.g. a
+            ``torch.utils.data.DataLoader`` (it shuffles itself). A batch that is a dict
+            goes in as keyword arguments, a tuple as positional ones.
         val: validation data of either kind, scored every epoch.
         config: a :class:`FitConfig`; keyword ``overrides`` replace its fields.
         callbacks: :class:`Callback` objects or functions of the epoch's entry.
+        batch_to_args: ``f(batch) -> (args, kwargs)`` for a model that ``fit`` wraps in
+            its step (a module with ``model``/``guide`` or ``loss``); a ready-made step
+            takes its own (``SVIStep(..., batch_to_args=f)``).
+
+    Devices: the step's module is moved to ``config.device`` for the run and returned on
+    the device (and in the train/eval mode) it came in, so its methods work on the
+    user's tensors afterwards whatever device trained it. A bare model/guide pair trains
+    where its data is under ``device="auto"``.
+
+    Data: floating-point tensors of a TensorData of another dtype than the module's
+    parameters (float64 images for a float32 model) are converted, said in one line;
+    uint8 images are refused (:class:`~probgen.errors.DataError`), since their scale is
+    not the loop's to guess. A step without a module gets its data as given.
 
     Under ``torchrun`` every process calls ``fit`` alike and they train data-parallel
     (:mod:`probgen.train.distributed`).
 
     Raises:
+        ConfigError: bad settings; ``epochs`` with ``num_steps``; ``objective``,
+            ``num_particles`` or ``eval_particles`` set with a ready-made step (which has
+            its own); a batch that does not fit the model's or guide's signature.
+        DataError: an epoch without a batch, uint8 images for a module.
+        CheckpointError: an unwritable checkpoint path (before training), a failed write
+            (the previous checkpoint is kept), or a resume from another run.
         TrainingDivergedError: the loss became NaN/inf; names the epoch and step.
             The last checkpoint on disk is the last good one.
     """
+    given = set(overrides)
+    if config is not None:
+        given |= config.explicit()
     config = replace(config or FitConfig(), **overrides).check()
-    return Run(step, train, val, config, callbacks).execute()
+    return Run(step, train, val, config, callbacks, explicit=given,
+               batch_to_args=batch_to_args).execute()

@@ -11,8 +11,8 @@ batch, so the one fit loop (:func:`probgen.train.fit`) trains
   step, an adversarial autoencoder's reconstruction -> discriminator -> encoder order,
   a flow's likelihood plus an adversarial term.
 
-A phase's loss is called as ``loss(batch, ctx)``: ``batch`` is a tuple of tensors and
-``ctx`` a dict shared by the phases of one batch (a generator phase can leave its
+A phase's loss is called as ``loss(batch, ctx)``: ``batch`` is what the data gave (a
+tuple of tensors, or a dict of them) and ``ctx`` a dict shared by the phases of one batch (a generator phase can leave its
 detached fakes there for the discriminator phase that follows). It returns the scalar
 to minimise, or ``(scalar_to_minimise, value_to_report)`` when the two differ (Pyro's
 ELBO is a sum over the batch; probgen reports per-example figures).
@@ -22,28 +22,168 @@ under ``poutine.trace(param_only=True)`` and each ``pyro.param`` site it touched
 (``pyro.module``, ``PyroParam``, AutoGuides, ...) joins the phase's optimizer the
 first time it is seen. A phase can also name its parameters up front (a module's
 ``parameters()``); then only those are optimised by it.
+
+Batches become a model's arguments as in Pyro's own loops, explicitly: a tuple (or list)
+is passed positionally, a dict as keyword arguments, a lone tensor as one argument, and
+``batch_to_args(batch) -> (args, kwargs)`` adapts anything else. The model's and guide's
+signatures are checked against the first batch of each form, once, so a mismatch is one
+clear error rather than a ``TypeError`` from deep inside an ELBO.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from pyro import poutine
+from pyro.infer.elbo import ELBO
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
+from pyro.params.param_store import (module_from_param_with_module_name, normalize_param_name,
+                                     user_param_name)
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.infer.objectives import make_elbo
 
-LossFn = Callable[[tuple, Dict[str, Any]], Any]
+LossFn = Callable[[Any, Dict[str, Any]], Any]
+BatchToArgs = Callable[[Any], Tuple[Sequence, Dict[str, Any]]]
 
 
-def _batch_size(batch) -> int:
-    for item in batch:
-        if torch.is_tensor(item):
+# --------------------------------------------------------------------------- batches
+
+def batch_len(batch) -> int:
+    """The number of examples in a batch: the first dimension of its first tensor."""
+    items = batch.values() if isinstance(batch, dict) else \
+        (batch,) if torch.is_tensor(batch) else batch
+    for item in items:
+        if torch.is_tensor(item) and item.dim() > 0:
             return item.shape[0]
     raise ConfigError("a batch needs at least one tensor (its first dimension is the batch).")
+
+
+_batch_size = batch_len   # the older name
+
+
+def default_batch_to_args(batch) -> Tuple[tuple, Dict[str, Any]]:
+    """Pyro's reading of a batch: a dict -> keyword arguments, a tuple or list ->
+    positional ones, a tensor -> one positional argument."""
+    if isinstance(batch, dict):
+        return (), batch
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    if torch.is_tensor(batch):
+        return (batch,), {}
+    raise ConfigError(f"a batch must be a tensor, a tuple/list or a dict of them, got a "
+                      f"{type(batch).__name__}; adapt it with batch_to_args=fn returning "
+                      f"(args, kwargs).")
+
+
+def _describe_batch(args, kwargs, adapted: bool) -> str:
+    parts = []
+    if args:
+        parts.append(f"{len(args)} positional value{'s' if len(args) != 1 else ''}")
+    if kwargs:
+        parts.append("keyword arguments " + ", ".join(map(repr, kwargs)))
+    what = " and ".join(parts) or "no arguments"
+    return f"batch_to_args gave {what}" if adapted else f"the batch gives {what}"
+
+
+def _signature(fn) -> Optional[inspect.Signature]:
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+
+
+def _callable_name(fn) -> str:
+    if isinstance(fn, nn.Module):
+        return type(fn).__name__
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or \
+        type(fn).__name__
+
+
+class BatchArguments:
+    """Turns batches into ``(args, kwargs)`` for a set of callables and checks, once per
+    form of batch (its arity and keys), that every callable accepts them.
+
+    Args:
+        callables: ``{"model": model, "guide": guide}`` (the names used in messages).
+        batch_to_args: ``f(batch) -> (args, kwargs)``; default :func:`default_batch_to_args`.
+        leading: arguments every callable receives before the batch's (a LossStep's module).
+        where: who is asking, for messages (``"SVIStep"``).
+    """
+
+    def __init__(self, callables: Dict[str, Callable], batch_to_args: Optional[BatchToArgs] = None,
+                 leading: tuple = (), where: str = "SVIStep"):
+        if batch_to_args is not None and not callable(batch_to_args):
+            raise ConfigError(f"{where}: batch_to_args must be a function of the batch returning "
+                              f"(args, kwargs), got {type(batch_to_args).__name__}.")
+        self.callables = callables
+        self.batch_to_args = batch_to_args
+        self.leading = leading
+        self.where = where
+        self._checked = set()
+
+    def __call__(self, batch) -> Tuple[tuple, Dict[str, Any]]:
+        if self.batch_to_args is None:
+            args, kwargs = default_batch_to_args(batch)
+        else:
+            out = self.batch_to_args(batch)
+            if not (isinstance(out, tuple) and len(out) == 2 and
+                    isinstance(out[0], (tuple, list)) and isinstance(out[1], dict)):
+                raise ConfigError(f"{self.where}: batch_to_args must return (args, kwargs): a "
+                                  f"tuple of positional arguments and a dict of keyword ones, "
+                                  f"got {type(out).__name__}.")
+            args, kwargs = tuple(out[0]), out[1]
+        key = (len(args), tuple(kwargs))
+        if key not in self._checked:
+            self._check(args, kwargs)
+            self._checked.add(key)
+        return args, kwargs
+
+    def _check(self, args, kwargs) -> None:
+        lead = self.leading
+        shown, failed = [], []
+        for name, fn in self.callables.items():
+            sig = _signature(fn)
+            if sig is None:
+                continue
+            shown.append(f"{name} {_callable_name(fn)}{sig}")
+            try:
+                sig.bind(*lead, *args, **kwargs)
+            except TypeError as err:
+                failed.append(f"{name}: {err}")
+        if failed:
+            raise ConfigError(
+                f"{self.where}: {_describe_batch(args, kwargs, self.batch_to_args is not None)}, "
+                f"which do not fit {' and '.join(shown)} ({'; '.join(failed)}). A dict batch "
+                f"goes in as keyword arguments (its keys must be the argument names), a tuple "
+                f"positionally; adapt other batches with batch_to_args=lambda batch: (args, "
+                f"kwargs).")
+
+
+class _SubsampleProbe(Messenger):
+    """Sees the plates of a model's observed sites: the full size of a subsampled data
+    plate (``pyro.plate(name, size, subsample_size)``), or ``None`` without one."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+        self.full_size: Optional[int] = None
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg.get("is_observed") and not self.seen:
+            self.seen = True
+            sizes = [f.full_size for f in msg["cond_indep_stack"]
+                     if f.full_size is not None and f.size is not None
+                     and int(f.full_size) > int(f.size)]
+            self.full_size = int(math.prod(int(s) for s in sizes)) if sizes else None
 
 
 @dataclass
@@ -56,9 +196,13 @@ class Phase:
         params: the parameters this phase optimises: an iterable of tensors, a module,
             or a callable returning either. ``None``: every parameter the loss touches
             through Pyro (``pyro.param`` / ``pyro.module`` sites), found as it runs.
-        optimizer: a name in :data:`probgen.train.OPTIMIZERS` (default: the run's).
+        optimizer: a name in :data:`probgen.train.OPTIMIZERS` or a ``torch.optim``
+            optimizer class (default: the run's).
         lr: learning rate (default: the run's ``lr``).
-        optim_kwargs: other optimizer settings, e.g. ``{"betas": (0.5, 0.999)}``.
+        optim_kwargs: other optimizer settings, e.g. ``{"betas": (0.5, 0.999)}``; or, as
+            Pyro's per-parameter form, a function of the parameter's name returning them
+            (``f(name)`` or ``f(module_name, param_name)``): each parameter then has
+            a parameter group of its own.
         repeats: runs per batch (k discriminator steps per generator step).
         fresh_batch: each repeat after the first draws the next batch of data
             (Goodfellow et al. 2014, Algorithm 1); ``False`` reuses the batch.
@@ -76,9 +220,9 @@ class Phase:
     name: str
     loss: LossFn
     params: Any = None
-    optimizer: Optional[str] = None
+    optimizer: Union[str, type, None] = None
     lr: Optional[float] = None
-    optim_kwargs: Dict[str, Any] = field(default_factory=dict)
+    optim_kwargs: Union[Dict[str, Any], Callable[..., Dict[str, Any]]] = field(default_factory=dict)
     repeats: int = 1
     fresh_batch: bool = True
     owns_backward: bool = False
@@ -93,6 +237,15 @@ class Phase:
                               f"got {self.repeats!r}.")
         if not callable(self.loss):
             raise ConfigError(f"phase {self.name!r}: loss must be callable as loss(batch, ctx).")
+        opt = self.optimizer
+        if opt is not None and not isinstance(opt, str) and not (
+                isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
+            raise ConfigError(f"phase {self.name!r}: optimizer must be a name in "
+                              f"probgen.train.OPTIMIZERS or a torch.optim optimizer class, got "
+                              f"{opt!r}.")
+        if not (isinstance(self.optim_kwargs, dict) or callable(self.optim_kwargs)):
+            raise ConfigError(f"phase {self.name!r}: optim_kwargs must be a dict or a function "
+                              f"of the parameter's name returning one.")
 
     def declared_params(self) -> Optional[List[torch.Tensor]]:
         """The parameters named up front (``None`` when they are found by tracing)."""
@@ -104,6 +257,34 @@ class Phase:
         if isinstance(p, nn.Module):
             p = p.parameters()
         return [t for t in p if t.requires_grad]
+
+    @property
+    def per_parameter(self) -> bool:
+        """Whether the optimizer settings differ per parameter (Pyro's callable form)."""
+        return callable(self.optim_kwargs)
+
+    def optim_args_for(self, name: str) -> Dict[str, Any]:
+        """The optimizer settings of the parameter called ``name`` (``pyro:<store name>``
+        or ``module:<attribute path>``), as ``pyro.optim.PyroOptim`` computes them."""
+        if not callable(self.optim_kwargs):
+            return dict(self.optim_kwargs)
+        store_name = name.split(":", 1)[-1]
+        fn = self.optim_kwargs
+        try:
+            argc = len(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            argc = 1
+        out = fn(normalize_param_name(store_name)) if argc == 1 else \
+            fn(module_from_param_with_module_name(store_name), user_param_name(store_name))
+        if not isinstance(out, dict):
+            raise ConfigError(f"phase {self.name!r}: the per-parameter optimizer settings must "
+                              f"be a dict, got {type(out).__name__} for {store_name!r}.")
+        return out
+
+    @property
+    def sets_lr(self) -> bool:
+        """Whether this phase brings its own learning rate."""
+        return self.lr is not None or callable(self.optim_kwargs) or "lr" in self.optim_kwargs
 
 
 def traced_params(fn: Callable[[], Any]):
@@ -119,6 +300,10 @@ def traced_params(fn: Callable[[], Any]):
         if torch.is_tensor(t) and t.requires_grad:
             found[name] = t
     return out, found
+
+
+# Settings of FitConfig that only build the step of a probgen model.
+STEP_SETTINGS = ("objective", "num_particles", "eval_particles")
 
 
 class Step:
@@ -161,107 +346,205 @@ class Step:
     def describe(self) -> str:
         return type(self.module).__qualname__ if self.module is not None else type(self).__name__
 
+    def ignored_settings(self) -> set:
+        """The :class:`~probgen.train.FitConfig` settings this step, given to ``fit``
+        ready-made, does not read (``fit`` refuses them when they are set)."""
+        ignored = set(STEP_SETTINGS)
+        phases = list(self.phases)
+        if phases and all(ph.sets_lr for ph in phases):
+            ignored.add("lr")
+        if phases and all(ph.optimizer is not None for ph in phases):
+            ignored.add("optimizer")
+        return ignored
+
+    def signature(self) -> Dict[str, Any]:
+        """What a resumed run must share with the run it continues (checkpointed)."""
+        return {"step": type(self).__name__}
+
 
 class LossStep(Step):
-    """A plain PyTorch loss: ``loss_fn(module, *batch)`` -> mean loss per example.
+    """A plain PyTorch loss: ``loss_fn(module, *args, **kwargs)`` -> mean loss per example,
+    the batch's tensors as the arguments (a dict batch as keyword arguments).
 
     Args:
         module: the network.
         loss_fn: the loss; its value is also the validation loss.
+        batch_to_args: ``f(batch) -> (args, kwargs)`` for batches of another form.
         **phase_kwargs: optimizer settings of the one phase (``lr``, ``optim_kwargs``...).
     """
 
-    def __init__(self, module: nn.Module, loss_fn: Callable[..., torch.Tensor], **phase_kwargs):
+    def __init__(self, module: nn.Module, loss_fn: Callable[..., torch.Tensor], *,
+                 batch_to_args: Optional[BatchToArgs] = None, **phase_kwargs):
         self.module = module
         self.loss_fn = loss_fn
+        self.arguments = BatchArguments({"loss_fn": loss_fn}, batch_to_args, leading=(module,),
+                                        where="LossStep")
         self.phases = [Phase("loss", self._loss, params=module, **phase_kwargs)]
 
     def _loss(self, batch, ctx=None):
-        return self.loss_fn(self.module, *batch)
+        args, kwargs = self.arguments(batch)
+        return self.loss_fn(self.module, *args, **kwargs)
 
     def eval_loss(self, batch):
-        return self.loss_fn(self.module, *batch)
+        return self._loss(batch)
 
 
 _ELBO = Union[str, Any]
 
 
+def _is_elbo(obj) -> bool:
+    return isinstance(obj, ELBO) or (hasattr(obj, "loss") and (
+        hasattr(obj, "differentiable_loss") or hasattr(obj, "loss_and_grads")))
+
+
+def _positional_refusal(model, guide, extra) -> str:
+    first = extra[0]
+    if isinstance(first, PyroOptim):
+        return ("SVIStep takes the optimizer and the loss as keywords, after the model and "
+                "guide: write SVIStep(model, guide, optim=pyro.optim.Adam({...}), "
+                "loss=Trace_ELBO()) (pyro.infer.SVI's third and fourth positional arguments).")
+    if _is_elbo(first) or isinstance(first, str):
+        return (f"SVIStep takes the objective as a keyword: write SVIStep(model, guide, "
+                f"loss={first!r}).")
+    if isinstance(model, nn.Module) and callable(guide) and callable(first):
+        return ("SVIStep(module, model, guide) is no longer read positionally: write "
+                "SVIStep(model, guide, module=module).")
+    return (f"SVIStep takes two positional arguments, the model and the guide (got "
+            f"{2 + len(extra)}); give the rest as keywords: loss=..., optim=..., module=....")
+
+
+def _optim_phase_kwargs(optim) -> Dict[str, Any]:
+    """A Pyro optimizer, a torch optimizer class or a name, as a phase's settings."""
+    if isinstance(optim, str):
+        from probgen.train.config import OPTIMIZERS
+        OPTIMIZERS.get(optim)
+        return {"optimizer": optim}
+    if isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer):
+        return {"optimizer": optim}
+    if isinstance(optim, PyroLRScheduler):
+        raise ConfigError("SVIStep: a Pyro learning-rate scheduler is not an optimizer here; "
+                          "give optim=pyro.optim.<Optimizer>({...}) and lr_schedule=... to fit.")
+    if isinstance(optim, PyroOptim):
+        clip = optim.pt_clip_args
+        if callable(clip) or clip:
+            raise ConfigError("SVIStep: Pyro's clip_args (clipping each parameter's gradient "
+                              "alone) are not supported; give fit clip_norm=..., which clips the "
+                              "norm over all the parameters together.")
+        args = optim.pt_optim_args
+        return {"optimizer": optim.pt_optim_constructor,
+                "optim_kwargs": args if callable(args) else dict(args)}
+    raise ConfigError(f"SVIStep: optim must be a Pyro optimizer (pyro.optim.Adam({{...}})), a "
+                      f"torch.optim optimizer class or a name in probgen.train.OPTIMIZERS, got "
+                      f"{type(optim).__name__}.")
+
+
 class SVIStep(Step):
     """Stochastic variational inference of any Pyro model/guide pair, as ``pyro.infer.SVI``.
 
-    Two ways to call it::
+    Pyro's order, with everything after the guide given by keyword::
 
-        SVIStep(model, guide, loss="trace")     # Pyro's order; any Pyro callables
+        SVIStep(model, guide, optim=pyro.optim.Adam({"lr": 0.01}), loss=Trace_ELBO())
+        SVIStep(model, guide, loss="trace")     # probgen's objective names; fit's lr
         SVIStep(vae)                            # a module with .model and .guide
-        SVIStep(module, model, guide)           # a module holding their networks
+        SVIStep(model, guide, module=net)       # a module holding their networks
+
+    The gradient is exactly ``SVI.step``'s (the ELBO summed over the batch, as Pyro's
+    loss), unless ``per_example``. The reported loss is per example: the ELBO divided by
+    the batch's size, or, for a model that subsamples a data plate
+    (``pyro.plate("data", N, subsample_size=B)``, whose loss Pyro scales by N/B), by the
+    plate's full size N; so training and validation losses are on one scale whatever
+    the batch size.
 
     Args:
-        model, guide: Pyro callables taking the batch's tensors as arguments.
+        model, guide: Pyro callables. A batch becomes their arguments: a tuple
+            positionally, a dict as keyword arguments, a tensor as one argument.
         loss: an objective name in :data:`probgen.infer.OBJECTIVES` (``trace``,
             ``meanfield``, ``iwae``, ...) or any Pyro ELBO instance (``Trace_ELBO``,
             ``TraceGraph_ELBO``, ``TraceEnum_ELBO``, ``RenyiELBO``, ...). A name builds
             the ELBO with ``num_particles`` vectorized particles; ``max_plate_nesting``
             is inferred from the model unless given.
+        optim: a Pyro optimizer (``pyro.optim.Adam({"lr": 0.01})``, its arguments a dict
+            or a per-parameter function), a ``torch.optim`` optimizer class or a name in
+            :data:`probgen.train.OPTIMIZERS`; default: ``fit``'s ``optimizer`` and ``lr``.
         module: the ``nn.Module`` holding the networks (optional: parameters are found
-            wherever Pyro keeps them).
-        num_particles, eval_particles: particles of the training and validation bound.
+            wherever Pyro keeps them). It is checkpointed, moved to the run's device and
+            back; it does not change the gradient's scale.
+        num_particles, eval_particles: particles of the training and validation bound
+            of an objective given by name (default 1; an ELBO instance has its own).
         max_plate_nesting: plates the model nests (``None``: inferred by Pyro).
-        per_example: divide the loss by the batch size before the gradient (probgen's
-            models, tuned so). ``False`` (the default for a bare model/guide pair)
-            minimises the ELBO exactly as ``pyro.infer.SVI`` does; the history still
-            reports the loss per example.
+        per_example: divide the loss by the batch's size before the gradient (probgen's
+            models, tuned so: the default of ``SVIStep(module)``). ``False`` (the default
+            otherwise) minimises the ELBO exactly as ``pyro.infer.SVI`` does.
+        batch_to_args: ``f(batch) -> (args, kwargs)`` for batches of another form (e.g.
+            Pyro's CVAE example's ``{"input": x, "output": y}`` for ``model(xs, ys)``:
+            ``lambda b: ((b["input"], b["output"]), {})``).
         objective: old name of ``loss``.
+        **phase_kwargs: other settings of the one :class:`Phase` (``lr``, ``clip_norm``).
+
+    Raises:
+        ConfigError: Pyro's positional order (``SVIStep(model, guide, optim)``), an
+            unknown objective or optimizer; and, at the first batch, a batch that does not
+            fit the model's or guide's signature.
     """
 
-    def __init__(self, model=None, guide=None, loss: _ELBO = None, *, module=None,
-                 objective: Optional[str] = None, num_particles: int = 1,
+    def __init__(self, model=None, guide=None, *extra, loss: _ELBO = None, optim=None,
+                 module: Optional[nn.Module] = None, num_particles: Optional[int] = None,
                  eval_particles: Optional[int] = None,
-                 max_plate_nesting: Optional[int] = None,
-                 per_example: Optional[bool] = None, **phase_kwargs):
+                 max_plate_nesting: Optional[int] = None, per_example: Optional[bool] = None,
+                 batch_to_args: Optional[BatchToArgs] = None, objective: Optional[str] = None,
+                 **phase_kwargs):
+        if extra:
+            raise ConfigError(_positional_refusal(model, guide, extra))
         if loss is not None and objective is not None:
             raise ConfigError("give the objective once: loss= (or its old name objective=).")
-        # The older, module-first form: SVIStep(module[, model, guide]).
-        # (A Pyro ELBO is callable too, so the third argument is a guide only when it is
-        # not an objective.)
-        third_is_guide = callable(loss) and not hasattr(loss, "loss") and not isinstance(loss, str)
-        if isinstance(model, nn.Module) and module is None and (
-                guide is None or (callable(guide) and third_is_guide)):
-            if guide is None and hasattr(model, "model") and hasattr(model, "guide"):
-                module, model, guide = model, model.model, model.guide
-            elif guide is not None:
-                module, model, guide, loss = model, guide, loss, None
+        module_form = (guide is None and module is None and isinstance(model, nn.Module)
+                       and hasattr(model, "model") and hasattr(model, "guide"))
+        if module_form:
+            module, model, guide = model, model.model, model.guide
         if model is None or guide is None:
             raise ConfigError("SVIStep needs a Pyro model and guide: SVIStep(model, guide, "
-                              "loss=...) or SVIStep(module) for a module with .model and .guide.")
+                              "loss=..., optim=...) or SVIStep(module) for a module with "
+                              ".model and .guide.")
         if not callable(model) or not callable(guide):
             raise ConfigError("SVIStep: model and guide must be callables that take the "
                               "batch's tensors.")
+        if module is not None and not isinstance(module, nn.Module):
+            raise ConfigError(f"SVIStep: module must be an nn.Module, got "
+                              f"{type(module).__name__}.")
+        if optim is not None:
+            if "optimizer" in phase_kwargs or "optim_kwargs" in phase_kwargs:
+                raise ConfigError("SVIStep: give the optimizer once, as optim=.")
+            phase_kwargs.update(_optim_phase_kwargs(optim))
         self.module = module
         self.model, self.guide = model, guide
         loss = objective if loss is None else loss
         loss = "trace" if loss is None else loss
         # A module's own model/guide methods (probgen's models, a tutorial-style VAE
-        # class): per-example loss, as probgen reports it. probgen's own models also nest
-        # exactly one data plate and train in a scope of the param store of their own.
+        # class): probgen's own models also nest exactly one data plate and train in a
+        # scope of the param store of their own.
         own_methods = module is not None and getattr(model, "__self__", None) is module
         isolated = own_methods and bool(getattr(module, "isolate_param_store", False))
         if max_plate_nesting is None and isolated:
             max_plate_nesting = getattr(module, "max_plate_nesting", 1)
         if isinstance(loss, str):
+            n = 1 if num_particles is None else num_particles
             self.objective = loss
-            self.elbo = make_elbo(loss, num_particles, max_plate_nesting)
-            self.eval_elbo = make_elbo(loss, eval_particles or num_particles,
-                                       max_plate_nesting, eager=True)
+            self.elbo = make_elbo(loss, n, max_plate_nesting)
+            self.eval_elbo = make_elbo(loss, eval_particles or n, max_plate_nesting, eager=True)
         else:
-            if not hasattr(loss, "loss") or not (hasattr(loss, "differentiable_loss")
-                                                 or hasattr(loss, "loss_and_grads")):
+            if not _is_elbo(loss):
                 raise ConfigError(f"loss must be an objective name or a Pyro ELBO instance, "
                                   f"got {type(loss).__name__}.")
+            if num_particles is not None or eval_particles is not None:
+                raise ConfigError(f"SVIStep: {type(loss).__name__} instance has its own "
+                                  f"num_particles; give them to it, not to SVIStep.")
             self.objective = type(loss).__name__
             self.elbo = self.eval_elbo = loss
-        self.per_example = own_methods if per_example is None else bool(per_example)
+        self.per_example = module_form if per_example is None else bool(per_example)
         self.isolate_param_store = isolated
         self._own_methods = own_methods
+        self.arguments = BatchArguments({"model": model, "guide": guide}, batch_to_args)
+        self._divisors: Dict[Any, Optional[int]] = {}
         owns = not hasattr(self.elbo, "differentiable_loss")
         # The module's parameters, and whatever else the ELBO touches through Pyro
         # (looked for on every step, as SVI.step does; once for probgen's own models).
@@ -269,19 +552,38 @@ class SVIStep(Step):
                              discover="first" if isolated else True,
                              owns_backward=owns, **phase_kwargs)]
 
+    def _divisor(self, n: int, key, run: Callable[[], Any]):
+        """Run the ELBO (``run``) and return ``(its value, the number of examples it
+        covers)``: the batch's ``n``, or a subsampled data plate's full size. Looked
+        for on the first batch of each form only (a messenger on one call)."""
+        if key in self._divisors:
+            return run(), self._divisors[key] or n
+        if type(self.elbo).__name__.startswith("Jit"):
+            self._divisors[key] = None
+            return run(), n
+        probe = _SubsampleProbe()
+        with probe:
+            value = run()
+        self._divisors[key] = probe.full_size
+        return value, probe.full_size or n
+
     def _loss(self, batch, ctx=None):
-        n = _batch_size(batch)
+        args, kwargs = self.arguments(batch)
+        n = batch_len(batch)
+        key = (len(args), tuple(kwargs))
         if self.phases[0].owns_backward:
             # Pyro objectives without differentiable_loss (TraceGraph_ELBO, RenyiELBO)
             # compute their own surrogate gradients; SVI calls them the same way.
-            value = torch.as_tensor(float(self.elbo.loss_and_grads(self.model, self.guide,
-                                                                    *batch)))
-            return value, value / n
-        loss = self.elbo.differentiable_loss(self.model, self.guide, *batch)
+            value, d = self._divisor(n, key, lambda: self.elbo.loss_and_grads(
+                self.model, self.guide, *args, **kwargs))
+            value = torch.as_tensor(float(value))
+            return value, value / d
+        loss, d = self._divisor(n, key, lambda: self.elbo.differentiable_loss(
+            self.model, self.guide, *args, **kwargs))
         if self.per_example:
-            loss = loss / n
+            loss = loss / d
             return loss
-        return loss, loss.detach() / n
+        return loss, loss.detach() / d
 
     @property
     def declared_module(self) -> Optional[nn.Module]:
@@ -304,15 +606,28 @@ class SVIStep(Step):
         return True
 
     def eval_loss(self, batch):
-        n = _batch_size(batch)
+        args, kwargs = self.arguments(batch)
+        n = batch_len(batch)
+        key = (len(args), tuple(kwargs))
         elbo = self.eval_elbo
         if hasattr(elbo, "differentiable_loss"):
-            return elbo.differentiable_loss(self.model, self.guide, *batch) / n
-        return torch.as_tensor(float(elbo.loss(self.model, self.guide, *batch))) / n
+            value, d = self._divisor(n, key, lambda: elbo.differentiable_loss(
+                self.model, self.guide, *args, **kwargs))
+            return value / d
+        value, d = self._divisor(n, key, lambda: elbo.loss(self.model, self.guide, *args,
+                                                            **kwargs))
+        return torch.as_tensor(float(value)) / d
 
     def describe(self) -> str:
         return type(self.module).__qualname__ if self.module is not None else \
-            getattr(self.model, "__name__", type(self.model).__name__)
+            _callable_name(self.model)
+
+    def signature(self) -> Dict[str, Any]:
+        opt = self.phases[0].optimizer
+        return {"step": "SVIStep", "elbo": type(self.elbo).__name__,
+                "num_particles": getattr(self.elbo, "num_particles", None),
+                "optimizer": opt if isinstance(opt, str) or opt is None else opt.__name__,
+                "per_example": self.per_example}
 
 
 class ELBOLoss:
@@ -325,7 +640,8 @@ class ELBOLoss:
               params=aae.decoder, discover=False)
 
     Args:
-        model, guide: Pyro callables taking the batch's tensors.
+        model, guide: Pyro callables taking the batch's tensors (a dict batch as keyword
+            arguments).
         loss: an objective name or a Pyro ELBO instance with ``differentiable_loss``.
         num_particles, max_plate_nesting: as for :class:`SVIStep`.
         per_example: divide by the batch size (the default) or return Pyro's sum.
@@ -342,8 +658,9 @@ class ELBOLoss:
         self.per_example = per_example
 
     def __call__(self, batch) -> torch.Tensor:
-        loss = self.elbo.differentiable_loss(self.model, self.guide, *batch)
-        return loss / _batch_size(batch) if self.per_example else loss
+        args, kwargs = default_batch_to_args(batch)
+        loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        return loss / batch_len(batch) if self.per_example else loss
 
 
 class PhasedStep(Step):
