@@ -102,26 +102,36 @@ def test_public_names_resolve():
         assert not missing, f"{name}.__all__ names {missing}, which it does not define"
 
 
-def test_svi_snippet_runs_its_epochs_and_recovers_the_weights():
+def test_svi_snippet_runs_its_epochs_recovers_the_weights_and_reloads(tmp_path):
     import pyro
     import torch
 
+    import probgen
+
     code = snippet("svi-snippet")
-    assert "epochs=100" in code
+    assert "epochs=100" in code and 'probgen.load("run.pt", model=model' in README
+    run = tmp_path / "run.pt"
     pyro.clear_param_store()
     torch.manual_seed(0)
     scope = {}
-    exec(
-        compile(
-            code.replace("batch_size=100)", "batch_size=100, progress=False)"), "README.md", "exec"
-        ),
-        scope,
+    shown = code.replace(
+        "batch_size=100)", f"batch_size=100, progress=False, checkpoint={str(run)!r})"
     )
+    exec(compile(shown, "README.md", "exec"), scope)
     # Pyro's meaning: no validation data, so no early stopping; every epoch asked for runs
     result = scope["result"]
     assert result.epochs_run == 100, f"the run stopped after {result.epochs_run} of 100 epochs"
     w = scope["guide"].median()["w"]
     assert torch.allclose(w, torch.tensor([1.0, -2.0, 0.5]), atol=0.05), w
+    # what the README says of the checkpoint: probgen.load restores the Pyro param store
+    trained = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    assert trained
+    pyro.clear_param_store()
+    probgen.load(str(run), model=scope["model"], guide=scope["guide"])
+    restored = dict(pyro.get_param_store().items())
+    assert set(restored) == set(trained)
+    for name, value in trained.items():
+        assert torch.allclose(restored[name].detach(), value), name
     pyro.clear_param_store()
 
 
