@@ -2,6 +2,7 @@
 its layout."""
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,22 +50,32 @@ def test_every_results_page_is_linked_from_the_readme():
     assert not unlinked, f"results pages the README's table does not link: {unlinked}"
 
 
+def probgen_files() -> list[str]:
+    """The package's files as the repository holds them (git's index; the files on disk
+    outside a git checkout), so a colleague's uncommitted new module does not count."""
+    try:
+        run = subprocess.run(
+            ["git", "ls-files", "probgen"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        tracked = run.stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        tracked = []
+    return tracked or [p.relative_to(ROOT).as_posix() for p in (ROOT / "probgen").rglob("*.py")]
+
+
 def test_layout_is_true():
     block = README.split("## Layout")[1]
     layout = re.search(r"```\n(.*?)\n```", block, re.S).group(1)
     paths = [line.split()[0].rstrip("/") for line in layout.splitlines() if line.strip()]
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"the README's layout names {missing}, which do not exist"
-    packages = [
-        p.relative_to(ROOT).as_posix()
-        for p in sorted((ROOT / "probgen").iterdir())
-        if (p / "__init__.py").exists()
-    ]
-    top_modules = [
-        p.relative_to(ROOT).as_posix()
-        for p in sorted((ROOT / "probgen").glob("*.py"))
-        if p.name != "__init__.py"
-    ]
+    files = probgen_files()
+    packages = sorted(
+        {f.rsplit("/", 1)[0] for f in files if f.count("/") == 2 and f.endswith("/__init__.py")}
+    )
+    top_modules = sorted(
+        f for f in files if f.count("/") == 1 and f.endswith(".py") and f != "probgen/__init__.py"
+    )
     unlisted = [p for p in packages + top_modules if p not in paths]
     assert not unlisted, f"the README's layout does not list {unlisted}"
 
