@@ -11,10 +11,17 @@ machine and the versions. :func:`run` is every script's entry point::
     if __name__ == "__main__":
         sys.exit(cli.run(main))
 
-It reports a setting that probgen refuses (a :class:`~probgen.errors.ProbgenError`:
-``--z-dim 0``, ``--resume`` into another run's folder, ...) as one line
-``<script>: error: ...`` on stderr with exit status 2, as argparse reports a bad
-flag, instead of a traceback.
+Every number a flag takes is checked when the command line is parsed (the argparse
+``type=`` adapters of :mod:`probgen.checks`), ``--out`` is made and tried for writing
+before anything trains, and :func:`run` reports a setting that probgen refuses later (a
+:class:`~probgen.errors.ProbgenError`: ``--resume`` into another run's folder, ...) as one
+line ``<script>: error: ...`` on stderr with exit status 2, as argparse reports a bad
+flag, instead of a traceback; a full disk or a folder that cannot be written while the run
+saves is one line too (exit status 1).
+
+``--patience 0`` switches early stopping off (the examples whose default is no early
+stopping show ``None``); ``--threads 0`` keeps torch's thread count; ``--seed`` takes
+``0..2**63 - 1``.
 
 This module is for scripts: :func:`finish_args` seeds the global random
 generators, which library code never does.
@@ -23,10 +30,13 @@ generators, which library code never does.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import csv
+import errno
 import json
+import os
 import platform
+import re
 import sys
 import time
 from dataclasses import replace
@@ -35,33 +45,72 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from probgen.errors import ProbgenError, TrainingDivergedError
+from probgen import checks
+from probgen.errors import ConfigError, ProbgenError, TrainingDivergedError
 from probgen.train import OPTIMIZERS, FitConfig, resolve_device, set_seed
 from probgen.train.distributed import env_world_size, is_main_process
 
 SMOKE_LIMIT = 512
+# An FID needs more samples than features (probgen.metrics.quality): 129 with the MNIST
+# classifier's 128 features, 2049 with Inception-v3's 2048.
+MIN_FID_SAMPLES = 129
+MIN_INCEPTION_FID_SAMPLES = 2049
 
 
-def common_parser(description: str, epochs: int, out: str, patience: int = 10,
-                  lr: float = 1e-3, batch_size: int = 100) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-n", "--epochs", type=int, default=epochs, help="most training epochs")
-    p.add_argument("--patience", type=int, default=patience,
-                   help="early stopping: epochs without validation improvement")
-    p.add_argument("--lr", type=float, default=lr, help="learning rate")
+class Parser(argparse.ArgumentParser):
+    """argparse's parser; a value that a :mod:`probgen.checks` adapter refused is said
+    in one line in the checks' words, ``<prog>: error: --z-dim must be at least 1, got
+    0.``, without the usage (which says nothing about a value). Other errors (an unknown
+    flag, a missing value) keep argparse's form. Both exit with status 2."""
+
+    def error(self, message: str):
+        found = re.fullmatch(r"argument (\S+): (must .*)", message, flags=re.S)
+        if found is None:
+            super().error(message)
+        flag = max(found.group(1).split("/"), key=len)
+        self.refuse(f"{flag} {found.group(2)}")
+
+    def refuse(self, message: str):
+        """Exit with status 2 after one line, ``<prog>: error: <message>``."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def common_parser(description: str, epochs: int, out: str, patience: Optional[int] = 10,
+                  lr: float = 1e-3, batch_size: int = 100, val_size: int = 10000,
+                  need_val: bool = True) -> argparse.ArgumentParser:
+    """The flags every example takes, each number checked as it is parsed.
+
+    Args:
+        patience: the default of ``--patience`` (``None``: no early stopping).
+        val_size: the default of ``--val-size``.
+        need_val: whether the script needs a validation split; without one, ``--val-size
+            0`` is accepted (no split held out).
+    """
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-n", "--epochs", type=checks.arg(checks.positive_int), default=epochs,
+                   help="most training epochs")
+    p.add_argument("--patience", type=checks.arg(checks.integer, low=1, zero="no early stopping"),
+                   default=patience,
+                   help="early stopping: epochs without validation improvement (0: never "
+                        "stop early)")
+    p.add_argument("--lr", type=checks.arg(checks.positive_float), default=lr,
+                   help="learning rate")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS.names(),
                    help="torch optimizer")
-    p.add_argument("--weight-decay", type=float, default=0.0,
+    p.add_argument("--weight-decay", type=checks.arg(checks.nonnegative_float), default=0.0,
                    help="weight decay (an L2 penalty with adam, decoupled with adamw)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--val-size", type=int, default=10000,
-                   help="training images held out for early stopping")
+    p.add_argument("--batch-size", type=checks.arg(checks.positive_int), default=batch_size)
+    p.add_argument("--val-size", default=val_size,
+                   type=checks.arg(checks.positive_int) if need_val else
+                   checks.arg(checks.integer, low=1, zero="no validation split"),
+                   help="training images held out for validation (early stopping)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=checks.arg(checks.integer, low=1, zero="torch's default"),
+                   default=0,
                    help="torch CPU threads (0: torch's default; 1 is much faster for small "
                         "models on a busy machine)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.arg(checks.seed), default=0,
+                   help="seed of every random draw (0..2**63 - 1)")
     p.add_argument("--out", default=out, help="output folder")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out")
@@ -74,29 +123,33 @@ def common_parser(description: str, epochs: int, out: str, patience: int = 10,
 def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str, Any]] = None):
     """Parse the flags and apply the run's global settings.
 
-    With ``--smoke`` the epochs are capped at 2 and each ``smoke`` setting replaces
-    its flag's default (a value given on the command line is kept, so a bad one is
-    still refused). Then the torch thread count is set, and the global random
+    Every number was checked as it was parsed. With ``--smoke`` the epochs are capped
+    at 2 and each ``smoke`` setting (and ``val_size=128``) replaces its flag's default
+    (a value given on the command line is kept). ``--device`` is resolved and ``--out``
+    made and tried for writing (:func:`probgen.checks.writable_dir`): a bad one is
+    argparse's one-line error, before anything runs. Then the torch thread count is
+    set, and the global random
     generators are seeded with ``--seed`` (:func:`probgen.train.set_seed`): every
     weight the script draws from here on, the first model's included, follows
     from the seed.
     """
     args = p.parse_args(argv)
-    if args.epochs < 1:
-        p.error(f"--epochs must be at least 1, got {args.epochs}")
-    if args.threads < 0:
-        p.error(f"--threads must be 0 (torch's default) or more, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.smoke:
         args.epochs = min(args.epochs, 2)
-        args.val_size = 128
-        for k, v in (smoke or {}).items():
+        # each smoke setting replaces its flag's default; a value given on the command
+        # line is kept (and was checked as it was parsed)
+        for k, v in {"val_size": 128, **(smoke or {})}.items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
-    args.out = Path(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+        args.out = checks.writable_dir("--out", args.out)
+    except ConfigError as err:
+        if isinstance(p, Parser):
+            p.refuse(str(err))
+        p.error(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and env_world_size() > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU each
     args.device = str(device)
@@ -107,30 +160,69 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
     return args
 
 
+# Errors of the file system, not of the code: the disk, the folder, the permissions. The
+# first four only happen to writes.
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device",
+                errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system",
+                errno.EFBIG: "file too large"}
+_FILE_ERRNOS = {errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted",
+                errno.EIO: "input/output error"}
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a file-system error: what, which file, that the last checkpoint is
+    intact (checkpoints are written whole, then renamed over the old one), what to do."""
+    intact = ("the last checkpoint is intact (a checkpoint replaces the previous one only "
+              "once it is complete)")
+    if err.errno in _DISK_ERRNOS:
+        where = f"while writing {err.filename}" if err.filename else "while writing the run's files"
+        todo = ("give --out a folder on a writable file system" if err.errno == errno.EROFS
+                else "free some space")
+        return f"{_DISK_ERRNOS[err.errno]} {where}; {intact}: {todo}, then continue with --resume"
+    what = f"{_FILE_ERRNOS[err.errno]}: {err.filename}" if err.filename else \
+        f"{_FILE_ERRNOS[err.errno]} on a file of the run"
+    return (f"{what}; {intact}: check that file's permissions, or give --out a folder this "
+            f"process can write")
+
+
 def run(main: Callable[..., Any], argv: Optional[Sequence[str]] = None) -> int:
     """Run a script's ``main(argv)`` and return its exit status.
 
     0 when it finishes. A :class:`~probgen.errors.ProbgenError` (a setting or input
     that probgen refused) is printed as one line ``<script>: error: <message>`` on
     stderr, the form of argparse's own errors, and gives 2 -- or 1 for a
-    :class:`~probgen.errors.TrainingDivergedError`, which is no bad setting. Any
-    other exception is a bug and keeps its traceback.
+    :class:`~probgen.errors.TrainingDivergedError`, which is no bad setting. An
+    ``OSError`` of the file system (no space left, quota, read-only file system,
+    permission denied, an I/O error) is one line too, saying which file and that the
+    last checkpoint is intact, and gives 1. Any other exception (``FileNotFoundError``
+    included: a path the code got wrong) is a bug and keeps its traceback.
     """
+    prog = Path(sys.argv[0]).name or "probgen"
     try:
         main(argv)
     except ProbgenError as err:
-        prog = Path(sys.argv[0]).name or "probgen"
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return 1 if isinstance(err, TrainingDivergedError) else 2
+    except OSError as err:
+        if err.errno not in _DISK_ERRNOS and err.errno not in _FILE_ERRNOS:
+            raise
+        print(f"{prog}: error: {' '.join(_os_error(err).split())}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
 def fit_config(args, **overrides) -> FitConfig:
+    """The run's :class:`~probgen.train.FitConfig`. ``patience`` and ``seed`` are always
+    passed (``--patience 0`` as ``None``: no early stopping), so an example keeps its
+    behaviour whatever ``fit``'s own defaults are."""
+    patience = None if args.patience in (None, 0) else args.patience
     cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     optimizer=getattr(args, "optimizer", "adam"),
                     weight_decay=getattr(args, "weight_decay", 0.0),
-                    patience=args.patience, device=args.device, seed=args.seed,
+                    patience=patience, device=args.device, seed=args.seed,
                     progress=not args.no_progress, verbose=True,
                     resume=getattr(args, "resume", False))
     return replace(cfg, **overrides)
@@ -154,6 +246,18 @@ def _json_value(obj):
     return str(obj) if isinstance(obj, Path) else float(obj)
 
 
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An ``OSError`` without a file name (a write or close that fails on a full disk)
+    gets ``path``, so that :func:`run` can say which file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def write_results(out: Path, results: Dict[str, Any], args, started: float,
                   table: Optional[List[Dict[str, Any]]] = None, name: str = "results") -> Dict:
     """Write ``{name}.json`` (results, args, wall time, machine, versions) and, when
@@ -166,9 +270,12 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
               "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
     if not is_main_process():   # under torchrun, rank 0 alone writes files
         return record
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=_json_value))
+    path = Path(out) / f"{name}.json"
+    with _naming(path):
+        path.write_text(json.dumps(record, indent=2, default=_json_value))
     if table:
-        with open(out / f"{name}.csv", "w", newline="") as f:
+        path = Path(out) / f"{name}.csv"
+        with _naming(path), open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))
             w.writeheader()
             for row in table:
