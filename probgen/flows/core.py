@@ -107,7 +107,7 @@ class DensityFlow(nn.Module):
             raise ConfigError(f"temperature must be positive, got {temperature!r}.")
         loc = self._anchor.new_zeros(tuple(shape))
         if base == "normal":
-            d = dist.Normal(loc, temperature)
+            d = dist.Normal(loc, loc.new_full((), temperature))   # (a float: a host copy)
         elif base == "logistic":
             d = FiniteLogistic(loc, loc.new_full((), temperature))
         elif base == "uniform":

@@ -456,7 +456,7 @@ def invertible_conv1x1(channels: int) -> InvertibleLinear:
 
 def is_initialized(module: nn.Module) -> bool:
     """False while any :class:`ActNorm` inside ``module`` waits for its first data batch."""
-    return all(bool(m.initialized) for m in module.modules() if isinstance(m, ActNorm))
+    return all(m._is_started() for m in module.modules() if isinstance(m, ActNorm))
 
 
 # ------------------------------------------------------------------- small bijections

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import ConfigError
+from probgen.nn.gan_nets import inputs_checked
 from probgen.registry import Registry
 
 DISCRIMINATOR_KINDS = ("bce", "wasserstein", "hinge")
@@ -276,23 +277,27 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}.")
 
+    # The discriminator sees what real() and fake() return: the model's checked data and
+    # its own outputs. It checks their shapes, not their values (each value check would
+    # be a host-device synchronisation every step on a GPU).
     def d_loss(batch, ctx):
         x = real(batch)
         with torch.no_grad():
             x_fake = fake(batch)
         if r1_weight:
             x = x.detach().requires_grad_(True)
-        real_logits = discriminator(x)
-        value = spec.d_loss(real_logits, discriminator(x_fake), smoothing)
-        if r1_weight:
-            value = value + 0.5 * r1_weight * r1_penalty(real_logits, x)
-        if gp:
-            value = value + gp * gradient_penalty(discriminator, x, x_fake)
+        with inputs_checked():
+            real_logits = discriminator(x)
+            value = spec.d_loss(real_logits, discriminator(x_fake), smoothing)
+            if r1_weight:
+                value = value + 0.5 * r1_weight * r1_penalty(real_logits, x)
+            if gp:
+                value = value + gp * gradient_penalty(discriminator, x, x_fake)
         return value
 
     def g_loss(batch, ctx):
         x_fake = fake(batch)
-        with frozen(discriminator):
+        with frozen(discriminator), inputs_checked():
             value = spec.g_loss(discriminator(x_fake))
         if generator_extra is not None:
             value = adversarial_weight * value + generator_extra(batch, ctx)

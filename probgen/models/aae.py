@@ -91,14 +91,14 @@ from torch import nn
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
-from probgen.models.checks import checked_labels, flat_images
+from probgen.models.checks import CheckedStep, checked_labels, flat_images, found, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.nn.gan_nets import MLPDiscriminator
 from probgen.registry import Registry
 from probgen.train.context import current_step
-from probgen.train.steps import ELBOLoss, Phase, PhasedStep
+from probgen.train.steps import ELBOLoss, Phase
 
 ENCODERS = ("deterministic", "gaussian", "universal")
 PHASE_ORDERS = ("reconstruction_first", "regularization_first")
@@ -259,8 +259,9 @@ class CircleMixturePrior(CodePrior):
         loc = self.radius * radial
         # covariance R diag(s_r^2, s_t^2) R^T, R = [radial, tangent] as columns
         rot = torch.stack([radial, tangent], -1)                              # (K, 2, 2)
-        cov = rot @ torch.diag_embed(like.new_tensor(
-            [self.radial_scale ** 2, self.tangential_scale ** 2])).expand(
+        variances = torch.cat([like.new_full((1,), self.radial_scale ** 2),   # (filled on the
+                               like.new_full((1,), self.tangential_scale ** 2)])  # device)
+        cov = rot @ torch.diag_embed(variances).expand(
             self.num_components, 2, 2) @ rot.transpose(-1, -2)
         return dist.MultivariateNormal(loc, covariance_matrix=cov)
 
@@ -545,8 +546,7 @@ class AAE(nn.Module):
         """Flat images and checked labels (clear errors otherwise); the likelihood's support
         is checked outside the fit loop's steps (which check the whole data once)."""
         flat = self._flat(x)
-        step = current_step()
-        if not torch.jit.is_tracing() and not (step is not None and step.data_checked):
+        if not loop_checked():
             self.likelihood.check(flat)
         return flat, self._labels(labels, flat.shape[0])
 
@@ -763,7 +763,7 @@ class AAE(nn.Module):
         return torch.sigmoid(logits) if self.spec.probability else logits
 
 
-class AAEStep(PhasedStep):
+class AAEStep(CheckedStep):
     """The AAE's phases; the whole data set is checked once before the first step (the
     model then skips its per-batch checks inside the fit loop)."""
 
@@ -889,8 +889,7 @@ class SemiSupervisedAAE(AAE):
                             f"per image ({UNLABELLED} for an unlabelled one), shape ({n},).")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise DataError(f"labels must be integers, got {labels.dtype}.")
-        if not torch.jit.is_tracing() and bool(((labels < UNLABELLED)
-                                                | (labels >= self.num_classes)).any()):
+        if not loop_checked() and found((labels < UNLABELLED) | (labels >= self.num_classes)):
             raise DataError(f"labels must lie in 0..{self.num_classes - 1}, or be {UNLABELLED} "
                             f"for an unlabelled example; found {labels.min().item()}.."
                             f"{labels.max().item()}.")
@@ -905,7 +904,7 @@ class SemiSupervisedAAE(AAE):
                             f"{UNLABELLED} for the unlabelled images; pass labels too.")
         counts = torch.bincount(labels[labels >= 0], minlength=self.num_classes)
         missing = [c for c in range(self.num_classes) if int(counts[c]) == 0]
-        if missing and bool((labels < 0).any()):   # (a fully labelled split: validation)
+        if missing and found(labels < 0):   # (a fully labelled split: validation)
             raise DataError(f"too few labelled examples per class: classes {missing} have none; "
                             f"label at least one example of every class (labelled_split).")
         return flat, labels
@@ -952,7 +951,7 @@ class SemiSupervisedAAE(AAE):
         if labels is None:
             raise DataError("the semi-supervised AAE's decoder takes a class: pass labels (B,).")
         labels = self._labels(labels, z.shape[0])
-        if bool((labels < 0).any()):
+        if found(labels < 0):
             raise DataError("decode needs a class for every code, not the unlabelled mark.")
         out = self.decoder_output(z, labels)
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
@@ -972,7 +971,7 @@ class SemiSupervisedAAE(AAE):
     def _class_labels(self, labels, n):
         """Labels to generate with: a class for each (the unlabelled mark is refused)."""
         labels = self._labels(labels, n)
-        if bool((labels < 0).any()):
+        if found(labels < 0):
             raise DataError(f"to generate, every label must be a class in 0.."
                             f"{self.num_classes - 1}; {UNLABELLED} (unlabelled) has none: "
                             f"pass size=... instead to draw the classes.")
@@ -1057,10 +1056,12 @@ class SemiSupervisedAAE(AAE):
         is (a zero *gradient*, as ``0 * weight.sum()`` gives, would let Adam step along its
         momentum). In a distributed run the fit loop's gradient average keeps a gradient
         that no process has as ``None`` (a batch unlabelled on every process does not step
-        the class head there either)."""
+        the class head there either). On a GPU the rule costs this phase host reads every
+        step (whether the batch has a labelled example, then their selection): the semi-
+        supervised AAE's step is not free of synchronisations (``tests/test_device.py``)."""
         flat, labels = self._batch(batch)
         keep = labels >= 0 if labels is not None else None
-        if keep is None or not bool(keep.any()):
+        if keep is None or not found(keep):
             return self._anchor.new_zeros((), requires_grad=True)
         return F.cross_entropy(self.class_logits(self._seen(flat[keep])), labels[keep])
 

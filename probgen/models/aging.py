@@ -49,10 +49,11 @@ from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
 from probgen.models.aae import AAE, AAEStep
+from probgen.models.checks import CheckedStep, found, loop_checked
 from probgen.models.registry import MODELS, rebuildable
 from probgen.nn.aging_nets import (ConditionalDiscriminator, ConditionalGenerator, ConvEncoder,
                                    GRUAger, label_maps)
-from probgen.nn.gan_nets import check_input
+from probgen.nn.gan_nets import check_input, inputs_checked
 from probgen.train.steps import LossStep, Phase, PhasedStep
 
 REFINEMENTS = ("none", "pixel", "identity")
@@ -72,20 +73,23 @@ def _weight(value, name: str) -> float:
     return float(value)
 
 
-def check_levels(levels, n: int, num_levels: int, what: str = "levels") -> torch.Tensor:
-    """``(n,)`` integer levels in ``0..num_levels-1`` (an int is broadcast)."""
+def check_levels(levels, n: int, num_levels: int, what: str = "levels",
+                 device: Union[str, torch.device, None] = None) -> torch.Tensor:
+    """``(n,)`` integer levels in ``0..num_levels-1`` (an int is broadcast, on ``device``:
+    the CPU by default). The range of a tensor's levels is not read inside the fit loop's
+    steps over data the loop checked (a host-device synchronisation on a GPU)."""
     if isinstance(levels, int) and not isinstance(levels, bool):
         if not 0 <= levels < num_levels:
             raise ConfigError(f"{what} {levels} is out of range: this model has levels "
                               f"0..{num_levels - 1}.")
-        return torch.full((n,), levels, dtype=torch.long)
+        return torch.full((n,), levels, dtype=torch.long, device=device)
     if not torch.is_tensor(levels) or levels.dim() != 1 or levels.shape[0] != n:
         shape = tuple(levels.shape) if torch.is_tensor(levels) else type(levels).__name__
         raise DataError(f"{what} must be an int or one integer per image, shape ({n},); got "
                         f"{shape}.")
     if levels.dtype.is_floating_point or levels.dtype == torch.bool:
         raise DataError(f"{what} must be integers, got {levels.dtype}.")
-    if n and bool(((levels < 0) | (levels >= num_levels)).any()):
+    if n and not loop_checked() and found((levels < 0) | (levels >= num_levels)):
         raise ConfigError(f"{what} must lie in 0..{num_levels - 1} (this model's levels); "
                           f"found {levels.min().item()}..{levels.max().item()}.")
     return levels
@@ -225,11 +229,29 @@ class AgeCGAN(nn.Module):
         return (y + 1) / 2
 
     def check_images(self, x: torch.Tensor, who: str = "Age-cGAN's images") -> torch.Tensor:
-        check_input(x, self.image_shape, (0.0, 1.0), who)
+        """``x`` after checking its shape and (outside the fit loop's steps over data it
+        checked) that its values lie in [0, 1]."""
+        check_input(x, self.image_shape, (0.0, 1.0), who, values=not loop_checked())
         return x
 
     def _levels(self, levels, n: int, what: str = "levels") -> torch.Tensor:
-        return check_levels(levels, n, self.num_levels, what).to(self.device)
+        return check_levels(levels, n, self.num_levels, what, self.device).to(self.device)
+
+    def check_data(self, x: torch.Tensor, levels: Optional[torch.Tensor] = None, *rest) -> None:
+        """A whole data set of ``(images, levels, ...)``: images ``(B, *image_shape)`` in
+        [0, 1] and levels in ``0..num_levels-1`` (the fit loop checks so once, before the
+        first step)."""
+        if levels is None:
+            raise DataError("Age-cGAN trains on (images, levels) batches; the data have no "
+                            "levels.")
+        check_input(x, self.image_shape, (0.0, 1.0), "Age-cGAN's images", values=True)
+        check_levels(levels, x.shape[0], self.num_levels, "the data's levels")
+
+    def _check_pairs(self, x: torch.Tensor, levels=None, z=None, *rest) -> None:
+        self.check_data(x, levels)
+        if z is None or not torch.is_tensor(z) or tuple(z.shape) != (x.shape[0], self.z_dim):
+            raise DataError(f"the encoder trains on (images, levels, z) pairs with z of shape "
+                            f"({x.shape[0]}, {self.z_dim}); build them with encoder_pairs.")
 
     def _onehot(self, levels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return F.one_hot(levels, self.num_levels).to(like.dtype)
@@ -316,7 +338,7 @@ class AgeCGAN(nn.Module):
                     f"Age-cGAN's {monitor} (a discriminator or generator loss) does not measure "
                     f"sample quality: pass patience=None and restore_best=False, or monitor a "
                     f"figure computed by a Metric callback.")
-        return PhasedStep(self, self.phases())
+        return CheckedStep(self, self.phases())
 
     # -- the encoder ------------------------------------------------------------------------
     @torch.no_grad()
@@ -337,20 +359,23 @@ class AgeCGAN(nn.Module):
     def encoder_loss(self, batch: tuple) -> torch.Tensor:
         """``||E(x_i) - z_i||^2`` summed over ``z``'s coordinates, mean over the pairs."""
         x, _, z = batch[:3]
-        return (self.encoder(self.to_net(self.check_images(x))) - z).pow(2).sum(1).mean()
+        x = self.check_images(x)
+        with inputs_checked():   # checked just above (or by the fit loop, once)
+            return (self.encoder(self.to_net(x)) - z).pow(2).sum(1).mean()
 
     def encoder_step(self, lr: Optional[float] = None) -> PhasedStep:
         """The encoder's training step on :meth:`encoder_pairs` (one phase, the encoder's
         parameters only; the validation loss is the same distance)."""
-        return PhasedStep(self, [Phase("encoder", lambda b, ctx: self.encoder_loss(b),
-                                       params=self.encoder, lr=lr)],
-                          eval_loss=self.encoder_loss)
+        return CheckedStep(self, [Phase("encoder", lambda b, ctx: self.encoder_loss(b),
+                                        params=self.encoder, lr=lr)],
+                           eval_loss=self.encoder_loss, check=self._check_pairs)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``z0 = E(x)`` (eval mode), ``(B, z_dim)``."""
-        with _EvalMode(self.encoder):
-            return self.encoder(self.to_net(self.check_images(x)))
+        x = self.check_images(x)
+        with _EvalMode(self.encoder), inputs_checked():
+            return self.encoder(self.to_net(x))
 
     # -- inversion and editing --------------------------------------------------------------
     def distance(self, x: torch.Tensor, levels, refine: str = "pixel",
@@ -541,7 +566,7 @@ class CAAE(AAE):
             with frozen(self.discriminator):
                 value = value + self.z_weight * self.spec.g_loss(self.discriminator(z))
         if self.img_weight:
-            with frozen(self.image_discriminator):
+            with frozen(self.image_discriminator), inputs_checked():   # G's own images
                 value = value + self.img_weight * self.spec.g_loss(
                     self.image_discriminator(self._image_input(out, levels)))
         if self.tv_weight:
@@ -573,7 +598,8 @@ class CAAE(AAE):
     def edit(self, x: torch.Tensor, target) -> torch.Tensor:
         """``G(E(x), target)``: each image at level ``target`` (int or ``(B,)``), eval mode.
         (The CAAE's encoder does not read the input's level.)"""
-        target = check_levels(target, x.shape[0], self.num_levels, "target level").to(x.device)
+        target = check_levels(target, x.shape[0], self.num_levels, "target level",
+                              x.device).to(x.device)
         with _EvalMode(self):
             return self.decode(self.codes(x, sample=False), target)
 

@@ -1,13 +1,44 @@
-"""Input checks shared by the image models (VAE, AAE): one wording for one mistake."""
+"""Input checks shared by the models: one wording for one mistake, and one rule for when a
+check reads the data.
+
+A check that looks at values (labels in range, pixels in [0, 1]) reads a flag back to the
+host: on a GPU, a synchronisation that stalls the queue of kernels. The fit loop checks a
+whole data set once before the first step (:meth:`probgen.train.Step.check_data`) and says
+so in its step context; inside those steps the per-batch value checks are skipped
+(:func:`loop_checked`). Outside the loop (a user's call, Pyro's own ``SVI``,
+``Predictive``) every check runs and fails with a clear :class:`~probgen.errors.DataError`.
+
+Value checks are written as "is anything bad?" (:func:`found`): one read per check, and
+NaN counts as bad.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
 from probgen.errors import DataError
+from probgen.train.context import current_step
+from probgen.train.steps import LossStep, PhasedStep
+
+
+def loop_checked() -> bool:
+    """True inside the fit loop's steps when the loop has checked every example they read
+    (the per-batch value checks are then skipped: each would be a host-device sync)."""
+    step = current_step()
+    return step is not None and step.data_checked
+
+
+def found(bad: torch.Tensor) -> bool:
+    """Whether any element of the boolean tensor ``bad`` is set (one host read)."""
+    return not torch.jit.is_tracing() and bool(bad.any())
+
+
+def outside_unit_interval(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise: ``x`` not in [0, 1] (NaN included)."""
+    return ~((x >= 0) & (x <= 1))
 
 
 def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Tensor:
@@ -28,7 +59,8 @@ def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Te
 
 def checked_labels(labels, n: int, num_labels: int) -> Optional[torch.Tensor]:
     """One integer label in ``0..num_labels-1`` per image (``None`` when the model takes
-    no labels); a clear error naming what is wrong otherwise."""
+    no labels); a clear error naming what is wrong otherwise. The range is not read inside
+    the fit loop's steps over data it checked (:func:`loop_checked`)."""
     if num_labels == 0:
         return None
     if labels is None:
@@ -40,7 +72,41 @@ def checked_labels(labels, n: int, num_labels: int) -> Optional[torch.Tensor]:
                         f"per image, shape ({n},).")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"labels must be integers, got {labels.dtype}.")
-    if not torch.jit.is_tracing() and bool(((labels < 0) | (labels >= num_labels)).any()):
+    if not loop_checked() and found((labels < 0) | (labels >= num_labels)):
         raise DataError(f"labels must lie in 0..{num_labels - 1}; found "
                         f"{labels.min().item()}..{labels.max().item()}.")
     return labels
+
+
+class CheckedStep(PhasedStep):
+    """A :class:`~probgen.train.PhasedStep` that checks a whole data set once before the
+    first step, so that its model skips the per-batch value checks inside the fit loop.
+
+    Args:
+        module, phases, eval_loss: as for :class:`~probgen.train.PhasedStep`.
+        check: ``check(*tensors)`` raising :class:`~probgen.errors.DataError` on bad data
+            (default: the module's ``check_data``).
+    """
+
+    def __init__(self, module, phases: Iterable, eval_loss: Optional[Callable] = None,
+                 check: Optional[Callable] = None, **kwargs):
+        super().__init__(module, phases, eval_loss=eval_loss, **kwargs)
+        self._check = check
+
+    def check_data(self, tensors) -> bool:
+        check = self._check if self._check is not None else self.module.check_data
+        check(*tensors)
+        return True
+
+
+class CheckedLossStep(LossStep):
+    """A :class:`~probgen.train.LossStep` whose module checks a whole data set once
+    (``module.check_data(*tensors)``) before the first step."""
+
+    def check_data(self, tensors) -> bool:
+        self.module.check_data(*tensors)
+        return True
+
+
+__all__ = ["CheckedLossStep", "CheckedStep", "checked_labels", "flat_images", "found",
+           "loop_checked", "outside_unit_interval"]

@@ -17,6 +17,7 @@ At prediction time (no ``y``), the guide falls back to the prior network, so
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import pyro
@@ -30,38 +31,47 @@ from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
 from probgen.errors import DataError
 from probgen.metrics.likelihood import masked_bernoulli_nll
-from probgen.models.checks import flat_images
+from probgen.models.checks import (CheckedLossStep, flat_images, found, loop_checked,
+                                   outside_unit_interval)
 from probgen.models.registry import MODELS
 from probgen.nn.mlp import MLP, GaussianMLP
 
 
 def check_completion_batch(inputs: torch.Tensor, targets: Optional[torch.Tensor],
-                           image_shape: Tuple[int, ...]) -> None:
-    """Raise :class:`DataError` unless inputs/targets fit a completion model."""
+                           image_shape: Tuple[int, ...], values: bool = True) -> None:
+    """Raise :class:`DataError` unless inputs/targets fit a completion model.
+
+    Shapes are always checked; ``values=False`` skips the value checks, which read the
+    data back to the host (the fit loop's steps over data it checked whole)."""
     flat_images(inputs, image_shape, what="inputs")   # the shape check the VAE and AAE use
-    if torch.jit.is_tracing():
+    if targets is not None and (targets.shape[0] != inputs.shape[0]
+                                or math.prod(targets.shape[1:]) != math.prod(inputs.shape[1:])):
+        raise DataError(
+            f"targets of shape {tuple(targets.shape)} do not match inputs of shape "
+            f"{tuple(inputs.shape)}.")
+    if not values:
         return
-    bad = ~(((inputs >= 0) & (inputs <= 1)) | (inputs == MISSING))
-    if bool(bad.any()):
+    bad = outside_unit_interval(inputs) & (inputs != MISSING)
+    if found(bad):
         v = inputs[bad].flatten()[0].item()
         raise DataError(
             f"input pixels must be grey levels in [0, 1], or {MISSING} where hidden; found {v}. "
             f"Scale images to [0, 1] and mark hidden pixels with probgen.data.MISSING.")
-    if targets is not None:
-        if targets.shape[0] != inputs.shape[0] or targets[0].numel() != inputs[0].numel():
-            raise DataError(
-                f"targets of shape {tuple(targets.shape)} do not match inputs of shape "
-                f"{tuple(inputs.shape)}.")
-        if not bool(((targets >= 0) & (targets <= 1)).all()):
-            raise DataError(
-                "the Bernoulli likelihood needs targets in [0, 1]; found values outside "
-                f"(min {targets.min().item():.3g}, max {targets.max().item():.3g}). Scale images "
-                "to [0, 1] (e.g. divide uint8 pixels by 255).")
+    if targets is not None and found(outside_unit_interval(targets)):
+        raise DataError(
+            "the Bernoulli likelihood needs targets in [0, 1]; found values outside "
+            f"(min {targets.min().item():.3g}, max {targets.max().item():.3g}). Scale images "
+            "to [0, 1] (e.g. divide uint8 pixels by 255).")
 
 
 def _shared_columns(hidden: torch.Tensor) -> Optional[torch.Tensor]:
     """The indices of the hidden pixels when every row of ``hidden`` (B, D) hides the
-    same ones, else ``None``."""
+    same ones, else ``None``. Only on the CPU: finding them reads the mask back to the
+    host (two synchronisations on a GPU, where they cost more than the quarter of the
+    output layer they save), so on an accelerator every pixel's logit is computed and
+    the likelihood masked -- the same value."""
+    if hidden.device.type != "cpu":
+        return None
     first = hidden[0]
     if hidden.shape[0] > 1 and not bool((hidden == first).all()):
         return None
@@ -85,10 +95,19 @@ class Baseline(nn.Module):
         """Logits of every pixel, ``(B, D)``."""
         return self.net(inputs.reshape(inputs.shape[0], -1))
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, *rest) -> torch.Tensor:
         """Mean over the batch of the Bernoulli NLL of the hidden pixels."""
-        check_completion_batch(inputs, targets, self.image_shape)
+        check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         return self.nll(inputs, targets).mean()
+
+    def check_data(self, inputs: torch.Tensor, targets: torch.Tensor, *rest) -> None:
+        """Check a whole data set of ``(inputs, targets)`` (a clear error otherwise)."""
+        check_completion_batch(inputs, targets, self.image_shape)
+
+    def fit_step(self, config=None):
+        """The step :func:`probgen.fit` runs: the masked Bernoulli loss (:meth:`loss`), the
+        data checked once before the first step instead of in every step."""
+        return CheckedLossStep(self, lambda module, *batch: module.loss(*batch))
 
     def nll(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-example Bernoulli NLL of the hidden pixels, ``(B,)``."""
@@ -186,9 +205,17 @@ class CVAE(nn.Module):
                             f"CVAE.with_completions(data).")
         return completed
 
+    def check_data(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                   completed: Optional[torch.Tensor] = None) -> None:
+        """Check a whole data set of ``(inputs, targets[, completed])`` once (the fit loop
+        does, before the first step; the model then skips its per-batch value checks)."""
+        check_completion_batch(inputs, targets, self.image_shape)
+        if completed is not None:
+            self._prior_input(inputs.reshape(inputs.shape[0], -1), completed)
+
     def model(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
               completed: Optional[torch.Tensor] = None):
-        check_completion_batch(inputs, targets, self.image_shape)
+        check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         self._register()
         x = inputs.reshape(inputs.shape[0], -1)
         with pyro.plate("data", x.shape[0]):

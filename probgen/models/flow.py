@@ -46,6 +46,7 @@ from probgen.flows.builders import build_flow
 from probgen.flows.core import AugmentedFlowDistribution, DensityFlow
 from probgen.flows.transforms import reset_caches
 from probgen.metrics.density import bits_per_dim, mean_bits_per_dim
+from probgen.models.checks import loop_checked
 from probgen.models.registry import MODELS
 
 PREPROCESS = ("logit", "none")
@@ -123,15 +124,22 @@ class FlowModel(nn.Module):
         """Whether ``log_prob`` is exact (False for DenseFlow: a lower bound)."""
         return self.flow.exact
 
-    def check_data(self, x: torch.Tensor, *rest) -> None:
-        """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]. Other
-        tensors of a batch (labels the model takes and ignores) are not checked."""
+    def check_data(self, x: torch.Tensor, *rest, values: bool = True) -> None:
+        """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]; with
+        ``dequantization``, grey levels on the grid of ``num_levels``. Other tensors of a
+        batch (labels the model takes and ignores) are not checked. ``values=False``
+        checks the shape only (the value checks read the data back to the host; the fit
+        loop checks a whole data set once instead of every step)."""
         self.flow.check_input(x)
         if x.dim() != len(self.event_shape) + 1:
             raise DataError(f"this model takes a batch of shape (B, "
                             f"{', '.join(map(str, self.event_shape))}); got a tensor of shape "
                             f"{tuple(x.shape)}.")
-        if self.preprocess == "logit":
+        if not values:
+            return
+        if self.dequantization is not None:
+            to_levels(x, self.num_levels)   # [0, 1] and on the grid: one read
+        elif self.preprocess == "logit":
             check_unit_interval(x, "the data of a flow with logit preprocessing")
         elif self.num_levels is not None:
             check_unit_interval(x, f"the data of a flow of {self.num_levels} grey levels "
@@ -177,15 +185,16 @@ class FlowModel(nn.Module):
     def model(self, x: Optional[torch.Tensor] = None, *rest, num_samples: int = 1,
               temperature: float = 1.0):
         pyro.module("flow", self.flow)
+        checked = loop_checked()
         if x is not None:
-            self.check_data(x)
+            self.check_data(x, values=not checked)
             n = x.shape[0]
         else:
             n = num_samples
         d = self.distribution(temperature)
         with pyro.plate("data", n):
             if x is not None and self.dequantization is not None:
-                k = to_levels(x, self.num_levels)
+                k = to_levels(x, self.num_levels, check=False)   # checked above
                 u = pyro.sample("u", self._noise_prior(x))
                 x = (k + u) / self.num_levels
             z = self._latent(d, x) if x is not None else None
@@ -200,7 +209,7 @@ class FlowModel(nn.Module):
         with dequantization, the distribution of the noise ``u`` given the grey levels."""
         if x is None or self.dequantization is None:
             return
-        k = to_levels(x, self.num_levels)
+        k = to_levels(x, self.num_levels, check=not loop_checked())
         with pyro.plate("data", x.shape[0]):
             if self.dequantizer is None:
                 pyro.sample("u", self._noise_prior(x))

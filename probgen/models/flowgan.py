@@ -52,6 +52,7 @@ from probgen.errors import ConfigError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
 from probgen.metrics.density import bits_per_dim
 from probgen.models.flow import FlowModel
+from probgen.models.checks import CheckedStep, loop_checked
 from probgen.models.registry import MODELS
 from probgen.nn.flowgan_nets import FLOWGAN_DISCRIMINATORS, check_image_shape
 
@@ -226,9 +227,10 @@ class FlowGAN(nn.Module):
         return bits_per_dim(-nll, self.num_dims, self.flow_model.num_levels)
 
     def real(self, batch) -> torch.Tensor:
-        """The batch's images, checked, in the discriminator's space [-1, 1]."""
+        """The batch's images, checked (their values outside the fit loop's steps over data
+        the loop checked), in the discriminator's space [-1, 1]."""
         x = batch[0]
-        self.flow_model.check_data(x)
+        self.flow_model.check_data(x, values=not loop_checked())
         return 2.0 * x - 1.0
 
     def fake(self, batch) -> torch.Tensor:
@@ -310,9 +312,7 @@ class FlowGAN(nn.Module):
 
     def fit_step(self, config):
         """``PhasedStep(self, self.phases(), eval_loss=bits/dim)`` for ``probgen.fit``."""
-        from probgen.train.steps import PhasedStep
-
-        return PhasedStep(self, self.phases(), eval_loss=self.eval_loss)
+        return CheckedStep(self, self.phases(), eval_loss=self.eval_loss)
 
 
 __all__ = ["FlowGAN", "ORDERS"]

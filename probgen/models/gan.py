@@ -41,8 +41,9 @@ from torch import nn
 
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
+from probgen.models.checks import CheckedStep, loop_checked
 from probgen.models.registry import MODELS
-from probgen.nn.gan_nets import GAN_NETS, check_input
+from probgen.nn.gan_nets import GAN_NETS, check_input, inputs_checked
 
 PRIORS = ("normal", "uniform")
 OUTPUTS = ("tanh", "sigmoid", "identity")
@@ -269,19 +270,28 @@ class GAN(nn.Module):
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
         """``D(x)`` for data ``x``: the discriminator's probability that ``x`` is real
         (a critic's raw value for WGAN-GP and hinge), in eval mode."""
+        self.check_data(x)
         was = self.training
         self.eval()
         try:
-            logits = self.discriminator(self.to_net(x))
+            with inputs_checked():
+                logits = self.discriminator(self.to_net(x))
         finally:
             self.train(was)
         return torch.sigmoid(logits) if self.spec.probability else logits
 
     # -- the game ------------------------------------------------------------------------
+    def check_data(self, x: torch.Tensor, *rest) -> None:
+        """Examples ``(B, *data_shape)`` in ``data_range`` (a clear error otherwise); the
+        fit loop checks a whole data set so once, before the first step."""
+        check_input(x, self.data_shape, self.data_range, "the GAN's data", values=True)
+
     def real(self, batch: tuple) -> torch.Tensor:
-        """The batch's data (its first tensor), checked and mapped to the networks' space."""
+        """The batch's data (its first tensor), checked (its values outside the fit loop's
+        steps over data the loop checked) and mapped to the networks' space."""
         x = batch[0]
-        check_input(x, self.data_shape, self.data_range, "the GAN's data")
+        check_input(x, self.data_shape, self.data_range, "the GAN's data",
+                    values=not loop_checked())
         return self.to_net(x)
 
     def fake(self, batch: tuple) -> torch.Tensor:
@@ -314,8 +324,6 @@ class GAN(nn.Module):
         computes (``monitor="fid"`` with a :class:`probgen.train.Metric`), or be off
         (``patience=None, restore_best=False``).
         """
-        from probgen.train.steps import PhasedStep
-
         monitor = config.monitor
         if (monitor in ("val_loss", "train_loss") or monitor.startswith("train_loss/")) and \
                 (config.patience is not None or config.restore_best):
@@ -324,7 +332,7 @@ class GAN(nn.Module):
                 f"generator loss) does not measure sample quality: pass patience=None and "
                 f"restore_best=False, or monitor a figure such as an FID computed by a "
                 f"Metric callback (monitor='fid', mode='min').")
-        return PhasedStep(self, self.phases())
+        return CheckedStep(self, self.phases())
 
 
 __all__ = ["GAN", "OUTPUTS", "PRIORS"]

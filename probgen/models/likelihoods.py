@@ -4,7 +4,7 @@ Each likelihood is an ``nn.Module`` (a learned scale is a parameter of it)
 that turns the decoder's ``(B, D)`` output into a Pyro distribution with
 event shape ``(D,)``, gives the image that distribution stands for
 (``mean``), and checks that data fit its support before training starts
-(``check``), so that bad data fail with a message instead of a NaN.
+(``check``, one host read), so that bad data fail with a message instead of a NaN.
 
 =========================  =====================================  =================
 name                       distribution                           data
@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from probgen.errors import ConfigError, DataError
+from probgen.models.checks import found, outside_unit_interval
 from probgen.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
 
 
 def _check_unit_interval(x: torch.Tensor, name: str) -> None:
-    if not bool(((x >= 0) & (x <= 1)).all()):
+    if found(outside_unit_interval(x)):
         raise DataError(
             f"the {name} likelihood needs pixels in [0, 1]; found values from {x.min().item():.3g} "
             f"to {x.max().item():.3g}. Scale images to [0, 1] (e.g. divide uint8 pixels by 255).")
@@ -48,8 +49,9 @@ class BernoulliLikelihood(nn.Module):
         return torch.sigmoid(out)
 
     def check(self, x: torch.Tensor) -> None:
-        if not bool(((x == 0) | (x == 1)).all()):
-            bad = x[(x != 0) & (x != 1)].flatten()[0].item()
+        bad = (x != 0) & (x != 1)
+        if found(bad):
+            bad = x[bad].flatten()[0].item()
             raise DataError(
                 f"the bernoulli likelihood needs binary pixels (0 or 1); found {bad:.4g}. "
                 f"Binarize the data (image_splits(..., binarize='dynamic' or 'static')) or use "

@@ -58,6 +58,7 @@ from pyro.infer import Predictive
 from torch import nn
 
 from probgen.errors import ConfigError, DataError
+from probgen.models.checks import loop_checked
 from probgen.models.likelihoods import BernoulliLikelihood
 from probgen.models.registry import MODELS
 from probgen.nn.mevae_nets import (COMPOSITIONS, PRESENCE_DIM, WHERE_DIM, CandidateEncoder,
@@ -142,6 +143,12 @@ class MEVAE(nn.Module):
                 f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim})).")
         return x.reshape(x.shape[0], -1)
 
+    def check_data(self, x: torch.Tensor, *rest) -> None:
+        """Scenes of this model's shape with binary pixels (a clear error otherwise); the
+        fit loop checks a whole data set so once, and the model then skips its per-batch
+        check inside the loop's steps."""
+        self._likelihood.check(self._flat(x))
+
     # -- the pieces -----------------------------------------------------------------------
     def candidates(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Every candidate's Gaussian: ``(loc, scale)``, each ``(B, G*G, D)``."""
@@ -167,7 +174,7 @@ class MEVAE(nn.Module):
         pyro.module("mevae", self)
         if x is not None:
             flat = self._flat(x)
-            if not torch.jit.is_tracing():
+            if not loop_checked():
                 self._likelihood.check(flat)
             n, obs = flat.shape[0], flat.unsqueeze(-2)
         else:

@@ -51,7 +51,7 @@ from torch import nn
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError
 from probgen.infer.guides import AmortizedFlow, flow_settings
-from probgen.models.checks import checked_labels, flat_images
+from probgen.models.checks import checked_labels, flat_images, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
@@ -173,9 +173,8 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
         flat = self._flat(x)
-        step = current_step()
         # Inside fit, data checked whole before the first step is not checked per batch.
-        if not torch.jit.is_tracing() and not (step is not None and step.data_checked):
+        if not loop_checked():
             self.likelihood.check(flat)
         return flat, self._onehot(labels, flat.shape[0])
 

@@ -37,7 +37,9 @@ A critic trained with a gradient penalty should not use batch norm (Gulrajani et
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -77,22 +79,45 @@ def _check_hidden(hidden) -> Tuple[int, ...]:
 
 
 def check_input(x: torch.Tensor, shape: Tuple[int, ...], value_range: Optional[Tuple[float, float]],
-                who: str) -> None:
-    """Raise :class:`DataError` unless ``x`` is ``(B, *shape)`` with values in ``value_range``."""
+                who: str, values: Optional[bool] = None) -> None:
+    """Raise :class:`DataError` unless ``x`` is ``(B, *shape)`` with values in ``value_range``.
+
+    The value check reads one flag back to the host (a synchronisation on a GPU); it runs
+    when ``values`` is True, or when ``values`` is ``None`` outside :func:`inputs_checked`.
+    """
     if not torch.is_tensor(x):
         raise DataError(f"{who} takes a tensor, got {type(x).__name__}.")
     if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
         raise DataError(f"{who} takes examples of shape (B, {', '.join(map(str, shape))}), got "
                         f"{tuple(x.shape)}.")
-    if value_range is not None and x.numel():
+    if values is None:
+        values = not _INPUTS_CHECKED.get()
+    if value_range is not None and values and x.numel():
         lo, hi = torch.aminmax(x.detach())
-        lo, hi = float(lo), float(hi)
         a, b = value_range
         tol = 1e-4 * (b - a)
-        if not (lo >= a - tol and hi <= b + tol):   # also catches NaN
+        if bool(~((lo >= a - tol) & (hi <= b + tol))):   # also catches NaN
             raise DataError(f"{who} takes values in [{a:g}, {b:g}], got values in "
-                            f"[{lo:.4g}, {hi:.4g}]; rescale the data (images in [0, 1] are "
-                            f"mapped to [-1, 1] by the GAN model).")
+                            f"[{float(lo):.4g}, {float(hi):.4g}]; rescale the data (images in "
+                            f"[0, 1] are mapped to [-1, 1] by the GAN model).")
+
+
+_INPUTS_CHECKED: ContextVar[bool] = ContextVar("probgen_inputs_checked", default=False)
+
+
+@contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Inside the block, probgen's networks check their inputs' shapes but not their values.
+
+    For callers whose inputs are data they checked themselves or the networks' own outputs
+    (the adversarial training losses): each value check would read the data back to the
+    host, a synchronisation per call on a GPU. A context variable, so a network called by
+    the user elsewhere (another thread, after the block) checks as before."""
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
 
 
 def _norm2d(kind: str, channels: int) -> nn.Module:
@@ -314,4 +339,4 @@ def _reject(unused: dict, net: str) -> None:
 
 
 __all__ = ["DCGANDiscriminator", "DCGANGenerator", "GAN_NETS", "MLPDiscriminator", "MLPGenerator",
-           "check_input", "dcgan_nets", "dcgan_plan", "default_width", "mlp_nets"]
+           "check_input", "dcgan_nets", "inputs_checked", "dcgan_plan", "default_width", "mlp_nets"]
