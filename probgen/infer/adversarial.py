@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probgen.data.draws import rand_like
 from probgen.errors import ConfigError
 from probgen.nn.gan_nets import inputs_checked
 from probgen.registry import Registry
@@ -128,8 +129,9 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
         raise ConfigError(f"gradient_penalty: real {tuple(real.shape)} and fake "
                           f"{tuple(fake.shape)} examples must have the same shape.")
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    eps = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype) \
-        if generator is not None else real.new_empty(shape).uniform_()
+    # drawn on real's device: from generator when it lives there (probgen.data.draws)
+    eps = rand_like(real.new_empty(shape), generator) if generator is not None \
+        else real.new_empty(shape).uniform_()
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     grad, = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
