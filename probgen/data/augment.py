@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from probgen.data.draws import randint
 from probgen.errors import ConfigError
 
 
@@ -32,7 +33,8 @@ class RandomShift:
     It is written here rather than taken from torchvision because torchvision's random
     affine transforms draw one offset per call from the global generator, where a batch
     needs one offset per image drawn from the loader's generator (checkpointed, so a
-    resumed run sees the same offsets).
+    resumed run sees the same offsets; on a GPU, the device's stream, see
+    :mod:`probgen.data.draws`).
 
     Args:
         max_shift: the largest offset in pixels, per axis (0: the identity).
@@ -70,9 +72,9 @@ class RandomShift:
         s = self.max_shift
         if s >= min(h, w):
             raise ConfigError(f"max_shift={s} moves {h}x{w} images out of the frame; use less.")
-        # the offsets come from the loader's CPU generator (reproducible, checkpointed)
-        g = dict(generator=generator) if generator is not None else {}
-        dy, dx = torch.randint(-s, s + 1, (2, b), device="cpu", **g).to(x.device)
+        # the offsets are drawn on the images' device: from the loader's CPU generator for
+        # CPU images (reproducible, checkpointed), else the device's (probgen.data.draws)
+        dy, dx = randint(-s, s + 1, (2, b), x.device, generator)
         padded = torch.nn.functional.pad(x, (s, s, s, s), value=self.fill)
         # output pixel (i, j) reads padded pixel (i + s - dy, j + s - dx)
         rows = (torch.arange(h, device=x.device).view(1, h) + s - dy.view(b, 1))
@@ -89,6 +91,13 @@ class RandomShift:
                                   "batches: the labels say which images to shift.")
             x, y = batch[0], batch[1]
             keep = y >= 0
+            if x.device.type != "cpu":
+                # Selecting the labelled images would read the mask back to the host (a
+                # synchronisation per batch): on an accelerator every image is shifted and
+                # the unlabelled ones are kept as they were.
+                moved = self.shift(x, generator)
+                keep = keep.reshape((-1,) + (1,) * (x.dim() - 1))
+                return (torch.where(keep, moved, x),) + tuple(batch[1:])
             x = x.clone()
             x[keep] = self.shift(x[keep], generator)
             return (x,) + tuple(batch[1:])

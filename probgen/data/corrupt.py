@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from probgen.data.draws import randint, randn_like
 from probgen.errors import ConfigError
 from probgen.registry import Registry
 
@@ -27,9 +28,7 @@ class GaussianNoise:
         self.std, self.clip = float(std), clip
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
-            if generator is not None else torch.randn_like(x)
-        y = x + self.std * noise
+        y = x + self.std * randn_like(x, generator)
         return y.clamp(0, 1) if self.clip else y
 
     def __repr__(self):
@@ -60,9 +59,9 @@ class RandomBlocks:
         b, h, w = shape[0], shape[-2], shape[-1]
         if self.size > min(h, w):
             raise ConfigError(f"a {self.size}x{self.size} block does not fit {h}x{w} images.")
-        g = dict(generator=generator) if generator is not None else {}
-        top = torch.randint(0, h - self.size + 1, (b, self.count), device="cpu", **g).to(device)
-        left = torch.randint(0, w - self.size + 1, (b, self.count), device="cpu", **g).to(device)
+        # drawn on the images' device (probgen.data.draws)
+        top = randint(0, h - self.size + 1, (b, self.count), device, generator)
+        left = randint(0, w - self.size + 1, (b, self.count), device, generator)
         rows = torch.arange(h, device=device).view(1, 1, h, 1)
         cols = torch.arange(w, device=device).view(1, 1, 1, w)
         top, left = top.view(b, self.count, 1, 1), left.view(b, self.count, 1, 1)
@@ -77,7 +76,7 @@ class RandomBlocks:
                 raise ConfigError("RandomBlocks needs image_shape for flat (B, D) inputs.")
             x = x.reshape((shape[0],) + self.image_shape)
         m = self.mask(x.shape, x.device, generator)
-        return torch.where(m, x.new_tensor(self.fill), x).reshape(shape)
+        return x.masked_fill(m, self.fill).reshape(shape)
 
     def __repr__(self):
         return f"RandomBlocks(size={self.size}, count={self.count}, fill={self.fill})"

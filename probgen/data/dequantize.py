@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
 
+from probgen.data.draws import rand_like
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 
@@ -52,24 +53,33 @@ def check_unit_interval(x: torch.Tensor, what: str = "images") -> None:
         raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
     if torch.jit.is_tracing():
         return
-    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+    if x.numel() and bool((~((x >= 0) & (x <= 1))).any()):   # (NaN counts as outside)
         raise DataError(
             f"{what} must be grey levels in [0, 1]; found values in [{x.min().item():.4g}, "
             f"{x.max().item():.4g}]. Scale 8-bit images by 1/255 (probgen.data.image_splits "
             f"does) or dequantize them with probgen.data.dequantize.uniform_dequantize.")
 
 
-def to_levels(x: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
+def to_levels(x: torch.Tensor, num_levels: int = 256, check: bool = True) -> torch.Tensor:
     """Integer levels ``k`` (as floats) of grey levels ``x = k / (L - 1)`` in [0, 1].
+
+    Args:
+        check: check the values (one host read: a synchronisation on a GPU); ``False``
+            for data checked before (a whole data set, once).
 
     Raises:
         DataError: values outside [0, 1], or values off the grid of ``L`` levels
             (data that are dequantized already, or were never quantized).
     """
     _check_levels(num_levels)
-    check_unit_interval(x)
+    if not torch.is_tensor(x):
+        check_unit_interval(x)   # raises: not a tensor
     k = torch.round(x * (num_levels - 1))
-    if x.numel() and float((x * (num_levels - 1) - k).abs().max()) > 1e-3:
+    if not check or torch.jit.is_tracing() or not x.numel():
+        return k
+    outside = ~((x >= 0) & (x <= 1))
+    if bool((outside | ((x * (num_levels - 1) - k).abs() > 1e-3)).any()):
+        check_unit_interval(x)   # the values outside [0, 1] have their own message
         raise DataError(
             f"these images are not on the grid of {num_levels} grey levels (k / {num_levels - 1}); "
             f"they may be dequantized already. Pass the quantized grey levels, or skip "
@@ -78,7 +88,7 @@ def to_levels(x: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
 
 
 def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = None,
-                       num_levels: int = 256) -> torch.Tensor:
+                       num_levels: int = 256, check: bool = True) -> torch.Tensor:
     """``(k + u) / L`` with ``u ~ U(0, 1)``, for grey levels ``x = k / (L - 1)``.
 
     Args:
@@ -86,25 +96,27 @@ def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = N
         generator: a CPU generator drives CPU tensors (reproducible); on an
             accelerator the device's own random stream is used.
         num_levels: ``L``.
+        check: check ``x`` (see :func:`to_levels`).
 
     Returns:
         A tensor like ``x`` with values in ``[0, 1)``.
     """
-    k = to_levels(x, num_levels)
-    if generator is not None and x.device.type == generator.device.type:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    else:
-        u = torch.rand_like(x)
-    return (k + u) / num_levels
+    k = to_levels(x, num_levels, check)
+    return (k + rand_like(x, generator)) / num_levels
 
 
-def uniform_dequantization(num_levels: int = 256):
-    """A :class:`TensorData` batch transform: dequantize the first tensor afresh per draw."""
+def uniform_dequantization(num_levels: int = 256, check: bool = True):
+    """A :class:`TensorData` batch transform: dequantize the first tensor afresh per draw.
+
+    ``check=False`` skips the per-batch check of the grey levels (a host read each batch):
+    for data checked whole before (:func:`dequantized` does). Every draw lies in [0, 1),
+    so checking one draw of the transformed data checks them all (``one_draw_checks``)."""
     _check_levels(num_levels)
 
     def transform(batch, generator=None):
-        return (uniform_dequantize(batch[0], generator, num_levels),) + tuple(batch[1:])
+        return (uniform_dequantize(batch[0], generator, num_levels, check),) + tuple(batch[1:])
 
+    transform.one_draw_checks = True
     return transform
 
 
@@ -117,7 +129,10 @@ def dequantized(data: TensorData, seed: Optional[int] = None,
             an integer: one fixed draw made now (evaluation sets, comparable runs).
     """
     if seed is None:
-        return data.with_transform(uniform_dequantization(num_levels))
+        if data.transform is None:   # the grey levels the transform will read, once
+            to_levels(data.tensors[0], num_levels)
+        return data.with_transform(uniform_dequantization(num_levels,
+                                                          check=data.transform is not None))
     if data.transform is not None:
         raise DataError("a fixed dequantization needs data without a batch transform.")
     g = torch.Generator(device="cpu").manual_seed(seed)

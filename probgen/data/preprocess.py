@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from probgen.data.draws import rand_like
 from probgen.errors import ConfigError, DataError
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
@@ -22,22 +23,22 @@ def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def _uniform_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    # A CPU generator drives CPU tensors (exactly reproducible, stored in checkpoints);
-    # on an accelerator the device's own RNG is used.
-    if generator is not None and x.device.type == generator.device.type:
-        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return torch.rand_like(x)
-
-
 def binarize_sample(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw x_bin ~ Bernoulli(x) for grey levels x in [0, 1]."""
-    return (_uniform_like(x, generator) < x).to(x.dtype)
+    """Draw x_bin ~ Bernoulli(x) for grey levels x in [0, 1] (on ``x``'s device: a CPU
+    generator drives CPU tensors, an accelerator its own stream; :mod:`probgen.data.draws`)."""
+    return (rand_like(x, generator) < x).to(x.dtype)
 
 
 def dynamic_binarization(batch, generator=None):
-    """Batch transform: resample the binarization of the first tensor (the images) each draw."""
+    """Batch transform: resample the binarization of the first tensor (the images) each draw.
+
+    Every draw is binary whatever the data, so checking one draw of the transformed data
+    checks them all (``one_draw_checks``: a fit loop may check the data so once instead
+    of every batch)."""
     return (binarize_sample(batch[0], generator),) + tuple(batch[1:])
+
+
+dynamic_binarization.one_draw_checks = True
 
 
 def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
