@@ -33,6 +33,7 @@ from pyro.poutine.util import site_is_subsample
 
 from probgen.errors import ConfigError
 from probgen.inspect.arviz import to_inference_data
+from probgen.metrics.likelihood import broadcast_failure
 
 Draws = Dict[str, torch.Tensor]
 
@@ -139,8 +140,10 @@ def _pointwise(model, structure: _Structure, flat: Draws, args, kwargs, parallel
             pp = {n: tr.nodes[n]["value"].reshape((t,) + tuple(structure.value_shape(n)))
                   for n in obs}
             return ll, pp
-        except (RuntimeError, ValueError, IndexError):
-            pass   # the model does not broadcast over a leading axis of draws: one at a time
+        except (RuntimeError, ValueError, IndexError) as err:
+            if not broadcast_failure(err):   # out of memory, a device fault: not a fallback
+                raise
+            # the model does not broadcast over a leading axis of draws: one at a time
     ll = {n: [] for n in obs}
     pp = {n: [] for n in obs}
     for i in range(t):
@@ -248,8 +251,8 @@ def from_guide(model: Callable, guide: Callable, *args, num_samples: int = 500,
 
     try:
         drawn = predict(parallel)
-    except (RuntimeError, ValueError, IndexError):
-        if not parallel:
+    except (RuntimeError, ValueError, IndexError) as err:
+        if not parallel or not broadcast_failure(err):
             raise
         drawn = predict(False)   # the model does not broadcast over draws: one at a time
     # (Predictive pads a site outside the plates with unit axes: drop them)

@@ -66,6 +66,21 @@ def _site_log_prob(name, site, shape) -> torch.Tensor:
     return lp.reshape(*shape, -1).sum(-1)
 
 
+def broadcast_failure(err: BaseException) -> bool:
+    """Whether ``err``, raised by a vectorized pass over a leading axis of draws, says that
+    the model does not broadcast over that axis (then a caller falls back to one draw at a
+    time) rather than that the machine failed: out of memory (``torch.OutOfMemoryError`` is
+    a ``RuntimeError``), a CUDA error, tensors on two devices. Those are re-raised: a slow
+    path would hide them, or run out of memory in turn."""
+    device_errors = (torch.OutOfMemoryError,) + ((torch.AcceleratorError,)
+                                                 if hasattr(torch, "AcceleratorError") else ())
+    if isinstance(err, device_errors):
+        return False
+    text = str(err)
+    return not any(s in text for s in ("same device", "CUDA", "out of memory",
+                                       "device-side assert"))
+
+
 def _point_mass(fn) -> bool:
     while True:
         if isinstance(fn, dist.Delta):
@@ -147,10 +162,10 @@ def log_importance_weights(model: Callable, guide: Callable, *args,
     if vectorize is not False and k > 1:
         try:
             return _joint_log_weights(model, guide, args, (k, n), particle_plate=k)
-        except (_NotPerExample, RuntimeError, ValueError, IndexError):
+        except (_NotPerExample, RuntimeError, ValueError, IndexError) as err:
             # The model does not broadcast over a particle dimension (it reshapes or
             # concatenates with tensors of the data's shape): repeat the arguments.
-            if vectorize:
+            if vectorize or not broadcast_failure(err):
                 raise
     return _joint_log_weights(model, guide, _repeat(args, k), (k * n,)).reshape(k, n)
 
