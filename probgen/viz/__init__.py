@@ -5,9 +5,9 @@ from probgen.viz.density import (density_on_grid, temperature_grid_figure, toy_d
 from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
                                 learning_curves, rows_figure, save)
 from probgen.viz.latent import (anomaly_figure, interpolation_figure, latent_scatter,
-                                manifold_grids, pca_vs_autoencoder)
+                                manifold_codes, manifold_grids, pca_vs_autoencoder)
 
 __all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "grid_figure", "image_grid",
            "image_row", "interpolation_figure", "latent_scatter", "learning_curves",
-           "manifold_grids", "pca_vs_autoencoder", "rows_figure", "save",
+           "manifold_codes", "manifold_grids", "pca_vs_autoencoder", "rows_figure", "save",
            "temperature_grid_figure", "toy_density_figure", "toy_samples_figure"]

@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from probgen.viz.images import image_grid, new_figure, save
+from probgen.viz.images import image_grid, module_place, new_figure, save
 
 Extent = Tuple[float, float, float, float]
 
@@ -19,6 +19,9 @@ def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
                     batch_size: int = 10000, device=None, dtype=None):
     """Evaluate ``exp(log_prob_fn(points))`` on a ``resolution`` x ``resolution`` grid.
 
+    The points are made on ``device`` in ``dtype``; by default where ``log_prob_fn``'s
+    module lives (a flow's bound ``log_prob``), else on the CPU in the default dtype.
+
     Returns:
         ``(density (R, R) numpy array, cell area)``; row ``i`` is ``y = y_i``, so
         ``imshow(density, origin="lower", extent=extent)`` draws it.
@@ -28,7 +31,9 @@ def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
     ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
-    pts = pts.to(device=device, dtype=dtype or torch.get_default_dtype())
+    where, kind = module_place(log_prob_fn)
+    pts = pts.to(device=device if device is not None else where,
+                 dtype=dtype or kind or torch.get_default_dtype())
     out = [log_prob_fn(pts[i:i + batch_size]).double().cpu()
            for i in range(0, pts.shape[0], batch_size)]
     logp = torch.cat(out).reshape(resolution, resolution)

@@ -18,6 +18,20 @@ import torch
 from probgen.data.masks import MISSING
 
 
+def module_place(fn):
+    """``(device, dtype)`` of the first floating parameter or buffer of the module ``fn``
+    is or is a bound method of (a model's ``decode``, a flow's ``log_prob``); ``(None,
+    None)`` otherwise. Figure functions make their inputs (grids of codes or points) there,
+    so that a model trained on a GPU is drawn without moving it."""
+    for obj in (fn, getattr(fn, "__self__", None)):
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                if t.is_floating_point():
+                    return t.device, t.dtype
+            break
+    return None, None
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), squeeze: bool = True):
     """``(figure, axes)`` like ``pyplot.subplots``, without pyplot: the figure belongs
     to no backend and no pyplot state, and :func:`save` writes it."""

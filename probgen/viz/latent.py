@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from probgen.viz.images import image_grid, new_figure, save
+from probgen.viz.images import image_grid, module_place, new_figure, save
 
 PathLike = Union[str, Path, None]
 
@@ -51,22 +51,38 @@ def latent_scatter(codes: Dict[str, torch.Tensor], labels: torch.Tensor, path: P
     return save(fig, path)
 
 
+def manifold_codes(n: int = 15, device=None, dtype=None) -> torch.Tensor:
+    """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
+    ``z2`` falls down the rows, ``z1`` grows along them)."""
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device, dtype=dtype)
+    q = torch.distributions.Normal(u.new_zeros(()), u.new_ones(())).icdf(u)
+    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
+    return torch.stack([zx.flatten(), zy.flatten()], 1)
+
+
+@torch.no_grad()
+def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
+                    device=None) -> torch.Tensor:
+    """``decode`` of the :func:`manifold_codes` grid, ``(n * n, C, H, W)``; the codes are
+    made on ``device``, by default where ``decode``'s module lives (a model's bound
+    ``decode``), else on the CPU."""
+    where, dtype = module_place(decode)
+    return decode(manifold_codes(n, device if device is not None else where, dtype))
+
+
 def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], n: int = 15,
-                   path: PathLike = None, title: Optional[str] = None):
+                   path: PathLike = None, title: Optional[str] = None, device=None):
     """Decode an ``n x n`` grid of 2-D codes placed at the normal quantiles.
 
     Grid point ``(i, j)`` is ``(Phi^-1(u_j), Phi^-1(u_i))`` with ``u`` evenly spaced in
     (0, 1), so equal areas of the figure hold equal prior mass. One panel per
-    decoder (``z (n*n, 2) -> images (n*n, C, H, W)``).
+    decoder (``z (n*n, 2) -> images (n*n, C, H, W)``). The codes are made on ``device``,
+    by default where the decoder's module lives (a model's bound ``decode``), else on
+    the CPU.
     """
-    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
-    q = torch.distributions.Normal(0.0, 1.0).icdf(u)
-    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
-    z = torch.stack([zx.flatten(), zy.flatten()], 1)
     fig, axes = new_figure(1, len(decoders), figsize=(5 * len(decoders), 5.3), squeeze=False)
     for ax, (name, decode) in zip(axes[0], decoders.items()):
-        with torch.no_grad():
-            imgs = decode(z)
+        imgs = manifold_images(decode, n, device)
         ax.imshow(image_grid(imgs.cpu(), nrow=n, pad=0), interpolation="nearest")
         ax.set_title(name, fontsize=10)
         ax.axis("off")
@@ -130,5 +146,5 @@ def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
     return save(fig, path)
 
 
-__all__ = ["anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_grids",
-           "pca_vs_autoencoder"]
+__all__ = ["anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_codes",
+           "manifold_grids", "manifold_images", "pca_vs_autoencoder"]
