@@ -9,6 +9,12 @@ A callback is an object with any of these methods (all optional), called by
   stopping / best weights can follow them (``FitConfig.monitor``);
 * ``on_epoch_end(run, entry)``: after the monitor and the checkpoint (logging);
 * ``on_fit_end(run, result)``: once, at the end;
+* ``on_train_batch_end(run, step_index, losses)``: after each batch's optimizer steps
+  (``step_index``: the global batch index, ``epoch * steps_per_epoch + i``, the same over
+  a resume; ``losses``: phase name -> that batch's loss as a detached 0-d tensor, the
+  mean over a phase's repeats; reading one is a host sync on a GPU, so read few);
+* ``on_exception(run, error)``: when training stops on an error, before it propagates
+  (close files; an error raised here is ignored, the training error is the one reported);
 * ``state_dict()`` / ``load_state_dict(state)``: what it must carry over a resume
   (checkpointed with the run).
 
@@ -16,14 +22,14 @@ A callback is an object with any of these methods (all optional), called by
 ``run.epoch``, ``run.device`` and ``run.is_main`` (rank 0 of a torchrun job, or the
 only process). A plain function ``f(entry)`` is called as ``on_epoch_end``.
 (Modelled on Lightning's ``Callback``; the hooks are fewer because the loop is smaller.)
+
+Experiment trackers (CSV, TensorBoard, MLflow, W&B) are callbacks too:
+:mod:`probgen.train.trackers`.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from probgen.errors import ConfigError
 
@@ -41,6 +47,12 @@ class Callback:
         pass
 
     def on_fit_end(self, run, result) -> None:
+        pass
+
+    def on_train_batch_end(self, run, step_index: int, losses: Mapping[str, Any]) -> None:
+        pass
+
+    def on_exception(self, run, error: BaseException) -> None:
         pass
 
     def state_dict(self) -> Dict[str, Any]:
@@ -63,7 +75,8 @@ class LambdaCallback(Callback):
 def as_callback(obj) -> Callback:
     if isinstance(obj, Callback):
         return obj
-    hooks = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end")
+    hooks = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end",
+             "on_train_batch_end", "on_exception")
     if any(callable(getattr(obj, h, None)) for h in hooks):
         return obj
     if callable(obj):
@@ -106,61 +119,6 @@ class Metric(Callback):
             if module is not None:
                 module.train(was)
         entry[self.name] = value
-
-
-class CSVLogger(Callback):
-    """Write every epoch's figures to a CSV file (rewritten each epoch, rank 0 only)."""
-
-    def __init__(self, path: Union[str, Path]):
-        self.path = Path(path)
-
-    def on_epoch_end(self, run, entry):
-        if not run.is_main:
-            return
-        rows = run.result.history
-        keys = []
-        for row in rows:
-            keys += [k for k in row if k not in keys and not isinstance(row[k], (dict, list))]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: row.get(k) for k in keys})
-
-
-class TensorBoard(Callback):
-    """Log every numeric figure of each epoch to TensorBoard (rank 0 only).
-
-    Needs the ``tensorboard`` package (``pip install tensorboard``); asking for it
-    without says so.
-    """
-
-    def __init__(self, log_dir: Union[str, Path]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise ConfigError("the TensorBoard callback needs the tensorboard package: "
-                              "pip install tensorboard (or use CSVLogger).") from None
-        self.log_dir = str(log_dir)
-        self._writer = None
-
-    def on_epoch_end(self, run, entry):
-        if not run.is_main:
-            return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(self.log_dir)
-        for k, v in entry.items():
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) \
-                    and math.isfinite(v):
-                self._writer.add_scalar(k, v, entry["epoch"] + 1)
-        self._writer.flush()
-
-    def on_fit_end(self, run, result):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 AVERAGES = ("ema", "uniform")
@@ -310,3 +268,12 @@ def _copyable(module):
 def metric_value(entry: Dict[str, Any], key: str) -> Optional[float]:
     v = entry.get(key)
     return None if v is None else float(v)
+
+
+def __getattr__(name):
+    # CSVLogger and TensorBoard lived here before they became trackers; the old import
+    # path keeps working (resolved on first use: trackers.py builds on this module).
+    if name in ("CSVLogger", "TensorBoard"):
+        from probgen.train import trackers
+        return getattr(trackers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
