@@ -187,3 +187,23 @@ def test_random_shift_bad_settings(kwargs, message):
         RandomShift(**kwargs)(torch.zeros(2, 1, 9, 9))
     with pytest.raises(ConfigError, match="image_shape"):
         RandomShift(1)(torch.zeros(2, 81))
+
+
+def test_splits_record_how_they_were_made(mnist_small):
+    train = mnist_small["train"]
+    assert train.settings == {"dataset": "mnist", "split": "train", "val_size": 256,
+                              "binarize": "none", "limit": 512, "seed": 0}
+    assert mnist_small["val"].settings["split"] == "val"
+    # kept by what keeps the examples, and a slice says which
+    assert quadrant_task(train, 2).settings == train.settings
+    assert train.to("cpu").settings == train.settings
+    assert train.subset(slice(0, 100)).settings["subsets"] == [[0, 100, None]]
+    assert train.subset(torch.tensor([0, 5])).settings is None     # cannot say which
+    with pytest.raises(DataError, match="settings must be a dict"):
+        TensorData(torch.zeros(3), settings="mnist")
+
+
+def test_to_converts_floats_only():
+    d = TensorData(torch.zeros(4, 2, dtype=torch.float64), torch.arange(4))
+    f = d.to(dtype=torch.float32)
+    assert f.tensors[0].dtype == torch.float32 and f.tensors[1].dtype == torch.int64

@@ -7,10 +7,10 @@ from torch import nn
 
 import probgen
 from probgen.data import TensorData, quadrant_task
-from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
+from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from probgen.models import CVAE, Baseline
-from probgen.train import (FitConfig, LossStep, load_checkpoint, load_model, save_checkpoint,
-                           save_model)
+from probgen.train import (FitConfig, LossStep, SVIStep, load_checkpoint, load_model,
+                           save_checkpoint, save_model)
 from tests.conftest import QUIET
 
 
@@ -217,3 +217,277 @@ def test_every_objective_trains_the_cvae(objective, mnist_small):
                       objective=objective, num_particles=2, device="cpu", **QUIET)
     assert all(math.isfinite(v) for v in res.train_loss)
     assert res.train_loss[-1] < res.train_loss[0]
+
+
+# --------------------------------------------------------------------------- devices (no GPU here)
+
+def _as_if_written_on_a_gpu(monkeypatch):
+    """torch.save tags every storage with the device it lives on; tagging them 'cuda:0'
+    writes the file a GPU run writes (loading it without map_location on this CPU-only
+    machine fails as it would). What this cannot see: real CUDA tensors' bytes."""
+    import torch.serialization as serialization
+
+    monkeypatch.setattr(serialization, "location_tag", lambda storage: "cuda:0")
+
+
+def test_a_gpu_checkpoint_loads_on_the_cpu_by_default(tmp_path, monkeypatch):
+    from probgen.models import VAE
+
+    vae = VAE(z_dim=2, hidden=(8,))
+    with monkeypatch.context() as m:
+        _as_if_written_on_a_gpu(m)
+        save_model(vae, tmp_path / "gpu.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "gpu.pt", weights_only=True)   # the file is a GPU one
+    assert all(t.device.type == "cpu" for t in load_checkpoint(tmp_path / "gpu.pt")["module"].values())
+    back = probgen.load(tmp_path / "gpu.pt")
+    assert all(p.device.type == "cpu" for p in back.parameters())
+    other = VAE(z_dim=2, hidden=(8,))
+    load_model(other, tmp_path / "gpu.pt")
+    for a, b in zip(vae.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_from_a_gpu_checkpoint_on_the_cpu_says_what_it_cannot_restore(
+        tmp_path, monkeypatch, capsys):
+    """Resume maps the checkpoint to the CPU first (the numpy RNG state must be a CPU
+    tensor), and a checkpoint with CUDA generator states on a machine without CUDA gets
+    one line saying so."""
+    train, _ = conflicting_data()
+    ck = tmp_path / "r.pt"
+    with monkeypatch.context() as m:
+        _as_if_written_on_a_gpu(m)
+        probgen.fit(LossStep(nn.Linear(1, 1), mse), train, epochs=1, device="cpu", seed=1,
+                    checkpoint=str(ck), **QUIET)
+        state = load_checkpoint(ck)
+        state["rng"]["cuda"] = [torch.get_rng_state()]     # a GPU run's generator state
+        save_checkpoint(ck, state)
+    res = probgen.fit(LossStep(nn.Linear(1, 1), mse), train, epochs=2, device="cpu", seed=1,
+                      checkpoint=str(ck), resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert res.epochs_run == 2
+    if not torch.cuda.is_available():
+        assert out.count("random-generator states of CUDA devices") == 1
+
+
+def test_cuda_generator_states_are_restored_where_cuda_is(monkeypatch):
+    from probgen.train import loop
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s, i)))
+    state = loop._rng_state(torch.Generator())
+    fake = torch.arange(8, dtype=torch.uint8)
+    state["cuda"] = [fake, fake + 1]
+    note = loop._set_rng_state(state, torch.Generator())
+    monkeypatch.undo()
+    assert len(restored) == 1 and torch.equal(restored[0][0], fake) and restored[0][1] == 0
+    assert "2 CUDA devices and this machine has 1" in note
+
+
+class VirtualDevice(nn.Linear):
+    """A network that says it lives on ``cuda:0`` and records where fit moves it, while
+    its tensors stay on this machine's CPU (no GPU here). What this cannot see: a real
+    copy between devices."""
+
+    def __init__(self):
+        super().__init__(1, 1)
+        self.virtual = torch.device("cuda", 0)
+        self.moves = []
+
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        self.moves.append(device)
+        self.virtual = device
+        return self
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_fit_returns_the_module_on_the_device_and_in_the_mode_it_came_in(fails, monkeypatch):
+    from probgen.train import loop
+
+    real = loop._module_device
+    monkeypatch.setattr(loop, "_module_device",
+                        lambda m: getattr(m, "virtual", None) or real(m))
+    net = VirtualDevice().eval()
+    train, _ = conflicting_data()
+
+    def boom(entry):
+        raise RuntimeError("a callback failed")
+
+    if fails:
+        with pytest.raises(RuntimeError, match="a callback failed"):
+            probgen.fit(LossStep(net, mse), train, epochs=2, device="cpu", callbacks=[boom],
+                        **QUIET)
+    else:
+        probgen.fit(LossStep(net, mse), train, epochs=2, device="cpu", **QUIET)
+    assert net.moves == [torch.device("cpu"), torch.device("cuda", 0)]
+    assert net.virtual == torch.device("cuda", 0) and not net.training
+
+
+def test_evaluate_reduces_on_the_training_device_under_nccl(monkeypatch):
+    from probgen.train import loop
+
+    monkeypatch.setattr(loop.ddp, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert loop._reduce_device(None) == torch.device("cuda", 0)   # a bare SVIStep, no module
+    assert loop._reduce_device(torch.device("cpu")) == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- data
+
+def test_float64_data_is_converted_once_and_uint8_images_are_refused(capsys):
+    x = torch.linspace(-1, 1, 32, dtype=torch.float64).reshape(32, 1)
+    data = TensorData(x, 2 * x)
+    net = nn.Linear(1, 1)
+    res = probgen.fit(LossStep(net, mse), data, TensorData(x[:8], 2 * x[:8]), epochs=2,
+                      lr=0.1, device="cpu", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("fit: converted") == 1
+    assert "the training data from float64 and the validation data from float64 to float32" \
+        in out
+    assert res.train_loss[-1] < res.train_loss[0] and x.dtype == torch.float64  # theirs kept
+    images = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    conv = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    with pytest.raises(DataError, match=r"uint8 \(levels 0-255\).*to_unit_interval"):
+        probgen.fit(LossStep(conv, lambda m, x: m(x).mean()), TensorData(images), epochs=1,
+                    device="cpu", **QUIET)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_orphaned_part_files_are_removed_at_the_next_save(tmp_path):
+    path = tmp_path / "ck.pt"
+    orphan = tmp_path / ".ck.pt.x1y2z3.part"           # what a SIGKILL mid-write leaves
+    orphan.write_bytes(b"PK half")
+    other = tmp_path / ".other.pt.abc.part"            # another checkpoint's: not ours
+    other.write_bytes(b"PK")
+    save_checkpoint(path, {"value": torch.tensor([1.0])})
+    assert not orphan.exists() and other.exists()
+    assert load_checkpoint(path)["value"].item() == 1.0
+
+
+@pytest.mark.parametrize("how", ["oserror", "torch"])
+def test_a_full_disk_is_said_as_such_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                       how):
+    import errno
+    import shutil
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"value": torch.tensor([1.0])})
+    real_save = torch.save
+
+    def full(obj, f):
+        f.write(b"PK\x03\x04 part of a file")
+        if how == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0"
+                           " PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    if how == "torch":
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(path, {"value": torch.tensor([2.0])})
+    monkeypatch.setattr(torch, "save", real_save)
+    text = str(err.value)
+    assert text.startswith(f"no space left on the device while writing {path}; the previous "
+                           f"checkpoint is intact") and "\n" not in text
+    assert load_checkpoint(path)["value"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_an_unwritable_checkpoint_path_is_refused_before_training(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    net = nn.Linear(1, 1)
+    before = net.weight.detach().clone()
+    train, _ = conflicting_data()
+    for bad, why in ((tmp_path / "afile" / "ck.pt", "is a file, not a folder"),
+                     (tmp_path, "is a folder")):
+        with pytest.raises(CheckpointError, match=why):
+            probgen.fit(LossStep(net, mse), train, epochs=1, device="cpu",
+                        checkpoint=str(bad), **QUIET)
+    assert torch.equal(net.weight, before)
+
+
+def _vae_checkpoint(tmp_path):
+    from probgen.models import VAE
+
+    path = tmp_path / "vae.pt"
+    save_model(VAE(z_dim=2, hidden=(8,)), path)
+    return path, load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda s: s["model"].update({"__probgen_model__": "probgen.models.vae:OldVAE"}),
+     "probgen.models.vae:OldVAE, a model class this probgen does not have (AttributeError"),
+    (lambda s: s["model"].update({"__probgen_model__": "probgen.models.gone:VAE"}),
+     "a model class this probgen does not have (ModuleNotFoundError"),
+    (lambda s: s["model"]["args"].update({"dropout_rate": 0.1}),
+     "it records 'dropout_rate', which the constructor no longer takes"),
+    (lambda s: s.pop("module"), "no 'module' entry"),
+])
+def test_a_checkpoint_of_another_probgen_version_gives_one_line(tmp_path, change, says):
+    path, state = _vae_checkpoint(tmp_path)
+    change(state)
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as err:
+        probgen.load(path)
+    text = str(err.value)
+    assert says in text and "\n" not in text
+    assert "another probgen version" in text or "older probgen" in text
+
+
+def test_a_constructor_argument_added_since_is_named():
+    """(No registered model has a required argument today; a class that gains one is
+    named so.)"""
+    from probgen.models.registry import _signature_differences
+
+    class Grown(nn.Module):
+        def __init__(self, width, depth, scale=1.0):
+            super().__init__()
+
+    assert _signature_differences(Grown, {"width": 3, "scale": 2.0}) == \
+        "the constructor now needs 'depth', which it does not record"
+    assert "it records 'old'" in _signature_differences(Grown, {"width": 1, "depth": 2,
+                                                                "old": 0})
+
+
+def test_resume_refuses_another_elbo_particle_count_or_data(tmp_path):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+
+    def model(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.randn(16)
+    ck = str(tmp_path / "svi.pt")
+    data = TensorData(x, settings={"dataset": "toy", "binarize": "static"})
+    pyro.clear_param_store()
+    probgen.fit(SVIStep(model, guide, loss=Trace_ELBO()), data, epochs=1, checkpoint=ck,
+                **QUIET)
+    for loss, says in ((TraceGraph_ELBO(), "step elbo: 'Trace_ELBO' in the checkpoint, "
+                                           "'TraceGraph_ELBO' now"),
+                       (Trace_ELBO(num_particles=3), "step num_particles: 1 in the checkpoint, "
+                                                     "3 now")):
+        with pytest.raises(CheckpointError, match=says):
+            probgen.fit(SVIStep(model, guide, loss=loss), data, epochs=2, checkpoint=ck,
+                        resume=True, **QUIET)
+    other = TensorData(x, settings={"dataset": "toy", "binarize": "dynamic"})
+    with pytest.raises(CheckpointError, match="data binarize: 'static' in the checkpoint, "
+                                              "'dynamic' now"):
+        probgen.fit(SVIStep(model, guide, loss=Trace_ELBO()), other, epochs=2, checkpoint=ck,
+                    resume=True, **QUIET)
+    res = probgen.fit(SVIStep(model, guide, loss=Trace_ELBO()), data, epochs=2, checkpoint=ck,
+                      resume=True, **QUIET)
+    assert res.epochs_run == 2
+    pyro.clear_param_store()

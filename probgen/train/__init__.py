@@ -2,8 +2,8 @@
 
 from probgen.train.callbacks import (AVERAGES, CSVLogger, Callback, Metric, TensorBoard,
                                      WeightAverage)
-from probgen.train.checkpoint import (load, load_checkpoint, load_model, save_checkpoint,
-                                      save_model)
+from probgen.train.checkpoint import (RestoredRun, load, load_checkpoint, load_model,
+                                      save_checkpoint, save_model)
 from probgen.train.config import OPTIMIZERS, FitConfig, FitResult
 from probgen.train.distributed import is_main_process
 from probgen.train.loop import Run, as_step, evaluate, fit, resolve_device, set_seed
@@ -11,7 +11,7 @@ from probgen.train.schedules import SCHEDULES
 from probgen.train.steps import ELBOLoss, LossStep, Phase, PhasedStep, Step, SVIStep
 
 __all__ = ["AVERAGES", "CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep",
-           "Metric", "OPTIMIZERS", "Phase", "PhasedStep", "Run", "SCHEDULES", "SVIStep", "Step",
-           "TensorBoard", "WeightAverage", "as_step", "evaluate", "fit", "is_main_process", "load",
-           "load_checkpoint", "load_model", "resolve_device", "save_checkpoint", "save_model",
-           "set_seed"]
+           "Metric", "OPTIMIZERS", "Phase", "PhasedStep", "RestoredRun", "Run", "SCHEDULES",
+           "SVIStep", "Step", "TensorBoard", "WeightAverage", "as_step", "evaluate", "fit",
+           "is_main_process", "load", "load_checkpoint", "load_model", "resolve_device",
+           "save_checkpoint", "save_model", "set_seed"]

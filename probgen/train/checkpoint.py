@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyro
 import torch
+from pyro import poutine
 from torch.distributions import constraints as torch_constraints
 
 from probgen.errors import CheckpointError
@@ -379,25 +380,154 @@ def _pick_weights(path, state, weights):
     return state.get("module"), state.get("pyro_params") or {}
 
 
-def _restore_param_store(path, params: Dict[str, torch.Tensor],
-                         encoded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    store = pyro.get_param_store()
-    current = store.get_state()["constraints"]
-    new_params, new_constraints = {}, {}
+def callable_modules(model, guide) -> Dict[str, torch.nn.Module]:
+    """The modules a model/guide pair is made of: the callables themselves when they are
+    ``nn.Module``s (a ``PyroModule`` model, an AutoGuide) and the modules their bound
+    methods belong to (a tutorial-style VAE's ``model``/``guide`` methods), by role."""
+    out: Dict[str, torch.nn.Module] = {}
+    for key, fn in (("model", model), ("guide", guide)):
+        if isinstance(fn, torch.nn.Module):
+            out[key] = fn
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            out[key + ".__self__"] = owner
+    return out
+
+
+def param_owners(modules: Dict[str, torch.nn.Module],
+                 params: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
+    """``{store name: [role, attribute path]}`` for the Pyro parameters that are a
+    module's own ``nn.Parameter`` (registered by ``pyro.module``, a ``PyroModule`` or an
+    AutoGuide): :func:`load` puts their values back into the module itself, as Pyro's
+    ``pyro.module(..., update_module_params=True)`` would."""
+    where = {}
+    for key, module in modules.items():
+        for path, p in module.named_parameters():
+            where.setdefault(id(p), (key, path, p))
+    out = {}
+    for name, t in params.items():
+        hit = where.get(id(t))
+        if hit is not None and hit[2] is t:
+            out[name] = [hit[0], hit[1]]
+    return out
+
+
+def module_buffers(modules: Dict[str, torch.nn.Module],
+                   skip: Optional[torch.nn.Module] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The buffers of a model/guide pair's modules, by role and attribute path (fixed
+    random permutations and masks of an AutoIAFNormal's flow, running statistics): they
+    are no Pyro parameters, and a run reloads only with them."""
+    out = {}
+    for key, module in modules.items():
+        if module is skip:
+            continue
+        bufs = {path: b.detach() for path, b in module.named_buffers()}
+        if bufs:
+            out[key] = bufs
+    return out
+
+
+def _get(module: torch.nn.Module, kind: str, path: str) -> Optional[torch.Tensor]:
+    try:
+        return module.get_parameter(path) if kind == "param" else module.get_buffer(path)
+    except AttributeError:
+        return None
+
+
+def _constraint_of(path, name, encoded, current):
+    data = encoded.get(name)
+    constraint = decode_constraint(data) if data is not None else current.get(name)
+    if constraint is None:
+        if name in encoded:
+            raise CheckpointError(
+                f"{path}: the constraint of Pyro parameter {name!r} was not recorded (a "
+                f"constraint class probgen cannot write as data); call the model and guide "
+                f"once so that the parameter exists, then load again.")
+        constraint = torch_constraints.real   # a checkpoint of an older probgen
+    return constraint
+
+
+def _put(path, role, module, items, missing_ok: bool) -> List:
+    """Copy ``items`` ((kind, store name, attribute path, value, constraint)) into
+    ``module``; returns the store entries of the parameters, and the items it could not
+    place (when ``missing_ok``)."""
+    entries, left = [], []
+    for kind, name, attr, value, constraint in items:
+        target = _get(module, kind, attr)
+        if target is None or target.shape != value.shape:
+            if missing_ok and target is None:
+                left.append((kind, name, attr, value, constraint))
+                continue
+            what = f"{role}.{attr}" + (f" (shape {tuple(target.shape)}, the run's "
+                                       f"{tuple(value.shape)})" if target is not None else "")
+            raise CheckpointError(f"{path}: the run's {what} does not fit this "
+                                  f"{type(module).__name__}; give the model and guide the "
+                                  f"run was trained with, built with the same settings.")
+        with torch.no_grad():
+            target.copy_(value)
+        if kind == "param":
+            entries.append((name, target, constraint))
+    return entries, left
+
+
+def _register(entries) -> None:
+    if entries:
+        pyro.get_param_store().set_state({"params": {n: t for n, t, _ in entries},
+                                          "constraints": {n: c for n, _, c in entries}})
+
+
+def _restore_params(path, params: Dict[str, torch.Tensor], encoded: Dict[str, Any],
+                    owners: Dict[str, List[str]], buffers: Dict[str, Dict[str, torch.Tensor]],
+                    modules: Dict[str, torch.nn.Module]) -> Dict[str, torch.Tensor]:
+    """Put the run's Pyro parameters back: a module's own parameters (and its buffers)
+    into the module, with the param store's entry pointing at them as ``pyro.module``
+    registers them; the others into Pyro's param store with their constraints. Returns
+    the parameters' constrained values."""
+    current = pyro.get_param_store().get_state()["constraints"]
+    shown, loose = {}, []
+    by_role: Dict[str, List] = {}
     for name, value in params.items():
-        data = encoded.get(name)
-        constraint = decode_constraint(data) if data is not None else current.get(name)
-        if constraint is None:
-            if name in encoded:
-                raise CheckpointError(
-                    f"{path}: the constraint of Pyro parameter {name!r} was not recorded (a "
-                    f"constraint class probgen cannot write as data); call the model and guide "
-                    f"once so that the parameter exists, then load again.")
-            constraint = torch_constraints.real   # a checkpoint of an older probgen
-        new_params[name] = value.detach().clone().requires_grad_(True)
-        new_constraints[name] = constraint
-    store.set_state({"params": new_params, "constraints": new_constraints})
-    return {name: pyro.param(name).detach() for name in new_params}
+        constraint = _constraint_of(path, name, encoded, current)
+        shown[name] = torch.distributions.transform_to(constraint)(value).detach()
+        role, attr = owners.get(name, (None, None))
+        if role is None or modules.get(role) is None:
+            loose.append((name, value.detach().clone().requires_grad_(True), constraint))
+        else:
+            by_role.setdefault(role, []).append(("param", name, attr, value, constraint))
+    for role, bufs in buffers.items():
+        if modules.get(role) is not None:
+            by_role.setdefault(role, []).extend(("buffer", None, attr, value, None)
+                                                for attr, value in bufs.items())
+    _register(loose)
+    for role, items in by_role.items():
+        module = modules[role]
+        lazy = hasattr(module, "_setup_prototype") and \
+            getattr(module, "prototype_trace", True) is None
+        entries, left = _put(path, role, module, items, missing_ok=lazy)
+        _register(entries)
+        if left:
+            _when_set_up(path, module, role, left)
+    return shown
+
+
+def _when_set_up(path, module, role, items) -> None:
+    """An AutoGuide builds its parameters on its first call (from the model's trace on
+    that call's arguments): set it up then, before it computes, and load the values."""
+
+    def load_on_first_call(mod, args, kwargs):
+        handle.remove()
+        if getattr(mod, "prototype_trace", None) is None:
+            mod._setup_prototype(*args, **kwargs)
+        if any(_get(mod, kind, attr) is None for kind, _, attr, _, _ in items) and \
+                callable(getattr(mod, "get_posterior", None)):
+            # a normalizing-flow guide (AutoIAFNormal) builds its transform here, in the
+            # same order of random draws as its first call would
+            with poutine.block():
+                mod.get_posterior(*args, **kwargs)
+        entries, _ = _put(path, role, mod, items, missing_ok=False)
+        _register(entries)
+
+    handle = module.register_forward_pre_hook(load_on_first_call, with_kwargs=True)
 
 
 def load(path: Union[str, Path], model: Optional[Callable] = None,
@@ -414,10 +544,16 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
 
     Your own Pyro model: give the callables that made the run. The Pyro parameters
     (``pyro.param`` sites, AutoGuides, ``PyroModule`` parameters) go back into Pyro's
-    param store with their constraints, and ``module`` (the step's module, when the run
-    had one) gets its weights::
+    param store with their constraints; parameters that belong to a module of the model
+    or guide (an AutoGuide's, a ``PyroModule``'s, a network registered with
+    ``pyro.module``) go back into that module, so the model computes with them; and
+    ``module`` (the step's module, when the run had one) gets its weights. An AutoGuide
+    that has not run yet builds its parameters on its first call and gets the run's
+    values then; as in Pyro, that first call must have the training data's arguments
+    (``guide(x, y)``: the guide's prototype comes from the model's trace on them)::
 
         run = probgen.load("run.pt", model=model, guide=guide)
+        guide(x, y)                   # an AutoGuide not yet called: once, as in training
         Predictive(model, guide=guide, num_samples=100)(x)   # as before saving
         run.params["scale"]                                  # constrained, as pyro.param
 
@@ -465,7 +601,8 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
     target = module
     saved_class = state.get("module_class")
     if target is None and module_state is not None:
-        for candidate in (model, guide):
+        for candidate in (model, guide, getattr(model, "__self__", None),
+                          getattr(guide, "__self__", None)):
             if isinstance(candidate, torch.nn.Module) and \
                     type(candidate).__qualname__ == saved_class:
                 target = candidate
@@ -477,9 +614,11 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
     if target is not None:
         if module_state is None:
             raise CheckpointError(f"{path} holds no module weights for module="
-                                  f"{type(target).__name__}: "
-                                  + _param_store_run(path, state).split(": ", 1)[-1])
+                                  f"{type(target).__name__}: its run kept every parameter in "
+                                  f"Pyro's param store; load it without module=.")
         load_module_state(target, module_state, source=source)
-    params = _restore_param_store(path, pyro_params, state.get("pyro_constraints") or {})
+    params = _restore_params(path, pyro_params, state.get("pyro_constraints") or {},
+                             state.get("pyro_owners") or {}, state.get("pyro_buffers") or {},
+                             callable_modules(model, guide))
     return RestoredRun(model=model, guide=guide, module=target, params=params,
                        epoch=state.get("epoch"), history=list(state.get("history") or []))

@@ -45,7 +45,8 @@ from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from probgen.train import distributed as ddp
 from probgen.train.callbacks import Callback, as_callback
-from probgen.train.checkpoint import (check_writable, load_checkpoint, load_module_state,
+from probgen.train.checkpoint import (callable_modules, check_writable, load_checkpoint,
+                                      load_module_state, module_buffers, param_owners,
                                       param_store_constraints, save_checkpoint)
 from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
 from probgen.train.context import running_steps
@@ -337,7 +338,9 @@ class _PhaseState:
 
     def _base(self) -> Dict[str, Any]:
         c, ph = self.config, self.phase
-        kwargs = dict(lr=ph.lr if ph.lr is not None else c.lr)
+        lr = ph.lr if ph.lr is not None else c.lr
+        # no lr at all (Pyro's per-parameter settings, fit's lr unused): the optimizer's own
+        kwargs = dict(lr=lr) if lr is not None else {}
         if c.weight_decay:
             kwargs["weight_decay"] = c.weight_decay
         return kwargs
@@ -446,10 +449,12 @@ class Run:
             # Each process its own stream of noise; all share the batch order.
             set_seed(c.seed + self.rank)
             loader_seed = c.seed
-        elif isinstance(self.train_data, TensorData):
+        elif isinstance(self.train_data, TensorData) and (
+                self._shuffles(self.train_data) or self.train_data.transform is not None):
             # Draw from the global generator, never re-seed it: a user who seeded torch
             # before fit(seed=None) gets the same run twice. (A DataLoader or a list
-            # orders itself: nothing is drawn, so the run's draws are SVI.step's.)
+            # orders itself, and one batch of all the data is not shuffled: nothing is
+            # drawn then, so the run's random draws are those of a loop of SVI.step.)
             loader_seed = int(torch.randint(0, 2**62, (1,)).item())
             loader_seed = ddp.broadcast_object(loader_seed)
         else:
@@ -553,8 +558,16 @@ class Run:
                     out[name[5:]] = p
         return out
 
+    def _shuffles(self, data: TensorData) -> bool:
+        """Whether an epoch of ``data`` has more than one batch to shuffle. One batch of
+        all the data keeps its order: a permutation would change no gradient but the
+        pairing of examples with a model's per-example parameters (Pyro's local latents
+        under an AutoGuide, fitted on the whole data in a fixed order)."""
+        return len(data) > self.config.batch_size * max(self.world, 1)
+
     def _batches(self, data, shuffle: bool):
         if isinstance(data, TensorData):
+            shuffle = shuffle and self._shuffles(data)
             if self.world > 1:
                 # the global batch order, this process's slice of every global batch
                 for batch in data.batches(self.config.batch_size * self.world, shuffle=shuffle,
@@ -929,11 +942,17 @@ class Run:
             _rng_state(self.loader_gen)
         if not self.is_main:
             return
-        pyro_params = {k: v.detach() for k, v in self._pyro_params().items()}
+        live = self._pyro_params()
+        # the modules of a model/guide pair (an AutoGuide, a PyroModule, a VAE's methods)
+        pair_modules = callable_modules(getattr(self.step, "model", None),
+                                        getattr(self.step, "guide", None))
+        pyro_params = {k: v.detach() for k, v in live.items()}
         state = {"epoch": epoch_done, "steps": self.result.steps,
                  "module": self.module.state_dict() if self.module is not None else None,
                  "pyro_params": pyro_params,
                  "pyro_constraints": param_store_constraints(pyro_params),
+                 "pyro_owners": param_owners(pair_modules, live),
+                 "pyro_buffers": module_buffers(pair_modules, skip=self.module),
                  "phases": [{"name": st.phase.name, "names": list(st.names), "steps": st.steps,
                              "optimizer": st.optimizer.state_dict() if st.optimizer else None,
                              "scheduler": st.scheduler.state_dict() if st.scheduler else None}
