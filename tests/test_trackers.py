@@ -435,6 +435,16 @@ def test_images_leave_the_training_run_unchanged(images, tmp_path):
         assert torch.equal(p, q)
 
 
+def test_image_interval_and_extra_hparams(images, tmp_path):
+    log = CSVLogger(tmp_path / "log.csv", image_every=2, hparams={"dataset": "mnist"},
+                    log_every_n_steps=None)
+    fit_vae(images, [log], epochs=3)
+    assert sorted(p.name for p in (tmp_path / "log_images").iterdir()) == [
+        f"{k}_epoch{e:04d}.png" for k in ("reconstructions", "samples") for e in (2, 3)]
+    assert json.loads((tmp_path / "log_config.json").read_text())["dataset"] == "mnist"
+    assert not (tmp_path / "log_steps.csv").exists()
+
+
 def test_image_grid_layout():
     x = torch.arange(1, 8).float().div(10).view(7, 1, 1, 1).expand(7, 1, 4, 3)   # flat grey levels
     grid = image_grid(x, nrow=3, padding=2)

@@ -384,7 +384,8 @@ class Tracker(Callback):
                 pass   # the training error is the one to report
 
     def state_dict(self) -> Dict[str, Any]:
-        return self._state() if self._live else {}
+        # the run id also after a logging error stopped the tracker: a resume may log again
+        return self._state()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._resume = dict(state or {})
@@ -409,7 +410,11 @@ class Tracker(Callback):
         device = getattr(run, "device", None)
         cuda = [device] if device is not None and torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(self.image_seed)
+            # seed only what was forked (torch.manual_seed would reseed every GPU)
+            torch.default_generator.manual_seed(self.image_seed)
+            for d in cuda:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(self.image_seed)
             if module is not None:
                 module.eval()
             try:
@@ -661,7 +666,7 @@ class MLflow(Tracker):
             self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
     def _state(self):
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id} if self.run_id is not None else {}
 
 
 # --------------------------------------------------------------------------- W&B
@@ -745,7 +750,7 @@ class WandB(Tracker):
             self.run = None
 
     def _state(self):
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id} if self.run_id is not None else {}
 
 
 # --------------------------------------------------------------------------- by name
