@@ -236,6 +236,15 @@ def mnist(args, binarize: str = "none"):
                         device=args.device, limit=SMOKE_LIMIT if args.smoke else None)
 
 
+def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
+    """``data`` (a :class:`~probgen.data.TensorData`) recording how it was made: ``base``
+    (another split's ``settings``) updated by ``settings``. The fit loop keeps the training
+    data's settings in its checkpoints and ``--resume`` refuses other ones; data that a
+    script derives (a subset, a task, precomputed inputs) says so here. Returns ``data``."""
+    data.settings = {**(base or {}), **settings}
+    return data
+
+
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads"
 
