@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data.corrupt import RandomBlocks
 from probgen.metrics import restoration_psnr
 from probgen.models import VAE
@@ -23,9 +23,9 @@ def title(scores) -> str:
 
 
 def add_model_args(p):
-    p.add_argument("--z-dim", type=int, default=32, help="code size")
+    p.add_argument("--z-dim", type=checks.arg(checks.positive_int), default=32, help="code size")
     p.add_argument("--net", default="conv", choices=["mlp", "conv"])
-    p.add_argument("--hidden", type=int, nargs="+", default=None)
+    p.add_argument("--hidden", type=checks.arg(checks.positive_int), nargs="+", default=None)
 
 
 def run(args, preset: str, corruption_kwargs: dict, what: str):

@@ -58,7 +58,7 @@ from typing import Dict, List
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.parzen import mmd, parzen_score
@@ -97,57 +97,66 @@ def parse_args(argv=None):
                    help="conditional: the digit label reaches the networks --label-to names; "
                         "semi_supervised: a class code y and a style code z (--z-dim), "
                         "--num-labelled training labels")
-    p.add_argument("--num-labelled", type=int, default=100,
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("--num-labelled", type=checks.arg(checks.integer, low=10,
+                                                     hint="one labelled image of each digit"),
+                   default=100,
                    help="semi_supervised: labelled training images, as many of each digit")
-    p.add_argument("--labelled-share", type=float, default=0.1,
+    p.add_argument("--labelled-share", type=checks.arg(checks.fraction), default=0.1,
                    help="semi_supervised: the labelled images are repeated to make about this "
                         "share of the training set (so most batches hold some)")
     p.add_argument("--label-to", default="discriminator", choices=sorted(LABEL_TO),
                    help="with --labels conditional: the discriminator (each digit its own "
                         "component of the prior), the decoder, or both")
     p.add_argument("--phase-order", default="reconstruction_first", choices=PHASE_ORDERS)
-    p.add_argument("--z-dim", type=int, default=2, help="code size (2 for mixture, swiss_roll)")
+    p.add_argument("--z-dim", type=positive, default=2,
+                   help="code size (2 for mixture, swiss_roll)")
     p.add_argument("--net", default="mlp", choices=NETS.names())
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--hidden", type=positive, nargs="+", default=None,
                    help="encoder/decoder hidden sizes (default: the network's)")
     p.add_argument("--corruption", default=None, choices=["noise", "blocks"],
                    help="what the encoder sees while training instead of the image (noise: "
                         "Gaussian noise of --noise-std, clipped to [0, 1]); the target stays "
                         "clean (default: none). The table scores clean test images; the "
                         "--vae row's VAE trains on clean images")
-    p.add_argument("--noise-std", type=float, default=None,
+    p.add_argument("--noise-std", type=checks.arg(checks.nonnegative_float), default=None,
                    help="std of --corruption noise (default 0.3)")
-    p.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+    p.add_argument("--augment-shift", type=checks.arg(checks.nonnegative_int), default=0,
+                   metavar="PIXELS",
                    help="translate every training image by a random offset of up to this many "
                         "pixels per axis, input and target alike (0: none)")
     p.add_argument("--augment-which", default="all", choices=["all", "labelled"],
                    help="semi_supervised: shift every training image, or the labelled ones only")
-    p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256],
+    p.add_argument("--d-hidden", type=positive, nargs="+", default=[256, 256],
                    help="discriminator hidden sizes")
     p.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS.names(),
                    help="gaussian: squared error; bernoulli trains on binarized images")
     p.add_argument("--loss", default="non_saturating", choices=ADVERSARIAL_LOSSES.names(),
                    help="the regularization game")
-    p.add_argument("--k", type=int, default=None, help="discriminator steps per encoder step")
-    p.add_argument("--d-lr", type=float, default=None,
+    p.add_argument("--k", type=positive, default=None,
+                   help="discriminator steps per encoder step")
+    p.add_argument("--d-lr", type=checks.arg(checks.positive_float), default=None,
                    help="discriminator lr (default --lr; --lr / 10 for semi_supervised)")
-    p.add_argument("--g-lr", type=float, default=None,
+    p.add_argument("--g-lr", type=checks.arg(checks.positive_float), default=None,
                    help="encoder (generator) lr (default --lr; --lr / 10 for semi_supervised)")
-    p.add_argument("--parzen-samples", type=int, default=10000,
+    p.add_argument("--parzen-samples", type=checks.arg(checks.nonnegative_int), default=10000,
                    help="decoded prior draws of the Parzen window (0: skip)")
-    p.add_argument("--parzen-val", type=int, default=1000,
+    p.add_argument("--parzen-val", type=positive, default=1000,
                    help="validation images that choose the window width")
-    p.add_argument("--eval-size", type=int, default=None,
+    p.add_argument("--eval-size", type=checks.arg(checks.integer, low=2), default=None,
                    help="test images measured (default: all)")
-    p.add_argument("--fid-samples", type=int, default=10000, help="samples of the FID (0: skip)")
+    p.add_argument("--fid-samples", default=10000,
+                   type=checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES, zero="skip",
+                                   hint="FID on the classifier's 128 features"),
+                   help="samples of the FID (0: skip)")
     p.add_argument("--average", default="none", choices=("none",) + AVERAGES,
                    help="measure (and save, aae_<tag>_averaged.pt) a running average of the "
                         "weights, one update per epoch (probgen.train.WeightAverage): ema, "
                         "or the uniform mean of the epochs from --average-start")
-    p.add_argument("--average-decay", type=float, default=0.8,
+    p.add_argument("--average-decay", type=checks.arg(checks.fraction), default=0.8,
                    help="the exponential average's decay per epoch (0.8: about the last 5 "
                         "epochs)")
-    p.add_argument("--average-start", type=int, default=1,
+    p.add_argument("--average-start", type=positive, default=1,
                    help="the first epoch (from 1) whose weights enter the average")
     p.add_argument("--vae", action="store_true",
                    help="also train a VAE of the same encoder/decoder networks (Gaussian "
@@ -155,33 +164,15 @@ def parse_args(argv=None):
     args = cli.finish_args(p, argv, smoke=dict(
         hidden=[32], d_hidden=[32], parzen_samples=200, parzen_val=64, eval_size=200,
         fid_samples=300))
-    for name in ("parzen_samples", "fid_samples"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be 0 or more")
-    for name in ("parzen_val", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.noise_std is not None and args.corruption != "noise":
         p.error("--noise-std sets the noise of --corruption noise; add --corruption noise")
-    if args.noise_std is not None and not args.noise_std >= 0:
-        p.error("--noise-std must be 0 or more")
-    if args.average != "none" and not 0 < args.average_decay < 1:
-        p.error("--average-decay must lie in (0, 1)")
-    if args.average != "none" and args.average_start < 1:
-        p.error("--average-start must be at least 1")
-    if args.augment_shift < 0:
-        p.error("--augment-shift must be 0 or more pixels")
     if args.augment_which == "labelled" and args.labels != "semi_supervised":
         p.error("--augment-which labelled shifts the labelled images of --labels semi_supervised")
-    if args.eval_size is not None and args.eval_size < 2:
-        p.error("--eval-size must be at least 2")
     if args.labels == "semi_supervised":
         # measured on 512 images, 10 epochs: regularization at the run's lr left the class
         # head at 10-22% test accuracy, at a tenth of it 69-71% (the classifier alone: 73%)
         args.d_lr = args.lr / 10 if args.d_lr is None else args.d_lr
         args.g_lr = args.lr / 10 if args.g_lr is None else args.g_lr
-        if not 0 < args.labelled_share < 1:
-            p.error("--labelled-share must lie in (0, 1)")
     if args.prior is None:
         to_discriminator = args.labels == "conditional" and LABEL_TO[args.label_to][0]
         args.prior = "mixture" if to_discriminator else "normal"
@@ -469,7 +460,9 @@ def semi_supervised_data(args, train: TensorData) -> TensorData:
     ys = torch.cat([semi[~keep]] + [semi[keep]] * repeats)
     print(f"semi-supervised: {n_lab} labelled images ({n_lab // 10} per digit) repeated "
           f"{repeats} times among {int((~keep).sum())} unlabelled", flush=True)
-    return TensorData(xs, ys, transform=train.transform)
+    return cli.with_settings(TensorData(xs, ys, transform=train.transform),
+                             getattr(train, "settings", None), num_labelled=args.num_labelled,
+                             labelled_share=args.labelled_share)
 
 
 def augmented(args, train: TensorData) -> TensorData:
@@ -477,8 +470,10 @@ def augmented(args, train: TensorData) -> TensorData:
     (with ``--augment-which labelled``, of the labelled images alone)."""
     if not args.augment_shift:
         return train
-    return train.with_transform(RandomShift(args.augment_shift, train.tensors[0].shape[1:],
-                                            only_labelled=args.augment_which == "labelled"))
+    shifted = train.with_transform(RandomShift(args.augment_shift, train.tensors[0].shape[1:],
+                                               only_labelled=args.augment_which == "labelled"))
+    return cli.with_settings(shifted, getattr(train, "settings", None),
+                             augment_shift=args.augment_shift, augment_which=args.augment_which)
 
 
 class ClassError(Callback):
@@ -536,7 +531,7 @@ def train_one(args, encoder: str, splits):
         # the trained weights' test error first, then every figure of the averaged ones
         if isinstance(model, SemiSupervisedAAE):
             x, y = splits["test"].tensors[:2]
-            n = args.eval_size or x.shape[0]      # the images measure() scores
+            n = x.shape[0] if args.eval_size is None else args.eval_size   # as measure() scores
             record["test_error_trained"] = ClassError(x[:n], y[:n]).error(model)
         average.copy_to(model)
         record.update(average_decay=args.average_decay if args.average == "ema" else None,

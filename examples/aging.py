@@ -63,7 +63,7 @@ from typing import Dict, List
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data.faces import AgeFolder, faces_loader, graded_mnist
 from probgen.errors import ConfigError
 from probgen.models.aging import (CAAE, FAKE_LEVELS, REFINEMENTS, AgeCGAN, RecurrentAger,
@@ -77,30 +77,32 @@ NO_MONITOR = dict(patience=None, restore_best=False)
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/aging",
-                          patience=None, lr=2e-4, batch_size=64)
+                          patience=None, lr=2e-4, batch_size=64, need_val=False)
+    positive = checks.arg(checks.positive_int)
     p.add_argument("--method", nargs="+", default=["all"], choices=METHODS + ("all",))
     p.add_argument("--refine", nargs="+", default=list(REFINEMENTS), choices=REFINEMENTS,
                    help="Age-cGAN inversions to score (encoder only, + pixel, + identity)")
     p.add_argument("--data", default="thickness", choices=["thickness", "slant", "faces"])
     p.add_argument("--faces-dir", default=None, help="UTKFace-style folder (--data faces)")
-    p.add_argument("--face-size", type=int, default=64,
+    p.add_argument("--face-size", type=positive, default=64,
                    help="side of the face images (Age-cGAN)")
-    p.add_argument("--caae-face-size", type=int, default=128,
+    p.add_argument("--caae-face-size", type=positive, default=128,
                    help="side of the face images the CAAE trains on")
     p.add_argument("--score-features", default="trained", choices=["trained", "shipped"],
                    help="recognition features that score the table (see above)")
     p.add_argument("--age-groups", default="agecgan", choices=["agecgan", "caae"])
-    p.add_argument("--levels", type=int, default=6, help="levels of the attribute (K)")
-    p.add_argument("--pairs", type=int, default=100000,
+    p.add_argument("--levels", type=checks.arg(checks.integer, low=2), default=6,
+                   help="levels of the attribute (K)")
+    p.add_argument("--pairs", type=positive, default=100000,
                    help="generated (z, G(z, y)) pairs that train Age-cGAN's encoder")
-    p.add_argument("--encoder-epochs", type=int, default=5)
-    p.add_argument("--recurrent-epochs", type=int, default=50,
+    p.add_argument("--encoder-epochs", type=positive, default=5)
+    p.add_argument("--recurrent-epochs", type=positive, default=50,
                    help="epochs of the recurrent model (its GRU is cheap: 50 epochs take about "
                         "a minute on 3,000 digits; 5 leave it a blur)")
-    p.add_argument("--maxiter", type=int, default=50, help="L-BFGS-B iterations")
-    p.add_argument("--z-dim", type=int, default=100, help="Age-cGAN's noise size")
-    p.add_argument("--caae-z-dim", type=int, default=50)
-    p.add_argument("--caae-img-weight", type=float, default=300.0,
+    p.add_argument("--maxiter", type=positive, default=50, help="L-BFGS-B iterations")
+    p.add_argument("--z-dim", type=positive, default=100, help="Age-cGAN's noise size")
+    p.add_argument("--caae-z-dim", type=positive, default=50)
+    p.add_argument("--caae-img-weight", type=checks.arg(checks.nonnegative_float), default=300.0,
                    help="weight of fooling the CAAE's image discriminator (chosen on digits, "
                         "whose reconstruction term is a summed Gaussian NLL of hundreds of "
                         "nats per image; not measured on faces)")
@@ -108,25 +110,17 @@ def parse_args(argv=None):
                    help="levels of the CAAE's fakes shown to its image discriminator: own "
                         "(Zhang et al.; the edits then keep the input's level) or random (each "
                         "fake at a drawn level, which asks the generator for that level)")
-    p.add_argument("--width", type=int, default=None, help="DCGAN base widths")
-    p.add_argument("--eval-identities", type=int, default=500,
+    p.add_argument("--width", type=positive, default=None, help="DCGAN base widths")
+    p.add_argument("--eval-identities", type=positive, default=500,
                    help="test identities in the table")
-    p.add_argument("--classifier-epochs", type=int, default=3,
+    p.add_argument("--classifier-epochs", type=positive, default=3,
                    help="epochs of the level classifier")
-    p.add_argument("--limit", type=int, default=None, help="digits per split (default: all)")
+    p.add_argument("--limit", type=positive, default=None, help="digits per split (default: all)")
     args = cli.finish_args(p, argv, smoke=dict(
         pairs=512, encoder_epochs=1, recurrent_epochs=1, maxiter=5, z_dim=16, caae_z_dim=8,
-        width=8, eval_identities=32, classifier_epochs=1, limit=256, levels=3))
+        width=8, eval_identities=32, classifier_epochs=1, limit=256, levels=3, val_size=0))
     if args.smoke:
         args.epochs = 1
-    for name in ("levels", "pairs", "encoder_epochs", "recurrent_epochs", "maxiter",
-                 "eval_identities", "classifier_epochs", "face_size", "caae_face_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.caae_img_weight < 0:
-        p.error("--caae-img-weight must be >= 0")
-    if args.levels < 2:
-        p.error("--levels must be at least 2")
     if args.data == "faces" and not args.faces_dir:
         p.error("--data faces needs --faces-dir")
     args.method = list(METHODS) if "all" in args.method else args.method
@@ -299,8 +293,8 @@ def main(argv=None):
         cli.write_results(args.out, results, args, started)
         print(f"trained on {results['faces']} faces; figure in {args.out}")
         return results
-    splits = graded_mnist(args.data, args.levels, val_size=0 if args.smoke else 10000,
-                          seed=args.seed, limit=args.limit)
+    splits = graded_mnist(args.data, args.levels, val_size=args.val_size, seed=args.seed,
+                          limit=args.limit)
     train, test = splits["train"], splits["test"]
     k, shape = train.levels, tuple(train.images.shape[2:])
     models = {}

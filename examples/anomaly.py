@@ -13,7 +13,7 @@ results.json and results.csv (one row per left-out digit) to --out.
 import sys
 import time
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.metrics import elbo_per_example, roc_auc
 from probgen.models import VAE
 from probgen.train import fit, set_seed
@@ -22,19 +22,19 @@ from probgen.viz import anomaly_figure
 
 def main(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/anomaly", patience=5)
-    p.add_argument("--digits", type=int, nargs="+", default=[2],
-                   help="digit classes to leave out of training (one model each)")
-    p.add_argument("--z-dim", type=int, default=20)
-    p.add_argument("-p", "--particles", type=int, default=10, help="ELBO samples per test image")
+    p.add_argument("--digits", type=checks.arg(checks.int_in_range, low=0, high=9), nargs="+",
+                   default=[2], help="digit classes to leave out of training (one model each)")
+    p.add_argument("--z-dim", type=checks.arg(checks.positive_int), default=20)
+    p.add_argument("-p", "--particles", type=checks.arg(checks.positive_int), default=10,
+                   help="ELBO samples per test image")
     args = cli.finish_args(p, argv)
-    for d in args.digits:
-        if not 0 <= d <= 9:
-            p.error(f"--digits takes digits 0..9, got {d}")
     started = time.perf_counter()
     splits = cli.mnist(args, binarize="dynamic")
     rows = []
     for d in args.digits:
-        keep = {k: v.subset(v.tensors[1] != d) for k, v in splits.items() if k != "test"}
+        keep = {k: cli.with_settings(v.subset(v.tensors[1] != d), getattr(v, "settings", None),
+                                     without_digit=d)
+                for k, v in splits.items() if k != "test"}
         set_seed(args.seed)
         model = VAE(z_dim=args.z_dim)
         print(f"\n== VAE trained without digit {d} ({len(keep['train'])} images) ==", flush=True)

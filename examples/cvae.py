@@ -22,13 +22,12 @@ setting (inputs / truth / NN / CVAE samples), learning curves, and checkpoints t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data import quadrant_task
 from probgen.infer import OBJECTIVES
 from probgen.metrics.likelihood import elbo_and_iw_nll
@@ -42,46 +41,39 @@ PYRO_REFERENCE = {"NN baseline NLL": [100.4, 61.9, 25.4],
                   "CVAE -ELBO": [71.8, 51.0, 24.2]}
 
 
-def quadrants(text: str) -> int:
-    q = int(text)
-    if not 1 <= q <= 3:
-        raise argparse.ArgumentTypeError(f"takes numbers in 1..3 (visible quadrants), got {q}")
-    return q
-
-
 def parse_args(argv=None):
-    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=20, out="results/cvae", patience=5,
-                          lr=2e-3, batch_size=256)
     # 55,000 training images and 5,000 for early stopping (Pyro's example trains on all
     # 60,000 and stops on the test set): measured at 3 quadrants, seeds 0 and 1, the CVAE
     # test -ELBO was 23.02 and 23.73 with 5,000 held out against 24.21 (seed 0) with 10,000.
-    p.set_defaults(val_size=5000)
-    p.add_argument("-q", "--quadrants", type=quadrants, nargs="+", default=[1, 2, 3],
+    p = cli.common_parser(__doc__.split("\n\n")[0], epochs=20, out="results/cvae", patience=5,
+                          lr=2e-3, batch_size=256, val_size=5000)
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("-q", "--quadrants", type=checks.arg(checks.int_in_range, low=1, high=3,
+                                                        hint="the visible quadrants"),
+                   nargs="+", default=[1, 2, 3],
                    help="numbers of visible quadrants to run (each in 1..3)")
     p.add_argument("--lr-schedule", default="warmup_cosine",
                    choices=["none"] + SCHEDULES.names(),
                    help="learning-rate schedule over --epochs, stepped every batch")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
+    p.add_argument("--warmup-epochs", type=checks.arg(checks.nonnegative_float), default=1.0,
                    help="epochs of linear warm-up (warmup_cosine, onecycle)")
     p.add_argument("--objective", default="meanfield", choices=OBJECTIVES.names(),
                    help="Pyro objective of the CVAE (meanfield: analytic KL of the two Gaussians)")
-    p.add_argument("--train-particles", type=int, default=1, help="ELBO particles while training")
-    p.add_argument("--val-particles", type=int, default=1,
+    p.add_argument("--train-particles", type=positive, default=1,
+                   help="ELBO particles while training")
+    p.add_argument("--val-particles", type=positive, default=1,
                    help="ELBO particles of the validation loss (early stopping)")
-    p.add_argument("-p", "--particles", type=int, default=10,
+    p.add_argument("-p", "--particles", type=positive, default=10,
                    help="particles of the reported -ELBO")
-    p.add_argument("-k", "--iw-samples", type=int, default=100,
+    p.add_argument("-k", "--iw-samples", type=positive, default=100,
                    help="importance samples of the CVAE NLL (the -ELBO's draws are among them)")
-    p.add_argument("--z-dim", type=int, default=200)
-    p.add_argument("--hidden", type=int, nargs="+", default=[500, 500])
-    p.add_argument("--num-images", type=int, default=10, help="digits in each figure")
-    p.add_argument("--num-samples", type=int, default=5, help="CVAE samples per digit in figures")
+    p.add_argument("--z-dim", type=positive, default=200)
+    p.add_argument("--hidden", type=positive, nargs="+", default=[500, 500])
+    p.add_argument("--num-images", type=positive, default=10, help="digits in each figure")
+    p.add_argument("--num-samples", type=positive, default=5,
+                   help="CVAE samples per digit in figures")
     args = cli.finish_args(p, argv, smoke=dict(particles=2, iw_samples=8, num_images=4,
                                                 num_samples=2))
-    for name in ("train_particles", "val_particles", "particles", "iw_samples", "num_images",
-                 "num_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
 
 
@@ -90,7 +82,8 @@ def column(q: int) -> str:
 
 
 def run_setting(q, splits, args):
-    task = {k: quadrant_task(v, q) for k, v in splits.items()}
+    task = {k: cli.with_settings(quadrant_task(v, q), getattr(v, "settings", None), quadrants=q)
+            for k, v in splits.items()}
     config = cli.fit_config(args, lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
                             warmup_epochs=args.warmup_epochs)
     seconds = {}
@@ -108,7 +101,7 @@ def run_setting(q, splits, args):
     t0 = time.perf_counter()
     # The baseline is frozen from here on: its completion of every image, which the
     # prior network takes, is computed once per split instead of in every step.
-    data = {k: cvae.with_completions(v) for k, v in task.items()}
+    data = {k: cli.with_settings(cvae.with_completions(v), v.settings) for k, v in task.items()}
     seconds["completions"] = time.perf_counter() - t0
     cvae_fit = fit(cvae, data["train"], data["val"], config,
                    checkpoint=str(args.out / f"cvae_q{q}.pt"), objective=args.objective,

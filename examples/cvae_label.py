@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.metrics.report import autoencoder_report
 from probgen.models import VAE
 from probgen.train import fit, save_model, set_seed
@@ -26,10 +26,13 @@ from probgen.viz import grid_figure, learning_curves
 def main(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=50, out="results/cvae_label",
                           patience=10)
-    p.add_argument("--z-dim", type=int, default=16)
-    p.add_argument("--hidden", type=int, nargs="+", default=[500, 500])
-    p.add_argument("-k", "--iw-samples", type=int, default=500, help="importance samples (NLL)")
-    p.add_argument("--iw-size", type=int, default=2000, help="test images in the NLL estimate")
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("--z-dim", type=positive, default=16)
+    p.add_argument("--hidden", type=positive, nargs="+", default=[500, 500])
+    p.add_argument("-k", "--iw-samples", type=checks.arg(checks.nonnegative_int), default=500,
+                   help="importance samples (NLL; 0: skip)")
+    p.add_argument("--iw-size", type=positive, default=2000,
+                   help="test images in the NLL estimate")
     args = cli.finish_args(p, argv, smoke=dict(iw_samples=8, iw_size=32))
     started = time.perf_counter()
     splits = cli.mnist(args, binarize="dynamic")

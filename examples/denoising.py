@@ -11,7 +11,7 @@ learning_curves.png, results.json and results.csv to --out.
 
 import sys
 
-from probgen import cli
+from probgen import checks, cli
 
 import _restoration
 
@@ -20,10 +20,9 @@ def main(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/denoising",
                           patience=5, batch_size=128)
     _restoration.add_model_args(p)
-    p.add_argument("--noise-std", type=float, default=0.4, help="std of the added noise")
+    p.add_argument("--noise-std", type=checks.arg(checks.nonnegative_float), default=0.4,
+                   help="std of the added noise")
     args = cli.finish_args(p, argv)
-    if args.noise_std < 0:
-        p.error(f"--noise-std must be >= 0, got {args.noise_std}")
     return _restoration.run(args, "denoising_ae", {"std": args.noise_std}, "noisy")
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
 from probgen.errors import DataNotFoundError
@@ -52,13 +52,14 @@ DISCS = ("dcgan", "resnet18", "wgan_gp")
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=5, out="results/flow_gan",
-                          patience=None, lr=1e-3, batch_size=64)
-    p.set_defaults(val_size=5000)
+                          patience=None, lr=1e-3, batch_size=64, val_size=5000, need_val=False)
+    positive = checks.arg(checks.positive_int)
     p.add_argument("--data", default="mnist", choices=["mnist", "cifar10"])
     p.add_argument("--flow", default="realnvp", choices=FLOWS, help="the generator")
-    p.add_argument("--depth", type=int, default=None, help="flow depth (default: the builder's)")
-    p.add_argument("--hidden", type=int, default=None, help="flow conv channels")
-    p.add_argument("--levels", type=int, default=None, help="flow scales")
+    p.add_argument("--depth", type=positive, default=None,
+                   help="flow depth (default: the builder's)")
+    p.add_argument("--hidden", type=positive, default=None, help="flow conv channels")
+    p.add_argument("--levels", type=positive, default=None, help="flow scales")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start every setting's flow from this trained flow's weights (a "
                         "checkpoint of this example, e.g. its likelihood-only flowgan_w0.pt, "
@@ -71,22 +72,29 @@ def parse_args(argv=None):
                    help="discriminators (one run each per adversarial weight above 0). Default "
                         "wgan_gp, Grover et al.'s: measured on MNIST with NICE (README), the "
                         "thesis's dcgan collapsed the samples onto one image at every weight")
-    p.add_argument("--adv-weight", nargs="+", type=float, default=[0.0, 0.5, 1.0],
+    p.add_argument("--adv-weight", nargs="+", type=checks.arg(checks.probability),
+                   default=[0.0, 0.5, 1.0],
                    help="adversarial shares w of (1 - w) bits/dim + w L_G (the sweep)")
-    p.add_argument("--like-reg", nargs="*", type=float, default=[],
+    p.add_argument("--like-reg", nargs="*", type=checks.arg(checks.nonnegative_float), default=[],
                    help="Grover et al.'s form L_G + like_reg * bits/dim, one run each")
-    p.add_argument("--label-smoothing", type=float, default=0.1,
+    p.add_argument("--label-smoothing", type=checks.arg(checks.real, low=0, high=1, high_open=True),
+                   default=0.1,
                    help="one-sided: real target 1 - this (dcgan, resnet18; chosen, 001 gives "
                         "no value)")
-    p.add_argument("--k", type=int, default=None,
+    p.add_argument("--k", type=positive, default=None,
                    help="discriminator steps per flow step (default 1; 5 for wgan_gp)")
-    p.add_argument("--d-lr", type=float, default=2e-4, help="discriminator learning rate")
-    p.add_argument("--g-lr", type=float, default=None, help="flow learning rate (--lr)")
-    p.add_argument("--train-size", type=int, default=None, help="training images (all)")
-    p.add_argument("--eval-size", type=int, default=None, help="test images (all)")
-    p.add_argument("--iw-samples", type=int, default=16,
+    p.add_argument("--d-lr", type=checks.arg(checks.positive_float), default=2e-4,
+                   help="discriminator learning rate")
+    p.add_argument("--g-lr", type=checks.arg(checks.positive_float), default=None,
+                   help="flow learning rate (--lr)")
+    p.add_argument("--train-size", type=positive, default=None, help="training images (all)")
+    p.add_argument("--eval-size", type=positive, default=None, help="test images (all)")
+    p.add_argument("--iw-samples", type=positive, default=16,
                    help="noise draws of DenseFlow's bound at evaluation")
-    p.add_argument("--fid-samples", type=int, default=10000, help="samples of FID and KID")
+    p.add_argument("--fid-samples", default=10000,
+                   type=checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
+                                   hint="FID on the classifier's 128 features"),
+                   help="samples of FID and KID")
     p.add_argument("--data-root", default=None,
                    help="folder of torchvision data sets (default: probgen's cache)")
     p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
@@ -95,17 +103,11 @@ def parse_args(argv=None):
     args = cli.finish_args(p, argv, smoke=dict(
         train_size=256, eval_size=256, depth=1, hidden=8, iw_samples=2,
         fid_samples=300))
-    for name in ("batch_size", "iw_samples", "fid_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.inception_weights and args.fid_samples < cli.MIN_INCEPTION_FID_SAMPLES:
+        p.error(f"--fid-samples must be at least {cli.MIN_INCEPTION_FID_SAMPLES} for an FID on "
+                f"Inception's 2048 features, got {args.fid_samples}")
     if args.base is not None and args.flow != "nice":
         p.error(f"--base picks NICE's base; --flow {args.flow} has a normal base")
-    for w in args.adv_weight:
-        if not 0.0 <= w <= 1.0:
-            p.error(f"--adv-weight values must lie in [0, 1], got {w:g}")
-    for r in args.like_reg:
-        if r < 0:
-            p.error(f"--like-reg values must be 0 or more, got {r:g}")
     return args
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
 from probgen.data.toy import TOY, toy_splits
@@ -52,38 +52,38 @@ TOY_EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/flows", patience=5,
-                          batch_size=64)
-    p.set_defaults(val_size=5000)
+                          batch_size=64, val_size=5000)
+    positive = checks.arg(checks.positive_int)
     p.add_argument("--flow", nargs="+", default=FLOW_NAMES, choices=FLOW_NAMES,
                    help="flows to train")
     p.add_argument("--data", nargs="+", default=["mnist"], choices=["mnist", "toy"],
                    help="data sets")
     p.add_argument("--toy", nargs="+", default=TOY.names(), choices=TOY.names(),
                    help="toy densities (with --data toy)")
-    p.add_argument("--depth", type=int, default=None,
+    p.add_argument("--depth", type=positive, default=None,
                    help="NICE: couplings; RealNVP: couplings per stage; Glow: steps per "
                         "scale; DenseFlow: steps per unit (default: the builder's)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--hidden", type=positive, nargs="+", default=None,
                    help="widths: conv channels of image flows (first value), MLP layer "
                         "sizes of NICE and toy flows (default: the builder's)")
-    p.add_argument("--levels", type=int, default=None, help="scales of image flows")
-    p.add_argument("--toy-epochs", type=int, default=40, help="epochs on each toy density")
-    p.add_argument("--alpha", type=float, default=0.05, help="logit preprocessing margin")
+    p.add_argument("--levels", type=positive, default=None, help="scales of image flows")
+    p.add_argument("--toy-epochs", type=positive, default=40, help="epochs on each toy density")
+    p.add_argument("--alpha", type=checks.arg(checks.real, low=0, high=0.5, low_open=True,
+                                              high_open=True),
+                   default=0.05, help="logit preprocessing margin")
     p.add_argument("--dequantization", default="uniform", choices=["uniform", "variational"],
                    help="MNIST: uniform noise, or a learned q(u | x) as the guide of the noise")
-    p.add_argument("--train-size", type=int, default=None, help="MNIST training images (all)")
-    p.add_argument("--eval-size", type=int, default=None, help="MNIST test images (all)")
-    p.add_argument("--iw-samples", type=int, default=16,
+    p.add_argument("--train-size", type=positive, default=None,
+                   help="MNIST training images (all)")
+    p.add_argument("--eval-size", type=positive, default=None, help="MNIST test images (all)")
+    p.add_argument("--iw-samples", type=positive, default=16,
                    help="noise draws of DenseFlow's bound at evaluation")
-    p.add_argument("--num-samples", type=int, default=32, help="images per temperature")
+    p.add_argument("--num-samples", type=positive, default=32, help="images per temperature")
     args = cli.finish_args(p, argv, smoke=dict(
         epochs=1, toy_epochs=2, train_size=256, val_size=128, eval_size=128, depth=1,
         iw_samples=2, num_samples=8, patience=None))
-    if args.smoke:
-        args.hidden = args.hidden or [8]
-    for name in ("toy_epochs", "batch_size", "iw_samples", "num_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.smoke and args.hidden is None:
+        args.hidden = [8]
     return args
 
 

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data import TensorData, image_splits
 from probgen.errors import DataNotFoundError
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
@@ -64,47 +64,53 @@ TOY = dict(hidden=(64, 64), lr=1e-3, batch_size=256, epochs=40, size=16384, sche
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=5, out="results/gan", patience=None,
-                          lr=2e-4, batch_size=64)
-    p.set_defaults(val_size=0)
+                          lr=2e-4, batch_size=64, val_size=0, need_val=False)
+    positive = checks.arg(checks.positive_int)
+    below_one = checks.arg(checks.real, low=0, high=1, high_open=True)
     p.add_argument("--data", default="mnist", choices=DATA)
     p.add_argument("--loss", nargs="+", default=["non_saturating"],
                    choices=ADVERSARIAL_LOSSES.names(), help="one GAN per loss, same seed")
-    p.add_argument("--k", type=int, default=None,
+    p.add_argument("--k", type=positive, default=None,
                    help="discriminator steps per generator step (default: 1; 5 for wgan_gp)")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
+    p.add_argument("--label-smoothing", type=below_one, default=0.0,
                    help="one-sided: the real label becomes 1 - this (minimax, non_saturating)")
     p.add_argument("--arch", default=None, choices=ARCHS,
                    help="networks (default: dcgan for images, mlp for toy1d)")
-    p.add_argument("--z-dim", type=int, default=None, help="noise size (100; 1 for toy1d)")
+    p.add_argument("--z-dim", type=positive, default=None, help="noise size (100; 1 for toy1d)")
     p.add_argument("--prior", default=None, choices=["normal", "uniform"],
                    help="p(z) (default: normal; uniform for toy1d)")
     p.add_argument("--output", default="tanh", choices=["tanh", "sigmoid"],
                    help="the generator's output activation (images)")
-    p.add_argument("--width", type=int, nargs=2, default=None, metavar=("G", "D"),
+    p.add_argument("--width", type=positive, nargs=2, default=None, metavar=("G", "D"),
                    help="DCGAN base widths of the generator and discriminator")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--hidden", type=positive, nargs="+", default=None,
                    help="MLP hidden sizes of both networks")
-    p.add_argument("--r1", type=float, default=None,
+    p.add_argument("--r1", type=checks.arg(checks.nonnegative_float), default=None,
                    help="gamma of the R1 penalty on D's gradient at the data (Mescheder et al. "
                         "2018; default 0, 1 for toy1d)")
-    p.add_argument("--ema", type=float, default=0.0,
+    p.add_argument("--ema", type=below_one, default=0.0,
                    help="decay of a moving average of G's weights that draws the samples "
                         "(0: none; 0.999 is usual)")
-    p.add_argument("--d-lr", type=float, default=None, help="discriminator lr (default --lr)")
-    p.add_argument("--g-lr", type=float, default=None, help="generator lr (default --lr)")
+    p.add_argument("--d-lr", type=checks.arg(checks.positive_float), default=None,
+                   help="discriminator lr (default --lr)")
+    p.add_argument("--g-lr", type=checks.arg(checks.positive_float), default=None,
+                   help="generator lr (default --lr)")
     p.add_argument("--schedule", default=None,
                    help="learning-rate schedule (cosine, linear, ...; default none, cosine "
                         "for toy1d)")
-    p.add_argument("--fid-every", type=int, default=1, help="epochs between FIDs (0: never)")
-    p.add_argument("--fid-samples", type=int, default=10000, help="samples per FID")
-    p.add_argument("--eval-samples", type=int, default=10000,
+    p.add_argument("--fid-every", type=checks.arg(checks.nonnegative_int), default=1,
+                   help="epochs between FIDs (0: never)")
+    fid_samples = checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
+                             hint="FID on the classifier's 128 features")
+    p.add_argument("--fid-samples", type=fid_samples, default=10000, help="samples per FID")
+    p.add_argument("--eval-samples", type=fid_samples, default=10000,
                    help="samples of the final FID, KID, precision/recall, coverage")
     p.add_argument("--keep-best", action="store_true",
                    help="keep the weights of the epoch with the lowest FID (and stop after "
                         "--patience FIDs without improvement)")
-    p.add_argument("--snapshots", type=int, default=5,
+    p.add_argument("--snapshots", type=positive, default=5,
                    help="epochs at which samples (and the toy's D) are drawn")
-    p.add_argument("--toy-size", type=int, default=None,
+    p.add_argument("--toy-size", type=positive, default=None,
                    help=f"toy1d: data points (default {TOY['size']})")
     p.add_argument("--data-root", default=None,
                    help="folder of torchvision data sets (default: probgen's cache)")
@@ -115,12 +121,12 @@ def parse_args(argv=None):
     args = cli.finish_args(p, argv, smoke=dict(
         fid_samples=300, eval_samples=1000, snapshots=2, toy_size=1024, width=[8, 8],
         hidden=[16, 16]))
-    for name in ("fid_every",):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be 0 or more")
-    for name in ("fid_samples", "eval_samples", "snapshots", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.inception_weights:
+        for name in ("fid_samples", "eval_samples"):
+            if getattr(args, name) < cli.MIN_INCEPTION_FID_SAMPLES:
+                p.error(f"--{name.replace('_', '-')} must be at least "
+                        f"{cli.MIN_INCEPTION_FID_SAMPLES} for an FID on Inception's 2048 "
+                        f"features, got {getattr(args, name)}")
     if args.data == "toy1d":
         if args.arch == "dcgan":
             p.error("the 1-D toy takes --arch mlp")
@@ -133,11 +139,16 @@ def parse_args(argv=None):
             args.epochs = 2
         if args.schedule is None:
             args.schedule = TOY["schedule"]
-        args.hidden = args.hidden or list(TOY["hidden"])
-        args.toy_size = args.toy_size or TOY["size"]
-        args.r1 = TOY["r1"] if args.r1 is None else args.r1
-    args.arch = args.arch or "dcgan"
-    args.r1 = args.r1 or 0.0
+        if args.hidden is None:
+            args.hidden = list(TOY["hidden"])
+        if args.toy_size is None:
+            args.toy_size = TOY["size"]
+        if args.r1 is None:
+            args.r1 = TOY["r1"]
+    if args.arch is None:
+        args.arch = "dcgan"
+    if args.r1 is None:
+        args.r1 = 0.0
     if args.keep_best and args.fid_every == 0:
         p.error("--keep-best follows the FID: give --fid-every >= 1")
     return args
@@ -150,7 +161,9 @@ def load_data(args):
     if args.data == "toy1d":
         g = torch.Generator().manual_seed(args.seed)
         x = torch.randn(args.toy_size, 1, generator=g) * TOY_STD + TOY_MEAN
-        return TensorData(x.to(args.device)), None, (1,), None
+        data = cli.with_settings(TensorData(x.to(args.device)), dataset="toy1d",
+                                 size=args.toy_size, seed=args.seed)
+        return data, None, (1,), None
     try:
         splits = image_splits(args.data, val_size=args.val_size, seed=args.seed,
                               device=args.device, root=args.data_root,
@@ -168,12 +181,17 @@ def build(args, loss: str, data_shape, data_range) -> GAN:
     kw = dict(data_shape=data_shape, net=args.arch, loss=loss, k=args.k,
               label_smoothing=args.label_smoothing, r1_weight=args.r1, d_lr=args.d_lr,
               g_lr=args.g_lr, ema=args.ema)
-    if args.data == "toy1d":
-        kw.update(z_dim=args.z_dim or 1, prior=args.prior or "uniform", output="identity",
-                  data_range=None)
+    toy = args.data == "toy1d"
+
+    def given(value, default):
+        return default if value is None else value
+
+    if toy:
+        kw.update(z_dim=given(args.z_dim, 1), prior=given(args.prior, "uniform"),
+                  output="identity", data_range=None)
     else:
-        kw.update(z_dim=args.z_dim or 100, prior=args.prior or "normal", output=args.output,
-                  data_range=data_range)
+        kw.update(z_dim=given(args.z_dim, 100), prior=given(args.prior, "normal"),
+                  output=args.output, data_range=data_range)
     if args.arch == "mlp" and args.hidden:
         kw.update(g_hidden=tuple(args.hidden), d_hidden=tuple(args.hidden))
     if args.arch == "dcgan" and args.width:

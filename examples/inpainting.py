@@ -12,7 +12,7 @@ learning_curves.png, results.json and results.csv to --out.
 
 import sys
 
-from probgen import cli
+from probgen import checks, cli
 
 import _restoration
 
@@ -21,11 +21,11 @@ def main(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/inpainting",
                           patience=5, batch_size=128)
     _restoration.add_model_args(p)
-    p.add_argument("--block-size", type=int, default=9, help="side of each square hole (pixels)")
-    p.add_argument("--blocks", type=int, default=1, help="holes per image")
+    p.add_argument("--block-size", type=checks.arg(checks.int_in_range, low=1, high=28),
+                   default=9, help="side of each square hole (pixels)")
+    p.add_argument("--blocks", type=checks.arg(checks.positive_int), default=1,
+                   help="holes per image")
     args = cli.finish_args(p, argv)
-    if not 1 <= args.block_size <= 28:
-        p.error(f"--block-size must be in 1..28, got {args.block_size}")
     return _restoration.run(args, "inpainting_ae", {"size": args.block_size,
                                                     "count": args.blocks}, "holed")
 

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.metrics import mse_per_image, pca, pca_reconstruction
 from probgen.models import VAE
 from probgen.train import fit, set_seed
@@ -50,12 +50,10 @@ def train(splits, args, name, preset, **settings):
 def main(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=20, out="results/latent_space",
                           patience=5)
-    p.add_argument("--pca-sizes", type=int, nargs="+", default=[2, 8, 32, 80],
+    p.add_argument("--pca-sizes", type=checks.arg(checks.int_in_range, low=1, high=784),
+                   nargs="+", default=[2, 8, 32, 80],
                    help="code sizes of the PCA / autoencoder comparison")
     args = cli.finish_args(p, argv, smoke=dict(pca_sizes=[2, 8]))
-    for k in args.pca_sizes:
-        if not 1 <= k <= 784:
-            p.error(f"--pca-sizes takes code sizes in 1..784, got {k}")
     started = time.perf_counter()
     binary = cli.mnist(args, binarize="dynamic")
     grey = cli.mnist(args)

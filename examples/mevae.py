@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.data.scenes import images_only, scene_splits
 from probgen.errors import ConfigError
 from probgen.metrics.likelihood import elbo_and_iw_nll, elbo_per_example
@@ -54,37 +54,34 @@ COLOURS = torch.tensor([[0.95, 0.25, 0.2], [0.2, 0.6, 1.0], [0.3, 0.85, 0.3], [1
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/mevae", patience=5)
-    p.add_argument("-K", "--entities", type=int, default=4, help="entities per scene (K)")
-    p.add_argument("--what-dim", type=int, default=12,
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("-K", "--entities", type=positive, default=4, help="entities per scene (K)")
+    p.add_argument("--what-dim", type=positive, default=12,
                    help="appearance code per entity (its latent has 3 more values)")
-    p.add_argument("--canvas", type=int, default=64, help="scene side in pixels")
-    p.add_argument("--min-digits", type=int, default=1)
-    p.add_argument("--max-digits", type=int, default=4)
-    p.add_argument("--min-distance", type=float, default=14.0,
+    p.add_argument("--canvas", type=checks.arg(checks.integer, low=28,
+                                               hint="a digit is 28x28 pixels"),
+                   default=64, help="scene side in pixels")
+    p.add_argument("--min-digits", type=positive, default=1)
+    p.add_argument("--max-digits", type=positive, default=4)
+    p.add_argument("--min-distance", type=checks.arg(checks.nonnegative_float), default=14.0,
                    help="least distance between digit centres, pixels")
-    p.add_argument("--train-scenes", type=int, default=20000)
-    p.add_argument("--val-scenes", type=int, default=2000)
-    p.add_argument("--test-scenes", type=int, default=2000)
+    p.add_argument("--train-scenes", type=positive, default=20000)
+    p.add_argument("--val-scenes", type=positive, default=2000)
+    p.add_argument("--test-scenes", type=positive, default=2000)
     p.add_argument("--baseline", default="conv", choices=["conv", "mlp", "none"],
                    help="plain VAE network (none: MEVAE only)")
-    p.add_argument("--baseline-z", type=int, default=None,
+    p.add_argument("--baseline-z", type=positive, default=None,
                    help="plain VAE latent size (default: K x (what-dim + 3))")
     p.add_argument("--objective", default="meanfield", choices=["trace", "meanfield"],
                    help="trace: Monte Carlo KL, meanfield: analytic KL")
-    p.add_argument("--elbo-particles", type=int, default=10, help="samples per test -ELBO")
-    p.add_argument("-k", "--iw-samples", type=int, default=100,
+    p.add_argument("--elbo-particles", type=positive, default=10, help="samples per test -ELBO")
+    p.add_argument("-k", "--iw-samples", type=checks.arg(checks.nonnegative_int), default=100,
                    help="importance samples of the test NLL (0: skip)")
-    p.add_argument("--iw-size", type=int, default=500, help="test scenes in the NLL estimate")
-    p.add_argument("--min-ink", type=float, default=20.0,
+    p.add_argument("--iw-size", type=positive, default=500, help="test scenes in the NLL estimate")
+    p.add_argument("--min-ink", type=checks.arg(checks.nonnegative_float), default=20.0,
                    help="an entity is active when it draws this many pixels' worth of ink")
     args = cli.finish_args(p, argv, smoke=dict(train_scenes=128, val_scenes=32, test_scenes=32,
                                                iw_samples=4, iw_size=8, elbo_particles=2))
-    for name in ("entities", "what_dim", "train_scenes", "val_scenes", "test_scenes",
-                 "elbo_particles"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.iw_samples < 0 or args.iw_size < 1:
-        p.error("--iw-samples must be >= 0 and --iw-size >= 1")
     return args
 
 
@@ -177,7 +174,12 @@ def main(argv=None):
         raise ConfigError("the scenes need a validation split: --val-size must be > 0.")
     truth = splits["test"]
     x_test, _, seg, counts = truth.tensors[:4]
-    data = {k: images_only(v) for k, v in splits.items()}
+    made = dict(dataset="mnist_scenes", canvas=args.canvas, min_digits=args.min_digits,
+                max_digits=args.max_digits, min_distance=args.min_distance, binarize="dynamic",
+                scenes=[args.train_scenes, args.val_scenes, args.test_scenes],
+                val_size=args.val_size, seed=args.seed)
+    data = {k: cli.with_settings(images_only(v), getattr(v, "settings", None), split=k, **made)
+            for k, v in splits.items()}
     image_shape = (1, args.canvas, args.canvas)
     print(f"scenes: {len(data['train'])} train / {len(data['val'])} val / "
           f"{len(data['test'])} test, {args.canvas}x{args.canvas}, "
@@ -188,8 +190,8 @@ def main(argv=None):
     models = {"mevae": mevae}
     if args.baseline != "none":
         set_seed(args.seed)
-        models["vae"] = VAE(image_shape, z_dim=args.baseline_z or args.entities * mevae.latent_dim,
-                            net=args.baseline)
+        z_dim = args.entities * mevae.latent_dim if args.baseline_z is None else args.baseline_z
+        models["vae"] = VAE(image_shape, z_dim=z_dim, net=args.baseline)
     fits = {name: train(model, data, args, name) for name, model in models.items()}
     results, rows = {}, []
     for name, model in models.items():

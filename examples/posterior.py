@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.infer.guides import GUIDE_FLOWS
 from probgen.metrics.likelihood import elbo_and_iw_nll
 from probgen.models.vae import VAE
@@ -47,32 +47,30 @@ def parse_args(argv=None):
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--guides", nargs="+", default=GUIDES, choices=GUIDES,
                    help="diag: the encoder's Gaussian; the others: flow guides")
-    p.add_argument("--depth", type=int, default=4, help="flow steps of each flow guide")
-    p.add_argument("--z-dim", type=int, default=50, help="latent size")
-    p.add_argument("-k", "--iw-samples", type=int, default=1000,
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("--depth", type=positive, default=4, help="flow steps of each flow guide")
+    p.add_argument("--z-dim", type=positive, default=50, help="latent size")
+    p.add_argument("-k", "--iw-samples", type=positive, default=1000,
                    help="importance samples of the test NLL")
-    p.add_argument("--eval-size", type=int, default=1000,
+    p.add_argument("--eval-size", type=positive, default=1000,
                    help="test images of the -ELBO and NLL")
-    p.add_argument("--images", type=int, default=4, help="test images sampled by NUTS")
-    p.add_argument("--chains", type=int, default=4, help="NUTS chains")
-    p.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps per chain")
-    p.add_argument("--draws", type=int, default=500, help="NUTS draws per chain")
+    p.add_argument("--images", type=positive, default=4, help="test images sampled by NUTS")
+    p.add_argument("--chains", type=positive, default=4, help="NUTS chains")
+    p.add_argument("--warmup", type=checks.arg(checks.nonnegative_int), default=500,
+                   help="NUTS warm-up steps per chain")
+    p.add_argument("--draws", type=positive, default=500, help="NUTS draws per chain")
     p.add_argument("--nuts-guides", nargs="+", default=["diag", "iaf"], choices=GUIDES,
                    help="the models whose decoders NUTS samples under, and whose guides "
                         "the pair plots overlay")
-    p.add_argument("--gap-images", type=int, default=100,
+    p.add_argument("--gap-images", type=positive, default=100,
                    help="test images of the gap table")
-    p.add_argument("--gap-k", type=int, default=5000, help="importance samples of log p(x)")
-    p.add_argument("--gap-steps", type=int, default=2000,
+    p.add_argument("--gap-k", type=positive, default=5000, help="importance samples of log p(x)")
+    p.add_argument("--gap-steps", type=positive, default=2000,
                    help="Adam steps of each per-image guide")
     p.add_argument("--gap-guides", nargs="+", default=["diag", "iaf"], choices=GUIDES)
     args = cli.finish_args(p, argv, smoke=dict(
         z_dim=2, depth=2, iw_samples=16, eval_size=32, images=2, chains=2, warmup=30,
         draws=30, gap_images=4, gap_k=64, gap_steps=30))
-    if args.depth < 1:
-        p.error(f"--depth must be at least 1, got {args.depth}")
-    if args.z_dim < 1:
-        p.error(f"--z-dim must be at least 1, got {args.z_dim}")
     return args
 
 

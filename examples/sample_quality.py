@@ -59,7 +59,7 @@ from typing import Dict, List, Tuple
 import torch
 
 import probgen
-from probgen import cli
+from probgen import checks, cli
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
 from probgen.errors import ConfigError
@@ -81,17 +81,17 @@ TEMPERATURES = (0.7, 1.0)
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/sample_quality",
-                          patience=None, batch_size=100)
-    p.set_defaults(val_size=0)
+                          patience=None, batch_size=100, val_size=0, need_val=False)
     p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    p.add_argument("--samples", type=int, default=10000, help="samples scored per model")
-    p.add_argument("--flow-epochs", type=int, default=5)
-    p.add_argument("--gan-epochs", type=int, default=5)
+    p.add_argument("--samples", default=10000,
+                   type=checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
+                                   hint="FID on the classifier's 128 features"),
+                   help="samples scored per model")
+    p.add_argument("--flow-epochs", type=checks.arg(checks.positive_int), default=5)
+    p.add_argument("--gan-epochs", type=checks.arg(checks.positive_int), default=5)
     p.add_argument("--load", nargs="+", default=[], metavar="NAME=PATH",
                    help="use these checkpoints instead of training")
     args = cli.finish_args(p, argv, smoke=dict(samples=1000, flow_epochs=1, gan_epochs=1))
-    if args.samples < 129:
-        p.error("--samples must be at least 129 (FID on 128 features)")
     loads = {}
     for item in args.load:
         name, sep, path = item.partition("=")
@@ -99,9 +99,6 @@ def parse_args(argv=None):
             p.error(f"--load takes NAME=PATH with NAME one of {', '.join(FAMILIES)}, got {item!r}")
         loads[name] = Path(path)
     args.load = loads
-    for name in ("flow_epochs", "gan_epochs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from probgen import cli
+from probgen import checks, cli
 from probgen.infer import OBJECTIVES
 from probgen.metrics.report import autoencoder_report
 from probgen.models import LIKELIHOODS, PRESETS, VAE
@@ -49,12 +49,14 @@ def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=200, out="results/vae", patience=20)
     p.add_argument("--model", default="vae", choices=PRESETS.names() + ["iwae"],
                    help="model preset; 'iwae' is a vae trained on the IWAE bound")
-    p.add_argument("--z-dim", type=int, default=50, help="latent size")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--z-dim", type=checks.arg(checks.positive_int), default=50,
+                   help="latent size")
+    p.add_argument("--hidden", type=checks.arg(checks.positive_int), nargs="+", default=None,
                    help="hidden sizes (default: 200 200 for mlp, 256 for conv)")
     p.add_argument("--activation", default=None, help="hidden activation (default: tanh for mlp)")
-    p.add_argument("--beta", type=float, default=None, help="KL weight (default: the preset's)")
-    p.add_argument("--betas", type=float, nargs="+", default=None,
+    p.add_argument("--beta", type=checks.arg(checks.nonnegative_float), default=None,
+                   help="KL weight (default: the preset's)")
+    p.add_argument("--betas", type=checks.arg(checks.nonnegative_float), nargs="+", default=None,
                    help="train one model per beta and write the beta sweep table")
     p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS.names(),
                    help="bernoulli trains on binarized images (--binarize), the others on grey levels")
@@ -65,23 +67,18 @@ def parse_args(argv=None):
     p.add_argument("--objective", default=None, choices=OBJECTIVES.names(),
                    help="meanfield: analytic KL (default), trace: Monte Carlo KL, iwae: "
                         "importance weighted (default with --model iwae)")
-    p.add_argument("-p", "--particles", type=int, default=None,
+    p.add_argument("-p", "--particles", type=checks.arg(checks.positive_int), default=None,
                    help="samples per example while training (default 1; 50 for iwae)")
-    p.add_argument("-k", "--iw-samples", type=int, default=5000,
+    p.add_argument("-k", "--iw-samples", type=checks.arg(checks.nonnegative_int), default=5000,
                    help="importance samples of the test NLL (0: skip)")
-    p.add_argument("--iw-size", type=int, default=None,
+    p.add_argument("--iw-size", type=checks.arg(checks.positive_int), default=None,
                    help="test images in the NLL estimate (default: all)")
     args = cli.finish_args(p, argv, smoke=dict(iw_samples=16, iw_size=64))
-    if args.z_dim < 1:
-        p.error(f"--z-dim must be at least 1, got {args.z_dim}")
-    for b in [args.beta] + list(args.betas or []):
-        if b is not None and b < 0:
-            p.error(f"beta must be >= 0, got {b}")
-    if args.model == "iwae":
-        args.objective = args.objective or "iwae"
-        args.particles = args.particles or 50
-    args.objective = args.objective or "meanfield"
-    args.particles = args.particles or 1
+    iwae = args.model == "iwae"
+    if args.objective is None:
+        args.objective = "iwae" if iwae else "meanfield"
+    if args.particles is None:
+        args.particles = 50 if iwae else 1
     return args
 
 
@@ -134,7 +131,7 @@ def main(argv=None):
     binarize = args.binarize if args.likelihood == "bernoulli" and args.model not in (
         "denoising_ae", "inpainting_ae") else "none"
     splits = cli.mnist(args, binarize)
-    betas = args.betas or [None]
+    betas = [None] if args.betas is None else args.betas
     rows, results, histories = [], {}, {}
     for beta in betas:
         tag = "" if args.betas is None else f"_beta{beta:g}"
