@@ -179,14 +179,33 @@ def assert_one_error_line(proc, script, *words):
 
 
 @pytest.mark.parametrize("script, args, words", [
-    ("cvae_label.py", ["--z-dim", "0"], ["z_dim", "0"]),
-    ("anomaly.py", ["--z-dim", "-3"], ["z_dim", "-3"]),
-    ("denoising.py", ["--hidden", "0"], ["hidden"]),
-    ("vae.py", ["--hidden", "64", "0"], ["hidden"]),
-    ("flows.py", ["--depth", "0", "--flow", "realnvp"], ["depth"]),
+    ("cvae_label.py", ["--z-dim", "0"], ["--z-dim must be at least 1, got 0."]),
+    ("anomaly.py", ["--z-dim", "-3"], ["--z-dim must be at least 1, got -3."]),
+    ("denoising.py", ["--hidden", "0"], ["--hidden must be at least 1, got 0."]),
+    ("vae.py", ["--hidden", "64", "0"], ["--hidden must be at least 1, got 0."]),
+    ("flows.py", ["--depth", "0", "--flow", "realnvp"], ["--depth must be at least 1, got 0."]),
+    ("vae.py", ["--seed", "1" + "0" * 22], ["--seed must be in 0..2**63 - 1"]),
+])
+def test_a_bad_number_is_one_error_line_at_parse_time(script, args, words, tmp_path):
+    """Refused as the command line is parsed: exactly one line on stderr, no usage."""
+    proc = run_bad(script, *args, "--out", str(tmp_path / "out"))
+    assert_one_error_line(proc, script, *words)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()   # refused before --out was even made
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("mevae.py", ["--min-digits", "3", "--max-digits", "2"], ["min_digits (3)", "max_digits"]),
+    ("mevae.py", ["--canvas", "28", "--max-digits", "4"], ["do not fit", "28x28"]),
+    ("flows.py", ["--flow", "realnvp", "--levels", "9"], ["levels", "at most 3"]),
 ])
 def test_a_setting_the_library_refuses_is_one_error_line(script, args, words, tmp_path):
-    assert_one_error_line(run_bad(script, *args, "--out", str(tmp_path)), script, *words)
+    """Settings that only the library can judge (together, or against the data): its
+    ConfigError, said by cli.run as one line before training."""
+    proc = run_bad(script, *args, "--out", str(tmp_path))
+    assert_one_error_line(proc, script, *words)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not list(tmp_path.glob("*.pt"))   # nothing trained, nothing saved
 
 
 def test_resume_into_another_runs_folder_is_one_error_line(tmp_path):
@@ -236,3 +255,90 @@ def test_results_json_writes_paths_anywhere_in_the_arguments(tmp_path):
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["args"]["load"] == {"realnvp": str(tmp_path / "r.pt")}
     assert record["args"]["out"] == str(tmp_path) and record["results"] == {"fid": 1.5}
+
+
+# ------------------------------------------------------------------- --resume and data
+
+def first_fit_data(script, *argv, tmp_path, skip=0):
+    """The training data that ``examples/script --smoke argv`` hands to its fit (the one
+    after ``skip`` fits, which train), caught as the epoch starts; nothing trains."""
+    import contextlib
+    import io
+
+    import torch
+
+    from probgen.train import loop
+    from tests.conftest import load_example
+
+    if str(ROOT / "examples") not in sys.path:
+        sys.path.insert(0, str(ROOT / "examples"))   # the examples' shared helpers
+    example = load_example(script[:-3])
+    seen, original = [], loop.Run.train_epoch
+
+    class Caught(BaseException):
+        pass
+
+    def catch(self, epoch):
+        if not any(run is self for run in seen):
+            seen.append(self)
+        if seen[-1] is self and len(seen) == skip + 1:
+            raise Caught
+        return original(self, epoch)
+
+    threads = torch.get_num_threads()
+    loop.Run.train_epoch = catch
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
+                                           "--device", "cpu", "--out", str(tmp_path), *argv])
+    except Caught:
+        pass
+    finally:
+        loop.Run.train_epoch = original
+        torch.set_num_threads(threads)
+    assert len(seen) == skip + 1, f"{script}: {len(seen)} fits reached, not {skip + 1}"
+    return seen[-1].train_data
+
+
+DATA_CASES = [(p.name, [], 0, {}) for p in EXAMPLES if p.name not in ("aging.py",)] + [
+    ("cvae.py", ["--quadrants", "2"], 1, {"quadrants": 2}),     # the CVAE's precomputed inputs
+    ("aae.py", ["--labels", "semi_supervised", "--num-labelled", "20"], 0,
+     {"num_labelled": 20}),
+    ("aae.py", ["--augment-shift", "2"], 0, {"augment_shift": 2}),
+    ("gan.py", ["--data", "toy1d"], 0, {"dataset": "toy1d"}),
+    ("anomaly.py", ["--digits", "4"], 0, {"without_digit": 4}),
+    ("vae.py", ["--binarize", "static"], 0, {"binarize": "static"}),
+]
+
+
+@pytest.mark.parametrize("script, argv, skip, expect", DATA_CASES,
+                         ids=[" ".join([s[:-3], *a]) for s, a, _, _ in DATA_CASES])
+def test_every_example_says_how_its_training_data_was_made(script, argv, skip, expect,
+                                                           tmp_path):
+    """The fit loop keeps the training data's ``settings`` in each checkpoint and a
+    ``--resume`` refuses other ones: every example's training data carries them (aging
+    keeps no checkpoints, so nothing resumes)."""
+    data = first_fit_data(script, *argv, tmp_path=tmp_path, skip=skip)
+    settings = getattr(data, "settings", None)
+    assert isinstance(settings, dict) and settings.get("seed") == 0, (script, settings)
+    assert settings.get("dataset"), settings
+    for k, v in expect.items():
+        assert settings.get(k) == v, (k, settings)
+
+
+def test_resume_refuses_other_data_settings(tmp_path, capsys):
+    """Static against dynamic binarization: the resumed run stops with one line before
+    training, naming the setting."""
+    from tests.conftest import load_example, run_example
+
+    example = load_example("vae")
+    tiny = ["--out", str(tmp_path), "--z-dim", "2", "--hidden", "16", "--iw-samples", "0",
+            "--epochs", "1"]
+    assert run_example(example, *tiny) == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert run_example(example, *tiny, "--binarize", "static", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "binarize" in err[0] and "'dynamic'" in err[0], err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before   # left as it was
+    assert run_example(example, *tiny, "--resume") == 0          # the same settings resume
