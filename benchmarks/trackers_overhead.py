@@ -77,7 +77,8 @@ def main(argv=None):
                                                      "wandb"])
     args = p.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="probgen-trackers-"))
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     import os
 
     rows = []

@@ -35,8 +35,11 @@ STEPS = EPOCHS * N_TRAIN // BATCH
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):
-    """W&B offline and quiet; any connection from this process to a host other than this
-    machine fails the test (W&B's own service talks to it over localhost)."""
+    """W&B offline and quiet, MLflow's telemetry off; a connection from this process (any
+    thread) to a host other than this machine fails the test. W&B's service process talks
+    to this one over a Unix socket and, offline, to no one else (its debug-core.log)."""
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
@@ -44,15 +47,18 @@ def no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/not_used.db")
-    connect = socket.socket.connect
+    connect, attempts = socket.socket.connect, []
 
     def local_only(sock, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and \
                 address[0] not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"a tracker tried to reach {address} during a test")
+            attempts.append(address)   # seen at teardown, also from a background thread
+            raise OSError(f"no network in this test: {address}")
         return connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", local_only)
+    yield
+    assert attempts == [], f"a tracker tried to reach {attempts}"
 
 
 @pytest.fixture(scope="module")
