@@ -477,6 +477,22 @@ def test_model_images_of_models_with_and_without_the_methods(images):
     assert model_images(FakeRun) == {}
 
 
+def test_auto_images_skip_what_a_model_cannot_draw(images, tmp_path):
+    class NeedsLabels(VAE):
+        def sample(self, n, labels=None):
+            raise ValueError("labels are needed")
+
+    log = CSVLogger(tmp_path / "log.csv", images="auto")
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="no samples of this NeedsLabels .*labels are") as w:
+        res = probgen.fit(NeedsLabels(z_dim=2, hidden=(8,)), *images, epochs=EPOCHS,
+                          batch_size=BATCH, device="cpu", callbacks=[log], **QUIET)
+    assert len([x for x in w if "logs no samples" in str(x.message)]) == 1   # once
+    assert sorted(p.name for p in (tmp_path / "log_images").iterdir()) == [
+        f"reconstructions_epoch{e:04d}.png" for e in range(1, EPOCHS + 1)]
+    assert len(csv_rows(tmp_path / "log.csv")) == len(res.history) == EPOCHS
+
+
 def test_a_logging_error_warns_and_training_goes_on(images, tmp_path):
     def broken(run):
         raise OSError("No space left on device")

@@ -179,7 +179,10 @@ def first_images(run, n: int) -> Optional[torch.Tensor]:
     return None
 
 
-def model_images(run, n: int = 16) -> Dict[str, torch.Tensor]:
+IMAGE_KINDS = ("samples", "reconstructions")
+
+
+def model_images(run, n: int = 16, kinds=IMAGE_KINDS) -> Dict[str, torch.Tensor]:
     """Image grids of a probgen model, as far as it has the methods:
 
     * ``samples``: ``module.sample(n)`` where ``sample``'s first argument is a count
@@ -189,17 +192,17 @@ def model_images(run, n: int = 16) -> Dict[str, torch.Tensor]:
 
     A module with neither gives ``{}``; so does data that are not images.
     """
-    module = run.module if getattr(run, "module", None) is not None else None
+    module = getattr(run, "module", None)
     out: Dict[str, torch.Tensor] = {}
     if module is None:
         return out
     sample = getattr(module, "sample", None)
-    if callable(sample) and _count_param(sample):
+    if "samples" in kinds and callable(sample) and _count_param(sample):
         x = sample(n)
         if _is_image_batch(x):
             out["samples"] = x
     reconstruct = getattr(module, "reconstruct", None)
-    if callable(reconstruct):
+    if "reconstructions" in kinds and callable(reconstruct):
         x = first_images(run, n)
         if x is not None:
             r = reconstruct(x)
@@ -290,6 +293,7 @@ class Tracker(Callback):
         self.on_error = on_error
         self.image_seed = image_seed
         self._live = False          # open on rank 0, between on_fit_start and the end
+        self._skip: set = set()     # image kinds images="auto" cannot draw for this model
         self._resume: Dict[str, Any] = {}   # a checkpoint's state, used by the next start
 
     # ------------------------------------------------------------------ backend interface
@@ -337,6 +341,7 @@ class Tracker(Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, run) -> None:
         self._live = False
+        self._skip = set()
         if not getattr(run, "is_main", True):
             return
         resume, self._resume = self._resume, {}
@@ -371,9 +376,8 @@ class Tracker(Callback):
         self._guard("flushing", self._flush)
 
     def on_fit_end(self, run, result) -> None:
-        if self._live:
-            self._live = False
-            self._close(failed=False)
+        self._guard("closing the run", self._close, False)   # the last checkpoint is written
+        self._live = False
 
     def on_exception(self, run, error: BaseException) -> None:
         if self._live:
@@ -400,11 +404,27 @@ class Tracker(Callback):
         if grids:
             self._log_images(grids, epoch)
 
+    def _auto_images(self, run) -> Dict[str, torch.Tensor]:
+        """:func:`model_images`, each kind on its own: a kind the model cannot draw without
+        more arguments (labels, levels) is skipped from then on, with one warning."""
+        out = {}
+        for kind in IMAGE_KINDS:
+            if kind in self._skip:
+                continue
+            try:
+                out.update(model_images(run, self.num_images, kinds=(kind,)))
+            except Exception as err:
+                self._skip.add(kind)
+                warnings.warn(f"probgen: the {self.library} tracker logs no {kind} of this "
+                              f"{type(run.module).__name__} ({_first_line(err)}); pass "
+                              f"images=fn(run) -> {{name: images}} to draw them.",
+                              RuntimeWarning, stacklevel=2)
+        return out
+
     def draw_images(self, run) -> Dict[str, torch.Tensor]:
         """``images(run)`` as grids, drawn in eval mode, without gradients and with the
         global RNG forked (seeded by ``image_seed``), the module's mode restored."""
-        fn = (lambda r: model_images(r, self.num_images)) if self.images == "auto" else \
-            self.images
+        fn = self._auto_images if self.images == "auto" else self.images
         module = getattr(run, "module", None)
         was = module.training if module is not None else None
         device = getattr(run, "device", None)
@@ -425,6 +445,8 @@ class Tracker(Callback):
                     module.train(was)
         grids = {}
         for name, x in images.items():
+            if self.images == "auto" and not _is_image_batch(x):
+                continue
             nrow = None
             if name == "reconstructions" and self.images == "auto":
                 nrow = x.shape[0] // 2   # inputs above their reconstructions
