@@ -178,3 +178,36 @@ def test_bad_draws_are_clear_errors(vae):
         from_vae(vae, x, num_samples=3, index=[1, 2, 3])
     with pytest.raises(ConfigError, match="num_chains"):
         run_nuts(regression, *regression_data(), num_chains=0)
+
+
+@pytest.mark.parametrize("where", ["draws", "pointwise"])
+@pytest.mark.parametrize("err,falls_back", [
+    (RuntimeError("The size of tensor a (5) must match the size of tensor b (3)"), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False)])
+def test_parallel_draws_fall_back_only_for_a_model_that_does_not_broadcast(err, falls_back,
+                                                                           where):
+    """from_guide's vectorized draws (``draws``: Predictive's pass) and pointwise
+    log-likelihood (``pointwise``) fall back to one draw at a time for a model that does
+    not broadcast; out of memory is raised, not hidden by the slow path."""
+    vectorized = []
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        if z.dim() > 0:
+            vectorized.append(1)
+            if (len(vectorized) == 1) == (where == "draws"):
+                raise err
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.randn(3)
+    if falls_back:
+        idata = from_guide(model, guide, x, num_samples=5)
+        assert idata.posterior["z"].shape == (1, 5)
+        assert idata.log_likelihood["x"].shape[:2] == (1, 5)
+    else:
+        with pytest.raises(torch.OutOfMemoryError):
+            from_guide(model, guide, x, num_samples=5)

@@ -299,3 +299,38 @@ def test_elbo_and_iw_nll_share_one_set_of_draws(ppca):
     torch.manual_seed(7)
     many = negative_elbo(model, rough_guide, data, num_particles=1000, batch_size=50)
     assert both["neg_elbo"] == pytest.approx(many, abs=0.5)  # 10 other draws, same bound
+
+
+def _refuses_particles(err):
+    """A model/guide pair whose model raises ``err`` when it sees a leading axis of draws."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            if z.dim() > 1:
+                raise err
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("err,falls_back", [
+    (RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"), True),
+    (ValueError("Shape mismatch inside plate('data')"), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("Expected all tensors to be on the same device, but found at least two "
+                  "devices, cuda:0 and cpu!"), False)])
+def test_vectorized_pass_falls_back_only_for_a_model_that_does_not_broadcast(err, falls_back):
+    """A shape error of the particle plate repeats the arguments instead; running out of
+    memory or mixing devices is the machine's failure and is raised, not hidden by the
+    slow path (torch.OutOfMemoryError is a RuntimeError)."""
+    model, guide = _refuses_particles(err)
+    x = torch.randn(4)
+    if falls_back:
+        assert iw_log_likelihood(model, guide, x, num_samples=3).shape == (4,)
+    else:
+        with pytest.raises(type(err), match=str(err)[:20]):
+            iw_log_likelihood(model, guide, x, num_samples=3)
