@@ -4,7 +4,7 @@ Every check takes the setting's name and its value, and returns the value (as a 
 Python ``int``, ``float`` or :class:`~pathlib.Path`) when it is valid; otherwise it
 raises :class:`~probgen.errors.ConfigError` with one sentence::
 
-    <name> must be <what it must be>, got <value>[; <what to do>].
+    <name> must <be ... | lie in ...>, got <value>[; <what to do>].
 
 >>> positive_int("z_dim", 0)
 Traceback (most recent call last):
@@ -302,8 +302,11 @@ def arg(check: Callable[..., Any], **settings: Any) -> Callable[[str], Any]:
     """An argparse ``type=`` that converts the text and applies ``check`` at parse time.
 
     ``settings`` go to the check (``low=``, ``zero=``, ``hint=``, ``choices=``...). A bad
-    value raises :class:`argparse.ArgumentTypeError`, which argparse reports as one line,
-    ``<prog>: error: argument --flag: must be ..., got ...``, with exit status 2.
+    value raises :class:`argparse.ArgumentTypeError`, which argparse reports as
+    ``<prog>: error: argument --flag: must be ..., got ...`` after its usage, with exit
+    status 2 (:class:`probgen.cli.Parser` says it in one line, ``--flag must be ...``).
+    The returned callable keeps ``parses`` (``int`` or ``float``), ``check`` and
+    ``settings``, for tools that read a parser.
     """
     kind = getattr(check, "parses", None)
     if kind is None:
