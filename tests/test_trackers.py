@@ -568,6 +568,14 @@ def test_make_trackers_by_name(tmp_path):
     made = make_trackers(names, tmp_path, log_every_n_steps=None)
     assert [type(t).__name__ for t in made][:1] == ["CSVLogger"] and len(made) == len(names) - 1
     assert all(isinstance(t, Tracker) and t.log_every_n_steps is None for t in made)
+    assert made[0].path == tmp_path / "log.csv"
+    named = {type(t).__name__: t for t in make_trackers(names, tmp_path, run_name="baseline")}
+    assert named["CSVLogger"].path == tmp_path / "log_baseline.csv"
+    if "TensorBoard" in named:
+        assert Path(named["TensorBoard"].log_dir) == tmp_path / "tensorboard" / "baseline"
+    for kind in ("MLflow", "WandB"):
+        if kind in named:
+            assert named[kind].run_name == "baseline"
 
 
 def test_old_import_paths_and_metric_figures(images, tmp_path):

@@ -777,18 +777,26 @@ class WandB(Tracker):
 
 # --------------------------------------------------------------------------- by name
 
-#: tracker name -> ``factory(out_dir, **kwargs)``, for command lines (``--log NAME``)
+#: tracker name -> ``factory(out_dir, run_name, **kwargs)``, for command lines (``--log NAME``)
 TRACKERS: Registry = Registry("tracker")
-TRACKERS.register("csv", lambda out, **kw: CSVLogger(Path(out) / "log.csv", **kw))
-TRACKERS.register("tensorboard", lambda out, **kw: TensorBoard(Path(out) / "tensorboard", **kw))
-TRACKERS.register("mlflow", lambda out, **kw: MLflow(save_dir=Path(out) / "mlruns", **kw))
-TRACKERS.register("wandb", lambda out, **kw: WandB(dir=out, **kw))
+TRACKERS.register("csv", lambda out, name, **kw: CSVLogger(
+    Path(out) / (f"log_{name}.csv" if name else "log.csv"), **kw))
+TRACKERS.register("tensorboard", lambda out, name, **kw: TensorBoard(
+    Path(out) / "tensorboard" / (name or ""), **kw))
+TRACKERS.register("mlflow", lambda out, name, **kw: MLflow(
+    save_dir=Path(out) / "mlruns", run_name=name, **kw))
+TRACKERS.register("wandb", lambda out, name, **kw: WandB(dir=out, run_name=name, **kw))
 
 
-def make_trackers(names, out_dir: Union[str, Path], **kwargs) -> List[Tracker]:
+def make_trackers(names, out_dir: Union[str, Path], run_name: Optional[str] = None,
+                  **kwargs) -> List[Tracker]:
     """One tracker per name in ``names`` (``csv``, ``tensorboard``, ``mlflow``, ``wandb``),
-    each writing under ``out_dir``; ``kwargs`` go to each (``log_every_n_steps``,
-    ``images``, ``hparams``, ...). Unknown names and missing libraries fail here, before
-    any training."""
+    each writing under ``out_dir``: ``log.csv``, ``tensorboard/``, ``mlruns/``, ``wandb/``.
+
+    A script that trains several models gives each fit its own ``run_name``: the CSV file
+    becomes ``log_<run_name>.csv``, TensorBoard's folder ``tensorboard/<run_name>``, and
+    MLflow and W&B name their runs so. ``kwargs`` go to each tracker
+    (``log_every_n_steps``, ``images``, ``hparams``, ...). Unknown names and missing
+    libraries fail here, before any training."""
     names = list(dict.fromkeys(names or ()))
-    return [TRACKERS.get(n)(out_dir, **kwargs) for n in names]
+    return [TRACKERS.get(n)(out_dir, run_name, **kwargs) for n in names]
