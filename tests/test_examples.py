@@ -342,3 +342,38 @@ def test_resume_refuses_other_data_settings(tmp_path, capsys):
     assert len(err) == 1 and "binarize" in err[0] and "'dynamic'" in err[0], err
     assert (tmp_path / "checkpoint.pt").read_bytes() == before   # left as it was
     assert run_example(example, *tiny, "--resume") == 0          # the same settings resume
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_one(
+        tmp_path, capsys, monkeypatch):
+    """The disk fills while the resumed run writes its next checkpoint (half the bytes
+    written, then ENOSPC, as torch.save meets it): one line naming the problem and the
+    file, the previous checkpoint byte for byte, no partial file left."""
+    import errno
+
+    import torch
+
+    from tests.conftest import load_example, run_example
+
+    example = load_example("vae")
+    tiny = ["--out", str(tmp_path), "--z-dim", "2", "--hidden", "16", "--iw-samples", "0"]
+    assert run_example(example, *tiny, "--epochs", "1") == 0
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if hasattr(f, "truncate"):   # what reached the disk: a part of it
+            f.truncate(f.tell() // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    # 1 from cli.run's file-system line, 2 where the checkpoint writer says it as a
+    # probgen error: either way one line
+    assert run_example(example, *tiny, "--epochs", "2", "--resume") in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0], err
+    assert "checkpoint is intact" in err[0] and "checkpoint.pt" in err[0], err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
