@@ -773,3 +773,40 @@ def test_flows_example_smoke(tmp_path):
         else:
             assert value == pytest.approx(results["toy"][data.split(":")[1]][name]["test_nll"],
                                           abs=1e-3)
+
+
+@pytest.mark.parametrize("name,shape,kw", [
+    ("glow", (1, 8, 8), dict(depth=2, hidden=8, levels=2)),
+    ("realnvp", (1, 8, 8), dict(depth=2, hidden=8)),
+    ("glow", (6,), dict(depth=2, hidden=(16,)))])
+def test_log_determinants_stay_in_float32_under_bfloat16_autocast(name, shape, kw):
+    """Mixed precision (a fit option the loop may offer): the networks run in bfloat16, but
+    every coupling's log-scale (the log-determinant's terms), every 1x1 map's output and the
+    log-density come back in float32, close to the float32 computation."""
+    from pyro.distributions.transforms import AffineCoupling
+    from probgen.flows.transforms import InvertibleLinear
+
+    torch.manual_seed(0)
+    model = FlowModel(name, event_shape=shape, preprocess="none", num_levels=None, **kw)
+    x = torch.randn(16, *shape)
+    model.initialize(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))      # away from the near-identity start
+    exact = model.log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.log_prob(x)
+        couplings = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+        scales = [m._cached_log_scale for m in couplings]
+        for m in model.modules():
+            if isinstance(m, InvertibleLinear):
+                v = torch.randn((5,) + (m.channels,) + ((4, 4) if m._event_dim == 3 else ()))
+                assert m(v).dtype == torch.float32
+    assert mixed.dtype == torch.float32
+    assert all(s.dtype == torch.float32 for s in scales if s is not None)
+    assert (mixed - exact).abs().max() < 0.02 * exact.abs().max() + 0.5
+    lin = invertible_conv1x1(4)
+    v = torch.randn(3, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mapped = lin(v)
+    assert torch.allclose(mapped, lin(v), rtol=1e-6, atol=1e-6)   # not rounded to bfloat16

@@ -222,7 +222,8 @@ class VariationalDequantizer(torch.nn.Module):
         """``q(u | k)`` for integer levels ``k`` of shape ``(B, C, H, W)`` (batch ``(B,)``)."""
         import pyro.distributions as dist
 
-        h = self.net(levels / (num_levels - 1) - 0.5)
+        x = levels / (num_levels - 1) - 0.5
+        h = self.net(x).to(x.dtype)   # (autocast: the distribution in the data's dtype)
         loc, log_scale = h.chunk(2, dim=1)
         base = dist.Normal(loc, torch.exp(log_scale.clamp(-7.0, 5.0))).to_event(3)
         # squeezed into [eps, 1 - eps]: in float32 sigmoid(y) rounds to exactly 1 for

@@ -10,6 +10,12 @@ Images need convolutions that read the flat vector Pyro's
 Every affine network's last layer starts near zero (weights ``N(0, 1e-3^2)``, bias 0),
 so a fresh coupling is close to the identity, as in Glow (which uses exact zeros;
 a tiny non-zero start keeps a gradient flowing to every layer from the first step).
+
+Under mixed precision (``torch.autocast`` with bfloat16 or float16) the networks' layers
+run in the lower precision, and their outputs come back in the dtype of their input
+(the data's float32): the coupling's shift and scale, and the log-determinant summed
+from hundreds of log-scales per example, stay in float32 (a bfloat16 sum keeps about
+three significant digits). Without autocast the cast is a no-op.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class ConvNet(nn.Module):
             near_zero_(nn.Conv2d(hidden, out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x).to(x.dtype)   # (autocast: back to the input's dtype)
 
 
 class ConvHypernet(nn.Module):
@@ -92,9 +98,20 @@ class ConvHypernet(nn.Module):
         return mean.reshape(batch + (-1,)), log_scale.reshape(batch + (-1,))
 
 
+class InputDtypeDenseNN(DenseNN):
+    """Pyro's ``DenseNN`` whose outputs have its input's dtype (float32 under autocast)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if isinstance(out, torch.Tensor):
+            return out.to(x.dtype)
+        return tuple(o.to(x.dtype) for o in out)
+
+
 def dense_hypernet(in_dim: int, out_dim: int, hidden: Sequence[int]) -> DenseNN:
-    """Pyro's ``DenseNN`` returning ``(mean, log_scale)``, last layer near zero."""
-    net = DenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim, out_dim])
+    """Pyro's ``DenseNN`` returning ``(mean, log_scale)``, last layer near zero (outputs in
+    the input's dtype: :class:`InputDtypeDenseNN`)."""
+    net = InputDtypeDenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim, out_dim])
     near_zero_(net.layers[-1])
     return net
 
@@ -111,7 +128,7 @@ class AdditiveHypernet(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
         super().__init__()
-        self.net = DenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim])
+        self.net = InputDtypeDenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim])
 
     def forward(self, x1: torch.Tensor):
         m = self.net(x1)

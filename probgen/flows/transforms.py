@@ -52,12 +52,12 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import Permute as PyroPermute
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
-from pyro.nn import DenseNN
 from torch import nn
 from torch.distributions import Transform
 
 from probgen.errors import ConfigError, DataError
-from probgen.flows.nets import ConvNet, check_hidden, check_positive, near_zero_
+from probgen.flows.nets import (ConvNet, InputDtypeDenseNN, check_hidden, check_positive,
+                                near_zero_)
 
 LOG_SCALE_CLIP = (-5.0, 3.0)  # as Pyro's AffineCoupling
 
@@ -410,10 +410,14 @@ class InvertibleLinear(CachedLogDetTransform):
         return torch.linalg.solve_triangular(upper, w, upper=True).to(self.lower.dtype)
 
     def _map_channels(self, w, x):
-        if self._event_dim == 1:
-            return x @ w.T
-        flat = x.reshape((-1,) + x.shape[-3:])
-        return F.conv2d(flat, w.reshape(self.channels, self.channels, 1, 1)).reshape(x.shape)
+        # in x's precision even under autocast: a C x C map costs little, and rounding the
+        # latent to bfloat16 would cost the flow its invertibility to three digits
+        with torch.autocast(x.device.type, enabled=False):
+            if self._event_dim == 1:
+                return x @ w.T.to(x.dtype)
+            flat = x.reshape((-1,) + x.shape[-3:])
+            return F.conv2d(flat, w.to(x.dtype).reshape(self.channels, self.channels, 1, 1)
+                            ).reshape(x.shape)
 
     def _log_det(self, x):
         per_pixel = x.shape[-2] * x.shape[-1] if self._event_dim == 3 else 1
@@ -711,8 +715,8 @@ class CrossUnitCoupling(nn.Module):
             self.net = ConvNet(self.event_shape[0], 2 * growth, hidden)
         elif len(self.event_shape) == 1:
             hidden = (hidden,) if isinstance(hidden, int) else hidden
-            self.net = DenseNN(self.event_shape[0], list(check_hidden(hidden)),
-                               param_dims=[2 * growth])
+            self.net = InputDtypeDenseNN(self.event_shape[0], list(check_hidden(hidden)),
+                                         param_dims=[2 * growth])
             near_zero_(self.net.layers[-1])
         else:
             raise ConfigError(f"CrossUnitCoupling works on (C, H, W) or (D,) events, "
