@@ -49,6 +49,7 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.infer.objectives import make_elbo
+from probgen.train.config import OPTIMIZERS
 
 LossFn = Callable[[Any, Dict[str, Any]], Any]
 BatchToArgs = Callable[[Any], Tuple[Sequence, Dict[str, Any]]]
@@ -416,7 +417,6 @@ def _positional_refusal(model, guide, extra) -> str:
 def _optim_phase_kwargs(optim) -> Dict[str, Any]:
     """A Pyro optimizer, a torch optimizer class or a name, as a phase's settings."""
     if isinstance(optim, str):
-        from probgen.train.config import OPTIMIZERS
         OPTIMIZERS.get(optim)
         return {"optimizer": optim}
     if isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer):
