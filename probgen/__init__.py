@@ -18,5 +18,5 @@ from probgen.train import FitConfig, FitResult, LossStep, Phase, PhasedStep, SVI
 
 __version__ = "0.1.0"
 
-__all__ = ["FitConfig", "FitResult", "LossStep", "Phase", "PhasedStep", "SVIStep", "data", "load", "errors", "fit", "flows",
-           "infer", "metrics", "models", "nn", "train", "__version__"]
+__all__ = ["FitConfig", "FitResult", "LossStep", "Phase", "PhasedStep", "SVIStep", "__version__",
+           "data", "errors", "fit", "flows", "infer", "load", "metrics", "models", "nn", "train"]
