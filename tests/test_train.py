@@ -240,7 +240,8 @@ def test_a_gpu_checkpoint_loads_on_the_cpu_by_default(tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(tmp_path / "gpu.pt", weights_only=True)   # the file is a GPU one
-    assert all(t.device.type == "cpu" for t in load_checkpoint(tmp_path / "gpu.pt")["module"].values())
+    saved = load_checkpoint(tmp_path / "gpu.pt")["module"]
+    assert all(t.device.type == "cpu" for t in saved.values())
     back = probgen.load(tmp_path / "gpu.pt")
     assert all(p.device.type == "cpu" for p in back.parameters())
     other = VAE(z_dim=2, hidden=(8,))

@@ -794,7 +794,8 @@ class Run:
                 bar.update(1)
                 if i % 10 == 0 and c.progress and self.is_main:
                     first_phase = self.phases[0].phase.name
-                    bar.set_postfix(loss=f"{float(totals[first_phase]) / max(counts[first_phase], 1):.3f}")
+                    shown = float(totals[first_phase]) / max(counts[first_phase], 1)
+                    bar.set_postfix(loss=f"{shown:.3f}")
                 self.result.steps += 1
                 if batch_hooks:
                     index = epoch * self.steps_per_epoch + i
