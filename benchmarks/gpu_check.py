@@ -196,14 +196,17 @@ def _families(device: str, limit):
     from probgen.models import CVAE, GAN, VAE, Baseline
     from probgen.models.flow import FlowModel
 
+    def at_least(batch):   # a slice holds five batches at least
+        return None if limit is None else max(limit, 5 * batch)
+
     def vae(batch):
         def build():
-            splits = _mnist(device, limit, "dynamic", 5000)
+            splits = _mnist(device, at_least(batch), "dynamic", 5000)
             return VAE(z_dim=50), splits["train"], dict(batch_size=batch)
         return build
 
     def cvae():
-        splits = _mnist(device, limit, "none", 5000)
+        splits = _mnist(device, at_least(256), "none", 5000)
         model = CVAE(Baseline(hidden=(500, 500)), z_dim=200, hidden=(500, 500))
         data = model.to(device).with_completions(quadrant_task(splits["train"], 1))
         return model, data, dict(batch_size=256, objective="meanfield", lr=2e-3)
