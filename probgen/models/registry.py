@@ -5,6 +5,11 @@ recorded on every instance (:func:`model_config`), so a checkpoint written by th
 loop carries them and :func:`probgen.load` returns a ready model without the user
 repeating them. Arguments that are themselves registered models (the CVAE's baseline)
 are recorded as such, recursively.
+
+A rebuildable class also gets ``save_pretrained`` (a model folder of ``config.json`` and
+``model.safetensors``, no pickle: :mod:`probgen.models.pretrained`), ``push_to_hub`` and
+the class method ``from_pretrained``; :func:`from_pretrained` rebuilds whatever model a
+folder holds.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Union
 
+import pyro.util
 import torch
 
-from probgen.errors import CheckpointError
+from probgen.errors import CheckpointError, ConfigError, ProbgenError
+from probgen.models import pretrained
 from probgen.registry import Registry
 
 _CONFIG_ATTR = "_probgen_init_args"
@@ -53,25 +61,33 @@ def model_config(module) -> Dict[str, Any]:
     return {_MODEL_KEY: f"{cls.__module__}:{cls.__qualname__}", "args": encoded}
 
 
-def build_from_config(config: Dict[str, Any], source: str = "the checkpoint"):
+def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
+                      strict: bool = False, how: Optional[str] = None):
     """Rebuild a model from :func:`model_config` (only classes of the probgen package).
+
+    Args:
+        config: what :func:`model_config` recorded.
+        source: the file named in error messages.
+        strict: also refuse settings that lack an argument the constructor has a default
+            for (an argument added since they were recorded); else it takes its default.
+        how: what the error messages advise (how to load settings of another version).
 
     Raises:
         CheckpointError: one line when the settings do not fit this probgen: the class was
             renamed or moved, or its constructor gained or lost an argument (a checkpoint
-            of another probgen version).
+            of another probgen version), or it refuses the recorded values.
     """
+    how = how or ("it was written by another probgen version: load it with that version, or "
+                  "build the model yourself and restore it with probgen.load(path, "
+                  "module=model)")
     if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
         raise CheckpointError(f"{source} records no model settings probgen can read (written "
-                              f"by another probgen version); build the model yourself and "
-                              f"restore it with probgen.load(path, module=model).")
+                              f"by another probgen version); {how}.")
     path = config.get(_MODEL_KEY, "")
-    module_name, _, qualname = path.partition(":")
+    module_name, _, qualname = str(path).partition(":")
     if not module_name.startswith("probgen.") or not qualname:
-        raise CheckpointError(f"{source} names model class {path!r}; probgen.load "
-                              f"rebuilds only probgen's own registered models.")
-    how = ("it was written by another probgen version: load it with that version, or build "
-           "the model yourself and restore it with probgen.load(path, module=model)")
+        raise CheckpointError(f"{source} names model class {path!r}; probgen rebuilds "
+                              f"only probgen's own registered models.")
     try:
         obj = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -81,34 +97,37 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint"):
                               f"have ({type(err).__name__}: {err}); {how}.") from None
     if not hasattr(obj, _CONFIG_ATTR + "_recorded"):
         raise CheckpointError(f"{source}: {path} is not a registered probgen model.")
-    args = {k: build_from_config(v, source) if isinstance(v, dict) and _MODEL_KEY in v else v
+    args = {k: build_from_config(v, source, strict=strict, how=how)
+            if isinstance(v, dict) and _MODEL_KEY in v else v
             for k, v in config["args"].items()}
-    differs = _signature_differences(obj, args)
+    differs = _signature_differences(obj, args, strict=strict)
     if differs:
         raise CheckpointError(f"{source} holds a {obj.__name__} whose settings do not fit this "
                               f"probgen's {obj.__name__} ({differs}); {how}.")
     try:
         return obj(**args)
-    except TypeError as err:
+    except (TypeError, ValueError, ProbgenError) as err:
+        first = (str(err).strip().splitlines() or ["no detail"])[0]
         raise CheckpointError(f"{source} holds a {obj.__name__} that this probgen cannot build "
-                              f"from its recorded settings (TypeError: {err}); {how}.") from None
+                              f"from its recorded settings ({type(err).__name__}: {first}); "
+                              f"{how}.") from None
 
 
-def _signature_differences(cls, args: Dict[str, Any]) -> str:
-    """What the recorded ``args`` lack or have too many for ``cls``'s constructor."""
+def _signature_differences(cls, args: Dict[str, Any], strict: bool = False) -> str:
+    """What the recorded ``args`` lack or have too many for ``cls``'s constructor (with
+    ``strict``, arguments with a default that ``args`` lack too)."""
     init = getattr(cls.__init__, "__wrapped__", cls.__init__)
     try:
         params = list(inspect.signature(init).parameters.values())[1:]
     except (TypeError, ValueError):
         return ""
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if any(p.kind is p.VAR_KEYWORD for p in params):
         unknown = []
     else:
-        names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        unknown = sorted(set(args) - names)
-    missing = sorted(p.name for p in params
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                     and p.default is p.empty and p.name not in args)
+        unknown = sorted(set(args) - {p.name for p in named})
+    missing = sorted(p.name for p in named if p.default is p.empty and p.name not in args)
+    added = [p for p in named if strict and p.default is not p.empty and p.name not in args]
     parts = []
     if unknown:
         parts.append(f"it records {', '.join(map(repr, unknown))}, which the constructor no "
@@ -116,7 +135,164 @@ def _signature_differences(cls, args: Dict[str, Any]) -> str:
     if missing:
         parts.append(f"the constructor now needs {', '.join(map(repr, missing))}, which it "
                      f"does not record")
+    if added:
+        parts.append("the constructor now also takes " + ", ".join(
+            f"{p.name!r} (default {p.default!r})" for p in added) + ", which it does not record")
     return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- model folders
+
+def _registered_name(cls) -> Optional[str]:
+    for name, item in MODELS._items.items():
+        if item is cls:
+            return name
+    return None
+
+
+def _data_settings(data_settings) -> Any:
+    """The training data's settings as JSON data: a dict, or read from a ``TensorData``
+    (its ``settings``) or a run's result (its ``data_settings``)."""
+    if data_settings is None or isinstance(data_settings, dict):
+        value = data_settings
+    elif hasattr(data_settings, "data_settings"):
+        value = data_settings.data_settings
+    elif hasattr(data_settings, "settings"):
+        value = data_settings.settings
+    else:
+        raise ConfigError(f"data_settings must be a dict, a TensorData or a fit result, got a "
+                          f"{type(data_settings).__name__}.")
+    try:
+        return _encode(value, "data_settings")
+    except TypeError as err:
+        raise ConfigError(f"{err}; give data settings made of numbers, strings, lists and "
+                          f"dicts.") from None
+
+
+def save_pretrained(self, path: Union[str, Path], *, data_settings=None) -> Path:
+    """Write this model as a folder: ``config.json`` (its class and constructor settings,
+    probgen's version, the training data's settings) and ``model.safetensors`` (its
+    weights and buffers). No pickle: :func:`probgen.from_pretrained` reads it back with
+    JSON and safetensors only. The model is left as it was (device, mode).
+
+    Example::
+
+        model.save_pretrained("results/vae-mnist", data_settings=splits["train"])
+        again = probgen.from_pretrained("results/vae-mnist")
+
+    Args:
+        path: the folder (created when missing; other files in it are left alone).
+        data_settings: how the training data was made, for whoever loads the model: a
+            dict, a :class:`~probgen.data.TensorData` (its ``settings``) or a fit result
+            that records them (its ``data_settings``).
+
+    Returns:
+        The folder (under ``torchrun``, processes other than rank 0 write nothing).
+
+    Raises:
+        ConfigError: the model was built from objects rather than settings (a network
+            given to its constructor), is not a registered class, or ``data_settings``
+            is not data.
+        CheckpointError: the folder cannot be written.
+    """
+    try:
+        model = model_config(self)
+    except TypeError as err:
+        raise ConfigError(f"{err}: a model folder records how to rebuild the model from "
+                          f"settings (numbers, strings, registered models); build it from "
+                          f"settings, or save its state_dict with safetensors.torch.save_model."
+                          ) from None
+    record = {"name": _registered_name(type(self)), "model": model,
+              "data": _data_settings(data_settings)}
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_rank() != 0:
+        return Path(path)
+    return pretrained.write_folder(self, path, record)
+
+
+def push_to_hub(self, repo_id: str, *, data_settings=None, private: Optional[bool] = None,
+                token: Optional[str] = None, commit_message: Optional[str] = None,
+                revision: Optional[str] = None):
+    """Upload this model's folder (:meth:`save_pretrained`) to the Hugging Face Hub
+    repository ``repo_id`` (``"user/repo"``, created when missing); needs
+    ``huggingface_hub`` (``pip install "probgen[hub]"``). Returns its ``CommitInfo``.
+    """
+    pretrained.check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="probgen-") as tmp:
+        self.save_pretrained(tmp, data_settings=data_settings)
+        return pretrained.upload(tmp, repo_id, private=private, token=token,
+                                 commit_message=commit_message, revision=revision)
+
+
+def read_pretrained_config(path: Union[str, Path], *, revision: Optional[str] = None,
+                           **hub_options) -> Dict[str, Any]:
+    """The ``config.json`` of a model folder (or Hub repository): ``model`` (class and
+    settings), ``data`` (the training data's settings), ``probgen_version``, ..."""
+    return pretrained.read_config(pretrained.resolve(path, revision, **hub_options))
+
+
+def from_pretrained(path: Union[str, Path], *, map_location="cpu", strict: bool = True,
+                    revision: Optional[str] = None, **hub_options):
+    """The model a folder written by ``save_pretrained`` holds, rebuilt and in eval mode.
+
+    The model is built from ``config.json`` (probgen's own registered classes only, as
+    :func:`build_from_config` does) and gets the weights of ``model.safetensors``; no
+    pickle is read (no ``torch.load``). Building it draws its initial weights from
+    torch's generator, which is then put back as it was: loading a model leaves your
+    random streams alone.
+
+    Example::
+
+        model = probgen.from_pretrained("results/vae-mnist")
+        model = probgen.from_pretrained("user/vae-mnist")   # Hub (probgen[hub])
+
+    Args:
+        path: the folder; or a Hugging Face Hub repository id (``"user/repo"``, when no
+            folder of that name exists here), downloaded with ``huggingface_hub``. A local
+            folder never reaches the network.
+        map_location: the device the model is moved to (the CPU by default).
+        strict: refuse settings that lack an argument this probgen's constructor has
+            (added since the folder was written), even one with a default; with
+            ``strict=False`` such arguments take their defaults.
+        revision, hub_options: for a repository id: its branch, tag or commit, and
+            ``snapshot_download``'s options (``token``, ``cache_dir``,
+            ``local_files_only``, ...).
+
+    Raises:
+        CheckpointError: one line saying what differs and what to do: no such folder, a
+            folder of a newer probgen, a class this probgen lacks, a constructor argument
+            added, removed or renamed, weights missing, extra or of another shape.
+    """
+    folder = pretrained.resolve(path, revision, **hub_options)
+    config = pretrained.read_config(folder)
+    how = (f"it was written by probgen {config.get('probgen_version', 'unknown')}: load it "
+           f"with that version, or edit the \"model\" entry of its {pretrained.CONFIG_NAME} "
+           f"to this probgen's class and arguments")
+    if strict:
+        how += " (from_pretrained(..., strict=False) gives added arguments their defaults)"
+    state = pyro.util.get_rng_state()
+    try:
+        model = build_from_config(config.get("model"), strict=strict, how=how,
+                                  source=str(folder / pretrained.CONFIG_NAME))
+    finally:
+        pyro.util.set_rng_state(state)
+    dtype = pretrained.saved_dtype(config)
+    if dtype is not None and any(t.is_floating_point() and t.dtype != dtype
+                                 for t in model.state_dict().values()):
+        model.to(dtype)   # saved in float64 (say): it comes back in float64
+    pretrained.load_weights(model, folder, config)
+    if map_location is not None:
+        model.to(map_location)
+    return model.eval()
+
+
+def _class_from_pretrained(cls, path: Union[str, Path], **kwargs):
+    """The model of this class a folder holds (see :func:`from_pretrained`)."""
+    model = from_pretrained(path, **kwargs)
+    if not isinstance(model, cls):
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}; "
+                              f"load it with probgen.from_pretrained({str(path)!r}).")
+    return model
 
 
 def rebuildable(cls):
@@ -143,6 +319,10 @@ def rebuildable(cls):
 
     cls.__init__ = __init__
     setattr(cls, _CONFIG_ATTR + "_recorded", True)
+    for name, method in (("save_pretrained", save_pretrained), ("push_to_hub", push_to_hub),
+                         ("from_pretrained", classmethod(_class_from_pretrained))):
+        if name not in cls.__dict__:
+            setattr(cls, name, method)
     # probgen's models name their pyro.module sites after their class: two models of
     # one class in one process would collide in the global param store, so the fit
     # loop trains them in a scope of the store of their own.
