@@ -144,10 +144,9 @@ def _signature_differences(cls, args: Dict[str, Any], strict: bool = False) -> s
 # --------------------------------------------------------------------------- model folders
 
 def _registered_name(cls) -> Optional[str]:
-    for name, item in MODELS._items.items():
-        if item is cls:
-            return name
-    return None
+    """The name ``cls`` is registered under in :data:`MODELS` (``None`` for a network made
+    rebuildable without being registered)."""
+    return next((name for name in MODELS if MODELS.get(name) is cls), None)
 
 
 def _data_settings(data_settings) -> Any:
