@@ -4,6 +4,9 @@ Every error probgen raises on bad input derives from :class:`ProbgenError` and
 says what was wrong and what to do about it.
 """
 
+import os
+from typing import Optional
+
 
 class ProbgenError(Exception):
     """Base class of probgen's errors."""
@@ -23,6 +26,26 @@ class ConfigError(ProbgenError, ValueError):
 
 class CheckpointError(ProbgenError):
     """A checkpoint file that is truncated, foreign or does not fit the model."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint that the file system would not take (no space left, a quota, a
+    read-only file system, an I/O error). The previous checkpoint file is intact.
+
+    Both a :class:`CheckpointError` (probgen's one-line message) and an ``OSError``
+    with the file system's ``errno`` and the checkpoint's ``filename``, so a script can
+    treat it as the file-system error it is (``probgen.cli.run``: exit status 1, as
+    any other write error) rather than as a bad setting.
+    """
+
+    def __init__(self, message: str, errno: Optional[int] = None, filename=None):
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno is not None else None
+        self.filename = None if filename is None else str(filename)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class TrainingDivergedError(ProbgenError, FloatingPointError):

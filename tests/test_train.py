@@ -7,7 +7,8 @@ from torch import nn
 
 import probgen
 from probgen.data import TensorData, quadrant_task
-from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from probgen.errors import (CheckpointError, CheckpointWriteError, ConfigError, DataError,
+                            TrainingDivergedError)
 from probgen.models import CVAE, Baseline
 from probgen.train import (FitConfig, LossStep, SVIStep, load_checkpoint, load_model,
                            save_checkpoint, save_model)
@@ -399,6 +400,28 @@ def test_a_full_disk_is_said_as_such_and_keeps_the_previous_checkpoint(tmp_path,
                            f"checkpoint is intact") and "\n" not in text
     assert load_checkpoint(path)["value"].item() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    # a file-system error too (cli.run: exit 1, as other write errors), naming the file
+    assert isinstance(err.value, CheckpointWriteError) and isinstance(err.value, OSError)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+
+
+def test_a_write_the_file_system_refuses_is_an_oserror_and_a_checkpoint_error(tmp_path,
+                                                                               monkeypatch):
+    import errno
+
+    def refused(obj, f):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(torch, "save", refused)
+    with pytest.raises(CheckpointWriteError) as err:
+        save_checkpoint(tmp_path / "ck.pt", {"value": torch.tensor([2.0])})
+    assert err.value.errno == errno.EROFS and "Read-only file system" in str(err.value)
+
+    def unpicklable(obj, f):
+        raise RuntimeError("cannot pickle 'generator' object")
+    monkeypatch.setattr(torch, "save", unpicklable)
+    with pytest.raises(CheckpointError) as err:     # not the file system's: no OSError
+        save_checkpoint(tmp_path / "ck.pt", {"value": torch.tensor([2.0])})
+    assert not isinstance(err.value, OSError)
 
 
 def test_an_unwritable_checkpoint_path_is_refused_before_training(tmp_path):

@@ -31,7 +31,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints as torch_constraints
 
-from probgen.errors import CheckpointError
+from probgen.errors import CheckpointError, CheckpointWriteError
 
 FORMAT = "probgen.checkpoint"
 VERSION = 1
@@ -102,8 +102,12 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     an earlier write left behind (a ``SIGKILL`` during the write) are removed first.
 
     Raises:
-        CheckpointError: the write failed (disk full, folder not writable, ...); the
+        CheckpointWriteError: the file system refused the write (no space left, a quota,
+            a read-only folder, an I/O error): a :class:`CheckpointError` that is also
+            an ``OSError`` with the ``errno`` (``ENOSPC`` for a full disk, also when
+            torch's writer reports it as a ``RuntimeError``) and the file name. The
             previous checkpoint, if any, is left as it was.
+        CheckpointError: another failed write (the state cannot be pickled, ...).
     """
     path = Path(path)
     existed = path.exists()
@@ -112,8 +116,9 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointError(f"cannot create the folder {path.parent} for the checkpoint "
-                              f"{path} ({err.strerror or err}).") from None
+        raise CheckpointWriteError(f"cannot create the folder {path.parent} for the "
+                                   f"checkpoint {path} ({err.strerror or err}).", err.errno,
+                                   path.parent) from None
     for orphan in _orphans(path):
         try:
             orphan.unlink()
@@ -134,13 +139,17 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     except (OSError, RuntimeError) as err:
         _remove(tmp)
         if _disk_full(err, path.parent):
-            raise CheckpointError(f"no space left on the device while writing {path}; {intact}. "
-                                  f"Free some space and resume with resume=True "
-                                  f"(--resume).") from None
+            code = err.errno if isinstance(err, OSError) and err.errno else errno.ENOSPC
+            raise CheckpointWriteError(f"no space left on the device while writing {path}; "
+                                       f"{intact}. Free some space and resume with "
+                                       f"resume=True (--resume).", code, path) from None
         why = err.strerror if isinstance(err, OSError) and err.strerror else \
             str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"could not write the checkpoint {path} ({why}); {intact}.") \
-            from None
+        message = f"could not write the checkpoint {path} ({why}); {intact}."
+        if isinstance(err, OSError) and err.errno:
+            # the file system's refusal (read-only, permissions, I/O): an OSError too
+            raise CheckpointWriteError(message, err.errno, path) from None
+        raise CheckpointError(message) from None
     except BaseException:
         _remove(tmp)
         raise
