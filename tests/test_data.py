@@ -198,7 +198,15 @@ def test_splits_record_how_they_were_made(mnist_small):
     assert quadrant_task(train, 2).settings == train.settings
     assert train.to("cpu").settings == train.settings
     assert train.subset(slice(0, 100)).settings["subsets"] == [[0, 100, None]]
-    assert train.subset(torch.tensor([0, 5])).settings is None     # cannot say which
+    # other indices: their count and a digest of the positions (a mask, as its positions)
+    picked = train.subset(torch.tensor([0, 5])).settings["subsets"]
+    assert picked == [{"indices": 2, "sha256": picked[0]["sha256"]}]
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[[0, 5]] = True
+    assert train.subset(mask).settings == train.subset([0, 5]).settings
+    assert {k: v for k, v in train.subset(mask).settings.items() if k != "subsets"} == \
+        train.settings
+    assert train.subset([0, 6]).settings != train.subset([0, 5]).settings
     with pytest.raises(DataError, match="settings must be a dict"):
         TensorData(torch.zeros(3), settings="mnist")
 
@@ -207,3 +215,20 @@ def test_to_converts_floats_only():
     d = TensorData(torch.zeros(4, 2, dtype=torch.float64), torch.arange(4))
     f = d.to(dtype=torch.float32)
     assert f.tensors[0].dtype == torch.float32 and f.tensors[1].dtype == torch.int64
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(val_size=-1), "val_size must be 0 or more, got -1."),
+    (dict(limit=0), "limit must be at least 1, got 0; give None for every example."),
+    (dict(limit=-5), "limit must be at least 1, got -5"),     # not a slice of all but 5
+    (dict(val_size=2.5), "val_size must be an integer, got 2.5."),
+])
+def test_image_splits_refuses_bad_sizes_in_one_line(kwargs, message, monkeypatch):
+    import probgen.data.datasets as datasets
+
+    def never(*args, **kw):
+        raise AssertionError("the data were read before the settings were checked")
+    monkeypatch.setattr(datasets, "load_images", never)
+    with pytest.raises(ConfigError) as err:
+        datasets.image_splits("mnist", **kwargs)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
+from probgen import checks
 from probgen.errors import ConfigError, DataNotFoundError
 from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
                                      static_binarize, to_unit_interval)
@@ -113,13 +114,22 @@ def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = 
             drawn, i.e. every epoch; evaluation splits get one fixed draw) or ``static``
             (one fixed draw with ``seed`` for every split).
         seed: seed of the split and of static binarization.
-        limit: keep only the first ``limit`` examples of each split (quick runs).
+        limit: keep only the first ``limit`` examples of each split (quick runs; at least 1).
+
+    Raises:
+        ConfigError: a negative ``val_size``, a ``limit`` below 1, a bad seed or
+            binarization, an unknown data set.
 
     Each split records how it was made in ``TensorData.settings`` (data set, split,
     ``val_size``, ``binarize``, ``limit``, ``seed``); the fit loop keeps the training
     split's settings in its checkpoints, and a resumed run refuses other ones.
     """
     check_binarize(binarize)
+    val_size = checks.nonnegative_int("val_size", val_size)
+    if limit is not None:
+        # a negative limit would be used as a slice (all but the last examples)
+        limit = checks.positive_int("limit", limit, hint="give None for every example")
+    seed = checks.seed("seed", seed)
     out = {}
     tr_images, tr_labels = load_images(name, True, root, download)
     te_images, te_labels = load_images(name, False, root, download)

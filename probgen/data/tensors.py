@@ -16,6 +16,7 @@ run refuses data made otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
@@ -36,7 +37,7 @@ class TensorData:
         settings: optional dict (numbers, strings, lists, dicts) of how the data was
             made; recorded in checkpoints so that a resumed run uses the same data.
             Kept by :meth:`to` and :meth:`with_transform`; :meth:`subset` adds the slice
-            it took (and drops them for other indices, which it cannot describe).
+            or indices it took.
     """
 
     def __init__(self, *tensors: torch.Tensor, transform: Optional[Transform] = None,
@@ -83,12 +84,14 @@ class TensorData:
                           names=self.names, settings=self.settings)
 
     def subset(self, index) -> "TensorData":
-        """The examples at ``index`` (a slice, a list or a tensor of indices)."""
+        """The examples at ``index``: a slice, a boolean mask, a list or a tensor of
+        indices. The settings, if any, keep how the subset was taken: a slice as
+        ``[start, stop, step]``, other indices as their count and a digest of the
+        positions (so a resumed run on another subset is told apart)."""
         settings = None
-        if self.settings is not None and isinstance(index, slice):
+        if self.settings is not None:
             settings = dict(self.settings)
-            settings["subsets"] = list(settings.get("subsets", [])) + [
-                [index.start, index.stop, index.step]]
+            settings["subsets"] = list(settings.get("subsets", [])) + [_describe_index(index)]
         return TensorData(*(t[index] for t in self.tensors), transform=self.transform,
                           names=self.names, settings=settings)
 
@@ -107,11 +110,27 @@ class TensorData:
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None,
-                drop_last: bool = False) -> Iterator[Batch]:
-        """Iterate over batches (tuples of tensors) on the data's device."""
+                drop_last: bool = False, device=None) -> Iterator[Batch]:
+        """Iterate over batches (tuples of tensors).
+
+        Args:
+            batch_size: examples per batch (the last one may be smaller).
+            shuffle: a new order from ``generator`` (drawn on the CPU).
+            generator: the order's and the transform's random generator.
+            drop_last: leave out a last, smaller batch.
+            device: where the batches go; ``None`` (the fast path): the data's own device,
+                each batch a slice of the tensors there. Another device: each batch is
+                gathered in host memory into a pinned (page-locked) buffer and copied to
+                ``device`` asynchronously (``non_blocking``, safe from pinned memory:
+                torch's pinned-memory allocator keeps a buffer until its copy is done);
+                the transform runs after the copy, on ``device``. For data sets too large
+                for the GPU (the fit loop's ``data_on_device``).
+        """
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}.")
         n = len(self)
+        target = torch.device(device) if device is not None else None
+        staged = target is not None and not same_device(target, self.device)
         if shuffle:
             order = torch.randperm(n, generator=generator, device="cpu")
             if self.device.type != "cpu":
@@ -120,7 +139,11 @@ class TensorData:
             order = None
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            if order is None:
+            if staged:
+                index = slice(start, start + batch_size) if order is None else \
+                    order[start:start + batch_size]
+                batch = tuple(_staged(t, index, target) for t in self.tensors)
+            elif order is None:
                 batch = tuple(t[start:start + batch_size] for t in self.tensors)
             else:
                 idx = order[start:start + batch_size]
@@ -139,3 +162,42 @@ class TensorData:
         if self.transform is not None:
             batch = self.transform(batch, None)
         return batch
+
+
+def same_device(a, b) -> bool:
+    """Whether two devices are the same place (``cuda`` without an index is the current
+    CUDA device, as torch reads it)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _describe_index(index):
+    """How :meth:`TensorData.subset` records an index in the data's settings."""
+    if isinstance(index, slice):
+        return [index.start, index.stop, index.step]
+    idx = torch.as_tensor(index)
+    if idx.dtype == torch.bool:
+        idx = idx.nonzero().flatten()
+    idx = idx.detach().to("cpu", torch.int64).contiguous()
+    digest = hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16]
+    return {"indices": int(idx.numel()), "sha256": digest}
+
+
+def _pinned_empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An empty host tensor in pinned memory (torch's caching pinned-memory allocator)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+def _staged(t: torch.Tensor, index, device: torch.device) -> torch.Tensor:
+    """``t[index]`` on ``device``: gathered on the host into a pinned buffer, then copied
+    without blocking (only a pinned source makes ``non_blocking`` a real async copy)."""
+    if t.device.type != "cpu" or device.type == "cpu":
+        return t[index].to(device)
+    if isinstance(index, slice):
+        part = t[index]
+        buf = _pinned_empty(part.shape, t.dtype)
+        buf.copy_(part)
+    else:
+        buf = _pinned_empty((index.numel(),) + tuple(t.shape[1:]), t.dtype)
+        torch.index_select(t, 0, index, out=buf)
+    return buf.to(device, non_blocking=buf.is_pinned())
