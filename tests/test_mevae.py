@@ -361,4 +361,5 @@ def test_example_smoke(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "mevae.py"), "--smoke",
                           "--canvas", "20", "--out", str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT, timeout=300)
-    assert bad.returncode == 2 and "smaller than one digit" in bad.stderr
+    assert bad.returncode == 2 and "--canvas" in bad.stderr and "20" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
