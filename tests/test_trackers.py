@@ -463,6 +463,8 @@ def test_image_grid_layout():
     assert image_grid(torch.rand(16, 3, 2, 2)).shape == (3, 4 * 4 + 2, 4 * 4 + 2)   # square
     with pytest.raises(ConfigError, match="N, C, H, W"):
         image_grid(torch.rand(4, 784))
+    with pytest.raises(ConfigError, match="nrow must be at least 1, got 0"):   # not the default
+        image_grid(x, nrow=0)
 
 
 def test_model_images_of_models_with_and_without_the_methods(images):

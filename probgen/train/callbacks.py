@@ -10,8 +10,9 @@ A callback is an object with any of these methods (all optional), called by
 * ``on_epoch_end(run, entry)``: after the monitor and the checkpoint (logging);
 * ``on_fit_end(run, result)``: once, at the end;
 * ``on_train_batch_end(run, step_index, losses)``: after each batch's optimizer steps
-  (``step_index``: the global batch index, ``epoch * steps_per_epoch + i``, the same over
-  a resume; ``losses``: phase name -> that batch's loss as a detached 0-d tensor, the
+  (``step_index``: the run's step count before this step, 0-based, ``FitResult.steps - 1``
+  after it: unique over the run and the same over a resume, also for data without a
+  length; ``losses``: phase name -> that batch's loss as a detached 0-d tensor, the
   mean over a phase's repeats; reading one is a host sync on a GPU, so read few);
 * ``on_exception(run, error)``: when training stops on an error, before it propagates
   (close files; an error raised here is ignored, the training error is the one reported);

@@ -8,8 +8,8 @@ Each tracker is a :class:`~probgen.train.callbacks.Callback` that logs, on rank 
   key, at step ``epoch + 1``: the logged values are ``FitResult.history``'s;
 * **per-step losses** every ``log_every_n_steps`` optimizer steps, from the loop's
   ``on_train_batch_end`` hook: ``batch/train_loss`` (and ``batch/train_loss/<phase>`` for
-  a step of several phases) at step ``global batch index + 1``. A loss is read from the
-  device (a host sync) only on the steps that are logged;
+  a step of several phases) at the run's step count (1-based, resumed parts included).
+  A loss is read from the device (a host sync) only on the steps that are logged;
 * **image grids** every ``image_every`` epochs (and at the last one): ``images(run) ->
   {name: tensor (N, C, H, W) in [0, 1]}``, by default :func:`model_images`, which draws
   ``samples`` from a model's ``sample(n)`` and ``reconstructions`` (a row of inputs above
@@ -60,6 +60,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.registry import Registry
 from probgen.train.callbacks import Callback
@@ -225,7 +226,9 @@ def image_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     n, _, h, w = x.shape
-    cols = min(nrow or max(1, math.ceil(math.sqrt(n))), n)
+    if nrow is not None:
+        nrow = checks.positive_int("nrow", nrow)
+    cols = min(max(1, math.ceil(math.sqrt(n))) if nrow is None else nrow, n)
     rows = -(-n // cols)
     grid = x.new_ones(3, rows * (h + padding) + padding, cols * (w + padding) + padding)
     for k in range(n):
@@ -346,7 +349,10 @@ class Tracker(Callback):
             return
         resume, self._resume = self._resume, {}
         start = int(getattr(run, "start_epoch", 0) or 0)
-        purge = start * int(getattr(run, "steps_per_epoch", 1) or 1) + 1 if start else None
+        # per-step figures are logged at the run's step count (1-based): a resumed run
+        # drops what an earlier run logged after the checkpoint's step
+        steps = int(getattr(getattr(run, "result", None), "steps", 0) or 0)
+        purge = steps + 1 if start else None
         try:
             self._open(run, resume, purge)
         except ConfigError:
