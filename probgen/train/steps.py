@@ -47,6 +47,7 @@ from pyro.params.param_store import (module_from_param_with_module_name, normali
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.infer.objectives import make_elbo
 from probgen.train.config import OPTIMIZERS
@@ -527,10 +528,13 @@ class SVIStep(Step):
         if max_plate_nesting is None and isolated:
             max_plate_nesting = getattr(module, "max_plate_nesting", 1)
         if isinstance(loss, str):
-            n = 1 if num_particles is None else num_particles
+            n = 1 if num_particles is None else checks.positive_int("num_particles",
+                                                                   num_particles)
+            m = n if eval_particles is None else checks.positive_int("eval_particles",
+                                                                    eval_particles)
             self.objective = loss
             self.elbo = make_elbo(loss, n, max_plate_nesting)
-            self.eval_elbo = make_elbo(loss, eval_particles or n, max_plate_nesting, eager=True)
+            self.eval_elbo = make_elbo(loss, m, max_plate_nesting, eager=True)
         else:
             if not _is_elbo(loss):
                 raise ConfigError(f"loss must be an objective name or a Pyro ELBO instance, "
