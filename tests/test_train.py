@@ -515,3 +515,37 @@ def test_resume_refuses_another_elbo_particle_count_or_data(tmp_path):
                       resume=True, **QUIET)
     assert res.epochs_run == 2
     pyro.clear_param_store()
+
+
+def test_per_step_hooks_get_the_runs_step_count_also_for_data_without_a_length(tmp_path):
+    """on_train_batch_end's index is the run's step count (FitResult.steps - 1): unique
+    over epochs for data without len() (whose epochs have no known size) and continued by
+    a resumed run."""
+    from probgen.train import Callback
+
+    class Stream:       # re-iterable, no __len__
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(4):
+                x = torch.randn(8, 1, generator=g)
+                yield x, 2 * x
+
+    class Steps(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, run, step_index, losses):
+            self.seen.append(step_index)
+            assert step_index == run.result.steps - 1
+
+    probe = Steps()
+    res = probgen.fit(LossStep(nn.Linear(1, 1), mse), Stream(), epochs=3, device="cpu",
+                      callbacks=[probe], **QUIET)
+    assert probe.seen == list(range(12)) and res.steps == 12
+    ckpt = tmp_path / "ck.pt"
+    probgen.fit(LossStep(nn.Linear(1, 1), mse), Stream(), epochs=1, device="cpu",
+                checkpoint=str(ckpt), **QUIET)
+    probe = Steps()
+    probgen.fit(LossStep(nn.Linear(1, 1), mse), Stream(), epochs=2, device="cpu",
+                checkpoint=str(ckpt), resume=True, callbacks=[probe], **QUIET)
+    assert probe.seen == [4, 5, 6, 7]

@@ -191,7 +191,7 @@ def _pinned_empty(shape, dtype: torch.dtype) -> torch.Tensor:
 def _staged(t: torch.Tensor, index, device: torch.device) -> torch.Tensor:
     """``t[index]`` on ``device``: gathered on the host into a pinned buffer, then copied
     without blocking (only a pinned source makes ``non_blocking`` a real async copy)."""
-    if t.device.type != "cpu" or device.type == "cpu":
+    if t.device.type != "cpu":
         return t[index].to(device)
     if isinstance(index, slice):
         part = t[index]
@@ -200,4 +200,6 @@ def _staged(t: torch.Tensor, index, device: torch.device) -> torch.Tensor:
     else:
         buf = _pinned_empty((index.numel(),) + tuple(t.shape[1:]), t.dtype)
         torch.index_select(t, 0, index, out=buf)
-    return buf.to(device, non_blocking=buf.is_pinned())
+    # buf is pinned: the copy is queued on the current stream and the host goes on; the
+    # allocator keeps buf until the copy is done, even once buf is no longer referenced
+    return buf.to(device, non_blocking=True)

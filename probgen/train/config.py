@@ -97,11 +97,48 @@ class FitConfig:
         resume: continue from ``checkpoint`` when it exists.
         progress: show a tqdm progress bar.
         verbose: print one line per epoch (losses, time), and the early-stopping line.
-        validate: Pyro's argument and support validation inside the run. ``None`` (the
-            default) leaves it as the user set it (``pyro.enable_validation``) for
-            any step of the user's; a probgen model trains with it off, since ``fit``
-            checks its data whole before the first step and Pyro's per-step support
-            checks cost a host sync each on a GPU. ``True``/``False`` force it.
+        validate: Pyro's argument and support validation (``pyro.enable_validation``)
+            inside the run. ``None`` (the default) depends on what is trained:
+
+            * a model/guide pair, a step or a network of the user's: left exactly as the
+              user set it, as under Pyro's own ``SVI``;
+            * a probgen model (a registered class: VAE, CVAE, flows, ...): switched
+              **off** for the duration of ``fit`` (and back afterwards). ``fit`` checks
+              such a model's data whole before the first step, and Pyro's per-step
+              support checks cost about 12% of a small model's step on the CPU and a
+              host-device sync each on a GPU.
+
+            ``True``/``False`` force it on/off for the run, whatever is trained.
+        matmul_precision: (a speed setting, as the three below: opt-in, since none has
+            yet been measured on a GPU for probgen's models; :mod:`probgen.train.speed`)
+            ``None`` (torch's setting as the user left it), ``"highest"``,
+            ``"high"`` (TensorFloat-32 matrix products on Ampere or later GPUs) or
+            ``"medium"`` (bfloat16 products where available, the CPU's oneDNN included):
+            :func:`torch.set_float32_matmul_precision` for the duration of ``fit``; the
+            user's setting is restored when it returns.
+        precision: ``None`` (float32 throughout) or ``"bf16"``: the step's networks (the
+            plain ``nn.Module`` parts of the model: encoders, decoders, discriminators,
+            a flow's coupling networks) run under bfloat16 autocast on the run's device
+            (CUDA with bfloat16 support, or the CPU), their outputs back in float32.
+            Distributions, log-densities, log-determinants, the ELBO's sums and the
+            loss stay float32, as do parameters, gradients and optimizer states.
+            Validation and callbacks during ``fit`` see the same networks.
+        compile: ``False``, ``True`` or a dict of :func:`torch.compile` keyword arguments
+            (``{"mode": "max-autotune"}``, ``{"backend": "aot_eager"}``): compile the
+            same networks after a first eager step (Pyro creates parameters lazily
+            there). Pyro callables (``PyroModule``, AutoGuides, transforms) are not
+            compiled. Compiling takes seconds to minutes on the first steps (and once
+            more for evaluation mode).
+        data_on_device: where a :class:`~probgen.data.TensorData` stays during a run on a
+            GPU. ``True``: on the GPU, whole (the fast path: batches are slices, no copy
+            per batch); ``False``: in host memory, each batch gathered into pinned memory
+            and copied asynchronously; ``"auto"`` (the default): on the GPU when it
+            takes at most half of the GPU's free memory (MNIST-size data always does),
+            else in host memory. Nothing changes on the CPU.
+
+    ``matmul_precision``, ``precision``, ``compile`` and ``data_on_device`` may change
+    when a run is resumed (a run trained on a GPU in bfloat16 can go on on a CPU);
+    ``fit`` says so in one line when ``precision`` or ``matmul_precision`` differ.
     """
 
     epochs: Optional[int] = None
@@ -129,6 +166,10 @@ class FitConfig:
     progress: bool = True
     verbose: bool = True
     validate: Optional[bool] = None
+    matmul_precision: Optional[str] = None
+    precision: Optional[str] = None
+    compile: Union[bool, Dict[str, Any]] = False
+    data_on_device: Union[bool, str] = AUTO
 
     def __post_init__(self):
         for f in fields(self):
@@ -172,6 +213,7 @@ class FitConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}.")
+        self._check_speed()
         finite("lr", 0, False)
         finite("weight_decay", 0, True)
         finite("min_delta", 0, True)
@@ -191,6 +233,38 @@ class FitConfig:
         from probgen.train.loop import resolve_device
         resolve_device(self.device)
         return self
+
+    def _check_speed(self) -> None:
+        from probgen.train.speed import COMPILE_OPTIONS, MATMUL_PRECISIONS, PRECISIONS
+        if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)} or "
+                              f"None (torch's setting as it is), got {self.matmul_precision!r}.")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be None (float32) or one of {list(PRECISIONS)}, "
+                              f"got {self.precision!r}.")
+        if isinstance(self.compile, dict):
+            unknown = sorted(set(self.compile) - COMPILE_OPTIONS)
+            if unknown:
+                raise ConfigError(f"compile: {unknown} are not torch.compile arguments; give "
+                                  f"some of {sorted(COMPILE_OPTIONS)}, or compile=True.")
+            modes = (None, "default", "reduce-overhead", "max-autotune",
+                     "max-autotune-no-cudagraphs")
+            if self.compile.get("mode") not in modes:
+                raise ConfigError(f"compile: mode must be one of {list(modes)}, got "
+                                  f"{self.compile['mode']!r}.")
+            backend = self.compile.get("backend")
+            if isinstance(backend, str):
+                import torch._dynamo
+                names = torch._dynamo.list_backends(exclude_tags=())
+                if backend not in names:
+                    raise ConfigError(f"compile: backend {backend!r} is not one of torch's "
+                                      f"({', '.join(names)}).")
+        elif not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be True, False or a dict of torch.compile "
+                              f"arguments, got {self.compile!r}.")
+        if self.data_on_device != AUTO and not isinstance(self.data_on_device, bool):
+            raise ConfigError(f"data_on_device must be True, False or 'auto', got "
+                              f"{self.data_on_device!r}.")
 
     def resolved(self, has_val: bool) -> "FitConfig":
         """These settings with ``"auto"`` decided for a run with (or without) validation
@@ -231,8 +305,11 @@ class FitConfig:
 
 # Settings that do not change what a run computes: a resumed run may change them freely.
 # (epochs and patience only say when to stop; lr is applied with a message.)
+# The speed settings change how, not what, a run computes (within rounding), like the
+# device; a resumed run may change them (precision and matmul_precision with a message).
 NOT_RUN_DEFINING = ("epochs", "num_steps", "patience", "device", "checkpoint", "resume",
-                    "progress", "verbose", "validate", "eval_batch_size", "lr", "restore_best")
+                    "progress", "verbose", "validate", "eval_batch_size", "lr", "restore_best",
+                    "matmul_precision", "precision", "compile", "data_on_device")
 
 
 @dataclass

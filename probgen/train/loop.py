@@ -6,7 +6,9 @@ adversarial game. The loop reads top to bottom in named parts, each a method of
 :class:`Run`:
 
 1. ``set_up``      the settings decided ("auto"), device (and torchrun's process group),
-                   the data's dtype and device, seeds, the step's phases;
+                   the data's dtype and device (whole, or batches through pinned
+                   memory), seeds, the step's phases, the networks that the speed
+                   settings concern (:mod:`probgen.train.speed`);
 2. ``resume``      a checkpoint's weights, optimizers, schedules, RNG states, history;
 3. ``train_epoch`` batches through every phase (``run_phase``: loss, backward,
                    gradient averaging over processes, clipping, optimizer, schedule);
@@ -22,7 +24,9 @@ What varies between runs is a step definition or a callback, never a second loop
 Pyro's meaning by default: a model/guide pair trained with the defaults gets what a loop
 of ``pyro.infer.SVI.step`` calls gives it (the same gradients, no early stopping or best
 weights without validation data, Pyro's validation and the global generators left as
-the user set them); see :class:`~probgen.train.FitConfig`.
+the user set them); see :class:`~probgen.train.FitConfig`. (probgen's own registered
+models train with Pyro's validation off unless ``validate=True``: their data is checked
+whole before the first step.)
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from probgen.data.tensors import TensorData
+from probgen.data.tensors import TensorData, same_device
 from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from probgen.train import distributed as ddp
 from probgen.train.callbacks import Callback, as_callback
@@ -51,6 +55,8 @@ from probgen.train.checkpoint import (callable_modules, check_writable, load_che
 from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
 from probgen.train.context import running_steps
 from probgen.train.schedules import SCHEDULES
+from probgen.train.speed import (PRECISIONS, NetworkSpeed, data_bytes, find_networks,
+                                 matmul_precision, place_on_device)
 from probgen.train.steps import (BatchArguments, LossStep, Phase, Step, SVIStep, batch_len,
                                  traced_params)
 
@@ -206,7 +212,11 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
         if isinstance(data, TensorData):
             if world > 1:
                 data = data.subset(slice(rank, None, world))
-            batches = data.batches(batch_size)
+            # data elsewhere than the batches' device (host data for a GPU): each batch
+            # copied through pinned memory, the data set left where it is
+            staged = batch_device if batch_device is not None and \
+                not same_device(data.device, batch_device) else None
+            batches = data.batches(batch_size, device=staged)
         else:
             batches = (_shard(_as_batch(b, batch_device), rank, world) if world > 1
                        else _as_batch(b, batch_device) for b in data)
@@ -384,6 +394,8 @@ class Run:
         self.finished = False
         self.monitored = config.monitor
         self.module = None
+        self.speed: Optional[NetworkSpeed] = None
+        self.staged: Dict[str, Optional[torch.device]] = {"train_data": None, "val_data": None}
         self.home = None
         self.was_training = None
         self.ckpt_path = Path(config.checkpoint) if config.checkpoint else None
@@ -436,11 +448,7 @@ class Run:
             raise DataError("the validation data is empty; give data with at least one "
                             "example, or val=None.")
         self._conform_dtypes()
-        for which in ("train_data", "val_data"):
-            data = getattr(self, which)
-            if isinstance(data, TensorData) and self.batch_device is not None and \
-                    data.device != self.batch_device:
-                setattr(self, which, data.to(self.batch_device))
+        self._place_data()
         # Whole-data checks once, here, instead of in every step (context.py).
         self.train_checked = _checked_once(self.step, self.train_data)
         self.val_checked = _checked_once(self.step, self.val_data)
@@ -479,6 +487,71 @@ class Run:
         # a Pyro user counting steps in epochs of one batch: about 20 lines, not thousands
         self.print_every = max(1, (c.epochs or 0) // 20) if c.num_steps is not None else 1
         ddp.broadcast_tensors(self._all_params())
+        self.speed = self._speed_plan()
+
+    def _place_data(self) -> None:
+        """Each TensorData on the batches' device, whole (the fast path, and the default
+        for data that takes at most half of a GPU's free memory), or, as
+        ``data_on_device`` decides, left in host memory with every batch copied through
+        pinned memory (:meth:`TensorData.batches` with ``device``)."""
+        self.staged: Dict[str, Optional[torch.device]] = {"train_data": None, "val_data": None}
+        target = self.batch_device
+        moving = {which: data for which in ("train_data", "val_data")
+                  if isinstance(data := getattr(self, which), TensorData)
+                  and target is not None and not same_device(data.device, target)}
+        if not moving:
+            return
+        host = {k: d for k, d in moving.items() if d.device.type == "cpu"}
+        whole = place_on_device({k: data_bytes(d) for k, d in host.items()}, target,
+                                self.config.data_on_device)
+        for which, data in moving.items():
+            if whole.get(which, True):
+                setattr(self, which, data.to(target))
+            else:
+                self.staged[which] = target
+                if self.config.verbose and self.is_main:
+                    label = "training" if which == "train_data" else "validation"
+                    why = "" if self.config.data_on_device is False else \
+                        " (it takes more than half of the device's free memory)"
+                    tqdm.write(f"fit: the {label} data ({data_bytes(data) / 2**30:.2f} GiB) "
+                               f"stays in host memory{why}; each batch is copied to {target} "
+                               f"through pinned memory")
+
+    def _speed_plan(self) -> Optional[NetworkSpeed]:
+        """The networks that ``precision`` and ``compile`` concern (checked here, before
+        any training), or ``None`` when neither is asked for."""
+        c = self.config
+        if c.precision is None and not c.compile:
+            return None
+        asked = " and ".join(x for x in (f"precision={c.precision!r}" if c.precision else "",
+                                         "compile" if c.compile else "") if x)
+        roots = [self.module] if self.module is not None else list(callable_modules(
+            getattr(self.step, "model", None), getattr(self.step, "guide", None)).values())
+        networks = find_networks(roots)
+        if not networks:
+            raise ConfigError(
+                f"{asked} concerns the networks of the model (plain nn.Modules with trainable "
+                f"parameters: encoders, decoders, coupling networks), and "
+                f"{self.step.describe()} has none that fit holds; give the step a module "
+                f"holding them (SVIStep(model, guide, module=net)), or leave {asked} unset.")
+        low = PRECISIONS.get(c.precision) if c.precision is not None else None
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for n in networks
+                         for p in n.parameters() if p.is_floating_point()})
+        if low is not None:
+            if dtypes != ["float32"]:
+                raise ConfigError(f"precision={c.precision!r} runs float32 networks in "
+                                  f"bfloat16, and {self.step.describe()}'s networks hold "
+                                  f"{'/'.join(dtypes)} parameters; give float32 ones or leave "
+                                  f"precision unset.")
+            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise ConfigError(f"precision={c.precision!r}: {self.device} "
+                                  f"({torch.cuda.get_device_name(self.device)}) has no "
+                                  f"bfloat16 support; leave precision unset on this GPU.")
+        options = None
+        if c.compile:
+            options = dict(c.compile) if isinstance(c.compile, dict) else {}
+        return NetworkSpeed(networks, self.device.type, autocast=low, compile=options,
+                            dtype=torch.float32)
 
     def _set_device(self) -> None:
         """The run's device, and where batches go (``None``: where they are).
@@ -568,14 +641,18 @@ class Run:
     def _batches(self, data, shuffle: bool):
         if isinstance(data, TensorData):
             shuffle = shuffle and self._shuffles(data)
+            device = self.staged.get("train_data" if data is self.train_data else "val_data")
             if self.world > 1:
-                # the global batch order, this process's slice of every global batch
+                # the global batch order, this process's slice of every global batch (a
+                # staged global batch is copied whole: the transform draws for all of it,
+                # as in one process, so the processes' noise matches a one-process run)
                 for batch in data.batches(self.config.batch_size * self.world, shuffle=shuffle,
-                                          generator=self.loader_gen, drop_last=True):
+                                          generator=self.loader_gen, drop_last=True,
+                                          device=device):
                     yield _shard(batch, self.rank, self.world)
             else:
                 yield from data.batches(self.config.batch_size, shuffle=shuffle,
-                                        generator=self.loader_gen)
+                                        generator=self.loader_gen, device=device)
         else:
             for item in data:
                 batch = _as_batch(item, self.batch_device)
@@ -637,6 +714,7 @@ class Run:
                 if st.scheduler is not None and saved.get("scheduler") is not None:
                     st.scheduler.load_state_dict(saved["scheduler"])
         self._apply_new_lr(state)
+        self._note_speed_changes(state)
         rng = state["rng"]
         if isinstance(rng, list):   # one state per process of a torchrun job
             rng = rng[self.rank] if self.rank < len(rng) else rng[0]
@@ -705,6 +783,16 @@ class Run:
                 f"cannot resume from {self.ckpt_path}: it belongs to another run "
                 f"({'; '.join(diffs)}). Use another checkpoint path (--out) or start afresh "
                 f"without resume.")
+
+    def _note_speed_changes(self, state) -> None:
+        """One line when the numerics settings differ from the checkpoint's run (allowed:
+        a bfloat16 run on a GPU may go on in float32 on a CPU)."""
+        saved = state.get("config") or {}
+        changed = [f"{k} {getattr(self.config, k)!r} (the checkpoint ran with {saved[k]!r})"
+                   for k in ("precision", "matmul_precision")
+                   if k in saved and saved[k] != getattr(self.config, k)]
+        if changed and self.config.verbose and self.is_main:
+            tqdm.write(f"fit: resuming {self.ckpt_path} with {' and '.join(changed)}")
 
     def _apply_new_lr(self, state) -> None:
         old = (state.get("config") or {}).get("lr")
@@ -797,10 +885,14 @@ class Run:
                     shown = float(totals[first_phase]) / max(counts[first_phase], 1)
                     bar.set_postfix(loss=f"{shown:.3f}")
                 self.result.steps += 1
+                if self.speed is not None and self.speed.compile_pending:
+                    # after a first eager step: Pyro's lazily created parameters exist
+                    self.speed.compile_now()
                 if batch_hooks:
-                    index = epoch * self.steps_per_epoch + i
+                    # the run's step count (0-based), resumed parts included: unique even
+                    # for data without a length, whose epochs have no known size
                     for cb in batch_hooks:
-                        cb.on_train_batch_end(self, index, losses)
+                        cb.on_train_batch_end(self, self.result.steps - 1, losses)
                 i += 1
                 if batch is None:
                     break
@@ -999,6 +1091,10 @@ class Run:
                 validate = self._validation_setting()
                 if validate is not None:
                     stack.enter_context(pyro.validation_enabled(validate))
+                # the speed settings, for this run only (undone on the way out)
+                stack.enter_context(matmul_precision(self.config.matmul_precision))
+                if self.speed is not None:
+                    stack.enter_context(self.speed.active())
                 try:
                     self._train(t0)
                 except BaseException as err:
@@ -1157,10 +1253,23 @@ def fit(step, train: Union[TensorData, Iterable], val=None, config: Optional[Fit
     user's tensors afterwards whatever device trained it. A bare model/guide pair trains
     where its data is under ``device="auto"``.
 
-    Data: floating-point tensors of a TensorData of another dtype than the module's
+    Data: a TensorData in host memory is moved to the GPU once, whole, when it takes at
+    most half of the GPU's free memory (``data_on_device="auto"``), else each batch is
+    copied through pinned memory. Floating-point tensors of a TensorData of another dtype than the module's
     parameters (float64 images for a float32 model) are converted, said in one line;
     uint8 images are refused (:class:`~probgen.errors.DataError`), since their scale is
     not the loop's to guess. A step without a module gets its data as given.
+
+    Pyro's validation (``validate=None``, the default): a step of the user's (a bare
+    model/guide pair, an ``SVIStep``, a ``LossStep``) trains with Pyro's validation as
+    the user set it. A probgen model (a registered class: VAE, CVAE, flows, GANs, ...)
+    trains with it switched off for the duration of ``fit``, since ``fit`` checks its
+    data whole before the first step and Pyro's per-step checks cost about 12% of a
+    small model's step (and a host sync each on a GPU); ``validate=True`` keeps it on.
+
+    Speed settings for a GPU (``matmul_precision``, ``precision="bf16"``, ``compile``,
+    ``data_on_device``; see :class:`FitConfig` and :mod:`probgen.train.speed`) are
+    opt-in, apply to this run only and are undone when ``fit`` returns.
 
     Under ``torchrun`` every process calls ``fit`` alike and they train data-parallel
     (:mod:`probgen.train.distributed`).
