@@ -162,7 +162,8 @@ def case(request):
 
 
 def test_registry_lists_every_flow():
-    assert set(FLOWS.names()) == {"nice", "realnvp", "glow", "denseflow", "identity"}
+    assert set(FLOWS.names()) == {"nice", "realnvp", "glow", "denseflow", "identity",
+                                  "zuko:maf", "zuko:nsf", "zuko:nice", "zuko:realnvp"}
 
 
 def test_contract_inverse_and_log_det_against_autograd(case):
@@ -508,8 +509,14 @@ def test_uniform_dequantization_stays_in_the_bins(mnist_small):
 @pytest.mark.parametrize("name,kw", [("nice", dict(hidden=(16,), depth=2)),
                                      ("realnvp", dict(hidden=4, depth=1, levels=2)),
                                      ("glow", dict(hidden=4, depth=1)),
-                                     ("denseflow", dict(hidden=4, depth=1, units=1))])
+                                     ("denseflow", dict(hidden=4, depth=1, units=1)),
+                                     # zuko's flows start farther from the data's
+                                     # density (no near-identity start): a larger step
+                                     ("zuko:maf", dict(depth=2, hidden_features=[16], lr=1e-2)),
+                                     ("zuko:nsf", dict(depth=1, hidden_features=[16], lr=1e-2))])
 def test_image_flow_model_trains_and_samples(name, kw, mnist_small, tmp_path):
+    kw = dict(kw)
+    lr = kw.pop("lr", 2e-3)
     torch.manual_seed(0)
     train = dequantized(mnist_small["train"].subset(slice(0, 128)))
     val = dequantized(mnist_small["val"].subset(slice(0, 64)), seed=0)
@@ -519,7 +526,7 @@ def test_image_flow_model_trains_and_samples(name, kw, mnist_small, tmp_path):
             model.sample(2)
     model.initialize(next(train.batches(64))[0])
     before = model.evaluate_bits_per_dim(val)
-    res = probgen.fit(model, train, val, epochs=2, batch_size=32, lr=2e-3, device="cpu",
+    res = probgen.fit(model, train, val, epochs=2, batch_size=32, lr=lr, device="cpu",
                       patience=None, **QUIET)
     after = model.evaluate_bits_per_dim(val)
     assert math.isfinite(after) and after < before
@@ -661,8 +668,10 @@ def test_a_logistic_base_gives_finite_draws_at_the_uniforms_ends(monkeypatch, u)
     assert torch.isfinite(flow.sample(2)).all()
 
 
-@pytest.mark.parametrize("name", ["realnvp", "glow"])  # DenseFlow draws new noise each call
-def test_a_flow_distribution_in_a_users_own_pyro_model(name):
+@pytest.mark.parametrize("name,kw", [("realnvp", dict(hidden=4, depth=1, levels=1)),
+                                     ("glow", dict(hidden=4, depth=1, levels=1)),
+                                     ("zuko:nsf", dict(hidden_features=[8], depth=1))])
+def test_a_flow_distribution_in_a_users_own_pyro_model(name, kw):   # (not DenseFlow: new noise)
     """The documented use, ``pyro.sample("x", flow.distribution(), obs=x)`` in a model
     written by hand, trained with SVI on the same batch every step: each step's loss
     is the current parameters' exact NLL (no stale cached transform values)."""
@@ -671,7 +680,7 @@ def test_a_flow_distribution_in_a_users_own_pyro_model(name):
 
     pyro.clear_param_store()
     torch.manual_seed(0)
-    flow = build_flow(name, (2, 4, 4), hidden=4, depth=1, levels=1).double()
+    flow = build_flow(name, (2, 4, 4), **kw).double()
     x = torch.randn(8, 2, 4, 4, dtype=torch.float64)
     flow.initialize(x)
 

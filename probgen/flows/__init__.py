@@ -7,8 +7,10 @@ distribution: ``flow.distribution()`` is a
 augments its latents with noise; its distribution scores a lower bound.
 
 Builders (registered in :data:`FLOWS`): :func:`nice`, :func:`realnvp`,
-:func:`glow`, :func:`denseflow`, :func:`identity`. The pieces no library has are
-in :mod:`probgen.flows.transforms`.
+:func:`glow`, :func:`denseflow`, :func:`identity`, and zuko's flows by name
+(``zuko:maf``, ``zuko:nsf``, ``zuko:nice``, ``zuko:realnvp``; :mod:`probgen.flows.zuko_bridge`,
+zuko imported only when one is built). The pieces no library has are in
+:mod:`probgen.flows.transforms`.
 """
 
 from probgen.flows.builders import (FLOWS, build_flow, denseflow, glow, glow_step, identity,
@@ -21,6 +23,8 @@ from probgen.flows.transforms import (ActNorm, CachedLogDetTransform,
                                       NormflowsTransform, Permute, Squeeze, actnorm, chain,
                                       invertible_conv1x1, invertible_linear, reset_caches,
                                       scaling, squeeze2d, unsqueeze2d)
+from probgen.flows.zuko_bridge import (ZUKO_FLOWS, ZukoDensity, ZukoDistribution,
+                                       zuko_flow)
 
 __all__ = [
     "ActNorm", "AugmentedFlow", "AugmentedFlowDistribution", "CachedLogDetTransform",
@@ -28,5 +32,6 @@ __all__ = [
     "ElementwiseAffine", "FLOWS", "Flow", "InvertibleLinear", "MultiscaleTransform",
     "NormflowsTransform", "Permute", "Squeeze", "actnorm", "build_flow", "chain", "denseflow",
     "glow", "glow_step", "identity", "invertible_conv1x1", "invertible_linear", "nice",
-    "realnvp", "reset_caches", "scaling", "squeeze2d", "unsqueeze2d",
+    "realnvp", "reset_caches", "scaling", "squeeze2d", "unsqueeze2d", "ZUKO_FLOWS",
+    "ZukoDensity", "ZukoDistribution", "zuko_flow",
 ]

@@ -154,6 +154,12 @@ class Flow(DensityFlow):
     def transforms(self) -> List[Transform]:
         return [] if self.transform is None else [self.transform]
 
+    def density_parts(self, temperature: float = 1.0):
+        """``(base distribution, transforms)`` of :meth:`distribution` (a model adds its
+        preprocessing transforms after these)."""
+        return (self.base_distribution(self.latent_shape, temperature, self.base),
+                self.transforms())
+
     def distribution(self, temperature: float = 1.0) -> dist.TransformedDistribution:
         """``TransformedDistribution(base, [transform])``; the base's scale is ``temperature``.
 
@@ -161,8 +167,7 @@ class Flow(DensityFlow):
         user's own Pyro model never reuses a value computed with older parameters.
         """
         reset_caches(self)
-        return dist.TransformedDistribution(
-            self.base_distribution(self.latent_shape, temperature, self.base), self.transforms())
+        return dist.TransformedDistribution(*self.density_parts(temperature))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(x)``, shape ``x.shape[:-len(event_shape)]``."""

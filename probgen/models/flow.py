@@ -43,7 +43,7 @@ from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.flows.builders import build_flow
-from probgen.flows.core import AugmentedFlowDistribution, DensityFlow
+from probgen.flows.core import DensityFlow
 from probgen.flows.transforms import reset_caches
 from probgen.metrics.density import bits_per_dim, mean_bits_per_dim
 from probgen.models.checks import loop_checked
@@ -59,7 +59,9 @@ class FlowModel(nn.Module):
 
     Args:
         flow: a built flow (:mod:`probgen.flows`) or a builder name
-            (``nice``, ``realnvp``, ``glow``, ``denseflow``, ``identity``).
+            (``nice``, ``realnvp``, ``glow``, ``denseflow``, ``identity``; zuko's flows
+            ``zuko:maf``, ``zuko:nsf``, ``zuko:nice``, ``zuko:realnvp`` over the
+            flattened event, :class:`~probgen.flows.zuko_bridge.ZukoDensity`).
         event_shape: shape of one data point, when ``flow`` is a name.
         preprocess: ``logit`` (data in [0, 1], modelled in logit space) or ``none``.
         alpha: the logit preprocessing's margin, ``logit(alpha + (1 - 2 alpha) x)``.
@@ -70,7 +72,8 @@ class FlowModel(nn.Module):
             (data arrive as grey levels; the dequantization noise is a latent site,
             see the module doc).
         dequantizer_hidden: hidden channels of the variational dequantizer.
-        **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...).
+        **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...; for a
+            zuko flow ``depth`` and zuko's own settings such as ``hidden_features``).
 
     Model arguments: ``x`` of shape ``(B, *event_shape)`` (further batch items such as
     labels are ignored), or ``None`` to sample ``num_samples`` points.
@@ -159,8 +162,8 @@ class FlowModel(nn.Module):
         reset_caches(self)
         pre = self._data_transforms()
         if self.flow.exact:
-            base = self.flow.base_distribution(self.flow.latent_shape, temperature, self.flow.base)
-            return dist.TransformedDistribution(base, self.flow.transforms() + pre)
+            base, transforms = self.flow.density_parts(temperature)
+            return dist.TransformedDistribution(base, list(transforms) + pre)
         d = self.flow.distribution(temperature, num_samples)
         return dist.TransformedDistribution(d, pre) if pre else d
 
@@ -174,7 +177,7 @@ class FlowModel(nn.Module):
             for t in reversed(d.transforms):
                 y = t.inv(y)
             base = d.base_dist
-        if isinstance(base, AugmentedFlowDistribution):
+        if hasattr(base, "log_prob_and_latent"):   # DenseFlow's bound, a zuko flow's noise
             return base.log_prob_and_latent(y)[1]
         return y.reshape(y.shape[0], -1)
 
