@@ -13,7 +13,8 @@ guide samples it at a Pyro site and every Pyro objective (``Trace_ELBO``,
 sample's density comes from the transforms' cache (the draw remembers its
 ``z0``), so flows without an analytic inverse (planar, Sylvester) score their
 own draws exactly; scoring an arbitrary ``z`` needs an invertible flow
-(``iaf``, ``spline``).
+(``iaf``, ``spline``, the zuko flows). A zuko guide is zuko's own ``NormalizingFlow``
+wrapped for Pyro (Pyro's ``ZukoToPyro``), whose draws carry their density the same way.
 
 The families, registered by name in :data:`GUIDE_FLOWS`:
 
@@ -36,6 +37,10 @@ name             each of the ``K`` steps
                  ``ConditionalSplineAutoregressive`` (Durkan et al. 2019, "Neural
                  Spline Flows"; Pyro's linear rational splines, Dolatabadi et al.
                  2020), the order reversed between steps
+``zuko:<flow>``  a zuko flow (``zuko:maf``, ``zuko:nsf``, ``zuko:nice``,
+                 ``zuko:realnvp``) of ``K`` transformations conditioned on the context,
+                 through Pyro's ``ZukoToPyro`` (:class:`ZukoGuideFlow`); zuko is
+                 imported only when one is built (``pip install 'probgen[zuko]'``)
 ===============  =====================================================================
 
 Why the Sylvester flow is written here: Pyro's ``Sylvester`` holds its
@@ -58,6 +63,7 @@ from torch import nn
 from torch.distributions import Transform, constraints
 
 from probgen.errors import ConfigError
+from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, import_zuko, zuko_flow
 from probgen.registry import Registry
 
 GUIDE_FLOWS: Registry = Registry("flow guide")
@@ -226,6 +232,80 @@ def sylvester_steps(z_dim: int, context_dim: int, depth: int,
             for _ in range(depth)]
 
 
+# -- zuko's flows, through Pyro's ZukoToPyro -------------------------------------------------
+
+
+class ZukoGuideFlow(nn.Module):
+    r"""``q(z | x)`` as the encoder's Gaussian through a zuko flow conditioned on the context.
+
+    With ``f_c`` the zuko flow's transform (its data-to-noise map) conditioned on the
+    context ``c = h(x)``, ``q`` is zuko's own ``NormalizingFlow`` whose base is the
+    encoder's ``N(loc, scale)``, wrapped for Pyro by
+    :class:`~probgen.flows.zuko_bridge.ZukoDistribution` (Pyro's ``ZukoToPyro``)::
+
+        inverse=True:   z = f_c(z0),       log q(z|x) = log N(z0; loc, scale) - log|det df_c/dz0|
+        inverse=False:  z = f_c^{-1}(z0),  log q(z|x) = log N(f_c(z); loc, scale) + log|det df_c/dz|
+
+    ``inverse=True`` (the default) is the direction of Kingma et al. (2016)'s inverse
+    autoregressive flow: for zuko's autoregressive flows (MAF, NSF) a draw costs one pass
+    of the network, and a guide scores only its own draws (their density comes with
+    them). Scoring a code it did not draw (``vae.posterior(x).log_prob(z)``) then costs
+    ``z_dim`` passes. ``inverse=False`` is zuko's density direction (scoring any code in
+    one pass, drawing in ``z_dim``). Coupling flows (NICE, RealNVP) cost one pass either
+    way.
+
+    Args:
+        name: a name in :data:`probgen.flows.zuko_bridge.ZUKO_FLOWS` (``"zuko:nsf"``).
+        z_dim: latent size.
+        context_dim: size of the encoder features the flow is conditioned on.
+        depth: zuko's ``transforms``.
+        inverse: see above.
+        **kwargs: the zuko class's settings, as JSON data (``hidden_features``, ``bins``,
+            ...; :func:`~probgen.flows.zuko_bridge.zuko_flow`).
+    """
+
+    def __init__(self, name: str, z_dim: int, context_dim: int, depth: int,
+                 inverse: bool = True, **kwargs: Any):
+        super().__init__()
+        if not isinstance(inverse, bool):
+            raise ConfigError(f"guide_flow_kwargs['inverse'] must be True or False, got "
+                              f"{inverse!r}.")
+        self.flow = zuko_flow(name, z_dim, context_dim, depth, **kwargs)
+        self.inverse = inverse
+
+    def _q_transform(self, context: torch.Tensor) -> Transform:
+        """``q``'s map from ``z`` to the base side, conditioned on ``context``."""
+        f = self.flow.transform(context)
+        return f.inv if self.inverse else f
+
+    def condition(self, context: torch.Tensor) -> Transform:
+        """The map from the base draw ``z0`` to ``z`` (a torch transform)."""
+        return self._q_transform(context).inv
+
+    def distribution(self, loc: torch.Tensor, scale: torch.Tensor,
+                     context: torch.Tensor) -> ZukoDistribution:
+        """``q(z | x)``, batch ``(B,)``, event ``(z_dim,)``."""
+        import_zuko()
+        from zuko.distributions import DiagNormal, NormalizingFlow
+
+        return ZukoDistribution(NormalizingFlow(self._q_transform(context),
+                                                DiagNormal(loc, scale)))
+
+
+def _zuko_guide(name: str):
+    def zuko_steps(z_dim: int, context_dim: int, depth: int, inverse: bool = True,
+                   **kwargs: Any) -> List[nn.Module]:
+        return [ZukoGuideFlow(name, z_dim, context_dim, depth, inverse=inverse, **kwargs)]
+
+    zuko_steps.__doc__ = (f"The ``{name}`` guide: one :class:`ZukoGuideFlow` of ``depth`` "
+                          f"transformations.")
+    return zuko_steps
+
+
+for _name in ZUKO_FLOWS.names():
+    GUIDE_FLOWS.register(_name, _zuko_guide(_name))
+
+
 class AmortizedFlow(nn.Module):
     """The flow part of a flow guide: ``depth`` conditional steps of one family.
 
@@ -236,7 +316,8 @@ class AmortizedFlow(nn.Module):
         depth: number of steps ``K >= 1``.
         **kwargs: the family's settings (``hidden``; ``stable`` for ``iaf``;
             ``householder`` for ``sylvester``; ``count_bins``, ``bound``, ``order``
-            for ``spline``).
+            for ``spline``; zuko's settings and ``inverse`` for ``zuko:<flow>``,
+            see :class:`ZukoGuideFlow`).
 
     Example::
 
@@ -264,9 +345,12 @@ class AmortizedFlow(nn.Module):
         return [step.condition(context) for step in self.steps]
 
     def distribution(self, loc: torch.Tensor, scale: torch.Tensor,
-                     context: torch.Tensor) -> dist.TransformedDistribution:
+                     context: torch.Tensor):
         """``q(z | x)``: ``N(loc, scale)`` (``(B, D)``, one event per row) through the
-        steps conditioned on ``context`` ``(B, C)``."""
+        steps conditioned on ``context`` ``(B, C)``: a Pyro ``TransformedDistribution``,
+        or for a zuko flow a :class:`~probgen.flows.zuko_bridge.ZukoDistribution`."""
+        if isinstance(self.steps[0], ZukoGuideFlow):   # one zuko flow: zuko scores it
+            return self.steps[0].distribution(loc, scale, context)
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, self.transforms(context))
 

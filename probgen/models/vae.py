@@ -3,13 +3,15 @@ inpainting AE, label-conditional VAE (Kingma & Welling 2014; Higgins et al. 2017
 
 Generative model (``model``), for each image in the data plate::
 
-    z ~ N(0, I)                       latent code, z_dim values
+    z ~ p(z)                          latent code, z_dim values: N(0, I), or a learned
+                                      zuko flow with ``prior_flow`` ("zuko:maf", ...)
     x ~ p(x | decoder(z [, label]))   a likelihood from probgen.models.likelihoods
 
 Guide (``guide``): ``z ~ q(z | x~ [, label])`` with ``x~ = corrupt(x)`` (or ``x``);
 a diagonal Gaussian from the encoder (``encoder="gaussian"``) or a point mass
 at the encoder's output (``encoder="delta"``). With ``guide_flow`` set
-(``"planar"``, ``"iaf"``, ``"sylvester"``, ``"spline"``), the Gaussian is pushed
+(``"planar"``, ``"iaf"``, ``"sylvester"``, ``"spline"``, or a zuko flow such as
+``"zuko:nsf"``), the Gaussian is pushed
 through ``guide_flow_depth`` flow steps conditioned on the encoder's last hidden
 layer (:mod:`probgen.infer.guides`): a flow-based q(z|x) that every objective,
 IWAE included, trains.
@@ -50,6 +52,7 @@ from torch import nn
 
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError
+from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, zuko_flow, zuko_settings
 from probgen.infer.guides import AmortizedFlow, flow_settings
 from probgen.models.checks import checked_labels, flat_images, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
@@ -88,16 +91,31 @@ class VAE(nn.Module):
         likelihood_kwargs, corruption_kwargs: settings of those parts.
         guide_flow: ``None`` (the encoder's diagonal Gaussian is q(z|x)) or a flow
             family in :data:`probgen.infer.guides.GUIDE_FLOWS` (``"planar"``,
-            ``"iaf"``, ``"sylvester"``, ``"spline"``) that pushes it further.
+            ``"iaf"``, ``"sylvester"``, ``"spline"``; zuko's ``"zuko:maf"``,
+            ``"zuko:nsf"``, ``"zuko:nice"``, ``"zuko:realnvp"``) that pushes it further.
         guide_flow_depth: flow steps (with ``guide_flow``).
         guide_flow_kwargs: the flow family's settings (``hidden``, ``householder``,
-            ``count_bins``, ...; see :mod:`probgen.infer.guides`).
+            ``count_bins``, ...; for a zuko flow zuko's settings such as
+            ``hidden_features`` and ``bins``, and ``inverse``; see
+            :mod:`probgen.infer.guides`).
+        prior_flow: ``None`` (the prior is ``N(0, I)``) or a zuko flow in
+            :data:`probgen.flows.zuko_bridge.ZUKO_FLOWS` (``"zuko:maf"``, ...): a learned
+            prior p(z), trained with the rest of the model by the ELBO's ``log p(z)``
+            term (Pyro's ``ZukoToPyro``; scoring a code is one pass of the flow, drawing
+            one for generation ``z_dim`` passes for the autoregressive flows).
+        prior_flow_depth: the prior flow's transformations.
+        prior_flow_kwargs: zuko's settings of the prior flow, as JSON data
+            (``hidden_features``, ``bins``, ...).
 
     Model arguments: ``x`` ``(B, *image_shape)`` or ``(B, D)``; ``labels`` ``(B,)``
     integers (needed when ``num_labels > 0``, ignored otherwise); with ``x=None``
     the model generates ``size`` images (or one per label).
     Sites: ``z`` (latent), ``x`` (observed), ``mean`` (deterministic: the image
     the likelihood stands for, ``(B, D)``).
+
+    With ``prior_flow`` the closed-form tools that assume ``p(z) = N(0, I)`` (the
+    ``meanfield`` objective's analytic KL, which then falls back to Monte Carlo;
+    :func:`probgen.metrics.kl_per_dimension`) do not describe this model's prior.
     """
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 50,
@@ -108,7 +126,9 @@ class VAE(nn.Module):
                  likelihood_kwargs: Optional[Dict[str, Any]] = None,
                  corruption_kwargs: Optional[Dict[str, Any]] = None,
                  guide_flow: Optional[str] = None, guide_flow_depth: int = 2,
-                 guide_flow_kwargs: Optional[Dict[str, Any]] = None):
+                 guide_flow_kwargs: Optional[Dict[str, Any]] = None,
+                 prior_flow: Optional[str] = None, prior_flow_depth: int = 3,
+                 prior_flow_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
         if encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
@@ -118,6 +138,15 @@ class VAE(nn.Module):
                               f"flow; it needs encoder='gaussian', got {encoder!r}.")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ConfigError(f"beta weights the KL term and must be a number >= 0, got {beta!r}.")
+        if prior_flow is not None:
+            if prior_flow not in ZUKO_FLOWS:
+                raise ConfigError(f"prior_flow must be None (N(0, I)) or one of "
+                                  f"{ZUKO_FLOWS.names()}, got {prior_flow!r}.")
+            if beta == 0:
+                raise ConfigError(f"prior_flow={prior_flow!r} is learned from the ELBO's "
+                                  f"log p(z) term, which beta = 0 masks out; use beta > 0 "
+                                  f"or no prior flow.")
+            zuko_settings(prior_flow_kwargs, "prior_flow_kwargs")
         self.image_shape = tuple(image_shape)
         self.z_dim, self.beta, self.num_labels = z_dim, float(beta), num_labels
         self.settings = dict(image_shape=list(self.image_shape), z_dim=z_dim,
@@ -129,6 +158,9 @@ class VAE(nn.Module):
         if guide_flow is not None:   # recorded only when set: a plain VAE's settings stay as they were
             self.settings.update(guide_flow=guide_flow, guide_flow_depth=guide_flow_depth,
                                  guide_flow_kwargs=guide_flow_kwargs)
+        if prior_flow is not None:
+            self.settings.update(prior_flow=prior_flow, prior_flow_depth=prior_flow_depth,
+                                 prior_flow_kwargs=prior_flow_kwargs)
         kw = {}
         if hidden is not None:
             kw["hidden"] = tuple(hidden)
@@ -144,6 +176,10 @@ class VAE(nn.Module):
         if guide_flow is not None:
             self.guide_flow = AmortizedFlow(guide_flow, z_dim, self._context_dim(),
                                             guide_flow_depth, **flow_kw)
+        self.prior_flow = None
+        if prior_flow is not None:
+            self.prior_flow = zuko_flow(prior_flow, z_dim, 0, prior_flow_depth,
+                                        **(prior_flow_kwargs or {}))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VAE":
@@ -154,6 +190,8 @@ class VAE(nn.Module):
         s = self.settings
         flow = (f", guide_flow={s['guide_flow']} x {s['guide_flow_depth']}"
                 if s.get("guide_flow") else "")
+        if s.get("prior_flow"):
+            flow += f", prior_flow={s['prior_flow']} x {s['prior_flow_depth']}"
         return (f"z_dim={s['z_dim']}, net={s['net']}, likelihood={s['likelihood']}, "
                 f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
                 f"corruption={s['corruption']}{flow}")
@@ -219,15 +257,22 @@ class VAE(nn.Module):
             if n is None:
                 raise ConfigError("to generate, pass labels or size (how many images).")
             onehot = self._onehot(labels, n)
-        p = next(self.parameters())
         with self._data_plate(n, step):
-            prior = dist.Normal(p.new_zeros(()), p.new_ones(())).expand([self.z_dim]).to_event(1)
+            prior = self.prior()
             with self._kl_weight():
                 z = pyro.sample("z", prior)
             out = self.decoder(z, onehot)
             if step is None:   # no loss reads it: skipped in fit's own steps
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
+
+    def prior(self):
+        """``p(z)``, event shape ``(z_dim,)``: ``N(0, I)``, or the learned zuko flow
+        (a :class:`~probgen.flows.zuko_bridge.ZukoDistribution`, Pyro's ``ZukoToPyro``)."""
+        if self.prior_flow is not None:
+            return ZukoDistribution(self.prior_flow())
+        p = next(self.parameters())
+        return dist.Normal(p.new_zeros(()), p.new_ones(())).expand([self.z_dim]).to_event(1)
 
     def _context_dim(self) -> int:
         # The flow steps see the encoder's last hidden layer (the features its loc and
