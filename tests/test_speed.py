@@ -11,6 +11,7 @@ they cannot show -- the speed, TF32 itself, real asynchronous copies -- is measu
 """
 
 import copy
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,6 @@ from probgen.models.flow import FlowModel
 from probgen.train import Callback, FitConfig, LossStep, SVIStep, WeightAverage
 from probgen.train.speed import NetworkSpeed, find_networks, place_on_device
 from tests.conftest import QUIET, ROOT
-
 
 # --------------------------------------------------------------------------- TF32
 
@@ -213,6 +213,9 @@ def test_network_call_survives_deepcopy_of_the_module_during_the_run():
         with torch.no_grad():
             twin[2].bias.add_(100.0)
         assert (twin(torch.zeros(1, 3)) - net(torch.zeros(1, 3))).abs().min() > 50
+        # pickled during the run (torch.save(model) in a callback): a plain module
+        stored = pickle.loads(pickle.dumps(net))
+        assert torch.equal(stored(torch.ones(1, 3)), type(net).forward(net, torch.ones(1, 3)))
     assert "forward" not in twin.__dict__ and "forward" not in net.__dict__
 
 

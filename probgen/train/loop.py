@@ -496,11 +496,13 @@ class Run:
         pinned memory (:meth:`TensorData.batches` with ``device``)."""
         self.staged: Dict[str, Optional[torch.device]] = {"train_data": None, "val_data": None}
         target = self.batch_device
-        moving = {which: data for which in ("train_data", "val_data")
-                  if isinstance(data := getattr(self, which), TensorData)
-                  and target is not None and not same_device(data.device, target)}
-        if not moving:
+        if target is None:
             return
+        moving = {}
+        for which in ("train_data", "val_data"):
+            data = getattr(self, which)
+            if isinstance(data, TensorData) and not same_device(data.device, target):
+                moving[which] = data
         host = {k: d for k, d in moving.items() if d.device.type == "cpu"}
         whole = place_on_device({k: data_bytes(d) for k, d in host.items()}, target,
                                 self.config.data_on_device)
@@ -543,9 +545,11 @@ class Run:
                                   f"bfloat16, and {self.step.describe()}'s networks hold "
                                   f"{'/'.join(dtypes)} parameters; give float32 ones or leave "
                                   f"precision unset.")
-            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            # emulated bfloat16 (GPUs before Ampere) runs, but slower than float32
+            if self.device.type == "cuda" and \
+                    not torch.cuda.is_bf16_supported(including_emulation=False):
                 raise ConfigError(f"precision={c.precision!r}: {self.device} "
-                                  f"({torch.cuda.get_device_name(self.device)}) has no "
+                                  f"({torch.cuda.get_device_name(self.device)}) has no native "
                                   f"bfloat16 support; leave precision unset on this GPU.")
         options = None
         if c.compile:
@@ -853,6 +857,8 @@ class Run:
                     if first is not None:
                         self.device = first.device
                         check_every = 1 if self.device.type == "cpu" else 10
+                        if self.speed is not None:     # autocast where the data is
+                            self.speed.device_type = self.device.type
                 ctx: Dict[str, Any] = {}
                 losses: Optional[Dict[str, Any]] = {} if batch_hooks else None
                 for st in self.phases:

@@ -34,7 +34,8 @@ the compiled function, and the instance attribute is removed when ``fit`` return
 ``forward`` the user had set on the instance is put back). ``state_dict``, parameters and
 module structure never change, so checkpoints are those of an eager float32 run. A deep
 copy of a network made during ``fit`` (a weight-averaging callback) runs like it until
-``fit`` returns and is restored with it.
+``fit`` returns and is restored with it; a network pickled during ``fit`` is stored as a
+plain one.
 
 Why not ``nn.Module.compile()`` or ``torch.compile(module)``: the first stores the
 compiled function in a private attribute, the second returns a wrapper module whose
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import weakref
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
@@ -55,7 +57,7 @@ from torch import nn
 
 from probgen.errors import ConfigError
 
-__all__ = ["COMPILE_OPTIONS", "MATMUL_PRECISIONS", "PRECISIONS", "DEVICE_DATA_SHARE",
+__all__ = ["COMPILE_OPTIONS", "DEVICE_DATA_SHARE", "MATMUL_PRECISIONS", "PRECISIONS",
            "NetworkCall", "NetworkSpeed", "device_free_memory", "find_networks",
            "matmul_precision", "place_on_device"]
 
@@ -107,8 +109,7 @@ def _fp32_slots() -> List[Any]:
 
 def _readable(slot) -> bool:
     try:
-        slot.fp32_precision
-        return True
+        return isinstance(slot.fp32_precision, str)
     except (AttributeError, RuntimeError):
         return False
 
@@ -186,7 +187,7 @@ def find_networks(roots: Iterable[nn.Module]) -> List[nn.Module]:
         if id(m) in seen:
             return
         seen.add(id(m))
-        model_like = root and (hasattr(m, "model") and hasattr(m, "guide")
+        model_like = root and ((hasattr(m, "model") and hasattr(m, "guide"))
                                or hasattr(m, "fit_step"))
         if not model_like and _has_forward(m) and plain(m):
             if _trainable(m):
@@ -215,6 +216,10 @@ def _cast_back(out, low: torch.dtype, want: torch.dtype):
     return out
 
 
+def _itself(x):
+    return x
+
+
 class NetworkCall:
     """A network's ``forward`` during ``fit``: the original under autocast (outputs
     back in float32) and/or compiled. Installed on the instance, removed when ``fit``
@@ -237,6 +242,14 @@ class NetworkCall:
 
     def __call__(self, *args, **kwargs):
         return self.call(*args, **kwargs)
+
+    def __reduce__(self):
+        # A module pickled during fit (torch.save(model) in a callback) is stored as a
+        # plain one: its forward as the class's (or the user's own), no autocast.
+        module = self.module()
+        if self.user or module is None:
+            return (_itself, (self.original,))
+        return (functools.partial, (type(module).forward, module))
 
     def __deepcopy__(self, memo):
         # A copy of the network made during fit (copy.deepcopy(module), as a weight
@@ -333,10 +346,8 @@ def place_on_device(sizes: Dict[str, int], device: torch.device,
     ``True``, none with ``False``; with ``"auto"``, each while it takes at most
     :data:`DEVICE_DATA_SHARE` of the free memory left (all of them on a device whose
     free memory is not known: the CPU)."""
-    if setting is True:
-        return {k: True for k in sizes}
-    if setting is False:
-        return {k: False for k in sizes}
+    if isinstance(setting, bool):
+        return dict.fromkeys(sizes, setting)
     free = device_free_memory(device)
     out = {}
     for k, n in sizes.items():
