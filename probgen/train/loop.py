@@ -189,8 +189,10 @@ def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]
     module's by default: NCCL takes CUDA tensors only).
 
     Args:
-        device: where the batches of an iterable go and the sums are reduced; default the
-            step's module's device (a step without a module: batches stay where they are).
+        device: where the batches go and the sums are reduced; default the step's
+            module's device (a step without a module: batches stay where they are). A
+            TensorData elsewhere (in host memory for a model on a GPU) stays where it is,
+            each batch copied through pinned memory.
 
     Raises:
         DataError: the data gave no batch.
