@@ -4,9 +4,10 @@ Three parts (``--parts``), on dynamically binarized MNIST with the family's defa
 networks (784-200-200-z tanh MLPs, Bernoulli likelihood):
 
 * ``flows``: one VAE per guide (``--guides``: ``diag``, the encoder's Gaussian, and the
-  flow guides ``planar``, ``iaf``, ``sylvester``, ``spline`` of ``--depth`` steps), trained
-  for the same epochs; test -ELBO, importance-sampled NLL and seconds per epoch in
-  ``flows.csv``. Published ordering in -ELBO (Rezende & Mohamed 2015; Kingma et al.
+  flow guides ``planar``, ``iaf``, ``sylvester``, ``spline`` of ``--depth`` steps; zuko's
+  ``zuko:nsf``, ``zuko:maf``, ``zuko:nice``, ``zuko:realnvp`` on request, with hidden
+  layers as wide as the spline guide's), trained for the same epochs; test -ELBO,
+  importance-sampled NLL and seconds per epoch in ``flows.csv``. Published ordering in -ELBO (Rezende & Mohamed 2015; Kingma et al.
   2016; van den Berg et al. 2018): diagonal > planar > IAF >= Sylvester.
 * ``nuts``: for ``--images`` test digits, p(z | x) with the decoder fixed, sampled by
   Pyro's NUTS (``--chains`` chains); R-hat and effective sample size through ArviZ in
@@ -17,11 +18,12 @@ networks (784-200-200-z tanh MLPs, Bernoulli likelihood):
   the decoder fixed) and the amortized ELBO, for ``--gap-images`` test digits
   (``gaps.csv``).
 
-Models are saved in --out (``model_<guide>.pt``); ``--resume`` continues or reuses them, so
+Models are saved in --out (``model_<guide>.pt``, ``zuko-nsf`` for ``zuko:nsf``); ``--resume`` continues or reuses them, so
 ``--parts nuts gaps --resume`` measures the models a ``--parts flows`` run trained.
 
     python examples/posterior.py --epochs 10 --threads 1
     python examples/posterior.py --parts nuts gaps --resume --threads 1
+    python examples/posterior.py --parts flows --guides spline zuko:nsf --threads 1
     python examples/posterior.py --smoke
 """
 
@@ -33,6 +35,7 @@ import time
 import torch
 
 from probgen import checks, cli
+from probgen.flows.zuko_bridge import ZUKO_FLOWS
 from probgen.infer.guides import GUIDE_FLOWS
 from probgen.metrics.likelihood import elbo_and_iw_nll
 from probgen.models.vae import VAE
@@ -40,13 +43,16 @@ from probgen.train import fit, load, save_model, set_seed
 
 PARTS = ("flows", "nuts", "gaps")
 GUIDES = ["diag"] + GUIDE_FLOWS.names()
+# zuko's guides need the zuko extra: asked for by name, not run by default
+DEFAULT_GUIDES = [g for g in GUIDES if g not in ZUKO_FLOWS]
 
 
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/posterior")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--guides", nargs="+", default=GUIDES, choices=GUIDES,
-                   help="diag: the encoder's Gaussian; the others: flow guides")
+    p.add_argument("--guides", nargs="+", default=DEFAULT_GUIDES, choices=GUIDES,
+                   help="diag: the encoder's Gaussian; the others: flow guides (zuko:*: "
+                        "zuko's flows, pip install 'probgen[zuko]')")
     positive = checks.arg(checks.positive_int)
     p.add_argument("--depth", type=positive, default=4, help="flow steps of each flow guide")
     p.add_argument("--z-dim", type=positive, default=50, help="latent size")
@@ -77,7 +83,15 @@ def parse_args(argv=None):
 def build(args, guide: str) -> VAE:
     if guide == "diag":
         return VAE(z_dim=args.z_dim)
-    return VAE(z_dim=args.z_dim, guide_flow=guide, guide_flow_depth=args.depth)
+    # a zuko flow's networks as wide as the spline guide's (one hidden layer of 10 z_dim);
+    # zuko's NSF keeps its own splines (8 rational-quadratic bins on [-5, 5])
+    kwargs = {"hidden_features": [10 * args.z_dim]} if guide in ZUKO_FLOWS else None
+    return VAE(z_dim=args.z_dim, guide_flow=guide, guide_flow_depth=args.depth,
+               guide_flow_kwargs=kwargs)
+
+
+def _file(guide: str) -> str:
+    return guide.replace(":", "-")   # "zuko:nsf" -> "zuko-nsf": a portable file name
 
 
 def train(args, splits, guide: str):
@@ -86,13 +100,13 @@ def train(args, splits, guide: str):
     model = build(args, guide)
     print(f"\n== {guide}: {model.extra_repr()} ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
-                 checkpoint=str(args.out / f"checkpoint_{guide}.pt"))
-    save_model(model, args.out / f"model_{guide}.pt")
+                 checkpoint=str(args.out / f"checkpoint_{_file(guide)}.pt"))
+    save_model(model, args.out / f"model_{_file(guide)}.pt")
     return model, result
 
 
 def trained(args, guide: str) -> VAE:
-    path = args.out / f"model_{guide}.pt"
+    path = args.out / f"model_{_file(guide)}.pt"
     if not path.exists():
         from probgen.errors import ConfigError
 
@@ -146,7 +160,7 @@ def part_nuts(args, splits):
             active.append(lat)
             pair_overlay({"NUTS p(z|x)": exact, f"{guide} q(z|x)": q}, i, lat,
                          title=f"{guide} model, test image {i}",
-                         path=args.out / f"pairs_{guide}_{i}.png")
+                         path=args.out / f"pairs_{_file(guide)}_{i}.png")
         rows.append({"model": guide, "images": args.images, "chains": args.chains,
                      "draws": args.draws, "warmup": args.warmup,
                      "max_rhat": float(summary["r_hat"].max()),
@@ -154,7 +168,7 @@ def part_nuts(args, splits):
                      "min_ess_bulk": float(summary["ess_bulk"].min()),
                      "divergences": int(chains.diverging.sum()),
                      "nuts_seconds": float(sum(chains.seconds))})
-        exact.to_netcdf(str(args.out / f"nuts_{guide}.nc"))
+        exact.to_netcdf(str(args.out / f"nuts_{_file(guide)}.nc"))
         print(f"{guide}: pair plots of latents {active}", flush=True)
     print("\nNUTS on p(z | x), decoder fixed:")
     cli.print_table(rows)
