@@ -131,7 +131,7 @@ def zuko_settings(kwargs: dict[str, Any] | None, what: str = "zuko flow settings
     return dict(kwargs)
 
 
-def zuko_flow(name: str, features: int, context: int = 0, depth: int = 3,
+def zuko_flow(name: str, features: int, /, context: int = 0, depth: int = 3,
               **kwargs: Any) -> nn.Module:
     """Build the zuko flow ``name`` (a name in :data:`ZUKO_FLOWS`).
 
@@ -197,7 +197,20 @@ class ZukoDistribution(ZukoToPyro):
             return self.dist.sample(torch.Size(sample_shape))
 
     def expand(self, batch_shape, _instance=None) -> ZukoDistribution:
-        return type(self)(self.dist.expand(torch.Size(batch_shape)))
+        """The distribution with ``batch_shape``; the densities of earlier draws stay
+        remembered (a plate that expands a distribution after a model computed ``x``'s
+        density, as ``FlowModel`` does for its ``z`` site, does not run the flow again)."""
+        new = type(self)(self.dist.expand(torch.Size(batch_shape)))
+        new.cache = dict(self.cache)
+        return new
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x in self.cache:   # a remembered density, broadcast as log_prob would
+            lp = self.cache[x]
+            shape = torch.broadcast_shapes(x.shape[:x.dim() - len(self.event_shape)],
+                                           self.batch_shape)
+            return lp if lp.shape == shape else lp.expand(shape)
+        return self.dist.log_prob(x)
 
     @property
     def support(self):
@@ -254,6 +267,16 @@ class ZukoDensity(DensityFlow):
                               f"(batch {tuple(d.batch_shape)}); data of shape "
                               f"{self.event_shape} need an unconditional flow over {dim} "
                               f"features.")
+        like = next((t for t in list(flow.parameters()) + list(flow.buffers())
+                     if t.is_floating_point()), self._anchor)
+        try:   # a conditional flow builds its distribution without a context, then fails
+            with torch.no_grad():
+                d.log_prob(like.new_zeros(dim))
+        except (RuntimeError, ValueError, TypeError) as err:
+            first = (str(err).strip().splitlines() or ["no detail"])[0]
+            raise ConfigError(f"this zuko flow cannot score data without a context "
+                              f"({type(err).__name__}: {first}); a density needs an "
+                              f"unconditional flow (context=0).") from None
         self.latent_shape = (dim,)
 
     def transforms(self) -> list:
@@ -317,6 +340,7 @@ def _density_builder(name: str):
 
     def build(event_shape: Sequence[int], depth: int = 3, **kwargs: Any) -> ZukoDensity:
         shape = _event_shape(event_shape)
+        kwargs = zuko_settings(kwargs, f"the {name} flow's settings")
         return ZukoDensity(zuko_flow(name, _numel(shape), 0, depth, **kwargs), shape)
 
     build.__name__ = name.replace(":", "_")
@@ -330,5 +354,5 @@ def _density_builder(name: str):
 for _name in ZUKO_FLOWS.names():
     FLOWS.register(_name, _density_builder(_name))
 
-__all__ = ["INSTALL", "ZUKO_FLOWS", "ZukoDensity", "ZukoDistribution", "import_zuko",
+__all__ = ["ZUKO_FLOWS", "ZukoDensity", "ZukoDistribution", "import_zuko",
            "zuko_flow", "zuko_settings"]

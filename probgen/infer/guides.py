@@ -63,7 +63,8 @@ from torch import nn
 from torch.distributions import Transform, constraints
 
 from probgen.errors import ConfigError
-from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, import_zuko, zuko_flow
+from probgen.flows.zuko_bridge import (ZUKO_FLOWS, ZukoDistribution, import_zuko, zuko_flow,
+                                       zuko_settings)
 from probgen.registry import Registry
 
 GUIDE_FLOWS: Registry = Registry("flow guide")
@@ -270,6 +271,7 @@ class ZukoGuideFlow(nn.Module):
         if not isinstance(inverse, bool):
             raise ConfigError(f"guide_flow_kwargs['inverse'] must be True or False, got "
                               f"{inverse!r}.")
+        kwargs = zuko_settings(kwargs, "guide_flow_kwargs")
         self.flow = zuko_flow(name, z_dim, context_dim, depth, **kwargs)
         self.inverse = inverse
 
