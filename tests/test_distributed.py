@@ -52,3 +52,55 @@ def test_an_example_trains_under_torchrun_and_rank_0_alone_writes(tmp_path):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert (out / "results.json").exists() and (out / "samples.png").exists()
+
+
+def test_the_group_probgen_opened_closes_at_exit_after_every_process_arrives(monkeypatch):
+    """_close_group (registered at exit by fit's set-up): with gloo, a barrier first, so
+    that no process closes its connections while another still talks to it, then
+    destroy; no barrier after an uncaught exception or under NCCL; destroy always."""
+    import torch.distributed as dist
+
+    from probgen.train import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+
+    def barrier():
+        calls.append("barrier")
+        if fail_barrier:
+            raise RuntimeError("Connection closed by peer")
+    monkeypatch.setattr(dist, "barrier", barrier)
+    monkeypatch.delattr(sys, "last_value", raising=False)
+    for backend, fail_barrier, crashed, want in (
+            ("gloo", False, False, ["barrier", "destroy"]),
+            ("gloo", True, False, ["barrier", "destroy"]),
+            ("gloo", False, True, ["destroy"]),
+            ("nccl", False, False, ["destroy"])):
+        calls.clear()
+        monkeypatch.setattr(dist, "get_backend", lambda b=backend: b)
+        if crashed:
+            monkeypatch.setattr(sys, "last_value", ValueError("boom"), raising=False)
+        distributed._close_group()
+        assert calls == want, (backend, fail_barrier, crashed, calls)
+
+
+def test_data_smaller_than_one_global_batch_is_one_line_before_training(monkeypatch):
+    """Under torchrun every global batch is whole (drop_last): data with fewer examples
+    than batch_size x processes is said as such, not as an empty DataLoader."""
+    import pytest
+
+    from probgen.errors import DataError
+    from probgen.train import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    net = ddp_worker.net()
+    before = [p.detach().clone() for p in net.parameters()]
+    assert len(ddp_worker.data()[0]) == 192
+    with pytest.raises(DataError, match=r"192 examples, fewer than one global batch of 256 "
+                                        r"\(batch_size 128 x 2 processes\)"):
+        ddp_worker.run(net, batch_size=128)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from typing import Any, List, Sequence
 
 import torch
@@ -78,16 +79,38 @@ def setup(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        # The group probgen opened, probgen closes: a process that exits with a gloo group
-        # still open can abort in interpreter shutdown ("terminate called without an active
-        # exception", SIGABRT; measured on 1 of 4-6 two-process test runs here), since
-        # gloo's worker threads outlive the interpreter. A group the user opened is theirs.
+        # The group probgen opened, probgen closes, when the process exits: a process that
+        # exits with a gloo group still open can abort in interpreter shutdown ("terminate
+        # called without an active exception", SIGABRT), since gloo's worker threads
+        # outlive the interpreter. Not at the end of fit: a script goes on using the group
+        # after it (evaluate's all-reduce, a second fit). A group the user opened is theirs.
         atexit.register(_close_group)
     return device
 
 
 def _close_group() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Close the process group at exit, all processes together.
+
+    With gloo, the processes first meet at a barrier, so that none destroys its group
+    (closing its connections) while another still sends to it or waits on it in a last
+    collective: gloo's threads in that other process then fail during interpreter
+    shutdown, which aborts it ("terminate called without an active exception",
+    SIGABRT). After the barrier no process talks any more, and closing is safe in any
+    order. A process that stays longer (rank 0 writing figures) is waited for; one that
+    died closes its connections, and gloo's barrier then raises at once (torchrun stops
+    the others anyway). The barrier is skipped when this process ends on an uncaught
+    exception (the others may never come). NCCL groups are destroyed as they are: NCCL
+    aborts its communicators cleanly, and a barrier there could block until NCCL's timeout.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo" and dist.get_world_size() > 1 and \
+                getattr(sys, "last_value", None) is None:
+            dist.barrier()
+    except Exception:   # a process that did not come: close anyway, as before
+        pass
+    finally:
         dist.destroy_process_group()
 
 

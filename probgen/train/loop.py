@@ -443,6 +443,12 @@ class Run:
         if isinstance(self.train_data, TensorData):
             if len(self.train_data) == 0:
                 raise DataError("the training data is empty.")
+            if self.world > 1 and len(self.train_data) < c.batch_size * self.world:
+                # a torchrun job's global batches are whole (drop_last): none would be left
+                raise DataError(
+                    f"the training data has {len(self.train_data)} examples, fewer than one "
+                    f"global batch of {c.batch_size * self.world} (batch_size {c.batch_size} "
+                    f"x {self.world} processes); give a smaller batch_size.")
         elif not isinstance(self.train_data, Iterable):
             raise ConfigError(f"train must be a TensorData or an iterable of batches (e.g. a "
                               f"torch DataLoader), got {type(self.train_data).__name__}.")
