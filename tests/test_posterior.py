@@ -155,7 +155,8 @@ def test_flow_vae_round_trips_through_a_checkpoint(kind, tmp_path):
 
 
 def test_plain_vae_settings_are_unchanged():
-    assert "guide_flow" not in VAE(z_dim=3, hidden=(8,)).settings
+    settings = VAE(z_dim=3, hidden=(8,)).settings
+    assert "guide_flow" not in settings and "prior_flow" not in settings
 
 
 @pytest.mark.parametrize("kwargs,match", [
