@@ -35,7 +35,8 @@ def run(args, preset: str, corruption_kwargs: dict, what: str):
     splits = cli.mnist(args)
     set_seed(args.seed)
     model = VAE.from_preset(preset, z_dim=args.z_dim, net=args.net, hidden=args.hidden,
-                            likelihood="gaussian", corruption_kwargs=corruption_kwargs)
+                            likelihood="gaussian",
+                            corruption_kwargs=corruption_kwargs).to(args.device)
     print(f"== {what}: {model.extra_repr()} ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
                  checkpoint=str(args.out / "checkpoint.pt"))

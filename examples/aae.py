@@ -237,10 +237,10 @@ def manifold_figure(model: AAE, prior_draws, path, title, n: int = 15):
     """Decoded codes on an n x n grid spanning the central 98% of the prior's draws."""
     lo = torch.quantile(prior_draws[:, :2].float().cpu(), 0.01, dim=0)
     hi = torch.quantile(prior_draws[:, :2].float().cpu(), 0.99, dim=0)
-    xs = torch.linspace(float(lo[0]), float(hi[0]), n)
-    ys = torch.linspace(float(hi[1]), float(lo[1]), n)
+    xs = torch.linspace(float(lo[0]), float(hi[0]), n, device=model.device)
+    ys = torch.linspace(float(hi[1]), float(lo[1]), n, device=model.device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    z = torch.stack([gx.flatten(), gy.flatten()], 1).to(model.device)
+    z = torch.stack([gx.flatten(), gy.flatten()], 1)
     with torch.no_grad():
         images = model.decode(z).cpu()
     fig, ax = new_figure(1, 1, figsize=(6, 6.3))
@@ -502,7 +502,7 @@ class ClassError(Callback):
 
 def train_one(args, encoder: str, splits):
     set_seed(args.seed)
-    model = build(args, encoder)
+    model = build(args, encoder).to(args.device)
     tag = f"{encoder}_{args.prior}" + ("" if args.labels == "none" else f"_{args.labels}")
     print(f"\n== {model.extra_repr()} ==", flush=True)
     train = splits["train"]
@@ -558,7 +558,7 @@ def train_vae(args, splits):
     """A VAE of the same encoder/decoder networks, measured as the AAEs are."""
     set_seed(args.seed)
     vae = VAE(image_shape=(1, 28, 28), z_dim=args.z_dim, hidden=args.hidden, net=args.net,
-              likelihood=args.likelihood, encoder="gaussian")
+              likelihood=args.likelihood, encoder="gaussian").to(args.device)
     print(f"\n== VAE of the same networks: {vae.extra_repr()} ==", flush=True)
     result = fit(vae, augmented(args, splits["train"]), splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / "vae_normal.pt"), restore_best=False),

@@ -131,7 +131,7 @@ def parse_args(argv=None):
 
 def train_cgan(args, data, image_shape, levels, log):
     cgan = AgeCGAN(image_shape, levels, z_dim=args.z_dim, g_width=args.width,
-                   d_width=args.width, e_width=args.width)
+                   d_width=args.width, e_width=args.width).to(args.device)
     start = time.perf_counter()
     fit(cgan, data, config=cli.fit_config(args, **NO_MONITOR, progress=False, verbose=False))
     gan_s = time.perf_counter() - start
@@ -149,7 +149,8 @@ def train_cgan(args, data, image_shape, levels, log):
 def train_caae(args, data, image_shape, levels, log):
     caae = CAAE(image_shape, levels, z_dim=args.caae_z_dim,
                 net="conv" if image_shape[-1] % 4 == 0 else "mlp", d_img_width=args.width,
-                img_weight=args.caae_img_weight, fake_levels=args.caae_fake_levels)
+                img_weight=args.caae_img_weight,
+                fake_levels=args.caae_fake_levels).to(args.device)
     start = time.perf_counter()
     res = fit(caae, data, config=cli.fit_config(args, **NO_MONITOR, progress=False,
                                                 verbose=False))
@@ -161,7 +162,7 @@ def train_caae(args, data, image_shape, levels, log):
 
 def train_recurrent(args, sequences, image_shape, levels, log):
     rec = RecurrentAger(image_shape, levels, hidden=32 if args.smoke else 256,
-                        embed=32 if args.smoke else 256)
+                        embed=32 if args.smoke else 256).to(args.device)
     start = time.perf_counter()
     res = fit(rec, sequences, config=cli.fit_config(
         args, epochs=args.recurrent_epochs, lr=max(args.lr, 1e-3), **NO_MONITOR, progress=False,
@@ -186,7 +187,7 @@ def edits(method, model, x, s: int, levels: int, refine=None, maxiter=50):
         return torch.stack([model.regenerate(z, t) for t in range(levels)], 1)
     if method == "caae":
         return torch.stack([model.edit(x, t) for t in range(levels)], 1)
-    out = torch.full((n, levels) + x.shape[1:], float("nan"))
+    out = x.new_full((n, levels) + x.shape[1:], float("nan"))
     out[:, s] = x
     if s < levels - 1:
         out[:, s + 1:] = model.progression(x, s)
@@ -217,7 +218,8 @@ def score(name, produce, truth, features, level_net, levels: int) -> Dict[str, f
             with torch.no_grad():
                 f = features(e)
                 nearest = torch.cdist(f, truth_f[:, t]).argmin(1)
-                acc["ident"].append((nearest == torch.arange(n)).float().mean().item())
+                acc["ident"].append((nearest == torch.arange(n, device=nearest.device))
+                                    .float().mean().item())
                 acc["attr"].append((level_net(e).argmax(1) == t).float().mean().item())
             err = (e - truth[:, t]).pow(2).mean().item()
             acc["mse"].append(err)
@@ -255,8 +257,8 @@ def run_faces(args, log):
     loader = faces_loader(args.faces_dir, args.face_size, args.age_groups, args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed))
     shape, k = (3, args.face_size, args.face_size), folder.num_groups
-    x = torch.stack([folder[i][0] for i in range(min(4, len(folder)))])
-    y = folder.groups[:x.shape[0]]
+    x = torch.stack([folder[i][0] for i in range(min(4, len(folder)))]).to(args.device)
+    y = folder.groups[:x.shape[0]].to(args.device)
     rows = {}
     if "cgan" in args.method:
         cgan = train_cgan(args, loader, shape, k, log)
@@ -272,7 +274,7 @@ def run_faces(args, log):
                               generator=torch.Generator().manual_seed(args.seed))
         caae = train_caae(args, loader, (3, size, size), k, log)
         big = AgeFolder(args.faces_dir, size, args.age_groups)
-        xb = torch.stack([big[i][0] for i in range(x.shape[0])])
+        xb = torch.stack([big[i][0] for i in range(x.shape[0])]).to(args.device)
         rows = {f"#{i} CAAE": torch.cat([xb[i:i + 1]] + [caae.edit(xb[i:i + 1], t)
                                                          for t in range(k)])
                 for i in range(x.shape[0])}
@@ -294,7 +296,7 @@ def main(argv=None):
         print(f"trained on {results['faces']} faces; figure in {args.out}")
         return results
     splits = graded_mnist(args.data, args.levels, val_size=args.val_size, seed=args.seed,
-                          limit=args.limit)
+                          limit=args.limit, device=args.device)
     train, test = splits["train"], splits["test"]
     k, shape = train.levels, tuple(train.images.shape[2:])
     models = {}
@@ -311,7 +313,7 @@ def main(argv=None):
     level_net = train_classifier(flat.tensors[0], flat.tensors[1], epochs=args.classifier_epochs,
                                  seed=args.seed, log=lambda *a: None)
     if args.score_features == "shipped":
-        features = mnist_identity_features()
+        features = mnist_identity_features(args.device)
     else:
         digits = train.digits.repeat_interleave(k)
         features = train_classifier(flat.tensors[0], digits, epochs=args.classifier_epochs,

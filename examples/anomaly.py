@@ -36,7 +36,7 @@ def main(argv=None):
                                      without_digit=d)
                 for k, v in splits.items() if k != "test"}
         set_seed(args.seed)
-        model = VAE(z_dim=args.z_dim)
+        model = VAE(z_dim=args.z_dim).to(args.device)
         print(f"\n== VAE trained without digit {d} ({len(keep['train'])} images) ==", flush=True)
         result = fit(model, keep["train"], keep["val"], cli.fit_config(args),
                      checkpoint=str(args.out / f"checkpoint_digit{d}.pt"))

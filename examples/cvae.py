@@ -90,14 +90,14 @@ def run_setting(q, splits, args):
 
     print(f"\n== {column(q)} visible: baseline ==", flush=True)
     set_seed(args.seed)
-    baseline = Baseline(hidden=args.hidden)
+    baseline = Baseline(hidden=args.hidden).to(args.device)
     base_fit = fit(baseline, task["train"], task["val"], config,
                    checkpoint=str(args.out / f"baseline_q{q}.pt"))
     seconds["baseline"] = base_fit.train_seconds  # with --resume, the epochs before it too
 
     print(f"== {column(q)} visible: CVAE ==", flush=True)
     set_seed(args.seed)
-    cvae = CVAE(baseline, z_dim=args.z_dim, hidden=args.hidden)
+    cvae = CVAE(baseline, z_dim=args.z_dim, hidden=args.hidden).to(args.device)
     t0 = time.perf_counter()
     # The baseline is frozen from here on: its completion of every image, which the
     # prior network takes, is computed once per split instead of in every step.

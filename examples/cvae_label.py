@@ -37,7 +37,8 @@ def main(argv=None):
     started = time.perf_counter()
     splits = cli.mnist(args, binarize="dynamic")
     set_seed(args.seed)
-    model = VAE.from_preset("conditional_vae", z_dim=args.z_dim, hidden=args.hidden)
+    model = VAE.from_preset("conditional_vae", z_dim=args.z_dim,
+                            hidden=args.hidden).to(args.device)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
                  checkpoint=str(args.out / "checkpoint.pt"))
     save_model(model, args.out / "model.pt")

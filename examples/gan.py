@@ -256,7 +256,7 @@ class Snapshots(Callback):
         noise = torch.Generator().manual_seed(self.seed)
         shot = {"samples": gan.sample(self.n, generator=noise).cpu()}
         if self.grid is not None:
-            d = gan.discriminate(self.grid.to(gan.device)[:, None]).cpu()
+            d = gan.discriminate(self.grid[:, None]).cpu()
             if not gan.spec.probability:   # a critic's values: rescaled to [0, 1] to draw
                 d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
             shot["d"] = d
@@ -329,6 +329,7 @@ def fid_figure(histories: Dict[str, list], path: Path, name: str):
 def toy_figure(shots: Dict[str, Dict[str, torch.Tensor]], grid: torch.Tensor, path: Path,
                title: str):
     n = len(shots)
+    grid = grid.cpu()   # (drawn by matplotlib)
     fig, axes = new_figure(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
     target = torch.distributions.Normal(TOY_MEAN, TOY_STD).log_prob(grid).exp()
     for ax, (label, shot) in zip(axes[0], shots.items()):
@@ -377,13 +378,13 @@ def quality_scorer(args, test_images):
 def train_one(args, loss, data, scorer):
     train, test_images, data_shape, data_range = data
     set_seed(args.seed)
-    gan = build(args, loss, data_shape, data_range)
+    gan = build(args, loss, data_shape, data_range).to(args.device)
     n_params = {k: sum(p.numel() for p in getattr(gan, k).parameters())
                 for k in ("generator", "discriminator")}
     print(f"\n== {args.data}: {gan.extra_repr()} | G {n_params['generator']:,} / "
           f"D {n_params['discriminator']:,} parameters ==", flush=True)
     callbacks = []
-    grid = torch.linspace(-5, 5, 401) if args.data == "toy1d" else None
+    grid = torch.linspace(-5, 5, 401, device=gan.device) if args.data == "toy1d" else None
     n_shot = (1000 if args.smoke else 20000) if args.data == "toy1d" else 10
     shots = Snapshots(snapshot_epochs(args.epochs, args.snapshots), n_shot, args.seed + 7, grid)
     callbacks.append(shots)

@@ -39,7 +39,7 @@ def train(splits, args, name, preset, **settings):
     """Seed, then build ``VAE.from_preset(preset, **settings)`` and train it: each model
     starts from the same seed whatever was trained before it."""
     set_seed(args.seed)
-    model = VAE.from_preset(preset, **settings)
+    model = VAE.from_preset(preset, **settings).to(args.device)
     print(f"\n== {name}: {model.extra_repr()} ==", flush=True)
     tag = re.sub(r"\W+", "_", name).strip("_")
     fit(model, splits["train"], splits["val"], cli.fit_config(args, verbose=False),

@@ -88,7 +88,7 @@ def parse_args(argv=None):
 def colourize(ink: torch.Tensor) -> torch.Tensor:
     """``(B, K, H, W)`` entity inks -> ``(B, 3, H, W)``, each entity in its own colour."""
     k = ink.shape[1]
-    colours = COLOURS[torch.arange(k) % len(COLOURS)].to(ink)
+    colours = COLOURS.to(ink)[torch.arange(k, device=ink.device) % len(COLOURS)]
     return torch.einsum("bkhw,kc->bchw", ink, colours).clamp(0, 1)
 
 
@@ -157,7 +157,7 @@ def likelihood_metrics(model, test, counts, args):
                                iw_samples=args.iw_samples, batch_size=50,
                                progress=not args.no_progress)
         out.update(iw_nll=both["iw_nll"], neg_elbo_iw_subset=both["neg_elbo"])
-    out["neg_elbo_by_count"] = {int(c): float(per_scene[counts.cpu() == c].mean())
+    out["neg_elbo_by_count"] = {int(c): float(per_scene[counts == c].mean())
                                 for c in counts.unique().tolist()}
     out["eval_seconds"] = time.perf_counter() - t0
     return out
@@ -186,12 +186,13 @@ def main(argv=None):
           f"{args.min_digits}-{args.max_digits} digits", flush=True)
 
     set_seed(args.seed)
-    mevae = MEVAE(image_shape, num_entities=args.entities, what_dim=args.what_dim)
+    mevae = MEVAE(image_shape, num_entities=args.entities,
+                  what_dim=args.what_dim).to(args.device)
     models = {"mevae": mevae}
     if args.baseline != "none":
         set_seed(args.seed)
         z_dim = args.entities * mevae.latent_dim if args.baseline_z is None else args.baseline_z
-        models["vae"] = VAE(image_shape, z_dim=z_dim, net=args.baseline)
+        models["vae"] = VAE(image_shape, z_dim=z_dim, net=args.baseline).to(args.device)
     fits = {name: train(model, data, args, name) for name, model in models.items()}
     results, rows = {}, []
     for name, model in models.items():

@@ -91,7 +91,7 @@ def build(args, beta=None) -> VAE:
         kw["beta"] = b
     if preset in ("denoising_ae", "inpainting_ae") and args.likelihood == "bernoulli":
         kw["likelihood"] = "gaussian"  # restoration targets are grey levels
-    return VAE.from_preset(preset, **kw)
+    return VAE.from_preset(preset, **kw).to(args.device)
 
 
 def train_one(args, splits, beta=None, tag=""):
