@@ -14,9 +14,11 @@ Quick start::
 """
 
 from probgen import data, errors, flows, infer, metrics, models, nn, train
+from probgen.models.registry import from_pretrained
 from probgen.train import FitConfig, FitResult, LossStep, Phase, PhasedStep, SVIStep, fit, load
 
 __version__ = "0.1.0"
 
 __all__ = ["FitConfig", "FitResult", "LossStep", "Phase", "PhasedStep", "SVIStep", "__version__",
-           "data", "errors", "fit", "flows", "infer", "load", "metrics", "models", "nn", "train"]
+           "data", "errors", "fit", "flows", "from_pretrained", "infer", "load", "metrics",
+           "models", "nn", "train"]
