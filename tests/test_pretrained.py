@@ -184,6 +184,32 @@ def test_config_records_version_settings_and_data_settings(mnist_small, tmp_path
     assert read_pretrained_config(tmp_path / "d")["data"] is None
 
 
+def test_save_pretrained_takes_a_fit_results_data_settings(tmp_path):
+    """fit records the training data's settings on its result, and a model folder saved
+    with ``data_settings=result`` holds them (a subset's slice included)."""
+    from probgen.data import image_splits
+
+    splits = image_splits("mnist", val_size=32, limit=96, binarize="dynamic", seed=3)
+    train = splits["train"].subset(slice(0, 40))
+    model = VAE(z_dim=2, hidden=(8,))
+    result = probgen.fit(model, train, splits["val"], epochs=1, batch_size=20, device="cpu",
+                         seed=0, progress=False, verbose=False)
+    assert result.data_settings == train.settings
+    assert result.data_settings is not train.settings     # a copy: later edits stay apart
+    assert result.data_settings["binarize"] == "dynamic"
+    assert result.data_settings["subsets"] == [[0, 40, None]]
+    model.save_pretrained(tmp_path / "m", data_settings=result)
+    assert read_pretrained_config(tmp_path / "m")["data"] == \
+        json.loads(json.dumps(train.settings))
+    # data without settings (a plain TensorData): nothing recorded, as without data_settings
+    plain = probgen.data.TensorData((train.tensors[0] > 0.5).float())
+    result = probgen.fit(model, plain, epochs=1, batch_size=20, device="cpu", seed=0,
+                         progress=False, verbose=False)
+    assert result.data_settings is None
+    model.save_pretrained(tmp_path / "n", data_settings=result)
+    assert read_pretrained_config(tmp_path / "n")["data"] is None
+
+
 def test_save_pretrained_leaves_the_model_as_it_was(tmp_path):
     model = VAE(z_dim=2, hidden=(8,)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -322,6 +322,9 @@ class FitResult:
     counts the training steps (batches) of the whole run, resumed parts included;
     ``config`` holds the settings the run used, with ``"auto"`` decided, and ``None`` for
     the settings a ready-made step does not read (``objective``, ``num_particles``, ...).
+    ``data_settings`` is how the training data was made (a :class:`~probgen.data.TensorData`'s
+    ``settings``, ``None`` for data without them), so that
+    ``model.save_pretrained(DIR, data_settings=result)`` records it.
     """
 
     history: List[Dict[str, Any]] = field(default_factory=list)
@@ -335,6 +338,7 @@ class FitResult:
     device: str = "cpu"
     world_size: int = 1
     config: Optional[FitConfig] = None
+    data_settings: Optional[Dict[str, Any]] = None
 
     @property
     def train_loss(self) -> List[float]:

@@ -31,6 +31,7 @@ whole before the first step.)
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -388,7 +389,10 @@ class Run:
         self.callbacks = [as_callback(c) for c in callbacks]
         self.train_data, self.val_data = train, val
         self.step_obj = step
-        self.result = FitResult(config=config, monitor=config.monitor)
+        settings = getattr(train, "settings", None)
+        self.result = FitResult(config=config, monitor=config.monitor,
+                                data_settings=copy.deepcopy(settings) if isinstance(settings, dict)
+                                else None)
         self.best_state = None
         self.bad_epochs = 0
         self.start_epoch = 0
