@@ -1,12 +1,13 @@
 """What the example scripts share: common flags, data loading, run records, errors.
 
 Every example takes ``--epochs --patience --lr --batch-size --device --threads
---seed --out --resume --no-progress --smoke``; :func:`common_parser` adds them,
+--seed --out --resume --no-progress --smoke --log``; :func:`common_parser` adds them,
 :func:`finish_args` parses them and applies the run's global settings (torch
 threads, the seed), :func:`fit_config` turns them into a
 :class:`~probgen.train.FitConfig`, :func:`mnist` loads the bundled MNIST (a small
 slice with ``--smoke``), and :func:`write_results` records the numbers with the
-machine and the versions. :func:`run` is every script's entry point::
+machine and the versions, and :func:`trackers` gives each fit the ``--log`` experiment
+trackers (:mod:`probgen.train.trackers`). :func:`run` is every script's entry point::
 
     if __name__ == "__main__":
         sys.exit(cli.run(main))
@@ -21,7 +22,8 @@ saves is one line too (exit status 1).
 
 ``--patience 0`` switches early stopping off (the examples whose default is no early
 stopping show ``None``); ``--threads 0`` keeps torch's thread count; ``--seed`` takes
-``0..2**63 - 1``.
+``0..2**63 - 1``; ``--log`` (repeatable) names trackers whose library is checked when
+the command line is parsed.
 
 This module is for scripts: :func:`finish_args` seeds the global random
 generators, which library code never does.
@@ -46,15 +48,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from probgen import checks
-from probgen.errors import ConfigError, ProbgenError, TrainingDivergedError
+from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
+from probgen.metrics.quality import min_fid_samples
 from probgen.train import OPTIMIZERS, FitConfig, resolve_device, set_seed
+from probgen.train.callbacks import Callback
 from probgen.train.distributed import env_world_size, is_main_process
+from probgen.train.trackers import TRACKERS, make_trackers
 
 SMOKE_LIMIT = 512
-# An FID needs more samples than features (probgen.metrics.quality): 129 with the MNIST
-# classifier's 128 features, 2049 with Inception-v3's 2048.
-MIN_FID_SAMPLES = 129
-MIN_INCEPTION_FID_SAMPLES = 2049
+# An FID needs more samples than features: 129 with the MNIST classifier's 128 features,
+# 2049 with Inception-v3's 2048.
+MIN_FID_SAMPLES = min_fid_samples("mnist")
+MIN_INCEPTION_FID_SAMPLES = min_fid_samples("inception")
 
 
 class Parser(argparse.ArgumentParser):
@@ -117,6 +122,13 @@ def common_parser(description: str, epochs: int, out: str, patience: Optional[in
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--smoke", action="store_true",
                    help="seconds-long run on a small slice (used by the tests)")
+    p.add_argument("--log", action="append", choices=TRACKERS.names(), default=None,
+                   metavar="TRACKER",
+                   help=f"log every fit to an experiment tracker under --out (repeatable: "
+                        f"--log csv --log tensorboard; one of {', '.join(TRACKERS.names())}): "
+                        f"csv: log[_<fit>].csv (+ _steps.csv, _config.json, _images/); "
+                        f"tensorboard: tensorboard/[<fit>/]; mlflow: mlruns/ (a local SQLite "
+                        f"store); wandb: wandb/ (offline)")
     return p
 
 
@@ -144,6 +156,10 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
     try:
         device = resolve_device(args.device)
         args.out = checks.writable_dir("--out", args.out)
+        if getattr(args, "log", None):
+            # a tracker whose library is missing stops the script now, not after training
+            args.log = list(dict.fromkeys(args.log))
+            make_trackers(args.log, args.out)
     except ConfigError as err:
         if isinstance(p, Parser):
             p.refuse(str(err))
@@ -158,6 +174,19 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
         sys.stdout = open(os.devnull, "w")
     set_seed(args.seed)
     return args
+
+
+def trackers(args, run_name: Optional[str] = None, **kwargs) -> List[Callback]:
+    """The ``--log`` trackers of one fit (none without ``--log``), writing under ``--out``:
+    pass them to ``fit(..., callbacks=...)``. A script that fits more than once gives each
+    fit its own ``run_name`` (``log_<run_name>.csv``, ``tensorboard/<run_name>/``, MLflow
+    and W&B runs of that name), so no fit overwrites another's file and TensorBoard draws
+    each curve apart. The script's arguments are logged with the run's settings;
+    ``kwargs`` go to each tracker (:func:`probgen.train.trackers.make_trackers`)."""
+    if not getattr(args, "log", None):
+        return []
+    hparams = {"args": _args_record(args), **kwargs.pop("hparams", {})}
+    return make_trackers(args.log, args.out, run_name=run_name, hparams=hparams, **kwargs)
 
 
 # Errors of the file system, not of the code: the disk, the folder, the permissions. The
@@ -196,12 +225,20 @@ def run(main: Callable[..., Any], argv: Optional[Sequence[str]] = None) -> int:
     :class:`~probgen.errors.TrainingDivergedError`, which is no bad setting. An
     ``OSError`` of the file system (no space left, quota, read-only file system,
     permission denied, an I/O error) is one line too, saying which file and that the
-    last checkpoint is intact, and gives 1. Any other exception (``FileNotFoundError``
-    included: a path the code got wrong) is a bug and keeps its traceback.
+    last checkpoint is intact, and gives 1; so is a checkpoint the file system refused
+    (a :class:`~probgen.errors.CheckpointWriteError`, in the checkpoint writer's words).
+    Any other exception (``FileNotFoundError`` included: a path the code got wrong) is a
+    bug and keeps its traceback.
     """
     prog = Path(sys.argv[0]).name or "probgen"
     try:
         main(argv)
+    except CheckpointWriteError as err:
+        # the file system refused a checkpoint (its message says which and that the
+        # previous one is intact): a file-system error, exit status 1
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return 1
     except ProbgenError as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
@@ -245,6 +282,11 @@ def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
     return data
 
 
+def _args_record(args) -> Dict[str, Any]:
+    """The parsed arguments, paths as text."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads"
 
@@ -274,7 +316,7 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
     import probgen
 
     record = {"results": results, "wall_seconds": time.perf_counter() - started,
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "args": _args_record(args),
               "device": args.device, "machine": machine(),
               "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
     if not is_main_process():   # under torchrun, rank 0 alone writes files

@@ -56,6 +56,8 @@ INCEPTION_FID_NAME = "FID, Inception-v3 pool features"
 INCEPTION_KID_NAME = "KID, Inception-v3 pool features"
 FEATURES = ("mnist", "inception")
 INCEPTION_FEATURES = 2048
+#: width of the shipped MNIST classifier's feature layer (``MNISTClassifier``'s default)
+MNIST_FEATURES = 128
 
 MNIST_IMAGE_SHAPE = (1, 28, 28)
 
@@ -374,6 +376,21 @@ def _min_fid_samples(num_features: int) -> int:
     return num_features + 1
 
 
+def min_fid_samples(feature: str = "mnist") -> int:
+    """The fewest images, of samples and of reference images each, that an FID on
+    ``feature``'s features takes: one more than the features (129 for the MNIST
+    classifier's 128, 2049 for Inception-v3's 2048). With fewer rows than features a
+    covariance matrix is singular and the distance is dominated by that. Scripts check a
+    sample-count flag against it when the command line is parsed.
+
+    Args:
+        feature: ``"mnist"`` or ``"inception"``.
+    """
+    if feature not in FEATURES:
+        raise ConfigError(f"feature must be one of {FEATURES}, got {feature!r}.")
+    return _min_fid_samples(MNIST_FEATURES if feature == "mnist" else INCEPTION_FEATURES)
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID of two feature sets ``(N, d)`` and ``(M, d)``, by torchmetrics' FrechetInceptionDistance.
 
@@ -636,5 +653,6 @@ def kid_metric(subsets: int = 100, subset_size: int = 1000, **kwargs):
 
 __all__ = ["FID_NAME", "KID_NAME", "MNISTFeatures", "QualityReference", "check_mnist_images",
            "class_coverage", "extract_features", "fid", "fid_metric", "frechet_distance",
-           "kernel_distance", "kid_metric", "knn_radii", "mnist_reference", "precision_recall",
+           "kernel_distance", "kid_metric", "knn_radii", "min_fid_samples", "mnist_reference",
+           "precision_recall",
            "reference_statistics", "sample_quality"]
