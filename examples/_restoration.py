@@ -39,7 +39,7 @@ def run(args, preset: str, corruption_kwargs: dict, what: str):
                             corruption_kwargs=corruption_kwargs).to(args.device)
     print(f"== {what}: {model.extra_repr()} ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
-                 checkpoint=str(args.out / "checkpoint.pt"))
+                 checkpoint=str(args.out / "checkpoint.pt"), callbacks=cli.trackers(args))
     save_model(model, args.out / "model.pt")
 
     clean, labels = splits["test"].all()

@@ -521,7 +521,7 @@ def train_one(args, encoder: str, splits):
         callbacks.append(average)
     result = fit(model, train, splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / f"aae_{tag}.pt"), restore_best=False),
-        callbacks=callbacks)
+        callbacks=callbacks + cli.trackers(args, tag))
     record = {"encoder": encoder, "prior": args.prior, "labels": args.labels,
               "label_to": args.label_to if args.labels == "conditional" else None,
               "phase_order": args.phase_order, "z_dim": args.z_dim,
@@ -562,7 +562,7 @@ def train_vae(args, splits):
     print(f"\n== VAE of the same networks: {vae.extra_repr()} ==", flush=True)
     result = fit(vae, augmented(args, splits["train"]), splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / "vae_normal.pt"), restore_best=False),
-        objective="meanfield")
+        objective="meanfield", callbacks=cli.trackers(args, "vae_normal"))
     record = {"encoder": "vae", "prior": "normal", "labels": "none", "label_to": None,
               "phase_order": None, "z_dim": args.z_dim, "epochs": result.epochs_run,
               "train_seconds": result.train_seconds, "history": result.history}

@@ -133,13 +133,15 @@ def train_cgan(args, data, image_shape, levels, log):
     cgan = AgeCGAN(image_shape, levels, z_dim=args.z_dim, g_width=args.width,
                    d_width=args.width, e_width=args.width).to(args.device)
     start = time.perf_counter()
-    fit(cgan, data, config=cli.fit_config(args, **NO_MONITOR, progress=False, verbose=False))
+    fit(cgan, data, config=cli.fit_config(args, **NO_MONITOR, progress=False, verbose=False),
+        callbacks=cli.trackers(args, "age_cgan"))
     gan_s = time.perf_counter() - start
     g = torch.Generator().manual_seed(args.seed)
     pairs = cgan.encoder_pairs(args.pairs, generator=g)
     start = time.perf_counter()
     res = fit(cgan.encoder_step(), pairs, config=cli.fit_config(
-        args, epochs=args.encoder_epochs, **NO_MONITOR, progress=False, verbose=False))
+        args, epochs=args.encoder_epochs, **NO_MONITOR, progress=False, verbose=False),
+        callbacks=cli.trackers(args, "age_cgan_encoder"))
     log["cgan"] = {"train_seconds": gan_s, "encoder_seconds": time.perf_counter() - start,
                     "encoder_loss": res.train_loss[-1], "pairs": args.pairs}
     save_model(cgan, args.out / "age_cgan.pt")
@@ -153,7 +155,8 @@ def train_caae(args, data, image_shape, levels, log):
                 fake_levels=args.caae_fake_levels).to(args.device)
     start = time.perf_counter()
     res = fit(caae, data, config=cli.fit_config(args, **NO_MONITOR, progress=False,
-                                                verbose=False))
+                                                verbose=False),
+              callbacks=cli.trackers(args, "caae"))
     log["caae"] = {"train_seconds": time.perf_counter() - start,
                    "reconstruction": res.history[-1].get("train_loss/encoder_generator")}
     save_model(caae, args.out / "caae.pt")
@@ -166,7 +169,7 @@ def train_recurrent(args, sequences, image_shape, levels, log):
     start = time.perf_counter()
     res = fit(rec, sequences, config=cli.fit_config(
         args, epochs=args.recurrent_epochs, lr=max(args.lr, 1e-3), **NO_MONITOR, progress=False,
-        verbose=False))
+        verbose=False), callbacks=cli.trackers(args, "recurrent"))
     log["recurrent"] = {"train_seconds": time.perf_counter() - start,
                         "epochs": args.recurrent_epochs, "loss": res.train_loss[-1],
                         "weights": rec.weights.tolist()}

@@ -39,7 +39,8 @@ def main(argv=None):
         model = VAE(z_dim=args.z_dim).to(args.device)
         print(f"\n== VAE trained without digit {d} ({len(keep['train'])} images) ==", flush=True)
         result = fit(model, keep["train"], keep["val"], cli.fit_config(args),
-                     checkpoint=str(args.out / f"checkpoint_digit{d}.pt"))
+                     checkpoint=str(args.out / f"checkpoint_digit{d}.pt"),
+                     callbacks=cli.trackers(args, f"digit{d}"))
         set_seed(args.seed)
         test = splits["test"]
         scores = -elbo_per_example(model.model, model.guide, test, num_particles=args.particles)

@@ -92,7 +92,8 @@ def run_setting(q, splits, args):
     set_seed(args.seed)
     baseline = Baseline(hidden=args.hidden).to(args.device)
     base_fit = fit(baseline, task["train"], task["val"], config,
-                   checkpoint=str(args.out / f"baseline_q{q}.pt"))
+                   checkpoint=str(args.out / f"baseline_q{q}.pt"),
+                   callbacks=cli.trackers(args, f"baseline_q{q}"))
     seconds["baseline"] = base_fit.train_seconds  # with --resume, the epochs before it too
 
     print(f"== {column(q)} visible: CVAE ==", flush=True)
@@ -105,7 +106,8 @@ def run_setting(q, splits, args):
     seconds["completions"] = time.perf_counter() - t0
     cvae_fit = fit(cvae, data["train"], data["val"], config,
                    checkpoint=str(args.out / f"cvae_q{q}.pt"), objective=args.objective,
-                   num_particles=args.train_particles, eval_particles=args.val_particles)
+                   num_particles=args.train_particles, eval_particles=args.val_particles,
+                   callbacks=cli.trackers(args, f"cvae_q{q}"))
     seconds["cvae"] = cvae_fit.train_seconds
 
     print(f"== {column(q)} visible: evaluation on the test set ==", flush=True)

@@ -40,7 +40,7 @@ def main(argv=None):
     model = VAE.from_preset("conditional_vae", z_dim=args.z_dim,
                             hidden=args.hidden).to(args.device)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
-                 checkpoint=str(args.out / "checkpoint.pt"))
+                 checkpoint=str(args.out / "checkpoint.pt"), callbacks=cli.trackers(args))
     save_model(model, args.out / "model.pt")
     set_seed(args.seed)
     report = autoencoder_report(model, splits["test"], iw_samples=args.iw_samples,

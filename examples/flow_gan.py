@@ -223,7 +223,7 @@ def train_one(args, s: dict, data, scorer) -> dict:
         start_from(fg, args.init)
     cfg = cli.fit_config(args, checkpoint=str(args.out / f"flowgan_{s['tag']}.pt"),
                          patience=None, restore_best=False, clip_norm=100.0)
-    res = fit(fg, train, val, cfg, callbacks=[TermCurves()])
+    res = fit(fg, train, val, cfg, callbacks=[TermCurves(), *cli.trackers(args, s["tag"])])
     k = args.iw_samples if not fg.exact else 1
     set_seed(args.seed)
     bpd = fg.evaluate_bits_per_dim(test, batch_size=250, num_samples=k,

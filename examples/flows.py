@@ -134,7 +134,7 @@ def run_mnist(args, device, out: Path):
         init = train.subset(slice(0, 512)).all()[0]
         model.initialize(init)
         cfg = cli.fit_config(args, checkpoint=str(out / f"{name}_mnist.pt"), clip_norm=100.0)
-        res = fit(model, train, val, cfg)
+        res = fit(model, train, val, cfg, callbacks=cli.trackers(args, f"{name}_mnist"))
         seconds = res.train_seconds  # with --resume, the epochs before it too
         bound = variational or not model.exact
         k = args.iw_samples if bound else 1
@@ -177,7 +177,8 @@ def run_toy(args, device, out: Path):
             t0 = time.perf_counter()
             res = fit(model, splits["train"], splits["val"], epochs=args.toy_epochs,
                       batch_size=256, lr=2e-3, patience=None, device=str(device),
-                      seed=args.seed, progress=False, verbose=False)
+                      seed=args.seed, progress=False, verbose=False,
+                      callbacks=cli.trackers(args, f"{name}_{toy}"))
             seconds = time.perf_counter() - t0
             k = 1 if model.exact else args.iw_samples
             with torch.no_grad():

@@ -396,6 +396,7 @@ def train_one(args, loss, data, scorer):
         over.update(monitor="fid", mode="min", restore_best=True)
     else:
         over.update(patience=None, restore_best=False)
+    callbacks += cli.trackers(args, f"{args.data}_{loss}")
     result = fit(gan, train, None, cli.fit_config(args, **over), callbacks=callbacks)
     fid_seconds = sum(h.get("fid_seconds", 0.0) for h in result.history)
     record = {"loss": loss, "arch": args.arch, "k": gan.k, "label_smoothing": gan.label_smoothing,

@@ -43,7 +43,7 @@ def train(splits, args, name, preset, **settings):
     print(f"\n== {name}: {model.extra_repr()} ==", flush=True)
     tag = re.sub(r"\W+", "_", name).strip("_")
     fit(model, splits["train"], splits["val"], cli.fit_config(args, verbose=False),
-        checkpoint=str(args.out / f"checkpoint_{tag}.pt"))
+        checkpoint=str(args.out / f"checkpoint_{tag}.pt"), callbacks=cli.trackers(args, tag))
     return model.eval()
 
 

@@ -138,7 +138,8 @@ def train(model, splits, args, name):
     print(f"\n== {name}: {model.extra_repr()} | {sum(p.numel() for p in model.parameters())} "
           f"parameters ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
-                 objective=args.objective, checkpoint=str(args.out / f"checkpoint_{name}.pt"))
+                 objective=args.objective, checkpoint=str(args.out / f"checkpoint_{name}.pt"),
+                 callbacks=cli.trackers(args, name))
     save_model(model, args.out / f"{name}.pt")
     return result
 

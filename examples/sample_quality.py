@@ -150,7 +150,7 @@ def train(name: str, model, args, splits, ckpt: Path):
     """Train ``model`` (checkpointed to ``ckpt``, resumable); the fit settings per family."""
     set_seed(args.seed)
     base = cli.fit_config(args, checkpoint=str(ckpt), patience=None)
-    clock = [CPUClock()]
+    clock = [CPUClock(), *cli.trackers(args, name)]
     if isinstance(model, VAE):
         train = splits["train_binary"]
         over = dict(epochs=args.epochs, objective="meanfield", restore_best=False)

@@ -101,7 +101,8 @@ def train_one(args, splits, beta=None, tag=""):
           f"particle(s) ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
                  objective=args.objective, num_particles=args.particles,
-                 checkpoint=str(args.out / f"checkpoint{tag}.pt"))
+                 checkpoint=str(args.out / f"checkpoint{tag}.pt"),
+                 callbacks=cli.trackers(args, tag.lstrip("_") or None))
     train_s = result.train_seconds  # a --resume run counts the epochs before it too
     save_model(model, args.out / f"model{tag}.pt")
     t0 = time.perf_counter()
