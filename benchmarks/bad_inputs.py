@@ -16,7 +16,9 @@ inf         ``inf``                real flags
 and every script gets an unwritable ``--out`` (a regular file, a path under a regular
 file, an existing folder that refuses writes: a chmod'ed one, or where permissions do not
 stop this user (root) a system folder that refuses them all, ``/sys``; skipped where there
-is none) and an unknown ``--device``. A value that is legal for a flag (``--seed 0``,
+is none), an unknown ``--device``, an unknown tracker (``--log nope``) and a tracker whose
+library is missing (``--log tensorboard`` with ``torch.utils.tensorboard`` made
+unimportable). A value that is legal for a flag (``--seed 0``,
 ``--threads 0``, ``--patience 0`` (no early stopping), ``--iw-samples 0`` where it
 skips the estimate, ...) is listed in :data:`LEGAL` and not counted as a bad input.
 
@@ -53,7 +55,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +116,7 @@ class Case:
     argv: List[str]
     setup: Optional[Callable[[Path], List[str]]] = None   # returns extra argv (an --out)
     skip: Optional[str] = None
+    missing: Tuple[str, ...] = ()   # modules made unimportable for the case
 
 
 @dataclass
@@ -220,7 +223,10 @@ def cases_for(path: Path, module=None) -> List[Case]:
             Case(script, "--out", "unwritable", [], setup=_out_unwritable,
                  skip=None if unwritable_folder() else
                  "chmod does not stop this user's writes, and no folder refuses them"),
-            Case(script, "--device", "unknown", ["--device", "tpu7"])]
+            Case(script, "--device", "unknown", ["--device", "tpu7"]),
+            Case(script, "--log", "unknown", ["--log", "nope"]),
+            Case(script, "--log", "no library", ["--log", "tensorboard"],
+                 missing=("torch.utils.tensorboard",))]
     return out
 
 
@@ -295,6 +301,23 @@ def no_training(root: Path = ROOT):
 
 
 @contextlib.contextmanager
+def _unimportable(modules: Sequence[str]):
+    """``import module`` raises ImportError for each of ``modules`` (``sys.modules`` entry
+    ``None``), as where the library is not installed."""
+    saved = {m: sys.modules.get(m) for m in modules}
+    for m in modules:
+        sys.modules[m] = None
+    try:
+        yield
+    finally:
+        for m, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(m, None)
+            else:
+                sys.modules[m] = mod
+
+
+@contextlib.contextmanager
 def _deadline(seconds: float):
     def ring(signum, frame):
         raise TimeoutError(f"no end within {seconds:.0f} s")
@@ -322,7 +345,7 @@ def run_case(module, case: Case, tmp: Path, timeout: float = 120.0) -> Result:
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), \
-                _deadline(timeout), no_training():
+                _deadline(timeout), no_training(), _unimportable(case.missing):
             status = module.cli.run(module.main, argv)
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1

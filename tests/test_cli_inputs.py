@@ -269,6 +269,32 @@ def test_run_says_a_file_system_error_in_one_line(code, words, capsys):
     assert "Traceback" not in err and (code == errno.EACCES or "--resume" in err)
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_checkpoint_the_file_system_refuses_is_one_line_and_exit_status_1(code, tmp_path,
+                                                                            capsys,
+                                                                            monkeypatch):
+    """The checkpoint writer's CheckpointWriteError (a CheckpointError and an OSError) is
+    said in its own words, once, with exit status 1 as every file-system error; a
+    checkpoint that cannot be written for another reason is a probgen error (2)."""
+    from probgen.errors import CheckpointError
+    from probgen.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+
+    def refused(obj, f, *args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(torch, "save", refused)
+    assert cli.run(lambda argv=None: save_checkpoint(path, {"epoch": 2})) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(path) in err and "the previous checkpoint is intact" in err, err
+    assert path.read_bytes() == before
+    assert cli.run(failing(CheckpointError("truncated file"))) == 2
+
+
 def test_run_keeps_the_traceback_of_other_os_errors():
     with pytest.raises(FileNotFoundError):   # a path the code got wrong: a bug to see
         cli.run(failing(FileNotFoundError(errno.ENOENT, "No such file", "nowhere.txt")))
@@ -346,3 +372,23 @@ def test_legal_values_reach_training(script, argv, tmp_path):
     case = BAD.Case(script, "legal", "legal", argv)
     r = BAD.run_case(example, case, tmp_path, timeout=120)
     assert r.outcome == "silent" and r.detail == "training started", (r.outcome, r.detail)
+
+
+def test_the_fid_minimum_is_the_metrics_own():
+    """cli's FID sample minimum comes from probgen.metrics.quality: one more than the
+    shipped classifier's features, which an FID just accepts and one fewer refuses."""
+    from probgen.errors import DataError
+    from probgen.metrics import quality
+    from probgen.nn.classifier import load_classifier
+
+    need = quality.min_fid_samples("mnist")
+    assert cli.MIN_FID_SAMPLES == need == load_classifier().num_features + 1
+    assert cli.MIN_INCEPTION_FID_SAMPLES == quality.min_fid_samples("inception") == 2049
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(need, need - 1, generator=g, dtype=torch.float64)
+    fake = torch.randn(need, need - 1, generator=g, dtype=torch.float64) + 0.5
+    assert quality.frechet_distance(real, fake) > 0
+    with pytest.raises(DataError, match=f"at least {need}"):
+        quality.frechet_distance(real, fake[:-1])
+    with pytest.raises(ConfigError, match="feature must be one of"):
+        quality.min_fid_samples("clip")

@@ -369,11 +369,82 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_on
 
     monkeypatch.setattr(torch, "save", full_disk)
     capsys.readouterr()
-    # 1 from cli.run's file-system line, 2 where the checkpoint writer says it as a
-    # probgen error: either way one line
-    assert run_example(example, *tiny, "--epochs", "2", "--resume") in (1, 2)
+    # a file-system error, not a bad setting: exit status 1 (the checkpoint writer's
+    # CheckpointWriteError is an OSError too)
+    assert run_example(example, *tiny, "--epochs", "2", "--resume") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left on the device" in err[0], err
     assert "checkpoint is intact" in err[0] and "checkpoint.pt" in err[0], err
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+# ------------------------------------------------------------------- --log trackers
+
+def read_tensorboard_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_log_csv_and_tensorboard_record_each_fit_apart(tmp_path):
+    """cvae.py fits a baseline, then a CVAE: each fit logs to its own CSV file and
+    TensorBoard folder, and what they hold is the fit's history as its checkpoint keeps it
+    (FitResult.history), epoch by epoch, with the script's arguments among the settings."""
+    pytest.importorskip("tensorboard")
+    from probgen.train.checkpoint import load_checkpoint
+    from tests.conftest import load_example, run_example
+
+    example = load_example("cvae")
+    assert run_example(example, "--out", str(tmp_path), "--quadrants", "1",
+                       "--log", "csv", "--log", "tensorboard") == 0
+    summary = results(tmp_path)["results"]["1 quadrant"]
+    seen = set()
+    for name, kind in (("baseline_q1", "baseline"), ("cvae_q1", "cvae")):
+        history = load_checkpoint(tmp_path / f"{name}.pt")["history"]
+        assert len(history) == summary[f"{kind}_epochs"] == 2
+        with open(tmp_path / f"log_{name}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
+        scalars = read_tensorboard_scalars(tmp_path / "tensorboard" / name)
+        for key in ("train_loss", "val_loss", "lr"):
+            logged = [float(r[key]) for r in rows]
+            assert logged == [h[key] for h in history], (name, key)   # written as Python does
+            assert [s for s, _ in scalars[key]] == [1, 2]
+            assert [v for _, v in scalars[key]] == pytest.approx(logged, rel=1e-6)  # float32
+        seen.add(tuple(float(r["train_loss"]) for r in rows))
+        config = json.loads((tmp_path / f"log_{name}_config.json").read_text())
+        assert config["args"]["quadrants"] == [1] and config["args"]["log"] == ["csv",
+                                                                                "tensorboard"]
+        assert config["fit"]["epochs"] == 2
+    assert len(seen) == 2   # two fits, two records: neither overwrote the other
+    assert not (tmp_path / "log.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["baseline_q1",
+                                                                           "cvae_q1"]
+
+
+@pytest.mark.parametrize("tracker, module", [("tensorboard", "torch.utils.tensorboard"),
+                                             ("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_missing_tracker_library_is_one_line_before_anything_runs(tracker, module, tmp_path,
+                                                                    capsys, monkeypatch):
+    """The library is imported as the command line is parsed: a missing one stops the
+    script with one line naming the extra to install, before the data are read."""
+    from tests.conftest import load_example, run_example
+
+    example = load_example("vae")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the script went on past its command line")
+
+    monkeypatch.setattr(example.cli, "mnist", never)
+    monkeypatch.setattr(example, "fit", never)
+    monkeypatch.setitem(sys.modules, module, None)   # "import module" raises ImportError
+    with pytest.raises(SystemExit) as info:   # argparse's exit, as for any bad flag
+        run_example(example, "--out", str(tmp_path), "--log", "csv", "--log", tracker)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error: the " in err[0], err
+    assert f"pip install 'probgen[{tracker}]'" in err[0], err
+    assert list(tmp_path.iterdir()) == []   # no log file, no checkpoint

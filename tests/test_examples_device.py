@@ -34,6 +34,7 @@ import ast
 import contextlib
 import io
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,13 @@ def _save_zeros(real_save):
     return save
 
 
+def _zeros_like_numpy(t, *args, **kwargs):
+    """A fake tensor's ``.numpy()``: zeros of its shape and dtype."""
+    with _disable_current_modes():
+        dtype = torch.empty((), dtype=t.dtype).numpy().dtype
+    return np.zeros(tuple(t.shape), dtype=dtype)
+
+
 def _no_backward(real_engine):
     """Autograd's engine for fake outputs: ``backward`` leaves every gradient unset (the
     optimisers then skip the parameters), ``autograd.grad`` gives zeros."""
@@ -270,6 +278,7 @@ def fake_cuda_run():
         for name in ("set_rng_state", "manual_seed", "manual_seed_all", "synchronize"):
             mp.setattr(torch.cuda, name, lambda *a, **k: None)
         mp.setattr(torch.cuda, "current_device", lambda: 0)
+        mp.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
         mp.setattr(torch.cuda, "default_generators", (torch.Generator(),))
         # KID's 100 random subsets are torchmetrics' own code on the features' device; on
         # fake tensors each operator costs the fake mode's overhead, so two are computed
@@ -277,8 +286,7 @@ def fake_cuda_run():
         init = KernelInceptionDistance.__init__
         mp.setattr(KernelInceptionDistance, "__init__", lambda self, *a, subsets=100, **k:
                    init(self, *a, subsets=min(subsets, 2), **k))
-        mp.setattr(FakeTensor, "numpy", lambda self, *a, **k: np.zeros(tuple(self.shape)),
-                   raising=False)
+        mp.setattr(FakeTensor, "numpy", _zeros_like_numpy, raising=False)
         mp.setattr(FakeTensor, "__format__", lambda self, spec: format(self.item(), spec)
                    if self.dim() == 0 else object.__format__(self, spec))
         mp.setattr(FakeTensor, "tolist", lambda self: np.zeros(tuple(self.shape)).tolist(),
@@ -307,8 +315,10 @@ def run_on_fake_cuda(script: str, *argv, out: Path) -> int:
     threads = torch.get_num_threads()
     state = torch.random.get_rng_state()
     try:
-        with pyro.get_param_store().scope(), fake_cuda_run(), \
+        with pyro.get_param_store().scope(), fake_cuda_run(), warnings.catch_warnings(), \
                 contextlib.redirect_stdout(io.StringIO()):
+            # a tracker stops logging after an error and only warns: here that fails
+            warnings.filterwarnings("error", message=".*tracker stopped logging.*")
             return example.cli.run(example.main, [
                 "--smoke", "--no-progress", "--threads", "1", "--device", "cuda",
                 "--epochs", "1", "--out", str(out), *argv])
@@ -326,7 +336,8 @@ VARIANTS = [("gan.py", ["--data", "toy1d"]),            # the toy's grid, D(x) s
             ("aae.py", ["--vae"]),
             ("aae.py", ["--labels", "conditional", "--average", "ema"]),
             ("vae.py", ["--model", "conditional_vae", "--net", "conv"]),   # labelled figures
-            ("flows.py", ["--data", "toy", "--toy", "moons", "--flow", "realnvp"])]
+            ("flows.py", ["--data", "toy", "--toy", "moons", "--flow", "realnvp"]),
+            ("vae.py", ["--log", "csv"])]      # a tracker's samples and reconstructions
 # NUTS runs under torch.jit's tracer, which fake tensors do not pass: posterior.py's
 # other parts (its models trained, scored, reloaded for the gap table)
 ARGV = {"posterior.py": ["--parts", "flows", "gaps"]}
@@ -358,7 +369,8 @@ FACTORIES = {"zeros", "ones", "full", "empty", "arange", "linspace", "logspace",
 LIKE = {name for name in FACTORIES if name.endswith("_like")}   # the input's device
 
 # Factory calls that make a CPU tensor on purpose, each with the reason (file, the start
-# of the call's source text). Everything else names its device, or is moved at once (``...).to(dev)``).
+# of the call's source text). Everything else names its device, or is moved at once
+# (``torch.randn(..., generator=g).to(dev)``).
 CPU_ONLY = {
     ("gan.py", "torch.randn(args.toy_size, 1, generator=g)"):
         "the toy data drawn with a CPU generator (the same data on every device), moved "
