@@ -339,6 +339,74 @@ def test_evaluate_reduces_on_the_training_device_under_nccl(monkeypatch):
     assert loop._reduce_device(torch.device("cpu")) == torch.device("cpu")
 
 
+def _binary_images(n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 4, 4, generator=g) < 0.4).float()
+
+
+def test_evaluate_takes_a_model_as_fit_does_and_equals_pyros_elbo():
+    """evaluate(model, data) builds the model's step as fit does (it read ``.module``
+    before that, an AttributeError for a VAE) and gives Pyro's own Trace_ELBO mean."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from probgen.models import VAE
+    from probgen.train import evaluate
+    from probgen.train.loop import as_step
+
+    vae = VAE(z_dim=2, hidden=(8,), image_shape=(1, 4, 4))
+    data = TensorData(_binary_images())
+    torch.manual_seed(5)
+    value = evaluate(vae, data, batch_size=12)
+    torch.manual_seed(5)
+    assert evaluate(as_step(vae, FitConfig()), data, batch_size=12) == value
+    torch.manual_seed(5)
+    total = 0.0
+    with pyro.get_param_store().scope(), torch.no_grad():
+        vae.eval()
+        for (x,) in data.batches(12):
+            total += Trace_ELBO().loss(vae.model, vae.guide, x)
+        vae.train()
+    assert value == pytest.approx(total / len(data), rel=1e-5)
+    assert vae.training       # given back in the mode it came in
+
+
+def test_evaluate_outside_fit_keeps_the_users_param_store_and_checks_the_data_once(
+        monkeypatch):
+    """A probgen model's step scores in a param-store scope of its own (no ``vae$$$``
+    entries left in the user's store, the user's own entries kept) and in the steps'
+    context: a TensorData is checked whole once, not batch by batch."""
+    import pyro
+
+    from probgen.models import VAE
+    from probgen.train import evaluate
+
+    pyro.clear_param_store()
+    try:
+        mine = pyro.param("mine", torch.tensor(2.0))
+        vae = VAE(z_dim=2, hidden=(8,), image_shape=(1, 4, 4))
+        calls = []
+        check = vae.likelihood.check
+        monkeypatch.setattr(vae.likelihood, "check", lambda x: calls.append(len(x)) or check(x))
+        data = TensorData(_binary_images())
+        # (a jit objective's step registers the module with pyro.module while scoring)
+        for step in (SVIStep(vae), vae, SVIStep(vae, loss="jit")):
+            calls.clear()
+            assert math.isfinite(evaluate(step, data, batch_size=10))
+            assert calls == [30]       # the whole data once; no check per batch of 10
+            assert list(pyro.get_param_store().keys()) == ["mine"]
+            assert pyro.param("mine") is mine and mine.item() == 2.0
+        # data the loop cannot check whole (a list of batches): each batch checked
+        calls.clear()
+        evaluate(vae, [(x,) for (x,) in data.batches(10)])
+        assert calls == [10, 10, 10]
+        # and bad data is refused before a loss is read
+        with pytest.raises(DataError, match="binary"):
+            evaluate(vae, TensorData(_binary_images() * 0.5 + 0.25))
+    finally:
+        pyro.clear_param_store()
+
+
 # --------------------------------------------------------------------------- data
 
 def test_float64_data_is_converted_once_and_uint8_images_are_refused(capsys):

@@ -185,9 +185,15 @@ def _reduce_device(device) -> torch.device:
 def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]:
     """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode).
 
+    ``step`` is what :func:`fit` takes (a probgen model, an :class:`SVIStep`, a
+    :class:`LossStep`, ...). It runs as the fit loop's validation runs it: a probgen
+    model in a scope of Pyro's param store of its own (the user's store is left as it
+    was), in the steps' context of :mod:`probgen.train.context`, with a
+    :class:`TensorData` checked whole once (so the model skips its per-batch checks).
     ``data`` is a :class:`TensorData` or any iterable of batches. Under torchrun each
     process scores its share and the mean is over all of them (summed on ``device``, the
-    module's by default: NCCL takes CUDA tensors only).
+    module's by default: NCCL takes CUDA tensors only). The losses are summed where they
+    are and read once, at the end (one host sync per pass on a GPU).
 
     Args:
         device: where the batches go and the sums are reduced; default the step's
@@ -196,12 +202,16 @@ def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]
             each batch copied through pinned memory.
 
     Raises:
-        DataError: the data gave no batch.
+        DataError: the data gave no batch, or failed the model's data check.
     """
-    module = step.module
     step = as_step(step, FitConfig())
-    batch_device = torch.device(device) if device is not None else _module_device(module)
-    return _evaluate(step, data, batch_size, batch_device, _reduce_device(batch_device))
+    batch_device = torch.device(device) if device is not None else _module_device(step.module)
+    with ExitStack() as stack:
+        if step.isolate_param_store:
+            stack.enter_context(pyro.get_param_store().scope())
+        checked = _checked_once(step, data)
+        stack.enter_context(running_steps(data_checked=checked, module=step.declared_module))
+        return _evaluate(step, data, batch_size, batch_device, _reduce_device(batch_device))
 
 
 def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[float]:
@@ -209,7 +219,9 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
     was_training = module.training if module is not None else None
     if module is not None:
         module.eval()
-    total, n = 0.0, 0
+    # tensors summed where they are (no read per batch), numbers on the host
+    total: Any = 0.0
+    n = 0
     rank, world = ddp.rank(), ddp.world_size()
     try:
         if isinstance(data, TensorData):
@@ -230,8 +242,10 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
             if value is None:
                 return None
             b = batch_len(batch)
-            total = total + value.detach() * b if torch.is_tensor(value) else \
-                total + float(value) * b
+            if torch.is_tensor(value):
+                total = total + value.detach() * b
+            else:   # a number already on the host (a Pyro ELBO's .loss): no read
+                total = total + float(value) * b
             n += b
         if not seen and world == 1:
             raise DataError("the validation data gave no batch (an empty DataLoader or data "
