@@ -96,7 +96,11 @@ class TensorData:
                           names=self.names, settings=settings)
 
     def with_transform(self, transform: Optional[Transform]) -> "TensorData":
-        """The same tensors with ``transform`` applied after the current one."""
+        """The same tensors with ``transform`` applied after the current one.
+
+        Two transforms composed keep ``one_draw_checks`` (every draw passes a data check
+        when one draw does, so the fit loop checks one draw instead of every batch) only
+        when both have it."""
         if transform is None:
             return self
         first = self.transform
@@ -105,6 +109,9 @@ class TensorData:
         else:
             def combined(batch, generator=None):
                 return transform(first(batch, generator), generator)
+            if getattr(first, "one_draw_checks", False) and \
+                    getattr(transform, "one_draw_checks", False):
+                combined.one_draw_checks = True
         return TensorData(*self.tensors, transform=combined, names=self.names,
                           settings=self.settings)
 

@@ -262,11 +262,41 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
 
 
 def _checked_once(step, data) -> bool:
-    # Only a TensorData without a per-batch transform is what the steps will read.
-    if not isinstance(data, TensorData) or data.transform is not None:
+    """Check the whole of ``data`` once with the step's ``check_data``; True when that
+    covers every batch the steps will read (the models then skip their per-batch checks).
+
+    A TensorData without a per-batch transform is what the steps read. With a transform
+    whose every draw passes the checks when one does (``one_draw_checks``: dynamic
+    binarization, uniform dequantization), one draw of the transformed data is checked,
+    made with a generator of its own (the loader's generator and the global random
+    streams are left as they are). Other data (a transform without the flag, a
+    DataLoader) are checked batch by batch by the models.
+    """
+    if not isinstance(data, TensorData):
         return False
     check = getattr(step, "check_data", None)
-    return bool(check(data.tensors)) if check is not None else False
+    if check is None:
+        return False
+    if data.transform is None:
+        return bool(check(data.tensors))
+    if not getattr(data.transform, "one_draw_checks", False):
+        return False
+    return bool(check(_one_draw(data)))
+
+
+def _one_draw(data: TensorData) -> tuple:
+    """The transformed tensors of ``data``, drawn with a fixed CPU generator of their own.
+    A transform draws on the data's device, from the generator on the CPU and from the
+    device's own stream elsewhere (:mod:`probgen.data.draws`): that stream is forked for
+    the draw, so the run's random draws stay those it would make without this check."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    device = data.device
+    if device.type == "cpu":
+        return tuple(data.transform(data.tensors, generator))
+    backend = getattr(torch, device.type)
+    index = device.index if device.index is not None else backend.current_device()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        return tuple(data.transform(data.tensors, generator))
 
 
 def _module_device(module) -> Optional[torch.device]:
