@@ -56,7 +56,7 @@ from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
 from probgen.train.config import FitConfig
 from probgen.train.context import running_steps
-from probgen.train.loop import _as_batch, _is_probgen_model, _PhaseState, as_step
+from probgen.train.loop import PhaseState, as_batch, as_step, is_probgen_model
 from probgen.train.steps import STEP_SETTINGS, Step, batch_len, traced_params
 
 __all__ = ["ProbgenModule", "TensorBatches"]
@@ -316,7 +316,7 @@ class ProbgenModule(L.LightningModule):
                 pyro_modules[key] = fn  # an AutoGuide, a PyroModule
         self.pyro_modules = nn.ModuleDict(pyro_modules)
         self._program = _program(self.step.phases)
-        self._states: list[_PhaseState] | None = None
+        self._states: list[PhaseState] | None = None
         self._store_state: dict[str, Any] = {"params": {}, "constraints": {}}
         self._piece, self._ctx = 0, {}
         self._pending: dict[str, Any] | None = None
@@ -327,7 +327,7 @@ class ProbgenModule(L.LightningModule):
         # their steps; off for a probgen model, whose data checks stay in the model.
         if self.config.validate is not None:
             return self.config.validate
-        return False if _is_probgen_model(self.step.module) else None
+        return False if is_probgen_model(self.step.module) else None
 
     @contextlib.contextmanager
     def _running(self):
@@ -350,7 +350,7 @@ class ProbgenModule(L.LightningModule):
         if stage != "fit":
             return
         trainer = self.trainer
-        self._states = [_PhaseState(p, self.config, self.step.module) for p in self.step.phases]
+        self._states = [PhaseState(p, self.config, self.step.module) for p in self.step.phases]
         for st in self._states:
             if not st.phase.discover and not st.params:
                 raise ConfigError(
@@ -415,7 +415,7 @@ class ProbgenModule(L.LightningModule):
             batch = self.on_before_batch_transfer(batch, 0)
             batch = self.transfer_batch_to_device(batch, device, 0)
             batch = self.on_after_batch_transfer(batch, 0)
-        batch = _as_batch(batch, None)
+        batch = as_batch(batch, None)
         buffers = [(b, b.detach().clone()) for b in self.buffers()]
         ctx: dict[str, Any] = {}
         with _random_state_kept(cuda_devices=cuda), self._running():
@@ -494,7 +494,7 @@ class ProbgenModule(L.LightningModule):
         self._piece, self._ctx = 0, {}
 
     def training_step(self, batch, batch_idx):
-        batch = _as_batch(batch, None)
+        batch = as_batch(batch, None)
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
@@ -509,7 +509,7 @@ class ProbgenModule(L.LightningModule):
         self._piece = (self._piece + 1) % len(self._program)
         return self._log_losses(reported, batch_len(batch))
 
-    def _run_phase(self, st: _PhaseState, optimizer, batch, ctx, batch_idx) -> torch.Tensor:
+    def _run_phase(self, st: PhaseState, optimizer, batch, ctx, batch_idx) -> torch.Tensor:
         """One optimizer step of one phase: the fit loop's ``Run.run_phase``, with
         Lightning's backward (precision, strategy), clipping and optimizer step in place
         of the loop's own (which average gradients over torchrun's processes itself)."""
@@ -574,7 +574,7 @@ class ProbgenModule(L.LightningModule):
         return out
 
     def _eval_step(self, batch, key: str):
-        batch = _as_batch(batch, None)
+        batch = as_batch(batch, None)
         with self._running():
             value = self.step.eval_loss(batch)
         if value is None:

@@ -20,7 +20,7 @@ from probgen.data.dequantize import uniform_dequantization
 from probgen.errors import DataError
 from probgen.models import VAE
 from probgen.train.context import running_steps
-from probgen.train.loop import Run, _checked_once, as_step, evaluate
+from probgen.train.loop import Run, as_step, check_data_once, evaluate
 from tests.test_device import fake_cuda
 
 
@@ -83,14 +83,14 @@ def test_a_checked_draw_leaves_the_random_streams_alone(mnist_small):
                                   (uniform_dequantization(256), "continuous_bernoulli")):
         step = as_step(VAE(z_dim=3, hidden=(16,), likelihood=likelihood), probgen.FitConfig())
         state = torch.get_rng_state()
-        assert _checked_once(step, TensorData(x, transform=transform)) is True
+        assert check_data_once(step, TensorData(x, transform=transform)) is True
         assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(loader.get_state(), loader_state)
 
 
 def _scaled(batch, generator=None):
-    """A transform that claims one_draw_checks and yields pixels of 0 and 0.5."""
-    return (dynamic_binarization(batch, generator)[0] * 0.5,) + tuple(batch[1:])
+    """A transform with one_draw_checks whose every draw is bad: pixels of 0.25 and 0.75."""
+    return (dynamic_binarization(batch, generator)[0] * 0.5 + 0.25,) + tuple(batch[1:])
 
 
 _scaled.one_draw_checks = True
@@ -137,7 +137,7 @@ def test_with_transform_keeps_one_draw_checks_only_when_both_parts_have_it(mnist
         assert not getattr(composed.transform, "one_draw_checks", False)
         step = as_step(VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli"),
                        probgen.FitConfig())
-        assert _checked_once(step, composed) is False
+        assert check_data_once(step, composed) is False
 
 
 def test_evaluate_reads_its_sum_once_per_pass(mnist_small):

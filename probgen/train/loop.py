@@ -140,7 +140,7 @@ def _move(t, device):
     return t.to(device, non_blocking=pinned)
 
 
-def _as_batch(item, device):
+def as_batch(item, device):
     """A batch from a data loader, its tensors on ``device`` (``None``: where they are).
     A tensor becomes a one-tensor tuple; tuples and dicts keep their form (a dict's
     entries are the model's keyword arguments)."""
@@ -209,7 +209,7 @@ def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]
     with ExitStack() as stack:
         if step.isolate_param_store:
             stack.enter_context(pyro.get_param_store().scope())
-        checked = _checked_once(step, data)
+        checked = check_data_once(step, data)
         stack.enter_context(running_steps(data_checked=checked, module=step.declared_module))
         return _evaluate(step, data, batch_size, batch_device, _reduce_device(batch_device))
 
@@ -233,8 +233,8 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
                 not same_device(data.device, batch_device) else None
             batches = data.batches(batch_size, device=staged)
         else:
-            batches = (_shard(_as_batch(b, batch_device), rank, world) if world > 1
-                       else _as_batch(b, batch_device) for b in data)
+            batches = (_shard(as_batch(b, batch_device), rank, world) if world > 1
+                       else as_batch(b, batch_device) for b in data)
         seen = False
         for batch in batches:
             seen = True
@@ -261,7 +261,7 @@ def _evaluate(step, data, batch_size, batch_device, reduce_device) -> Optional[f
     return total / n
 
 
-def _checked_once(step, data) -> bool:
+def check_data_once(step, data) -> bool:
     """Check the whole of ``data`` once with the step's ``check_data``; True when that
     covers every batch the steps will read (the models then skip their per-batch checks).
 
@@ -307,7 +307,7 @@ def _module_device(module) -> Optional[torch.device]:
     return None
 
 
-def _is_probgen_model(module) -> bool:
+def is_probgen_model(module) -> bool:
     """A registered probgen model (its class records its constructor's arguments)."""
     return module is not None and bool(getattr(type(module), "isolate_param_store", False))
 
@@ -357,7 +357,7 @@ def as_step(obj, config: FitConfig, batch_to_args=None) -> Step:
         f"plain network as LossStep(net, loss_fn) and a model/guide pair as SVIStep(model, guide).")
 
 
-class _PhaseState:
+class PhaseState:
     """A phase's parameters (in the order they joined), optimizer, schedule and counter."""
 
     def __init__(self, phase: Phase, config: FitConfig, module: Optional[nn.Module]):
@@ -506,8 +506,8 @@ class Run:
         self._conform_dtypes()
         self._place_data()
         # Whole-data checks once, here, instead of in every step (context.py).
-        self.train_checked = _checked_once(self.step, self.train_data)
-        self.val_checked = _checked_once(self.step, self.val_data)
+        self.train_checked = check_data_once(self.step, self.train_data)
+        self.val_checked = check_data_once(self.step, self.val_data)
         self.declared = getattr(self.step, "declared_module", None)
         if c.seed is not None:
             # Each process its own stream of noise; all share the batch order.
@@ -525,7 +525,7 @@ class Run:
             loader_seed = 0
         self.loader_gen = torch.Generator(device="cpu")
         self.loader_gen.manual_seed(loader_seed)
-        self.phases = [_PhaseState(p, c, self.module) for p in self.step.phases]
+        self.phases = [PhaseState(p, c, self.module) for p in self.step.phases]
         for st in self.phases:
             if not st.phase.discover and not st.params:
                 raise ConfigError(f"phase {st.phase.name!r} of {self.step.describe()} has no "
@@ -715,7 +715,7 @@ class Run:
                                         generator=self.loader_gen, device=device)
         else:
             for item in data:
-                batch = _as_batch(item, self.batch_device)
+                batch = as_batch(item, self.batch_device)
                 yield _shard(batch, self.rank, self.world) if self.world > 1 else batch
 
     def _discover_all(self) -> None:
@@ -733,7 +733,7 @@ class Run:
                 _, found = traced_params(lambda: st.phase.loss(batch, ctx))
                 self._join(st, found)
 
-    def _join(self, st: _PhaseState, found: Dict[str, torch.Tensor]) -> None:
+    def _join(self, st: PhaseState, found: Dict[str, torch.Tensor]) -> None:
         new = [t for name, t in found.items() if st.add(f"pyro:{name}", t)]
         if new:
             ddp.broadcast_tensors(new)
@@ -980,7 +980,7 @@ class Run:
         entry["_t0"] = t0
         return entry
 
-    def run_phase(self, st: _PhaseState, batch, ctx) -> torch.Tensor:
+    def run_phase(self, st: PhaseState, batch, ctx) -> torch.Tensor:
         """One optimizer step of one phase; returns the reported loss (a tensor)."""
         ph = st.phase
         if ph.discover is True or (ph.discover == "first" and st.steps == 0):
@@ -1134,7 +1134,7 @@ class Run:
         steps, off for a probgen model (its data is checked whole before the first step)."""
         if self.config.validate is not None:
             return self.config.validate
-        return False if _is_probgen_model(self.module) else None
+        return False if is_probgen_model(self.module) else None
 
     def _done(self, epoch: int) -> bool:
         if self.finished:
@@ -1352,3 +1352,11 @@ def fit(step, train: Union[TensorData, Iterable], val=None, config: Optional[Fit
     config = replace(config or FitConfig(), **overrides).check()
     return Run(step, train, val, config, callbacks, explicit=given,
                batch_to_args=batch_to_args).execute()
+
+
+# The loop's parts that probgen.lightning reads, under their older private names (kept for
+# now, for code that imported them).
+_PhaseState = PhaseState
+_as_batch = as_batch
+_is_probgen_model = is_probgen_model
+_checked_once = check_data_once
