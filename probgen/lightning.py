@@ -17,7 +17,9 @@ own pieces: the step's phases and their losses, the optimizers of
 :data:`~probgen.train.OPTIMIZERS` and the schedules of :data:`~probgen.train.SCHEDULES`
 built as the fit loop builds them (one optimizer per phase), parameters found by tracing
 Pyro's param sites as ``pyro.infer.SVI`` finds them, the step context of
-:mod:`probgen.train.context`, and a probgen model's own scope of Pyro's param store. So
+:mod:`probgen.train.context` (with the data of a :class:`TensorBatches` checked whole once,
+when training, validation or testing starts, so that the model skips its per-batch
+checks as in ``fit``), and a probgen model's own scope of Pyro's param store. So
 the same model, data order, seed and settings give the same parameters under either
 (``tests/test_lightning.py`` checks it for a VAE, a bare Pyro pair with an AutoNormal
 guide and a GAN's two phases).
@@ -56,7 +58,7 @@ from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
 from probgen.train.config import FitConfig
 from probgen.train.context import running_steps
-from probgen.train.loop import PhaseState, as_batch, as_step, is_probgen_model
+from probgen.train.loop import PhaseState, as_batch, as_step, check_data_once, is_probgen_model
 from probgen.train.steps import STEP_SETTINGS, Step, batch_len, traced_params
 
 __all__ = ["ProbgenModule", "TensorBatches"]
@@ -89,6 +91,10 @@ LOOP_ONLY = {
     "resume": "Trainer.fit(..., ckpt_path=...)",
     "progress": "Trainer(enable_progress_bar=...)",
     "verbose": "Trainer(enable_model_summary=...) and its loggers",
+    "precision": 'Trainer(precision="bf16-mixed")',
+    "matmul_precision": "torch.set_float32_matmul_precision(...) before Trainer.fit",
+    "compile": "compile the networks yourself (torch.compile) before Trainer.fit",
+    "data_on_device": "a DataLoader(pin_memory=True) (the Trainer moves each batch)",
 }
 
 
@@ -237,8 +243,9 @@ class ProbgenModule(L.LightningModule):
             those of the step and its optimizers are read (``lr``, ``optimizer``,
             ``weight_decay``, ``lr_schedule``, ``warmup_epochs``, ``clip_norm``,
             ``validate``, ``objective``, ``num_particles``, ``eval_particles``); the
-            fit loop's own (``epochs``, ``patience``, ``device``, ...) are refused when
-            set, with the Trainer's counterpart named.
+            fit loop's own (``epochs``, ``patience``, ``device``, and the speed settings
+            ``precision``, ``matmul_precision``, ``compile``, ``data_on_device``) are
+            refused when set, with the Trainer's counterpart named.
         batch_to_args: ``f(batch) -> (args, kwargs)`` for a model the step is built for
             (as ``fit(batch_to_args=...)``).
         example_batch: a batch as the training data gives it, for the first traced
@@ -252,6 +259,8 @@ class ProbgenModule(L.LightningModule):
             16-bit mixed precision with ``clip_norm`` or a phase that runs its own
             backward, a multi-process strategy with parameters outside modules (in
             ``setup``, before any step).
+        DataError: the data of a :class:`TensorBatches` fails the model's check (when
+            training, validation or testing starts, before its first step).
         TrainingDivergedError: a non-finite loss on the CPU, before its update.
     """
 
@@ -320,6 +329,9 @@ class ProbgenModule(L.LightningModule):
         self._store_state: dict[str, Any] = {"params": {}, "constraints": {}}
         self._piece, self._ctx = 0, {}
         self._pending: dict[str, Any] | None = None
+        # which data were checked whole (see _check_loader), by stage and by data set
+        self._checked = {"train": False, "val": False, "test": False}
+        self._data_checks: dict[int, tuple[TensorData, bool]] = {}
 
     # ------------------------------------------------------------------ contexts
     def _validation_setting(self) -> bool | None:
@@ -330,20 +342,48 @@ class ProbgenModule(L.LightningModule):
         return False if is_probgen_model(self.step.module) else None
 
     @contextlib.contextmanager
-    def _running(self):
+    def _running(self, data_checked: bool = False):
         """What the fit loop holds around its steps, held here around each call: a
         probgen model's own scope of Pyro's param store, Pyro's validation setting, the
-        step context. Per call rather than for the run, because Lightning calls a module
-        one hook at a time and skips ``teardown`` after an exception: a scope held across
-        calls could leave the user's param store replaced."""
+        step context (``data_checked``: the data these steps read was checked whole).
+        Per call rather than for the run, because Lightning calls a module one hook at a
+        time and skips ``teardown`` after an exception: a scope held across calls could
+        leave the user's param store replaced."""
         with contextlib.ExitStack() as stack:
             if self.step.isolate_param_store:
                 stack.enter_context(pyro.get_param_store().scope(self._store_state))
             validate = self._validation_setting()
             if validate is not None:
                 stack.enter_context(pyro.validation_enabled(validate))
-            stack.enter_context(running_steps(data_checked=False, module=self.step.declared_module))
+            stack.enter_context(
+                running_steps(data_checked=data_checked, module=self.step.declared_module)
+            )
             yield
+
+    # ------------------------------------------------------------------ data checks
+    def _check_loader(self, loader) -> bool:
+        """Check a :class:`TensorBatches`' data whole, once per data set, as the fit loop
+        does before its first step (:func:`~probgen.train.loop.check_data_once`); True
+        when that covers every batch, so the model skips its per-batch checks (a host
+        sync each on a GPU). Other loaders (a ``DataLoader``, several loaders) are
+        checked batch by batch by the model."""
+        if not isinstance(loader, TensorBatches):
+            return False
+        key = id(loader.data)
+        if key not in self._data_checks:
+            # the data object kept with its result, so that its id is not reused
+            self._data_checks[key] = (loader.data, check_data_once(self.step, loader.data))
+        return self._data_checks[key][1]
+
+    def on_train_start(self) -> None:
+        # after setup and the sanity check's validation, before the first training step
+        self._checked["train"] = self._check_loader(self.trainer.train_dataloader)
+
+    def on_validation_start(self) -> None:
+        self._checked["val"] = self._check_loader(self.trainer.val_dataloaders)
+
+    def on_test_start(self) -> None:
+        self._checked["test"] = self._check_loader(self.trainer.test_dataloaders)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
@@ -501,7 +541,7 @@ class ProbgenModule(L.LightningModule):
         if self._piece == 0:
             self._ctx = {}  # shared by the phases of one fit-loop step
         reported: dict[str, list[torch.Tensor]] = {}
-        with self._running():
+        with self._running(self._checked["train"]):
             for i in self._program[self._piece]:
                 st = self._states[i]
                 value = self._run_phase(st, optimizers[i], batch, self._ctx, batch_idx)
@@ -575,7 +615,7 @@ class ProbgenModule(L.LightningModule):
 
     def _eval_step(self, batch, key: str):
         batch = as_batch(batch, None)
-        with self._running():
+        with self._running(self._checked["val" if key == "val_loss" else "test"]):
             value = self.step.eval_loss(batch)
         if value is None:
             return None

@@ -351,6 +351,92 @@ def test_fit_loop_settings_are_refused_with_the_trainers_counterpart():
         ProbgenModule(vae, lr=-1.0)
 
 
+@pytest.mark.parametrize(
+    "setting, value, counterpart",
+    [
+        ("precision", "bf16", r'Trainer\(precision="bf16-mixed"\)'),
+        ("matmul_precision", "high", r"torch\.set_float32_matmul_precision"),
+        ("compile", True, "compile the networks yourself"),
+        ("data_on_device", False, r"a DataLoader\(pin_memory=True\)"),
+    ],
+)
+def test_fit_loop_speed_settings_are_refused_with_the_trainers_counterpart(
+    setting, value, counterpart
+):
+    vae = VAE(image_shape=(1, 4, 4), z_dim=2, hidden=[4])
+    with pytest.raises(ConfigError, match=rf"{setting} is the fit loop's, use {counterpart}"):
+        ProbgenModule(vae, **{setting: value})
+    with pytest.raises(ConfigError, match=rf"{setting} is the fit loop's"):
+        ProbgenModule(vae, config=probgen.FitConfig(**{setting: value}))
+
+
+def test_every_fit_setting_is_read_or_refused_with_a_counterpart():
+    """A new FitConfig field must be either a step/optimizer setting ProbgenModule reads
+    or a fit-loop setting it refuses with the Trainer's counterpart (else it would be
+    silently ignored)."""
+    from dataclasses import fields
+
+    from probgen.lightning import LOOP_ONLY, STEP_AND_OPTIMIZER
+
+    names = {f.name for f in fields(probgen.FitConfig)}
+    assert names == set(LOOP_ONLY) | set(STEP_AND_OPTIMIZER)
+    assert not set(LOOP_ONLY) & set(STEP_AND_OPTIMIZER)
+
+
+def _binary_scaled(batch, generator=None):
+    """A transform with one_draw_checks whose every draw is bad: pixels of 0.25 and 0.75."""
+    from probgen.data import dynamic_binarization
+
+    return (dynamic_binarization(batch, generator)[0] * 0.5 + 0.25,) + tuple(batch[1:])
+
+
+_binary_scaled.one_draw_checks = True
+
+
+def test_tensor_batches_are_checked_once_as_fit_checks_them(tmp_path, monkeypatch):
+    """Data of a TensorBatches is checked whole when training, validation and testing
+    start (dynamically binarized data: one draw), and the model skips its per-batch
+    checks, as under probgen.fit; a DataLoader's batches are checked one by one; bad data
+    is refused before the first step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from probgen.data import dynamic_binarization
+    from probgen.errors import DataError
+
+    g = torch.Generator().manual_seed(5)
+    grey = torch.rand(40, 1, 4, 4, generator=g)
+    binary = (grey < 0.5).float()
+    vae = VAE(image_shape=(1, 4, 4), z_dim=2, hidden=[4])
+    calls = []
+    check = vae.likelihood.check
+    monkeypatch.setattr(vae.likelihood, "check", lambda x: calls.append(len(x)) or check(x))
+    module = ProbgenModule(vae)
+    train = TensorData(grey, transform=dynamic_binarization)
+    val = TensorData(binary)
+    t = trainer(tmp_path, max_epochs=2)
+    t.fit(module, TensorBatches(train, 10, shuffle=True, generator=g), TensorBatches(val, 20))
+    # each data set whole, once (one draw of the training data's binarization); no
+    # check per batch in 2 epochs of 4 training and 2 validation batches
+    assert calls == [40, 40], calls
+    calls.clear()
+    t.test(module, TensorBatches(val, 20))
+    assert calls == [], calls     # the validation data, checked already
+    t.test(module, TensorBatches(TensorData(binary[:30]), 20))
+    assert calls == [30], calls
+    calls.clear()
+    t.test(module, DataLoader(TensorDataset(binary), batch_size=20))
+    assert calls == [20, 20], calls
+
+    bad = VAE(image_shape=(1, 4, 4), z_dim=2, hidden=[4])
+    before = params(bad)
+    with pytest.raises(DataError, match="binary pixels"):
+        trainer(tmp_path, max_epochs=1).fit(
+            ProbgenModule(bad),
+            TensorBatches(TensorData(grey, transform=_binary_scaled), 10),
+        )
+    assert_all_close(params(bad), before)
+
+
 def test_without_lightning_the_import_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning", None)
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
