@@ -30,7 +30,8 @@ Experiment trackers (CSV, TensorBoard, MLflow, W&B) are callbacks too:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from probgen.errors import ConfigError
 
@@ -87,39 +88,136 @@ def as_callback(obj) -> Callback:
 
 
 class Metric(Callback):
-    """Compute ``fn(module)`` -> a number every ``every`` epochs and record it as ``name``.
+    """Compute ``fn(module)`` every ``every`` epochs (and at the last) and record it.
 
-    With ``FitConfig(monitor=name, mode="min"|"max")`` early stopping and the best
-    weights follow it; epochs that skip it are not checks. The module is in eval mode
-    and gradients are off while ``fn`` runs.
+    ``fn`` returns a number, recorded under ``name``, or a dict of figures (key -> number
+    or ``None``), each recorded under its own key (an FID and the live generator's FID
+    from one set of samples; a report's several numbers). The metric times itself: the
+    epoch's entry also gets ``<name>_seconds`` (wall clock) and ``<name>_cpu_seconds``
+    (this process's CPU time, :func:`time.process_time`) of the call, so that a clock of
+    training time can leave them out (:class:`TrainingCPUTime`).
+
+    With ``FitConfig(monitor=key, mode="min"|"max")`` early stopping and the best weights
+    follow it; epochs that skip it are not checks. The module is in eval mode and
+    gradients are off while ``fn`` runs; its mode is restored afterwards.
 
     Example::
 
         fit(gan, train, callbacks=[Metric("fid", lambda m: fid_of(m), every=5)],
             monitor="fid", mode="min", patience=4)
+        fit(model, train, val, callbacks=[Metric("test", lambda m: {"test_error": err(m),
+                                                                    "test_nll": nll(m)})])
     """
 
-    def __init__(self, name: str, fn: Callable[[Any], float], every: int = 1):
+    def __init__(self, name: str, fn: Callable[[Any], Union[float, Mapping[str, Any]]],
+                 every: int = 1):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"Metric {name!r}: every must be a positive integer, got {every!r}.")
         self.name, self.fn, self.every = name, fn, every
 
+    def due(self, run, entry) -> bool:
+        """Whether the metric is computed at this epoch: every ``every``-th and the last."""
+        epoch = entry["epoch"] + 1
+        return epoch % self.every == 0 or epoch == run.config.epochs
+
     def on_validation_end(self, run, entry):
         import torch
 
-        if (entry["epoch"] + 1) % self.every and entry["epoch"] + 1 != run.config.epochs:
+        if not self.due(run, entry):
             return
         module = run.module
         was = module.training if module is not None else None
         if module is not None:
             module.eval()
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
             with torch.no_grad():
-                value = float(self.fn(module if module is not None else run.step))
+                value = self.fn(module if module is not None else run.step)
         finally:
             if module is not None:
                 module.train(was)
-        entry[self.name] = value
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if isinstance(value, Mapping):
+            entry.update({k: None if v is None else float(v) for k, v in value.items()})
+        else:
+            entry[self.name] = float(value)
+        entry[f"{self.name}_seconds"], entry[f"{self.name}_cpu_seconds"] = wall, cpu
+
+
+class TrainingCPUTime(Callback):
+    """``cpu_seconds``: this process's CPU seconds of each epoch, metrics left out.
+
+    The clock runs from the end of one epoch's validation pass to the end of the next
+    (from the start of fit for the first), in :func:`time.process_time`; the CPU seconds
+    that the :class:`Metric` callbacks named in ``leave_out`` recorded for the epoch
+    (their ``<name>_cpu_seconds``) are taken off, so an FID every epoch does not count as
+    training. Put this callback after those metrics. On a shared machine the wall clock
+    counts the other jobs too; with one torch thread the process's CPU time is what the
+    training itself cost.
+
+    Example::
+
+        fit(gan, train, callbacks=[Metric("fid", fid_of), TrainingCPUTime(leave_out=["fid"])])
+        sum(h["cpu_seconds"] for h in result.history)   # training CPU seconds, FIDs left out
+    """
+
+    def __init__(self, leave_out: Sequence[str] = ()):
+        if isinstance(leave_out, str):
+            leave_out = (leave_out,)
+        self.leave_out = tuple(leave_out)
+        self.last = time.process_time()
+
+    def on_fit_start(self, run):
+        self.last = time.process_time()
+
+    def on_validation_end(self, run, entry):
+        now = time.process_time()
+        spent = sum(entry.get(f"{name}_cpu_seconds", 0.0) for name in self.leave_out)
+        entry["cpu_seconds"] = now - self.last - spent
+        self.last = now
+
+
+class Snapshots(Callback):
+    """``take(module)`` at chosen epochs: what a model looks like over training.
+
+    At the end of each epoch in ``epochs`` (counted from 1), on the main process,
+    ``take(module)`` (gradients off) gives a dict of tensors (samples from fixed noise, a
+    discriminator's values on a grid), kept in :attr:`taken` under ``"epoch N"`` and
+    carried over a resume (the checkpoint holds them). ``take`` draws its own random
+    numbers from a generator of its own if the training's stream is to be left alone.
+
+    Example::
+
+        shots = Snapshots(Snapshots.spread(20, 5), lambda gan: {"samples": gan.sample(
+            10, generator=torch.Generator().manual_seed(7)).cpu()})
+        fit(gan, train, callbacks=[shots])
+        rows_figure({k: v["samples"] for k, v in shots.taken.items()})
+    """
+
+    def __init__(self, epochs: Sequence[int], take: Callable[[Any], Dict[str, Any]]):
+        self.epochs, self.take = set(epochs), take
+        self.taken: Dict[str, Dict[str, Any]] = {}
+
+    @staticmethod
+    def spread(epochs: int, n: int) -> List[int]:
+        """About ``n`` epochs evenly spread over ``1..epochs``, the first and last among
+        them."""
+        picks = {max(1, round(epochs * (i + 1) / n)) for i in range(n)}
+        return sorted(picks | {1, epochs})
+
+    def on_epoch_end(self, run, entry):
+        import torch
+
+        if entry["epoch"] + 1 not in self.epochs or not run.is_main:
+            return
+        with torch.no_grad():
+            self.taken[f"epoch {entry['epoch'] + 1}"] = dict(self.take(run.module))
+
+    def state_dict(self):
+        return {"taken": self.taken}
+
+    def load_state_dict(self, state):
+        self.taken = dict(state.get("taken", {}))
 
 
 AVERAGES = ("ema", "uniform")
