@@ -36,6 +36,13 @@ def _figures():
         "completion_figure": lambda path: viz.completion_figure(
             x[:3], x[:3], {"NN": x[:3], "CVAE": x[:6].reshape(2, 3, 1, 28, 28)}, path, title="t"),
         "learning_curves": lambda path: viz.learning_curves({"run": hist}, path),
+        "history_figure": lambda path: viz.history_figure(
+            {"a": hist, "b": hist[:2]}, ["train_loss", ("train_loss", "val_loss")], path,
+            title="t"),
+        "fid_curve_figure": lambda path: viz.fid_curve_figure(
+            {"run": [dict(h, fid=5.0 - h["epoch"], seconds=1.0) for h in hist]}, path),
+        "tradeoff_figure": lambda path: viz.tradeoff_figure(
+            {"w0": (1.1, 30.0), "w1": (20.0, 9.0)}, path, xlabel="bits/dim", ylabel="FID"),
         "latent_scatter": lambda path: viz.latent_scatter(
             {"2-D": torch.randn(40, 2, generator=g), "5-D": torch.randn(40, 5, generator=g)},
             labels, path, title="t"),
@@ -105,3 +112,76 @@ def test_save_closes_a_users_pyplot_figure(tmp_path):
     assert fig.number not in plt.get_fignums()
     assert (tmp_path / "mine.png").read_bytes()[:8] == PNG
     assert matplotlib.get_backend() == before
+
+
+# --------------------------------------------------------------------------- histories
+
+def _lines(ax):
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()),
+                               line.get_linestyle()) for line in ax.lines}
+
+
+def test_history_figure_draws_the_asked_keys_of_every_run():
+    a = [{"epoch": e, "train_loss/D": 1.0 + e, "train_loss/G": 2.0 * e, "fid": None}
+         for e in range(3)]
+    a[2]["fid"] = 7.0
+    b = [{"epoch": e, "train_loss/D": 5.0 - e} for e in range(2)]
+    fig = viz.history_figure({"a": a, "b": b}, ["train_loss/D", ("train_loss/G", "fid")],
+                             titles={"train_loss/D": "D loss"}, styles={"fid": "o:"})
+    first, second = fig.axes[:2]
+    assert len(fig.axes) == 2 and first.get_title() == "D loss"
+    assert first.get_xlabel() == "epoch"
+    assert _lines(first) == {"a": ([1, 2, 3], [1.0, 2.0, 3.0], "-"),
+                             "b": ([1, 2], [5.0, 4.0], "-")}
+    # run b has neither key of the second panel: no line; fid only where it was recorded
+    assert _lines(second) == {"a train_loss/G": ([1, 2, 3], [0.0, 2.0, 4.0], "-"),
+                              "a fid": ([3], [7.0], ":")}
+    assert [line.get_color() for line in first.lines] == ["C0", "C1"]
+    assert second.get_legend() is not None
+    # one bare history, another x, a log axis
+    fig = viz.history_figure(a, ["train_loss/D"], x=lambda h: [10 * h_["epoch"] for h_ in h],
+                             xlabel="steps", logy=True)
+    ax = fig.axes[0]
+    assert _lines(ax) == {"train_loss/D": ([0, 10, 20], [1.0, 2.0, 3.0], "-")}
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "steps"
+
+
+def test_learning_curves_is_train_dashed_and_validation_solid():
+    hist = [{"epoch": e, "train_loss": 10.0 - e, "val_loss": 11.0 - e} for e in range(3)]
+    no_val = [{"epoch": e, "train_loss": 3.0, "val_loss": None} for e in range(2)]
+    fig = viz.learning_curves({"vae": hist, "ae": no_val}, ylabel="nats")
+    ax = fig.axes[0]
+    assert _lines(ax) == {"vae train": ([1, 2, 3], [10.0, 9.0, 8.0], "--"),
+                          "vae val": ([1, 2, 3], [11.0, 10.0, 9.0], "-"),
+                          "ae train": ([1, 2], [3.0, 3.0], "--")}
+    assert ax.get_ylabel() == "nats"
+
+
+def test_training_minutes_and_the_fid_curve():
+    cpu = [{"epoch": e, "seconds": 100.0, "cpu_seconds": 30.0 * (e + 1), "fid": 9.0 - e,
+            "fid_seconds": 50.0} for e in range(3)]
+    assert viz.training_minutes(cpu) == pytest.approx([0.5, 1.5, 3.0])
+    wall = [{"epoch": e, "seconds": 90.0, "fid_seconds": 30.0, "fid": None} for e in range(3)]
+    wall[1]["fid"] = wall[2]["fid"] = 4.0
+    del wall[0]["fid_seconds"]     # no FID that epoch: all of its time was training
+    assert viz.training_minutes(wall) == pytest.approx([1.5, 2.5, 3.5])
+    assert viz.training_minutes(wall, leave_out=()) == pytest.approx([1.5, 3.0, 4.5])
+    live = [dict(h, fid_live=h["fid"] + 1) for h in cpu]
+    fig = viz.fid_curve_figure({"ema": live, "wall": wall}, name="FID, MNIST")
+    by_epoch, by_time = fig.axes[:2]
+    assert _lines(by_epoch)["ema"] == ([1, 2, 3], [9.0, 8.0, 7.0], "-")
+    assert _lines(by_epoch)["ema, live G"][:2] == ([1, 2, 3], [10.0, 9.0, 8.0])
+    assert _lines(by_time)["ema"][0] == pytest.approx([0.5, 1.5, 3.0])
+    assert _lines(by_time)["wall"][0] == pytest.approx([2.5, 3.5])
+    assert "wall, live G" not in _lines(by_time)
+    assert by_time.get_xlabel() == "training minutes"       # not every run has CPU seconds
+    assert by_epoch.get_ylabel() == "FID, MNIST" and by_epoch.get_yscale() == "log"
+
+
+def test_tradeoff_figure_turns_logarithmic_over_a_wide_range():
+    ax = viz.tradeoff_figure({"a": (1.0, 3.0), "b": (2.0, 1.0)}).axes[0]
+    assert ax.get_xscale() == "linear"
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines] == [(1.0, 3.0),
+                                                                                 (2.0, 1.0)]
+    assert [t.get_text() for t in ax.texts] == ["a", "b"]
+    assert viz.tradeoff_figure({"a": (1.0, 3.0), "b": (20.0, 1.0)}).axes[0].get_xscale() == "log"

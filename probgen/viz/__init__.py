@@ -1,13 +1,17 @@
 """Matplotlib figures."""
 
+from probgen.viz.curves import (fid_curve_figure, history_figure, learning_curves, plot_history,
+                                tradeoff_figure, training_minutes)
 from probgen.viz.density import (density_on_grid, temperature_grid_figure, toy_density_figure,
                                  toy_samples_figure)
 from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
-                                learning_curves, rows_figure, save)
+                                rows_figure, save)
 from probgen.viz.latent import (anomaly_figure, interpolation_figure, latent_scatter,
                                 manifold_codes, manifold_grids, pca_vs_autoencoder)
 
-__all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "grid_figure", "image_grid",
-           "image_row", "interpolation_figure", "latent_scatter", "learning_curves",
-           "manifold_codes", "manifold_grids", "pca_vs_autoencoder", "rows_figure", "save",
-           "temperature_grid_figure", "toy_density_figure", "toy_samples_figure"]
+__all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "fid_curve_figure",
+           "grid_figure", "history_figure", "image_grid", "image_row", "interpolation_figure",
+           "latent_scatter", "learning_curves", "manifold_codes", "manifold_grids",
+           "pca_vs_autoencoder", "plot_history", "rows_figure", "save",
+           "temperature_grid_figure", "toy_density_figure", "toy_samples_figure",
+           "tradeoff_figure", "training_minutes"]

@@ -1,4 +1,4 @@
-"""Matplotlib figures of images: grids, completion panels, learning curves.
+"""Matplotlib figures of images: grids, rows, completion panels.
 
 Every figure function of :mod:`probgen.viz` builds a :class:`matplotlib.figure.Figure`
 directly, never through ``pyplot``: it neither selects nor switches the user's
@@ -10,7 +10,7 @@ either way it is returned (the last expression of a notebook cell shows it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -148,21 +148,3 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
         else:
             rows[label] = pred
     return rows_figure(rows, path, title)
-
-
-def learning_curves(histories: Dict[str, Sequence[dict]], path: Union[str, Path, None] = None,
-                    ylabel: str = "loss per example"):
-    """Train (dashed) and validation (solid) loss against epoch, one colour per run."""
-    fig, ax = new_figure(figsize=(6, 4))
-    for i, (label, hist) in enumerate(histories.items()):
-        c = f"C{i}"
-        ep = [h["epoch"] + 1 for h in hist]
-        ax.plot(ep, [h["train_loss"] for h in hist], "--", color=c, label=f"{label} train")
-        if hist and hist[0].get("val_loss") is not None:
-            ax.plot(ep, [h["val_loss"] for h in hist], "-", color=c, label=f"{label} val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save(fig, path)
