@@ -262,3 +262,59 @@ def test_reference_of_other_features_refused(reference, test_images):
     other = QualityReference(reference.features, None, "inception-v3:2048")
     with pytest.raises(ConfigError, match="made with"):
         fid(test_images[:300], other)
+
+
+# ---------------------------------------------------------------------------------- scorer, curve
+
+def test_quality_scorer_picks_the_features_and_matches_sample_quality(test_images):
+    from probgen.metrics.quality import quality_scorer
+
+    ref_images, samples = test_images[:400], test_images[1000:1300]
+    scorer = quality_scorer(ref_images, seed=3)
+    assert scorer.feature == "mnist" and scorer.fid_name == FID_NAME
+    assert len(scorer.reference) == 400
+    # the same numbers as sample_quality on the raw images, KID on subsets no larger than
+    # the smaller set (300 samples here)
+    direct = sample_quality(samples, ref_images, seed=3, kid_subset_size=300)
+    report = scorer.report(samples)
+    assert report["kid_subset_size"] == 300
+    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "class_kl"):
+        assert report[key] == pytest.approx(direct[key], rel=1e-6), key
+    assert scorer.fid(samples) == pytest.approx(direct["fid"], rel=1e-6)
+    assert quality_scorer(test_images[:200].reshape(200, 28, 28)).feature == "mnist"
+    # colour images: Inception's features with weights, none without
+    colour = torch.rand(10, 3, 32, 32)
+    assert quality_scorer(colour) is None
+
+
+def test_fid_curve_scores_fixed_noise_and_the_live_weights(test_images):
+    from types import SimpleNamespace
+
+    from probgen.metrics.quality import FIDCurve
+
+    class Sampler(torch.nn.Module):
+        ema = 0.9
+
+        def sample(self, n, generator=None, averaged=True):
+            x = torch.rand(n, 1, 2, 2, generator=generator)
+            return x if averaged else 1 - x
+
+    scores = []
+    curve = FIDCurve(lambda x: scores.append(x) or float(x.mean()), 5, every=2, seed=4)
+    run = SimpleNamespace(module=Sampler(), config=SimpleNamespace(epochs=3), step=None)
+    entries = [{"epoch": e} for e in range(3)]
+    for entry in entries:
+        curve.on_validation_end(run, entry)
+    assert "fid" not in entries[0]                       # every second epoch, and the last
+    noise = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(4))
+    for entry in entries[1:]:
+        assert entry["fid"] == pytest.approx(float(noise.mean()))
+        assert entry["fid_live"] == pytest.approx(float((1 - noise).mean()))
+        assert entry["fid_seconds"] >= 0 and entry["fid_cpu_seconds"] >= 0
+    assert len(scores) == 4 and torch.equal(scores[0], scores[2])   # the same noise each time
+    Sampler.ema = 0.0
+    entry = {"epoch": 2}
+    curve.on_validation_end(run, entry)
+    assert "fid_live" not in entry and "fid" in entry
+    with pytest.raises(ConfigError, match="num_samples"):
+        FIDCurve(lambda x: 0.0, 0)

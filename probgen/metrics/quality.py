@@ -43,12 +43,13 @@ import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from probgen.errors import CheckpointError, ConfigError, DataError
+from probgen.train import Metric
 
 FID_NAME = "FID, MNIST-classifier features"
 KID_NAME = "KID, MNIST-classifier features"
@@ -651,7 +652,106 @@ def kid_metric(subsets: int = 100, subset_size: int = 1000, **kwargs):
                                        normalize=True, **kwargs)
 
 
-__all__ = ["FID_NAME", "KID_NAME", "MNISTFeatures", "QualityReference", "check_mnist_images",
+@dataclass
+class QualityScorer:
+    """Samples scored against one reference set with one feature network: :meth:`fid`
+    (the cheap score, for curves during training) and :meth:`report` (every figure of
+    :func:`sample_quality`). Build one with :func:`quality_scorer`.
+
+    Attributes:
+        reference: the real images' features.
+        feature, inception_weights: the feature network (see :func:`sample_quality`).
+        kid_subset_size: KID's subsets, fewer where either set is smaller.
+        seed: of KID's subsets.
+    """
+
+    reference: QualityReference
+    feature: str = "mnist"
+    inception_weights: Optional[str] = None
+    kid_subset_size: int = 1000
+    seed: int = 0
+
+    @property
+    def fid_name(self) -> str:
+        """What :meth:`fid` measures: "FID, MNIST-classifier features" unless Inception."""
+        return FID_NAME if self.feature == "mnist" else INCEPTION_FID_NAME
+
+    def fid(self, samples) -> float:
+        """FID of ``samples`` against the reference."""
+        return fid(samples, self.reference, feature=self.feature,
+                   inception_weights=self.inception_weights)
+
+    def report(self, samples) -> dict:
+        """:func:`sample_quality` of ``samples`` against the reference, KID on subsets of
+        ``min(kid_subset_size, reference images, samples)``."""
+        n = samples.shape[0] if torch.is_tensor(samples) else len(samples)
+        return sample_quality(samples, self.reference, feature=self.feature,
+                              inception_weights=self.inception_weights, seed=self.seed,
+                              kid_subset_size=min(self.kid_subset_size, len(self.reference), n))
+
+
+def quality_scorer(images: torch.Tensor, *, inception_weights: Optional[str] = None,
+                   kid_subset_size: int = 1000, seed: int = 0) -> Optional[QualityScorer]:
+    """A :class:`QualityScorer` against the real ``images`` with the features that fit them:
+    the shipped MNIST classifier's for grey 28x28 images, else Inception-v3's when
+    ``inception_weights`` is given (a path, or ``"download"``); ``None`` where no feature
+    network fits (colour images without Inception weights). The reference features are
+    computed here, once.
+
+    Example::
+
+        scorer = quality_scorer(splits["test"].tensors[0])
+        scorer.fid(gan.sample(10000)), scorer.report(gan.sample(10000))["precision"]
+    """
+    shape = tuple(images.shape[1:])
+    if shape in (MNIST_IMAGE_SHAPE, MNIST_IMAGE_SHAPE[1:]):
+        kw: dict = {"feature": "mnist"}
+    elif inception_weights:
+        kw = {"feature": "inception", "inception_weights": inception_weights}
+    else:
+        return None
+    return QualityScorer(reference_statistics(images, **kw), kid_subset_size=kid_subset_size,
+                         seed=seed, **kw)
+
+
+class FIDCurve(Metric):
+    """A :class:`~probgen.train.Metric` that records the FID of ``num_samples`` samples every
+    ``every`` epochs (and at the last), as ``fid`` with its ``fid_seconds`` and
+    ``fid_cpu_seconds``.
+
+    The samples are ``module.sample(num_samples, generator=g)`` with ``g`` a generator of
+    its own seeded with ``seed`` each time: the curve compares the same noise over
+    training, and the training's random stream is left alone. A model that samples from
+    averaged weights (a GAN with ``ema``) also gets the live weights' FID from the same
+    noise, ``fid_live`` (``module.sample(..., averaged=False)``).
+
+    Args:
+        score: samples -> FID (:meth:`QualityScorer.fid`).
+
+    Example::
+
+        curve = FIDCurve(quality_scorer(test_images).fid, 10000, every=5)
+        fit(gan, train, callbacks=[curve, TrainingCPUTime(leave_out=["fid"])])
+    """
+
+    def __init__(self, score: Callable[[torch.Tensor], float], num_samples: int,
+                 every: int = 1, seed: int = 0, name: str = "fid"):
+        _check_int(num_samples, "num_samples", 1)
+        self.score, self.num_samples, self.seed = score, num_samples, seed
+        super().__init__(name, self._curve, every)
+
+    def _curve(self, module) -> Dict[str, float]:
+        out = {self.name: self.score(module.sample(
+            self.num_samples, generator=torch.Generator().manual_seed(self.seed)))}
+        if getattr(module, "ema", None):   # the live weights', from the same noise
+            out[f"{self.name}_live"] = self.score(module.sample(
+                self.num_samples, generator=torch.Generator().manual_seed(self.seed),
+                averaged=False))
+        return out
+
+
+__all__ = ["FID_NAME", "FIDCurve", "KID_NAME", "MNISTFeatures", "QualityReference",
+           "QualityScorer", "check_mnist_images", "quality_scorer",
            "class_coverage", "extract_features", "fid", "fid_metric", "frechet_distance",
            "kernel_distance", "kid_metric", "knn_radii", "min_fid_samples", "mnist_reference",
            "precision_recall",
