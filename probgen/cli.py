@@ -5,9 +5,10 @@ Every example takes ``--epochs --patience --lr --batch-size --device --threads
 :func:`finish_args` parses them and applies the run's global settings (torch
 threads, the seed), :func:`fit_config` turns them into a
 :class:`~probgen.train.FitConfig`, :func:`mnist` loads the bundled MNIST (a small
-slice with ``--smoke``), and :func:`write_results` records the numbers with the
-machine and the versions, and :func:`trackers` gives each fit the ``--log`` experiment
-trackers (:mod:`probgen.train.trackers`). :func:`run` is every script's entry point::
+slice with ``--smoke``), :func:`write_results` records the numbers with the
+machine and the versions (:func:`write_table` writes any other table), and
+:func:`trackers` gives each fit the ``--log`` experiment trackers
+(:mod:`probgen.train.trackers`). :func:`run` is every script's entry point::
 
     if __name__ == "__main__":
         sys.exit(cli.run(main))
@@ -48,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from probgen import checks
+from probgen.data.recipes import with_settings  # noqa: F401  (the scripts' name for it)
 from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
 from probgen.metrics.quality import min_fid_samples
 from probgen.train import OPTIMIZERS, FitConfig, resolve_device, set_seed
@@ -273,15 +275,6 @@ def mnist(args, binarize: str = "none"):
                         device=args.device, limit=SMOKE_LIMIT if args.smoke else None)
 
 
-def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
-    """``data`` (a :class:`~probgen.data.TensorData`) recording how it was made: ``base``
-    (another split's ``settings``) updated by ``settings``. The fit loop keeps the training
-    data's settings in its checkpoints and ``--resume`` refuses other ones; data that a
-    script derives (a subset, a task, precomputed inputs) says so here. Returns ``data``."""
-    data.settings = {**(base or {}), **settings}
-    return data
-
-
 def _args_record(args) -> Dict[str, Any]:
     """The parsed arguments, paths as text."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -325,13 +318,22 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
     with _naming(path):
         path.write_text(json.dumps(record, indent=2, default=_json_value))
     if table:
-        path = Path(out) / f"{name}.csv"
-        with _naming(path), open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(table[0]))
-            w.writeheader()
-            for row in table:
-                w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+        write_table(Path(out) / f"{name}.csv", table)
     return record
+
+
+def write_table(path: Path, rows: Sequence[Dict[str, Any]]) -> Path:
+    """Write dict ``rows`` (the first row's keys are the columns) as a CSV file, floats with
+    four decimals; rank 0 alone writes under torchrun. Returns ``path``."""
+    path = Path(path)
+    if not is_main_process():
+        return path
+    with _naming(path), open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    return path
 
 
 def print_table(rows: Sequence[Dict[str, Any]]) -> str:

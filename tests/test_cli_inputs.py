@@ -326,6 +326,17 @@ def test_write_results_still_writes(tmp_path):
     assert (tmp_path / "results.csv").read_text().splitlines() == ["a,b", "1.0000,x"]
 
 
+def test_write_table_writes_floats_with_four_decimals_and_names_a_full_disk(tmp_path, capsys):
+    rows = [{"digits": 1, "ari": 0.123456, "nll": float("nan")},
+            {"digits": 2, "ari": 1.0, "nll": float("inf")}]
+    assert cli.write_table(tmp_path / "t.csv", rows) == tmp_path / "t.csv"
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "digits,ari,nll", "1,0.1235,nan", "2,1.0000,inf"]
+    (tmp_path / "full.csv").symlink_to("/dev/full")
+    assert cli.run(lambda argv=None: cli.write_table(tmp_path / "full.csv", rows)) == 1
+    assert f"while writing {tmp_path / 'full.csv'}" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- every example
 
 def test_the_table_reaches_every_example_and_flag():

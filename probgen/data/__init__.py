@@ -13,13 +13,14 @@ from probgen.data.preprocess import (binarize_sample, dynamic_binarization, spli
                                      static_binarize, to_unit_interval)
 from probgen.data.tensors import TensorData
 from probgen.data.toy import eight_gaussians, rings, toy_points, toy_splits, two_moons
+from probgen.data import recipes  # noqa: E402  (the recipes build on the modules above)
 
 __all__ = [
     "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "RandomShift",
     "TensorData",
     "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
     "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "images_only",
-    "load_images", "logit_preprocess", "logit_transform", "make_corruption", "make_scenes",
+    "load_images", "logit_preprocess", "recipes", "logit_transform", "make_corruption", "make_scenes",
     "mask_inputs", "quadrant_mask", "quadrant_task", "rings", "scene_splits", "split_indices",
     "static_binarize", "to_levels", "to_unit_interval", "toy_points", "toy_splits", "two_moons",
     "uniform_dequantization", "uniform_dequantize", "unpack_bundled_mnist",

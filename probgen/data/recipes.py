@@ -1,0 +1,124 @@
+"""Data recipes: the training sets that several examples (and users) build from the splits.
+
+Each recipe returns a :class:`~probgen.data.TensorData` that records how it was made in
+its ``settings`` (:func:`with_settings`): the fit loop keeps the training data's settings
+in its checkpoints, and a resumed run refuses data made otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from probgen.data.augment import RandomShift
+from probgen.data.datasets import image_splits
+from probgen.data.dequantize import dequantized
+from probgen.data.tensors import TensorData
+from probgen.errors import DataError, DataNotFoundError
+
+#: the 1-D toy of a GAN's first test (:func:`toy1d`): N(-1, 1)
+TOY1D_MEAN, TOY1D_STD = -1.0, 1.0
+
+
+def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
+    """``data`` (a :class:`~probgen.data.TensorData`) recording how it was made: ``base``
+    (another split's ``settings``) updated by ``settings``. The fit loop keeps the training
+    data's settings in its checkpoints and ``--resume`` refuses other ones; data that a
+    script derives (a subset, a task, precomputed inputs) says so here. Returns ``data``."""
+    data.settings = {**(base or {}), **settings}
+    return data
+
+
+def download_splits(name: str, *, root: Optional[str] = None, download: bool = True,
+                    **kwargs) -> Dict[str, TensorData]:
+    """:func:`~probgen.data.image_splits` of a data set that may have to be downloaded
+    (CIFAR-10 through torchvision): a download that cannot reach the network, or files
+    that are missing, is one :class:`~probgen.errors.DataNotFoundError` that says where to
+    put them."""
+    try:
+        return image_splits(name, root=root, download=download, **kwargs)
+    except OSError as err:   # a download that could not reach the network
+        raise DataNotFoundError(f"{name} is not under {root or 'the cache folder'} and could "
+                                f"not be downloaded ({err}); copy the files there, or run "
+                                f"where the network is reachable.") from None
+
+
+def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
+    """``size`` points of N(-1, 1), ``(size, 1)``, drawn from a generator seeded with
+    ``seed`` (the global random state is left alone): the 1-D toy on which a GAN's
+    generator must learn a mean and a spread (Goodfellow et al. 2014, "Generative
+    Adversarial Nets", Figure 1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, 1, generator=g) * TOY1D_STD + TOY1D_MEAN
+    return with_settings(TensorData(x.to(device)), dataset="toy1d", size=size, seed=seed)
+
+
+def semi_supervised(train: TensorData, labels: torch.Tensor,
+                    labelled_share: float) -> Tuple[TensorData, int]:
+    """The training images with the partial ``labels`` (-1: unlabelled; e.g.
+    :func:`probgen.models.aae.labelled_split` of the true ones), the labelled images
+    repeated to make about ``labelled_share`` of the set, so that most batches hold some
+    (Makhzani et al. 2015, "Adversarial Autoencoders", section 5, train on labelled and
+    unlabelled mini-batches alike).
+
+    Returns:
+        ``(data, repeats)``: the unlabelled images, then the labelled ones ``repeats``
+        times; the settings record ``num_labelled`` and ``labelled_share``.
+    """
+    x = train.tensors[0]
+    if not torch.is_tensor(labels) or labels.shape != (x.shape[0],):
+        raise DataError(f"semi_supervised needs one label per training image "
+                        f"({x.shape[0]}), got {getattr(labels, 'shape', type(labels))}.")
+    if not 0.0 < labelled_share < 1.0:
+        raise DataError(f"labelled_share must lie in (0, 1), got {labelled_share!r}.")
+    labels = labels.to(x.device)
+    keep = labels >= 0
+    n_lab = int(keep.sum())
+    if n_lab == 0:
+        raise DataError("semi_supervised needs some labelled images (labels >= 0), got none.")
+    repeats = max(1, round(labelled_share * x.shape[0] / ((1 - labelled_share) * n_lab)))
+    xs = torch.cat([x[~keep]] + [x[keep]] * repeats)
+    ys = torch.cat([labels[~keep]] + [labels[keep]] * repeats)
+    data = with_settings(TensorData(xs, ys, transform=train.transform),
+                         getattr(train, "settings", None), num_labelled=n_lab,
+                         labelled_share=labelled_share)
+    return data, repeats
+
+
+def shifted(train: TensorData, max_shift: int, only_labelled: bool = False) -> TensorData:
+    """The training images moved by a random offset of up to ``max_shift`` pixels per
+    axis, drawn per batch (:class:`~probgen.data.RandomShift`; with ``only_labelled``, only
+    the images of label >= 0); ``train`` itself when ``max_shift`` is 0."""
+    if not max_shift:
+        return train
+    shift = RandomShift(max_shift, train.tensors[0].shape[1:], only_labelled=only_labelled)
+    return with_settings(train.with_transform(shift), getattr(train, "settings", None),
+                         augment_shift=max_shift,
+                         augment_which="labelled" if only_labelled else "all")
+
+
+def dequantized_splits(splits: Dict[str, TensorData], seed: int = 0,
+                       eval_size: Optional[int] = None) -> Dict[str, Any]:
+    """Image splits for a density model of continuous data: ``train`` dequantized afresh
+    at every draw, ``val`` and ``test`` once each with the seeds ``seed + 1`` and ``seed +
+    2`` (comparable runs; ``val`` is ``None`` without a validation split), ``test`` cut to
+    its first ``eval_size`` images; and ``test_images``, those images as they were (for
+    an FID)."""
+    test = splits["test"]
+    if eval_size is not None:
+        test = test.subset(slice(0, eval_size))
+    val = splits.get("val")
+    return {"train": dequantized(splits["train"]),
+            "val": dequantized(val, seed=seed + 1) if val is not None and len(val) else None,
+            "test": dequantized(test, seed=seed + 2), "test_images": test.tensors[0]}
+
+
+def balanced_labels(num_classes: int, n: int, device=None) -> torch.Tensor:
+    """``n`` labels, ``ceil(n / num_classes)`` of each class in turn (the last one short):
+    the labels of a class-conditional model's samples."""
+    return torch.arange(num_classes, device=device).repeat_interleave(-(-n // num_classes))[:n]
+
+
+__all__ = ["TOY1D_MEAN", "TOY1D_STD", "balanced_labels", "dequantized_splits",
+           "download_splits", "semi_supervised", "shifted", "toy1d", "with_settings"]
