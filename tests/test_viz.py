@@ -41,6 +41,9 @@ def _figures():
             title="t"),
         "fid_curve_figure": lambda path: viz.fid_curve_figure(
             {"run": [dict(h, fid=5.0 - h["epoch"], seconds=1.0) for h in hist]}, path),
+        "discriminator_figure": lambda path: viz.discriminator_figure(
+            {"epoch 1": {"samples": torch.randn(100, 1, generator=g), "d": torch.rand(9)}},
+            torch.linspace(-5, 5, 9), torch.full((9,), 0.1), path, title="t"),
         "tradeoff_figure": lambda path: viz.tradeoff_figure(
             {"w0": (1.1, 30.0), "w1": (20.0, 9.0)}, path, xlabel="bits/dim", ylabel="FID"),
         "latent_scatter": lambda path: viz.latent_scatter(
@@ -185,3 +188,20 @@ def test_tradeoff_figure_turns_logarithmic_over_a_wide_range():
                                                                                  (2.0, 1.0)]
     assert [t.get_text() for t in ax.texts] == ["a", "b"]
     assert viz.tradeoff_figure({"a": (1.0, 3.0), "b": (20.0, 1.0)}).axes[0].get_xscale() == "log"
+
+
+def test_discriminator_figure_draws_each_snapshot():
+    grid = torch.linspace(-5, 5, 11)
+    shots = {f"epoch {e}": {"samples": torch.full((50, 1), float(e)), "d": grid.sigmoid()}
+             for e in (1, 4)}
+    target = torch.distributions.Normal(-1.0, 1.0).log_prob(grid).exp()
+    fig = viz.discriminator_figure(shots, grid, target, target_label="N(-1, 1)")
+    assert len(fig.axes) == 2
+    for ax, e in zip(fig.axes, (1, 4)):
+        lines = _lines(ax)
+        assert lines["D(x)"][1] == pytest.approx(grid.sigmoid().tolist())
+        assert lines["N(-1, 1)"][1] == pytest.approx(target.tolist())
+        assert ax.get_title() == f"epoch {e}: mean {e:.3f}, std 0.000"
+        # the histogram's mass sits in the bin of the samples' value
+        heights = [patch.get_height() for patch in ax.patches]
+        assert max(heights) > 0 and sum(h > 0 for h in heights) == 1

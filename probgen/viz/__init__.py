@@ -2,14 +2,14 @@
 
 from probgen.viz.curves import (fid_curve_figure, history_figure, learning_curves, plot_history,
                                 tradeoff_figure, training_minutes)
-from probgen.viz.density import (density_on_grid, temperature_grid_figure, toy_density_figure,
-                                 toy_samples_figure)
+from probgen.viz.density import (density_on_grid, discriminator_figure, temperature_grid_figure,
+                                 toy_density_figure, toy_samples_figure)
 from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
                                 rows_figure, save)
 from probgen.viz.latent import (anomaly_figure, interpolation_figure, latent_scatter,
                                 manifold_codes, manifold_grids, pca_vs_autoencoder)
 
-__all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "fid_curve_figure",
+__all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "discriminator_figure", "fid_curve_figure",
            "grid_figure", "history_figure", "image_grid", "image_row", "interpolation_figure",
            "latent_scatter", "learning_curves", "manifold_codes", "manifold_grids",
            "pca_vs_autoencoder", "plot_history", "rows_figure", "save",

@@ -129,3 +129,33 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path, top=1 - 0.3 / (height + 0.3) if title else 1.0)
+
+
+def discriminator_figure(shots: Mapping[str, Mapping[str, torch.Tensor]], grid: torch.Tensor,
+                         target: torch.Tensor, path: Optional[Union[str, Path]] = None,
+                         title: Optional[str] = None, target_label: str = "target",
+                         xlim: Tuple[float, float] = (-5.0, 5.0)):
+    """A 1-D GAN over training: one panel per snapshot (``label -> {"samples": G(z),
+    "d": D(grid) in [0, 1]}``, as :class:`~probgen.train.callbacks.Snapshots` keeps them),
+    the histogram of the samples over the ``target`` density (its values on ``grid``) and
+    the discriminator's values on ``grid`` in red, with the samples' mean and standard
+    deviation in each title."""
+    n = len(shots)
+    grid, target = grid.detach().cpu(), target.detach().cpu()
+    fig, axes = new_figure(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
+    for ax, (label, shot) in zip(axes[0], shots.items()):
+        x = shot["samples"].detach().cpu().reshape(-1)
+        ax.hist(x.clamp(*xlim).numpy(), bins=80, range=xlim, density=True, alpha=0.5,
+                color="C0", label="G(z)")
+        ax.plot(grid.numpy(), target.numpy(), color="k", lw=1, label=target_label)
+        ax.plot(grid.numpy(), shot["d"].detach().cpu().numpy(), color="C3", lw=1.2, label="D(x)")
+        ax.axhline(0.5, color="C3", lw=0.6, ls=":")
+        ax.set_xlim(*xlim)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{label}: mean {x.mean():.3f}, std {x.std():.3f}", fontsize=8)
+        ax.set_xlabel("x")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
