@@ -34,17 +34,15 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from probgen import checks, cli
-from probgen.data import image_splits
-from probgen.data.dequantize import dequantized
-from probgen.errors import DataNotFoundError
+from probgen.data import recipes
+from probgen.metrics.quality import quality_scorer
 from probgen.models.flowgan import FlowGAN
-from probgen.train import Callback, fit, set_seed
-from probgen.viz import grid_figure
-from probgen.viz.images import new_figure, save
+from probgen.train import Metric, fit, set_seed
+from probgen.train.callbacks import TrainingCPUTime
+from probgen.viz import grid_figure, history_figure, tradeoff_figure
 
 FLOWS = ("nice", "realnvp", "glow", "denseflow")
 DISCS = ("dcgan", "resnet18", "wgan_gp")
@@ -142,59 +140,19 @@ def build(args, s: dict, shape) -> FlowGAN:
 
 def load_data(args):
     """``(train, val, test)`` dequantized TensorData and the test images for FID."""
-    try:
-        splits = image_splits(args.data, val_size=args.val_size, seed=args.seed,
-                              device=args.device, root=args.data_root,
-                              download=not args.no_download and args.data != "mnist",
-                              limit=args.train_size)
-    except OSError as err:   # a download that could not reach the network
-        raise DataNotFoundError(f"{args.data} is not under {args.data_root or 'the cache folder'} "
-                                f"and could not be downloaded ({err}); copy the files there, "
-                                f"or run where the network is reachable.") from None
-    test = splits["test"]
-    if args.eval_size is not None:
-        test = test.subset(slice(0, args.eval_size))
-    val = dequantized(splits["val"], seed=args.seed + 1) if len(splits.get("val", ())) else None
-    return (dequantized(splits["train"]), val, dequantized(test, seed=args.seed + 2),
-            test.tensors[0])
-
-
-def quality_scorer(args, test_images):
-    """``(report(samples), name)`` or ``None`` where no features fit the data."""
-    from probgen.metrics import quality
-
-    if args.data == "mnist":
-        kw, name = {}, quality.FID_NAME
-    elif args.inception_weights:
-        kw = dict(feature="inception", inception_weights=args.inception_weights)
-        name = quality.INCEPTION_FID_NAME
-    else:
-        return None
-    ref = quality.reference_statistics(test_images, **kw)
-
-    def report(samples):
-        return quality.sample_quality(samples, ref, kid_subset_size=min(
-            1000, len(ref), samples.shape[0]), **kw)
-
-    return report, name
+    splits = recipes.download_splits(args.data, val_size=args.val_size, seed=args.seed,
+                                     device=args.device, root=args.data_root,
+                                     download=not args.no_download and args.data != "mnist",
+                                     limit=args.train_size)
+    d = recipes.dequantized_splits(splits, args.seed, args.eval_size)
+    return d["train"], d["val"], d["test"], d["test_images"]
 
 
 # --------------------------------------------------------------------------- training
 
-class TermCurves(Callback):
-    """The epoch's means of the flow's two loss terms (``train_bpd``, ``train_adv``) and
-    this process's CPU seconds of training (``cpu_seconds``)."""
-
-    def on_fit_start(self, run):
-        self.last = time.process_time()
-        run.module.pop_term_means()
-
-    def on_validation_end(self, run, entry):
-        for k, v in run.module.pop_term_means().items():
-            entry[f"train_{k}"] = v
-        now = time.process_time()
-        entry["cpu_seconds"] = now - self.last
-        self.last = now
+def term_means(fg: FlowGAN) -> dict:
+    """The epoch's means of the flow's two loss terms (``train_bpd``, ``train_adv``)."""
+    return {f"train_{k}": v for k, v in fg.pop_term_means().items()}
 
 
 def start_from(fg: FlowGAN, path) -> None:
@@ -223,7 +181,8 @@ def train_one(args, s: dict, data, scorer) -> dict:
         start_from(fg, args.init)
     cfg = cli.fit_config(args, checkpoint=str(args.out / f"flowgan_{s['tag']}.pt"),
                          patience=None, restore_best=False, clip_norm=100.0)
-    res = fit(fg, train, val, cfg, callbacks=[TermCurves(), *cli.trackers(args, s["tag"])])
+    res = fit(fg, train, val, cfg, callbacks=[Metric("terms", term_means), TrainingCPUTime(),
+                                              *cli.trackers(args, s["tag"])])
     k = args.iw_samples if not fg.exact else 1
     set_seed(args.seed)
     bpd = fg.evaluate_bits_per_dim(test, batch_size=250, num_samples=k,
@@ -240,71 +199,38 @@ def train_one(args, s: dict, data, scorer) -> dict:
     if scorer is not None:
         set_seed(args.seed + 13)
         t0 = time.perf_counter()
-        q = scorer[0](fg.sample(args.fid_samples))
+        q = scorer.report(fg.sample(args.fid_samples))
         record.update(fid=q["fid"], kid_mean=q["kid_mean"], kid_std=q.get("kid_std"),
                       precision=q.get("precision"), recall=q.get("recall"),
                       eval_seconds=time.perf_counter() - t0)
     print(f"{s['tag']}: test bits/dim {'<= ' if record['bound'] else ''}{bpd:.4f}"
-          + (f", {scorer[1]} {record['fid']:.2f}, KID {record['kid_mean']:.4f}"
+          + (f", {scorer.fid_name} {record['fid']:.2f}, KID {record['kid_mean']:.4f}"
              if scorer is not None else "")
           + f" ({res.epochs_run} epochs, {res.train_seconds:.0f} s)", flush=True)
     return record
-
-
-# --------------------------------------------------------------------------- figures
-
-def loss_figure(records: Dict[str, dict], path: Path):
-    panels = [("train_bpd", "flow: bits/dim term (train)"),
-              ("train_adv", "flow: adversarial term L_G"),
-              ("train_loss/D", "discriminator loss"), ("val_loss", "validation bits/dim")]
-    fig, axes = new_figure(1, 4, figsize=(15, 3.4))
-    for i, (tag, r) in enumerate(records.items()):
-        for ax, (key, _) in zip(axes, panels):
-            rows = [h for h in r["history"] if h.get(key) is not None]
-            if rows:
-                ax.plot([h["epoch"] + 1 for h in rows], [h[key] for h in rows], "o-",
-                        color=f"C{i}", label=tag, ms=3)
-    for ax, (_, title) in zip(axes, panels):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def tradeoff_figure(records: Dict[str, dict], path: Path, fid_name: str):
-    fig, ax = new_figure(figsize=(5.5, 4))
-    for i, (tag, r) in enumerate(records.items()):
-        ax.plot(r["test_bits_per_dim"], r["fid"], "o", color=f"C{i}")
-        ax.annotate(tag, (r["test_bits_per_dim"], r["fid"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 3))
-    bpd = [r["test_bits_per_dim"] for r in records.values()]
-    if min(bpd) > 0 and max(bpd) > 10 * min(bpd):   # a purely adversarial flow's can be huge
-        ax.set_xscale("log")
-    ax.set_xlabel("test bits/dim (lower: better likelihood)")
-    ax.set_ylabel("FID (lower: better samples)")
-    ax.set_title(fid_name, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    return save(fig, path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     data = load_data(args)
-    scorer = quality_scorer(args, data[3])
+    scorer = quality_scorer(data[3], inception_weights=args.inception_weights)
     if scorer is None:
         print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
               "--inception-weights for colour images", flush=True)
     records = {}
     for s in settings(args):
         records[s["tag"]] = train_one(args, s, data, scorer)
-    loss_figure(records, args.out / "losses.png")
+    history_figure({tag: r["history"] for tag, r in records.items()},
+                   ["train_bpd", "train_adv", "train_loss/D", "val_loss"], args.out / "losses.png",
+                   titles={"train_bpd": "flow: bits/dim term (train)",
+                           "train_adv": "flow: adversarial term L_G",
+                           "train_loss/D": "discriminator loss", "val_loss": "validation bits/dim"},
+                   styles="o-", markersize=3, figsize=(15, 3.4))
     if scorer is not None:
-        tradeoff_figure(records, args.out / "tradeoff.png", scorer[1])
+        tradeoff_figure({tag: (r["test_bits_per_dim"], r["fid"]) for tag, r in records.items()},
+                        args.out / "tradeoff.png", xlabel="test bits/dim (lower: better "
+                        "likelihood)", ylabel="FID (lower: better samples)", title=scorer.fid_name)
     rows = [{"setting": r["tag"], "disc": r["disc"],
              "adv_weight": "-" if r["adv_weight"] is None else r["adv_weight"],
              "like_reg": "-" if r["like_reg"] is None else r["like_reg"],
@@ -315,7 +241,7 @@ def main(argv=None):
     print()
     cli.print_table(rows)
     record = cli.write_results(args.out, {"data": args.data, "flow": args.flow,
-                                          "fid_name": scorer[1] if scorer else None,
+                                          "fid_name": scorer.fid_name if scorer else None,
                                           "settings": records}, args, started, table=rows)
     print(f"\nwrote {args.out}/results.json, results.csv and figures "
           f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")

@@ -142,10 +142,12 @@ def test_history_figure_draws_the_asked_keys_of_every_run():
     assert [line.get_color() for line in first.lines] == ["C0", "C1"]
     assert second.get_legend() is not None
     # one bare history, another x, a log axis
-    fig = viz.history_figure(a, ["train_loss/D"], x=lambda h: [10 * h_["epoch"] for h_ in h],
-                             xlabel="steps", logy=True)
+    fig = viz.history_figure(a, [("train_loss/D", "train_loss/G")],
+                             x=lambda h: [10 * h_["epoch"] for h_ in h], xlabel="steps",
+                             logy=True, styles="--")
     ax = fig.axes[0]
-    assert _lines(ax) == {"train_loss/D": ([0, 10, 20], [1.0, 2.0, 3.0], "-")}
+    assert _lines(ax) == {"train_loss/D": ([0, 10, 20], [1.0, 2.0, 3.0], "--"),
+                          "train_loss/G": ([0, 10, 20], [0.0, 2.0, 4.0], "--")}
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "steps"
 
 

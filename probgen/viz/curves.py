@@ -46,14 +46,14 @@ def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> L
 
 def plot_history(ax, histories: Union[History, Mapping[str, History]], keys: Panel,
                  x: Callable[[History], Sequence[float]] = epochs,
-                 styles: Optional[Mapping[str, str]] = None,
+                 styles: Union[str, Mapping[str, str], None] = None,
                  names: Optional[Mapping[str, str]] = None,
                  markersize: Optional[float] = None) -> int:
     """Draw ``keys`` of every run's history on the matplotlib axes ``ax``; return the
     number of lines drawn.
 
-    Run ``i`` is drawn in colour ``C{i}``; key ``keys[j]`` in ``styles[key]`` (default:
-    solid, dashed, dotted, dash-dot in turn) with the legend label ``names[key]`` in
+    Run ``i`` is drawn in colour ``C{i}``; key ``keys[j]`` in ``styles[key]`` (one format
+    string for every key; default: solid, dashed, dotted, dash-dot in turn) with the legend label ``names[key]`` in
     which ``{run}`` stands for the run's label (default ``"{run}"`` for one key,
     ``"{run} {key}"`` for several; the key where that is empty). Entries that lack a key or hold ``None`` there (a
     metric computed every few epochs) are skipped; a run with no value of a key draws
@@ -69,7 +69,8 @@ def plot_history(ax, histories: Union[History, Mapping[str, History]], keys: Pan
             if not points:
                 continue
             name = (names or {}).get(key, "{run}" if len(keys) == 1 else "{run} {key}")
-            style = (styles or {}).get(key, default_styles[j % len(default_styles)])
+            style = styles if isinstance(styles, str) else \
+                (styles or {}).get(key, default_styles[j % len(default_styles)])
             kw = {} if markersize is None else {"ms": markersize}
             ax.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{i}",
                     label=name.format(run=label, key=key).strip() or key, **kw)
@@ -81,7 +82,7 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
                    path: PathLike = None, *, titles: Optional[Mapping[Panel, str]] = None,
                    ylabel: Optional[str] = None, xlabel: str = "epoch",
                    x: Callable[[History], Sequence[float]] = epochs,
-                   styles: Optional[Mapping[str, str]] = None,
+                   styles: Union[str, Mapping[str, str], None] = None,
                    names: Optional[Mapping[str, str]] = None,
                    markersize: Optional[float] = None, logy: bool = False,
                    figsize: Optional[Tuple[float, float]] = None, title: Optional[str] = None):
