@@ -22,6 +22,20 @@ def _images(n, seed=0):
     return torch.rand(n, 1, 28, 28, generator=g)
 
 
+class _Conditional:
+    """A label-conditional decoder: the code's first value and the label in two pixels."""
+
+    num_labels, device = 3, torch.device("cpu")
+
+    def prior_sample(self, n, labels=None):
+        return torch.rand(n, 2)
+
+    def decode(self, z, labels):
+        x = torch.zeros(z.shape[0], 1, 28, 28)
+        x[:, 0, 0, 0], x[:, 0, 0, 1] = z[:, 0], labels.float() / 2
+        return x
+
+
 def _figures():
     """Every figure function of probgen.viz, each called with small valid inputs."""
     g = torch.Generator().manual_seed(0)
@@ -44,6 +58,7 @@ def _figures():
         "discriminator_figure": lambda path: viz.discriminator_figure(
             {"epoch 1": {"samples": torch.randn(100, 1, generator=g), "d": torch.rand(9)}},
             torch.linspace(-5, 5, 9), torch.full((9,), 0.1), path, title="t"),
+        "style_figure": lambda path: viz.style_figure(_Conditional(), path, styles=2),
         "tradeoff_figure": lambda path: viz.tradeoff_figure(
             {"w0": (1.1, 30.0), "w1": (20.0, 9.0)}, path, xlabel="bits/dim", ylabel="FID"),
         "latent_scatter": lambda path: viz.latent_scatter(
@@ -207,3 +222,58 @@ def test_discriminator_figure_draws_each_snapshot():
         # the histogram's mass sits in the bin of the samples' value
         heights = [patch.get_height() for patch in ax.patches]
         assert max(heights) > 0 and sum(h > 0 for h in heights) == 1
+
+
+def test_style_codes_and_figure_hold_a_style_along_each_row():
+    model = _Conditional()
+    state = torch.get_rng_state()
+    z, labels = viz.style_codes(model, styles=2, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)           # a forked random state
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
+    # every label of a row drew the same numbers (seed + row)
+    for row, seed in ((z[:3], 5), (z[3:], 6)):
+        torch.manual_seed(seed)
+        assert torch.equal(row, torch.rand(1, 2).expand(3, 2))
+    torch.set_rng_state(state)
+    fig = viz.style_figure(model, styles=2, seed=5)
+    grid = fig.axes[0].images[0].get_array()
+    # a 2 x 3 grid of 28 x 28 images with 1-pixel gaps: row r, column c at (29 r, 29 c)
+    for r in range(2):
+        for c in range(3):
+            assert grid[29 * r, 29 * c + 1, 0] == pytest.approx(c / 2)
+            assert grid[29 * r, 29 * c, 0] == pytest.approx(float(z[3 * r, 0]), abs=1e-6)
+
+
+def test_aae_figures_writes_what_the_model_has(tmp_path):
+    from types import SimpleNamespace
+
+    class Plain:
+        z_dim, label_to_decoder = 2, False
+
+        def decode(self, z):
+            return z.sum(1).sigmoid().view(-1, 1, 1, 1).expand(-1, 1, 28, 28)
+
+    g = torch.Generator().manual_seed(0)
+    report = SimpleNamespace(codes=torch.randn(50, 2, generator=g), labels=torch.arange(50) % 10,
+                             prior_draws=torch.randn(50, 2, generator=g), prior_labels=None,
+                             samples=_images(20))
+    figs = viz.aae_figures(Plain(), report, tmp_path, "t")
+    assert set(figs) == {"codes", "manifold", "samples"}
+    assert {p.name for p in tmp_path.iterdir()} == {"codes_t.png", "manifold_t.png",
+                                                   "samples_t.png"}
+    codes, prior = figs["codes"].axes[:2]
+    assert codes.get_xlim() == prior.get_xlim() == codes.get_ylim()   # one square frame
+    assert [c.get_offsets().shape[0] for c in codes.collections] == [50]
+    conditional = _Conditional()
+    conditional.z_dim, conditional.label_to_decoder = 3, True
+    figs = viz.aae_figures(conditional, report, tmp_path / "c", "c")
+    assert set(figs) == {"codes", "style", "samples"}
+
+
+def test_manifold_codes_around_a_priors_draws():
+    draws = torch.stack([torch.linspace(-10, 10, 1001), torch.linspace(0, 1, 1001)], 1)
+    z = viz.manifold_codes(3, around=draws)
+    lo, hi = torch.quantile(draws, 0.01, dim=0), torch.quantile(draws, 0.99, dim=0)
+    assert z[0].tolist() == pytest.approx([float(lo[0]), float(hi[1])])   # top left
+    assert z[-1].tolist() == pytest.approx([float(hi[0]), float(lo[1])])  # bottom right
+    assert z[1, 0] == pytest.approx(0.0, abs=1e-5)

@@ -1,16 +1,28 @@
-"""One call that measures an autoencoder-family model with the papers' metrics."""
+"""Evaluation reports: one call that measures a model with the papers' metrics.
+
+* :func:`autoencoder_report`: a VAE's likelihood figures (-ELBO, importance-weighted NLL,
+  KL, active units, reconstruction error);
+* :func:`aae_report`: an adversarial autoencoder's (Makhzani et al. 2015, "Adversarial
+  Autoencoders"), for any :class:`Autoencoder` (an AAE, a VAE of the same networks):
+  reconstruction, how well the codes match the prior, the Parzen window, FID/KID, and a
+  semi-supervised model's class error (:func:`class_error`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
 from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
 from probgen.metrics.likelihood import elbo_per_example, iw_nll
+from probgen.metrics.parzen import mmd, parzen_score
 
 
 @torch.no_grad()
@@ -62,3 +74,268 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
         out["iw_samples"], out["iw_size"] = iw_samples, len(subset)
         out["iw_seconds"] = time.perf_counter() - t0
     return out
+
+
+# --------------------------------------------------------------------------- adversarial autoencoders
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """What :func:`aae_report` reads of a model: an autoencoder whose codes have a prior.
+
+    :class:`probgen.models.AAE` has all of it; a :class:`probgen.models.VAE` is read
+    through :func:`as_autoencoder` until it has ``codes``, ``prior_sample``,
+    ``reconstruction_loss``, ``label_to_decoder`` and ``device`` itself.
+
+    Attributes:
+        z_dim: the code's size.
+        num_labels: the labels the prior or the decoder take (0: none).
+        label_to_decoder: whether :meth:`decode` and :meth:`sample` take the label.
+        device: where the model lives.
+    """
+
+    z_dim: int
+    num_labels: int
+    label_to_decoder: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def eval(self) -> Any: ...
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, z_dim)`` draws of ``q(z | x)``: over a data set, draws of ``q(z)``."""
+
+    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(n, z_dim)`` draws of ``p(z)`` (of each label's part with labels)."""
+
+    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The likelihood's mean image of each code, ``(B, *image_shape)``."""
+
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                    ) -> torch.Tensor:
+        """Each image decoded from its code, ``(B, *image_shape)``."""
+
+    def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
+        """``-E_q log p(x | z)`` per image, the batch's mean."""
+
+    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None
+               ) -> torch.Tensor:
+        """Decoded prior draws: ``n`` of them, or one per label."""
+
+
+class _VAEAutoencoder:
+    """An unconditional :class:`probgen.models.VAE` read as an :class:`Autoencoder`: its
+    codes are draws of its ``q(z|x)``, its prior N(0, I). (Written here until the VAE has
+    the interface itself.)"""
+
+    num_labels, label_to_decoder = 0, False
+    encoder_kind, prior_name = "vae", "normal"
+
+    def __init__(self, vae):
+        self.vae, self.z_dim = vae, vae.z_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def eval(self):
+        self.vae.eval()
+        return self
+
+    @torch.no_grad()
+    def codes(self, x):
+        return self.vae.posterior(x).sample()
+
+    def prior_sample(self, n, labels=None):
+        return torch.randn(n, self.z_dim, device=self.device)
+
+    def decode(self, z, labels=None):
+        return self.vae.decode(z)
+
+    def reconstruct(self, x, labels=None):
+        return self.vae.reconstruct(x)
+
+    @torch.no_grad()
+    def reconstruction_loss(self, batch):
+        x = batch[0]
+        z = self.vae.posterior(x).sample()
+        flat = x.reshape(x.shape[0], -1)
+        return -self.vae.likelihood(self.vae.decoder(z)).log_prob(flat).mean()
+
+    def sample(self, n=None, labels=None):
+        return self.vae.sample(n)
+
+
+def as_autoencoder(model) -> Autoencoder:
+    """``model`` when it is an :class:`Autoencoder`, else a VAE (a model with a
+    ``posterior``, a ``likelihood`` and a ``decoder``) read as one."""
+    if isinstance(model, Autoencoder):
+        return model
+    if all(hasattr(model, name) for name in ("posterior", "likelihood", "decoder", "z_dim")):
+        if getattr(model, "num_labels", 0):
+            raise ConfigError(f"a label-conditional {type(model).__name__} is read as an "
+                              f"autoencoder only once it has codes, prior_sample, "
+                              f"reconstruction_loss, label_to_decoder and device itself.")
+        return _VAEAutoencoder(model)
+    missing = [name for name in ("codes", "prior_sample", "decode", "reconstruct",
+                                 "reconstruction_loss", "sample", "z_dim", "num_labels",
+                                 "label_to_decoder", "device") if not hasattr(model, name)]
+    raise ConfigError(f"{type(model).__name__} is no autoencoder with a prior: it lacks "
+                      f"{', '.join(missing)} (see probgen.metrics.report.Autoencoder).")
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: Optional[torch.device] = None) -> Iterator[None]:
+    """Seed the CPU's (and a CUDA ``device``'s) random numbers inside a forked random
+    state: afterwards the process's random state is as it was, so a report or a figure
+    that draws numbers leaves the caller's stream alone."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def class_error(model, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The error (%) of ``model.predict(images)`` against ``labels``, in eval mode (the
+    model's mode is given back). A semi-supervised model's test or validation error."""
+    was = model.training
+    model.eval()
+    try:
+        pred = model.predict(images)
+    finally:
+        model.train(was)
+    return 100.0 * float((pred != labels).float().mean())
+
+
+@dataclass
+class AAEReport:
+    """What :func:`aae_report` measured, and the draws behind it for figures.
+
+    Attributes:
+        metrics: the numbers (see :func:`aae_report`).
+        codes, labels: the test images' codes and their labels.
+        prior_draws, prior_labels: as many prior draws (of the images' labels' parts when
+            the prior takes labels; ``prior_labels`` ``None`` otherwise).
+        samples: ``grid`` decoded prior draws (for a decoder that takes the label,
+            ``grid / num_labels`` of each label in turn), on the CPU.
+    """
+
+    metrics: Dict[str, Any]
+    codes: torch.Tensor
+    labels: torch.Tensor
+    prior_draws: torch.Tensor
+    prior_labels: Optional[torch.Tensor]
+    samples: torch.Tensor
+
+
+def _samples(model: Autoencoder, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` decoded prior draws; uniform labels from ``generator`` for a decoder that
+    takes the label."""
+    if not model.label_to_decoder:
+        return model.sample(n)
+    labels = torch.randint(0, model.num_labels, (n,), generator=generator).to(model.device)
+    return model.sample(labels=labels)
+
+
+@torch.no_grad()
+def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch.Tensor, *,
+               parzen_samples: int = 10000, parzen_val: int = 1000, scorer=None,
+               fid_samples: int = 10000, seed: int = 0, grid: int = 100,
+               batch_size: int = 1000) -> AAEReport:
+    """An adversarial autoencoder measured as Makhzani et al. 2015 ("Adversarial
+    Autoencoders") do, and more. On the test ``(images, labels)``:
+
+    * ``recon_mse``: mean squared error per pixel of each image decoded from the centre of
+      its code; ``recon_nll``: ``-log p(x | z)`` per image (the model's
+      ``reconstruction_loss``);
+    * ``mmd2``: how well the codes (draws of ``q(z)``) match the prior: the unbiased MMD^2
+      between them and as many prior draws (Gaussian kernel, median bandwidth;
+      ``mmd_bandwidth``, ``mmd_points``);
+    * ``test_error``: a model with ``predict`` (the semi-supervised AAE): its class error
+      in % (:func:`class_error`);
+    * ``parzen_ll`` (``parzen_std_error``, ``parzen_sigma``, ``parzen_sigma_at_grid_edge``,
+      ``parzen_samples``, ``parzen_seconds``): the Parzen-window log-likelihood of
+      ``parzen_samples`` decoded prior draws, the width chosen on the first
+      ``parzen_val`` of ``val_images`` (0 samples: skipped; see
+      :mod:`probgen.metrics.parzen` for why the estimator is a poor one);
+    * with a ``scorer`` (:func:`probgen.metrics.quality.quality_scorer`) and
+      ``fid_samples``: ``fid``, ``kid_mean``, ``kid_std`` (``fid_name``, ``kid_name``,
+      ``kid_subset_size``, ``quality_samples``, ``quality_reference``, ``fid_seconds``) of
+      that many samples, clamped to [0, 1].
+
+    A decoder that takes the label draws uniform labels for its samples. A model that
+    corrupts its encoder's input while training (``corrupt``) is scored on clean images
+    (its corruption is given back). Every random number comes from ``seed`` in a forked
+    random state (:func:`seeded`): the caller's stream is left alone. A VAE is read
+    through :func:`as_autoencoder`.
+
+    Returns:
+        An :class:`AAEReport`: the numbers and the draws behind them.
+    """
+    model = as_autoencoder(model)
+    corrupt = getattr(model, "corrupt", None)
+    if corrupt is not None:
+        model.corrupt = None
+    try:
+        with seeded(seed, model.device):
+            return _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer,
+                               fid_samples, seed, grid, batch_size)
+    finally:
+        if corrupt is not None:
+            model.corrupt = corrupt
+
+
+def _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer, fid_samples,
+                seed, grid, batch_size) -> AAEReport:
+    model.eval()
+    x, y = test
+    y_in = y if model.num_labels else None
+    out: Dict[str, Any] = {}
+    rec, nll, n = 0.0, 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        yb = y_in[i:i + batch_size] if y_in is not None else None
+        r = model.reconstruct(xb, yb)
+        rec += float(mse_per_image(r, xb.reshape(r.shape)).sum())
+        nll += float(model.reconstruction_loss((xb, yb) if yb is not None else (xb,))) \
+            * xb.shape[0]
+        n += xb.shape[0]
+    out["recon_mse"], out["recon_nll"] = rec / n, nll / n
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.cat([model.codes(x[i:i + batch_size])
+                       for i in range(0, x.shape[0], batch_size)])
+    prior_draws = model.prior_sample(codes.shape[0], y_in)
+    match = mmd(codes, prior_draws)
+    out.update(mmd2=match["mmd2"], mmd_bandwidth=match["bandwidth"], mmd_points=match["n"])
+    if hasattr(model, "predict"):
+        out["test_error"] = class_error(model, x, y)
+    labels = (torch.arange(model.num_labels, device=model.device)
+              .repeat_interleave(grid // model.num_labels) if model.label_to_decoder else None)
+    samples = model.sample(grid if labels is None else None, labels=labels).cpu()
+    if parzen_samples:
+        t0 = time.perf_counter()
+        s = _samples(model, parzen_samples, gen)
+        val = val_images[:parzen_val]
+        p = parzen_score(s.reshape(s.shape[0], -1), x.reshape(x.shape[0], -1),
+                         val.reshape(val.shape[0], -1))
+        out.update(parzen_ll=p["log_likelihood"], parzen_std_error=p["std_error"],
+                   parzen_sigma=p["sigma"], parzen_sigma_at_grid_edge=p["sigma_at_grid_edge"],
+                   parzen_samples=p["num_samples"], parzen_seconds=time.perf_counter() - t0)
+    if scorer is not None and fid_samples:
+        t0 = time.perf_counter()
+        q = scorer.report(_samples(model, fid_samples, gen).clamp(0, 1))
+        out.update(fid=q["fid"], fid_name=q["fid_name"], kid_mean=q["kid_mean"],
+                   kid_std=q["kid_std"], kid_name=q["kid_name"],
+                   kid_subset_size=q["kid_subset_size"], quality_samples=q["num_samples"],
+                   quality_reference=q["num_reference"], fid_seconds=time.perf_counter() - t0)
+    return AAEReport(out, codes, y, prior_draws, y_in, samples)
+
+
+__all__ = ["AAEReport", "Autoencoder", "aae_report", "as_autoencoder", "autoencoder_report",
+           "class_error", "seeded"]

@@ -6,12 +6,13 @@ from probgen.viz.density import (density_on_grid, discriminator_figure, temperat
                                  toy_density_figure, toy_samples_figure)
 from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
                                 rows_figure, save)
-from probgen.viz.latent import (anomaly_figure, interpolation_figure, latent_scatter,
-                                manifold_codes, manifold_grids, pca_vs_autoencoder)
+from probgen.viz.latent import (aae_figures, anomaly_figure, interpolation_figure, latent_scatter,
+                                manifold_codes, manifold_grids, pca_vs_autoencoder, style_codes,
+                                style_figure)
 
-__all__ = ["anomaly_figure", "completion_figure", "density_on_grid", "discriminator_figure", "fid_curve_figure",
+__all__ = ["aae_figures", "anomaly_figure", "completion_figure", "density_on_grid", "discriminator_figure", "fid_curve_figure",
            "grid_figure", "history_figure", "image_grid", "image_row", "interpolation_figure",
            "latent_scatter", "learning_curves", "manifold_codes", "manifold_grids",
-           "pca_vs_autoencoder", "plot_history", "rows_figure", "save",
+           "pca_vs_autoencoder", "plot_history", "rows_figure", "save", "style_codes", "style_figure",
            "temperature_grid_figure", "toy_density_figure", "toy_samples_figure",
            "tradeoff_figure", "training_minutes"]

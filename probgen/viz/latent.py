@@ -4,45 +4,70 @@ PCA against an autoencoder, anomaly scores."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from probgen.viz.images import image_grid, module_place, new_figure, save
+from probgen.metrics.images import pca
+from probgen.metrics.report import seeded
+from probgen.viz.images import grid_figure, image_grid, module_place, new_figure, save
 
 PathLike = Union[str, Path, None]
 
 
-def _project_2d(z: torch.Tensor) -> torch.Tensor:
-    """Codes with more than two dimensions are shown on their first two principal axes."""
-    if z.shape[1] <= 2:
-        return z
-    zc = z - z.mean(0)
-    _, _, v = torch.linalg.svd(zc, full_matrices=False)
-    return zc @ v[:2].T
+def _project_2d(z: torch.Tensor, projection: str = "pca") -> torch.Tensor:
+    """2-D coordinates of codes: their first two principal axes (``"pca"``, for codes of
+    more than two dimensions) or their first two coordinates (``"first"``)."""
+    if z.shape[1] <= 2 or projection == "first":
+        return z[:, :2]
+    mean, components, _ = pca(z)
+    return ((z.double() - mean) @ components[:2].T).to(z.dtype)
 
 
-def latent_scatter(codes: Dict[str, torch.Tensor], labels: torch.Tensor, path: PathLike = None,
-                   max_points: int = 5000, title: Optional[str] = None):
-    """Side-by-side scatter plots of 2-D codes (one panel per entry), coloured by class.
+def latent_scatter(codes: Dict[str, torch.Tensor],
+                   labels: Union[torch.Tensor, Dict[str, Optional[torch.Tensor]]],
+                   path: PathLike = None, max_points: Optional[int] = 5000,
+                   title: Optional[str] = None, *, projection: str = "pca",
+                   prior_circle: bool = True, shared_frame: bool = False):
+    """Side-by-side scatter plots of codes (one panel per entry), coloured by class.
 
-    Codes of more than two dimensions are projected on their first two principal axes.
-    A dashed circle marks two standard deviations of the N(0, I) prior.
+    Args:
+        codes: panel title -> ``(N, z_dim)`` codes (or prior draws).
+        labels: the classes of every panel's points, or panel title -> classes (``None``:
+            the points in grey).
+        max_points: the first this many points of each panel (``None``: all).
+        projection: codes of more than two dimensions on their first two principal axes
+            (``"pca"``) or on their first two coordinates (``"first"``; the title says
+            which).
+        prior_circle: a dashed circle at two standard deviations of the N(0, I) prior.
+        shared_frame: one square frame for every panel (codes next to prior draws).
     """
     fig, axes = new_figure(1, len(codes), figsize=(4.6 * len(codes) + 0.8, 4.4), squeeze=False)
-    lab = labels[:max_points].cpu().numpy()
     sc = None
     for ax, (name, z) in zip(axes[0], codes.items()):
-        z2 = _project_2d(z[:max_points].detach().float().cpu()).numpy()
-        sc = ax.scatter(z2[:, 0], z2[:, 1], c=lab, cmap="tab10", s=3, alpha=0.7,
-                        vmin=-0.5, vmax=9.5)
-        t = np.linspace(0, 2 * np.pi, 200)
-        ax.plot(2 * np.cos(t), 2 * np.sin(t), "k--", lw=0.8, alpha=0.6)
-        ax.set_title(name + ("" if z.shape[1] <= 2 else " (first 2 PCs)"), fontsize=10)
+        lab = labels.get(name) if isinstance(labels, dict) else labels
+        z2 = _project_2d(z[:max_points].detach().float().cpu(), projection).numpy()
+        if lab is None:
+            ax.scatter(z2[:, 0], z2[:, 1], s=3, alpha=0.5, color="0.4")
+        else:
+            sc = ax.scatter(z2[:, 0], z2[:, 1], c=lab[:max_points].cpu().numpy(), cmap="tab10",
+                            s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
+        if prior_circle:
+            t = np.linspace(0, 2 * np.pi, 200)
+            ax.plot(2 * np.cos(t), 2 * np.sin(t), "k--", lw=0.8, alpha=0.6)
+        extra = "" if z.shape[1] <= 2 else (" (first 2 PCs)" if projection == "pca" else
+                                             " (first 2 coordinates)")
+        ax.set_title(name + extra, fontsize=10)
         ax.set_xlabel("z1")
         ax.set_ylabel("z2")
-        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_aspect("equal", adjustable="box" if shared_frame else "datalim")
+    if shared_frame:
+        lo = min(min(a.get_xlim()[0], a.get_ylim()[0]) for a in axes[0])
+        hi = max(max(a.get_xlim()[1], a.get_ylim()[1]) for a in axes[0])
+        for a in axes[0]:
+            a.set_xlim(lo, hi)
+            a.set_ylim(lo, hi)
     if sc is not None:
         cb = fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), shrink=0.85)
         cb.set_label("digit")
@@ -51,9 +76,19 @@ def latent_scatter(codes: Dict[str, torch.Tensor], labels: torch.Tensor, path: P
     return save(fig, path)
 
 
-def manifold_codes(n: int = 15, device=None, dtype=None) -> torch.Tensor:
+def manifold_codes(n: int = 15, device=None, dtype=None,
+                   around: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
-    ``z2`` falls down the rows, ``z1`` grows along them)."""
+    ``z2`` falls down the rows, ``z1`` grows along them): at the standard normal's
+    quantiles, or with ``around`` (draws of another prior) evenly over the central 98% of
+    those draws' first two coordinates."""
+    if around is not None:
+        lo = torch.quantile(around[:, :2].float().cpu(), 0.01, dim=0)
+        hi = torch.quantile(around[:, :2].float().cpu(), 0.99, dim=0)
+        xs = torch.linspace(float(lo[0]), float(hi[0]), n, device=device, dtype=dtype)
+        ys = torch.linspace(float(hi[1]), float(lo[1]), n, device=device, dtype=dtype)
+        zy, zx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([zx.flatten(), zy.flatten()], 1)
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device, dtype=dtype)
     q = torch.distributions.Normal(u.new_zeros(()), u.new_ones(())).icdf(u)
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
@@ -62,27 +97,29 @@ def manifold_codes(n: int = 15, device=None, dtype=None) -> torch.Tensor:
 
 @torch.no_grad()
 def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
-                    device=None) -> torch.Tensor:
+                    device=None, around: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``decode`` of the :func:`manifold_codes` grid, ``(n * n, C, H, W)``; the codes are
     made on ``device``, by default where ``decode``'s module lives (a model's bound
     ``decode``), else on the CPU."""
     where, dtype = module_place(decode)
-    return decode(manifold_codes(n, device if device is not None else where, dtype))
+    return decode(manifold_codes(n, device if device is not None else where, dtype, around))
 
 
 def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], n: int = 15,
-                   path: PathLike = None, title: Optional[str] = None, device=None):
+                   path: PathLike = None, title: Optional[str] = None, device=None,
+                   around: Optional[torch.Tensor] = None):
     """Decode an ``n x n`` grid of 2-D codes placed at the normal quantiles.
 
     Grid point ``(i, j)`` is ``(Phi^-1(u_j), Phi^-1(u_i))`` with ``u`` evenly spaced in
-    (0, 1), so equal areas of the figure hold equal prior mass. One panel per
-    decoder (``z (n*n, 2) -> images (n*n, C, H, W)``). The codes are made on ``device``,
-    by default where the decoder's module lives (a model's bound ``decode``), else on
-    the CPU.
+    (0, 1), so equal areas of the figure hold equal prior mass. With ``around`` (draws
+    of a prior that is no standard normal: a mixture, a swiss roll) the grid spans the
+    central 98% of the draws evenly instead. One panel per decoder (``z (n*n, 2) ->
+    images (n*n, C, H, W)``). The codes are made on ``device``, by default where the
+    decoder's module lives (a model's bound ``decode``), else on the CPU.
     """
     fig, axes = new_figure(1, len(decoders), figsize=(5 * len(decoders), 5.3), squeeze=False)
     for ax, (name, decode) in zip(axes[0], decoders.items()):
-        imgs = manifold_images(decode, n, device)
+        imgs = manifold_images(decode, n, device, around)
         ax.imshow(image_grid(imgs.cpu(), nrow=n, pad=0), interpolation="nearest")
         ax.set_title(name, fontsize=10)
         ax.axis("off")
@@ -129,6 +166,77 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
     return save(fig, path)
 
 
+def style_codes(model, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(styles * classes, z_dim)`` prior draws of a label-conditional autoencoder and
+    their labels: row ``s`` holds style ``s`` for every class. A style is a set of random
+    numbers (seeded with ``seed + s`` in a forked random state, so the caller's stream is
+    left alone): each class's code is drawn with the same ones, so with the label at the
+    prior it sits at the same place of that class's part (a mixture component rotated,
+    the same share of a swiss-roll segment), and without it it is the same code for every
+    class. ``model``: ``num_classes`` (or ``num_labels``), ``device`` and
+    ``prior_sample(n, labels)``."""
+    classes = getattr(model, "num_classes", None) or model.num_labels
+    z, labels = [], []
+    for s in range(styles):
+        for c in range(classes):
+            label = torch.tensor([c], device=model.device)
+            with seeded(seed + s, model.device):
+                z.append(model.prior_sample(1, label))
+            labels.append(label)
+    return torch.cat(z), torch.cat(labels)
+
+
+@torch.no_grad()
+def style_figure(model, path: PathLike = None, styles: int = 8, seed: int = 0):
+    """What a label-conditional decoder does with the label: rows, one style each
+    (:func:`style_codes`); columns, the label given to the decoder (``model.decode(z,
+    labels)``)."""
+    z, labels = style_codes(model, styles, seed)
+    images = model.decode(z, labels).cpu()
+    return grid_figure(images, nrow=labels.numel() // styles, path=path,
+                       title="style z fixed along each row, label 0-9 along the columns")
+
+
+def aae_figures(model, report, folder: Union[str, Path], tag: str, seed: int = 0) -> Dict:
+    """The figures of an autoencoder with a prior from its
+    :class:`~probgen.metrics.report.AAEReport`, written to ``folder``:
+
+    * ``codes_<tag>.png``: the test codes coloured by digit next to as many prior draws (a
+      code of more than two values on its first two), one frame (:func:`latent_scatter`);
+    * ``manifold_<tag>.png`` (2-D codes, unconditional decoder): decoded codes on a grid
+      over the central 98% of the prior draws (:func:`manifold_grids`);
+    * ``style_<tag>.png`` (a decoder that takes the label, or a semi-supervised model's
+      class code): :func:`style_figure`, its styles seeded with ``seed``;
+    * ``samples_<tag>.png``: the report's decoded prior draws.
+
+    The titles name ``model.encoder_kind`` and ``model.prior_name`` where the model has
+    them. Returns the figures by name."""
+    folder = Path(folder)
+    semi = hasattr(model, "predict")     # a class code next to the style code
+    kind = getattr(model, "encoder_kind", "vae")
+    prior = getattr(model, "prior_name", "normal")
+    to_decoder = getattr(model, "label_to_decoder", False)
+    figs = {}
+    if model.z_dim >= 2:
+        names = ("codes of test digits, z ~ q(z|x)", "prior draws, z ~ p(z)")
+        figs["codes"] = latent_scatter(
+            dict(zip(names, (report.codes, report.prior_draws))),
+            dict(zip(names, (report.labels, report.prior_labels))),
+            folder / f"codes_{tag}.png", max_points=None, projection="first",
+            prior_circle=False, shared_frame=True,
+            title=f"{kind} encoder, {prior} prior" + (" (the style code)" if semi else ""))
+        if model.z_dim == 2 and not to_decoder and not semi:
+            figs["manifold"] = manifold_grids(
+                {f"decoded 2-D codes ({kind}, {prior})": model.decode},
+                path=folder / f"manifold_{tag}.png", around=report.prior_draws)
+    if to_decoder or semi:   # the decoder takes the label (the class code)
+        figs["style"] = style_figure(model, folder / f"style_{tag}.png", seed=seed)
+    figs["samples"] = grid_figure(report.samples, nrow=10, path=folder / f"samples_{tag}.png",
+                                  title="decoded z ~ p(z)" + (" (one row per digit)"
+                                                              if to_decoder else ""))
+    return figs
+
+
 def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
                    label: str = "held-out class", path: PathLike = None):
     """Histograms of anomaly scores (-ELBO) of normal and anomalous test images."""
@@ -146,5 +254,6 @@ def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
     return save(fig, path)
 
 
-__all__ = ["anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_codes",
-           "manifold_grids", "manifold_images", "pca_vs_autoencoder"]
+__all__ = ["aae_figures", "anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_codes",
+           "manifold_grids", "manifold_images", "pca_vs_autoencoder", "style_codes",
+           "style_figure"]

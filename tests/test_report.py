@@ -1,0 +1,176 @@
+"""probgen.metrics.report's adversarial-autoencoder report on a tiny model whose numbers are
+known by hand, the VAE read as an autoencoder, class_error and seeded."""
+
+import pytest
+import torch
+from torch import nn
+
+from probgen.errors import ConfigError
+from probgen.metrics.parzen import mmd, parzen_score
+from probgen.metrics.report import (Autoencoder, aae_report, as_autoencoder, class_error,
+                                    seeded)
+from probgen.models import AAE, VAE
+
+
+class Halver(nn.Module):
+    """A tiny autoencoder with a prior whose every figure is known: codes are the flat
+    images, reconstructions are half the image, the reconstruction loss is 3.0 per image,
+    the prior is N(0, I) and a sample is a prior draw reshaped to an image."""
+
+    z_dim, num_labels, label_to_decoder = 4, 0, False
+
+    def __init__(self, predict=False, labels_to_decoder=False):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.corrupt = "noise"
+        self.seen_corrupt = []
+        if labels_to_decoder:
+            self.num_labels, self.label_to_decoder = 3, True
+        if predict:
+            self.predict = lambda x: (x.flatten(1).sum(1) > 2).long()
+
+    @property
+    def device(self):
+        return self.w.device
+
+    def codes(self, x):
+        self.seen_corrupt.append(self.corrupt)
+        return x.flatten(1)
+
+    def prior_sample(self, n, labels=None):
+        return torch.randn(n, self.z_dim)
+
+    def decode(self, z, labels=None):
+        return z.reshape(-1, 1, 2, 2)
+
+    def reconstruct(self, x, labels=None):
+        return 0.5 * x
+
+    def reconstruction_loss(self, batch):
+        return torch.tensor(3.0)
+
+    def sample(self, n=None, labels=None):
+        if labels is not None:
+            return labels.float()[:, None, None, None].expand(-1, 1, 2, 2).clone()
+        return self.decode(self.prior_sample(n))
+
+
+def _data(n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 2, 2, generator=g)
+    return x, (x.flatten(1).sum(1) > 2).long()
+
+
+def test_aae_report_against_a_hand_computation():
+    model = Halver(predict=True)
+    assert isinstance(model, Autoencoder)
+    x, y = _data()
+    y[:6] = 1 - y[:6]                                     # 6 of 60 wrong: 10% error
+    val, _ = _data(30, seed=1)
+    state = torch.get_rng_state()
+    rep = aae_report(model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4,
+                     batch_size=25)
+    assert torch.equal(torch.get_rng_state(), state)      # the caller's stream left alone
+    m = rep.metrics
+    # reconstruction: (x/2 - x)^2 = x^2 / 4 per pixel, over every batch of 25, 25 and 10
+    assert m["recon_mse"] == pytest.approx(float((x ** 2 / 4).mean()), rel=1e-6)
+    assert m["recon_nll"] == pytest.approx(3.0)
+    assert m["test_error"] == pytest.approx(10.0)
+    # the draws follow the seed: the prior draws, then the sample grid, then Parzen's
+    with seeded(4):
+        prior = torch.randn(60, 4)
+        grid = torch.randn(100, 4)
+        parzen = torch.randn(50, 4)
+    assert torch.equal(rep.codes, x.flatten(1)) and torch.equal(rep.prior_draws, prior)
+    assert torch.equal(rep.samples, grid.reshape(100, 1, 2, 2))
+    assert rep.labels is y and rep.prior_labels is None
+    match = mmd(x.flatten(1), prior)
+    assert m["mmd2"] == pytest.approx(match["mmd2"]) and m["mmd_points"] == 60
+    p = parzen_score(parzen, x.flatten(1), val[:20].flatten(1))
+    assert m["parzen_ll"] == pytest.approx(p["log_likelihood"])
+    assert m["parzen_samples"] == 50 and m["parzen_sigma"] == p["sigma"]
+    assert "fid" not in m                                  # no scorer
+    # scored on clean images, the corruption given back; the same numbers again
+    assert set(model.seen_corrupt) == {None} and model.corrupt == "noise"
+    again = aae_report(model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4,
+                       batch_size=25).metrics
+    assert {k: v for k, v in again.items() if not k.endswith("seconds")} == \
+        {k: v for k, v in m.items() if not k.endswith("seconds")}
+
+
+def test_aae_report_labels_a_conditional_decoders_samples_and_scores_them():
+    model = Halver(labels_to_decoder=True)
+    x, y = _data(30)
+    y = y % 3
+
+    class Scorer:
+        def report(self, samples):
+            self.samples = samples
+            return {"fid": 1.5, "fid_name": "F", "kid_mean": 0.1, "kid_std": 0.0,
+                    "kid_name": "K", "kid_subset_size": 5, "num_samples": len(samples),
+                    "num_reference": 9}
+
+    scorer = Scorer()
+    rep = aae_report(model, (x, y), x, parzen_samples=0, scorer=scorer, fid_samples=40,
+                     seed=2, grid=30)
+    assert rep.prior_labels is y and "parzen_ll" not in rep.metrics
+    # the grid: ten of each of the three labels in turn
+    assert rep.samples[:, 0, 0, 0].tolist() == [0.0] * 10 + [1.0] * 10 + [2.0] * 10
+    # FID samples: uniform labels from the report's own generator, clamped to [0, 1]
+    labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(scorer.samples[:, 0, 0, 0], labels.float().clamp(0, 1))
+    assert rep.metrics["fid"] == 1.5 and rep.metrics["quality_samples"] == 40
+
+
+def test_a_vae_is_read_as_an_autoencoder():
+    torch.manual_seed(0)
+    vae = VAE(z_dim=3, hidden=(8,))
+    ae = as_autoencoder(vae)
+    assert isinstance(ae, Autoencoder) and ae.z_dim == 3 and ae.num_labels == 0
+    x = torch.rand(5, 1, 28, 28)
+    with seeded(1):
+        codes = ae.codes(x)
+    with seeded(1):
+        expected = vae.posterior(x).sample()
+    assert torch.equal(codes, expected)
+    with seeded(2):
+        prior = ae.prior_sample(4)
+    with seeded(2):
+        assert torch.equal(prior, torch.randn(4, 3))
+    with seeded(3):
+        loss = ae.reconstruction_loss((x,))
+    with seeded(3):
+        z = vae.posterior(x).sample()
+        nll = -vae.likelihood(vae.decoder(z)).log_prob(x.reshape(5, -1)).mean()
+    assert float(loss) == pytest.approx(float(nll.detach()))
+    aae = AAE(z_dim=2, hidden=(8,), d_hidden=(8,))
+    assert as_autoencoder(aae) is aae
+    with pytest.raises(ConfigError, match="label-conditional"):
+        as_autoencoder(VAE(z_dim=2, hidden=(8,), num_labels=10))
+    with pytest.raises(ConfigError, match="no autoencoder with a prior: it lacks codes"):
+        as_autoencoder(nn.Linear(2, 2))
+
+
+def test_class_error_in_eval_mode_with_the_mode_given_back():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.modes = []
+
+        def predict(self, x):
+            self.modes.append(self.training)
+            return x.long()
+
+    net = Net().train()
+    err = class_error(net, torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([0, 1, 0, 0]))
+    assert err == pytest.approx(50.0) and net.modes == [False] and net.training
+
+
+def test_seeded_forks_the_random_state():
+    torch.manual_seed(9)
+    before = torch.get_rng_state()
+    with seeded(7):
+        a = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), before)
+    with seeded(7, "cpu"):
+        assert torch.equal(torch.rand(3), a)
