@@ -38,7 +38,6 @@ from typing import List
 
 from probgen import checks, cli
 from probgen.data import recipes
-from probgen.metrics.quality import quality_scorer
 from probgen.models.flowgan import FlowGAN
 from probgen.train import Metric, fit, set_seed
 from probgen.train.callbacks import TrainingCPUTime
@@ -89,21 +88,13 @@ def parse_args(argv=None):
     p.add_argument("--eval-size", type=positive, default=None, help="test images (all)")
     p.add_argument("--iw-samples", type=positive, default=16,
                    help="noise draws of DenseFlow's bound at evaluation")
-    p.add_argument("--fid-samples", default=10000,
-                   type=checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
-                                   hint="FID on the classifier's 128 features"),
+    p.add_argument("--fid-samples", default=10000, type=cli.sample_count(),
                    help="samples of FID and KID")
-    p.add_argument("--data-root", default=None,
-                   help="folder of torchvision data sets (default: probgen's cache)")
-    p.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
-    p.add_argument("--inception-weights", default=None,
-                   help="Inception-v3 FID weights (a path, or 'download') for colour data")
+    cli.image_source_flags(p)
     args = cli.finish_args(p, argv, smoke=dict(
         train_size=256, eval_size=256, depth=1, hidden=8, iw_samples=2,
         fid_samples=300))
-    if args.inception_weights and args.fid_samples < cli.MIN_INCEPTION_FID_SAMPLES:
-        p.error(f"--fid-samples must be at least {cli.MIN_INCEPTION_FID_SAMPLES} for an FID on "
-                f"Inception's 2048 features, got {args.fid_samples}")
+    cli.check_inception_samples(p, args, "fid_samples")
     if args.base is not None and args.flow != "nice":
         p.error(f"--base picks NICE's base; --flow {args.flow} has a normal base")
     return args
@@ -214,10 +205,7 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     data = load_data(args)
-    scorer = quality_scorer(data[3], inception_weights=args.inception_weights)
-    if scorer is None:
-        print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
-              "--inception-weights for colour images", flush=True)
+    scorer = cli.quality_scorer(args, data[3])
     records = {}
     for s in settings(args):
         records[s["tag"]] = train_one(args, s, data, scorer)

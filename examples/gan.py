@@ -46,7 +46,7 @@ import torch
 from probgen import checks, cli
 from probgen.data import recipes
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
-from probgen.metrics.quality import FIDCurve, quality_scorer
+from probgen.metrics.quality import FIDCurve
 from probgen.models import GAN
 from probgen.train import fit, set_seed
 from probgen.train.callbacks import Snapshots, TrainingCPUTime
@@ -99,10 +99,9 @@ def parse_args(argv=None):
                         "for toy1d)")
     p.add_argument("--fid-every", type=checks.arg(checks.nonnegative_int), default=1,
                    help="epochs between FIDs (0: never)")
-    fid_samples = checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
-                             hint="FID on the classifier's 128 features")
-    p.add_argument("--fid-samples", type=fid_samples, default=10000, help="samples per FID")
-    p.add_argument("--eval-samples", type=fid_samples, default=10000,
+    p.add_argument("--fid-samples", type=cli.sample_count(), default=10000,
+                   help="samples per FID")
+    p.add_argument("--eval-samples", type=cli.sample_count(), default=10000,
                    help="samples of the final FID, KID, precision/recall, coverage")
     p.add_argument("--keep-best", action="store_true",
                    help="keep the weights of the epoch with the lowest FID (and stop after "
@@ -111,21 +110,11 @@ def parse_args(argv=None):
                    help="epochs at which samples (and the toy's D) are drawn")
     p.add_argument("--toy-size", type=positive, default=None,
                    help=f"toy1d: data points (default {TOY['toy_size']})")
-    p.add_argument("--data-root", default=None,
-                   help="folder of torchvision data sets (default: probgen's cache)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download (CIFAR-10 downloads with torchvision when missing)")
-    p.add_argument("--inception-weights", default=None,
-                   help="Inception-v3 FID weights (a path, or 'download') for colour data")
+    cli.image_source_flags(p)
     args = cli.finish_args(p, argv, smoke=dict(
         fid_samples=300, eval_samples=1000, snapshots=2, toy_size=1024, width=[8, 8],
         hidden=[16, 16]))
-    if args.inception_weights:
-        for name in ("fid_samples", "eval_samples"):
-            if getattr(args, name) < cli.MIN_INCEPTION_FID_SAMPLES:
-                p.error(f"--{name.replace('_', '-')} must be at least "
-                        f"{cli.MIN_INCEPTION_FID_SAMPLES} for an FID on Inception's 2048 "
-                        f"features, got {getattr(args, name)}")
+    cli.check_inception_samples(p, args, "fid_samples", "eval_samples")
     if args.data == "toy1d":
         if args.arch == "dcgan":
             p.error("the 1-D toy takes --arch mlp")
@@ -263,11 +252,7 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     data = load_data(args)
-    scorer = None if data[1] is None else quality_scorer(
-        data[1], inception_weights=args.inception_weights)
-    if scorer is None and args.data != "toy1d":
-        print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
-              "--inception-weights for colour images", flush=True)
+    scorer = cli.quality_scorer(args, data[1]) if args.data != "toy1d" else None
     records, histories = {}, {}
     for loss in args.loss:
         _, records[loss] = train_one(args, loss, data, scorer)

@@ -83,9 +83,7 @@ def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=30, out="results/sample_quality",
                           patience=None, batch_size=100, val_size=0, need_val=False)
     p.add_argument("--models", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    p.add_argument("--samples", default=10000,
-                   type=checks.arg(checks.integer, low=cli.MIN_FID_SAMPLES,
-                                   hint="FID on the classifier's 128 features"),
+    p.add_argument("--samples", default=10000, type=cli.sample_count(),
                    help="samples scored per model")
     p.add_argument("--flow-epochs", type=checks.arg(checks.positive_int), default=5)
     p.add_argument("--gan-epochs", type=checks.arg(checks.positive_int), default=5)

@@ -52,6 +52,7 @@ from probgen import checks
 from probgen.data.recipes import with_settings  # noqa: F401  (the scripts' name for it)
 from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
 from probgen.metrics.quality import min_fid_samples
+from probgen.metrics.quality import quality_scorer as metrics_quality_scorer
 from probgen.train import OPTIMIZERS, FitConfig, resolve_device, set_seed
 from probgen.train.callbacks import Callback
 from probgen.train.distributed import env_world_size, is_main_process
@@ -132,6 +133,51 @@ def common_parser(description: str, epochs: int, out: str, patience: Optional[in
                         f"tensorboard: tensorboard/[<fit>/]; mlflow: mlruns/ (a local SQLite "
                         f"store); wandb: wandb/ (offline)")
     return p
+
+
+def sample_count(zero: Optional[str] = None):
+    """The argparse ``type=`` of a number of samples an FID scores: at least
+    :data:`MIN_FID_SAMPLES` (more samples than the MNIST classifier's features); 0 accepted
+    where ``zero`` says what it means (``"skip"``)."""
+    kw = {} if zero is None else {"zero": zero}
+    return checks.arg(checks.integer, low=MIN_FID_SAMPLES, hint="FID on the classifier's 128 "
+                      "features", **kw)
+
+
+def image_source_flags(p: argparse.ArgumentParser) -> None:
+    """``--data-root``, ``--no-download`` and ``--inception-weights``: where a torchvision
+    data set (CIFAR-10) lives, and the Inception-v3 weights of an FID on colour images
+    (:func:`check_inception_samples` checks the sample counts after parsing)."""
+    p.add_argument("--data-root", default=None,
+                   help="folder of torchvision data sets (default: probgen's cache)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download (CIFAR-10 downloads with torchvision when missing)")
+    p.add_argument("--inception-weights", default=None,
+                   help="Inception-v3 FID weights (a path, or 'download') for colour data")
+
+
+def check_inception_samples(p: argparse.ArgumentParser, args, *names: str) -> None:
+    """With ``--inception-weights``, each sample-count flag ``names`` (``"fid_samples"``)
+    must reach :data:`MIN_INCEPTION_FID_SAMPLES` (more samples than Inception's 2048
+    features): argparse's one-line error otherwise."""
+    if not getattr(args, "inception_weights", None):
+        return
+    for name in names:
+        if getattr(args, name) < MIN_INCEPTION_FID_SAMPLES:
+            p.error(f"--{name.replace('_', '-')} must be at least {MIN_INCEPTION_FID_SAMPLES} "
+                    f"for an FID on Inception's 2048 features, got {getattr(args, name)}")
+
+
+def quality_scorer(args, images, **kwargs):
+    """:func:`probgen.metrics.quality.quality_scorer` of the test ``images`` with the run's
+    ``--inception-weights``; where no features fit the data, ``None`` after a line that
+    says so."""
+    scorer = None if images is None else metrics_quality_scorer(
+        images, inception_weights=getattr(args, "inception_weights", None), **kwargs)
+    if scorer is None:
+        print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
+              "--inception-weights for colour images", flush=True)
+    return scorer
 
 
 def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str, Any]] = None):

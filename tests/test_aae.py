@@ -19,6 +19,7 @@ from probgen.models.aae import (AAE, ENCODERS, SemiSupervisedAAE, SwissRollPrior
                                 labelled_split)
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
+from probgen.viz import style_codes
 from tests.conftest import QUIET, load_example, run_example
 
 NO_MONITOR = dict(patience=None, restore_best=False)
@@ -669,29 +670,24 @@ def test_example_conditional_default_prior_has_a_component_per_digit(example, tm
         torch.set_num_threads(threads)
 
 
-def test_example_measure_leaves_the_global_random_state_alone(example, tmp_path):
-    """measure() seeds its own draws in a forked random state: the same numbers on every
+def test_aae_report_leaves_the_global_random_state_alone():
+    """aae_report seeds its own draws in a forked random state: the same numbers on every
     call, and the caller's random state as it was."""
-    threads = torch.get_num_threads()
-    try:
-        args = example.parse_args(["--smoke", "--out", str(tmp_path), "--threads", "1",
-                                   "--device", "cpu", "--parzen-samples", "0",
-                                   "--fid-samples", "0"])
-    finally:
-        torch.set_num_threads(threads)
+    from probgen.metrics.report import aae_report
+
     torch.manual_seed(5)
     aae = AAE(z_dim=2, hidden=(16,), d_hidden=(16,), encoder="gaussian")
     g = torch.Generator().manual_seed(0)
-    test = TensorData(torch.rand(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,)))
-    splits = {"test": test, "val": test}
+    x, y = torch.rand(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,))
     state = torch.get_rng_state()
-    first = example.measure(aae, splits, args, "rng")
+    first = aae_report(aae, (x, y), x, parzen_samples=0, seed=17).metrics
     assert torch.equal(torch.get_rng_state(), state)
     torch.rand(3)                                         # another caller state
-    assert example.measure(aae, splits, args, "rng")["mmd2"] == first["mmd2"]
+    assert aae_report(aae, (x, y), x, parzen_samples=0, seed=17).metrics["mmd2"] == \
+        first["mmd2"]
 
 
-def test_example_style_codes_hold_the_style_while_the_label_changes(example):
+def test_style_codes_hold_the_style_while_the_label_changes():
     """With the label at the decoder only, a row is one code; with it at the discriminator
     too (mixture prior), a row is the same place in each class's component: whitened by
     their components (z = loc_c + L_c eps), the codes of a row share one eps."""
@@ -699,11 +695,11 @@ def test_example_style_codes_hold_the_style_while_the_label_changes(example):
     decoder = tiny(num_labels=10, label_to_discriminator=False, label_to_decoder=True)
     both = tiny(num_labels=10, prior="mixture", label_to_decoder=True)
     state = torch.get_rng_state()
-    z, labels = example.style_codes(decoder, styles=3)
+    z, labels = style_codes(decoder, styles=3)
     assert torch.equal(labels, torch.arange(10).repeat(3))
     z = z.reshape(3, 10, 2)
     assert torch.equal(z, z[:, :1].expand(3, 10, 2)) and not torch.equal(z[0], z[1])
-    z, _ = example.style_codes(both, styles=3)
+    z, _ = style_codes(both, styles=3)
     z = z.reshape(3, 10, 2)
     comps = both.prior_spec.components(torch.zeros(()))
     eps = torch.linalg.solve_triangular(comps.scale_tril, (z - comps.loc)[..., None],
