@@ -403,3 +403,32 @@ def test_the_fid_minimum_is_the_metrics_own():
         quality.frechet_distance(real, fake[:-1])
     with pytest.raises(ConfigError, match="feature must be one of"):
         quality.min_fid_samples("clip")
+
+
+def test_the_shared_fid_flags_and_their_checks(capsys):
+    p = cli.Parser(prog="x")
+    p.add_argument("--fid-samples", type=cli.sample_count(), default=10000)
+    p.add_argument("--eval-samples", type=cli.sample_count(zero="skip"), default=10000)
+    cli.image_source_flags(p)
+    args = p.parse_args(["--fid-samples", str(cli.MIN_FID_SAMPLES), "--eval-samples", "0"])
+    assert args.fid_samples == cli.MIN_FID_SAMPLES and args.eval_samples == 0
+    assert args.data_root is None and not args.no_download and args.inception_weights is None
+    cli.check_inception_samples(p, args, "fid_samples")         # no Inception: no check
+    with pytest.raises(SystemExit) as info:
+        p.parse_args(["--fid-samples", str(cli.MIN_FID_SAMPLES - 1)])
+    assert info.value.code == 2 and "--fid-samples must be at least" in capsys.readouterr().err
+    args = p.parse_args(["--inception-weights", "w.pt", "--fid-samples", "2000"])
+    with pytest.raises(SystemExit) as info:
+        cli.check_inception_samples(p, args, "eval_samples", "fid_samples")
+    last = capsys.readouterr().err.splitlines()[-1]      # argparse's usage, then the line
+    assert info.value.code == 2
+    assert f"--fid-samples must be at least {cli.MIN_INCEPTION_FID_SAMPLES}" in last
+
+
+def test_cli_quality_scorer_says_when_no_features_fit(capsys):
+    args = argparse.Namespace(inception_weights=None)
+    assert cli.quality_scorer(args, torch.rand(4, 3, 32, 32)) is None
+    assert "no FID for this data" in capsys.readouterr().out
+    scorer = cli.quality_scorer(args, torch.rand(200, 1, 28, 28), seed=3)
+    assert scorer.feature == "mnist" and scorer.seed == 3 and len(scorer.reference) == 200
+    assert capsys.readouterr().out == ""
