@@ -174,3 +174,78 @@ def test_seeded_forks_the_random_state():
     assert torch.equal(torch.get_rng_state(), before)
     with seeded(7, "cpu"):
         assert torch.equal(torch.rand(3), a)
+
+
+# --------------------------------------------------------------------------- likelihood, scenes
+
+class ExactPair:
+    """z ~ N(0, 1), x ~ N(z, 1) per example, with the exact posterior N(x/2, 1/2) as guide:
+    the ELBO and the importance-weighted bound both equal log p(x) = log N(x; 0, 2) for
+    every draw."""
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))
+
+
+def test_likelihood_report_against_the_closed_form():
+    from probgen.data import TensorData
+    from probgen.metrics.report import likelihood_report
+
+    x = torch.linspace(-3, 3, 12, dtype=torch.float64)
+    nll = -torch.distributions.Normal(0.0, 2 ** 0.5).log_prob(x)
+    groups = torch.tensor([1, 2, 3] * 4)
+    state = torch.get_rng_state()
+    out = likelihood_report(ExactPair(), TensorData(x), elbo_particles=3, iw_samples=5,
+                            iw_size=8, groups=groups, batch_size=5, iw_batch_size=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert out["neg_elbo"] == pytest.approx(float(nll.mean()), rel=1e-6)
+    assert out["iw_nll"] == pytest.approx(float(nll[:8].mean()), rel=1e-6)
+    assert out["neg_elbo_iw_subset"] == pytest.approx(float(nll[:8].mean()), rel=1e-6)
+    assert out["neg_elbo_by_group"] == pytest.approx(
+        {g: float(nll[groups == g].mean()) for g in (1, 2, 3)}, rel=1e-6)
+    assert set(likelihood_report(ExactPair(), TensorData(x))) == {"neg_elbo"}
+
+
+def test_decomposition_report_against_a_hand_count():
+    from probgen.data import TensorData
+    from probgen.metrics.segmentation import decomposition_report
+
+    # three scenes of 4x4 pixels: two objects, one object, two objects
+    seg = torch.zeros(3, 4, 4, dtype=torch.long)
+    seg[0, :2], seg[0, 2:] = 1, 2
+    seg[1, 1:3, 1:3] = 1
+    seg[2, :, :2], seg[2, :, 2:] = 1, 2
+    counts = torch.tensor([2, 1, 2])
+
+    def decompose(x):
+        """Scene i's entities: the true objects exactly (scene 2: both in one entity)."""
+        idx = x.flatten().long()
+        ink = torch.zeros(len(idx), 2, 4, 4)
+        for b, i in enumerate(idx.tolist()):
+            for k in range(2):
+                ink[b, k] = 30.0 * (seg[i] == k + 1)
+            if i == 2:
+                ink[b, 0], ink[b, 1] = 30.0 * (seg[i] > 0), 0.0
+        return {"ink": ink}
+
+    out = decomposition_report(decompose, TensorData(torch.arange(3.0)[:, None]), seg, counts,
+                               min_ink=20.0, batch_size=2)
+    # ARI 1, 1 and 0 (one entity over two objects); active entities 2, 1, 1
+    assert out["ari"] == pytest.approx(2 / 3)
+    assert out["count_accuracy"] == pytest.approx(2 / 3)
+    assert out["by_count"] == [
+        {"digits": 1, "scenes": 1, "ari": 1.0, "count_accuracy": 1.0, "mean_active": 1.0},
+        {"digits": 2, "scenes": 2, "ari": pytest.approx(0.5), "count_accuracy": 0.5,
+         "mean_active": 1.5}]

@@ -58,6 +58,10 @@ def _figures():
         "discriminator_figure": lambda path: viz.discriminator_figure(
             {"epoch 1": {"samples": torch.randn(100, 1, generator=g), "d": torch.rand(9)}},
             torch.linspace(-5, 5, 9), torch.full((9,), 0.1), path, title="t"),
+        "kl_map_figure": lambda path: viz.kl_map_figure(
+            torch.rand(2, 1, 16, 16, generator=g),
+            {"kl": torch.rand(2, 4, 4, generator=g), "indices": torch.tensor([[0, 5], [3, 9]]),
+             "centres": torch.zeros(2, 2, 2)}, 4, path),
         "style_figure": lambda path: viz.style_figure(_Conditional(), path, styles=2),
         "tradeoff_figure": lambda path: viz.tradeoff_figure(
             {"w0": (1.1, 30.0), "w1": (20.0, 9.0)}, path, xlabel="bits/dim", ylabel="FID"),
@@ -277,3 +281,20 @@ def test_manifold_codes_around_a_priors_draws():
     assert z[0].tolist() == pytest.approx([float(lo[0]), float(hi[1])])   # top left
     assert z[-1].tolist() == pytest.approx([float(hi[0]), float(lo[1])])  # bottom right
     assert z[1, 0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_colourize_gives_each_entity_its_colour():
+    from probgen.viz.scenes import ENTITY_COLOURS
+
+    ink = torch.zeros(1, 9, 2, 2)
+    for k in range(9):
+        ink[0, k, k // 4 % 2, k % 2] = 0.5 if k < 8 else 0.0
+    rgb = viz.colourize(ink)
+    assert rgb.shape == (1, 3, 2, 2)
+    # pixel (0, 0) holds entities 0 and 2 at half ink each: their colours' half-sum
+    assert rgb[0, :, 0, 0].tolist() == pytest.approx(
+        (0.5 * (ENTITY_COLOURS[0] + ENTITY_COLOURS[2])).clamp(0, 1).tolist())
+    one = viz.one_colour(ink[:, 9 - 1], 9)         # the ninth entity: the second colour again
+    assert one.shape == (1, 3, 2, 2) and float(one.sum()) == 0.0
+    assert viz.one_colour(torch.ones(1, 1, 1), 9)[0, :, 0, 0].tolist() == pytest.approx(
+        ENTITY_COLOURS[1].tolist())

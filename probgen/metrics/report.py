@@ -2,6 +2,8 @@
 
 * :func:`autoencoder_report`: a VAE's likelihood figures (-ELBO, importance-weighted NLL,
   KL, active units, reconstruction error);
+* :func:`likelihood_report`: any model/guide pair's -ELBO and importance-weighted NLL, and
+  the -ELBO by group (scenes by their number of objects);
 * :func:`aae_report`: an adversarial autoencoder's (Makhzani et al. 2015, "Adversarial
   Autoencoders"), for any :class:`Autoencoder` (an AAE, a VAE of the same networks):
   reconstruction, how well the codes match the prior, the Parzen window, FID/KID, and a
@@ -21,7 +23,7 @@ from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
-from probgen.metrics.likelihood import elbo_per_example, iw_nll
+from probgen.metrics.likelihood import elbo_and_iw_nll, elbo_per_example, iw_nll
 from probgen.metrics.parzen import mmd, parzen_score
 
 
@@ -73,6 +75,43 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
                                progress=progress)
         out["iw_samples"], out["iw_size"] = iw_samples, len(subset)
         out["iw_seconds"] = time.perf_counter() - t0
+    return out
+
+
+@torch.no_grad()
+def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
+                      iw_samples: int = 0, iw_size: Optional[int] = None,
+                      groups: Optional[torch.Tensor] = None, seed: int = 0,
+                      batch_size: int = 100, iw_batch_size: int = 50,
+                      progress: bool = False) -> Dict[str, Any]:
+    """The likelihood bounds of a Pyro ``model``/``guide`` pair on ``data``, in nats per
+    example:
+
+    * ``neg_elbo``: ``-ELBO`` with ``elbo_particles`` samples over all of ``data``;
+    * with ``iw_samples``: ``iw_nll``, importance-sampled ``-log p(x)`` with that many
+      samples on the first ``iw_size`` examples, and ``neg_elbo_iw_subset``, the -ELBO of
+      the same examples from the same draws (:func:`probgen.metrics.elbo_and_iw_nll`);
+    * with ``groups`` (one integer per example, e.g. the number of objects in a scene):
+      ``neg_elbo_by_group``, the -ELBO's mean per group value.
+
+    Each estimate draws its random numbers from ``seed`` in a forked random state
+    (:func:`seeded`): the caller's stream is left alone.
+    """
+    with seeded(seed):
+        per_example = -elbo_per_example(model.model, model.guide, data,
+                                        num_particles=elbo_particles, batch_size=batch_size)
+    out: Dict[str, Any] = {"neg_elbo": float(per_example.mean())}
+    if iw_samples:
+        sub = data if iw_size is None else data.subset(slice(0, iw_size))
+        with seeded(seed):
+            both = elbo_and_iw_nll(model.model, model.guide, sub, elbo_particles=elbo_particles,
+                                   iw_samples=iw_samples, batch_size=iw_batch_size,
+                                   progress=progress)
+        out.update(iw_nll=both["iw_nll"], neg_elbo_iw_subset=both["neg_elbo"])
+    if groups is not None:
+        groups = groups.to(per_example.device)
+        out["neg_elbo_by_group"] = {int(g): float(per_example[groups == g].mean())
+                                    for g in groups.unique().tolist()}
     return out
 
 
@@ -338,4 +377,4 @@ def _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer, fid
 
 
 __all__ = ["AAEReport", "Autoencoder", "aae_report", "as_autoencoder", "autoencoder_report",
-           "class_error", "seeded"]
+           "class_error", "likelihood_report", "seeded"]

@@ -20,7 +20,7 @@ a batch of scenes at once, on the pixels a mask selects (the foreground).
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -116,3 +116,36 @@ def decomposition_scores(renders: torch.Tensor, segmentation: torch.Tensor,
     ari = adjusted_rand_index(segmentation.long(), pred, mask=segmentation > 0)
     active = active_entities(renders, min_ink).sum(1)
     return {"ari": ari, "active": active, "count_correct": active == counts.to(active.device)}
+
+
+@torch.no_grad()
+def decomposition_report(decompose, data, segmentation: torch.Tensor, counts: torch.Tensor,
+                         min_ink: float = 20.0, batch_size: int = 200) -> Dict[str, Any]:
+    """:func:`decomposition_scores` of a whole test set, overall and by object count.
+
+    Args:
+        decompose: scenes ``(B, 1, H, W)`` -> a dict with ``ink`` ``(B, K, H, W)`` (a
+            :class:`probgen.models.MEVAE`'s ``decompose``).
+        data: the scenes, a :class:`~probgen.data.TensorData` whose first tensor they are,
+            in the order of ``segmentation`` and ``counts``.
+        segmentation, counts: the ground truth (:func:`decomposition_scores`).
+
+    Returns:
+        ``ari`` and ``count_accuracy`` (means over the scenes) and ``by_count``: one dict
+        per object count ``digits`` with its ``scenes``, ``ari``, ``count_accuracy`` and
+        ``mean_active`` (active entities).
+    """
+    scores: Dict[str, list] = {"ari": [], "active": [], "count_correct": []}
+    for (xb, *_), segb, cb in zip(data.batches(batch_size), segmentation.split(batch_size),
+                                  counts.split(batch_size)):
+        for k, v in decomposition_scores(decompose(xb)["ink"], segb, cb, min_ink).items():
+            scores[k].append(v.cpu())
+    s = {k: torch.cat(v) for k, v in scores.items()}
+    cnt = counts.cpu()
+    by_count = [{"digits": c, "scenes": int((cnt == c).sum()),
+                 "ari": float(s["ari"][cnt == c].mean()),
+                 "count_accuracy": float(s["count_correct"][cnt == c].float().mean()),
+                 "mean_active": float(s["active"][cnt == c].float().mean())}
+                for c in cnt.unique().tolist()]
+    return {"ari": float(s["ari"].mean()),
+            "count_accuracy": float(s["count_correct"].float().mean()), "by_count": by_count}
