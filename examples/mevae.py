@@ -30,26 +30,18 @@ models (mevae.pt, vae.pt; probgen.load rebuilds them).
 
 from __future__ import annotations
 
-import csv
-import math
 import sys
 import time
-
-import torch
 
 from probgen import checks, cli
 from probgen.data.scenes import images_only, scene_splits
 from probgen.errors import ConfigError
-from probgen.metrics.likelihood import elbo_and_iw_nll, elbo_per_example
-from probgen.metrics.segmentation import decomposition_scores
+from probgen.metrics.report import likelihood_report
+from probgen.metrics.segmentation import decomposition_report
 from probgen.models.mevae import MEVAE
 from probgen.models.vae import VAE
 from probgen.train import fit, save_model, set_seed
-from probgen.viz import learning_curves, rows_figure
-from probgen.viz.images import new_figure, save
-
-COLOURS = torch.tensor([[0.95, 0.25, 0.2], [0.2, 0.6, 1.0], [0.3, 0.85, 0.3], [1.0, 0.8, 0.1],
-                        [0.8, 0.35, 0.95], [0.1, 0.9, 0.9], [1.0, 0.5, 0.0], [0.9, 0.9, 0.9]])
+from probgen.viz import colourize, kl_map_figure, learning_curves, one_colour, rows_figure
 
 
 def parse_args(argv=None):
@@ -85,54 +77,6 @@ def parse_args(argv=None):
     return args
 
 
-def colourize(ink: torch.Tensor) -> torch.Tensor:
-    """``(B, K, H, W)`` entity inks -> ``(B, 3, H, W)``, each entity in its own colour."""
-    k = ink.shape[1]
-    colours = COLOURS.to(ink)[torch.arange(k, device=ink.device) % len(COLOURS)]
-    return torch.einsum("bkhw,kc->bchw", ink, colours).clamp(0, 1)
-
-
-def one_colour(ink: torch.Tensor, k: int) -> torch.Tensor:
-    """One entity's ink ``(B, H, W)`` in entity k's colour, ``(B, 3, H, W)``."""
-    return ink.unsqueeze(1) * COLOURS[k % len(COLOURS)].to(ink).view(1, 3, 1, 1)
-
-
-def kl_map_figure(x, parts, grid, path, n=6):
-    """Top: scenes with the kept cells boxed and their entities' centres crossed, in the
-    entities' colours; bottom: every candidate's KL on the grid, the kept ones numbered."""
-    from matplotlib.patches import Rectangle
-
-    n = min(n, x.shape[0])
-    fig, axes = new_figure(2, n, figsize=(1.8 * n, 3.7), squeeze=False)
-    canvas = x.shape[-1]
-    cell = canvas / grid
-    for j in range(n):
-        top, bottom = axes[0, j], axes[1, j]
-        top.imshow(x[j, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        im = bottom.imshow(parts["kl"][j].cpu().numpy(), cmap="magma", interpolation="nearest")
-        for r, idx in enumerate(parts["indices"][j].tolist()):
-            colour = COLOURS[r % len(COLOURS)].tolist()
-            gy, gx = divmod(idx, grid)
-            top.add_patch(Rectangle((gx * cell - 0.5, gy * cell - 0.5), cell, cell, fill=False,
-                                    edgecolor=colour, lw=1.2))
-            cx, cy = ((parts["centres"][j, r].cpu() + 1) * canvas / 2 - 0.5).tolist()
-            top.plot([cx], [cy], "+", color=colour, ms=7, mew=1.5)
-            bottom.text(gx, gy, str(r + 1), ha="center", va="center", fontsize=7, color=colour,
-                        fontweight="bold")
-        for ax in (top, bottom):
-            ax.set_xticks([])
-            ax.set_yticks([])
-        top.set_xlim(-0.5, canvas - 0.5)
-        top.set_ylim(canvas - 0.5, -0.5)
-        fig.colorbar(im, ax=bottom, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    axes[0, 0].set_ylabel("kept cells (boxes),\nentity centres (+)", fontsize=7)
-    axes[1, 0].set_ylabel("KL(q || N(0, I)), nats", fontsize=7)
-    fig.suptitle(f"candidate grid {grid}x{grid}: the K largest KL are kept (numbered by rank)",
-                 fontsize=9)
-    fig.tight_layout(pad=0.3)
-    return save(fig, path)
-
-
 def train(model, splits, args, name):
     set_seed(args.seed)
     print(f"\n== {name}: {model.extra_repr()} | {sum(p.numel() for p in model.parameters())} "
@@ -142,26 +86,6 @@ def train(model, splits, args, name):
                  callbacks=cli.trackers(args, name))
     save_model(model, args.out / f"{name}.pt")
     return result
-
-
-def likelihood_metrics(model, test, counts, args):
-    """-ELBO and IS NLL (nats per scene) and the -ELBO by digit count."""
-    t0 = time.perf_counter()
-    set_seed(args.seed)
-    per_scene = -elbo_per_example(model.model, model.guide, test, num_particles=args.elbo_particles,
-                                  batch_size=100)
-    out = {"neg_elbo": float(per_scene.mean())}
-    if args.iw_samples:
-        set_seed(args.seed)
-        sub = test.subset(slice(0, args.iw_size))
-        both = elbo_and_iw_nll(model.model, model.guide, sub, elbo_particles=args.elbo_particles,
-                               iw_samples=args.iw_samples, batch_size=50,
-                               progress=not args.no_progress)
-        out.update(iw_nll=both["iw_nll"], neg_elbo_iw_subset=both["neg_elbo"])
-    out["neg_elbo_by_count"] = {int(c): float(per_scene[counts == c].mean())
-                                for c in counts.unique().tolist()}
-    out["eval_seconds"] = time.perf_counter() - t0
-    return out
 
 
 def main(argv=None):
@@ -198,7 +122,12 @@ def main(argv=None):
     results, rows = {}, []
     for name, model in models.items():
         model.eval()
-        rec = likelihood_metrics(model, data["test"], counts, args)
+        t0 = time.perf_counter()
+        rec = likelihood_report(model, data["test"], elbo_particles=args.elbo_particles,
+                                iw_samples=args.iw_samples, iw_size=args.iw_size, groups=counts,
+                                seed=args.seed, progress=not args.no_progress)
+        rec["neg_elbo_by_count"] = rec.pop("neg_elbo_by_group")
+        rec["eval_seconds"] = time.perf_counter() - t0
         rec.update(latent_dims=model.num_entities * model.latent_dim if name == "mevae"
                    else model.z_dim, parameters=sum(p.numel() for p in model.parameters()),
                    epochs_run=fits[name].epochs_run, best_epoch=fits[name].best_epoch + 1,
@@ -206,26 +135,15 @@ def main(argv=None):
         results[name] = rec
 
     # decomposition quality (MEVAE only)
-    scores = {"ari": [], "active": [], "count_correct": []}
-    for (xb,), segb, cb in zip(data["test"].batches(200), seg.split(200), counts.split(200)):
-        parts = mevae.decompose(xb)
-        for k, v in decomposition_scores(parts["ink"], segb, cb, args.min_ink).items():
-            scores[k].append(v.cpu())
-    scores = {k: torch.cat(v) for k, v in scores.items()}
-    cnt = counts.cpu()
-    results["mevae"].update(ari=float(scores["ari"].mean()),
-                            count_accuracy=float(scores["count_correct"].float().mean()))
-    by_count = []
-    for c in cnt.unique().tolist():
-        sel = cnt == c
-        by_count.append({"digits": c, "scenes": int(sel.sum()),
-                         "mevae_ari": float(scores["ari"][sel].mean()),
-                         "mevae_count_accuracy": float(scores["count_correct"][sel].float().mean()),
-                         "mevae_mean_active": float(scores["active"][sel].float().mean()),
-                         "mevae_neg_elbo": results["mevae"]["neg_elbo_by_count"][c],
-                         "vae_neg_elbo": results["vae"]["neg_elbo_by_count"][c]
-                         if "vae" in results else float("nan")})
-    results["by_count"] = by_count
+    dec = decomposition_report(mevae.decompose, data["test"], seg, counts, args.min_ink)
+    results["mevae"].update(ari=dec["ari"], count_accuracy=dec["count_accuracy"])
+    results["by_count"] = [
+        {"digits": c["digits"], "scenes": c["scenes"], "mevae_ari": c["ari"],
+         "mevae_count_accuracy": c["count_accuracy"], "mevae_mean_active": c["mean_active"],
+         "mevae_neg_elbo": results["mevae"]["neg_elbo_by_count"][c["digits"]],
+         "vae_neg_elbo": results["vae"]["neg_elbo_by_count"][c["digits"]]
+         if "vae" in results else float("nan")} for c in dec["by_count"]]
+    by_count = results["by_count"]
 
     for name, model in models.items():
         r = results[name]
@@ -264,12 +182,7 @@ def main(argv=None):
     cli.print_table(rows)
     print("\nBy number of digits:")
     cli.print_table(by_count)
-    with open(args.out / "by_count.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(by_count[0]))
-        w.writeheader()
-        for row in by_count:
-            w.writerow({k: f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v
-                        for k, v in row.items()})
+    cli.write_table(args.out / "by_count.csv", by_count)
     record = cli.write_results(args.out, results, args, started, table=rows)
     print(f"wall time {record['wall_seconds'] / 60:.1f} min on {record['machine']} "
           f"({args.device}); outputs in {args.out}/")
