@@ -100,7 +100,8 @@ def train(args, splits, guide: str):
     model = build(args, guide)
     print(f"\n== {guide}: {model.extra_repr()} ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
-                 checkpoint=str(args.out / f"checkpoint_{_file(guide)}.pt"))
+                 checkpoint=str(args.out / f"checkpoint_{_file(guide)}.pt"),
+                 callbacks=cli.trackers(args, _file(guide)))
     save_model(model, args.out / f"model_{_file(guide)}.pt")
     return model, result
 

@@ -361,13 +361,17 @@ def test_posterior_example_smoke(tmp_path):
 
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "posterior.py"), "--smoke",
                            "--no-progress", "--threads", "1", "--device", "cpu", "--out",
-                           str(tmp_path), "--guides", "diag", "iaf", "sylvester"],
+                           str(tmp_path), "--guides", "diag", "iaf", "sylvester", "zuko:nsf",
+                           "--log", "csv"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     flows = list(csv.DictReader(open(tmp_path / "flows.csv")))
-    assert [r["guide"] for r in flows] == ["diag", "iaf", "sylvester"]
+    assert [r["guide"] for r in flows] == ["diag", "iaf", "sylvester", "zuko:nsf"]
     for r in flows:
         assert 0 < float(r["iw_nll_k16"]) <= float(r["neg_elbo"]) + 1.0
+    # --log csv: one log per fit, named after its guide (zuko:nsf as zuko-nsf)
+    for g in ("diag", "iaf", "sylvester", "zuko-nsf"):
+        assert len((tmp_path / f"log_{g}.csv").read_text().splitlines()) == 3   # 2 epochs
     nuts = list(csv.DictReader(open(tmp_path / "nuts.csv")))
     assert [r["model"] for r in nuts] == ["diag", "iaf"]
     assert all(1.0 <= float(r["max_rhat"]) < 2.0 for r in nuts)
