@@ -7,8 +7,9 @@ networks (784-200-200-z tanh MLPs, Bernoulli likelihood):
   flow guides ``planar``, ``iaf``, ``sylvester``, ``spline`` of ``--depth`` steps; zuko's
   ``zuko:nsf``, ``zuko:maf``, ``zuko:nice``, ``zuko:realnvp`` on request, with hidden
   layers as wide as the spline guide's), trained for the same epochs; test -ELBO,
-  importance-sampled NLL and seconds per epoch in ``flows.csv``. Published ordering in -ELBO (Rezende & Mohamed 2015; Kingma et al.
-  2016; van den Berg et al. 2018): diagonal > planar > IAF >= Sylvester.
+  importance-sampled NLL and seconds per epoch in ``flows.csv``. Published ordering in
+  -ELBO (Rezende & Mohamed 2015; Kingma et al. 2016; van den Berg et al. 2018):
+  diagonal > planar > IAF >= Sylvester.
 * ``nuts``: for ``--images`` test digits, p(z | x) with the decoder fixed, sampled by
   Pyro's NUTS (``--chains`` chains); R-hat and effective sample size through ArviZ in
   ``nuts.csv``, and pair plots of the exact posterior over the guides' q(z|x)
@@ -18,8 +19,9 @@ networks (784-200-200-z tanh MLPs, Bernoulli likelihood):
   the decoder fixed) and the amortized ELBO, for ``--gap-images`` test digits
   (``gaps.csv``).
 
-Models are saved in --out (``model_<guide>.pt``, ``zuko-nsf`` for ``zuko:nsf``); ``--resume`` continues or reuses them, so
-``--parts nuts gaps --resume`` measures the models a ``--parts flows`` run trained.
+Models are saved in --out (``model_<guide>.pt``, ``zuko-nsf`` for ``zuko:nsf``);
+``--resume`` continues or reuses them, so ``--parts nuts gaps --resume`` measures the
+models a ``--parts flows`` run trained.
 
     python examples/posterior.py --epochs 10 --threads 1
     python examples/posterior.py --parts nuts gaps --resume --threads 1
