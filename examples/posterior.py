@@ -34,8 +34,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-
 from probgen import checks, cli
 from probgen.flows.zuko_bridge import ZUKO_FLOWS
 from probgen.infer.guides import GUIDE_FLOWS
