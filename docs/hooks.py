@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import pkgutil
 from pathlib import Path
 
@@ -91,6 +92,15 @@ def _static_path(view: _StaticView, module, attr: str) -> str:
     if view.has(public):
         return public
     obj = getattr(module, attr)
+    if not hasattr(obj, "__qualname__"):
+        # a constant (a number, a tuple) re-exported: render it where a module of the package
+        # defines it under the same name
+        for name in sorted(sys.modules):
+            owner = sys.modules[name]
+            if (name.startswith("probgen.") and owner is not None
+                    and getattr(owner, attr, None) is obj and view.has(f"{name}.{attr}")):
+                return f"{name}.{attr}"
+        return public
     return f"{obj.__module__}.{obj.__qualname__}"
 
 

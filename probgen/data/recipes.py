@@ -18,7 +18,8 @@ from probgen.data.tensors import TensorData
 from probgen.errors import DataError, DataNotFoundError
 
 #: the 1-D toy of a GAN's first test (:func:`toy1d`): N(-1, 1)
-TOY1D_MEAN, TOY1D_STD = -1.0, 1.0
+TOY1D_MEAN = -1.0
+TOY1D_STD = 1.0
 
 
 def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
