@@ -310,7 +310,7 @@ def main(argv=None):
     if "recurrent" in args.method:
         models["recurrent"] = train_recurrent(args, train.sequences(), shape, k, log)
 
-    from probgen.nn.classifier import train_classifier
+    from probgen.metrics.classifier_training import train_classifier
 
     flat = train.flat()
     level_net = train_classifier(flat.tensors[0], flat.tensors[1], epochs=args.classifier_epochs,

@@ -405,7 +405,7 @@ def recount_identity_and_attribute(example, out, rec):
     share of edits whose nearest true image at t (squared distance in the recognition
     features) is their own, and the share the level classifier puts at t."""
     from probgen.data.faces import graded_mnist
-    from probgen.nn.classifier import train_classifier
+    from probgen.metrics.classifier_training import train_classifier
     from probgen.train import load_model
 
     args = json.loads((out / "results.json").read_text())["args"]

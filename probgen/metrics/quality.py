@@ -2,7 +2,8 @@
 and class coverage.
 
 Every model family is scored with the same yardstick: the penultimate layer (128 features)
-of a small MNIST classifier trained by :mod:`probgen.nn.classifier` and shipped with the
+of a small MNIST classifier (:mod:`probgen.nn.classifier`, trained by
+:mod:`probgen.metrics.classifier_training`) and shipped with the
 package. So the metrics here are "FID, MNIST-classifier features" and "KID,
 MNIST-classifier features": they rank MNIST models against each other offline, but their
 values are **not** comparable with published FIDs, which use Inception-v3 features.
@@ -49,6 +50,7 @@ import torch
 from torch import nn
 
 from probgen.errors import CheckpointError, ConfigError, DataError
+from probgen.nn.classifier import load_classifier, shipped_sha256
 from probgen.train import Metric
 
 FID_NAME = "FID, MNIST-classifier features"
@@ -61,13 +63,6 @@ INCEPTION_FEATURES = 2048
 MNIST_FEATURES = 128
 
 MNIST_IMAGE_SHAPE = (1, 28, 28)
-
-
-def _classifier_module():
-    # imported on use: `python -m probgen.nn.classifier` must not find itself imported by
-    # `import probgen` (which imports this module)
-    from probgen.nn import classifier
-    return classifier
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +156,7 @@ class MNISTFeatures(nn.Module):
         super().__init__()
         if classifier is None:
             # the shipped network, channels-last (twice as fast on CPU); a given one is used as it is
-            classifier = _classifier_module().load_classifier().to(memory_format=torch.channels_last)
+            classifier = load_classifier().to(memory_format=torch.channels_last)
         elif classifier.training:
             raise ConfigError("MNISTFeatures needs the classifier in eval mode: call classifier.eval() first.")
         self.classifier = classifier
@@ -190,7 +185,7 @@ class _Precomputed(nn.Module):
 @functools.lru_cache(maxsize=4)
 def _classifier_on(device: str) -> nn.Module:
     # channels-last convolutions run about twice as fast on CPU (measured on this network)
-    return _classifier_module().load_classifier(device=device).to(memory_format=torch.channels_last)
+    return load_classifier(device=device).to(memory_format=torch.channels_last)
 
 
 def _inception(weights: Optional[str]) -> nn.Module:
@@ -227,7 +222,7 @@ def _load_inception(path: Optional[str]) -> nn.Module:
 
 def _feature_id(feature: str) -> str:
     if feature == "mnist":
-        return f"mnist-classifier:{_classifier_module().shipped_sha256()[:16]}"
+        return f"mnist-classifier:{shipped_sha256()[:16]}"
     return f"inception-v3:{INCEPTION_FEATURES}"
 
 

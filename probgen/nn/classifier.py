@@ -1,10 +1,11 @@
 """A small MNIST classifier whose penultimate layer is the feature space of probgen's sample-quality metrics.
 
 FID and KID need a feature network. The usual one, Inception-v3, needs weights from the
-internet and was trained on colour photographs; this classifier is trained by this file
-on the bundled MNIST, so FID and KID on MNIST work offline. Its values are *not*
-comparable with published Inception FIDs: probgen names them "FID, MNIST-classifier
-features" everywhere.
+internet and was trained on colour photographs; this classifier is trained on the bundled
+MNIST (by :mod:`probgen.metrics.classifier_training`), so FID and KID on MNIST work
+offline. Its values are *not* comparable with published Inception FIDs: probgen names
+them "FID, MNIST-classifier features" everywhere. This module holds the network and its
+weights file.
 
 Architecture (131k parameters, 0.5 MB as float32)::
 
@@ -15,28 +16,18 @@ Architecture (131k parameters, 0.5 MB as float32)::
     linear 576->128, BN, ReLU              -> the 128 features
     dropout 0.3, linear 128->10            -> class logits
 
-The shipped weights (``probgen/metrics/_weights/mnist_classifier.pt``, SHA-256 in
-``SHA256SUMS`` beside it) were made by::
-
-    OMP_NUM_THREADS=1 python -m probgen.nn.classifier --out probgen/metrics/_weights/mnist_classifier.pt
-
-which trains on the 60,000 bundled MNIST training images (Adam, one-cycle learning
-rate, random shifts of up to 2 pixels, fixed seed; the test set is used only for the
-accuracy printed at the end) and writes the weights and their SHA-256. The loop is
-plain PyTorch rather than :func:`probgen.fit` so that the recipe behind the shipped
-weights stays fixed when the fit loop's defaults change.
+The shipped weights are ``probgen/metrics/_weights/mnist_classifier.pt`` (SHA-256 in
+``SHA256SUMS`` beside them), retrained by ``python -m probgen.metrics.classifier_training
+--out FILE``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import time
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import CheckpointError, ConfigError
@@ -99,13 +90,13 @@ def shipped_sha256() -> str:
     """The SHA-256 recorded for the shipped weights (``SHA256SUMS`` beside them)."""
     if not SUMS_FILE.exists():
         raise CheckpointError(f"{SUMS_FILE} is missing: reinstall probgen, or retrain the classifier "
-                              f"with `python -m probgen.nn.classifier --out {WEIGHTS_FILE}`.")
+                              f"with `python -m probgen.metrics.classifier_training --out {WEIGHTS_FILE}`.")
     for line in SUMS_FILE.read_text().splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("*") == WEIGHTS_FILE.name:
             return parts[0]
     raise CheckpointError(f"{SUMS_FILE} has no entry for {WEIGHTS_FILE.name}: retrain the classifier "
-                          f"with `python -m probgen.nn.classifier --out {WEIGHTS_FILE}`.")
+                          f"with `python -m probgen.metrics.classifier_training --out {WEIGHTS_FILE}`.")
 
 
 def load_classifier(path: Optional[Union[str, Path]] = None, sha256: Optional[str] = None,
@@ -122,19 +113,19 @@ def load_classifier(path: Optional[Union[str, Path]] = None, sha256: Optional[st
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"classifier weights {path} not found: retrain them with "
-                              f"`python -m probgen.nn.classifier --out {path}`.")
+                              f"`python -m probgen.metrics.classifier_training --out {path}`.")
     if sha256 is not None:
         actual = sha256_of(path)
         if actual != sha256:
             raise CheckpointError(f"classifier weights {path} have SHA-256 {actual}, expected {sha256}: "
                                   f"the file is damaged or foreign; reinstall probgen or retrain with "
-                                  f"`python -m probgen.nn.classifier --out {path}`.")
+                                  f"`python -m probgen.metrics.classifier_training --out {path}`.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...
         raise CheckpointError(f"{path} is not a readable classifier weights file "
                               f"({type(err).__name__}); retrain with "
-                              f"`python -m probgen.nn.classifier --out {path}`.") from None
+                              f"`python -m probgen.metrics.classifier_training --out {path}`.") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a probgen classifier file (no 'state_dict').")
     net = MNISTClassifier(num_features=int(state.get("num_features", 128)))
@@ -143,69 +134,6 @@ def load_classifier(path: Optional[Union[str, Path]] = None, sha256: Optional[st
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit MNISTClassifier: {str(err).splitlines()[0]}") from None
     return net.to(device).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 100) -> float:
-    """Fraction of ``images`` whose arg-max class is ``labels`` (``net`` in eval mode)."""
-    was_training = net.training
-    net.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += int((net(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    net.train(was_training)
-    return correct / len(images)
-
-
-def _random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Each image moved by its own integer offset in [-max_shift, max_shift]^2, zero-filled."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), device=x.device)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])          # (n, h)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])          # (n, w)
-    idx = torch.arange(n, device=x.device)[:, None, None]
-    return padded[:, 0][idx, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
-
-
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 5,
-                     batch_size: int = 128, lr: float = 3e-3, max_shift: int = 2, seed: int = 0,
-                     log=print) -> MNISTClassifier:
-    """Train :class:`MNISTClassifier` on ``images`` ``(N, 1, 28, 28)`` in [0, 1] and ``labels``.
-
-    Adam with a one-cycle learning-rate schedule, random shifts of up to ``max_shift``
-    pixels. Initialisation, shuffling and shifts all follow ``seed``; the global random
-    state is left as it was. Returns the network in eval mode.
-    """
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
-    devices = [images.device] if images.device.type == "cuda" else []
-    # every random draw (initialisation, shuffling, shifts, dropout) follows ``seed`` inside a
-    # forked random state, so the caller's generators are left as they were
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        net = MNISTClassifier().to(images.device)
-        steps = epochs * ((len(images) + batch_size - 1) // batch_size)
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-        net.train()
-        for epoch in range(epochs):
-            start, total, count = time.perf_counter(), 0.0, 0
-            perm = torch.randperm(len(images), device=images.device)
-            for i in range(0, len(images), batch_size):
-                idx = perm[i:i + batch_size]
-                x = _random_shift(images[idx], max_shift) if max_shift else images[idx]
-                loss = F.cross_entropy(net(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            log(f"epoch {epoch + 1}/{epochs}: train loss {total / count:.4f} "
-                f"({time.perf_counter() - start:.0f} s)")
-    return net.eval()
 
 
 def save_classifier(net: MNISTClassifier, path: Union[str, Path], meta: Optional[dict] = None) -> str:
@@ -226,40 +154,3 @@ def save_classifier(net: MNISTClassifier, path: Union[str, Path], meta: Optional
              if ln.split()[-1:] != [path.name]]
     sums.write_text("\n".join(lines + [f"{digest}  {path.name}"]) + "\n")
     return digest
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m probgen.nn.classifier",
-        description="Train the MNIST classifier behind probgen's FID/KID (MNIST-classifier features).")
-    parser.add_argument("--out", required=True, help="weights file to write (SHA256SUMS goes beside it)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N images (quick runs)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    from probgen.data import image_splits
-    splits = image_splits("mnist", val_size=0, limit=args.limit)
-    train_x, train_y = splits["train"].tensors
-    test_x, test_y = splits["test"].tensors
-    start = time.perf_counter()
-    net = train_classifier(train_x, train_y, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, max_shift=args.max_shift, seed=args.seed)
-    seconds = time.perf_counter() - start
-    acc = accuracy(net, test_x, test_y)
-    digest = save_classifier(net, args.out, meta={
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_shift": args.max_shift,
-        "seed": args.seed, "train_images": len(train_x), "train_seconds": round(seconds, 1),
-        "test_accuracy": acc, "torch": str(torch.__version__)})
-    print(f"trained in {seconds:.0f} s on {len(train_x)} images; test accuracy {acc:.4f} "
-          f"({len(test_x)} images)")
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1024:.0f} KiB), SHA-256 {digest}")
-
-
-if __name__ == "__main__":
-    main()
