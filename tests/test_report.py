@@ -249,3 +249,48 @@ def test_decomposition_report_against_a_hand_count():
         {"digits": 1, "scenes": 1, "ari": 1.0, "count_accuracy": 1.0, "mean_active": 1.0},
         {"digits": 2, "scenes": 2, "ari": pytest.approx(0.5), "count_accuracy": 0.5,
          "mean_active": 1.5}]
+
+
+def test_edit_report_against_a_hand_computation():
+    from probgen.metrics.report import edit_report
+
+    # two identities at three levels: level t adds 0.1 t to every pixel of identity i's image
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 1, 16, 16, generator=g) * 0.5
+    truth = torch.stack([base + 0.1 * t for t in range(3)], 1)           # (2, 3, 1, 16, 16)
+
+    def features(x):
+        return x.flatten(1)
+
+    def level_net(x):          # finds the level from the mean brightness above the identity's
+        shift = (x.flatten(1).mean(1) - base.flatten(1).mean(1)) / 0.1
+        return -(shift[:, None] - torch.arange(3.0)).abs()
+
+    perfect = edit_report(lambda x, s: truth.clone(), truth, features, level_net)
+    assert perfect["rec_mse"] == 0 and perfect["rec_feature"] == 0 and perfect["target_mse"] == 0
+    assert perfect["identity"] == 1.0 and perfect["attribute_acc"] == 1.0
+    assert perfect["target_ssim"] == pytest.approx(1.0)
+    # no change: the input at every level; MSE to the truth (0.1 |t - s|)^2 over the six
+    # pairs s != t: four at distance 1, two at distance 2
+    same = edit_report(lambda x, s: x[:, None].expand(-1, 3, -1, -1, -1), truth, features,
+                       level_net)
+    assert same["target_mse"] == pytest.approx((4 * 0.01 + 2 * 0.04) / 6, rel=1e-5)
+    assert same["target_mse_forward"] == pytest.approx((2 * 0.01 + 0.04) / 3, rel=1e-5)
+    assert same["attribute_acc"] == 0.0 and same["rec_mse"] == 0
+
+    # forward only: NaN below the input's level; the pairs t < s are left out
+    def forward(x, s):
+        out = torch.full_like(truth, float("nan"))
+        out[:, s:] = truth[:, s:]
+        return out
+
+    fwd = edit_report(forward, truth, features, level_net)
+    assert fwd["target_mse"] == 0 and fwd["target_mse_forward"] == 0 and fwd["identity"] == 1
+    def stay(x, s):            # reconstructs, goes nowhere else
+        out = torch.full_like(truth, float("nan"))
+        out[:, s] = x
+        return out
+
+    nowhere = edit_report(stay, truth, features, level_net)
+    assert nowhere["rec_mse"] == 0
+    assert nowhere["target_mse"] != nowhere["target_mse"]        # NaN: no pair has it

@@ -62,6 +62,9 @@ def _figures():
             torch.rand(2, 1, 16, 16, generator=g),
             {"kl": torch.rand(2, 4, 4, generator=g), "indices": torch.tensor([[0, 5], [3, 9]]),
              "centres": torch.zeros(2, 2, 2)}, 4, path),
+        "progression_figure": lambda path: viz.progression_figure(
+            x[:4].reshape(2, 2, 1, 28, 28), {"same": lambda a, s: a[:, None].expand(
+                -1, 2, -1, -1, -1)}, level=1, path=path, title="t"),
         "style_figure": lambda path: viz.style_figure(_Conditional(), path, styles=2),
         "tradeoff_figure": lambda path: viz.tradeoff_figure(
             {"w0": (1.1, 30.0), "w1": (20.0, 9.0)}, path, xlabel="bits/dim", ylabel="FID"),
@@ -298,3 +301,20 @@ def test_colourize_gives_each_entity_its_colour():
     assert one.shape == (1, 3, 2, 2) and float(one.sum()) == 0.0
     assert viz.one_colour(torch.ones(1, 1, 1), 9)[0, :, 0, 0].tolist() == pytest.approx(
         ENTITY_COLOURS[1].tolist())
+
+
+def test_progression_figure_rows_and_missing_levels():
+    truth = torch.full((3, 2, 1, 28, 28), 0.5)
+    calls = []
+
+    def forward(x, s):
+        calls.append(s)
+        out = torch.full((x.shape[0], 2, 1, 28, 28), float("nan"))
+        out[:, 1] = 1.0
+        return out
+
+    fig = viz.progression_figure(truth, {"fwd": forward}, level=0, n=2)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["#0 truth", "#0 fwd", "#1 truth", "#1 fwd"] and calls == [0, 0]
+    row = fig.axes[1].images[0].get_array()
+    assert float(row[0, 0, 0]) == 0.0 and float(row[0, 29, 0]) == 1.0   # NaN drawn black

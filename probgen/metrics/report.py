@@ -4,6 +4,8 @@
   KL, active units, reconstruction error);
 * :func:`likelihood_report`: any model/guide pair's -ELBO and importance-weighted NLL, and
   the -ELBO by group (scenes by their number of objects);
+* :func:`edit_report`: edits of an attribute (aging) against the true image at every
+  level;
 * :func:`aae_report`: an adversarial autoencoder's (Makhzani et al. 2015, "Adversarial
   Autoencoders"), for any :class:`Autoencoder` (an AAE, a VAE of the same networks):
   reconstruction, how well the codes match the prior, the Parzen window, FID/KID, and a
@@ -113,6 +115,68 @@ def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
         out["neg_elbo_by_group"] = {int(g): float(per_example[groups == g].mean())
                                     for g in groups.unique().tolist()}
     return out
+
+
+# --------------------------------------------------------------------------- aging
+
+def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, float]:
+    """Edits of an attribute (aging) scored against ground truth at every level.
+
+    ``truth`` ``(N, K, C, H, W)`` holds each of ``N`` identities at each of ``K`` levels
+    (:func:`probgen.data.faces.graded_mnist`); ``produce(x, s)`` moves the images ``x`` of
+    level ``s`` to every level, ``(N, K, C, H, W)`` (NaN where it cannot go: a model that
+    only ages forward). For each input level ``s`` and target ``t``:
+
+    * ``rec_mse``, ``rec_feature`` (``t = s``): pixel MSE and squared distance in the
+      recognition ``features`` (images -> ``(N, F)``) of the reconstruction;
+    * ``identity`` (``t != s``): the share of edits whose nearest neighbour in the
+      features, among all identities' true images at ``t``, is their own;
+    * ``attribute_acc``: the share of edits that ``level_net`` (images -> ``(N, K)``
+      logits) puts at ``t``;
+    * ``target_mse``, ``target_ssim`` (torchmetrics): against the truth at ``t``;
+      ``target_mse_forward`` over ``t > s`` only;
+    * ``seconds_per_image``: the time of ``produce`` per input image and level.
+
+    Each figure is the mean over the pairs ``(s, t)`` that have it (NaN when none has).
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    n, levels = truth.shape[:2]
+    with torch.no_grad():
+        truth_f = torch.stack([features(truth[:, t]) for t in range(levels)], 1)   # (N, K, F)
+    acc: Dict[str, list] = {k: [] for k in ("rec_mse", "rec_feat", "ident", "attr", "mse",
+                                            "mse_fwd", "ssim")}
+    seconds = 0.0
+    for s in range(levels):
+        start = time.perf_counter()
+        out = produce(truth[:, s], s)
+        seconds += time.perf_counter() - start
+        acc["rec_mse"].append((out[:, s] - truth[:, s]).pow(2).mean().item())
+        with torch.no_grad():
+            acc["rec_feat"].append((features(out[:, s]) - truth_f[:, s]).pow(2).sum(1).mean()
+                                   .item())
+        for t in range(levels):
+            if t == s or torch.isnan(out[:, t]).any():
+                continue
+            e = out[:, t]
+            with torch.no_grad():
+                nearest = torch.cdist(features(e), truth_f[:, t]).argmin(1)
+                acc["ident"].append((nearest == torch.arange(n, device=nearest.device))
+                                    .float().mean().item())
+                acc["attr"].append((level_net(e).argmax(1) == t).float().mean().item())
+            err = (e - truth[:, t]).pow(2).mean().item()
+            acc["mse"].append(err)
+            if t > s:
+                acc["mse_fwd"].append(err)
+            acc["ssim"].append(float(ssim(e, truth[:, t], data_range=1.0)))
+
+    def mean(v):
+        return sum(v) / len(v) if v else float("nan")
+
+    return {"rec_mse": mean(acc["rec_mse"]), "rec_feature": mean(acc["rec_feat"]),
+            "identity": mean(acc["ident"]), "attribute_acc": mean(acc["attr"]),
+            "target_mse": mean(acc["mse"]), "target_mse_forward": mean(acc["mse_fwd"]),
+            "target_ssim": mean(acc["ssim"]), "seconds_per_image": seconds / (n * levels)}
 
 
 # --------------------------------------------------------------------------- adversarial autoencoders
@@ -377,4 +441,4 @@ def _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer, fid
 
 
 __all__ = ["AAEReport", "Autoencoder", "aae_report", "as_autoencoder", "autoencoder_report",
-           "class_error", "likelihood_report", "seeded"]
+           "class_error", "edit_report", "likelihood_report", "seeded"]

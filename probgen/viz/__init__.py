@@ -5,7 +5,7 @@ from probgen.viz.curves import (fid_curve_figure, history_figure, learning_curve
 from probgen.viz.density import (density_on_grid, discriminator_figure, temperature_grid_figure,
                                  toy_density_figure, toy_samples_figure)
 from probgen.viz.images import (completion_figure, grid_figure, image_grid, image_row,
-                                rows_figure, save)
+                                progression_figure, rows_figure, save)
 from probgen.viz.latent import (aae_figures, anomaly_figure, interpolation_figure, latent_scatter,
                                 manifold_codes, manifold_grids, pca_vs_autoencoder, style_codes,
                                 style_figure)
@@ -15,6 +15,6 @@ __all__ = ["aae_figures", "anomaly_figure", "colourize", "completion_figure", "d
            "discriminator_figure", "fid_curve_figure", "grid_figure", "history_figure",
            "image_grid", "image_row", "interpolation_figure", "kl_map_figure", "latent_scatter",
            "learning_curves", "manifold_codes", "manifold_grids", "one_colour",
-           "pca_vs_autoencoder", "plot_history", "rows_figure", "save", "style_codes",
+           "pca_vs_autoencoder", "plot_history", "progression_figure", "rows_figure", "save", "style_codes",
            "style_figure", "temperature_grid_figure", "toy_density_figure",
            "toy_samples_figure", "tradeoff_figure", "training_minutes"]

@@ -10,7 +10,7 @@ either way it is returned (the last expression of a notebook cell shows it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -147,4 +147,20 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
                 rows[f"{label} {s + 1}" if pred.shape[0] > 1 else label] = pred[s]
         else:
             rows[label] = pred
+    return rows_figure(rows, path, title)
+
+
+def progression_figure(truth: torch.Tensor, producers: Dict[str, Callable], level: int = 0,
+                       n: int = 3, path: Union[str, Path, None] = None,
+                       title: Optional[str] = None):
+    """Edits of an attribute against its true progression: for each of the first ``n``
+    identities of ``truth`` ``(N, K, C, H, W)``, the true images at every level, then
+    each producer's ``produce(x, level)`` of the image at ``level`` (``(1, K, C, H, W)``,
+    NaN where it cannot go, drawn black)."""
+    rows = {}
+    for i in range(min(n, truth.shape[0])):
+        rows[f"#{i} truth"] = truth[i]
+        for name, produce in producers.items():
+            row = produce(truth[i:i + 1, level], level)[0]
+            rows[f"#{i} {name}"] = torch.nan_to_num(row, nan=0.0).clamp(0, 1)
     return rows_figure(rows, path, title)
