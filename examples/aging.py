@@ -66,10 +66,12 @@ import torch
 from probgen import checks, cli
 from probgen.data.faces import AgeFolder, faces_loader, graded_mnist
 from probgen.errors import ConfigError
+from probgen.metrics.classifier_training import train_classifier
+from probgen.metrics.report import edit_report
 from probgen.models.aging import (CAAE, FAKE_LEVELS, REFINEMENTS, AgeCGAN, RecurrentAger,
                                   mnist_identity_features)
 from probgen.train import fit, save_model
-from probgen.viz import rows_figure
+from probgen.viz import progression_figure, rows_figure
 
 METHODS = ("cgan", "caae", "recurrent")
 NO_MONITOR = dict(patience=None, restore_best=False)
@@ -129,21 +131,24 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------- training
 
+def fitted(args, model, data, name: str, **over):
+    """``(FitResult, seconds)`` of ``model`` trained quietly without early stopping."""
+    start = time.perf_counter()
+    res = fit(model, data, config=cli.fit_config(args, **NO_MONITOR, progress=False,
+                                                 verbose=False, **over),
+              callbacks=cli.trackers(args, name))
+    return res, time.perf_counter() - start
+
+
 def train_cgan(args, data, image_shape, levels, log):
     cgan = AgeCGAN(image_shape, levels, z_dim=args.z_dim, g_width=args.width,
                    d_width=args.width, e_width=args.width).to(args.device)
-    start = time.perf_counter()
-    fit(cgan, data, config=cli.fit_config(args, **NO_MONITOR, progress=False, verbose=False),
-        callbacks=cli.trackers(args, "age_cgan"))
-    gan_s = time.perf_counter() - start
-    g = torch.Generator().manual_seed(args.seed)
-    pairs = cgan.encoder_pairs(args.pairs, generator=g)
-    start = time.perf_counter()
-    res = fit(cgan.encoder_step(), pairs, config=cli.fit_config(
-        args, epochs=args.encoder_epochs, **NO_MONITOR, progress=False, verbose=False),
-        callbacks=cli.trackers(args, "age_cgan_encoder"))
-    log["cgan"] = {"train_seconds": gan_s, "encoder_seconds": time.perf_counter() - start,
-                    "encoder_loss": res.train_loss[-1], "pairs": args.pairs}
+    _, gan_s = fitted(args, cgan, data, "age_cgan")
+    pairs = cgan.encoder_pairs(args.pairs, generator=torch.Generator().manual_seed(args.seed))
+    res, enc_s = fitted(args, cgan.encoder_step(), pairs, "age_cgan_encoder",
+                        epochs=args.encoder_epochs)
+    log["cgan"] = {"train_seconds": gan_s, "encoder_seconds": enc_s,
+                   "encoder_loss": res.train_loss[-1], "pairs": args.pairs}
     save_model(cgan, args.out / "age_cgan.pt")
     return cgan
 
@@ -153,11 +158,8 @@ def train_caae(args, data, image_shape, levels, log):
                 net="conv" if image_shape[-1] % 4 == 0 else "mlp", d_img_width=args.width,
                 img_weight=args.caae_img_weight,
                 fake_levels=args.caae_fake_levels).to(args.device)
-    start = time.perf_counter()
-    res = fit(caae, data, config=cli.fit_config(args, **NO_MONITOR, progress=False,
-                                                verbose=False),
-              callbacks=cli.trackers(args, "caae"))
-    log["caae"] = {"train_seconds": time.perf_counter() - start,
+    res, seconds = fitted(args, caae, data, "caae")
+    log["caae"] = {"train_seconds": seconds,
                    "reconstruction": res.history[-1].get("train_loss/encoder_generator")}
     save_model(caae, args.out / "caae.pt")
     return caae
@@ -166,13 +168,10 @@ def train_caae(args, data, image_shape, levels, log):
 def train_recurrent(args, sequences, image_shape, levels, log):
     rec = RecurrentAger(image_shape, levels, hidden=32 if args.smoke else 256,
                         embed=32 if args.smoke else 256).to(args.device)
-    start = time.perf_counter()
-    res = fit(rec, sequences, config=cli.fit_config(
-        args, epochs=args.recurrent_epochs, lr=max(args.lr, 1e-3), **NO_MONITOR, progress=False,
-        verbose=False), callbacks=cli.trackers(args, "recurrent"))
-    log["recurrent"] = {"train_seconds": time.perf_counter() - start,
-                        "epochs": args.recurrent_epochs, "loss": res.train_loss[-1],
-                        "weights": rec.weights.tolist()}
+    res, seconds = fitted(args, rec, sequences, "recurrent", epochs=args.recurrent_epochs,
+                          lr=max(args.lr, 1e-3))
+    log["recurrent"] = {"train_seconds": seconds, "epochs": args.recurrent_epochs,
+                        "loss": res.train_loss[-1], "weights": rec.weights.tolist()}
     save_model(rec, args.out / "recurrent.pt")
     return rec
 
@@ -195,59 +194,6 @@ def edits(method, model, x, s: int, levels: int, refine=None, maxiter=50):
     if s < levels - 1:
         out[:, s + 1:] = model.progression(x, s)
     return out
-
-
-def score(name, produce, truth, features, level_net, levels: int) -> Dict[str, float]:
-    """One row of the table; ``produce(x, s)`` -> every level's edit."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-    n = truth.shape[0]
-    with torch.no_grad():
-        truth_f = torch.stack([features(truth[:, t]) for t in range(levels)], 1)   # (N, K, F)
-    acc = {k: [] for k in ("rec_mse", "rec_feat", "ident", "attr", "mse", "mse_fwd", "ssim")}
-    seconds = 0.0
-    for s in range(levels):
-        start = time.perf_counter()
-        out = produce(truth[:, s], s)
-        seconds += time.perf_counter() - start
-        acc["rec_mse"].append((out[:, s] - truth[:, s]).pow(2).mean().item())
-        with torch.no_grad():
-            acc["rec_feat"].append((features(out[:, s]) - truth_f[:, s]).pow(2).sum(1).mean()
-                                   .item())
-        for t in range(levels):
-            if t == s or torch.isnan(out[:, t]).any():
-                continue
-            e = out[:, t]
-            with torch.no_grad():
-                f = features(e)
-                nearest = torch.cdist(f, truth_f[:, t]).argmin(1)
-                acc["ident"].append((nearest == torch.arange(n, device=nearest.device))
-                                    .float().mean().item())
-                acc["attr"].append((level_net(e).argmax(1) == t).float().mean().item())
-            err = (e - truth[:, t]).pow(2).mean().item()
-            acc["mse"].append(err)
-            if t > s:
-                acc["mse_fwd"].append(err)
-            acc["ssim"].append(float(ssim(e, truth[:, t], data_range=1.0)))
-
-    def mean(v):
-        return sum(v) / len(v) if v else float("nan")
-
-    return {"method": name, "rec_mse": mean(acc["rec_mse"]), "rec_feature": mean(acc["rec_feat"]),
-            "identity": mean(acc["ident"]), "attribute_acc": mean(acc["attr"]),
-            "target_mse": mean(acc["mse"]), "target_mse_forward": mean(acc["mse_fwd"]),
-            "target_ssim": mean(acc["ssim"]), "seconds_per_image": seconds / (n * levels)}
-
-
-def figures(args, truth, producers, levels: int):
-    rows = {}
-    for i in range(min(3, truth.shape[0])):
-        rows[f"#{i} truth"] = truth[i]
-        for name, produce in producers.items():
-            row = produce(truth[i:i + 1, 1], 1)[0]
-            rows[f"#{i} {name}"] = torch.nan_to_num(row, nan=0.0).clamp(0, 1)
-    rows_figure(rows, args.out / "progression.png",
-                title=f"true progression (input: level 1) above each method's ({args.data})")
 
 
 # --------------------------------------------------------------------------- faces
@@ -310,8 +256,6 @@ def main(argv=None):
     if "recurrent" in args.method:
         models["recurrent"] = train_recurrent(args, train.sequences(), shape, k, log)
 
-    from probgen.metrics.classifier_training import train_classifier
-
     flat = train.flat()
     level_net = train_classifier(flat.tensors[0], flat.tensors[1], epochs=args.classifier_epochs,
                                  seed=args.seed, log=lambda *a: None)
@@ -327,21 +271,18 @@ def main(argv=None):
         for r in args.refine:
             producers[f"cgan+{r}" if r != "none" else "cgan encoder"] = (
                 lambda x, s, r=r: edits("cgan", models["cgan"], x, s, k, r, args.maxiter))
-    if "caae" in models:
-        producers["caae"] = lambda x, s: edits("caae", models["caae"], x, s, k)
-    if "recurrent" in models:
-        producers["recurrent"] = lambda x, s: edits("recurrent", models["recurrent"], x, s, k)
-    table: List[dict] = [score(name, produce, truth, features, level_net, k)
+    for name in ("caae", "recurrent"):
+        if name in models:
+            producers[name] = lambda x, s, name=name: edits(name, models[name], x, s, k)
+    table: List[dict] = [{"method": name, **edit_report(produce, truth, features, level_net)}
                          for name, produce in producers.items()]
-    figures(args, truth, producers, k)
+    progression_figure(truth, producers, level=1, path=args.out / "progression.png",
+                       title=f"true progression (input: level 1) above each method's "
+                             f"({args.data})")
     if "recurrent" in models:
-        rec = models["recurrent"]
-        rows = {}
-        for i in range(min(4, truth.shape[0])):
-            rows[f"#{i} truth"] = truth[i]
-            rows[f"#{i} GRU"] = torch.cat([truth[i:i + 1, 0], rec.progression(truth[i:i + 1, 0],
-                                                                               0)[0]])
-        rows_figure(rows, args.out / "recurrent.png", title="the GRU's sequence from level 0")
+        progression_figure(truth, {"GRU": producers["recurrent"]}, level=0, n=4,
+                           path=args.out / "recurrent.png",
+                           title="the GRU's sequence from level 0")
     results = {"table": {r["method"]: {k2: v for k2, v in r.items() if k2 != "method"}
                          for r in table},
                "training": log, "levels": k, "attribute": args.data,
