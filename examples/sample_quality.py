@@ -54,19 +54,21 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 
 import probgen
 from probgen import checks, cli
 from probgen.data import image_splits
+from probgen.data.recipes import balanced_labels
 from probgen.data.dequantize import dequantized
 from probgen.errors import ConfigError
 from probgen.metrics import quality
 from probgen.models import GAN, VAE, AgeCGAN
 from probgen.models.flow import FlowModel
-from probgen.train import Callback, fit, load_checkpoint, set_seed
+from probgen.train import fit, load_checkpoint, set_seed
+from probgen.train.callbacks import TrainingCPUTime, training_seconds
 from probgen.viz import rows_figure
 
 FAMILIES = {"vae": "likelihood (VAE)", "beta_vae": "likelihood (VAE)",
@@ -132,23 +134,11 @@ def build(name: str, smoke: bool):
     raise ConfigError(f"unknown model {name!r}")
 
 
-class CPUClock(Callback):
-    """This process's CPU seconds per epoch (``cpu_seconds``): with one torch thread, what
-    the training cost, whatever else the machine ran."""
-
-    def on_fit_start(self, run):
-        self.last = time.process_time()
-
-    def on_validation_end(self, run, entry):
-        now = time.process_time()
-        entry["cpu_seconds"], self.last = now - self.last, now
-
-
 def train(name: str, model, args, splits, ckpt: Path):
     """Train ``model`` (checkpointed to ``ckpt``, resumable); the fit settings per family."""
     set_seed(args.seed)
     base = cli.fit_config(args, checkpoint=str(ckpt), patience=None)
-    clock = [CPUClock(), *cli.trackers(args, name)]
+    clock = [TrainingCPUTime(), *cli.trackers(args, name)]
     if isinstance(model, VAE):
         train = splits["train_binary"]
         over = dict(epochs=args.epochs, objective="meanfield", restore_best=False)
@@ -179,22 +169,7 @@ def obtain(name: str, args, splits):
     return model.eval(), ckpt
 
 
-def training_time(ckpt: Path) -> Tuple[int, float, float]:
-    """``(epochs, wall seconds, CPU seconds or nan)`` from a checkpoint's history (time
-    spent on FIDs during training, recorded by examples/gan.py, left out)."""
-    hist = load_checkpoint(ckpt).get("history", [])
-    wall = sum(h["seconds"] - h.get("fid_seconds", 0.0) for h in hist)
-    cpu = (sum(h["cpu_seconds"] for h in hist) if hist and all("cpu_seconds" in h for h in hist)
-           else float("nan"))
-    return len(hist), wall, cpu
-
-
 # --------------------------------------------------------------------------- sampling
-
-def balanced(classes: int, n: int, device) -> torch.Tensor:
-    """``n`` labels, ``ceil(n / classes)`` of each class in turn (the last one short)."""
-    return torch.arange(classes, device=device).repeat_interleave(-(-n // classes))[:n]
-
 
 @torch.no_grad()
 def draw(name: str, model, n: int, args) -> Dict[str, torch.Tensor]:
@@ -204,9 +179,9 @@ def draw(name: str, model, n: int, args) -> Dict[str, torch.Tensor]:
     if isinstance(model, GAN):
         return {name: model.sample(n).cpu()}
     if isinstance(model, AgeCGAN):
-        return {name: model.sample(balanced(model.num_levels, n, args.device)).cpu()}
+        return {name: model.sample(balanced_labels(model.num_levels, n, args.device)).cpu()}
     model.eval()
-    labels = balanced(model.num_labels, n, args.device) if model.num_labels else None
+    labels = balanced_labels(model.num_labels, n, args.device) if model.num_labels else None
     from pyro.infer import Predictive
 
     out = Predictive(model.model, num_samples=1, return_sites=["mean", "x"])(
@@ -229,7 +204,9 @@ def main(argv=None):
     shown: Dict[str, torch.Tensor] = {}
     for name in args.models:
         model, ckpt = obtain(name, args, splits)
-        epochs, wall, cpu = training_time(ckpt)
+        # (time spent on FIDs during training, recorded by examples/gan.py, left out)
+        history = load_checkpoint(ckpt).get("history", [])
+        epochs, (wall, cpu) = len(history), training_seconds(history)
         set_seed(args.seed)
         for label, x in draw(name, model, args.samples, args).items():
             t0 = time.perf_counter()

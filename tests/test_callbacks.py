@@ -119,3 +119,15 @@ def test_snapshots_only_on_the_main_process():
     assert shots.taken == {}
     shots.on_epoch_end(SimpleNamespace(is_main=True, module=None), {"epoch": 0})
     assert list(shots.taken) == ["epoch 1"]
+
+
+def test_training_seconds_of_a_history():
+    from probgen.train.callbacks import training_seconds
+
+    hist = [{"seconds": 10.0, "fid_seconds": 4.0, "cpu_seconds": 5.0},
+            {"seconds": 8.0, "cpu_seconds": 6.0}]
+    assert training_seconds(hist) == (14.0, 11.0)
+    assert training_seconds(hist, leave_out=()) == (18.0, 11.0)
+    wall, cpu = training_seconds([{"seconds": 3.0}, {"seconds": 2.0, "cpu_seconds": 1.0}])
+    assert wall == 5.0 and cpu != cpu                        # not every epoch has CPU seconds
+    assert training_seconds([])[0] == 0.0

@@ -31,7 +31,7 @@ Experiment trackers (CSV, TensorBoard, MLflow, W&B) are callbacks too:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from probgen.errors import ConfigError
 
@@ -175,6 +175,18 @@ class TrainingCPUTime(Callback):
         spent = sum(entry.get(f"{name}_cpu_seconds", 0.0) for name in self.leave_out)
         entry["cpu_seconds"] = now - self.last - spent
         self.last = now
+
+
+def training_seconds(history, leave_out: Sequence[str] = ("fid",)) -> Tuple[float, float]:
+    """``(wall, cpu)`` seconds of training in a run's history: the entries' wall
+    ``seconds`` less the ``<name>_seconds`` of the metrics in ``leave_out`` (an FID every
+    epoch is no training), and their ``cpu_seconds`` (:class:`TrainingCPUTime`) where every
+    entry has them, else NaN."""
+    wall = sum(h["seconds"] - sum(h.get(f"{name}_seconds", 0.0) for name in leave_out)
+               for h in history)
+    cpu = (sum(h["cpu_seconds"] for h in history)
+           if history and all("cpu_seconds" in h for h in history) else float("nan"))
+    return wall, cpu
 
 
 class Snapshots(Callback):
