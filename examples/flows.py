@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 
 from probgen import checks, cli
-from probgen.data import image_splits
-from probgen.data.dequantize import dequantized
+from probgen.data import image_splits, recipes
 from probgen.data.toy import TOY, toy_splits
 from probgen.flows import FLOWS
-from probgen.metrics.density import nats_to_bits_per_dim
+from probgen.metrics.density import history_in_bits_per_dim, neg_log_density
 from probgen.models.flow import FlowModel
 from probgen.train import fit, set_seed
 from probgen.viz import learning_curves
@@ -102,27 +101,18 @@ def flow_kwargs(name: str, args, image: bool) -> dict:
     return kw
 
 
-def bpd_history(history, d):
-    return [{"epoch": h["epoch"], "train_loss": nats_to_bits_per_dim(h["train_loss"], d),
-             "val_loss": (nats_to_bits_per_dim(h["val_loss"], d)
-                          if h["val_loss"] is not None else None),
-             "seconds": h["seconds"]} for h in history]
-
-
 def run_mnist(args, device, out: Path):
     print(f"== MNIST ({args.dequantization} dequantization, logit preprocessing) ==", flush=True)
     splits = image_splits("mnist", val_size=args.val_size, seed=args.seed, device=device,
                           limit=args.train_size)
-    test_split = splits["test"]
-    if args.eval_size is not None:
-        test_split = test_split.subset(slice(0, args.eval_size))
     variational = args.dequantization == "variational"
     if variational:  # the model dequantizes: its guide draws the noise
-        train, val, test = splits["train"], splits["val"], test_split
-    else:
-        train = dequantized(splits["train"])  # a new dequantization every time an image is drawn
-        val = dequantized(splits["val"], seed=args.seed + 1)
-        test = dequantized(test_split, seed=args.seed + 2)
+        train, val = splits["train"], splits["val"]
+        test = splits["test"] if args.eval_size is None else \
+            splits["test"].subset(slice(0, args.eval_size))
+    else:   # training: a new dequantization every time an image is drawn
+        d = recipes.dequantized_splits(splits, args.seed, args.eval_size)
+        train, val, test = d["train"], d["val"], d["test"]
     results, curves = {}, {}
     for name in args.flow:
         set_seed(args.seed)
@@ -144,10 +134,10 @@ def run_mnist(args, device, out: Path):
         samples = {t: model.sample(args.num_samples, temperature=t).cpu() for t in TEMPERATURES}
         temperature_grid_figure(samples, out / f"samples_{name}.png",
                                 title=f"{name}: samples at temperature T")
-        hist = bpd_history(res.history, model.num_dims)
+        hist = history_in_bits_per_dim(res.history, model.num_dims)
         curves[name] = hist
         results[name] = {"test_bits_per_dim": bpd, "bound": bound,
-                         "test_neg_log_density_nats": image_neg_log_density(
+                         "test_neg_log_density_nats": neg_log_density(
                              bpd, model.num_dims, model.num_levels),
                          "dequantization": args.dequantization,
                          "iw_samples": k, "parameters": n_params, "epochs": res.epochs_run,
@@ -201,19 +191,6 @@ def run_toy(args, device, out: Path):
                            title=f"{toy}: samples at temperature T")
     toy_density_figure(data, densities, out / "toy_densities.png", TOY_EXTENT, titles)
     return results
-
-
-def image_neg_log_density(bits_per_dim: float, num_dims: int = 784,
-                          num_levels: int = 256) -> float:
-    """-log p(x) in nats of an image dequantized into [0, 1]^D, from its bits/dim.
-
-    bits/dim counts the 8-bit image's probability, ``-log P(k) = -log p(x) + D log 256``
-    (the density of ``x = (k + u) / 256`` on a bin of volume ``256^-D``), so
-    ``-log p(x) = (bits/dim - log2 256) D ln 2`` (averaged over the dequantization
-    noise, and a bound where the bits/dim is one). It is not the NLL of the 8-bit
-    images (that is ``bits/dim * D ln 2``) and may be negative.
-    """
-    return (bits_per_dim - math.log2(num_levels)) * num_dims * math.log(2)
 
 
 def table(results):

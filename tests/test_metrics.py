@@ -334,3 +334,17 @@ def test_vectorized_pass_falls_back_only_for_a_model_that_does_not_broadcast(err
     else:
         with pytest.raises(type(err), match=str(err)[:20]):
             iw_log_likelihood(model, guide, x, num_samples=3)
+
+
+def test_neg_log_density_inverts_bits_per_dim_and_histories_convert():
+    from probgen.metrics import bits_per_dim, history_in_bits_per_dim, neg_log_density
+
+    # -log p(x) = 100 nats on 784 dims of 256 levels: bits/dim = (100 + 784 ln 256) / (784 ln 2)
+    bpd = (100 + 784 * math.log(256)) / (784 * math.log(2))
+    assert neg_log_density(bpd, 784) == pytest.approx(100.0)
+    assert float(bits_per_dim(-neg_log_density(1.3, 10, 4), 10, 4)) == pytest.approx(1.3)
+    assert neg_log_density(8.0, 784) == pytest.approx(0.0, abs=1e-9)   # 8 bits: log p = 0
+    hist = [{"epoch": 0, "train_loss": 100.0, "val_loss": None, "seconds": 2.0, "lr": 0.1}]
+    out = history_in_bits_per_dim(hist, 784)
+    assert out == [{"epoch": 0, "train_loss": pytest.approx(bpd), "val_loss": None,
+                    "seconds": 2.0}]

@@ -1,6 +1,7 @@
 """Metrics, in one place: every model and example uses these."""
 
-from probgen.metrics.density import bits_per_dim, mean_bits_per_dim, nats_to_bits_per_dim
+from probgen.metrics.density import (bits_per_dim, history_in_bits_per_dim, mean_bits_per_dim,
+                                     nats_to_bits_per_dim, neg_log_density)
 from probgen.metrics.images import (mse_per_image, pca, pca_reconstruction, psnr,
                                     restoration_psnr, roc_auc)
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
@@ -16,6 +17,6 @@ from probgen.metrics.quality import (FID_NAME, KID_NAME, QualityReference, class
 __all__ = ["FID_NAME", "KID_NAME", "QualityReference", "class_coverage", "fid", "mnist_reference",
            "precision_recall", "reference_statistics", "sample_quality",
            "mmd", "parzen_log_likelihood", "parzen_score",
-           "active_units", "bits_per_dim", "collect_codes", "elbo_and_iw_nll", "elbo_per_example", "iw_log_likelihood", "iw_nll",
+           "active_units", "bits_per_dim", "history_in_bits_per_dim", "neg_log_density", "collect_codes", "elbo_and_iw_nll", "elbo_per_example", "iw_log_likelihood", "iw_nll",
            "kl_per_dimension", "log_importance_weights", "masked_bernoulli_nll", "mean_bits_per_dim",
            "mse_per_image", "nats_to_bits_per_dim", "negative_elbo", "pca", "pca_reconstruction", "psnr", "restoration_psnr", "roc_auc"]

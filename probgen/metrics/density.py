@@ -55,6 +55,30 @@ def nats_to_bits_per_dim(nll: float, num_dims: int, num_levels: Optional[int] = 
     return float(bits_per_dim(-nll, num_dims, num_levels))
 
 
+def neg_log_density(bits: float, num_dims: int, num_levels: int = 256) -> float:
+    """``-log p(x)`` in nats of data dequantized into [0, 1]^D, from its bits/dim.
+
+    Bits/dim counts the ``L``-level data's probability, ``-log P(k) = -log p(x) + D log L``
+    (the density of ``x = (k + u) / L`` on a bin of volume ``L^-D``), so ``-log p(x) =
+    (bits/dim - log2 L) D ln 2`` (averaged over the dequantization noise, and a bound where
+    the bits/dim is one). It is not the NLL of the discrete data (that is ``bits/dim * D
+    ln 2``) and may be negative. The inverse of :func:`bits_per_dim`.
+    """
+    _check(num_dims, num_levels)
+    return (bits - math.log2(num_levels)) * num_dims * math.log(2)
+
+
+def history_in_bits_per_dim(history, num_dims: int, num_levels: Optional[int] = 256):
+    """A fit's history (``FitResult.history``) with its ``train_loss`` and ``val_loss`` in
+    nats per example turned into bits/dim (each entry's ``epoch`` and ``seconds`` kept), for
+    :func:`probgen.viz.learning_curves`."""
+    return [{"epoch": h["epoch"],
+             "train_loss": nats_to_bits_per_dim(h["train_loss"], num_dims, num_levels),
+             "val_loss": (nats_to_bits_per_dim(h["val_loss"], num_dims, num_levels)
+                          if h["val_loss"] is not None else None),
+             "seconds": h["seconds"]} for h in history]
+
+
 @torch.no_grad()
 def mean_bits_per_dim(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], data: TensorData,
                       num_dims: int, num_levels: Optional[int] = 256, batch_size: int = 500,
