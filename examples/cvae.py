@@ -25,7 +25,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
 
 from probgen import checks, cli
 from probgen.data import quadrant_task

@@ -26,7 +26,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
 
 from probgen import checks, cli
 from probgen.infer import OBJECTIVES
@@ -34,7 +33,7 @@ from probgen.metrics.report import autoencoder_report
 from probgen.models import LIKELIHOODS, PRESETS, VAE
 from probgen.nn.coders import NETS
 from probgen.train import fit, save_model, set_seed
-from probgen.viz import grid_figure, latent_scatter, learning_curves, rows_figure
+from probgen.viz import learning_curves, vae_figures
 
 # Burda et al. 2016, Table 1 (MNIST, one stochastic layer, k = 5000 test samples):
 # the VAE (k = 1) and the IWAE trained with k = 5 and k = 50 samples.
@@ -115,17 +114,6 @@ def train_one(args, splits, beta=None, tag=""):
     return model, result, report
 
 
-def figures(model, splits, args, tag=""):
-    x, y = splits["test"].subset(slice(0, 2000)).all()
-    rows_figure({"data": x[:12], "reconstruction": model.reconstruct(x[:12], y[:12])},
-                path=args.out / f"reconstructions{tag}.png", title="test digits")
-    labels = torch.arange(10, device=x.device).repeat_interleave(8) if model.num_labels else None
-    grid_figure(model.sample(80, labels=labels) if labels is None else model.sample(labels=labels),
-                nrow=8 if labels is not None else 10, path=args.out / f"samples{tag}.png",
-                title="decoded z ~ N(0, I)")
-    latent_scatter({"encoder mean": model.encode(x, y)[0]}, y, path=args.out / f"latent{tag}.png")
-
-
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
@@ -137,7 +125,7 @@ def main(argv=None):
     for beta in betas:
         tag = "" if args.betas is None else f"_beta{beta:g}"
         model, result, report = train_one(args, splits, beta, tag)
-        figures(model, splits, args, tag)
+        vae_figures(model, *splits["test"].subset(slice(0, 2000)).all()[:2], args.out, tag)
         name = args.model if beta is None else f"beta={beta:g}"
         results[name] = report
         histories[name] = result.history

@@ -318,3 +318,21 @@ def test_progression_figure_rows_and_missing_levels():
     assert labels == ["#0 truth", "#0 fwd", "#1 truth", "#1 fwd"] and calls == [0, 0]
     row = fig.axes[1].images[0].get_array()
     assert float(row[0, 0, 0]) == 0.0 and float(row[0, 29, 0]) == 1.0   # NaN drawn black
+
+
+def test_vae_figures_of_a_conditional_and_a_plain_vae(tmp_path):
+    from probgen.models import VAE
+
+    torch.manual_seed(0)
+    x, y = _images(20), torch.arange(20) % 10
+    plain = viz.vae_figures(VAE(z_dim=2, hidden=(8,)), x, y, tmp_path, "_a")
+    assert set(plain) == {"reconstructions", "samples", "latent"}
+    assert {p.name for p in tmp_path.iterdir()} == {"reconstructions_a.png", "samples_a.png",
+                                                   "latent_a.png"}
+    grid = plain["samples"].axes[0].images[0].get_array()
+    assert grid.shape[:2] == (8 * 29 - 1, 10 * 29 - 1)        # 80 samples, ten per row
+    cond = viz.vae_figures(VAE(z_dim=2, hidden=(8,), num_labels=10), x, y, tmp_path, "_c")
+    grid = cond["samples"].axes[0].images[0].get_array()
+    assert grid.shape[:2] == (10 * 29 - 1, 8 * 29 - 1)        # a row of eight per label
+    assert [ax.get_ylabel() for ax in plain["reconstructions"].axes] == ["data",
+                                                                        "reconstruction"]

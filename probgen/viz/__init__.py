@@ -8,7 +8,7 @@ from probgen.viz.images import (completion_figure, grid_figure, image_grid, imag
                                 progression_figure, rows_figure, save)
 from probgen.viz.latent import (aae_figures, anomaly_figure, interpolation_figure, latent_scatter,
                                 manifold_codes, manifold_grids, pca_vs_autoencoder, style_codes,
-                                style_figure)
+                                style_figure, vae_figures)
 from probgen.viz.scenes import colourize, kl_map_figure, one_colour
 
 __all__ = ["aae_figures", "anomaly_figure", "colourize", "completion_figure", "density_on_grid",
@@ -17,4 +17,4 @@ __all__ = ["aae_figures", "anomaly_figure", "colourize", "completion_figure", "d
            "learning_curves", "manifold_codes", "manifold_grids", "one_colour",
            "pca_vs_autoencoder", "plot_history", "progression_figure", "rows_figure", "save", "style_codes",
            "style_figure", "temperature_grid_figure", "toy_density_figure",
-           "toy_samples_figure", "tradeoff_figure", "training_minutes"]
+           "toy_samples_figure", "tradeoff_figure", "training_minutes", "vae_figures"]

@@ -4,7 +4,7 @@ PCA against an autoencoder, anomaly scores."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -237,6 +237,31 @@ def aae_figures(model, report, folder: Union[str, Path], tag: str, seed: int = 0
     return figs
 
 
+@torch.no_grad()
+def vae_figures(model, images: torch.Tensor, labels: torch.Tensor, folder: Union[str, Path],
+                tag: str = "") -> Dict:
+    """The figures of a model of the VAE family (:class:`probgen.models.VAE`), written to
+    ``folder``: ``reconstructions<tag>.png`` (twelve of ``images`` above their
+    reconstructions), ``samples<tag>.png`` (decoded ``z ~ N(0, I)``: 80, or eight of each
+    label for a label-conditional model, one row per label) and ``latent<tag>.png`` (the
+    encoder means of ``images``, coloured by ``labels``; :func:`latent_scatter`). The
+    samples are drawn from the global random stream. Returns the figures by name."""
+    from probgen.viz.images import rows_figure
+
+    folder = Path(folder)
+    figs = {"reconstructions": rows_figure(
+        {"data": images[:12], "reconstruction": model.reconstruct(images[:12], labels[:12])},
+        path=folder / f"reconstructions{tag}.png", title="test digits")}
+    rows = torch.arange(10, device=images.device).repeat_interleave(8) \
+        if model.num_labels else None
+    figs["samples"] = grid_figure(model.sample(80) if rows is None else
+                                  model.sample(labels=rows), nrow=10 if rows is None else 8,
+                                  path=folder / f"samples{tag}.png", title="decoded z ~ N(0, I)")
+    figs["latent"] = latent_scatter({"encoder mean": model.encode(images, labels)[0]}, labels,
+                                    path=folder / f"latent{tag}.png")
+    return figs
+
+
 def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
                    label: str = "held-out class", path: PathLike = None):
     """Histograms of anomaly scores (-ELBO) of normal and anomalous test images."""
@@ -256,4 +281,4 @@ def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
 
 __all__ = ["aae_figures", "anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_codes",
            "manifold_grids", "manifold_images", "pca_vs_autoencoder", "style_codes",
-           "style_figure"]
+           "style_figure", "vae_figures"]
