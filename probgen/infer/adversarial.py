@@ -49,6 +49,7 @@ from torch import nn
 
 from probgen.data.draws import rand_like
 from probgen.errors import ConfigError
+from probgen.infer.phases import Phase
 from probgen.nn.gan_nets import inputs_checked
 from probgen.registry import Registry
 
@@ -236,7 +237,7 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
                                                           torch.Tensor]] = None,
                        adversarial_weight: float = 1.0,
                        names: Tuple[str, str] = ("D", "G")) -> List:
-    """The two phases of an adversarial game for :class:`probgen.train.PhasedStep`.
+    """The two phases of an adversarial game for :class:`~probgen.infer.PhasedStep`.
 
     Args:
         discriminator: the network ``D`` (logits, one per example).
@@ -262,8 +263,6 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
     Returns:
         ``[Phase(D, repeats=k, fresh_batch=True), Phase(G)]``.
     """
-    from probgen.train.steps import Phase   # the spine imports probgen.infer
-
     spec = adversarial_loss(loss)
     k = check_k(spec.k if k is None else k)
     smoothing = _check_smoothing(label_smoothing)

@@ -91,14 +91,15 @@ from torch import nn
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
+from probgen.infer.context import current_step
+from probgen.infer.phases import Phase
+from probgen.infer.steps import ELBOLoss
 from probgen.models.checks import CheckedStep, checked_labels, flat_images, found, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.nn.gan_nets import MLPDiscriminator
 from probgen.registry import Registry
-from probgen.train.context import current_step
-from probgen.train.steps import ELBOLoss, Phase
 
 ENCODERS = ("deterministic", "gaussian", "universal")
 PHASE_ORDERS = ("reconstruction_first", "regularization_first")

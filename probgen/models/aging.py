@@ -48,13 +48,14 @@ from torch import nn
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
+from probgen.infer.phases import Phase
+from probgen.infer.steps import LossStep, PhasedStep
 from probgen.models.aae import AAE, AAEStep
 from probgen.models.checks import CheckedStep, found, loop_checked
 from probgen.models.registry import MODELS, rebuildable
 from probgen.nn.aging_nets import (ConditionalDiscriminator, ConditionalGenerator, ConvEncoder,
                                    GRUAger, label_maps)
 from probgen.nn.gan_nets import check_input, inputs_checked
-from probgen.train.steps import LossStep, Phase, PhasedStep
 
 REFINEMENTS = ("none", "pixel", "identity")
 WEIGHTINGS = ("linear", "uniform")

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from probgen.errors import DataError
-from probgen.train.context import current_step
-from probgen.train.steps import LossStep, PhasedStep
+from probgen.infer.context import current_step
+from probgen.infer.steps import LossStep, PhasedStep
 
 
 def loop_checked() -> bool:

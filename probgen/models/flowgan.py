@@ -50,6 +50,8 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
+from probgen.infer.phases import Phase
+from probgen.infer.steps import ELBOLoss
 from probgen.metrics.density import bits_per_dim
 from probgen.models.flow import FlowModel
 from probgen.models.checks import CheckedStep, loop_checked
@@ -221,8 +223,6 @@ class FlowGAN(nn.Module):
         """The flow's own training loss in bits/dim, mean over the batch (differentiable):
         the negative ELBO of ``FlowModel`` (``log p(x)`` for an exact flow on continuous
         data) plus ``D log L``, over ``D log 2``."""
-        from probgen.train.steps import ELBOLoss
-
         nll = ELBOLoss(self.flow_model.model, self.flow_model.guide, "trace")(tuple(batch))
         return bits_per_dim(-nll, self.num_dims, self.flow_model.num_levels)
 
@@ -283,8 +283,6 @@ class FlowGAN(nn.Module):
         The discriminator phase is :func:`probgen.infer.adversarial.adversarial_phases`'s
         (its loss, label smoothing, gradient penalty, k repeats on fresh batches); its
         first repeat after a generator step judges that step's fakes, detached."""
-        from probgen.train.steps import Phase
-
         opt = {"betas": tuple(self.spec.betas if self.betas is None else self.betas)}
         g_phase = Phase("G", self.generator_loss, params=self.flow_model, lr=self.g_lr,
                         optim_kwargs=opt)

@@ -58,6 +58,7 @@ from pyro.infer import Predictive
 from torch import nn
 
 from probgen.errors import ConfigError, DataError
+from probgen.infer.steps import SVIStep
 from probgen.models.checks import loop_checked
 from probgen.models.likelihoods import BernoulliLikelihood
 from probgen.models.registry import MODELS
@@ -201,8 +202,6 @@ class MEVAE(nn.Module):
     def fit_step(self, config):
         """The SVI step :func:`probgen.fit` trains this model with: the run's objective
         and particles, two plates (scenes and entities)."""
-        from probgen.train.steps import SVIStep
-
         return SVIStep(self, loss=config.objective, num_particles=config.num_particles,
                        eval_particles=config.eval_particles, max_plate_nesting=2)
 

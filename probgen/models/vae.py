@@ -59,7 +59,7 @@ from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.registry import Registry
-from probgen.train.context import current_step
+from probgen.infer.context import current_step
 
 ENCODERS = ("gaussian", "delta")
 

@@ -8,17 +8,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import torch
-
 from probgen.errors import ConfigError
 from probgen.infer.objectives import OBJECTIVES
-from probgen.registry import Registry
-
-OPTIMIZERS: Registry = Registry("optimizer")
-OPTIMIZERS.register("adam", torch.optim.Adam)
-OPTIMIZERS.register("adamw", torch.optim.AdamW)
-OPTIMIZERS.register("sgd", torch.optim.SGD)
-OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
+from probgen.infer.phases import OPTIMIZERS
 
 
 def _plain(value):

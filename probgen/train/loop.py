@@ -48,18 +48,32 @@ from tqdm.auto import tqdm
 
 from probgen.data.tensors import TensorData, same_device
 from probgen.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from probgen.infer.batches import batch_len
+from probgen.infer.context import running_steps
+from probgen.infer.phases import OPTIMIZERS, Phase, traced_params
+from probgen.infer.steps import Step, as_step
 from probgen.train import distributed as ddp
 from probgen.train.callbacks import Callback, as_callback
-from probgen.train.checkpoint import (callable_modules, check_writable, load_checkpoint,
-                                      load_module_state, module_buffers, param_owners,
-                                      param_store_constraints, save_checkpoint)
-from probgen.train.config import NOT_RUN_DEFINING, OPTIMIZERS, FitConfig, FitResult
-from probgen.train.context import running_steps
+from probgen.train.checkpoint import (
+    callable_modules,
+    check_writable,
+    load_checkpoint,
+    load_module_state,
+    module_buffers,
+    param_owners,
+    param_store_constraints,
+    save_checkpoint,
+)
+from probgen.train.config import NOT_RUN_DEFINING, FitConfig, FitResult
 from probgen.train.schedules import SCHEDULES
-from probgen.train.speed import (PRECISIONS, NetworkSpeed, data_bytes, find_networks,
-                                 matmul_precision, place_on_device)
-from probgen.train.steps import (BatchArguments, LossStep, Phase, Step, SVIStep, batch_len,
-                                 traced_params)
+from probgen.train.speed import (
+    PRECISIONS,
+    NetworkSpeed,
+    data_bytes,
+    find_networks,
+    matmul_precision,
+    place_on_device,
+)
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -322,40 +336,6 @@ def _overrides(cb, hook: str) -> bool:
 
 
 # --------------------------------------------------------------------------- steps
-
-def as_step(obj, config: FitConfig, batch_to_args=None) -> Step:
-    """A :class:`Step` for ``obj``: a step already; a model with ``fit_step(config)``
-    (the adversarial families); a module with ``model``/``guide`` (SVI); a network
-    with a ``loss`` method."""
-    if isinstance(obj, Step):
-        return obj
-    if callable(getattr(obj, "fit_step", None)):
-        if batch_to_args is not None:
-            raise ConfigError(f"batch_to_args is for a model/guide pair or a network with a "
-                              f".loss; {type(obj).__name__} builds its own step.")
-        step = obj.fit_step(config)
-        if not isinstance(step, Step):
-            raise ConfigError(f"{type(obj).__name__}.fit_step must return a probgen Step.")
-        return step
-    if isinstance(obj, nn.Module) and hasattr(obj, "model") and hasattr(obj, "guide"):
-        return SVIStep(obj, objective=config.objective, num_particles=config.num_particles,
-                       eval_particles=config.eval_particles, batch_to_args=batch_to_args)
-    if isinstance(obj, nn.Module) and callable(getattr(obj, "loss", None)):
-        step = LossStep(obj, lambda module, *args, **kwargs: module.loss(*args, **kwargs))
-        step.arguments = BatchArguments({"loss": obj.loss}, batch_to_args,
-                                        where=f"{type(obj).__name__}.loss")
-        return step
-    if hasattr(obj, "loss") and hasattr(obj, "module"):   # a step of the older, duck-typed form
-        legacy = Step()
-        legacy.module = obj.module
-        legacy.phases = [Phase("loss", lambda b, ctx: obj.loss(b), params=obj.module)]
-        legacy.eval_loss = getattr(obj, "eval_loss", lambda b: None)
-        return legacy
-    raise ConfigError(
-        f"fit() needs a Pyro model with .model and .guide methods, a network with a .loss "
-        f"method, an SVIStep, a LossStep or a PhasedStep; got {type(obj).__name__}. Wrap a "
-        f"plain network as LossStep(net, loss_fn) and a model/guide pair as SVIStep(model, guide).")
-
 
 class PhaseState:
     """A phase's parameters (in the order they joined), optimizer, schedule and counter."""
