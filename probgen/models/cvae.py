@@ -29,10 +29,10 @@ from torch import nn
 
 from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
-from probgen.errors import DataError
-from probgen.metrics.likelihood import masked_bernoulli_nll
+from probgen.errors import ConfigError, DataError
 from probgen.models.checks import (CheckedLossStep, flat_images, found, loop_checked,
                                    outside_unit_interval)
+from probgen.models.likelihoods import masked_bernoulli_nll
 from probgen.models.registry import MODELS
 from probgen.nn.mlp import MLP, GaussianMLP
 
@@ -146,7 +146,6 @@ class CVAE(nn.Module):
         self.image_shape = tuple(image_shape)
         d = int(torch.Size(self.image_shape).numel())
         if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            from probgen.errors import ConfigError
             raise ConfigError(f"z_dim must be a positive integer, got {z_dim!r}.")
         self.baseline = baseline if baseline is not None else Baseline(self.image_shape, hidden)
         if tuple(self.baseline.image_shape) != self.image_shape:

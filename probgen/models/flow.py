@@ -45,7 +45,7 @@ from probgen.errors import ConfigError, DataError
 from probgen.flows.builders import build_flow
 from probgen.flows.core import DensityFlow
 from probgen.flows.transforms import reset_caches
-from probgen.metrics.density import bits_per_dim, mean_bits_per_dim
+from probgen.infer.likelihood import bits_per_dim, iw_log_likelihood, mean_bits_per_dim
 from probgen.models.checks import loop_checked
 from probgen.models.registry import MODELS
 
@@ -232,8 +232,6 @@ class FlowModel(nn.Module):
         """
         self.check_data(x)
         if self.dequantization is not None:
-            from probgen.metrics.likelihood import iw_log_likelihood
-
             return iw_log_likelihood(self.model, self.guide, x, num_samples=num_samples,
                                      chunk_size=max(1, 512 // max(x.shape[0], 1)))
         if self.flow.exact and num_samples != 1:
@@ -242,7 +240,7 @@ class FlowModel(nn.Module):
         return self.distribution(num_samples=num_samples).log_prob(x)
 
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-        """Bits/dim per example (an upper bound for DenseFlow, see :mod:`probgen.metrics.density`)."""
+        """Bits/dim per example (an upper bound for DenseFlow, see :mod:`probgen.infer.likelihood`)."""
         return bits_per_dim(self.log_prob(x, num_samples), self.num_dims, self.num_levels)
 
     @torch.no_grad()

@@ -50,9 +50,9 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
+from probgen.infer.likelihood import bits_per_dim
 from probgen.infer.phases import Phase
 from probgen.infer.steps import ELBOLoss
-from probgen.metrics.density import bits_per_dim
 from probgen.models.flow import FlowModel
 from probgen.models.checks import CheckedStep, loop_checked
 from probgen.models.registry import MODELS

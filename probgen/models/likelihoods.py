@@ -14,14 +14,19 @@ name                       distribution                           data
 ``gaussian``               Normal(sigmoid(out), fixed scale)      grey levels [0, 1]
 ``gaussian_learned``       Normal(sigmoid(out), learned scale)    grey levels [0, 1]
 =========================  =====================================  =================
+
+:func:`masked_bernoulli_nll` is the Bernoulli term of a conditional model whose loss counts
+some pixels only (the CVAE's baseline; re-exported by :mod:`probgen.metrics.likelihood`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import ConfigError, DataError
@@ -112,3 +117,17 @@ class LearnedGaussianLikelihood(GaussianLikelihood):
 
     def __init__(self, scale: float = 0.1, min_scale: float = 1e-3):
         super().__init__(scale, learn_scale=True, min_scale=min_scale)
+
+
+def masked_bernoulli_nll(logits: torch.Tensor, targets: torch.Tensor,
+                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-example ``-sum_i m_i log Bernoulli(t_i | sigmoid(logits_i))`` -> shape ``(B,)``.
+
+    Targets may be grey levels in [0, 1] (the cross-entropy of Pyro's CVAE
+    example); ``mask`` selects the pixels that count (all when ``None``).
+    """
+    t = targets.reshape(logits.shape)
+    nll = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    if mask is not None:
+        nll = nll * mask.reshape(logits.shape).to(nll.dtype)
+    return nll.reshape(nll.shape[0], -1).sum(1)

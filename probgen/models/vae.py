@@ -53,13 +53,13 @@ from torch import nn
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError
 from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, zuko_flow, zuko_settings
+from probgen.infer.context import current_step
 from probgen.infer.guides import AmortizedFlow, flow_settings
 from probgen.models.checks import checked_labels, flat_images, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.registry import Registry
-from probgen.infer.context import current_step
 
 ENCODERS = ("gaussian", "delta")
 
