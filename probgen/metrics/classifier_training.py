@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from probgen.data import RandomShift, TensorData
 from probgen.errors import ConfigError
+from probgen.metrics.report import seeded
 from probgen.nn.classifier import MNISTClassifier, save_classifier
 from probgen.train import LossStep, fit
 
@@ -51,9 +52,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    devices = [images.device] if images.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, images.device):
         net = MNISTClassifier().to(images.device)
         data = TensorData(images, labels)
         if max_shift:
