@@ -17,7 +17,7 @@ own pieces: the step's phases and their losses, the optimizers of
 :data:`~probgen.train.OPTIMIZERS` and the schedules of :data:`~probgen.train.SCHEDULES`
 built as the fit loop builds them (one optimizer per phase), parameters found by tracing
 Pyro's param sites as ``pyro.infer.SVI`` finds them, the step context of
-:mod:`probgen.train.context` (with the data of a :class:`TensorBatches` checked whole once,
+:mod:`probgen.infer.context` (with the data of a :class:`TensorBatches` checked whole once,
 when training, validation or testing starts, so that the model skips its per-batch
 checks as in ``fit``), and a probgen model's own scope of Pyro's param store. So
 the same model, data order, seed and settings give the same parameters under either
@@ -56,10 +56,14 @@ except ImportError as err:  # an optional extra: say how to get it, in one line
 
 from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
+from probgen.infer.batches import batch_len
+from probgen.infer.context import StepContext
+from probgen.infer.phases import traced_params
+from probgen.infer.steps import STEP_SETTINGS, Step, as_step
+from probgen.models.registry import is_probgen_model
+from probgen.train.batches import as_batch, check_data_once
 from probgen.train.config import FitConfig
-from probgen.train.context import running_steps
-from probgen.train.loop import PhaseState, as_batch, as_step, check_data_once, is_probgen_model
-from probgen.train.steps import STEP_SETTINGS, Step, batch_len, traced_params
+from probgen.train.phases import PhaseState
 
 __all__ = ["ProbgenModule", "TensorBatches"]
 
@@ -356,14 +360,14 @@ class ProbgenModule(L.LightningModule):
             if validate is not None:
                 stack.enter_context(pyro.validation_enabled(validate))
             stack.enter_context(
-                running_steps(data_checked=data_checked, module=self.step.declared_module)
+                StepContext(data_checked=data_checked, module=self.step.declared_module)
             )
             yield
 
     # ------------------------------------------------------------------ data checks
     def _check_loader(self, loader) -> bool:
         """Check a :class:`TensorBatches`' data whole, once per data set, as the fit loop
-        does before its first step (:func:`~probgen.train.loop.check_data_once`); True
+        does before its first step (:func:`~probgen.train.batches.check_data_once`); True
         when that covers every batch, so the model skips its per-batch checks (a host
         sync each on a GPU). Other loaders (a ``DataLoader``, several loaders) are
         checked batch by batch by the model."""

@@ -18,7 +18,7 @@ to the GPU each step stalls as well) -- and answers a scalar read as "nothing
 found" (``False``/``0``), which is how probgen writes its value checks ("is anything
 bad?", :func:`probgen.models.checks.found`). A training step's count is its budget:
 a new synchronisation in a hot path fails the budget test. The steps run in the fit
-loop's context (:mod:`probgen.train.context`, data checked once) with Pyro's
+loop's context (:mod:`probgen.infer.context`, data checked once) with Pyro's
 validation off, as :func:`probgen.fit` runs them.
 
 **What it cannot see.** No kernel runs: neither the backward pass (the loop's
@@ -47,9 +47,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import probgen
 from probgen.data import TensorData
+from probgen.infer.context import running_steps
 from probgen.models import MODELS
-from probgen.train.context import running_steps
-from probgen.train.loop import as_step
+from probgen.train import as_step
 from tests.test_models import ADVERSARIAL, TINY
 
 aten = torch.ops.aten

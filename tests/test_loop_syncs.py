@@ -18,9 +18,10 @@ import probgen
 from probgen.data import TensorData, dynamic_binarization
 from probgen.data.dequantize import uniform_dequantization
 from probgen.errors import DataError
+from probgen.infer.context import running_steps
 from probgen.models import VAE
-from probgen.train.context import running_steps
-from probgen.train.loop import Run, as_step, check_data_once, evaluate
+from probgen.train import Run, as_step, evaluate
+from probgen.train.batches import check_data_once
 from tests.test_device import fake_cuda
 
 

@@ -24,7 +24,7 @@ from probgen.models import MODELS, VAE, Baseline
 from probgen.models.aging import RecurrentAger
 from probgen.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, file_tensors, load_weights
 from probgen.models.registry import from_pretrained, read_pretrained_config
-from probgen.train.loop import as_step
+from probgen.train import as_step
 from tests.test_device import CASES, CONFIG, _post_fit, _step
 
 

@@ -624,7 +624,7 @@ def test_batches_the_loop_cannot_check_whole_are_checked_one_by_one():
 def test_deterministic_sites_skipped_only_inside_the_loops_steps():
     """fit's steps trace no "mean" site (no loss reads it); Predictive after fit, and a
     Predictive run from a callback during fit, both still return it."""
-    from probgen.train.context import current_step
+    from probgen.infer.context import current_step
 
     x, _ = _grey_vae_data()
     vae = VAE(z_dim=2, hidden=(8,))
@@ -752,6 +752,6 @@ def test_checkpoint_keeps_numpy_rng(tmp_path):
                 device="cpu", seed=None, checkpoint=str(tmp_path / "n.pt"), **QUIET)
     expected = np.random.rand()
     state = load_checkpoint(tmp_path / "n.pt")
-    from probgen.train.loop import _set_rng_state
-    _set_rng_state(state["rng"], torch.Generator())
+    from probgen.train.device import set_rng_state
+    set_rng_state(state["rng"], torch.Generator())
     assert np.random.rand() == expected

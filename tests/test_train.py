@@ -274,16 +274,16 @@ def test_resume_from_a_gpu_checkpoint_on_the_cpu_says_what_it_cannot_restore(
 
 
 def test_cuda_generator_states_are_restored_where_cuda_is(monkeypatch):
-    from probgen.train import loop
+    from probgen.train import device
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s, i)))
-    state = loop._rng_state(torch.Generator())
+    state = device.rng_state(torch.Generator())
     fake = torch.arange(8, dtype=torch.uint8)
     state["cuda"] = [fake, fake + 1]
-    note = loop._set_rng_state(state, torch.Generator())
+    note = device.set_rng_state(state, torch.Generator())
     monkeypatch.undo()
     assert len(restored) == 1 and torch.equal(restored[0][0], fake) and restored[0][1] == 0
     assert "2 CUDA devices and this machine has 1" in note
@@ -310,8 +310,8 @@ class VirtualDevice(nn.Linear):
 def test_fit_returns_the_module_on_the_device_and_in_the_mode_it_came_in(fails, monkeypatch):
     from probgen.train import loop
 
-    real = loop._module_device
-    monkeypatch.setattr(loop, "_module_device",
+    real = loop.module_device
+    monkeypatch.setattr(loop, "module_device",
                         lambda m: getattr(m, "virtual", None) or real(m))
     net = VirtualDevice().eval()
     train, _ = conflicting_data()
@@ -330,13 +330,13 @@ def test_fit_returns_the_module_on_the_device_and_in_the_mode_it_came_in(fails, 
 
 
 def test_evaluate_reduces_on_the_training_device_under_nccl(monkeypatch):
-    from probgen.train import loop
+    from probgen.train import device
 
-    monkeypatch.setattr(loop.ddp, "is_distributed", lambda: True)
+    monkeypatch.setattr(device.ddp, "is_distributed", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert loop._reduce_device(None) == torch.device("cuda", 0)   # a bare SVIStep, no module
-    assert loop._reduce_device(torch.device("cpu")) == torch.device("cpu")
+    assert device.reduce_device(None) == torch.device("cuda", 0)   # a bare SVIStep, no module
+    assert device.reduce_device(torch.device("cpu")) == torch.device("cpu")
 
 
 def _binary_images(n=30, seed=0):
@@ -351,8 +351,7 @@ def test_evaluate_takes_a_model_as_fit_does_and_equals_pyros_elbo():
     from pyro.infer import Trace_ELBO
 
     from probgen.models import VAE
-    from probgen.train import evaluate
-    from probgen.train.loop import as_step
+    from probgen.train import as_step, evaluate
 
     vae = VAE(z_dim=2, hidden=(8,), image_shape=(1, 4, 4))
     data = TensorData(_binary_images())

@@ -578,9 +578,9 @@ def test_a_bare_pair_trains_where_its_data_is(monkeypatch):
     """device='auto' moves nothing of a bare model/guide pair: the batches reach the model
     as the user gave them (CPU tensors here, while 'auto' would pick CUDA: a move would
     fail on this machine). What this cannot see: a real GPU's copies."""
-    from probgen.train import loop
+    from probgen.train import device
 
-    monkeypatch.setattr(loop, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(device, "resolve_device", lambda device: torch.device("cuda"))
     seen = []
 
     def model(x):

@@ -204,7 +204,7 @@ def test_fit_steps_reuse_the_data_plate_with_pyros_value_and_gradient(particles)
     vectorized particles too (their plate at dim -2), and no plate dim stays allocated."""
     from pyro.poutine.runtime import _DIM_ALLOCATOR
 
-    from probgen.train.context import running_steps
+    from probgen.infer.context import running_steps
 
     x, y = batch()
     model = tiny("vae")

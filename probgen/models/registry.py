@@ -329,6 +329,13 @@ def rebuildable(cls):
     return cls
 
 
+def is_probgen_model(module) -> bool:
+    """Whether ``module`` is a model of a registered probgen class (its class records its
+    constructor's arguments, and the fit loop trains it in a scope of Pyro's param store
+    of its own)."""
+    return module is not None and bool(getattr(type(module), "isolate_param_store", False))
+
+
 class ModelRegistry(Registry):
     """A :class:`~probgen.registry.Registry` whose classes record their constructor
     arguments (see the module docstring)."""

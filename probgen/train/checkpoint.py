@@ -32,6 +32,8 @@ from pyro import poutine
 from torch.distributions import constraints as torch_constraints
 
 from probgen.errors import CheckpointError, CheckpointWriteError
+from probgen.models.registry import build_from_config, model_config
+from probgen.train.distributed import is_main_process
 
 FORMAT = "probgen.checkpoint"
 VERSION = 1
@@ -265,9 +267,6 @@ def load_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], sourc
 def save_model(module: torch.nn.Module, path: Union[str, Path], **extra) -> Path:
     """Save a module's weights (and any extra JSON-like entries) as a probgen checkpoint;
     a registered probgen model's settings go with them, for :func:`load`."""
-    from probgen.models.registry import model_config
-    from probgen.train.distributed import is_main_process
-
     path = Path(path)
     if not is_main_process():   # under torchrun, rank 0 alone writes files
         return path
@@ -584,8 +583,6 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
             without its callables, a model class or constructor of another probgen
             version, missing entries).
     """
-    from probgen.models.registry import build_from_config
-
     if weights not in (None, "best", "last"):
         raise CheckpointError(f"weights must be None, 'best' or 'last', got {weights!r}.")
     state = load_checkpoint(path, map_location=map_location)

@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Optional, Union
 from probgen.errors import ConfigError
 from probgen.infer.objectives import OBJECTIVES
 from probgen.infer.phases import OPTIMIZERS
+from probgen.train.device import resolve_device
+from probgen.train.schedules import SCHEDULES
+from probgen.train.speed import COMPILE_OPTIONS, MATMUL_PRECISIONS, PRECISIONS
 
 
 def _plain(value):
@@ -169,8 +172,6 @@ class FitConfig:
 
     def check(self) -> "FitConfig":
         """Refuse bad settings, one line each (:class:`~probgen.errors.ConfigError`)."""
-        from probgen.train.schedules import SCHEDULES
-
         def positive_int(name):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -222,12 +223,10 @@ class FitConfig:
             SCHEDULES.get(self.lr_schedule)
         if self.resume and not self.checkpoint:
             raise ConfigError("resume=True needs a checkpoint path to resume from.")
-        from probgen.train.loop import resolve_device
         resolve_device(self.device)
         return self
 
     def _check_speed(self) -> None:
-        from probgen.train.speed import COMPILE_OPTIONS, MATMUL_PRECISIONS, PRECISIONS
         if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
             raise ConfigError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)} or "
                               f"None (torch's setting as it is), got {self.matmul_precision!r}.")

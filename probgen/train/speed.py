@@ -56,10 +56,11 @@ import torch
 from torch import nn
 
 from probgen.errors import ConfigError
+from probgen.train.checkpoint import callable_modules
 
 __all__ = ["COMPILE_OPTIONS", "DEVICE_DATA_SHARE", "MATMUL_PRECISIONS", "PRECISIONS",
            "NetworkCall", "NetworkSpeed", "device_free_memory", "find_networks",
-           "matmul_precision", "place_on_device"]
+           "matmul_precision", "place_on_device", "speed_plan"]
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 """Values of ``FitConfig.matmul_precision`` (``None``: leave torch's setting alone)."""
@@ -359,3 +360,48 @@ def place_on_device(sizes: Dict[str, int], device: torch.device,
         else:
             out[k] = False
     return out
+
+
+def speed_plan(config, module, step, device: torch.device) -> Optional[NetworkSpeed]:
+    """The networks of a run's ``step`` (its ``module``, or the modules of its model/guide
+    pair) that ``precision`` and ``compile`` concern, checked before any training; ``None``
+    when neither is asked for in ``config``.
+
+    Raises:
+        ConfigError: no network to speed up, networks of another dtype than float32 for
+            bfloat16, a GPU without native bfloat16.
+    """
+    c = config
+    if c.precision is None and not c.compile:
+        return None
+    asked = " and ".join(x for x in (f"precision={c.precision!r}" if c.precision else "",
+                                     "compile" if c.compile else "") if x)
+    roots = [module] if module is not None else list(callable_modules(
+        getattr(step, "model", None), getattr(step, "guide", None)).values())
+    networks = find_networks(roots)
+    if not networks:
+        raise ConfigError(
+            f"{asked} concerns the networks of the model (plain nn.Modules with trainable "
+            f"parameters: encoders, decoders, coupling networks), and "
+            f"{step.describe()} has none that fit holds; give the step a module "
+            f"holding them (SVIStep(model, guide, module=net)), or leave {asked} unset.")
+    low = PRECISIONS.get(c.precision) if c.precision is not None else None
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for n in networks
+                     for p in n.parameters() if p.is_floating_point()})
+    if low is not None:
+        if dtypes != ["float32"]:
+            raise ConfigError(f"precision={c.precision!r} runs float32 networks in "
+                              f"bfloat16, and {step.describe()}'s networks hold "
+                              f"{'/'.join(dtypes)} parameters; give float32 ones or leave "
+                              f"precision unset.")
+        # emulated bfloat16 (GPUs before Ampere) runs, but slower than float32
+        if device.type == "cuda" and \
+                not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ConfigError(f"precision={c.precision!r}: {device} "
+                              f"({torch.cuda.get_device_name(device)}) has no native "
+                              f"bfloat16 support; leave precision unset on this GPU.")
+    options = None
+    if c.compile:
+        options = dict(c.compile) if isinstance(c.compile, dict) else {}
+    return NetworkSpeed(networks, device.type, autocast=low, compile=options,
+                        dtype=torch.float32)

@@ -61,7 +61,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import torch
 
 from probgen import checks
+from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
+from probgen.models.registry import model_config
 from probgen.registry import Registry
 from probgen.train.callbacks import Callback
 
@@ -117,9 +119,6 @@ def run_hparams(run, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
     (a registered probgen model's constructor settings, with ``class``) and ``extra``."""
     out: Dict[str, Any] = {"fit": run.config.to_dict()}
     if getattr(run, "module", None) is not None:
-        # registry -> models -> train.steps: importing it when train is imported would
-        # import train from itself; the loop reads the same settings the same way.
-        from probgen.models.registry import model_config
         try:
             out["model"] = _model_dict(model_config(run.module))
         except TypeError:   # not a registered probgen model: no settings to record
@@ -172,8 +171,6 @@ def _is_image_batch(x) -> bool:
 def first_images(run, n: int) -> Optional[torch.Tensor]:
     """The first ``n`` images of the validation data (else of the training data), when it
     is a :class:`~probgen.data.TensorData` whose first tensor is ``(N, C, H, W)``."""
-    from probgen.data.tensors import TensorData
-
     for data in (getattr(run, "val_data", None), getattr(run, "train_data", None)):
         if isinstance(data, TensorData) and _is_image_batch(data.tensors[0]):
             return data.tensors[0][:n]

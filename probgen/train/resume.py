@@ -1,0 +1,214 @@
+"""A run's checkpoint: what the fit loop writes after every epoch, the check that a
+resumed run continues the same training (its fingerprint), and the restore.
+
+The file format and its I/O are :mod:`probgen.train.checkpoint`'s; this module says what
+goes into the file and how a run comes back from it. Every entry an earlier probgen wrote
+is read the same way, so its checkpoints resume as they did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from probgen.errors import CheckpointError
+from probgen.models.registry import model_config
+from probgen.train.checkpoint import (callable_modules, load_module_state, module_buffers,
+                                      param_owners, param_store_constraints)
+from probgen.train.config import NOT_RUN_DEFINING
+from probgen.train.device import set_rng_state
+from probgen.train.phases import pyro_params
+
+__all__ = ["check_same_run", "checkpoint_state", "model_settings", "restore"]
+
+
+def model_settings(module) -> Optional[Dict[str, Any]]:
+    """The constructor settings of a registered probgen model (``None`` for others)."""
+    if module is None:
+        return None
+    try:
+        return model_config(module)
+    except TypeError:
+        return None
+
+
+def checkpoint_state(run, epoch_done: int, rngs) -> Dict[str, Any]:
+    """What the loop writes after ``epoch_done`` epochs: the weights, the Pyro parameters
+    (with their constraints, owners and the pair's buffers), every phase's optimizer and
+    schedule, the random states ``rngs``, the settings, history, early stopping and best
+    weights, the callbacks' states, and the run's fingerprint (model class and settings,
+    step, data)."""
+    live = pyro_params(run.phases)
+    # the modules of a model/guide pair (an AutoGuide, a PyroModule, a VAE's methods)
+    pair_modules = callable_modules(getattr(run.step, "model", None),
+                                    getattr(run.step, "guide", None))
+    params = {k: v.detach() for k, v in live.items()}
+    module = run.module
+    state = {"epoch": epoch_done, "steps": run.result.steps,
+             "module": module.state_dict() if module is not None else None,
+             "pyro_params": params,
+             "pyro_constraints": param_store_constraints(params),
+             "pyro_owners": param_owners(pair_modules, live),
+             "pyro_buffers": module_buffers(pair_modules, skip=module),
+             "phases": [{"name": st.phase.name, "names": list(st.names), "steps": st.steps,
+                         "optimizer": st.optimizer.state_dict() if st.optimizer else None,
+                         "scheduler": st.scheduler.state_dict() if st.scheduler else None}
+                        for st in run.phases],
+             "rng": rngs, "world_size": run.world,
+             "config": run.config.to_dict(), "history": run.result.history,
+             "best_epoch": run.result.best_epoch, "best_loss": run.result.best_loss,
+             **run.best_weights.state_dict(), **run.stopping.state_dict(),
+             "stopped_early": run.result.stopped_early,
+             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {}
+                           for cb in run.callbacks],
+             "module_class": type(module).__qualname__ if module is not None else None,
+             "step": run.step.signature(),
+             "data": getattr(run.train_data, "settings", None)}
+    settings = model_settings(module)
+    if settings is not None:
+        state["model"] = settings
+    return state
+
+
+def check_same_run(run, state: Dict[str, Any]) -> None:
+    """A resumed run must continue the same training: every setting that changes what it
+    computes is the same (epochs, patience and lr may change), on the same data, with the
+    same model, objective, particle count and phases.
+
+    Raises:
+        CheckpointError: one line listing what differs.
+    """
+    saved = state.get("config") or {}
+    now = run.config.to_dict()
+    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+             for k in now if k in saved and k not in NOT_RUN_DEFINING and saved[k] != now[k]]
+    if saved.get("lr_schedule") is not None and saved.get("epochs") != now["epochs"]:
+        # a schedule spans the run's epochs: changing them changes every later step
+        diffs.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
+                     f"now (the {saved['lr_schedule']} schedule spans them)")
+    diffs += _model_differences(run.module, state)
+    saved_step, mine_step = state.get("step") or {}, run.step.signature()
+    diffs += [f"step {k}: {saved_step[k]!r} in the checkpoint, {mine_step[k]!r} now"
+              for k in mine_step if k in saved_step and saved_step[k] != mine_step[k]]
+    diffs += _differences("data", state.get("data"), getattr(run.train_data, "settings", None))
+    phases, mine = state.get("phases"), [s.phase.name for s in run.phases]
+    if phases is not None and [p["name"] for p in phases] != mine:
+        diffs.append(f"phases: {[p['name'] for p in phases]} in the checkpoint, {mine} now")
+    if state.get("world_size", 1) != run.world and run.config.seed is not None:
+        diffs.append(f"processes: {state.get('world_size', 1)} in the checkpoint, "
+                     f"{run.world} now")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {run.ckpt_path}: it belongs to another run "
+            f"({'; '.join(diffs)}). Use another checkpoint path (--out) or start afresh "
+            f"without resume.")
+
+
+def _model_differences(module, state: Dict[str, Any]) -> List[str]:
+    cls = state.get("module_class")
+    mine = type(module).__qualname__ if module is not None else None
+    if cls is not None and cls != mine:
+        return [f"model: {cls} in the checkpoint, {mine} now"]
+    saved, now = state.get("model"), model_settings(module)
+    if cls != mine or saved is None or now is None:
+        return []
+    # the same class built otherwise (a denoising and an inpainting autoencoder)
+    return _differences("model setting", saved.get("args", {}), now.get("args", {}))
+
+
+def _differences(what: str, saved, now) -> List[str]:
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return []
+    return [f"{what} {k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def restore(run, state: Dict[str, Any]) -> None:
+    """Put a run back where its checkpoint ``state`` left it: weights, Pyro parameters,
+    optimizers and schedules (with a changed ``lr`` applied), random states, history,
+    early stopping, best weights and the callbacks' states."""
+    if run.module is not None and state.get("module") is not None:
+        load_module_state(run.module, state["module"], source=f"checkpoint {run.ckpt_path}")
+    store_params = pyro_params(run.phases)
+    with torch.no_grad():
+        for name, value in (state.get("pyro_params") or {}).items():
+            if name in store_params:
+                store_params[name].copy_(value)
+    _restore_phases(run, state.get("phases", []))
+    _apply_new_lr(run, state)
+    _note_speed_changes(run, state)
+    rng = state["rng"]
+    if isinstance(rng, list):   # one state per process of a torchrun job
+        rng = rng[run.rank] if run.rank < len(rng) else rng[0]
+    note = set_rng_state(rng, run.loader_gen)
+    if note:
+        _say(run, f"fit: resuming {run.ckpt_path}: {note}.")
+    run.result.history = list(state["history"])
+    run.result.best_epoch = state["best_epoch"]
+    run.result.best_loss = state["best_loss"]
+    run.result.steps = int(state.get("steps", 0))
+    run.best_weights.load_state_dict(state)
+    run.stopping.load_state_dict(state)
+    run.start_epoch = state["epoch"]
+    for cb, cb_state in zip(run.callbacks, state.get("callbacks", [])):
+        if hasattr(cb, "load_state_dict") and cb_state:
+            cb.load_state_dict(cb_state)
+    if state.get("stopped_early"):
+        run.finished = True    # that run was finished already
+        run.result.stopped_early = True
+
+
+def _restore_phases(run, saved_phases) -> None:
+    for st, saved in zip(run.phases, saved_phases):
+        by_name = dict(zip(st.names, st.params))
+        missing = [n for n in saved["names"] if n not in by_name]
+        if missing:
+            raise CheckpointError(
+                f"cannot resume from {run.ckpt_path}: phase {st.phase.name!r} had "
+                f"parameters this run does not create ({', '.join(missing[:3])}).")
+        order = list(saved["names"]) + [n for n in st.names if n not in saved["names"]]
+        st.params = [by_name[n] for n in order]
+        st.names = order
+        st.steps = saved["steps"]
+        if saved.get("optimizer") is not None:
+            st.build_optimizer(run.total_steps(), run.steps_per_epoch)
+            st.optimizer.load_state_dict(saved["optimizer"])
+            if st.scheduler is not None and saved.get("scheduler") is not None:
+                st.scheduler.load_state_dict(saved["scheduler"])
+
+
+def _apply_new_lr(run, state) -> None:
+    """A resumed run with another ``lr``: every phase that takes the run's learning rate
+    (and its schedule) scaled by new/old, said in one line."""
+    old = (state.get("config") or {}).get("lr")
+    new = run.config.lr
+    if old is None or new is None or old == new:
+        return
+    for st in run.phases:
+        if st.optimizer is None or st.phase.sets_lr:
+            continue
+        for g in st.optimizer.param_groups:
+            g["lr"] = g["lr"] * new / old
+            if "initial_lr" in g:
+                g["initial_lr"] = new
+        if st.scheduler is not None:
+            st.scheduler.base_lrs = [b * new / old for b in st.scheduler.base_lrs]
+    _say(run, f"fit: resuming {run.ckpt_path} with lr {new} (the checkpoint ran with {old})")
+
+
+def _note_speed_changes(run, state) -> None:
+    """One line when the numerics settings differ from the checkpoint's run (allowed:
+    a bfloat16 run on a GPU may go on in float32 on a CPU)."""
+    saved = state.get("config") or {}
+    changed = [f"{k} {getattr(run.config, k)!r} (the checkpoint ran with {saved[k]!r})"
+               for k in ("precision", "matmul_precision")
+               if k in saved and saved[k] != getattr(run.config, k)]
+    if changed:
+        _say(run, f"fit: resuming {run.ckpt_path} with {' and '.join(changed)}")
+
+
+def _say(run, line: str) -> None:
+    if run.config.verbose and run.is_main:
+        tqdm.write(line)
