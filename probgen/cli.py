@@ -48,7 +48,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+import probgen
 from probgen import checks
+from probgen.data import image_splits
 from probgen.data.recipes import with_settings  # noqa: F401  (the scripts' name for it)
 from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
 from probgen.metrics.quality import min_fid_samples
@@ -315,8 +317,6 @@ def fit_config(args, **overrides) -> FitConfig:
 
 def mnist(args, binarize: str = "none"):
     """The bundled MNIST as device-resident train/val/test splits (a slice with --smoke)."""
-    from probgen.data import image_splits
-
     return image_splits("mnist", val_size=args.val_size, binarize=binarize, seed=args.seed,
                         device=args.device, limit=SMOKE_LIMIT if args.smoke else None)
 
@@ -352,8 +352,6 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
                   table: Optional[List[Dict[str, Any]]] = None, name: str = "results") -> Dict:
     """Write ``{name}.json`` (results, args, wall time, machine, versions) and, when
     ``table`` rows are given, ``{name}.csv``."""
-    import probgen
-
     record = {"results": results, "wall_seconds": time.perf_counter() - started,
               "args": _args_record(args),
               "device": args.device, "machine": machine(),

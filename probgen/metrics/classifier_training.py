@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from probgen.data import RandomShift, TensorData
+from probgen.data import RandomShift, TensorData, image_splits
 from probgen.errors import ConfigError
 from probgen.metrics.report import seeded
 from probgen.nn.classifier import MNISTClassifier, save_classifier
@@ -104,7 +104,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from probgen.data import image_splits
     splits = image_splits("mnist", val_size=0, limit=args.limit)
     train_x, train_y = splits["train"].tensors
     test_x, test_y = splits["test"].tensors

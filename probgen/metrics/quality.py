@@ -49,6 +49,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from probgen.data import image_splits
 from probgen.errors import CheckpointError, ConfigError, DataError
 from probgen.nn.classifier import load_classifier, shipped_sha256
 from probgen.train import Metric
@@ -335,7 +336,6 @@ def reference_statistics(images, *, feature: str = "mnist", inception_weights: O
 
 @functools.lru_cache(maxsize=2)
 def _mnist_reference(split: str) -> QualityReference:
-    from probgen.data import image_splits
     splits = image_splits("mnist", val_size=0)
     if split not in splits:
         raise ConfigError(f"split must be one of {sorted(splits)}, got {split!r}.")

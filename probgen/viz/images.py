@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from probgen.data.masks import MISSING
+from probgen.train.distributed import is_main_process
 
 
 def module_place(fn):
@@ -118,7 +119,6 @@ def save(fig, path: Union[str, Path, None], dpi: int = 120):
     """
     if path is None:
         return fig
-    from probgen.train.distributed import is_main_process
     if not is_main_process():   # under torchrun, rank 0 alone writes files
         return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)

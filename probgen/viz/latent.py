@@ -11,7 +11,8 @@ import torch
 
 from probgen.metrics.images import pca
 from probgen.metrics.report import seeded
-from probgen.viz.images import grid_figure, image_grid, module_place, new_figure, save
+from probgen.viz.images import (grid_figure, image_grid, module_place, new_figure, rows_figure,
+                                save)
 
 PathLike = Union[str, Path, None]
 
@@ -132,8 +133,6 @@ def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], 
 def interpolation_figure(rows: Dict[str, torch.Tensor], path: PathLike = None,
                          title: Optional[str] = None):
     """Rows of images along a path between two codes (label -> ``(steps, C, H, W)``)."""
-    from probgen.viz.images import rows_figure
-
     return rows_figure(rows, path, title)
 
 
@@ -246,8 +245,6 @@ def vae_figures(model, images: torch.Tensor, labels: torch.Tensor, folder: Union
     label for a label-conditional model, one row per label) and ``latent<tag>.png`` (the
     encoder means of ``images``, coloured by ``labels``; :func:`latent_scatter`). The
     samples are drawn from the global random stream. Returns the figures by name."""
-    from probgen.viz.images import rows_figure
-
     folder = Path(folder)
     figs = {"reconstructions": rows_figure(
         {"data": images[:12], "reconstruction": model.reconstruct(images[:12], labels[:12])},
