@@ -39,8 +39,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from probgen.errors import ConfigError, DataError
+from probgen.data.datasets import default_root, image_splits
 from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError, DataError
 
 ATTRIBUTES = ("thickness", "slant")
 
@@ -213,8 +214,6 @@ def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int
         cache: ``True``: read or write ``default_root()/graded``; a folder: there;
             ``False``: compute every time.
     """
-    from probgen.data.datasets import default_root, image_splits
-
     settings = dict(attribute=attribute, levels=levels, thinning=thinning, max_shear=max_shear,
                     val_size=val_size, seed=seed, limit=limit, version=1)
     path = None

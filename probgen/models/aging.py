@@ -55,6 +55,7 @@ from probgen.models.checks import CheckedStep, found, loop_checked
 from probgen.models.registry import MODELS, rebuildable
 from probgen.nn.aging_nets import (ConditionalDiscriminator, ConditionalGenerator, ConvEncoder,
                                    GRUAger, label_maps)
+from probgen.nn.classifier import load_classifier
 from probgen.nn.gan_nets import check_input, inputs_checked
 
 REFINEMENTS = ("none", "pixel", "identity")
@@ -108,8 +109,6 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 def mnist_identity_features(device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The recognition network for digits: the shipped MNIST classifier's penultimate layer
     (128 features), in eval mode with frozen weights, differentiable in its input."""
-    from probgen.nn.classifier import load_classifier
-
     net = load_classifier(device=device).eval().requires_grad_(False)
 
     class _Features(nn.Module):

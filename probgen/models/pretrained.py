@@ -32,6 +32,7 @@ import json
 import os
 import re
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ import safetensors
 import safetensors.torch
 import torch
 
-import probgen
 from probgen.errors import CheckpointError, ConfigError
 
 FORMAT = "probgen.pretrained"
@@ -116,6 +116,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _probgen_version() -> str:
+    """The installed probgen's version (pyproject.toml's, as ``probgen.__version__``), read
+    from the distribution's metadata: this module sits below the ``probgen`` package, which
+    it does not import."""
+    try:
+        return metadata.version("probgen")
+    except metadata.PackageNotFoundError:   # a source tree on the path, not installed
+        return "unknown"
+
+
 def _folder(path: PathLike) -> Path:
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -170,7 +180,7 @@ def write_folder(module: torch.nn.Module, path: PathLike, record: dict[str, Any]
     state = module.state_dict()
     tensors, tied = file_tensors(state, owner=type(module).__name__)
     config = {"format": FORMAT, "format_version": VERSION,
-              "probgen_version": getattr(probgen, "__version__", "unknown"),
+              "probgen_version": _probgen_version(),
               "torch_version": torch.__version__.split("+")[0], **record}
     weights_tmp = config_tmp = None
     try:
