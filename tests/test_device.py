@@ -209,7 +209,11 @@ CASES = {**TINY, **ADVERSARIAL,
                                           corruption="blocks"),
          "vae_noise_gaussian": lambda m: _vae(m, corruption="noise", likelihood="gaussian"),
          "vae_iaf": lambda m: _vae(m, guide_flow="iaf"),
-         "vae_planar_beta": lambda m: _vae(m, guide_flow="planar", beta=2.0)}
+         "vae_planar_beta": lambda m: _vae(m, guide_flow="planar", beta=2.0),
+         "vae_zuko_guide": lambda m: _vae(m, guide_flow="zuko:nsf",
+                                          guide_flow_kwargs={"hidden_features": [16]}),
+         "vae_zuko_prior": lambda m: _vae(m, prior_flow="zuko:maf",
+                                          prior_flow_kwargs={"hidden_features": [8]})}
 CONFIG = {"vae_meanfield": dict(objective="meanfield"),
           "vae_iwae": dict(objective="iwae", num_particles=3)}
 
@@ -316,7 +320,7 @@ def _post_fit(name, model, b):
     """The methods a user calls on a trained model of the case ``name`` (batch ``b``)."""
     x = b[0]
     if name in ("vae", "vae_meanfield", "vae_iwae", "vae_iaf", "vae_planar_beta",
-                "vae_noise_gaussian", "vae_conv_blocks"):
+                "vae_noise_gaussian", "vae_conv_blocks", "vae_zuko_guide", "vae_zuko_prior"):
         labels = b[1] if model.num_labels else None
         out = [model.reconstruct(x, labels), model.encode(x, labels)[0],
                model.posterior(x, labels).sample(),
