@@ -66,6 +66,11 @@ from probgen.train.speed import NetworkSpeed, matmul_precision, speed_plan
 from probgen.train.stopping import BestWeights, EarlyStopping
 from probgen.train.validation import evaluate_pass
 
+# Names that lived in this module before the loop was split, under their older path.
+from probgen.train.batches import as_batch  # noqa: F401, I001
+from probgen.train.device import resolve_device, set_seed  # noqa: F401
+from probgen.train.validation import evaluate  # noqa: F401
+
 __all__ = ["Run", "fit"]
 
 
