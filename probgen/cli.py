@@ -140,7 +140,18 @@ def common_parser(description: str, epochs: int, out: str, patience: Optional[in
 def sample_count(zero: Optional[str] = None):
     """The argparse ``type=`` of a number of samples an FID scores: at least
     :data:`MIN_FID_SAMPLES` (more samples than the MNIST classifier's features); 0 accepted
-    where ``zero`` says what it means (``"skip"``)."""
+    where ``zero`` says what it means (``"skip"``).
+
+    Examples:
+        >>> from probgen import cli
+        >>> count = cli.sample_count()
+        >>> count("10000")
+        10000
+        >>> count("100")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be at least 129, got 100; FID on the classifier's ...
+    """
     kw = {} if zero is None else {"zero": zero}
     return checks.arg(checks.integer, low=MIN_FID_SAMPLES, hint="FID on the classifier's 128 "
                       "features", **kw)
@@ -381,7 +392,17 @@ def write_table(path: Path, rows: Sequence[Dict[str, Any]]) -> Path:
 
 
 def print_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A plain-text table of dict rows (same keys), printed and returned."""
+    """A plain-text table of dict rows (same keys), printed and returned; floats with three
+    decimals.
+
+    Examples:
+        >>> from probgen import cli
+        >>> _ = cli.print_table([{"model": "vae", "fid": 31.25, "epochs": 10},
+        ...                      {"model": "gan", "fid": 8.5, "epochs": 20}])
+        model     fid  epochs
+          vae  31.250      10
+          gan   8.500      20
+    """
     keys = list(rows[0])
     cells = [[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]

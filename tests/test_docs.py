@@ -150,17 +150,32 @@ def modules_with_examples():
 
 
 def run_doctests(module) -> doctest.TestResults:
+    """Every example of ``module``'s docstrings, in a forked random state (an example that
+    draws from the global generator leaves the rest of the suite's stream alone)."""
+    import torch
+
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for test in finder.find(module, module.__name__):
-        runner.run(test)
+    with torch.random.fork_rng(devices=[]):
+        for test in finder.find(module, module.__name__):
+            runner.run(test)
     return runner.summarize(verbose=False)
+
+
+def prompts(module) -> int:
+    """The ``>>>`` prompts written in ``module``'s source file: one per example."""
+    source = Path(inspect.getsourcefile(module)).read_text()
+    return sum(1 for line in source.splitlines() if line.lstrip().startswith(">>>"))
 
 
 @pytest.mark.parametrize("name", modules_with_examples())
 def test_docstring_examples_run(name):
-    results = run_doctests(importlib.import_module(name))
-    assert results.attempted > 0, f"{name} has '>>>' that doctest does not find"
+    module = importlib.import_module(name)
+    results = run_doctests(module)
+    # every example written is run: none sits where doctest does not look (a comment, a
+    # function the finder skips)
+    assert results.attempted == prompts(module), \
+        f"{name} has {prompts(module)} '>>>' examples but doctest finds {results.attempted}"
     assert results.failed == 0, f"{results.failed} of {name}'s examples failed (output above)"
 
 
@@ -171,3 +186,24 @@ def test_the_doctest_runner_catches_a_wrong_example(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     results = run_doctests(importlib.import_module("wrong_example"))
     assert (results.attempted, results.failed) == (1, 1)
+
+
+def test_an_example_doctest_cannot_find_is_counted(tmp_path, monkeypatch):
+    """A '>>>' outside any docstring doctest reads (here: a string in the body) fails the
+    count."""
+    (tmp_path / "hidden_example.py").write_text(
+        'def double(x):\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n'
+        '    note = """\n    >>> double(3)\n    6\n    """\n    return 2 * x\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("hidden_example")
+    assert (run_doctests(module).attempted, prompts(module)) == (1, 2)
+
+
+def test_the_library_modules_with_examples_are_found():
+    """The modules this suite runs the examples of: at least those written for them."""
+    found = set(modules_with_examples())
+    for name in ("probgen.metrics.density", "probgen.metrics.images", "probgen.metrics.likelihood",
+                 "probgen.metrics.parzen", "probgen.viz.images", "probgen.train.callbacks",
+                 "probgen.data.recipes", "probgen.cli"):
+        assert name in found, f"{name}'s examples are not run"

@@ -26,7 +26,16 @@ def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
     """``data`` (a :class:`~probgen.data.TensorData`) recording how it was made: ``base``
     (another split's ``settings``) updated by ``settings``. The fit loop keeps the training
     data's settings in its checkpoints and ``--resume`` refuses other ones; data that a
-    script derives (a subset, a task, precomputed inputs) says so here. Returns ``data``."""
+    script derives (a subset, a task, precomputed inputs) says so here. Returns ``data``.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.data import TensorData
+        >>> from probgen.data.recipes import with_settings
+        >>> base = {"dataset": "mnist", "seed": 0}
+        >>> with_settings(TensorData(torch.zeros(10, 784)), base, limit=10).settings
+        {'dataset': 'mnist', 'seed': 0, 'limit': 10}
+    """
     data.settings = {**(base or {}), **settings}
     return data
 
@@ -49,7 +58,15 @@ def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
     """``size`` points of N(-1, 1), ``(size, 1)``, drawn from a generator seeded with
     ``seed`` (the global random state is left alone): the 1-D toy on which a GAN's
     generator must learn a mean and a spread (Goodfellow et al. 2014, "Generative
-    Adversarial Nets", Figure 1)."""
+    Adversarial Nets", Figure 1).
+
+    Examples:
+        >>> from probgen.data.recipes import toy1d
+        >>> data = toy1d(1000, seed=0)
+        >>> x = data.tensors[0]
+        >>> x.shape, round(x.mean().item(), 2), round(x.std().item(), 2), data.settings
+        (torch.Size([1000, 1]), -0.97, 1.03, {'dataset': 'toy1d', 'size': 1000, 'seed': 0})
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(size, 1, generator=g) * TOY1D_STD + TOY1D_MEAN
     return with_settings(TensorData(x.to(device)), dataset="toy1d", size=size, seed=seed)
@@ -66,6 +83,18 @@ def semi_supervised(train: TensorData, labels: torch.Tensor,
     Returns:
         ``(data, repeats)``: the unlabelled images, then the labelled ones ``repeats``
         times; the settings record ``num_labelled`` and ``labelled_share``.
+
+    Examples:
+        Two labelled images of ten, to make about half of the set: five copies of each
+        beside the eight unlabelled ones:
+
+        >>> import torch
+        >>> from probgen.data import TensorData
+        >>> from probgen.data.recipes import semi_supervised
+        >>> labels = torch.tensor([3, 7] + [-1] * 8)
+        >>> data, repeats = semi_supervised(TensorData(torch.zeros(10, 784)), labels, 0.5)
+        >>> repeats, len(data), data.tensors[1][6:].tolist()
+        (5, 18, [-1, -1, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7])
     """
     x = train.tensors[0]
     if not torch.is_tensor(labels) or labels.shape != (x.shape[0],):
@@ -117,7 +146,13 @@ def dequantized_splits(splits: Dict[str, TensorData], seed: int = 0,
 
 def balanced_labels(num_classes: int, n: int, device=None) -> torch.Tensor:
     """``n`` labels, ``ceil(n / num_classes)`` of each class in turn (the last one short):
-    the labels of a class-conditional model's samples."""
+    the labels of a class-conditional model's samples.
+
+    Examples:
+        >>> from probgen.data.recipes import balanced_labels
+        >>> balanced_labels(3, 7)
+        tensor([0, 0, 0, 1, 1, 1, 2])
+    """
     return torch.arange(num_classes, device=device).repeat_interleave(-(-n // num_classes))[:n]
 
 

@@ -38,11 +38,31 @@ def collect_codes(encode: Callable, data: TensorData, batch_size: int = 1000
 
 
 def kl_per_dimension(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of ``KL(N(loc_d, scale_d^2) || N(0, 1))`` per dimension: ``(z,)``."""
+    """Mean over examples of ``KL(N(loc_d, scale_d^2) || N(0, 1))`` per dimension: ``(z,)``.
+
+    Examples:
+        A code at the prior costs nothing; a mean one standard deviation away costs half
+        a nat:
+
+        >>> import torch
+        >>> from probgen.metrics import kl_per_dimension
+        >>> kl_per_dimension(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]))
+        tensor([0.0000, 0.5000])
+    """
     kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1.0) - scale.log()
     return kl.mean(0)
 
 
 def active_units(loc: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
-    """Boolean ``(z,)``: the variance over examples of the code mean exceeds ``threshold``."""
+    """Boolean ``(z,)``: the variance over examples of the code mean exceeds ``threshold``.
+
+    Examples:
+        The first dimension's mean is the same for every input (inactive), the
+        second's moves with it:
+
+        >>> import torch
+        >>> from probgen.metrics import active_units
+        >>> active_units(torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 0.5]]))
+        tensor([False,  True])
+    """
     return loc.var(0, unbiased=True) > threshold

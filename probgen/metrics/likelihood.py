@@ -25,7 +25,38 @@ def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int 
            batch_size: int = 100, chunk_size: Optional[int] = None,
            progress: bool = False, vectorize: Optional[bool] = None) -> float:
     """Mean importance-sampled negative log-likelihood over a data set (see
-    :func:`iw_log_likelihood`)."""
+    :func:`iw_log_likelihood`).
+
+    Examples:
+        A linear-Gaussian model whose likelihood is known: ``z ~ N(0, 1)``, ``x | z ~
+        N(z, 1)``, so ``p(x) = N(x; 0, 2)`` and ``-log p(x)`` is 1.2655 at ``x = 0`` and
+        2.2655 at ``x = 2`` (mean 1.7655). With the exact posterior ``N(x / 2, 1 / 2)`` as
+        the guide every importance weight is ``p(x)``: the estimate is exact whatever the
+        draws. With the prior as the guide the ELBO is loose (its exact value: 2.4189)
+        and 1,000 importance samples close most of the gap:
+
+        >>> import math, pyro, pyro.distributions as dist, torch
+        >>> from probgen.data import TensorData
+        >>> from probgen.metrics import iw_nll, negative_elbo
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def posterior(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
+        >>> def prior(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> data = TensorData(torch.tensor([0.0, 2.0]))
+        >>> round(iw_nll(model, posterior, data, num_samples=10), 4)
+        1.7655
+        >>> with pyro.poutine.seed(rng_seed=0):   # reproducible draws, the global state kept
+        ...     loose = negative_elbo(model, prior, data, num_particles=1000)
+        ...     tight = iw_nll(model, prior, data, num_samples=1000)
+        >>> round(loose, 2), round(tight, 2)
+        (2.4, 1.78)
+    """
     from tqdm.auto import tqdm
 
     total, count = 0.0, 0
@@ -67,7 +98,7 @@ def negative_elbo(model: Callable, guide: Callable, data: TensorData, num_partic
     The unscaled bound, whatever KL weight the model was trained with:
     ``-mean(elbo_per_example(...))`` (what :func:`probgen.metrics.report.autoencoder_report`
     reports as ``neg_elbo``). For a beta = 1 model it is Pyro's ``Trace_ELBO`` loss per
-    example.
+    example. The example of :func:`iw_nll` computes both on a model of known likelihood.
     """
     return -float(elbo_per_example(model, guide, data, num_particles=num_particles,
                                    batch_size=batch_size, vectorize=vectorize).mean())

@@ -98,6 +98,13 @@ def check_mnist_images(images, name: str = "images") -> torch.Tensor:
 
     Accepts ``(N, 1, 28, 28)``, ``(N, 28, 28)`` and flat ``(N, 784)`` grey images, float in
     [0, 1], uint8 in [0, 255] or bool; anything else raises :class:`DataError`.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.metrics.quality import check_mnist_images
+        >>> x = check_mnist_images(torch.full((2, 784), 255, dtype=torch.uint8))
+        >>> x.shape, x.dtype, x.max().item()
+        (torch.Size([2, 1, 28, 28]), torch.float32, 1.0)
     """
     if not torch.is_tensor(images):
         raise DataError(f"{name}: expected a tensor of images, got {type(images).__name__}.")
@@ -381,6 +388,11 @@ def min_fid_samples(feature: str = "mnist") -> int:
 
     Args:
         feature: ``"mnist"`` or ``"inception"``.
+
+    Examples:
+        >>> from probgen.metrics.quality import min_fid_samples
+        >>> min_fid_samples("mnist"), min_fid_samples("inception")
+        (129, 2049)
     """
     if feature not in FEATURES:
         raise ConfigError(f"feature must be one of {FEATURES}, got {feature!r}.")
@@ -440,7 +452,14 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 10
 
 @torch.no_grad()
 def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:
-    """Euclidean distance of each row of ``features`` ``(N, d)`` to its k-th nearest other row."""
+    """Euclidean distance of each row of ``features`` ``(N, d)`` to its k-th nearest other row.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.metrics.quality import knn_radii
+        >>> knn_radii(torch.tensor([[0.0], [1.0], [3.0], [6.0]]), k=1)
+        tensor([1., 1., 2., 3.])
+    """
     _check_int(k, "k", 1)
     if features.shape[0] <= k:
         raise DataError(f"k-NN radii with k={k} need more than {k} points, got {features.shape[0]}.")
@@ -476,7 +495,23 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
     paper uses k = 3.
 
     Args:
+        real: ``(N, d)`` features of real images.
+        fake: ``(M, d)`` features of samples.
+        k: the neighbour whose distance is a ball's radius.
         real_radii: the real set's k-NN radii if already known (:meth:`QualityReference.radii`).
+
+    Returns:
+        ``(precision, recall)``, each in [0, 1].
+
+    Examples:
+        Samples half a step off a line of real points lie inside its balls (radius 1,
+        the distance to the nearest neighbour), and cover it; samples far away do neither:
+
+        >>> import torch
+        >>> from probgen.metrics import precision_recall
+        >>> real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+        >>> precision_recall(real, real + 0.5, k=1), precision_recall(real, real + 10, k=1)
+        ((1.0, 1.0), (0.0, 0.0))
     """
     _check_features(real, fake)
     _check_int(k, "k", 1)
@@ -501,6 +536,15 @@ def class_coverage(logits: torch.Tensor, min_share: float = 0.1) -> dict:
         ``classes_covered`` (int), ``class_kl`` (KL of the class histogram to the uniform
         distribution, nats: 0 for uniform, log C for one class) and ``class_histogram``
         (the fraction of samples per class).
+
+    Examples:
+        Four samples of four classes, half of them of class 0 and none of class 3:
+
+        >>> import torch
+        >>> from probgen.metrics import class_coverage
+        >>> cover = class_coverage(torch.eye(4)[[0, 0, 1, 2]])   # one-hot "logits"
+        >>> cover["classes_covered"], round(cover["class_kl"], 4), cover["class_histogram"]
+        (3, 0.3466, [0.5, 0.25, 0.25, 0.0])
     """
     if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] == 0:
         raise DataError("class_coverage takes (N, C) logits of at least one sample.")
@@ -588,12 +632,13 @@ def sample_quality(samples, reference=None, *, feature: str = "mnist",
             process), real images, or a :class:`QualityReference` (reused across calls).
         feature: ``"mnist"`` (offline) or ``"inception"`` (the standard Inception-v3 FID;
             needs ``inception_weights``: a path to the FID weights or ``"download"``).
-        kid_subsets, kid_subset_size: KID's random subsets (both sets need at least
-            ``kid_subset_size`` images).
+        kid_subsets: how many random subsets KID averages over.
+        kid_subset_size: images per KID subset (both sets need at least this many).
         k: the neighbour of precision/recall's radii.
         min_class_share: see :func:`class_coverage`.
         seed: seed of KID's subsets (drawn in a forked random state).
-        batch_size, device: of the feature network's passes.
+        batch_size: images per pass of the feature network.
+        device: where the feature network runs (default: the samples' device).
 
     Returns:
         A dict: ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``,

@@ -37,13 +37,24 @@ def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
     """Adjusted Rand index of two labellings; batched over a leading dimension.
 
     Args:
-        labels_true, labels_pred: non-negative integer labels, ``(P,)`` for one
-            labelling or ``(B, ...)`` for ``B`` of them (trailing dimensions, e.g.
-            pixels, are flattened).
+        labels_true: non-negative integer labels, ``(P,)`` for one labelling or
+            ``(B, ...)`` for ``B`` of them (trailing dimensions, e.g. pixels, are
+            flattened).
+        labels_pred: the labels to score, of the same shape.
         mask: which points count, same shape (``None``: all of them).
 
     Returns:
         A scalar for ``(P,)`` inputs, else ``(B,)``; float64.
+
+    Examples:
+        The same partition under other label names scores 1; one that splits every
+        true cluster in two, worse than chance, scores below 0:
+
+        >>> import torch
+        >>> from probgen.metrics.segmentation import adjusted_rand_index
+        >>> truth = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+        >>> adjusted_rand_index(truth, torch.tensor([[1, 1, 0, 0], [0, 1, 0, 1]]))
+        tensor([ 1.0000, -0.5000], dtype=torch.float64)
     """
     if labels_true.shape != labels_pred.shape:
         raise DataError(f"the two labellings must have one shape, got {tuple(labels_true.shape)} "
@@ -83,7 +94,21 @@ def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
 
 def entity_labels(renders: torch.Tensor) -> torch.Tensor:
     """Each pixel's entity: the argmax over the entity dimension of ``(B, K, H, W)``
-    renders (each entity's ink probability) -> ``(B, H, W)``."""
+    renders (each entity's ink probability) -> ``(B, H, W)``.
+
+    Examples:
+        Two entities on a 2 x 2 scene, one owning the top row, the other the bottom
+        row:
+
+        >>> import torch
+        >>> from probgen.metrics.segmentation import active_entities, entity_labels
+        >>> renders = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.9, 0.9]]]])
+        >>> entity_labels(renders)
+        tensor([[[0, 0],
+                 [1, 1]]])
+        >>> active_entities(renders, min_ink=1.9)   # 2 and 1.8 pixels' worth of ink
+        tensor([[ True, False]])
+    """
     return renders.argmax(1)
 
 
@@ -128,7 +153,11 @@ def decomposition_report(decompose, data, segmentation: torch.Tensor, counts: to
             :class:`probgen.models.MEVAE`'s ``decompose``).
         data: the scenes, a :class:`~probgen.data.TensorData` whose first tensor they are,
             in the order of ``segmentation`` and ``counts``.
-        segmentation, counts: the ground truth (:func:`decomposition_scores`).
+        segmentation: ``(N, H, W)`` the true owner of each pixel
+            (:func:`decomposition_scores`).
+        counts: ``(N,)`` the true number of objects of each scene.
+        min_ink: an entity is active when its render holds this much ink.
+        batch_size: scenes per call of ``decompose``.
 
     Returns:
         ``ari`` and ``count_accuracy`` (means over the scenes) and ``by_count``: one dict

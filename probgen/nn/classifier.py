@@ -107,6 +107,16 @@ def load_classifier(path: Optional[Union[str, Path]] = None, sha256: Optional[st
         path: a weights file; default: the shipped weights, whose SHA-256 is always checked.
         sha256: the expected SHA-256 of ``path`` (checked when given).
         device: where to put the network.
+
+    Examples:
+        The shipped network: 128 features and 10 class logits per image:
+
+        >>> import torch
+        >>> from probgen.nn.classifier import load_classifier
+        >>> net = load_classifier()
+        >>> features, logits = net.features_and_logits(torch.zeros(2, 1, 28, 28))
+        >>> features.shape, logits.shape, net.training
+        (torch.Size([2, 128]), torch.Size([2, 10]), False)
     """
     if path is None:
         path, sha256 = WEIGHTS_FILE, shipped_sha256()

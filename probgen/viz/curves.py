@@ -34,7 +34,17 @@ def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> L
     """Minutes of training at the end of each epoch, one value per entry: the sum of the
     entries' ``cpu_seconds`` (:class:`~probgen.train.callbacks.TrainingCPUTime`) where every
     entry has them, else of their wall ``seconds`` less the ``<name>_seconds`` of the metrics
-    in ``leave_out``."""
+    in ``leave_out``.
+
+    Examples:
+        Without ``cpu_seconds`` the wall clock counts, the FID's time left out:
+
+        >>> from probgen.viz import training_minutes
+        >>> history = [{"epoch": 0, "seconds": 90.0, "fid_seconds": 30.0},
+        ...            {"epoch": 1, "seconds": 60.0}]
+        >>> training_minutes(history)
+        [1.0, 2.0]
+    """
     cpu = bool(history) and all("cpu_seconds" in h for h in history)
     out, t = [], 0.0
     for h in history:
@@ -96,8 +106,15 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
         titles: a panel's title, by its entry of ``keys`` (default: the key).
         x: the x values of a history, one per entry (default :func:`epochs`; e.g.
             :func:`training_minutes`), named by ``xlabel``.
-        styles, names, markersize: of the lines, see :func:`plot_history`.
+        path: where to write the figure (``None``: not written).
+        ylabel: the panels' y label.
+        xlabel: the name of ``x``.
+        styles: the lines' formats, see :func:`plot_history`.
+        names: the legend labels, see :func:`plot_history`.
+        markersize: of the lines' markers.
         logy: a logarithmic y axis.
+        figsize: the figure's size in inches (default: 4.5 wide a panel, 3.8 high).
+        title: the figure's title.
 
     Returns:
         The figure (written to ``path`` when given).

@@ -57,7 +57,14 @@ def _to_rgb(images: torch.Tensor, hidden_colour=(0.85, 0.35, 0.2)) -> np.ndarray
 
 
 def image_row(images: torch.Tensor, pad: int = 1) -> np.ndarray:
-    """Images side by side, ``pad`` white pixels between them."""
+    """Images side by side, ``pad`` white pixels between them: ``(H, W, 3)`` RGB in [0, 1].
+
+    Examples:
+        >>> import torch
+        >>> from probgen.viz import image_row
+        >>> image_row(torch.zeros(3, 1, 28, 28)).shape
+        (28, 86, 3)
+    """
     rgb = _to_rgb(images)
     n, h, w, _ = rgb.shape
     out = np.ones((h, n * (w + pad) - pad, 3))
@@ -67,7 +74,18 @@ def image_row(images: torch.Tensor, pad: int = 1) -> np.ndarray:
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
-    """A grid of images with ``nrow`` images per row."""
+    """A grid of images with ``nrow`` images per row: an ``(H, W, 3)`` RGB array in
+    [0, 1], ``pad`` white pixels between the images (a short last row is padded white).
+
+    Examples:
+        Sixteen 28 x 28 digits, eight a row: two rows of 28 pixels and one spacer, eight
+        columns and seven spacers:
+
+        >>> import torch
+        >>> from probgen.viz import image_grid
+        >>> image_grid(torch.zeros(16, 1, 28, 28), nrow=8).shape
+        (57, 231, 3)
+    """
     rows = [image_row(images[i:i + nrow], pad) for i in range(0, images.shape[0], nrow)]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1) for r in rows]

@@ -82,7 +82,18 @@ def manifold_codes(n: int = 15, device=None, dtype=None,
     """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
     ``z2`` falls down the rows, ``z1`` grows along them): at the standard normal's
     quantiles, or with ``around`` (draws of another prior) evenly over the central 98% of
-    those draws' first two coordinates."""
+    those draws' first two coordinates.
+
+    Examples:
+        A 2 x 2 grid at the standard normal's quartiles, top row first:
+
+        >>> from probgen.viz import manifold_codes
+        >>> manifold_codes(2)
+        tensor([[-0.6745,  0.6745],
+                [ 0.6745,  0.6745],
+                [-0.6745, -0.6745],
+                [ 0.6745, -0.6745]])
+    """
     if around is not None:
         lo = torch.quantile(around[:, :2].float().cpu(), 0.01, dim=0)
         hi = torch.quantile(around[:, :2].float().cpu(), 0.99, dim=0)

@@ -23,7 +23,19 @@ def entity_colour(k: int) -> torch.Tensor:
 
 def colourize(ink: torch.Tensor) -> torch.Tensor:
     """``(B, K, H, W)`` entity inks -> ``(B, 3, H, W)``, each entity in its own colour
-    (summed where they overlap, clipped to [0, 1])."""
+    (summed where they overlap, clipped to [0, 1]).
+
+    Examples:
+        Two entities, one pixel each, in the first two colours of
+        :data:`ENTITY_COLOURS` (red, blue):
+
+        >>> import torch
+        >>> from probgen.viz import colourize
+        >>> ink = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])     # (1, 2, 1, 2)
+        >>> colourize(ink)[0, :, 0].T                              # RGB of each pixel
+        tensor([[0.9500, 0.2500, 0.2000],
+                [0.2000, 0.6000, 1.0000]])
+    """
     k = ink.shape[1]
     colours = ENTITY_COLOURS.to(ink)[torch.arange(k, device=ink.device) % len(ENTITY_COLOURS)]
     return torch.einsum("bkhw,kc->bchw", ink, colours).clamp(0, 1)
