@@ -51,6 +51,7 @@ import torch
 import probgen
 from probgen import checks
 from probgen.data import image_splits
+from probgen.data.recipes import download_splits
 from probgen.data.recipes import with_settings  # noqa: F401  (the scripts' name for it)
 from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
 from probgen.metrics.quality import min_fid_samples
@@ -209,11 +210,7 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs = min(args.epochs, 2)
-        # each smoke setting replaces its flag's default; a value given on the command
-        # line is kept (and was checked as it was parsed)
-        for k, v in {"val_size": 128, **(smoke or {})}.items():
-            if getattr(args, k) == p.get_default(k):
-                setattr(args, k, v)
+        apply_defaults(p, args, {"val_size": 128, **(smoke or {})})
     try:
         device = resolve_device(args.device)
         args.out = checks.writable_dir("--out", args.out)
@@ -235,6 +232,40 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
         sys.stdout = open(os.devnull, "w")
     set_seed(args.seed)
     return args
+
+
+def apply_defaults(p: argparse.ArgumentParser, args, settings: Dict[str, Any]):
+    """Each of ``settings`` (a flag's ``dest`` -> value) replaces the flag's value where the
+    command line left it at its default; a value given on the command line is kept (it
+    was checked as it was parsed; one equal to the default reads as the default). A
+    recipe's settings (the ones ``--smoke`` or a data set bring) are applied so. Returns
+    ``args``.
+
+    Examples:
+        >>> import argparse
+        >>> from probgen import cli
+        >>> p = argparse.ArgumentParser()
+        >>> _ = p.add_argument("--lr", type=float, default=2e-4)
+        >>> _ = p.add_argument("--epochs", type=int, default=5)
+        >>> args = cli.apply_defaults(p, p.parse_args(["--epochs", "3"]),
+        ...                           {"lr": 1e-3, "epochs": 40})
+        >>> args.lr, args.epochs
+        (0.001, 3)
+    """
+    for name, value in settings.items():
+        if getattr(args, name) == p.get_default(name):
+            setattr(args, name, value)
+    return args
+
+
+def data_splits(args, limit: Optional[int] = None):
+    """The splits of ``--data`` (:func:`probgen.data.recipes.download_splits`) with the
+    run's ``--val-size``, ``--seed``, ``--device`` and, from :func:`image_source_flags`,
+    ``--data-root`` and ``--no-download`` (the bundled MNIST is never downloaded);
+    ``limit``: the training images kept (all by default)."""
+    return download_splits(args.data, val_size=args.val_size, seed=args.seed,
+                           device=args.device, root=args.data_root,
+                           download=not args.no_download and args.data != "mnist", limit=limit)
 
 
 def trackers(args, run_name: Optional[str] = None, **kwargs) -> List[Callback]:
@@ -374,6 +405,20 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
         path.write_text(json.dumps(record, indent=2, default=_json_value))
     if table:
         write_table(Path(out) / f"{name}.csv", table)
+    return record
+
+
+def finish_run(args, results: Dict[str, Any], started: float, table: List[Dict[str, Any]],
+               wrote: str = "results.csv and figures") -> Dict:
+    """A script's last words: the ``table`` printed (:func:`print_table`), ``results.json``
+    and ``results.csv`` written (:func:`write_results`), and one line saying what was
+    written under ``--out`` (``results.json, <wrote>``), in how long, on which machine.
+    Returns the record :func:`write_results` wrote."""
+    print()
+    print_table(table)
+    record = write_results(args.out, results, args, started, table=table)
+    print(f"\nwrote {args.out}/results.json, {wrote} "
+          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
     return record
 
 

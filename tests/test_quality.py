@@ -344,3 +344,27 @@ def test_fid_curve_scores_fixed_noise_and_the_live_weights(test_images):
     assert "fid_live" not in entry and "fid" in entry
     with pytest.raises(ConfigError, match="num_samples"):
         FIDCurve(lambda x: 0.0, 0)
+
+
+def test_sample_report_scores_its_own_noise_and_leaves_the_global_stream_alone(test_images):
+    from probgen.metrics.quality import quality_scorer, report_line
+
+    class Sampler:
+        def sample(self, n, generator=None):
+            return test_images[torch.randperm(1000, generator=generator)[:n]]
+
+    scorer = quality_scorer(test_images[:400], seed=3)
+    state = torch.get_rng_state()
+    report = scorer.sample_report(Sampler(), 300, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    # the report of the samples that a generator seeded with 7 draws, and its time
+    expected = scorer.report(Sampler().sample(300, torch.Generator().manual_seed(7)))
+    assert report.pop("eval_seconds") > 0
+    assert report == expected
+    other = scorer.report(Sampler().sample(300, torch.Generator().manual_seed(8)))
+    assert other["fid"] != report["fid"]
+    line = report_line(report)
+    assert line.startswith(f"{FID_NAME} {report['fid']:.2f}, KID ")
+    assert f"classes covered {report['classes_covered']}/10" in line
+    with pytest.raises(ConfigError, match="num_samples"):
+        scorer.sample_report(Sampler(), 0)

@@ -231,6 +231,28 @@ def test_discriminator_figure_draws_each_snapshot():
         assert max(heights) > 0 and sum(h > 0 for h in heights) == 1
 
 
+@pytest.mark.parametrize("loss", ["non_saturating", "wgan_gp"])
+def test_discriminator_snapshot_draws_fixed_noise_and_d_in_the_unit_interval(loss):
+    from probgen.models import GAN
+
+    gan = GAN(data_shape=(1,), net="mlp", loss=loss, z_dim=1, prior="uniform",
+              output="identity", data_range=None, g_hidden=(8,), d_hidden=(8,))
+    grid = torch.linspace(-5, 5, 41)
+    state = torch.get_rng_state()
+    shot = viz.discriminator_snapshot(gan, 30, seed=7, grid=grid)
+    again = viz.discriminator_snapshot(gan, 30, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)      # its own generator
+    assert set(again) == {"samples"} and torch.equal(shot["samples"], again["samples"])
+    assert torch.equal(shot["samples"],
+                       gan.sample(30, generator=torch.Generator().manual_seed(7)))
+    d = gan.discriminate(grid[:, None]).detach()
+    if loss == "non_saturating":                           # a probability, as it is
+        assert torch.equal(shot["d"], d)
+    else:                                                  # a critic, rescaled to [0, 1]
+        assert shot["d"].min() == 0 and shot["d"].max() == 1
+        assert torch.allclose(shot["d"], (d - d.min()) / (d.max() - d.min()))
+
+
 def test_style_codes_and_figure_hold_a_style_along_each_row():
     model = _Conditional()
     state = torch.get_rng_state()

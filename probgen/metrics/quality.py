@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -729,6 +730,39 @@ class QualityScorer:
                               inception_weights=self.inception_weights, seed=self.seed,
                               kid_subset_size=min(self.kid_subset_size, len(self.reference), n))
 
+    @torch.no_grad()
+    def sample_report(self, model, num_samples: int, seed: int = 0) -> dict:
+        """:meth:`report` of ``model.sample(num_samples, generator=g)``, ``g`` a generator
+        of its own seeded with ``seed`` (the same noise whenever it is called, the caller's
+        random stream left alone), with the seconds of drawing and scoring as
+        ``eval_seconds``."""
+        _check_int(num_samples, "num_samples", 1)
+        start = time.perf_counter()
+        out = self.report(model.sample(num_samples,
+                                       generator=torch.Generator().manual_seed(seed)))
+        out["eval_seconds"] = time.perf_counter() - start
+        return out
+
+
+def report_line(report: dict) -> str:
+    """One line of a :func:`sample_quality` report: its FID (named by the features), KID,
+    precision, recall and, with the MNIST classifier's features, the classes covered.
+
+    Examples:
+        >>> from probgen.metrics.quality import report_line
+        >>> report = {"fid_name": "FID, MNIST-classifier features", "fid": 12.345,
+        ...           "kid_mean": 0.01234, "precision": 0.7, "recall": 0.55,
+        ...           "classes_covered": 10, "class_kl": 0.0123}
+        >>> report_line(report)  # doctest: +NORMALIZE_WHITESPACE
+        'FID, MNIST-classifier features 12.35, KID 0.0123, precision 0.700, recall 0.550,
+        classes covered 10/10 (KL to uniform 0.012)'
+    """
+    classes = len(report.get("class_histogram") or ()) or 10
+    covered = (f", classes covered {report['classes_covered']}/{classes} (KL to uniform "
+               f"{report['class_kl']:.3f})" if report.get("classes_covered") is not None else "")
+    return (f"{report['fid_name']} {report['fid']:.2f}, KID {report['kid_mean']:.4f}, "
+            f"precision {report['precision']:.3f}, recall {report['recall']:.3f}{covered}")
+
 
 def quality_scorer(images: torch.Tensor, *, inception_weights: Optional[str] = None,
                    kid_subset_size: int = 1000, seed: int = 0) -> Optional[QualityScorer]:
@@ -795,4 +829,4 @@ __all__ = ["FID_NAME", "FIDCurve", "KID_NAME", "MNISTFeatures", "QualityReferenc
            "class_coverage", "extract_features", "fid", "fid_metric", "frechet_distance",
            "kernel_distance", "kid_metric", "knn_radii", "min_fid_samples", "mnist_reference",
            "precision_recall",
-           "reference_statistics", "sample_quality"]
+           "reference_statistics", "report_line", "sample_quality"]

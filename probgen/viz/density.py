@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -141,6 +141,33 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path, top=1 - 0.3 / (height + 0.3) if title else 1.0)
+
+
+@torch.no_grad()
+def discriminator_snapshot(gan, n: int, seed: int = 0,
+                           grid: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """A GAN at one point of training, as :func:`discriminator_figure` and
+    :func:`~probgen.viz.rows_figure` draw it (a
+    :class:`~probgen.train.callbacks.Snapshots` ``take``).
+
+    Args:
+        gan: a :class:`probgen.models.GAN` (``sample(n, generator=...)``, ``discriminate``).
+        n: samples to draw.
+        seed: of the samples' own generator: the same noise at every snapshot, and the
+            training's random stream left alone.
+        grid: points ``(G,)`` of a 1-D GAN's data space where to record the
+            discriminator (``None``: not recorded).
+
+    Returns:
+        ``samples``, ``(n, ...)`` on the CPU; with a ``grid``, ``d``, ``D(grid)`` ``(G,)``: a
+        probability, or a critic's values rescaled to [0, 1] to draw.
+    """
+    shot = {"samples": gan.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()}
+    if grid is not None:
+        d = gan.discriminate(grid[:, None]).cpu()
+        shot["d"] = d if gan.spec.probability else \
+            (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+    return shot
 
 
 def discriminator_figure(shots: Mapping[str, Mapping[str, torch.Tensor]], grid: torch.Tensor,
