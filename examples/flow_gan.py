@@ -36,8 +36,10 @@ import sys
 import time
 from typing import List
 
+import probgen
 from probgen import checks, cli
 from probgen.data import recipes
+from probgen.errors import CheckpointError
 from probgen.models.flowgan import FlowGAN
 from probgen.train import Metric, fit, set_seed
 from probgen.train.callbacks import TrainingCPUTime
@@ -131,11 +133,8 @@ def build(args, s: dict, shape) -> FlowGAN:
 
 def load_data(args):
     """``(train, val, test)`` dequantized TensorData and the test images for FID."""
-    splits = recipes.download_splits(args.data, val_size=args.val_size, seed=args.seed,
-                                     device=args.device, root=args.data_root,
-                                     download=not args.no_download and args.data != "mnist",
-                                     limit=args.train_size)
-    d = recipes.dequantized_splits(splits, args.seed, args.eval_size)
+    d = recipes.dequantized_splits(cli.data_splits(args, limit=args.train_size), args.seed,
+                                   args.eval_size)
     return d["train"], d["val"], d["test"], d["test_images"]
 
 
@@ -149,12 +148,13 @@ def term_means(fg: FlowGAN) -> dict:
 def start_from(fg: FlowGAN, path) -> None:
     """Copy a trained flow's weights (a FlowGAN or FlowModel checkpoint; its best weights,
     as ``probgen.load`` gives them) into ``fg``'s flow."""
-    import probgen
-    from probgen.train.checkpoint import load_module_state
-
     src = probgen.load(path, map_location=next(fg.flow_model.parameters()).device)
-    load_module_state(fg.flow_model, getattr(src, "flow_model", src).state_dict(),
-                      source=f"--init {path}")
+    try:
+        fg.flow_model.load_state_dict(getattr(src, "flow_model", src).state_dict())
+    except RuntimeError as err:   # another flow's weights: one line, not a traceback
+        raise CheckpointError(f"--init {path} does not fit this flow: {str(err).splitlines()[0]}"
+                              f" ... give the --flow, --depth, --hidden and --levels it was "
+                              f"trained with.") from None
     print(f"flow weights from {path}", flush=True)
 
 
@@ -226,14 +226,9 @@ def main(argv=None):
              "fid": r.get("fid"), "kid_mean": r.get("kid_mean"), "epochs": r["epochs"],
              "train_seconds": r["train_seconds"], "train_cpu_seconds": r["train_cpu_seconds"]}
             for r in records.values()]
-    print()
-    cli.print_table(rows)
-    record = cli.write_results(args.out, {"data": args.data, "flow": args.flow,
-                                          "fid_name": scorer.fid_name if scorer else None,
-                                          "settings": records}, args, started, table=rows)
-    print(f"\nwrote {args.out}/results.json, results.csv and figures "
-          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
-    return record
+    return cli.finish_run(args, {"data": args.data, "flow": args.flow, "fid_name":
+                                 scorer.fid_name if scorer else None, "settings": records},
+                          started, rows)
 
 
 if __name__ == "__main__":

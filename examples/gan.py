@@ -46,12 +46,12 @@ import torch
 from probgen import checks, cli
 from probgen.data import recipes
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES
-from probgen.metrics.quality import FIDCurve
+from probgen.metrics.quality import FIDCurve, report_line
 from probgen.models import GAN
 from probgen.train import fit, set_seed
-from probgen.train.callbacks import Snapshots, TrainingCPUTime
-from probgen.viz import (discriminator_figure, fid_curve_figure, grid_figure, history_figure,
-                         rows_figure)
+from probgen.train.callbacks import Snapshots, TrainingCPUTime, training_seconds
+from probgen.viz import (discriminator_figure, discriminator_snapshot, fid_curve_figure,
+                         grid_figure, history_figure, rows_figure)
 
 DATA = ("mnist", "toy1d", "cifar10")
 ARCHS = ("mlp", "dcgan")
@@ -119,14 +119,7 @@ def parse_args(argv=None):
         if args.arch == "dcgan":
             p.error("the 1-D toy takes --arch mlp")
         args.arch = "mlp"
-        # the toy's recipe, where the command line does not say otherwise
-        for name, flag_default in (("lr", 2e-4), ("batch_size", 64), ("epochs", 5)):
-            if getattr(args, name) == flag_default:
-                setattr(args, name, TOY[name])
-        args.epochs = 2 if args.smoke else args.epochs
-        for name in ("schedule", "hidden", "toy_size", "r1"):
-            if getattr(args, name) is None:
-                setattr(args, name, TOY[name])
+        cli.apply_defaults(p, args, TOY)   # the toy's recipe, where the command line is silent
     args.arch = args.arch or "dcgan"
     args.r1 = args.r1 or 0.0
     if args.keep_best and args.fid_every == 0:
@@ -138,10 +131,7 @@ def load_data(args):
     """``(train TensorData, test images or None, data_shape, data_range)``."""
     if args.data == "toy1d":
         return recipes.toy1d(args.toy_size, args.seed, args.device), None, (1,), None
-    splits = recipes.download_splits(args.data, val_size=args.val_size, seed=args.seed,
-                                     device=args.device, root=args.data_root,
-                                     download=not args.no_download and args.data != "mnist",
-                                     limit=cli.SMOKE_LIMIT if args.smoke else None)
+    splits = cli.data_splits(args, limit=cli.SMOKE_LIMIT if args.smoke else None)
     train = splits["train"]
     return train, splits["test"].tensors[0], tuple(train.tensors[0].shape[1:]), (0.0, 1.0)
 
@@ -161,17 +151,6 @@ def build(args, loss: str, data_shape, data_range) -> GAN:
     return GAN(**kw)
 
 
-def snapshot(gan: GAN, n: int, seed: int, grid=None) -> Dict[str, torch.Tensor]:
-    """Samples from fixed noise and, for the toy, D(x) on ``grid`` (a critic's values
-    rescaled to [0, 1] to draw)."""
-    shot = {"samples": gan.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()}
-    if grid is not None:
-        d = gan.discriminate(grid[:, None]).cpu()
-        shot["d"] = d if gan.spec.probability else \
-            (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
-    return shot
-
-
 def train_one(args, loss, data, scorer):
     train, test_images, data_shape, data_range = data
     set_seed(args.seed)
@@ -184,7 +163,7 @@ def train_one(args, loss, data, scorer):
     grid = torch.linspace(-5, 5, 401, device=gan.device) if toy else None
     n_shot = (1000 if args.smoke else 20000) if toy else 10
     shots = Snapshots(Snapshots.spread(args.epochs, args.snapshots),
-                      lambda g: snapshot(g, n_shot, args.seed + 7, grid))
+                      lambda g: discriminator_snapshot(g, n_shot, args.seed + 7, grid))
     callbacks = [shots]
     if scorer is not None and args.fid_every:
         callbacks.append(FIDCurve(scorer.fid, args.fid_samples, args.fid_every, args.seed + 11))
@@ -193,12 +172,11 @@ def train_one(args, loss, data, scorer):
     over.update(dict(monitor="fid", mode="min", restore_best=True) if args.keep_best else
                 dict(patience=None, restore_best=False))
     result = fit(gan, train, None, cli.fit_config(args, **over), callbacks=callbacks)
-    fid_seconds = sum(h.get("fid_seconds", 0.0) for h in result.history)
+    wall, cpu = training_seconds(result.history)   # the FIDs left out
     record = {"loss": loss, "arch": args.arch, "k": gan.k, "label_smoothing": gan.label_smoothing,
               "r1_weight": gan.r1_weight, "ema": gan.ema,
-              "epochs": result.epochs_run, "parameters": n_params,
-              "train_seconds": result.train_seconds - fid_seconds, "fid_seconds": fid_seconds,
-              "train_cpu_seconds": sum(h.get("cpu_seconds", 0.0) for h in result.history),
+              "epochs": result.epochs_run, "parameters": n_params, "train_seconds": wall,
+              "fid_seconds": result.train_seconds - wall, "train_cpu_seconds": cpu,
               "best_epoch": (result.best_epoch + 1) if args.keep_best and
               result.best_epoch is not None else None,
               "history": [dict(h) for h in result.history]}
@@ -225,18 +203,14 @@ def train_one(args, loss, data, scorer):
         rows_figure(rows, args.out / f"over_training_{tag}.png",
                     title=f"{loss}: the same z through G over training")
     if scorer is not None:
-        t0 = time.perf_counter()
-        q = scorer.report(gan.sample(args.eval_samples,
-                                     generator=torch.Generator().manual_seed(args.seed + 13)))
+        q = scorer.sample_report(gan, args.eval_samples, seed=args.seed + 13)
         # (the report's own "k" is precision/recall's neighbour, not the GAN's k)
-        record.update({key: v for key, v in q.items() if key not in ("k", "class_histogram")},
+        record.update({key: v for key, v in q.items() if key not in ("k", "class_histogram",
+                                                                     "eval_seconds")},
                       pr_neighbour=q.get("k"), class_histogram=q.get("class_histogram"),
-                      eval_seconds=time.perf_counter() - t0)
-        cov = (f", classes covered {q['classes_covered']}/10 (KL to uniform "
-               f"{q['class_kl']:.3f})" if q.get("classes_covered") is not None else "")
-        print(f"{loss}: {q['fid_name']} {q['fid']:.2f}, KID {q['kid_mean']:.4f}, precision "
-              f"{q['precision']:.3f}, recall {q['recall']:.3f}{cov} ({args.eval_samples} "
-              f"samples; {record['train_seconds']:.0f} s of training)", flush=True)
+                      eval_seconds=q["eval_seconds"])
+        print(f"{loss}: {report_line(q)} ({args.eval_samples} samples; "
+              f"{record['train_seconds']:.0f} s of training)", flush=True)
     return gan, record
 
 
@@ -263,15 +237,8 @@ def main(argv=None):
                    figsize=(10, 3.6))
     if scorer is not None:
         fid_curve_figure(histories, args.out / "fid.png", scorer.fid_name)
-    rows = table(records, args.data)
-    print()
-    cli.print_table(rows)
-    record = cli.write_results(args.out, {"data": args.data, "fid_name": scorer.fid_name
-                                          if scorer else None, "gans": records}, args, started,
-                               table=rows)
-    print(f"\nwrote {args.out}/results.json, results.csv and figures "
-          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
-    return record
+    return cli.finish_run(args, {"data": args.data, "fid_name": scorer.fid_name if scorer
+                                 else None, "gans": records}, started, table(records, args.data))
 
 
 if __name__ == "__main__":
