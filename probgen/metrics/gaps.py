@@ -158,7 +158,27 @@ def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int
     """Per example: the ELBO (mean of the first ``elbo_particles`` log weights), the
     importance-sampled ``log p(x)`` (all ``max(elbo_particles, iw_samples)``) and the
     effective sample size of those weights, from one set of draws, ``chunk`` particles
-    at a time. Returns ``{"elbo", "log_px", "ess"}``, each ``(N,)``."""
+    at a time. Returns ``{"elbo", "log_px", "ess"}``, each ``(N,)``.
+
+    Examples:
+        The linear-Gaussian model of :func:`probgen.metrics.iw_nll`'s example
+        (``log p(x) = log N(x; 0, 2)``): with the exact posterior as the guide the ELBO is
+        ``log p(x)`` and every draw counts fully (an effective sample size of all 100):
+
+        >>> import math, pyro, pyro.distributions as dist, torch
+        >>> from probgen.metrics.gaps import elbo_and_log_px
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def posterior(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
+        >>> out = elbo_and_log_px(model, posterior, torch.tensor([0.0, 2.0]),
+        ...                       elbo_particles=10, iw_samples=100)
+        >>> [[round(v, 2) for v in out[k].tolist()] for k in ("elbo", "log_px", "ess")]
+        [[-1.27, -2.27], [-1.27, -2.27], [100.0, 100.0]]
+    """
     total = max(elbo_particles, iw_samples)
     done, elbo, acc, acc2 = 0, 0.0, None, None
     with pyro.validation_enabled(False):
