@@ -12,9 +12,9 @@ from probgen.viz.latent import (aae_figures, anomaly_figure, interpolation_figur
 from probgen.viz.scenes import colourize, kl_map_figure, one_colour
 
 __all__ = ["aae_figures", "anomaly_figure", "colourize", "completion_figure", "density_on_grid",
-           "discriminator_figure", "discriminator_snapshot", "fid_curve_figure", "grid_figure", "history_figure",
-           "image_grid", "image_row", "interpolation_figure", "kl_map_figure", "latent_scatter",
-           "learning_curves", "manifold_codes", "manifold_grids", "one_colour",
-           "pca_vs_autoencoder", "plot_history", "progression_figure", "rows_figure", "save", "style_codes",
-           "style_figure", "temperature_grid_figure", "toy_density_figure",
+           "discriminator_figure", "discriminator_snapshot", "fid_curve_figure", "grid_figure",
+           "history_figure", "image_grid", "image_row", "interpolation_figure", "kl_map_figure",
+           "latent_scatter", "learning_curves", "manifold_codes", "manifold_grids", "one_colour",
+           "pca_vs_autoencoder", "plot_history", "progression_figure", "rows_figure", "save",
+           "style_codes", "style_figure", "temperature_grid_figure", "toy_density_figure",
            "toy_samples_figure", "tradeoff_figure", "training_minutes", "vae_figures"]
