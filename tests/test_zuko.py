@@ -414,7 +414,12 @@ from tests.test_device import CASES
 mnist = image_splits("mnist", val_size=256, limit=512, seed=0)
 built = []
 for name in sorted(CASES):
-    model, batch = CASES[name](mnist)
+    try:
+        model, batch = CASES[name](mnist)
+    except ConfigError as err:      # test_device's zuko variants
+        assert name.startswith("vae_zuko"), name
+        print("REFUSED", err)
+        continue
     built.append(type(model).__name__)
 assert set(MODELS.names()) <= set(CASES)
 vae = VAE(z_dim=2, hidden=(8,), guide_flow="spline")
@@ -445,7 +450,7 @@ def test_every_registered_model_builds_without_zuko_and_zuko_flows_say_how_to_in
                           text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     refused = [line for line in proc.stdout.splitlines() if line.startswith("REFUSED")]
-    assert len(refused) == 3
+    assert len(refused) == 5        # test_device's two zuko variants and the three above
     assert all("pip install 'probgen[zuko]'" in line for line in refused)
     assert "BUILT" in proc.stdout and "IMPORTED WHEN BUILT" in proc.stdout
 
