@@ -474,3 +474,21 @@ def test_docs_snippet_runs(tmp_path, monkeypatch):
     again = from_pretrained(tmp_path / "results" / "vae-zuko")
     x = next(scope["splits"]["val"].batches(4))[0]
     torch.testing.assert_close(again.reconstruct(x), vae.reconstruct(x), rtol=0, atol=0)
+
+
+def test_building_a_zuko_flow_leaves_torchs_validation_setting_alone():
+    # zuko's import switches torch.distributions validation off for the whole process;
+    # probgen's first import of it puts the user's setting back (a fresh interpreter, so
+    # the import is the first).
+    code = (
+        "import torch\n"
+        "from probgen.models import VAE\n"
+        "torch.distributions.Distribution.set_default_validate_args(True)\n"
+        "VAE(z_dim=2, hidden=(8,), guide_flow='zuko:nsf', guide_flow_kwargs={'hidden_features': [8]})\n"
+        "import zuko\n"
+        "print(torch.distributions.Distribution._validate_args)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"

@@ -45,6 +45,7 @@ subclass adds those, plus the flow's latent for ``FlowModel``'s ``z`` site.
 from __future__ import annotations
 
 import importlib
+import sys
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -82,11 +83,20 @@ _OWN = ("features", "context", "transforms")
 
 def import_zuko():
     """The ``zuko`` package, or one :class:`ConfigError` line saying how to install it."""
+    first = "zuko" not in sys.modules
+    # zuko's import switches torch's distribution validation off for the whole process
+    # (``Distribution._validate_args = False`` in zuko.distributions); probgen importing it
+    # must not change the user's setting, so the first import puts it back. zuko's own
+    # distributions pass ``validate_args=False`` themselves and do not need the switch.
+    validate = torch.distributions.Distribution._validate_args
     try:
         return importlib.import_module("zuko")
     except ImportError:
         raise ConfigError(f"zuko flows need the zuko package, which is not installed: "
                           f"{INSTALL}.") from None
+    finally:
+        if first:
+            torch.distributions.Distribution._validate_args = validate
 
 
 def _json_data(value: Any) -> bool:
