@@ -95,7 +95,7 @@ def test_train_classifier_is_seeded_learns_and_leaves_the_global_stream_alone(mn
     for (name, a), b in zip(again.state_dict().items(), twice.state_dict().values()):
         assert torch.equal(a, b), name                             # the seed decides all
     assert not torch.equal(again.head[1].weight, other.head[1].weight)
-    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+    with pytest.raises(ConfigError, match="epochs must be at least 1, got 0"):
         train_classifier(x[:10], y[:10], epochs=0)
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from probgen import checks
 from probgen.data import RandomShift, TensorData, image_splits
-from probgen.errors import ConfigError
 from probgen.metrics.report import seeded
 from probgen.nn.classifier import MNISTClassifier, save_classifier
 from probgen.train import LossStep, fit
@@ -49,9 +49,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     were. ``log`` gets one line per epoch. Returns the network, in eval mode, where the
     images are.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    epochs = checks.positive_int("epochs", epochs)
+    batch_size = checks.positive_int("batch_size", batch_size)
     with seeded(seed, images.device):
         net = MNISTClassifier().to(images.device)
         data = TensorData(images, labels)
@@ -74,6 +73,7 @@ def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 100) -> float:
     """Fraction of ``images`` whose arg-max class is ``labels`` (``net`` in eval mode, its
     mode given back)."""
+    batch_size = checks.positive_int("batch_size", batch_size)
     was_training = net.training
     net.eval()
     correct = 0
@@ -93,13 +93,14 @@ def main(argv=None) -> None:
                     "features).")
     parser.add_argument("--out", required=True,
                         help="weights file to write (SHA256SUMS goes beside it)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None,
+    positive = checks.arg(checks.positive_int)
+    parser.add_argument("--epochs", type=positive, default=5)
+    parser.add_argument("--batch-size", type=positive, default=128)
+    parser.add_argument("--lr", type=checks.arg(checks.positive_float), default=3e-3)
+    parser.add_argument("--max-shift", type=checks.arg(checks.nonnegative_int), default=2)
+    parser.add_argument("--seed", type=checks.arg(checks.seed), default=0)
+    parser.add_argument("--threads", type=positive, default=1)
+    parser.add_argument("--limit", type=positive, default=None,
                         help="train on the first N images (quick runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

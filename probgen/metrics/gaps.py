@@ -42,6 +42,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.metrics.likelihood import log_importance_weights
 
@@ -129,9 +130,9 @@ def optimise_local_guide(model: Callable, guide: LocalGuide, *args, steps: int =
     examples' bounds are independent, so one summed loss optimises each.
     Returns the mean ``-ELBO`` per example at every step.
     """
-    for name, v in (("steps", steps), ("num_particles", num_particles)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
+    steps = checks.positive_int("steps", steps)
+    num_particles = checks.positive_int("num_particles", num_particles)
+    lr = checks.positive_float("lr", lr)
     params = list(guide.params.values())
     opt = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -179,6 +180,7 @@ def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int
         >>> [[round(v, 2) for v in out[k].tolist()] for k in ("elbo", "log_px", "ess")]
         [[-1.27, -2.27], [-1.27, -2.27], [100.0, 100.0]]
     """
+    elbo_particles, iw_samples, chunk = _particles(elbo_particles, iw_samples, chunk)
     total = max(elbo_particles, iw_samples)
     done, elbo, acc, acc2 = 0, 0.0, None, None
     with pyro.validation_enabled(False):
@@ -194,6 +196,13 @@ def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int
             done += k
     return {"elbo": elbo / elbo_particles, "log_px": acc - math.log(total),
             "ess": (2 * acc - acc2).exp()}
+
+
+def _particles(elbo_particles, iw_samples, chunk):
+    """The draw counts of :func:`elbo_and_log_px`, checked (a ``chunk`` of 0 would never
+    finish)."""
+    return (checks.positive_int("elbo_particles", elbo_particles),
+            checks.positive_int("iw_samples", iw_samples), checks.positive_int("chunk", chunk))
 
 
 def inference_gaps(model: Callable, amortized_guide: Callable, local_guide: Callable, *args,
@@ -250,6 +259,10 @@ def vae_gaps(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, steps:
              iw_samples: int = 5000, chunk: int = 100) -> Dict[str, torch.Tensor]:
     """:func:`inference_gaps` of a trained VAE on the images ``x`` (its own guide family,
     :func:`vae_local_guide`), the VAE in eval mode and its weights untouched."""
+    steps = checks.positive_int("steps", steps)
+    lr = checks.positive_float("lr", lr)
+    opt_particles = checks.positive_int("opt_particles", opt_particles)
+    elbo_particles, iw_samples, chunk = _particles(elbo_particles, iw_samples, chunk)
     was_training = vae.training
     vae.eval()
     flags = [(p, p.requires_grad) for p in vae.parameters()]

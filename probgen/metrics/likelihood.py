@@ -13,12 +13,18 @@ from typing import Callable, Dict, Optional
 import pyro
 import torch
 
+from probgen import checks
 from probgen.data.tensors import TensorData
-from probgen.errors import ConfigError
 # The estimators the models use themselves live below them; re-exported here.
 from probgen.infer.likelihood import (broadcast_failure, default_chunk,  # noqa: F401
                                       iw_log_likelihood, log_importance_weights, num_examples)
 from probgen.models.likelihoods import masked_bernoulli_nll  # noqa: F401
+
+
+def _chunk_size(chunk_size: Optional[int]) -> Optional[int]:
+    """``None`` (a size that fits memory) or a positive count of draws made at once."""
+    return None if chunk_size is None else checks.positive_int(
+        "chunk_size", chunk_size, hint="or None for a size that fits memory")
 
 
 def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int = 100,
@@ -59,6 +65,8 @@ def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int 
     """
     from tqdm.auto import tqdm
 
+    batch_size = checks.positive_int("batch_size", batch_size)
+    chunk_size = _chunk_size(chunk_size)
     total, count = 0.0, 0
     for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
                       desc=f"IW NLL (k={num_samples})", disable=not progress, leave=False):
@@ -79,8 +87,8 @@ def elbo_per_example(model: Callable, guide: Callable, data: TensorData, num_par
     example: the anomaly score of an image is its negative. The estimator is Pyro's
     ``Trace_ELBO`` (Monte Carlo KL) of the beta = 1 model.
     """
-    if num_particles < 1:
-        raise ConfigError(f"num_particles must be at least 1, got {num_particles}.")
+    num_particles = checks.positive_int("num_particles", num_particles)
+    batch_size = checks.positive_int("batch_size", batch_size)
     out = []
     with pyro.validation_enabled(False):
         for batch in data.batches(batch_size):
@@ -121,9 +129,10 @@ def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
     """
     from tqdm.auto import tqdm
 
-    for name, v in (("elbo_particles", elbo_particles), ("iw_samples", iw_samples)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
+    elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
+    iw_samples = checks.positive_int("iw_samples", iw_samples)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    chunk_size = _chunk_size(chunk_size)
     k_total = max(elbo_particles, iw_samples)
     elbo_sum, nll_sum, count = 0.0, 0.0, 0
     with pyro.validation_enabled(False):
@@ -131,7 +140,7 @@ def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
                           desc=f"ELBO and IW NLL (k={k_total})", disable=not progress,
                           leave=False):
             n = num_examples(batch)
-            chunk = chunk_size or default_chunk(k_total, n)
+            chunk = default_chunk(k_total, n) if chunk_size is None else chunk_size
             done, acc, elbo_part = 0, None, 0.0
             while done < k_total:
                 k = min(chunk, k_total - done)

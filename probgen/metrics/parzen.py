@@ -43,6 +43,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
 
 # Default window widths tried on the validation split (data in [0, 1], as MNIST's grey
@@ -65,19 +66,6 @@ def _flat(x, name: str) -> torch.Tensor:
     return flat
 
 
-def _check_sigma(sigma, what: str = "the Parzen window width sigma") -> float:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or \
-            not math.isfinite(sigma):
-        raise ConfigError(f"{what} must be a positive number, got {sigma!r}.")
-    return float(sigma)
-
-
-def _check_batch(batch_size, name: str = "batch_size") -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {batch_size!r}.")
-    return batch_size
-
-
 @torch.no_grad()
 def _parzen_grid(samples, data, sigmas: Sequence[float], batch_size: int,
                  dtype: torch.dtype, name: str = "data") -> torch.Tensor:
@@ -86,7 +74,7 @@ def _parzen_grid(samples, data, sigmas: Sequence[float], batch_size: int,
     if s.shape[1] != x.shape[1]:
         raise DataError(f"samples have {s.shape[1]} values each but data {x.shape[1]}; the "
                         f"window compares examples of one size.")
-    _check_batch(batch_size)
+    batch_size = checks.positive_int("batch_size", batch_size)
     s = s.to(device=x.device, dtype=dtype)
     x = x.to(dtype)
     n, d = s.shape
@@ -129,7 +117,8 @@ def parzen_log_likelihood(samples: torch.Tensor, data: torch.Tensor, sigma: floa
         >>> parzen_log_likelihood(torch.zeros(1, 1), torch.tensor([[0.0], [1.0]]), sigma=1.0)
         tensor([-0.9189, -1.4189], dtype=torch.float64)
     """
-    return _parzen_grid(samples, data, [_check_sigma(sigma)], batch_size, dtype)[0]
+    sigma = checks.positive_float("sigma (the Parzen window's width)", sigma)
+    return _parzen_grid(samples, data, [sigma], batch_size, dtype)[0]
 
 
 @torch.no_grad()
@@ -164,7 +153,8 @@ def parzen_score(samples: torch.Tensor, test: torch.Tensor, val: torch.Tensor,
         >>> score["sigma"], round(score["log_likelihood"], 2), round(score["std_error"], 2)
         (0.3, -1.4, 0.02)
     """
-    grid = [_check_sigma(s) for s in (DEFAULT_SIGMAS if sigmas is None else sigmas)]
+    grid = [checks.positive_float("each of sigmas (the Parzen window's widths)", s)
+            for s in (DEFAULT_SIGMAS if sigmas is None else sigmas)]
     if not grid:
         raise ConfigError("sigmas must hold at least one window width.")
     val_ll = [float(v) for v in
@@ -192,6 +182,7 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -
         >>> median_bandwidth(torch.tensor([[0.0], [1.0]]), torch.tensor([[3.0]]))  # of 1, 2, 3
         2.0
     """
+    max_points = checks.positive_int("max_points", max_points)
     a = _flat(x, "x")[:max_points].double()
     pooled = torch.cat([a, _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)])
     med = float(torch.nn.functional.pdist(pooled).median())
@@ -241,7 +232,11 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
         >>> round(mmd(x, y + 1, bandwidth=1.0)["mmd2"], 3)
         0.203
     """
-    _check_batch(block_size, "block_size")
+    block_size = checks.positive_int("block_size", block_size)
+    max_points = checks.integer("max_points", max_points, low=2, hint="MMD needs two points "
+                                "of each sample")
+    if bandwidth is not None:
+        bandwidth = checks.positive_float("bandwidth (the MMD kernel's width)", bandwidth)
     a = _flat(x, "x")[:max_points].double()
     b = _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)
     if a.shape[1] != b.shape[1]:
@@ -250,8 +245,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
     n, m = a.shape[0], b.shape[0]
     if n < 2 or m < 2:
         raise DataError(f"MMD needs at least two points in each sample, got {n} and {m}.")
-    h = median_bandwidth(a, b) if bandwidth is None else \
-        _check_sigma(bandwidth, "the MMD kernel bandwidth")
+    h = median_bandwidth(a, b) if bandwidth is None else bandwidth
     value = (_kernel_sum(a, a, h, block_size, drop_diagonal=True) / (n * (n - 1))
              + _kernel_sum(b, b, h, block_size, drop_diagonal=True) / (m * (m - 1))
              - 2 * _kernel_sum(a, b, h, block_size) / (n * m))

@@ -50,6 +50,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.data import image_splits
 from probgen.errors import CheckpointError, ConfigError, DataError
 from probgen.nn.classifier import load_classifier, shipped_sha256
@@ -236,8 +237,7 @@ def _feature_id(feature: str) -> str:
 
 
 def _check_feature(feature: str, inception_weights: Optional[str] = None) -> None:
-    if feature not in FEATURES:
-        raise ConfigError(f"feature must be one of {FEATURES}, got {feature!r}.")
+    checks.choice("feature", feature, FEATURES)
     if feature == "inception":
         _inception_weights_path(inception_weights)
 
@@ -263,8 +263,7 @@ def extract_features(images, *, feature: str = "mnist", inception_weights: Optio
         device: where the network runs; default: the images' device.
     """
     _check_feature(feature)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = checks.positive_int("batch_size", batch_size)
     dev = _device_of(images, device)
     feats, logits = [], []
     if feature == "mnist":
@@ -345,8 +344,7 @@ def reference_statistics(images, *, feature: str = "mnist", inception_weights: O
 @functools.lru_cache(maxsize=2)
 def _mnist_reference(split: str) -> QualityReference:
     splits = image_splits("mnist", val_size=0)
-    if split not in splits:
-        raise ConfigError(f"split must be one of {sorted(splits)}, got {split!r}.")
+    checks.choice("split", split, sorted(splits))
     return reference_statistics(splits[split].tensors[0])
 
 
@@ -359,11 +357,6 @@ def mnist_reference(split: str = "test") -> QualityReference:
 
 # --------------------------------------------------------------------------------------------
 # the metrics
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -395,8 +388,7 @@ def min_fid_samples(feature: str = "mnist") -> int:
         >>> min_fid_samples("mnist"), min_fid_samples("inception")
         (129, 2049)
     """
-    if feature not in FEATURES:
-        raise ConfigError(f"feature must be one of {FEATURES}, got {feature!r}.")
+    checks.choice("feature", feature, FEATURES)
     return _min_fid_samples(MNIST_FEATURES if feature == "mnist" else INCEPTION_FEATURES)
 
 
@@ -429,8 +421,9 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 10
     random state is left as it was.
     """
     _check_features(real, fake)
-    _check_int(subsets, "kid_subsets", 1)
-    _check_int(subset_size, "kid_subset_size", 2)
+    checks.positive_int("kid_subsets", subsets)
+    checks.integer("kid_subset_size", subset_size, low=2)
+    checks.seed("seed", seed)
     for name, f in (("reference", real), ("samples", fake)):
         if f.shape[0] < subset_size:
             raise DataError(f"KID subsets of {subset_size} need at least {subset_size} {name}, got "
@@ -461,7 +454,8 @@ def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Te
         >>> knn_radii(torch.tensor([[0.0], [1.0], [3.0], [6.0]]), k=1)
         tensor([1., 1., 2., 3.])
     """
-    _check_int(k, "k", 1)
+    checks.positive_int("k", k)
+    chunk = checks.positive_int("chunk", chunk)
     if features.shape[0] <= k:
         raise DataError(f"k-NN radii with k={k} need more than {k} points, got {features.shape[0]}.")
     f = features.float()
@@ -515,7 +509,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
         ((1.0, 1.0), (0.0, 0.0))
     """
     _check_features(real, fake)
-    _check_int(k, "k", 1)
+    checks.positive_int("k", k)
     if real_radii is None:
         real_radii = knn_radii(real, k)
     fake_radii = knn_radii(fake, k)
@@ -549,8 +543,7 @@ def class_coverage(logits: torch.Tensor, min_share: float = 0.1) -> dict:
     """
     if not torch.is_tensor(logits) or logits.dim() != 2 or logits.shape[0] == 0:
         raise DataError("class_coverage takes (N, C) logits of at least one sample.")
-    if not 0.0 <= min_share <= 1.0:
-        raise ConfigError(f"min_share must be in [0, 1], got {min_share!r}.")
+    min_share = checks.probability("min_share", min_share)
     c = logits.shape[1]
     p = torch.bincount(logits.argmax(1).cpu(), minlength=c).double() / logits.shape[0]
     kl = float((p[p > 0] * (p[p > 0] * c).log()).sum())
@@ -649,9 +642,12 @@ def sample_quality(samples, reference=None, *, feature: str = "mnist",
         Inception), ``feature_network``, ``k``, ``kid_subset_size``.
     """
     _check_feature(feature, inception_weights)
-    _check_int(kid_subsets, "kid_subsets", 1)
-    _check_int(kid_subset_size, "kid_subset_size", 2)
-    _check_int(k, "k", 1)
+    checks.positive_int("kid_subsets", kid_subsets)
+    checks.integer("kid_subset_size", kid_subset_size, low=2)
+    checks.positive_int("k", k)
+    checks.probability("min_class_share", min_class_share)
+    checks.seed("seed", seed)
+    checks.positive_int("batch_size", batch_size)
     _check_counts(samples, reference, feature, kid_subset_size, k)
     ref = _as_reference(reference, feature, inception_weights, batch_size, device)
     feats, logits = extract_features(samples, feature=feature, inception_weights=inception_weights,
@@ -686,6 +682,8 @@ def fid_metric(**kwargs):
 
 def kid_metric(subsets: int = 100, subset_size: int = 1000, **kwargs):
     """torchmetrics' KernelInceptionDistance on MNIST-classifier features, for streaming use."""
+    checks.positive_int("subsets", subsets)
+    checks.integer("subset_size", subset_size, low=2)
     from torchmetrics.image.kid import KernelInceptionDistance
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
@@ -712,6 +710,10 @@ class QualityScorer:
     kid_subset_size: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        checks.integer("kid_subset_size", self.kid_subset_size, low=2)
+        checks.seed("seed", self.seed)
+
     @property
     def fid_name(self) -> str:
         """What :meth:`fid` measures: "FID, MNIST-classifier features" unless Inception."""
@@ -736,7 +738,8 @@ class QualityScorer:
         of its own seeded with ``seed`` (the same noise whenever it is called, the caller's
         random stream left alone), with the seconds of drawing and scoring as
         ``eval_seconds``."""
-        _check_int(num_samples, "num_samples", 1)
+        checks.positive_int("num_samples", num_samples)
+        checks.seed("seed", seed)
         start = time.perf_counter()
         out = self.report(model.sample(num_samples,
                                        generator=torch.Generator().manual_seed(seed)))
@@ -810,7 +813,8 @@ class FIDCurve(Metric):
 
     def __init__(self, score: Callable[[torch.Tensor], float], num_samples: int,
                  every: int = 1, seed: int = 0, name: str = "fid"):
-        _check_int(num_samples, "num_samples", 1)
+        checks.positive_int("num_samples", num_samples)
+        checks.seed("seed", seed)
         self.score, self.num_samples, self.seed = score, num_samples, seed
         super().__init__(name, self._curve, every)
 

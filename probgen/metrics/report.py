@@ -21,12 +21,19 @@ from typing import Any, Dict, Iterator, Optional, Protocol, Tuple, runtime_check
 
 import torch
 
+from probgen import checks
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.metrics.images import mse_per_image
 from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
 from probgen.metrics.likelihood import elbo_and_iw_nll, elbo_per_example, iw_nll
 from probgen.metrics.parzen import mmd, parzen_score
+
+
+def _optional_size(name: str, value: Optional[int]) -> Optional[int]:
+    """``None`` (all of the data) or a positive count of examples."""
+    return None if value is None else checks.positive_int(name, value,
+                                                          hint="or None for all of them")
 
 
 @torch.no_grad()
@@ -48,6 +55,9 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
 
     ``data`` is moved to the model's device first.
     """
+    elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
+    iw_samples = checks.nonnegative_int("iw_samples", iw_samples)
+    iw_size = _optional_size("iw_size", iw_size)
     model.eval()
     param = next(model.parameters(), None)
     if param is not None and data.device != param.device:
@@ -120,6 +130,9 @@ def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
         >>> {g: round(v, 4) for g, v in report["neg_elbo_by_group"].items()}
         {0: 1.2655, 2: 2.2655}
     """
+    iw_samples = checks.nonnegative_int("iw_samples", iw_samples)
+    iw_size = _optional_size("iw_size", iw_size)
+    iw_batch_size = checks.positive_int("iw_batch_size", iw_batch_size)
     with seeded(seed):
         per_example = -elbo_per_example(model.model, model.guide, data,
                                         num_particles=elbo_particles, batch_size=batch_size)
@@ -325,6 +338,7 @@ def seeded(seed: int, device: Optional[torch.device] = None) -> Iterator[None]:
         >>> torch.equal(a, b), torch.equal(torch.get_rng_state(), before)
         (True, True)
     """
+    seed = checks.seed("seed", seed)
     device = torch.device("cpu") if device is None else torch.device(device)
     cuda = []
     if device.type == "cuda":
@@ -414,6 +428,13 @@ def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch
     Returns:
         An :class:`AAEReport`: the numbers and the draws behind them.
     """
+    parzen_samples = checks.nonnegative_int("parzen_samples", parzen_samples, hint="0 skips "
+                                            "the Parzen window")
+    parzen_val = checks.positive_int("parzen_val", parzen_val)
+    fid_samples = checks.nonnegative_int("fid_samples", fid_samples)
+    seed = checks.seed("seed", seed)
+    grid = checks.positive_int("grid", grid)
+    batch_size = checks.positive_int("batch_size", batch_size)
     model = as_autoencoder(model)
     corrupt = getattr(model, "corrupt", None)
     if corrupt is not None:

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from probgen import checks
 from probgen.viz.images import image_grid, module_place, new_figure, save
 
 Extent = Tuple[float, float, float, float]
@@ -38,6 +39,8 @@ def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
         >>> density.shape, round(float(density.max()), 4), round(float(density.sum() * area), 3)
         ((101, 101), 0.1592, 1.0)
     """
+    resolution = checks.integer("resolution", resolution, low=2)
+    batch_size = checks.positive_int("batch_size", batch_size)
     x0, x1, y0, y1 = extent
     xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
     ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
@@ -162,6 +165,7 @@ def discriminator_snapshot(gan, n: int, seed: int = 0,
         ``samples``, ``(n, ...)`` on the CPU; with a ``grid``, ``d``, ``D(grid)`` ``(G,)``: a
         probability, or a critic's values rescaled to [0, 1] to draw.
     """
+    n, seed = checks.positive_int("n", n), checks.seed("seed", seed)
     shot = {"samples": gan.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()}
     if grid is not None:
         d = gan.discriminate(grid[:, None]).cpu()

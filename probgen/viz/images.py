@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
+from probgen import checks
 from probgen.data.masks import MISSING
 from probgen.train.distributed import is_main_process
 
@@ -65,6 +66,7 @@ def image_row(images: torch.Tensor, pad: int = 1) -> np.ndarray:
         >>> image_row(torch.zeros(3, 1, 28, 28)).shape
         (28, 86, 3)
     """
+    pad = checks.nonnegative_int("pad", pad)
     rgb = _to_rgb(images)
     n, h, w, _ = rgb.shape
     out = np.ones((h, n * (w + pad) - pad, 3))
@@ -86,6 +88,8 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
         >>> image_grid(torch.zeros(16, 1, 28, 28), nrow=8).shape
         (57, 231, 3)
     """
+    nrow = checks.positive_int("nrow", nrow)
+    pad = checks.nonnegative_int("pad", pad)
     rows = [image_row(images[i:i + nrow], pad) for i in range(0, images.shape[0], nrow)]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1) for r in rows]

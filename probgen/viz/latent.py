@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from probgen import checks
 from probgen.metrics.images import pca
 from probgen.metrics.report import seeded
 from probgen.viz.images import (grid_figure, image_grid, module_place, new_figure, rows_figure,
@@ -94,6 +95,7 @@ def manifold_codes(n: int = 15, device=None, dtype=None,
                 [-0.6745, -0.6745],
                 [ 0.6745, -0.6745]])
     """
+    n = checks.positive_int("n", n)
     if around is not None:
         lo = torch.quantile(around[:, :2].float().cpu(), 0.01, dim=0)
         hi = torch.quantile(around[:, :2].float().cpu(), 0.99, dim=0)
@@ -185,6 +187,8 @@ def style_codes(model, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.
     the same share of a swiss-roll segment), and without it it is the same code for every
     class. ``model``: ``num_classes`` (or ``num_labels``), ``device`` and
     ``prior_sample(n, labels)``."""
+    styles = checks.positive_int("styles", styles)
+    seed = checks.seed("seed", seed)
     classes = getattr(model, "num_classes", None) or model.num_labels
     z, labels = [], []
     for s in range(styles):
