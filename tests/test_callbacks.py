@@ -70,8 +70,30 @@ def test_metric_dict_figure_can_be_monitored():
 
 
 def test_metric_refuses_a_bad_every():
-    with pytest.raises(ConfigError, match="every must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"^Metric 'm': every must be at least 1, got 0\.$"):
         Metric("m", lambda m: 0.0, every=0)
+    with pytest.raises(ConfigError, match="every must be an integer, got 2.5"):
+        Metric("m", lambda m: 0.0, every=2.5)
+
+
+def test_snapshots_refuse_an_epoch_they_would_never_reach():
+    """Epochs count from 1: a 0 was kept and silently never taken."""
+    with pytest.raises(ConfigError, match="each of epochs must be at least 1, got 0; epochs "
+                                          "are counted from 1"):
+        Snapshots([0, 5], lambda m: {})
+    assert Snapshots([1, 5], lambda m: {}).epochs == {1, 5}
+    with pytest.raises(ConfigError, match="n must be at least 1, got 0"):
+        Snapshots.spread(10, 0)
+
+
+def test_the_callback_protocol_sits_below_the_callbacks_and_keeps_its_old_path():
+    from probgen.train import callbacks, hooks, trackers
+
+    for name in ("Callback", "LambdaCallback", "as_callback"):
+        assert getattr(callbacks, name) is getattr(hooks, name)
+    assert issubclass(Metric, hooks.Callback) and issubclass(trackers.CSVLogger, hooks.Callback)
+    assert callbacks.CSVLogger is trackers.CSVLogger
+    assert callbacks.TensorBoard is trackers.TensorBoard
 
 
 def test_training_cpu_time_leaves_the_named_metrics_out(monkeypatch):

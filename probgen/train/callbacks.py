@@ -23,6 +23,8 @@ A callback is an object with any of these methods (all optional), called by
 ``run.epoch``, ``run.device`` and ``run.is_main`` (rank 0 of a torchrun job, or the
 only process). A plain function ``f(entry)`` is called as ``on_epoch_end``.
 (Modelled on Lightning's ``Callback``; the hooks are fewer because the loop is smaller.)
+:class:`Callback` itself, :class:`LambdaCallback` and :func:`as_callback` live in
+:mod:`probgen.train.hooks`, below everything that implements or calls the hooks.
 
 Experiment trackers (CSV, TensorBoard, MLflow, W&B) are callbacks too:
 :mod:`probgen.train.trackers`.
@@ -33,58 +35,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from probgen import checks
 from probgen.errors import ConfigError
-
-
-class Callback:
-    """Base class with every hook a no-op."""
-
-    def on_fit_start(self, run) -> None:
-        pass
-
-    def on_validation_end(self, run, entry: Dict[str, Any]) -> None:
-        pass
-
-    def on_epoch_end(self, run, entry: Dict[str, Any]) -> None:
-        pass
-
-    def on_fit_end(self, run, result) -> None:
-        pass
-
-    def on_train_batch_end(self, run, step_index: int, losses: Mapping[str, Any]) -> None:
-        pass
-
-    def on_exception(self, run, error: BaseException) -> None:
-        pass
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
-
-
-class LambdaCallback(Callback):
-    """``f(entry)`` called at the end of every epoch (the older callback form)."""
-
-    def __init__(self, fn: Callable[[Dict[str, Any]], None]):
-        self.fn = fn
-
-    def on_epoch_end(self, run, entry):
-        self.fn(entry)
-
-
-def as_callback(obj) -> Callback:
-    if isinstance(obj, Callback):
-        return obj
-    hooks = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end",
-             "on_train_batch_end", "on_exception")
-    if any(callable(getattr(obj, h, None)) for h in hooks):
-        return obj
-    if callable(obj):
-        return LambdaCallback(obj)
-    raise ConfigError(f"a callback must be a Callback or a function of the epoch's entry, got "
-                      f"{type(obj).__name__}.")
+# The protocol lives below every module that implements or calls it; importable from here.
+from probgen.train.hooks import Callback, LambdaCallback, as_callback  # noqa: F401
 
 
 class Metric(Callback):
@@ -130,8 +84,7 @@ class Metric(Callback):
 
     def __init__(self, name: str, fn: Callable[[Any], Union[float, Mapping[str, Any]]],
                  every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"Metric {name!r}: every must be a positive integer, got {every!r}.")
+        every = checks.positive_int(f"Metric {name!r}: every", every)
         self.name, self.fn, self.every = name, fn, every
 
     def due(self, run, entry) -> bool:
@@ -234,7 +187,9 @@ class Snapshots(Callback):
     """
 
     def __init__(self, epochs: Sequence[int], take: Callable[[Any], Dict[str, Any]]):
-        self.epochs, self.take = set(epochs), take
+        self.epochs = {checks.positive_int("Snapshots: each of epochs", e,
+                                           hint="epochs are counted from 1") for e in epochs}
+        self.take = take
         self.taken: Dict[str, Dict[str, Any]] = {}
 
     @staticmethod
@@ -247,6 +202,7 @@ class Snapshots(Callback):
             >>> Snapshots.spread(20, 5), Snapshots.spread(2, 5)
             ([1, 4, 8, 12, 16, 20], [1, 2])
         """
+        epochs, n = checks.positive_int("epochs", epochs), checks.positive_int("n", n)
         picks = {max(1, round(epochs * (i + 1) / n)) for i in range(n)}
         return sorted(picks | {1, epochs})
 
@@ -301,15 +257,12 @@ class WeightAverage(Callback):
     def __init__(self, kind: str = "ema", decay: float = 0.8, start: int = 1,
                  metrics: Optional[Dict[str, Callable[[Any], float]]] = None,
                  swap: bool = True):
-        if kind not in AVERAGES:
-            raise ConfigError(f"WeightAverage: kind must be one of {AVERAGES}, got {kind!r}.")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) \
-                or not 0.0 < decay < 1.0:
-            raise ConfigError(f"WeightAverage: decay must be a number in (0, 1), got {decay!r} "
-                              f"(0.8 keeps about the last 5 epochs).")
-        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
-            raise ConfigError(f"WeightAverage: start must be an epoch number >= 1, got {start!r}.")
-        self.kind, self.decay, self.start, self.swap = kind, float(decay), start, bool(swap)
+        checks.choice("WeightAverage: kind", kind, AVERAGES)
+        decay = checks.fraction("WeightAverage: decay", decay,
+                                hint="0.8 keeps about the last 5 epochs")
+        start = checks.positive_int("WeightAverage: start", start,
+                                    hint="the first epoch averaged, counted from 1")
+        self.kind, self.decay, self.start, self.swap = kind, decay, start, bool(swap)
         self.metrics = dict(metrics or {})
         self._avg = None        # the AveragedModel, built from the module on the first update
         self._pending = None    # a resumed state, loaded on that first build
