@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probgen.data import TensorData, recipes
-from probgen.errors import DataError, DataNotFoundError
+from probgen.errors import ConfigError, DataError, DataNotFoundError
 
 
 def test_with_settings_merges_over_a_base():
@@ -47,14 +47,14 @@ def test_semi_supervised_repeats_the_labelled_images():
     assert recipes.semi_supervised(train, y, labelled_share=0.001)[1] == 1
 
 
-@pytest.mark.parametrize("labels, share, message", [
-    (torch.full((100,), -1), 0.1, "some labelled images"),
-    (torch.zeros(99, dtype=torch.long), 0.1, "one label per training image"),
-    (None, 1.0, "labelled_share must lie in"),
+@pytest.mark.parametrize("labels, share, error, message", [
+    (torch.full((100,), -1), 0.1, DataError, "some labelled images"),
+    (torch.zeros(99, dtype=torch.long), 0.1, DataError, "one label per training image"),
+    (None, 1.0, ConfigError, r"labelled_share must lie in \(0, 1\), got 1\.0\."),
 ])
-def test_semi_supervised_refuses_bad_input(labels, share, message):
+def test_semi_supervised_refuses_bad_input(labels, share, error, message):
     train, y = _partial()
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(error, match=message):
         recipes.semi_supervised(train, y if labels is None else labels, share)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from probgen import checks
 from probgen.data.augment import RandomShift
 from probgen.data.datasets import image_splits
 from probgen.data.dequantize import dequantized
@@ -67,6 +68,7 @@ def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
         >>> x.shape, round(x.mean().item(), 2), round(x.std().item(), 2), data.settings
         (torch.Size([1000, 1]), -0.97, 1.03, {'dataset': 'toy1d', 'size': 1000, 'seed': 0})
     """
+    size, seed = checks.positive_int("size", size), checks.seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(size, 1, generator=g) * TOY1D_STD + TOY1D_MEAN
     return with_settings(TensorData(x.to(device)), dataset="toy1d", size=size, seed=seed)
@@ -100,8 +102,7 @@ def semi_supervised(train: TensorData, labels: torch.Tensor,
     if not torch.is_tensor(labels) or labels.shape != (x.shape[0],):
         raise DataError(f"semi_supervised needs one label per training image "
                         f"({x.shape[0]}), got {getattr(labels, 'shape', type(labels))}.")
-    if not 0.0 < labelled_share < 1.0:
-        raise DataError(f"labelled_share must lie in (0, 1), got {labelled_share!r}.")
+    labelled_share = checks.fraction("labelled_share", labelled_share)
     labels = labels.to(x.device)
     keep = labels >= 0
     n_lab = int(keep.sum())
@@ -120,7 +121,7 @@ def shifted(train: TensorData, max_shift: int, only_labelled: bool = False) -> T
     """The training images moved by a random offset of up to ``max_shift`` pixels per
     axis, drawn per batch (:class:`~probgen.data.RandomShift`; with ``only_labelled``, only
     the images of label >= 0); ``train`` itself when ``max_shift`` is 0."""
-    if not max_shift:
+    if not checks.nonnegative_int("max_shift", max_shift):
         return train
     shift = RandomShift(max_shift, train.tensors[0].shape[1:], only_labelled=only_labelled)
     return with_settings(train.with_transform(shift), getattr(train, "settings", None),
@@ -135,8 +136,11 @@ def dequantized_splits(splits: Dict[str, TensorData], seed: int = 0,
     2`` (comparable runs; ``val`` is ``None`` without a validation split), ``test`` cut to
     its first ``eval_size`` images; and ``test_images``, those images as they were (for
     an FID)."""
+    seed = checks.seed("seed", seed)
     test = splits["test"]
     if eval_size is not None:
+        eval_size = checks.positive_int("eval_size", eval_size, hint="or None for every "
+                                        "test image")
         test = test.subset(slice(0, eval_size))
     val = splits.get("val")
     return {"train": dequantized(splits["train"]),
@@ -153,6 +157,8 @@ def balanced_labels(num_classes: int, n: int, device=None) -> torch.Tensor:
         >>> balanced_labels(3, 7)
         tensor([0, 0, 0, 1, 1, 1, 2])
     """
+    num_classes = checks.positive_int("num_classes", num_classes)
+    n = checks.nonnegative_int("n", n)
     return torch.arange(num_classes, device=device).repeat_interleave(-(-n // num_classes))[:n]
 
 

@@ -30,7 +30,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from probgen.errors import CheckpointError, ConfigError
+from probgen import checks
+from probgen.errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "metrics" / "_weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "mnist_classifier.pt"
@@ -50,10 +51,8 @@ class MNISTClassifier(nn.Module):
 
     def __init__(self, num_features: int = 128, dropout: float = 0.3):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError(f"num_features must be a positive integer, got {num_features!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+        num_features = checks.positive_int("num_features", num_features)
+        dropout = checks.real("dropout", dropout, low=0, high=1, high_open=True)
         self.num_features = num_features
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 5, padding=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
