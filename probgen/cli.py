@@ -173,13 +173,28 @@ def image_source_flags(p: argparse.ArgumentParser) -> None:
 def check_inception_samples(p: argparse.ArgumentParser, args, *names: str) -> None:
     """With ``--inception-weights``, each sample-count flag ``names`` (``"fid_samples"``)
     must reach :data:`MIN_INCEPTION_FID_SAMPLES` (more samples than Inception's 2048
-    features): argparse's one-line error otherwise."""
+    features), or be 0 where its flag gives 0 a meaning (``sample_count(zero="skip")``):
+    argparse's one-line error otherwise."""
     if not getattr(args, "inception_weights", None):
         return
     for name in names:
-        if getattr(args, name) < MIN_INCEPTION_FID_SAMPLES:
-            p.error(f"--{name.replace('_', '-')} must be at least {MIN_INCEPTION_FID_SAMPLES} "
-                    f"for an FID on Inception's 2048 features, got {getattr(args, name)}")
+        # the flag's own meaning of 0 (its checks.arg settings), if it has one
+        zero = next((getattr(a.type, "settings", {}).get("zero") for a in p._actions
+                     if a.dest == name), None)
+        try:
+            checks.integer(f"--{name.replace('_', '-')}", getattr(args, name),
+                           low=MIN_INCEPTION_FID_SAMPLES, zero=zero,
+                           hint="FID on Inception's 2048 features")
+        except ConfigError as err:
+            _refuse(p, err)
+
+
+def _refuse(p: argparse.ArgumentParser, err: ConfigError):
+    """A setting refused after parsing, as the parser says a bad value: one line with a
+    :class:`Parser`, argparse's usage and error otherwise; exit status 2."""
+    if isinstance(p, Parser):
+        p.refuse(str(err))
+    p.error(str(err))
 
 
 def quality_scorer(args, images, **kwargs):
@@ -219,9 +234,7 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
             args.log = list(dict.fromkeys(args.log))
             make_trackers(args.log, args.out)
     except ConfigError as err:
-        if isinstance(p, Parser):
-            p.refuse(str(err))
-        p.error(str(err))
+        _refuse(p, err)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda" and env_world_size() > 1:

@@ -423,6 +423,16 @@ def test_the_shared_fid_flags_and_their_checks(capsys):
     last = capsys.readouterr().err.splitlines()[-1]      # argparse's usage, then the line
     assert info.value.code == 2
     assert f"--fid-samples must be at least {cli.MIN_INCEPTION_FID_SAMPLES}" in last
+    assert last.endswith(f"got 2000; FID on Inception's 2048 features.")
+    # 0 keeps its flag's meaning ("skip") with Inception too; the other flag's 0 does not
+    args = p.parse_args(["--inception-weights", "w.pt", "--eval-samples", "0"])
+    cli.check_inception_samples(p, args, "eval_samples", "fid_samples")
+    args.fid_samples = 0
+    with pytest.raises(SystemExit):
+        cli.check_inception_samples(p, args, "fid_samples")
+    assert capsys.readouterr().err.strip().endswith(
+        f"--fid-samples must be at least {cli.MIN_INCEPTION_FID_SAMPLES}, got 0; FID on "
+        f"Inception's 2048 features.")
 
 
 def test_cli_quality_scorer_says_when_no_features_fit(capsys):
