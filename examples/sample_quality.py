@@ -63,7 +63,6 @@ from probgen import checks, cli
 from probgen.data import image_splits
 from probgen.data.recipes import balanced_labels
 from probgen.data.dequantize import dequantized
-from probgen.errors import ConfigError
 from probgen.metrics import quality
 from probgen.models import GAN, VAE, AgeCGAN
 from probgen.models.flow import FlowModel
@@ -106,32 +105,24 @@ def parse_args(argv=None):
 
 def build(name: str, smoke: bool):
     small = dict(hidden=(32,), z_dim=8) if smoke else dict(hidden=(200, 200), z_dim=50)
-    if name == "vae":
-        return VAE(**small)
-    if name == "beta_vae":
-        return VAE.from_preset("beta_vae", **small)
-    if name == "iwae":
-        return VAE(**small)
-    if name == "cvae":
-        return VAE.from_preset("conditional_vae", **small)
-    if name in ("realnvp", "glow"):
-        kw = dict(depth=1, hidden=8) if smoke else dict(depth=4, hidden=64)
-        return FlowModel(name, **kw)
-    gan = dict(g_hidden=(32,), d_hidden=(32,), z_dim=8) if smoke else {}
-    width = dict(g_width=8, d_width=8) if smoke else {}
-    if name == "gan_minimax":
-        return GAN(net="mlp", loss="minimax", **gan)
-    if name == "gan_ns":
-        return GAN(net="mlp", loss="non_saturating", **gan)
-    if name == "wgan_gp":
-        return GAN(net="dcgan", loss="wgan_gp", **width)
-    if name == "dcgan":
-        return GAN(net="dcgan", loss="non_saturating", ema=0.99,
-                   **(width or dict(g_width=16, d_width=16)))
-    if name == "cdcgan":
-        w = 8 if smoke else 16
-        return AgeCGAN(num_levels=10, g_width=w, d_width=w, e_width=w)
-    raise ConfigError(f"unknown model {name!r}")
+    flow = dict(depth=1, hidden=8) if smoke else dict(depth=4, hidden=64)
+    mlp = dict(net="mlp", g_hidden=(32,), d_hidden=(32,), z_dim=8) if smoke else dict(net="mlp")
+    w = 8 if smoke else 16
+    builders = {
+        "vae": lambda: VAE(**small),
+        "beta_vae": lambda: VAE.from_preset("beta_vae", **small),
+        "iwae": lambda: VAE(**small),
+        "cvae": lambda: VAE.from_preset("conditional_vae", **small),
+        "realnvp": lambda: FlowModel("realnvp", **flow),
+        "glow": lambda: FlowModel("glow", **flow),
+        "gan_minimax": lambda: GAN(loss="minimax", **mlp),
+        "gan_ns": lambda: GAN(loss="non_saturating", **mlp),
+        "wgan_gp": lambda: GAN(net="dcgan", loss="wgan_gp",
+                               **(dict(g_width=8, d_width=8) if smoke else {})),
+        "dcgan": lambda: GAN(net="dcgan", loss="non_saturating", ema=0.99, g_width=w, d_width=w),
+        "cdcgan": lambda: AgeCGAN(num_levels=10, g_width=w, d_width=w, e_width=w),
+    }
+    return builders[checks.choice("model", name, FAMILIES)]()
 
 
 def train(name: str, model, args, splits, ckpt: Path):
