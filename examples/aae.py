@@ -56,8 +56,10 @@ from probgen.infer.adversarial import ADVERSARIAL_LOSSES
 from probgen.metrics.quality import quality_scorer
 from probgen.metrics.report import aae_report, class_error
 from probgen.models import VAE
-from probgen.models.aae import (AAE, ENCODERS, PHASE_ORDERS, PRIORS, SemiSupervisedAAE,
-                                labelled_split)
+from probgen.data.labels import labelled_split
+from probgen.models.aae import AAE, ENCODERS, PHASE_ORDERS
+from probgen.models.priors import PRIORS
+from probgen.models.semi_supervised_aae import SemiSupervisedAAE
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.nn.coders import NETS
 from probgen.train import AVERAGES, Metric, WeightAverage, fit, save_model, set_seed

@@ -20,7 +20,9 @@ file system, to find out what it must) and small, so library code and scripts sh
 * real numbers: :func:`real` (always finite: NaN and infinities are refused),
   :func:`finite_float`, :func:`positive_float`, :func:`nonnegative_float`,
   :func:`probability` (``[0, 1]``), :func:`fraction` (``(0, 1)``);
-* :func:`choice`, :func:`writable_dir`.
+* :func:`choice`, :func:`flag` (``True`` or ``False``), :func:`writable_dir`;
+* :func:`optional`: any check, with ``None`` let through (a setting whose default is
+  decided later, such as a learning rate that defaults to the run's).
 
 For command lines, :func:`arg` turns a check into an argparse ``type=``: the text is
 converted (``int`` or ``float``, whichever the check takes) and checked at parse time, so
@@ -48,9 +50,9 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from probgen.errors import ConfigError
 
-__all__ = ["INT64_MAX", "SEED_MAX", "arg", "choice", "finite_float", "fraction", "int_in_range",
-           "integer", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
-           "probability", "real", "seed", "writable_dir"]
+__all__ = ["INT64_MAX", "SEED_MAX", "arg", "choice", "finite_float", "flag", "fraction",
+           "int_in_range", "integer", "nonnegative_float", "nonnegative_int", "optional",
+           "positive_float", "positive_int", "probability", "real", "seed", "writable_dir"]
 
 INT64_MAX = 2 ** 63 - 1
 # Seeds up to 2**63 - 1: torch.manual_seed takes up to 2**64 - 1 and numpy takes any seed
@@ -247,6 +249,29 @@ def choice(name: str, value: Any, choices: Iterable[Any], *, hint: Optional[str]
     if value not in options:
         raise _fail(name, "be one of " + ", ".join(repr(c) for c in options), value, hint)
     return value
+
+
+def flag(name: str, value: Any, *, hint: Optional[str] = None) -> bool:
+    """``True`` or ``False`` (a switch; ``1``, ``"yes"`` and ``None`` are refused, so that
+    a value meant for another argument is not taken for a switch).
+
+    >>> flag("label_to_decoder", 1)
+    Traceback (most recent call last):
+    ...
+    probgen.errors.ConfigError: label_to_decoder must be True or False, got 1.
+    """
+    if not isinstance(value, bool):
+        raise _fail(name, "be True or False", value, hint)
+    return value
+
+
+def optional(check: Callable[..., Any], name: str, value: Any, *args: Any, **settings: Any):
+    """``None`` as it is, any other value through ``check(name, value, *args, **settings)``.
+
+    >>> optional(positive_float, "d_lr", None) is None, optional(positive_float, "d_lr", 1)
+    (True, 1.0)
+    """
+    return None if value is None else check(name, value, *args, **settings)
 
 
 def writable_dir(name: str, path: Union[str, "os.PathLike[str]"], *, create: bool = True,

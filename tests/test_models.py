@@ -59,7 +59,7 @@ def tiny_aae(mnist_small):
 
 
 def tiny_semi_supervised_aae(mnist_small):
-    from probgen.models.aae import SemiSupervisedAAE
+    from probgen.models.semi_supervised_aae import SemiSupervisedAAE
 
     x, y = next(mnist_small["train"].batches(8))
     return SemiSupervisedAAE(z_dim=3, hidden=(16,), d_hidden=(16,), encoder="gaussian"), (x, y)

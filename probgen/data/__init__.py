@@ -4,6 +4,7 @@ from probgen.data.datasets import (BUNDLED_MNIST, default_root, image_splits, lo
                                    unpack_bundled_mnist)
 from probgen.data.augment import RandomShift
 from probgen.data.corrupt import CORRUPTIONS, GaussianNoise, RandomBlocks, make_corruption
+from probgen.data.labels import UNLABELLED, labelled_split
 from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval, dequantized,
                                      logit_preprocess, logit_transform, to_levels,
                                      uniform_dequantization, uniform_dequantize)
@@ -17,10 +18,10 @@ from probgen.data import recipes  # noqa: E402  (the recipes build on the module
 
 __all__ = [
     "BUNDLED_MNIST", "CORRUPTIONS", "GaussianNoise", "MISSING", "RandomBlocks", "RandomShift",
-    "TensorData",
+    "TensorData", "UNLABELLED",
     "VariationalDequantizer", "binarize_sample", "check_unit_interval", "default_root",
     "dequantized", "dynamic_binarization", "eight_gaussians", "image_splits", "images_only",
-    "load_images", "logit_preprocess", "recipes", "logit_transform", "make_corruption", "make_scenes",
+    "labelled_split", "load_images", "logit_preprocess", "recipes", "logit_transform", "make_corruption", "make_scenes",
     "mask_inputs", "quadrant_mask", "quadrant_task", "rings", "scene_splits", "split_indices",
     "static_binarize", "to_levels", "to_unit_interval", "toy_points", "toy_splits", "two_moons",
     "uniform_dequantization", "uniform_dequantize", "unpack_bundled_mnist",

@@ -1,7 +1,8 @@
 """Pyro model/guide pairs, one file per family."""
 
 from probgen.models.registry import MODELS, rebuildable
-from probgen.models.aae import AAE, SemiSupervisedAAE
+from probgen.models.aae import AAE
+from probgen.models.semi_supervised_aae import SemiSupervisedAAE
 from probgen.models.aging import CAAE, AgeCGAN, RecurrentAger
 from probgen.models.cvae import CVAE, Baseline
 from probgen.models.flow import FlowModel

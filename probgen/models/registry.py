@@ -31,6 +31,14 @@ from probgen.registry import Registry
 _CONFIG_ATTR = "_probgen_init_args"
 _MODEL_KEY = "__probgen_model__"
 
+MOVED: Dict[str, str] = {
+    "probgen.models.aae:SemiSupervisedAAE":
+        "probgen.models.semi_supervised_aae:SemiSupervisedAAE",
+}
+"""Registered classes that moved, ``"old.module:Class" -> "new.module:Class"``: checkpoints
+and model folders record the path of the class that wrote them, and
+:func:`build_from_config` reads an old path as the new one (so they still load)."""
+
 
 def _encode(value: Any, where: str) -> Any:
     """A constructor argument as checkpoint-safe data (numbers, strings, lists, dicts)."""
@@ -70,6 +78,8 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
         source: the file named in error messages.
         strict: also refuse settings that lack an argument the constructor has a default
             for (an argument added since they were recorded); else it takes its default.
+            A class recorded under a path it has left (:data:`MOVED`) is built from its
+            new one.
         how: what the error messages advise (how to load settings of another version).
 
     Raises:
@@ -84,6 +94,7 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
         raise CheckpointError(f"{source} records no model settings probgen can read (written "
                               f"by another probgen version); {how}.")
     path = config.get(_MODEL_KEY, "")
+    path = MOVED.get(path, path) if isinstance(path, str) else path
     module_name, _, qualname = str(path).partition(":")
     if not module_name.startswith("probgen.") or not qualname:
         raise CheckpointError(f"{source} names model class {path!r}; probgen rebuilds "

@@ -1,0 +1,327 @@
+"""The semi-supervised adversarial autoencoder (Makhzani et al. 2015, "Adversarial
+Autoencoders", section 5): a class code and a style code, each matched to its own prior
+by its own discriminator, and a classification phase on the few labelled examples.
+
+The training data are ``(images, labels)`` with :data:`~probgen.data.labels.UNLABELLED`
+for the examples whose label is withheld (:func:`probgen.data.labels.labelled_split`
+keeps a balanced few).
+
+Example::
+
+    semi = labelled_split(train.tensors[1], 100, 10)
+    model = SemiSupervisedAAE(num_classes=10, z_dim=10)
+    probgen.fit(model, TensorData(train.tensors[0], semi), val, epochs=100)
+    predicted = model.predict(test_images)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probgen import checks
+from probgen.data.labels import UNLABELLED
+from probgen.errors import ConfigError, DataError
+from probgen.infer.adversarial import adversarial_phases
+from probgen.infer.context import current_step
+from probgen.infer.phases import Phase
+from probgen.models.aae import AAE
+from probgen.models.checks import found, loop_checked
+from probgen.models.registry import MODELS
+from probgen.nn.coders import NETS
+from probgen.nn.gan_nets import MLPDiscriminator
+
+
+@MODELS.register("semi_supervised_aae")
+class SemiSupervisedAAE(AAE):
+    """The semi-supervised adversarial autoencoder (Makhzani et al. 2015, section 5): the
+    encoder splits each image into a class ``y`` (a softmax over ``num_classes``) and a style
+    ``z``; each code has its own discriminator, ``y`` against one-hot draws of a uniform
+    categorical prior, ``z`` against the style prior; the decoder sees ``[z, y]``; and the
+    few labelled examples train ``q(y | x)`` as a classifier.
+
+    Generative model: ``y ~ OneHotCategorical(uniform)``, ``z ~ p(z)``,
+    ``x ~ p(x | decoder(z, y))``. Guide: ``z ~ q(z | x)`` (the encoder kinds of
+    :class:`AAE`) and ``y`` a point at the softmax of the class head (the continuous ``y``
+    the decoder and the discriminator see while training): the pair's densities are
+    masked in the reconstruction phase, the only place they meet.
+
+    Phases per batch: ``reconstruction`` (encoder, class head, decoder),
+    ``discriminator_z``/``generator_z`` and ``discriminator_y``/``generator_y`` (in
+    ``phase_order``: reconstruction first, or the four regularization phases first), then
+    ``classification``: cross-entropy of the class head on the batch's labelled examples
+    (the others carry the label :data:`~probgen.data.labels.UNLABELLED`; build such labels
+    with :func:`~probgen.data.labels.labelled_split`).
+
+    Args:
+        num_classes: classes of ``y``.
+        z_dim: the style's size.
+        c_lr: learning rate of the classification phase (default: the run's).
+        Other arguments as for :class:`AAE` (no labels reach the networks as inputs; with
+        ``corruption`` the classification phase, too, sees corrupted labelled images).
+    """
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 z_dim: int = 10, hidden: Optional[Sequence[int]] = None, net: str = "mlp",
+                 likelihood: str = "gaussian", encoder: str = "deterministic",
+                 noise_dim: Optional[int] = None, prior: Union[str, Any] = "normal",
+                 prior_kwargs: Optional[Dict[str, Any]] = None,
+                 d_hidden: Sequence[int] = (256, 256), loss: str = "non_saturating",
+                 k: Optional[int] = None, label_smoothing: float = 0.0,
+                 gp_weight: Optional[float] = None, phase_order: str = "reconstruction_first",
+                 lr: Optional[float] = None, d_lr: Optional[float] = None,
+                 g_lr: Optional[float] = None, c_lr: Optional[float] = None,
+                 betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
+                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
+                 corruption: Optional[str] = None,
+                 corruption_kwargs: Optional[Dict[str, Any]] = None):
+        num_classes = checks.integer("num_classes", num_classes, low=2)
+        checks.optional(checks.positive_float, "c_lr", c_lr)
+        super().__init__(image_shape, z_dim, hidden, net, likelihood, encoder, noise_dim, prior,
+                         prior_kwargs, 0, True, False, d_hidden, loss, k, label_smoothing,
+                         gp_weight, phase_order, lr, d_lr, g_lr, betas, activation,
+                         likelihood_kwargs, corruption=corruption,
+                         corruption_kwargs=corruption_kwargs)
+        self.num_classes, self.c_lr = num_classes, c_lr
+        kw = {}
+        if hidden is not None:
+            kw["hidden"] = tuple(hidden)
+        if activation is not None:
+            kw["activation"] = activation
+        _, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_classes, **kw)
+        self.class_head = nn.Linear(self.encoder.loc.in_features, num_classes)
+        self.discriminator_y = MLPDiscriminator((num_classes,), hidden=tuple(d_hidden))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, " + super().extra_repr()
+
+    @property
+    def reads_labels(self) -> bool:
+        return True
+
+    # -- checks --------------------------------------------------------------------------
+    def _labels(self, labels, n):
+        if labels is None:
+            return None
+        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
+            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
+                            f"per image ({UNLABELLED} for an unlabelled one), shape ({n},).")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise DataError(f"labels must be integers, got {labels.dtype}.")
+        if not loop_checked() and found((labels < UNLABELLED) | (labels >= self.num_classes)):
+            raise DataError(f"labels must lie in 0..{self.num_classes - 1}, or be {UNLABELLED} "
+                            f"for an unlabelled example; found {labels.min().item()}.."
+                            f"{labels.max().item()}.")
+        return labels
+
+    def check_dataset(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """:meth:`check_data` of a whole data set; one with unlabelled examples (a training
+        set) must hold at least one labelled example of every class."""
+        flat, labels = self.check_data(x, labels)
+        if labels is None:
+            raise DataError(f"semi-supervised training reads (images, labels) with label "
+                            f"{UNLABELLED} for the unlabelled images; pass labels too.")
+        counts = torch.bincount(labels[labels >= 0], minlength=self.num_classes)
+        missing = [c for c in range(self.num_classes) if int(counts[c]) == 0]
+        if missing and found(labels < 0):   # (a fully labelled split: validation)
+            raise DataError(f"too few labelled examples per class: classes {missing} have none; "
+                            f"label at least one example of every class (labelled_split).")
+        return flat, labels
+
+    def _onehot(self, labels, like):
+        return None if labels is None else F.one_hot(labels, self.num_classes).to(like.dtype)
+
+    # -- the encoder's two codes ---------------------------------------------------------------
+    def _features(self, flat, noise=None):
+        return self.encoder.body(flat, self._noise(noise, flat))
+
+    def _style(self, h) -> dist.Distribution:
+        loc = self.encoder.loc(h)
+        if self.encoder.log_scale is None:
+            return dist.Delta(loc, event_dim=1)
+        return dist.Normal(loc, self.encoder.log_scale(h).exp()).to_event(1)
+
+    def posterior(self, x, noise=None):
+        """``q(z | x)``, the style's distribution."""
+        return self._style(self._features(self._flat(x), noise))
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The class head's logits ``(B, num_classes)`` (universal encoder: at ``eta = 0``)."""
+        flat = self._flat(x)
+        noise = flat.new_zeros(flat.shape[0], self.noise_dim) \
+            if self.encoder_kind == "universal" else None
+        return self.class_head(self._features(flat, noise))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The most probable class of each image, ``(B,)``."""
+        return torch.cat([self.class_logits(x[i:i + batch_size]).argmax(-1)
+                          for i in range(0, x.shape[0], batch_size)])
+
+    def decoder_output(self, z, y):
+        """The decoder's output for style ``z`` and class ``y`` (one-hot or softmax
+        ``(B, num_classes)``, or integer labels ``(B,)``)."""
+        if y is not None and y.dim() == 1:
+            y = self._onehot(y, z)
+        return self.decoder(z, y)
+
+    def decode(self, z, labels=None):
+        """Mean images of styles ``z`` with the classes ``labels`` ``(B,)``."""
+        if labels is None:
+            raise DataError("the semi-supervised AAE's decoder takes a class: pass labels (B,).")
+        labels = self._labels(labels, z.shape[0])
+        if found(labels < 0):
+            raise DataError("decode needs a class for every code, not the unlabelled mark.")
+        out = self.decoder_output(z, labels)
+        return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x, labels=None):
+        """Decode each image's style centre with its predicted class softmax."""
+        flat = self._flat(x)
+        noise = flat.new_zeros(flat.shape[0], self.noise_dim) \
+            if self.encoder_kind == "universal" else None
+        h = self._features(flat, noise)
+        q = self._style(h)
+        z = q.mean if isinstance(q, dist.Independent) else q.v
+        out = self.decoder_output(z, torch.softmax(self.class_head(h), -1))
+        return self.likelihood.mean(out).reshape((flat.shape[0],) + self.image_shape)
+
+    def _class_labels(self, labels, n):
+        """Labels to generate with: a class for each (the unlabelled mark is refused)."""
+        labels = self._labels(labels, n)
+        if found(labels < 0):
+            raise DataError(f"to generate, every label must be a class in 0.."
+                            f"{self.num_classes - 1}; {UNLABELLED} (unlabelled) has none: "
+                            f"pass size=... instead to draw the classes.")
+        return labels
+
+    @torch.no_grad()
+    def sample(self, n: Optional[int] = None,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean images of ``y ~ p(y)`` (or ``labels``), ``z ~ p(z)``: ``(n, *image_shape)``,
+        or one per label."""
+        if labels is not None:   # checked here too: an error inside Predictive gains lines
+            self._class_labels(labels, labels.shape[0] if torch.is_tensor(labels)
+                               and labels.dim() == 1 else -1)
+        return super().sample(n, labels)
+
+    # -- Pyro model and guide ---------------------------------------------------------
+    def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
+        """``y ~ OneHotCategorical(uniform)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``;
+        generating with ``labels`` fixes ``y``."""
+        observed_y = None
+        if x is not None:
+            flat, _ = self.check_data(x, labels)   # the labels are data, not model inputs
+            n = flat.shape[0]
+        else:
+            flat = None
+            n = labels.shape[0] if labels is not None else size
+            if n is None:
+                raise ConfigError("to generate, pass labels or size (how many images).")
+            if labels is not None:
+                observed_y = self._onehot(self._class_labels(labels, n), self._anchor)
+        with pyro.plate("data", n):
+            p_y = dist.OneHotCategorical(logits=self._anchor.new_zeros(self.num_classes))
+            p_z = self.prior_spec.distribution(self._anchor)
+            if reconstruction_only:
+                p_y, p_z = p_y.mask(False), p_z.mask(False)
+            y = pyro.sample("y", p_y, obs=observed_y)
+            z = pyro.sample("z", p_z)
+            out = self.decoder_output(z, y)
+            if current_step() is None:
+                pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
+            return pyro.sample("x", self.likelihood(out), obs=flat)
+
+    def guide(self, x, labels=None, size=None, *, reconstruction_only: bool = False):
+        """``y`` a point at the class head's softmax, ``z ~ q(z | x)``."""
+        flat = self._flat(x)
+        h = self._features(self._seen(flat))
+        with pyro.plate("data", flat.shape[0]):
+            q_y = dist.Delta(torch.softmax(self.class_head(h), -1), event_dim=1)
+            q_z = self._style(h)
+            if reconstruction_only:
+                q_y, q_z = q_y.mask(False), q_z.mask(False)
+            pyro.sample("y", q_y)
+            return pyro.sample("z", q_z)
+
+    # -- the phases ------------------------------------------------------------------------
+    def real(self, batch):
+        """Style prior draws, one per example."""
+        return self.prior_sample(batch[0].shape[0])
+
+    def fake(self, batch):
+        """Styles ``z ~ q(z | x)`` of the batch."""
+        flat, _ = self._batch(batch)
+        return self.posterior(self._seen(flat)).rsample()
+
+    def real_y(self, batch):
+        """One-hot draws of the uniform categorical prior, one per example."""
+        n = batch[0].shape[0]
+        draws = torch.randint(0, self.num_classes, (n,), device=self._anchor.device)
+        return F.one_hot(draws, self.num_classes).to(self._anchor.dtype)
+
+    def fake_y(self, batch):
+        """The class head's softmax of the batch."""
+        flat, _ = self._batch(batch)
+        return torch.softmax(self.class_head(self._features(self._seen(flat))), -1)
+
+    def classification_loss(self, batch):
+        """Cross-entropy of the class head on the batch's labelled examples.
+
+        A batch without any labelled example gives a zero loss that no parameter takes
+        part in: its backward pass leaves every parameter's gradient ``None``, and torch's
+        optimizers skip a parameter without a gradient, so the class head stays where it
+        is (a zero *gradient*, as ``0 * weight.sum()`` gives, would let Adam step along its
+        momentum). In a distributed run the fit loop's gradient average keeps a gradient
+        that no process has as ``None`` (a batch unlabelled on every process does not step
+        the class head there either). On a GPU the rule costs this phase host reads every
+        step (whether the batch has a labelled example, then their selection): the semi-
+        supervised AAE's step is not free of synchronisations (``tests/test_device.py``)."""
+        flat, labels = self._batch(batch)
+        keep = labels >= 0 if labels is not None else None
+        if keep is None or not found(keep):
+            return self._anchor.new_zeros((), requires_grad=True)
+        return F.cross_entropy(self.class_logits(self._seen(flat[keep])), labels[keep])
+
+    def _style_parameters(self):
+        e = self.encoder
+        heads = [e.loc] + ([e.log_scale] if e.log_scale is not None else [])
+        return list(e.body.parameters()) + [p for h in heads for p in h.parameters()]
+
+    def _class_parameters(self):
+        return list(self.encoder.body.parameters()) + list(self.class_head.parameters())
+
+    def _autoencoder_parameters(self):
+        return (list(self.encoder.parameters()) + list(self.class_head.parameters())
+                + list(self.decoder.parameters()) + list(self.likelihood.parameters()))
+
+    def phases(self):
+        """``reconstruction``, ``discriminator_z``, ``generator_z``, ``discriminator_y``,
+        ``generator_y`` (reconstruction first or last, as ``phase_order`` says), then
+        ``classification``."""
+        kw = dict(k=self.k, label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
+                  d_lr=self.d_lr, g_lr=self.g_lr, betas=self.betas)
+        z_phases = adversarial_phases(self.discriminator, self._style_parameters, self.real,
+                                      self.fake, self.spec, names=("discriminator_z",
+                                                                   "generator_z"), **kw)
+        y_phases = adversarial_phases(self.discriminator_y, self._class_parameters, self.real_y,
+                                      self.fake_y, self.spec, names=("discriminator_y",
+                                                                     "generator_y"), **kw)
+        rec = Phase("reconstruction", lambda batch, ctx: self.reconstruction_loss(batch),
+                    params=self._autoencoder_parameters, lr=self.lr, discover=False)
+        cls = Phase("classification", lambda batch, ctx: self.classification_loss(batch),
+                    params=self._class_parameters, lr=self.c_lr, discover=False)
+        regularization = z_phases + y_phases
+        if self.phase_order == "reconstruction_first":
+            return [rec] + regularization + [cls]
+        return regularization + [rec, cls]
+
+
+__all__ = ["SemiSupervisedAAE"]
