@@ -43,6 +43,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from probgen import checks
 from probgen.data import MISSING, image_splits, quadrant_task
 from probgen.train import set_seed
 
@@ -251,12 +252,15 @@ def table(name, results, quadrants, reference=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-q", "--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
-    p.add_argument("--pyro-epochs", type=int, default=50, help="Pyro's -n (the tutorial: 50)")
-    p.add_argument("--pyro-patience", type=int, default=3, help="Pyro's -esp (the tutorial: 3)")
+    positive = checks.arg(checks.positive_int)
+    p.add_argument("--pyro-epochs", type=positive, default=50, help="Pyro's -n (the tutorial: 50)")
+    p.add_argument("--pyro-patience", type=positive, default=3,
+                   help="Pyro's -esp (the tutorial: 3)")
     p.add_argument("--probgen-args", default="",
                    help="extra flags for examples/cvae.py, e.g. '--epochs 50 --patience 3'")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=checks.arg(checks.integer, low=1, zero="torch's default"),
+                   default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=checks.arg(checks.seed), default=0)
     p.add_argument("--out", default="results/cvae_vs_pyro")
     p.add_argument("--smoke", action="store_true",
                    help="seconds: 1 epoch each on slices of the data (a test of the script)")

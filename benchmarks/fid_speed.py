@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from probgen import checks
 from probgen.data import image_splits
 from probgen.metrics import quality
 
@@ -47,9 +48,10 @@ def timed(fn, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, default=10000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--num-samples", default=10000,
+                        type=checks.arg(checks.integer, low=quality.min_fid_samples("mnist")))
+    parser.add_argument("--repeats", type=checks.arg(checks.positive_int), default=3)
+    parser.add_argument("--threads", type=checks.arg(checks.positive_int), default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import probgen
+from probgen import checks
 from probgen.data import image_splits
 from probgen.data.dequantize import dequantized
 from probgen.metrics.density import bits_per_dim
@@ -142,19 +143,23 @@ def build(name, args, train):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--budget", type=float, default=300, help="training seconds per model")
-    ap.add_argument("--slice", type=float, default=15, help="seconds per turn")
+    positive, seconds = checks.arg(checks.positive_int), checks.arg(checks.positive_float)
+    ap.add_argument("--budget", type=seconds, default=300, help="training seconds per model")
+    ap.add_argument("--slice", type=seconds, default=15, help="seconds per turn")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--depth", type=int, default=4, help="Glow steps per scale (both Glows)")
-    ap.add_argument("--realnvp-depth", type=int, default=3, help="RealNVP couplings per stage")
-    ap.add_argument("--hidden", type=int, default=64, help="conv channels of every network")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--alpha", type=float, default=0.05, help="logit margin (logit models)")
-    ap.add_argument("--eval-size", type=int, default=2000, help="test images scored")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--depth", type=positive, default=4, help="Glow steps per scale (both Glows)")
+    ap.add_argument("--realnvp-depth", type=positive, default=3,
+                    help="RealNVP couplings per stage")
+    ap.add_argument("--hidden", type=positive, default=64, help="conv channels of every network")
+    ap.add_argument("--batch-size", type=positive, default=64)
+    ap.add_argument("--lr", type=checks.arg(checks.positive_float), default=1e-3)
+    ap.add_argument("--alpha", default=0.05, help="logit margin (logit models)",
+                    type=checks.arg(checks.real, low=0, high=0.5, low_open=True,
+                                    high_open=True))
+    ap.add_argument("--eval-size", type=positive, default=2000, help="test images scored")
+    ap.add_argument("--threads", type=positive, default=1,
                     help="torch threads (1: fastest for these sizes on a busy 2-core machine)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=checks.arg(checks.seed), default=0)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--smoke", action="store_true", help="seconds: tiny models and budget")
     args = ap.parse_args(argv)

@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from probgen import checks  # noqa: E402
+
 
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
@@ -302,22 +304,22 @@ def main(argv=None) -> int:
     t = sub.add_parser("train")
     t.add_argument("--device", default="cpu")
     t.add_argument("--checkpoint", required=True)
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--limit", type=int, default=4096)
+    t.add_argument("--epochs", type=checks.arg(checks.positive_int), default=3)
+    t.add_argument("--limit", type=checks.arg(checks.positive_int), default=4096)
     t.add_argument("--resume", action="store_true")
     k = sub.add_parser("kill-resume")
     k.add_argument("--device", default="cpu")
     k.add_argument("--dir", required=True)
-    k.add_argument("--epochs", type=int, default=3)
-    k.add_argument("--limit", type=int, default=4096)
-    k.add_argument("--timeout", type=float, default=120)
+    k.add_argument("--epochs", type=checks.arg(checks.positive_int), default=3)
+    k.add_argument("--limit", type=checks.arg(checks.positive_int), default=4096)
+    k.add_argument("--timeout", type=checks.arg(checks.positive_float), default=120)
     lo = sub.add_parser("load")
     lo.add_argument("--checkpoint", required=True)
     te = sub.add_parser("time-epochs")
     te.add_argument("--device", default="cuda")
     te.add_argument("--out", required=True)
     te.add_argument("--quick", action="store_true", help="a slice of the data everywhere")
-    te.add_argument("--cpu-limit", type=int, default=2048,
+    te.add_argument("--cpu-limit", type=checks.arg(checks.positive_int), default=2048,
                     help="images timed on the CPU (or everywhere with --quick)")
     args = p.parse_args(argv)
     return {"example": cmd_example, "train": cmd_train, "kill-resume": cmd_kill_resume,

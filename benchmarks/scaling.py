@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from probgen import checks
+
 
 def worker(args) -> None:
     import torch
@@ -50,11 +52,13 @@ def worker(args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--images", type=int, default=20000, help="training images")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs (the first is not timed)")
-    ap.add_argument("--batch-size", type=int, default=100, help="per process")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per CPU process")
+    positive = checks.arg(checks.positive_int)
+    ap.add_argument("--procs", type=positive, nargs="+", default=[1, 2])
+    ap.add_argument("--images", type=positive, default=20000, help="training images")
+    ap.add_argument("--epochs", type=checks.arg(checks.integer, low=2), default=4,
+                    help="epochs (the first is not timed)")
+    ap.add_argument("--batch-size", type=positive, default=100, help="per process")
+    ap.add_argument("--threads", type=positive, default=1, help="torch threads per CPU process")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--smoke", action="store_true", help="tiny run (used by the tests)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import probgen.train.loop as loop
+from probgen import checks
 from probgen.data import MISSING, image_splits, quadrant_task
 from probgen.infer import OBJECTIVES
 from probgen.models import CVAE, VAE, Baseline
@@ -122,8 +123,9 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["cvae", "vae"], choices=["cvae", "vae"])
     ap.add_argument("--objectives", nargs="+", default=["trace", "meanfield"],
                     choices=OBJECTIVES.names())
-    ap.add_argument("--blocks", type=int, default=7, help="interleaved timing blocks")
-    ap.add_argument("--steps", type=int, default=30, help="steps per block")
+    positive = checks.arg(checks.positive_int)
+    ap.add_argument("--blocks", type=positive, default=7, help="interleaved timing blocks")
+    ap.add_argument("--steps", type=positive, default=30, help="steps per block")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--smoke", action="store_true", help="a few steps only")
     args = ap.parse_args(argv)

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from probgen import checks
+
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -72,7 +74,7 @@ print(json.dumps({"tracker": name, "construct_s": construct, "fit_s": fit,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="where the trackers write (default: a temp dir)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=checks.arg(checks.positive_int), default=5)
     p.add_argument("--trackers", nargs="+", default=["none", "csv", "tensorboard", "mlflow",
                                                      "wandb"])
     args = p.parse_args(argv)
