@@ -222,13 +222,9 @@ def main(argv=None):
     if "toy" in args.data:
         results["toy"] = run_toy(args, device, args.out)
     rows = table(results)
-    if results.get("mnist"):
-        print("\nMNIST test bits/dim (published, large models: RealNVP 1.06, Glow 1.05)")
-    cli.print_table(rows)
-    record = cli.write_results(args.out, results, args, started, table=rows)
-    print(f"\nwrote {args.out}/results.json, results.csv and figures "
-          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
-    return record
+    title = "MNIST test bits/dim (published, large models: RealNVP 1.06, Glow 1.05)"
+    return cli.finish_run(args, results, started, rows,
+                          title=title if results.get("mnist") else None)
 
 
 if __name__ == "__main__":

@@ -214,16 +214,12 @@ def main(argv=None):
                   f" scored in {time.perf_counter() - t0:.0f} s)", flush=True)
     rows_figure(shown, args.out / "samples.png",
                 title=f"{args.samples} samples each; first ten shown")
-    print(f"\n{quality.FID_NAME} / {quality.KID_NAME}, against the MNIST test set "
-          f"({len(ref)} images)")
-    cli.print_table(rows)
-    record = cli.write_results(args.out, {"fid_name": quality.FID_NAME,
-                                          "kid_name": quality.KID_NAME, "reference": "MNIST test",
-                                          "samples": args.samples, "rows": rows},
-                               args, started, table=rows)
-    print(f"\nwrote {args.out}/results.json, results.csv, samples.png "
-          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
-    return record
+    return cli.finish_run(args, {"fid_name": quality.FID_NAME, "kid_name": quality.KID_NAME,
+                                 "reference": "MNIST test", "samples": args.samples,
+                                 "rows": rows}, started, rows,
+                          wrote="results.csv, samples.png",
+                          title=f"{quality.FID_NAME} / {quality.KID_NAME}, against the MNIST "
+                                f"test set ({len(ref)} images)")
 
 
 if __name__ == "__main__":

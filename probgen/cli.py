@@ -422,12 +422,15 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
 
 
 def finish_run(args, results: Dict[str, Any], started: float, table: List[Dict[str, Any]],
-               wrote: str = "results.csv and figures") -> Dict:
-    """A script's last words: the ``table`` printed (:func:`print_table`), ``results.json``
-    and ``results.csv`` written (:func:`write_results`), and one line saying what was
-    written under ``--out`` (``results.json, <wrote>``), in how long, on which machine.
-    Returns the record :func:`write_results` wrote."""
+               wrote: str = "results.csv and figures", title: Optional[str] = None) -> Dict:
+    """A script's last words: the ``table`` printed (:func:`print_table`) under its
+    ``title`` (if any), ``results.json`` and ``results.csv`` written
+    (:func:`write_results`), and one line saying what was written under ``--out``
+    (``results.json, <wrote>``), in how long, on which machine. Returns the record
+    :func:`write_results` wrote."""
     print()
+    if title:
+        print(title)
     print_table(table)
     record = write_results(args.out, results, args, started, table=table)
     print(f"\nwrote {args.out}/results.json, {wrote} "
