@@ -138,6 +138,99 @@ def test_contract_weight_average_copies_and_averages_every_model(name, mnist_sma
     assert moved > 0
 
 
+# --------------------------------------------------------------------------- autoencoders
+
+def tiny_denoising_ae(mnist_small):
+    x, _ = next(mnist_small["train"].batches(8))
+    return VAE.from_preset("denoising_ae", z_dim=3, hidden=(16,),
+                           likelihood="continuous_bernoulli"), (x,)
+
+
+def tiny_vae_with_a_flow_guide(mnist_small):
+    x, _ = next(mnist_small["train"].batches(8))
+    return VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli", guide_flow="planar"), (x,)
+
+
+def tiny_universal_aae_on_noise(mnist_small):
+    from probgen.models.aae import AAE
+
+    x, _ = next(mnist_small["train"].batches(8))
+    return AAE(z_dim=3, hidden=(16,), d_hidden=(16,), encoder="universal", corruption="noise",
+               likelihood="continuous_bernoulli"), (x,)
+
+
+AUTOENCODERS = {"aae", "caae", "semi_supervised_aae", "vae"}
+AUTOENCODER_CASES = {"aae": tiny_aae, "caae": tiny_caae, "semi_supervised_aae":
+                     tiny_semi_supervised_aae, "vae": tiny_vae,
+                     "denoising_ae": tiny_denoising_ae, "vae_planar": tiny_vae_with_a_flow_guide,
+                     "aae_universal_noise": tiny_universal_aae_on_noise}
+
+
+def test_the_registered_autoencoders_are_those_with_the_interface(mnist_small):
+    from probgen.models.autoencoder import Autoencoder
+
+    found = {name for name, build in {**TINY, **ADVERSARIAL}.items()
+             if isinstance(build(mnist_small)[0], Autoencoder)}
+    assert found == AUTOENCODERS
+
+
+def _own_reconstruction_term(model, args) -> float:
+    """``-log p(x | z)`` per image from Pyro's traces of the model's own guide and model
+    (the guide's draw replayed into the model): the ELBO's reconstruction term."""
+    from pyro import poutine
+
+    guide = poutine.trace(model.guide).get_trace(*args)
+    site = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(*args).nodes["x"]
+    return -float(site["fn"].log_prob(site["value"]).sum().detach()) / args[0].shape[0]
+
+
+@pytest.mark.parametrize("name", sorted(AUTOENCODER_CASES))
+def test_contract_autoencoder_interface(name, mnist_small):
+    """VAE and the adversarial autoencoders answer one interface alike
+    (probgen.models.autoencoder): codes of q(z|x), whose centre decodes to the model's own
+    reconstruction; prior draws; decoded samples; and a reconstruction loss that is the
+    ELBO's reconstruction term of the model's own Pyro model/guide pair, differentiable in
+    the encoder and the decoder."""
+    from probgen.metrics.report import seeded
+    from probgen.models.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    model, batch = AUTOENCODER_CASES[name](mnist_small)
+    model.eval()
+    x = batch[0]
+    n = x.shape[0]
+    labels = batch[1] if len(batch) > 1 and model.num_labels else None
+    assert isinstance(model, Autoencoder) and model.device == torch.device("cpu")
+    assert model.label_to_decoder == (name in ("caae", "vae"))   # (tiny_vae is conditional)
+    z = model.codes(x, labels)
+    assert z.shape == (n, model.z_dim) and torch.isfinite(z).all()
+    centre = model.codes(x, labels, sample=False)
+    assert torch.equal(centre, model.codes(x, labels, sample=False))
+    deterministic = name in ("caae", "denoising_ae")   # point-mass encoders
+    assert torch.equal(z, centre) == deterministic
+    decoder_labels = labels if model.label_to_decoder else None
+    if name == "semi_supervised_aae":   # its decoder reads the class head's softmax
+        decoder_labels = torch.softmax(model.class_logits(x), -1)
+    decoded = model.decode(centre, decoder_labels)
+    assert decoded.shape == (n, 1, 28, 28)
+    assert torch.allclose(decoded, model.reconstruct(x, labels), atol=1e-6)
+    prior = model.prior_sample(n, labels)
+    assert prior.shape == (n, model.z_dim) and torch.isfinite(prior).all()
+    samples = model.sample(labels=torch.arange(3)) if model.label_to_decoder else model.sample(3)
+    assert samples.shape == (3, 1, 28, 28)
+    args = tuple(batch[:2]) if len(batch) > 1 and (model.num_labels or name ==
+                                                   "semi_supervised_aae") else (x,)
+    with seeded(5):
+        loss = model.reconstruction_loss(batch)
+    with seeded(5):
+        own = _own_reconstruction_term(model, args)
+    assert loss.dim() == 0 and float(loss.detach()) == pytest.approx(own, rel=1e-5)
+    model.zero_grad()
+    loss.backward()
+    for part in (model.encoder, model.decoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
 @pytest.fixture(params=sorted(TINY))
 def tiny(request, mnist_small):
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from probgen.models.registry import MODELS, rebuildable
 from probgen.models.aae import AAE
+from probgen.models.autoencoder import Autoencoder
 from probgen.models.semi_supervised_aae import SemiSupervisedAAE
 from probgen.models.aging import CAAE, AgeCGAN, RecurrentAger
 from probgen.models.cvae import CVAE, Baseline
@@ -14,5 +15,5 @@ from probgen.models.vae import PRESETS, VAE
 
 rebuildable(Baseline)   # a plain network, rebuilt with the CVAE it belongs to
 
-__all__ = ["MODELS", "AAE", "AgeCGAN", "CAAE", "CVAE", "Baseline", "FlowGAN", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
+__all__ = ["MODELS", "AAE", "Autoencoder", "AgeCGAN", "CAAE", "CVAE", "Baseline", "FlowGAN", "FlowModel", "GAN", "LIKELIHOODS", "MEVAE", "PRESETS",
            "RecurrentAger", "SemiSupervisedAAE", "VAE"]

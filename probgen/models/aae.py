@@ -433,11 +433,13 @@ class AAE(nn.Module):
 
     # -- using a trained model ------------------------------------------------------------
     @torch.no_grad()
-    def codes(self, x: torch.Tensor, sample: bool = True,
-              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def codes(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
+              sample: bool = True, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B, z_dim)`` codes of the images: draws of ``q(z | x)`` (so that codes of a data
         set are draws of the aggregated posterior ``q(z)``), or with ``sample=False`` its
-        centre: the point, the Gaussian's mean, or ``f(x, 0)`` for the universal encoder."""
+        centre: the point, the Gaussian's mean, or ``f(x, 0)`` for the universal encoder.
+        ``labels`` are not read (the encoder does not take them; the argument is the
+        autoencoder interface's, :mod:`probgen.models.autoencoder`)."""
         if not sample and self.encoder_kind == "universal" and noise is None:
             noise = x.new_zeros(x.shape[0], self.noise_dim)
         q = self.posterior(x, noise)

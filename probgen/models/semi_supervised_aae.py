@@ -172,12 +172,21 @@ class SemiSupervisedAAE(AAE):
         return self.decoder(z, y)
 
     def decode(self, z, labels=None):
-        """Mean images of styles ``z`` with the classes ``labels`` ``(B,)``."""
+        """Mean images of styles ``z`` with the classes ``labels``: integers ``(B,)``, or
+        class probabilities ``(B, num_classes)`` as the decoder sees them in training (the
+        class head's softmax: what :meth:`reconstruct` decodes)."""
         if labels is None:
-            raise DataError("the semi-supervised AAE's decoder takes a class: pass labels (B,).")
-        labels = self._labels(labels, z.shape[0])
-        if found(labels < 0):
-            raise DataError("decode needs a class for every code, not the unlabelled mark.")
+            raise DataError("the semi-supervised AAE's decoder takes a class: pass labels (B,) "
+                            "or class probabilities (B, num_classes).")
+        if torch.is_tensor(labels) and labels.dtype.is_floating_point and labels.dim() == 2:
+            if tuple(labels.shape) != (z.shape[0], self.num_classes):
+                raise DataError(f"class probabilities must be ({z.shape[0]}, "
+                                f"{self.num_classes}), one row per code; got "
+                                f"{tuple(labels.shape)}.")
+        else:
+            labels = self._labels(labels, z.shape[0])
+            if found(labels < 0):
+                raise DataError("decode needs a class for every code, not the unlabelled mark.")
         out = self.decoder_output(z, labels)
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 

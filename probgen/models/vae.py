@@ -50,6 +50,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import nn
 
+from probgen import checks
 from probgen.data.corrupt import make_corruption
 from probgen.errors import ConfigError
 from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, zuko_flow, zuko_settings
@@ -196,6 +197,16 @@ class VAE(nn.Module):
                 f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
                 f"corruption={s['corruption']}{flow}")
 
+    @property
+    def label_to_decoder(self) -> bool:
+        """Whether the decoder takes the label (a label-conditional model's does)."""
+        return bool(self.num_labels)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return next(self.parameters()).device
+
     # -- input checks ---------------------------------------------------------------
     @property
     def data_dim(self) -> int:
@@ -320,17 +331,54 @@ class VAE(nn.Module):
         out = self.decoder(z, self._onehot(labels, z.shape[0]))
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Decode the encoder's mean code of each image: ``(B, *image_shape)`` (with
-        ``guide_flow``: the base mean pushed through the flow)."""
+    def _centre(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The encoder's mean code of each image (with ``guide_flow``: the base mean pushed
+        through the flow)."""
         loc = self.encode(x, labels)[0]
         if self.guide_flow is not None:
             flat = self._flat(x)
             h = self.encoder.body(flat, self._onehot(labels, flat.shape[0]))
             for t in self.guide_flow.transforms(h):
                 loc = t(loc)
-        return self.decode(loc, labels)
+        return loc
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decode the encoder's mean code of each image: ``(B, *image_shape)`` (with
+        ``guide_flow``: the base mean pushed through the flow)."""
+        return self.decode(self._centre(x, labels), labels)
+
+    # -- the autoencoder interface (probgen.models.autoencoder) -------------------------
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
+              sample: bool = True) -> torch.Tensor:
+        """``(B, z_dim)`` codes of the images as given (no corruption added): draws of
+        ``q(z | x)`` (over a data set, draws of the aggregated posterior ``q(z)``), or with
+        ``sample=False`` the code :meth:`reconstruct` decodes."""
+        if not sample:
+            return self._centre(x, labels)
+        return self.posterior(x, labels).sample()
+
+    @torch.no_grad()
+    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(n, z_dim)`` draws of ``p(z)`` (labels, checked, do not change it: a
+        label-conditional VAE's prior is the same for every label)."""
+        n = checks.positive_int("n", n)
+        if labels is not None:
+            checked_labels(labels, n, self.num_labels)
+        return self.prior().sample((n,))
+
+    def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
+        """``-E_{q(z|x)} log p(x | z)`` per image, the batch's mean: the ELBO's
+        reconstruction term (one draw of ``q``, which sees the corrupted images when the
+        model has a ``corruption``, as its guide does); differentiable."""
+        x = batch[0]
+        labels = batch[1] if len(batch) > 1 and self.num_labels else None
+        flat, onehot = self.check_data(x, labels)
+        seen = self.corrupt(flat) if self.corrupt is not None else flat
+        q = self._q(seen, onehot)
+        z = q.rsample() if q.has_rsample else q.sample()
+        return -self.likelihood(self.decoder(z, onehot)).log_prob(flat).mean()
 
     @torch.no_grad()
     def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
