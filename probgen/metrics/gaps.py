@@ -34,7 +34,6 @@ closed form, which the tests use to check this machinery exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -44,7 +43,8 @@ import torch
 
 from probgen import checks
 from probgen.errors import ConfigError
-from probgen.metrics.likelihood import log_importance_weights
+# elbo_and_log_px is the estimate of one batch that likelihood.elbo_and_iw_nll makes too
+from probgen.metrics.likelihood import elbo_and_log_px, log_importance_weights
 
 
 class _StickTheLanding(dist.TorchDistribution):
@@ -153,58 +153,6 @@ def optimise_local_guide(model: Callable, guide: LocalGuide, *args, steps: int =
     return history
 
 
-@torch.no_grad()
-def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int = 1000,
-                    iw_samples: int = 5000, chunk: int = 100, **kwargs) -> Dict[str, torch.Tensor]:
-    """Per example: the ELBO (mean of the first ``elbo_particles`` log weights), the
-    importance-sampled ``log p(x)`` (all ``max(elbo_particles, iw_samples)``) and the
-    effective sample size of those weights, from one set of draws, ``chunk`` particles
-    at a time. Returns ``{"elbo", "log_px", "ess"}``, each ``(N,)``.
-
-    Examples:
-        The linear-Gaussian model of :func:`probgen.metrics.iw_nll`'s example
-        (``log p(x) = log N(x; 0, 2)``): with the exact posterior as the guide the ELBO is
-        ``log p(x)`` and every draw counts fully (an effective sample size of all 100):
-
-        >>> import math, pyro, pyro.distributions as dist, torch
-        >>> from probgen.metrics.gaps import elbo_and_log_px
-        >>> def model(x):
-        ...     with pyro.plate("data", x.shape[0]):
-        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-        >>> def posterior(x):
-        ...     with pyro.plate("data", x.shape[0]):
-        ...         pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
-        >>> out = elbo_and_log_px(model, posterior, torch.tensor([0.0, 2.0]),
-        ...                       elbo_particles=10, iw_samples=100)
-        >>> [[round(v, 2) for v in out[k].tolist()] for k in ("elbo", "log_px", "ess")]
-        [[-1.27, -2.27], [-1.27, -2.27], [100.0, 100.0]]
-    """
-    elbo_particles, iw_samples, chunk = _particles(elbo_particles, iw_samples, chunk)
-    total = max(elbo_particles, iw_samples)
-    done, elbo, acc, acc2 = 0, 0.0, None, None
-    with pyro.validation_enabled(False):
-        while done < total:
-            k = min(chunk, total - done)
-            lw = log_importance_weights(model, guide, *args, num_particles=k, **kwargs)
-            used = min(k, max(elbo_particles - done, 0))
-            if used:
-                elbo = elbo + lw[:used].sum(0)
-            part, part2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
-            acc = part if acc is None else torch.logaddexp(acc, part)
-            acc2 = part2 if acc2 is None else torch.logaddexp(acc2, part2)
-            done += k
-    return {"elbo": elbo / elbo_particles, "log_px": acc - math.log(total),
-            "ess": (2 * acc - acc2).exp()}
-
-
-def _particles(elbo_particles, iw_samples, chunk):
-    """The draw counts of :func:`elbo_and_log_px`, checked (a ``chunk`` of 0 would never
-    finish)."""
-    return (checks.positive_int("elbo_particles", elbo_particles),
-            checks.positive_int("iw_samples", iw_samples), checks.positive_int("chunk", chunk))
-
-
 def inference_gaps(model: Callable, amortized_guide: Callable, local_guide: Callable, *args,
                    elbo_particles: int = 1000, iw_samples: int = 5000, chunk: int = 100,
                    **kwargs) -> Dict[str, torch.Tensor]:
@@ -262,7 +210,9 @@ def vae_gaps(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, steps:
     steps = checks.positive_int("steps", steps)
     lr = checks.positive_float("lr", lr)
     opt_particles = checks.positive_int("opt_particles", opt_particles)
-    elbo_particles, iw_samples, chunk = _particles(elbo_particles, iw_samples, chunk)
+    elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
+    iw_samples = checks.positive_int("iw_samples", iw_samples)
+    chunk = checks.positive_int("chunk", chunk)
     was_training = vae.training
     vae.eval()
     flags = [(p, p.requires_grad) for p in vae.parameters()]

@@ -113,6 +113,56 @@ def negative_elbo(model: Callable, guide: Callable, data: TensorData, num_partic
 
 
 @torch.no_grad()
+def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int = 1000,
+                    iw_samples: int = 5000, chunk: int = 100, **kwargs) -> Dict[str, torch.Tensor]:
+    """Per example: the ELBO (mean of the first ``elbo_particles`` log weights), the
+    importance-sampled ``log p(x)`` (all ``max(elbo_particles, iw_samples)``) and the
+    effective sample size of those weights, from one set of draws, ``chunk`` particles
+    at a time. Returns ``{"elbo", "log_px", "ess"}``, each ``(N,)``. ``kwargs`` go to
+    :func:`log_importance_weights` (``vectorize``). The estimate of one batch that
+    :func:`elbo_and_iw_nll` averages over a data set, and that the inference gaps
+    (:mod:`probgen.metrics.gaps`) compare per example.
+
+    Examples:
+        The linear-Gaussian model of :func:`probgen.metrics.iw_nll`'s example
+        (``log p(x) = log N(x; 0, 2)``): with the exact posterior as the guide the ELBO is
+        ``log p(x)`` and every draw counts fully (an effective sample size of all 100):
+
+        >>> import math, pyro, pyro.distributions as dist, torch
+        >>> from probgen.metrics.likelihood import elbo_and_log_px
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def posterior(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)))
+        >>> out = elbo_and_log_px(model, posterior, torch.tensor([0.0, 2.0]),
+        ...                       elbo_particles=10, iw_samples=100)
+        >>> [[round(v, 2) for v in out[k].tolist()] for k in ("elbo", "log_px", "ess")]
+        [[-1.27, -2.27], [-1.27, -2.27], [100.0, 100.0]]
+    """
+    elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
+    iw_samples = checks.positive_int("iw_samples", iw_samples)
+    chunk = checks.positive_int("chunk", chunk)
+    total = max(elbo_particles, iw_samples)
+    done, elbo, acc, acc2 = 0, 0.0, None, None
+    with pyro.validation_enabled(False):
+        while done < total:
+            k = min(chunk, total - done)
+            lw = log_importance_weights(model, guide, *args, num_particles=k, **kwargs)
+            used = min(k, max(elbo_particles - done, 0))
+            if used:
+                elbo = elbo + lw[:used].sum(0)
+            part, part2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+            acc = part if acc is None else torch.logaddexp(acc, part)
+            acc2 = part2 if acc2 is None else torch.logaddexp(acc2, part2)
+            done += k
+    return {"elbo": elbo / elbo_particles, "log_px": acc - math.log(total),
+            "ess": (2 * acc - acc2).exp()}
+
+
+@torch.no_grad()
 def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
                     elbo_particles: int = 10, iw_samples: int = 100, batch_size: int = 100,
                     chunk_size: Optional[int] = None, vectorize: Optional[bool] = None,
@@ -135,25 +185,15 @@ def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
     chunk_size = _chunk_size(chunk_size)
     k_total = max(elbo_particles, iw_samples)
     elbo_sum, nll_sum, count = 0.0, 0.0, 0
-    with pyro.validation_enabled(False):
-        for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
-                          desc=f"ELBO and IW NLL (k={k_total})", disable=not progress,
-                          leave=False):
-            n = num_examples(batch)
-            chunk = default_chunk(k_total, n) if chunk_size is None else chunk_size
-            done, acc, elbo_part = 0, None, 0.0
-            while done < k_total:
-                k = min(chunk, k_total - done)
-                lw = log_importance_weights(model, guide, *batch, num_particles=k,
-                                            vectorize=vectorize)
-                used = min(k, max(elbo_particles - done, 0))
-                if used:
-                    elbo_part = elbo_part + lw[:used].sum(0)
-                part = torch.logsumexp(lw, 0)
-                acc = part if acc is None else torch.logaddexp(acc, part)
-                done += k
-            elbo_sum += float((elbo_part / elbo_particles).sum())
-            nll_sum -= float((acc - math.log(k_total)).sum())
-            count += n
+    for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
+                      desc=f"ELBO and IW NLL (k={k_total})", disable=not progress, leave=False):
+        n = num_examples(batch)
+        out = elbo_and_log_px(model, guide, *batch, elbo_particles=elbo_particles,
+                              iw_samples=iw_samples, vectorize=vectorize,
+                              chunk=default_chunk(k_total, n) if chunk_size is None
+                              else chunk_size)
+        elbo_sum += float(out["elbo"].sum())
+        nll_sum -= float(out["log_px"].sum())
+        count += n
     return {"neg_elbo": -elbo_sum / count, "iw_nll": nll_sum / count,
             "elbo_particles": elbo_particles, "iw_samples": k_total}
