@@ -57,6 +57,7 @@ recurrent.png (the GRU's sequences), checkpoints age_cgan.pt, caae.pt, recurrent
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Dict, List
@@ -69,7 +70,7 @@ from probgen.errors import ConfigError
 from probgen.metrics.classifier_training import train_classifier
 from probgen.metrics.report import edit_report
 from probgen.models.aging import (CAAE, FAKE_LEVELS, REFINEMENTS, AgeCGAN, RecurrentAger,
-                                  mnist_identity_features)
+                                  mnist_identity_features, unchanged)
 from probgen.train import fit, save_model
 from probgen.viz import progression_figure, rows_figure
 
@@ -176,26 +177,6 @@ def train_recurrent(args, sequences, image_shape, levels, log):
     return rec
 
 
-# --------------------------------------------------------------------------- the table
-
-def edits(method, model, x, s: int, levels: int, refine=None, maxiter=50):
-    """``(N, K, C, H, W)`` images of ``x`` (level ``s``) at every level (NaN where the method
-    cannot go)."""
-    n = x.shape[0]
-    if method == "no-change":
-        return x[:, None].expand(n, levels, *x.shape[1:]).clone()
-    if method == "cgan":
-        z = model.invert(x, s, refine=refine, maxiter=maxiter)
-        return torch.stack([model.regenerate(z, t) for t in range(levels)], 1)
-    if method == "caae":
-        return torch.stack([model.edit(x, t) for t in range(levels)], 1)
-    out = x.new_full((n, levels) + x.shape[1:], float("nan"))
-    out[:, s] = x
-    if s < levels - 1:
-        out[:, s + 1:] = model.progression(x, s)
-    return out
-
-
 # --------------------------------------------------------------------------- faces
 
 def run_faces(args, log):
@@ -266,14 +247,15 @@ def main(argv=None):
         features = train_classifier(flat.tensors[0], digits, epochs=args.classifier_epochs,
                                     seed=args.seed + 1, log=lambda *a: None).features
     truth = test.images[:args.eval_identities]
-    producers = {"no-change": lambda x, s: edits("no-change", None, x, s, k)}
+    # each method moves the images of level s to every level (NaN where it cannot go)
+    producers = {"no-change": lambda x, s: unchanged(x, k)}
     if "cgan" in models:
         for r in args.refine:
-            producers[f"cgan+{r}" if r != "none" else "cgan encoder"] = (
-                lambda x, s, r=r: edits("cgan", models["cgan"], x, s, k, r, args.maxiter))
+            producers[f"cgan+{r}" if r != "none" else "cgan encoder"] = functools.partial(
+                models["cgan"].at_every_level, refine=r, maxiter=args.maxiter)
     for name in ("caae", "recurrent"):
         if name in models:
-            producers[name] = lambda x, s, name=name: edits(name, models[name], x, s, k)
+            producers[name] = models[name].at_every_level
     table: List[dict] = [{"method": name, **edit_report(produce, truth, features, level_net)}
                          for name, produce in producers.items()]
     progression_figure(truth, producers, level=1, path=args.out / "progression.png",

@@ -15,7 +15,8 @@ from probgen.data import TensorData
 from probgen.data.faces import (AGE_GROUPS, AgeFolder, age_group, faces_loader, graded_images,
                                 graded_mnist, parse_face_name, stroke_thickness)
 from probgen.errors import ConfigError, DataError
-from probgen.models.aging import CAAE, AgeCGAN, RecurrentAger, loss_weights, total_variation
+from probgen.models.aging import (CAAE, AgeCGAN, RecurrentAger, loss_weights, total_variation,
+                                  unchanged)
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
 from tests.conftest import QUIET, load_example, run_example
@@ -390,6 +391,42 @@ def test_recurrent_loss_weights_grow_towards_the_oldest_group():
     assert rec.sequence_loss(data.tensors[0], start=0).item() < before
     with pytest.raises(DataError, match="progressions"):
         rec.sequence_loss(torch.rand(5, 3, 1, 8, 8))
+
+
+# --------------------------------------------------------------------------- every level
+
+def test_every_aging_model_moves_an_image_to_every_level():
+    """The aging models' common method: ``(B, K, C, H, W)``, each level's entry the model's
+    own edit to that level (Age-cGAN: from one inversion, refined as asked), NaN exactly
+    where the model cannot go (the recurrent model, below the input's level)."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28)
+    cgan = tiny_cgan()
+    caae = CAAE(num_levels=4, z_dim=3, hidden=(16,), d_hidden=(16,), d_img_width=4)
+    rec = RecurrentAger((1, 28, 28), 4, hidden=8, embed=8)
+    for s in range(4):
+        outs = {m: m.at_every_level(x, s) for m in (cgan, caae, rec)}
+        assert all(o.shape == (3, 4, 1, 28, 28) for o in outs.values())
+        z = cgan.invert(x, s)
+        for t in range(4):
+            assert torch.equal(outs[cgan][:, t], cgan.regenerate(z, t))
+            assert torch.allclose(outs[caae][:, t], caae.edit(x, t), atol=1e-6)
+        out = outs[rec]
+        assert bool(torch.isnan(out[:, :s]).all()) and torch.equal(out[:, s], x)
+        assert not bool(torch.isnan(out[:, s:]).any())
+        for t in range(s + 1, 4):
+            assert torch.allclose(out[:, t], rec.edit(x, s, t), atol=1e-6)
+        assert not torch.isnan(outs[cgan]).any() and not torch.isnan(outs[caae]).any()
+    refined = cgan.at_every_level(x, 1, refine="pixel", maxiter=3)
+    z = cgan.invert(x, 1, refine="pixel", maxiter=3)
+    assert not torch.equal(z, cgan.invert(x, 1))     # the refinement reached the inversion
+    assert torch.equal(refined[:, 2], cgan.regenerate(z, 2))
+    same = unchanged(x, 4)
+    assert same.shape == (3, 4, 1, 28, 28) and all(torch.equal(same[:, t], x) for t in range(4))
+    with pytest.raises(ConfigError, match="level must be in 0..3, got 4"):
+        rec.at_every_level(x, 4)
+    with pytest.raises(ConfigError, match="out of range"):
+        caae.at_every_level(x, 4)
 
 
 # --------------------------------------------------------------------------- the example

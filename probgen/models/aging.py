@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probgen import checks
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
@@ -148,6 +149,15 @@ def check_feature_network(features: Callable, x: torch.Tensor) -> torch.Tensor:
         raise ConfigError("the feature network gives no gradient with respect to its input "
                           "(does it run under torch.no_grad?); the identity distance needs one.")
     return out
+
+
+def unchanged(x: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """``(B, K, *shape)``: the images ``x`` as they are at each of ``K = num_levels``
+    levels, the no-change baseline of an edit's scores (what :meth:`AgeCGAN.at_every_level`,
+    :meth:`CAAE.at_every_level` and :meth:`RecurrentAger.at_every_level` return for a
+    model that changes nothing)."""
+    num_levels = checks.positive_int("num_levels", num_levels)
+    return x[:, None].expand(x.shape[0], num_levels, *x.shape[1:]).clone()
 
 
 class _EvalMode:
@@ -448,6 +458,14 @@ class AgeCGAN(nn.Module):
         self._levels(target, x.shape[0], "target level")
         return self.regenerate(self.invert(x, levels, **invert_kw), target)
 
+    def at_every_level(self, x: torch.Tensor, level, **invert_kw) -> torch.Tensor:
+        """``(B, K, *image_shape)``: each image of level ``level`` (int or ``(B,)``) moved to
+        every level ``t``, ``G(z*, t)`` from one inversion (``invert_kw`` as
+        :meth:`invert`: ``refine``, ``features``, ``maxiter``, ...); level ``level`` itself
+        is the reconstruction. (The interface of the three aging models.)"""
+        z = self.invert(x, level, **invert_kw)
+        return torch.stack([self.regenerate(z, t) for t in range(self.num_levels)], 1)
+
 
 # --------------------------------------------------------------------------- CAAE
 
@@ -603,6 +621,18 @@ class CAAE(AAE):
         with _EvalMode(self):
             return self.decode(self.codes(x, sample=False), target)
 
+    @torch.no_grad()
+    def at_every_level(self, x: torch.Tensor, level) -> torch.Tensor:
+        """``(B, K, *image_shape)``: each image moved to every level, ``G(E(x), t)`` (eval
+        mode; the code is computed once). ``level``, the images' own level (int or
+        ``(B,)``), is checked but not read: the CAAE's encoder does not take it."""
+        check_levels(level, x.shape[0], self.num_levels, "level", x.device)
+        with _EvalMode(self):
+            z = self.codes(x, sample=False)
+            return torch.stack([self.decode(z, check_levels(t, x.shape[0], self.num_levels,
+                                                            "target level", x.device))
+                                for t in range(self.num_levels)], 1)
+
 
 # --------------------------------------------------------------------------- recurrent
 
@@ -706,6 +736,20 @@ class RecurrentAger(nn.Module):
         with _EvalMode(self):
             return self.net(x, target - level)[:, -1]
 
+    @torch.no_grad()
+    def at_every_level(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """``(B, K, *image_shape)``: images of level ``level`` (an int) at every level: NaN
+        below it (the model only ages forward), the input at ``level``, and
+        :meth:`progression` after it (eval mode)."""
+        level = checks.int_in_range("level", level, 0, self.num_levels - 1,
+                                    hint="the recurrent model starts every image at one level")
+        out = x.new_full((x.shape[0], self.num_levels) + tuple(x.shape[1:]), float("nan"))
+        out[:, level] = x
+        if level < self.num_levels - 1:
+            out[:, level + 1:] = self.progression(x, level)
+        return out
+
 
 __all__ = ["AgeCGAN", "CAAE", "REFINEMENTS", "RecurrentAger", "check_feature_network",
-           "check_levels", "loss_weights", "mnist_identity_features", "total_variation"]
+           "check_levels", "loss_weights", "mnist_identity_features", "total_variation",
+           "unchanged"]
