@@ -348,3 +348,54 @@ def test_neg_log_density_inverts_bits_per_dim_and_histories_convert():
     out = history_in_bits_per_dim(hist, 784)
     assert out == [{"epoch": 0, "train_loss": pytest.approx(bpd), "val_loss": None,
                     "seconds": 2.0}]
+
+
+def _settings_cases():
+    from probgen.metrics import class_coverage, elbo_and_iw_nll, elbo_per_example, mmd
+    from probgen.metrics.gaps import LocalGuide, optimise_local_guide
+    from probgen.metrics.parzen import parzen_log_likelihood
+    from probgen.metrics.quality import knn_radii
+
+    def local(x):
+        return LocalGuide("z", lambda loc: dist.Normal(loc, 1.0).to_event(1),
+                          {"loc": x.new_zeros(x.shape[0], K)})
+
+    points = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    return [
+        # (call, the message); what each did before it was checked in the comment
+        (lambda x, m, g: iw_nll(m, g, TensorData(x), batch_size=0),       # ZeroDivisionError
+         "batch_size must be at least 1, got 0."),
+        (lambda x, m, g: elbo_and_iw_nll(m, g, TensorData(x), chunk_size=0),   # read as None
+         "chunk_size must be at least 1, got 0; or None for a size that fits memory."),
+        (lambda x, m, g: iw_nll(m, g, TensorData(x), chunk_size=-2),      # never finished
+         "chunk_size must be at least 1, got -2"),
+        (lambda x, m, g: elbo_per_example(m, g, TensorData(x), num_particles=2.0),
+         "num_particles must be an integer, got 2.0."),
+        (lambda x, m, g: optimise_local_guide(m, local(x), x, steps=2, lr=-1e-2),   # Adam's
+         "lr must be more than 0, got -0.01."),
+        (lambda x, m, g: parzen_log_likelihood(x, x, sigma=float("inf")),
+         "sigma (the Parzen window's width) must be a finite number (more than 0), got inf."),
+        (lambda x, m, g: mmd(points, points, max_points=1),   # a DataError about the data
+         "max_points must be at least 2, got 1; MMD needs two points of each sample."),
+        (lambda x, m, g: knn_radii(points, k=1, chunk=0),     # range() with step 0
+         "chunk must be at least 1, got 0."),
+        (lambda x, m, g: class_coverage(points, min_share=True),    # True taken as 1
+         "min_share must be a number, got True."),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_settings_cases())))
+def test_a_bad_setting_is_one_config_error_before_any_draw(case, ppca):
+    """Each metric's settings refused in the checks' words (probgen.checks), before the model
+    runs: a count that divided by zero, looped forever or was read as another value."""
+    from probgen.errors import ConfigError
+
+    call, message = _settings_cases()[case]
+    x = ppca[0]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    with pytest.raises(ConfigError) as info:
+        call(x[:20], never, never)
+    assert str(info.value).startswith(message)

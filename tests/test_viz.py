@@ -358,3 +358,20 @@ def test_vae_figures_of_a_conditional_and_a_plain_vae(tmp_path):
     assert grid.shape[:2] == (10 * 29 - 1, 8 * 29 - 1)        # a row of eight per label
     assert [ax.get_ylabel() for ax in plain["reconstructions"].axes] == ["data",
                                                                         "reconstruction"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: viz.image_grid(torch.zeros(4, 1, 5, 5), nrow=0),       # range() with step 0
+     "nrow must be at least 1, got 0."),
+    (lambda: viz.image_row(torch.zeros(4, 1, 5, 5), pad=-1),         # images overlapped
+     "pad must be 0 or more, got -1."),
+    (lambda: viz.manifold_codes(0), "n must be at least 1, got 0."),   # ZeroDivisionError
+    (lambda: viz.density_on_grid(lambda p: p.sum(-1), resolution=1),  # IndexError
+     "resolution must be at least 2, got 1."),
+])
+def test_a_bad_figure_setting_is_one_config_error(call, message):
+    from probgen.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        call()
+    assert str(info.value) == message
