@@ -463,12 +463,15 @@ def recount_identity_and_attribute(example, out, rec):
         caae = probgen.load(out / "caae.pt")
         gru = load_model(RecurrentAger(tuple(truth.shape[2:]), k, hidden=32, embed=32),
                          out / "recurrent.pt").eval()
+        def cgan_edits(x, s, refine):
+            z = cgan.invert(x, s, refine=refine, maxiter=args["maxiter"])
+            return torch.stack([cgan.regenerate(z, t) for t in range(k)], 1)
+
         makers = {"no-change": lambda x, s: x[:, None].expand(-1, k, *x.shape[1:]),
                   "caae": lambda x, s: torch.stack([caae.edit(x, t) for t in range(k)], 1)}
         for label, refine in (("cgan encoder", "none"), ("cgan+pixel", "pixel"),
                               ("cgan+identity", "identity")):
-            makers[label] = (lambda x, s, r=refine: example.edits(
-                "cgan", cgan, x, s, k, r, args["maxiter"]))
+            makers[label] = (lambda x, s, r=refine: cgan_edits(x, s, r))
         result = {}
         with torch.no_grad():
             true_f = [features(truth[:, t]) for t in range(k)]
