@@ -1,5 +1,5 @@
 """probgen.metrics.report's adversarial-autoencoder report on a tiny model whose numbers are
-known by hand, the VAE read as an autoencoder, class_error and seeded."""
+known by hand and on a VAE, the models' autoencoder interface, class_error and seeded."""
 
 import pytest
 import torch
@@ -122,33 +122,32 @@ def test_aae_report_labels_a_conditional_decoders_samples_and_scores_them():
     assert rep.metrics["fid"] == 1.5 and rep.metrics["quality_samples"] == 40
 
 
-def test_a_vae_is_read_as_an_autoencoder():
+def test_the_models_autoencoders_are_read_as_they_are():
+    """The report reads the models' own interface (probgen.models.autoencoder): a VAE, a
+    label-conditional VAE and an AAE as they are; a model without it is refused."""
+    from probgen.models import autoencoder
+
+    assert Autoencoder is autoencoder.Autoencoder
     torch.manual_seed(0)
-    vae = VAE(z_dim=3, hidden=(8,))
-    ae = as_autoencoder(vae)
-    assert isinstance(ae, Autoencoder) and ae.z_dim == 3 and ae.num_labels == 0
-    x = torch.rand(5, 1, 28, 28)
-    with seeded(1):
-        codes = ae.codes(x)
-    with seeded(1):
-        expected = vae.posterior(x).sample()
-    assert torch.equal(codes, expected)
-    with seeded(2):
-        prior = ae.prior_sample(4)
-    with seeded(2):
-        assert torch.equal(prior, torch.randn(4, 3))
-    with seeded(3):
-        loss = ae.reconstruction_loss((x,))
-    with seeded(3):
-        z = vae.posterior(x).sample()
-        nll = -vae.likelihood(vae.decoder(z)).log_prob(x.reshape(5, -1)).mean()
-    assert float(loss) == pytest.approx(float(nll.detach()))
-    aae = AAE(z_dim=2, hidden=(8,), d_hidden=(8,))
-    assert as_autoencoder(aae) is aae
-    with pytest.raises(ConfigError, match="label-conditional"):
-        as_autoencoder(VAE(z_dim=2, hidden=(8,), num_labels=10))
-    with pytest.raises(ConfigError, match="no autoencoder with a prior: it lacks codes"):
+    for model in (VAE(z_dim=3, hidden=(8,)), VAE(z_dim=2, hidden=(8,), num_labels=10),
+                  AAE(z_dim=2, hidden=(8,), d_hidden=(8,))):
+        assert as_autoencoder(model) is model
+    with pytest.raises(ConfigError, match=r"^Linear is no autoencoder with a prior: it lacks "
+                                          r"codes, prior_sample, decode, reconstruct"):
         as_autoencoder(nn.Linear(2, 2))
+
+
+def test_aae_report_of_a_vae_scores_its_own_reconstructions():
+    torch.manual_seed(0)
+    vae = VAE(z_dim=2, hidden=(8,))
+    x = (torch.rand(30, 1, 28, 28) > 0.5).float()
+    y = torch.arange(30) % 10
+    rep = aae_report(vae, (x, y), x, parzen_samples=0, fid_samples=0, grid=10, batch_size=7)
+    with torch.no_grad():
+        mse = (vae.reconstruct(x).reshape(30, -1) - x.reshape(30, -1)).pow(2).mean()
+    assert rep.metrics["recon_mse"] == pytest.approx(float(mse), rel=1e-5)
+    assert rep.codes.shape == (30, 2) and rep.samples.shape[0] == 10
+    assert "parzen_ll" not in rep.metrics and "fid" not in rep.metrics
 
 
 def test_class_error_in_eval_mode_with_the_mode_given_back():

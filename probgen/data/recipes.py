@@ -137,10 +137,10 @@ def dequantized_splits(splits: Dict[str, TensorData], seed: int = 0,
     its first ``eval_size`` images; and ``test_images``, those images as they were (for
     an FID)."""
     seed = checks.seed("seed", seed)
+    eval_size = checks.optional(checks.positive_int, "eval_size", eval_size,
+                                hint="or None for every test image")
     test = splits["test"]
     if eval_size is not None:
-        eval_size = checks.positive_int("eval_size", eval_size, hint="or None for every "
-                                        "test image")
         test = test.subset(slice(0, eval_size))
     val = splits.get("val")
     return {"train": dequantized(splits["train"]),

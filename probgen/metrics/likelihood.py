@@ -21,12 +21,6 @@ from probgen.infer.likelihood import (broadcast_failure, default_chunk,  # noqa:
 from probgen.models.likelihoods import masked_bernoulli_nll  # noqa: F401
 
 
-def _chunk_size(chunk_size: Optional[int]) -> Optional[int]:
-    """``None`` (a size that fits memory) or a positive count of draws made at once."""
-    return None if chunk_size is None else checks.positive_int(
-        "chunk_size", chunk_size, hint="or None for a size that fits memory")
-
-
 def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int = 100,
            batch_size: int = 100, chunk_size: Optional[int] = None,
            progress: bool = False, vectorize: Optional[bool] = None) -> float:
@@ -66,7 +60,8 @@ def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int 
     from tqdm.auto import tqdm
 
     batch_size = checks.positive_int("batch_size", batch_size)
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
+                                 hint="or None for a size that fits memory")
     total, count = 0.0, 0
     for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
                       desc=f"IW NLL (k={num_samples})", disable=not progress, leave=False):
@@ -182,7 +177,8 @@ def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
     elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
     iw_samples = checks.positive_int("iw_samples", iw_samples)
     batch_size = checks.positive_int("batch_size", batch_size)
-    chunk_size = _chunk_size(chunk_size)
+    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
+                                 hint="or None for a size that fits memory")
     k_total = max(elbo_particles, iw_samples)
     elbo_sum, nll_sum, count = 0.0, 0.0, 0
     for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),

@@ -235,8 +235,8 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
     block_size = checks.positive_int("block_size", block_size)
     max_points = checks.integer("max_points", max_points, low=2, hint="MMD needs two points "
                                 "of each sample")
-    if bandwidth is not None:
-        bandwidth = checks.positive_float("bandwidth (the MMD kernel's width)", bandwidth)
+    bandwidth = checks.optional(checks.positive_float, "bandwidth (the MMD kernel's width)",
+                                bandwidth, hint="or None for the median distance")
     a = _flat(x, "x")[:max_points].double()
     b = _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)
     if a.shape[1] != b.shape[1]:

@@ -7,7 +7,8 @@
 * :func:`edit_report`: edits of an attribute (aging) against the true image at every
   level;
 * :func:`aae_report`: an adversarial autoencoder's (Makhzani et al. 2015, "Adversarial
-  Autoencoders"), for any :class:`Autoencoder` (an AAE, a VAE of the same networks):
+  Autoencoders"), for any :class:`~probgen.models.autoencoder.Autoencoder` (an AAE, a VAE
+  of the same networks):
   reconstruction, how well the codes match the prior, the Parzen window, FID/KID, and a
   semi-supervised model's class error (:func:`class_error`).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -29,11 +30,8 @@ from probgen.metrics.latent import active_units, collect_codes, kl_per_dimension
 from probgen.metrics.likelihood import elbo_and_iw_nll, elbo_per_example, iw_nll
 from probgen.metrics.parzen import mmd, parzen_score
 
-
-def _optional_size(name: str, value: Optional[int]) -> Optional[int]:
-    """``None`` (all of the data) or a positive count of examples."""
-    return None if value is None else checks.positive_int(name, value,
-                                                          hint="or None for all of them")
+# the interface aae_report reads; importable from here as before
+from probgen.models.autoencoder import Autoencoder
 
 
 @torch.no_grad()
@@ -57,7 +55,7 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
     """
     elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
     iw_samples = checks.nonnegative_int("iw_samples", iw_samples)
-    iw_size = _optional_size("iw_size", iw_size)
+    iw_size = checks.optional(checks.positive_int, "iw_size", iw_size, hint="or None for all")
     model.eval()
     param = next(model.parameters(), None)
     if param is not None and data.device != param.device:
@@ -131,7 +129,7 @@ def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
         {0: 1.2655, 2: 2.2655}
     """
     iw_samples = checks.nonnegative_int("iw_samples", iw_samples)
-    iw_size = _optional_size("iw_size", iw_size)
+    iw_size = checks.optional(checks.positive_int, "iw_size", iw_size, hint="or None for all")
     iw_batch_size = checks.positive_int("iw_batch_size", iw_batch_size)
     with seeded(seed):
         per_example = -elbo_per_example(model.model, model.guide, data,
@@ -215,110 +213,17 @@ def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, 
 
 # --------------------------------------------------------------------------- adversarial autoencoders
 
-@runtime_checkable
-class Autoencoder(Protocol):
-    """What :func:`aae_report` reads of a model: an autoencoder whose codes have a prior.
-
-    :class:`probgen.models.AAE` has all of it; a :class:`probgen.models.VAE` is read
-    through :func:`as_autoencoder` until it has ``codes``, ``prior_sample``,
-    ``reconstruction_loss``, ``label_to_decoder`` and ``device`` itself.
-
-    Attributes:
-        z_dim: the code's size.
-        num_labels: the labels the prior or the decoder take (0: none).
-        label_to_decoder: whether :meth:`decode` and :meth:`sample` take the label.
-        device: where the model lives.
-    """
-
-    z_dim: int
-    num_labels: int
-    label_to_decoder: bool
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def eval(self) -> Any: ...
-
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, z_dim)`` draws of ``q(z | x)``: over a data set, draws of ``q(z)``."""
-
-    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(n, z_dim)`` draws of ``p(z)`` (of each label's part with labels)."""
-
-    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The likelihood's mean image of each code, ``(B, *image_shape)``."""
-
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                    ) -> torch.Tensor:
-        """Each image decoded from its code, ``(B, *image_shape)``."""
-
-    def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
-        """``-E_q log p(x | z)`` per image, the batch's mean."""
-
-    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
-        """Decoded prior draws: ``n`` of them, or one per label."""
-
-
-class _VAEAutoencoder:
-    """An unconditional :class:`probgen.models.VAE` read as an :class:`Autoencoder`: its
-    codes are draws of its ``q(z|x)``, its prior N(0, I). (Written here until the VAE has
-    the interface itself.)"""
-
-    num_labels, label_to_decoder = 0, False
-    encoder_kind, prior_name = "vae", "normal"
-
-    def __init__(self, vae):
-        self.vae, self.z_dim = vae, vae.z_dim
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    def eval(self):
-        self.vae.eval()
-        return self
-
-    @torch.no_grad()
-    def codes(self, x):
-        return self.vae.posterior(x).sample()
-
-    def prior_sample(self, n, labels=None):
-        return torch.randn(n, self.z_dim, device=self.device)
-
-    def decode(self, z, labels=None):
-        return self.vae.decode(z)
-
-    def reconstruct(self, x, labels=None):
-        return self.vae.reconstruct(x)
-
-    @torch.no_grad()
-    def reconstruction_loss(self, batch):
-        x = batch[0]
-        z = self.vae.posterior(x).sample()
-        flat = x.reshape(x.shape[0], -1)
-        return -self.vae.likelihood(self.vae.decoder(z)).log_prob(flat).mean()
-
-    def sample(self, n=None, labels=None):
-        return self.vae.sample(n)
-
-
 def as_autoencoder(model) -> Autoencoder:
-    """``model`` when it is an :class:`Autoencoder`, else a VAE (a model with a
-    ``posterior``, a ``likelihood`` and a ``decoder``) read as one."""
+    """``model`` when it is an :class:`~probgen.models.autoencoder.Autoencoder` (a VAE, an
+    AAE, a CAAE, a semi-supervised AAE, or a user's model with the same members); anything
+    else is refused with a :class:`~probgen.errors.ConfigError` naming what it lacks."""
     if isinstance(model, Autoencoder):
         return model
-    if all(hasattr(model, name) for name in ("posterior", "likelihood", "decoder", "z_dim")):
-        if getattr(model, "num_labels", 0):
-            raise ConfigError(f"a label-conditional {type(model).__name__} is read as an "
-                              f"autoencoder only once it has codes, prior_sample, "
-                              f"reconstruction_loss, label_to_decoder and device itself.")
-        return _VAEAutoencoder(model)
     missing = [name for name in ("codes", "prior_sample", "decode", "reconstruct",
                                  "reconstruction_loss", "sample", "z_dim", "num_labels",
                                  "label_to_decoder", "device") if not hasattr(model, name)]
     raise ConfigError(f"{type(model).__name__} is no autoencoder with a prior: it lacks "
-                      f"{', '.join(missing)} (see probgen.metrics.report.Autoencoder).")
+                      f"{', '.join(missing)} (see probgen.models.autoencoder.Autoencoder).")
 
 
 @contextlib.contextmanager
@@ -422,8 +327,8 @@ def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch
     A decoder that takes the label draws uniform labels for its samples. A model that
     corrupts its encoder's input while training (``corrupt``) is scored on clean images
     (its corruption is given back). Every random number comes from ``seed`` in a forked
-    random state (:func:`seeded`): the caller's stream is left alone. A VAE is read
-    through :func:`as_autoencoder`.
+    random state (:func:`seeded`): the caller's stream is left alone. A model without
+    the autoencoder interface is refused (:func:`as_autoencoder`).
 
     Returns:
         An :class:`AAEReport`: the numbers and the draws behind them.
