@@ -3,46 +3,30 @@ recurrent aging on digits drawn at every level of one attribute.
 
 Face-aging papers can only show pictures and user studies: nobody has the same face photographed
 at every age. Here every test digit exists at every level (stroke thickness, or slant; the level
-plays the age group and the digit with its style the identity; probgen.data.faces.graded_mnist),
-so each method is scored against the true image at the target level. For each test identity and
-each input level ``s``, the image at ``s`` is moved to every level ``t`` and compared with the
-truth:
+plays the age group and the digit with its style the identity; probgen.data.faces.graded_mnist).
+Each method moves the test image of every input level ``s`` to every level ``t`` (the models'
+``at_every_level``; NaN where a method cannot go: the recurrent model only ages forward), and
+probgen.metrics.report.edit_report scores the edits against the truth at ``t``: reconstruction
+(``t = s``), identity kept (the nearest true image in recognition features is the input's own:
+the analogue of Age-cGAN's face-verification rates), attribute accuracy (a level classifier
+trained on the true levels), MSE and SSIM, seconds per image.
 
-* reconstruction at ``t = s``: pixel MSE and squared distance in the scoring features;
-* identity preserved (``t != s``): the share of edited images whose nearest neighbour, in the
-  recognition features, among all test identities at level ``t`` is their own truth (the
-  analogue of Age-cGAN's face-verification rates);
-* attribute accuracy: a level classifier trained on the true levels finds ``t``;
-* MSE and SSIM (torchmetrics) to the truth at ``t``; ``target_mse_forward`` over ``t > s`` only
-  (the recurrent model only ages forward: its figures are over ``t > s``);
-* seconds per input image (all its targets).
+Rows: no-change (the input as is), Age-cGAN with the encoder only / + pixel / + identity
+refinement (L-BFGS-B), CAAE, recurrent (two-layer GRU). The identity refinement recognises with
+the shipped MNIST classifier's penultimate layer; the table scores with another network
+(``--score-features trained``: a digit classifier trained here, as face-aging evaluations verify
+with a network other than the one that refined), or with the same one (``shipped``).
 
-Rows: no-change (the input returned as is), Age-cGAN with the encoder only / + pixel refinement /
-+ identity refinement (L-BFGS-B), CAAE, recurrent (two-layer GRU). The identity refinement uses
-the shipped MNIST classifier's penultimate layer as its recognition network; the table scores
-with another one (``--score-features trained``, the default: a digit classifier the script
-trains on the graded training images, as face-aging evaluations score verification with a
-recognition network other than the one that refined), or with the same one (``shipped``).
-
-The CAAE departs from Zhang et al. in two settings, measured: their image discriminator sees
-reconstructions at each image's own level only, so no loss ever asks the generator for another
-level, and on graded digits the code keeps the thickness (the level classifier finds the asked
-level in 8% of the edits, below chance, 1/6). Here its fakes are drawn at random levels
-(``--caae-fake-levels random``) and fooling it weighs 300 (``--caae-img-weight``; the
-reconstruction term is a summed Gaussian NLL of hundreds of nats per image): the edits then
-reach the asked level (see the README for the table). ``--caae-fake-levels own
---caae-img-weight 1`` gives the library's default, their form. The weight was chosen on digits;
-faces (3 x 128 x 128) have a reconstruction term about 60 times larger and it was not measured
-there.
-
-The recurrent model trains for ``--recurrent-epochs`` (50: a minute on 3,000 digits; it is
-cheap, and after 5 epochs its images are a blur that keeps 1% of identities).
+The CAAE departs from Zhang et al. in two measured settings: its image discriminator's fakes are
+drawn at random levels (``--caae-fake-levels random``; with their ``own`` the edits keep the
+input's thickness, see probgen.models.CAAE) and fooling it weighs 300 (``--caae-img-weight``,
+chosen on digits, whose reconstruction term is a summed Gaussian NLL of hundreds of nats per
+image; not measured on faces). ``--caae-fake-levels own --caae-img-weight 1`` is their form.
 
 ``--data faces --faces-dir DIR`` trains the cGAN and the CAAE on a UTKFace-style folder
-(``{age}_{gender}_{race}_{datetime}.jpg``; 64x64 for the cGAN, ``--caae-face-size`` 128 for the
-CAAE), streaming it from disk, and draws edits (no ground truth, so no table; no recognition
-network for faces ships with probgen, so the example refines by pixels; the library takes one as
-``AgeCGAN.invert(..., refine="identity", features=net)``).
+(``{age}_{gender}_{race}_{datetime}.jpg``), streamed from disk, and draws edits (no ground
+truth, so no table; the example refines by pixels, having no recognition network for faces:
+``AgeCGAN.invert(..., refine="identity", features=net)`` takes one).
 
 Writes to --out: results.json, results.csv (the table), progression.png (true progression above
 each method's; with faces: the cGAN's edits, and the CAAE's in progression_caae.png),
@@ -81,44 +65,36 @@ NO_MONITOR = dict(patience=None, restore_best=False)
 def parse_args(argv=None):
     p = cli.common_parser(__doc__.split("\n\n")[0], epochs=10, out="results/aging",
                           patience=None, lr=2e-4, batch_size=64, need_val=False)
-    positive = checks.arg(checks.positive_int)
-    p.add_argument("--method", nargs="+", default=["all"], choices=METHODS + ("all",))
-    p.add_argument("--refine", nargs="+", default=list(REFINEMENTS), choices=REFINEMENTS,
-                   help="Age-cGAN inversions to score (encoder only, + pixel, + identity)")
-    p.add_argument("--data", default="thickness", choices=["thickness", "slant", "faces"])
-    p.add_argument("--faces-dir", default=None, help="UTKFace-style folder (--data faces)")
-    p.add_argument("--face-size", type=positive, default=64,
-                   help="side of the face images (Age-cGAN)")
-    p.add_argument("--caae-face-size", type=positive, default=128,
-                   help="side of the face images the CAAE trains on")
-    p.add_argument("--score-features", default="trained", choices=["trained", "shipped"],
-                   help="recognition features that score the table (see above)")
-    p.add_argument("--age-groups", default="agecgan", choices=["agecgan", "caae"])
-    p.add_argument("--levels", type=checks.arg(checks.integer, low=2), default=6,
-                   help="levels of the attribute (K)")
-    p.add_argument("--pairs", type=positive, default=100000,
-                   help="generated (z, G(z, y)) pairs that train Age-cGAN's encoder")
-    p.add_argument("--encoder-epochs", type=positive, default=5)
-    p.add_argument("--recurrent-epochs", type=positive, default=50,
-                   help="epochs of the recurrent model (its GRU is cheap: 50 epochs take about "
-                        "a minute on 3,000 digits; 5 leave it a blur)")
-    p.add_argument("--maxiter", type=positive, default=50, help="L-BFGS-B iterations")
-    p.add_argument("--z-dim", type=positive, default=100, help="Age-cGAN's noise size")
-    p.add_argument("--caae-z-dim", type=positive, default=50)
-    p.add_argument("--caae-img-weight", type=checks.arg(checks.nonnegative_float), default=300.0,
-                   help="weight of fooling the CAAE's image discriminator (chosen on digits, "
-                        "whose reconstruction term is a summed Gaussian NLL of hundreds of "
-                        "nats per image; not measured on faces)")
-    p.add_argument("--caae-fake-levels", default="random", choices=FAKE_LEVELS,
-                   help="levels of the CAAE's fakes shown to its image discriminator: own "
-                        "(Zhang et al.; the edits then keep the input's level) or random (each "
-                        "fake at a drawn level, which asks the generator for that level)")
-    p.add_argument("--width", type=positive, default=None, help="DCGAN base widths")
-    p.add_argument("--eval-identities", type=positive, default=500,
-                   help="test identities in the table")
-    p.add_argument("--classifier-epochs", type=positive, default=3,
-                   help="epochs of the level classifier")
-    p.add_argument("--limit", type=positive, default=None, help="digits per split (default: all)")
+    positive, add = checks.arg(checks.positive_int), p.add_argument
+    add("--method", nargs="+", default=["all"], choices=METHODS + ("all",))
+    add("--refine", nargs="+", default=list(REFINEMENTS), choices=REFINEMENTS,
+        help="Age-cGAN inversions to score (encoder only, + pixel, + identity)")
+    add("--data", default="thickness", choices=["thickness", "slant", "faces"])
+    add("--faces-dir", default=None, help="UTKFace-style folder (--data faces)")
+    add("--face-size", type=positive, default=64, help="side of the face images (Age-cGAN)")
+    add("--caae-face-size", type=positive, default=128,
+        help="side of the face images the CAAE trains on")
+    add("--score-features", default="trained", choices=["trained", "shipped"],
+        help="recognition features that score the table (see above)")
+    add("--age-groups", default="agecgan", choices=["agecgan", "caae"])
+    add("--levels", type=checks.arg(checks.integer, low=2), default=6,
+        help="levels of the attribute (K)")
+    add("--pairs", type=positive, default=100000,
+        help="generated (z, G(z, y)) pairs that train Age-cGAN's encoder")
+    add("--encoder-epochs", type=positive, default=5)
+    add("--recurrent-epochs", type=positive, default=50, help="epochs of the recurrent model "
+        "(its GRU is cheap: 50 take a minute on 3,000 digits; after 5 it draws a blur)")
+    add("--maxiter", type=positive, default=50, help="L-BFGS-B iterations")
+    add("--z-dim", type=positive, default=100, help="Age-cGAN's noise size")
+    add("--caae-z-dim", type=positive, default=50)
+    add("--caae-img-weight", type=checks.arg(checks.nonnegative_float), default=300.0,
+        help="weight of fooling the CAAE's image discriminator (see above)")
+    add("--caae-fake-levels", default="random", choices=FAKE_LEVELS, help="levels of the "
+        "CAAE's fakes shown to its image discriminator: own (Zhang et al.) or random")
+    add("--width", type=positive, default=None, help="DCGAN base widths")
+    add("--eval-identities", type=positive, default=500, help="test identities in the table")
+    add("--classifier-epochs", type=positive, default=3, help="epochs of the level classifier")
+    add("--limit", type=positive, default=None, help="digits per split (default: all)")
     args = cli.finish_args(p, argv, smoke=dict(
         pairs=512, encoder_epochs=1, recurrent_epochs=1, maxiter=5, z_dim=16, caae_z_dim=8,
         width=8, eval_identities=32, classifier_epochs=1, limit=256, levels=3, val_size=0))
@@ -180,37 +156,30 @@ def train_recurrent(args, sequences, image_shape, levels, log):
 # --------------------------------------------------------------------------- faces
 
 def run_faces(args, log):
+    """Age-cGAN (``--face-size``) and the CAAE (``--caae-face-size``) trained on the face
+    folder, streamed from disk; each draws four faces at every age group."""
     if "recurrent" in args.method:
         raise ConfigError("recurrent aging trains on progressions of one identity, which a "
                           "face folder does not have: use --method cgan caae with --data faces.")
-    folder = AgeFolder(args.faces_dir, args.face_size, args.age_groups)
-    loader = faces_loader(args.faces_dir, args.face_size, args.age_groups, args.batch_size,
-                          generator=torch.Generator().manual_seed(args.seed))
-    shape, k = (3, args.face_size, args.face_size), folder.num_groups
-    x = torch.stack([folder[i][0] for i in range(min(4, len(folder)))]).to(args.device)
-    y = folder.groups[:x.shape[0]].to(args.device)
-    rows = {}
-    if "cgan" in args.method:
-        cgan = train_cgan(args, loader, shape, k, log)
-        z = cgan.invert(x, y, refine="pixel" if "pixel" in args.refine else "none",
-                        maxiter=args.maxiter)
-        for i in range(x.shape[0]):
-            rows[f"#{i} cGAN"] = torch.cat([x[i:i + 1]] + [cgan.regenerate(z[i:i + 1], t)
-                                                           for t in range(k)])
-        rows_figure(rows, args.out / "progression.png", title="input, then every age group")
-    if "caae" in args.method:
-        size = args.caae_face_size
+    for method, size, figure in (("cgan", args.face_size, "progression.png"),
+                                 ("caae", args.caae_face_size, "progression_caae.png")):
+        folder = AgeFolder(args.faces_dir, size, args.age_groups)
+        if method not in args.method:
+            continue
         loader = faces_loader(args.faces_dir, size, args.age_groups, args.batch_size,
                               generator=torch.Generator().manual_seed(args.seed))
-        caae = train_caae(args, loader, (3, size, size), k, log)
-        big = AgeFolder(args.faces_dir, size, args.age_groups)
-        xb = torch.stack([big[i][0] for i in range(x.shape[0])]).to(args.device)
-        rows = {f"#{i} CAAE": torch.cat([xb[i:i + 1]] + [caae.edit(xb[i:i + 1], t)
-                                                         for t in range(k)])
-                for i in range(x.shape[0])}
-        rows_figure(rows, args.out / "progression_caae.png",
-                    title="input, then every age group")
-    return {"faces": len(folder), "groups": k}
+        x, y = folder.first(4, args.device)
+        if method == "cgan":
+            edits = train_cgan(args, loader, (3, size, size), folder.num_groups, log) \
+                .at_every_level(x, y, refine="pixel" if "pixel" in args.refine else "none",
+                                maxiter=args.maxiter)
+        else:
+            edits = train_caae(args, loader, (3, size, size), folder.num_groups,
+                               log).at_every_level(x, y)
+        rows_figure({f"#{i} {'cGAN' if method == 'cgan' else 'CAAE'}":
+                     torch.cat([x[i:i + 1], edits[i]]) for i in range(x.shape[0])},
+                    args.out / figure, title="input, then every age group")
+    return {"faces": len(folder), "groups": folder.num_groups}
 
 
 # --------------------------------------------------------------------------- main

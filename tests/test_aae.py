@@ -853,11 +853,13 @@ def test_example_augments_the_labelled_images_it_is_told_to(example, tmp_path, c
         labelled = args("--augment-shift", "2", "--augment-which", "labelled")
     finally:
         torch.set_num_threads(threads)
-    train = example.semi_supervised_data(labelled, example.cli.mnist(labelled)["train"])
+    images = example.cli.mnist(labelled)["train"]
+    train = example.training_data(plain, images)     # the semi-supervised set, not shifted
     x, y = train.tensors[:2]
-    assert example.augmented(plain, train) is train
+    (px, py), = train.batches(len(train), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(px, x) and torch.equal(py, y) and bool((y == -1).any())
     for a, moved_unlabelled in ((every, True), (labelled, False)):
-        data = example.augmented(a, train)
+        data = example.training_data(a, images)
         (bx, by), = data.batches(len(train), generator=torch.Generator().manual_seed(0))
         keep = by >= 0
         assert torch.equal(by, y) and bool(keep.any()) and bool((~keep).any())

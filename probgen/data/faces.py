@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from probgen import checks
 from probgen.data.datasets import default_root, image_splits
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
@@ -52,12 +53,6 @@ AGE_GROUPS: Dict[str, Tuple[int, ...]] = {
     "caae": (0, 6, 11, 16, 21, 31, 41, 51, 61, 71),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 # --------------------------------------------------------------------------- morphology
@@ -130,27 +125,20 @@ def graded_images(images: torch.Tensor, attribute: str = "thickness", levels: in
             are made by ``1, 2, ...`` dilations.
         max_shear: (slant) the shear of the first and last levels.
     """
-    if attribute not in ATTRIBUTES:
-        raise ConfigError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}.")
-    _positive_int(levels, "levels")
-    if levels < 2:
-        raise ConfigError(f"a graded data set needs at least 2 levels, got {levels}.")
+    checks.choice("attribute", attribute, ATTRIBUTES)
+    levels = checks.integer("levels", levels, low=2, hint="a graded data set needs 2 or more")
     if not torch.is_tensor(images) or images.dim() != 4:
         raise DataError(f"graded_images takes images (N, C, H, W), got "
                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images)}.")
     x = images.float()
     out = []
     if attribute == "thickness":
-        if isinstance(thinning, bool) or not isinstance(thinning, int) or \
-                not 0 <= thinning < levels:
-            raise ConfigError(f"thinning must be an integer in 0..{levels - 1}, got {thinning!r}.")
+        thinning = checks.int_in_range("thinning", thinning, 0, levels - 1)
         for k in range(levels):
             t = k - thinning
             out.append(erode(x, -t) if t < 0 else dilate(x, t))
     else:
-        if isinstance(max_shear, bool) or not isinstance(max_shear, (int, float)) or \
-                not 0 < max_shear <= 1.5:
-            raise ConfigError(f"max_shear must be a number in (0, 1.5], got {max_shear!r}.")
+        max_shear = checks.real("max_shear", max_shear, low=0.0, high=1.5, low_open=True)
         for k in range(levels):
             out.append(shear(x, -max_shear + 2 * max_shear * k / (levels - 1)))
     return torch.stack(out, 1).clamp_(0.0, 1.0)
@@ -309,9 +297,8 @@ class AgeFolder(torch.utils.data.Dataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"face folder {str(root)!r} does not exist or is not a folder.")
-        self.size = _positive_int(size, "size")
-        if channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {channels!r}.")
+        self.size = checks.positive_int("size", size)
+        checks.choice("channels", channels, (1, 3))
         self.channels = channels
         self.bounds = age_bounds(groups)
         self.files: List[Path] = []
@@ -340,6 +327,13 @@ class AgeFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def first(self, n: int, device: Union[str, torch.device, None] = None):
+        """``(images (m, C, size, size), groups (m,))`` of the first ``m = min(n, len)``
+        faces, on ``device`` (the CPU by default): a fixed batch to draw edits of."""
+        m = min(checks.positive_int("n", n), len(self))
+        images = torch.stack([self[i][0] for i in range(m)])
+        return images.to(device), self.groups[:m].to(device)
 
     def __getitem__(self, i: int):
         from PIL import Image, UnidentifiedImageError
