@@ -76,7 +76,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Dict, Optional, Sequence, Union
 
 import pyro
@@ -94,7 +93,7 @@ from probgen.infer.adversarial import adversarial_loss, adversarial_phases, chec
 from probgen.infer.context import current_step
 from probgen.infer.phases import Phase
 from probgen.infer.steps import ELBOLoss
-from probgen.models.checks import CheckedStep, checked_labels, flat_images, found, loop_checked
+from probgen.models.checks import CheckedStep, checked_labels, flat_images, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS

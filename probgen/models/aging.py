@@ -64,18 +64,6 @@ WEIGHTINGS = ("linear", "uniform")
 FAKE_LEVELS = ("own", "random")
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def _weight(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
-    return float(value)
-
-
 def check_levels(levels, n: int, num_levels: int, what: str = "levels",
                  device: Union[str, torch.device, None] = None) -> torch.Tensor:
     """``(n,)`` integer levels in ``0..num_levels-1`` (an int is broadcast, on ``device``:
@@ -206,10 +194,8 @@ class AgeCGAN(nn.Module):
                  betas: Optional[Sequence[float]] = None):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        self.num_levels = _positive_int(num_levels, "num_levels")
-        if num_levels < 2:
-            raise ConfigError(f"num_levels must be at least 2, got {num_levels}.")
-        self.z_dim = _positive_int(z_dim, "z_dim")
+        self.num_levels = checks.integer("num_levels", num_levels, low=2)
+        self.z_dim = checks.positive_int("z_dim", z_dim)
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
         self.label_smoothing, self.d_lr, self.g_lr = label_smoothing, d_lr, g_lr
@@ -288,8 +274,7 @@ class AgeCGAN(nn.Module):
         The generator runs in eval mode."""
         n = x.shape[0] if torch.is_tensor(x) else (
             levels.shape[0] if torch.is_tensor(levels) else (1 if size is None else size))
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"size must be a positive integer, got {size!r}.")
+        n = checks.positive_int("size", n)
         if levels is not None:
             levels = self._levels(levels, n)
         with _EvalMode(self.generator), pyro.plate("data", n):
@@ -356,7 +341,7 @@ class AgeCGAN(nn.Module):
                       generator: Optional[torch.Generator] = None) -> TensorData:
         """``TensorData(images, levels, z)``: ``n`` pairs ``x_i = G(z_i, y_i)``,
         ``z_i ~ N(0, I)``, ``y_i`` uniform (100,000 in the thesis), generator in eval mode."""
-        _positive_int(n, "the number of pairs")
+        n = checks.positive_int("the number of pairs n", n)
         kw = dict(generator=generator, device=generator.device) if generator is not None \
             else dict(device=self.device)
         z = torch.randn(n, self.z_dim, **kw).to(self.device)
@@ -392,8 +377,7 @@ class AgeCGAN(nn.Module):
                  features: Optional[Callable] = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """``d(z) -> (B,)``: the squared distance between each image and ``G(z, y0)``, in
         pixels (``pixel``) or in ``features`` (``identity``)."""
-        if refine not in ("pixel", "identity"):
-            raise ConfigError(f"the distance must be 'pixel' or 'identity', got {refine!r}.")
+        checks.choice("the distance", refine, ("pixel", "identity"))
         x = self.check_images(x)
         levels = self._levels(levels, x.shape[0])
         if refine == "pixel":
@@ -420,14 +404,13 @@ class AgeCGAN(nn.Module):
         at most ``maxiter`` iterations, ``|z_j| <= bounds`` when given. Networks in eval
         mode, their weights untouched.
         """
-        if refine not in REFINEMENTS:
-            raise ConfigError(f"refine must be one of {REFINEMENTS}, got {refine!r}.")
+        checks.choice("refine", refine, REFINEMENTS)
         x = self.check_images(x)
         levels = self._levels(levels, x.shape[0])
         z = self.encode(x) if z0 is None else z0.detach().to(x)
         if refine == "none":
             return z
-        _positive_int(maxiter, "maxiter")
+        maxiter = checks.positive_int("maxiter", maxiter)
         import numpy as np
         from scipy.optimize import minimize
 
@@ -512,9 +495,7 @@ class CAAE(AAE):
                  d_lr: Optional[float] = None, g_lr: Optional[float] = None,
                  betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
                  likelihood_kwargs: Optional[dict] = None, fake_levels: str = "own"):
-        _positive_int(num_levels, "num_levels")
-        if num_levels < 2:
-            raise ConfigError(f"num_levels must be at least 2, got {num_levels}.")
+        num_levels = checks.integer("num_levels", num_levels, low=2)
         super().__init__(image_shape, z_dim, hidden=hidden, net=net, likelihood=likelihood,
                          encoder="deterministic", prior=prior, num_labels=num_levels,
                          label_to_discriminator=False, label_to_decoder=True,
@@ -522,12 +503,10 @@ class CAAE(AAE):
                          lr=lr, d_lr=d_lr, g_lr=g_lr, betas=betas, activation=activation,
                          likelihood_kwargs=likelihood_kwargs)
         self.num_levels = num_levels
-        self.z_weight = _weight(z_weight, "z_weight")
-        self.img_weight = _weight(img_weight, "img_weight")
-        self.tv_weight = _weight(tv_weight, "tv_weight")
-        if fake_levels not in FAKE_LEVELS:
-            raise ConfigError(f"fake_levels must be one of {FAKE_LEVELS}, got {fake_levels!r}.")
-        self.fake_levels = fake_levels
+        self.z_weight = checks.nonnegative_float("z_weight", z_weight)
+        self.img_weight = checks.nonnegative_float("img_weight", img_weight)
+        self.tv_weight = checks.nonnegative_float("tv_weight", tv_weight)
+        self.fake_levels = checks.choice("fake_levels", fake_levels, FAKE_LEVELS)
         self.image_discriminator = ConditionalDiscriminator(self.image_shape, num_levels,
                                                             d_img_width)
         self.phases()
@@ -540,8 +519,7 @@ class CAAE(AAE):
     def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
         """The AAE's model; generating without ``labels`` draws the levels (site ``y``)."""
         if x is None and labels is None:
-            n = 1 if size is None else size
-            _positive_int(n, "size")
+            n = checks.positive_int("size", 1 if size is None else size)
             with pyro.plate("levels", n):
                 labels = pyro.sample("y", dist.Categorical(
                     logits=self._anchor.new_zeros(self.num_levels)))
@@ -641,13 +619,10 @@ def loss_weights(num_levels: int, weighting: Union[str, Sequence[float]] = "line
     """Weights of the ``K - 1`` transitions' errors, for the groups ``1..K-1`` reached:
     ``linear`` (proportional to the group, the oldest the largest), ``uniform``, or given;
     normalised to sum 1."""
-    n = _positive_int(num_levels, "num_levels") - 1
-    if n < 1:
-        raise ConfigError("recurrent aging needs at least 2 levels.")
+    n = checks.integer("num_levels", num_levels, low=2,
+                       hint="recurrent aging steps from one level to the next") - 1
     if isinstance(weighting, str):
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(f"weights must be one of {WEIGHTINGS} or {n} numbers, got "
-                              f"{weighting!r}.")
+        checks.choice("weights", weighting, WEIGHTINGS, hint=f"or give {n} numbers")
         w = torch.arange(1, n + 1, dtype=torch.float32) if weighting == "linear" \
             else torch.ones(n)
     else:
@@ -680,7 +655,7 @@ class RecurrentAger(nn.Module):
                  weights: Union[str, Sequence[float]] = "linear", teacher_forcing: bool = False):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        self.num_levels = _positive_int(num_levels, "num_levels")
+        self.num_levels = checks.integer("num_levels", num_levels, low=2)
         self.net = GRUAger(self.image_shape, hidden, embed)
         self.register_buffer("weights", loss_weights(num_levels, weights))
         self.teacher_forcing = bool(teacher_forcing)

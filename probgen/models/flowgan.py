@@ -42,12 +42,12 @@ network that only the training phases see.
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k, frozen
 from probgen.infer.likelihood import bits_per_dim
@@ -59,14 +59,6 @@ from probgen.models.registry import MODELS
 from probgen.nn.flowgan_nets import FLOWGAN_DISCRIMINATORS, check_image_shape
 
 ORDERS = ("generator_first", "discriminator_first")
-
-
-def _weight(value, name: str, high: Optional[float] = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (high is not None and value > high):
-        rng = f"[0, {high:g}]" if high is not None else ">= 0"
-        raise ConfigError(f"{name} must be a number {rng}, got {value!r}.")
-    return float(value)
 
 
 @MODELS.register("flowgan")
@@ -129,18 +121,16 @@ class FlowGAN(nn.Module):
                                   "adversarial) or like_reg (Grover et al.: adversarial + "
                                   "like_reg bits/dim), not both.")
             self.form = "grover"
-            self.like_reg = _weight(like_reg, "like_reg")
+            self.like_reg = checks.nonnegative_float("like_reg", like_reg)
             self.adv_weight = None
             self._like_w, self._adv_w = self.like_reg, 1.0
         else:
             self.form = "hybrid"
-            self.adv_weight = _weight(0.5 if adv_weight is None else adv_weight, "adv_weight",
-                                      1.0)
+            self.adv_weight = checks.probability("adv_weight",
+                                                 0.5 if adv_weight is None else adv_weight)
             self.like_reg = None
             self._like_w, self._adv_w = 1.0 - self.adv_weight, self.adv_weight
-        if order not in ORDERS:
-            raise ConfigError(f"order must be one of {ORDERS}, got {order!r}.")
-        self.order = order
+        self.order = checks.choice("order", order, ORDERS)
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
         self.label_smoothing, self.gp_weight = label_smoothing, gp_weight

@@ -39,6 +39,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
 from probgen.models.checks import CheckedStep, loop_checked
@@ -47,14 +48,6 @@ from probgen.nn.gan_nets import GAN_NETS, check_input, inputs_checked
 
 PRIORS = ("normal", "uniform")
 OUTPUTS = ("tanh", "sigmoid", "identity")
-
-
-def _number(value, name: str, low: Optional[float] = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}.")
-    if low is not None and not value > low:
-        raise ConfigError(f"{name} must be greater than {low}, got {value!r}.")
-    return float(value)
 
 
 @MODELS.register("gan")
@@ -105,15 +98,15 @@ class GAN(nn.Module):
         super().__init__()
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
-        if prior not in PRIORS:
-            raise ConfigError(f"prior must be one of {PRIORS}, got {prior!r}.")
-        if output not in OUTPUTS:
-            raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}.")
+        checks.choice("prior", prior, PRIORS)
+        checks.choice("output", output, OUTPUTS)
         if data_range is not None:
-            lo, hi = (_number(v, "data_range") for v in data_range)
-            if not hi > lo:
-                raise ConfigError(f"data_range must be (low, high) with low < high, got "
-                                  f"{tuple(data_range)!r}.")
+            if not isinstance(data_range, (tuple, list)) or len(data_range) != 2:
+                raise ConfigError(f"data_range must be (low, high) or None, got {data_range!r}.")
+            lo, hi = data_range
+            lo = checks.real("data_range's low", lo)
+            hi = checks.real("data_range's high", hi, low=lo, low_open=True,
+                             hint="data_range is (low, high) with low < high")
             self.data_range = (lo, hi)
             if output == "identity":
                 raise ConfigError("output='identity' is for unbounded data (data_range=None); "
@@ -121,8 +114,7 @@ class GAN(nn.Module):
         else:
             self.data_range = None
         for name, v in (("d_lr", d_lr), ("g_lr", g_lr)):
-            if v is not None:
-                _number(v, name, 0.0)
+            checks.optional(checks.positive_float, name, v)
         self.data_shape = tuple(data_shape)
         self.z_dim, self.prior_kind, self.output = z_dim, prior, output
         self.label_smoothing, self.gp_weight, self.r1_weight = label_smoothing, gp_weight, r1_weight
@@ -136,10 +128,8 @@ class GAN(nn.Module):
             self.data_shape, z_dim, g_hidden=g_hidden, d_hidden=d_hidden, g_width=g_width,
             d_width=d_width, d_norm=d_norm,
             value_range=(-1.0, 1.0) if self.data_range is not None else None)
-        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
-            raise ConfigError(f"ema must be a decay in [0, 1) (0.999 is usual; 0: none), "
-                              f"got {ema!r}.")
-        self.ema = float(ema)
+        self.ema = checks.real("ema", ema, low=0.0, high=1.0, high_open=True,
+                               hint="a decay (0.999 is usual; 0: none)")
         self.generator_ema = (copy.deepcopy(self.generator).requires_grad_(False).eval()
                               if self.ema else None)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
@@ -230,8 +220,7 @@ class GAN(nn.Module):
         the plate's size) or ``size`` examples (1 without either). Returns ``G(z)``.
         """
         n = x.shape[0] if torch.is_tensor(x) else (1 if size is None else size)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"size must be a positive integer, got {size!r}.")
+        n = checks.positive_int("size", n)
         # The generator runs in eval mode here (batch norm's running statistics): samples
         # do not depend on the other examples drawn with them, and drawing them leaves
         # those statistics as they were.
@@ -254,8 +243,7 @@ class GAN(nn.Module):
         uses its running statistics; the module's mode is restored). ``z`` is drawn from
         ``generator`` when given (the same noise every call), else from torch's global
         generator. ``averaged=False`` draws from the live generator of a GAN with ``ema``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"the number of samples must be a positive integer, got {n!r}.")
+        n = checks.positive_int("the number of samples n", n)
         net = self.sampler if averaged else self.generator
         was = self.training
         self.eval()
