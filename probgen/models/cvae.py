@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from pyro.infer import Predictive
 from torch import nn
 
+from probgen import checks
 from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
-from probgen.errors import ConfigError, DataError
+from probgen.errors import DataError
 from probgen.models.checks import (CheckedLossStep, flat_images, found, loop_checked,
                                    outside_unit_interval)
 from probgen.models.likelihoods import masked_bernoulli_nll
@@ -145,8 +146,7 @@ class CVAE(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         d = int(torch.Size(self.image_shape).numel())
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-            raise ConfigError(f"z_dim must be a positive integer, got {z_dim!r}.")
+        z_dim = checks.positive_int("z_dim", z_dim)
         self.baseline = baseline if baseline is not None else Baseline(self.image_shape, hidden)
         if tuple(self.baseline.image_shape) != self.image_shape:
             raise DataError(f"the baseline takes images {self.baseline.image_shape}, "

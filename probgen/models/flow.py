@@ -38,6 +38,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval,
                                      logit_transform, to_levels)
 from probgen.data.tensors import TensorData
@@ -95,8 +96,7 @@ class FlowModel(nn.Module):
         if not isinstance(flow, DensityFlow):
             raise ConfigError(f"flow must be a probgen flow or a builder name, got "
                               f"{type(flow).__name__}.")
-        if preprocess not in PREPROCESS:
-            raise ConfigError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}.")
+        checks.choice("preprocess", preprocess, PREPROCESS)
         self.flow = flow
         self.preprocess = preprocess
         self.alpha = alpha
@@ -105,9 +105,7 @@ class FlowModel(nn.Module):
         if num_levels == -1:  # not given: images are 8-bit grey levels, vectors continuous
             num_levels = 256 if preprocess == "logit" or len(flow.event_shape) == 3 else None
         self.num_levels = num_levels
-        if dequantization not in DEQUANTIZATION:
-            raise ConfigError(f"dequantization must be one of {DEQUANTIZATION}, got "
-                              f"{dequantization!r}.")
+        checks.choice("dequantization", dequantization, DEQUANTIZATION)
         if dequantization is not None and self.num_levels is None:
             raise ConfigError("dequantization needs the number of grey levels (num_levels).")
         self.dequantization = dequantization

@@ -57,6 +57,7 @@ import torch
 from pyro.infer import Predictive
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.infer.steps import SVIStep
 from probgen.models.checks import loop_checked
@@ -64,12 +65,6 @@ from probgen.models.likelihoods import BernoulliLikelihood
 from probgen.models.registry import MODELS
 from probgen.nn.mevae_nets import (COMPOSITIONS, PRESENCE_DIM, WHERE_DIM, CandidateEncoder,
                                    EntityDecoder, select_topk_by_kl)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 @MODELS.register("mevae")
@@ -104,9 +99,9 @@ class MEVAE(nn.Module):
         image_shape = tuple(image_shape)
         if len(image_shape) != 3 or image_shape[0] != 1:
             raise ConfigError(f"the MEVAE takes one-channel scenes (1, H, W), got {image_shape}.")
-        _positive_int("num_entities", num_entities)
-        _positive_int("what_dim", what_dim)
-        _positive_int("glimpse", glimpse)
+        num_entities = checks.positive_int("num_entities", num_entities)
+        what_dim = checks.positive_int("what_dim", what_dim)
+        glimpse = checks.positive_int("glimpse", glimpse)
         self.image_shape = image_shape
         self.num_entities, self.what_dim = num_entities, what_dim
         self.latent_dim = what_dim + WHERE_DIM + PRESENCE_DIM
@@ -181,7 +176,7 @@ class MEVAE(nn.Module):
         else:
             if size is None:
                 raise ConfigError("to generate, pass size (how many scenes).")
-            n, obs = _positive_int("size", size), None
+            n, obs = checks.positive_int("size", size), None
         p = self.background
         with pyro.plate("data", n, dim=-2):
             with pyro.plate("entities", self.num_entities, dim=-1):

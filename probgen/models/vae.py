@@ -131,14 +131,12 @@ class VAE(nn.Module):
                  prior_flow: Optional[str] = None, prior_flow_depth: int = 3,
                  prior_flow_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
-        if encoder not in ENCODERS:
-            raise ConfigError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
+        checks.choice("encoder", encoder, ENCODERS)
         flow_kw = flow_settings(guide_flow, guide_flow_depth, guide_flow_kwargs)
         if guide_flow is not None and encoder != "gaussian":
             raise ConfigError(f"guide_flow={guide_flow!r} pushes the encoder's Gaussian through a "
                               f"flow; it needs encoder='gaussian', got {encoder!r}.")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-            raise ConfigError(f"beta weights the KL term and must be a number >= 0, got {beta!r}.")
+        beta = checks.nonnegative_float("beta", beta, hint="beta weights the KL term")
         if prior_flow is not None:
             if prior_flow not in ZUKO_FLOWS:
                 raise ConfigError(f"prior_flow must be None (N(0, I)) or one of "
