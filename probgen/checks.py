@@ -17,6 +17,7 @@ file system, to find out what it must) and small, so library code and scripts sh
 * integers: :func:`integer` (bounds, and a meaning of 0 below the lower bound, as
   ``--patience 0``), :func:`positive_int`, :func:`nonnegative_int`, :func:`int_in_range`,
   :func:`seed`; every integer must fit an int64, as torch and numpy store it;
+  :func:`sizes`, a sequence of them (layer sizes, a shape);
 * real numbers: :func:`real` (always finite: NaN and infinities are refused),
   :func:`finite_float`, :func:`positive_float`, :func:`nonnegative_float`,
   :func:`probability` (``[0, 1]``), :func:`fraction` (``(0, 1)``);
@@ -46,13 +47,13 @@ import operator
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Tuple, Union
 
 from probgen.errors import ConfigError
 
 __all__ = ["INT64_MAX", "SEED_MAX", "arg", "choice", "finite_float", "flag", "fraction",
            "int_in_range", "integer", "nonnegative_float", "nonnegative_int", "optional",
-           "positive_float", "positive_int", "probability", "real", "seed", "writable_dir"]
+           "positive_float", "positive_int", "probability", "real", "seed", "sizes", "writable_dir"]
 
 INT64_MAX = 2 ** 63 - 1
 # Seeds up to 2**63 - 1: torch.manual_seed takes up to 2**64 - 1 and numpy takes any seed
@@ -181,6 +182,34 @@ def seed(name: str, value: Any, *, hint: Optional[str] = None) -> int:
     """A random seed: an integer in ``0..2**63 - 1``, which Python, numpy and torch all
     take (a larger one overflows torch's generator, a negative one means nothing more)."""
     return integer(name, value, low=0, high=SEED_MAX, hint=hint)
+
+
+def sizes(name: str, value: Any, *, min_len: int = 1, hint: Optional[str] = None
+          ) -> Tuple[int, ...]:
+    """At least ``min_len`` integers >= 1 (hidden layer sizes, a shape), as a tuple of
+    ``int``; a string, a single number or a ``bool`` among them is refused.
+
+    >>> sizes("hidden", [64, 32])
+    (64, 32)
+    >>> sizes("hidden", [64, 0])
+    Traceback (most recent call last):
+    ...
+    probgen.errors.ConfigError: hidden must be one or more integers of at least 1, got [64, 0].
+    """
+    count = "one or more" if min_len == 1 else f"{min_len} or more"
+    must = f"be {count} integers of at least 1"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise _fail(name, must, value, hint)
+    items = list(value)
+    if len(items) < min_len or any(isinstance(v, bool) for v in items):
+        raise _fail(name, must, items, hint)
+    try:
+        out = tuple(operator.index(v) for v in items)
+    except TypeError:
+        raise _fail(name, must, items, hint) from None
+    if any(v < 1 or v > INT64_MAX for v in out):
+        raise _fail(name, must, items, hint)
+    return out
 
 
 # --------------------------------------------------------------------------- real numbers

@@ -366,7 +366,7 @@ def test_any_pyro_distribution_or_sampler_serves_as_prior():
      "pyro.distributions"),
     (dict(prior="normal", prior_kwargs={"radius": 2}), ConfigError, "bad prior_kwargs"),
     (dict(loss="least_squares"), ConfigError, "adversarial loss"),
-    (dict(k=0), ConfigError, "positive integer"),
+    (dict(k=0), ConfigError, "k .*must be at least 1, got 0"),
     (dict(corruption="dropout"), ConfigError, "unknown corruption 'dropout'"),
     (dict(corruption="noise", corruption_kwargs={"std": -1.0}), ConfigError, "noise std"),
     (dict(corruption_kwargs={"std": 0.2}), ConfigError, "but corruption=None"),

@@ -117,7 +117,7 @@ def test_loss_settings_are_checked():
     assert set(ADVERSARIAL_LOSSES.names()) == {"minimax", "non_saturating", "wgan_gp", "hinge"}
     with pytest.raises(ConfigError, match="adversarial loss"):
         GAN(loss="least_squares")
-    with pytest.raises(ConfigError, match="k .*positive integer"):
+    with pytest.raises(ConfigError, match=r"k \(discriminator steps per generator step\) must be at least 1"):
         GAN(net="mlp", k=0)
     with pytest.raises(ConfigError, match="label_smoothing"):
         GAN(net="mlp", label_smoothing=1.0)

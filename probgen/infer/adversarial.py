@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probgen import checks
 from probgen.data.draws import rand_like
 from probgen.errors import ConfigError
 from probgen.infer.phases import Phase
@@ -60,11 +61,8 @@ GENERATOR_KINDS = ("minimax", "non_saturating", "wasserstein")
 # --------------------------------------------------------------------------- the losses
 
 def _check_smoothing(smoothing: float) -> float:
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or \
-            not 0.0 <= smoothing < 1.0:
-        raise ConfigError(f"label_smoothing must be a number in [0, 1), got {smoothing!r} "
-                          f"(0.1 makes the real label 0.9).")
-    return float(smoothing)
+    return checks.real("label_smoothing", smoothing, low=0.0, high=1.0, high_open=True,
+                       hint="0.1 makes the real label 0.9")
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
@@ -218,10 +216,8 @@ def frozen(module: nn.Module):
 
 
 def check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k (discriminator steps per generator step) must be a positive "
-                          f"integer, got {k!r}.")
-    return k
+    """``k``, the discriminator's steps per generator step, checked: an integer >= 1."""
+    return checks.positive_int("k (discriminator steps per generator step)", k)
 
 
 def adversarial_phases(discriminator: nn.Module, generator_params: Any,
@@ -270,13 +266,13 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
         raise ConfigError(f"label smoothing applies to the cross-entropy losses (minimax, "
                           f"non_saturating), not to {spec.name!r}.")
     gp = spec.gradient_penalty if gp_weight is None else gp_weight
-    if isinstance(gp, bool) or not isinstance(gp, (int, float)) or gp < 0:
-        raise ConfigError(f"gp_weight must be a number >= 0, got {gp!r}.")
-    if isinstance(r1_weight, bool) or not isinstance(r1_weight, (int, float)) or r1_weight < 0:
-        raise ConfigError(f"r1_weight must be a number >= 0, got {r1_weight!r}.")
+    gp = checks.nonnegative_float("gp_weight", gp)
+    r1_weight = checks.nonnegative_float("r1_weight", r1_weight)
     betas = tuple(spec.betas if betas is None else betas)
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+    if len(betas) != 2:
         raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}.")
+    betas = tuple(checks.real(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+                  for i, b in enumerate(betas))
 
     # The discriminator sees what real() and fake() return: the model's checked data and
     # its own outputs. It checks their shapes, not their values (each value check would
