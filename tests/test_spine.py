@@ -498,10 +498,12 @@ def test_resumed_weight_average_equals_uninterrupted(tmp_path):
 def test_weight_average_refuses_bad_settings():
     with pytest.raises(ConfigError, match="kind must be one of"):
         WeightAverage("swa")
-    for decay in (0.0, 1.0, 1.5, True):
-        with pytest.raises(ConfigError, match="decay must be a number in"):
+    for decay in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=r"decay must lie in \(0, 1\), got"):
             WeightAverage(decay=decay)
-    with pytest.raises(ConfigError, match="start must be an epoch number"):
+    with pytest.raises(ConfigError, match="decay must be a number, got True"):
+        WeightAverage(decay=True)
+    with pytest.raises(ConfigError, match="start must be at least 1, got 0; the first epoch"):
         WeightAverage(start=0)
     pyro.clear_param_store()
     with pytest.raises(ConfigError, match="no module"):

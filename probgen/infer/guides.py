@@ -62,6 +62,7 @@ from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 from torch.distributions import Transform, constraints
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.flows.zuko_bridge import (ZUKO_FLOWS, ZukoDistribution, import_zuko, zuko_flow,
                                        zuko_settings)
@@ -79,8 +80,7 @@ def _order(z_dim: int, step: int) -> torch.Tensor:
 
 def _hidden(hidden: Optional[Sequence[int]], default: List[int], z_dim: int, name: str):
     h = list(default if hidden is None else hidden)
-    if not h or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in h):
-        raise ConfigError(f"guide_flow_kwargs['hidden'] must be positive integers, got {hidden!r}.")
+    h = list(checks.sizes("guide_flow_kwargs['hidden']", h))
     if name in ("iaf", "spline") and min(h) < z_dim:
         raise ConfigError(f"the {name} flow's autoregressive network needs hidden layers at least "
                           f"as wide as z_dim = {z_dim}, got {h}; widen them or leave "
@@ -194,10 +194,8 @@ class ConditionalHouseholderSylvester(ConditionalTransformModule):
 
     def __init__(self, z_dim: int, context_dim: int, num_householder: int = 4):
         super().__init__()
-        if isinstance(num_householder, bool) or not isinstance(num_householder, int) \
-                or num_householder < 1:
-            raise ConfigError(f"guide_flow_kwargs['householder'] (reflections per Sylvester "
-                              f"step) must be a positive integer, got {num_householder!r}.")
+        num_householder = checks.positive_int(
+            "guide_flow_kwargs['householder'] (reflections per Sylvester step)", num_householder)
         self.z_dim, self.num_householder = z_dim, num_householder
         rows, cols = torch.triu_indices(z_dim, z_dim, offset=1)
         self.register_buffer("rows", rows, persistent=False)
@@ -268,9 +266,7 @@ class ZukoGuideFlow(nn.Module):
     def __init__(self, name: str, z_dim: int, context_dim: int, depth: int,
                  inverse: bool = True, **kwargs: Any):
         super().__init__()
-        if not isinstance(inverse, bool):
-            raise ConfigError(f"guide_flow_kwargs['inverse'] must be True or False, got "
-                              f"{inverse!r}.")
+        checks.flag("guide_flow_kwargs['inverse']", inverse)
         kwargs = zuko_settings(kwargs, "guide_flow_kwargs")
         self.flow = zuko_flow(name, z_dim, context_dim, depth, **kwargs)
         self.inverse = inverse
@@ -331,9 +327,7 @@ class AmortizedFlow(nn.Module):
     def __init__(self, kind: str, z_dim: int, context_dim: int, depth: int = 2, **kwargs: Any):
         super().__init__()
         build = GUIDE_FLOWS.get(kind)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ConfigError(f"guide_flow_depth (flow steps) must be a positive integer, "
-                              f"got {depth!r}.")
+        depth = checks.positive_int("guide_flow_depth (flow steps)", depth)
         try:
             steps = build(z_dim, context_dim, depth, **kwargs)
         except TypeError as err:
@@ -364,9 +358,7 @@ def flow_settings(kind: Optional[str], depth: int, kwargs: Optional[Dict[str, An
     if kind not in GUIDE_FLOWS:
         raise ConfigError(f"guide_flow must be None or one of {GUIDE_FLOWS.names()}, "
                           f"got {kind!r}.")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ConfigError(f"guide_flow_depth (flow steps) must be a positive integer, "
-                          f"got {depth!r}.")
+    checks.positive_int("guide_flow_depth (flow steps)", depth)
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ConfigError(f"guide_flow_kwargs must be a dict of the flow's settings, "
                           f"got {type(kwargs).__name__}.")

@@ -33,6 +33,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from probgen import checks
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 
@@ -164,9 +165,7 @@ def log_importance_weights(model: Callable, guide: Callable, *args,
     n = num_examples(args)
     if num_particles is None:
         return _joint_log_weights(model, guide, args, (n,))
-    k = int(num_particles)
-    if k < 1:
-        raise ConfigError(f"num_particles must be at least 1, got {num_particles}.")
+    k = checks.positive_int("num_particles", num_particles)
     if vectorize is not False and k > 1:
         try:
             return _joint_log_weights(model, guide, args, (k, n), particle_plate=k)
@@ -196,8 +195,9 @@ def iw_log_likelihood(model: Callable, guide: Callable, *args, num_samples: int 
     :func:`log_importance_weights`. Guides with a point-mass site are refused
     (:class:`ConfigError`): there is no density to weight by.
     """
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be at least 1, got {num_samples}.")
+    num_samples = checks.positive_int("num_samples", num_samples)
+    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
+                                 hint="or None for a size that fits memory")
     n = num_examples(args)
     chunk = chunk_size or default_chunk(num_samples, n)
     acc = None
@@ -216,11 +216,9 @@ def iw_log_likelihood(model: Callable, guide: Callable, *args, num_samples: int 
 
 def check_dims_and_levels(num_dims: int, num_levels: Optional[int]) -> None:
     """Refuse a non-positive ``num_dims`` or fewer than 2 ``num_levels`` (ConfigError)."""
-    if isinstance(num_dims, bool) or not isinstance(num_dims, int) or num_dims < 1:
-        raise ConfigError(f"num_dims must be a positive integer, got {num_dims!r}.")
-    if num_levels is not None and (isinstance(num_levels, bool) or not isinstance(num_levels, int)
-                                   or num_levels < 2):
-        raise ConfigError(f"num_levels must be None or an integer of at least 2, got {num_levels!r}.")
+    checks.positive_int("num_dims", num_dims)
+    checks.optional(checks.integer, "num_levels", num_levels, low=2,
+                    hint="or None for continuous data")
 
 
 def bits_per_dim(log_prob, num_dims: int, num_levels: Optional[int] = 256):

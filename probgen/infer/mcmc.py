@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from pyro.infer import MCMC, NUTS
 
+from probgen import checks
 from probgen.errors import ConfigError
 
 
@@ -64,11 +65,6 @@ class Chains:
         return {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.samples.items()}
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500,
              warmup_steps: int = 500, target_accept_prob: float = 0.8,
              max_tree_depth: int = 10, jit_compile: bool = False, init_strategy=None,
@@ -89,10 +85,9 @@ def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500
     them. Draws come from torch's global generator: seed it first for a
     reproducible run.
     """
-    _positive_int("num_chains", num_chains)
-    _positive_int("num_samples", num_samples)
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ConfigError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}.")
+    num_chains = checks.positive_int("num_chains", num_chains)
+    num_samples = checks.positive_int("num_samples", num_samples)
+    warmup_steps = checks.nonnegative_int("warmup_steps", warmup_steps)
     kernel_kw = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
                      jit_compile=jit_compile, ignore_jit_warnings=True)
     if init_strategy is not None:

@@ -34,6 +34,7 @@ from pyro.infer.util import (check_fully_reparametrized, get_dependent_plate_dim
                              is_identically_zero, is_validation_enabled, torch_item, torch_sum)
 from torch.distributions import kl_divergence
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.registry import Registry
 
@@ -209,8 +210,7 @@ def make_elbo(name: str = "trace", num_particles: int = 1,
             ``None``: Pyro infers it by running the model once.
         eager: return the uncompiled counterpart of a ``jit*`` objective.
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}.")
+    num_particles = checks.positive_int("num_particles", num_particles)
     cls = OBJECTIVES.get(_EAGER.get(name, name) if eager else name)
     if max_plate_nesting is None:
         max_plate_nesting = float("inf")   # Pyro's "not given": it guesses from the model

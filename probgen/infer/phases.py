@@ -20,6 +20,7 @@ from pyro.params.param_store import (module_from_param_with_module_name, normali
                                      user_param_name)
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.registry import Registry
 
@@ -80,9 +81,7 @@ class Phase:
     def __post_init__(self):
         if self.discover is None:
             self.discover = self.params is None
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ConfigError(f"phase {self.name!r}: repeats (k) must be a positive integer, "
-                              f"got {self.repeats!r}.")
+        self.repeats = checks.positive_int(f"phase {self.name!r}: repeats (k)", self.repeats)
         if not callable(self.loss):
             raise ConfigError(f"phase {self.name!r}: loss must be callable as loss(batch, ctx).")
         opt = self.optimizer
