@@ -31,10 +31,10 @@ from typing import Optional, Sequence, Tuple, Union
 from pyro.distributions.transforms import AffineCoupling
 from torch.distributions.transforms import ReshapeTransform
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.flows.core import AugmentedFlow, DenseLevel, Flow, _numel
-from probgen.flows.nets import (AdditiveHypernet, ConvHypernet, check_hidden, check_positive,
-                                dense_hypernet)
+from probgen.flows.nets import AdditiveHypernet, ConvHypernet, dense_hypernet
 from probgen.flows.transforms import (CheckerboardAffineCoupling, CrossUnitCoupling,
                                       MultiscaleTransform, Permute, actnorm, chain,
                                       invertible_conv1x1, invertible_linear, scaling)
@@ -62,7 +62,7 @@ def _mlp_hidden(hidden: Hidden, dim: int) -> Tuple[int, ...]:
     if hidden is None:
         width = int(min(1000, max(64, dim // 2)))
         return (width, width)
-    return check_hidden((hidden,) if isinstance(hidden, int) else hidden)
+    return checks.sizes("hidden layer sizes", (hidden,) if isinstance(hidden, int) else hidden)
 
 
 def _conv_hidden(hidden: Hidden, default: int = 64) -> int:
@@ -73,7 +73,7 @@ def _conv_hidden(hidden: Hidden, default: int = 64) -> int:
         if len(hidden) != 1:
             raise ConfigError(f"image flows take one hidden channel count, got {hidden!r}.")
         hidden = hidden[0]
-    return check_positive("hidden channels", hidden)
+    return checks.positive_int("hidden channels", hidden)
 
 
 def _max_squeezes(h: int, w: int) -> int:
@@ -93,7 +93,7 @@ def _levels(levels: Optional[int], shape, squeezes_needed, cap: int = 3) -> int:
                           f"height and width; {h}x{w} images cannot be squeezed.")
     if levels is None:
         return min(cap, max(feasible))
-    check_positive("levels", levels)
+    checks.positive_int("levels", levels)
     if levels not in feasible:
         raise ConfigError(
             f"{levels} levels squeeze {h}x{w} images {squeezes_needed(levels)} times, but "
@@ -103,7 +103,7 @@ def _levels(levels: Optional[int], shape, squeezes_needed, cap: int = 3) -> int:
 
 
 def _check_depth(depth) -> int:
-    return check_positive("depth", depth)
+    return checks.positive_int("depth", depth)
 
 
 def _vector_coupling(dim: int, hidden: Tuple[int, ...], additive: bool = False):
@@ -177,8 +177,7 @@ def nice(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
     _check_depth(depth)
     dim = _numel(shape)
     hidden = _mlp_hidden(hidden, dim)
-    if base not in ("logistic", "normal"):
-        raise ConfigError(f"NICE's base is 'logistic' or 'normal', got {base!r}.")
+    checks.choice("NICE's base", base, ("logistic", "normal"))
     layers = []
     if len(shape) > 1:
         layers.append(ReshapeTransform((dim,), shape))
@@ -331,9 +330,9 @@ def denseflow(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
     """
     shape = _event_shape(event_shape)
     _check_depth(depth)
-    check_positive("units", units)
+    checks.positive_int("units", units)
     if len(shape) == 1:
-        growth = 2 if growth is None else check_positive("growth", growth)
+        growth = 2 if growth is None else checks.positive_int("growth", growth)
         h = _mlp_hidden(hidden, shape[0] + units * growth)
         blocks, cur = [], shape
         for _ in range(units):
@@ -342,7 +341,7 @@ def denseflow(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
             blocks.append((aug, chain([l for _ in range(depth) for l in glow_step(cur, h)])))
         return AugmentedFlow(DenseLevel(blocks, squeeze=False, event_dim=1), shape)
     hidden = _conv_hidden(hidden)
-    growth = 4 if growth is None else check_positive("growth", growth)
+    growth = 4 if growth is None else checks.positive_int("growth", growth)
     levels = _levels(levels, shape, lambda l: l)
 
     def scale(s, remaining):

@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributions import Transform
 from torch.distributions.utils import clamp_probs
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.flows.transforms import (CrossUnitCoupling, apply_inverse,
                                       is_initialized, reset_caches, squeeze2d,
@@ -103,8 +104,7 @@ class DensityFlow(nn.Module):
     def base_distribution(self, shape: Sequence[int], temperature: float = 1.0,
                           base: str = "normal"):
         """Base of ``shape`` on this flow's device and dtype, scaled by ``temperature``."""
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {temperature!r}.")
+        temperature = checks.positive_float("temperature", temperature)
         loc = self._anchor.new_zeros(tuple(shape))
         if base == "normal":
             d = dist.Normal(loc, loc.new_full((), temperature))   # (a float: a host copy)
@@ -116,7 +116,7 @@ class DensityFlow(nn.Module):
                                   "temperature=1.0 (or use a normal or logistic base).")
             d = dist.Uniform(loc, loc + 1.0)
         else:
-            raise ConfigError(f"base must be one of {BASES}, got {base!r}.")
+            checks.choice("base", base, BASES)
         return d.to_event(len(shape))
 
     @torch.no_grad()
@@ -145,8 +145,7 @@ class Flow(DensityFlow):
     def __init__(self, transform: Optional[Transform], event_shape: Sequence[int],
                  latent_shape: Optional[Sequence[int]] = None, base: str = "normal"):
         super().__init__(event_shape)
-        if base not in BASES:
-            raise ConfigError(f"base must be one of {BASES}, got {base!r}.")
+        checks.choice("base", base, BASES)
         self.transform = transform
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else self.event_shape
         self.base = base
@@ -330,8 +329,7 @@ class AugmentedFlow(DensityFlow):
 
     def log_prob(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """Lower bound of ``log p(x)`` from ``num_samples`` noise draws (see class doc)."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        num_samples = checks.positive_int("num_samples", num_samples)
         self.check_input(x)
         return self.log_weight_mean(x, num_samples)[0]
 
@@ -345,8 +343,7 @@ class AugmentedFlow(DensityFlow):
         return lw, latents
 
     def draw_latents(self, n: int, temperature: float = 1.0) -> List[torch.Tensor]:
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {temperature!r}.")
+        temperature = checks.positive_float("temperature", temperature)
         return [self._anchor.new_empty((n,) + s).normal_() * temperature
                 for s in self.latent_shapes]
 

@@ -20,13 +20,13 @@ three significant digits). Without autocast the cast is a no-op.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import torch
 from pyro.nn import DenseNN
 from torch import nn
 
-from probgen.errors import ConfigError
+from probgen import checks
 
 LAST_LAYER_STD = 1e-3
 
@@ -37,19 +37,6 @@ def near_zero_(layer: nn.Module) -> nn.Module:
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
     return layer
-
-
-def check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def check_hidden(hidden: Sequence[int]) -> Tuple[int, ...]:
-    hidden = tuple(hidden)
-    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ConfigError(f"hidden layer sizes must be positive integers, got {hidden!r}.")
-    return hidden
 
 
 class ConvNet(nn.Module):
@@ -63,7 +50,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64):
         super().__init__()
-        check_positive("hidden channels", hidden)
+        checks.positive_int("hidden channels", hidden)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
@@ -111,7 +98,7 @@ class InputDtypeDenseNN(DenseNN):
 def dense_hypernet(in_dim: int, out_dim: int, hidden: Sequence[int]) -> DenseNN:
     """Pyro's ``DenseNN`` returning ``(mean, log_scale)``, last layer near zero (outputs in
     the input's dtype: :class:`InputDtypeDenseNN`)."""
-    net = InputDtypeDenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim, out_dim])
+    net = InputDtypeDenseNN(in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim, out_dim])
     near_zero_(net.layers[-1])
     return net
 
@@ -128,7 +115,7 @@ class AdditiveHypernet(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
         super().__init__()
-        self.net = InputDtypeDenseNN(in_dim, list(check_hidden(hidden)), param_dims=[out_dim])
+        self.net = InputDtypeDenseNN(in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim])
 
     def forward(self, x1: torch.Tensor):
         m = self.net(x1)

@@ -55,9 +55,9 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from torch import nn
 from torch.distributions import Transform
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
-from probgen.flows.nets import (ConvNet, InputDtypeDenseNN, check_hidden, check_positive,
-                                near_zero_)
+from probgen.flows.nets import ConvNet, InputDtypeDenseNN, near_zero_
 
 LOG_SCALE_CLIP = (-5.0, 3.0)  # as Pyro's AffineCoupling
 
@@ -380,7 +380,7 @@ class InvertibleLinear(CachedLogDetTransform):
         if event_dim not in (1, 3):
             raise ConfigError(f"InvertibleLinear works on (C, H, W) or (C,) events, "
                               f"got event_dim={event_dim}.")
-        self.channels = check_positive("channels", channels)
+        self.channels = checks.positive_int("channels", channels)
         self.event_shape = (channels,) + (None, None) * (event_dim == 3)
         q, _ = torch.linalg.qr(torch.randn(channels, channels))
         p, lower, upper = torch.linalg.lu(q)
@@ -710,12 +710,12 @@ class CrossUnitCoupling(nn.Module):
     def __init__(self, event_shape: Sequence[int], growth: int, hidden=64):
         super().__init__()
         self.event_shape = tuple(event_shape)
-        self.growth = check_positive("growth", growth)
+        self.growth = checks.positive_int("growth", growth)
         if len(self.event_shape) == 3:
             self.net = ConvNet(self.event_shape[0], 2 * growth, hidden)
         elif len(self.event_shape) == 1:
             hidden = (hidden,) if isinstance(hidden, int) else hidden
-            self.net = InputDtypeDenseNN(self.event_shape[0], list(check_hidden(hidden)),
+            self.net = InputDtypeDenseNN(self.event_shape[0], list(checks.sizes("hidden layer sizes", hidden)),
                                          param_dims=[2 * growth])
             near_zero_(self.net.layers[-1])
         else:

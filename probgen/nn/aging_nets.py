@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probgen.errors import ConfigError, DataError
-from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, _check_positive_int,
-                                 _check_shape, check_input, dcgan_plan, default_width)
+from probgen import checks
+from probgen.errors import DataError
+from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, check_input, dcgan_plan,
+                                 default_width)
 
 
 def label_maps(levels: torch.Tensor, num_levels: int, like: torch.Tensor) -> torch.Tensor:
@@ -39,8 +40,8 @@ class ConditionalGenerator(nn.Module):
     def __init__(self, image_shape: Sequence[int], z_dim: int, num_levels: int,
                  width: Optional[int] = None):
         super().__init__()
-        self.z_dim = _check_positive_int(z_dim, "z_dim")
-        self.num_levels = _check_positive_int(num_levels, "num_levels")
+        self.z_dim = checks.positive_int("z_dim", z_dim)
+        self.num_levels = checks.positive_int("num_levels", num_levels)
         self.net = DCGANGenerator(image_shape, z_dim + num_levels, width)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -54,8 +55,8 @@ class ConditionalDiscriminator(DCGANDiscriminator):
 
     def __init__(self, image_shape: Sequence[int], num_levels: int, width: Optional[int] = None,
                  norm: str = "batch"):
-        shape = _check_shape(image_shape)
-        self.num_levels = _check_positive_int(num_levels, "num_levels")
+        shape = checks.sizes("image_shape", image_shape)
+        self.num_levels = checks.positive_int("num_levels", num_levels)
         super().__init__((shape[0] + num_levels,) + shape[1:], width, norm, (-1.0, 1.0))
 
 
@@ -74,11 +75,11 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_shape: Sequence[int], z_dim: int, width: Optional[int] = None,
                  value_range: Optional[Tuple[float, float]] = (-1.0, 1.0)):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
-        self.z_dim = _check_positive_int(z_dim, "z_dim")
+        self.image_shape = checks.sizes("image_shape", image_shape)
+        self.z_dim = checks.positive_int("z_dim", z_dim)
         start, stages = dcgan_plan(self.image_shape)
-        width = _check_positive_int(width if width is not None
-                                    else default_width(self.image_shape, "discriminator"), "width")
+        width = checks.positive_int("width", width if width is not None
+                                    else default_width(self.image_shape, "discriminator"))
         self.value_range = value_range
         layers, channels = [], self.image_shape[0]
         for i in range(stages):
@@ -112,9 +113,9 @@ class GRUAger(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], hidden: int = 256, embed: int = 256):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
-        self.hidden = _check_positive_int(hidden, "hidden")
-        _check_positive_int(embed, "embed")
+        self.image_shape = checks.sizes("image_shape", image_shape)
+        self.hidden = checks.positive_int("hidden", hidden)
+        checks.positive_int("embed", embed)
         d = int(torch.Size(self.image_shape).numel())
         self.embed = nn.Sequential(nn.Linear(d, embed), nn.ReLU())
         self.lower = nn.GRUCell(embed, hidden)
@@ -129,8 +130,7 @@ class GRUAger(nn.Module):
         if x.dim() != len(self.image_shape) + 1 or tuple(x.shape[1:]) != self.image_shape:
             raise DataError(f"the recurrent ager takes images (B, "
                             f"{', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}.")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"steps must be a non-negative integer, got {steps!r}.")
+        steps = checks.nonnegative_int("steps", steps)
         b = x.shape[0]
         h1 = x.new_zeros(b, self.hidden)
         h2 = x.new_zeros(b, self.hidden)

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.nn.mlp import ACTIVATIONS, MLP
 from probgen.registry import Registry
@@ -130,14 +131,10 @@ class _ConvDecoder(nn.Module):
 
 
 def _check(image_shape, z_dim, hidden, num_labels, activation):
-    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-        raise ConfigError(f"the latent size z_dim must be a positive integer, got {z_dim!r}.")
-    if not hidden or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in hidden):
-        raise ConfigError(f"hidden layer sizes must be positive integers, got {list(hidden)}.")
-    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 0:
-        raise ConfigError(f"num_labels must be a non-negative integer, got {num_labels!r}.")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+    checks.positive_int("the latent size z_dim", z_dim)
+    checks.sizes("hidden layer sizes", hidden)
+    checks.nonnegative_int("num_labels", num_labels)
+    checks.choice("activation", activation, sorted(ACTIVATIONS))
 
 
 @NETS.register("mlp")

@@ -44,6 +44,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.registry import Registry
 
@@ -53,29 +54,6 @@ NORMS = ("batch", "layer", "none")
 
 def _numel(shape: Sequence[int]) -> int:
     return int(torch.Size(shape).numel())
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def _check_shape(shape) -> Tuple[int, ...]:
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ConfigError(f"data_shape must be a tuple of sizes, got {shape!r}.") from None
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ConfigError(f"data_shape must be a non-empty tuple of positive sizes, got {shape!r}.")
-    return shape
-
-
-def _check_hidden(hidden) -> Tuple[int, ...]:
-    hidden = tuple(hidden)
-    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ConfigError(f"hidden layer sizes must be positive integers, got {list(hidden)}.")
-    return hidden
 
 
 def check_input(x: torch.Tensor, shape: Tuple[int, ...], value_range: Optional[Tuple[float, float]],
@@ -150,9 +128,9 @@ class MLPGenerator(nn.Module):
     def __init__(self, data_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (256, 512),
                  batch_norm: bool = False):
         super().__init__()
-        self.data_shape = _check_shape(data_shape)
-        self.z_dim = _check_positive_int(z_dim, "z_dim")
-        hidden = _check_hidden(hidden)
+        self.data_shape = checks.sizes("data_shape", data_shape)
+        self.z_dim = checks.positive_int("z_dim", z_dim)
+        hidden = checks.sizes("hidden layer sizes", hidden)
         layers, prev = [], z_dim
         for h in hidden:
             layers += [nn.Linear(prev, h)]
@@ -179,8 +157,8 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, data_shape: Sequence[int], hidden: Sequence[int] = (512, 256),
                  value_range: Optional[Tuple[float, float]] = None):
         super().__init__()
-        self.data_shape = _check_shape(data_shape)
-        hidden = _check_hidden(hidden)
+        self.data_shape = checks.sizes("data_shape", data_shape)
+        hidden = checks.sizes("hidden layer sizes", hidden)
         self.value_range = tuple(value_range) if value_range is not None else None
         layers, prev = [], _numel(self.data_shape)
         for h in hidden:
@@ -199,7 +177,7 @@ class MLPDiscriminator(nn.Module):
 def dcgan_plan(image_shape: Sequence[int]) -> Tuple[int, int]:
     """``(start, stages)``: the side of the first feature map and the number of stride-2
     stages (``side = start * 2**stages``, ``4 <= start <= 7``) for a square image."""
-    shape = _check_shape(image_shape)
+    shape = checks.sizes("data_shape", image_shape)
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ConfigError(f"DCGAN networks take square images (C, H, H), got data_shape "
                           f"{shape}; use net='mlp' for other data.")
@@ -239,11 +217,11 @@ class DCGANGenerator(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], z_dim: int = 100, width: Optional[int] = None):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
-        self.z_dim = _check_positive_int(z_dim, "z_dim")
+        self.image_shape = checks.sizes("image_shape", image_shape)
+        self.z_dim = checks.positive_int("z_dim", z_dim)
         start, stages = dcgan_plan(self.image_shape)
-        width = _check_positive_int(width if width is not None
-                                    else default_width(self.image_shape, "generator"), "width")
+        width = checks.positive_int("width", width if width is not None
+                                    else default_width(self.image_shape, "generator"))
         channels = width * 2 ** (stages - 1)
         self.start = (channels, start, start)
         self.project = nn.Sequential(nn.Linear(z_dim, channels * start * start, bias=False),
@@ -283,10 +261,10 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, image_shape: Sequence[int], width: Optional[int] = None,
                  norm: str = "batch", value_range: Optional[Tuple[float, float]] = (-1.0, 1.0)):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
+        self.image_shape = checks.sizes("image_shape", image_shape)
         start, stages = dcgan_plan(self.image_shape)
-        width = _check_positive_int(width if width is not None
-                                    else default_width(self.image_shape, "discriminator"), "width")
+        width = checks.positive_int("width", width if width is not None
+                                    else default_width(self.image_shape, "discriminator"))
         _check_norm(norm)
         self.value_range = tuple(value_range) if value_range is not None else None
         layers, channels = [], self.image_shape[0]

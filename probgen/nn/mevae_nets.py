@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.nn.mlp import ACTIVATIONS, MLP
 from probgen.registry import Registry
@@ -54,8 +55,7 @@ def select_topk_by_kl(loc: torch.Tensor, scale: torch.Tensor, k: int
         raise ConfigError(f"loc and scale must both be (B, M, D), got {tuple(loc.shape)} and "
                           f"{tuple(scale.shape)}.")
     m = loc.shape[1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= m:
-        raise ConfigError(f"k must be an integer in 1..{m} (the number of candidates), got {k!r}.")
+    k = checks.int_in_range("k", k, 1, m, hint=f"at most the number of candidates, {m}")
     kl = gaussian_kl(loc, scale)
     idx = kl.detach().topk(k, dim=1).indices
     gather = idx.unsqueeze(-1).expand(-1, -1, loc.shape[-1])
@@ -113,9 +113,7 @@ class CandidateEncoder(nn.Module):
         super().__init__()
         c, h, w = image_shape
         f = 2 ** len(channels)
-        if isinstance(context_layers, bool) or not isinstance(context_layers, int) \
-                or context_layers < 0:
-            raise ConfigError(f"context_layers must be an integer >= 0, got {context_layers!r}.")
+        context_layers = checks.nonnegative_int("context_layers", context_layers)
         if h != w or h % f:
             raise ConfigError(f"the candidate encoder halves a square canvas {len(channels)} "
                               f"times, so its side must be divisible by {f}; got {h}x{w}.")

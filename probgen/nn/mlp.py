@@ -7,18 +7,15 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from probgen.errors import ConfigError
+from probgen import checks
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus,
                "leaky_relu": nn.LeakyReLU}
 
 
-def _check_sizes(sizes: Sequence[int]) -> None:
-    if len(sizes) < 2:
-        raise ConfigError(f"an MLP needs input and output sizes, got {list(sizes)}.")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ConfigError(f"layer sizes must be positive integers, got {list(sizes)}.")
+def _check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+    return checks.sizes("layer sizes", sizes, min_len=2,
+                        hint="an MLP needs [input, hidden..., output]")
 
 
 class MLP(nn.Sequential):
@@ -30,9 +27,8 @@ class MLP(nn.Sequential):
     """
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu"):
-        _check_sizes(sizes)
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        sizes = _check_sizes(sizes)
+        checks.choice("activation", activation, sorted(ACTIVATIONS))
         layers = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
@@ -51,8 +47,7 @@ class GaussianMLP(nn.Module):
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu"):
         super().__init__()
-        _check_sizes(sizes)
-        *body, out = sizes
+        *body, out = _check_sizes(sizes)
         self.body = MLP(body, activation) if len(body) > 1 else nn.Identity()
         if len(body) > 1:
             # MLP's last layer has no activation: add it, the heads follow a hidden layer.
