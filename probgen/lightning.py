@@ -54,6 +54,7 @@ except ImportError as err:  # an optional extra: say how to get it, in one line
         "lightning)."
     ) from err
 
+from probgen import checks
 from probgen.data.tensors import TensorData
 from probgen.errors import CheckpointError, ConfigError, TrainingDivergedError
 from probgen.infer.batches import batch_len
@@ -135,8 +136,7 @@ class TensorBatches:
                 f"{type(data).__name__}; wrap other data sets in a "
                 f"torch.utils.data.DataLoader."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = checks.positive_int("batch_size", batch_size)
         self.data, self.batch_size, self.drop_last = data, batch_size, drop_last
         self.shuffle = bool(shuffle) and len(data) > batch_size
         self.generator = generator

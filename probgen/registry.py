@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+from typing import Dict, Generic, Iterator, TypeVar
 
 from probgen.errors import ConfigError
 

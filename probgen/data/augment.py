@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from probgen import checks
 from probgen.data.draws import randint
 from probgen.errors import ConfigError
 
@@ -45,9 +46,8 @@ class RandomShift:
 
     def __init__(self, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
                  fill: float = 0.0, only_labelled: bool = False):
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-            raise ConfigError(
-                f"max_shift must be a whole number of pixels >= 0, got {max_shift!r}.")
+        max_shift = checks.nonnegative_int("max_shift", max_shift,
+                                           hint="a whole number of pixels")
         self.max_shift, self.fill = max_shift, float(fill)
         self.only_labelled = bool(only_labelled)
         self.image_shape = tuple(image_shape) if image_shape is not None else None

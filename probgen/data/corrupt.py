@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from probgen import checks
 from probgen.data.draws import randint, randn_like
 from probgen.errors import ConfigError
 from probgen.registry import Registry
@@ -23,9 +24,7 @@ class GaussianNoise:
     """``clip(x + std * N(0, 1), 0, 1)`` (the denoising autoencoder's input)."""
 
     def __init__(self, std: float = 0.4, clip: bool = True):
-        if not std >= 0:
-            raise ConfigError(f"the noise std must be >= 0, got {std!r}.")
-        self.std, self.clip = float(std), clip
+        self.std, self.clip = checks.nonnegative_float("the noise std", std), clip
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         y = x + self.std * randn_like(x, generator)
@@ -46,10 +45,8 @@ class RandomBlocks:
 
     def __init__(self, size: int = 9, count: int = 1, fill: float = 0.0,
                  image_shape: Optional[Sequence[int]] = None):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"the block size must be a positive integer, got {size!r}.")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigError(f"the block count must be a positive integer, got {count!r}.")
+        size = checks.positive_int("the block size", size)
+        count = checks.positive_int("the block count", count)
         self.size, self.count, self.fill = size, count, float(fill)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
 
+from probgen import checks
 from probgen.data.draws import rand_like
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
@@ -42,9 +43,7 @@ U_MARGIN = 1e-6
 
 
 def _check_levels(num_levels: int) -> int:
-    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-        raise ConfigError(f"num_levels must be an integer of at least 2, got {num_levels!r}.")
-    return num_levels
+    return checks.integer("num_levels", num_levels, low=2)
 
 
 def check_unit_interval(x: torch.Tensor, what: str = "images") -> None:
@@ -206,8 +205,7 @@ class VariationalDequantizer(torch.nn.Module):
         shape = tuple(event_shape)
         if len(shape) != 3:
             raise ConfigError(f"variational dequantization works on images (C, H, W), got {shape}.")
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"hidden must be a positive integer, got {hidden!r}.")
+        hidden = checks.positive_int("hidden", hidden)
         c = shape[0]
         self.event_shape = shape
         last = nn.Conv2d(hidden, 2 * c, 3, padding=1)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from probgen import checks
 from probgen.data.tensors import TensorData
-from probgen.errors import ConfigError, DataError
+from probgen.errors import DataError
 
 MISSING = -1.0
 
@@ -21,9 +22,8 @@ def quadrant_mask(num_visible: int, height: int = 28, width: int = 28,
     1 quadrant: the bottom-left one is visible; 2: the left half; 3: all but the
     bottom-right one (the settings of Sohn et al. 2015 and Pyro's example).
     """
-    if isinstance(num_visible, bool) or not isinstance(num_visible, int) or not 1 <= num_visible <= 3:
-        raise ConfigError(
-            f"the number of visible quadrants must be 1, 2 or 3, got {num_visible!r}.")
+    num_visible = checks.int_in_range("the number of visible quadrants", num_visible, 1, 3,
+                                      hint="1, 2 or 3")
     h, w = height // 2, width // 2
     visible = torch.zeros(height, width, dtype=torch.bool, device=device)
     visible[h:, :w] = True              # bottom left

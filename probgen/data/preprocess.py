@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from probgen import checks
 from probgen.data.draws import rand_like
 from probgen.errors import ConfigError, DataError
 
@@ -49,9 +50,7 @@ def static_binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def check_binarize(binarize: str) -> str:
-    if binarize not in BINARIZE_CHOICES:
-        raise ConfigError(f"binarize must be one of {BINARIZE_CHOICES}, got {binarize!r}.")
-    return binarize
+    return checks.choice("binarize", binarize, BINARIZE_CHOICES)
 
 
 def split_indices(n: int, val_size: int, seed: int = 0):

@@ -50,6 +50,7 @@ from typing import Collection, Dict, Optional, Union
 import numpy as np
 import torch
 
+from probgen import checks
 from probgen.data.datasets import default_root, load_images, unpack_bundled_mnist
 from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
                                      static_binarize)
@@ -60,12 +61,6 @@ SCENE_FORMAT = 3          # bump when the generator changes: old cache files are
 TRUTH_NAMES = ("images", "masks", "segmentation", "counts", "classes", "positions")
 _PLACEMENT_TRIES = 100    # draws per digit, and scenes redrawn, before the lattice
 _MAX_DIGITS = 63          # the cache packs the masks as bits of one integer per pixel
-
-
-def _int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
-    return int(value)
 
 
 def lattice_capacity(canvas: int, digit_size: int, min_distance: float) -> int:
@@ -81,9 +76,9 @@ def lattice_capacity(canvas: int, digit_size: int, min_distance: float) -> int:
 def check_scene_settings(canvas: int, digit_size: int, min_digits: int, max_digits: int,
                          min_distance: float, mask_threshold: float) -> None:
     """Refuse settings that cannot make scenes, with a message that says which and why."""
-    canvas = _int("canvas", canvas, 1)
-    min_digits = _int("min_digits", min_digits, 1)
-    max_digits = _int("max_digits", max_digits, 1)
+    canvas = checks.positive_int("canvas", canvas)
+    min_digits = checks.positive_int("min_digits", min_digits)
+    max_digits = checks.positive_int("max_digits", max_digits)
     if canvas < digit_size:
         raise ConfigError(f"a canvas of {canvas}x{canvas} pixels is smaller than one digit "
                           f"({digit_size}x{digit_size}); use canvas >= {digit_size}.")
@@ -91,9 +86,7 @@ def check_scene_settings(canvas: int, digit_size: int, min_digits: int, max_digi
         raise ConfigError(f"min_digits ({min_digits}) is larger than max_digits ({max_digits}).")
     if max_digits > _MAX_DIGITS:
         raise ConfigError(f"at most {_MAX_DIGITS} digits per scene, got max_digits={max_digits}.")
-    if not isinstance(min_distance, (int, float)) or isinstance(min_distance, bool) \
-            or not min_distance >= 0:
-        raise ConfigError(f"min_distance is in pixels and must be >= 0, got {min_distance!r}.")
+    min_distance = checks.nonnegative_float("min_distance", min_distance, hint="in pixels")
     cap = lattice_capacity(canvas, digit_size, min_distance)
     if max_digits > cap:
         raise ConfigError(
@@ -155,7 +148,7 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
     if h != w:
         raise ConfigError(f"digits must be square, got {h}x{w}.")
     check_scene_settings(canvas, h, min_digits, max_digits, min_distance, mask_threshold)
-    num_scenes = _int("num_scenes", num_scenes, 1)
+    num_scenes = checks.positive_int("num_scenes", num_scenes)
     rng = np.random.default_rng(seed)
     span = canvas - h
     level = int(math.floor(mask_threshold * 255))     # mask: grey level > threshold
@@ -275,9 +268,10 @@ def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 20
     """
     check_binarize(binarize)
     check_scene_settings(canvas, 28, min_digits, max_digits, min_distance, mask_threshold)
-    sizes = {"train": _int("num_train", num_train, 1), "test": _int("num_test", num_test, 1)}
+    sizes = {"train": checks.positive_int("num_train", num_train),
+             "test": checks.positive_int("num_test", num_test)}
     if val_size:
-        sizes["val"] = _int("num_val", num_val, 1)
+        sizes["val"] = checks.positive_int("num_val", num_val)
     wanted = set(sizes) if truth is True else set() if truth is False else set(truth)
     unknown = wanted - {"train", "val", "test"}
     if unknown:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
+from probgen import checks
 from probgen.errors import DataError
 
 Batch = tuple
@@ -133,8 +134,7 @@ class TensorData:
                 the transform runs after the copy, on ``device``. For data sets too large
                 for the GPU (the fit loop's ``data_on_device``).
         """
-        if batch_size < 1:
-            raise DataError(f"batch_size must be at least 1, got {batch_size}.")
+        batch_size = checks.positive_int("batch_size", batch_size)
         n = len(self)
         target = torch.device(device) if device is not None else None
         staged = target is not None and not same_device(target, self.device)

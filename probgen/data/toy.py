@@ -13,8 +13,8 @@ from typing import Dict, Union
 
 import torch
 
+from probgen import checks
 from probgen.data.tensors import TensorData
-from probgen.errors import ConfigError
 from probgen.registry import Registry
 
 TOY: Registry = Registry("toy data set")
@@ -25,9 +25,7 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"the number of points must be a positive integer, got {n!r}.")
-    return n
+    return checks.positive_int("the number of points n", n)
 
 
 @TOY.register("moons")

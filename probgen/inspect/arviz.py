@@ -10,7 +10,7 @@ dict-of-groups signature; a move to 1.x changes this function only.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import numpy as np
 

@@ -31,6 +31,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from pyro.poutine.util import site_is_subsample
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.inspect.arviz import to_inference_data
 from probgen.metrics.likelihood import broadcast_failure
@@ -232,8 +233,7 @@ def from_guide(model: Callable, guide: Callable, *args, num_samples: int = 500,
     :func:`from_draws` (``dims``, ``coords``, ``posterior_predictive``,
     ``log_likelihood``); any left are passed to the model and guide.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    num_samples = checks.positive_int("num_samples", num_samples)
     conv = {k: options.pop(k) for k in ("dims", "coords", "posterior_predictive",
                                          "log_likelihood", "attrs") if k in options}
     shapes = _latent_shapes(guide, args, options)
