@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.infer.objectives import OBJECTIVES
 from probgen.infer.phases import OPTIMIZERS
@@ -172,49 +173,30 @@ class FitConfig:
 
     def check(self) -> "FitConfig":
         """Refuse bad settings, one line each (:class:`~probgen.errors.ConfigError`)."""
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
-
-        def finite(name, low, low_ok):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or (v < low if low_ok else v <= low):
-                what = "0 or more" if low_ok else "positive"
-                raise ConfigError(f"{name} must be a finite number, {what}, got {v!r}.")
-
         if self.epochs is not None and self.num_steps is not None:
             raise ConfigError(f"give epochs or num_steps, not both (epochs={self.epochs!r}, "
                               f"num_steps={self.num_steps!r}).")
         for name in ("batch_size", "num_particles", "eval_batch_size"):
-            positive_int(name)
+            checks.positive_int(name, getattr(self, name))
         for name in ("epochs", "num_steps", "eval_particles"):
-            if getattr(self, name) is not None:
-                positive_int(name)
-        if self.patience is not None and self.patience != AUTO:
-            if isinstance(self.patience, str):
-                raise ConfigError(f"patience must be a positive integer, None or 'auto', got "
-                                  f"{self.patience!r}.")
-            positive_int("patience")
+            checks.optional(checks.positive_int, name, getattr(self, name))
+        if self.patience != AUTO:
+            checks.optional(checks.positive_int, "patience", self.patience,
+                            hint="or None (no early stopping) or 'auto'")
         if self.restore_best != AUTO and not isinstance(self.restore_best, bool):
             raise ConfigError(f"restore_best must be True, False or 'auto', got "
                               f"{self.restore_best!r}.")
         if self.validate is not None and not isinstance(self.validate, bool):
             raise ConfigError(f"validate must be True, False or None (as the user set it), "
                               f"got {self.validate!r}.")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2**63):
-            raise ConfigError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}.")
+        checks.optional(checks.seed, "seed", self.seed, hint="or None")
         self._check_speed()
-        finite("lr", 0, False)
-        finite("weight_decay", 0, True)
-        finite("min_delta", 0, True)
-        if self.clip_norm is not None:
-            finite("clip_norm", 0, False)
-        finite("warmup_epochs", 0, True)
-        if self.mode not in ("min", "max"):
-            raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}.")
+        checks.positive_float("lr", self.lr)
+        checks.nonnegative_float("weight_decay", self.weight_decay)
+        checks.nonnegative_float("min_delta", self.min_delta)
+        checks.optional(checks.positive_float, "clip_norm", self.clip_norm)
+        checks.nonnegative_float("warmup_epochs", self.warmup_epochs)
+        checks.choice("mode", self.mode, ("min", "max"))
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ConfigError(f"monitor must name a history entry, got {self.monitor!r}.")
         OPTIMIZERS.get(self.optimizer)

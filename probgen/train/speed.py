@@ -55,6 +55,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 import torch
 from torch import nn
 
+from probgen import checks
 from probgen.errors import ConfigError
 from probgen.train.checkpoint import callable_modules
 
@@ -136,9 +137,7 @@ def matmul_precision(value: Optional[str]) -> Iterator[None]:
     if value is None:
         yield
         return
-    if value not in MATMUL_PRECISIONS:
-        raise ConfigError(f"matmul_precision must be one of {MATMUL_PRECISIONS} or None, got "
-                          f"{value!r}.")
+    checks.choice("matmul_precision", value, MATMUL_PRECISIONS, hint="or None")
     slots = _fp32_slots()
     saved = [s.fp32_precision for s in slots]
     previous = _legacy_precision()

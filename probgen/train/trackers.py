@@ -266,22 +266,15 @@ class Tracker(Callback):
                  images: Union[str, ImagesFn, None] = "auto", image_every: int = 1,
                  num_images: int = 16, hparams: Optional[Mapping[str, Any]] = None,
                  on_error: str = "warn", image_seed: int = 0):
-        def positive(name, v, allow_none=False):
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{type(self).__name__}: {name} must be a positive integer"
-                                  f"{' or None' if allow_none else ''}, got {v!r}.")
-
-        positive("log_every_n_steps", log_every_n_steps, allow_none=True)
-        positive("image_every", image_every)
-        positive("num_images", num_images)
+        who = type(self).__name__
+        checks.optional(checks.positive_int, f"{who}: log_every_n_steps", log_every_n_steps,
+                        hint="or None")
+        checks.positive_int(f"{who}: image_every", image_every)
+        checks.positive_int(f"{who}: num_images", num_images)
         if not (images is None or images == "auto" or callable(images)):
             raise ConfigError(f"{type(self).__name__}: images must be 'auto', None or a "
                               f"function run -> {{name: tensor (N, C, H, W)}}, got {images!r}.")
-        if on_error not in ON_ERROR:
-            raise ConfigError(f"{type(self).__name__}: on_error must be one of {ON_ERROR}, "
-                              f"got {on_error!r}.")
+        checks.choice(f"{who}: on_error", on_error, ON_ERROR)
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ConfigError(f"{type(self).__name__}: hparams must be a dict, got "
                               f"{type(hparams).__name__}.")
