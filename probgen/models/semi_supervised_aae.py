@@ -142,10 +142,10 @@ class SemiSupervisedAAE(AAE):
         return self.encoder.body(flat, self._noise(noise, flat))
 
     def _style(self, h) -> dist.Distribution:
-        loc = self.encoder.loc(h)
-        if self.encoder.log_scale is None:
+        loc, scale = self.encoder.gaussian(h)
+        if scale is None:
             return dist.Delta(loc, event_dim=1)
-        return dist.Normal(loc, self.encoder.log_scale(h).exp()).to_event(1)
+        return dist.Normal(loc, scale).to_event(1)
 
     def posterior(self, x, noise=None):
         """``q(z | x)``, the style's distribution."""

@@ -294,7 +294,7 @@ class VAE(nn.Module):
             return (dist.Normal(loc, scale).to_event(1) if scale is not None
                     else dist.Delta(loc, event_dim=1))
         h = self.encoder.body(seen, onehot)
-        loc, scale = self.encoder.loc(h), self.encoder.log_scale(h).exp()
+        loc, scale = self.encoder.gaussian(h)
         return self.guide_flow.distribution(loc, scale, h)
 
     def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,

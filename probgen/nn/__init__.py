@@ -2,6 +2,7 @@
 
 from probgen.nn.classifier import MNISTClassifier, load_classifier
 from probgen.nn.coders import NETS, Encoder
+from probgen.nn.heads import GaussianHead
 from probgen.nn.mlp import ACTIVATIONS, MLP, GaussianMLP
 
-__all__ = ["ACTIVATIONS", "Encoder", "GaussianMLP", "MLP", "MNISTClassifier", "NETS", "load_classifier"]
+__all__ = ["ACTIVATIONS", "Encoder", "GaussianHead", "GaussianMLP", "MLP", "MNISTClassifier", "NETS", "load_classifier"]

@@ -22,6 +22,7 @@ from torch import nn
 
 from probgen import checks
 from probgen.errors import ConfigError
+from probgen.nn.heads import GaussianHead
 from probgen.nn.mlp import ACTIVATIONS, MLP
 from probgen.registry import Registry
 
@@ -40,20 +41,18 @@ def _with_label(h: torch.Tensor, onehot: Optional[torch.Tensor]) -> torch.Tensor
     return torch.cat([h, onehot], -1)
 
 
-class Encoder(nn.Module):
-    """``x (B, *image_shape) [, onehot (B, L)] -> (loc (B, z), scale (B, z) | None)``."""
+class Encoder(GaussianHead):
+    """``x (B, *image_shape) [, onehot (B, L)] -> (loc (B, z), scale (B, z) | None)``: a
+    body's ``features`` through the :class:`~probgen.nn.heads.GaussianHead`."""
 
     def __init__(self, body: nn.Module, features: int, z_dim: int, stochastic: bool = True):
         super().__init__()
         self.body = body
-        self.loc = nn.Linear(features, z_dim)
-        self.log_scale = nn.Linear(features, z_dim) if stochastic else None
+        self.add_head(features, z_dim, stochastic)
 
     def forward(self, x: torch.Tensor, onehot: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        h = self.body(x, onehot)
-        scale = self.log_scale(h).exp() if self.log_scale is not None else None
-        return self.loc(h), scale
+        return self.gaussian(self.body(x, onehot))
 
 
 class _MLPBody(nn.Module):

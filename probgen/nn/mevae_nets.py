@@ -126,6 +126,9 @@ class CandidateEncoder(nn.Module):
             layers += [nn.Conv2d(prev, hidden, 3, padding=1), act()]
             prev = hidden
         self.body = nn.Sequential(*layers)
+        # A Gaussian per cell of the grid, not probgen.nn.heads.GaussianHead: 1x1
+        # convolutions over the feature map and a softplus scale (floored at 1e-4), the
+        # parametrization the MEVAE's results were measured with.
         self.loc = nn.Conv2d(prev, latent_dim, 1)
         self.log_scale = nn.Conv2d(prev, latent_dim, 1)
         self.grid = h // f

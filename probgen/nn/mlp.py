@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from probgen import checks
+from probgen.nn.heads import GaussianHead
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus,
                "leaky_relu": nn.LeakyReLU}
@@ -38,8 +39,9 @@ class MLP(nn.Sequential):
         self.sizes = tuple(sizes)
 
 
-class GaussianMLP(nn.Module):
-    """An MLP whose output is a diagonal Gaussian's ``(loc, scale)``, ``scale = exp(.)``.
+class GaussianMLP(GaussianHead):
+    """An MLP whose output is a diagonal Gaussian's ``(loc, scale)``, ``scale = exp(.)``
+    (its last hidden layer through the :class:`~probgen.nn.heads.GaussianHead`).
 
     Args:
         sizes: ``[in, hidden..., out]``; the last hidden layer feeds two heads of size ``out``.
@@ -52,9 +54,7 @@ class GaussianMLP(nn.Module):
         if len(body) > 1:
             # MLP's last layer has no activation: add it, the heads follow a hidden layer.
             self.body.append(ACTIVATIONS[activation]())
-        self.loc = nn.Linear(body[-1], out)
-        self.log_scale = nn.Linear(body[-1], out)
+        self.add_head(body[-1], out)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.loc(h), self.log_scale(h).exp()
+        return self.gaussian(self.body(x))
