@@ -2,7 +2,7 @@
 
 The order, lowest first::
 
-    errors, registry, checks -> data -> nn -> flows -> infer -> models -> train
+    errors, registry, checks, files -> data -> nn -> flows -> infer -> models -> train
         -> metrics -> inspect -> viz -> cli -> lightning
 
 A module imports only from its own subpackage and the layers before it; the modules'
@@ -20,7 +20,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "probgen"
 
-LAYERS = [("errors", "registry", "checks"), ("data",), ("nn",), ("flows",), ("infer",),
+LAYERS = [("errors", "registry", "checks", "files"), ("data",), ("nn",), ("flows",), ("infer",),
           ("models",), ("train",), ("metrics",), ("inspect",), ("viz",), ("cli",),
           ("lightning",)]
 RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
-from probgen import checks
+from probgen import checks, files
 from probgen.errors import ConfigError, DataNotFoundError
 from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
                                      static_binarize, to_unit_interval)
@@ -42,15 +42,13 @@ def unpack_bundled_mnist(root: Union[str, Path]) -> Path:
     raw.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
         if not (raw / name).exists():
-            src = BUNDLED_MNIST / f"{name}.gz"
-            tmp = raw / f".{name}.{os.getpid()}.part"
-            # gzip straight to a temporary name, then rename: a concurrent or killed
-            # unpack never leaves a half-written file under the real name
-            # (torchvision's extract_archive writes in place).
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            # gunzipped to a temporary name, then renamed: a concurrent or killed unpack
+            # never leaves a half-written file under the real name (torchvision's
+            # extract_archive writes in place)
+            with files.replacing(raw / name, clean=False) as tmp, \
+                    gzip.open(BUNDLED_MNIST / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
-            os.replace(tmp, raw / name)
-    (raw / "SOURCE.md").write_text((BUNDLED_MNIST / "SOURCE.md").read_text())
+    files.write_text(raw / "SOURCE.md", (BUNDLED_MNIST / "SOURCE.md").read_text(), clean=False)
     return raw
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from probgen import checks
+from probgen import checks, files
 from probgen.data.datasets import default_root, image_splits
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
@@ -220,12 +219,10 @@ def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int
         out[k] = GradedSet(graded_images(x, attribute, levels, thinning=thinning,
                                          max_shear=max_shear), y, attribute)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        # stored as bytes (a quarter of the floats' size); a rename, never a half-written file
-        torch.save({k: {"images": (v.images * 255).round().to(torch.uint8), "digits": v.digits}
-                    for k, v in out.items()}, tmp)
-        os.replace(tmp, path)
+        # stored as bytes (a quarter of the floats' size); written whole or not at all, by
+        # any number of processes at once
+        files.torch_save({k: {"images": (v.images * 255).round().to(torch.uint8),
+                              "digits": v.digits} for k, v in out.items()}, path, clean=False)
         out = {k: GradedSet((v.images * 255).round() / 255, v.digits, attribute)
                for k, v in out.items()}   # the same values as a cached read
     return {k: v.to(device) for k, v in out.items()}

@@ -43,14 +43,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Collection, Dict, Optional, Union
 
 import numpy as np
 import torch
 
-from probgen import checks
+from probgen import checks, files
 from probgen.data.datasets import default_root, load_images, unpack_bundled_mnist
 from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
                                      static_binarize)
@@ -222,13 +221,11 @@ def _load_cached(path: Path, settings: dict) -> Optional[Dict[str, torch.Tensor]
 
 
 def _save_cached(path: Path, settings: dict, scenes: Dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {k: v for k, v in scenes.items() if k != "masks"}
     blob["packed_masks"] = _pack_masks(scenes["masks"])
     blob["settings"] = json.dumps(settings, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)      # a killed or concurrent writer never leaves half a file
+    # a killed or concurrent writer never leaves half a file
+    files.torch_save(blob, path, clean=False)
 
 
 def _seed_of(seed: int, split: str) -> int:

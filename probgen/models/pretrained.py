@@ -26,12 +26,10 @@ is imported only when a repository id is given, never for a local folder.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from probgen import files
 from probgen.errors import CheckpointError, ConfigError
 
 FORMAT = "probgen.pretrained"
@@ -142,24 +141,12 @@ def _folder(path: PathLike) -> Path:
     return folder
 
 
-def _temporary(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _remove(path: Path | None) -> None:
-    if path is not None and path.exists():
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 def write_folder(module: torch.nn.Module, path: PathLike, record: dict[str, Any]) -> Path:
     """Write ``config.json`` (``record`` plus the format, versions and weights' description)
     and ``model.safetensors`` (``module.state_dict()``) into the folder ``path``.
 
     Both files are first written under temporary names in the folder and then renamed
-    into place, the weights first: an interrupted save leaves the earlier files, or new
+    into place (:func:`probgen.files.replacing`), the weights first: an interrupted save leaves the earlier files, or new
     weights whose SHA-256 the earlier ``config.json`` does not record (which
     :func:`load_weights` refuses), never a truncated file. Other files in the folder are
     left alone. The module is left as it was (no move, no mode switch).
@@ -182,27 +169,20 @@ def write_folder(module: torch.nn.Module, path: PathLike, record: dict[str, Any]
     config = {"format": FORMAT, "format_version": VERSION,
               "probgen_version": _probgen_version(),
               "torch_version": torch.__version__.split("+")[0], **record}
-    weights_tmp = config_tmp = None
     try:
-        weights_tmp = _temporary(folder, WEIGHTS_NAME)
-        safetensors.torch.save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-        config["weights"] = {"file": WEIGHTS_NAME, "sha256": _sha256(weights_tmp),
-                             "tied": tied, "dtype": _dtype_name(state)}
-        text = json.dumps(config, indent=2, sort_keys=False, allow_nan=True) + "\n"
-        config_tmp = _temporary(folder, CONFIG_NAME)
-        config_tmp.write_text(text, encoding="utf-8")
-        for tmp in (weights_tmp, config_tmp):
-            os.chmod(tmp, 0o644)
-        os.replace(weights_tmp, folder / WEIGHTS_NAME)
-        os.replace(config_tmp, folder / CONFIG_NAME)
+        # both written before either is renamed; the weights renamed first (the inner block)
+        with files.replacing(folder / CONFIG_NAME) as config_tmp, \
+                files.replacing(folder / WEIGHTS_NAME) as weights_tmp:
+            safetensors.torch.save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+            config["weights"] = {"file": WEIGHTS_NAME, "sha256": _sha256(weights_tmp),
+                                 "tied": tied, "dtype": _dtype_name(state)}
+            config_tmp.write_text(json.dumps(config, indent=2, sort_keys=False,
+                                             allow_nan=True) + "\n", encoding="utf-8")
     except (OSError, RuntimeError, safetensors.SafetensorError) as err:
         why = getattr(err, "strerror", None) or \
             (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"could not write the model folder {folder} ({why}); the files "
                               f"that were there are as they were.") from None
-    finally:
-        _remove(weights_tmp)
-        _remove(config_tmp)
     return folder
 
 

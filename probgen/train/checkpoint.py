@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -31,6 +30,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints as torch_constraints
 
+from probgen import files
 from probgen.errors import CheckpointError, CheckpointWriteError
 from probgen.models.registry import build_from_config, model_config
 from probgen.train.distributed import is_main_process
@@ -40,16 +40,6 @@ VERSION = 1
 
 
 # --------------------------------------------------------------------------- writing
-
-def _orphans(path: Path) -> List[Path]:
-    """Temporary files of earlier writes of ``path`` that a kill left behind."""
-    prefix = f".{path.name}."
-    try:
-        return [p for p in path.parent.iterdir()
-                if p.name.startswith(prefix) and p.name.endswith(".part") and p.is_file()]
-    except OSError:
-        return []
-
 
 def check_writable(path: Union[str, Path]) -> Path:
     """Refuse, before any training, a checkpoint path that cannot be written: a folder,
@@ -99,9 +89,10 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically.
 
     The file is written under a temporary name in the same folder, flushed to
-    disk, then renamed over ``path``: a kill at any moment leaves either the
-    previous checkpoint or the new one, never a truncated file. Temporary files that
-    an earlier write left behind (a ``SIGKILL`` during the write) are removed first.
+    disk, then renamed over ``path`` (:func:`probgen.files.replacing`): a kill at any
+    moment leaves either the previous checkpoint or the new one, never a truncated file.
+    Temporary files that an earlier write left behind (a ``SIGKILL`` during the write)
+    are removed first.
 
     Raises:
         CheckpointWriteError: the file system refused the write (no space left, a quota,
@@ -121,25 +112,10 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
         raise CheckpointWriteError(f"cannot create the folder {path.parent} for the "
                                    f"checkpoint {path} ({err.strerror or err}).", err.errno,
                                    path.parent) from None
-    for orphan in _orphans(path):
-        try:
-            orphan.unlink()
-        except OSError:
-            pass
     payload = dict(state, format=FORMAT, version=VERSION)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions any new file gets here
-        # (0666 less the umask, read without changing it: /proc, else a probe file).
-        os.chmod(tmp, 0o666 & ~_umask(path.parent))
-        os.replace(tmp, path)
+        files.torch_save(payload, path)
     except (OSError, RuntimeError) as err:
-        _remove(tmp)
         if _disk_full(err, path.parent):
             code = err.errno if isinstance(err, OSError) and err.errno else errno.ENOSPC
             raise CheckpointWriteError(f"no space left on the device while writing {path}; "
@@ -152,37 +128,7 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
             # the file system's refusal (read-only, permissions, I/O): an OSError too
             raise CheckpointWriteError(message, err.errno, path) from None
         raise CheckpointError(message) from None
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
-
-
-def _remove(tmp) -> None:
-    if tmp is not None and os.path.exists(tmp):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-def _umask(folder: Path) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    # No /proc: the mode a new file gets says the umask, with no change to the process's.
-    fd, probe = tempfile.mkstemp(dir=folder)
-    os.close(fd)
-    try:
-        open(probe + ".m", "x").close()
-        return 0o666 & ~os.stat(probe + ".m").st_mode & 0o777
-    finally:
-        for p in (probe, probe + ".m"):
-            if os.path.exists(p):
-                os.unlink(p)
 
 
 # --------------------------------------------------------------------------- reading
