@@ -60,7 +60,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 
-from probgen import checks
+from probgen import checks, files
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.models.registry import model_config
@@ -521,7 +521,7 @@ class CSVLogger(Tracker):
             Image.fromarray(to_uint8_hwc(grid)).save(self.image_dir / f"{safe}_epoch{step:04d}.png")
 
     def _log_hparams(self, nested, run, resumed):
-        self.config_path.write_text(json.dumps(nested, indent=2, default=str))
+        files.write_text(self.config_path, json.dumps(nested, indent=2, default=str))
 
     def _close(self, failed):
         self._run = None
