@@ -93,7 +93,8 @@ from probgen.infer.adversarial import adversarial_loss, adversarial_phases, chec
 from probgen.infer.context import current_step
 from probgen.infer.phases import Phase
 from probgen.infer.steps import ELBOLoss
-from probgen.models.checks import CheckedStep, checked_labels, flat_images, loop_checked
+from probgen.models.checks import (CheckedStep, checked_labels, flat_images, generated_count,
+                                   loop_checked)
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
@@ -207,6 +208,7 @@ class AAE(nn.Module):
             kw["hidden"] = tuple(hidden)
         if activation is not None:
             kw["activation"] = activation
+        self._net_kwargs = kw   # (the semi-supervised AAE builds its decoder alike)
         build = NETS.get(net)
         # the encoder's conditioning input carries the universal encoder's noise; the
         # decoder's the label (two builds: the two networks condition on different things)
@@ -340,9 +342,7 @@ class AAE(nn.Module):
             n = flat.shape[0]
         else:
             flat = None
-            n = labels.shape[0] if labels is not None else size
-            if n is None:
-                raise ConfigError("to generate, pass labels or size (how many images).")
+            n = generated_count(labels, size)
             if labels is not None:
                 labels = self._labels(labels, n)
             elif self.label_to_decoder:

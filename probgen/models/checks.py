@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from probgen.errors import DataError
+from probgen import checks
+from probgen.errors import ConfigError, DataError
 from probgen.infer.context import current_step
 from probgen.infer.steps import LossStep, PhasedStep
 
@@ -57,25 +58,39 @@ def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Te
     return x.reshape(x.shape[0], dim)
 
 
-def checked_labels(labels, n: int, num_labels: int) -> Optional[torch.Tensor]:
+def checked_labels(labels, n: int, num_labels: int, unlabelled: Optional[int] = None
+                   ) -> Optional[torch.Tensor]:
     """One integer label in ``0..num_labels-1`` per image (``None`` when the model takes
-    no labels); a clear error naming what is wrong otherwise. The range is not read inside
-    the fit loop's steps over data it checked (:func:`loop_checked`)."""
-    if num_labels == 0:
+    no labels); a clear error naming what is wrong otherwise. With ``unlabelled`` (a
+    semi-supervised model's mark, -1), that value is taken too, and ``None`` means no
+    labels at all. The range is not read inside the fit loop's steps over data it checked
+    (:func:`loop_checked`)."""
+    if num_labels == 0 or (labels is None and unlabelled is not None):
         return None
     if labels is None:
         raise DataError(f"this model is conditioned on {num_labels} classes; pass labels (B,) "
                         f"with the images (a data set of (images, labels)).")
+    mark = "" if unlabelled is None else f" ({unlabelled} for an unlabelled one)"
     if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
         shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
         raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
-                        f"per image, shape ({n},).")
+                        f"per image{mark}, shape ({n},).")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"labels must be integers, got {labels.dtype}.")
-    if not loop_checked() and found((labels < 0) | (labels >= num_labels)):
-        raise DataError(f"labels must lie in 0..{num_labels - 1}; found "
+    low = 0 if unlabelled is None else min(0, unlabelled)
+    if not loop_checked() and found((labels < low) | (labels >= num_labels)):
+        also = "" if unlabelled is None else f", or be {unlabelled} for an unlabelled example"
+        raise DataError(f"labels must lie in 0..{num_labels - 1}{also}; found "
                         f"{labels.min().item()}..{labels.max().item()}.")
     return labels
+
+
+def generated_count(labels: Optional[torch.Tensor], size: Optional[int]) -> int:
+    """How many images a model's ``model(None, labels, size)`` generates: one per label,
+    else ``size``; a clear error when neither is given."""
+    if labels is None and size is None:
+        raise ConfigError("to generate, pass labels or size (how many images).")
+    return labels.shape[0] if labels is not None else checks.positive_int("size", size)
 
 
 class CheckedStep(PhasedStep):
@@ -109,4 +124,4 @@ class CheckedLossStep(LossStep):
 
 
 __all__ = ["CheckedLossStep", "CheckedStep", "checked_labels", "flat_images", "found",
-           "loop_checked", "outside_unit_interval"]
+           "generated_count", "loop_checked", "outside_unit_interval"]

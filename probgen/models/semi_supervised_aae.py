@@ -26,12 +26,12 @@ from torch import nn
 
 from probgen import checks
 from probgen.data.labels import UNLABELLED
-from probgen.errors import ConfigError, DataError
+from probgen.errors import DataError
 from probgen.infer.adversarial import adversarial_phases
 from probgen.infer.context import current_step
 from probgen.infer.phases import Phase
 from probgen.models.aae import AAE
-from probgen.models.checks import found, loop_checked
+from probgen.models.checks import checked_labels, found, generated_count
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
 from probgen.nn.gan_nets import MLPDiscriminator
@@ -88,12 +88,8 @@ class SemiSupervisedAAE(AAE):
                          likelihood_kwargs, corruption=corruption,
                          corruption_kwargs=corruption_kwargs)
         self.num_classes, self.c_lr = num_classes, c_lr
-        kw = {}
-        if hidden is not None:
-            kw["hidden"] = tuple(hidden)
-        if activation is not None:
-            kw["activation"] = activation
-        _, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_classes, **kw)
+        _, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_classes,
+                                        **self._net_kwargs)
         self.class_head = nn.Linear(self.encoder.loc.in_features, num_classes)
         self.discriminator_y = MLPDiscriminator((num_classes,), hidden=tuple(d_hidden))
 
@@ -106,19 +102,7 @@ class SemiSupervisedAAE(AAE):
 
     # -- checks --------------------------------------------------------------------------
     def _labels(self, labels, n):
-        if labels is None:
-            return None
-        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
-            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
-            raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
-                            f"per image ({UNLABELLED} for an unlabelled one), shape ({n},).")
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise DataError(f"labels must be integers, got {labels.dtype}.")
-        if not loop_checked() and found((labels < UNLABELLED) | (labels >= self.num_classes)):
-            raise DataError(f"labels must lie in 0..{self.num_classes - 1}, or be {UNLABELLED} "
-                            f"for an unlabelled example; found {labels.min().item()}.."
-                            f"{labels.max().item()}.")
-        return labels
+        return checked_labels(labels, n, self.num_classes, unlabelled=UNLABELLED)
 
     def check_dataset(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """:meth:`check_data` of a whole data set; one with unlabelled examples (a training
@@ -231,9 +215,7 @@ class SemiSupervisedAAE(AAE):
             n = flat.shape[0]
         else:
             flat = None
-            n = labels.shape[0] if labels is not None else size
-            if n is None:
-                raise ConfigError("to generate, pass labels or size (how many images).")
+            n = generated_count(labels, size)
             if labels is not None:
                 observed_y = self._onehot(self._class_labels(labels, n), self._anchor)
         with pyro.plate("data", n):

@@ -56,7 +56,7 @@ from probgen.errors import ConfigError
 from probgen.flows.zuko_bridge import ZUKO_FLOWS, ZukoDistribution, zuko_flow, zuko_settings
 from probgen.infer.context import current_step
 from probgen.infer.guides import AmortizedFlow, flow_settings
-from probgen.models.checks import checked_labels, flat_images, loop_checked
+from probgen.models.checks import checked_labels, flat_images, generated_count, loop_checked
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
@@ -262,9 +262,7 @@ class VAE(nn.Module):
             n = flat.shape[0]
         else:
             flat = None
-            n = labels.shape[0] if labels is not None else size
-            if n is None:
-                raise ConfigError("to generate, pass labels or size (how many images).")
+            n = generated_count(labels, size)
             onehot = self._onehot(labels, n)
         with self._data_plate(n, step):
             prior = self.prior()
