@@ -28,7 +28,7 @@ class RandomShift:
     it moves the batch's first tensor and passes the others (labels) through; with
     ``only_labelled`` it moves only the images whose label (the batch's second tensor) is
     not negative, so that in a semi-supervised set (unlabelled images carry -1, see
-    :func:`probgen.models.aae.labelled_split`) the few labelled images are augmented and
+    :func:`probgen.data.labels.labelled_split`) the few labelled images are augmented and
     the unlabelled ones stay as they are.
 
     It is written here rather than taken from torchvision because torchvision's random
