@@ -27,13 +27,7 @@ RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 
 # probgen imports inside functions that are known, each with what should become of it.
 # Empty is the goal; an entry that no longer occurs fails too.
-KNOWN_FUNCTION_LEVEL = {
-    ("probgen/train/callbacks.py", "probgen.train.trackers"):
-        "the module __getattr__ that keeps the old path probgen.train.callbacks.CSVLogger "
-        "(and TensorBoard) working, resolved lazily because trackers.py builds on "
-        "callbacks.Callback: give Callback a module of its own below both, then import the "
-        "two trackers at the top of callbacks.py (or drop the old path)",
-}
+KNOWN_FUNCTION_LEVEL: dict = {}
 
 
 def _modules() -> dict:

@@ -39,6 +39,9 @@ from probgen import checks
 from probgen.errors import ConfigError
 # The protocol lives below every module that implements or calls it; importable from here.
 from probgen.train.hooks import Callback, LambdaCallback, as_callback  # noqa: F401
+# CSVLogger and TensorBoard lived here before they became trackers: the old import path
+# keeps working (trackers.py builds on probgen.train.hooks, not on this module).
+from probgen.train.trackers import CSVLogger, TensorBoard  # noqa: F401
 
 
 class Metric(Callback):
@@ -365,12 +368,3 @@ def _copyable(module):
 def metric_value(entry: Dict[str, Any], key: str) -> Optional[float]:
     v = entry.get(key)
     return None if v is None else float(v)
-
-
-def __getattr__(name):
-    # CSVLogger and TensorBoard lived here before they became trackers; the old import
-    # path keeps working (resolved on first use: trackers.py builds on this module).
-    if name in ("CSVLogger", "TensorBoard"):
-        from probgen.train import trackers
-        return getattr(trackers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -65,7 +65,7 @@ from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.models.registry import model_config
 from probgen.registry import Registry
-from probgen.train.callbacks import Callback
+from probgen.train.hooks import Callback
 
 ImagesFn = Callable[[Any], Mapping[str, torch.Tensor]]
 
