@@ -97,7 +97,7 @@ def _file(guide: str) -> str:
 def train(args, splits, guide: str):
     """Train (or, with --resume, continue / reuse) the VAE with this guide."""
     set_seed(args.seed)
-    model = build(args, guide)
+    model = build(args, guide).to(args.device)   # fit hands it back where it was built
     print(f"\n== {guide}: {model.extra_repr()} ==", flush=True)
     result = fit(model, splits["train"], splits["val"], cli.fit_config(args),
                  checkpoint=str(args.out / f"checkpoint_{_file(guide)}.pt"),
