@@ -32,6 +32,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -143,3 +144,13 @@ def torch_save(obj: Any, path: PathLike, *, sync: bool = True, clean: bool = Tru
         with open(tmp, "wb") as f:
             torch.save(obj, f)
     return Path(path)
+
+
+def sha256(path: PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks): the sums written beside
+    model folders' weights and the shipped classifier's."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

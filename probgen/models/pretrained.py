@@ -26,7 +26,6 @@ is imported only when a repository id is given, never for a local folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -107,12 +106,7 @@ def _dtype_name(state: dict[str, torch.Tensor]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = files.sha256
 
 
 def _probgen_version() -> str:

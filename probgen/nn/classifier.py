@@ -23,14 +23,13 @@ The shipped weights are ``probgen/metrics/_weights/mnist_classifier.pt`` (SHA-25
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from probgen import checks
+from probgen import checks, files
 from probgen.errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "metrics" / "_weights"
@@ -77,12 +76,8 @@ class MNISTClassifier(nn.Module):
         return f, self.head(f)
 
 
-def sha256_of(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# the SHA-256 of a file (the old name of probgen.files.sha256)
+sha256_of = files.sha256
 
 
 def shipped_sha256() -> str:
@@ -148,7 +143,8 @@ def load_classifier(path: Optional[Union[str, Path]] = None, sha256: Optional[st
 def save_classifier(net: MNISTClassifier, path: Union[str, Path], meta: Optional[dict] = None) -> str:
     """Write the weights (loadable with ``weights_only=True``) and return their SHA-256.
 
-    A ``SHA256SUMS`` line for the file is written (or replaced) beside it.
+    A ``SHA256SUMS`` line for the file is written (or replaced) beside it. Both files are
+    written atomically (:mod:`probgen.files`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,10 +152,12 @@ def save_classifier(net: MNISTClassifier, path: Union[str, Path], meta: Optional
              "num_features": net.num_features}
     if meta:
         state["meta"] = dict(meta)
-    torch.save(state, path)
+    # written whole or not at all (probgen.files), the weights before their sum: a crash
+    # leaves the old pair, or new weights whose sum does not match yet (load says so)
+    files.torch_save(state, path)
     digest = sha256_of(path)
     sums = path.parent / "SHA256SUMS"
     lines = [ln for ln in (sums.read_text().splitlines() if sums.exists() else [])
              if ln.split()[-1:] != [path.name]]
-    sums.write_text("\n".join(lines + [f"{digest}  {path.name}"]) + "\n")
+    files.write_text(sums, "\n".join(lines + [f"{digest}  {path.name}"]) + "\n")
     return digest
