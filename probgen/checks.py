@@ -131,7 +131,8 @@ def integer(name: str, value: Any, low: Optional[int] = None, high: Optional[int
     Args:
         name: the setting's name in the message (``z_dim``, ``--z-dim``).
         value: what was given.
-        low, high: inclusive bounds.
+        low: inclusive lower bound (``None``: none).
+        high: inclusive upper bound (``None``: none).
         zero: a meaning of 0 where 0 lies below ``low`` (``"no early stopping"``): 0 is
             then accepted and the message names it.
         hint: what to do, appended to the message.

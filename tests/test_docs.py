@@ -140,15 +140,18 @@ def test_flow_snippet_runs():
 
 
 # -- docstrings mkdocstrings reads without a warning -----------------------------------------
-# mkdocs.yml keeps mkdocstrings' docstring warnings off while other packages still group
-# parameters on one line ("model, guide: ..."); these files give none and are kept so.
-CLEAN_DOCSTRINGS = ("probgen/metrics/", "probgen/viz/", "probgen/cli.py",
-                    "probgen/train/callbacks.py", "probgen/data/recipes.py",
-                    "probgen/nn/classifier.py")
+# mkdocs.yml keeps mkdocstrings' docstring warnings off while these files still group
+# parameters on one line ("d_lr, g_lr: ..."); every other file gives none and is kept so.
+# The set only shrinks: a file listed here that gives no warning fails the test.
+PENDING_DOCSTRINGS = frozenset({
+    "probgen/models/gan.py", "probgen/models/flowgan.py", "probgen/models/aae.py",
+    "probgen/models/semi_supervised_aae.py", "probgen/models/aging.py",
+    "probgen/models/registry.py", "probgen/infer/adversarial.py",
+})
 
 
-def docstring_warnings() -> list:
-    """What mkdocstrings' Google parser warns of probgen's docstrings (the site's settings
+def docstring_warnings(package: str = "probgen", root: Path = ROOT) -> list:
+    """What mkdocstrings' Google parser warns of a package's docstrings (the site's settings
     with ``warn_unknown_params`` on): ``"path:line: message"``."""
     import logging
 
@@ -163,7 +166,7 @@ def docstring_warnings() -> list:
     handler, logger = Collect(level=logging.WARNING), logging.getLogger("griffe")
     logger.addHandler(handler)
     try:
-        root = griffe.load("probgen", search_paths=[str(ROOT)], resolve_aliases=False,
+        root = griffe.load(package, search_paths=[str(root)], resolve_aliases=False,
                            docstring_parser="google",
                            docstring_options={"warn_unknown_params": True,
                                               "warn_missing_types": False})
@@ -182,11 +185,28 @@ def docstring_warnings() -> list:
     return found
 
 
-def test_docstrings_of_the_clean_files_give_no_warning():
+def test_docstrings_give_no_warning_outside_the_pending_files():
     warnings = docstring_warnings()
     assert warnings, "no warning at all: turn them on in mkdocs.yml and drop this filter"
-    mine = [w for w in warnings if w.startswith(CLEAN_DOCSTRINGS)]
-    assert not mine, "docstring warnings (one parameter per Args line):\n" + "\n".join(mine)
+    files = {w.split(":", 1)[0] for w in warnings}
+    unexpected = [w for w in warnings if w.split(":", 1)[0] not in PENDING_DOCSTRINGS]
+    assert not unexpected, "docstring warnings (one parameter per Args line):\n" + \
+        "\n".join(unexpected)
+    # the pending set cannot rot: a cleaned file leaves it
+    stale = sorted(f for f in PENDING_DOCSTRINGS if f not in files)
+    assert not stale, f"no docstring warning left in {stale}: take them out of PENDING_DOCSTRINGS"
+
+
+def test_the_docstring_check_sees_a_grouped_parameter(tmp_path):
+    """A docstring grouping two parameters on one Args line is what the check reports."""
+    package = tmp_path / "grouped_example"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        'def f(a, b):\n    """F.\n\n    Args:\n        a, b: two numbers.\n    """\n')
+    warnings = docstring_warnings("grouped_example", root=tmp_path)
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "grouped_example/__init__.py:5: Parameter 'a, b' does not appear in the function "
+        "signature"), warnings
 
 
 # -- the library's >>> examples ------------------------------------------------------------

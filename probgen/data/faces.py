@@ -195,8 +195,13 @@ def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int
     """The bundled MNIST's train / val / test splits, every digit at ``levels`` levels.
 
     Args:
-        attribute, levels, thinning, max_shear: see :func:`graded_images`.
-        val_size, seed, limit: as :func:`probgen.data.image_splits`.
+        attribute: see :func:`graded_images`.
+        levels: see :func:`graded_images`.
+        val_size: as :func:`probgen.data.image_splits`.
+        seed: as :func:`probgen.data.image_splits`.
+        limit: as :func:`probgen.data.image_splits`.
+        thinning: see :func:`graded_images`.
+        max_shear: see :func:`graded_images`.
         device: where the tensors go.
         cache: ``True``: read or write ``default_root()/graded``; a folder: there;
             ``False``: compute every time.

@@ -130,7 +130,9 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
         labels: their classes ``(M,)``.
         num_scenes: scenes to draw.
         canvas: side of the square canvas in pixels (at least the digit's side).
-        min_digits, max_digits: each scene's digit count is uniform on this range.
+        min_digits: least digit count of a scene (the count is uniform on
+            ``min_digits..max_digits``).
+        max_digits: largest digit count of a scene.
         min_distance: least distance between two digits' centres, in pixels.
         mask_threshold: a digit's mask is where its grey level exceeds this.
         seed: seed of the draw (counts, digits, positions).
@@ -250,10 +252,15 @@ def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 20
     the splits you score.
 
     Args:
-        num_train, num_val, num_test: scenes per split (``num_val`` is ignored when
-            ``val_size`` is 0: no validation split, as :func:`image_splits`).
-        canvas, min_digits, max_digits, min_distance, mask_threshold: see
-            :func:`make_scenes`.
+        num_train: training scenes.
+        num_val: validation scenes (ignored when ``val_size`` is 0: no validation
+            split, as :func:`image_splits`).
+        num_test: test scenes.
+        canvas: see :func:`make_scenes`.
+        min_digits: see :func:`make_scenes`.
+        max_digits: see :func:`make_scenes`.
+        min_distance: see :func:`make_scenes`.
+        mask_threshold: see :func:`make_scenes`.
         val_size: MNIST training digits held out for the validation scenes.
         binarize: ``none``, ``dynamic`` (training images redrawn as Bernoulli pixels
             at every use; validation and test get one fixed draw) or ``static``.

@@ -190,9 +190,8 @@ class ZukoDistribution(ZukoToPyro):
     for users), ``sample`` (no gradient, no cache), ``expand`` that keeps this class,
     ``support``, and :meth:`log_prob_and_latent`.
 
-    Args:
-        dist: a zuko ``NormalizingFlow`` (what ``flow(c)`` returns), or any torch
-            distribution over vectors.
+    Built as ``ZukoToPyro`` is, from ``dist``: a zuko ``NormalizingFlow`` (what
+    ``flow(c)`` returns), or any torch distribution over vectors.
     """
 
     arg_constraints: ClassVar[dict] = {}

@@ -73,11 +73,16 @@ def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500
 
     Args:
         model: a Pyro model; ``*args, **kwargs`` are passed to it (the observed data).
-        num_chains, num_samples, warmup_steps: chains, kept draws and warm-up steps
-            (step size and diagonal mass matrix adaptation) per chain.
-        target_accept_prob, max_tree_depth, jit_compile, init_strategy: NUTS settings
-            (``init_strategy=None``: Pyro's default, uniform in ``(-2, 2)`` in the
-            unconstrained space, a different start for every chain).
+        num_chains: independent chains.
+        num_samples: kept draws per chain.
+        warmup_steps: warm-up steps per chain (step size and diagonal mass matrix
+            adaptation), discarded.
+        target_accept_prob: NUTS' target acceptance probability of the step size
+            adaptation.
+        max_tree_depth: NUTS' largest tree depth (at most ``2**depth`` leapfrog steps).
+        jit_compile: let Pyro JIT-compile the potential energy.
+        init_strategy: NUTS' initialisation (``None``: Pyro's default, uniform in
+            ``(-2, 2)`` in the unconstrained space, a different start for every chain).
         progress: Pyro's progress bar.
 
     Parameters (``pyro.param`` / ``pyro.module`` sites) are read, never moved: a

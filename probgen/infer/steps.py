@@ -217,8 +217,9 @@ class SVIStep(Step):
     the batch size.
 
     Args:
-        model, guide: Pyro callables. A batch becomes their arguments: a tuple
-            positionally, a dict as keyword arguments, a tensor as one argument.
+        model: a Pyro callable. A batch becomes its arguments: a tuple positionally,
+            a dict as keyword arguments, a tensor as one argument.
+        guide: a Pyro callable, called as ``model``.
         loss: an objective name in :data:`probgen.infer.OBJECTIVES` (``trace``,
             ``meanfield``, ``iwae``, ...) or any Pyro ELBO instance (``Trace_ELBO``,
             ``TraceGraph_ELBO``, ``TraceEnum_ELBO``, ``RenyiELBO``, ...). A name builds
@@ -230,8 +231,9 @@ class SVIStep(Step):
         module: the ``nn.Module`` holding the networks (optional: parameters are found
             wherever Pyro keeps them). It is checkpointed, moved to the run's device and
             back; it does not change the gradient's scale.
-        num_particles, eval_particles: particles of the training and validation bound
-            of an objective given by name (default 1; an ELBO instance has its own).
+        num_particles: particles of the training bound of an objective given by name
+            (default 1; an ELBO instance has its own).
+        eval_particles: particles of the validation bound, likewise.
         max_plate_nesting: plates the model nests (``None``: inferred by Pyro).
         per_example: divide the loss by the batch's size before the gradient (probgen's
             models, tuned so: the default of ``SVIStep(module)``). ``False`` (the default
@@ -404,10 +406,12 @@ class ELBOLoss:
               params=aae.decoder, discover=False)
 
     Args:
-        model, guide: Pyro callables taking the batch's tensors (a dict batch as keyword
+        model: a Pyro callable taking the batch's tensors (a dict batch as keyword
             arguments).
+        guide: a Pyro callable, called as ``model``.
         loss: an objective name or a Pyro ELBO instance with ``differentiable_loss``.
-        num_particles, max_plate_nesting: as for :class:`SVIStep`.
+        num_particles: as for :class:`SVIStep`.
+        max_plate_nesting: as for :class:`SVIStep`.
         per_example: divide by the batch size (the default) or return Pyro's sum.
     """
 

@@ -167,9 +167,11 @@ def from_draws(model: Callable, draws: Draws, *args, dims: Optional[Mapping[str,
     Args:
         model: the Pyro model the draws belong to; ``*args, **kwargs`` its arguments
             with the observed data (as the draws were made with).
-        dims, coords: axis names per variable and their coordinates (override the
-            names taken from the model's plates).
-        posterior_predictive, log_likelihood: fill those groups.
+        dims: axis names per variable (override the names taken from the model's
+            plates).
+        coords: the coordinates of those axes.
+        posterior_predictive: fill the ``posterior_predictive`` group.
+        log_likelihood: fill the ``log_likelihood`` group.
         parallel: evaluate all draws in one vectorized pass (a plate of draws outside
             the model's plates); falls back to one draw at a time for models that do
             not broadcast.

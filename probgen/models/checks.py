@@ -98,7 +98,9 @@ class CheckedStep(PhasedStep):
     first step, so that its model skips the per-batch value checks inside the fit loop.
 
     Args:
-        module, phases, eval_loss: as for :class:`~probgen.train.PhasedStep`.
+        module: as for :class:`~probgen.train.PhasedStep`.
+        phases: as for :class:`~probgen.train.PhasedStep`.
+        eval_loss: as for :class:`~probgen.train.PhasedStep`.
         check: ``check(*tensors)`` raising :class:`~probgen.errors.DataError` on bad data
             (default: the module's ``check_data``).
     """

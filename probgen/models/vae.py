@@ -89,7 +89,8 @@ class VAE(nn.Module):
         corruption: what the encoder sees instead of ``x`` while training and
             scoring: a name in :data:`probgen.data.corrupt.CORRUPTIONS` or ``None``.
         activation: hidden activation (``None``: the network's default).
-        likelihood_kwargs, corruption_kwargs: settings of those parts.
+        likelihood_kwargs: settings of the likelihood.
+        corruption_kwargs: settings of the corruption.
         guide_flow: ``None`` (the encoder's diagonal Gaussian is q(z|x)) or a flow
             family in :data:`probgen.infer.guides.GUIDE_FLOWS` (``"planar"``,
             ``"iaf"``, ``"sylvester"``, ``"spline"``; zuko's ``"zuko:maf"``,

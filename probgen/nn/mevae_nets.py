@@ -41,7 +41,8 @@ def select_topk_by_kl(loc: torch.Tensor, scale: torch.Tensor, k: int
     """Keep the ``k`` candidates farthest (in KL) from the standard normal prior.
 
     Args:
-        loc, scale: candidates' Gaussian parameters, ``(B, M, D)``.
+        loc: candidates' Gaussian means, ``(B, M, D)``.
+        scale: candidates' Gaussian standard deviations, ``(B, M, D)``.
         k: candidates to keep (``1 <= k <= M``).
 
     Returns:

@@ -512,8 +512,9 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
         run.params["scale"]                                  # constrained, as pyro.param
 
     Args:
-        model, guide: the run's Pyro callables. A model or guide that is an
-            ``nn.Module`` of the checkpoint's module class gets the module weights.
+        model: the run's Pyro model. A model that is an ``nn.Module`` of the
+            checkpoint's module class gets the module weights.
+        guide: the run's Pyro guide, as ``model``.
         module: the module to load the weights into (``SVIStep(..., module=m)``).
         map_location: where the tensors go; the CPU by default (a checkpoint written on a
             GPU loads on a machine without one). A rebuilt probgen model is moved there.
