@@ -8,7 +8,8 @@ define their own steps) and are re-exported here: ``probgen.train.SVIStep`` is
 
 from probgen.infer.phases import OPTIMIZERS, Phase
 from probgen.infer.steps import ELBOLoss, LossStep, PhasedStep, Step, SVIStep, as_step
-from probgen.train.callbacks import AVERAGES, Callback, Metric, WeightAverage
+from probgen.train.callbacks import (AVERAGES, Callback, Metric, Snapshots, TrainingCPUTime,
+                                     WeightAverage, training_seconds)
 from probgen.train.checkpoint import (RestoredRun, load, load_checkpoint, load_model,
                                       save_checkpoint, save_model)
 from probgen.train.config import FitConfig, FitResult
@@ -22,7 +23,7 @@ from probgen.train.validation import evaluate
 
 __all__ = ["AVERAGES", "CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep",
            "MLflow", "Metric", "OPTIMIZERS", "Phase", "PhasedStep", "RestoredRun", "Run",
-           "SCHEDULES", "SVIStep", "Step", "TRACKERS", "TensorBoard", "Tracker", "WandB",
-           "WeightAverage", "as_step", "evaluate", "fit", "is_main_process", "load",
-           "load_checkpoint", "load_model", "make_trackers", "resolve_device", "save_checkpoint",
-           "save_model", "set_seed"]
+           "SCHEDULES", "SVIStep", "Snapshots", "Step", "TRACKERS", "TensorBoard", "Tracker",
+           "TrainingCPUTime", "WandB", "WeightAverage", "as_step", "evaluate", "fit",
+           "is_main_process", "load", "load_checkpoint", "load_model", "make_trackers",
+           "resolve_device", "save_checkpoint", "save_model", "set_seed", "training_seconds"]
