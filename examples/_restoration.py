@@ -42,7 +42,7 @@ def run(args, preset: str, corruption_kwargs: dict, what: str):
                  checkpoint=str(args.out / "checkpoint.pt"), callbacks=cli.trackers(args))
     save_model(model, args.out / "model.pt")
 
-    clean, labels = splits["test"].all()
+    clean, _labels = splits["test"].all()
     g = torch.Generator().manual_seed(args.seed + 1)  # the same corrupted test set every run
     corrupt = model.corrupt
     region = None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import sys
 import time
 
-
 from probgen import checks, cli
 from probgen.data import quadrant_task
 from probgen.infer import OBJECTIVES
@@ -83,8 +82,8 @@ def column(q: int) -> str:
 def run_setting(q, splits, args):
     task = {k: cli.with_settings(quadrant_task(v, q), getattr(v, "settings", None), quadrants=q)
             for k, v in splits.items()}
-    config = cli.fit_config(args, lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-                            warmup_epochs=args.warmup_epochs)
+    schedule = None if args.lr_schedule == "none" else args.lr_schedule
+    config = cli.fit_config(args, lr_schedule=schedule, warmup_epochs=args.warmup_epochs)
     seconds = {}
 
     print(f"\n== {column(q)} visible: baseline ==", flush=True)
@@ -141,7 +140,8 @@ def tables(results, args):
     cols = [column(q) for q in args.quadrants]
     rows = {
         "NN baseline NLL": [results[q]["nn_nll"] for q in args.quadrants],
-        f"CVAE -ELBO ({args.particles} particles)": [results[q]["cvae_elbo"] for q in args.quadrants],
+        f"CVAE -ELBO ({args.particles} particles)": [results[q]["cvae_elbo"]
+                                                     for q in args.quadrants],
         f"CVAE IS NLL (k={args.iw_samples})": [results[q]["cvae_iw_nll"] for q in args.quadrants],
         "gap (NN NLL - CVAE -ELBO)": [results[q]["nn_nll"] - results[q]["cvae_elbo"]
                                       for q in args.quadrants],

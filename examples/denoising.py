@@ -11,9 +11,9 @@ learning_curves.png, results.json and results.csv to --out.
 
 import sys
 
-from probgen import checks, cli
-
 import _restoration
+
+from probgen import checks, cli
 
 
 def main(argv=None):

@@ -41,8 +41,12 @@ from probgen.metrics.density import history_in_bits_per_dim, neg_log_density
 from probgen.models.flow import FlowModel
 from probgen.train import fit, set_seed
 from probgen.viz import learning_curves
-from probgen.viz.density import (density_on_grid, temperature_grid_figure, toy_density_figure,
-                                 toy_samples_figure)
+from probgen.viz.density import (
+    density_on_grid,
+    temperature_grid_figure,
+    toy_density_figure,
+    toy_samples_figure,
+)
 
 FLOW_NAMES = [n for n in ("nice", "realnvp", "glow", "denseflow") if n in FLOWS]
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -174,7 +178,7 @@ def run_toy(args, device, out: Path):
             with torch.no_grad():
                 nll = -float(model.log_prob(splits["test"].tensors[0], num_samples=k).mean())
             k_grid = 1 if model.exact else max(k, 64)  # a smoother picture of DenseFlow's bound
-            grid, area = density_on_grid(lambda p: model.log_prob(p, num_samples=k_grid),
+            grid, area = density_on_grid(lambda p, m=model, k=k_grid: m.log_prob(p, num_samples=k),
                                          TOY_EXTENT, resolution, device=device)
             densities[toy][name] = grid
             titles[(toy, name)] = f"{name}  NLL {nll:.2f}"

@@ -31,8 +31,13 @@ from probgen import checks, cli
 from probgen.metrics import mse_per_image, pca, pca_reconstruction
 from probgen.models import VAE
 from probgen.train import fit, set_seed
-from probgen.viz import (grid_figure, interpolation_figure, latent_scatter, manifold_grids,
-                         pca_vs_autoencoder)
+from probgen.viz import (
+    grid_figure,
+    interpolation_figure,
+    latent_scatter,
+    manifold_grids,
+    pca_vs_autoencoder,
+)
 
 
 def train(splits, args, name, preset, **settings):

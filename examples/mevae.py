@@ -145,7 +145,7 @@ def main(argv=None):
          if "vae" in results else float("nan")} for c in dec["by_count"]]
     by_count = results["by_count"]
 
-    for name, model in models.items():
+    for name in models:
         r = results[name]
         rows.append({"model": "MEVAE" if name == "mevae" else f"VAE ({args.baseline})",
                      "latent_dims": r["latent_dims"], "parameters": r["parameters"],

@@ -54,15 +54,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 
 import probgen
 from probgen import checks, cli
 from probgen.data import image_splits
-from probgen.data.recipes import balanced_labels
 from probgen.data.dequantize import dequantized
+from probgen.data.recipes import balanced_labels
 from probgen.metrics import quality
 from probgen.models import GAN, VAE, AgeCGAN
 from probgen.models.flow import FlowModel
@@ -163,7 +162,7 @@ def obtain(name: str, args, splits):
 # --------------------------------------------------------------------------- sampling
 
 @torch.no_grad()
-def draw(name: str, model, n: int, args) -> Dict[str, torch.Tensor]:
+def draw(name: str, model, n: int, args) -> dict[str, torch.Tensor]:
     """Samples as ``(n, 1, 28, 28)`` grey levels in [0, 1], one entry per row of the table."""
     if isinstance(model, FlowModel):
         return {f"{name} T={t}": model.sample(n, temperature=t).cpu() for t in TEMPERATURES}
@@ -191,8 +190,8 @@ def main(argv=None):
                                           limit=cli.SMOKE_LIMIT if args.smoke else None)["train"]
     ref = quality.reference_statistics(splits["test"].tensors[0])
     kid_size = min(1000, len(ref), args.samples)
-    rows: List[dict] = []
-    shown: Dict[str, torch.Tensor] = {}
+    rows: list[dict] = []
+    shown: dict[str, torch.Tensor] = {}
     for name in args.models:
         model, ckpt = obtain(name, args, splits)
         # (time spent on FIDs during training, recorded by examples/gan.py, left out)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import sys
 import time
 
-
 from probgen import checks, cli
 from probgen.infer import OBJECTIVES
 from probgen.metrics.report import autoencoder_report
@@ -58,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--betas", type=checks.arg(checks.nonnegative_float), nargs="+", default=None,
                    help="train one model per beta and write the beta sweep table")
     p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS.names(),
-                   help="bernoulli trains on binarized images (--binarize), the others on grey levels")
+                   help="bernoulli trains on binarized images (--binarize), "
+                        "the others on grey levels")
     p.add_argument("--binarize", default="dynamic", choices=["dynamic", "static"],
                    help="bernoulli likelihood: a new draw of binary pixels every time an image "
                         "is used (dynamic), or one fixed draw per split (static)")
