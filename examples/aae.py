@@ -36,14 +36,14 @@ import torch
 from probgen import checks, cli
 from probgen.data import TensorData, recipes
 from probgen.data.labels import labelled_split
-from probgen.infer.adversarial import ADVERSARIAL_LOSSES
+from probgen.infer.adversarial import ADVERSARIAL_LOSSES, player_optim
 from probgen.metrics.quality import quality_scorer
 from probgen.metrics.report import aae_report, class_error
 from probgen.models import VAE
 from probgen.models.aae import AAE, ENCODERS, PHASE_ORDERS
 from probgen.models.likelihoods import LIKELIHOODS
 from probgen.models.priors import PRIORS
-from probgen.models.semi_supervised_aae import SemiSupervisedAAE
+from probgen.models.semi_supervised_aae import SemiSupervisedAAE, regularization_optim
 from probgen.nn.coders import NETS
 from probgen.train import AVERAGES, Metric, WeightAverage, fit, save_model, set_seed
 from probgen.viz import aae_figures, history_figure
@@ -97,7 +97,8 @@ def parse_args(argv=None):
         help="the regularization game")
     add("--k", type=positive, default=None, help="discriminator steps per encoder step")
     add("--d-lr", type=checks.arg(checks.positive_float), default=None,
-        help="discriminator lr (default --lr; --lr / 10 for semi_supervised)")
+        help="discriminator lr (default --lr; --lr / 10 for semi_supervised: "
+             "probgen.models.semi_supervised_aae.regularization_optim)")
     add("--g-lr", type=checks.arg(checks.positive_float), default=None,
         help="encoder (generator) lr (default --lr; --lr / 10 for semi_supervised)")
     add("--parzen-samples", type=checks.arg(checks.nonnegative_int), default=10000,
@@ -122,11 +123,6 @@ def parse_args(argv=None):
         p.error("--noise-std sets the noise of --corruption noise; add --corruption noise")
     if args.augment_which == "labelled" and args.labels != "semi_supervised":
         p.error("--augment-which labelled shifts the labelled images of --labels semi_supervised")
-    if args.labels == "semi_supervised":
-        # measured on 512 images, 10 epochs: regularization at the run's lr left the class
-        # head at 10-22% test accuracy, at a tenth of it 69-71% (the classifier alone: 73%)
-        args.d_lr = args.lr / 10 if args.d_lr is None else args.d_lr
-        args.g_lr = args.lr / 10 if args.g_lr is None else args.g_lr
     if args.prior is None:
         to_discriminator = args.labels == "conditional" and LABEL_TO[args.label_to][0]
         args.prior = "mixture" if to_discriminator else "normal"
@@ -141,8 +137,7 @@ def build(args, encoder: str) -> AAE:
     kw = dict(image_shape=(1, 28, 28), z_dim=args.z_dim, hidden=args.hidden, net=args.net,
               likelihood=args.likelihood, encoder=encoder, prior=args.prior,
               d_hidden=tuple(args.d_hidden), loss=args.loss, k=args.k,
-              phase_order=args.phase_order, d_lr=args.d_lr, g_lr=args.g_lr,
-              corruption=args.corruption,
+              phase_order=args.phase_order, corruption=args.corruption,
               corruption_kwargs=noise if args.corruption == "noise" else None)
     if args.labels == "semi_supervised":
         return SemiSupervisedAAE(num_classes=10, **kw)
@@ -166,12 +161,14 @@ def training_data(args, train: TensorData) -> TensorData:
 
 
 def fit_and_measure(args, model, name: str, tag: str, train, splits, scorer, record: dict,
-                    callbacks=(), average=None, extra=None, **fit_kw) -> dict:
-    """``record`` with the run (checkpoint ``<name>.pt``; then ``extra``), the averaged
-    weights swapped in (after the trained weights' test error), and aae_report of the first
-    ``--eval-size`` test images (seed ``--seed + 17``) with its time; the figures."""
+                    callbacks=(), average=None, extra=None, phase_optim=None, **fit_kw) -> dict:
+    """``record`` with the run (checkpoint ``<name>.pt``, the phases' ``phase_optim``;
+    then ``extra``), the averaged weights swapped in (after the trained weights' test
+    error), and aae_report of the first ``--eval-size`` test images (seed ``--seed + 17``)
+    with its time; the figures."""
     result = fit(model, train, splits["val"], cli.fit_config(
-        args, checkpoint=str(args.out / f"{name}.pt"), restore_best=False),
+        args, checkpoint=str(args.out / f"{name}.pt"), restore_best=False,
+        phase_optim=phase_optim),
         callbacks=list(callbacks) + cli.trackers(args, tag), **fit_kw)
     record.update(epochs=result.epochs_run, train_seconds=result.train_seconds,
                   history=result.history, **(extra or {}))
@@ -205,6 +202,9 @@ def train_one(args, encoder: str, splits, scorer) -> dict:
     # use far more labels than claimed; Oliver et al. 2018, "Realistic Evaluation of Deep
     # Semi-Supervised Learning Algorithms")
     semi = args.labels == "semi_supervised"
+    # --d-lr and --g-lr; the semi-supervised regularization at a tenth of --lr by default
+    lrs = regularization_optim(model, args.lr, d_lr=args.d_lr, g_lr=args.g_lr) if semi \
+        else player_optim(model, d_lr=args.d_lr, g_lr=args.g_lr)
     callbacks = [Metric("val_error", lambda m: class_error(m, xv, yv))] if semi else []
     average = None if args.average == "none" else WeightAverage(
         args.average, decay=args.average_decay, start=args.average_start, swap=False,
@@ -214,7 +214,7 @@ def train_one(args, encoder: str, splits, scorer) -> dict:
               "phase_order": args.phase_order, "z_dim": args.z_dim}
     fit_and_measure(args, model, f"aae_{tag}", tag, train, splits, scorer, record,
                     callbacks + [average] * (average is not None), average,
-                    extra={"average": args.average})
+                    extra={"average": args.average}, phase_optim=lrs)
     parzen = (f", Parzen LL {record['parzen_ll']:.1f} +- {record['parzen_std_error']:.1f} "
               f"(sigma {record['parzen_sigma']:.3f})" if "parzen_ll" in record else "")
     fid = f", FID {record['fid']:.2f}, KID {record['kid_mean']:.4f}" if "fid" in record else ""

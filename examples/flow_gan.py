@@ -40,6 +40,7 @@ import probgen
 from probgen import checks, cli
 from probgen.data import recipes
 from probgen.errors import CheckpointError
+from probgen.infer.adversarial import player_optim
 from probgen.models.flowgan import FlowGAN
 from probgen.train import Metric, fit, set_seed
 from probgen.train.callbacks import TrainingCPUTime
@@ -125,8 +126,7 @@ def build(args, s: dict, shape) -> FlowGAN:
     return FlowGAN(args.flow, event_shape=shape, adv_weight=s["adv_weight"],
                    like_reg=s["like_reg"], discriminator="dcgan" if wgan else disc,
                    loss="wgan_gp" if wgan else "non_saturating", k=args.k,
-                   label_smoothing=0.0 if wgan else args.label_smoothing, d_lr=args.d_lr,
-                   g_lr=args.g_lr, **kw)
+                   label_smoothing=0.0 if wgan else args.label_smoothing, **kw)
 
 
 # --------------------------------------------------------------------------- data
@@ -170,8 +170,10 @@ def train_one(args, s: dict, data, scorer) -> dict:
     fg.initialize(train.subset(slice(0, 512)).all()[0])
     if args.init is not None:
         start_from(fg, args.init)
+    # (at adv_weight 0, maximum likelihood, there is no discriminator to give --d-lr)
+    lrs = player_optim(fg, d_lr=args.d_lr if fg.adv_weight != 0 else None, g_lr=args.g_lr)
     cfg = cli.fit_config(args, checkpoint=str(args.out / f"flowgan_{s['tag']}.pt"),
-                         patience=None, restore_best=False, clip_norm=100.0)
+                         patience=None, restore_best=False, clip_norm=100.0, phase_optim=lrs)
     res = fit(fg, train, val, cfg, callbacks=[Metric("terms", term_means), TrainingCPUTime(),
                                               *cli.trackers(args, s["tag"])])
     k = args.iw_samples if not fg.exact else 1

@@ -45,7 +45,7 @@ import torch
 
 from probgen import checks, cli
 from probgen.data import recipes
-from probgen.infer.adversarial import ADVERSARIAL_LOSSES
+from probgen.infer.adversarial import ADVERSARIAL_LOSSES, player_optim
 from probgen.metrics.quality import FIDCurve, report_line
 from probgen.models import GAN
 from probgen.train import fit, set_seed
@@ -139,8 +139,8 @@ def load_data(args):
 def build(args, loss: str, data_shape, data_range) -> GAN:
     toy = args.data == "toy1d"
     kw = dict(data_shape=data_shape, net=args.arch, loss=loss, k=args.k,
-              label_smoothing=args.label_smoothing, r1_weight=args.r1, d_lr=args.d_lr,
-              g_lr=args.g_lr, ema=args.ema, output="identity" if toy else args.output,
+              label_smoothing=args.label_smoothing, r1_weight=args.r1, ema=args.ema,
+              output="identity" if toy else args.output,
               data_range=None if toy else data_range,
               z_dim=args.z_dim or (1 if toy else 100),
               prior=args.prior or ("uniform" if toy else "normal"))
@@ -168,7 +168,8 @@ def train_one(args, loss, data, scorer):
     if scorer is not None and args.fid_every:
         callbacks.append(FIDCurve(scorer.fid, args.fid_samples, args.fid_every, args.seed + 11))
     callbacks += [TrainingCPUTime(leave_out=["fid"]), *cli.trackers(args, tag)]
-    over = dict(checkpoint=str(args.out / f"gan_{tag}.pt"), lr_schedule=args.schedule)
+    over = dict(checkpoint=str(args.out / f"gan_{tag}.pt"), lr_schedule=args.schedule,
+                phase_optim=player_optim(gan, d_lr=args.d_lr, g_lr=args.g_lr))
     over.update(dict(monitor="fid", mode="min", restore_best=True) if args.keep_best else
                 dict(patience=None, restore_best=False))
     result = fit(gan, train, None, cli.fit_config(args, **over), callbacks=callbacks)

@@ -64,7 +64,7 @@ from probgen.infer.steps import STEP_SETTINGS, Step, as_step
 from probgen.models.registry import is_probgen_model
 from probgen.train.batches import as_batch, check_data_once
 from probgen.train.config import FitConfig
-from probgen.train.phases import PhaseState
+from probgen.train.phases import PhaseState, check_phase_optim
 
 __all__ = ["ProbgenModule", "TensorBatches"]
 
@@ -72,6 +72,7 @@ __all__ = ["ProbgenModule", "TensorBatches"]
 STEP_AND_OPTIMIZER = (
     "lr",
     "optimizer",
+    "phase_optim",
     "weight_decay",
     "lr_schedule",
     "warmup_epochs",
@@ -245,7 +246,7 @@ class ProbgenModule(L.LightningModule):
             :class:`~probgen.train.PhasedStep`, or a module with ``model`` and ``guide``.
         config: a :class:`~probgen.train.FitConfig` to take the settings from; only
             those of the step and its optimizers are read (``lr``, ``optimizer``,
-            ``weight_decay``, ``lr_schedule``, ``warmup_epochs``, ``clip_norm``,
+            ``phase_optim``, ``weight_decay``, ``lr_schedule``, ``warmup_epochs``, ``clip_norm``,
             ``validate``, ``objective``, ``num_particles``, ``eval_particles``); the
             fit loop's own (``epochs``, ``patience``, ``device``, and the speed settings
             ``precision``, ``matmul_precision``, ``compile``, ``data_on_device``) are
@@ -317,6 +318,7 @@ class ProbgenModule(L.LightningModule):
             config = replace(config, **dict.fromkeys(step.ignored_settings()))
         self.config = config
         self.step = as_step(step, config, batch_to_args)
+        check_phase_optim(self.step.phases, config, self.step.describe())
         self.automatic_optimization = False
         self.example_batch = example_batch
         # The networks, where Lightning moves, checkpoints and synchronises them.

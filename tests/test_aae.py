@@ -19,7 +19,7 @@ from probgen.metrics.parzen import DEFAULT_SIGMAS, mmd, parzen_log_likelihood, p
 from probgen.data.labels import labelled_split
 from probgen.models.aae import AAE, ENCODERS
 from probgen.models.priors import SwissRollPrior
-from probgen.models.semi_supervised_aae import SemiSupervisedAAE
+from probgen.models.semi_supervised_aae import SemiSupervisedAAE, regularization_optim
 from probgen.models.registry import MODELS
 from probgen.train import PhasedStep
 from probgen.viz import style_codes
@@ -457,10 +457,10 @@ def test_semi_supervised_accuracy_above_chance_after_a_short_run(mnist_small, tm
     keep = semi >= 0
     data = TensorData(torch.cat([x] + [x[keep]] * 4), torch.cat([semi] + [semi[keep]] * 4))
     # regularization at a tenth of the run's lr (examples/aae.py's semi-supervised default)
-    aae = SemiSupervisedAAE(z_dim=4, hidden=(64,), d_hidden=(32,), d_lr=2e-4, g_lr=2e-4)
+    aae = SemiSupervisedAAE(z_dim=4, hidden=(64,), d_hidden=(32,))
     ckpt = tmp_path / "ss.pt"
     probgen.fit(aae, data, epochs=10, batch_size=64, lr=2e-3, device="cpu", checkpoint=str(ckpt),
-                **NO_MONITOR, **QUIET)
+                phase_optim=regularization_optim(aae, 2e-3), **NO_MONITOR, **QUIET)
     xt, yt = mnist_small["test"].all()
     accuracy = float((aae.predict(xt) == yt).float().mean())
     assert accuracy > 0.4          # chance: 0.1 (measured: 0.70 with this seed)

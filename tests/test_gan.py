@@ -123,8 +123,10 @@ def test_loss_settings_are_checked():
         GAN(net="mlp", label_smoothing=1.0)
     with pytest.raises(ConfigError, match="label smoothing applies"):
         GAN(net="mlp", loss="wgan_gp", label_smoothing=0.1)
-    with pytest.raises(ConfigError, match="betas"):
-        GAN(net="mlp", betas=(0.5, 1.5))
+    with pytest.raises(ConfigError, match="betas"):   # the phases' own Adam betas
+        gan = GAN(net="mlp")
+        adversarial_phases(gan.discriminator, gan.generator, gan.real, gan.fake,
+                           betas=(0.5, 1.5))
     with pytest.raises(ConfigError, match="generator loss kind"):
         generator_loss(torch.zeros(2), "saturating")
 

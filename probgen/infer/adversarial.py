@@ -249,7 +249,9 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
         gp_weight: weight of the gradient penalty (default: the loss's).
         r1_weight: ``gamma`` of the R1 penalty ``gamma / 2 E[||grad D(x)||^2]`` on the real
             examples (0: none).
-        d_lr, g_lr: learning rates of the players (default: the run's).
+        d_lr: learning rate of the discriminator phase (default: the run's; a run's
+            ``phase_optim`` takes precedence).
+        g_lr: learning rate of the generator phase (default: the run's).
         betas: Adam betas of both players (default: the loss's).
         generator_extra: ``f(batch, ctx)`` -> a term added to the generator's loss (a
             Flow-GAN's likelihood term).
@@ -302,10 +304,56 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
             value = adversarial_weight * value
         return value
 
-    opt = {"betas": betas}
-    return [Phase(names[0], d_loss, params=discriminator, lr=d_lr, optim_kwargs=opt,
-                  repeats=k, fresh_batch=True),
-            Phase(names[1], g_loss, params=generator_params, lr=g_lr, optim_kwargs=opt)]
+    return [Phase(names[0], d_loss, params=discriminator, lr=d_lr,
+                  optim_kwargs={"betas": betas}, repeats=k, fresh_batch=True,
+                  player="discriminator"),
+            Phase(names[1], g_loss, params=generator_params, lr=g_lr,
+                  optim_kwargs={"betas": betas}, player="generator")]
+
+
+def player_optim(phases: Any, *, d_lr: Optional[float] = None, g_lr: Optional[float] = None,
+                 betas: Optional[Sequence[float]] = None
+                 ) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Optimizer settings of the players of an adversarial game, by phase, as
+    :class:`~probgen.train.FitConfig`'s ``phase_optim`` takes them: the learning rate
+    ``d_lr`` for every discriminator phase, ``g_lr`` for every generator phase and Adam's
+    ``betas`` for both (the players are the phases' ``player``).
+
+    Example::
+
+        fit(gan, data, lr=2e-4, phase_optim=player_optim(gan, d_lr=1e-4))
+        # the same as phase_optim={"D": {"lr": 1e-4}}
+
+    Args:
+        phases: a model with ``phases()`` (GAN, FlowGAN, AAE, SemiSupervisedAAE,
+            AgeCGAN, CAAE), or its phases.
+        d_lr: learning rate of the discriminators (``None``: the run's ``lr``).
+        g_lr: learning rate of the generators (``None``: the run's ``lr``).
+        betas: Adam betas of both (``None``: the loss's, (0.5, 0.999) or (0, 0.9)).
+
+    Returns:
+        ``{phase name: settings}``, or ``None`` when nothing is set.
+
+    Raises:
+        ConfigError: a learning rate that is no positive number, or settings for a
+            player the phases lack.
+    """
+    if callable(getattr(phases, "phases", None)):
+        phases = phases.phases()
+    asked = {"discriminator": {}, "generator": {}}
+    for player, lr in (("discriminator", d_lr), ("generator", g_lr)):
+        if lr is not None:
+            asked[player]["lr"] = checks.positive_float(f"{player[0]}_lr", lr)
+        if betas is not None:
+            asked[player]["betas"] = list(betas)
+    out = {ph.name: dict(asked[ph.player]) for ph in phases
+           if ph.player is not None and asked[ph.player]}
+    players = {ph.player for ph in phases}
+    for player, lr in (("discriminator", d_lr), ("generator", g_lr)):
+        if lr is not None and player not in players:
+            raise ConfigError(f"{player[0]}_lr is set, but the phases "
+                              f"({', '.join(ph.name for ph in phases)}) have no {player}.")
+    return out or None
 
 
 # --------------------------------------------------------------------------- theory on a grid
@@ -328,4 +376,4 @@ def value_on_grid(d: torch.Tensor, p_data: torch.Tensor, p_g: torch.Tensor,
 
 __all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "adversarial_loss", "adversarial_phases",
            "check_k", "discriminator_loss", "frozen", "generator_loss", "gradient_penalty",
-           "optimal_discriminator", "r1_penalty", "value_on_grid"]
+           "optimal_discriminator", "player_optim", "r1_penalty", "value_on_grid"]

@@ -32,7 +32,9 @@ OPTIMIZERS.register("adamw", torch.optim.AdamW)
 OPTIMIZERS.register("sgd", torch.optim.SGD)
 OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
 
-__all__ = ["LossFn", "OPTIMIZERS", "Phase", "traced_params"]
+PLAYERS = (None, "discriminator", "generator")
+
+__all__ = ["LossFn", "OPTIMIZERS", "PLAYERS", "Phase", "traced_params"]
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Phase:
             its ``pyro.module`` sites register: the trace would cost every step for
             nothing). Leave it off for a phase whose loss runs networks it must not move
             (a discriminator phase that samples the generator).
+        player: the adversarial player this phase trains, ``"discriminator"`` or
+            ``"generator"`` (``None``: no player); what
+            :func:`probgen.infer.adversarial.player_optim` reads.
     """
 
     name: str
@@ -77,8 +82,9 @@ class Phase:
     owns_backward: bool = False
     clip_norm: Optional[float] = None
     discover: Union[bool, str, None] = None
+    player: Optional[str] = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.discover is None:
             self.discover = self.params is None
         self.repeats = checks.positive_int(f"phase {self.name!r}: repeats (k)", self.repeats)
@@ -90,6 +96,9 @@ class Phase:
             raise ConfigError(f"phase {self.name!r}: optimizer must be a name in "
                               f"probgen.train.OPTIMIZERS or a torch.optim optimizer class, got "
                               f"{opt!r}.")
+        if self.player not in PLAYERS:
+            raise ConfigError(f"phase {self.name!r}: player must be one of {list(PLAYERS)}, "
+                              f"got {self.player!r}.")
         if not (isinstance(self.optim_kwargs, dict) or callable(self.optim_kwargs)):
             raise ConfigError(f"phase {self.name!r}: optim_kwargs must be a dict or a function "
                               f"of the parameter's name returning one.")

@@ -135,11 +135,9 @@ class AAE(nn.Module):
         loss: the regularization game, a name in
             :data:`probgen.infer.adversarial.ADVERSARIAL_LOSSES`.
         k: discriminator steps per generator step (default: the loss's).
-        label_smoothing, gp_weight: as for :class:`probgen.models.GAN`.
+        label_smoothing: one-sided label smoothing, as for :class:`probgen.models.GAN`.
+        gp_weight: the gradient penalty's weight, as for :class:`probgen.models.GAN`.
         phase_order: ``reconstruction_first`` or ``regularization_first``.
-        lr, d_lr, g_lr: learning rates of the reconstruction, discriminator and generator
-            phases (default: the run's).
-        betas: Adam betas of the two adversarial phases (default: the loss's).
         activation: encoder/decoder hidden activation (``None``: the network's default).
         likelihood_kwargs: the likelihood's settings.
         corruption: what the encoder sees instead of ``x`` while training, a name in
@@ -167,9 +165,7 @@ class AAE(nn.Module):
                  d_hidden: Sequence[int] = (256, 256), loss: str = "non_saturating",
                  k: Optional[int] = None, label_smoothing: float = 0.0,
                  gp_weight: Optional[float] = None,
-                 phase_order: str = "reconstruction_first", lr: Optional[float] = None,
-                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
-                 betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
+                 phase_order: str = "reconstruction_first", activation: Optional[str] = None,
                  likelihood_kwargs: Optional[Dict[str, Any]] = None,
                  corruption: Optional[str] = None,
                  corruption_kwargs: Optional[Dict[str, Any]] = None):
@@ -190,12 +186,10 @@ class AAE(nn.Module):
         elif noise_dim is not None:
             raise ConfigError(f"noise_dim is the universal encoder's noise size; encoder="
                               f"{encoder!r} takes none.")
-        for name, v in (("lr", lr), ("d_lr", d_lr), ("g_lr", g_lr)):
-            checks.optional(checks.positive_float, name, v)
         self.image_shape = tuple(image_shape)
         self.z_dim, self.num_labels = z_dim, num_labels
         self.encoder_kind, self.noise_dim = encoder, noise_dim or 0
-        self.phase_order, self.lr, self.d_lr, self.g_lr = phase_order, lr, d_lr, g_lr
+        self.phase_order = phase_order
         self.label_to_discriminator = bool(num_labels) and label_to_discriminator
         self.label_to_decoder = bool(num_labels) and label_to_decoder
         self.prior_spec = make_prior(prior, z_dim, prior_kwargs)
@@ -229,9 +223,8 @@ class AAE(nn.Module):
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
         self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
-        self.betas = tuple(betas) if betas is not None else None
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
-        AAE.phases(self)   # the adversarial settings' checks (smoothing, gp weight, betas)
+        AAE.phases(self)   # the adversarial settings' checks (smoothing, gp weight)
 
     def extra_repr(self) -> str:
         labels = ""
@@ -415,10 +408,10 @@ class AAE(nn.Module):
         ``discriminator`` (the discriminator, ``k`` times) and ``generator`` (the encoder)."""
         d_phase, g_phase = adversarial_phases(
             self.discriminator, self.encoder, self.real, self.fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight, d_lr=self.d_lr,
-            g_lr=self.g_lr, betas=self.betas, names=("discriminator", "generator"))
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
+            names=("discriminator", "generator"))
         rec = Phase("reconstruction", lambda batch, ctx: self.reconstruction_loss(batch),
-                    params=self._autoencoder_parameters, lr=self.lr, discover=False)
+                    params=self._autoencoder_parameters, discover=False)
         if self.phase_order == "reconstruction_first":
             return [rec, d_phase, g_phase]
         return [d_phase, g_phase, rec]

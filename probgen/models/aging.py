@@ -174,12 +174,12 @@ class AgeCGAN(nn.Module):
         image_shape: ``(C, H, H)``, side 4-7 times a power of two (28, 32, 64, ...).
         num_levels: ``K``, the number of levels (age groups).
         z_dim: noise size (100 in the thesis).
-        g_width, d_width, e_width: base widths of G, D and E (default: the DCGAN nets').
+        g_width: base width of G (default: the DCGAN nets').
+        d_width: base width of D (default: the DCGAN nets').
+        e_width: base width of E (default: the DCGAN nets').
         loss: the game, a name in :data:`probgen.infer.adversarial.ADVERSARIAL_LOSSES`.
         k: discriminator steps per generator step (default: the loss's).
         label_smoothing: one-sided label smoothing.
-        d_lr, g_lr: the players' learning rates (default: the run's).
-        betas: Adam betas of both players (default: the loss's).
 
     Model: ``z ~ N(0, I)`` (site ``z``), ``y ~ U{0..K-1}`` (site ``y``, observed when
     ``levels`` are given), ``x = G(z, y)`` (deterministic site ``x``), images in [0, 1].
@@ -189,17 +189,14 @@ class AgeCGAN(nn.Module):
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_levels: int = 6,
                  z_dim: int = 100, g_width: Optional[int] = None, d_width: Optional[int] = None,
                  e_width: Optional[int] = None, loss: str = "non_saturating",
-                 k: Optional[int] = None, label_smoothing: float = 0.0,
-                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
-                 betas: Optional[Sequence[float]] = None):
+                 k: Optional[int] = None, label_smoothing: float = 0.0):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.num_levels = checks.integer("num_levels", num_levels, low=2)
         self.z_dim = checks.positive_int("z_dim", z_dim)
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
-        self.label_smoothing, self.d_lr, self.g_lr = label_smoothing, d_lr, g_lr
-        self.betas = tuple(betas) if betas is not None else None
+        self.label_smoothing = label_smoothing
         norm = "layer" if self.spec.gradient_penalty else "batch"
         self.generator = ConditionalGenerator(self.image_shape, z_dim, num_levels, g_width)
         self.discriminator = ConditionalDiscriminator(self.image_shape, num_levels, d_width, norm)
@@ -318,8 +315,7 @@ class AgeCGAN(nn.Module):
     def phases(self):
         """``D`` (``k`` times, each on a fresh batch) then ``G``."""
         return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
-                                  self.spec, k=self.k, label_smoothing=self.label_smoothing,
-                                  d_lr=self.d_lr, g_lr=self.g_lr, betas=self.betas)
+                                  self.spec, k=self.k, label_smoothing=self.label_smoothing)
 
     def fit_step(self, config=None):
         """The conditional GAN's training step (the encoder has its own:
@@ -460,14 +456,16 @@ class CAAE(AAE):
         image_shape: shape of one image (``(1, 28, 28)``; ``(3, 128, 128)`` for faces).
         num_levels: ``K``, the number of levels (age groups; 10 in Zhang et al.).
         z_dim: code size (50 in Zhang et al.).
-        hidden, net, activation: encoder/decoder (:data:`probgen.nn.coders.NETS`).
+        hidden: the encoder's and decoder's hidden sizes.
+        net: the encoder/decoder networks, a name in :data:`probgen.nn.coders.NETS`.
         likelihood: the reconstruction term (``gaussian``: a squared error).
         prior: the code prior (``uniform`` on [-1, 1], as Zhang et al.).
         d_hidden: ``D_z``'s hidden sizes.
         d_img_width: ``D_img``'s base width (a conditional DCGAN discriminator; needs a
             square image whose side is 4-7 times a power of two).
-        z_weight, img_weight, tv_weight: weights of fooling ``D_z``, fooling ``D_img`` and
-            the total variation in the encoder-generator loss.
+        z_weight: weight of fooling ``D_z`` in the encoder-generator loss.
+        img_weight: weight of fooling ``D_img`` in the encoder-generator loss.
+        tv_weight: weight of the total variation in the encoder-generator loss.
         fake_levels: the levels of the images ``D_img`` is shown as fake: ``"own"`` (Zhang et
             al.: ``G(E(x), y)`` at each image's own level ``y``) or ``"random"``
             (``G(E(x), y')`` at a level ``y'`` drawn uniformly, with ``y'`` as its label). With
@@ -477,9 +475,11 @@ class CAAE(AAE):
             finds the asked level below chance, near the unchanged input's rate);
             ``"random"`` makes fooling ``D_img`` a matter of drawing the asked level. The
             reconstruction term stays at the own level.
-        loss, k, label_smoothing, lr, d_lr, g_lr, betas, likelihood_kwargs: as
-            :class:`probgen.models.AAE` (``lr``: the encoder-generator phase; ``d_lr``: both
-            discriminators).
+        loss: as :class:`probgen.models.AAE`.
+        k: as :class:`probgen.models.AAE`.
+        label_smoothing: as :class:`probgen.models.AAE`.
+        activation: encoder/decoder hidden activation, as :class:`probgen.models.AAE`.
+        likelihood_kwargs: as :class:`probgen.models.AAE`.
 
     Model and guide are the AAE's with the level as the decoder's label (``labels``:
     the batch's second tensor); generating without levels draws them uniformly (site ``y``).
@@ -491,16 +491,14 @@ class CAAE(AAE):
                  d_hidden: Sequence[int] = (64, 64), d_img_width: Optional[int] = None,
                  z_weight: float = 1.0, img_weight: float = 1.0, tv_weight: float = 1.0,
                  loss: str = "non_saturating", k: Optional[int] = None,
-                 label_smoothing: float = 0.0, lr: Optional[float] = None,
-                 d_lr: Optional[float] = None, g_lr: Optional[float] = None,
-                 betas: Optional[Sequence[float]] = None, activation: Optional[str] = None,
+                 label_smoothing: float = 0.0, activation: Optional[str] = None,
                  likelihood_kwargs: Optional[dict] = None, fake_levels: str = "own"):
         num_levels = checks.integer("num_levels", num_levels, low=2)
         super().__init__(image_shape, z_dim, hidden=hidden, net=net, likelihood=likelihood,
                          encoder="deterministic", prior=prior, num_labels=num_levels,
                          label_to_discriminator=False, label_to_decoder=True,
                          d_hidden=d_hidden, loss=loss, k=k, label_smoothing=label_smoothing,
-                         lr=lr, d_lr=d_lr, g_lr=g_lr, betas=betas, activation=activation,
+                         activation=activation,
                          likelihood_kwargs=likelihood_kwargs)
         self.num_levels = num_levels
         self.z_weight = checks.nonnegative_float("z_weight", z_weight)
@@ -574,16 +572,16 @@ class CAAE(AAE):
         ``discriminator_img`` (``D_img``, ``k`` times)."""
         d_z, _ = adversarial_phases(
             self.discriminator, self.encoder, self.real, self.fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight, d_lr=self.d_lr,
-            betas=self.betas, names=("discriminator_z", "unused"))
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
+            names=("discriminator_z", "unused"))
         d_img, _ = adversarial_phases(
             self.image_discriminator, self.decoder, self.real_image, self.fake_image, self.spec,
             k=self.k, label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
-            d_lr=self.d_lr, betas=self.betas, names=("discriminator_img", "unused"))
-        opt = {"betas": tuple(self.spec.betas if self.betas is None else self.betas)}
+            names=("discriminator_img", "unused"))
         eg = Phase("encoder_generator", lambda batch, ctx: self.encoder_generator_loss(batch),
-                   params=self._autoencoder_parameters, lr=self.lr, optim_kwargs=opt,
-                   discover=False)
+                   params=self._autoencoder_parameters,
+                   optim_kwargs={"betas": tuple(self.spec.betas)}, discover=False,
+                   player="generator")
         return [eg, d_z, d_img]
 
     def fit_step(self, config=None):
@@ -640,7 +638,8 @@ class RecurrentAger(nn.Module):
     Args:
         image_shape: shape of one image.
         num_levels: ``K``.
-        hidden, embed: the GRU's hidden size and the image embedding's size.
+        hidden: the GRU's hidden size.
+        embed: the image embedding's size.
         weights: the transitions' loss weights (:func:`loss_weights`): ``linear`` (growing
             towards the oldest group), ``uniform`` or ``K - 1`` numbers.
         teacher_forcing: feed the true image of each group to the next step in training.

@@ -82,9 +82,9 @@ class FlowGAN(nn.Module):
         d_width: the DCGAN discriminator's base width (default 32, the thesis's).
         d_norm: ``batch`` or ``layer`` (default: ``layer`` with a gradient penalty).
         order: ``generator_first`` (001) or ``discriminator_first`` (Algorithm 1).
-        d_lr, g_lr: learning rates of the discriminator and the flow (default: the run's).
-        betas: Adam betas of both (default: the loss's, (0.5, 0.999) or (0, 0.9)).
-        alpha, num_levels, dequantization: the flow's preprocessing (see ``FlowModel``).
+        alpha: the flow's logit preprocessing margin (see ``FlowModel``).
+        num_levels: the images' grey levels (see ``FlowModel``).
+        dequantization: how the levels are dequantized (see ``FlowModel``).
         **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...).
     """
 
@@ -94,10 +94,8 @@ class FlowGAN(nn.Module):
                  loss: str = "non_saturating", k: Optional[int] = None,
                  label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
                  d_width: Optional[int] = None, d_norm: Optional[str] = None,
-                 order: str = "generator_first", d_lr: Optional[float] = None,
-                 g_lr: Optional[float] = None, betas: Optional[Sequence[float]] = None,
-                 alpha: float = 0.05, num_levels: Optional[int] = -1,
-                 dequantization: Optional[str] = None, **flow_kwargs):
+                 order: str = "generator_first", alpha: float = 0.05,
+                 num_levels: Optional[int] = -1, dequantization: Optional[str] = None, **flow_kwargs):
         super().__init__()
         if isinstance(flow, FlowModel):
             if flow_kwargs:
@@ -134,8 +132,6 @@ class FlowGAN(nn.Module):
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
         self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
-        self.d_lr, self.g_lr = d_lr, g_lr
-        self.betas = tuple(betas) if betas is not None else None
         penalty = self.spec.gradient_penalty if gp_weight is None else gp_weight
         self.disc_kind = discriminator
         self.discriminator = FLOWGAN_DISCRIMINATORS.get(discriminator)(
@@ -144,10 +140,10 @@ class FlowGAN(nn.Module):
         self._reuse: Optional[torch.Tensor] = None
         self._sums: Dict[str, torch.Tensor] = {}
         self._counts: Dict[str, int] = {}
-        # the settings checks of the game (smoothing, penalty, betas)
+        # the settings checks of the game (smoothing, penalty)
         adversarial_phases(self.discriminator, self.flow_model, self.real, self.real,
                            self.spec, k=self.k, label_smoothing=label_smoothing,
-                           gp_weight=gp_weight, betas=self.betas)
+                           gp_weight=gp_weight)
 
     def extra_repr(self) -> str:
         weight = (f"adv_weight={self.adv_weight}" if self.form == "hybrid"
@@ -273,15 +269,13 @@ class FlowGAN(nn.Module):
         The discriminator phase is :func:`probgen.infer.adversarial.adversarial_phases`'s
         (its loss, label smoothing, gradient penalty, k repeats on fresh batches); its
         first repeat after a generator step judges that step's fakes, detached."""
-        opt = {"betas": tuple(self.spec.betas if self.betas is None else self.betas)}
-        g_phase = Phase("G", self.generator_loss, params=self.flow_model, lr=self.g_lr,
-                        optim_kwargs=opt)
+        g_phase = Phase("G", self.generator_loss, params=self.flow_model,
+                        optim_kwargs={"betas": tuple(self.spec.betas)}, player="generator")
         if not self._adv_w:
             return [g_phase]
         d_phase, _ = adversarial_phases(
             self.discriminator, self.flow_model, self.real, self._d_fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight, d_lr=self.d_lr,
-            betas=self.betas)
+            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight)
         d_loss = d_phase.loss
 
         def discriminator_loss(batch, ctx):

@@ -70,13 +70,12 @@ class GAN(nn.Module):
         output: the generator's output activation: ``tanh``, ``sigmoid`` or ``identity``
             (unbounded data only).
         data_range: ``(low, high)`` of the data (checked on every real batch), or ``None``.
-        g_hidden, d_hidden: MLP layer sizes (``mlp`` only).
-        g_width, d_width: base widths of the DCGAN networks (``dcgan`` only).
+        g_hidden: the generator's MLP layer sizes (``mlp`` only).
+        d_hidden: the discriminator's MLP layer sizes (``mlp`` only).
+        g_width: base width of the DCGAN generator (``dcgan`` only).
+        d_width: base width of the DCGAN discriminator (``dcgan`` only).
         d_norm: discriminator normalization for ``dcgan``: ``batch``, ``layer``, ``none``
             (default: ``layer`` with a gradient penalty, else ``batch``).
-        d_lr, g_lr: learning rates of the players (default: the run's ``lr``).
-        betas: Adam betas of both players (default: the loss's: (0.5, 0.999), or (0, 0.9)
-            for WGAN-GP).
         ema: decay of an exponential moving average of the generator's weights, updated
             at every generator step (0: none). With it, :meth:`sample`, :meth:`decode` and
             the Pyro model use the averaged generator (Yazici et al. 2019, "The Unusual
@@ -92,9 +91,7 @@ class GAN(nn.Module):
                  g_hidden: Optional[Sequence[int]] = None,
                  d_hidden: Optional[Sequence[int]] = None,
                  g_width: Optional[int] = None, d_width: Optional[int] = None,
-                 d_norm: Optional[str] = None, d_lr: Optional[float] = None,
-                 g_lr: Optional[float] = None, betas: Optional[Sequence[float]] = None,
-                 ema: float = 0.0):
+                 d_norm: Optional[str] = None, ema: float = 0.0):
         super().__init__()
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
@@ -113,13 +110,9 @@ class GAN(nn.Module):
                                   "bounded data need output='tanh' or 'sigmoid'.")
         else:
             self.data_range = None
-        for name, v in (("d_lr", d_lr), ("g_lr", g_lr)):
-            checks.optional(checks.positive_float, name, v)
         self.data_shape = tuple(data_shape)
         self.z_dim, self.prior_kind, self.output = z_dim, prior, output
         self.label_smoothing, self.gp_weight, self.r1_weight = label_smoothing, gp_weight, r1_weight
-        self.d_lr, self.g_lr = d_lr, g_lr
-        self.betas = tuple(betas) if betas is not None else None
         if d_norm is None and net == "dcgan" and (self.spec.gradient_penalty
                                                  if gp_weight is None else gp_weight):
             d_norm = "layer"   # no batch norm in a critic with a gradient penalty
@@ -133,10 +126,10 @@ class GAN(nn.Module):
         self.generator_ema = (copy.deepcopy(self.generator).requires_grad_(False).eval()
                               if self.ema else None)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
-        # settings checks that need the networks (k, smoothing, gp weight, betas)
+        # settings checks that need the networks (k, smoothing, gp weight)
         adversarial_phases(self.discriminator, self.generator, lambda b: b, lambda b: b,
                            self.spec, k=self.k, label_smoothing=label_smoothing,
-                           gp_weight=gp_weight, r1_weight=r1_weight, betas=self.betas)
+                           gp_weight=gp_weight, r1_weight=r1_weight)
 
     def extra_repr(self) -> str:
         return (f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
@@ -293,7 +286,7 @@ class GAN(nn.Module):
         d_phase, g_phase = adversarial_phases(
             self.discriminator, self.generator, self.real, self.fake, self.spec, k=self.k,
             label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
-            r1_weight=self.r1_weight, d_lr=self.d_lr, g_lr=self.g_lr, betas=self.betas)
+            r1_weight=self.r1_weight)
         if self.generator_ema is not None:
             g_loss = g_phase.loss
 

@@ -19,7 +19,7 @@ import importlib
 import inspect
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import pyro.util
 import torch
@@ -38,6 +38,37 @@ MOVED: Dict[str, str] = {
 """Registered classes that moved, ``"old.module:Class" -> "new.module:Class"``: checkpoints
 and model folders record the path of the class that wrote them, and
 :func:`build_from_config` reads an old path as the new one (so they still load)."""
+
+
+_LR_SETTINGS = ("lr", "d_lr", "g_lr", "betas")
+
+DROPPED: Dict[str, Tuple[str, ...]] = {
+    "probgen.models.gan:GAN": ("d_lr", "g_lr", "betas"),
+    "probgen.models.flowgan:FlowGAN": ("d_lr", "g_lr", "betas"),
+    "probgen.models.aae:AAE": _LR_SETTINGS,
+    "probgen.models.semi_supervised_aae:SemiSupervisedAAE": _LR_SETTINGS + ("c_lr",),
+    "probgen.models.aging:AgeCGAN": ("d_lr", "g_lr", "betas"),
+    "probgen.models.aging:CAAE": _LR_SETTINGS,
+}
+"""Constructor arguments that registered classes no longer take and that did not shape
+the model, ``"module:Class" -> names`` (the class's present path): checkpoints and model
+folders that record them still load, without them. The learning rates and Adam betas of
+the adversarial models are the run's now (``FitConfig.phase_optim``)."""
+
+
+def current_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Recorded model settings (:func:`model_config`) as this probgen reads them: a
+    moved class under its new path (:data:`MOVED`), arguments it no longer takes that did
+    not shape the model left out (:data:`DROPPED`), registered models inside likewise.
+    Anything else is returned as it is."""
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
+        return config
+    path = config.get(_MODEL_KEY, "")
+    path = MOVED.get(path, path) if isinstance(path, str) else path
+    dropped = DROPPED.get(path, ()) if isinstance(path, str) else ()
+    args = {k: current_settings(v) if isinstance(v, dict) and _MODEL_KEY in v else v
+            for k, v in config["args"].items() if k not in dropped}
+    return {**config, _MODEL_KEY: path, "args": args}
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -79,7 +110,8 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
         strict: also refuse settings that lack an argument the constructor has a default
             for (an argument added since they were recorded); else it takes its default.
             A class recorded under a path it has left (:data:`MOVED`) is built from its
-            new one.
+            new one, and arguments it no longer takes that did not shape the model
+            (:data:`DROPPED`) are left out.
         how: what the error messages advise (how to load settings of another version).
 
     Raises:
@@ -93,8 +125,8 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
     if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
         raise CheckpointError(f"{source} records no model settings probgen can read (written "
                               f"by another probgen version); {how}.")
+    config = current_settings(config)
     path = config.get(_MODEL_KEY, "")
-    path = MOVED.get(path, path) if isinstance(path, str) else path
     module_name, _, qualname = str(path).partition(":")
     if not module_name.startswith("probgen.") or not qualname:
         raise CheckpointError(f"{source} names model class {path!r}; probgen rebuilds "
@@ -264,9 +296,9 @@ def from_pretrained(path: Union[str, Path], *, map_location="cpu", strict: bool 
         strict: refuse settings that lack an argument this probgen's constructor has
             (added since the folder was written), even one with a default; with
             ``strict=False`` such arguments take their defaults.
-        revision, hub_options: for a repository id: its branch, tag or commit, and
-            ``snapshot_download``'s options (``token``, ``cache_dir``,
-            ``local_files_only``, ...).
+        revision: for a repository id: its branch, tag or commit.
+        **hub_options: for a repository id: ``snapshot_download``'s options (``token``,
+            ``cache_dir``, ``local_files_only``, ...).
 
     Raises:
         CheckpointError: one line saying what differs and what to do: no such folder, a

@@ -17,6 +17,15 @@ from probgen.train.schedules import SCHEDULES
 from probgen.train.speed import COMPILE_OPTIONS, MATMUL_PRECISIONS, PRECISIONS
 
 
+def _json_form(value):
+    """Tuples -> lists, recursively (``phase_optim`` as JSON gives it back)."""
+    if isinstance(value, (tuple, list)):
+        return [_json_form(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_form(v) for k, v in value.items()}
+    return _plain(value)
+
+
 def _plain(value):
     """numpy numbers -> Python numbers, ``Path`` -> ``str`` (JSON-ready)."""
     if isinstance(value, Path):
@@ -52,6 +61,17 @@ class FitConfig:
         batch_size: examples per gradient step (per process under torchrun).
         lr: learning rate (a phase may set its own).
         optimizer: a name in :data:`OPTIMIZERS`.
+        phase_optim: per phase of the step (by name: ``"D"`` and ``"G"`` of a GAN, the
+            names of ``train_loss/<phase>`` in the history), optimizer settings that
+            replace the phase's own: ``lr``, any setting of the optimizer (``betas``,
+            ``eps``, ``momentum``, ...), merged over the phase's ``optim_kwargs``, and
+            ``optimizer`` (a name in :data:`OPTIMIZERS`), which replaces the phase's
+            optimizer and its settings but its learning rate. For example
+            ``{"D": {"lr": 1e-4}, "G": {"betas": [0.5, 0.99]}}``. Kept as JSON data
+            (tuples become lists; the optimizer gets them as tuples). ``fit`` refuses a
+            phase name the step lacks and a setting the optimizer refuses, before
+            training. A resumed run may change the learning rates here (applied, with a
+            message, as ``lr``), not the other settings.
         weight_decay: L2 penalty of the optimizer.
         lr_schedule: ``None`` (constant), ``cosine``, ``warmup_cosine``, ``onecycle``,
             ``linear`` or ``step``: a name in :data:`probgen.train.SCHEDULES`, stepped
@@ -142,6 +162,7 @@ class FitConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
+    phase_optim: Optional[Dict[str, Dict[str, Any]]] = None
     weight_decay: float = 0.0
     lr_schedule: Optional[str] = None
     warmup_epochs: float = 0.0
@@ -170,6 +191,7 @@ class FitConfig:
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _plain(getattr(self, f.name)))
+        self.phase_optim = _json_form(self.phase_optim)
 
     def check(self) -> "FitConfig":
         """Refuse bad settings, one line each (:class:`~probgen.errors.ConfigError`)."""
@@ -200,6 +222,7 @@ class FitConfig:
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ConfigError(f"monitor must name a history entry, got {self.monitor!r}.")
         OPTIMIZERS.get(self.optimizer)
+        self._check_phase_optim()
         OBJECTIVES.get(self.objective)
         if self.lr_schedule is not None:
             SCHEDULES.get(self.lr_schedule)
@@ -207,6 +230,38 @@ class FitConfig:
             raise ConfigError("resume=True needs a checkpoint path to resume from.")
         resolve_device(self.device)
         return self
+
+    def _check_phase_optim(self) -> None:
+        """The form of ``phase_optim``; which phases exist and which settings their
+        optimizers take are judged against the step
+        (:func:`probgen.train.phases.check_phase_optim`)."""
+        po = self.phase_optim
+        if po is None:
+            return
+        if not isinstance(po, dict):
+            raise ConfigError(f"phase_optim must be a dict of phase name -> optimizer settings "
+                              f"({{'D': {{'lr': 1e-4}}}}), got {po!r}.")
+        for name, settings in po.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"phase_optim: phase names must be strings, got {name!r}.")
+            if not isinstance(settings, dict):
+                raise ConfigError(f"phase_optim[{name!r}] must be a dict of optimizer settings "
+                                  f"({{'lr': 1e-4, 'betas': [0.5, 0.999]}}), got {settings!r}.")
+            for key in settings:
+                if not isinstance(key, str):
+                    raise ConfigError(f"phase_optim[{name!r}]: setting names must be strings, "
+                                      f"got {key!r}.")
+            if "lr" in settings:
+                checks.positive_float(f"phase_optim[{name!r}]['lr']", settings["lr"])
+            if "optimizer" in settings:
+                if not isinstance(settings["optimizer"], str):
+                    raise ConfigError(f"phase_optim[{name!r}]['optimizer'] must be a name in "
+                                      f"probgen.train.OPTIMIZERS ({', '.join(OPTIMIZERS)}), got "
+                                      f"{settings['optimizer']!r}.")
+                if settings["optimizer"] not in OPTIMIZERS:
+                    raise ConfigError(f"phase_optim[{name!r}]['optimizer']: unknown optimizer "
+                                      f"{settings['optimizer']!r}; choose one of "
+                                      f"{', '.join(OPTIMIZERS)}.")
 
     def _check_speed(self) -> None:
         if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
@@ -277,12 +332,13 @@ class FitConfig:
 
 
 # Settings that do not change what a run computes: a resumed run may change them freely.
-# (epochs and patience only say when to stop; lr is applied with a message.)
+# (epochs and patience only say when to stop; lr is applied with a message, and so are
+# phase_optim's learning rates: its other settings are compared by probgen.train.resume.)
 # The speed settings change how, not what, a run computes (within rounding), like the
 # device; a resumed run may change them (precision and matmul_precision with a message).
 NOT_RUN_DEFINING = ("epochs", "num_steps", "patience", "device", "checkpoint", "resume",
-                    "progress", "verbose", "validate", "eval_batch_size", "lr", "restore_best",
-                    "matmul_precision", "precision", "compile", "data_on_device")
+                    "progress", "verbose", "validate", "eval_batch_size", "lr", "phase_optim",
+                    "restore_best", "matmul_precision", "precision", "compile", "data_on_device")
 
 
 @dataclass

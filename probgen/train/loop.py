@@ -60,7 +60,7 @@ from probgen.train.callbacks import Callback, as_callback
 from probgen.train.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from probgen.train.config import FitConfig, FitResult
 from probgen.train.device import module_device, rng_state, run_device, seed_run
-from probgen.train.phases import PhaseState, all_params
+from probgen.train.phases import PhaseState, all_params, check_phase_optim
 from probgen.train.resume import check_same_run, checkpoint_state, restore
 from probgen.train.speed import NetworkSpeed, matmul_precision, speed_plan
 from probgen.train.stopping import BestWeights, EarlyStopping
@@ -126,6 +126,7 @@ class Run:
     def set_up(self) -> None:
         self.config = self.config.resolved(has_val=self.val_data is not None)
         self.step = self._make_step()
+        check_phase_optim(self.step.phases, self.config, self.step.describe())
         c = self.result.config = self.config
         self.result.monitor = c.monitor
         if self.ckpt_path is not None:

@@ -8,11 +8,100 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from probgen.errors import ConfigError
 from probgen.infer.phases import OPTIMIZERS, Phase
 from probgen.train import distributed as ddp
 from probgen.train.schedules import SCHEDULES
 
-__all__ = ["PhaseState", "all_params", "pyro_params"]
+__all__ = ["PhaseState", "all_params", "check_phase_optim", "phase_settings", "pyro_params"]
+
+
+def _torch_form(value: Any) -> Any:
+    """Lists -> tuples, recursively: ``phase_optim`` keeps JSON's lists, torch's
+    optimizers take tuples (``betas``)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_torch_form(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _torch_form(v) for k, v in value.items()}
+    return value
+
+
+def phase_settings(phase_optim: Optional[Dict[str, Dict[str, Any]]], name: str
+                   ) -> Dict[str, Any]:
+    """The optimizer settings ``phase_optim`` (:class:`~probgen.train.FitConfig`) gives the
+    phase called ``name`` (``{}`` for none), in torch's form."""
+    return _torch_form(dict((phase_optim or {}).get(name) or {}))
+
+
+def check_phase_optim(phases: Sequence[Phase], config, where: str) -> None:
+    """Refuse, before training, a ``phase_optim`` naming a phase the step lacks or giving
+    a phase settings its optimizer refuses (one line naming the phase).
+
+    Args:
+        phases: the step's phases.
+        config: the run's :class:`~probgen.train.FitConfig`.
+        where: the step, as the message names it.
+
+    Raises:
+        ConfigError: the first setting that does not fit.
+    """
+    po = config.phase_optim
+    if not po:
+        return
+    names = [ph.name for ph in phases]
+    unknown = [n for n in po if n not in names]
+    if unknown:
+        raise ConfigError(f"phase_optim names {', '.join(map(repr, unknown))}, which "
+                          f"{where} does not have; its phases are "
+                          f"{', '.join(map(repr, names))}.")
+    for ph in phases:
+        if ph.name not in po:
+            continue
+        cls = _optimizer_class(ph, config)
+        own = {} if ph.per_parameter else _own_settings(ph, config, "")
+        settings = {**_base_settings(ph, config), **own, **_overrides(ph, config)}
+        try:   # torch's optimizer judges its own settings (names and values)
+            cls([torch.zeros(1, requires_grad=True)], **settings)
+        except (TypeError, ValueError, KeyError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"phase_optim[{ph.name!r}]: {cls.__name__} refuses the settings "
+                              f"{settings} ({first}).") from None
+
+
+def _base_settings(phase: Phase, config) -> Dict[str, Any]:
+    """The run's settings of a phase's optimizer: its ``lr`` (unless the phase has its
+    own) and ``weight_decay``."""
+    lr = phase.lr if phase.lr is not None else config.lr
+    # no lr at all (Pyro's per-parameter settings, fit's lr unused): the optimizer's own
+    kwargs = dict(lr=lr) if lr is not None else {}
+    if config.weight_decay:
+        kwargs["weight_decay"] = config.weight_decay
+    return kwargs
+
+
+def _own_settings(phase: Phase, config, name: str) -> Dict[str, Any]:
+    """The phase's own optimizer settings of the parameter called ``name``; only its
+    learning rate when the run's ``phase_optim`` gives the phase another optimizer (the
+    others were the phase's optimizer's)."""
+    own = phase.optim_args_for(name) if phase.per_parameter else dict(phase.optim_kwargs)
+    if "optimizer" in ((getattr(config, "phase_optim", None) or {}).get(phase.name) or {}):
+        own = {k: v for k, v in own.items() if k == "lr"}
+    return own
+
+
+def _overrides(phase: Phase, config) -> Dict[str, Any]:
+    """The run's ``phase_optim`` settings of ``phase`` (``optimizer`` left out)."""
+    over = phase_settings(getattr(config, "phase_optim", None), phase.name)
+    over.pop("optimizer", None)
+    return over
+
+
+def _optimizer_class(phase: Phase, config) -> type:
+    """The optimizer class: the run's ``phase_optim`` choice, else the phase's, else the
+    run's."""
+    over = phase_settings(getattr(config, "phase_optim", None), phase.name)
+    name = over.get("optimizer") or phase.optimizer or config.optimizer
+    return OPTIMIZERS.get(name) if isinstance(name, str) else name
 
 
 class PhaseState:
@@ -50,8 +139,7 @@ class PhaseState:
         if self.optimizer is not None:
             if self.phase.per_parameter:
                 # Pyro's per-parameter settings: a group of its own
-                self.optimizer.add_param_group(dict(self._base(),
-                                                    **self.phase.optim_args_for(name),
+                self.optimizer.add_param_group(dict(self.group_settings(name),
                                                     params=[tensor]))
             else:
                 # One parameter group per phase, grown as Pyro creates parameters (so the
@@ -60,26 +148,36 @@ class PhaseState:
         return True
 
     def _base(self) -> Dict[str, Any]:
-        c, ph = self.config, self.phase
-        lr = ph.lr if ph.lr is not None else c.lr
-        # no lr at all (Pyro's per-parameter settings, fit's lr unused): the optimizer's own
-        kwargs = dict(lr=lr) if lr is not None else {}
-        if c.weight_decay:
-            kwargs["weight_decay"] = c.weight_decay
-        return kwargs
+        return _base_settings(self.phase, self.config)
+
+    def group_settings(self, name: str) -> Dict[str, Any]:
+        """The optimizer settings of the parameter called ``name``: the run's (``lr``,
+        ``weight_decay``), then the phase's, then the run's ``phase_optim`` for it."""
+        own = _own_settings(self.phase, self.config, name)
+        return {**self._base(), **own, **_overrides(self.phase, self.config)}
+
+    def initial_lr(self, lr: Optional[float], phase_optim: Optional[Dict[str, Any]]
+                   ) -> Optional[float]:
+        """The learning rate this phase starts with under a run's ``lr`` and ``phase_optim``
+        (``None``: per parameter, or none given)."""
+        over = phase_settings(phase_optim, self.phase.name)
+        if "lr" in over:
+            return over["lr"]
+        ph = self.phase
+        if ph.per_parameter:
+            return None
+        return ph.optim_kwargs.get("lr", ph.lr if ph.lr is not None else lr)
 
     def build_optimizer(self, total_steps: int, steps_per_epoch: int) -> None:
         """The optimizer of the parameters found so far, and the schedule over the run."""
         c, ph = self.config, self.phase
-        name = ph.optimizer or c.optimizer
-        cls = OPTIMIZERS.get(name) if isinstance(name, str) else name
-        base = self._base()
+        cls = _optimizer_class(ph, c)
         if ph.per_parameter:
-            groups = [dict(base, **ph.optim_args_for(n), params=[p])
+            groups = [dict(self.group_settings(n), params=[p])
                       for n, p in zip(self.names, self.params)]
-            self.optimizer = cls(groups, **base)
+            self.optimizer = cls(groups, **self._base())
         else:
-            self.optimizer = cls(list(self.params), **dict(base, **ph.optim_kwargs))
+            self.optimizer = cls(list(self.params), **self.group_settings(""))
         if c.lr_schedule is not None:
             self.scheduler = SCHEDULES.get(c.lr_schedule)(
                 self.optimizer, max(total_steps * ph.repeats, 1), steps_per_epoch * ph.repeats,
@@ -108,6 +206,7 @@ class PhaseState:
         self.steps += 1
 
     def lr(self) -> Optional[float]:
+        """The first parameter group's learning rate now (``None`` before the optimizer)."""
         return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
 
 

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probgen.errors import CheckpointError
-from probgen.models.registry import model_config
+from probgen.models.registry import current_settings, model_config
 from probgen.train.checkpoint import (callable_modules, load_module_state, module_buffers,
                                       param_owners, param_store_constraints)
 from probgen.train.config import NOT_RUN_DEFINING
@@ -88,6 +88,7 @@ def check_same_run(run, state: Dict[str, Any]) -> None:
         # a schedule spans the run's epochs: changing them changes every later step
         diffs.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
                      f"now (the {saved['lr_schedule']} schedule spans them)")
+    diffs += _phase_optim_differences(saved.get("phase_optim"), now.get("phase_optim"))
     diffs += _model_differences(run.module, state)
     saved_step, mine_step = state.get("step") or {}, run.step.signature()
     diffs += [f"step {k}: {saved_step[k]!r} in the checkpoint, {mine_step[k]!r} now"
@@ -106,12 +107,30 @@ def check_same_run(run, state: Dict[str, Any]) -> None:
             f"without resume.")
 
 
+def _without_lr(phase_optim) -> Dict[str, Dict[str, Any]]:
+    """``phase_optim`` less its learning rates (which a resumed run may change), phases
+    left with no setting dropped; ``None`` (an earlier probgen's checkpoint) is ``{}``."""
+    out = {}
+    for name, settings in (phase_optim or {}).items():
+        rest = {k: v for k, v in (settings or {}).items() if k != "lr"}
+        if rest:
+            out[name] = rest
+    return out
+
+
+def _phase_optim_differences(saved, now) -> List[str]:
+    """The phases whose optimizer settings (other than the learning rate) differ."""
+    saved, now = _without_lr(saved), _without_lr(now)
+    return [f"phase_optim[{k!r}]: {saved.get(k, {})!r} in the checkpoint, {now.get(k, {})!r} "
+            f"now" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
 def _model_differences(module, state: Dict[str, Any]) -> List[str]:
     cls = state.get("module_class")
     mine = type(module).__qualname__ if module is not None else None
     if cls is not None and cls != mine:
         return [f"model: {cls} in the checkpoint, {mine} now"]
-    saved, now = state.get("model"), model_settings(module)
+    saved, now = current_settings(state.get("model")), model_settings(module)
     if cls != mine or saved is None or now is None:
         return []
     # the same class built otherwise (a denoising and an inpainting autoencoder)
@@ -180,22 +199,40 @@ def _restore_phases(run, saved_phases) -> None:
 
 
 def _apply_new_lr(run, state) -> None:
-    """A resumed run with another ``lr``: every phase that takes the run's learning rate
-    (and its schedule) scaled by new/old, said in one line."""
-    old = (state.get("config") or {}).get("lr")
-    new = run.config.lr
-    if old is None or new is None or old == new:
-        return
+    """A resumed run with other learning rates (``lr``, or ``phase_optim``'s): every phase
+    whose starting rate changed has its rates (and its schedule's) scaled by new/old, or,
+    with per-parameter settings (no schedule), set anew; said in one line each."""
+    saved = state.get("config") or {}
+    old_lr, new_lr = saved.get("lr"), run.config.lr
+    old_po, new_po = saved.get("phase_optim"), run.config.phase_optim
+    changed = []
     for st in run.phases:
-        if st.optimizer is None or st.phase.sets_lr:
+        old, new = st.initial_lr(old_lr, old_po), st.initial_lr(new_lr, new_po)
+        if st.optimizer is None or old == new:
             continue
-        for g in st.optimizer.param_groups:
-            g["lr"] = g["lr"] * new / old
-            if "initial_lr" in g:
-                g["initial_lr"] = new
-        if st.scheduler is not None:
-            st.scheduler.base_lrs = [b * new / old for b in st.scheduler.base_lrs]
-    _say(run, f"fit: resuming {run.ckpt_path} with lr {new} (the checkpoint ran with {old})")
+        if old is not None and new is not None:
+            for g in st.optimizer.param_groups:
+                g["lr"] = g["lr"] * new / old
+                if "initial_lr" in g:
+                    g["initial_lr"] = g["initial_lr"] * new / old
+            if st.scheduler is not None:
+                st.scheduler.base_lrs = [b * new / old for b in st.scheduler.base_lrs]
+        elif st.phase.per_parameter:
+            # one group per parameter, in the order of st.names (per-parameter settings
+            # go with no schedule: probgen.train.loop refuses the pair)
+            for g, name in zip(st.optimizer.param_groups, st.names):
+                if "lr" in st.group_settings(name):
+                    g["lr"] = st.group_settings(name)["lr"]
+        else:
+            continue
+        if (old_po or {}).get(st.phase.name, {}).get("lr") is not None or \
+                (new_po or {}).get(st.phase.name, {}).get("lr") is not None:
+            changed.append(f"phase {st.phase.name!r}: lr {new} (the checkpoint ran with {old})")
+    if old_lr is not None and new_lr is not None and old_lr != new_lr:
+        _say(run, f"fit: resuming {run.ckpt_path} with lr {new_lr} (the checkpoint ran with "
+                  f"{old_lr})")
+    for line in changed:
+        _say(run, f"fit: resuming {run.ckpt_path} with {line}")
 
 
 def _note_speed_changes(run, state) -> None:
