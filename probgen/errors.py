@@ -5,7 +5,7 @@ says what was wrong and what to do about it.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Union
 
 
 class ProbgenError(Exception):
@@ -38,7 +38,8 @@ class CheckpointWriteError(CheckpointError, OSError):
     any other write error) rather than as a bad setting.
     """
 
-    def __init__(self, message: str, errno: Optional[int] = None, filename=None):
+    def __init__(self, message: str, errno: Optional[int] = None,
+                 filename: Optional[Union[str, os.PathLike]] = None):
         super().__init__(message)
         self.errno = errno
         self.strerror = os.strerror(errno) if errno is not None else None
@@ -57,7 +58,8 @@ class TrainingDivergedError(ProbgenError, FloatingPointError):
         checkpoint: path of the last good checkpoint, or ``None``.
     """
 
-    def __init__(self, message, epoch=None, step=None, checkpoint=None):
+    def __init__(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None,
+                 checkpoint: Optional[Union[str, os.PathLike]] = None):
         super().__init__(message)
         self.epoch = epoch
         self.step = step

@@ -7,7 +7,7 @@ target stays the clean image. Picked by name from :data:`CORRUPTIONS`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -50,7 +50,7 @@ class RandomBlocks:
         self.size, self.count, self.fill = size, count, float(fill)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
-    def mask(self, shape: torch.Size, device, generator: Optional[torch.Generator] = None
+    def mask(self, shape: torch.Size, device: torch.device | str | None, generator: Optional[torch.Generator] = None
              ) -> torch.Tensor:
         """Boolean ``(B, 1, H, W)``: True inside a block."""
         b, h, w = shape[0], shape[-2], shape[-1]
@@ -80,7 +80,7 @@ class RandomBlocks:
 
 
 def make_corruption(name: Optional[str], image_shape: Optional[Sequence[int]] = None,
-                    **kwargs):
+                    **kwargs: Any) -> Optional[Callable[..., torch.Tensor]]:
     """The corruption called ``name`` (``None`` -> no corruption); ``image_shape`` is the
     default shape of ``blocks`` (which needs it for flat inputs), ignored by the others."""
     if name == "blocks" and image_shape is not None:

@@ -63,7 +63,7 @@ def _torchvision_class(name: str):
 
 
 def load_images(name: str = "mnist", train: bool = True, root: Optional[Union[str, Path]] = None,
-                download: bool = False):
+                download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a torchvision image data set as ``(images uint8 (N, [C,] H, W), labels int64)``.
 
     Args:

@@ -27,14 +27,14 @@ probgen's image data sets hold grey levels ``k / (L - 1)`` in [0, 1] (what
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
 
 from probgen import checks
 from probgen.data.draws import rand_like
-from probgen.data.tensors import TensorData
+from probgen.data.tensors import TensorData, Transform
 from probgen.errors import ConfigError, DataError
 
 # The variational dequantizer's noise lies in [U_MARGIN, 1 - U_MARGIN], never on the
@@ -104,7 +104,7 @@ def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = N
     return (k + rand_like(x, generator)) / num_levels
 
 
-def uniform_dequantization(num_levels: int = 256, check: bool = True):
+def uniform_dequantization(num_levels: int = 256, check: bool = True) -> Transform:
     """A :class:`TensorData` batch transform: dequantize the first tensor afresh per draw.
 
     ``check=False`` skips the per-batch check of the grey levels (a host read each batch):
@@ -162,7 +162,8 @@ def logit_transform(alpha: float = 0.05) -> ComposeTransform:
                             cache_size=1)
 
 
-def logit_preprocess(x: torch.Tensor, alpha: float = 0.05, event_dim: int = 3):
+def logit_preprocess(x: torch.Tensor, alpha: float = 0.05,
+                     event_dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(y, log_det)``: :math:`y = \operatorname{logit}(\alpha + (1-2\alpha)x)` and
     :math:`\log|\det \partial y / \partial x|` summed over the last ``event_dim`` dimensions.
 
@@ -198,7 +199,7 @@ class VariationalDequantizer(torch.nn.Module):
         hidden: hidden channels of the network.
     """
 
-    def __init__(self, event_shape, hidden: int = 32):
+    def __init__(self, event_shape: Sequence[int], hidden: int = 32):
         super().__init__()
         from torch import nn
 
@@ -216,7 +217,8 @@ class VariationalDequantizer(torch.nn.Module):
         self.net = nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), last)
 
-    def distribution(self, levels: torch.Tensor, num_levels: int = 256):
+    def distribution(self, levels: torch.Tensor,
+                     num_levels: int = 256) -> torch.distributions.TransformedDistribution:
         """``q(u | k)`` for integer levels ``k`` of shape ``(B, C, H, W)`` (batch ``(B,)``)."""
         import pyro.distributions as dist
 

@@ -16,7 +16,7 @@ MISSING = -1.0
 
 
 def quadrant_mask(num_visible: int, height: int = 28, width: int = 28,
-                  device=None) -> torch.Tensor:
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean ``(height, width)`` mask of the visible pixels.
 
     1 quadrant: the bottom-left one is visible; 2: the left half; 3: all but the

@@ -30,7 +30,8 @@ def binarize_sample(x: torch.Tensor, generator: Optional[torch.Generator] = None
     return (rand_like(x, generator) < x).to(x.dtype)
 
 
-def dynamic_binarization(batch, generator=None):
+def dynamic_binarization(batch: tuple,
+                         generator: Optional[torch.Generator] = None) -> tuple:
     """Batch transform: resample the binarization of the first tensor (the images) each draw.
 
     Every draw is binary whatever the data, so checking one draw of the transformed data
@@ -53,7 +54,8 @@ def check_binarize(binarize: str) -> str:
     return checks.choice("binarize", binarize, BINARIZE_CHOICES)
 
 
-def split_indices(n: int, val_size: int, seed: int = 0):
+def split_indices(n: int, val_size: int,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of ``range(n)`` into (train, validation) index tensors."""
     if not 0 <= val_size < n:
         raise ConfigError(f"val_size must be in [0, {n}), got {val_size}.")

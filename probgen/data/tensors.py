@@ -74,7 +74,8 @@ class TensorData:
     def device(self) -> torch.device:
         return self.tensors[0].device
 
-    def to(self, device=None, dtype=None) -> "TensorData":
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> "TensorData":
         """The same data on ``device``; ``dtype`` converts the floating-point tensors only
         (labels and indices keep theirs)."""
         def move(t):
@@ -84,7 +85,7 @@ class TensorData:
         return TensorData(*(move(t) for t in self.tensors), transform=self.transform,
                           names=self.names, settings=self.settings)
 
-    def subset(self, index) -> "TensorData":
+    def subset(self, index: slice | Sequence[int] | torch.Tensor) -> "TensorData":
         """The examples at ``index``: a slice, a boolean mask, a list or a tensor of
         indices. The settings, if any, keep how the subset was taken: a slice as
         ``[start, stop, step]``, other indices as their count and a digest of the
@@ -118,7 +119,8 @@ class TensorData:
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None,
-                drop_last: bool = False, device=None) -> Iterator[Batch]:
+                drop_last: bool = False,
+                device: torch.device | str | None = None) -> Iterator[Batch]:
         """Iterate over batches (tuples of tensors).
 
         Args:

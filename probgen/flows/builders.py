@@ -26,14 +26,14 @@ by hand       ActNorm (data-dependent start, flag in the state dict), NICE's sca
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 from pyro.distributions.transforms import AffineCoupling
 from torch.distributions.transforms import ReshapeTransform
 
 from probgen import checks
 from probgen.errors import ConfigError
-from probgen.flows.core import AugmentedFlow, DenseLevel, Flow, _numel
+from probgen.flows.core import AugmentedFlow, DenseLevel, DensityFlow, Flow, _numel
 from probgen.flows.nets import AdditiveHypernet, ConvHypernet, dense_hypernet
 from probgen.flows.transforms import (CheckerboardAffineCoupling, CrossUnitCoupling,
                                       MultiscaleTransform, Permute, actnorm, chain,
@@ -135,7 +135,7 @@ def _split_prior(shape, hidden: int):
     return AffineCoupling(c // 2, ConvHypernet((c // 2, h, w), c // 2, hidden), dim=-3)
 
 
-def glow_step(shape: Sequence[int], hidden) -> list:
+def glow_step(shape: Sequence[int], hidden: Hidden) -> list:
     """One Glow step in density order: ActNorm, invertible 1x1 convolution, affine coupling.
 
     For images ``(C, H, W)`` the 1x1 convolution is :func:`invertible_conv1x1` (LU)
@@ -369,7 +369,7 @@ def identity(event_shape: Sequence[int], base: str = "normal") -> Flow:
     return Flow(None, _event_shape(event_shape), base=base)
 
 
-def build_flow(name: str, event_shape: Sequence[int], **kwargs):
+def build_flow(name: str, event_shape: Sequence[int], **kwargs: Any) -> DensityFlow:
     """``FLOWS.get(name)(event_shape, **kwargs)`` with a clear error for unknown settings."""
     builder = FLOWS.get(name)
     try:

@@ -102,7 +102,7 @@ class DensityFlow(nn.Module):
         return self
 
     def base_distribution(self, shape: Sequence[int], temperature: float = 1.0,
-                          base: str = "normal"):
+                          base: str = "normal") -> dist.TorchDistribution:
         """Base of ``shape`` on this flow's device and dtype, scaled by ``temperature``."""
         temperature = checks.positive_float("temperature", temperature)
         loc = self._anchor.new_zeros(tuple(shape))
@@ -153,7 +153,8 @@ class Flow(DensityFlow):
     def transforms(self) -> List[Transform]:
         return [] if self.transform is None else [self.transform]
 
-    def density_parts(self, temperature: float = 1.0):
+    def density_parts(self, temperature: float = 1.0
+                      ) -> Tuple[dist.TorchDistribution, List[Transform]]:
         """``(base distribution, transforms)`` of :meth:`distribution` (a model adds its
         preprocessing transforms after these)."""
         return (self.base_distribution(self.latent_shape, temperature, self.base),
@@ -217,7 +218,8 @@ class DenseLevel(nn.Module):
         self.split_prior = split_prior
         self.event_dim = event_dim
 
-    def encode(self, x: torch.Tensor, noise: Optional[Iterator[torch.Tensor]] = None):
+    def encode(self, x: torch.Tensor, noise: Optional[Iterator[torch.Tensor]] = None
+               ) -> Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
         """``(latents, log_det, noises)``.
 
         ``log_det`` is ``log|det d latents / d [x, e]|`` of the (bijective) map from the
@@ -244,7 +246,8 @@ class DenseLevel(nn.Module):
         latents, l, more = self.inner.encode(h, noise)
         return latents + [z_out], ld + l, used + more
 
-    def shapes(self, in_shape: Sequence[int]):
+    def shapes(self, in_shape: Sequence[int]
+               ) -> Tuple[List[Tuple[int, ...]], List[Tuple[int, ...]]]:
         """``(latent shapes, noise shapes)`` for events of ``in_shape``, in :meth:`encode`'s order."""
         shape = tuple(in_shape)
         if self.squeeze:
@@ -306,7 +309,8 @@ class AugmentedFlow(DensityFlow):
     def latent_dim(self) -> int:
         return sum(_numel(s) for s in self.latent_shapes)
 
-    def encode(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None):
+    def encode(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None
+               ) -> Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
         """``(latents, log_det, noises)`` of one noise draw (see :meth:`DenseLevel.encode`)."""
         self.check_input(x)
         reset_caches(self)
@@ -316,7 +320,8 @@ class AugmentedFlow(DensityFlow):
         reset_caches(self)
         return self.level.decode(list(latents))
 
-    def log_weight(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None):
+    def log_weight(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None
+                   ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """One importance weight ``log N(w) + log|det| - log N(e)`` per example, and the latents."""
         latents, ld, noises = self.encode(x, noise)
         ed = len(self.event_shape)
@@ -333,7 +338,8 @@ class AugmentedFlow(DensityFlow):
         self.check_input(x)
         return self.log_weight_mean(x, num_samples)[0]
 
-    def log_weight_mean(self, x: torch.Tensor, num_samples: int = 1):
+    def log_weight_mean(self, x: torch.Tensor, num_samples: int = 1
+                        ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """``(log mean_k exp(log_weight_k), latents of the first draw)`` over
         ``num_samples`` noise draws: the importance-weighted bound (1: the ELBO)."""
         lw, latents = self.log_weight(x)
@@ -347,7 +353,8 @@ class AugmentedFlow(DensityFlow):
         return [self._anchor.new_empty((n,) + s).normal_() * temperature
                 for s in self.latent_shapes]
 
-    def distribution(self, temperature: float = 1.0, num_samples: int = 1):
+    def distribution(self, temperature: float = 1.0,
+                     num_samples: int = 1) -> "AugmentedFlowDistribution":
         """The data distribution (:class:`AugmentedFlowDistribution`), caches cleared."""
         reset_caches(self)
         return AugmentedFlowDistribution(self, temperature, num_samples)
@@ -373,7 +380,7 @@ class AugmentedFlowDistribution(TorchDistribution):
         super().__init__(torch.Size(), torch.Size(flow.event_shape), validate_args=False)
 
     @property
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, len(self.flow.event_shape))
 
     def _flat(self, x):
@@ -381,7 +388,7 @@ class AugmentedFlowDistribution(TorchDistribution):
         batch = x.shape[: x.dim() - k]
         return x.reshape((-1,) + self.flow.event_shape), batch
 
-    def log_prob_and_latent(self, x: torch.Tensor):
+    def log_prob_and_latent(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(log_prob bound, flattened latent of one draw (..., latent_dim))``."""
         if self._last[0] is x:
             return self._last[1], self._last[2]
@@ -395,7 +402,7 @@ class AugmentedFlowDistribution(TorchDistribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob_and_latent(x)[0]
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         n = _numel(shape)
         x = self.flow.decode(self.flow.draw_latents(n, self.temperature))

@@ -128,7 +128,7 @@ def reset_caches(module: nn.Module) -> None:
                 m._cached_ladj = None
 
 
-def chain(density_order: Sequence[Transform]):
+def chain(density_order: Sequence[Transform]) -> TransformModule:
     """A Pyro composition from parts listed in *density* order (data side first).
 
     Flows are easiest to read from the data towards the latent (Glow's step is
@@ -162,17 +162,17 @@ class CachedLogDetTransform(TransformModule):
         self._cached_ladj = None
 
     @constraints.dependent_property(is_discrete=False)
-    def domain(self):
+    def domain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
     @constraints.dependent_property(is_discrete=False)
-    def codomain(self):
+    def codomain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
-    def forward_and_log_det(self, x):  # pragma: no cover - abstract
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def inverse_and_log_det(self, y):  # pragma: no cover - abstract
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _call(self, x):
@@ -185,13 +185,13 @@ class CachedLogDetTransform(TransformModule):
         self._cached_ladj = ladj
         return x
 
-    def log_abs_det_jacobian(self, x, y):
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_old, y_old = self._cached_x_y
         if self._cached_ladj is not None and x is x_old and y is y_old:
             return self._cached_ladj
         return self.forward_and_log_det(x)[1]
 
-    def with_cache(self, cache_size=1):
+    def with_cache(self, cache_size: int = 1) -> Transform:
         if cache_size != 1:
             raise ValueError(f"{type(self).__name__} always caches its last call.")
         return self
@@ -229,12 +229,12 @@ class NormflowsTransform(CachedLogDetTransform):
     def _log_det(self, ld, xf, batch):
         return (xf.new_zeros(xf.shape[0]) + ld).reshape(batch)
 
-    def forward_and_log_det(self, x):
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         xf, batch = self._flat(x)
         y, ld = self.flow(xf)
         return y.reshape(batch + y.shape[1:]), self._log_det(ld, xf, batch)
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         yf, batch = self._flat(y)
         x, ld = self.flow.inverse(yf)
         return x.reshape(batch + x.shape[1:]), -self._log_det(ld, yf, batch)
@@ -284,17 +284,17 @@ class ElementwiseAffine(CachedLogDetTransform):
         ld = self.log_scale.sum() * self._repeats
         return ld.expand(x.shape[: x.dim() - self._event_dim])
 
-    def forward_and_log_det(self, x):
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_event(x, self.event_shape, type(self).__name__)
         y = x * torch.exp(self.log_scale)
         return (y if self.shift is None else y + self.shift), self._log_det(x)
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_event(y, self.event_shape, type(self).__name__)
         x = y if self.shift is None else y - self.shift
         return x * torch.exp(-self.log_scale), self._log_det(y)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}, param_shape={tuple(self.log_scale.shape)}"
 
 
@@ -350,11 +350,11 @@ class ActNorm(ElementwiseAffine):
             if math.prod(v.shape[: v.dim() - self._event_dim]) >= 2:
                 self._start(v.detach(), density)
 
-    def forward_and_log_det(self, x):
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         self._wait_or_start(x, density=False)
         return super().forward_and_log_det(x)
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         self._wait_or_start(y, density=True)
         return super().inverse_and_log_det(y)
 
@@ -423,15 +423,15 @@ class InvertibleLinear(CachedLogDetTransform):
         per_pixel = x.shape[-2] * x.shape[-1] if self._event_dim == 3 else 1
         return (self.log_abs_s.sum() * per_pixel).expand(x.shape[: x.dim() - self._event_dim])
 
-    def forward_and_log_det(self, x):
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_event(x, self.event_shape, "InvertibleLinear")
         return self._map_channels(self.inverse_weight(), x), -self._log_det(x)
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_event(y, self.event_shape, "InvertibleLinear")
         return self._map_channels(self.weight(), y), -self._log_det(y)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"channels={self.channels}, event_dim={self._event_dim}"
 
 
@@ -474,7 +474,7 @@ class Permute(PyroPermute, TransformModule):
         dim: the (negative) dimension to permute; the event has ``-dim`` dimensions.
     """
 
-    def __init__(self, permutation, dim: int = -1):
+    def __init__(self, permutation: Sequence[int] | torch.Tensor, dim: int = -1):
         perm = torch.as_tensor(permutation, dtype=torch.long)
         if perm.dim() != 1 or not torch.equal(perm.sort().values, torch.arange(len(perm))):
             raise ConfigError(f"not a permutation of range({len(perm)}): {perm.tolist()}.")
@@ -484,10 +484,10 @@ class Permute(PyroPermute, TransformModule):
         self.register_buffer("_inv_permutation", torch.argsort(perm))
 
     @property
-    def inv_permutation(self):
+    def inv_permutation(self) -> torch.Tensor:
         return self._inv_permutation
 
-    def with_cache(self, cache_size=1):
+    def with_cache(self, cache_size: int = 1) -> Transform:
         return self
 
     @staticmethod
@@ -524,18 +524,18 @@ class Squeeze(TransformModule):
     def _inverse(self, y):
         return unsqueeze2d(y)
 
-    def log_abs_det_jacobian(self, x, y):
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[:-3])
 
-    def forward_shape(self, shape):
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         *b, c, h, w = shape
         return torch.Size((*b, 4 * c, h // 2, w // 2))
 
-    def inverse_shape(self, shape):
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
         *b, c, h, w = shape
         return torch.Size((*b, c // 4, 2 * h, 2 * w))
 
-    def with_cache(self, cache_size=1):
+    def with_cache(self, cache_size: int = 1) -> Transform:
         return self
 
 
@@ -584,12 +584,12 @@ class CheckerboardAffineCoupling(CachedLogDetTransform):
         t = t * (1 - b)
         return s.reshape(batch + self.event_shape), t.reshape(batch + self.event_shape)
 
-    def forward_and_log_det(self, x):
+    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s, t = self._params(x)
         y = x * torch.exp(s) + t  # s = t = 0 where the mask keeps x
         return y, s.flatten(-3).sum(-1)
 
-    def inverse_and_log_det(self, y):
+    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s, t = self._params(y)  # b * y == b * x
         return (y - t) * torch.exp(-s), s.flatten(-3).sum(-1)
 
@@ -644,7 +644,7 @@ class MultiscaleTransform(CachedLogDetTransform):
         self.event_shape = (c, h, w)
         self.pre, self.post, self.inner, self.split_prior = pre, post, inner, split_prior
 
-    def forward_and_log_det(self, z):
+    def forward_and_log_det(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         ld = z.new_zeros(z.shape[:-3])
         v = squeeze2d(z)
         if self.inner is not None:
@@ -664,7 +664,7 @@ class MultiscaleTransform(CachedLogDetTransform):
             ld = ld + l
         return x, ld
 
-    def inverse_and_log_det(self, x):
+    def inverse_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         ld = x.new_zeros(x.shape[:-3])
         if self.pre is not None:
             x, l = apply_inverse(self.pre, x, 3)
@@ -707,7 +707,8 @@ class CrossUnitCoupling(nn.Module):
         hidden: conditioner width: hidden channels (int) for images, layer sizes for vectors.
     """
 
-    def __init__(self, event_shape: Sequence[int], growth: int, hidden=64):
+    def __init__(self, event_shape: Sequence[int], growth: int,
+                 hidden: int | Sequence[int] = 64):
         super().__init__()
         self.event_shape = tuple(event_shape)
         self.growth = checks.positive_int("growth", growth)
@@ -730,10 +731,10 @@ class CrossUnitCoupling(nn.Module):
     def out_shape(self) -> Tuple[int, ...]:
         return (self.event_shape[0] + self.growth,) + self.event_shape[1:]
 
-    def noise_shape(self, batch) -> Tuple[int, ...]:
+    def noise_shape(self, batch: Sequence[int]) -> Tuple[int, ...]:
         return tuple(batch) + (self.growth,) + self.event_shape[1:]
 
-    def forward(self, z: torch.Tensor):
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of the added noise, each of the noise's shape."""
         batch = z.shape[: z.dim() - self.event_dim]
         out = self.net(z.reshape((-1,) + self.event_shape))
@@ -742,7 +743,8 @@ class CrossUnitCoupling(nn.Module):
         shape = self.noise_shape(batch)
         return mu.reshape(shape), log_sigma.reshape(shape)
 
-    def augment(self, z: torch.Tensor, noise: Optional[torch.Tensor] = None):
+    def augment(self, z: torch.Tensor, noise: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(z_aug, sum log sigma, e)``: ``e`` is drawn unless given."""
         mu, log_sigma = self(z)
         if noise is None:

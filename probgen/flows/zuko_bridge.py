@@ -196,16 +196,17 @@ class ZukoDistribution(ZukoToPyro):
 
     arg_constraints: ClassVar[dict] = {}
 
-    def rsample(self, sample_shape=()) -> torch.Tensor:
+    def rsample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
         """A reparameterised draw of shape ``sample_shape + batch_shape + event_shape``
         whose density is remembered (as ``pyro.sample``'s draws are)."""
         return self(torch.Size(sample_shape))
 
-    def sample(self, sample_shape=()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
         with torch.no_grad():
             return self.dist.sample(torch.Size(sample_shape))
 
-    def expand(self, batch_shape, _instance=None) -> ZukoDistribution:
+    def expand(self, batch_shape: Sequence[int],
+               _instance: ZukoDistribution | None = None) -> ZukoDistribution:
         """The distribution with ``batch_shape``; the densities of earlier draws stay
         remembered (a plate that expands a distribution after a model computed ``x``'s
         density, as ``FlowModel`` does for its ``z`` site, does not run the flow again)."""
@@ -222,7 +223,7 @@ class ZukoDistribution(ZukoToPyro):
         return self.dist.log_prob(x)
 
     @property
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def log_prob_and_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +310,8 @@ class ZukoDensity(DensityFlow):
             base.reinterpreted_batch_ndims)
         return type(d)(d.transform, scaled)
 
-    def density_parts(self, temperature: float = 1.0):
+    def density_parts(self, temperature: float = 1.0
+                      ) -> tuple[dist.TorchDistribution, list[torch.distributions.Transform]]:
         """``(base, transforms)``: :class:`ZukoDistribution` over the flattened event and
         the reshape to ``event_shape``; the base's standard deviation times
         ``temperature`` (a Gaussian base only)."""

@@ -20,7 +20,7 @@ BatchToArgs = Callable[[Any], Tuple[Sequence, Dict[str, Any]]]
 
 __all__ = ["BatchArguments", "BatchToArgs", "batch_len", "default_batch_to_args"]
 
-def batch_len(batch) -> int:
+def batch_len(batch: Any) -> int:
     """The number of examples in a batch: the first dimension of its first tensor."""
     items = batch.values() if isinstance(batch, dict) else \
         (batch,) if torch.is_tensor(batch) else batch
@@ -31,7 +31,7 @@ def batch_len(batch) -> int:
 
 
 
-def default_batch_to_args(batch) -> Tuple[tuple, Dict[str, Any]]:
+def default_batch_to_args(batch: Any) -> Tuple[tuple, Dict[str, Any]]:
     """Pyro's reading of a batch: a dict -> keyword arguments, a tuple or list ->
     positional ones, a tensor -> one positional argument."""
     if isinstance(batch, dict):

@@ -56,7 +56,7 @@ class StepContext(Messenger):
         self.data_checked = bool(data_checked)
         self.module = module
 
-    def registers(self, module) -> bool:
+    def registers(self, module: Any) -> bool:
         """Whether ``module`` must still call ``pyro.module`` in this step."""
         return self.module is not module
 

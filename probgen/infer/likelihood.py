@@ -24,7 +24,7 @@ differential entropy rate :math:`-\log p(x) / (D \log 2)`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pyro
 import pyro.distributions as dist
@@ -144,7 +144,7 @@ def _joint_log_weights(model, guide, args, shape, particle_plate=None) -> torch.
     return lw
 
 
-def log_importance_weights(model: Callable, guide: Callable, *args,
+def log_importance_weights(model: Callable, guide: Callable, *args: Any,
                            num_particles: Optional[int] = None,
                            vectorize: Optional[bool] = None) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)`` per example for draws ``z ~ q``.
@@ -183,7 +183,7 @@ def default_chunk(num_samples: int, n: int) -> int:
 
 
 @torch.no_grad()
-def iw_log_likelihood(model: Callable, guide: Callable, *args, num_samples: int = 100,
+def iw_log_likelihood(model: Callable, guide: Callable, *args: Any, num_samples: int = 100,
                       chunk_size: Optional[int] = None,
                       vectorize: Optional[bool] = None) -> torch.Tensor:
     """Importance-sampled ``log p(x)`` per example (Burda et al. 2016).
@@ -221,7 +221,8 @@ def check_dims_and_levels(num_dims: int, num_levels: Optional[int]) -> None:
                     hint="or None for continuous data")
 
 
-def bits_per_dim(log_prob, num_dims: int, num_levels: Optional[int] = 256):
+def bits_per_dim(log_prob: torch.Tensor | float, num_dims: int,
+                 num_levels: Optional[int] = 256) -> torch.Tensor | float:
     """Bits/dim of log-densities (nats) of data in [0, 1]^D dequantized from ``num_levels``.
 
     Args:

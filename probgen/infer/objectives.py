@@ -25,7 +25,7 @@ name               Pyro class                                  KL term
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pyro.infer as infer
 import torch
@@ -57,7 +57,8 @@ class IWAE_ELBO(infer.RenyiELBO):
                          max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
+                            **kwargs: Any) -> torch.Tensor:
         log_weights = []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
@@ -97,7 +98,8 @@ class Trace_ELBO(infer.Trace_ELBO):
     :func:`probgen.fit` stops on a non-finite loss with a clear error.
     """
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
+                            **kwargs: Any) -> torch.Tensor:
         total = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle = _reparameterized_loss(model_trace, guide_trace)
@@ -147,7 +149,8 @@ class TraceMeanField_ELBO(infer.TraceMeanField_ELBO):
     ``loss`` (a float, by contract a host read) is Pyro's.
     """
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
+                            **kwargs: Any) -> torch.Tensor:
         total = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle = -_mean_field_elbo(model_trace, guide_trace)
@@ -202,7 +205,7 @@ _EAGER = {"trace": "trace", "meanfield": "meanfield", "jit": "trace",
 
 
 def make_elbo(name: str = "trace", num_particles: int = 1,
-              max_plate_nesting: Optional[int] = 1, eager: bool = False):
+              max_plate_nesting: Optional[int] = 1, eager: bool = False) -> infer.ELBO:
     """Build the Pyro ELBO called ``name`` with ``num_particles`` vectorized particles.
 
     Args:

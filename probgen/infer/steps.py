@@ -67,11 +67,11 @@ class Step:
     phases: Sequence[Phase] = ()
     isolate_param_store: bool = False
 
-    def eval_loss(self, batch) -> Optional[torch.Tensor]:
+    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
         """Validation loss per example (``None``: this step has none)."""
         return None
 
-    def check_data(self, tensors) -> bool:
+    def check_data(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Check a whole data set's tensors once before training; True when checked
         (models may then skip their per-batch checks inside the loop)."""
         return False
@@ -118,7 +118,7 @@ class LossStep(Step):
     """
 
     def __init__(self, module: nn.Module, loss_fn: Callable[..., torch.Tensor], *,
-                 batch_to_args: Optional[BatchToArgs] = None, **phase_kwargs):
+                 batch_to_args: Optional[BatchToArgs] = None, **phase_kwargs: Any):
         self.module = module
         self.loss_fn = loss_fn
         self.arguments = BatchArguments({"loss_fn": loss_fn}, batch_to_args, leading=(module,),
@@ -129,7 +129,7 @@ class LossStep(Step):
         args, kwargs = self.arguments(batch)
         return self.loss_fn(self.module, *args, **kwargs)
 
-    def eval_loss(self, batch):
+    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
         return self._loss(batch)
 
 
@@ -250,12 +250,14 @@ class SVIStep(Step):
             fit the model's or guide's signature.
     """
 
-    def __init__(self, model=None, guide=None, *extra, loss: _ELBO = None, optim=None,
+    def __init__(self, model: Optional[Callable] = None, guide: Optional[Callable] = None,
+                 *extra: Any, loss: Optional[_ELBO] = None,
+                 optim: Union[PyroOptim, type, str, None] = None,
                  module: Optional[nn.Module] = None, num_particles: Optional[int] = None,
                  eval_particles: Optional[int] = None,
                  max_plate_nesting: Optional[int] = None, per_example: Optional[bool] = None,
                  batch_to_args: Optional[BatchToArgs] = None, objective: Optional[str] = None,
-                 **phase_kwargs):
+                 **phase_kwargs: Any):
         if extra:
             raise ConfigError(_positional_refusal(model, guide, extra))
         if loss is not None and objective is not None:
@@ -359,7 +361,7 @@ class SVIStep(Step):
             return None
         return self.module
 
-    def check_data(self, tensors) -> bool:
+    def check_data(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Check a whole data set once, before the first step, with the module's own
         ``check_data(*tensors)`` (called as its ``model`` is, on the batch's tensors).
         True when it did: the model may then skip its per-batch check inside the loop
@@ -371,7 +373,7 @@ class SVIStep(Step):
         check(*tensors)
         return True
 
-    def eval_loss(self, batch):
+    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
         args, kwargs = self.arguments(batch)
         n = batch_len(batch)
         key = (len(args), tuple(kwargs))
@@ -415,7 +417,8 @@ class ELBOLoss:
         per_example: divide by the batch size (the default) or return Pyro's sum.
     """
 
-    def __init__(self, model, guide, loss: _ELBO = "trace", num_particles: int = 1,
+    def __init__(self, model: Callable, guide: Callable, loss: _ELBO = "trace",
+                 num_particles: int = 1,
                  max_plate_nesting: Optional[int] = 1, per_example: bool = True):
         self.model, self.guide = model, guide
         self.elbo = make_elbo(loss, num_particles, max_plate_nesting) if isinstance(loss, str) \
@@ -460,10 +463,10 @@ class PhasedStep(Step):
         self._eval_loss = eval_loss
         self.isolate_param_store = isolate_param_store
 
-    def eval_loss(self, batch):
+    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
         return None if self._eval_loss is None else self._eval_loss(batch)
 
-def as_step(obj, config, batch_to_args=None) -> Step:
+def as_step(obj: Any, config: Any, batch_to_args: Optional[BatchToArgs] = None) -> Step:
     """A :class:`Step` for ``obj``: a step already; a model with ``fit_step(config)``
     (the adversarial families); a module with ``model``/``guide`` (SVI); a network
     with a ``loss`` method.

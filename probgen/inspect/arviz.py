@@ -10,15 +10,21 @@ dict-of-groups signature; a move to 1.x changes this function only.
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Mapping, Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
+else:  # arviz is imported on first use (see arviz()); at run time the hint reads Any
+    InferenceData = Any
 
 GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "observed_data",
           "sample_stats", "prior", "constant_data")
 
 
-def arviz():
+def arviz() -> ModuleType:
     """The ``arviz`` module, imported on first use (its import announces the 1.x
     refactor with a FutureWarning, which says nothing about this code's use of it)."""
     with warnings.catch_warnings():
@@ -30,7 +36,7 @@ def arviz():
 def to_inference_data(groups: Mapping[str, Mapping[str, np.ndarray]],
                       dims: Optional[Mapping[str, List[str]]] = None,
                       coords: Optional[Mapping[str, Any]] = None,
-                      attrs: Optional[Mapping[str, Any]] = None):
+                      attrs: Optional[Mapping[str, Any]] = None) -> InferenceData:
     """ArviZ ``InferenceData`` from ``{group: {variable: array}}``.
 
     Arrays of the sampled groups (posterior, posterior_predictive, log_likelihood,

@@ -28,13 +28,15 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Predictive
+from pyro.infer import MCMC, Predictive
 from pyro.poutine.util import site_is_subsample
 
 from probgen import checks
 from probgen.errors import ConfigError
-from probgen.inspect.arviz import to_inference_data
+from probgen.infer.mcmc import Chains
+from probgen.inspect.arviz import InferenceData, to_inference_data
 from probgen.metrics.likelihood import broadcast_failure
+from probgen.models.vae import VAE
 
 Draws = Dict[str, torch.Tensor]
 
@@ -157,11 +159,11 @@ def _pointwise(model, structure: _Structure, flat: Draws, args, kwargs, parallel
     return ({n: torch.stack(v) for n, v in ll.items()}, {n: torch.stack(v) for n, v in pp.items()})
 
 
-def from_draws(model: Callable, draws: Draws, *args, dims: Optional[Mapping[str, List[str]]] = None,
+def from_draws(model: Callable, draws: Draws, *args: Any, dims: Optional[Mapping[str, List[str]]] = None,
                coords: Optional[Mapping[str, Any]] = None, posterior_predictive: bool = True,
                log_likelihood: bool = True, parallel: bool = True,
                sample_stats: Optional[Mapping[str, Any]] = None,
-               attrs: Optional[Mapping[str, Any]] = None, **kwargs):
+               attrs: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> InferenceData:
     """InferenceData from posterior draws grouped by chain, ``{site: (chains, draws, ...)}``.
 
     Args:
@@ -208,7 +210,7 @@ def from_draws(model: Callable, draws: Draws, *args, dims: Optional[Mapping[str,
     return to_inference_data(groups, dims=names, coords=coords, attrs=attrs)
 
 
-def latent_sites(guide: Callable, *args, **kwargs) -> List[str]:
+def latent_sites(guide: Callable, *args: Any, **kwargs: Any) -> List[str]:
     """The latent sample sites a guide draws (auxiliary sites left out); a guide that
     draws none is refused with a one-line :class:`ConfigError`."""
     return list(_latent_shapes(guide, args, kwargs))
@@ -225,8 +227,9 @@ def _latent_shapes(guide, args, kwargs) -> Dict[str, torch.Size]:
     return names
 
 
-def from_guide(model: Callable, guide: Callable, *args, num_samples: int = 500,
-               sites: Optional[Sequence[str]] = None, parallel: bool = True, **options):
+def from_guide(model: Callable, guide: Callable, *args: Any, num_samples: int = 500,
+               sites: Optional[Sequence[str]] = None, parallel: bool = True,
+               **options: Any) -> InferenceData:
     """InferenceData of a guide's posterior draws (one chain of ``num_samples``).
 
     The draws come from ``pyro.infer.Predictive(model, guide=guide)`` with the
@@ -262,7 +265,8 @@ def from_guide(model: Callable, guide: Callable, *args, num_samples: int = 500,
     return from_draws(model, draws, *args, parallel=parallel, **conv, **options)
 
 
-def from_mcmc(mcmc, *args, model: Optional[Callable] = None, parallel: bool = True, **options):
+def from_mcmc(mcmc: MCMC | Chains, *args: Any, model: Optional[Callable] = None,
+              parallel: bool = True, **options: Any) -> InferenceData:
     """InferenceData of MCMC draws, with their chains.
 
     ``mcmc``: a Pyro ``MCMC`` after ``run`` or a :class:`probgen.infer.mcmc.Chains`.
@@ -300,7 +304,7 @@ def from_mcmc(mcmc, *args, model: Optional[Callable] = None, parallel: bool = Tr
     return from_draws(model, draws, *args, parallel=parallel, sample_stats=stats, **options)
 
 
-def vae_names(vae, n: int, index: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+def vae_names(vae: VAE, n: int, index: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """``dims`` and ``coords`` naming a VAE's axes: ``example`` (``index`` or 0..n-1),
     ``latent`` and ``pixel``."""
     coords = {"example": np.asarray(index if index is not None else np.arange(n)),
@@ -310,9 +314,9 @@ def vae_names(vae, n: int, index: Optional[Sequence[int]] = None) -> Dict[str, A
     return {"dims": {"z": ["example", "latent"], "x": ["example", "pixel"]}, "coords": coords}
 
 
-def from_vae(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
-             mcmc=None, num_samples: int = 500, index: Optional[Sequence[int]] = None,
-             **options):
+def from_vae(vae: VAE, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
+             mcmc: MCMC | Chains | None = None, num_samples: int = 500,
+             index: Optional[Sequence[int]] = None, **options: Any) -> InferenceData:
     """InferenceData of a probgen VAE's posterior over the codes of the images ``x``.
 
     Without ``mcmc``: ``num_samples`` draws of the model's guide q(z | x) (its

@@ -18,7 +18,7 @@ upper bound.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 # bits_per_dim and mean_bits_per_dim live below the models (a flow reports its bits/dim);
 # re-exported here.
@@ -71,7 +71,8 @@ def neg_log_density(bits: float, num_dims: int, num_levels: int = 256) -> float:
     return (bits - math.log2(num_levels)) * num_dims * math.log(2)
 
 
-def history_in_bits_per_dim(history, num_dims: int, num_levels: Optional[int] = 256):
+def history_in_bits_per_dim(history: List[Dict[str, Any]], num_dims: int,
+                            num_levels: Optional[int] = 256) -> List[Dict[str, Any]]:
     """A fit's history (``FitResult.history``) with its ``train_loss`` and ``val_loss`` in
     nats per example turned into bits/dim (each entry's ``epoch`` and ``seconds`` kept), for
     :func:`probgen.viz.learning_curves`.

@@ -8,7 +8,7 @@ against closed forms in the tests.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 
@@ -121,7 +121,7 @@ def pca_reconstruction(x: torch.Tensor, mean: torch.Tensor, components: torch.Te
 
 
 @torch.no_grad()
-def restoration_psnr(restore, clean: torch.Tensor, corrupted: torch.Tensor,
+def restoration_psnr(restore: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor, corrupted: torch.Tensor,
                      region: "torch.Tensor | None" = None) -> dict:
     """Mean PSNR (dB) of the corrupted images and of ``restore(corrupted)`` against the
     clean ones; with a boolean ``region`` (same shape), also the MSE and the PSNR of

@@ -332,8 +332,9 @@ class QualityReference:
                                   f"with reference_statistics(images).") from None
 
 
-def reference_statistics(images, *, feature: str = "mnist", inception_weights: Optional[str] = None,
-                         batch_size: int = 100, device=None) -> QualityReference:
+def reference_statistics(images: torch.Tensor, *, feature: str = "mnist",
+                         inception_weights: Optional[str] = None, batch_size: int = 100,
+                         device: torch.device | str | None = None) -> QualityReference:
     """The :class:`QualityReference` of a set of real images (see :func:`extract_features`)."""
     feats, logits = extract_features(images, feature=feature, inception_weights=inception_weights,
                                      batch_size=batch_size, device=device, name="reference")
@@ -598,8 +599,9 @@ def _as_reference(reference, feature: str, inception_weights, batch_size: int, d
                                 batch_size=batch_size, device=device)
 
 
-def fid(samples, reference=None, *, feature: str = "mnist", inception_weights: Optional[str] = None,
-        batch_size: int = 100, device=None) -> float:
+def fid(samples: torch.Tensor, reference: torch.Tensor | QualityReference | None = None, *,
+        feature: str = "mnist", inception_weights: Optional[str] = None,
+        batch_size: int = 100, device: torch.device | str | None = None) -> float:
     """FID of ``samples`` against ``reference`` ("FID, MNIST-classifier features" by default).
 
     Only FID: the cheap score for curves during training. ``reference``: ``None`` (the
@@ -613,10 +615,12 @@ def fid(samples, reference=None, *, feature: str = "mnist", inception_weights: O
     return frechet_distance(ref.features, feats)
 
 
-def sample_quality(samples, reference=None, *, feature: str = "mnist",
+def sample_quality(samples: torch.Tensor,
+                   reference: torch.Tensor | QualityReference | None = None, *,
+                   feature: str = "mnist",
                    inception_weights: Optional[str] = None, kid_subsets: int = 100,
                    kid_subset_size: int = 1000, k: int = 3, min_class_share: float = 0.1,
-                   seed: int = 0, batch_size: int = 100, device=None) -> dict:
+                   seed: int = 0, batch_size: int = 100, device: torch.device | str | None = None) -> dict:
     """FID, KID, precision/recall and class coverage of ``samples`` against ``reference``.
 
     Args:

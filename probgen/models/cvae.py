@@ -18,7 +18,7 @@ At prediction time (no ``y``), the guide falls back to the prior network, so
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +31,7 @@ from probgen import checks
 from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
 from probgen.errors import DataError
+from probgen.infer.steps import Step
 from probgen.models.checks import (CheckedLossStep, flat_images, found, loop_checked,
                                    outside_unit_interval)
 from probgen.models.likelihoods import masked_bernoulli_nll
@@ -96,16 +97,18 @@ class Baseline(nn.Module):
         """Logits of every pixel, ``(B, D)``."""
         return self.net(inputs.reshape(inputs.shape[0], -1))
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, *rest) -> torch.Tensor:
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
+             *rest: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of the Bernoulli NLL of the hidden pixels."""
         check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         return self.nll(inputs, targets).mean()
 
-    def check_data(self, inputs: torch.Tensor, targets: torch.Tensor, *rest) -> None:
+    def check_data(self, inputs: torch.Tensor, targets: torch.Tensor,
+                   *rest: torch.Tensor) -> None:
         """Check a whole data set of ``(inputs, targets)`` (a clear error otherwise)."""
         check_completion_batch(inputs, targets, self.image_shape)
 
-    def fit_step(self, config=None):
+    def fit_step(self, config: Any = None) -> Step:
         """The step :func:`probgen.fit` runs: the masked Bernoulli loss (:meth:`loss`), the
         data checked once before the first step instead of in every step."""
         return CheckedLossStep(self, lambda module, *batch: module.loss(*batch))
@@ -157,7 +160,7 @@ class CVAE(nn.Module):
         self.generation_net = MLP([z_dim, *hidden, d])
         self.z_dim = z_dim
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> CVAE:
         super().train(mode)
         self.baseline.eval()  # frozen: always in evaluation mode
         return self
@@ -213,7 +216,7 @@ class CVAE(nn.Module):
             self._prior_input(inputs.reshape(inputs.shape[0], -1), completed)
 
     def model(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
-              completed: Optional[torch.Tensor] = None):
+              completed: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         self._register()
         x = inputs.reshape(inputs.shape[0], -1)
@@ -245,7 +248,7 @@ class CVAE(nn.Module):
         return None
 
     def guide(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
-              completed: Optional[torch.Tensor] = None):
+              completed: Optional[torch.Tensor] = None) -> None:
         x = inputs.reshape(inputs.shape[0], -1)
         with pyro.plate("data", x.shape[0]):
             if targets is None:

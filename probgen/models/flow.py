@@ -31,7 +31,7 @@ importance sampling over ``u`` tightens it (:meth:`FlowModel.log_prob` with ``nu
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -86,7 +86,7 @@ class FlowModel(nn.Module):
                  event_shape: Sequence[int] = (1, 28, 28), preprocess: str = "logit",
                  alpha: float = 0.05, num_levels: Optional[int] = -1,
                  dequantization: Optional[str] = None, dequantizer_hidden: int = 32,
-                 **flow_kwargs):
+                 **flow_kwargs: Any):
         super().__init__()
         if isinstance(flow, str):
             flow = build_flow(flow, event_shape, **flow_kwargs)
@@ -113,7 +113,7 @@ class FlowModel(nn.Module):
                             if dequantization == "variational" else None)
 
     @property
-    def event_shape(self):
+    def event_shape(self) -> tuple[int, ...]:
         return self.flow.event_shape
 
     @property
@@ -125,7 +125,7 @@ class FlowModel(nn.Module):
         """Whether ``log_prob`` is exact (False for DenseFlow: a lower bound)."""
         return self.flow.exact
 
-    def check_data(self, x: torch.Tensor, *rest, values: bool = True) -> None:
+    def check_data(self, x: torch.Tensor, *rest: torch.Tensor, values: bool = True) -> None:
         """Shape ``(B, *event_shape)``; with logit preprocessing, values in [0, 1]; with
         ``dequantization``, grey levels on the grid of ``num_levels``. Other tensors of a
         batch (labels the model takes and ignores) are not checked. ``values=False``
@@ -149,7 +149,8 @@ class FlowModel(nn.Module):
     def _data_transforms(self):
         return [logit_transform(self.alpha)] if self.preprocess == "logit" else []
 
-    def distribution(self, temperature: float = 1.0, num_samples: int = 1):
+    def distribution(self, temperature: float = 1.0,
+                     num_samples: int = 1) -> dist.TorchDistribution:
         """The Pyro distribution of the data (including preprocessing).
 
         Exact flows: ``TransformedDistribution(base, [flow transform, logit^{-1}])``.
@@ -183,8 +184,8 @@ class FlowModel(nn.Module):
         zeros = like.new_zeros(like.shape[1:])
         return dist.Uniform(zeros, zeros + 1.0).to_event(len(self.event_shape))
 
-    def model(self, x: Optional[torch.Tensor] = None, *rest, num_samples: int = 1,
-              temperature: float = 1.0):
+    def model(self, x: Optional[torch.Tensor] = None, *rest: torch.Tensor, num_samples: int = 1,
+              temperature: float = 1.0) -> torch.Tensor:
         pyro.module("flow", self.flow)
         checked = loop_checked()
         if x is not None:
@@ -205,7 +206,8 @@ class FlowModel(nn.Module):
             pyro.deterministic("z", z, event_dim=1)
         return x
 
-    def guide(self, x: Optional[torch.Tensor] = None, *rest, **kwargs):
+    def guide(self, x: Optional[torch.Tensor] = None, *rest: torch.Tensor,
+              **kwargs: Any) -> None:
         """Empty for continuous data (the latent of a flow is a function of the data);
         with dequantization, the distribution of the noise ``u`` given the grey levels."""
         if x is None or self.dequantization is None:

@@ -49,7 +49,7 @@ image's pixel probabilities, same shape. ``fit`` trains it with
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -139,7 +139,7 @@ class MEVAE(nn.Module):
                 f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim})).")
         return x.reshape(x.shape[0], -1)
 
-    def check_data(self, x: torch.Tensor, *rest) -> None:
+    def check_data(self, x: torch.Tensor, *rest: torch.Tensor) -> None:
         """Scenes of this model's shape with binary pixels (a clear error otherwise); the
         fit loop checks a whole data set so once, and the model then skips its per-batch
         check inside the loop's steps."""
@@ -150,7 +150,8 @@ class MEVAE(nn.Module):
         """Every candidate's Gaussian: ``(loc, scale)``, each ``(B, G*G, D)``."""
         return self.encoder(self._flat(x))
 
-    def select(self, x: torch.Tensor):
+    def select(self, x: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(indices (B, K), loc (B, K, D), scale (B, K, D), kl (B, G*G))``: the kept
         candidates (largest KL first) and every candidate's KL."""
         loc, scale = self.candidates(x)
@@ -166,7 +167,8 @@ class MEVAE(nn.Module):
         return out.flatten(-2)
 
     # -- Pyro model and guide ----------------------------------------------------------------
-    def model(self, x: Optional[torch.Tensor] = None, size: Optional[int] = None):
+    def model(self, x: Optional[torch.Tensor] = None,
+              size: Optional[int] = None) -> torch.Tensor:
         pyro.module("mevae", self)
         if x is not None:
             flat = self._flat(x)
@@ -187,14 +189,14 @@ class MEVAE(nn.Module):
             return pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False)
                                .to_event(1), obs=obs)
 
-    def guide(self, x: torch.Tensor, size: Optional[int] = None):
+    def guide(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
         pyro.module("mevae", self)
         _, loc, scale, _ = self.select(x)
         with pyro.plate("data", loc.shape[0], dim=-2):
             with pyro.plate("entities", self.num_entities, dim=-1):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def fit_step(self, config):
+    def fit_step(self, config: Any) -> SVIStep:
         """The SVI step :func:`probgen.fit` trains this model with: the run's objective
         and particles, two plates (scenes and entities)."""
         return SVIStep(self, loss=config.objective, num_particles=config.num_particles,

@@ -182,7 +182,7 @@ class VAE(nn.Module):
                                         **(prior_flow_kwargs or {}))
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "VAE":
+    def from_preset(cls, name: str, **overrides: Any) -> "VAE":
         """A model of the preset ``name`` (see :data:`PRESETS`), settings overridden."""
         return cls(**{**PRESETS.get(name), **overrides})
 
@@ -218,7 +218,8 @@ class VAE(nn.Module):
         labels = checked_labels(labels, n, self.num_labels)
         return None if labels is None else F.one_hot(labels, self.num_labels)
 
-    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
         flat = self._flat(x)
         # Inside fit, data checked whole before the first step is not checked per batch.
@@ -254,7 +255,7 @@ class VAE(nn.Module):
         return pyro.plate("data", n)
 
     def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None):
+              size: Optional[int] = None) -> torch.Tensor:
         step = current_step()
         if step is None or step.registers(self):
             pyro.module("vae", self)
@@ -274,7 +275,7 @@ class VAE(nn.Module):
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
-    def prior(self):
+    def prior(self) -> dist.TorchDistribution:
         """``p(z)``, event shape ``(z_dim,)``: ``N(0, I)``, or the learned zuko flow
         (a :class:`~probgen.flows.zuko_bridge.ZukoDistribution`, Pyro's ``ZukoToPyro``)."""
         if self.prior_flow is not None:
@@ -297,7 +298,7 @@ class VAE(nn.Module):
         return self.guide_flow.distribution(loc, scale, h)
 
     def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None):
+              size: Optional[int] = None) -> torch.Tensor:
         flat = self._flat(x)
         onehot = self._onehot(labels, flat.shape[0])
         seen = self.corrupt(flat) if self.corrupt is not None else flat
@@ -306,7 +307,8 @@ class VAE(nn.Module):
             with self._kl_weight():
                 return pyro.sample("z", q)
 
-    def posterior(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+    def posterior(self, x: torch.Tensor,
+                  labels: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
         """``q(z | x)`` for the images as given (no corruption added), as a distribution
         with batch shape ``(B,)`` and event shape ``(z_dim,)``: the encoder's Gaussian,
         or with ``guide_flow`` a :class:`~pyro.distributions.TransformedDistribution`

@@ -35,6 +35,9 @@ from probgen.errors import CheckpointError, CheckpointWriteError
 from probgen.models.registry import build_from_config, model_config
 from probgen.train.distributed import is_main_process
 
+# what torch.load takes as map_location: a device, a callable or a {from: to} mapping
+MapLocation = Union[str, torch.device, Callable, Dict[str, str], None]
+
 FORMAT = "probgen.checkpoint"
 VERSION = 1
 
@@ -133,7 +136,7 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
 
 # --------------------------------------------------------------------------- reading
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: Union[str, Path], map_location: MapLocation = "cpu") -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -210,7 +213,7 @@ def load_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], sourc
     return module
 
 
-def save_model(module: torch.nn.Module, path: Union[str, Path], **extra) -> Path:
+def save_model(module: torch.nn.Module, path: Union[str, Path], **extra: Any) -> Path:
     """Save a module's weights (and any extra JSON-like entries) as a probgen checkpoint;
     a registered probgen model's settings go with them, for :func:`load`."""
     path = Path(path)
@@ -232,7 +235,8 @@ def _param_store_run(path, state) -> str:
             f"restore it with probgen.load(path, model=model, guide=guide).")
 
 
-def load_model(module: torch.nn.Module, path: Union[str, Path], map_location="cpu"):
+def load_model(module: torch.nn.Module, path: Union[str, Path],
+               map_location: MapLocation = "cpu") -> torch.nn.Module:
     """Load weights saved by :func:`save_model` or by the fit loop into ``module``
     (the last epoch's; :func:`load` picks the best ones and restores Pyro parameters)."""
     state = load_checkpoint(path, map_location=map_location)
@@ -486,7 +490,8 @@ def _when_set_up(path, module, role, items) -> None:
 
 def load(path: Union[str, Path], model: Optional[Callable] = None,
          guide: Optional[Callable] = None, *, module: Optional[torch.nn.Module] = None,
-         map_location="cpu", weights: Optional[str] = None):
+         map_location: MapLocation = "cpu",
+         weights: Optional[str] = None) -> Union[torch.nn.Module, "RestoredRun"]:
     """A ready model from a checkpoint of the fit loop (or of :func:`save_model`), or a
     user's Pyro run restored.
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Union
 
 import pyro
 import torch
@@ -23,7 +23,8 @@ __all__ = ["evaluate", "evaluate_pass"]
 
 
 @torch.no_grad()
-def evaluate(step, data, batch_size: int = 1000, device=None) -> Optional[float]:
+def evaluate(step: Any, data: Union[TensorData, Iterable[Any]], batch_size: int = 1000,
+             device: torch.device | str | None = None) -> Optional[float]:
     """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode).
 
     ``step`` is what :func:`fit` takes (a probgen model, an :class:`SVIStep`, a

@@ -9,9 +9,16 @@ and whatever callbacks added (a :class:`~probgen.train.Metric`'s figures, ``cpu_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 from probgen.viz.images import new_figure, save
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
+    Axes = Figure = Any
 
 PathLike = Union[str, Path, None]
 History = Sequence[Mapping]
@@ -54,7 +61,7 @@ def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> L
     return out
 
 
-def plot_history(ax, histories: Union[History, Mapping[str, History]], keys: Panel,
+def plot_history(ax: Axes, histories: Union[History, Mapping[str, History]], keys: Panel,
                  x: Callable[[History], Sequence[float]] = epochs,
                  styles: Union[str, Mapping[str, str], None] = None,
                  names: Optional[Mapping[str, str]] = None,
@@ -95,7 +102,8 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
                    styles: Union[str, Mapping[str, str], None] = None,
                    names: Optional[Mapping[str, str]] = None,
                    markersize: Optional[float] = None, logy: bool = False,
-                   figsize: Optional[Tuple[float, float]] = None, title: Optional[str] = None):
+                   figsize: Optional[Tuple[float, float]] = None,
+                   title: Optional[str] = None) -> Figure:
     """One panel per entry of ``keys``: what the runs recorded under it, against epoch.
 
     Args:
@@ -146,7 +154,7 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
 
 
 def learning_curves(histories: Mapping[str, History], path: PathLike = None,
-                    ylabel: str = "loss per example"):
+                    ylabel: str = "loss per example") -> Figure:
     """Train (dashed) and validation (solid) loss against epoch, one colour per run."""
     return history_figure(histories, [("train_loss", "val_loss")], path, ylabel=ylabel,
                           titles={("train_loss", "val_loss"): ""},
@@ -156,7 +164,7 @@ def learning_curves(histories: Mapping[str, History], path: PathLike = None,
 
 
 def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
-                     name: str = "FID", key: str = "fid"):
+                     name: str = "FID", key: str = "fid") -> Figure:
     """``key`` (an FID) against epochs and against training time, log scale: this process's
     CPU minutes where every epoch recorded them (``cpu_seconds``: with one thread, what the
     training cost whatever else ran), else wall minutes; the FID computations left out of
@@ -184,7 +192,8 @@ def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
 
 
 def tradeoff_figure(points: Mapping[str, Tuple[float, float]], path: PathLike = None, *,
-                    xlabel: str = "", ylabel: str = "", title: Optional[str] = None):
+                    xlabel: str = "", ylabel: str = "",
+                    title: Optional[str] = None) -> Figure:
     """One labelled point per setting of a sweep (``label -> (x, y)``): what one figure
     costs in another (test bits/dim against FID). The x axis turns logarithmic when its
     values span more than a factor of ten (a purely adversarial flow's bits/dim can be

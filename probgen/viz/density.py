@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from probgen import checks
+from probgen.models.gan import GAN
 from probgen.viz.images import image_grid, module_place, new_figure, save
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
+    Axes = Figure = Any
 
 Extent = Tuple[float, float, float, float]
 
@@ -17,7 +24,8 @@ Extent = Tuple[float, float, float, float]
 @torch.no_grad()
 def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
                     extent: Extent = (-4, 4, -4, 4), resolution: int = 200,
-                    batch_size: int = 10000, device=None, dtype=None):
+                    batch_size: int = 10000, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> Tuple[np.ndarray, float]:
     """Evaluate ``exp(log_prob_fn(points))`` on a ``resolution`` x ``resolution`` grid.
 
     The points are made on ``device`` in ``dtype``; by default where ``log_prob_fn``'s
@@ -74,7 +82,7 @@ def _save(fig, path, top: float = 1.0):
 def toy_density_figure(data: Mapping[str, torch.Tensor],
                        densities: Mapping[str, Mapping[str, np.ndarray]],
                        path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
-                       titles: Optional[Mapping[Tuple[str, str], str]] = None):
+                       titles: Optional[Mapping[Tuple[str, str], str]] = None) -> Figure:
     """Rows: data sets; columns: a 2-D histogram of the data, then each model's density.
 
     Args:
@@ -107,7 +115,7 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
 
 def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
                        path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
-                       title: Optional[str] = None):
+                       title: Optional[str] = None) -> Figure:
     """Rows: models; columns: temperatures; scatter plots of 2-D samples."""
     rows = list(samples)
     temps = sorted({t for s in samples.values() for t in s})
@@ -128,7 +136,7 @@ def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
 
 def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
                             path: Union[str, Path, None] = None, nrow: int = 8,
-                            title: Optional[str] = None):
+                            title: Optional[str] = None) -> Figure:
     """Image samples side by side, one grid per temperature (``{T: (N, C, H, W)}`` in [0, 1])."""
     temps = sorted(samples)
     grids = [image_grid(samples[t].clamp(0, 1), nrow=nrow) for t in temps]
@@ -147,7 +155,7 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
 
 
 @torch.no_grad()
-def discriminator_snapshot(gan, n: int, seed: int = 0,
+def discriminator_snapshot(gan: GAN, n: int, seed: int = 0,
                            grid: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """A GAN at one point of training, as :func:`discriminator_figure` and
     :func:`~probgen.viz.rows_figure` draw it (a
@@ -177,7 +185,7 @@ def discriminator_snapshot(gan, n: int, seed: int = 0,
 def discriminator_figure(shots: Mapping[str, Mapping[str, torch.Tensor]], grid: torch.Tensor,
                          target: torch.Tensor, path: Optional[Union[str, Path]] = None,
                          title: Optional[str] = None, target_label: str = "target",
-                         xlim: Tuple[float, float] = (-5.0, 5.0)):
+                         xlim: Tuple[float, float] = (-5.0, 5.0)) -> Figure:
     """A 1-D GAN over training: one panel per snapshot (``label -> {"samples": G(z),
     "d": D(grid) in [0, 1]}``, as :class:`~probgen.train.callbacks.Snapshots` keeps them),
     the histogram of the samples over the ``target`` density (its values on ``grid``) and

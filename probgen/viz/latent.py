@@ -4,16 +4,24 @@ PCA against an autoencoder, anomaly scores."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from probgen import checks
 from probgen.metrics.images import pca
-from probgen.metrics.report import seeded
+from probgen.metrics.report import AAEReport, seeded
+from probgen.models.aae import AAE
+from probgen.models.vae import VAE
 from probgen.viz.images import (grid_figure, image_grid, module_place, new_figure, rows_figure,
                                 save)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
+    Axes = Figure = Any
 
 PathLike = Union[str, Path, None]
 
@@ -31,7 +39,7 @@ def latent_scatter(codes: Dict[str, torch.Tensor],
                    labels: Union[torch.Tensor, Dict[str, Optional[torch.Tensor]]],
                    path: PathLike = None, max_points: Optional[int] = 5000,
                    title: Optional[str] = None, *, projection: str = "pca",
-                   prior_circle: bool = True, shared_frame: bool = False):
+                   prior_circle: bool = True, shared_frame: bool = False) -> Figure:
     """Side-by-side scatter plots of codes (one panel per entry), coloured by class.
 
     Args:
@@ -78,7 +86,7 @@ def latent_scatter(codes: Dict[str, torch.Tensor],
     return save(fig, path)
 
 
-def manifold_codes(n: int = 15, device=None, dtype=None,
+def manifold_codes(n: int = 15, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                    around: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
     ``z2`` falls down the rows, ``z1`` grows along them): at the standard normal's
@@ -120,8 +128,8 @@ def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
 
 
 def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], n: int = 15,
-                   path: PathLike = None, title: Optional[str] = None, device=None,
-                   around: Optional[torch.Tensor] = None):
+                   path: PathLike = None, title: Optional[str] = None,
+                   device: torch.device | str | None = None, around: Optional[torch.Tensor] = None) -> Figure:
     """Decode an ``n x n`` grid of 2-D codes placed at the normal quantiles.
 
     Grid point ``(i, j)`` is ``(Phi^-1(u_j), Phi^-1(u_i))`` with ``u`` evenly spaced in
@@ -144,13 +152,13 @@ def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], 
 
 
 def interpolation_figure(rows: Dict[str, torch.Tensor], path: PathLike = None,
-                         title: Optional[str] = None):
+                         title: Optional[str] = None) -> Figure:
     """Rows of images along a path between two codes (label -> ``(steps, C, H, W)``)."""
     return rows_figure(rows, path, title)
 
 
 def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
-                       ae_errors: Dict[int, float], path: PathLike = None):
+                       ae_errors: Dict[int, float], path: PathLike = None) -> Figure:
     """Left: PCA's cumulative explained variance; right: reconstruction error (MSE per
     pixel) of PCA and of an autoencoder at the same code sizes."""
     fig, (a, b) = new_figure(1, 2, figsize=(10, 4))
@@ -178,7 +186,7 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
     return save(fig, path)
 
 
-def style_codes(model, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def style_codes(model: torch.nn.Module, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(styles * classes, z_dim)`` prior draws of a label-conditional autoencoder and
     their labels: row ``s`` holds style ``s`` for every class. A style is a set of random
     numbers (seeded with ``seed + s`` in a forked random state, so the caller's stream is
@@ -201,7 +209,8 @@ def style_codes(model, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def style_figure(model, path: PathLike = None, styles: int = 8, seed: int = 0):
+def style_figure(model: torch.nn.Module, path: PathLike = None, styles: int = 8,
+                 seed: int = 0) -> Figure:
     """What a label-conditional decoder does with the label: rows, one style each
     (:func:`style_codes`); columns, the label given to the decoder (``model.decode(z,
     labels)``)."""
@@ -211,7 +220,8 @@ def style_figure(model, path: PathLike = None, styles: int = 8, seed: int = 0):
                        title="style z fixed along each row, label 0-9 along the columns")
 
 
-def aae_figures(model, report, folder: Union[str, Path], tag: str, seed: int = 0) -> Dict:
+def aae_figures(model: AAE, report: AAEReport, folder: Union[str, Path], tag: str,
+                seed: int = 0) -> Dict[str, Figure]:
     """The figures of an autoencoder with a prior from its
     :class:`~probgen.metrics.report.AAEReport`, written to ``folder``:
 
@@ -252,8 +262,8 @@ def aae_figures(model, report, folder: Union[str, Path], tag: str, seed: int = 0
 
 
 @torch.no_grad()
-def vae_figures(model, images: torch.Tensor, labels: torch.Tensor, folder: Union[str, Path],
-                tag: str = "") -> Dict:
+def vae_figures(model: VAE, images: torch.Tensor, labels: torch.Tensor, folder: Union[str, Path],
+                tag: str = "") -> Dict[str, Figure]:
     """The figures of a model of the VAE family (:class:`probgen.models.VAE`), written to
     ``folder``: ``reconstructions<tag>.png`` (twelve of ``images`` above their
     reconstructions), ``samples<tag>.png`` (decoded ``z ~ N(0, I)``: 80, or eight of each
@@ -275,7 +285,7 @@ def vae_figures(model, images: torch.Tensor, labels: torch.Tensor, folder: Union
 
 
 def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
-                   label: str = "held-out class", path: PathLike = None):
+                   label: str = "held-out class", path: PathLike = None) -> Figure:
     """Histograms of anomaly scores (-ELBO) of normal and anomalous test images."""
     fig, ax = new_figure(figsize=(6, 4))
     s = scores.detach().cpu().numpy()

@@ -4,11 +4,16 @@ candidate grid a guide chose from."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 
 from probgen.viz.images import new_figure, save
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time the hint reads Any
+    Figure = Any
 
 #: one colour per entity (RGB in [0, 1]), repeated beyond eight entities
 ENTITY_COLOURS = torch.tensor([[0.95, 0.25, 0.2], [0.2, 0.6, 1.0], [0.3, 0.85, 0.3],
@@ -47,7 +52,7 @@ def one_colour(ink: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def kl_map_figure(x: torch.Tensor, parts: Dict[str, torch.Tensor], grid: int,
-                  path: Optional[Union[str, Path]] = None, n: int = 6):
+                  path: Optional[Union[str, Path]] = None, n: int = 6) -> Figure:
     """Top: scenes ``x`` ``(B, 1, H, W)`` with the kept cells boxed and their entities'
     centres crossed, in the entities' colours; bottom: every candidate's KL on the
     ``grid x grid`` candidate grid, the kept ones numbered. ``parts``: a
