@@ -287,6 +287,36 @@ def test_gan_phases_equal_fit(tmp_path):
     assert largest_difference(params(by_fit), params(other)) > 1e-4
 
 
+def test_gan_with_phase_optim_trained_by_lightning_equals_fit(tmp_path):
+    """FitConfig.phase_optim (the players' optimizer settings, out of the model): the
+    discriminator's lr and the generator's betas as fit applies them; without them the
+    Lightning run differs; a phase the step lacks is refused at construction."""
+    data = TensorData(torch.rand(64, 1, 4, 4))
+    torch.manual_seed(2)
+    start = GAN(data_shape=(1, 4, 4), z_dim=2, net="mlp", g_hidden=[8], d_hidden=[8])
+    by_fit, by_lightning, plain = (copy.deepcopy(start) for _ in range(3))
+    phase_optim = {"D": {"lr": 3e-3}, "G": {"betas": (0.2, 0.9)}}
+    probgen.fit(by_fit, data, seed=5, epochs=2, batch_size=16, patience=None,
+                restore_best=False, phase_optim=phase_optim, **QUIET)
+
+    def lightning_run(gan, **settings):
+        set_seed(5)
+        batches = TensorBatches(data, 16, shuffle=True, generator=torch.Generator().manual_seed(5))
+        t = trainer(tmp_path, max_epochs=2)
+        module = ProbgenModule(gan, **settings)
+        t.fit(module, batches)
+        return module
+
+    module = lightning_run(by_lightning, phase_optim=phase_optim)
+    assert_all_close(params(by_fit), params(by_lightning))
+    d_opt, g_opt = (st.optimizer for st in module._states)
+    assert d_opt.param_groups[0]["lr"] == 3e-3 and g_opt.param_groups[0]["betas"] == (0.2, 0.9)
+    lightning_run(plain)
+    assert largest_difference(params(by_fit), params(plain)) > 1e-4
+    with pytest.raises(ConfigError, match="phase_optim names 'disc'.*'D', 'G'"):
+        ProbgenModule(copy.deepcopy(start), phase_optim={"disc": {"lr": 1e-3}})
+
+
 def test_loss_step_with_clipping_and_schedule_equals_fit(tmp_path):
     """A plain network's LossStep, with fit's gradient clipping and a cosine schedule built
     from SCHEDULES over the Trainer's run."""
