@@ -67,7 +67,8 @@ class Chains:
 
 def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500,
              warmup_steps: int = 500, target_accept_prob: float = 0.8,
-             max_tree_depth: int = 10, jit_compile: bool = False, init_strategy=None,
+             max_tree_depth: int = 10, jit_compile: bool = False,
+             init_strategy: Optional[Callable] = None,
              progress: bool = False, **kwargs) -> Chains:
     """Sample a Pyro model's latent sites with NUTS, ``num_chains`` chains.
 

@@ -7,17 +7,23 @@ Built on ``az.plot_pair`` (one call per posterior, on shared axes) inside a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from probgen.errors import ConfigError
-from probgen.inspect.arviz import arviz
+from probgen.inspect.arviz import InferenceData, arviz
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time the hint reads Any
+    Figure = Any
 
 COLOURS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple")
 
 
-def informative_latents(idata, example, count: int = 3, var: str = "z") -> list:
+def informative_latents(idata: InferenceData, example: Any, count: int = 3,
+                        var: str = "z") -> list:
     """The ``count`` latent dimensions whose posterior sd (over all chains and draws) is
     smallest for this example: where the image pins its code down (under a standard
     normal prior the others keep sd near 1)."""
@@ -25,9 +31,9 @@ def informative_latents(idata, example, count: int = 3, var: str = "z") -> list:
     return [int(i) for i in np.argsort(sd)[:count]]
 
 
-def pair_overlay(posteriors: Mapping[str, object], example, latents: Sequence[int],
+def pair_overlay(posteriors: Mapping[str, InferenceData], example: Any, latents: Sequence[int],
                  var: str = "z", max_points: int = 400, title: Optional[str] = None,
-                 path: Optional[Union[str, Path]] = None):
+                 path: Optional[Union[str, Path]] = None) -> Figure:
     """A pair plot of ``latents`` of one example's code, each posterior in its colour.
 
     Args:

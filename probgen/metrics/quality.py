@@ -249,8 +249,9 @@ def _device_of(images, device) -> torch.device:
 
 
 @torch.no_grad()
-def extract_features(images, *, feature: str = "mnist", inception_weights: Optional[str] = None,
-                     batch_size: int = 100, device=None, name: str = "images"
+def extract_features(images: torch.Tensor, *, feature: str = "mnist",
+                     inception_weights: Optional[str] = None, batch_size: int = 100,
+                     device: torch.device | str | None = None, name: str = "images"
                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Features ``(N, d)`` (float32, on CPU) and, for ``feature="mnist"``, class logits ``(N, 10)``.
 

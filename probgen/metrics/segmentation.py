@@ -20,11 +20,12 @@ a batch of scenes at once, on the pixels a mask selects (the foreground).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
+from probgen.data.tensors import TensorData
 from probgen.errors import DataError
 
 
@@ -144,7 +145,8 @@ def decomposition_scores(renders: torch.Tensor, segmentation: torch.Tensor,
 
 
 @torch.no_grad()
-def decomposition_report(decompose, data, segmentation: torch.Tensor, counts: torch.Tensor,
+def decomposition_report(decompose: Callable[[torch.Tensor], Dict[str, torch.Tensor]],
+                         data: TensorData, segmentation: torch.Tensor, counts: torch.Tensor,
                          min_ink: float = 20.0, batch_size: int = 200) -> Dict[str, Any]:
     """:func:`decomposition_scores` of a whole test set, overall and by object count.
 

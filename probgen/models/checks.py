@@ -15,7 +15,7 @@ NaN counts as bad.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -105,8 +105,9 @@ class CheckedStep(PhasedStep):
             (default: the module's ``check_data``).
     """
 
-    def __init__(self, module, phases: Iterable, eval_loss: Optional[Callable] = None,
-                 check: Optional[Callable] = None, **kwargs):
+    def __init__(self, module: Optional[torch.nn.Module], phases: Iterable,
+                 eval_loss: Optional[Callable] = None, check: Optional[Callable] = None,
+                 **kwargs: Any):
         super().__init__(module, phases, eval_loss=eval_loss, **kwargs)
         self._check = check
 

@@ -130,7 +130,7 @@ def place_data(datasets: Dict[str, object], target: Optional[torch.device],
     return placed, staged, notes
 
 
-def conform_dtypes(module, datasets: Dict[str, object], who: str
+def conform_dtypes(module: Optional[torch.nn.Module], datasets: Dict[str, object], who: str
                    ) -> Tuple[Dict[str, object], Optional[str]]:
     """Data of another dtype than the module's: floats are converted, uint8 images are
     refused (their scale is not the loop's to guess). Data for a step without a module
