@@ -263,7 +263,9 @@ def test_the_library_modules_with_examples_are_found():
     found = set(modules_with_examples())
     for name in ("probgen.metrics.density", "probgen.metrics.images", "probgen.metrics.likelihood",
                  "probgen.metrics.parzen", "probgen.viz.images", "probgen.train.callbacks",
-                 "probgen.data.recipes", "probgen.cli"):
+                 "probgen.data.recipes", "probgen.cli", "probgen.infer.likelihood",
+                 "probgen.infer.batches", "probgen.infer.objectives", "probgen.flows.transforms",
+                 "probgen.flows.builders", "probgen.data.tensors", "probgen.models.vae"):
         assert name in found, f"{name}'s examples are not run"
 
 
@@ -317,54 +319,6 @@ def unannotated(qualname: str, function) -> list:
 # Public callables (named where they are defined) of files other engineers own, still
 # without full annotations; the set only shrinks: an entry annotated now fails the test.
 PENDING_ANNOTATIONS = frozenset({
-    # probgen.infer.adversarial
-    "probgen.infer.adversarial.AdversarialLoss.d_loss",
-    "probgen.infer.adversarial.AdversarialLoss.g_loss",
-    # probgen.infer.phases
-    "probgen.infer.phases.traced_params",
-    # probgen.models.aae
-    "probgen.models.aae.AAE.check_data", "probgen.models.aae.AAE.decoder_output",
-    "probgen.models.aae.AAE.fit_step", "probgen.models.aae.AAE.guide",
-    "probgen.models.aae.AAE.model", "probgen.models.aae.AAE.phases",
-    # probgen.models.aging
-    "probgen.models.aging.AgeCGAN.at_every_level", "probgen.models.aging.AgeCGAN.check_data",
-    "probgen.models.aging.AgeCGAN.decode", "probgen.models.aging.AgeCGAN.distance",
-    "probgen.models.aging.AgeCGAN.edit", "probgen.models.aging.AgeCGAN.fit_step",
-    "probgen.models.aging.AgeCGAN.invert", "probgen.models.aging.AgeCGAN.model",
-    "probgen.models.aging.AgeCGAN.phases", "probgen.models.aging.AgeCGAN.regenerate",
-    "probgen.models.aging.AgeCGAN.sample", "probgen.models.aging.CAAE.at_every_level",
-    "probgen.models.aging.CAAE.edit", "probgen.models.aging.CAAE.fit_step",
-    "probgen.models.aging.CAAE.model", "probgen.models.aging.CAAE.phases",
-    "probgen.models.aging.RecurrentAger.fit_step", "probgen.models.aging.RecurrentAger.loss",
-    # probgen.models.flowgan
-    "probgen.models.flowgan.FlowGAN.__init__", "probgen.models.flowgan.FlowGAN.check_data",
-    "probgen.models.flowgan.FlowGAN.eval_loss",
-    "probgen.models.flowgan.FlowGAN.evaluate_bits_per_dim",
-    "probgen.models.flowgan.FlowGAN.event_shape", "probgen.models.flowgan.FlowGAN.fake",
-    "probgen.models.flowgan.FlowGAN.fit_step", "probgen.models.flowgan.FlowGAN.flow",
-    "probgen.models.flowgan.FlowGAN.generator_loss", "probgen.models.flowgan.FlowGAN.guide",
-    "probgen.models.flowgan.FlowGAN.likelihood_term", "probgen.models.flowgan.FlowGAN.model",
-    "probgen.models.flowgan.FlowGAN.phases", "probgen.models.flowgan.FlowGAN.real",
-    # probgen.models.gan
-    "probgen.models.gan.GAN.check_data", "probgen.models.gan.GAN.fit_step",
-    "probgen.models.gan.GAN.model", "probgen.models.gan.GAN.phases",
-    # probgen.models.registry
-    "probgen.models.registry._class_from_pretrained", "probgen.models.registry.from_pretrained",
-    "probgen.models.registry.push_to_hub", "probgen.models.registry.save_pretrained",
-    # probgen.models.semi_supervised_aae
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.check_dataset",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.classification_loss",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.decode",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.decoder_output",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.fake",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.fake_y",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.guide",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.model",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.phases",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.posterior",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.real",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.real_y",
-    "probgen.models.semi_supervised_aae.SemiSupervisedAAE.reconstruct",
     # probgen.train.callbacks
     "probgen.train.callbacks.Metric.due", "probgen.train.callbacks.Metric.on_validation_end",
     "probgen.train.callbacks.Snapshots.load_state_dict",
@@ -385,9 +339,6 @@ PENDING_ANNOTATIONS = frozenset({
     "probgen.train.hooks.Callback.on_fit_end", "probgen.train.hooks.Callback.on_fit_start",
     "probgen.train.hooks.Callback.on_train_batch_end",
     "probgen.train.hooks.Callback.on_validation_end",
-    # probgen.train.loop
-    "probgen.train.loop.Run.__init__", "probgen.train.loop.Run.run_phase",
-    "probgen.train.loop.Run.train_step", "probgen.train.loop.fit",
     # probgen.train.trackers
     "probgen.train.trackers.CSVLogger.__init__", "probgen.train.trackers.MLflow.__init__",
     "probgen.train.trackers.TensorBoard.__init__", "probgen.train.trackers.TensorBoard.writer",

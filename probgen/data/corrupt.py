@@ -50,8 +50,8 @@ class RandomBlocks:
         self.size, self.count, self.fill = size, count, float(fill)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
-    def mask(self, shape: torch.Size, device: torch.device | str | None, generator: Optional[torch.Generator] = None
-             ) -> torch.Tensor:
+    def mask(self, shape: torch.Size, device: torch.device | str | None,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Boolean ``(B, 1, H, W)``: True inside a block."""
         b, h, w = shape[0], shape[-2], shape[-1]
         if self.size > min(h, w):

@@ -135,6 +135,13 @@ class TensorData:
                 torch's pinned-memory allocator keeps a buffer until its copy is done);
                 the transform runs after the copy, on ``device``. For data sets too large
                 for the GPU (the fit loop's ``data_on_device``).
+
+        Examples:
+            >>> import torch
+            >>> from probgen.data import TensorData
+            >>> data = TensorData(torch.zeros(5, 2), torch.tensor([3, 1, 4, 1, 5]))
+            >>> [labels.tolist() for images, labels in data.batches(2)]
+            [[3, 1], [4, 1], [5]]
         """
         batch_size = checks.positive_int("batch_size", batch_size)
         n = len(self)

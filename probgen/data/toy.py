@@ -42,7 +42,8 @@ def two_moons(n: int, noise: float = 0.08, seed: int = 0) -> torch.Tensor:
 
 
 @TOY.register("rings")
-def rings(n: int, radii: Sequence[float] = (1.0, 2.0, 3.0), noise: float = 0.08, seed: int = 0) -> torch.Tensor:
+def rings(n: int, radii: Sequence[float] = (1.0, 2.0, 3.0), noise: float = 0.08,
+          seed: int = 0) -> torch.Tensor:
     """Concentric circles; each point picks a ring with probability proportional to its
     radius (uniform density along the circles), plus Gaussian noise."""
     _check_n(n)

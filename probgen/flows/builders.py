@@ -370,7 +370,19 @@ def identity(event_shape: Sequence[int], base: str = "normal") -> Flow:
 
 
 def build_flow(name: str, event_shape: Sequence[int], **kwargs: Any) -> DensityFlow:
-    """``FLOWS.get(name)(event_shape, **kwargs)`` with a clear error for unknown settings."""
+    """``FLOWS.get(name)(event_shape, **kwargs)`` with a clear error for unknown settings.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.flows import build_flow
+        >>> flow = build_flow("realnvp", (2,), depth=2)
+        >>> flow.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+        >>> build_flow("realnvp", (2,), detph=2)
+        Traceback (most recent call last):
+            ...
+        probgen.errors.ConfigError: flow 'realnvp' does not take those settings (...); ...
+    """
     builder = FLOWS.get(name)
     try:
         inspect.signature(builder).bind(event_shape, **kwargs)

@@ -169,10 +169,12 @@ class CachedLogDetTransform(TransformModule):
     def codomain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+    def forward_and_log_det(self, x: torch.Tensor  # pragma: no cover - abstract
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+    def inverse_and_log_det(self, y: torch.Tensor  # pragma: no cover - abstract
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _call(self, x):
@@ -508,6 +510,18 @@ class Squeeze(TransformModule):
 
     As written (``__call__`` squeezes), it belongs on the *data* side; in a list of
     transforms from base to data use ``Squeeze().inv``.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.flows import Squeeze
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> y = Squeeze()(x)
+        >>> y.shape
+        torch.Size([1, 4, 2, 2])
+        >>> y[0, :, 0, 0]          # the top-left 2x2 block of x, as four channels
+        tensor([0., 1., 4., 5.])
+        >>> torch.equal(Squeeze().inv(y), x)
+        True
     """
 
     bijective = True

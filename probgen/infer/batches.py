@@ -33,7 +33,19 @@ def batch_len(batch: Any) -> int:
 
 def default_batch_to_args(batch: Any) -> Tuple[tuple, Dict[str, Any]]:
     """Pyro's reading of a batch: a dict -> keyword arguments, a tuple or list ->
-    positional ones, a tensor -> one positional argument."""
+    positional ones, a tensor -> one positional argument.
+
+    Examples:
+        >>> import torch
+        >>> from probgen.infer import default_batch_to_args
+        >>> x, y = torch.zeros(2, 3), torch.ones(2)
+        >>> args, kwargs = default_batch_to_args({"xs": x, "ys": y})   # model(xs=x, ys=y)
+        >>> args, sorted(kwargs)
+        ((), ['xs', 'ys'])
+        >>> args, kwargs = default_batch_to_args((x, y))               # model(x, y)
+        >>> len(args), kwargs
+        (2, {})
+    """
     if isinstance(batch, dict):
         return (), batch
     if isinstance(batch, (tuple, list)):

@@ -212,6 +212,12 @@ def make_elbo(name: str = "trace", num_particles: int = 1,
         max_plate_nesting: plates a model nests (probgen's models use one data plate);
             ``None``: Pyro infers it by running the model once.
         eager: return the uncompiled counterpart of a ``jit*`` objective.
+
+    Examples:
+        >>> from probgen.infer import make_elbo
+        >>> elbo = make_elbo("iwae", num_particles=5)
+        >>> type(elbo).__name__, elbo.num_particles, elbo.vectorize_particles
+        ('IWAE_ELBO', 5, True)
     """
     num_particles = checks.positive_int("num_particles", num_particles)
     cls = OBJECTIVES.get(_EAGER.get(name, name) if eager else name)

@@ -159,7 +159,8 @@ def _pointwise(model, structure: _Structure, flat: Draws, args, kwargs, parallel
     return ({n: torch.stack(v) for n, v in ll.items()}, {n: torch.stack(v) for n, v in pp.items()})
 
 
-def from_draws(model: Callable, draws: Draws, *args: Any, dims: Optional[Mapping[str, List[str]]] = None,
+def from_draws(model: Callable, draws: Draws, *args: Any,
+               dims: Optional[Mapping[str, List[str]]] = None,
                coords: Optional[Mapping[str, Any]] = None, posterior_predictive: bool = True,
                log_likelihood: bool = True, parallel: bool = True,
                sample_stats: Optional[Mapping[str, Any]] = None,

@@ -121,7 +121,8 @@ def pca_reconstruction(x: torch.Tensor, mean: torch.Tensor, components: torch.Te
 
 
 @torch.no_grad()
-def restoration_psnr(restore: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor, corrupted: torch.Tensor,
+def restoration_psnr(restore: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor,
+                     corrupted: torch.Tensor,
                      region: "torch.Tensor | None" = None) -> dict:
     """Mean PSNR (dB) of the corrupted images and of ``restore(corrupted)`` against the
     clean ones; with a boolean ``region`` (same shape), also the MSE and the PSNR of

@@ -621,7 +621,8 @@ def sample_quality(samples: torch.Tensor,
                    feature: str = "mnist",
                    inception_weights: Optional[str] = None, kid_subsets: int = 100,
                    kid_subset_size: int = 1000, k: int = 3, min_class_share: float = 0.1,
-                   seed: int = 0, batch_size: int = 100, device: torch.device | str | None = None) -> dict:
+                   seed: int = 0, batch_size: int = 100,
+                   device: torch.device | str | None = None) -> dict:
     """FID, KID, precision/recall and class coverage of ``samples`` against ``reference``.
 
     Args:

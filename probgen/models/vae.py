@@ -382,7 +382,16 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean images of ``z ~ p(z)`` drawn with :class:`pyro.infer.Predictive`:
-        ``(n, *image_shape)``, or one per label."""
+        ``(n, *image_shape)``, or one per label.
+
+        Examples:
+            >>> import torch
+            >>> from probgen.models import VAE
+            >>> VAE(z_dim=2).sample(4).shape
+            torch.Size([4, 1, 28, 28])
+            >>> VAE(z_dim=2, num_labels=10).sample(labels=torch.tensor([3, 7])).shape
+            torch.Size([2, 1, 28, 28])
+        """
         pred = Predictive(self.model, num_samples=1, return_sites=("mean",))
         mean = pred(None, labels, size=n)["mean"][0]
         return mean.reshape((mean.shape[0],) + self.image_shape)

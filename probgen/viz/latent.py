@@ -86,7 +86,8 @@ def latent_scatter(codes: Dict[str, torch.Tensor],
     return save(fig, path)
 
 
-def manifold_codes(n: int = 15, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+def manifold_codes(n: int = 15, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None,
                    around: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
     ``z2`` falls down the rows, ``z1`` grows along them): at the standard normal's
@@ -129,7 +130,8 @@ def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
 
 def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], n: int = 15,
                    path: PathLike = None, title: Optional[str] = None,
-                   device: torch.device | str | None = None, around: Optional[torch.Tensor] = None) -> Figure:
+                   device: torch.device | str | None = None,
+                   around: Optional[torch.Tensor] = None) -> Figure:
     """Decode an ``n x n`` grid of 2-D codes placed at the normal quantiles.
 
     Grid point ``(i, j)`` is ``(Phi^-1(u_j), Phi^-1(u_i))`` with ``u`` evenly spaced in
@@ -186,7 +188,8 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
     return save(fig, path)
 
 
-def style_codes(model: torch.nn.Module, styles: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def style_codes(model: torch.nn.Module, styles: int,
+                seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(styles * classes, z_dim)`` prior draws of a label-conditional autoencoder and
     their labels: row ``s`` holds style ``s`` for every class. A style is a set of random
     numbers (seeded with ``seed + s`` in a forked random state, so the caller's stream is
