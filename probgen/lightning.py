@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from typing import Any
 
@@ -271,13 +271,13 @@ class ProbgenModule(L.LightningModule):
 
     def __init__(
         self,
-        step,
+        step: Any,
         config: FitConfig | None = None,
         *,
-        batch_to_args=None,
-        example_batch=None,
-        **settings,
-    ):
+        batch_to_args: Callable[..., Any] | None = None,
+        example_batch: Any = None,
+        **settings: Any,
+    ) -> None:
         super().__init__()
         if config is not None and not isinstance(config, FitConfig):
             raise ConfigError(
@@ -503,7 +503,7 @@ class ProbgenModule(L.LightningModule):
                     t.grad = fn(t.grad)
         return out
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Any:
         if self._states is None:
             raise ConfigError(
                 "ProbgenModule trains under Trainer.fit (its setup finds the "
@@ -539,7 +539,7 @@ class ProbgenModule(L.LightningModule):
         # epochs).
         self._piece, self._ctx = 0, {}
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         batch = as_batch(batch, None)
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
@@ -636,12 +636,12 @@ class ProbgenModule(L.LightningModule):
         )
         return value
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         """The step's validation loss per example, logged as ``val_loss`` (a step without
         one, such as a GAN's, logs nothing)."""
         return self._eval_step(batch, "val_loss")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         """As :meth:`validation_step`, logged as ``test_loss``."""
         return self._eval_step(batch, "test_loss")
 

@@ -313,7 +313,7 @@ def test_gan_with_phase_optim_trained_by_lightning_equals_fit(tmp_path):
     assert d_opt.param_groups[0]["lr"] == 3e-3 and g_opt.param_groups[0]["betas"] == (0.2, 0.9)
     lightning_run(plain)
     assert largest_difference(params(by_fit), params(plain)) > 1e-4
-    with pytest.raises(ConfigError, match="phase_optim names 'disc'.*'D', 'G'"):
+    with pytest.raises(ConfigError, match=r"phase_optim names 'disc'.*'D', 'G'"):
         ProbgenModule(copy.deepcopy(start), phase_optim={"disc": {"lr": 1e-3}})
 
 

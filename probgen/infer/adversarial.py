@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -171,10 +171,11 @@ class AdversarialLoss:
     betas: Tuple[float, float] = (0.5, 0.999)
     probability: bool = True
 
-    def d_loss(self, real_logits, fake_logits, label_smoothing: float = 0.0) -> torch.Tensor:
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor,
+               label_smoothing: float = 0.0) -> torch.Tensor:
         return discriminator_loss(real_logits, fake_logits, self.discriminator, label_smoothing)
 
-    def g_loss(self, fake_logits) -> torch.Tensor:
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return generator_loss(fake_logits, self.generator)
 
 
@@ -199,7 +200,7 @@ def adversarial_loss(name: Union[str, AdversarialLoss]) -> AdversarialLoss:
 # --------------------------------------------------------------------------- the phases
 
 @contextmanager
-def frozen(module: nn.Module):
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
     """Parameters of ``module`` need no gradient inside the block (restored after).
 
     The generator's step runs the discriminator without computing gradients for it:
@@ -215,7 +216,7 @@ def frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
-def check_k(k) -> int:
+def check_k(k: Any) -> int:
     """``k``, the discriminator's steps per generator step, checked: an integer >= 1."""
     return checks.positive_int("k (discriminator steps per generator step)", k)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from pyro import poutine
@@ -143,7 +143,7 @@ class Phase:
         return self.lr is not None or callable(self.optim_kwargs) or "lr" in self.optim_kwargs
 
 
-def traced_params(fn: Callable[[], Any]):
+def traced_params(fn: Callable[[], Any]) -> Tuple[Any, Dict[str, torch.Tensor]]:
     """Run ``fn()`` and return ``(result, {name: unconstrained tensor})`` of the Pyro
     param sites it touched, in the order they were first touched (as ``SVI.step``)."""
     with poutine.trace(param_only=True) as capture:

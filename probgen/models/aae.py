@@ -76,7 +76,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -254,7 +254,8 @@ class AAE(nn.Module):
         """The checked labels of a conditional model (``None`` for an unconditional one)."""
         return checked_labels(labels, n, self.num_labels)
 
-    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Flat images and checked labels (clear errors otherwise); the likelihood's support
         is checked outside the fit loop's steps (which check the whole data once)."""
         flat = self._flat(x)
@@ -320,14 +321,15 @@ class AAE(nn.Module):
             return dist.Delta(loc, event_dim=1)
         return dist.Normal(loc, scale).to_event(1)
 
-    def decoder_output(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None):
+    def decoder_output(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None
+                       ) -> torch.Tensor:
         """The decoder's ``(B, D)`` output (the likelihood's parameters)."""
         onehot = self._onehot(labels, z) if self.label_to_decoder else None
         return self.decoder(z, onehot)
 
     # -- Pyro model and guide ---------------------------------------------------------
     def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False):
+              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
         """The generative model. ``reconstruction_only`` masks the latent site's density
         out (the reconstruction phase's objective: no prior density is needed)."""
         if x is not None:
@@ -352,7 +354,7 @@ class AAE(nn.Module):
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
     def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False):
+              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
         """The encoder ``z ~ q(z | x)`` (labels do not reach it; with ``corruption`` it
         sees the corrupted images)."""
         flat = self._flat(x)
@@ -403,7 +405,7 @@ class AAE(nn.Module):
         return (list(self.encoder.parameters()) + list(self.decoder.parameters())
                 + list(self.likelihood.parameters()))
 
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """The three phases in ``phase_order``: ``reconstruction`` (encoder + decoder),
         ``discriminator`` (the discriminator, ``k`` times) and ``generator`` (the encoder)."""
         d_phase, g_phase = adversarial_phases(
@@ -416,7 +418,7 @@ class AAE(nn.Module):
             return [rec, d_phase, g_phase]
         return [d_phase, g_phase, rec]
 
-    def fit_step(self, config=None):
+    def fit_step(self, config: Any = None) -> AAEStep:
         """The training step ``probgen.fit`` runs: the three phases; the validation loss is
         the reconstruction term per image (it says nothing about how well q(z) matches
         p(z): measure that with :func:`probgen.metrics.parzen.mmd` on codes and prior
@@ -479,7 +481,7 @@ class AAEStep(CheckedStep):
     """The AAE's phases; the whole data set is checked once before the first step (the
     model then skips its per-batch checks inside the fit loop)."""
 
-    def check_data(self, tensors) -> bool:
+    def check_data(self, tensors: Sequence[torch.Tensor]) -> bool:
         x = tensors[0]
         labels = tensors[1] if len(tensors) > 1 and self.module.reads_labels else None
         check = getattr(self.module, "check_dataset", self.module.check_data)

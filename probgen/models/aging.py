@@ -37,7 +37,7 @@ added to that per-image NLL (settings; defaults 1, 1, 1).
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -64,7 +64,7 @@ WEIGHTINGS = ("linear", "uniform")
 FAKE_LEVELS = ("own", "random")
 
 
-def check_levels(levels, n: int, num_levels: int, what: str = "levels",
+def check_levels(levels: Union[int, torch.Tensor], n: int, num_levels: int, what: str = "levels",
                  device: Union[str, torch.device, None] = None) -> torch.Tensor:
     """``(n,)`` integer levels in ``0..num_levels-1`` (an int is broadcast, on ``device``:
     the CPU by default). The range of a tensor's levels is not read inside the fit loop's
@@ -230,7 +230,8 @@ class AgeCGAN(nn.Module):
     def _levels(self, levels, n: int, what: str = "levels") -> torch.Tensor:
         return check_levels(levels, n, self.num_levels, what, self.device).to(self.device)
 
-    def check_data(self, x: torch.Tensor, levels: Optional[torch.Tensor] = None, *rest) -> None:
+    def check_data(self, x: torch.Tensor, levels: Optional[torch.Tensor] = None,
+                   *rest: Any) -> None:
         """A whole data set of ``(images, levels, ...)``: images ``(B, *image_shape)`` in
         [0, 1] and levels in ``0..num_levels-1`` (the fit loop checks so once, before the
         first step)."""
@@ -256,7 +257,7 @@ class AgeCGAN(nn.Module):
                             f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}.")
         return torch.tanh(self.generator(z, self._onehot(levels, z)))
 
-    def decode(self, z: torch.Tensor, levels) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, levels: Union[int, torch.Tensor]) -> torch.Tensor:
         """``G(z, y)`` as images in [0, 1]; ``levels`` an int or ``(B,)``."""
         return self.from_net(self.generate(z, self._levels(levels, z.shape[0])))
 
@@ -265,7 +266,7 @@ class AgeCGAN(nn.Module):
 
     # -- the Pyro model ---------------------------------------------------------------------
     def model(self, x: Optional[torch.Tensor] = None, levels: Optional[torch.Tensor] = None,
-              *args, size: Optional[int] = None):
+              *args: Any, size: Optional[int] = None) -> torch.Tensor:
         """``z ~ N(0, I)``, ``y ~ U{0..K-1}`` (observed ``levels`` when given), ``x = G(z, y)``
         (deterministic site), one per row of ``x`` or ``levels``, or ``size`` (default 1).
         The generator runs in eval mode."""
@@ -284,7 +285,7 @@ class AgeCGAN(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, levels, n: Optional[int] = None) -> torch.Tensor:
+    def sample(self, levels: Union[int, torch.Tensor], n: Optional[int] = None) -> torch.Tensor:
         """Images ``G(z, y)``, ``z ~ N(0, I)``: ``levels`` ``(B,)``, or an int with ``n``."""
         if isinstance(levels, int) and not isinstance(levels, bool):
             levels = self._levels(levels, n or 1)
@@ -312,12 +313,12 @@ class AgeCGAN(nn.Module):
         z = torch.randn(x.shape[0], self.z_dim, device=x.device, dtype=x.dtype)
         return self._with_maps(self.generate(z, levels), levels)
 
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """``D`` (``k`` times, each on a fresh batch) then ``G``."""
         return adversarial_phases(self.discriminator, self.generator, self.real, self.fake,
                                   self.spec, k=self.k, label_smoothing=self.label_smoothing)
 
-    def fit_step(self, config=None):
+    def fit_step(self, config: Any = None) -> CheckedStep:
         """The conditional GAN's training step (the encoder has its own:
         :meth:`encoder_step`). As for the GAN, early stopping needs a figure a callback
         computes, not the players' losses."""
@@ -369,7 +370,7 @@ class AgeCGAN(nn.Module):
             return self.encoder(self.to_net(x))
 
     # -- inversion and editing --------------------------------------------------------------
-    def distance(self, x: torch.Tensor, levels, refine: str = "pixel",
+    def distance(self, x: torch.Tensor, levels: Union[int, torch.Tensor], refine: str = "pixel",
                  features: Optional[Callable] = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """``d(z) -> (B,)``: the squared distance between each image and ``G(z, y0)``, in
         pixels (``pixel``) or in ``features`` (``identity``)."""
@@ -389,7 +390,7 @@ class AgeCGAN(nn.Module):
             target = features(x).flatten(1)
         return lambda z: (features(self.decode(z, levels)).flatten(1) - target).pow(2).sum(1)
 
-    def invert(self, x: torch.Tensor, levels, refine: str = "none",
+    def invert(self, x: torch.Tensor, levels: Union[int, torch.Tensor], refine: str = "none",
                features: Optional[Callable] = None, maxiter: int = 50,
                bounds: Optional[float] = None, z0: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The latent ``z*`` of each image at its level ``levels`` (int or ``(B,)``).
@@ -426,18 +427,20 @@ class AgeCGAN(nn.Module):
         return torch.from_numpy(np.asarray(res.x)).to(z).reshape(shape)
 
     @torch.no_grad()
-    def regenerate(self, z: torch.Tensor, target) -> torch.Tensor:
+    def regenerate(self, z: torch.Tensor, target: Union[int, torch.Tensor]) -> torch.Tensor:
         """``G(z, target)`` in [0, 1] (eval mode)."""
         with _EvalMode(self.generator):
             return self.decode(z, self._levels(target, z.shape[0], "target level"))
 
-    def edit(self, x: torch.Tensor, levels, target, **invert_kw) -> torch.Tensor:
+    def edit(self, x: torch.Tensor, levels: Union[int, torch.Tensor],
+             target: Union[int, torch.Tensor], **invert_kw: Any) -> torch.Tensor:
         """``G(z*, target)``: each image moved from its level to ``target`` (int or
         ``(B,)``); ``invert_kw`` as :meth:`invert`."""
         self._levels(target, x.shape[0], "target level")
         return self.regenerate(self.invert(x, levels, **invert_kw), target)
 
-    def at_every_level(self, x: torch.Tensor, level, **invert_kw) -> torch.Tensor:
+    def at_every_level(self, x: torch.Tensor, level: Union[int, torch.Tensor],
+                       **invert_kw: Any) -> torch.Tensor:
         """``(B, K, *image_shape)``: each image of level ``level`` (int or ``(B,)``) moved to
         every level ``t``, ``G(z*, t)`` from one inversion (``invert_kw`` as
         :meth:`invert`: ``refine``, ``features``, ``maxiter``, ...); level ``level`` itself
@@ -514,7 +517,8 @@ class CAAE(AAE):
                 f"{self.z_weight}, img_weight={self.img_weight}, tv_weight={self.tv_weight}, "
                 f"fake_levels={self.fake_levels!r}")
 
-    def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
+    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
         """The AAE's model; generating without ``labels`` draws the levels (site ``y``)."""
         if x is None and labels is None:
             n = checks.positive_int("size", 1 if size is None else size)
@@ -567,7 +571,7 @@ class CAAE(AAE):
             value = value + self.tv_weight * total_variation(out)
         return value
 
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """``encoder_generator`` (E, G), ``discriminator_z`` (``D_z``, ``k`` times),
         ``discriminator_img`` (``D_img``, ``k`` times)."""
         d_z, _ = adversarial_phases(
@@ -584,12 +588,12 @@ class CAAE(AAE):
                    player="generator")
         return [eg, d_z, d_img]
 
-    def fit_step(self, config=None):
+    def fit_step(self, config: Any = None) -> AAEStep:
         """The three phases; the validation loss is the reconstruction term per image."""
         return AAEStep(self, self.phases(), eval_loss=self.reconstruction_loss)
 
     @torch.no_grad()
-    def edit(self, x: torch.Tensor, target) -> torch.Tensor:
+    def edit(self, x: torch.Tensor, target: Union[int, torch.Tensor]) -> torch.Tensor:
         """``G(E(x), target)``: each image at level ``target`` (int or ``(B,)``), eval mode.
         (The CAAE's encoder does not read the input's level.)"""
         target = check_levels(target, x.shape[0], self.num_levels, "target level",
@@ -598,7 +602,7 @@ class CAAE(AAE):
             return self.decode(self.codes(x, sample=False), target)
 
     @torch.no_grad()
-    def at_every_level(self, x: torch.Tensor, level) -> torch.Tensor:
+    def at_every_level(self, x: torch.Tensor, level: Union[int, torch.Tensor]) -> torch.Tensor:
         """``(B, K, *image_shape)``: each image moved to every level, ``G(E(x), t)`` (eval
         mode; the code is computed once). ``level``, the images' own level (int or
         ``(B,)``), is checked but not read: the CAAE's encoder does not take it."""
@@ -682,11 +686,11 @@ class RecurrentAger(nn.Module):
         err = (pred - truth).pow(2).flatten(2).sum(2)          # (B, steps)
         return (err * self.weights[start:].to(err)).sum(1).mean()
 
-    def loss(self, seq: torch.Tensor, *rest) -> torch.Tensor:
+    def loss(self, seq: torch.Tensor, *rest: Any) -> torch.Tensor:
         """The fit loop's loss (a :class:`~probgen.train.LossStep`)."""
         return self.sequence_loss(seq)
 
-    def fit_step(self, config=None) -> LossStep:
+    def fit_step(self, config: Any = None) -> LossStep:
         return LossStep(self, lambda module, seq, *rest: module.sequence_loss(seq))
 
     @torch.no_grad()

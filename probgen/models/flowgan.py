@@ -42,7 +42,7 @@ network that only the training phases see.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -95,7 +95,8 @@ class FlowGAN(nn.Module):
                  label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
                  d_width: Optional[int] = None, d_norm: Optional[str] = None,
                  order: str = "generator_first", alpha: float = 0.05,
-                 num_levels: Optional[int] = -1, dequantization: Optional[str] = None, **flow_kwargs):
+                 num_levels: Optional[int] = -1, dequantization: Optional[str] = None,
+                 **flow_kwargs: Any):
         super().__init__()
         if isinstance(flow, FlowModel):
             if flow_kwargs:
@@ -153,11 +154,11 @@ class FlowGAN(nn.Module):
 
     # -- the flow ------------------------------------------------------------------------
     @property
-    def flow(self):
+    def flow(self) -> Any:
         return self.flow_model.flow
 
     @property
-    def event_shape(self):
+    def event_shape(self) -> Tuple[int, ...]:
         return self.flow_model.event_shape
 
     @property
@@ -173,7 +174,7 @@ class FlowGAN(nn.Module):
     def device(self) -> torch.device:
         return self.flow._anchor.device
 
-    def check_data(self, x: torch.Tensor, *rest) -> None:
+    def check_data(self, x: torch.Tensor, *rest: Any) -> None:
         self.flow_model.check_data(x)
 
     def initialize(self, x: torch.Tensor) -> "FlowGAN":
@@ -181,8 +182,8 @@ class FlowGAN(nn.Module):
         self.flow_model.initialize(x)
         return self
 
-    def model(self, x: Optional[torch.Tensor] = None, *rest, size: Optional[int] = None,
-              temperature: float = 1.0):
+    def model(self, x: Optional[torch.Tensor] = None, *rest: Any, size: Optional[int] = None,
+              temperature: float = 1.0) -> torch.Tensor:
         """The flow's Pyro model (sites ``x`` and ``z``): scores ``x``, or draws ``size``
         examples (1 without either)."""
         if x is None:
@@ -190,7 +191,7 @@ class FlowGAN(nn.Module):
                                          temperature=temperature)
         return self.flow_model.model(x, *rest)
 
-    def guide(self, x: Optional[torch.Tensor] = None, *rest, **kwargs):
+    def guide(self, x: Optional[torch.Tensor] = None, *rest: Any, **kwargs: Any) -> Any:
         return self.flow_model.guide(x, *rest, **kwargs)
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
@@ -200,26 +201,26 @@ class FlowGAN(nn.Module):
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         return self.flow_model.bits_per_dim(x, num_samples)
 
-    def evaluate_bits_per_dim(self, data, batch_size: int = 500, num_samples: int = 1,
+    def evaluate_bits_per_dim(self, data: Any, batch_size: int = 500, num_samples: int = 1,
                               progress: bool = False) -> float:
         return self.flow_model.evaluate_bits_per_dim(data, batch_size, num_samples, progress)
 
     # -- the terms -----------------------------------------------------------------------
-    def likelihood_term(self, batch) -> torch.Tensor:
+    def likelihood_term(self, batch: tuple) -> torch.Tensor:
         """The flow's own training loss in bits/dim, mean over the batch (differentiable):
         the negative ELBO of ``FlowModel`` (``log p(x)`` for an exact flow on continuous
         data) plus ``D log L``, over ``D log 2``."""
         nll = ELBOLoss(self.flow_model.model, self.flow_model.guide, "trace")(tuple(batch))
         return bits_per_dim(-nll, self.num_dims, self.flow_model.num_levels)
 
-    def real(self, batch) -> torch.Tensor:
+    def real(self, batch: tuple) -> torch.Tensor:
         """The batch's images, checked (their values outside the fit loop's steps over data
         the loop checked), in the discriminator's space [-1, 1]."""
         x = batch[0]
         self.flow_model.check_data(x, values=not loop_checked())
         return 2.0 * x - 1.0
 
-    def fake(self, batch) -> torch.Tensor:
+    def fake(self, batch: tuple) -> torch.Tensor:
         """Images from the flow's inverse pass at temperature 1, one per example of the
         batch, differentiable in the flow's parameters, in [-1, 1] (up to the logit margin)."""
         self.flow.check_initialized()
@@ -243,7 +244,7 @@ class FlowGAN(nn.Module):
         self._sums, self._counts = {}, {}
         return out
 
-    def generator_loss(self, batch, ctx=None) -> torch.Tensor:
+    def generator_loss(self, batch: tuple, ctx: Optional[Dict[str, Any]] = None) -> torch.Tensor:
         """The flow's loss: the hybrid (or Grover's) sum; a term whose weight is 0 is not
         computed at all (no discriminator at ``adv_weight=0``, no likelihood at 1). Leaves
         the detached fakes in ``ctx["fake"]`` for the discriminator step that follows."""
@@ -263,7 +264,7 @@ class FlowGAN(nn.Module):
         return total
 
     # -- the phases ----------------------------------------------------------------------
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """``[G, D]`` (``generator_first``) or ``[D, G]``; only ``G`` at ``adv_weight=0``.
 
         The discriminator phase is :func:`probgen.infer.adversarial.adversarial_phases`'s
@@ -288,11 +289,11 @@ class FlowGAN(nn.Module):
         d_phase.loss = discriminator_loss
         return [g_phase, d_phase] if self.order == "generator_first" else [d_phase, g_phase]
 
-    def eval_loss(self, batch) -> torch.Tensor:
+    def eval_loss(self, batch: tuple) -> torch.Tensor:
         """Validation loss: the flow's bits/dim (a bound for DenseFlow)."""
         return self.likelihood_term(batch)
 
-    def fit_step(self, config):
+    def fit_step(self, config: Any) -> CheckedStep:
         """``PhasedStep(self, self.phases(), eval_loss=bits/dim)`` for ``probgen.fit``."""
         return CheckedStep(self, self.phases(), eval_loss=self.eval_loss)
 

@@ -32,7 +32,7 @@ fixed function (as latent inversion by MCMC or optimisation wants it).
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -42,6 +42,7 @@ from torch import nn
 from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.infer.adversarial import adversarial_loss, adversarial_phases, check_k
+from probgen.infer.phases import Phase
 from probgen.models.checks import CheckedStep, loop_checked
 from probgen.models.registry import MODELS
 from probgen.nn.gan_nets import GAN_NETS, check_input, inputs_checked
@@ -205,7 +206,8 @@ class GAN(nn.Module):
         """``G(z)`` in the data's range, by :attr:`sampler`."""
         return self.from_net(self.generate(z, self.sampler))
 
-    def model(self, x: Optional[torch.Tensor] = None, *args, size: Optional[int] = None):
+    def model(self, x: Optional[torch.Tensor] = None, *args: Any, size: Optional[int] = None
+              ) -> torch.Tensor:
         """The Pyro model: ``z ~ p(z)`` (site ``z``), ``x = G(z)`` (deterministic site ``x``),
         the generator in eval mode.
 
@@ -262,7 +264,7 @@ class GAN(nn.Module):
         return torch.sigmoid(logits) if self.spec.probability else logits
 
     # -- the game ------------------------------------------------------------------------
-    def check_data(self, x: torch.Tensor, *rest) -> None:
+    def check_data(self, x: torch.Tensor, *rest: Any) -> None:
         """Examples ``(B, *data_shape)`` in ``data_range`` (a clear error otherwise); the
         fit loop checks a whole data set so once, before the first step."""
         check_input(x, self.data_shape, self.data_range, "the GAN's data", values=True)
@@ -279,7 +281,7 @@ class GAN(nn.Module):
         """``G(z)`` for fresh ``z``, one per example of the batch, in the networks' space."""
         return self.generate(self._sample_z(batch[0].shape[0]))
 
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """The discriminator and generator phases (see :func:`adversarial_phases`); with
         ``ema``, each generator step first folds the weights its last step left into the
         average."""
@@ -297,7 +299,7 @@ class GAN(nn.Module):
             g_phase.loss = averaged_then_loss
         return [d_phase, g_phase]
 
-    def fit_step(self, config):
+    def fit_step(self, config: Any) -> CheckedStep:
         """The training step ``probgen.fit`` runs: ``PhasedStep(self, self.phases())``.
 
         A GAN has no validation loss, and the discriminator's loss says nothing about the

@@ -55,7 +55,8 @@ def _complete(t: torch.Tensor) -> bool:
     return t.numel() * t.element_size() == t.untyped_storage().nbytes()
 
 
-def file_tensors(state: dict[str, Any], owner: str = "the model"):
+def file_tensors(state: dict[str, Any], owner: str = "the model"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of a ``state_dict`` as safetensors can write them, and the tied names.
 
     safetensors refuses tensors that share memory and tensors that are not contiguous.
@@ -338,7 +339,7 @@ def _hub():
     return huggingface_hub
 
 
-def resolve(path: PathLike, revision: str | None = None, **hub_options) -> Path:
+def resolve(path: PathLike, revision: str | None = None, **hub_options: Any) -> Path:
     """The local folder for ``path``: the folder itself, or, for a Hub repository id
     (:func:`is_repo_id`), its ``config.json`` and ``model.safetensors`` downloaded with
     ``huggingface_hub.snapshot_download`` (to its cache; other files of the repository,
@@ -370,7 +371,7 @@ def resolve(path: PathLike, revision: str | None = None, **hub_options) -> Path:
     return Path(local)
 
 
-def check_repo_id(repo_id) -> str:
+def check_repo_id(repo_id: Any) -> str:
     """``repo_id`` when it reads ``"user/repo"``.
 
     Raises:
@@ -384,7 +385,7 @@ def check_repo_id(repo_id) -> str:
 
 def upload(folder: PathLike, repo_id: str, *, private: bool | None = None,
            token: str | None = None, commit_message: str | None = None,
-           revision: str | None = None):
+           revision: str | None = None) -> Any:
     """Upload a model folder's two files to the Hub repository ``repo_id`` (created
     when missing) with ``huggingface_hub``; returns its ``CommitInfo``."""
     check_repo_id(repo_id)

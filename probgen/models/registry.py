@@ -88,7 +88,7 @@ def _encode(value: Any, where: str) -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot record")
 
 
-def model_config(module) -> Dict[str, Any]:
+def model_config(module: torch.nn.Module) -> Dict[str, Any]:
     """``{"__probgen_model__": "module:Class", "args": {...}}`` of a registered model."""
     recorded = module.__dict__.get(_CONFIG_ATTR)
     cls = type(module)
@@ -101,7 +101,7 @@ def model_config(module) -> Dict[str, Any]:
 
 
 def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
-                      strict: bool = False, how: Optional[str] = None):
+                      strict: bool = False, how: Optional[str] = None) -> torch.nn.Module:
     """Rebuild a model from :func:`model_config` (only classes of the probgen package).
 
     Args:
@@ -211,7 +211,8 @@ def _data_settings(data_settings) -> Any:
                           f"dicts.") from None
 
 
-def save_pretrained(self, path: Union[str, Path], *, data_settings=None) -> Path:
+def save_pretrained(self: torch.nn.Module, path: Union[str, Path], *,
+                    data_settings: Any = None) -> Path:
     """Write this model as a folder: ``config.json`` (its class and constructor settings,
     probgen's version, the training data's settings) and ``model.safetensors`` (its
     weights and buffers). No pickle: :func:`probgen.from_pretrained` reads it back with
@@ -252,9 +253,9 @@ def save_pretrained(self, path: Union[str, Path], *, data_settings=None) -> Path
     return pretrained.write_folder(self, path, record)
 
 
-def push_to_hub(self, repo_id: str, *, data_settings=None, private: Optional[bool] = None,
-                token: Optional[str] = None, commit_message: Optional[str] = None,
-                revision: Optional[str] = None):
+def push_to_hub(self: torch.nn.Module, repo_id: str, *, data_settings: Any = None,
+                private: Optional[bool] = None, token: Optional[str] = None,
+                commit_message: Optional[str] = None, revision: Optional[str] = None) -> Any:
     """Upload this model's folder (:meth:`save_pretrained`) to the Hugging Face Hub
     repository ``repo_id`` (``"user/repo"``, created when missing); needs
     ``huggingface_hub`` (``pip install "probgen[hub]"``). Returns its ``CommitInfo``.
@@ -267,14 +268,15 @@ def push_to_hub(self, repo_id: str, *, data_settings=None, private: Optional[boo
 
 
 def read_pretrained_config(path: Union[str, Path], *, revision: Optional[str] = None,
-                           **hub_options) -> Dict[str, Any]:
+                           **hub_options: Any) -> Dict[str, Any]:
     """The ``config.json`` of a model folder (or Hub repository): ``model`` (class and
     settings), ``data`` (the training data's settings), ``probgen_version``, ..."""
     return pretrained.read_config(pretrained.resolve(path, revision, **hub_options))
 
 
-def from_pretrained(path: Union[str, Path], *, map_location="cpu", strict: bool = True,
-                    revision: Optional[str] = None, **hub_options):
+def from_pretrained(path: Union[str, Path], *,
+                    map_location: Union[str, torch.device, None] = "cpu", strict: bool = True,
+                    revision: Optional[str] = None, **hub_options: Any) -> torch.nn.Module:
     """The model a folder written by ``save_pretrained`` holds, rebuilt and in eval mode.
 
     The model is built from ``config.json`` (probgen's own registered classes only, as
@@ -328,7 +330,7 @@ def from_pretrained(path: Union[str, Path], *, map_location="cpu", strict: bool 
     return model.eval()
 
 
-def _class_from_pretrained(cls, path: Union[str, Path], **kwargs):
+def _class_from_pretrained(cls: type, path: Union[str, Path], **kwargs: Any) -> torch.nn.Module:
     """The model of this class a folder holds (see :func:`from_pretrained`)."""
     model = from_pretrained(path, **kwargs)
     if not isinstance(model, cls):
@@ -337,7 +339,7 @@ def _class_from_pretrained(cls, path: Union[str, Path], **kwargs):
     return model
 
 
-def rebuildable(cls):
+def rebuildable(cls: type) -> type:
     """Wrap ``cls.__init__`` so that instances remember the arguments they were built with
     (what registration does; also for a network that is part of a model without being a
     model itself, such as the CVAE's baseline)."""
@@ -372,7 +374,7 @@ def rebuildable(cls):
     return cls
 
 
-def is_probgen_model(module) -> bool:
+def is_probgen_model(module: Any) -> bool:
     """Whether ``module`` is a model of a registered probgen class (its class records its
     constructor's arguments, and the fit loop trains it in a scope of Pyro's param store
     of its own)."""

@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -104,7 +104,8 @@ class SemiSupervisedAAE(AAE):
     def _labels(self, labels, n):
         return checked_labels(labels, n, self.num_classes, unlabelled=UNLABELLED)
 
-    def check_dataset(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+    def check_dataset(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`check_data` of a whole data set; one with unlabelled examples (a training
         set) must hold at least one labelled example of every class."""
         flat, labels = self.check_data(x, labels)
@@ -131,7 +132,8 @@ class SemiSupervisedAAE(AAE):
             return dist.Delta(loc, event_dim=1)
         return dist.Normal(loc, scale).to_event(1)
 
-    def posterior(self, x, noise=None):
+    def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
+                  ) -> dist.Distribution:
         """``q(z | x)``, the style's distribution."""
         return self._style(self._features(self._flat(x), noise))
 
@@ -148,14 +150,14 @@ class SemiSupervisedAAE(AAE):
         return torch.cat([self.class_logits(x[i:i + batch_size]).argmax(-1)
                           for i in range(0, x.shape[0], batch_size)])
 
-    def decoder_output(self, z, y):
+    def decoder_output(self, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         """The decoder's output for style ``z`` and class ``y`` (one-hot or softmax
         ``(B, num_classes)``, or integer labels ``(B,)``)."""
         if y is not None and y.dim() == 1:
             y = self._onehot(y, z)
         return self.decoder(z, y)
 
-    def decode(self, z, labels=None):
+    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean images of styles ``z`` with the classes ``labels``: integers ``(B,)``, or
         class probabilities ``(B, num_classes)`` as the decoder sees them in training (the
         class head's softmax: what :meth:`reconstruct` decodes)."""
@@ -175,7 +177,8 @@ class SemiSupervisedAAE(AAE):
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 
     @torch.no_grad()
-    def reconstruct(self, x, labels=None):
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+                    ) -> torch.Tensor:
         """Decode each image's style centre with its predicted class softmax."""
         flat = self._flat(x)
         noise = flat.new_zeros(flat.shape[0], self.noise_dim) \
@@ -206,7 +209,8 @@ class SemiSupervisedAAE(AAE):
         return super().sample(n, labels)
 
     # -- Pyro model and guide ---------------------------------------------------------
-    def model(self, x=None, labels=None, size=None, *, reconstruction_only: bool = False):
+    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
         """``y ~ OneHotCategorical(uniform)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``;
         generating with ``labels`` fixes ``y``."""
         observed_y = None
@@ -230,7 +234,8 @@ class SemiSupervisedAAE(AAE):
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
-    def guide(self, x, labels=None, size=None, *, reconstruction_only: bool = False):
+    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
         """``y`` a point at the class head's softmax, ``z ~ q(z | x)``."""
         flat = self._flat(x)
         h = self._features(self._seen(flat))
@@ -243,27 +248,27 @@ class SemiSupervisedAAE(AAE):
             return pyro.sample("z", q_z)
 
     # -- the phases ------------------------------------------------------------------------
-    def real(self, batch):
+    def real(self, batch: tuple) -> torch.Tensor:
         """Style prior draws, one per example."""
         return self.prior_sample(batch[0].shape[0])
 
-    def fake(self, batch):
+    def fake(self, batch: tuple) -> torch.Tensor:
         """Styles ``z ~ q(z | x)`` of the batch."""
         flat, _ = self._batch(batch)
         return self.posterior(self._seen(flat)).rsample()
 
-    def real_y(self, batch):
+    def real_y(self, batch: tuple) -> torch.Tensor:
         """One-hot draws of the uniform categorical prior, one per example."""
         n = batch[0].shape[0]
         draws = torch.randint(0, self.num_classes, (n,), device=self._anchor.device)
         return F.one_hot(draws, self.num_classes).to(self._anchor.dtype)
 
-    def fake_y(self, batch):
+    def fake_y(self, batch: tuple) -> torch.Tensor:
         """The class head's softmax of the batch."""
         flat, _ = self._batch(batch)
         return torch.softmax(self.class_head(self._features(self._seen(flat))), -1)
 
-    def classification_loss(self, batch):
+    def classification_loss(self, batch: tuple) -> torch.Tensor:
         """Cross-entropy of the class head on the batch's labelled examples.
 
         A batch without any labelled example gives a zero loss that no parameter takes
@@ -293,7 +298,7 @@ class SemiSupervisedAAE(AAE):
         return (list(self.encoder.parameters()) + list(self.class_head.parameters())
                 + list(self.decoder.parameters()) + list(self.likelihood.parameters()))
 
-    def phases(self):
+    def phases(self) -> List[Phase]:
         """``reconstruction``, ``discriminator_z``, ``generator_z``, ``discriminator_y``,
         ``generator_y`` (reconstruction first or last, as ``phase_order`` says), then
         ``classification``."""

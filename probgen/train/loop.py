@@ -40,7 +40,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -96,8 +96,10 @@ class Run:
     ``run.epoch``, ``run.device`` and ``run.is_main``.
     """
 
-    def __init__(self, step, train, val, config: FitConfig, callbacks: Sequence = (),
-                 explicit: Iterable[str] = (), batch_to_args=None):
+    def __init__(self, step: Any, train: Union[TensorData, Iterable],
+                 val: Optional[Union[TensorData, Iterable]], config: FitConfig,
+                 callbacks: Sequence = (), explicit: Iterable[str] = (),
+                 batch_to_args: Optional[Callable[..., Any]] = None):
         self.config = config
         self.explicit = set(explicit)
         self.batch_to_args = batch_to_args
@@ -327,7 +329,9 @@ class Run:
                             f"before?); give data with at least one batch, re-iterable.")
         return self._epoch_entry(epoch, t0, totals, counts)
 
-    def train_step(self, batch, batches, epoch: int, i: int, totals, counts, keep: bool):
+    def train_step(self, batch: Any, batches: Iterator[Any], epoch: int, i: int,
+                   totals: Dict[str, Any], counts: Dict[str, Any], keep: bool
+                   ) -> Tuple[Optional[Dict[str, Any]], bool]:
         """One batch through every phase (a phase's repeats after the first take fresh
         batches from ``batches``); the losses are summed where they are, and read (a host
         sync on a GPU) every 10th step there, every step on the CPU. Returns ``(each
@@ -357,7 +361,7 @@ class Run:
                 break
         return losses, batch is None
 
-    def run_phase(self, st: PhaseState, batch, ctx) -> torch.Tensor:
+    def run_phase(self, st: PhaseState, batch: Any, ctx: Dict[str, Any]) -> torch.Tensor:
         """One optimizer step of one phase; returns the reported loss (a tensor). The loss
         runs inside the step context (:class:`~probgen.infer.context.StepContext`)."""
         ph = st.phase
@@ -579,8 +583,10 @@ class Run:
             checkpoint=str(ckpt) if ckpt is not None and ckpt.exists() else None)
 
 
-def fit(step, train: Union[TensorData, Iterable], val=None, config: Optional[FitConfig] = None,
-        callbacks: Sequence = (), *, batch_to_args=None, **overrides) -> FitResult:
+def fit(step: Any, train: Union[TensorData, Iterable],
+        val: Optional[Union[TensorData, Iterable]] = None, config: Optional[FitConfig] = None,
+        callbacks: Sequence = (), *, batch_to_args: Optional[Callable[..., Any]] = None,
+        **overrides: Any) -> FitResult:
     """Train ``step`` on ``train``; return a :class:`FitResult`.
 
     With a Pyro model/guide pair and the default settings, ``fit`` does what a loop of

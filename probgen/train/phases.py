@@ -11,6 +11,7 @@ from torch import nn
 from probgen.errors import ConfigError
 from probgen.infer.phases import OPTIMIZERS, Phase
 from probgen.train import distributed as ddp
+from probgen.train.config import FitConfig
 from probgen.train.schedules import SCHEDULES
 
 __all__ = ["PhaseState", "all_params", "check_phase_optim", "phase_settings", "pyro_params"]
@@ -33,7 +34,7 @@ def phase_settings(phase_optim: Optional[Dict[str, Dict[str, Any]]], name: str
     return _torch_form(dict((phase_optim or {}).get(name) or {}))
 
 
-def check_phase_optim(phases: Sequence[Phase], config, where: str) -> None:
+def check_phase_optim(phases: Sequence[Phase], config: FitConfig, where: str) -> None:
     """Refuse, before training, a ``phase_optim`` naming a phase the step lacks or giving
     a phase settings its optimizer refuses (one line naming the phase).
 
@@ -68,7 +69,7 @@ def check_phase_optim(phases: Sequence[Phase], config, where: str) -> None:
                               f"{settings} ({first}).") from None
 
 
-def _base_settings(phase: Phase, config) -> Dict[str, Any]:
+def _base_settings(phase: Phase, config: FitConfig) -> Dict[str, Any]:
     """The run's settings of a phase's optimizer: its ``lr`` (unless the phase has its
     own) and ``weight_decay``."""
     lr = phase.lr if phase.lr is not None else config.lr
@@ -79,7 +80,7 @@ def _base_settings(phase: Phase, config) -> Dict[str, Any]:
     return kwargs
 
 
-def _own_settings(phase: Phase, config, name: str) -> Dict[str, Any]:
+def _own_settings(phase: Phase, config: FitConfig, name: str) -> Dict[str, Any]:
     """The phase's own optimizer settings of the parameter called ``name``; only its
     learning rate when the run's ``phase_optim`` gives the phase another optimizer (the
     others were the phase's optimizer's)."""
@@ -89,14 +90,14 @@ def _own_settings(phase: Phase, config, name: str) -> Dict[str, Any]:
     return own
 
 
-def _overrides(phase: Phase, config) -> Dict[str, Any]:
+def _overrides(phase: Phase, config: FitConfig) -> Dict[str, Any]:
     """The run's ``phase_optim`` settings of ``phase`` (``optimizer`` left out)."""
     over = phase_settings(getattr(config, "phase_optim", None), phase.name)
     over.pop("optimizer", None)
     return over
 
 
-def _optimizer_class(phase: Phase, config) -> type:
+def _optimizer_class(phase: Phase, config: FitConfig) -> type:
     """The optimizer class: the run's ``phase_optim`` choice, else the phase's, else the
     run's."""
     over = phase_settings(getattr(config, "phase_optim", None), phase.name)
@@ -114,7 +115,7 @@ class PhaseState:
         module: the step's module (its parameters' names for the checkpoint), or ``None``.
     """
 
-    def __init__(self, phase: Phase, config, module: Optional[nn.Module]):
+    def __init__(self, phase: Phase, config: FitConfig, module: Optional[nn.Module]) -> None:
         self.phase = phase
         self.params: List[torch.Tensor] = []
         self.names: List[str] = []

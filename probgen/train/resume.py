@@ -24,7 +24,7 @@ from probgen.train.phases import pyro_params
 __all__ = ["check_same_run", "checkpoint_state", "model_settings", "restore"]
 
 
-def model_settings(module) -> Optional[Dict[str, Any]]:
+def model_settings(module: Optional[torch.nn.Module]) -> Optional[Dict[str, Any]]:
     """The constructor settings of a registered probgen model (``None`` for others)."""
     if module is None:
         return None
@@ -34,7 +34,7 @@ def model_settings(module) -> Optional[Dict[str, Any]]:
         return None
 
 
-def checkpoint_state(run, epoch_done: int, rngs) -> Dict[str, Any]:
+def checkpoint_state(run: Any, epoch_done: int, rngs: Any) -> Dict[str, Any]:
     """What the loop writes after ``epoch_done`` epochs: the weights, the Pyro parameters
     (with their constraints, owners and the pair's buffers), every phase's optimizer and
     schedule, the random states ``rngs``, the settings, history, early stopping and best
@@ -72,7 +72,7 @@ def checkpoint_state(run, epoch_done: int, rngs) -> Dict[str, Any]:
     return state
 
 
-def check_same_run(run, state: Dict[str, Any]) -> None:
+def check_same_run(run: Any, state: Dict[str, Any]) -> None:
     """A resumed run must continue the same training: every setting that changes what it
     computes is the same (epochs, patience and lr may change), on the same data, with the
     same model, objective, particle count and phases.
@@ -144,7 +144,7 @@ def _differences(what: str, saved, now) -> List[str]:
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
 
 
-def restore(run, state: Dict[str, Any]) -> None:
+def restore(run: Any, state: Dict[str, Any]) -> None:
     """Put a run back where its checkpoint ``state`` left it: weights, Pyro parameters,
     optimizers and schedules (with a changed ``lr`` applied), random states, history,
     early stopping, best weights and the callbacks' states."""
