@@ -53,13 +53,13 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
-HUGE_INT = str(10 ** 23)
+HUGE_INT = str(10**23)
 VALUES = {
     int: {"negative": "-1", "zero": "0", "huge": HUGE_INT},
     float: {"negative": "-1", "zero": "0", "huge": "1e23", "nan": "nan", "inf": "inf"},
@@ -70,29 +70,32 @@ OUTCOMES = ("one-line", "traceback", "silent", "hang", "other")
 # (script, flag, class) in one. Anything not listed here is a bad input.
 _EVERYWHERE = {
     "--seed": {"zero"},
-    "--threads": {"zero"},                        # torch's default
-    "--patience": {"zero"},                       # no early stopping
+    "--threads": {"zero"},  # torch's default
+    "--patience": {"zero"},  # no early stopping
     "--weight-decay": {"zero", "huge"},
-    "--lr": {"huge"}, "--d-lr": {"huge"}, "--g-lr": {"huge"},   # finite: a divergence is said
-    "--beta": {"zero", "huge"}, "--betas": {"zero", "huge"},
+    "--lr": {"huge"},
+    "--d-lr": {"huge"},
+    "--g-lr": {"huge"},  # finite: a divergence is said
+    "--beta": {"zero", "huge"},
+    "--betas": {"zero", "huge"},
     "--noise-std": {"zero", "huge"},
     "--caae-img-weight": {"zero", "huge"},
     "--r1": {"zero", "huge"},
     "--like-reg": {"zero", "huge"},
     "--label-smoothing": {"zero"},
-    "--ema": {"zero"},                            # no moving average
+    "--ema": {"zero"},  # no moving average
     "--adv-weight": {"zero"},
     "--augment-shift": {"zero"},
-    "--parzen-samples": {"zero"},                 # skips the Parzen window
-    "--fid-every": {"zero"},                      # no FID curve
-    "--digits": {"zero"},                         # digit 0
+    "--parzen-samples": {"zero"},  # skips the Parzen window
+    "--fid-every": {"zero"},  # no FID curve
+    "--digits": {"zero"},  # digit 0
     "--warmup-epochs": {"zero", "huge"},
     "--min-ink": {"zero", "huge"},
     "--min-distance": {"zero"},
-    "--warmup": {"zero"},                         # NUTS without adaptation
+    "--warmup": {"zero"},  # NUTS without adaptation
 }
 _IN_ONE = {
-    ("vae.py", "--iw-samples"): {"zero"},         # 0: skip the NLL
+    ("vae.py", "--iw-samples"): {"zero"},  # 0: skip the NLL
     ("mevae.py", "--iw-samples"): {"zero"},
     ("cvae_label.py", "--iw-samples"): {"zero"},
     ("aae.py", "--fid-samples"): {"zero"},
@@ -113,10 +116,10 @@ class Case:
     script: str
     flag: str
     kind: str
-    argv: List[str]
-    setup: Optional[Callable[[Path], List[str]]] = None   # returns extra argv (an --out)
-    skip: Optional[str] = None
-    missing: Tuple[str, ...] = ()   # modules made unimportable for the case
+    argv: list[str]
+    setup: Callable[[Path], list[str]] | None = None  # returns extra argv (an --out)
+    skip: str | None = None
+    missing: tuple[str, ...] = ()  # modules made unimportable for the case
 
 
 @dataclass
@@ -135,7 +138,7 @@ class _Stop(BaseException):
     pass
 
 
-def example_paths(root: Path = ROOT, names: Optional[Sequence[str]] = None) -> List[Path]:
+def example_paths(root: Path = ROOT, names: Sequence[str] | None = None) -> list[Path]:
     paths = sorted(p for p in (root / "examples").glob("*.py") if not p.name.startswith("_"))
     if names:
         wanted = {n if n.endswith(".py") else f"{n}.py" for n in names}
@@ -173,13 +176,13 @@ def parser_of(module) -> argparse.ArgumentParser:
     return caught["parser"]
 
 
-def numeric_kind(action) -> Optional[type]:
+def numeric_kind(action) -> type | None:
     """``int`` or ``float`` for a flag whose values are numbers, else ``None``."""
     if action.type in (int, float):
         return action.type
     if action.type is None or action.choices is not None or not action.option_strings:
         return None
-    if getattr(action.type, "parses", None) in (int, float):   # a probgen.checks.arg
+    if getattr(action.type, "parses", None) in (int, float):  # a probgen.checks.arg
         return action.type.parses
     for text in ("1", "2", "3", "0.5", "0.25"):
         try:
@@ -196,16 +199,16 @@ def numeric_kind(action) -> Optional[type]:
     return None
 
 
-def _values(action, text: str) -> List[str]:
+def _values(action, text: str) -> list[str]:
     n = action.nargs if isinstance(action.nargs, int) else 1
     return [text] * n
 
 
-def cases_for(path: Path, module=None) -> List[Case]:
+def cases_for(path: Path, module=None) -> list[Case]:
     module = module or load_example(path)
     parser = parser_of(module)
     script = path.name
-    out: List[Case] = []
+    out: list[Case] = []
     for action in parser._actions:
         kind = numeric_kind(action)
         if kind is None:
@@ -218,41 +221,55 @@ def cases_for(path: Path, module=None) -> List[Case]:
             # --flag=VALUE keeps argparse from reading "-1" or "-inf" as a flag
             argv = [f"{flag}={vals[0]}"] + vals[1:]
             out.append(Case(script, flag, name, argv))
-    out += [Case(script, "--out", "a file", [], setup=_out_file),
-            Case(script, "--out", "under a file", [], setup=_out_under_file),
-            Case(script, "--out", "unwritable", [], setup=_out_unwritable,
-                 skip=None if unwritable_folder() else
-                 "chmod does not stop this user's writes, and no folder refuses them"),
-            Case(script, "--device", "unknown", ["--device", "tpu7"]),
-            Case(script, "--log", "unknown", ["--log", "nope"]),
-            Case(script, "--log", "no library", ["--log", "tensorboard"],
-                 missing=("torch.utils.tensorboard",))]
+    out += [
+        Case(script, "--out", "a file", [], setup=_out_file),
+        Case(script, "--out", "under a file", [], setup=_out_under_file),
+        Case(
+            script,
+            "--out",
+            "unwritable",
+            [],
+            setup=_out_unwritable,
+            skip=None
+            if unwritable_folder()
+            else "chmod does not stop this user's writes, and no folder refuses them",
+        ),
+        Case(script, "--device", "unknown", ["--device", "tpu7"]),
+        Case(script, "--log", "unknown", ["--log", "nope"]),
+        Case(
+            script,
+            "--log",
+            "no library",
+            ["--log", "tensorboard"],
+            missing=("torch.utils.tensorboard",),
+        ),
+    ]
     return out
 
 
-def _out_file(tmp: Path) -> List[str]:
+def _out_file(tmp: Path) -> list[str]:
     f = tmp / "results.txt"
     f.write_text("a file\n")
     return ["--out", str(f)]
 
 
-def _out_under_file(tmp: Path) -> List[str]:
+def _out_under_file(tmp: Path) -> list[str]:
     f = tmp / "results.txt"
     f.write_text("a file\n")
     return ["--out", str(f / "run")]
 
 
-def _out_unwritable(tmp: Path) -> List[str]:
+def _out_unwritable(tmp: Path) -> list[str]:
     return ["--out", str(unwritable_folder(tmp))]
 
 
-def unwritable_folder(tmp: Optional[Path] = None) -> Optional[Path]:
+def unwritable_folder(tmp: Path | None = None) -> Path | None:
     """An existing folder this process cannot write in: a new one without write permission
     (in ``tmp``) where that stops this user, else a system folder that refuses every
     write (``/sys`` on Linux, even to root), else ``None``."""
     if chmod_stops_writes():
         if tmp is None:
-            return Path(tempfile.gettempdir())   # (only says that there is one)
+            return Path(tempfile.gettempdir())  # (only says that there is one)
         d = tmp / "read_only"
         d.mkdir()
         d.chmod(stat.S_IRUSR | stat.S_IXUSR)
@@ -344,8 +361,13 @@ def run_case(module, case: Case, tmp: Path, timeout: float = 120.0) -> Result:
     status, error = None, None
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), \
-                _deadline(timeout), no_training(), _unimportable(case.missing):
+        with (
+            contextlib.redirect_stderr(stderr),
+            contextlib.redirect_stdout(stdout),
+            _deadline(timeout),
+            no_training(),
+            _unimportable(case.missing),
+        ):
             status = module.cli.run(module.main, argv)
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
@@ -353,12 +375,12 @@ def run_case(module, case: Case, tmp: Path, timeout: float = 120.0) -> Result:
         error = "training started"
     except TimeoutError as err:
         error = f"hang: {err}"
-    except Exception as err:   # a traceback the user would see
+    except Exception as err:  # a traceback the user would see
         error = f"{type(err).__name__}: {err}"
     finally:
         torch.set_num_threads(threads)
         sys.argv = saved_argv
-        for p in tmp.rglob("*"):   # a read-only folder, writable again for the cleanup
+        for p in tmp.rglob("*"):  # a read-only folder, writable again for the cleanup
             if p.is_dir():
                 with contextlib.suppress(OSError):
                     p.chmod(stat.S_IRWXU)
@@ -379,8 +401,12 @@ def run_case(module, case: Case, tmp: Path, timeout: float = 120.0) -> Result:
     return Result(case, "other", f"status {status}: " + " | ".join(lines[-3:])[:300], seconds)
 
 
-def run_all(paths: Sequence[Path], tmp_root: Path, timeout: float = 120.0,
-            log: Optional[Callable[[Result], None]] = None) -> List[Result]:
+def run_all(
+    paths: Sequence[Path],
+    tmp_root: Path,
+    timeout: float = 120.0,
+    log: Callable[[Result], None] | None = None,
+) -> list[Result]:
     results = []
     for path in paths:
         module = load_example(path)
@@ -395,8 +421,8 @@ def run_all(paths: Sequence[Path], tmp_root: Path, timeout: float = 120.0,
     return results
 
 
-def counts(results: Sequence[Result]) -> Dict[str, Dict[str, int]]:
-    table: Dict[str, Dict[str, int]] = {}
+def counts(results: Sequence[Result]) -> dict[str, dict[str, int]]:
+    table: dict[str, dict[str, int]] = {}
     for r in results:
         if r.outcome == "skipped":
             continue
@@ -408,7 +434,7 @@ def counts(results: Sequence[Result]) -> Dict[str, Dict[str, int]]:
     return table
 
 
-def format_counts(table: Dict[str, Dict[str, int]]) -> str:
+def format_counts(table: dict[str, dict[str, int]]) -> str:
     cols = ("tried",) + OUTCOMES
     width = max(len(k) for k in table) + 2
     lines = ["example".ljust(width) + "".join(c.rjust(11) for c in cols)]
@@ -419,8 +445,9 @@ def format_counts(table: Dict[str, Dict[str, int]]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, default=ROOT,
-                    help="checkout whose examples/ and probgen/ are tried")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT, help="checkout whose examples/ and probgen/ are tried"
+    )
     ap.add_argument("--examples", nargs="+", default=None, help="scripts (default: all)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("--verbose", action="store_true", help="one line per case")
@@ -429,13 +456,17 @@ def main(argv=None) -> int:
     root = args.root.resolve()
     sys.path.insert(0, str(root))
     import probgen
+
     if Path(probgen.__file__).resolve().parents[1] != root:
         ap.error(f"probgen imports from {probgen.__file__}, not from {root}")
 
     def log(r: Result):
         if args.verbose or r.outcome != "one-line":
-            print(f"{r.case.script:18s} {r.case.flag:20s} {r.case.kind:13s} {r.outcome:9s} "
-                  f"{r.seconds:5.1f}s  {r.detail}", flush=True)
+            print(
+                f"{r.case.script:18s} {r.case.flag:20s} {r.case.kind:13s} {r.outcome:9s} "
+                f"{r.seconds:5.1f}s  {r.detail}",
+                flush=True,
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         results = run_all(example_paths(root, args.examples), Path(tmp), args.timeout, log)

@@ -53,6 +53,7 @@ D = 784
 
 # --------------------------------------------------------------------------- Pyro's recipe
 
+
 def mlp(n_in: int, n_out: int, hidden=(500, 500)) -> nn.Sequential:
     layers, last = [], n_in
     for h in hidden:
@@ -116,9 +117,11 @@ class PyroCVAE(nn.Module):
             probs = self.generation_net(z)
             if ys is not None:
                 hidden = (xs == MISSING).reshape(-1, D)
-                pyro.sample("y", dist.Bernoulli(probs[hidden].reshape(n, -1),
-                                                validate_args=False).to_event(1),
-                            obs=ys[xs == MISSING].reshape(n, -1))
+                pyro.sample(
+                    "y",
+                    dist.Bernoulli(probs[hidden].reshape(n, -1), validate_args=False).to_event(1),
+                    obs=ys[xs == MISSING].reshape(n, -1),
+                )
             return probs
 
     def guide(self, xs, ys=None):
@@ -142,7 +145,7 @@ def early_stopped(train_epoch, val_loss, epochs, patience, state):
     """Pyro's loop: an epoch of training, then the validation loss; keep the best
     weights; stop after ``patience`` epochs without improvement."""
     best, best_state, bad, run = math.inf, None, 0, 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         train_epoch()
         loss = val_loss()
         run += 1
@@ -155,8 +158,9 @@ def early_stopped(train_epoch, val_loss, epochs, patience, state):
     return best_state, run
 
 
-def run_pyro_recipe(train_set, test_set, epochs, patience, lr=1e-3, batch_size=128,
-                    particles=10, progress=False):
+def run_pyro_recipe(
+    train_set, test_set, epochs, patience, lr=1e-3, batch_size=128, particles=10, progress=False
+):
     times, epochs_run = {}, {}
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True)
     test = DataLoader(test_set, batch_size=batch_size)
@@ -178,8 +182,9 @@ def run_pyro_recipe(train_set, test_set, epochs, patience, lr=1e-3, batch_size=1
         baseline.eval()
         return sum(masked_bce_sum(baseline(x), y).item() / x.shape[0] for x, y in test) / len(test)
 
-    best, epochs_run["baseline"] = early_stopped(base_epoch, base_val, epochs, patience,
-                                                 baseline.state_dict)
+    best, epochs_run["baseline"] = early_stopped(
+        base_epoch, base_val, epochs, patience, baseline.state_dict
+    )
     baseline.load_state_dict(best)
     baseline.eval()
     times["baseline"] = time.perf_counter() - t0
@@ -189,7 +194,7 @@ def run_pyro_recipe(train_set, test_set, epochs, patience, lr=1e-3, batch_size=1
     t0 = time.perf_counter()
     nn_total, batches = 0.0, 0
     with torch.no_grad():
-        for x, y in DataLoader(test_set, batch_size=32):   # Pyro's generate_table batches
+        for x, y in DataLoader(test_set, batch_size=32):  # Pyro's generate_table batches
             nn_total += masked_bce_sum(baseline(x), y).item() / x.shape[0]
             batches += 1
     nn_nll = nn_total / batches
@@ -207,8 +212,9 @@ def run_pyro_recipe(train_set, test_set, epochs, patience, lr=1e-3, batch_size=1
     def cvae_val():
         return sum(svi.evaluate_loss(x, y) / x.shape[0] for x, y in test) / len(test)
 
-    best, epochs_run["cvae"] = early_stopped(cvae_epoch, cvae_val, epochs, patience,
-                                             cvae.state_dict)
+    best, epochs_run["cvae"] = early_stopped(
+        cvae_epoch, cvae_val, epochs, patience, cvae.state_dict
+    )
     cvae.load_state_dict(best)
     cvae.eval()
     times["cvae"] = time.perf_counter() - t0
@@ -221,16 +227,22 @@ def run_pyro_recipe(train_set, test_set, epochs, patience, lr=1e-3, batch_size=1
         cvae_total += elbo.differentiable_loss(cvae.model, cvae.guide, x, y).item() / x.shape[0]
         batches += 1
     times["evaluation"] += time.perf_counter() - t0
-    return {"nn_nll": nn_nll, "cvae_elbo": cvae_total / batches,
-            "baseline_epochs": epochs_run["baseline"], "cvae_epochs": epochs_run["cvae"],
-            "seconds": times}
+    return {
+        "nn_nll": nn_nll,
+        "cvae_elbo": cvae_total / batches,
+        "baseline_epochs": epochs_run["baseline"],
+        "cvae_epochs": epochs_run["cvae"],
+        "seconds": times,
+    }
 
 
 # --------------------------------------------------------------------------- probgen's example
 
+
 def load_example():
-    spec = importlib.util.spec_from_file_location("probgen_cvae_example",
-                                                  ROOT / "examples" / "cvae.py")
+    spec = importlib.util.spec_from_file_location(
+        "probgen_cvae_example", ROOT / "examples" / "cvae.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -240,12 +252,23 @@ def table(name, results, quadrants, reference=None):
     cols = [f"{q} quadrant{'s' if q > 1 else ''}" for q in quadrants]
     lines = [f"{name}".ljust(28) + "".join(c.rjust(13) for c in cols)]
     for label, key in (("NN baseline NLL", "nn_nll"), ("CVAE -ELBO", "cvae_elbo")):
-        lines.append(f"  {label}".ljust(28) + "".join(f"{results[q][key]:13.2f}" for q in quadrants))
-    lines.append("  gap".ljust(28) + "".join(
-        f"{results[q]['nn_nll'] - results[q]['cvae_elbo']:13.2f}" for q in quadrants))
-    lines.append("  epochs (baseline, CVAE)".ljust(28) + "".join(
-        f"{results[q]['baseline_epochs']:>8d},{results[q]['cvae_epochs']:>4d}" for q in quadrants))
-    lines.append("  wall seconds".ljust(28) + "".join(f"{results[q]['wall']:13.1f}" for q in quadrants))
+        lines.append(
+            f"  {label}".ljust(28) + "".join(f"{results[q][key]:13.2f}" for q in quadrants)
+        )
+    lines.append(
+        "  gap".ljust(28)
+        + "".join(f"{results[q]['nn_nll'] - results[q]['cvae_elbo']:13.2f}" for q in quadrants)
+    )
+    lines.append(
+        "  epochs (baseline, CVAE)".ljust(28)
+        + "".join(
+            f"{results[q]['baseline_epochs']:>8d},{results[q]['cvae_epochs']:>4d}"
+            for q in quadrants
+        )
+    )
+    lines.append(
+        "  wall seconds".ljust(28) + "".join(f"{results[q]['wall']:13.1f}" for q in quadrants)
+    )
     return "\n".join(lines)
 
 
@@ -254,16 +277,27 @@ def main(argv=None):
     p.add_argument("-q", "--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     positive = checks.arg(checks.positive_int)
     p.add_argument("--pyro-epochs", type=positive, default=50, help="Pyro's -n (the tutorial: 50)")
-    p.add_argument("--pyro-patience", type=positive, default=3,
-                   help="Pyro's -esp (the tutorial: 3)")
-    p.add_argument("--probgen-args", default="",
-                   help="extra flags for examples/cvae.py, e.g. '--epochs 50 --patience 3'")
-    p.add_argument("--threads", type=checks.arg(checks.integer, low=1, zero="torch's default"),
-                   default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--pyro-patience", type=positive, default=3, help="Pyro's -esp (the tutorial: 3)"
+    )
+    p.add_argument(
+        "--probgen-args",
+        default="",
+        help="extra flags for examples/cvae.py, e.g. '--epochs 50 --patience 3'",
+    )
+    p.add_argument(
+        "--threads",
+        type=checks.arg(checks.integer, low=1, zero="torch's default"),
+        default=0,
+        help="torch threads (0: torch's default)",
+    )
     p.add_argument("--seed", type=checks.arg(checks.seed), default=0)
     p.add_argument("--out", default="results/cvae_vs_pyro")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds: 1 epoch each on slices of the data (a test of the script)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: 1 epoch each on slices of the data (a test of the script)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,12 +307,20 @@ def main(argv=None):
     limit = 512 if args.smoke else None
     pyro_epochs = 1 if args.smoke else args.pyro_epochs
     # Pyro's split: all training images to train, the test set to early-stop and to score.
-    splits = image_splits("mnist", val_size=0, seed=args.seed,
-                          device="cpu", limit=limit)
+    splits = image_splits("mnist", val_size=0, seed=args.seed, device="cpu", limit=limit)
     results = {"probgen": {}, "pyro": {}}
     for q in args.quadrants:
-        flags = ["--quadrants", str(q), "--out", str(out / f"probgen_q{q}"), "--device", "cpu",
-                 "--seed", str(args.seed), "--no-progress"] + args.probgen_args.split()
+        flags = [
+            "--quadrants",
+            str(q),
+            "--out",
+            str(out / f"probgen_q{q}"),
+            "--device",
+            "cpu",
+            "--seed",
+            str(args.seed),
+            "--no-progress",
+        ] + args.probgen_args.split()
         if args.threads:
             flags += ["--threads", str(args.threads)]
         if args.smoke:
@@ -287,34 +329,56 @@ def main(argv=None):
         t0 = time.perf_counter()
         record = example.main(flags)
         r = record["results"][example.column(q)]
-        results["probgen"][q] = dict(nn_nll=r["nn_nll"], cvae_elbo=r["cvae_elbo"],
-                                     baseline_epochs=r["baseline_epochs"],
-                                     cvae_epochs=r["cvae_epochs"], seconds=r["seconds"],
-                                     wall=time.perf_counter() - t0)
+        results["probgen"][q] = dict(
+            nn_nll=r["nn_nll"],
+            cvae_elbo=r["cvae_elbo"],
+            baseline_epochs=r["baseline_epochs"],
+            cvae_epochs=r["cvae_epochs"],
+            seconds=r["seconds"],
+            wall=time.perf_counter() - t0,
+        )
 
-        print(f"\n=== Pyro's recipe, {q} visible (-n {pyro_epochs} -esp {args.pyro_patience})",
-              flush=True)
+        print(
+            f"\n=== Pyro's recipe, {q} visible (-n {pyro_epochs} -esp {args.pyro_patience})",
+            flush=True,
+        )
         set_seed(args.seed)
         t0 = time.perf_counter()
-        r = run_pyro_recipe(pyro_data(splits["train"], q), pyro_data(splits["test"], q),
-                            epochs=pyro_epochs, patience=args.pyro_patience)
+        r = run_pyro_recipe(
+            pyro_data(splits["train"], q),
+            pyro_data(splits["test"], q),
+            epochs=pyro_epochs,
+            patience=args.pyro_patience,
+        )
         r["wall"] = time.perf_counter() - t0
         results["pyro"][q] = r
-        print(f"Pyro's recipe: NN {r['nn_nll']:.2f}, CVAE -ELBO {r['cvae_elbo']:.2f}, "
-              f"{r['wall']:.0f} s", flush=True)
+        print(
+            f"Pyro's recipe: NN {r['nn_nll']:.2f}, CVAE -ELBO {r['cvae_elbo']:.2f}, "
+            f"{r['wall']:.0f} s",
+            flush=True,
+        )
 
     walls = {k: sum(v[q]["wall"] for q in args.quadrants) for k, v in results.items()}
-    (out / "results.json").write_text(json.dumps(
-        {"results": {k: {str(q): v for q, v in r.items()} for k, r in results.items()},
-         "wall_seconds": walls, "args": vars(args),
-         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-         "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "results": {k: {str(q): v for q, v in r.items()} for k, r in results.items()},
+                "wall_seconds": walls,
+                "args": vars(args),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                "versions": {"torch": torch.__version__, "pyro": pyro.__version__},
+            },
+            indent=2,
+        )
+    )
     print("\nTest set (nats per image)")
     print(table("probgen examples/cvae.py", results["probgen"], args.quadrants))
     print(table("Pyro's recipe", results["pyro"], args.quadrants))
-    print(f"\nwall time: probgen {walls['probgen'] / 60:.1f} min, Pyro's recipe "
-          f"{walls['pyro'] / 60:.1f} min, on {platform.machine()} with "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\nwall time: probgen {walls['probgen'] / 60:.1f} min, Pyro's recipe "
+        f"{walls['pyro'] / 60:.1f} min, on {platform.machine()} with "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"ratio probgen / Pyro wall time: {walls['probgen'] / walls['pyro']:.3f}")
     return results
 

@@ -60,17 +60,23 @@ def normflows_glow(depth: int, hidden: int, levels: int = 2, logit_alpha=None):
     q0, merges, flows = [], [], []
     shape = (1, 28, 28)
     for i in range(levels):
-        flows_ = [nf.flows.GlowBlock(shape[0] * 2 ** (levels + 1 - i), hidden,
-                                     split_mode="channel", scale=True) for _ in range(depth)]
+        flows_ = [
+            nf.flows.GlowBlock(
+                shape[0] * 2 ** (levels + 1 - i), hidden, split_mode="channel", scale=True
+            )
+            for _ in range(depth)
+        ]
         flows_ += [nf.flows.Squeeze()]
         flows += [flows_]
         if i > 0:
             merges += [nf.flows.Merge()]
-            latent = (shape[0] * 2 ** (levels - i), shape[1] // 2 ** (levels - i),
-                      shape[2] // 2 ** (levels - i))
+            latent = (
+                shape[0] * 2 ** (levels - i),
+                shape[1] // 2 ** (levels - i),
+                shape[2] // 2 ** (levels - i),
+            )
         else:
-            latent = (shape[0] * 2 ** (levels + 1), shape[1] // 2 ** levels,
-                      shape[2] // 2 ** levels)
+            latent = (shape[0] * 2 ** (levels + 1), shape[1] // 2**levels, shape[2] // 2**levels)
         q0 += [nf.distributions.GlowBase(latent)]
     transform = nf.transforms.Logit(alpha=logit_alpha) if logit_alpha else None
     return nf.MultiscaleFlow(q0, flows, merges, transform=transform, class_cond=False)
@@ -93,8 +99,9 @@ class Contender:
         try:
             return next(self.batches)
         except StopIteration:
-            self.batches = self.train.batches(self.batch_size, shuffle=True, generator=self.gen,
-                                              drop_last=True)
+            self.batches = self.train.batches(
+                self.batch_size, shuffle=True, generator=self.gen, drop_last=True
+            )
             return next(self.batches)
 
     def run(self, seconds: float, budget: float):
@@ -122,7 +129,7 @@ class Contender:
     def evaluate(self, test, batch_size=500) -> float:
         self.module.eval()
         total, count = 0.0, 0
-        for (x, *_) in test.batches(batch_size):
+        for x, *_ in test.batches(batch_size):
             total += float(bits_per_dim(self.log_prob_fn(x), D, 256).sum())
             count += x.shape[0]
         return total / count
@@ -131,13 +138,17 @@ class Contender:
 def build(name, args, train):
     if name.startswith("probgen"):
         kind = name.split("-")[1]
-        kw = dict(levels=2, depth=args.depth, hidden=args.hidden) if kind == "glow" else \
-            dict(levels=2, depth=args.realnvp_depth, hidden=args.hidden)
+        kw = (
+            dict(levels=2, depth=args.depth, hidden=args.hidden)
+            if kind == "glow"
+            else dict(levels=2, depth=args.realnvp_depth, hidden=args.hidden)
+        )
         model = FlowModel(kind, alpha=args.alpha, **kw)
         step = probgen.SVIStep(model)
         return model, step.loss, model.log_prob
-    model = normflows_glow(args.depth, args.hidden,
-                           logit_alpha=args.alpha if name.endswith("logit") else None)
+    model = normflows_glow(
+        args.depth, args.hidden, logit_alpha=args.alpha if name.endswith("logit") else None
+    )
     return model, (lambda batch: model.forward_kld(batch[0])), (lambda x: model.log_prob(x, None))
 
 
@@ -148,17 +159,23 @@ def main(argv=None):
     ap.add_argument("--slice", type=seconds, default=15, help="seconds per turn")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--depth", type=positive, default=4, help="Glow steps per scale (both Glows)")
-    ap.add_argument("--realnvp-depth", type=positive, default=3,
-                    help="RealNVP couplings per stage")
+    ap.add_argument("--realnvp-depth", type=positive, default=3, help="RealNVP couplings per stage")
     ap.add_argument("--hidden", type=positive, default=64, help="conv channels of every network")
     ap.add_argument("--batch-size", type=positive, default=64)
     ap.add_argument("--lr", type=checks.arg(checks.positive_float), default=1e-3)
-    ap.add_argument("--alpha", default=0.05, help="logit margin (logit models)",
-                    type=checks.arg(checks.real, low=0, high=0.5, low_open=True,
-                                    high_open=True))
+    ap.add_argument(
+        "--alpha",
+        default=0.05,
+        help="logit margin (logit models)",
+        type=checks.arg(checks.real, low=0, high=0.5, low_open=True, high_open=True),
+    )
     ap.add_argument("--eval-size", type=positive, default=2000, help="test images scored")
-    ap.add_argument("--threads", type=positive, default=1,
-                    help="torch threads (1: fastest for these sizes on a busy 2-core machine)")
+    ap.add_argument(
+        "--threads",
+        type=positive,
+        default=1,
+        help="torch threads (1: fastest for these sizes on a busy 2-core machine)",
+    )
     ap.add_argument("--seed", type=checks.arg(checks.seed), default=0)
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--smoke", action="store_true", help="seconds: tiny models and budget")
@@ -174,17 +191,20 @@ def main(argv=None):
     init = dequantized(splits["train"].subset(slice(0, 512)), seed=args.seed + 3).tensors[0]
 
     contenders = []
-    for i, name in enumerate(args.models):
+    for name in args.models:
         set_seed(args.seed)
         module, loss_fn, log_prob_fn = build(name, args, train)
         with torch.no_grad():  # data-dependent ActNorm start, the same 512 images for all
             log_prob_fn(init)
-        contenders.append(Contender(name, module, loss_fn, log_prob_fn, train, args,
-                                    seed=args.seed))
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
-          f"budget {args.budget:.0f} s per model in {args.slice:.0f} s slices, batch "
-          f"{args.batch_size}, Adam lr {args.lr}")
+        contenders.append(
+            Contender(name, module, loss_fn, log_prob_fn, train, args, seed=args.seed)
+        )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
+        f"budget {args.budget:.0f} s per model in {args.slice:.0f} s slices, batch "
+        f"{args.batch_size}, Adam lr {args.lr}"
+    )
     for c in contenders:
         print(f"  {c.name:22s} {sum(p.numel() for p in c.module.parameters()):>9,} parameters")
 
@@ -194,26 +214,45 @@ def main(argv=None):
             if c.used < args.budget:
                 c.run(args.slice, args.budget)
         done = min(c.used for c in contenders)
-        print(f"  [{time.perf_counter() - t_start:6.0f} s wall] " + "  ".join(
-            f"{c.name} {c.curve[-1][1]:.3f}" if c.curve else f"{c.name} -" for c in contenders)
-              + f"   (train bits/dim; {done:.0f} s each so far)", flush=True)
+        print(
+            f"  [{time.perf_counter() - t_start:6.0f} s wall] "
+            + "  ".join(
+                f"{c.name} {c.curve[-1][1]:.3f}" if c.curve else f"{c.name} -" for c in contenders
+            )
+            + f"   (train bits/dim; {done:.0f} s each so far)",
+            flush=True,
+        )
 
     rows = []
     for c in contenders:
         set_seed(args.seed)
         bpd = c.evaluate(test)
-        rows.append({"model": c.name, "parameters": sum(p.numel() for p in c.module.parameters()),
-                     "train_seconds": c.used, "steps": c.steps, "skipped": c.skipped,
-                     "images": c.steps * args.batch_size, "test_bits_per_dim": bpd,
-                     "curve": c.curve})
-    print(f"\nMNIST test bits/dim on {len(test)} test images (dequantized once, seed "
-          f"{args.seed + 2}); wall {time.perf_counter() - t_start:.0f} s")
-    print(f"{'model':22s} {'parameters':>10s} {'train s':>8s} {'steps':>6s} {'images':>8s} "
-          f"{'bits/dim':>9s}")
+        rows.append(
+            {
+                "model": c.name,
+                "parameters": sum(p.numel() for p in c.module.parameters()),
+                "train_seconds": c.used,
+                "steps": c.steps,
+                "skipped": c.skipped,
+                "images": c.steps * args.batch_size,
+                "test_bits_per_dim": bpd,
+                "curve": c.curve,
+            }
+        )
+    print(
+        f"\nMNIST test bits/dim on {len(test)} test images (dequantized once, seed "
+        f"{args.seed + 2}); wall {time.perf_counter() - t_start:.0f} s"
+    )
+    print(
+        f"{'model':22s} {'parameters':>10s} {'train s':>8s} {'steps':>6s} {'images':>8s} "
+        f"{'bits/dim':>9s}"
+    )
     for r in rows:
-        print(f"{r['model']:22s} {r['parameters']:>10,} {r['train_seconds']:>8.0f} "
-              f"{r['steps']:>6d} {r['images']:>8,} {r['test_bits_per_dim']:>9.4f}"
-              + (f"  ({r['skipped']} NaN batches skipped)" if r["skipped"] else ""))
+        print(
+            f"{r['model']:22s} {r['parameters']:>10,} {r['train_seconds']:>8.0f} "
+            f"{r['steps']:>6d} {r['images']:>8,} {r['test_bits_per_dim']:>9.4f}"
+            + (f"  ({r['skipped']} NaN batches skipped)" if r["skipped"] else "")
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
     ours = [r for r in rows if r["model"].startswith("probgen")]
@@ -221,9 +260,11 @@ def main(argv=None):
     if ours and ref:
         best = min(ours, key=lambda r: r["test_bits_per_dim"])
         ok = best["test_bits_per_dim"] <= ref[0]["test_bits_per_dim"]
-        print(f"probgen's best ({best['model']}, {best['test_bits_per_dim']:.4f}) is "
-              f"{'at least as good as' if ok else 'WORSE than'} normflows' Glow "
-              f"({ref[0]['test_bits_per_dim']:.4f}) at equal time: {'yes' if ok else 'no'}")
+        print(
+            f"probgen's best ({best['model']}, {best['test_bits_per_dim']:.4f}) is "
+            f"{'at least as good as' if ok else 'WORSE than'} normflows' Glow "
+            f"({ref[0]['test_bits_per_dim']:.4f}) at equal time: {'yes' if ok else 'no'}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,20 +33,38 @@ def worker(args) -> None:
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    splits = probgen.data.image_splits("mnist", val_size=0, binarize="dynamic",
-                                       limit=args.images, seed=0)
+    splits = probgen.data.image_splits(
+        "mnist", val_size=0, binarize="dynamic", limit=args.images, seed=0
+    )
     torch.manual_seed(0)
     vae = VAE(z_dim=50, hidden=(200, 200))
-    res = probgen.fit(vae, splits["train"], epochs=args.epochs, batch_size=args.batch_size,
-                      device=args.device, seed=0, patience=None, progress=False, verbose=False)
+    res = probgen.fit(
+        vae,
+        splits["train"],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=0,
+        patience=None,
+        progress=False,
+        verbose=False,
+    )
     if distributed.is_main_process():
         # the first epoch warms up (allocations, thread pools): time the others
         seconds = sum(h["seconds"] for h in res.history[1:])
-        n = len(splits["train"]) // (args.batch_size * res.world_size) * \
-            args.batch_size * res.world_size
-        record = {"procs": res.world_size, "examples_per_second": n * (args.epochs - 1) / seconds,
-                  "seconds_per_epoch": seconds / (args.epochs - 1),
-                  "final_train_loss": res.train_loss[-1], "device": res.device}
+        n = (
+            len(splits["train"])
+            // (args.batch_size * res.world_size)
+            * args.batch_size
+            * res.world_size
+        )
+        record = {
+            "procs": res.world_size,
+            "examples_per_second": n * (args.epochs - 1) / seconds,
+            "seconds_per_epoch": seconds / (args.epochs - 1),
+            "final_train_loss": res.train_loss[-1],
+            "device": res.device,
+        }
         Path(args.result).write_text(json.dumps(record))
 
 
@@ -55,8 +73,12 @@ def main(argv=None):
     positive = checks.arg(checks.positive_int)
     ap.add_argument("--procs", type=positive, nargs="+", default=[1, 2])
     ap.add_argument("--images", type=positive, default=20000, help="training images")
-    ap.add_argument("--epochs", type=checks.arg(checks.integer, low=2), default=4,
-                    help="epochs (the first is not timed)")
+    ap.add_argument(
+        "--epochs",
+        type=checks.arg(checks.integer, low=2),
+        default=4,
+        help="epochs (the first is not timed)",
+    )
     ap.add_argument("--batch-size", type=positive, default=100, help="per process")
     ap.add_argument("--threads", type=positive, default=1, help="torch threads per CPU process")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -71,11 +93,28 @@ def main(argv=None):
     rows = []
     for n in args.procs:
         result = Path(f".scaling_{os.getpid()}_{n}.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(n), __file__, "--worker", "--result", str(result),
-               "--images", str(args.images), "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--device", args.device]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(n),
+            __file__,
+            "--worker",
+            "--result",
+            str(result),
+            "--images",
+            str(args.images),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env)
@@ -83,12 +122,16 @@ def main(argv=None):
         result.unlink()
         row["wall_seconds"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"{n} process(es): {row['examples_per_second']:8.0f} examples/s "
-              f"({row['seconds_per_epoch']:.1f} s/epoch, train loss {row['final_train_loss']:.2f})",
-              flush=True)
+        print(
+            f"{n} process(es): {row['examples_per_second']:8.0f} examples/s "
+            f"({row['seconds_per_epoch']:.1f} s/epoch, train loss {row['final_train_loss']:.2f})",
+            flush=True,
+        )
     base = rows[0]["examples_per_second"]
-    print("speed-up over 1 process: " + ", ".join(
-        f"{r['procs']}: {r['examples_per_second'] / base:.2f}x" for r in rows))
+    print(
+        "speed-up over 1 process: "
+        + ", ".join(f"{r['procs']}: {r['examples_per_second'] / base:.2f}x" for r in rows)
+    )
     return rows
 
 

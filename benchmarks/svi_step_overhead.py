@@ -74,11 +74,13 @@ def time_steps(fn, n):
 def build(model_name, device, batch_size):
     torch.manual_seed(0)
     if model_name == "cvae":
-        data = quadrant_task(image_splits("mnist", val_size=0, limit=batch_size,
-                                          device=device)["train"], 1)
+        data = quadrant_task(
+            image_splits("mnist", val_size=0, limit=batch_size, device=device)["train"], 1
+        )
         return CVAE(Baseline()).to(device), data, cvae_loss
-    data = image_splits("mnist", val_size=0, limit=batch_size, binarize="static",
-                        device=device)["train"]
+    data = image_splits("mnist", val_size=0, limit=batch_size, binarize="static", device=device)[
+        "train"
+    ]
     data = probgen.data.TensorData(data.tensors[0])
     return VAE(z_dim=50, hidden=(200, 200)).to(device), data, vae_loss
 
@@ -89,14 +91,20 @@ def loop_step_fn(model, data, objective, batch, stack):
     ``stack`` (a :class:`contextlib.ExitStack`) holds the step context open for the whole
     timing, as ``train_epoch`` holds it for a whole epoch."""
     if hasattr(loop, "Run"):
-        run = loop.Run(model, data, None, FitConfig(objective=objective, device=str(batch[0].device),
-                                                     progress=False, verbose=False).check())
+        run = loop.Run(
+            model,
+            data,
+            None,
+            FitConfig(
+                objective=objective, device=str(batch[0].device), progress=False, verbose=False
+            ).check(),
+        )
         run.set_up()
         state = run.phases[0]
-        try:   # the step context train_epoch runs its steps in (once per epoch there)
+        try:  # the step context train_epoch runs its steps in (once per epoch there)
             from probgen.train.context import running_steps
-        except ImportError:   # an older checkout
-            running_steps = lambda **kw: contextlib.nullcontext()   # noqa: E731
+        except ImportError:  # an older checkout
+            running_steps = lambda **kw: contextlib.nullcontext()
         kw = dict(data_checked=getattr(run, "train_checked", False))
         if hasattr(run, "declared"):
             kw["module"] = run.declared
@@ -104,6 +112,7 @@ def loop_step_fn(model, data, objective, batch, stack):
 
         def step():
             float(run.run_phase(state, batch, {}))
+
         return step
     step = SVIStep(model, objective=objective)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -115,14 +124,16 @@ def loop_step_fn(model, data, objective, batch, stack):
         loss.backward()
         opt.step()
         float(loss.detach())
+
     return old_step
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["cvae", "vae"], choices=["cvae", "vae"])
-    ap.add_argument("--objectives", nargs="+", default=["trace", "meanfield"],
-                    choices=OBJECTIVES.names())
+    ap.add_argument(
+        "--objectives", nargs="+", default=["trace", "meanfield"], choices=OBJECTIVES.names()
+    )
     positive = checks.arg(checks.positive_int)
     ap.add_argument("--blocks", type=positive, default=7, help="interleaved timing blocks")
     ap.add_argument("--steps", type=positive, default=30, help="steps per block")
@@ -133,8 +144,10 @@ def main(argv=None):
         args.blocks, args.steps = 2, 2
     device = resolve_device(args.device)
     default = FitConfig().objective
-    print(f"device {device}, {torch.get_num_threads()} threads, {args.blocks} blocks x "
-          f"{args.steps} steps, loop: {'second edition' if hasattr(loop, 'Run') else 'first edition'}")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, {args.blocks} blocks x "
+        f"{args.steps} steps, loop: {'second edition' if hasattr(loop, 'Run') else 'first edition'}"
+    )
     ratios = {}
     for model_name in args.models:
         batch_size = 128 if model_name == "cvae" else 100
@@ -145,15 +158,21 @@ def main(argv=None):
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.Adam(params, lr=1e-3)
 
-            def torch_step():
+            # the loop's values bound now, as the step runs in this iteration only
+            def torch_step(
+                handwritten=handwritten, model=model, batch=batch, analytic=analytic, opt=opt
+            ):
                 loss = handwritten(model, *batch, analytic)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 float(loss.detach())
 
-            with pyro.get_param_store().scope(), pyro.validation_enabled(False), \
-                    contextlib.ExitStack() as stack:
+            with (
+                pyro.get_param_store().scope(),
+                pyro.validation_enabled(False),
+                contextlib.ExitStack() as stack,
+            ):
                 probgen_step = loop_step_fn(model, data, name, batch, stack)
                 for _ in range(5):
                     probgen_step(), torch_step()
@@ -163,11 +182,18 @@ def main(argv=None):
                     b.append(time_steps(torch_step, args.steps))
             ta, tb = statistics.median(a), statistics.median(b)
             ratios[(model_name, name)] = ta / tb
-            print(f"{model_name:5s} {name:14s} probgen {ta * 1e3:7.2f} ms/step   plain torch "
-                  f"{tb * 1e3:7.2f} ms/step   ratio {ta / tb:.3f}", flush=True)
+            print(
+                f"{model_name:5s} {name:14s} probgen {ta * 1e3:7.2f} ms/step   plain torch "
+                f"{tb * 1e3:7.2f} ms/step   ratio {ta / tb:.3f}",
+                flush=True,
+            )
     key = default if default in args.objectives else args.objectives[0]
-    print("ratio probgen/plain-torch (" + key + ", the default objective): " +
-          ", ".join(f"{m} {ratios[(m, key)]:.3f}" for m in args.models))
+    print(
+        "ratio probgen/plain-torch ("
+        + key
+        + ", the default objective): "
+        + ", ".join(f"{m} {ratios[(m, key)]:.3f}" for m in args.models)
+    )
 
 
 import probgen  # noqa: E402  (TensorData, after the functions that use it by name)

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from probgen import checks
@@ -75,20 +74,34 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="where the trackers write (default: a temp dir)")
     p.add_argument("--epochs", type=checks.arg(checks.positive_int), default=5)
-    p.add_argument("--trackers", nargs="+", default=["none", "csv", "tensorboard", "mlflow",
-                                                     "wandb"])
+    p.add_argument(
+        "--trackers", nargs="+", default=["none", "csv", "tensorboard", "mlflow", "wandb"]
+    )
     args = p.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="probgen-trackers-"))
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
     import os
 
     rows = []
     for name in args.trackers:
-        imp = subprocess.run([sys.executable, "-c", _import_line(name)], capture_output=True,
-                             text=True, env={**os.environ, **env})
-        r = subprocess.run([sys.executable, "-c", CHILD, name, str(out), str(args.epochs)],
-                           capture_output=True, text=True, env={**os.environ, **env})
+        imp = subprocess.run(
+            [sys.executable, "-c", _import_line(name)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD, name, str(out), str(args.epochs)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
         if r.returncode:
             print(r.stderr[-2000:], file=sys.stderr)
             continue
@@ -96,18 +109,26 @@ def main(argv=None):
         row["import_s"] = float(imp.stdout.strip() or "nan")
         rows.append(row)
         hooks = "  ".join(f"{h} {n}x {1000 * s / n:.1f} ms" for h, (n, s) in row["hooks"].items())
-        print(f"{name:12s} import {row['import_s']:.2f} s  construct {row['construct_s']:.2f} s  "
-              f"fit {row['fit_s']:.2f} s  {hooks}")
+        print(
+            f"{name:12s} import {row['import_s']:.2f} s  construct {row['construct_s']:.2f} s  "
+            f"fit {row['fit_s']:.2f} s  {hooks}"
+        )
     (out / "trackers_overhead.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {out / 'trackers_overhead.json'}")
 
 
 def _import_line(name):
-    module = {"none": "probgen", "csv": "probgen.train.trackers",
-              "tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking",
-              "wandb": "wandb"}[name]
-    return (f"import time, torch; t = time.perf_counter(); import {module}; "
-            f"print(time.perf_counter() - t)")
+    module = {
+        "none": "probgen",
+        "csv": "probgen.train.trackers",
+        "tensorboard": "torch.utils.tensorboard",
+        "mlflow": "mlflow.tracking",
+        "wandb": "wandb",
+    }[name]
+    return (
+        f"import time, torch; t = time.perf_counter(); import {module}; "
+        f"print(time.perf_counter() - t)"
+    )
 
 
 if __name__ == "__main__":
