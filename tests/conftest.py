@@ -1,5 +1,3 @@
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,8 +27,9 @@ def load_example(name: str):
     """``examples/{name}.py`` imported as a module, to run in this process."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"{name}_example",
-                                                  ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_example", ROOT / "examples" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,7 +40,8 @@ def run_example(example, *args) -> int:
     thread, CPU); the exit status. The caller's torch thread count is restored."""
     threads = torch.get_num_threads()
     try:
-        return example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                              "--device", "cpu", *args])
+        return example.cli.run(
+            example.main, ["--smoke", "--no-progress", "--threads", "1", "--device", "cpu", *args]
+        )
     finally:
         torch.set_num_threads(threads)

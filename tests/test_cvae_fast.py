@@ -29,14 +29,14 @@ def cvae_and_task(mnist_small):
 
 def test_completions_once_give_the_same_bound_as_the_baseline_in_every_step(cvae_and_task):
     cvae, task = cvae_and_task
-    cached = cvae.with_completions(task["train"], batch_size=24)   # batches of 24, 24, 16
+    cached = cvae.with_completions(task["train"], batch_size=24)  # batches of 24, 24, 16
     inputs, targets, completed = cached.all()
     assert completed.shape == (64, 784) and cached.names[2] == "completed"
     ref_inputs, ref_targets = task["train"].all()
     assert torch.equal(inputs, ref_inputs) and torch.equal(targets, ref_targets)
     hidden = inputs.reshape(64, -1) == -1
     assert torch.equal(completed[~hidden], inputs.reshape(64, -1)[~hidden])  # visible kept
-    assert ((completed[hidden] > 0) & (completed[hidden] < 1)).all()        # baseline's guess
+    assert ((completed[hidden] > 0) & (completed[hidden] < 1)).all()  # baseline's guess
     elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
     values = []
     for args in ((inputs, targets), (inputs, targets, completed)):
@@ -66,8 +66,11 @@ def test_cvae_weights_with_a_particle_plate_equal_repeated_arguments(cvae_and_ta
     out = []
     for vectorize in (True, False):
         torch.manual_seed(3)
-        out.append(log_importance_weights(cvae.model, cvae.guide, *batch, num_particles=5,
-                                          vectorize=vectorize))
+        out.append(
+            log_importance_weights(
+                cvae.model, cvae.guide, *batch, num_particles=5, vectorize=vectorize
+            )
+        )
     assert out[0].shape == (5, 64)
     assert torch.allclose(out[0], out[1], rtol=1e-5, atol=1e-4)
 
@@ -76,8 +79,9 @@ def test_one_pass_evaluation_agrees_with_the_separate_estimates(cvae_and_task):
     cvae, task = cvae_and_task
     data = cvae.with_completions(task["test"])
     torch.manual_seed(4)
-    both = elbo_and_iw_nll(cvae.model, cvae.guide, data, elbo_particles=6, iw_samples=6,
-                           batch_size=32)
+    both = elbo_and_iw_nll(
+        cvae.model, cvae.guide, data, elbo_particles=6, iw_samples=6, batch_size=32
+    )
     torch.manual_seed(4)
     elbo = negative_elbo(cvae.model, cvae.guide, data, num_particles=6, batch_size=32)
     torch.manual_seed(4)
@@ -93,18 +97,38 @@ def test_one_pass_evaluation_agrees_with_the_separate_estimates(cvae_and_task):
 
 
 def run_example(tmp_path, *flags):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "cvae.py"), "--smoke",
-                           "--no-progress", "--device", "cpu", "--threads", "1",
-                           "--out", str(tmp_path), *flags],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "cvae.py"),
+            "--smoke",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
 
 
 def test_example_records_phases_and_a_seed_reproduces_the_run(tmp_path):
     run_example(tmp_path / "a", "--quadrants", "3", "--seed", "1")
     run_example(tmp_path / "b", "--quadrants", "3", "--seed", "1")
-    rows = [list(csv.reader(open(tmp_path / d / "results.csv"))) for d in ("a", "b")]
+    rows = [read_csv(tmp_path / d / "results.csv") for d in ("a", "b")]
     assert rows[0] == rows[1]
     rec = json.loads((tmp_path / "a" / "results.json").read_text())
     res = rec["results"]["3 quadrants"]
@@ -114,12 +138,34 @@ def test_example_records_phases_and_a_seed_reproduces_the_run(tmp_path):
 
 
 def test_example_takes_pyro_settings_and_refuses_bad_counts(tmp_path):
-    proc = run_example(tmp_path, "--quadrants", "2", "--epochs", "50", "--patience", "3",
-                       "--lr-schedule", "none", "--objective", "trace")
+    proc = run_example(
+        tmp_path,
+        "--quadrants",
+        "2",
+        "--epochs",
+        "50",
+        "--patience",
+        "3",
+        "--lr-schedule",
+        "none",
+        "--objective",
+        "trace",
+    )
     assert "Pyro tutorial" in proc.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "cvae.py"), "--smoke",
-                          "--out", str(tmp_path), "--iw-samples", "0"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "cvae.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--iw-samples",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "--iw-samples must be at least 1" in bad.stderr
 
 
@@ -133,20 +179,19 @@ def test_likelihood_of_the_hidden_pixels_only_equals_the_masked_one(cvae_and_tas
     x, t = inputs.reshape(64, -1), targets.reshape(64, -1)
     torch.manual_seed(6)
     z = torch.randn(64, 4)
-    with pyro.poutine.trace() as tr:
-        with pyro.poutine.condition(data={"z": z}):
-            cvae.model(inputs, targets)
+    with pyro.poutine.trace() as tr, pyro.poutine.condition(data={"z": z}):
+        cvae.model(inputs, targets)
     short = tr.trace.nodes["y"]
-    assert short["value"].shape == (64, 392)              # 2 quadrants hidden
-    by_hand = -(F.binary_cross_entropy_with_logits(cvae.generation_net(z), t, reduction="none")
-                * (x == -1)).sum(1)
+    assert short["value"].shape == (64, 392)  # 2 quadrants hidden
+    by_hand = -(
+        F.binary_cross_entropy_with_logits(cvae.generation_net(z), t, reduction="none") * (x == -1)
+    ).sum(1)
     assert torch.allclose(short["fn"].log_prob(short["value"]), by_hand, atol=1e-4)
     # another mask in one row: the masked path, same values for the other rows
     mixed = inputs.clone()
     mixed[0].reshape(-1)[:10] = -1
-    with pyro.poutine.trace() as tr:
-        with pyro.poutine.condition(data={"z": z}):
-            cvae.model(mixed, targets)
+    with pyro.poutine.trace() as tr, pyro.poutine.condition(data={"z": z}):
+        cvae.model(mixed, targets)
     full = tr.trace.nodes["y"]
     lp = full["fn"].log_prob(full["value"])
     assert full["value"].shape == (64, 784)

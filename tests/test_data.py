@@ -1,13 +1,20 @@
-import gzip
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch
 
-from probgen.data import (BUNDLED_MNIST, MISSING, TensorData, image_splits, load_images,
-                          mask_inputs, quadrant_mask, quadrant_task, split_indices,
-                          static_binarize, unpack_bundled_mnist)
+from probgen.data import (
+    BUNDLED_MNIST,
+    MISSING,
+    TensorData,
+    image_splits,
+    load_images,
+    mask_inputs,
+    quadrant_mask,
+    quadrant_task,
+    split_indices,
+    unpack_bundled_mnist,
+)
 from probgen.errors import ConfigError, DataError, DataNotFoundError
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -15,7 +22,9 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_bundled_files_match_their_checksums():
-    sums = dict(reversed(line.split()) for line in (BUNDLED_MNIST / "SHA256SUMS").read_text().splitlines())
+    sums = dict(
+        reversed(line.split()) for line in (BUNDLED_MNIST / "SHA256SUMS").read_text().splitlines()
+    )
     assert len(sums) == 4
     for name, digest in sums.items():
         assert hashlib.sha256((BUNDLED_MNIST / name).read_bytes()).hexdigest() == digest
@@ -63,7 +72,7 @@ def test_image_splits_shapes_range_device():
     assert set(s) == {"train", "val", "test"}
     x, y = s["train"].tensors
     assert x.shape == (300, 1, 28, 28) and x.dtype == torch.float32
-    assert 0 <= x.min() and x.max() <= 1 and y.dtype == torch.int64
+    assert x.min() >= 0 and x.max() <= 1 and y.dtype == torch.int64
     full = image_splits("mnist", val_size=1000)
     assert len(full["train"]) == 59000 and len(full["val"]) == 1000 and len(full["test"]) == 10000
 
@@ -96,8 +105,9 @@ def test_dynamic_binarization_resamples_every_epoch():
     assert set(s["test"].tensors[0].unique().tolist()) <= {0.0, 1.0}
     # the same generator state gives the same draw (reproducible resumes)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(next(s["train"].batches(10, generator=g1))[0],
-                       next(s["train"].batches(10, generator=g2))[0])
+    assert torch.equal(
+        next(s["train"].batches(10, generator=g1))[0], next(s["train"].batches(10, generator=g2))[0]
+    )
 
 
 def test_batches_cover_every_example_once():
@@ -120,8 +130,8 @@ def test_tensordata_rejects_mismatched_lengths():
 def test_quadrant_masks(q, visible):
     m = quadrant_mask(q)
     assert m.shape == (28, 28) and int(m.sum()) == visible
-    assert m[27, 0]                     # bottom-left is always visible
-    assert not m[27, 27]                # bottom-right is always hidden
+    assert m[27, 0]  # bottom-left is always visible
+    assert not m[27, 27]  # bottom-right is always hidden
     assert bool(m[0, 0]) == (q >= 2) and bool(m[0, 27]) == (q == 3)
 
 
@@ -153,14 +163,19 @@ def test_random_shift_moves_each_image_by_its_own_offset():
     offsets = set()
     for i in range(64):
         # exactly one offset in {-2..2}^2 maps the image onto the output
-        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                if torch.equal(torch.roll(x[i], (dy, dx), (1, 2)), out[i])]
+        hits = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(torch.roll(x[i], (dy, dx), (1, 2)), out[i])
+        ]
         assert len(hits) == 1, i
         offsets.add(hits[0])
-    assert len(offsets) > 10           # per image, not one offset for the batch
+    assert len(offsets) > 10  # per image, not one offset for the batch
     # reproducible from the generator; flat images shift alike given their shape
-    flat = RandomShift(2, image_shape=(2, 9, 9))(x.reshape(64, -1),
-                                                 torch.Generator().manual_seed(0))
+    flat = RandomShift(2, image_shape=(2, 9, 9))(
+        x.reshape(64, -1), torch.Generator().manual_seed(0)
+    )
     assert torch.equal(flat, out.reshape(64, -1))
     # pixels that enter the frame are the fill value
     edge = RandomShift(1, fill=-1.0)(torch.zeros(200, 1, 4, 4), torch.Generator().manual_seed(1))
@@ -172,14 +187,19 @@ def test_random_shift_moves_each_image_by_its_own_offset():
     keep = y >= 0
     assert labels is y and torch.equal(part[~keep], x[~keep])
     moved = (part[keep] != x[keep]).flatten(1).any(1)
-    assert int(moved.sum()) >= int(keep.sum()) - 3    # (0, 0) has chance 1/25 per image
+    assert int(moved.sum()) >= int(keep.sum()) - 3  # (0, 0) has chance 1/25 per image
     with pytest.raises(ConfigError, match="labels say which"):
         RandomShift(1, only_labelled=True)(x)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(max_shift=-1), "max_shift"), (dict(max_shift=1.5), "max_shift"),
-    (dict(max_shift=9), "out of the frame")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_shift=-1), "max_shift"),
+        (dict(max_shift=1.5), "max_shift"),
+        (dict(max_shift=9), "out of the frame"),
+    ],
+)
 def test_random_shift_bad_settings(kwargs, message):
     from probgen.data.augment import RandomShift
 
@@ -191,8 +211,14 @@ def test_random_shift_bad_settings(kwargs, message):
 
 def test_splits_record_how_they_were_made(mnist_small):
     train = mnist_small["train"]
-    assert train.settings == {"dataset": "mnist", "split": "train", "val_size": 256,
-                              "binarize": "none", "limit": 512, "seed": 0}
+    assert train.settings == {
+        "dataset": "mnist",
+        "split": "train",
+        "val_size": 256,
+        "binarize": "none",
+        "limit": 512,
+        "seed": 0,
+    }
     assert mnist_small["val"].settings["split"] == "val"
     # kept by what keeps the examples, and a slice says which
     assert quadrant_task(train, 2).settings == train.settings
@@ -204,8 +230,9 @@ def test_splits_record_how_they_were_made(mnist_small):
     mask = torch.zeros(len(train), dtype=torch.bool)
     mask[[0, 5]] = True
     assert train.subset(mask).settings == train.subset([0, 5]).settings
-    assert {k: v for k, v in train.subset(mask).settings.items() if k != "subsets"} == \
-        train.settings
+    assert {
+        k: v for k, v in train.subset(mask).settings.items() if k != "subsets"
+    } == train.settings
     assert train.subset([0, 6]).settings != train.subset([0, 5]).settings
     with pytest.raises(DataError, match="settings must be a dict"):
         TensorData(torch.zeros(3), settings="mnist")
@@ -217,17 +244,21 @@ def test_to_converts_floats_only():
     assert f.tensors[0].dtype == torch.float32 and f.tensors[1].dtype == torch.int64
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(val_size=-1), "val_size must be 0 or more, got -1."),
-    (dict(limit=0), "limit must be at least 1, got 0; give None for every example."),
-    (dict(limit=-5), "limit must be at least 1, got -5"),     # not a slice of all but 5
-    (dict(val_size=2.5), "val_size must be an integer, got 2.5."),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(val_size=-1), "val_size must be 0 or more, got -1."),
+        (dict(limit=0), "limit must be at least 1, got 0; give None for every example."),
+        (dict(limit=-5), "limit must be at least 1, got -5"),  # not a slice of all but 5
+        (dict(val_size=2.5), "val_size must be an integer, got 2.5."),
+    ],
+)
 def test_image_splits_refuses_bad_sizes_in_one_line(kwargs, message, monkeypatch):
     import probgen.data.datasets as datasets
 
     def never(*args, **kw):
         raise AssertionError("the data were read before the settings were checked")
+
     monkeypatch.setattr(datasets, "load_images", never)
     with pytest.raises(ConfigError) as err:
         datasets.image_splits("mnist", **kwargs)

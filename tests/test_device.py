@@ -34,7 +34,6 @@ module and data). ``benchmarks/gpu_check.sh`` runs those on a lent GPU, under
 from __future__ import annotations
 
 import contextlib
-import math
 import traceback
 
 import numpy as np
@@ -55,11 +54,22 @@ from tests.test_models import ADVERSARIAL, TINY
 aten = torch.ops.aten
 
 # operators whose output shape depends on the data: the host must read it first
-_DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten.unique_dim.default,
-                   aten._unique2.default, aten.unique_consecutive.default,
-                   aten.bincount.default, aten.repeat_interleave.Tensor, aten.equal.default}
-_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
-             aten._index_put_impl_.default}
+_DATA_DEPENDENT = {
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.unique_dim.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+    aten.bincount.default,
+    aten.repeat_interleave.Tensor,
+    aten.equal.default,
+}
+_INDEXING = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
 
 
 def _on_device(t) -> bool:
@@ -75,8 +85,11 @@ class HostSyncs(TorchDispatchMode):
         self.events = []
 
     def _note(self, kind, func):
-        where = [f"{f.filename.rsplit('/probgen/', 1)[-1]}:{f.lineno}"
-                 for f in traceback.extract_stack()[:-2] if "/probgen/" in f.filename]
+        where = [
+            f"{f.filename.rsplit('/probgen/', 1)[-1]}:{f.lineno}"
+            for f in traceback.extract_stack()[:-2]
+            if "/probgen/" in f.filename
+        ]
         self.events.append((kind, str(func), where[-3:]))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -85,28 +98,42 @@ class HostSyncs(TorchDispatchMode):
             t = args[0]
             if _on_device(t):
                 self._note("item/bool/float", func)
-            if isinstance(t, FakeTensor):   # no data to read: "nothing found"
+            if isinstance(t, FakeTensor):  # no data to read: "nothing found"
                 return False if t.dtype == torch.bool else (0.0 if t.is_floating_point() else 0)
         elif func in _DATA_DEPENDENT and any(_on_device(a) for a in args):
             self._note("data-dependent shape", func)
-        elif func in _INDEXING and _on_device(args[0]) and any(
-                torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8)
-                for i in (args[1] or ())):
+        elif (
+            func in _INDEXING
+            and _on_device(args[0])
+            and any(
+                torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ())
+            )
+        ):
             self._note("boolean mask", func)
-        elif func is aten._to_copy.default and not kwargs.get("non_blocking", False) and \
-                torch.is_tensor(args[0]) and "device" in kwargs and \
-                _on_device(args[0]) != (torch.device(kwargs["device"]).type != "cpu"):
-            self._note("device-to-host copy" if _on_device(args[0]) else
-                       "host-to-device copy", func)
-        elif func is aten.copy_.default and not (args[2:] and args[2]) and \
-                _on_device(args[0]) != _on_device(args[1]):
-            self._note("device-to-host copy" if _on_device(args[1]) else
-                       "host-to-device copy", func)
+        elif (
+            func is aten._to_copy.default
+            and not kwargs.get("non_blocking", False)
+            and torch.is_tensor(args[0])
+            and "device" in kwargs
+            and _on_device(args[0]) != (torch.device(kwargs["device"]).type != "cpu")
+        ):
+            self._note(
+                "device-to-host copy" if _on_device(args[0]) else "host-to-device copy", func
+            )
+        elif (
+            func is aten.copy_.default
+            and not (args[2:] and args[2])
+            and _on_device(args[0]) != _on_device(args[1])
+        ):
+            self._note(
+                "device-to-host copy" if _on_device(args[1]) else "host-to-device copy", func
+            )
         return func(*args, **kwargs)
 
     def report(self) -> str:
-        return "\n".join(f"  {kind} ({op}) at {' <- '.join(reversed(w))}"
-                         for kind, op, w in self.events)
+        return "\n".join(
+            f"  {kind} ({op}) at {' <- '.join(reversed(w))}" for kind, op, w in self.events
+        )
 
 
 def _fake(obj, mode: FakeTensorMode):
@@ -146,10 +173,12 @@ def fake_cuda(*objs):
     fakes = [_fake(o, mode) for o in objs]
     syncs = HostSyncs()
     mp = pytest.MonkeyPatch()
-    mp.setattr(FakeTensor, "numpy", lambda self, *a, **k: np.zeros(tuple(self.shape)),
-               raising=False)
-    mp.setattr(FakeTensor, "tolist", lambda self: np.zeros(tuple(self.shape)).tolist(),
-               raising=False)
+    mp.setattr(
+        FakeTensor, "numpy", lambda self, *a, **k: np.zeros(tuple(self.shape)), raising=False
+    )
+    mp.setattr(
+        FakeTensor, "tolist", lambda self: np.zeros(tuple(self.shape)).tolist(), raising=False
+    )
     try:
         with pyro.get_param_store().scope(), pyro.validation_enabled(False), mode, syncs:
             yield mode, syncs, fakes
@@ -158,6 +187,7 @@ def fake_cuda(*objs):
 
 
 # --------------------------------------------------------------------------- the cases
+
 
 def _glow(mnist):
     from probgen.models.flow import FlowModel
@@ -172,8 +202,14 @@ def _flow_dequantized(mnist):
 
     x, _ = next(mnist["train"].batches(8))
     x = x[:, :, :8, :8].contiguous()
-    return FlowModel("realnvp", event_shape=(1, 8, 8), depth=2, hidden=8,
-                     dequantization="variational", dequantizer_hidden=4), (x,)
+    return FlowModel(
+        "realnvp",
+        event_shape=(1, 8, 8),
+        depth=2,
+        hidden=8,
+        dequantization="variational",
+        dequantizer_hidden=4,
+    ), (x,)
 
 
 def _vae(mnist, **kw):
@@ -200,27 +236,37 @@ def _dcgan(mnist):
 
 
 # Every registered model (test_models' tiny instances) and variants whose step differs.
-CASES = {**TINY, **ADVERSARIAL,
-         "glow": _glow, "flow_dequantized": _flow_dequantized, "cvae_completed": _cvae_completed,
-         "dcgan_ema": _dcgan,
-         "vae_meanfield": lambda m: _vae(m),
-         "vae_iwae": lambda m: _vae(m),
-         "vae_conv_blocks": lambda m: _vae(m, net="conv", encoder="delta", beta=0.0,
-                                          corruption="blocks"),
-         "vae_noise_gaussian": lambda m: _vae(m, corruption="noise", likelihood="gaussian"),
-         "vae_iaf": lambda m: _vae(m, guide_flow="iaf"),
-         "vae_planar_beta": lambda m: _vae(m, guide_flow="planar", beta=2.0),
-         "vae_zuko_guide": lambda m: _vae(m, guide_flow="zuko:nsf",
-                                          guide_flow_kwargs={"hidden_features": [16]}),
-         "vae_zuko_prior": lambda m: _vae(m, prior_flow="zuko:maf",
-                                          prior_flow_kwargs={"hidden_features": [8]})}
-CONFIG = {"vae_meanfield": dict(objective="meanfield"),
-          "vae_iwae": dict(objective="iwae", num_particles=3)}
+CASES = {
+    **TINY,
+    **ADVERSARIAL,
+    "glow": _glow,
+    "flow_dequantized": _flow_dequantized,
+    "cvae_completed": _cvae_completed,
+    "dcgan_ema": _dcgan,
+    "vae_meanfield": lambda m: _vae(m),
+    "vae_iwae": lambda m: _vae(m),
+    "vae_conv_blocks": lambda m: _vae(
+        m, net="conv", encoder="delta", beta=0.0, corruption="blocks"
+    ),
+    "vae_noise_gaussian": lambda m: _vae(m, corruption="noise", likelihood="gaussian"),
+    "vae_iaf": lambda m: _vae(m, guide_flow="iaf"),
+    "vae_planar_beta": lambda m: _vae(m, guide_flow="planar", beta=2.0),
+    "vae_zuko_guide": lambda m: _vae(
+        m, guide_flow="zuko:nsf", guide_flow_kwargs={"hidden_features": [16]}
+    ),
+    "vae_zuko_prior": lambda m: _vae(
+        m, prior_flow="zuko:maf", prior_flow_kwargs={"hidden_features": [8]}
+    ),
+}
+CONFIG = {
+    "vae_meanfield": dict(objective="meanfield"),
+    "vae_iwae": dict(objective="iwae", num_particles=3),
+}
 
 # Host synchronisations per training step (every phase, with its repeats) in the fit
 # loop's context over data it checked. The semi-supervised AAE's classification phase
 # reads whether a batch has a labelled example (see its classification_loss).
-BUDGET = {name: 0 for name in CASES}
+BUDGET = dict.fromkeys(CASES, 0)
 BUDGET["semi_supervised_aae"] = 1
 
 
@@ -235,14 +281,15 @@ def test_every_registered_model_has_a_device_case():
 def _step(name, mnist):
     torch.manual_seed(0)
     model, batch = CASES[name](mnist)
-    step = as_step(model, probgen.FitConfig(patience=None, restore_best=False,
-                                            **CONFIG.get(name, {})))
+    step = as_step(
+        model, probgen.FitConfig(patience=None, restore_best=False, **CONFIG.get(name, {}))
+    )
     # one real step on the CPU first: lazily made state (ActNorm's start, Pyro's params)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
         ctx = {}
         for phase in step.phases:
             phase.loss(batch, ctx)
-    if hasattr(model, "pop_term_means"):   # Flow-GAN's running sums, emptied every epoch
+    if hasattr(model, "pop_term_means"):  # Flow-GAN's running sums, emptied every epoch
         model.pop_term_means()
     return model, batch, step
 
@@ -256,17 +303,20 @@ def test_training_step_on_fake_cuda_within_its_sync_budget(name, mnist_small):
     """The step's phase losses run on CUDA tensors without a device mix, and the step reads
     back to the host no more often than its budget (0 for all but one model)."""
     model, batch, step = _step(name, mnist_small)
-    with fake_cuda(model, batch) as (mode, syncs, (_, fb)):
-        with running_steps(data_checked=True, module=step.declared_module):
-            ctx = {}
-            for phase in step.phases:
-                for _ in range(phase.repeats):
-                    loss = _value(phase.loss(fb, ctx))
-                    assert loss.device.type == "cuda" and loss.dim() == 0, phase.name
-                    assert loss.requires_grad, phase.name
-    assert len(syncs.events) == BUDGET[name], \
-        f"{name}: {len(syncs.events)} host syncs per step (budget {BUDGET[name]}):\n" \
+    with (
+        fake_cuda(model, batch) as (_mode, syncs, (_, fb)),
+        running_steps(data_checked=True, module=step.declared_module),
+    ):
+        ctx = {}
+        for phase in step.phases:
+            for _ in range(phase.repeats):
+                loss = _value(phase.loss(fb, ctx))
+                assert loss.device.type == "cuda" and loss.dim() == 0, phase.name
+                assert loss.requires_grad, phase.name
+    assert len(syncs.events) == BUDGET[name], (
+        f"{name}: {len(syncs.events)} host syncs per step (budget {BUDGET[name]}):\n"
         + syncs.report()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -274,15 +324,14 @@ def test_unchecked_step_eval_loss_and_predictive_on_fake_cuda(name, mnist_small)
     """The same step over data the loop did not check (the models check each batch),
     the validation loss, and Pyro's Predictive: all on CUDA, no device mix."""
     model, batch, step = _step(name, mnist_small)
-    with fake_cuda(model, batch) as (mode, syncs, (_, fb)):
+    with fake_cuda(model, batch) as (_mode, syncs, (_, fb)):
         with running_steps(data_checked=False, module=step.declared_module):
             ctx = {}
             for phase in step.phases:
                 assert _value(phase.loss(fb, ctx)).device.type == "cuda", phase.name
-        if name not in UNCHECKED:   # the per-batch checks still run for data not checked
+        if name not in UNCHECKED:  # the per-batch checks still run for data not checked
             assert syncs.events, f"{name} checks nothing of a batch the loop did not check"
-        with torch.no_grad(), running_steps(data_checked=True,
-                                            module=step.declared_module):
+        with torch.no_grad(), running_steps(data_checked=True, module=step.declared_module):
             value = step.eval_loss(fb)
             assert value is None or value.device.type == "cuda"
         with torch.no_grad():
@@ -301,13 +350,17 @@ def test_batch_transforms_draw_on_the_device_without_syncs(mnist_small):
     from probgen.data.dequantize import uniform_dequantization
 
     x, y = next(mnist_small["train"].batches(8))
-    y = torch.where(torch.arange(8) % 2 == 0, y, torch.full_like(y, -1))   # half unlabelled
+    y = torch.where(torch.arange(8) % 2 == 0, y, torch.full_like(y, -1))  # half unlabelled
     g = torch.Generator().manual_seed(0)
-    transforms = [dynamic_binarization, uniform_dequantization(256, check=False),
-                  RandomShift(2), RandomShift(2, only_labelled=True),
-                  lambda b, gen: (RandomBlocks(5)(b[0], gen),) + b[1:],
-                  lambda b, gen: (GaussianNoise(0.3)(b[0], gen),) + b[1:]]
-    with fake_cuda(x, y) as (mode, syncs, (fx, fy)):
+    transforms = [
+        dynamic_binarization,
+        uniform_dequantization(256, check=False),
+        RandomShift(2),
+        RandomShift(2, only_labelled=True),
+        lambda b, gen: (RandomBlocks(5)(b[0], gen),) + b[1:],
+        lambda b, gen: (GaussianNoise(0.3)(b[0], gen),) + b[1:],
+    ]
+    with fake_cuda(x, y) as (_mode, syncs, (fx, fy)):
         for t in transforms:
             out = t((fx, fy), g)
             assert _cuda(out) and out[0].shape == fx.shape
@@ -316,45 +369,79 @@ def test_batch_transforms_draw_on_the_device_without_syncs(mnist_small):
 
 # --------------------------------------------------------------------------- post-fit
 
+
 def _post_fit(name, model, b):
     """The methods a user calls on a trained model of the case ``name`` (batch ``b``)."""
     x = b[0]
-    if name in ("vae", "vae_meanfield", "vae_iwae", "vae_iaf", "vae_planar_beta",
-                "vae_noise_gaussian", "vae_conv_blocks", "vae_zuko_guide", "vae_zuko_prior"):
+    if name in (
+        "vae",
+        "vae_meanfield",
+        "vae_iwae",
+        "vae_iaf",
+        "vae_planar_beta",
+        "vae_noise_gaussian",
+        "vae_conv_blocks",
+        "vae_zuko_guide",
+        "vae_zuko_prior",
+    ):
         labels = b[1] if model.num_labels else None
-        out = [model.reconstruct(x, labels), model.encode(x, labels)[0],
-               model.posterior(x, labels).sample(),
-               model.sample(4, None if not model.num_labels else labels[:4])]
+        out = [
+            model.reconstruct(x, labels),
+            model.encode(x, labels)[0],
+            model.posterior(x, labels).sample(),
+            model.sample(4, None if not model.num_labels else labels[:4]),
+        ]
         if model.num_labels:
             out.append(model.decode(model.encode(x, labels)[0], labels))
         return out
     if name in ("cvae", "cvae_completed"):
-        return [model.predict(x, num_samples=2), model.baseline.predict(x),
-                model.complete(x)]
+        return [model.predict(x, num_samples=2), model.baseline.predict(x), model.complete(x)]
     if name in ("flow", "glow", "flow_dequantized"):
-        return [model.log_prob(x), model.bits_per_dim(x), model.sample(3),
-                model.flow.encode(model._data_transforms()[0].inv(x))
-                if model.preprocess == "logit" and model.flow.exact else model.log_prob(x)]
+        return [
+            model.log_prob(x),
+            model.bits_per_dim(x),
+            model.sample(3),
+            model.flow.encode(model._data_transforms()[0].inv(x))
+            if model.preprocess == "logit" and model.flow.exact
+            else model.log_prob(x),
+        ]
     if name in ("gan", "dcgan_ema"):
-        return [model.sample(5), model.discriminate(model.sample(3)),
-                model.sample(4, generator=torch.Generator().manual_seed(0))]
+        return [
+            model.sample(5),
+            model.discriminate(model.sample(3)),
+            model.sample(4, generator=torch.Generator().manual_seed(0)),
+        ]
     if name == "mevae":
         d = model.decompose(x)
         return [d["reconstruction"], d["z"], model.generate(2)["mean"], model.sample(2)]
     if name == "flowgan":
         return [model.sample(2), model.bits_per_dim(x)]
     if name == "aae":
-        return [model.sample(4, b[1][:4]), model.reconstruct(x), model.codes(x),
-                model.discriminate(model.codes(x), b[1])]
+        return [
+            model.sample(4, b[1][:4]),
+            model.reconstruct(x),
+            model.codes(x),
+            model.discriminate(model.codes(x), b[1]),
+        ]
     if name == "semi_supervised_aae":
-        return [model.predict(x), model.reconstruct(x), model.sample(3),
-                model.decode(model.prior_sample(3), b[1][:3].clamp(min=0))]
+        return [
+            model.predict(x),
+            model.reconstruct(x),
+            model.sample(3),
+            model.decode(model.prior_sample(3), b[1][:3].clamp(min=0)),
+        ]
     if name == "caae":
         return [model.edit(x, 2), model.edit(x, b[1]), model.sample(3)]
     if name == "age_cgan":
         z = model.invert(x, b[1], refine="none")
-        return [model.sample(b[1]), model.sample(1, n=2), z, model.regenerate(z, 3),
-                model.edit(x, b[1], 4), model.encoder_pairs(4).tensors[0]]
+        return [
+            model.sample(b[1]),
+            model.sample(1, n=2),
+            z,
+            model.regenerate(z, 3),
+            model.edit(x, b[1], 4),
+            model.encoder_pairs(4).tensors[0],
+        ]
     raise AssertionError(f"no post-fit calls for {name}")
 
 
@@ -362,14 +449,15 @@ def _post_fit(name, model, b):
 def test_post_fit_methods_on_fake_cuda(name, mnist_small):
     """What a user calls on a model trained on a GPU, with inputs on that GPU: outputs on
     CUDA, no device mix."""
-    model, batch, step = _step(name, mnist_small)
+    model, batch, _ = _step(name, mnist_small)
     model.eval()
-    with fake_cuda(model, batch) as (mode, syncs, (_, fb)):
+    with fake_cuda(model, batch) as (_mode, _syncs, (_, fb)):
         outs = _post_fit(name, model, fb)
     assert outs and _cuda(outs), name
 
 
 # --------------------------------------------------------------------------- examples
+
 
 @pytest.fixture
 def fused_gru_fake():
@@ -391,18 +479,21 @@ def test_aging_inversion_and_editing_on_fake_cuda(mnist_small, fused_gru_fake):
     every level, the CAAE's edits, the recurrent model's progression."""
     from probgen.models import CAAE, AgeCGAN, RecurrentAger
 
-    x, y = next(mnist_small["train"].batches(4))
+    x, _y = next(mnist_small["train"].batches(4))
     levels = 3
     cgan = AgeCGAN(num_levels=levels, z_dim=4, g_width=4, d_width=4, e_width=4).eval()
     caae = CAAE(num_levels=levels, z_dim=3, hidden=(16,), d_hidden=(16,), d_img_width=4).eval()
     rec = RecurrentAger(num_levels=levels, hidden=8, embed=8).eval()
     seq = x[:, None].expand(4, levels, 1, 28, 28).contiguous()
-    with fake_cuda(cgan, caae, rec, x, seq) as (mode, syncs, (_, _, _, fx, fseq)):
+    with fake_cuda(cgan, caae, rec, x, seq) as (_mode, _syncs, (_, _, _, fx, fseq)):
         z = cgan.invert(fx, 1, refine="none")
-        edits = [torch.stack([cgan.regenerate(z, t) for t in range(levels)], 1),
-                 torch.stack([caae.edit(fx, t) for t in range(levels)], 1),
-                 rec.progression(fx, 0), rec.edit(fx, 0, 2),
-                 rec.sequence_loss(fseq, start=0)]
+        edits = [
+            torch.stack([cgan.regenerate(z, t) for t in range(levels)], 1),
+            torch.stack([caae.edit(fx, t) for t in range(levels)], 1),
+            rec.progression(fx, 0),
+            rec.edit(fx, 0, 2),
+            rec.sequence_loss(fseq, start=0),
+        ]
     assert _cuda(edits)
 
 
@@ -415,7 +506,7 @@ def test_manifold_latent_figures_on_fake_cuda(mnist_small):
 
     vae = VAE(z_dim=2, hidden=(16,)).eval()
     x, y = next(mnist_small["train"].batches(8))
-    with fake_cuda(vae, x, y) as (mode, syncs, (_, fx, fy)):
+    with fake_cuda(vae, x, y) as (_mode, _syncs, (_, fx, fy)):
         images = manifold_images(vae.decode, n=3)
         assert images.shape == (9, 1, 28, 28) and images.device.type == "cuda"
         assert manifold_codes(3, device="cuda").device.type == "cuda"
@@ -441,7 +532,7 @@ def test_metrics_on_fake_cuda(mnist_small):
     flow.initialize(xf)
     data = mnist_small["val"].subset(slice(0, 16))
     task = cvae.with_completions(quadrant_task(data, 1))
-    with fake_cuda(vae, cvae, flow, data, task, xf) as (mode, syncs, fakes):
+    with fake_cuda(vae, cvae, flow, data, task, xf) as (_mode, _syncs, fakes):
         _, _, _, fdata, ftask, fxf = fakes
         report = autoencoder_report(vae, fdata, elbo_particles=2, iw_samples=3)
         assert set(report) >= {"neg_elbo", "iw_nll", "active_units", "recon_mse"}
@@ -462,26 +553,31 @@ def test_inspect_on_fake_cuda(mnist_small):
 
     vae = VAE(z_dim=2, hidden=(16,)).eval()
     x = (next(mnist_small["train"].batches(3))[0] > 0.5).float()
-    with fake_cuda(vae, x) as (mode, syncs, (_, fx)):
+    with fake_cuda(vae, x) as (_mode, _syncs, (_, fx)):
         idata = from_vae(vae, fx, num_samples=4)
     assert {"posterior", "log_likelihood", "posterior_predictive"} <= set(idata.groups())
 
 
 # --------------------------------------------------------------------------- the harness
 
+
 def test_the_fake_mode_raises_on_a_device_mix_and_the_recorder_counts_syncs():
     """The two properties the tests above rest on."""
     lin = torch.nn.Linear(3, 2)
     x = torch.rand(4, 3)
-    with fake_cuda(lin, x) as (mode, syncs, (_, fx)):
+    with fake_cuda(lin, x) as (_mode, syncs, (_, fx)):
         assert lin(fx).device.type == "cuda"
         with pytest.raises(Exception, match="device"):
-            fx + torch.zeros(4, 3)                      # a bare CPU tensor meets a CUDA one
+            fx + torch.zeros(4, 3)  # a bare CPU tensor meets a CUDA one
         bool((fx > 0).any())
         fx.sum().item()
         fx.to("cpu")
-        fx.to("cpu", non_blocking=True)                 # (not counted: asynchronous)
-        torch.zeros(()).item()                          # (not counted: a CPU tensor)
+        fx.to("cpu", non_blocking=True)  # (not counted: asynchronous)
+        torch.zeros(()).item()  # (not counted: a CPU tensor)
         torch.rand(4).to(fx.device)
-    assert [e[0] for e in syncs.events] == ["item/bool/float", "item/bool/float",
-                                            "device-to-host copy", "host-to-device copy"]
+    assert [e[0] for e in syncs.events] == [
+        "item/bool/float",
+        "item/bool/float",
+        "device-to-host copy",
+        "host-to-device copy",
+    ]

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -15,17 +14,31 @@ def test_two_processes_equal_one_process_on_the_combined_batches(tmp_path):
     out, ckpt = tmp_path / "ddp.pt", tmp_path / "ddp_ckpt.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "ddp_worker.py"), str(out), str(ckpt)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "tests" / "ddp_worker.py"),
+            str(out),
+            str(ckpt),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out)
     assert got["world_size"] == 2
     both, one, none = got["grads"]
     assert torch.equal(both, torch.full((3,), 1.5)) and torch.equal(one, torch.full((3,), 2.0))
-    assert none is None     # no process had a gradient: the optimizer skips it, as alone
+    assert none is None  # no process had a gradient: the optimizer skips it, as alone
     single = ddp_worker.net()
-    res = ddp_worker.run(single, batch_size=32)      # the two processes' batches together
+    res = ddp_worker.run(single, batch_size=32)  # the two processes' batches together
     for p, q in zip(single.parameters(), got["params"]):
         assert torch.allclose(p.detach(), q, atol=1e-6), (p, q)
     # validation losses are reduced over both processes' halves of the validation set
@@ -43,12 +56,24 @@ def test_an_example_trains_under_torchrun_and_rank_0_alone_writes(tmp_path):
 
     out = tmp_path / "vae"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "examples" / "vae.py"), "--smoke", "--threads", "1", "--no-progress",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "examples" / "vae.py"),
+        "--smoke",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("Test set") == 1            # rank 1 trains but does not report
+    assert proc.stdout.count("Test set") == 1  # rank 1 trains but does not report
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert (out / "results.json").exists() and (out / "samples.png").exists()
@@ -72,13 +97,15 @@ def test_the_group_probgen_opened_closes_at_exit_after_every_process_arrives(mon
         calls.append("barrier")
         if fail_barrier:
             raise RuntimeError("Connection closed by peer")
+
     monkeypatch.setattr(dist, "barrier", barrier)
     monkeypatch.delattr(sys, "last_value", raising=False)
     for backend, fail_barrier, crashed, want in (
-            ("gloo", False, False, ["barrier", "destroy"]),
-            ("gloo", True, False, ["barrier", "destroy"]),
-            ("gloo", False, True, ["destroy"]),
-            ("nccl", False, False, ["destroy"])):
+        ("gloo", False, False, ["barrier", "destroy"]),
+        ("gloo", True, False, ["barrier", "destroy"]),
+        ("gloo", False, True, ["destroy"]),
+        ("nccl", False, False, ["destroy"]),
+    ):
         calls.clear()
         monkeypatch.setattr(dist, "get_backend", lambda b=backend: b)
         if crashed:
@@ -100,7 +127,10 @@ def test_data_smaller_than_one_global_batch_is_one_line_before_training(monkeypa
     net = ddp_worker.net()
     before = [p.detach().clone() for p in net.parameters()]
     assert len(ddp_worker.data()[0]) == 192
-    with pytest.raises(DataError, match=r"192 examples, fewer than one global batch of 256 "
-                                        r"\(batch_size 128 x 2 processes\)"):
+    with pytest.raises(
+        DataError,
+        match=r"192 examples, fewer than one global batch of 256 "
+        r"\(batch_size 128 x 2 processes\)",
+    ):
         ddp_worker.run(net, batch_size=128)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))

@@ -52,6 +52,7 @@ aten = torch.ops.aten
 
 # --------------------------------------------------------------------------- the harness
 
+
 def _is_cuda(device) -> bool:
     if device is None or isinstance(device, (torch.Tensor, torch.dtype, bool, int)):
         return False
@@ -78,17 +79,21 @@ class _ToFakeCuda(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name == "pin_memory":      # page-locked host memory needs a CUDA driver
+        if name == "pin_memory":  # page-locked host memory needs a CUDA driver
             return args[0]
         if name == "is_pinned":
             return False
-        fake = _is_cuda(kwargs.get("device")) or \
-            (name in ("to", "cuda") and (name == "cuda" or any(
-                _is_cuda(a) or (_fake_leaf(a) and a.device.type == "cuda") for a in args[1:])))
+        fake = _is_cuda(kwargs.get("device")) or (
+            name in ("to", "cuda")
+            and (
+                name == "cuda"
+                or any(_is_cuda(a) or (_fake_leaf(a) and a.device.type == "cuda") for a in args[1:])
+            )
+        )
         if fake or any(_fake_leaf(a) for a in tree_leaves((args, kwargs))):
-            with self.mode, self.answers:   # the answers first, then the fake kernels
+            with self.mode, self.answers:  # the answers first, then the fake kernels
                 out = func(*args, **kwargs)
-            if name == "isfinite":   # (a composite of other operators)
+            if name == "isfinite":  # (a composite of other operators)
                 out._known = True
             return out
         return func(*args, **kwargs)
@@ -101,8 +106,7 @@ def _real_value(t: torch.Tensor):
 
 
 # what answers "yes": everything is (finite, true); an any() of what is known answers as it
-_TRUE = {aten.all.default, aten.all.dim, aten.all.dims, aten.equal.default,
-         aten.isfinite.default}
+_TRUE = {aten.all.default, aten.all.dim, aten.all.dims, aten.equal.default, aten.isfinite.default}
 _ANY = {aten.any.default, aten.any.dim, aten.any.dims}
 
 
@@ -123,7 +127,7 @@ class _Answers(TorchDispatchMode):
         if not any(_fake_leaf(a) for a in tree_leaves((args, kwargs))):
             out = func(*args, **kwargs)
             if func is aten._to_copy.default and _fake_leaf(out) and args[0].numel() == 1:
-                out._known = _real_value(args[0])   # a real scalar moved to CUDA
+                out._known = _real_value(args[0])  # a real scalar moved to CUDA
             return out
         if func is aten._local_scalar_dense.default:
             t = args[0]
@@ -139,29 +143,40 @@ class _Answers(TorchDispatchMode):
         if func is aten.bincount.default:
             minlength = kwargs.get("minlength", args[2] if len(args) > 2 else 0)
             with self.mode:
-                return torch.zeros((max(minlength, 1),), dtype=torch.long,
-                                   device=args[0].device)
-        if func in (aten._unique2.default, aten.unique_dim.default,
-                    aten.unique_consecutive.default):
+                return torch.zeros((max(minlength, 1),), dtype=torch.long, device=args[0].device)
+        if func in (
+            aten._unique2.default,
+            aten.unique_dim.default,
+            aten.unique_consecutive.default,
+        ):
             x = args[0]
             with self.mode:
-                return (x.new_empty((x.numel(),)), x.new_zeros(x.shape, dtype=torch.long),
-                        x.new_ones((x.numel(),), dtype=torch.long))
+                return (
+                    x.new_empty((x.numel(),)),
+                    x.new_zeros(x.shape, dtype=torch.long),
+                    x.new_ones((x.numel(),), dtype=torch.long),
+                )
         if func is aten.masked_select.default:
             x, mask = args[0], args[1]
             n = torch.broadcast_shapes(x.shape, mask.shape).numel()
             with self.mode:
                 return torch.empty((n,), dtype=x.dtype, device=x.device)
-        if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
-                    aten._index_put_impl_.default):
+        if func in (
+            aten.index.Tensor,
+            aten.index_put.default,
+            aten.index_put_.default,
+            aten._index_put_impl_.default,
+        ):
             indices = list(args[1])
             if any(torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8) for i in indices):
                 new = []
                 for i in indices:
                     if torch.is_tensor(i) and i.dtype in (torch.bool, torch.uint8):
                         with self.mode:
-                            new += [torch.zeros(i.numel(), dtype=torch.long, device=i.device)
-                                    for _ in range(i.dim())]
+                            new += [
+                                torch.zeros(i.numel(), dtype=torch.long, device=i.device)
+                                for _ in range(i.dim())
+                            ]
                     else:
                         new.append(i)
                 return func(args[0], new, *args[2:], **kwargs)
@@ -180,12 +195,20 @@ class _Answers(TorchDispatchMode):
                 args[0]._known = _real_value(src)
             elif hasattr(args[0], "_known"):
                 del args[0]._known
-        elif func in (aten.clone.default, aten.detach.default, aten._to_copy.default,
-                      aten.alias.default) and hasattr(args[0], "_known"):
+        elif func in (
+            aten.clone.default,
+            aten.detach.default,
+            aten._to_copy.default,
+            aten.alias.default,
+        ) and hasattr(args[0], "_known"):
             out._known = args[0]._known
-        elif getattr(func, "_schema", None) is not None and func._schema.name.endswith("_") \
-                and _fake_leaf(args[0]) and hasattr(args[0], "_known"):
-            del args[0]._known   # changed in place: no longer known
+        elif (
+            getattr(func, "_schema", None) is not None
+            and func._schema.name.endswith("_")
+            and _fake_leaf(args[0])
+            and hasattr(args[0], "_known")
+        ):
+            del args[0]._known  # changed in place: no longer known
         return out
 
 
@@ -199,6 +222,7 @@ def _swap_fake(real_swap):
     """``Module.to`` swaps a fake parameter for its moved copy; the fake mode keeps a weak
     reference to each of its tensors, which ``swap_tensors`` refuses: the data (and the
     fake's device) are set in place instead, as ``param.data = ...`` does for real ones."""
+
     def swap(t1, t2):
         if not (_fake_leaf(t1) or _fake_leaf(t2)):
             return real_swap(t1, t2)
@@ -206,17 +230,21 @@ def _swap_fake(real_swap):
             t1.data = t2.detach()
         if _fake_leaf(t1) and _fake_leaf(t2):
             t1.fake_device = t2.fake_device
+
     return swap
 
 
 def _save_zeros(real_save):
     """``torch.save`` with zeros in place of fake tensors (which have no data)."""
+
     def save(obj, f, *args, **kwargs):
         def real(t):
             if _fake_leaf(t):
                 return torch.zeros(t.shape, dtype=t.dtype)
             return t
+
         return real_save(tree_map(real, obj), f, *args, **kwargs)
+
     return save
 
 
@@ -230,22 +258,26 @@ def _zeros_like_numpy(t, *args, **kwargs):
 def _no_backward(real_engine):
     """Autograd's engine for fake outputs: ``backward`` leaves every gradient unset (the
     optimisers then skip the parameters), ``autograd.grad`` gives zeros."""
+
     def run(t_outputs, *args, **kwargs):
         if not any(_fake_leaf(t) for t in t_outputs):
             return real_engine(t_outputs, *args, **kwargs)
         if kwargs.get("accumulate_grad", True):
             return ()
         return tuple(torch.zeros_like(i) for i in args[3])
+
     return run
 
 
 def _load_to_fake(real_load):
     """``torch.load(..., map_location="cuda")``: read on the CPU, then moved to CUDA (fake)."""
+
     def load(f, map_location=None, *args, **kwargs):
         if not _is_cuda(map_location):
             return real_load(f, *args, map_location=map_location, **kwargs)
         obj = real_load(f, *args, map_location="cpu", **kwargs)
         return tree_map(lambda t: t.to("cuda") if torch.is_tensor(t) else t, obj)
+
     return load
 
 
@@ -265,15 +297,20 @@ def fake_cuda_run():
         torch.library.register_fake("aten::_thnn_fused_gru_cell", gru_cell, lib=lib)
         # every probgen module that holds the device resolver (the cli, the loop, wherever
         # the training layers keep it) resolves "auto" and "cuda" to the fake device
-        import probgen.cli  # noqa: F401  (imported first: it binds the resolver)
+        import probgen.cli  # imported first: it binds the resolver
 
         real_resolve = probgen.train.resolve_device
         for name, module in list(sys.modules.items()):
-            if name.startswith("probgen") and \
-                    getattr(module, "resolve_device", None) is real_resolve:
+            if (
+                name.startswith("probgen")
+                and getattr(module, "resolve_device", None) is real_resolve
+            ):
                 mp.setattr(module, "resolve_device", _fake_resolve)
-        mp.setattr(torch.autograd, "_engine_run_backward",
-                   _no_backward(torch.autograd._engine_run_backward))
+        mp.setattr(
+            torch.autograd,
+            "_engine_run_backward",
+            _no_backward(torch.autograd._engine_run_backward),
+        )
         mp.setattr(torch, "save", _save_zeros(torch.save))
         mp.setattr(torch, "load", _load_to_fake(torch.load))
         mp.setattr(torch.utils, "swap_tensors", _swap_fake(torch.utils.swap_tensors))
@@ -287,14 +324,24 @@ def fake_cuda_run():
         # KID's 100 random subsets are torchmetrics' own code on the features' device; on
         # fake tensors each operator costs the fake mode's overhead, so two are computed
         from torchmetrics.image.kid import KernelInceptionDistance
+
         init = KernelInceptionDistance.__init__
-        mp.setattr(KernelInceptionDistance, "__init__", lambda self, *a, subsets=100, **k:
-                   init(self, *a, subsets=min(subsets, 2), **k))
+        mp.setattr(
+            KernelInceptionDistance,
+            "__init__",
+            lambda self, *a, subsets=100, **k: init(self, *a, subsets=min(subsets, 2), **k),
+        )
         mp.setattr(FakeTensor, "numpy", _zeros_like_numpy, raising=False)
-        mp.setattr(FakeTensor, "__format__", lambda self, spec: format(self.item(), spec)
-                   if self.dim() == 0 else object.__format__(self, spec))
-        mp.setattr(FakeTensor, "tolist", lambda self: np.zeros(tuple(self.shape)).tolist(),
-                   raising=False)
+        mp.setattr(
+            FakeTensor,
+            "__format__",
+            lambda self, spec: (
+                format(self.item(), spec) if self.dim() == 0 else object.__format__(self, spec)
+            ),
+        )
+        mp.setattr(
+            FakeTensor, "tolist", lambda self: np.zeros(tuple(self.shape)).tolist(), raising=False
+        )
         with _ToFakeCuda(mode), pyro.validation_enabled(False):
             validate = torch.distributions.Distribution._validate_args
             torch.distributions.Distribution.set_default_validate_args(False)
@@ -314,18 +361,35 @@ def run_on_fake_cuda(script: str, *argv, out: Path) -> int:
     from tests.conftest import load_example
 
     if str(ROOT / "examples") not in sys.path:
-        sys.path.insert(0, str(ROOT / "examples"))   # the examples' shared helpers
+        sys.path.insert(0, str(ROOT / "examples"))  # the examples' shared helpers
     example = load_example(Path(script).stem)
     threads = torch.get_num_threads()
     state = torch.random.get_rng_state()
     try:
-        with pyro.get_param_store().scope(), fake_cuda_run(), warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()):
+        with (
+            pyro.get_param_store().scope(),
+            fake_cuda_run(),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             # a tracker stops logging after an error and only warns: here that fails
             warnings.filterwarnings("error", message=".*tracker stopped logging.*")
-            return example.cli.run(example.main, [
-                "--smoke", "--no-progress", "--threads", "1", "--device", "cuda",
-                "--epochs", "1", "--out", str(out), *argv])
+            return example.cli.run(
+                example.main,
+                [
+                    "--smoke",
+                    "--no-progress",
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cuda",
+                    "--epochs",
+                    "1",
+                    "--out",
+                    str(out),
+                    *argv,
+                ],
+            )
     finally:
         torch.set_num_threads(threads)
         torch.random.set_rng_state(state)
@@ -335,25 +399,33 @@ def run_on_fake_cuda(script: str, *argv, out: Path) -> int:
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
 # Other paths than a default --smoke run takes, whose post-training code differs.
-VARIANTS = [("gan.py", ["--data", "toy1d"]),            # the toy's grid, D(x) snapshots
-            ("aging.py", ["--score-features", "shipped"]),
-            ("aae.py", ["--vae"]),
-            ("aae.py", ["--labels", "conditional", "--average", "ema"]),
-            ("vae.py", ["--model", "conditional_vae", "--net", "conv"]),   # labelled figures
-            ("flows.py", ["--data", "toy", "--toy", "moons", "--flow", "realnvp"]),
-            ("vae.py", ["--log", "csv"])]      # a tracker's samples and reconstructions
+VARIANTS = [
+    ("gan.py", ["--data", "toy1d"]),  # the toy's grid, D(x) snapshots
+    ("aging.py", ["--score-features", "shipped"]),
+    ("aae.py", ["--vae"]),
+    ("aae.py", ["--labels", "conditional", "--average", "ema"]),
+    ("vae.py", ["--model", "conditional_vae", "--net", "conv"]),  # labelled figures
+    ("flows.py", ["--data", "toy", "--toy", "moons", "--flow", "realnvp"]),
+    ("vae.py", ["--log", "csv"]),
+]  # a tracker's samples and reconstructions
 # NUTS runs under torch.jit's tracer, which fake tensors do not pass: posterior.py's
 # other parts (its models trained, scored, reloaded for the gap table)
 ARGV = {"posterior.py": ["--parts", "flows", "gaps"]}
 CASES = [(name, ARGV.get(name, [])) for name in EXAMPLES] + VARIANTS
 # examples whose owner has yet to build the models on --device
-PENDING: dict = {}   # script -> why it still mixes devices (empty: none does)
+PENDING: dict = {}  # script -> why it still mixes devices (empty: none does)
 
 
-@pytest.mark.parametrize("script, argv", [
-    pytest.param(s, a, marks=pytest.mark.xfail(reason=PENDING[s], strict=True))
-    if s in PENDING else (s, a) for s, a in CASES],
-    ids=[" ".join([s[:-3], *a]) for s, a in CASES])
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        pytest.param(s, a, marks=pytest.mark.xfail(reason=PENDING[s], strict=True))
+        if s in PENDING
+        else (s, a)
+        for s, a in CASES
+    ],
+    ids=[" ".join([s[:-3], *a]) for s, a in CASES],
+)
 def test_example_trained_on_fake_cuda_runs_to_the_end(script, argv, tmp_path):
     """The whole --smoke run with --device cuda: no device mix from data loading to the
     last figure (see the module docstring)."""
@@ -364,11 +436,32 @@ def test_example_trained_on_fake_cuda_runs_to_the_end(script, argv, tmp_path):
 
 # --------------------------------------------------------------------------- static check
 
-FACTORIES = {"zeros", "ones", "full", "empty", "arange", "linspace", "logspace", "eye", "rand",
-             "randn", "randint", "randperm", "normal", "tensor", "as_tensor", "from_numpy",
-             "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
-             "randint_like"}
-LIKE = {name for name in FACTORIES if name.endswith("_like")}   # the input's device
+FACTORIES = {
+    "zeros",
+    "ones",
+    "full",
+    "empty",
+    "arange",
+    "linspace",
+    "logspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "normal",
+    "tensor",
+    "as_tensor",
+    "from_numpy",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "empty_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+}
+LIKE = {name for name in FACTORIES if name.endswith("_like")}  # the input's device
 
 # Factory calls that make a CPU tensor on purpose, each with the reason (file, the start
 # of the call's source text). Everything else names its device, or is moved at once
@@ -388,15 +481,22 @@ def factory_calls(path: Path):
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
-                and node.func.attr in FACTORIES - LIKE):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+            and node.func.attr in FACTORIES - LIKE
+        ):
             continue
         if any(k.arg == "device" for k in node.keywords):
             continue
         up = parents.get(node)
-        if isinstance(up, ast.Attribute) and up.attr in ("to", "cuda") and \
-                isinstance(parents.get(up), ast.Call):
+        if (
+            isinstance(up, ast.Attribute)
+            and up.attr in ("to", "cuda")
+            and isinstance(parents.get(up), ast.Call)
+        ):
             continue
         found.append((" ".join(ast.get_source_segment(source, node).split()), node.lineno))
     return found
@@ -415,21 +515,23 @@ def test_no_tensor_factory_without_a_device_in_the_examples():
                 used.update(listed)
             else:
                 bad.append(f"examples/{path.name}:{line}: {call}")
-    assert not bad, "tensor factories without a device (name one, or list the call in " \
-                    "CPU_ONLY with the reason):\n" + "\n".join(bad)
-    assert used == set(CPU_ONLY), f"CPU_ONLY lists calls no example makes: " \
-                                  f"{set(CPU_ONLY) - used}"
+    assert not bad, (
+        "tensor factories without a device (name one, or list the call in "
+        "CPU_ONLY with the reason):\n" + "\n".join(bad)
+    )
+    assert used == set(CPU_ONLY), f"CPU_ONLY lists calls no example makes: {set(CPU_ONLY) - used}"
 
 
 def test_the_static_check_finds_bare_factories(tmp_path):
     """What the check reports and what it lets through."""
     f = tmp_path / "x.py"
-    f.write_text("import torch\n"
-                 "a = torch.full((n, k), float('nan'))\n"          # reported
-                 "b = torch.arange(n) == i\n"                      # reported
-                 "c = torch.zeros(3, device=x.device)\n"
-                 "d = torch.randn(4, generator=g).to(x.device)\n"
-                 "e = torch.zeros_like(x)\n"
-                 "f = x.new_full((2,), 0.0)\n")
-    assert factory_calls(f) == [("torch.full((n, k), float('nan'))", 2),
-                                ("torch.arange(n)", 3)]
+    f.write_text(
+        "import torch\n"
+        "a = torch.full((n, k), float('nan'))\n"  # reported
+        "b = torch.arange(n) == i\n"  # reported
+        "c = torch.zeros(3, device=x.device)\n"
+        "d = torch.randn(4, generator=g).to(x.device)\n"
+        "e = torch.zeros_like(x)\n"
+        "f = x.new_full((2,), 0.0)\n"
+    )
+    assert factory_calls(f) == [("torch.full((n, k), float('nan'))", 2), ("torch.arange(n)", 3)]

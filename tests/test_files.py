@@ -20,14 +20,17 @@ def _names(folder):
 
 
 def test_a_write_replaces_the_file_with_a_new_files_permissions(tmp_path):
-    target = tmp_path / "sub" / "a.txt"                     # the folder is made
+    target = tmp_path / "sub" / "a.txt"  # the folder is made
     assert files.write_text(target, "one") == target and target.read_text() == "one"
     files.write_bytes(target, b"two")
     assert target.read_bytes() == b"two" and _names(target.parent) == ["a.txt"]
     made = tmp_path / "made-by-open"
-    made.write_text("x")                                    # what any new file gets here
-    assert (target.stat().st_mode & 0o777) == (made.stat().st_mode & 0o777) == \
-        files.new_file_mode(tmp_path)
+    made.write_text("x")  # what any new file gets here
+    assert (
+        (target.stat().st_mode & 0o777)
+        == (made.stat().st_mode & 0o777)
+        == files.new_file_mode(tmp_path)
+    )
     files.torch_save({"w": torch.arange(3)}, tmp_path / "t.pt")
     assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True)["w"], torch.arange(3))
 
@@ -35,10 +38,9 @@ def test_a_write_replaces_the_file_with_a_new_files_permissions(tmp_path):
 def test_an_error_in_the_write_leaves_the_old_file_and_no_leftover(tmp_path):
     target = tmp_path / "a.json"
     files.write_text(target, "{}")
-    with pytest.raises(KeyboardInterrupt):
-        with files.replacing(target) as tmp:
-            tmp.write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), files.replacing(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
     assert target.read_text() == "{}" and _names(tmp_path) == ["a.json"]
 
 

@@ -76,8 +76,9 @@ def test_gans_guide(tmp_path, monkeypatch):
     assert len(ns["fid_curve"]) == ns["EPOCHS"]
     assert ns["fid_curve"][-1] == pytest.approx(ns["fid_of"](ns["gan"]), rel=1e-6)
     # the printed scores are those of the samples shown; training images score near zero
-    assert ns["scores"]["fid"] == pytest.approx(quality.fid(ns["samples"], ns["reference"]),
-                                                rel=1e-6)
+    assert ns["scores"]["fid"] == pytest.approx(
+        quality.fid(ns["samples"], ns["reference"]), rel=1e-6
+    )
     assert ns["real"]["fid"] < 0.2 * ns["scores"]["fid"]
     # the conditional samples: N / 10 of each asked digit, the agreement the classifier's
     assert torch.equal(torch.bincount(ns["asked"].cpu()), torch.full((10,), n // 10))

@@ -20,9 +20,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "probgen"
 
-LAYERS = [("errors", "registry", "checks", "files"), ("data",), ("nn",), ("flows",), ("infer",),
-          ("models",), ("train",), ("metrics",), ("inspect",), ("viz",), ("cli",),
-          ("lightning",)]
+LAYERS = [
+    ("errors", "registry", "checks", "files"),
+    ("data",),
+    ("nn",),
+    ("flows",),
+    ("infer",),
+    ("models",),
+    ("train",),
+    ("metrics",),
+    ("inspect",),
+    ("viz",),
+    ("cli",),
+    ("lightning",),
+]
 RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 
 # probgen imports inside functions that are known, each with what should become of it.
@@ -87,14 +98,15 @@ def _imports(module: str, path: Path):
                     root = root.rsplit(".", 1)[0]
                 base = f"{root}.{base}" if base else root
             # "from probgen.train import loop" imports the submodule probgen.train.loop
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base
-                     for a in node.names]
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+            ]
         else:
             continue
         for name in names:
             if name == "probgen" or name.startswith("probgen."):
                 target = name
-                while target not in MODULES:        # probgen.x.y.Name -> probgen.x.y
+                while target not in MODULES:  # probgen.x.y.Name -> probgen.x.y
                     target = target.rsplit(".", 1)[0]
                 if (target, node.lineno) not in seen:
                     seen.add((target, node.lineno))
@@ -175,25 +187,40 @@ def test_every_module_has_a_layer():
 
 def test_no_import_circle():
     circles = _circles(_graph())
-    assert not circles, ("import circles (strongly connected groups of modules, one circle "
-                         "through each):\n" + "\n".join(circles))
+    assert not circles, (
+        "import circles (strongly connected groups of modules, one circle "
+        "through each):\n" + "\n".join(circles)
+    )
 
 
 def test_no_upward_arrow():
-    upward = [f"{module} ({_room(module)}) imports {target} ({_room(target) or 'probgen'}), "
-              f"line {line}"
-              for module, found in IMPORTS.items() for target, line, _ in found
-              if _rank(target) > _rank(module)]
+    upward = [
+        f"{module} ({_room(module)}) imports {target} ({_room(target) or 'probgen'}), line {line}"
+        for module, found in IMPORTS.items()
+        for target, line, _ in found
+        if _rank(target) > _rank(module)
+    ]
     assert not upward, "imports against the layers' order:\n" + "\n".join(upward)
 
 
 def test_no_probgen_import_inside_a_function():
-    found = {(str(MODULES[m].relative_to(PACKAGE.parent)), target): line
-             for m, imports in IMPORTS.items() for target, line, inside in imports if inside}
-    new = sorted(f"{path}:{line} imports {target}" for (path, target), line in found.items()
-                 if (path, target) not in KNOWN_FUNCTION_LEVEL)
-    gone = sorted(f"{path} no longer imports {target} in a function: drop it from "
-                  f"KNOWN_FUNCTION_LEVEL" for path, target in KNOWN_FUNCTION_LEVEL
-                  if (path, target) not in found)
-    assert not new + gone, ("probgen imports inside functions (put the code in the right "
-                            "layer and import at the top):\n" + "\n".join(new + gone))
+    found = {
+        (str(MODULES[m].relative_to(PACKAGE.parent)), target): line
+        for m, imports in IMPORTS.items()
+        for target, line, inside in imports
+        if inside
+    }
+    new = sorted(
+        f"{path}:{line} imports {target}"
+        for (path, target), line in found.items()
+        if (path, target) not in KNOWN_FUNCTION_LEVEL
+    )
+    gone = sorted(
+        f"{path} no longer imports {target} in a function: drop it from KNOWN_FUNCTION_LEVEL"
+        for path, target in KNOWN_FUNCTION_LEVEL
+        if (path, target) not in found
+    )
+    assert not new + gone, (
+        "probgen imports inside functions (put the code in the right "
+        "layer and import at the top):\n" + "\n".join(new + gone)
+    )

@@ -32,8 +32,12 @@ def _grey(mnist, n=64):
 
 def _set_up(model, data):
     """The fit loop's set-up (settings, device, data checks) without training."""
-    run = Run(model, data, None, probgen.FitConfig(device="cpu", batch_size=16,
-                                                   progress=False, verbose=False))
+    run = Run(
+        model,
+        data,
+        None,
+        probgen.FitConfig(device="cpu", batch_size=16, progress=False, verbose=False),
+    )
     run.set_up()
     return run
 
@@ -42,9 +46,11 @@ def _one_step_syncs(model, step, batch, checked: bool):
     """Host syncs of one training step of ``step`` on fake CUDA copies of ``model`` and
     ``batch``, in the loop's context with ``data_checked=checked``."""
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-        step.phases[0].loss(batch, {})     # a real CPU step first: lazily made state
-    with fake_cuda(model, batch) as (_, syncs, (_, fb)), \
-            running_steps(data_checked=checked, module=step.declared_module):
+        step.phases[0].loss(batch, {})  # a real CPU step first: lazily made state
+    with (
+        fake_cuda(model, batch) as (_, syncs, (_, fb)),
+        running_steps(data_checked=checked, module=step.declared_module),
+    ):
         for phase in step.phases:
             out = phase.loss(fb, {})
             loss = out[0] if isinstance(out, tuple) else out
@@ -80,8 +86,10 @@ def test_a_checked_draw_leaves_the_random_streams_alone(mnist_small):
     loader_state = loader.get_state()
     torch.manual_seed(11)
     state = torch.get_rng_state()
-    for transform, likelihood in ((dynamic_binarization, "bernoulli"),
-                                  (uniform_dequantization(256), "continuous_bernoulli")):
+    for transform, likelihood in (
+        (dynamic_binarization, "bernoulli"),
+        (uniform_dequantization(256), "continuous_bernoulli"),
+    ):
         step = as_step(VAE(z_dim=3, hidden=(16,), likelihood=likelihood), probgen.FitConfig())
         state = torch.get_rng_state()
         assert check_data_once(step, TensorData(x, transform=transform)) is True
@@ -118,11 +126,10 @@ def test_bad_data_after_the_transform_is_refused_before_training(how, mnist_smal
     vae = VAE(z_dim=3, hidden=(16,))
     if how != "unflagged":
         with pytest.raises(DataError, match="binary pixels"):
-            _set_up(vae, data)       # in set_up: before the first step
+            _set_up(vae, data)  # in set_up: before the first step
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     with pytest.raises(DataError, match="binary pixels"):
-        probgen.fit(vae, data, epochs=1, batch_size=16, device="cpu", progress=False,
-                    verbose=False)
+        probgen.fit(vae, data, epochs=1, batch_size=16, device="cpu", progress=False, verbose=False)
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
 
 
@@ -136,8 +143,9 @@ def test_with_transform_keeps_one_draw_checks_only_when_both_parts_have_it(mnist
     for first, second in ((dynamic_binarization, _unflagged), (_unflagged, dequantize)):
         composed = base.with_transform(first).with_transform(second)
         assert not getattr(composed.transform, "one_draw_checks", False)
-        step = as_step(VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli"),
-                       probgen.FitConfig())
+        step = as_step(
+            VAE(z_dim=3, hidden=(16,), likelihood="continuous_bernoulli"), probgen.FitConfig()
+        )
         assert check_data_once(step, composed) is False
 
 

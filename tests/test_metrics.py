@@ -20,10 +20,10 @@ def ppca():
     mu = torch.randn(D, generator=g, dtype=torch.float64)
     z = torch.randn(200, K, generator=g, dtype=torch.float64)
     x = z @ W.T + mu + SIGMA * torch.randn(200, D, generator=g, dtype=torch.float64)
-    cov = W @ W.T + SIGMA ** 2 * torch.eye(D, dtype=torch.float64)
+    cov = W @ W.T + SIGMA**2 * torch.eye(D, dtype=torch.float64)
     exact = dist.MultivariateNormal(mu, cov).log_prob(x)
-    M = W.T @ W + SIGMA ** 2 * torch.eye(K, dtype=torch.float64)
-    post_cov = SIGMA ** 2 * torch.linalg.inv(M)
+    M = W.T @ W + SIGMA**2 * torch.eye(K, dtype=torch.float64)
+    post_cov = SIGMA**2 * torch.linalg.inv(M)
 
     def post_mean(x):
         return torch.linalg.solve(M, W.T @ (x - mu).T).T
@@ -39,7 +39,9 @@ def ppca():
 
     def rough_guide(x):  # right mean, too wide, no correlations
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(post_mean(x), 2.0 * post_cov.diagonal().sqrt()).to_event(1))
+            pyro.sample(
+                "z", dist.Normal(post_mean(x), 2.0 * post_cov.diagonal().sqrt()).to_event(1)
+            )
 
     return x, exact, model, exact_guide, rough_guide
 
@@ -101,8 +103,9 @@ def test_kl_per_dimension_and_active_units_closed_form():
     loc = torch.tensor([[0.0, 1.0, 0.3], [0.0, -1.0, 0.3]])
     scale = torch.tensor([[1.0, 0.5, 2.0], [1.0, 0.5, 2.0]])
     kl = kl_per_dimension(loc, scale)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
-                                            torch.distributions.Normal(0.0, 1.0)).mean(0)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
+    ).mean(0)
     assert torch.allclose(kl, ref)
     assert kl[0] == 0
     assert active_units(loc).tolist() == [False, True, False]
@@ -223,8 +226,12 @@ def test_one_negative_elbo_for_any_beta_the_unscaled_bound():
     assert report["neg_elbo"] == pytest.approx(neg, rel=1e-6)
     # the training objective (Pyro's loss of the beta = 4 model) weights that KL by 4
     torch.manual_seed(3)
-    weighted = Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1
-                          ).differentiable_loss(model.model, model.guide, x).item() / n
+    weighted = (
+        Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+        .differentiable_loss(model.model, model.guide, x)
+        .item()
+        / n
+    )
     assert kl > 0.05
     assert weighted == pytest.approx(neg + 3 * kl, rel=1e-4)
 
@@ -238,11 +245,13 @@ def test_importance_sampled_metrics_refuse_a_point_mass_guide():
     x = _binary_images(8)
     data = TensorData(x)
     ae = _tiny_vae(beta=0.0, encoder="delta")
-    for call in (lambda: iw_log_likelihood(ae.model, ae.guide, x, num_samples=4),
-                 lambda: iw_nll(ae.model, ae.guide, data, num_samples=4),
-                 lambda: negative_elbo(ae.model, ae.guide, data, num_particles=2),
-                 lambda: elbo_per_example(ae.model, ae.guide, data),
-                 lambda: elbo_and_iw_nll(ae.model, ae.guide, data, 2, 4)):
+    for call in (
+        lambda: iw_log_likelihood(ae.model, ae.guide, x, num_samples=4),
+        lambda: iw_nll(ae.model, ae.guide, data, num_samples=4),
+        lambda: negative_elbo(ae.model, ae.guide, data, num_particles=2),
+        lambda: elbo_per_example(ae.model, ae.guide, data),
+        lambda: elbo_and_iw_nll(ae.model, ae.guide, data, 2, 4),
+    ):
         with pytest.raises(ConfigError, match="point mass"):
             call()
     report = autoencoder_report(ae, data, iw_samples=4)  # the report skips them
@@ -256,15 +265,16 @@ def test_particle_plate_and_repeated_arguments_give_the_same_weights(ppca):
     out = {}
     for vectorize in (True, False):
         torch.manual_seed(2)
-        out[vectorize] = log_importance_weights(model, rough_guide, x, num_particles=6,
-                                                vectorize=vectorize)
+        out[vectorize] = log_importance_weights(
+            model, rough_guide, x, num_particles=6, vectorize=vectorize
+        )
     assert out[True].shape == (6, 200)
     assert torch.allclose(out[True], out[False], atol=1e-10)
 
     def flat_model(x):  # reshapes to the data's size: cannot broadcast over particles
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-            mean = (z.reshape(x.shape[0], K) @ torch.ones(K, D, dtype=x.dtype))
+            mean = z.reshape(x.shape[0], K) @ torch.ones(K, D, dtype=x.dtype)
             pyro.sample("x", dist.Normal(mean, SIGMA).to_event(1), obs=x)
 
     torch.manual_seed(2)
@@ -280,18 +290,21 @@ def test_elbo_and_iw_nll_share_one_set_of_draws(ppca):
     x, exact, model, _, rough_guide = ppca
     data = TensorData(x)
     torch.manual_seed(5)
-    both = elbo_and_iw_nll(model, rough_guide, data, elbo_particles=10, iw_samples=10,
-                           batch_size=50, chunk_size=10)
+    both = elbo_and_iw_nll(
+        model, rough_guide, data, elbo_particles=10, iw_samples=10, batch_size=50, chunk_size=10
+    )
     torch.manual_seed(5)
     alone = negative_elbo(model, rough_guide, data, num_particles=10, batch_size=50)
     assert both["neg_elbo"] == pytest.approx(alone, rel=1e-9)
     torch.manual_seed(5)
     assert both["iw_nll"] == pytest.approx(
-        iw_nll(model, rough_guide, data, num_samples=10, batch_size=50, chunk_size=10), rel=1e-9)
+        iw_nll(model, rough_guide, data, num_samples=10, batch_size=50, chunk_size=10), rel=1e-9
+    )
     # more draws for the NLL than for the ELBO, in chunks: the NLL is close to the truth
     torch.manual_seed(6)
-    both = elbo_and_iw_nll(model, rough_guide, data, elbo_particles=10, iw_samples=1000,
-                           batch_size=50, chunk_size=64)
+    both = elbo_and_iw_nll(
+        model, rough_guide, data, elbo_particles=10, iw_samples=1000, batch_size=50, chunk_size=64
+    )
     true_nll = -exact.mean().item()
     assert both["iw_samples"] == 1000
     assert both["neg_elbo"] > both["iw_nll"] > true_nll - 0.01
@@ -303,6 +316,7 @@ def test_elbo_and_iw_nll_share_one_set_of_draws(ppca):
 
 def _refuses_particles(err):
     """A model/guide pair whose model raises ``err`` when it sees a leading axis of draws."""
+
     def model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
@@ -317,12 +331,21 @@ def _refuses_particles(err):
     return model, guide
 
 
-@pytest.mark.parametrize("err,falls_back", [
-    (RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"), True),
-    (ValueError("Shape mismatch inside plate('data')"), True),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
-    (RuntimeError("Expected all tensors to be on the same device, but found at least two "
-                  "devices, cuda:0 and cpu!"), False)])
+@pytest.mark.parametrize(
+    "err,falls_back",
+    [
+        (RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"), True),
+        (ValueError("Shape mismatch inside plate('data')"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+        (
+            RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two "
+                "devices, cuda:0 and cpu!"
+            ),
+            False,
+        ),
+    ],
+)
 def test_vectorized_pass_falls_back_only_for_a_model_that_does_not_broadcast(err, falls_back):
     """A shape error of the particle plate repeats the arguments instead; running out of
     memory or mixing devices is the machine's failure and is raised, not hidden by the
@@ -343,11 +366,10 @@ def test_neg_log_density_inverts_bits_per_dim_and_histories_convert():
     bpd = (100 + 784 * math.log(256)) / (784 * math.log(2))
     assert neg_log_density(bpd, 784) == pytest.approx(100.0)
     assert float(bits_per_dim(-neg_log_density(1.3, 10, 4), 10, 4)) == pytest.approx(1.3)
-    assert neg_log_density(8.0, 784) == pytest.approx(0.0, abs=1e-9)   # 8 bits: log p = 0
+    assert neg_log_density(8.0, 784) == pytest.approx(0.0, abs=1e-9)  # 8 bits: log p = 0
     hist = [{"epoch": 0, "train_loss": 100.0, "val_loss": None, "seconds": 2.0, "lr": 0.1}]
     out = history_in_bits_per_dim(hist, 784)
-    assert out == [{"epoch": 0, "train_loss": pytest.approx(bpd), "val_loss": None,
-                    "seconds": 2.0}]
+    assert out == [{"epoch": 0, "train_loss": pytest.approx(bpd), "val_loss": None, "seconds": 2.0}]
 
 
 def _settings_cases():
@@ -357,30 +379,49 @@ def _settings_cases():
     from probgen.metrics.quality import knn_radii
 
     def local(x):
-        return LocalGuide("z", lambda loc: dist.Normal(loc, 1.0).to_event(1),
-                          {"loc": x.new_zeros(x.shape[0], K)})
+        return LocalGuide(
+            "z", lambda loc: dist.Normal(loc, 1.0).to_event(1), {"loc": x.new_zeros(x.shape[0], K)}
+        )
 
     points = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
     return [
         # (call, the message); what each did before it was checked in the comment
-        (lambda x, m, g: iw_nll(m, g, TensorData(x), batch_size=0),       # ZeroDivisionError
-         "batch_size must be at least 1, got 0."),
-        (lambda x, m, g: elbo_and_iw_nll(m, g, TensorData(x), chunk_size=0),   # read as None
-         "chunk_size must be at least 1, got 0; or None for a size that fits memory."),
-        (lambda x, m, g: iw_nll(m, g, TensorData(x), chunk_size=-2),      # never finished
-         "chunk_size must be at least 1, got -2"),
-        (lambda x, m, g: elbo_per_example(m, g, TensorData(x), num_particles=2.0),
-         "num_particles must be an integer, got 2.0."),
-        (lambda x, m, g: optimise_local_guide(m, local(x), x, steps=2, lr=-1e-2),   # Adam's
-         "lr must be more than 0, got -0.01."),
-        (lambda x, m, g: parzen_log_likelihood(x, x, sigma=float("inf")),
-         "sigma (the Parzen window's width) must be a finite number (more than 0), got inf."),
-        (lambda x, m, g: mmd(points, points, max_points=1),   # a DataError about the data
-         "max_points must be at least 2, got 1; MMD needs two points of each sample."),
-        (lambda x, m, g: knn_radii(points, k=1, chunk=0),     # range() with step 0
-         "chunk must be at least 1, got 0."),
-        (lambda x, m, g: class_coverage(points, min_share=True),    # True taken as 1
-         "min_share must be a number, got True."),
+        (
+            lambda x, m, g: iw_nll(m, g, TensorData(x), batch_size=0),  # ZeroDivisionError
+            "batch_size must be at least 1, got 0.",
+        ),
+        (
+            lambda x, m, g: elbo_and_iw_nll(m, g, TensorData(x), chunk_size=0),  # read as None
+            "chunk_size must be at least 1, got 0; or None for a size that fits memory.",
+        ),
+        (
+            lambda x, m, g: iw_nll(m, g, TensorData(x), chunk_size=-2),  # never finished
+            "chunk_size must be at least 1, got -2",
+        ),
+        (
+            lambda x, m, g: elbo_per_example(m, g, TensorData(x), num_particles=2.0),
+            "num_particles must be an integer, got 2.0.",
+        ),
+        (
+            lambda x, m, g: optimise_local_guide(m, local(x), x, steps=2, lr=-1e-2),  # Adam's
+            "lr must be more than 0, got -0.01.",
+        ),
+        (
+            lambda x, m, g: parzen_log_likelihood(x, x, sigma=float("inf")),
+            "sigma (the Parzen window's width) must be a finite number (more than 0), got inf.",
+        ),
+        (
+            lambda x, m, g: mmd(points, points, max_points=1),  # a DataError about the data
+            "max_points must be at least 2, got 1; MMD needs two points of each sample.",
+        ),
+        (
+            lambda x, m, g: knn_radii(points, k=1, chunk=0),  # range() with step 0
+            "chunk must be at least 1, got 0.",
+        ),
+        (
+            lambda x, m, g: class_coverage(points, min_share=True),  # True taken as 1
+            "min_share must be a number, got True.",
+        ),
     ]
 
 

@@ -10,7 +10,7 @@ import probgen
 from probgen.data import MISSING, quadrant_task
 from probgen.errors import ConfigError, DataError
 from probgen.metrics import iw_nll, negative_elbo
-from probgen.models import MODELS, CVAE, VAE, Baseline
+from probgen.models import CVAE, MODELS, VAE, Baseline
 from probgen.train import WeightAverage, load_model, save_model
 from tests.conftest import QUIET
 
@@ -43,19 +43,28 @@ def tiny_mevae(mnist_small):
     from probgen.models.mevae import MEVAE
 
     x = (torch.rand(8, 1, 32, 32) < 0.2).float()
-    return MEVAE((1, 32, 32), num_entities=2, what_dim=4, encoder_channels=(8, 16),
-                 encoder_hidden=16, decoder_hidden=(32,)), (x,)
+    return MEVAE(
+        (1, 32, 32),
+        num_entities=2,
+        what_dim=4,
+        encoder_channels=(8, 16),
+        encoder_hidden=16,
+        decoder_hidden=(32,),
+    ), (x,)
 
 
 # One tiny instance and one batch per registered model; a new model adds itself here.
 # The builder is called again (another seed) to check that save/load restores every value.
 TINY = {"cvae": tiny_cvae, "flow": tiny_flow, "mevae": tiny_mevae, "vae": tiny_vae}
+
+
 def tiny_aae(mnist_small):
     from probgen.models.aae import AAE
 
     x, y = next(mnist_small["train"].batches(8))
-    return AAE(z_dim=2, hidden=(16,), d_hidden=(16,), encoder="gaussian", prior="mixture",
-               num_labels=10), (x, y)
+    return AAE(
+        z_dim=2, hidden=(16,), d_hidden=(16,), encoder="gaussian", prior="mixture", num_labels=10
+    ), (x, y)
 
 
 def tiny_semi_supervised_aae(mnist_small):
@@ -86,7 +95,14 @@ def tiny_caae(mnist_small):
     return CAAE(num_levels=10, z_dim=3, hidden=(16,), d_hidden=(16,), d_img_width=4), (x, y)
 
 
-ADVERSARIAL = {"aae": tiny_aae, "age_cgan": tiny_age_cgan, "caae": tiny_caae, "flowgan": tiny_flowgan, "gan": tiny_gan, "semi_supervised_aae": tiny_semi_supervised_aae}   # no guide: trained by phases (fit_step)
+ADVERSARIAL = {
+    "aae": tiny_aae,
+    "age_cgan": tiny_age_cgan,
+    "caae": tiny_caae,
+    "flowgan": tiny_flowgan,
+    "gan": tiny_gan,
+    "semi_supervised_aae": tiny_semi_supervised_aae,
+}  # no guide: trained by phases (fit_step)
 
 
 def test_every_registered_model_has_a_contract_case():
@@ -129,8 +145,17 @@ def test_contract_weight_average_copies_and_averages_every_model(name, mnist_sma
         seen.append([p.detach().clone() for p in run.module.parameters()])
 
     recorder = type("Recorder", (), {"on_validation_end": staticmethod(record)})()
-    probgen.fit(model, [batch], epochs=2, lr=1e-2, device="cpu", restore_best=False,
-                patience=None, callbacks=[recorder, WeightAverage("uniform")], **QUIET)
+    probgen.fit(
+        model,
+        [batch],
+        epochs=2,
+        lr=1e-2,
+        device="cpu",
+        restore_best=False,
+        patience=None,
+        callbacks=[recorder, WeightAverage("uniform")],
+        **QUIET,
+    )
     moved = 0
     for i, p in enumerate(model.parameters()):
         assert torch.allclose(p, (seen[0][i] + seen[1][i]) / 2, atol=1e-6), i
@@ -140,10 +165,12 @@ def test_contract_weight_average_copies_and_averages_every_model(name, mnist_sma
 
 # --------------------------------------------------------------------------- autoencoders
 
+
 def tiny_denoising_ae(mnist_small):
     x, _ = next(mnist_small["train"].batches(8))
-    return VAE.from_preset("denoising_ae", z_dim=3, hidden=(16,),
-                           likelihood="continuous_bernoulli"), (x,)
+    return VAE.from_preset(
+        "denoising_ae", z_dim=3, hidden=(16,), likelihood="continuous_bernoulli"
+    ), (x,)
 
 
 def tiny_vae_with_a_flow_guide(mnist_small):
@@ -155,22 +182,36 @@ def tiny_universal_aae_on_noise(mnist_small):
     from probgen.models.aae import AAE
 
     x, _ = next(mnist_small["train"].batches(8))
-    return AAE(z_dim=3, hidden=(16,), d_hidden=(16,), encoder="universal", corruption="noise",
-               likelihood="continuous_bernoulli"), (x,)
+    return AAE(
+        z_dim=3,
+        hidden=(16,),
+        d_hidden=(16,),
+        encoder="universal",
+        corruption="noise",
+        likelihood="continuous_bernoulli",
+    ), (x,)
 
 
 AUTOENCODERS = {"aae", "caae", "semi_supervised_aae", "vae"}
-AUTOENCODER_CASES = {"aae": tiny_aae, "caae": tiny_caae, "semi_supervised_aae":
-                     tiny_semi_supervised_aae, "vae": tiny_vae,
-                     "denoising_ae": tiny_denoising_ae, "vae_planar": tiny_vae_with_a_flow_guide,
-                     "aae_universal_noise": tiny_universal_aae_on_noise}
+AUTOENCODER_CASES = {
+    "aae": tiny_aae,
+    "caae": tiny_caae,
+    "semi_supervised_aae": tiny_semi_supervised_aae,
+    "vae": tiny_vae,
+    "denoising_ae": tiny_denoising_ae,
+    "vae_planar": tiny_vae_with_a_flow_guide,
+    "aae_universal_noise": tiny_universal_aae_on_noise,
+}
 
 
 def test_the_registered_autoencoders_are_those_with_the_interface(mnist_small):
     from probgen.models.autoencoder import Autoencoder
 
-    found = {name for name, build in {**TINY, **ADVERSARIAL}.items()
-             if isinstance(build(mnist_small)[0], Autoencoder)}
+    found = {
+        name
+        for name, build in {**TINY, **ADVERSARIAL}.items()
+        if isinstance(build(mnist_small)[0], Autoencoder)
+    }
     assert found == AUTOENCODERS
 
 
@@ -201,15 +242,15 @@ def test_contract_autoencoder_interface(name, mnist_small):
     n = x.shape[0]
     labels = batch[1] if len(batch) > 1 and model.num_labels else None
     assert isinstance(model, Autoencoder) and model.device == torch.device("cpu")
-    assert model.label_to_decoder == (name in ("caae", "vae"))   # (tiny_vae is conditional)
+    assert model.label_to_decoder == (name in ("caae", "vae"))  # (tiny_vae is conditional)
     z = model.codes(x, labels)
     assert z.shape == (n, model.z_dim) and torch.isfinite(z).all()
     centre = model.codes(x, labels, sample=False)
     assert torch.equal(centre, model.codes(x, labels, sample=False))
-    deterministic = name in ("caae", "denoising_ae")   # point-mass encoders
+    deterministic = name in ("caae", "denoising_ae")  # point-mass encoders
     assert torch.equal(z, centre) == deterministic
     decoder_labels = labels if model.label_to_decoder else None
-    if name == "semi_supervised_aae":   # its decoder reads the class head's softmax
+    if name == "semi_supervised_aae":  # its decoder reads the class head's softmax
         decoder_labels = torch.softmax(model.class_logits(x), -1)
     decoded = model.decode(centre, decoder_labels)
     assert decoded.shape == (n, 1, 28, 28)
@@ -218,8 +259,11 @@ def test_contract_autoencoder_interface(name, mnist_small):
     assert prior.shape == (n, model.z_dim) and torch.isfinite(prior).all()
     samples = model.sample(labels=torch.arange(3)) if model.label_to_decoder else model.sample(3)
     assert samples.shape == (3, 1, 28, 28)
-    args = tuple(batch[:2]) if len(batch) > 1 and (model.num_labels or name ==
-                                                   "semi_supervised_aae") else (x,)
+    args = (
+        tuple(batch[:2])
+        if len(batch) > 1 and (model.num_labels or name == "semi_supervised_aae")
+        else (x,)
+    )
     with seeded(5):
         loss = model.reconstruction_loss(batch)
     with seeded(5):
@@ -257,17 +301,19 @@ def test_contract_predictive_and_save_load(tiny, tmp_path):
     assert samples["z"].shape[:2] == (4, batch[0].shape[0])
     assert torch.isfinite(samples["z"]).all()
     save_model(model, tmp_path / "m.pt")
-    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                     other.state_dict().values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), other.state_dict().values())
+    )
     load_model(other, tmp_path / "m.pt")
     for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), k
 
 
 def test_cvae_shapes_and_predictions(mnist_small):
-    model, (inputs, targets) = tiny_cvae(mnist_small)
+    model, (inputs, _targets) = tiny_cvae(mnist_small)
     probs = model.model(inputs)
-    assert probs.shape == (8, 784) and 0 <= probs.min() and probs.max() <= 1
+    assert probs.shape == (8, 784) and probs.min() >= 0 and probs.max() <= 1
     pred = model.predict(inputs, num_samples=5)
     assert pred.shape == (5, 8, 1, 28, 28)
     visible = inputs != MISSING
@@ -280,15 +326,24 @@ def test_cvae_learns_and_beats_its_untrained_self(mnist_small):
     task = {k: quadrant_task(v, 1) for k, v in mnist_small.items()}
     baseline = Baseline(hidden=(64,))
     before_base = baseline.state_dict()["net.0.weight"].clone()
-    b_fit = probgen.fit(baseline, task["train"], task["val"], epochs=4, lr=3e-3,
-                        batch_size=64, device="cpu", **QUIET)
+    b_fit = probgen.fit(
+        baseline,
+        task["train"],
+        task["val"],
+        epochs=4,
+        lr=3e-3,
+        batch_size=64,
+        device="cpu",
+        **QUIET,
+    )
     assert b_fit.train_loss[-1] < b_fit.train_loss[0]
     frozen = baseline.state_dict()["net.0.weight"].clone()
     assert not torch.equal(before_base, frozen)
     cvae = CVAE(baseline, z_dim=8, hidden=(64,))
     start = negative_elbo(cvae.model, cvae.guide, task["test"], num_particles=2)
-    res = probgen.fit(cvae, task["train"], task["val"], epochs=4, lr=3e-3, batch_size=64,
-                      device="cpu", **QUIET)
+    res = probgen.fit(
+        cvae, task["train"], task["val"], epochs=4, lr=3e-3, batch_size=64, device="cpu", **QUIET
+    )
     assert res.train_loss[-1] < res.train_loss[0]
     end = negative_elbo(cvae.model, cvae.guide, task["test"], num_particles=2)
     assert end < start - 50

@@ -2,23 +2,42 @@
 class coverage and the errors on bad input."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 
 from probgen.errors import CheckpointError, ConfigError, DataError
-from probgen.metrics.quality import (FID_NAME, QualityReference, class_coverage, extract_features,
-                                     fid, fid_metric, frechet_distance, kernel_distance, knn_radii,
-                                     precision_recall, reference_statistics, sample_quality)
 from probgen.metrics.classifier_training import accuracy
-from probgen.nn.classifier import (SUMS_FILE, WEIGHTS_FILE, MNISTClassifier, load_classifier,
-                                   sha256_of, shipped_sha256)
+from probgen.metrics.quality import (
+    FID_NAME,
+    QualityReference,
+    class_coverage,
+    extract_features,
+    fid,
+    fid_metric,
+    frechet_distance,
+    kernel_distance,
+    knn_radii,
+    precision_recall,
+    reference_statistics,
+    sample_quality,
+)
+from probgen.nn.classifier import (
+    SUMS_FILE,
+    WEIGHTS_FILE,
+    MNISTClassifier,
+    load_classifier,
+    sha256_of,
+    shipped_sha256,
+)
 
 
 @pytest.fixture(scope="module")
 def mnist():
     from probgen.data import image_splits
+
     return image_splits("mnist", val_size=0)
 
 
@@ -41,6 +60,7 @@ def _one_line(err):
 
 # ---------------------------------------------------------------------------------- classifier
 
+
 def test_shipped_weights_small_and_hash_checked(tmp_path):
     assert WEIGHTS_FILE.stat().st_size < 1_000_000
     assert sha256_of(WEIGHTS_FILE) == shipped_sha256()
@@ -54,7 +74,7 @@ def test_shipped_weights_small_and_hash_checked(tmp_path):
 
 
 def test_shipped_classifier_accuracy_on_mnist_test_set(mnist):
-    net = load_classifier().to(memory_format=torch.channels_last)    # faster on CPU
+    net = load_classifier().to(memory_format=torch.channels_last)  # faster on CPU
     assert not net.training
     x, y = mnist["test"].tensors
     acc = accuracy(net, x, y)
@@ -63,10 +83,11 @@ def test_shipped_classifier_accuracy_on_mnist_test_set(mnist):
 
 def test_retraining_command_writes_loadable_weights(tmp_path, capsys):
     from probgen.metrics.classifier_training import main
+
     out = tmp_path / "w" / "clf.pt"
     rng_before = torch.get_rng_state()
     main(["--out", str(out), "--epochs", "1", "--limit", "256", "--batch-size", "64"])
-    assert torch.equal(torch.get_rng_state(), rng_before)          # no global re-seeding
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no global re-seeding
     digest = (out.parent / "SHA256SUMS").read_text().split()[0]
     assert digest == sha256_of(out)
     net = load_classifier(out, sha256=digest)
@@ -80,26 +101,23 @@ def test_train_classifier_is_seeded_learns_and_leaves_the_global_stream_alone(mn
     x, y = mnist["train"].tensors
     lines = []
     state = torch.get_rng_state()
-    net = train_classifier(x[:2048], y[:2048], epochs=2, batch_size=64, seed=3,
-                           log=lines.append)
-    assert torch.equal(torch.get_rng_state(), state)            # a forked random state
+    net = train_classifier(x[:2048], y[:2048], epochs=2, batch_size=64, seed=3, log=lines.append)
+    assert torch.equal(torch.get_rng_state(), state)  # a forked random state
     assert not net.training and len(lines) == 2 and lines[1].startswith("epoch 2/2: train loss")
     # far above chance (10%) on images it never saw
-    assert accuracy(net, x[5000:6000], y[5000:6000]) > 0.8     # (measured: 0.96)
-    again = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=3,
-                             log=lines.append)
-    twice = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=3,
-                             log=lines.append)
-    other = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=4,
-                             log=lines.append)
+    assert accuracy(net, x[5000:6000], y[5000:6000]) > 0.8  # (measured: 0.96)
+    again = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=3, log=lines.append)
+    twice = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=3, log=lines.append)
+    other = train_classifier(x[:256], y[:256], epochs=1, batch_size=64, seed=4, log=lines.append)
     for (name, a), b in zip(again.state_dict().items(), twice.state_dict().values()):
-        assert torch.equal(a, b), name                             # the seed decides all
+        assert torch.equal(a, b), name  # the seed decides all
     assert not torch.equal(again.head[1].weight, other.head[1].weight)
     with pytest.raises(ConfigError, match="epochs must be at least 1, got 0"):
         train_classifier(x[:10], y[:10], epochs=0)
 
 
 # ---------------------------------------------------------------------------------------- FID
+
 
 def test_identical_sets_give_fid_near_zero(test_images, reference):
     assert abs(fid(test_images[:2000], reference)) < 1e-3
@@ -113,7 +131,7 @@ def test_fid_rises_monotonically_with_noise(test_images, reference):
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(real.shape, generator=gen)
     scores = [fid((real + s * noise).clamp(0, 1), reference) for s in (0.0, 0.1, 0.2, 0.4, 0.8)]
-    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert all(a < b for a, b in pairwise(scores)), scores
 
 
 def test_fid_rises_monotonically_with_blur(test_images, reference):
@@ -121,14 +139,16 @@ def test_fid_rises_monotonically_with_blur(test_images, reference):
     scores = [fid(real, reference)]
     for sigma in (0.5, 1.0, 1.5, 2.5):
         scores.append(fid(TF.gaussian_blur(real, kernel_size=9, sigma=sigma), reference))
-    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert all(a < b for a, b in pairwise(scores)), scores
 
 
 def test_streaming_fid_metric_matches_fid(test_images, reference):
     metric = fid_metric()
     metric.update(test_images[:2000], real=True)
     metric.update(test_images[2000:3000], real=False)
-    assert float(metric.compute()) == pytest.approx(fid(test_images[2000:3000], reference), rel=1e-4)
+    assert float(metric.compute()) == pytest.approx(
+        fid(test_images[2000:3000], reference), rel=1e-4
+    )
 
 
 def test_frechet_distance_of_shifted_gaussians():
@@ -141,21 +161,25 @@ def test_frechet_distance_of_shifted_gaussians():
 
 # ---------------------------------------------------------------------------------------- KID
 
+
 def test_kid_with_small_subsets(test_images, reference):
     feats, _ = extract_features(test_images[2000:2600])
-    noisy, _ = extract_features((test_images[2000:2600] + 0.3 * torch.rand(600, 1, 28, 28)).clamp(0, 1))
+    noisy, _ = extract_features(
+        (test_images[2000:2600] + 0.3 * torch.rand(600, 1, 28, 28)).clamp(0, 1)
+    )
     rng_before = torch.get_rng_state()
     same = kernel_distance(reference.features, feats, subsets=20, subset_size=50, seed=1)
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert same == kernel_distance(reference.features, feats, subsets=20, subset_size=50, seed=1)
     far = kernel_distance(reference.features, noisy, subsets=20, subset_size=50, seed=1)
-    assert abs(same[0]) < 3 * same[1] + 1e-3          # same distribution: KID ~ 0 within noise
+    assert abs(same[0]) < 3 * same[1] + 1e-3  # same distribution: KID ~ 0 within noise
     assert far[0] > same[0] + 3 * far[1]
     with pytest.raises(DataError, match="kid_subset_size"):
         kernel_distance(reference.features, feats[:40], subsets=2, subset_size=50)
 
 
 # ---------------------------------------------------------------------------- precision/recall
+
 
 def test_precision_recall_on_a_known_case():
     # 1-D: real {0, 1, 2, 3} with k = 1 have radius 1; of the samples {0.5, 10} one is inside.
@@ -181,7 +205,15 @@ def test_sample_quality_on_three_classes(mnist, reference):
     assert out["recall"] < out["precision"]
     assert out["recall"] < 0.5
     assert out["fid_name"] == FID_NAME == "FID, MNIST-classifier features"
-    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "num_samples", "num_reference"):
+    for key in (
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "num_samples",
+        "num_reference",
+    ):
         assert key in out
     full = sample_quality(x[:1500], reference, kid_subsets=10, kid_subset_size=500)
     assert full["classes_covered"] == 10 and full["class_kl"] < 0.05
@@ -190,7 +222,7 @@ def test_sample_quality_on_three_classes(mnist, reference):
 
 def test_class_coverage_counts_and_threshold():
     logits = torch.nn.functional.one_hot(torch.tensor([0] * 50 + [1] * 49 + [2]), 10).float()
-    cov = class_coverage(logits)                 # class 2 holds 1%, a tenth of its share
+    cov = class_coverage(logits)  # class 2 holds 1%, a tenth of its share
     assert cov["classes_covered"] == 3
     assert class_coverage(logits, min_share=0.2)["classes_covered"] == 2
     uniform = torch.nn.functional.one_hot(torch.arange(100) % 10, 10).float()
@@ -222,6 +254,7 @@ def test_image_layouts_and_uint8_accepted(test_images):
 
 # ----------------------------------------------------------------------------------- bad input
 
+
 def test_bad_images_raise_clear_errors(test_images, reference):
     with pytest.raises(DataError, match="colour") as err:
         fid(torch.rand(300, 3, 28, 28), reference)
@@ -242,15 +275,18 @@ def test_too_few_samples_raise_clear_errors(test_images, reference, monkeypatch)
     with pytest.raises(DataError, match="at least 129 samples") as err:
         fid(test_images[:50], reference)
     _one_line(err)
-    with pytest.raises(DataError, match="KID subsets: 1000.*kid_subset_size") as err:
-        sample_quality(test_images[:500], reference)          # default KID subsets of 1000
+    with pytest.raises(DataError, match=r"KID subsets: 1000.*kid_subset_size") as err:
+        sample_quality(test_images[:500], reference)  # default KID subsets of 1000
     _one_line(err)
     with pytest.raises(DataError, match="at least 129 reference images"):
         fid(test_images[:300], test_images[:60])
     import torchmetrics.utilities.imports as tm_imports
-    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)   # refused before any loading
-    with pytest.raises(DataError, match="at least 2049 samples"):     # Inception: 2048 features
-        fid(test_images[:300], test_images[:3000], feature="inception", inception_weights="download")
+
+    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)  # refused before any loading
+    with pytest.raises(DataError, match="at least 2049 samples"):  # Inception: 2048 features
+        fid(
+            test_images[:300], test_images[:3000], feature="inception", inception_weights="download"
+        )
     with pytest.raises(DataError, match="at least 129 reference features"):
         frechet_distance(reference.features[:100], reference.features)
 
@@ -265,23 +301,34 @@ def test_bad_settings_raise_clear_errors(test_images, reference):
 
 
 def test_inception_fid_asks_for_weights_offline(test_images, tmp_path, monkeypatch):
-    """Asking for the standard Inception FID without weights says what to provide; nothing downloads."""
+    """Asking for the standard Inception FID without weights says what to provide; nothing
+    downloads."""
     with pytest.raises(ConfigError, match="inception_weights") as err:
         fid(test_images[:300], test_images[300:600], feature="inception")
     text = _one_line(err)
     assert "download" in text and ".pth" in text
     with pytest.raises(ConfigError, match="not found"):
-        fid(test_images[:300], test_images[300:600], feature="inception",
-            inception_weights=str(tmp_path / "missing.pth"))
+        fid(
+            test_images[:300],
+            test_images[300:600],
+            feature="inception",
+            inception_weights=str(tmp_path / "missing.pth"),
+        )
     import torchmetrics.utilities.imports as tm_imports
-    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)   # refused before any loading
+
+    monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", True)  # refused before any loading
     with pytest.raises(ConfigError, match="pass the real images"):
         fid(test_images[:3000], feature="inception", inception_weights="download")
     monkeypatch.setattr(tm_imports, "_TORCH_FIDELITY_AVAILABLE", False)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
     with pytest.raises(ConfigError, match="pip install torch-fidelity"):
-        fid(test_images[:300], test_images[300:600], feature="inception", inception_weights=str(weights))
+        fid(
+            test_images[:300],
+            test_images[300:600],
+            feature="inception",
+            inception_weights=str(weights),
+        )
 
 
 def test_reference_of_other_features_refused(reference, test_images):
@@ -291,6 +338,7 @@ def test_reference_of_other_features_refused(reference, test_images):
 
 
 # ---------------------------------------------------------------------------------- scorer, curve
+
 
 def test_quality_scorer_picks_the_features_and_matches_sample_quality(test_images):
     from probgen.metrics.quality import quality_scorer
@@ -331,13 +379,13 @@ def test_fid_curve_scores_fixed_noise_and_the_live_weights(test_images):
     entries = [{"epoch": e} for e in range(3)]
     for entry in entries:
         curve.on_validation_end(run, entry)
-    assert "fid" not in entries[0]                       # every second epoch, and the last
+    assert "fid" not in entries[0]  # every second epoch, and the last
     noise = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(4))
     for entry in entries[1:]:
         assert entry["fid"] == pytest.approx(float(noise.mean()))
         assert entry["fid_live"] == pytest.approx(float((1 - noise).mean()))
         assert entry["fid_seconds"] >= 0 and entry["fid_cpu_seconds"] >= 0
-    assert len(scores) == 4 and torch.equal(scores[0], scores[2])   # the same noise each time
+    assert len(scores) == 4 and torch.equal(scores[0], scores[2])  # the same noise each time
     Sampler.ema = 0.0
     entry = {"epoch": 2}
     curve.on_validation_end(run, entry)

@@ -67,8 +67,11 @@ def test_layout_is_true():
     block = README.split("## Layout")[1]
     layout = re.search(r"```\n(.*?)\n```", block, re.S).group(1)
     # an indented line continues the description above it
-    paths = [line.split()[0].rstrip("/") for line in layout.splitlines()
-             if line.strip() and not line[0].isspace()]
+    paths = [
+        line.split()[0].rstrip("/")
+        for line in layout.splitlines()
+        if line.strip() and not line[0].isspace()
+    ]
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"the README's layout names {missing}, which do not exist"
     files = probgen_files()

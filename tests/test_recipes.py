@@ -47,11 +47,14 @@ def test_semi_supervised_repeats_the_labelled_images():
     assert recipes.semi_supervised(train, y, labelled_share=0.001)[1] == 1
 
 
-@pytest.mark.parametrize("labels, share, error, message", [
-    (torch.full((100,), -1), 0.1, DataError, "some labelled images"),
-    (torch.zeros(99, dtype=torch.long), 0.1, DataError, "one label per training image"),
-    (None, 1.0, ConfigError, r"labelled_share must lie in \(0, 1\), got 1\.0\."),
-])
+@pytest.mark.parametrize(
+    "labels, share, error, message",
+    [
+        (torch.full((100,), -1), 0.1, DataError, "some labelled images"),
+        (torch.zeros(99, dtype=torch.long), 0.1, DataError, "one label per training image"),
+        (None, 1.0, ConfigError, r"labelled_share must lie in \(0, 1\), got 1\.0\."),
+    ],
+)
 def test_semi_supervised_refuses_bad_input(labels, share, error, message):
     train, y = _partial()
     with pytest.raises(error, match=message):
@@ -59,43 +62,48 @@ def test_semi_supervised_refuses_bad_input(labels, share, error, message):
 
 
 def test_shifted_moves_every_image_or_the_labelled_ones():
-    train, y = _partial(n=8, labelled=(1, 6))
+    _train, y = _partial(n=8, labelled=(1, 6))
     images = torch.zeros(8, 1, 9, 9)
-    images[:, :, 4, 4] = 1.0                        # one lit pixel in the middle
+    images[:, :, 4, 4] = 1.0  # one lit pixel in the middle
     data = TensorData(images, y)
     assert recipes.shifted(data, 0) is data
     every = recipes.shifted(data, 2)
     assert every.settings == {"augment_shift": 2, "augment_which": "all"}
-    (bx, by), = every.batches(8, generator=torch.Generator().manual_seed(0))
+    ((bx, by),) = every.batches(8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(by, y) and torch.equal(bx.sum((1, 2, 3)), torch.ones(8))
-    assert (bx[:, 0, 4, 4] == 0).any()              # some image moved
+    assert (bx[:, 0, 4, 4] == 0).any()  # some image moved
     lit = bx[:, 0].flatten(1).argmax(1)
     rows, cols = lit // 9, lit % 9
     assert bool(((rows - 4).abs() <= 2).all() and ((cols - 4).abs() <= 2).all())
     labelled = recipes.shifted(data, 2, only_labelled=True)
     assert labelled.settings["augment_which"] == "labelled"
     for seed in range(5):
-        (bx, _), = labelled.batches(8, generator=torch.Generator().manual_seed(seed))
+        ((bx, _),) = labelled.batches(8, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(bx[y < 0], images[y < 0])
 
 
 def test_dequantized_splits_fix_the_evaluation_draws():
     levels = torch.randint(0, 256, (10, 1, 2, 2), generator=torch.Generator().manual_seed(0))
     images = levels / 255.0
-    splits = {"train": TensorData(images), "val": TensorData(images[:4]),
-              "test": TensorData(images)}
+    splits = {
+        "train": TensorData(images),
+        "val": TensorData(images[:4]),
+        "test": TensorData(images),
+    }
     out = recipes.dequantized_splits(splits, seed=5, eval_size=6)
     assert torch.equal(out["test_images"], images[:6]) and len(out["test"]) == 6
     again = recipes.dequantized_splits(splits, seed=5, eval_size=6)
-    assert torch.equal(out["test"].tensors[0], again["test"].tensors[0])     # one fixed draw
+    assert torch.equal(out["test"].tensors[0], again["test"].tensors[0])  # one fixed draw
     assert not torch.equal(out["val"].tensors[0], out["test"].tensors[0][:4])  # its own seed
     for split in ("val", "test"):
-        u = out[split].tensors[0] * 256 - levels[:len(out[split])]
-        assert bool(((u >= 0) & (u < 1)).all())    # each value inside its grey level's bin
-    assert out["train"].transform is not None                                 # drawn per batch
+        u = out[split].tensors[0] * 256 - levels[: len(out[split])]
+        assert bool(((u >= 0) & (u < 1)).all())  # each value inside its grey level's bin
+    assert out["train"].transform is not None  # drawn per batch
     assert recipes.dequantized_splits({**splits, "val": TensorData(images[:0])})["val"] is None
-    assert recipes.dequantized_splits({"train": splits["train"], "test": splits["test"]})[
-        "val"] is None
+    assert (
+        recipes.dequantized_splits({"train": splits["train"], "test": splits["test"]})["val"]
+        is None
+    )
 
 
 def test_download_splits_says_where_the_files_go(monkeypatch):

@@ -7,8 +7,7 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.metrics.parzen import mmd, parzen_score
-from probgen.metrics.report import (Autoencoder, aae_report, as_autoencoder, class_error,
-                                    seeded)
+from probgen.metrics.report import Autoencoder, aae_report, as_autoencoder, class_error, seeded
 from probgen.models import AAE, VAE
 
 
@@ -65,15 +64,14 @@ def test_aae_report_against_a_hand_computation():
     model = Halver(predict=True)
     assert isinstance(model, Autoencoder)
     x, y = _data()
-    y[:6] = 1 - y[:6]                                     # 6 of 60 wrong: 10% error
+    y[:6] = 1 - y[:6]  # 6 of 60 wrong: 10% error
     val, _ = _data(30, seed=1)
     state = torch.get_rng_state()
-    rep = aae_report(model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4,
-                     batch_size=25)
-    assert torch.equal(torch.get_rng_state(), state)      # the caller's stream left alone
+    rep = aae_report(model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4, batch_size=25)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream left alone
     m = rep.metrics
     # reconstruction: (x/2 - x)^2 = x^2 / 4 per pixel, over every batch of 25, 25 and 10
-    assert m["recon_mse"] == pytest.approx(float((x ** 2 / 4).mean()), rel=1e-6)
+    assert m["recon_mse"] == pytest.approx(float((x**2 / 4).mean()), rel=1e-6)
     assert m["recon_nll"] == pytest.approx(3.0)
     assert m["test_error"] == pytest.approx(10.0)
     # the draws follow the seed: the prior draws, then the sample grid, then Parzen's
@@ -89,13 +87,15 @@ def test_aae_report_against_a_hand_computation():
     p = parzen_score(parzen, x.flatten(1), val[:20].flatten(1))
     assert m["parzen_ll"] == pytest.approx(p["log_likelihood"])
     assert m["parzen_samples"] == 50 and m["parzen_sigma"] == p["sigma"]
-    assert "fid" not in m                                  # no scorer
+    assert "fid" not in m  # no scorer
     # scored on clean images, the corruption given back; the same numbers again
     assert set(model.seen_corrupt) == {None} and model.corrupt == "noise"
-    again = aae_report(model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4,
-                       batch_size=25).metrics
-    assert {k: v for k, v in again.items() if not k.endswith("seconds")} == \
-        {k: v for k, v in m.items() if not k.endswith("seconds")}
+    again = aae_report(
+        model, (x, y), val, parzen_samples=50, parzen_val=20, seed=4, batch_size=25
+    ).metrics
+    assert {k: v for k, v in again.items() if not k.endswith("seconds")} == {
+        k: v for k, v in m.items() if not k.endswith("seconds")
+    }
 
 
 def test_aae_report_labels_a_conditional_decoders_samples_and_scores_them():
@@ -106,13 +106,21 @@ def test_aae_report_labels_a_conditional_decoders_samples_and_scores_them():
     class Scorer:
         def report(self, samples):
             self.samples = samples
-            return {"fid": 1.5, "fid_name": "F", "kid_mean": 0.1, "kid_std": 0.0,
-                    "kid_name": "K", "kid_subset_size": 5, "num_samples": len(samples),
-                    "num_reference": 9}
+            return {
+                "fid": 1.5,
+                "fid_name": "F",
+                "kid_mean": 0.1,
+                "kid_std": 0.0,
+                "kid_name": "K",
+                "kid_subset_size": 5,
+                "num_samples": len(samples),
+                "num_reference": 9,
+            }
 
     scorer = Scorer()
-    rep = aae_report(model, (x, y), x, parzen_samples=0, scorer=scorer, fid_samples=40,
-                     seed=2, grid=30)
+    rep = aae_report(
+        model, (x, y), x, parzen_samples=0, scorer=scorer, fid_samples=40, seed=2, grid=30
+    )
     assert rep.prior_labels is y and "parzen_ll" not in rep.metrics
     # the grid: ten of each of the three labels in turn
     assert rep.samples[:, 0, 0, 0].tolist() == [0.0] * 10 + [1.0] * 10 + [2.0] * 10
@@ -129,11 +137,17 @@ def test_the_models_autoencoders_are_read_as_they_are():
 
     assert Autoencoder is autoencoder.Autoencoder
     torch.manual_seed(0)
-    for model in (VAE(z_dim=3, hidden=(8,)), VAE(z_dim=2, hidden=(8,), num_labels=10),
-                  AAE(z_dim=2, hidden=(8,), d_hidden=(8,))):
+    for model in (
+        VAE(z_dim=3, hidden=(8,)),
+        VAE(z_dim=2, hidden=(8,), num_labels=10),
+        AAE(z_dim=2, hidden=(8,), d_hidden=(8,)),
+    ):
         assert as_autoencoder(model) is model
-    with pytest.raises(ConfigError, match=r"^Linear is no autoencoder with a prior: it lacks "
-                                          r"codes, prior_sample, decode, reconstruct"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^Linear is no autoencoder with a prior: it lacks "
+        r"codes, prior_sample, decode, reconstruct",
+    ):
         as_autoencoder(nn.Linear(2, 2))
 
 
@@ -177,6 +191,7 @@ def test_seeded_forks_the_random_state():
 
 # --------------------------------------------------------------------------- likelihood, scenes
 
+
 class ExactPair:
     """z ~ N(0, 1), x ~ N(z, 1) per example, with the exact posterior N(x/2, 1/2) as guide:
     the ELBO and the importance-weighted bound both equal log p(x) = log N(x; 0, 2) for
@@ -195,7 +210,7 @@ class ExactPair:
         import pyro.distributions as dist
 
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))
+            pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
 
 
 def test_likelihood_report_against_the_closed_form():
@@ -203,17 +218,26 @@ def test_likelihood_report_against_the_closed_form():
     from probgen.metrics.report import likelihood_report
 
     x = torch.linspace(-3, 3, 12, dtype=torch.float64)
-    nll = -torch.distributions.Normal(0.0, 2 ** 0.5).log_prob(x)
+    nll = -torch.distributions.Normal(0.0, 2**0.5).log_prob(x)
     groups = torch.tensor([1, 2, 3] * 4)
     state = torch.get_rng_state()
-    out = likelihood_report(ExactPair(), TensorData(x), elbo_particles=3, iw_samples=5,
-                            iw_size=8, groups=groups, batch_size=5, iw_batch_size=3)
+    out = likelihood_report(
+        ExactPair(),
+        TensorData(x),
+        elbo_particles=3,
+        iw_samples=5,
+        iw_size=8,
+        groups=groups,
+        batch_size=5,
+        iw_batch_size=3,
+    )
     assert torch.equal(torch.get_rng_state(), state)
     assert out["neg_elbo"] == pytest.approx(float(nll.mean()), rel=1e-6)
     assert out["iw_nll"] == pytest.approx(float(nll[:8].mean()), rel=1e-6)
     assert out["neg_elbo_iw_subset"] == pytest.approx(float(nll[:8].mean()), rel=1e-6)
     assert out["neg_elbo_by_group"] == pytest.approx(
-        {g: float(nll[groups == g].mean()) for g in (1, 2, 3)}, rel=1e-6)
+        {g: float(nll[groups == g].mean()) for g in (1, 2, 3)}, rel=1e-6
+    )
     assert set(likelihood_report(ExactPair(), TensorData(x))) == {"neg_elbo"}
 
 
@@ -239,15 +263,22 @@ def test_decomposition_report_against_a_hand_count():
                 ink[b, 0], ink[b, 1] = 30.0 * (seg[i] > 0), 0.0
         return {"ink": ink}
 
-    out = decomposition_report(decompose, TensorData(torch.arange(3.0)[:, None]), seg, counts,
-                               min_ink=20.0, batch_size=2)
+    out = decomposition_report(
+        decompose, TensorData(torch.arange(3.0)[:, None]), seg, counts, min_ink=20.0, batch_size=2
+    )
     # ARI 1, 1 and 0 (one entity over two objects); active entities 2, 1, 1
     assert out["ari"] == pytest.approx(2 / 3)
     assert out["count_accuracy"] == pytest.approx(2 / 3)
     assert out["by_count"] == [
         {"digits": 1, "scenes": 1, "ari": 1.0, "count_accuracy": 1.0, "mean_active": 1.0},
-        {"digits": 2, "scenes": 2, "ari": pytest.approx(0.5), "count_accuracy": 0.5,
-         "mean_active": 1.5}]
+        {
+            "digits": 2,
+            "scenes": 2,
+            "ari": pytest.approx(0.5),
+            "count_accuracy": 0.5,
+            "mean_active": 1.5,
+        },
+    ]
 
 
 def test_edit_report_against_a_hand_computation():
@@ -256,12 +287,12 @@ def test_edit_report_against_a_hand_computation():
     # two identities at three levels: level t adds 0.1 t to every pixel of identity i's image
     g = torch.Generator().manual_seed(0)
     base = torch.rand(2, 1, 16, 16, generator=g) * 0.5
-    truth = torch.stack([base + 0.1 * t for t in range(3)], 1)           # (2, 3, 1, 16, 16)
+    truth = torch.stack([base + 0.1 * t for t in range(3)], 1)  # (2, 3, 1, 16, 16)
 
     def features(x):
         return x.flatten(1)
 
-    def level_net(x):          # finds the level from the mean brightness above the identity's
+    def level_net(x):  # finds the level from the mean brightness above the identity's
         shift = (x.flatten(1).mean(1) - base.flatten(1).mean(1)) / 0.1
         return -(shift[:, None] - torch.arange(3.0)).abs()
 
@@ -271,8 +302,9 @@ def test_edit_report_against_a_hand_computation():
     assert perfect["target_ssim"] == pytest.approx(1.0)
     # no change: the input at every level; MSE to the truth (0.1 |t - s|)^2 over the six
     # pairs s != t: four at distance 1, two at distance 2
-    same = edit_report(lambda x, s: x[:, None].expand(-1, 3, -1, -1, -1), truth, features,
-                       level_net)
+    same = edit_report(
+        lambda x, s: x[:, None].expand(-1, 3, -1, -1, -1), truth, features, level_net
+    )
     assert same["target_mse"] == pytest.approx((4 * 0.01 + 2 * 0.04) / 6, rel=1e-5)
     assert same["target_mse_forward"] == pytest.approx((2 * 0.01 + 0.04) / 3, rel=1e-5)
     assert same["attribute_acc"] == 0.0 and same["rec_mse"] == 0
@@ -285,11 +317,12 @@ def test_edit_report_against_a_hand_computation():
 
     fwd = edit_report(forward, truth, features, level_net)
     assert fwd["target_mse"] == 0 and fwd["target_mse_forward"] == 0 and fwd["identity"] == 1
-    def stay(x, s):            # reconstructs, goes nowhere else
+
+    def stay(x, s):  # reconstructs, goes nowhere else
         out = torch.full_like(truth, float("nan"))
         out[:, s] = x
         return out
 
     nowhere = edit_report(stay, truth, features, level_net)
     assert nowhere["rec_mse"] == 0
-    assert nowhere["target_mse"] != nowhere["target_mse"]        # NaN: no pair has it
+    assert nowhere["target_mse"] != nowhere["target_mse"]  # NaN: no pair has it

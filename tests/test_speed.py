@@ -36,6 +36,7 @@ from tests.conftest import QUIET, ROOT
 
 # --------------------------------------------------------------------------- TF32
 
+
 def test_matmul_precision_holds_during_fit_and_the_users_setting_comes_back_exactly():
     """In a fresh process (the setting is process-wide): from torch's default, from a
     setting made with the old global function, and from one made with the per-backend
@@ -82,14 +83,20 @@ def test_matmul_precision_holds_during_fit_and_the_users_setting_comes_back_exac
                 assert state() == before, (name, asked, before, state())
             print("ok", name, before)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=ROOT, timeout=240, env={"OMP_NUM_THREADS": "1", "PATH": "",
-                                                      "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+        env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == 3, proc.stdout
 
 
 # --------------------------------------------------------------------------- bf16
+
 
 def binary_images(n=64, size=16):
     g = torch.Generator().manual_seed(0)
@@ -103,8 +110,15 @@ def conv_vae():
 
 def tiny_glow():
     torch.manual_seed(0)
-    return FlowModel("glow", event_shape=(1, 8, 8), preprocess="none", num_levels=None,
-                     depth=2, hidden=8, levels=2)
+    return FlowModel(
+        "glow",
+        event_shape=(1, 8, 8),
+        preprocess="none",
+        num_levels=None,
+        depth=2,
+        hidden=8,
+        levels=2,
+    )
 
 
 def flow_data():
@@ -131,13 +145,14 @@ class Dtypes(Callback):
         guide = poutine.trace(self.module.guide).get_trace(self.batch)
         model = poutine.trace(poutine.replay(self.module.model, guide)).get_trace(self.batch)
         for name, site in list(guide.nodes.items()) + list(model.nodes.items()):
-            if site["type"] == "sample" and site["value"].is_floating_point():   # no plate
+            if site["type"] == "sample" and site["value"].is_floating_point():  # no plate
                 lp = site["fn"].log_prob(site["value"])
                 self.sites[name] = (site["value"].dtype, lp.dtype)
 
 
-@pytest.mark.parametrize("make,data", [(conv_vae, binary_images), (tiny_glow, flow_data)],
-                         ids=["conv-vae", "glow"])
+@pytest.mark.parametrize(
+    "make,data", [(conv_vae, binary_images), (tiny_glow, flow_data)], ids=["conv-vae", "glow"]
+)
 def test_bf16_runs_the_networks_in_bfloat16_and_the_elbo_in_float32(make, data):
     """A bf16 fit: the networks' layers compute in bfloat16, every latent, observation
     and log-density the ELBO sums is float32, the parameters stay float32, and the epoch
@@ -150,14 +165,24 @@ def test_bf16_runs_the_networks_in_bfloat16_and_the_elbo_in_float32(make, data):
     for precision in (None, "bf16"):
         model = make()
         probe = Dtypes(model, x[:8])
-        res = probgen.fit(model, TensorData(x), epochs=3, batch_size=16, device="cpu", seed=0,
-                          precision=precision, callbacks=[probe], **QUIET)
+        res = probgen.fit(
+            model,
+            TensorData(x),
+            epochs=3,
+            batch_size=16,
+            device="cpu",
+            seed=0,
+            precision=precision,
+            callbacks=[probe],
+            **QUIET,
+        )
         losses[precision] = res.train_loss
         params[precision] = [p.detach() for p in model.parameters()]
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert probe.layers == ({torch.bfloat16} if precision else {torch.float32})
-        assert probe.sites and all(d == (torch.float32, torch.float32)
-                                   for d in probe.sites.values()), probe.sites
+        assert probe.sites and all(
+            d == (torch.float32, torch.float32) for d in probe.sites.values()
+        ), probe.sites
         # no trace of the run is left on the networks
         assert not any("forward" in m.__dict__ for m in model.modules())
     for a, b in zip(losses[None], losses["bf16"]):
@@ -180,23 +205,34 @@ def test_bf16_networks_are_the_plain_parts_and_copies_made_during_fit_come_back_
     glow = tiny_glow()
     nets = find_networks([glow])
     assert nets and not any(isinstance(n, torch.distributions.Transform) for n in nets)
-    assert all(not any(isinstance(s, torch.distributions.Transform) for s in n.modules())
-               for n in nets)
+    assert all(
+        not any(isinstance(s, torch.distributions.Transform) for s in n.modules()) for n in nets
+    )
     net = nn.Sequential(nn.Linear(3, 1))
-    assert find_networks([net]) == [net]            # a plain network trained by a LossStep
+    assert find_networks([net]) == [net]  # a plain network trained by a LossStep
 
     x = binary_images()
-    own = vae.encoder.forward                       # bound method, set on the instance
+    own = vae.encoder.forward  # bound method, set on the instance
     vae.encoder.forward = own
     avg = WeightAverage("ema", decay=0.5)
-    probgen.fit(vae, TensorData(x), epochs=2, batch_size=32, device="cpu", seed=0,
-                precision="bf16", callbacks=[avg], **QUIET)
+    probgen.fit(
+        vae,
+        TensorData(x),
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+        seed=0,
+        precision="bf16",
+        callbacks=[avg],
+        **QUIET,
+    )
     assert vae.encoder.__dict__["forward"] is own
     assert "forward" not in vae.decoder.__dict__
-    copied = avg.averaged      # the user's forward is copied with the module, bound to it
+    copied = avg.averaged  # the user's forward is copied with the module, bound to it
     assert copied.encoder.__dict__["forward"].__self__ is copied.encoder
-    assert not any(isinstance(m.__dict__.get("forward"), speed.NetworkCall)
-                   for m in copied.modules())
+    assert not any(
+        isinstance(m.__dict__.get("forward"), speed.NetworkCall) for m in copied.modules()
+    )
     assert "forward" not in copied.decoder.__dict__
 
 
@@ -232,45 +268,77 @@ def test_speed_settings_without_networks_or_with_float64_networks_are_refused():
     pyro.clear_param_store()
     for setting in (dict(precision="bf16"), dict(compile=True)):
         with pytest.raises(ConfigError, match="concerns the networks of the model") as err:
-            probgen.fit(SVIStep(model, guide), TensorData(x), epochs=1, device="cpu",
-                        **setting, **QUIET)
+            probgen.fit(
+                SVIStep(model, guide), TensorData(x), epochs=1, device="cpu", **setting, **QUIET
+            )
         assert "\n" not in str(err.value)
-    assert "loc" not in pyro.get_param_store()      # refused before the first step
+    assert "loc" not in pyro.get_param_store()  # refused before the first step
     net = nn.Linear(2, 1).double()
     with pytest.raises(ConfigError, match="float64 parameters"):
-        probgen.fit(LossStep(net, lambda m, a: m(a).sum()), TensorData(torch.randn(4, 2)
-                                                                      .double()),
-                    epochs=1, device="cpu", precision="bf16", **QUIET)
-    for bad, says in ((dict(precision="fp16"), "precision must be None"),
-                      (dict(matmul_precision="low"), "matmul_precision must be one of"),
-                      (dict(compile="yes"), "compile must be True, False or a dict"),
-                      (dict(compile={"mode": "fastest"}), "compile: mode must be one of"),
-                      (dict(compile={"backend": "nope"}), "is not one of torch's"),
-                      (dict(compile={"fast": 1}), "are not torch.compile arguments"),
-                      (dict(data_on_device="host"), "data_on_device must be")):
+        probgen.fit(
+            LossStep(net, lambda m, a: m(a).sum()),
+            TensorData(torch.randn(4, 2).double()),
+            epochs=1,
+            device="cpu",
+            precision="bf16",
+            **QUIET,
+        )
+    for bad, says in (
+        (dict(precision="fp16"), "precision must be None"),
+        (dict(matmul_precision="low"), "matmul_precision must be one of"),
+        (dict(compile="yes"), "compile must be True, False or a dict"),
+        (dict(compile={"mode": "fastest"}), "compile: mode must be one of"),
+        (dict(compile={"backend": "nope"}), "is not one of torch's"),
+        (dict(compile={"fast": 1}), "are not torch.compile arguments"),
+        (dict(data_on_device="host"), "data_on_device must be"),
+    ):
         with pytest.raises(ConfigError, match=says):
             FitConfig(**bad).check()
 
 
 def test_speed_settings_round_trip_through_json_and_may_change_on_resume(tmp_path, capsys):
-    c = FitConfig(matmul_precision="high", precision="bf16", compile={"backend": "aot_eager"},
-                  data_on_device=False)
+    c = FitConfig(
+        matmul_precision="high",
+        precision="bf16",
+        compile={"backend": "aot_eager"},
+        data_on_device=False,
+    )
     assert FitConfig.from_json(c.to_json()) == c
     x = binary_images(32)
     ckpt = tmp_path / "ck.pt"
-    probgen.fit(conv_vae(), TensorData(x), epochs=1, batch_size=16, device="cpu", seed=0,
-                checkpoint=str(ckpt), precision="bf16", progress=False)
+    probgen.fit(
+        conv_vae(),
+        TensorData(x),
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        seed=0,
+        checkpoint=str(ckpt),
+        precision="bf16",
+        progress=False,
+    )
     capsys.readouterr()
-    res = probgen.fit(conv_vae(), TensorData(x), epochs=2, batch_size=16, device="cpu", seed=0,
-                      checkpoint=str(ckpt), resume=True, progress=False)
+    res = probgen.fit(
+        conv_vae(),
+        TensorData(x),
+        epochs=2,
+        batch_size=16,
+        device="cpu",
+        seed=0,
+        checkpoint=str(ckpt),
+        resume=True,
+        progress=False,
+    )
     assert res.epochs_run == 2
     assert "with precision None (the checkpoint ran with 'bf16')" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- compile
 
+
 def compiled_graphs() -> int:
     from torch._dynamo.utils import counters
+
     return counters["stats"]["unique_graphs"]
 
 
@@ -294,8 +362,18 @@ def test_a_compiled_fit_equals_the_eager_one_and_compiles_after_a_first_eager_st
         vae = VAE(image_shape=(1, 16, 16), z_dim=4, hidden=[32])
         graphs = Graphs()
         start = compiled_graphs()
-        res = probgen.fit(vae, TensorData(x), TensorData(x[:16]), epochs=2, batch_size=16,
-                          device="cpu", seed=0, compile=setting, callbacks=[graphs], **QUIET)
+        res = probgen.fit(
+            vae,
+            TensorData(x),
+            TensorData(x[:16]),
+            epochs=2,
+            batch_size=16,
+            device="cpu",
+            seed=0,
+            compile=setting,
+            callbacks=[graphs],
+            **QUIET,
+        )
         out[bool(setting)] = ([p.detach() for p in vae.parameters()], res.val_loss)
         if setting:
             # step 1 eager (Pyro's lazy parameters, tracing), then encoder and decoder
@@ -330,43 +408,59 @@ def test_compile_and_bf16_together_on_a_pair_with_an_autoguide():
             scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
             with pyro.plate("data", x.shape[0]):
                 pyro.sample("y", dist.Normal(net(x).squeeze(-1), scale), obs=y)
+
         guide = AutoNormal(model)
-        probgen.fit(SVIStep(model, guide, module=net), TensorData(x, y), epochs=4,
-                    batch_size=32, lr=0.01, device="cpu", seed=0, **kw, **QUIET)
+        probgen.fit(
+            SVIStep(model, guide, module=net),
+            TensorData(x, y),
+            epochs=4,
+            batch_size=32,
+            lr=0.01,
+            device="cpu",
+            seed=0,
+            **kw,
+            **QUIET,
+        )
         assert find_networks([net]) == [net] and not find_networks([guide])
-        return [p.detach().clone() for p in net.parameters()], \
-            {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        return [p.detach().clone() for p in net.parameters()], {
+            k: v.detach().clone() for k, v in pyro.get_param_store().items()
+        }
+
     plain = run()
     start = compiled_graphs()
     fast = run(compile={"backend": "aot_eager"}, precision="bf16")
     assert compiled_graphs() > start
     for p, q in zip(plain[0], fast[0]):
         assert torch.allclose(p, q, atol=2e-2)
-    assert set(plain[1]) == set(fast[1]) and all(v.dtype == torch.float32
-                                                 for v in fast[1].values())
+    assert set(plain[1]) == set(fast[1]) and all(v.dtype == torch.float32 for v in fast[1].values())
 
 
 # --------------------------------------------------------------------------- data
 
-def test_data_stays_on_the_device_when_it_fits_and_in_host_memory_when_it_does_not(
-        monkeypatch):
+
+def test_data_stays_on_the_device_when_it_fits_and_in_host_memory_when_it_does_not(monkeypatch):
     cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(speed, "device_free_memory", lambda device: 10 * 2**30)   # 10 GiB
-    mnist = 60000 * 784 * 4 + 60000 * 8         # float32 images and int64 labels: 189 MB
-    assert place_on_device({"train_data": mnist, "val_data": mnist // 6}, cuda, "auto") == \
-        {"train_data": True, "val_data": True}
-    big = 6 * 2**30                             # more than half of the free 10 GiB
-    assert place_on_device({"train_data": big, "val_data": mnist}, cuda, "auto") == \
-        {"train_data": False, "val_data": True}
+    monkeypatch.setattr(speed, "device_free_memory", lambda device: 10 * 2**30)  # 10 GiB
+    mnist = 60000 * 784 * 4 + 60000 * 8  # float32 images and int64 labels: 189 MB
+    assert place_on_device({"train_data": mnist, "val_data": mnist // 6}, cuda, "auto") == {
+        "train_data": True,
+        "val_data": True,
+    }
+    big = 6 * 2**30  # more than half of the free 10 GiB
+    assert place_on_device({"train_data": big, "val_data": mnist}, cuda, "auto") == {
+        "train_data": False,
+        "val_data": True,
+    }
     # the training data's share counts against the validation data's
     assert place_on_device({"val_data": 3.5 * 2**30}, cuda, "auto") == {"val_data": True}
-    assert place_on_device({"train_data": 4 * 2**30, "val_data": 3.5 * 2**30}, cuda,
-                           "auto") == {"train_data": True, "val_data": False}
+    assert place_on_device({"train_data": 4 * 2**30, "val_data": 3.5 * 2**30}, cuda, "auto") == {
+        "train_data": True,
+        "val_data": False,
+    }
     assert place_on_device({"train_data": big}, cuda, True) == {"train_data": True}
     assert place_on_device({"train_data": 10}, cuda, False) == {"train_data": False}
-    monkeypatch.setattr(speed, "device_free_memory", lambda device: None)   # the CPU
-    assert place_on_device({"train_data": big}, torch.device("cpu"), "auto") == \
-        {"train_data": True}
+    monkeypatch.setattr(speed, "device_free_memory", lambda device: None)  # the CPU
+    assert place_on_device({"train_data": big}, torch.device("cpu"), "auto") == {"train_data": True}
 
 
 def test_the_loop_moves_small_data_once_and_stages_large_data(monkeypatch):
@@ -375,13 +469,17 @@ def test_the_loop_moves_small_data_once_and_stages_large_data(monkeypatch):
     from probgen.train.loop import Run
 
     moved = []
-    monkeypatch.setattr(TensorData, "to", lambda self, device=None, dtype=None:
-                        moved.append((len(self), device)) or self)
-    monkeypatch.setattr(speed, "device_free_memory", lambda device: 2**20)   # 1 MiB
-    small = TensorData(torch.zeros(1000, 10))          # 40 kB
-    large = TensorData(torch.zeros(200000))           # 800 kB > half of 1 MiB
-    run = Run(LossStep(nn.Linear(1, 1), lambda m, x: x.sum()), large, small,
-              FitConfig(verbose=False))
+    monkeypatch.setattr(
+        TensorData,
+        "to",
+        lambda self, device=None, dtype=None: moved.append((len(self), device)) or self,
+    )
+    monkeypatch.setattr(speed, "device_free_memory", lambda device: 2**20)  # 1 MiB
+    small = TensorData(torch.zeros(1000, 10))  # 40 kB
+    large = TensorData(torch.zeros(200000))  # 800 kB > half of 1 MiB
+    run = Run(
+        LossStep(nn.Linear(1, 1), lambda m, x: x.sum()), large, small, FitConfig(verbose=False)
+    )
     run.batch_device, run.is_main = torch.device("cuda", 0), True
     run._place_data()
     assert moved == [(1000, torch.device("cuda", 0))]
@@ -393,8 +491,7 @@ def test_the_loop_moves_small_data_once_and_stages_large_data(monkeypatch):
     assert [n for n, _ in moved] == [200000, 1000]
 
 
-def test_staged_batches_equal_the_resident_ones_with_the_transform_after_the_copy(
-        monkeypatch):
+def test_staged_batches_equal_the_resident_ones_with_the_transform_after_the_copy(monkeypatch):
     """The pinned path's gathering: the same batches in the same order, the transform
     drawing the same noise from the generator, whether a batch is sliced where the data
     is or gathered into a (stand-in) pinned buffer and copied."""
@@ -403,6 +500,7 @@ def test_staged_batches_equal_the_resident_ones_with_the_transform_after_the_cop
     def fake_pinned(shape, dtype):
         pinned.append(tuple(shape))
         return torch.empty(shape, dtype=dtype)
+
     monkeypatch.setattr(tensors, "_pinned_empty", fake_pinned)
 
     def noisy(batch, generator):
@@ -413,9 +511,8 @@ def test_staged_batches_equal_the_resident_ones_with_the_transform_after_the_cop
     data = TensorData(x, y, transform=noisy)
     for shuffle in (False, True):
         resident = list(data.batches(16, shuffle, torch.Generator().manual_seed(3)))
-        monkeypatch.setattr(tensors, "same_device", lambda a, b: False)   # "another device"
-        staged = list(data.batches(16, shuffle, torch.Generator().manual_seed(3),
-                                   device="cpu"))
+        monkeypatch.setattr(tensors, "same_device", lambda a, b: False)  # "another device"
+        staged = list(data.batches(16, shuffle, torch.Generator().manual_seed(3), device="cpu"))
         monkeypatch.undo()
         monkeypatch.setattr(tensors, "_pinned_empty", fake_pinned)
         assert len(staged) == len(resident) == 4
@@ -442,12 +539,18 @@ def test_staged_batches_of_host_data_reach_the_gpu_by_asynchronous_copies(monkey
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func is aten._to_copy.default and "device" in kwargs:
-                self.seen.append((args[0].device.type, torch.device(kwargs["device"]).type,
-                                  kwargs.get("non_blocking", False)))
+                self.seen.append(
+                    (
+                        args[0].device.type,
+                        torch.device(kwargs["device"]).type,
+                        kwargs.get("non_blocking", False),
+                    )
+                )
             return func(*args, **kwargs)
 
-    monkeypatch.setattr(tensors, "_pinned_empty",
-                        lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(
+        tensors, "_pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype)
+    )
     where = []
 
     def transform(batch, generator):
@@ -461,8 +564,7 @@ def test_staged_batches_of_host_data_reach_the_gpu_by_asynchronous_copies(monkey
     data = TensorData(x, y, transform=transform)
     copies = Copies()
     with mode, copies:
-        batches = list(data.batches(16, shuffle=True, generator=torch.Generator(),
-                                    device="cuda"))
+        batches = list(data.batches(16, shuffle=True, generator=torch.Generator(), device="cuda"))
     assert all(t.device.type == "cuda" for b in batches for t in b)
     assert copies.seen == [("cpu", "cuda", True)] * 6
     assert where == ["cuda"] * 3 and data.device.type == "cpu"

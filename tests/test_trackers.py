@@ -6,6 +6,7 @@ W&B's offline run folder (its .wandb record log, read below) hold the epoch figu
 image grids and the run's settings. No test touches the network (see ``no_network``).
 """
 
+import contextlib
 import csv
 import json
 import socket
@@ -25,8 +26,17 @@ from probgen.data import TensorData
 from probgen.errors import ConfigError
 from probgen.models import VAE
 from probgen.train import Callback, Metric
-from probgen.train.trackers import (CSVLogger, MLflow, TensorBoard, Tracker, WandB, image_grid,
-                                    make_trackers, model_images, run_hparams)
+from probgen.train.trackers import (
+    CSVLogger,
+    MLflow,
+    TensorBoard,
+    Tracker,
+    WandB,
+    image_grid,
+    make_trackers,
+    model_images,
+    run_hparams,
+)
 from tests.conftest import QUIET
 
 EPOCHS, BATCH, N_TRAIN = 2, 64, 256
@@ -50,9 +60,12 @@ def no_network(monkeypatch, tmp_path):
     connect, attempts = socket.socket.connect, []
 
     def local_only(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and \
-                address[0] not in ("127.0.0.1", "::1", "localhost"):
-            attempts.append(address)   # seen at teardown, also from a background thread
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in (
+            "127.0.0.1",
+            "::1",
+            "localhost",
+        ):
+            attempts.append(address)  # seen at teardown, also from a background thread
             raise OSError(f"no network in this test: {address}")
         return connect(sock, address)
 
@@ -83,8 +96,16 @@ def fit_vae(data, callbacks, epochs=EPOCHS, **kw):
     torch.manual_seed(0)
     model = VAE(z_dim=2, hidden=(16,))
     probe = Probe()
-    result = probgen.fit(model, *data, epochs=epochs, batch_size=BATCH, device="cpu", lr=1e-3,
-                         callbacks=[*callbacks, probe], **{**QUIET, **kw})
+    result = probgen.fit(
+        model,
+        *data,
+        epochs=epochs,
+        batch_size=BATCH,
+        device="cpu",
+        lr=1e-3,
+        callbacks=[*callbacks, probe],
+        **{**QUIET, **kw},
+    )
     return model, result, probe
 
 
@@ -117,6 +138,7 @@ def check_steps(logged, probe, exact=True):
 
 # --------------------------------------------------------------------------- CSV
 
+
 def test_csv_logs_history_steps_images_and_config(images, tmp_path):
     log = CSVLogger(tmp_path / "run" / "log.csv", log_every_n_steps=1)
     _, res, probe = fit_vae(images, [log])
@@ -136,6 +158,7 @@ def test_csv_logs_history_steps_images_and_config(images, tmp_path):
 
 
 # --------------------------------------------------------------------------- TensorBoard
+
 
 def read_tensorboard(log_dir):
     pytest.importorskip("tensorboard")
@@ -171,6 +194,7 @@ def test_tensorboard_logs_history_steps_images_and_hparams(images, tmp_path):
 
 # --------------------------------------------------------------------------- MLflow
 
+
 @pytest.fixture(scope="module")
 def mlflow_dir(tmp_path_factory):
     """One SQLite store for the module, in memory-backed /dev/shm where there is one:
@@ -192,9 +216,15 @@ def read_mlflow(tracker, tmp_path):
 
     client = MlflowClient(tracking_uri=tracker.uri)
     run = client.get_run(tracker.run_id)
-    metrics = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k),
-                                                    key=lambda m: (m.step, m.timestamp))]
-               for k in run.data.metrics}
+    metrics = {
+        k: [
+            (m.step, m.value)
+            for m in sorted(
+                client.get_metric_history(run.info.run_id, k), key=lambda m: (m.step, m.timestamp)
+            )
+        ]
+        for k in run.data.metrics
+    }
     shapes = {}
     for name in ("samples", "reconstructions"):
         files = sorted(a.path for a in client.list_artifacts(run.info.run_id, f"images/{name}"))
@@ -206,13 +236,14 @@ def read_mlflow(tracker, tmp_path):
 
 
 @pytest.mark.parametrize("store", ["sqlite", "file"])
-def test_mlflow_logs_history_steps_images_and_params(images, tmp_path, mlflow_dir, store,
-                                                     monkeypatch):
+def test_mlflow_logs_history_steps_images_and_params(
+    images, tmp_path, mlflow_dir, store, monkeypatch
+):
     pytest.importorskip("mlflow")
     if store == "sqlite":
         pytest.importorskip("sqlalchemy")
         tracker = MLflow(mlflow_dir, run_name="vae", log_every_n_steps=1)
-    else:   # MLflow 3 serves its file store only when asked to
+    else:  # MLflow 3 serves its file store only when asked to
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
         tracker = MLflow(tracking_uri=(tmp_path / "mlruns").as_uri(), log_every_n_steps=1)
     _, res, probe = fit_vae(images, [tracker])
@@ -232,6 +263,7 @@ def test_mlflow_logs_history_steps_images_and_params(images, tmp_path, mlflow_di
 
 # --------------------------------------------------------------------------- W&B
 
+
 def wandb_records(path):
     """The records of a ``.wandb`` file: W&B's write-ahead log in LevelDB's log format
     (a 7-byte header ``:W&B`` + magic + version; 32 KiB blocks of chunks, each with a
@@ -247,11 +279,11 @@ def wandb_records(path):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += left
             continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
             yield pb.Record.FromString(buf)
@@ -265,8 +297,10 @@ def read_wandb(run_dir, wait=30.0):
     deadline = time.monotonic() + wait
     while True:
         records = list(wandb_records(path))
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or \
-                time.monotonic() > deadline:
+        if (
+            any(r.WhichOneof("record_type") == "exit" for r in records)
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.05)
     rid, config, rows, code = None, {}, [], None
@@ -278,8 +312,9 @@ def read_wandb(run_dir, wait=30.0):
         elif kind == "config":
             config.update({i.key: json.loads(i.value_json) for i in r.config.update})
         elif kind == "history":
-            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                         for i in r.history.item})
+            rows.append(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            )
         elif kind == "exit":
             code = r.exit.exit_code
     return rid, config, rows, code
@@ -298,10 +333,12 @@ def test_wandb_offline_logs_history_steps_images_and_config(images, tmp_path):
     assert rid == tracker.run_id and code == 0
     epochs = [r for r in rows if "train_loss" in r]
     for key in scalars_of(res.history)[0]:
-        assert [(r["epoch"], r[key]) for r in epochs] == \
-            [(e + 1, h[key]) for e, h in enumerate(res.history)], key
-    check_steps([(r["global_step"], r["batch/train_loss"]) for r in rows
-                 if "batch/train_loss" in r], probe)
+        assert [(r["epoch"], r[key]) for r in epochs] == [
+            (e + 1, h[key]) for e, h in enumerate(res.history)
+        ], key
+    check_steps(
+        [(r["global_step"], r["batch/train_loss"]) for r in rows if "batch/train_loss" in r], probe
+    )
     for name, hw in (("samples", SAMPLES_HW), ("reconstructions", RECON_HW)):
         logged = [r for r in rows if f"{name}/path" in r]
         assert [r["epoch"] for r in logged] == [1, 2]
@@ -314,20 +351,15 @@ def test_wandb_offline_logs_history_steps_images_and_config(images, tmp_path):
 
 # --------------------------------------------------------------------------- all of them
 
+
 def available_trackers(root, mlflow_dir, **kw):
     out = [CSVLogger(root / "csv" / "log.csv", **kw)]
-    try:
+    with contextlib.suppress(ConfigError):
         out.append(TensorBoard(root / "tb", **kw))
-    except ConfigError:
-        pass
-    try:
+    with contextlib.suppress(ConfigError):
         out.append(MLflow(mlflow_dir, experiment="resume", **kw))
-    except ConfigError:
-        pass
-    try:
+    with contextlib.suppress(ConfigError):
         out.append(WandB(dir=root / "wb", **kw))
-    except ConfigError:
-        pass
     return out
 
 
@@ -344,7 +376,7 @@ def test_resume_continues_each_tracker_run_without_duplicates(images, tmp_path, 
     with pytest.raises(RuntimeError, match="boom"):
         fit_vae(images, [*first, Boom()], checkpoint=str(ckpt))
     for t in first:
-        t.on_exception(None, RuntimeError("boom"))   # what the loop does (a no-op if it did)
+        t.on_exception(None, RuntimeError("boom"))  # what the loop does (a no-op if it did)
     again = available_trackers(tmp_path, mlflow_dir, log_every_n_steps=1, images=None)
     _, res, probe = fit_vae(images, again, checkpoint=str(ckpt), resume=True)
     assert len(res.history) == EPOCHS
@@ -356,8 +388,9 @@ def test_resume_continues_each_tracker_run_without_duplicates(images, tmp_path, 
     if "TensorBoard" in by:
         scalars, _, _ = read_tensorboard(tmp_path / "tb")
         assert [s for s, _ in scalars["train_loss"]] == [1, 2]
-        assert [s for s, _ in scalars.get("batch/train_loss", [])] == \
-            (list(range(1, STEPS + 1)) if steps else [])
+        assert [s for s, _ in scalars.get("batch/train_loss", [])] == (
+            list(range(1, STEPS + 1)) if steps else []
+        )
     if "MLflow" in by:
         a, b = by["MLflow"]
         assert a.run_id == b.run_id
@@ -376,6 +409,7 @@ def test_resume_continues_each_tracker_run_without_duplicates(images, tmp_path, 
 
 # --------------------------------------------------------------------------- per step
 
+
 def test_fit_loop_hands_each_steps_losses_to_trackers(images, tmp_path):
     """The loop calls ``on_train_batch_end`` once per batch with the batch's loss; the
     batch losses of an epoch average to its ``train_loss`` (equal batch sizes)."""
@@ -385,7 +419,9 @@ def test_fit_loop_hands_each_steps_losses_to_trackers(images, tmp_path):
     assert [i for i, _ in probe.steps] == list(range(STEPS))
     per_epoch = STEPS // EPOCHS
     for e, entry in enumerate(res.history):
-        losses = [next(iter(d.values())) for _, d in probe.steps[e * per_epoch:(e + 1) * per_epoch]]
+        losses = [
+            next(iter(d.values())) for _, d in probe.steps[e * per_epoch : (e + 1) * per_epoch]
+        ]
         assert np.mean(losses) == pytest.approx(entry["train_loss"], rel=1e-6)
 
 
@@ -414,8 +450,9 @@ class Driver(Callback):
     def on_validation_end(self, run, entry):
         base = entry["epoch"] * self.n
         for i in range(base, base + self.n):
-            self.tracker.on_train_batch_end(run, i, {"d": torch.tensor(float(i)),
-                                                     "g": torch.tensor(-float(i))})
+            self.tracker.on_train_batch_end(
+                run, i, {"d": torch.tensor(float(i)), "g": torch.tensor(-float(i))}
+            )
 
 
 def test_step_logging_interval_and_phase_names(images, tmp_path):
@@ -432,6 +469,7 @@ def test_step_logging_interval_and_phase_names(images, tmp_path):
 
 # --------------------------------------------------------------------------- behaviour
 
+
 def test_images_leave_the_training_run_unchanged(images, tmp_path):
     m1, r1, _ = fit_vae(images, [])
     m2, r2, _ = fit_vae(images, [CSVLogger(tmp_path / "log.csv", images="auto")])
@@ -442,28 +480,30 @@ def test_images_leave_the_training_run_unchanged(images, tmp_path):
 
 
 def test_image_interval_and_extra_hparams(images, tmp_path):
-    log = CSVLogger(tmp_path / "log.csv", image_every=2, hparams={"dataset": "mnist"},
-                    log_every_n_steps=None)
+    log = CSVLogger(
+        tmp_path / "log.csv", image_every=2, hparams={"dataset": "mnist"}, log_every_n_steps=None
+    )
     fit_vae(images, [log], epochs=3)
     assert sorted(p.name for p in (tmp_path / "log_images").iterdir()) == [
-        f"{k}_epoch{e:04d}.png" for k in ("reconstructions", "samples") for e in (2, 3)]
+        f"{k}_epoch{e:04d}.png" for k in ("reconstructions", "samples") for e in (2, 3)
+    ]
     assert json.loads((tmp_path / "log_config.json").read_text())["dataset"] == "mnist"
     assert not (tmp_path / "log_steps.csv").exists()
 
 
 def test_image_grid_layout():
-    x = torch.arange(1, 8).float().div(10).view(7, 1, 1, 1).expand(7, 1, 4, 3)   # flat grey levels
+    x = torch.arange(1, 8).float().div(10).view(7, 1, 1, 1).expand(7, 1, 4, 3)  # flat grey levels
     grid = image_grid(x, nrow=3, padding=2)
     assert grid.shape == (3, 3 * 6 + 2, 3 * 5 + 2)
     for k in range(7):
         top, left = (k // 3) * 6 + 2, (k % 3) * 5 + 2
-        assert torch.all(grid[:, top:top + 4, left:left + 3] == x[k, 0, 0, 0])
-        grid[:, top:top + 4, left:left + 3] = 1.0
-    assert torch.all(grid == 1.0)   # the rest is white padding (and the empty 8th and 9th)
-    assert image_grid(torch.rand(16, 3, 2, 2)).shape == (3, 4 * 4 + 2, 4 * 4 + 2)   # square
+        assert torch.all(grid[:, top : top + 4, left : left + 3] == x[k, 0, 0, 0])
+        grid[:, top : top + 4, left : left + 3] = 1.0
+    assert torch.all(grid == 1.0)  # the rest is white padding (and the empty 8th and 9th)
+    assert image_grid(torch.rand(16, 3, 2, 2)).shape == (3, 4 * 4 + 2, 4 * 4 + 2)  # square
     with pytest.raises(ConfigError, match="N, C, H, W"):
         image_grid(torch.rand(4, 784))
-    with pytest.raises(ConfigError, match="nrow must be at least 1, got 0"):   # not the default
+    with pytest.raises(ConfigError, match="nrow must be at least 1, got 0"):  # not the default
         image_grid(x, nrow=0)
 
 
@@ -487,11 +527,19 @@ def test_auto_images_skip_what_a_model_cannot_draw(images, tmp_path):
     log = CSVLogger(tmp_path / "log.csv", images="auto")
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match="no samples of this NeedsLabels .*labels are") as w:
-        res = probgen.fit(NeedsLabels(z_dim=2, hidden=(8,)), *images, epochs=EPOCHS,
-                          batch_size=BATCH, device="cpu", callbacks=[log], **QUIET)
-    assert len([x for x in w if "logs no samples" in str(x.message)]) == 1   # once
+        res = probgen.fit(
+            NeedsLabels(z_dim=2, hidden=(8,)),
+            *images,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            device="cpu",
+            callbacks=[log],
+            **QUIET,
+        )
+    assert len([x for x in w if "logs no samples" in str(x.message)]) == 1  # once
     assert sorted(p.name for p in (tmp_path / "log_images").iterdir()) == [
-        f"reconstructions_epoch{e:04d}.png" for e in range(1, EPOCHS + 1)]
+        f"reconstructions_epoch{e:04d}.png" for e in range(1, EPOCHS + 1)
+    ]
     assert len(csv_rows(tmp_path / "log.csv")) == len(res.history) == EPOCHS
 
 
@@ -503,7 +551,7 @@ def test_a_logging_error_warns_and_training_goes_on(images, tmp_path):
     with pytest.warns(RuntimeWarning, match="CSV tracker stopped logging .*OSError: No space"):
         _, res, _ = fit_vae(images, [log], checkpoint=str(tmp_path / "ckpt.pt"))
     assert len(res.history) == EPOCHS and (tmp_path / "ckpt.pt").exists()
-    assert len(csv_rows(tmp_path / "log.csv")) == 1   # stopped after epoch 1
+    assert len(csv_rows(tmp_path / "log.csv")) == 1  # stopped after epoch 1
 
 
 def test_on_error_raise_keeps_the_epochs_checkpoint(images, tmp_path):
@@ -522,10 +570,8 @@ def test_only_rank_zero_writes(tmp_path):
         is_main = False
 
     trackers = [CSVLogger(tmp_path / "csv" / "log.csv")]
-    try:
+    with contextlib.suppress(ConfigError):
         trackers.append(TensorBoard(tmp_path / "tb"))
-    except ConfigError:
-        pass
     for t in trackers:
         t.on_fit_start(Rank1)
         t.on_train_batch_end(Rank1, 0, {"loss": torch.tensor(1.0)})
@@ -535,14 +581,17 @@ def test_only_rank_zero_writes(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("cls,blocked,extra", [
-    (TensorBoard, "torch.utils.tensorboard", "tensorboard"),
-    (MLflow, "mlflow", "mlflow"),
-    (MLflow, "sqlalchemy", "mlflow"),
-    (WandB, "wandb", "wandb"),
-])
+@pytest.mark.parametrize(
+    "cls,blocked,extra",
+    [
+        (TensorBoard, "torch.utils.tensorboard", "tensorboard"),
+        (MLflow, "mlflow", "mlflow"),
+        (MLflow, "sqlalchemy", "mlflow"),
+        (WandB, "wandb", "wandb"),
+    ],
+)
 def test_a_missing_library_is_one_config_line(cls, blocked, extra, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, blocked, None)   # import of it fails
+    monkeypatch.setitem(sys.modules, blocked, None)  # import of it fails
     args = {TensorBoard: (tmp_path,), MLflow: (tmp_path,), WandB: ()}[cls]
     with pytest.raises(ConfigError) as err:
         cls(*args)
@@ -551,8 +600,13 @@ def test_a_missing_library_is_one_config_line(cls, blocked, extra, monkeypatch, 
 
 
 def test_bad_settings_are_config_errors(tmp_path):
-    for kw in ({"log_every_n_steps": 0}, {"image_every": 0}, {"images": "all"},
-               {"on_error": "ignore"}, {"hparams": [1]}):
+    for kw in (
+        {"log_every_n_steps": 0},
+        {"image_every": 0},
+        {"images": "all"},
+        {"on_error": "ignore"},
+        {"hparams": [1]},
+    ):
         with pytest.raises(ConfigError):
             CSVLogger(tmp_path / "log.csv", **kw)
     with pytest.raises(ConfigError, match="unknown tracker 'neptune'"):

@@ -65,10 +65,13 @@ def test_zuko_guide_scores_its_draws_as_zukos_own_flow_on_the_encoder_context(na
     zuko's own distribution computes for them on the same context (the density pass):
     ``flow(h)`` for inverse=False, zuko's ``Flow(flow.transform.inv, flow.base)(h)`` (its
     inverted flow) for inverse=True."""
-    vae = zuko_vae(guide_flow=name, guide_flow_depth=2,
-                   guide_flow_kwargs={"hidden_features": [16], "inverse": inverse})
+    vae = zuko_vae(
+        guide_flow=name,
+        guide_flow_depth=2,
+        guide_flow_kwargs={"hidden_features": [16], "inverse": inverse},
+    )
     _shake(vae.guide_flow)
-    with torch.no_grad():   # the encoder's Gaussian becomes N(0, I): q is zuko's flow itself
+    with torch.no_grad():  # the encoder's Gaussian becomes N(0, I): q is zuko's flow itself
         for head in (vae.encoder.loc, vae.encoder.log_scale):
             head.weight.zero_()
             head.bias.zero_()
@@ -82,8 +85,7 @@ def test_zuko_guide_scores_its_draws_as_zukos_own_flow_on_the_encoder_context(na
     flow = vae.guide_flow.steps[0].flow
     reference = (zuko.flows.Flow(flow.transform.inv, flow.base) if inverse else flow)(h)
     assert z.shape == (5, 3) and log_q.shape == (5,)
-    torch.testing.assert_close(log_q, reference.log_prob(z.detach().clone()),
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(log_q, reference.log_prob(z.detach().clone()), rtol=1e-9, atol=1e-9)
     # the context matters: another image's features give other densities
     other = reference.log_prob(z.detach().clone().flip(0))
     assert not torch.allclose(other, log_q.flip(0), atol=1e-3)
@@ -99,10 +101,10 @@ def test_zuko_guide_with_the_encoders_gaussian_is_zukos_flow_with_that_base():
     h = vae.encoder.body(x.reshape(5, -1))
     loc, scale = vae.encoder.loc(h), vae.encoder.log_scale(h).exp()
     base = zuko.distributions.DiagNormal(loc, scale)
-    reference = zuko.distributions.NormalizingFlow(vae.guide_flow.steps[0].flow.transform(h).inv,
-                                                   base)
-    torch.testing.assert_close(log_q, reference.log_prob(z.detach().clone()),
-                               rtol=1e-9, atol=1e-9)
+    reference = zuko.distributions.NormalizingFlow(
+        vae.guide_flow.steps[0].flow.transform(h).inv, base
+    )
+    torch.testing.assert_close(log_q, reference.log_prob(z.detach().clone()), rtol=1e-9, atol=1e-9)
     # the draw is the base draw pushed through zuko's transform (IAF direction)
     torch.manual_seed(3)
     z0 = torch.distributions.Normal(loc, scale).rsample()
@@ -125,9 +127,10 @@ def ppca_model(x):
 def ppca_exact(x):
     """log p(x), and the KL of the best diagonal Gaussian from p(z|x) (per point, equal for
     every x: the posterior covariance does not depend on x)."""
-    log_px = dist.MultivariateNormal(MU, W @ W.T + SIGMA ** 2 * torch.eye(4, dtype=W.dtype)
-                                     ).log_prob(x)
-    post_cov = SIGMA ** 2 * torch.linalg.inv(W.T @ W + SIGMA ** 2 * torch.eye(2, dtype=W.dtype))
+    log_px = dist.MultivariateNormal(MU, W @ W.T + SIGMA**2 * torch.eye(4, dtype=W.dtype)).log_prob(
+        x
+    )
+    post_cov = SIGMA**2 * torch.linalg.inv(W.T @ W + SIGMA**2 * torch.eye(2, dtype=W.dtype))
     precision = torch.linalg.inv(post_cov)
     # KL(N(m, diag(1/P_ii)) || N(m, C)) = 0.5 (log det C + sum log P_ii)
     kl_diag = 0.5 * (torch.logdet(post_cov) + torch.log(torch.diagonal(precision)).sum())
@@ -141,22 +144,29 @@ class LinearGuide(nn.Module):
         super().__init__()
         self.loc = nn.Linear(4, 2).double()
         self.log_scale = nn.Parameter(torch.full((2,), -1.0, dtype=torch.float64))
-        self.flow = None if flow is None else AmortizedFlow(flow, 2, 4, depth=2,
-                                                            hidden_features=[16]).double()
+        self.flow = (
+            None
+            if flow is None
+            else AmortizedFlow(flow, 2, 4, depth=2, hidden_features=[16]).double()
+        )
 
     def __call__(self, x):
         loc, scale = self.loc(x), self.log_scale.exp().expand(x.shape[0], 2)
         with pyro.plate("data", x.shape[0]):
-            q = (dist.Normal(loc, scale).to_event(1) if self.flow is None
-                 else self.flow.distribution(loc, scale, x))
+            q = (
+                dist.Normal(loc, scale).to_event(1)
+                if self.flow is None
+                else self.flow.distribution(loc, scale, x)
+            )
             return pyro.sample("z", q)
 
 
 def _elbo_per_point(guide, x, particles=4000):
     with torch.no_grad():
         tr = Trace_ELBO(num_particles=particles, vectorize_particles=True)
-        return -torch.tensor([tr.loss(ppca_model, guide, x[i:i + 1]) for i in range(x.shape[0])],
-                             dtype=x.dtype)
+        return -torch.tensor(
+            [tr.loss(ppca_model, guide, x[i : i + 1]) for i in range(x.shape[0])], dtype=x.dtype
+        )
 
 
 def _fit(guide, x, steps=300, lr=0.03):
@@ -187,11 +197,11 @@ def test_elbo_with_a_zuko_guide_is_below_the_exact_log_px_and_beats_the_diagonal
     _fit(diag_guide, x)
     gap_zuko = log_px[:6] - _elbo_per_point(zuko_guide, x_eval)
     gap_diag = log_px[:6] - _elbo_per_point(diag_guide, x_eval)
-    tol = 0.01   # Monte Carlo error of a 4000-particle ELBO here
+    tol = 0.01  # Monte Carlo error of a 4000-particle ELBO here
     assert (gap_before > -tol).all() and (gap_zuko > -tol).all() and (gap_diag > -tol).all()
     assert gap_zuko.mean() < 0.5 * gap_before.mean()
-    assert (gap_diag > kl_diag - 0.03).all()              # the family's floor, reached or not
-    assert gap_zuko.mean() < 0.5 * kl_diag               # below the diagonal family's floor
+    assert (gap_diag > kl_diag - 0.03).all()  # the family's floor, reached or not
+    assert gap_zuko.mean() < 0.5 * kl_diag  # below the diagonal family's floor
     torch.manual_seed(1)
     with torch.no_grad():
         iw = iw_log_likelihood(ppca_model, zuko_guide, x_eval, num_samples=500)
@@ -206,8 +216,13 @@ def test_zuko_prior_integrates_to_one_and_is_the_models_z_density(name):
     """p(z) on a 2-D grid sums to 1 (a density); the model's z site scores a code with
     exactly zuko's ``flow().log_prob``; generating draws from it."""
     torch.manual_seed(0)
-    vae = VAE(z_dim=2, hidden=(16,), prior_flow=name, prior_flow_depth=2,
-              prior_flow_kwargs={"hidden_features": [8]}).double()
+    vae = VAE(
+        z_dim=2,
+        hidden=(16,),
+        prior_flow=name,
+        prior_flow_depth=2,
+        prior_flow_kwargs={"hidden_features": [8]},
+    ).double()
     _shake(vae.prior_flow, scale=0.2)
     n, lim = 401, 9.0
     axis = torch.linspace(-lim, lim, n, dtype=torch.float64)
@@ -222,19 +237,24 @@ def test_zuko_prior_integrates_to_one_and_is_the_models_z_density(name):
     x = binary_batch(4)
     codes = torch.randn(4, 2, dtype=torch.float64)
     tr = pyro.poutine.trace(pyro.poutine.condition(vae.model, {"z": codes})).get_trace(x)
-    torch.testing.assert_close(tr.nodes["z"]["fn"].log_prob(codes),
-                               vae.prior_flow().log_prob(codes), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        tr.nodes["z"]["fn"].log_prob(codes), vae.prior_flow().log_prob(codes), rtol=1e-9, atol=1e-9
+    )
     assert vae.sample(3).shape == (3, 1, 28, 28)
 
 
 def test_the_zuko_prior_is_trained_by_fit():
     x = binary_batch(16, dtype=torch.float32)
     torch.manual_seed(0)
-    vae = VAE(z_dim=2, hidden=(16,), prior_flow="zuko:nsf", prior_flow_depth=1,
-              prior_flow_kwargs={"hidden_features": [8]})
+    vae = VAE(
+        z_dim=2,
+        hidden=(16,),
+        prior_flow="zuko:nsf",
+        prior_flow_depth=1,
+        prior_flow_kwargs={"hidden_features": [8]},
+    )
     before = {k: v.detach().clone() for k, v in vae.prior_flow.named_parameters()}
-    res = probgen.fit(vae, TensorData(x), epochs=2, batch_size=8, lr=1e-2, device="cpu",
-                      **QUIET)
+    res = probgen.fit(vae, TensorData(x), epochs=2, batch_size=8, lr=1e-2, device="cpu", **QUIET)
     assert all(math.isfinite(v) for v in res.train_loss)
     moved = [k for k, p in vae.prior_flow.named_parameters() if not torch.equal(p, before[k])]
     assert moved == list(before)
@@ -267,8 +287,9 @@ def test_zuko_flow_model_bits_per_dim_is_the_converted_log_density():
     d = 16
     bpd = model.bits_per_dim(x)
     assert torch.isfinite(bpd).all()
-    torch.testing.assert_close(bpd, (d * math.log(256) - expected) / (d * math.log(2)),
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        bpd, (d * math.log(256) - expected) / (d * math.log(2)), rtol=1e-9, atol=1e-9
+    )
     tr = pyro.poutine.trace(model.model).get_trace(x)
     torch.testing.assert_close(tr.nodes["x"]["fn"].log_prob(x), expected, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(tr.nodes["z"]["value"], model.flow.flow().transform(y.flatten(1)))
@@ -279,15 +300,15 @@ def test_zuko_flow_model_trains_samples_and_scales_its_base_by_temperature():
     data = TensorData(_levels(64).float())
     model = FlowModel("zuko:realnvp", event_shape=(1, 4, 4), depth=2, hidden_features=[16])
     before = model.evaluate_bits_per_dim(data)
-    res = probgen.fit(model, data, epochs=3, batch_size=16, lr=5e-3, device="cpu",
-                      patience=None, **QUIET)
+    res = probgen.fit(
+        model, data, epochs=3, batch_size=16, lr=5e-3, device="cpu", patience=None, **QUIET
+    )
     after = model.evaluate_bits_per_dim(data)
     assert all(math.isfinite(v) for v in res.train_loss) and math.isfinite(after)
     assert after < before
     s = model.sample(5)
     assert s.shape == (5, 1, 4, 4) and s.min() >= 0 and s.max() <= 1
-    vec = FlowModel("zuko:maf", event_shape=(2,), preprocess="none", depth=2,
-                    hidden_features=[8])
+    vec = FlowModel("zuko:maf", event_shape=(2,), preprocess="none", depth=2, hidden_features=[8])
     torch.manual_seed(1)
     draws = vec.flow.distribution(temperature=0.5).sample((4000,))
     assert vec.flow.encode(draws).std(0).sub(0.5).abs().max() < 0.03
@@ -302,19 +323,20 @@ def test_predictive_draws_z_from_the_zuko_guide():
     the prior, and the decoder's mean of those very codes."""
     vae = zuko_vae(guide_flow="zuko:nsf", guide_flow_kwargs={"hidden_features": [16]})
     with torch.no_grad():
-        vae.encoder.loc.bias.fill_(2.0)           # q far from N(0, I)
+        vae.encoder.loc.bias.fill_(2.0)  # q far from N(0, I)
         vae.encoder.log_scale.bias.fill_(-1.5)
     x = binary_batch(4)
     one = Predictive(vae.model, guide=vae.guide, num_samples=3, return_sites=("z", "mean"))(x)
     assert one["z"].shape == (3, 4, 3) and one["mean"].shape == (3, 4, 784)
     torch.testing.assert_close(one["mean"][1], vae.decode(one["z"][1]).reshape(4, -1))
-    many = Predictive(vae.model, guide=vae.guide, num_samples=800, parallel=True,
-                      return_sites=("z",))(x)["z"]
+    many = Predictive(
+        vae.model, guide=vae.guide, num_samples=800, parallel=True, return_sites=("z",)
+    )(x)["z"]
     with torch.no_grad():
         ref = vae.posterior(x).sample((800,))
     se = (ref.var(0) / 800 + many.var(0) / 800).sqrt()
     assert ((many.mean(0) - ref.mean(0)).abs() < 4.5 * se).all()
-    assert ref.mean(0).abs().mean() > 1.0        # the prior's mean is 0
+    assert ref.mean(0).abs().mean() > 1.0  # the prior's mean is 0
     assert (many.std(0) - ref.std(0)).abs().max() < 0.1
 
 
@@ -322,20 +344,27 @@ def _outputs(vae, x):
     torch.manual_seed(2)
     site = pyro.poutine.trace(vae.guide).get_trace(x).nodes["z"]
     codes = torch.linspace(-1, 1, 12, dtype=x.dtype).reshape(4, 3)
-    return (site["value"], site["fn"].log_prob(site["value"]), vae.prior().log_prob(codes),
-            vae.reconstruct(x))
+    return (
+        site["value"],
+        site["fn"].log_prob(site["value"]),
+        vae.prior().log_prob(codes),
+        vae.reconstruct(x),
+    )
 
 
-ZUKO_VAE = dict(guide_flow="zuko:nsf", guide_flow_kwargs={"hidden_features": [16], "bins": 4},
-                prior_flow="zuko:maf", prior_flow_kwargs={"hidden_features": [8],
-                                                          "randperm": True})
+ZUKO_VAE = dict(
+    guide_flow="zuko:nsf",
+    guide_flow_kwargs={"hidden_features": [16], "bins": 4},
+    prior_flow="zuko:maf",
+    prior_flow_kwargs={"hidden_features": [8], "randperm": True},
+)
 
 
 def test_zuko_vae_round_trips_through_probgen_load(tmp_path):
     vae = _shake(zuko_vae(**ZUKO_VAE).float(), scale=0.1)
     x = binary_batch(4, dtype=torch.float32)
     save_model(vae, tmp_path / "m.pt")
-    torch.manual_seed(9)   # other initial weights (and another random order): the file decides
+    torch.manual_seed(9)  # other initial weights (and another random order): the file decides
     other = load(tmp_path / "m.pt")
     assert other.settings == vae.settings
     for a, b in zip(_outputs(vae, x), _outputs(other, x)):
@@ -354,8 +383,9 @@ def test_zuko_models_round_trip_through_model_folders_without_pickle(tmp_path, n
     other = from_pretrained(tmp_path / "vae")
     for a, b in zip(_outputs(vae, x), _outputs(other, x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    flow = _shake(FlowModel("zuko:nsf", event_shape=(1, 4, 4), depth=1, hidden_features=[8]),
-                  scale=0.1)
+    flow = _shake(
+        FlowModel("zuko:nsf", event_shape=(1, 4, 4), depth=1, hidden_features=[8]), scale=0.1
+    )
     flow.save_pretrained(tmp_path / "flow")
     again = FlowModel.from_pretrained(tmp_path / "flow")
     images = _levels(6).float()
@@ -365,26 +395,41 @@ def test_zuko_models_round_trip_through_model_folders_without_pickle(tmp_path, n
 # -- settings and a missing zuko -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: VAE(z_dim=3, guide_flow="zuko:nsf",
-                 guide_flow_kwargs={"order": torch.arange(3)}), "JSON data"),
-    (lambda: VAE(z_dim=3, guide_flow="zuko:nsf", guide_flow_kwargs={"features": 4}),
-     "probgen sets itself"),
-    (lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"hidden": [4]}),
-     "refuses the settings"),
-    (lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"activation": "Nope"}),
-     "torch.nn module class"),
-    (lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"inverse": "yes"}),
-     "inverse"),
-    (lambda: VAE(z_dim=3, guide_flow="zuko:glow"), "guide_flow must be None or one of"),
-    (lambda: VAE(z_dim=3, prior_flow="zuko:glow"), "prior_flow must be None"),
-    (lambda: VAE(z_dim=3, prior_flow="zuko:maf", beta=0.0), "beta = 0"),
-    (lambda: VAE(z_dim=3, prior_flow="zuko:maf", prior_flow_kwargs=[8]), "must be a dict"),
-    (lambda: FlowModel("zuko:nsf", event_shape=(1, 4, 4), transforms=3), "probgen sets"),
-    (lambda: FlowModel("zuko:nsf", event_shape=(1, 4, 4), depth=0), "depth"),
-    (lambda: ZukoDensity(zuko_flow("zuko:maf", 5), (1, 4, 4)), "16 features"),
-    (lambda: ZukoDensity(zuko_flow("zuko:maf", 16, context=2), (16,)), "unconditional"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: VAE(
+                z_dim=3, guide_flow="zuko:nsf", guide_flow_kwargs={"order": torch.arange(3)}
+            ),
+            "JSON data",
+        ),
+        (
+            lambda: VAE(z_dim=3, guide_flow="zuko:nsf", guide_flow_kwargs={"features": 4}),
+            "probgen sets itself",
+        ),
+        (
+            lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"hidden": [4]}),
+            "refuses the settings",
+        ),
+        (
+            lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"activation": "Nope"}),
+            "torch.nn module class",
+        ),
+        (
+            lambda: VAE(z_dim=3, guide_flow="zuko:maf", guide_flow_kwargs={"inverse": "yes"}),
+            "inverse",
+        ),
+        (lambda: VAE(z_dim=3, guide_flow="zuko:glow"), "guide_flow must be None or one of"),
+        (lambda: VAE(z_dim=3, prior_flow="zuko:glow"), "prior_flow must be None"),
+        (lambda: VAE(z_dim=3, prior_flow="zuko:maf", beta=0.0), "beta = 0"),
+        (lambda: VAE(z_dim=3, prior_flow="zuko:maf", prior_flow_kwargs=[8]), "must be a dict"),
+        (lambda: FlowModel("zuko:nsf", event_shape=(1, 4, 4), transforms=3), "probgen sets"),
+        (lambda: FlowModel("zuko:nsf", event_shape=(1, 4, 4), depth=0), "depth"),
+        (lambda: ZukoDensity(zuko_flow("zuko:maf", 5), (1, 4, 4)), "16 features"),
+        (lambda: ZukoDensity(zuko_flow("zuko:maf", 16, context=2), (16,)), "unconditional"),
+    ],
+)
 def test_bad_zuko_settings_are_one_line_errors(make, match):
     with pytest.raises(ConfigError, match=match) as err:
         make()
@@ -446,11 +491,12 @@ def test_every_registered_model_builds_without_zuko_and_zuko_flows_say_how_to_in
     """In a fresh process where ``import zuko`` fails: every registered model (and the
     variants test_device builds) builds, and each zuko use is one line naming the extra;
     once zuko can be imported, it is imported when a zuko flow is built, not before."""
-    proc = subprocess.run([sys.executable, "-c", _WITHOUT_ZUKO], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ZUKO], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     refused = [line for line in proc.stdout.splitlines() if line.startswith("REFUSED")]
-    assert len(refused) == 5        # test_device's two zuko variants and the three above
+    assert len(refused) == 5  # test_device's two zuko variants and the three above
     assert all("pip install 'probgen[zuko]'" in line for line in refused)
     assert "BUILT" in proc.stdout and "IMPORTED WHEN BUILT" in proc.stdout
 
@@ -463,9 +509,11 @@ def test_docs_snippet_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)\n```", page.split("<!-- zuko-snippet")[1], re.S).group(1)
     for original in ("val_size=10000", "epochs=10", "print("):
         assert original in code, f"the test shrinks {original!r}; update it with the page"
-    code = (code.replace("val_size=10000", "val_size=100, limit=300")
-            .replace("epochs=10", "epochs=1, progress=False, verbose=False")
-            .replace("print(", "bpd = ("))
+    code = (
+        code.replace("val_size=10000", "val_size=100, limit=300")
+        .replace("epochs=10", "epochs=1, progress=False, verbose=False")
+        .replace("print(", "bpd = (")
+    )
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(compile(code, "docs/zuko.md", "exec"), scope)
@@ -484,11 +532,13 @@ def test_building_a_zuko_flow_leaves_torchs_validation_setting_alone():
         "import torch\n"
         "from probgen.models import VAE\n"
         "torch.distributions.Distribution.set_default_validate_args(True)\n"
-        "VAE(z_dim=2, hidden=(8,), guide_flow='zuko:nsf', guide_flow_kwargs={'hidden_features': [8]})\n"
+        "VAE(z_dim=2, hidden=(8,), guide_flow='zuko:nsf', "
+        "guide_flow_kwargs={'hidden_features': [8]})\n"
         "import zuko\n"
         "print(torch.distributions.Distribution._validate_args)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
