@@ -39,6 +39,7 @@ from probgen.data.labels import labelled_split
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES, player_optim
 from probgen.metrics.quality import quality_scorer
 from probgen.metrics.report import aae_report, class_error
+from probgen.metrics.summaries import aae_line
 from probgen.models import VAE
 from probgen.models.aae import AAE, ENCODERS, PHASE_ORDERS
 from probgen.models.likelihoods import LIKELIHOODS
@@ -215,16 +216,11 @@ def train_one(args, encoder: str, splits, scorer) -> dict:
     fit_and_measure(args, model, f"aae_{tag}", tag, train, splits, scorer, record,
                     callbacks + [average] * (average is not None), average,
                     extra={"average": args.average}, phase_optim=lrs)
-    parzen = (f", Parzen LL {record['parzen_ll']:.1f} +- {record['parzen_std_error']:.1f} "
-              f"(sigma {record['parzen_sigma']:.3f})" if "parzen_ll" in record else "")
-    fid = f", FID {record['fid']:.2f}, KID {record['kid_mean']:.4f}" if "fid" in record else ""
-    if "test_error" in record:
-        fid += f", test error {record['test_error']:.2f}% with {args.num_labelled} labels"
-        if "test_error_trained" in record:
-            fid += (f" ({args.average} average of {record['epochs_averaged']} epochs; the "
-                    f"trained weights {record['test_error_trained']:.2f}%)")
-    print(f"{encoder}: recon MSE {record['recon_mse']:.4f}, MMD^2(q(z), p(z)) "
-          f"{record['mmd2']:.4f}{parzen}{fid} ({record['train_seconds']:.0f} s of training)",
+    labels = f" with {args.num_labelled} labels" if "test_error" in record else ""
+    if "test_error_trained" in record:
+        labels += (f" ({args.average} average of {record['epochs_averaged']} epochs; the "
+                   f"trained weights {record['test_error_trained']:.2f}%)")
+    print(f"{encoder}: {aae_line(record)}{labels} ({record['train_seconds']:.0f} s of training)",
           flush=True)
     return record
 
