@@ -35,10 +35,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from torch import nn
+
 from probgen import checks
 from probgen.errors import ConfigError
 # The protocol lives below every module that implements or calls it; importable from here.
-from probgen.train.hooks import Callback, LambdaCallback, as_callback  # noqa: F401
+from probgen.train.config import FitResult
+from probgen.train.hooks import Callback, LambdaCallback, Run, as_callback  # noqa: F401
 # CSVLogger and TensorBoard lived here before they became trackers: the old import path
 # keeps working (trackers.py builds on probgen.train.hooks, not on this module).
 from probgen.train.trackers import CSVLogger, TensorBoard  # noqa: F401
@@ -90,12 +93,12 @@ class Metric(Callback):
         every = checks.positive_int(f"Metric {name!r}: every", every)
         self.name, self.fn, self.every = name, fn, every
 
-    def due(self, run, entry) -> bool:
+    def due(self, run: Run, entry: Dict[str, Any]) -> bool:
         """Whether the metric is computed at this epoch: every ``every``-th and the last."""
         epoch = entry["epoch"] + 1
         return epoch % self.every == 0 or epoch == run.config.epochs
 
-    def on_validation_end(self, run, entry):
+    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
         import torch
 
         if not self.due(run, entry):
@@ -142,17 +145,17 @@ class TrainingCPUTime(Callback):
         self.leave_out = tuple(leave_out)
         self.last = time.process_time()
 
-    def on_fit_start(self, run):
+    def on_fit_start(self, run: Run) -> None:
         self.last = time.process_time()
 
-    def on_validation_end(self, run, entry):
+    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
         now = time.process_time()
         spent = sum(entry.get(f"{name}_cpu_seconds", 0.0) for name in self.leave_out)
         entry["cpu_seconds"] = now - self.last - spent
         self.last = now
 
 
-def training_seconds(history, leave_out: Sequence[str] = ("fid",)) -> Tuple[float, float]:
+def training_seconds(history: Sequence[Mapping[str, Any]], leave_out: Sequence[str] = ("fid",)) -> Tuple[float, float]:
     """``(wall, cpu)`` seconds of training in a run's history: the entries' wall
     ``seconds`` less the ``<name>_seconds`` of the metrics in ``leave_out`` (an FID every
     epoch is no training), and their ``cpu_seconds`` (:class:`TrainingCPUTime`) where every
@@ -209,7 +212,7 @@ class Snapshots(Callback):
         picks = {max(1, round(epochs * (i + 1) / n)) for i in range(n)}
         return sorted(picks | {1, epochs})
 
-    def on_epoch_end(self, run, entry):
+    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 not in self.epochs or not run.is_main:
@@ -217,10 +220,10 @@ class Snapshots(Callback):
         with torch.no_grad():
             self.taken[f"epoch {entry['epoch'] + 1}"] = dict(self.take(run.module))
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         return {"taken": self.taken}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.taken = dict(state.get("taken", {}))
 
 
@@ -271,7 +274,7 @@ class WeightAverage(Callback):
         self._pending = None    # a resumed state, loaded on that first build
 
     @property
-    def averaged(self):
+    def averaged(self) -> Optional[nn.Module]:
         """The module with the averaged weights (``None`` before the first update)."""
         return None if self._avg is None else self._avg.module
 
@@ -287,7 +290,7 @@ class WeightAverage(Callback):
         self._avg = AveragedModel(_copyable(module), multi_avg_fn=fn, use_buffers=False)
         self._avg.requires_grad_(False)
 
-    def on_fit_start(self, run) -> None:
+    def on_fit_start(self, run: Run) -> None:
         if run.module is None:
             raise ConfigError("WeightAverage averages a module's weights, but this run has no "
                               "module (a model whose parameters live only in Pyro's param "
@@ -297,7 +300,7 @@ class WeightAverage(Callback):
             self._avg.load_state_dict(self._pending)
             self._pending = None
 
-    def on_validation_end(self, run, entry):
+    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 < self.start:
@@ -313,7 +316,7 @@ class WeightAverage(Callback):
             for name, fn in self.metrics.items():
                 entry[name] = float(fn(module))
 
-    def copy_to(self, module) -> None:
+    def copy_to(self, module: nn.Module) -> None:
         """Copy the averaged parameters into ``module`` (of the same architecture)."""
         import torch
 
@@ -324,14 +327,14 @@ class WeightAverage(Callback):
             for p, q in zip(module.parameters(), self._avg.module.parameters(), strict=True):
                 p.copy_(q.to(p.device))
 
-    def on_fit_end(self, run, result):
+    def on_fit_end(self, run: Run, result: FitResult) -> None:
         if self.swap and self._avg is not None:
             self.copy_to(run.module)
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         return {} if self._avg is None else {"averaged": self._avg.state_dict()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("averaged") is not None:
             self._pending = state["averaged"]
 

@@ -15,6 +15,12 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping
 
 from probgen.errors import ConfigError
+from probgen.train.config import FitResult
+
+#: what the hooks receive as ``run``: the fit loop's ``Run``
+#: (:mod:`probgen.train.loop`), which builds on this module, so it is named here
+#: rather than imported (what callbacks read of it: :mod:`probgen.train.callbacks`)
+Run = Any
 
 HOOKS = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end",
          "on_train_batch_end", "on_exception")
@@ -23,22 +29,23 @@ HOOKS = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end",
 class Callback:
     """Base class with every hook a no-op."""
 
-    def on_fit_start(self, run) -> None:
+    def on_fit_start(self, run: Run) -> None:
         pass
 
-    def on_validation_end(self, run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, run, entry: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
         pass
 
-    def on_fit_end(self, run, result) -> None:
+    def on_fit_end(self, run: Run, result: FitResult) -> None:
         pass
 
-    def on_train_batch_end(self, run, step_index: int, losses: Mapping[str, Any]) -> None:
+    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]
+                           ) -> None:
         pass
 
-    def on_exception(self, run, error: BaseException) -> None:
+    def on_exception(self, run: Run, error: BaseException) -> None:
         pass
 
     def state_dict(self) -> Dict[str, Any]:

@@ -56,7 +56,7 @@ import numbers
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -65,7 +65,8 @@ from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.models.registry import model_config
 from probgen.registry import Registry
-from probgen.train.hooks import Callback
+from probgen.train.config import FitResult
+from probgen.train.hooks import Callback, Run
 
 ImagesFn = Callable[[Any], Mapping[str, torch.Tensor]]
 
@@ -332,7 +333,7 @@ class Tracker(Callback):
                 pass
 
     # ------------------------------------------------------------------ hooks
-    def on_fit_start(self, run) -> None:
+    def on_fit_start(self, run: Run) -> None:
         self._live = False
         self._skip = set()
         if not getattr(run, "is_main", True):
@@ -354,14 +355,15 @@ class Tracker(Callback):
         self._guard("logging the hyperparameters", self._log_hparams,
                     run_hparams(run, self.hparams), run, start > 0)
 
-    def on_train_batch_end(self, run, step_index: int, losses: Mapping[str, Any]) -> None:
+    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]
+                           ) -> None:
         every = self.log_every_n_steps
         if not self._live or every is None or (step_index + 1) % every:
             return
         self._guard(f"logging step {step_index + 1}", lambda: self._log_scalars(
             step_scalars(losses), step_index + 1, "batch"))
 
-    def on_epoch_end(self, run, entry: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
         if not self._live:
             return
         epoch = entry["epoch"] + 1
@@ -371,11 +373,11 @@ class Tracker(Callback):
             self._guard(f"logging the images of epoch {epoch}", self._images, run, epoch)
         self._guard("flushing", self._flush)
 
-    def on_fit_end(self, run, result) -> None:
+    def on_fit_end(self, run: Run, result: FitResult) -> None:
         self._guard("closing the run", self._close, False)   # the last checkpoint is written
         self._live = False
 
-    def on_exception(self, run, error: BaseException) -> None:
+    def on_exception(self, run: Run, error: BaseException) -> None:
         if self._live:
             self._live = False
             try:
@@ -417,7 +419,7 @@ class Tracker(Callback):
                               RuntimeWarning, stacklevel=2)
         return out
 
-    def draw_images(self, run) -> Dict[str, torch.Tensor]:
+    def draw_images(self, run: Run) -> Dict[str, torch.Tensor]:
         """``images(run)`` as grids, drawn in eval mode, without gradients and with the
         global RNG forked (seeded by ``image_seed``), the module's mode restored."""
         fn = self._auto_images if self.images == "auto" else self.images
@@ -463,7 +465,7 @@ class CSVLogger(Tracker):
 
     library = "CSV"
 
-    def __init__(self, path: Union[str, Path], **kwargs):
+    def __init__(self, path: Union[str, Path], **kwargs: Any):
         super().__init__(**kwargs)
         self.path = Path(path)
         stem = self.path.with_suffix("")
@@ -541,7 +543,7 @@ class TensorBoard(Tracker):
 
     library = "TensorBoard"
 
-    def __init__(self, log_dir: Union[str, Path], **kwargs):
+    def __init__(self, log_dir: Union[str, Path], **kwargs: Any):
         super().__init__(**kwargs)
         self._tb = _require("torch.utils.tensorboard", "TensorBoard", "tensorboard",
                             "tensorboard")
@@ -549,7 +551,7 @@ class TensorBoard(Tracker):
         self._writer = None
 
     @property
-    def writer(self):
+    def writer(self) -> Any:
         """The ``SummaryWriter`` while a fit runs (``None`` otherwise)."""
         return self._writer
 
@@ -609,7 +611,7 @@ class MLflow(Tracker):
 
     def __init__(self, save_dir: Union[str, Path] = "mlruns", tracking_uri: Optional[str] = None,
                  experiment: str = "probgen", run_name: Optional[str] = None,
-                 tags: Optional[Mapping[str, str]] = None, **kwargs):
+                 tags: Optional[Mapping[str, str]] = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._mlflow = _require("mlflow", "MLflow", "mlflow", "mlflow-skinny")
         self.save_dir = Path(save_dir)
@@ -709,7 +711,7 @@ class WandB(Tracker):
 
     def __init__(self, project: str = "probgen", dir: Union[str, Path] = ".",
                  mode: str = "offline", run_name: Optional[str] = None,
-                 init_kwargs: Optional[Mapping[str, Any]] = None, **kwargs):
+                 init_kwargs: Optional[Mapping[str, Any]] = None, **kwargs: Any):
         super().__init__(**kwargs)
         if mode not in ("offline", "online", "disabled"):
             raise ConfigError(f"WandB: mode must be 'offline', 'online' or 'disabled', got "
@@ -784,8 +786,8 @@ TRACKERS.register("mlflow", lambda out, name, **kw: MLflow(
 TRACKERS.register("wandb", lambda out, name, **kw: WandB(dir=out, run_name=name, **kw))
 
 
-def make_trackers(names, out_dir: Union[str, Path], run_name: Optional[str] = None,
-                  **kwargs) -> List[Tracker]:
+def make_trackers(names: Optional[Sequence[str]], out_dir: Union[str, Path],
+                  run_name: Optional[str] = None, **kwargs: Any) -> List[Tracker]:
     """One tracker per name in ``names`` (``csv``, ``tensorboard``, ``mlflow``, ``wandb``),
     each writing under ``out_dir``: ``log.csv``, ``tensorboard/``, ``mlruns/``, ``wandb/``.
 

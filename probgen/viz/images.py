@@ -10,7 +10,7 @@ either way it is returned (the last expression of a notebook cell shows it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,11 @@ import torch
 from probgen import checks
 from probgen.data.masks import MISSING
 from probgen.train.distributed import is_main_process
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+else:  # matplotlib is imported when a figure is drawn; at run time the hint reads Any
+    Figure = Any
 
 
 def module_place(fn):
@@ -98,7 +103,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
 
 
 def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
-                title: Optional[str] = None):
+                title: Optional[str] = None) -> Figure:
     """One labelled row of images per entry of ``rows`` (label -> ``(B, C, H, W)``)."""
     n = max(r.shape[0] for r in rows.values())
     fig, axes = new_figure(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
@@ -119,7 +124,7 @@ def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = No
 
 
 def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, None] = None,
-                title: Optional[str] = None, size: float = 0.5):
+                title: Optional[str] = None, size: float = 0.5) -> Figure:
     """A grid of images, ``nrow`` per row."""
     grid = image_grid(images, nrow=nrow)
     rows = (images.shape[0] + nrow - 1) // nrow
@@ -132,7 +137,7 @@ def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, Non
     return save(fig, path)
 
 
-def save(fig, path: Union[str, Path, None], dpi: int = 120):
+def save(fig: Figure, path: Union[str, Path, None], dpi: int = 120) -> Figure:
     """Write ``fig`` to ``path`` (folders made) and return it; without a path just return it.
 
     A figure that pyplot manages (a user's own ``plt.subplots``) is closed after
@@ -156,7 +161,7 @@ def save(fig, path: Union[str, Path, None], dpi: int = 120):
 
 def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
                       predictions: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
-                      title: Optional[str] = None):
+                      title: Optional[str] = None) -> Figure:
     """Rows: inputs (hidden pixels tinted), truth, then one row per prediction.
 
     ``predictions`` maps a row label to ``(B, C, H, W)`` images, or to
@@ -174,7 +179,7 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
 
 def progression_figure(truth: torch.Tensor, producers: Dict[str, Callable], level: int = 0,
                        n: int = 3, path: Union[str, Path, None] = None,
-                       title: Optional[str] = None):
+                       title: Optional[str] = None) -> Figure:
     """Edits of an attribute against its true progression: for each of the first ``n``
     identities of ``truth`` ``(N, K, C, H, W)``, the true images at every level, then
     each producer's ``produce(x, level)`` of the image at ``level`` (``(1, K, C, H, W)``,
