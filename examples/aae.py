@@ -162,14 +162,13 @@ def training_data(args, train: TensorData) -> TensorData:
 
 
 def fit_and_measure(args, model, name: str, tag: str, train, splits, scorer, record: dict,
-                    callbacks=(), average=None, extra=None, phase_optim=None, **fit_kw) -> dict:
-    """``record`` with the run (checkpoint ``<name>.pt``, the phases' ``phase_optim``;
-    then ``extra``), the averaged weights swapped in (after the trained weights' test
-    error), and aae_report of the first ``--eval-size`` test images (seed ``--seed + 17``)
-    with its time; the figures."""
+                    callbacks=(), average=None, extra=None, **fit_kw) -> dict:
+    """``record`` with the run (checkpoint ``<name>.pt``, ``fit_kw`` over the run's
+    settings; then ``extra``), the averaged weights swapped in (after the trained weights'
+    test error), and aae_report of the first ``--eval-size`` test images (seed
+    ``--seed + 17``) with its time; the figures."""
     result = fit(model, train, splits["val"], cli.fit_config(
-        args, checkpoint=str(args.out / f"{name}.pt"), restore_best=False,
-        phase_optim=phase_optim),
+        args, checkpoint=str(args.out / f"{name}.pt"), restore_best=False),
         callbacks=list(callbacks) + cli.trackers(args, tag), **fit_kw)
     record.update(epochs=result.epochs_run, train_seconds=result.train_seconds,
                   history=result.history, **(extra or {}))
