@@ -31,15 +31,11 @@ import sys
 import time
 from typing import Dict, List
 
-import torch
-
 from probgen import checks, cli
 from probgen.data import TensorData, recipes
-from probgen.data.labels import labelled_split
 from probgen.infer.adversarial import ADVERSARIAL_LOSSES, player_optim
 from probgen.metrics.quality import quality_scorer
-from probgen.metrics.report import aae_report, class_error
-from probgen.metrics.summaries import aae_line
+from probgen.metrics.report import aae_line, aae_report, class_error
 from probgen.models import VAE
 from probgen.models.aae import AAE, ENCODERS, PHASE_ORDERS
 from probgen.models.likelihoods import LIKELIHOODS
@@ -47,7 +43,7 @@ from probgen.models.priors import PRIORS
 from probgen.models.semi_supervised_aae import SemiSupervisedAAE, regularization_optim
 from probgen.nn.coders import NETS
 from probgen.train import AVERAGES, Metric, WeightAverage, fit, save_model, set_seed
-from probgen.viz import aae_figures, history_figure
+from probgen.viz import aae_figures, phase_losses_figure
 
 # Makhzani et al. 2015, Table 1 (MNIST, Parzen window on 10,000 samples, nats; the AAE and
 # the GAN of Goodfellow et al. 2014, "Generative Adversarial Nets"); the semi-supervised test
@@ -152,9 +148,8 @@ def training_data(args, train: TensorData) -> TensorData:
     labels withheld (as many of each digit), the labelled images repeated to about
     ``--labelled-share`` of the set; ``--augment-shift`` translations drawn per batch."""
     if args.labels == "semi_supervised":
-        semi = labelled_split(train.tensors[1].cpu(), args.num_labelled, 10,
-                              torch.Generator().manual_seed(args.seed))
-        train, repeats = recipes.semi_supervised(train, semi, args.labelled_share)
+        train, repeats = recipes.semi_supervised(train, args.num_labelled, args.labelled_share,
+                                                 seed=args.seed)
         n_lab = train.settings["num_labelled"]
         print(f"semi-supervised: {n_lab} labelled images ({n_lab // 10} per digit) repeated "
               f"{repeats} times among {len(train) - n_lab * repeats} unlabelled", flush=True)
@@ -162,18 +157,17 @@ def training_data(args, train: TensorData) -> TensorData:
 
 
 def fit_and_measure(args, model, name: str, tag: str, train, splits, scorer, record: dict,
-                    callbacks=(), average=None, extra=None, **fit_kw) -> dict:
+                    callbacks=(), average=None, **fit_kw) -> dict:
     """``record`` with the run (checkpoint ``<name>.pt``, ``fit_kw`` over the run's
-    settings; then ``extra``), the averaged weights swapped in (after the trained weights'
-    test error), and aae_report of the first ``--eval-size`` test images (seed
-    ``--seed + 17``) with its time; the figures."""
+    settings), the averaged weights swapped in (after the trained weights' test error), and
+    aae_report of the first ``--eval-size`` test images (seed ``--seed + 17``) with its
+    time; the figures."""
     result = fit(model, train, splits["val"], cli.fit_config(
         args, checkpoint=str(args.out / f"{name}.pt"), restore_best=False),
         callbacks=list(callbacks) + cli.trackers(args, tag), **fit_kw)
     record.update(epochs=result.epochs_run, train_seconds=result.train_seconds,
-                  history=result.history, **(extra or {}))
-    x, y = splits["test"].all()[:2]
-    x, y = (x, y) if args.eval_size is None else (x[:args.eval_size], y[:args.eval_size])
+                  history=result.history)
+    x, y = splits["test"].subset(slice(0, args.eval_size)).all()[:2]
     if average is not None and average.num_averaged:
         if hasattr(model, "predict"):
             record["test_error_trained"] = class_error(model, x, y)
@@ -211,15 +205,11 @@ def train_one(args, encoder: str, splits, scorer) -> dict:
         metrics={"val_error_avg": lambda m: class_error(m, xv, yv)} if semi else {})
     record = {"encoder": encoder, "prior": args.prior, "labels": args.labels,
               "label_to": args.label_to if args.labels == "conditional" else None,
-              "phase_order": args.phase_order, "z_dim": args.z_dim}
+              "phase_order": args.phase_order, "z_dim": args.z_dim, "average": args.average,
+              "num_labelled": args.num_labelled if semi else None}
     fit_and_measure(args, model, f"aae_{tag}", tag, train, splits, scorer, record,
-                    callbacks + [average] * (average is not None), average,
-                    extra={"average": args.average}, phase_optim=lrs)
-    labels = f" with {args.num_labelled} labels" if "test_error" in record else ""
-    if "test_error_trained" in record:
-        labels += (f" ({args.average} average of {record['epochs_averaged']} epochs; the "
-                   f"trained weights {record['test_error_trained']:.2f}%)")
-    print(f"{encoder}: {aae_line(record)}{labels} ({record['train_seconds']:.0f} s of training)",
+                    callbacks + [average] * (average is not None), average, phase_optim=lrs)
+    print(f"{encoder}: {aae_line(record)} ({record['train_seconds']:.0f} s of training)",
           flush=True)
     return record
 
@@ -254,12 +244,9 @@ def main(argv=None):
     scorer = quality_scorer(splits["test"].tensors[0], seed=args.seed) \
         if args.fid_samples else None   # (KID on subsets of up to 1000 images)
     records = {encoder: train_one(args, encoder, splits, scorer) for encoder in args.encoder}
-    histories = {encoder: r["history"] for encoder, r in records.items()}
-    keys = sorted({k for hist in histories.values() for k in hist[0]     # phases, val_error
-                   if k.startswith("train_loss/") or k == "val_error"})
-    history_figure(histories, keys, args.out / "losses.png",
-                   titles={k: "class error on validation images (%)" if k == "val_error" else
-                           f"{k.split('/', 1)[1]} loss (epoch mean)" for k in keys})
+    phase_losses_figure({encoder: r["history"] for encoder, r in records.items()},
+                        args.out / "losses.png",
+                        extra={"val_error": "class error on validation images (%)"})
     if args.vae:
         records["vae"] = train_vae(args, splits, scorer)
     paper = (f"Makhzani et al. 2015, Table 1 (Parzen window, 10,000 samples): AAE "

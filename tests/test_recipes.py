@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from probgen.data import TensorData, recipes
+from probgen.data.labels import labelled_split
 from probgen.errors import ConfigError, DataError, DataNotFoundError
 
 
@@ -45,6 +46,27 @@ def test_semi_supervised_repeats_the_labelled_images():
     assert data.settings == {"dataset": "mnist", "num_labelled": 4, "labelled_share": 0.2}
     # a tiny share still keeps every labelled image once
     assert recipes.semi_supervised(train, y, labelled_share=0.001)[1] == 1
+
+
+def test_semi_supervised_draws_a_count_of_labels_balanced_with_its_own_seed():
+    """A count of labels keeps that many true labels, as many of each class, drawn with
+    ``seed`` from a generator of its own (torch's global stream is left alone)."""
+    n = 200
+    y = torch.arange(n) % 10
+    train = TensorData(torch.arange(n, dtype=torch.float32).reshape(n, 1), y)
+    before = torch.random.get_rng_state()
+    data, repeats = recipes.semi_supervised(train, 20, labelled_share=0.5, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    kept = data.tensors[1][data.tensors[1] >= 0]
+    assert len(kept) == 20 * repeats and torch.equal(torch.bincount(kept[:20]), torch.full((10,), 2))
+    # the same draw as labelled_split with that seed; another seed keeps other images
+    explicit = labelled_split(y, 20, 10, torch.Generator().manual_seed(3))
+    same, _ = recipes.semi_supervised(train, explicit, labelled_share=0.5)
+    assert torch.equal(data.tensors[0], same.tensors[0])
+    other, _ = recipes.semi_supervised(train, 20, labelled_share=0.5, seed=4)
+    assert not torch.equal(data.tensors[0], other.tensors[0])
+    with pytest.raises(DataError, match="from the true labels"):
+        recipes.semi_supervised(TensorData(train.tensors[0]), 20, labelled_share=0.5)
 
 
 @pytest.mark.parametrize(

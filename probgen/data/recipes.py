@@ -7,7 +7,7 @@ in its checkpoints, and a resumed run refuses data made otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -15,6 +15,7 @@ from probgen import checks
 from probgen.data.augment import RandomShift
 from probgen.data.datasets import image_splits
 from probgen.data.dequantize import dequantized
+from probgen.data.labels import labelled_split
 from probgen.data.tensors import TensorData
 from probgen.errors import DataError, DataNotFoundError
 
@@ -74,13 +75,24 @@ def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
     return with_settings(TensorData(x.to(device)), dataset="toy1d", size=size, seed=seed)
 
 
-def semi_supervised(train: TensorData, labels: torch.Tensor,
-                    labelled_share: float) -> Tuple[TensorData, int]:
-    """The training images with the partial ``labels`` (-1: unlabelled; e.g.
-    :func:`probgen.models.aae.labelled_split` of the true ones), the labelled images
-    repeated to make about ``labelled_share`` of the set, so that most batches hold some
-    (Makhzani et al. 2015, "Adversarial Autoencoders", section 5, train on labelled and
-    unlabelled mini-batches alike).
+def semi_supervised(train: TensorData, labels: Union[torch.Tensor, int],
+                    labelled_share: float, *, num_classes: int = 10,
+                    seed: int = 0) -> Tuple[TensorData, int]:
+    """The training images with the partial ``labels`` (-1: unlabelled), the labelled
+    images repeated to make about ``labelled_share`` of the set, so that most batches hold
+    some (Makhzani et al. 2015, "Adversarial Autoencoders", section 5, train on labelled
+    and unlabelled mini-batches alike).
+
+    Args:
+        train: the training images, with their true labels as second tensor when
+            ``labels`` is a count.
+        labels: ``(N,)`` partial labels, or how many of the true ones to keep: as many of
+            each of the ``num_classes`` classes, drawn with ``seed``
+            (:func:`probgen.data.labels.labelled_split`).
+        labelled_share: about this share of the returned set is labelled images.
+        num_classes: the classes of a count's draw.
+        seed: the seed of a count's draw (a generator of its own: torch's global one is
+            left alone).
 
     Returns:
         ``(data, repeats)``: the unlabelled images, then the labelled ones ``repeats``
@@ -99,6 +111,12 @@ def semi_supervised(train: TensorData, labels: torch.Tensor,
         (5, 18, [-1, -1, 3, 7, 3, 7, 3, 7, 3, 7, 3, 7])
     """
     x = train.tensors[0]
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        if len(train.tensors) < 2:
+            raise DataError("semi_supervised draws its labelled images from the true labels: "
+                            "give train as (images, labels).")
+        labels = labelled_split(train.tensors[1].cpu(), labels, num_classes,
+                                torch.Generator().manual_seed(seed))
     if not torch.is_tensor(labels) or labels.shape != (x.shape[0],):
         raise DataError(f"semi_supervised needs one label per training image "
                         f"({x.shape[0]}), got {getattr(labels, 'shape', type(labels))}.")

@@ -399,5 +399,48 @@ def _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer, fid
     return AAEReport(out, codes, y, prior_draws, y_in, samples)
 
 
-__all__ = ["AAEReport", "Autoencoder", "aae_report", "as_autoencoder", "autoencoder_report",
+def aae_line(metrics: Dict[str, Any]) -> str:
+    """One line of what :func:`aae_report` measured, for a log or a script's output: the
+    reconstruction's mean squared error, the MMD^2 of the codes and the prior, and where
+    measured the Parzen-window log-likelihood (with its standard error and width), FID and
+    KID, and a semi-supervised model's test error (with ``num_labelled`` labels, and the
+    trained weights' error beside an average's: ``test_error_trained``, ``average``,
+    ``epochs_averaged``, when the record holds them).
+
+    Args:
+        metrics: an :class:`AAEReport`'s ``metrics``, or a record holding them.
+
+    Returns:
+        The line, without a trailing full stop.
+
+    Examples:
+        >>> from probgen.metrics.report import aae_line
+        >>> aae_line({"recon_mse": 0.0312, "mmd2": 0.00412, "parzen_ll": 301.24,
+        ...           "parzen_std_error": 1.93, "parzen_sigma": 0.2,
+        ...           "test_error": 7.31, "num_labelled": 100, "test_error_trained": 7.79,
+        ...           "average": "ema", "epochs_averaged": 60})
+        ...           # doctest: +NORMALIZE_WHITESPACE
+        'recon MSE 0.0312, MMD^2(q(z), p(z)) 0.0041, Parzen LL 301.2 +- 1.9
+        (sigma 0.200), test error 7.31% with 100 labels (ema average of 60 epochs; the
+        trained weights 7.79%)'
+    """
+    parts = [f"recon MSE {metrics['recon_mse']:.4f}",
+             f"MMD^2(q(z), p(z)) {metrics['mmd2']:.4f}"]
+    if "parzen_ll" in metrics:
+        parts.append(f"Parzen LL {metrics['parzen_ll']:.1f} +- "
+                     f"{metrics['parzen_std_error']:.1f} (sigma {metrics['parzen_sigma']:.3f})")
+    if "fid" in metrics:
+        parts.append(f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f}")
+    if "test_error" in metrics:
+        error = f"test error {metrics['test_error']:.2f}%"
+        if metrics.get("num_labelled") is not None:
+            error += f" with {metrics['num_labelled']} labels"
+        if "test_error_trained" in metrics:
+            error += (f" ({metrics['average']} average of {metrics['epochs_averaged']} "
+                      f"epochs; the trained weights {metrics['test_error_trained']:.2f}%)")
+        parts.append(error)
+    return ", ".join(parts)
+
+
+__all__ = ["AAEReport", "Autoencoder", "aae_line", "aae_report", "as_autoencoder", "autoencoder_report",
            "class_error", "edit_report", "likelihood_report", "seeded"]

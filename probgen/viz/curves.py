@@ -163,6 +163,30 @@ def learning_curves(histories: Mapping[str, History], path: PathLike = None,
                           figsize=(6, 4))
 
 
+def phase_losses_figure(histories: Union[History, Mapping[str, History]],
+                        path: PathLike = None, *,
+                        extra: Optional[Mapping[str, str]] = None) -> Figure:
+    """One panel per training phase whose loss the runs recorded (``train_loss/<phase>``,
+    the epoch's mean; a phased step's D, G, reconstruction...), in name order, then a
+    panel for each key of ``extra`` that some run recorded (key -> the panel's title).
+
+    Args:
+        histories: one run's history or ``{label: history}``, one colour per run.
+        path: where to write the figure (``None``: not written).
+        extra: other figures of the entries to draw after the losses (e.g.
+            ``{"val_error": "class error on validation images (%)"}``).
+
+    Returns:
+        The figure (written to ``path`` when given).
+    """
+    runs, extra = _runs(histories), dict(extra or {})
+    seen = {k for history in runs.values() for entry in history for k in entry}
+    keys = sorted(k for k in seen if k.startswith("train_loss/"))
+    keys += [k for k in extra if k in seen]
+    titles = {k: extra.get(k) or f"{k.split('/', 1)[1]} loss (epoch mean)" for k in keys}
+    return history_figure(runs, keys, path, titles=titles)
+
+
 def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
                      name: str = "FID", key: str = "fid") -> Figure:
     """``key`` (an FID) against epochs and against training time, log scale: this process's
@@ -214,5 +238,6 @@ def tradeoff_figure(points: Mapping[str, Tuple[float, float]], path: PathLike = 
     return save(fig, path)
 
 
-__all__ = ["epochs", "fid_curve_figure", "history_figure", "learning_curves", "plot_history",
+__all__ = ["epochs", "fid_curve_figure", "history_figure", "learning_curves", "phase_losses_figure",
+           "plot_history",
            "tradeoff_figure", "training_minutes"]
