@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 import pkgutil
+import sys
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -97,8 +97,12 @@ def _static_path(view: _StaticView, module, attr: str) -> str:
         # defines it under the same name
         for name in sorted(sys.modules):
             owner = sys.modules[name]
-            if (name.startswith("probgen.") and owner is not None
-                    and getattr(owner, attr, None) is obj and view.has(f"{name}.{attr}")):
+            if (
+                name.startswith("probgen.")
+                and owner is not None
+                and getattr(owner, attr, None) is obj
+                and view.has(f"{name}.{attr}")
+            ):
                 return f"{name}.{attr}"
         return public
     return f"{obj.__module__}.{obj.__qualname__}"

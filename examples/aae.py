@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Dict, List
 
 from probgen import checks, cli
 from probgen.data import TensorData, recipes
@@ -227,7 +226,7 @@ def train_vae(args, splits, scorer) -> dict:
         objective="meanfield")
 
 
-def table(records: Dict[str, dict]) -> List[dict]:
+def table(records: dict[str, dict]) -> list[dict]:
     names = {"parzen_se": "parzen_std_error", "test_error_pct": "test_error",
              "test_error_trained_pct": "test_error_trained"}
     keys = ("prior", "labels", "phase_order", "epochs", "parzen_ll", "parzen_se", "recon_mse",

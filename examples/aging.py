@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from typing import Dict, List
 
 import torch
 
@@ -53,8 +52,15 @@ from probgen.data.faces import AgeFolder, faces_loader, graded_mnist
 from probgen.errors import ConfigError
 from probgen.metrics.classifier_training import train_classifier
 from probgen.metrics.report import edit_report
-from probgen.models.aging import (CAAE, FAKE_LEVELS, REFINEMENTS, AgeCGAN, RecurrentAger,
-                                  mnist_identity_features, unchanged)
+from probgen.models.aging import (
+    CAAE,
+    FAKE_LEVELS,
+    REFINEMENTS,
+    AgeCGAN,
+    RecurrentAger,
+    mnist_identity_features,
+    unchanged,
+)
 from probgen.train import fit, save_model
 from probgen.viz import progression_figure, rows_figure
 
@@ -187,7 +193,7 @@ def run_faces(args, log):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    log: Dict[str, dict] = {}
+    log: dict[str, dict] = {}
     if args.data == "faces":
         results = run_faces(args, log)
         results["training"] = log
@@ -225,7 +231,7 @@ def main(argv=None):
     for name in ("caae", "recurrent"):
         if name in models:
             producers[name] = models[name].at_every_level
-    table: List[dict] = [{"method": name, **edit_report(produce, truth, features, level_net)}
+    table: list[dict] = [{"method": name, **edit_report(produce, truth, features, level_net)}
                          for name, produce in producers.items()]
     progression_figure(truth, producers, level=1, path=args.out / "progression.png",
                        title=f"true progression (input: level 1) above each method's "

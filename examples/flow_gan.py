@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import List
 
 import probgen
 from probgen import checks, cli
@@ -105,7 +104,7 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------- settings
 
-def settings(args) -> List[dict]:
+def settings(args) -> list[dict]:
     """One dict of FlowGAN arguments (and a tag) per run of the sweep."""
     out = []
     for w in dict.fromkeys(args.adv_weight):

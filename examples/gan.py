@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Dict, List
 
 import torch
 
@@ -50,8 +49,14 @@ from probgen.metrics.quality import FIDCurve, report_line
 from probgen.models import GAN
 from probgen.train import fit, set_seed
 from probgen.train.callbacks import Snapshots, TrainingCPUTime, training_seconds
-from probgen.viz import (discriminator_figure, discriminator_snapshot, fid_curve_figure,
-                         grid_figure, history_figure, rows_figure)
+from probgen.viz import (
+    discriminator_figure,
+    discriminator_snapshot,
+    fid_curve_figure,
+    grid_figure,
+    history_figure,
+    rows_figure,
+)
 
 DATA = ("mnist", "toy1d", "cifar10")
 ARCHS = ("mlp", "dcgan")
@@ -152,7 +157,7 @@ def build(args, loss: str, data_shape, data_range) -> GAN:
 
 
 def train_one(args, loss, data, scorer):
-    train, test_images, data_shape, data_range = data
+    train, _test_images, data_shape, data_range = data
     set_seed(args.seed)
     gan = build(args, loss, data_shape, data_range).to(args.device)
     n_params = {k: sum(p.numel() for p in getattr(gan, k).parameters())
@@ -215,7 +220,7 @@ def train_one(args, loss, data, scorer):
     return gan, record
 
 
-def table(records: Dict[str, dict], data: str) -> List[dict]:
+def table(records: dict[str, dict], data: str) -> list[dict]:
     keys = ("mean", "std") if data == "toy1d" else \
         ("fid", "kid_mean", "precision", "recall", "classes_covered")
     return [{"data": data, "loss": loss, **{k: r[k] for k in (

@@ -19,6 +19,23 @@ from probgen.train import FitConfig, FitResult, LossStep, Phase, PhasedStep, SVI
 
 __version__ = "0.1.0"
 
-__all__ = ["FitConfig", "FitResult", "LossStep", "Phase", "PhasedStep", "SVIStep", "__version__",
-           "data", "errors", "fit", "flows", "from_pretrained", "infer", "load", "metrics",
-           "models", "nn", "train"]
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "LossStep",
+    "Phase",
+    "PhasedStep",
+    "SVIStep",
+    "__version__",
+    "data",
+    "errors",
+    "fit",
+    "flows",
+    "from_pretrained",
+    "infer",
+    "load",
+    "metrics",
+    "models",
+    "nn",
+    "train",
+]

@@ -46,16 +46,35 @@ import numbers
 import operator
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from typing import Any
 
 from probgen.errors import ConfigError
 
-__all__ = ["INT64_MAX", "SEED_MAX", "arg", "choice", "finite_float", "flag", "fraction",
-           "int_in_range", "integer", "nonnegative_float", "nonnegative_int", "optional",
-           "positive_float", "positive_int", "probability", "real", "seed", "sizes", "writable_dir"]
+__all__ = [
+    "INT64_MAX",
+    "SEED_MAX",
+    "arg",
+    "choice",
+    "finite_float",
+    "flag",
+    "fraction",
+    "int_in_range",
+    "integer",
+    "nonnegative_float",
+    "nonnegative_int",
+    "optional",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "real",
+    "seed",
+    "sizes",
+    "writable_dir",
+]
 
-INT64_MAX = 2 ** 63 - 1
+INT64_MAX = 2**63 - 1
 # Seeds up to 2**63 - 1: torch.manual_seed takes up to 2**64 - 1 and numpy takes any seed
 # modulo 2**32 (probgen.train.set_seed), so a script may still add small offsets
 # (seed + 1, seed + rank) to a valid seed.
@@ -65,7 +84,7 @@ SEED_MAX = INT64_MAX
 def _show(value: Any) -> str:
     """The value as the message shows it: numbers plainly, text quoted, long ones cut."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        digits = int(value.bit_length() * math.log10(2)) + 1   # str() refuses 4,300+ digits
+        digits = int(value.bit_length() * math.log10(2)) + 1  # str() refuses 4,300+ digits
         return f"{'-' if value < 0 else ''}an integer of about {digits} digits"
     if isinstance(value, _Verbatim):
         return str(value)
@@ -75,8 +94,7 @@ def _show(value: Any) -> str:
         text = str(value)
     if len(text) > 40:
         digits = sum(c.isdigit() for c in text)
-        text = f"{text[:12]}...{text[-4:]} ({digits} digits)" if digits > 30 else \
-            f"{text[:36]}..."
+        text = f"{text[:12]}...{text[-4:]} ({digits} digits)" if digits > 30 else f"{text[:36]}..."
     return text
 
 
@@ -86,30 +104,35 @@ def _bound(b: float) -> str:
     return str(b) if isinstance(b, int) else f"{b:g}"
 
 
-def _fail(name: str, must: str, value: Any, hint: Optional[str] = None) -> ConfigError:
+def _fail(name: str, must: str, value: Any, hint: str | None = None) -> ConfigError:
     """``<name> must <must>, got <value>[; <hint>].`` (``must`` holds its verb: "be at
     least 1", "lie in (0, 1)")."""
     subject = f"{name} must" if name else "must"
-    return ConfigError(f"{subject} {must}, got {_show(value)}" + (f"; {hint}" if hint else "")
-                       + ".")
+    return ConfigError(
+        f"{subject} {must}, got {_show(value)}" + (f"; {hint}" if hint else "") + "."
+    )
 
 
 def _parses(kind: type):
     """Mark a check with the type :func:`arg` converts command-line text to."""
+
     def mark(check):
         check.parses = kind
         return check
+
     return mark
 
 
-def _range(low, high, low_open: bool = False, high_open: bool = False) -> Optional[str]:
+def _range(low, high, low_open: bool = False, high_open: bool = False) -> str | None:
     """The bounds in words, with the verb: "be at least 1", "be in 1..3" (integers),
     "lie in (0, 1)" (real numbers); ``None`` for no bounds."""
     if low is not None and high is not None:
         if isinstance(low, int) and isinstance(high, int):
             return f"be in {_bound(low)}..{_bound(high)}"
-        return (f"lie in {'(' if low_open else '['}{_bound(low)}, "
-                f"{_bound(high)}{')' if high_open else ']'}")
+        return (
+            f"lie in {'(' if low_open else '['}{_bound(low)}, "
+            f"{_bound(high)}{')' if high_open else ']'}"
+        )
     if low is not None:
         if low_open:
             return f"be more than {_bound(low)}"
@@ -121,9 +144,17 @@ def _range(low, high, low_open: bool = False, high_open: bool = False) -> Option
 
 # --------------------------------------------------------------------------- integers
 
+
 @_parses(int)
-def integer(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None, *,
-            zero: Optional[str] = None, hint: Optional[str] = None) -> int:
+def integer(
+    name: str,
+    value: Any,
+    low: int | None = None,
+    high: int | None = None,
+    *,
+    zero: str | None = None,
+    hint: str | None = None,
+) -> int:
     """An integer in ``low..high`` (either bound optional) that fits an int64.
 
     Python, numpy and torch integers are taken; ``bool`` and ``3.0`` are not.
@@ -151,42 +182,50 @@ def integer(name: str, value: Any, low: Optional[int] = None, high: Optional[int
     if (low is not None and v < low) or (high is not None and v > high):
         raise _fail(name, bounds, v, hint)
     if v > INT64_MAX:
-        raise _fail(name, (f"{bounds} and " if bounds else "be ")
-                    + "at most 2**63 - 1 (an int64, as torch stores it)", v, hint)
+        raise _fail(
+            name,
+            (f"{bounds} and " if bounds else "be ")
+            + "at most 2**63 - 1 (an int64, as torch stores it)",
+            v,
+            hint,
+        )
     if v < -INT64_MAX - 1:
-        raise _fail(name, (f"{bounds} and " if bounds else "be ")
-                    + "at least -2**63 (an int64, as torch stores it)", v, hint)
+        raise _fail(
+            name,
+            (f"{bounds} and " if bounds else "be ")
+            + "at least -2**63 (an int64, as torch stores it)",
+            v,
+            hint,
+        )
     return v
 
 
 @_parses(int)
-def positive_int(name: str, value: Any, *, hint: Optional[str] = None) -> int:
+def positive_int(name: str, value: Any, *, hint: str | None = None) -> int:
     """An integer >= 1 (a size, a count of epochs or samples)."""
     return integer(name, value, low=1, hint=hint)
 
 
 @_parses(int)
-def nonnegative_int(name: str, value: Any, *, hint: Optional[str] = None) -> int:
+def nonnegative_int(name: str, value: Any, *, hint: str | None = None) -> int:
     """An integer >= 0."""
     return integer(name, value, low=0, hint=hint)
 
 
 @_parses(int)
-def int_in_range(name: str, value: Any, low: int, high: int, *,
-                 hint: Optional[str] = None) -> int:
+def int_in_range(name: str, value: Any, low: int, high: int, *, hint: str | None = None) -> int:
     """An integer in ``low..high``, both included."""
     return integer(name, value, low=low, high=high, hint=hint)
 
 
 @_parses(int)
-def seed(name: str, value: Any, *, hint: Optional[str] = None) -> int:
+def seed(name: str, value: Any, *, hint: str | None = None) -> int:
     """A random seed: an integer in ``0..2**63 - 1``, which Python, numpy and torch all
     take (a larger one overflows torch's generator, a negative one means nothing more)."""
     return integer(name, value, low=0, high=SEED_MAX, hint=hint)
 
 
-def sizes(name: str, value: Any, *, min_len: int = 1, hint: Optional[str] = None
-          ) -> Tuple[int, ...]:
+def sizes(name: str, value: Any, *, min_len: int = 1, hint: str | None = None) -> tuple[int, ...]:
     """At least ``min_len`` integers >= 1 (hidden layer sizes, a shape), as a tuple of
     ``int``; a string, a single number or a ``bool`` among them is refused.
 
@@ -215,20 +254,29 @@ def sizes(name: str, value: Any, *, min_len: int = 1, hint: Optional[str] = None
 
 # --------------------------------------------------------------------------- real numbers
 
+
 @_parses(float)
-def real(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *,
-         low_open: bool = False, high_open: bool = False, hint: Optional[str] = None) -> float:
+def real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str | None = None,
+) -> float:
     """A finite real number between ``low`` and ``high`` (each bound optional, inclusive
     unless ``low_open`` / ``high_open``). NaN and infinities are always refused; Python
     and numpy numbers are taken, ``bool`` is not."""
     low, high = (None if b is None else float(b) for b in (low, high))
     bounds = _range(low, high, low_open, high_open)
     finite = "be a finite number" + (f" ({bounds.split(' ', 1)[1]})" if bounds else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):   # numpy's included
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's included
         raise _fail(name, "be a number", value, hint)
     try:
         v = float(value)
-    except OverflowError:   # an integer too large for a float
+    except OverflowError:  # an integer too large for a float
         raise _fail(name, finite, value, hint) from None
     if not math.isfinite(v):
         raise _fail(name, finite, value, hint)
@@ -240,31 +288,31 @@ def real(name: str, value: Any, low: Optional[float] = None, high: Optional[floa
 
 
 @_parses(float)
-def finite_float(name: str, value: Any, *, hint: Optional[str] = None) -> float:
+def finite_float(name: str, value: Any, *, hint: str | None = None) -> float:
     """Any finite real number."""
     return real(name, value, hint=hint)
 
 
 @_parses(float)
-def positive_float(name: str, value: Any, *, hint: Optional[str] = None) -> float:
+def positive_float(name: str, value: Any, *, hint: str | None = None) -> float:
     """A finite number > 0 (a learning rate, a bandwidth)."""
     return real(name, value, low=0.0, low_open=True, hint=hint)
 
 
 @_parses(float)
-def nonnegative_float(name: str, value: Any, *, hint: Optional[str] = None) -> float:
+def nonnegative_float(name: str, value: Any, *, hint: str | None = None) -> float:
     """A finite number >= 0 (a weight decay, a penalty weight, a noise level)."""
     return real(name, value, low=0.0, hint=hint)
 
 
 @_parses(float)
-def probability(name: str, value: Any, *, hint: Optional[str] = None) -> float:
+def probability(name: str, value: Any, *, hint: str | None = None) -> float:
     """A number in ``[0, 1]``."""
     return real(name, value, low=0.0, high=1.0, hint=hint)
 
 
 @_parses(float)
-def fraction(name: str, value: Any, *, hint: Optional[str] = None) -> float:
+def fraction(name: str, value: Any, *, hint: str | None = None) -> float:
     """A number strictly between 0 and 1 (a decay, a share that must leave room for the
     rest)."""
     return real(name, value, low=0.0, high=1.0, low_open=True, high_open=True, hint=hint)
@@ -272,8 +320,9 @@ def fraction(name: str, value: Any, *, hint: Optional[str] = None) -> float:
 
 # --------------------------------------------------------------------------- others
 
+
 @_parses(str)
-def choice(name: str, value: Any, choices: Iterable[Any], *, hint: Optional[str] = None):
+def choice(name: str, value: Any, choices: Iterable[Any], *, hint: str | None = None):
     """One of ``choices``."""
     options = list(choices)
     if value not in options:
@@ -281,7 +330,7 @@ def choice(name: str, value: Any, choices: Iterable[Any], *, hint: Optional[str]
     return value
 
 
-def flag(name: str, value: Any, *, hint: Optional[str] = None) -> bool:
+def flag(name: str, value: Any, *, hint: str | None = None) -> bool:
     """``True`` or ``False`` (a switch; ``1``, ``"yes"`` and ``None`` are refused, so that
     a value meant for another argument is not taken for a switch).
 
@@ -304,8 +353,13 @@ def optional(check: Callable[..., Any], name: str, value: Any, *args: Any, **set
     return None if value is None else check(name, value, *args, **settings)
 
 
-def writable_dir(name: str, path: Union[str, "os.PathLike[str]"], *, create: bool = True,
-                 hint: Optional[str] = "give another folder") -> Path:
+def writable_dir(
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    create: bool = True,
+    hint: str | None = "give another folder",
+) -> Path:
     """A folder this process can write files in, as a :class:`~pathlib.Path`.
 
     Refused, with the reason in plain words: a path that is a file, a path under a file,
@@ -365,15 +419,16 @@ def arg(check: Callable[..., Any], **settings: Any) -> Callable[[str], Any]:
     """
     kind = getattr(check, "parses", None)
     if kind is None:
-        raise TypeError(f"{getattr(check, '__name__', check)!r} is not a check of "
-                        f"probgen.checks (it does not say what it parses)")
+        raise TypeError(
+            f"{getattr(check, '__name__', check)!r} is not a check of "
+            f"probgen.checks (it does not say what it parses)"
+        )
 
     def convert(text: str):
         try:
             value = kind(text)
         except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"must {_WORDS[kind]}, got {_show(text)}.") \
-                from None
+            raise argparse.ArgumentTypeError(f"must {_WORDS[kind]}, got {_show(text)}.") from None
         try:
             return check("", value, **settings)
         except ConfigError as err:

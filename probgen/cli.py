@@ -42,17 +42,20 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 
 import probgen
 from probgen import checks
 from probgen.data import image_splits
-from probgen.data.recipes import download_splits
-from probgen.data.recipes import with_settings  # noqa: F401  (the scripts' name for it)
+from probgen.data.recipes import (
+    download_splits,
+    with_settings,  # noqa: F401  (the scripts' name for it)
+)
 from probgen.errors import CheckpointWriteError, ConfigError, ProbgenError, TrainingDivergedError
 from probgen.metrics.quality import min_fid_samples
 from probgen.metrics.quality import quality_scorer as metrics_quality_scorer
@@ -86,9 +89,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def common_parser(description: str, epochs: int, out: str, patience: Optional[int] = 10,
-                  lr: float = 1e-3, batch_size: int = 100, val_size: int = 10000,
-                  need_val: bool = True) -> argparse.ArgumentParser:
+def common_parser(
+    description: str,
+    epochs: int,
+    out: str,
+    patience: int | None = 10,
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    val_size: int = 10000,
+    need_val: bool = True,
+) -> argparse.ArgumentParser:
     """The flags every example takes, each number checked as it is parsed.
 
     Args:
@@ -98,47 +108,74 @@ def common_parser(description: str, epochs: int, out: str, patience: Optional[in
             0`` is accepted (no split held out).
     """
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-n", "--epochs", type=checks.arg(checks.positive_int), default=epochs,
-                   help="most training epochs")
-    p.add_argument("--patience", type=checks.arg(checks.integer, low=1, zero="no early stopping"),
-                   default=patience,
-                   help="early stopping: epochs without validation improvement (0: never "
-                        "stop early)")
-    p.add_argument("--lr", type=checks.arg(checks.positive_float), default=lr,
-                   help="learning rate")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS.names(),
-                   help="torch optimizer")
-    p.add_argument("--weight-decay", type=checks.arg(checks.nonnegative_float), default=0.0,
-                   help="weight decay (an L2 penalty with adam, decoupled with adamw)")
+    p.add_argument(
+        "-n",
+        "--epochs",
+        type=checks.arg(checks.positive_int),
+        default=epochs,
+        help="most training epochs",
+    )
+    p.add_argument(
+        "--patience",
+        type=checks.arg(checks.integer, low=1, zero="no early stopping"),
+        default=patience,
+        help="early stopping: epochs without validation improvement (0: never stop early)",
+    )
+    p.add_argument("--lr", type=checks.arg(checks.positive_float), default=lr, help="learning rate")
+    p.add_argument(
+        "--optimizer", default="adam", choices=OPTIMIZERS.names(), help="torch optimizer"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=checks.arg(checks.nonnegative_float),
+        default=0.0,
+        help="weight decay (an L2 penalty with adam, decoupled with adamw)",
+    )
     p.add_argument("--batch-size", type=checks.arg(checks.positive_int), default=batch_size)
-    p.add_argument("--val-size", default=val_size,
-                   type=checks.arg(checks.positive_int) if need_val else
-                   checks.arg(checks.integer, low=1, zero="no validation split"),
-                   help="training images held out for validation (early stopping)")
+    p.add_argument(
+        "--val-size",
+        default=val_size,
+        type=checks.arg(checks.positive_int)
+        if need_val
+        else checks.arg(checks.integer, low=1, zero="no validation split"),
+        help="training images held out for validation (early stopping)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=checks.arg(checks.integer, low=1, zero="torch's default"),
-                   default=0,
-                   help="torch CPU threads (0: torch's default; 1 is much faster for small "
-                        "models on a busy machine)")
-    p.add_argument("--seed", type=checks.arg(checks.seed), default=0,
-                   help="seed of every random draw (0..2**63 - 1)")
+    p.add_argument(
+        "--threads",
+        type=checks.arg(checks.integer, low=1, zero="torch's default"),
+        default=0,
+        help="torch CPU threads (0: torch's default; 1 is much faster for small "
+        "models on a busy machine)",
+    )
+    p.add_argument(
+        "--seed",
+        type=checks.arg(checks.seed),
+        default=0,
+        help="seed of every random draw (0..2**63 - 1)",
+    )
     p.add_argument("--out", default=out, help="output folder")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds-long run on a small slice (used by the tests)")
-    p.add_argument("--log", action="append", choices=TRACKERS.names(), default=None,
-                   metavar="TRACKER",
-                   help=f"log every fit to an experiment tracker under --out (repeatable: "
-                        f"--log csv --log tensorboard; one of {', '.join(TRACKERS.names())}): "
-                        f"csv: log[_<fit>].csv (+ _steps.csv, _config.json, _images/); "
-                        f"tensorboard: tensorboard/[<fit>/]; mlflow: mlruns/ (a local SQLite "
-                        f"store); wandb: wandb/ (offline)")
+    p.add_argument(
+        "--smoke", action="store_true", help="seconds-long run on a small slice (used by the tests)"
+    )
+    p.add_argument(
+        "--log",
+        action="append",
+        choices=TRACKERS.names(),
+        default=None,
+        metavar="TRACKER",
+        help=f"log every fit to an experiment tracker under --out (repeatable: "
+        f"--log csv --log tensorboard; one of {', '.join(TRACKERS.names())}): "
+        f"csv: log[_<fit>].csv (+ _steps.csv, _config.json, _images/); "
+        f"tensorboard: tensorboard/[<fit>/]; mlflow: mlruns/ (a local SQLite "
+        f"store); wandb: wandb/ (offline)",
+    )
     return p
 
 
-def sample_count(zero: Optional[str] = None):
+def sample_count(zero: str | None = None):
     """The argparse ``type=`` of a number of samples an FID scores: at least
     :data:`MIN_FID_SAMPLES` (more samples than the MNIST classifier's features); 0 accepted
     where ``zero`` says what it means (``"skip"``).
@@ -154,20 +191,30 @@ def sample_count(zero: Optional[str] = None):
         argparse.ArgumentTypeError: must be at least 129, got 100; FID on the classifier's ...
     """
     kw = {} if zero is None else {"zero": zero}
-    return checks.arg(checks.integer, low=MIN_FID_SAMPLES, hint="FID on the classifier's 128 "
-                      "features", **kw)
+    return checks.arg(
+        checks.integer, low=MIN_FID_SAMPLES, hint="FID on the classifier's 128 features", **kw
+    )
 
 
 def image_source_flags(p: argparse.ArgumentParser) -> None:
     """``--data-root``, ``--no-download`` and ``--inception-weights``: where a torchvision
     data set (CIFAR-10) lives, and the Inception-v3 weights of an FID on colour images
     (:func:`check_inception_samples` checks the sample counts after parsing)."""
-    p.add_argument("--data-root", default=None,
-                   help="folder of torchvision data sets (default: probgen's cache)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download (CIFAR-10 downloads with torchvision when missing)")
-    p.add_argument("--inception-weights", default=None,
-                   help="Inception-v3 FID weights (a path, or 'download') for colour data")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of torchvision data sets (default: probgen's cache)",
+    )
+    p.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download (CIFAR-10 downloads with torchvision when missing)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        help="Inception-v3 FID weights (a path, or 'download') for colour data",
+    )
 
 
 def check_inception_samples(p: argparse.ArgumentParser, args, *names: str) -> None:
@@ -179,12 +226,18 @@ def check_inception_samples(p: argparse.ArgumentParser, args, *names: str) -> No
         return
     for name in names:
         # the flag's own meaning of 0 (its checks.arg settings), if it has one
-        zero = next((getattr(a.type, "settings", {}).get("zero") for a in p._actions
-                     if a.dest == name), None)
+        zero = next(
+            (getattr(a.type, "settings", {}).get("zero") for a in p._actions if a.dest == name),
+            None,
+        )
         try:
-            checks.integer(f"--{name.replace('_', '-')}", getattr(args, name),
-                           low=MIN_INCEPTION_FID_SAMPLES, zero=zero,
-                           hint="FID on Inception's 2048 features")
+            checks.integer(
+                f"--{name.replace('_', '-')}",
+                getattr(args, name),
+                low=MIN_INCEPTION_FID_SAMPLES,
+                zero=zero,
+                hint="FID on Inception's 2048 features",
+            )
         except ConfigError as err:
             _refuse(p, err)
 
@@ -201,15 +254,23 @@ def quality_scorer(args, images, **kwargs):
     """:func:`probgen.metrics.quality.quality_scorer` of the test ``images`` with the run's
     ``--inception-weights``; where no features fit the data, ``None`` after a line that
     says so."""
-    scorer = None if images is None else metrics_quality_scorer(
-        images, inception_weights=getattr(args, "inception_weights", None), **kwargs)
+    scorer = (
+        None
+        if images is None
+        else metrics_quality_scorer(
+            images, inception_weights=getattr(args, "inception_weights", None), **kwargs
+        )
+    )
     if scorer is None:
-        print("no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
-              "--inception-weights for colour images", flush=True)
+        print(
+            "no FID for this data: MNIST-classifier features take grey 28x28 digits; give "
+            "--inception-weights for colour images",
+            flush=True,
+        )
     return scorer
 
 
-def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str, Any]] = None):
+def finish_args(p: argparse.ArgumentParser, argv=None, smoke: dict[str, Any] | None = None):
     """Parse the flags and apply the run's global settings.
 
     Every number was checked as it was parsed. With ``--smoke`` the epochs are capped
@@ -242,12 +303,12 @@ def finish_args(p: argparse.ArgumentParser, argv=None, smoke: Optional[Dict[str,
     args.device = str(device)
     if not is_main_process():
         # under torchrun the other ranks train alongside rank 0, which alone reports
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the process's life)
     set_seed(args.seed)
     return args
 
 
-def apply_defaults(p: argparse.ArgumentParser, args, settings: Dict[str, Any]):
+def apply_defaults(p: argparse.ArgumentParser, args, settings: dict[str, Any]):
     """Each of ``settings`` (a flag's ``dest`` -> value) replaces the flag's value where the
     command line left it at its default; a value given on the command line is kept (it
     was checked as it was parsed; one equal to the default reads as the default). A
@@ -271,17 +332,23 @@ def apply_defaults(p: argparse.ArgumentParser, args, settings: Dict[str, Any]):
     return args
 
 
-def data_splits(args, limit: Optional[int] = None):
+def data_splits(args, limit: int | None = None):
     """The splits of ``--data`` (:func:`probgen.data.recipes.download_splits`) with the
     run's ``--val-size``, ``--seed``, ``--device`` and, from :func:`image_source_flags`,
     ``--data-root`` and ``--no-download`` (the bundled MNIST is never downloaded);
     ``limit``: the training images kept (all by default)."""
-    return download_splits(args.data, val_size=args.val_size, seed=args.seed,
-                           device=args.device, root=args.data_root,
-                           download=not args.no_download and args.data != "mnist", limit=limit)
+    return download_splits(
+        args.data,
+        val_size=args.val_size,
+        seed=args.seed,
+        device=args.device,
+        root=args.data_root,
+        download=not args.no_download and args.data != "mnist",
+        limit=limit,
+    )
 
 
-def trackers(args, run_name: Optional[str] = None, **kwargs) -> List[Callback]:
+def trackers(args, run_name: str | None = None, **kwargs) -> list[Callback]:
     """The ``--log`` trackers of one fit (none without ``--log``), writing under ``--out``:
     pass them to ``fit(..., callbacks=...)``. A script that fits more than once gives each
     fit its own ``run_name`` (``log_<run_name>.csv``, ``tensorboard/<run_name>/``, MLflow
@@ -296,32 +363,46 @@ def trackers(args, run_name: Optional[str] = None, **kwargs) -> List[Callback]:
 
 # Errors of the file system, not of the code: the disk, the folder, the permissions. The
 # first four only happen to writes.
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device",
-                errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system",
-                errno.EFBIG: "file too large"}
-_FILE_ERRNOS = {errno.EACCES: "permission denied",
-                errno.EPERM: "operation not permitted",
-                errno.EIO: "input/output error"}
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large",
+}
+_FILE_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error",
+}
 
 
 def _os_error(err: OSError) -> str:
     """One line for a file-system error: what, which file, that the last checkpoint is
     intact (checkpoints are written whole, then renamed over the old one), what to do."""
-    intact = ("the last checkpoint is intact (a checkpoint replaces the previous one only "
-              "once it is complete)")
+    intact = (
+        "the last checkpoint is intact (a checkpoint replaces the previous one only "
+        "once it is complete)"
+    )
     if err.errno in _DISK_ERRNOS:
         where = f"while writing {err.filename}" if err.filename else "while writing the run's files"
-        todo = ("give --out a folder on a writable file system" if err.errno == errno.EROFS
-                else "free some space")
+        todo = (
+            "give --out a folder on a writable file system"
+            if err.errno == errno.EROFS
+            else "free some space"
+        )
         return f"{_DISK_ERRNOS[err.errno]} {where}; {intact}: {todo}, then continue with --resume"
-    what = f"{_FILE_ERRNOS[err.errno]}: {err.filename}" if err.filename else \
-        f"{_FILE_ERRNOS[err.errno]} on a file of the run"
-    return (f"{what}; {intact}: check that file's permissions, or give --out a folder this "
-            f"process can write")
+    what = (
+        f"{_FILE_ERRNOS[err.errno]}: {err.filename}"
+        if err.filename
+        else f"{_FILE_ERRNOS[err.errno]} on a file of the run"
+    )
+    return (
+        f"{what}; {intact}: check that file's permissions, or give --out a folder this "
+        f"process can write"
+    )
 
 
-def run(main: Callable[..., Any], argv: Optional[Sequence[str]] = None) -> int:
+def run(main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main(argv)`` and return its exit status.
 
     0 when it finishes. A :class:`~probgen.errors.ProbgenError` (a setting or input
@@ -361,22 +442,35 @@ def fit_config(args, **overrides) -> FitConfig:
     passed (``--patience 0`` as ``None``: no early stopping), so an example keeps its
     behaviour whatever ``fit``'s own defaults are."""
     patience = None if args.patience in (None, 0) else args.patience
-    cfg = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    optimizer=getattr(args, "optimizer", "adam"),
-                    weight_decay=getattr(args, "weight_decay", 0.0),
-                    patience=patience, device=args.device, seed=args.seed,
-                    progress=not args.no_progress, verbose=True,
-                    resume=getattr(args, "resume", False))
+    cfg = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=getattr(args, "optimizer", "adam"),
+        weight_decay=getattr(args, "weight_decay", 0.0),
+        patience=patience,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        verbose=True,
+        resume=getattr(args, "resume", False),
+    )
     return replace(cfg, **overrides)
 
 
 def mnist(args, binarize: str = "none"):
     """The bundled MNIST as device-resident train/val/test splits (a slice with --smoke)."""
-    return image_splits("mnist", val_size=args.val_size, binarize=binarize, seed=args.seed,
-                        device=args.device, limit=SMOKE_LIMIT if args.smoke else None)
+    return image_splits(
+        "mnist",
+        val_size=args.val_size,
+        binarize=binarize,
+        seed=args.seed,
+        device=args.device,
+        limit=SMOKE_LIMIT if args.smoke else None,
+    )
 
 
-def _args_record(args) -> Dict[str, Any]:
+def _args_record(args) -> dict[str, Any]:
     """The parsed arguments, paths as text."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
@@ -403,15 +497,25 @@ def _naming(path: Path):
         raise
 
 
-def write_results(out: Path, results: Dict[str, Any], args, started: float,
-                  table: Optional[List[Dict[str, Any]]] = None, name: str = "results") -> Dict:
+def write_results(
+    out: Path,
+    results: dict[str, Any],
+    args,
+    started: float,
+    table: list[dict[str, Any]] | None = None,
+    name: str = "results",
+) -> dict:
     """Write ``{name}.json`` (results, args, wall time, machine, versions) and, when
     ``table`` rows are given, ``{name}.csv``."""
-    record = {"results": results, "wall_seconds": time.perf_counter() - started,
-              "args": _args_record(args),
-              "device": args.device, "machine": machine(),
-              "versions": {"probgen": probgen.__version__, "torch": torch.__version__}}
-    if not is_main_process():   # under torchrun, rank 0 alone writes files
+    record = {
+        "results": results,
+        "wall_seconds": time.perf_counter() - started,
+        "args": _args_record(args),
+        "device": args.device,
+        "machine": machine(),
+        "versions": {"probgen": probgen.__version__, "torch": torch.__version__},
+    }
+    if not is_main_process():  # under torchrun, rank 0 alone writes files
         return record
     path = Path(out) / f"{name}.json"
     with _naming(path):
@@ -421,8 +525,14 @@ def write_results(out: Path, results: Dict[str, Any], args, started: float,
     return record
 
 
-def finish_run(args, results: Dict[str, Any], started: float, table: List[Dict[str, Any]],
-               wrote: str = "results.csv and figures", title: Optional[str] = None) -> Dict:
+def finish_run(
+    args,
+    results: dict[str, Any],
+    started: float,
+    table: list[dict[str, Any]],
+    wrote: str = "results.csv and figures",
+    title: str | None = None,
+) -> dict:
     """A script's last words: the ``table`` printed (:func:`print_table`) under its
     ``title`` (if any), ``results.json`` and ``results.csv`` written
     (:func:`write_results`), and one line saying what was written under ``--out``
@@ -433,12 +543,14 @@ def finish_run(args, results: Dict[str, Any], started: float, table: List[Dict[s
         print(title)
     print_table(table)
     record = write_results(args.out, results, args, started, table=table)
-    print(f"\nwrote {args.out}/results.json, {wrote} "
-          f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})")
+    print(
+        f"\nwrote {args.out}/results.json, {wrote} "
+        f"({record['wall_seconds']:.0f} s on {record['machine']}, {args.device})"
+    )
     return record
 
 
-def write_table(path: Path, rows: Sequence[Dict[str, Any]]) -> Path:
+def write_table(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write dict ``rows`` (the first row's keys are the columns) as a CSV file, floats with
     four decimals; rank 0 alone writes under torchrun. Returns ``path``."""
     path = Path(path)
@@ -452,7 +564,7 @@ def write_table(path: Path, rows: Sequence[Dict[str, Any]]) -> Path:
     return path
 
 
-def print_table(rows: Sequence[Dict[str, Any]]) -> str:
+def print_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of dict rows (same keys), printed and returned; floats with three
     decimals.
 

@@ -5,7 +5,6 @@ says what was wrong and what to do about it.
 """
 
 import os
-from typing import Optional, Union
 
 
 class ProbgenError(Exception):
@@ -38,8 +37,9 @@ class CheckpointWriteError(CheckpointError, OSError):
     any other write error) rather than as a bad setting.
     """
 
-    def __init__(self, message: str, errno: Optional[int] = None,
-                 filename: Optional[Union[str, os.PathLike]] = None):
+    def __init__(
+        self, message: str, errno: int | None = None, filename: str | os.PathLike | None = None
+    ):
         super().__init__(message)
         self.errno = errno
         self.strerror = os.strerror(errno) if errno is not None else None
@@ -58,8 +58,13 @@ class TrainingDivergedError(ProbgenError, FloatingPointError):
         checkpoint: path of the last good checkpoint, or ``None``.
     """
 
-    def __init__(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None,
-                 checkpoint: Optional[Union[str, os.PathLike]] = None):
+    def __init__(
+        self,
+        message: str,
+        epoch: int | None = None,
+        step: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+    ):
         super().__init__(message)
         self.epoch = epoch
         self.step = step

@@ -35,8 +35,9 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Union
 
 import torch
 
@@ -45,18 +46,21 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["new_file_mode", "orphans", "replacing", "torch_save", "write_bytes", "write_text"]
 
 
-def orphans(path: PathLike) -> List[Path]:
+def orphans(path: PathLike) -> list[Path]:
     """Temporary files of earlier writes of ``path`` that a kill left behind."""
     path = Path(path)
     prefix = f".{path.name}."
     try:
-        return [p for p in path.parent.iterdir()
-                if p.name.startswith(prefix) and p.name.endswith(".part") and p.is_file()]
+        return [
+            p
+            for p in path.parent.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(".part") and p.is_file()
+        ]
     except OSError:
         return []
 
 
-def _remove(path: Union[str, Path, None]) -> None:
+def _remove(path: str | Path | None) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -122,16 +126,16 @@ def replacing(path: PathLike, *, sync: bool = True, clean: bool = True) -> Itera
         raise
 
 
-def write_bytes(path: PathLike, data: bytes, *, sync: bool = True, clean: bool = True
-                ) -> Path:
+def write_bytes(path: PathLike, data: bytes, *, sync: bool = True, clean: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`replacing`); returns ``path``."""
     with replacing(path, sync=sync, clean=clean) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_text(path: PathLike, text: str, *, encoding: str = "utf-8", sync: bool = True,
-               clean: bool = True) -> Path:
+def write_text(
+    path: PathLike, text: str, *, encoding: str = "utf-8", sync: bool = True, clean: bool = True
+) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`replacing`); returns ``path``."""
     with replacing(path, sync=sync, clean=clean) as tmp:
         tmp.write_text(text, encoding=encoding)
@@ -140,9 +144,8 @@ def write_text(path: PathLike, text: str, *, encoding: str = "utf-8", sync: bool
 
 def torch_save(obj: Any, path: PathLike, *, sync: bool = True, clean: bool = True) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (:func:`replacing`); returns ``path``."""
-    with replacing(path, sync=sync, clean=clean) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+    with replacing(path, sync=sync, clean=clean) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return Path(path)
 
 

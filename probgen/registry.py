@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from probgen.errors import ConfigError
 
@@ -24,7 +25,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._items: Dict[str, T] = {}
+        self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T = None):
         if item is not None:
@@ -47,7 +48,8 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; choose one of {sorted(self._items)}.") from None
+                f"unknown {self.kind} {name!r}; choose one of {sorted(self._items)}."
+            ) from None
 
     def names(self):
         return sorted(self._items)

@@ -19,7 +19,6 @@ from probgen.train import as_step
 from tests.conftest import QUIET
 from tests.test_device import _cuda, _value, fake_cuda
 
-
 # ------------------------------------------------------------------- resume on CUDA
 
 
@@ -146,11 +145,13 @@ def test_cvae_baseline_step_on_fake_cuda_has_no_sync(mnist_small):
     model = Baseline(hidden=(16,))
     batch = next(quadrant_task(mnist_small["train"], 1).batches(8))
     step = as_step(model, probgen.FitConfig(patience=None, restore_best=False))
-    with fake_cuda(model, batch) as (mode, syncs, (_, fb)):
-        with running_steps(data_checked=True, module=step.declared_module):
-            for phase in step.phases:
-                loss = _value(phase.loss(fb, {}))
-                assert loss.device.type == "cuda" and loss.requires_grad
+    with (
+        fake_cuda(model, batch) as (_mode, syncs, (_, fb)),
+        running_steps(data_checked=True, module=step.declared_module),
+    ):
+        for phase in step.phases:
+            loss = _value(phase.loss(fb, {}))
+            assert loss.device.type == "cuda" and loss.requires_grad
     assert syncs.events == [], syncs.report()
 
 
@@ -161,7 +162,7 @@ def test_dequantized_training_data_draws_without_syncs(mnist_small):
 
     x, y = next(mnist_small["train"].batches(8))
     data = dequantized(TensorData(x, y))
-    with fake_cuda(x, y) as (mode, syncs, (fx, fy)):
+    with fake_cuda(x, y) as (_mode, syncs, (fx, fy)):
         out = data.transform((fx, fy), torch.Generator().manual_seed(0))
         assert _cuda(out)
     assert syncs.events == [], syncs.report()
@@ -179,7 +180,7 @@ def test_averaging_gradients_reads_the_flags_only_when_a_gradient_is_missing(mon
     monkeypatch.setattr(ddp.dist, "get_world_size", lambda *a: 2)
     lin = torch.nn.Linear(3, 2)
     original = FakeTensor.tolist
-    with fake_cuda(lin) as (mode, syncs, _), pytest.MonkeyPatch.context() as m:
+    with fake_cuda(lin) as (_mode, syncs, _), pytest.MonkeyPatch.context() as m:
         tolist = FakeTensor.tolist  # (fake_cuda's zeros; undone before fake_cuda's patch)
         m.setattr(FakeTensor, "tolist", lambda self: reads.append(1) or tolist(self))
         for p in lin.parameters():

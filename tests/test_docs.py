@@ -160,10 +160,13 @@ def docstring_warnings(package: str = "probgen", root: Path = ROOT) -> list:
     handler, logger = Collect(level=logging.WARNING), logging.getLogger("griffe")
     logger.addHandler(handler)
     try:
-        root = griffe.load(package, search_paths=[str(root)], resolve_aliases=False,
-                           docstring_parser="google",
-                           docstring_options={"warn_unknown_params": True,
-                                              "warn_missing_types": False})
+        root = griffe.load(
+            package,
+            search_paths=[str(root)],
+            resolve_aliases=False,
+            docstring_parser="google",
+            docstring_options={"warn_unknown_params": True, "warn_missing_types": False},
+        )
         todo = [root]
         while todo:
             obj = todo.pop()
@@ -181,8 +184,7 @@ def docstring_warnings(package: str = "probgen", root: Path = ROOT) -> list:
 
 def test_docstrings_give_no_warning():
     warnings = docstring_warnings()
-    assert not warnings, "docstring warnings (one parameter per Args line):\n" + \
-        "\n".join(warnings)
+    assert not warnings, "docstring warnings (one parameter per Args line):\n" + "\n".join(warnings)
 
 
 def test_the_docstring_check_sees_a_grouped_parameter(tmp_path):
@@ -190,11 +192,12 @@ def test_the_docstring_check_sees_a_grouped_parameter(tmp_path):
     package = tmp_path / "grouped_example"
     package.mkdir()
     (package / "__init__.py").write_text(
-        'def f(a, b):\n    """F.\n\n    Args:\n        a, b: two numbers.\n    """\n')
+        'def f(a, b):\n    """F.\n\n    Args:\n        a, b: two numbers.\n    """\n'
+    )
     warnings = docstring_warnings("grouped_example", root=tmp_path)
     assert len(warnings) == 1 and warnings[0].endswith(
-        "grouped_example/__init__.py:5: Parameter 'a, b' does not appear in the function "
-        "signature"), warnings
+        "grouped_example/__init__.py:5: Parameter 'a, b' does not appear in the function signature"
+    ), warnings
 
 
 # -- the library's >>> examples ------------------------------------------------------------
@@ -232,8 +235,9 @@ def test_docstring_examples_run(name):
     results = run_doctests(module)
     # every example written is run: none sits where doctest does not look (a comment, a
     # function the finder skips)
-    assert results.attempted == prompts(module), \
+    assert results.attempted == prompts(module), (
         f"{name} has {prompts(module)} '>>>' examples but doctest finds {results.attempted}"
+    )
     assert results.failed == 0, f"{results.failed} of {name}'s examples failed (output above)"
 
 
@@ -261,11 +265,23 @@ def test_an_example_doctest_cannot_find_is_counted(tmp_path, monkeypatch):
 def test_the_library_modules_with_examples_are_found():
     """The modules this suite runs the examples of: at least those written for them."""
     found = set(modules_with_examples())
-    for name in ("probgen.metrics.density", "probgen.metrics.images", "probgen.metrics.likelihood",
-                 "probgen.metrics.parzen", "probgen.viz.images", "probgen.train.callbacks",
-                 "probgen.data.recipes", "probgen.cli", "probgen.infer.likelihood",
-                 "probgen.infer.batches", "probgen.infer.objectives", "probgen.flows.transforms",
-                 "probgen.flows.builders", "probgen.data.tensors", "probgen.models.vae"):
+    for name in (
+        "probgen.metrics.density",
+        "probgen.metrics.images",
+        "probgen.metrics.likelihood",
+        "probgen.metrics.parzen",
+        "probgen.viz.images",
+        "probgen.train.callbacks",
+        "probgen.data.recipes",
+        "probgen.cli",
+        "probgen.infer.likelihood",
+        "probgen.infer.batches",
+        "probgen.infer.objectives",
+        "probgen.flows.transforms",
+        "probgen.flows.builders",
+        "probgen.data.tensors",
+        "probgen.models.vae",
+    ):
         assert name in found, f"{name}'s examples are not run"
 
 
@@ -307,11 +323,14 @@ def unannotated(qualname: str, function) -> list:
     """``qualname(param)`` for each parameter without an annotation (``self``/``cls`` apart)
     and ``qualname -> `` for a missing return annotation (a constructor's is implied)."""
     signature = inspect.signature(function)
-    missing = [f"{qualname}({p.name})" for i, p in enumerate(signature.parameters.values())
-               if p.annotation is inspect.Parameter.empty
-               and not (i == 0 and p.name in ("self", "cls"))]
-    if signature.return_annotation is inspect.Signature.empty \
-            and not qualname.endswith(".__init__"):
+    missing = [
+        f"{qualname}({p.name})"
+        for i, p in enumerate(signature.parameters.values())
+        if p.annotation is inspect.Parameter.empty and not (i == 0 and p.name in ("self", "cls"))
+    ]
+    if signature.return_annotation is inspect.Signature.empty and not qualname.endswith(
+        ".__init__"
+    ):
         missing.append(f"{qualname} -> ")
     return missing
 
@@ -329,8 +348,9 @@ def test_the_public_api_is_annotated():
         gaps = unannotated(qualname, function)
         if gaps:
             missing[qualname] = gaps
-    unexpected = [gap for q, gaps in missing.items() if q not in PENDING_ANNOTATIONS
-                  for gap in gaps]
+    unexpected = [
+        gap for q, gaps in missing.items() if q not in PENDING_ANNOTATIONS for gap in gaps
+    ]
     assert not unexpected, "unannotated public API:\n" + "\n".join(unexpected)
     stale = sorted(PENDING_ANNOTATIONS - set(missing))
     assert not stale, f"annotated now, take them out of PENDING_ANNOTATIONS: {stale}"

@@ -21,9 +21,21 @@ def test_every_example_has_a_smoke_flag():
 
 def run(script, *args, timeout=600):
     # every example takes the common flags, --threads among them
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--smoke",
-                           "--no-progress", "--threads", "1", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / script),
+            "--smoke",
+            "--no-progress",
+            "--threads",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -41,7 +53,7 @@ def test_cvae_example_smoke(tmp_path):
         assert all(math.isfinite(v) for v in vals)
     nn, elbo, nll, gap = (values[n] for n in names)
     for i in range(3):
-        assert 0 < nll[i] and 0 < elbo[i] and 0 < nn[i] < 784 * math.log(2) * 1.5
+        assert nll[i] > 0 and elbo[i] > 0 and 0 < nn[i] < 784 * math.log(2) * 1.5
         assert gap[i] == pytest.approx(nn[i] - elbo[i], abs=0.02)
     # fewer hidden pixels, smaller loss
     assert nn[0] > nn[1] > nn[2]
@@ -56,11 +68,16 @@ def test_cvae_example_smoke(tmp_path):
 
 def test_cvae_example_resume_and_bad_quadrant(tmp_path):
     run("cvae.py", "--out", str(tmp_path), "--quadrants", "3", "--device", "cpu")
-    proc = run("cvae.py", "--out", str(tmp_path), "--quadrants", "3", "--device", "cpu",
-               "--resume")
-    assert "epoch" not in proc.stdout.split("CVAE ==")[1].split("evaluation")[0]  # nothing left to train
-    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "cvae.py"), "--smoke",
-                          "--quadrants", "4"], capture_output=True, text=True, cwd=ROOT)
+    proc = run("cvae.py", "--out", str(tmp_path), "--quadrants", "3", "--device", "cpu", "--resume")
+    assert (
+        "epoch" not in proc.stdout.split("CVAE ==")[1].split("evaluation")[0]
+    )  # nothing left to train
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cvae.py"), "--smoke", "--quadrants", "4"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "1..3" in bad.stderr
 
 
@@ -72,7 +89,7 @@ def test_vae_example_smoke(tmp_path):
     proc = run("vae.py", "--out", str(tmp_path), "--device", "cpu")
     rec = results(tmp_path)["results"]["models"]["vae"]
     assert 0 < rec["iw_nll"] <= rec["neg_elbo"] + 1.0  # k = 16 tightens the bound
-    assert 0 < rec["kl"] and 0 <= rec["active_units"] <= 50 and len(rec["kl_per_dim"]) == 50
+    assert rec["kl"] > 0 and 0 <= rec["active_units"] <= 50 and len(rec["kl_per_dim"]) == 50
     assert rec["epochs_run"] == 2 and rec["iw_samples"] == 16
     assert results(tmp_path)["args"]["objective"] == "meanfield"  # measured to converge faster
     for name in ("reconstructions", "samples", "latent", "learning_curves"):
@@ -87,17 +104,33 @@ def test_vae_example_beta_sweep_and_iwae(tmp_path):
     assert [float(r["beta"]) for r in rows] == [0.0, 4.0]
     kl = [float(r["kl"]) for r in rows]
     assert kl[0] > kl[1]  # the KL weight squeezes the code
-    run("vae.py", "--out", str(tmp_path / "i"), "--model", "iwae", "--particles", "4",
-        "--net", "conv", "--likelihood", "continuous_bernoulli")
+    run(
+        "vae.py",
+        "--out",
+        str(tmp_path / "i"),
+        "--model",
+        "iwae",
+        "--particles",
+        "4",
+        "--net",
+        "conv",
+        "--likelihood",
+        "continuous_bernoulli",
+    )
     args = results(tmp_path / "i")["args"]
     assert args["objective"] == "iwae" and args["particles"] == 4
-    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "vae.py"), "--smoke",
-                          "--z-dim", "0"], capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "vae.py"), "--smoke", "--z-dim", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "--z-dim" in bad.stderr
 
 
-@pytest.mark.parametrize("script, figure", [("denoising.py", "noisy.png"),
-                                            ("inpainting.py", "holed.png")])
+@pytest.mark.parametrize(
+    "script, figure", [("denoising.py", "noisy.png"), ("inpainting.py", "holed.png")]
+)
 def test_restoration_examples_smoke(script, figure, tmp_path):
     run(script, "--out", str(tmp_path))
     rec = results(tmp_path)["results"]
@@ -120,13 +153,18 @@ def test_anomaly_example_smoke(tmp_path):
     assert row["left_out_digit"] == 1
     # the reported ROC-AUC, recomputed: the saved VAE's -ELBO on the same test images (the
     # example's seed, so the same draws of q), its AUC by counting pairs
-    test = image_splits("mnist", val_size=args["val_size"], binarize="dynamic",
-                        seed=args["seed"], device=args["device"], limit=SMOKE_LIMIT)["test"]
+    test = image_splits(
+        "mnist",
+        val_size=args["val_size"],
+        binarize="dynamic",
+        seed=args["seed"],
+        device=args["device"],
+        limit=SMOKE_LIMIT,
+    )["test"]
     model = probgen.load(tmp_path / "checkpoint_digit1.pt", map_location=args["device"])
     set_seed(args["seed"])
     with torch.no_grad():
-        scores = -elbo_per_example(model.model, model.guide, test,
-                                   num_particles=args["particles"])
+        scores = -elbo_per_example(model.model, model.guide, test, num_particles=args["particles"])
     is_anomaly = test.tensors[1] == 1
     assert 0 < int(is_anomaly.sum()) < len(test)
     assert row["score_normal"] == pytest.approx(float(scores[~is_anomaly].mean()), rel=1e-6)
@@ -160,10 +198,23 @@ def test_latent_space_example_smoke_and_same_seed_same_run(tmp_path):
 
 # ------------------------------------------------------------------- bad settings
 
+
 def run_bad(script, *args, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / script), "--smoke",
-                           "--no-progress", "--threads", "1", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / script),
+            "--smoke",
+            "--no-progress",
+            "--threads",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def assert_one_error_line(proc, script, *words):
@@ -178,34 +229,40 @@ def assert_one_error_line(proc, script, *words):
         assert w in lines[-1], lines[-1]
 
 
-@pytest.mark.parametrize("script, args, words", [
-    ("cvae_label.py", ["--z-dim", "0"], ["--z-dim must be at least 1, got 0."]),
-    ("anomaly.py", ["--z-dim", "-3"], ["--z-dim must be at least 1, got -3."]),
-    ("denoising.py", ["--hidden", "0"], ["--hidden must be at least 1, got 0."]),
-    ("vae.py", ["--hidden", "64", "0"], ["--hidden must be at least 1, got 0."]),
-    ("flows.py", ["--depth", "0", "--flow", "realnvp"], ["--depth must be at least 1, got 0."]),
-    ("vae.py", ["--seed", "1" + "0" * 22], ["--seed must be in 0..2**63 - 1"]),
-])
+@pytest.mark.parametrize(
+    "script, args, words",
+    [
+        ("cvae_label.py", ["--z-dim", "0"], ["--z-dim must be at least 1, got 0."]),
+        ("anomaly.py", ["--z-dim", "-3"], ["--z-dim must be at least 1, got -3."]),
+        ("denoising.py", ["--hidden", "0"], ["--hidden must be at least 1, got 0."]),
+        ("vae.py", ["--hidden", "64", "0"], ["--hidden must be at least 1, got 0."]),
+        ("flows.py", ["--depth", "0", "--flow", "realnvp"], ["--depth must be at least 1, got 0."]),
+        ("vae.py", ["--seed", "1" + "0" * 22], ["--seed must be in 0..2**63 - 1"]),
+    ],
+)
 def test_a_bad_number_is_one_error_line_at_parse_time(script, args, words, tmp_path):
     """Refused as the command line is parsed: exactly one line on stderr, no usage."""
     proc = run_bad(script, *args, "--out", str(tmp_path / "out"))
     assert_one_error_line(proc, script, *words)
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert not (tmp_path / "out").exists()   # refused before --out was even made
+    assert not (tmp_path / "out").exists()  # refused before --out was even made
 
 
-@pytest.mark.parametrize("script, args, words", [
-    ("mevae.py", ["--min-digits", "3", "--max-digits", "2"], ["min_digits (3)", "max_digits"]),
-    ("mevae.py", ["--canvas", "28", "--max-digits", "4"], ["do not fit", "28x28"]),
-    ("flows.py", ["--flow", "realnvp", "--levels", "9"], ["levels", "at most 3"]),
-])
+@pytest.mark.parametrize(
+    "script, args, words",
+    [
+        ("mevae.py", ["--min-digits", "3", "--max-digits", "2"], ["min_digits (3)", "max_digits"]),
+        ("mevae.py", ["--canvas", "28", "--max-digits", "4"], ["do not fit", "28x28"]),
+        ("flows.py", ["--flow", "realnvp", "--levels", "9"], ["levels", "at most 3"]),
+    ],
+)
 def test_a_setting_the_library_refuses_is_one_error_line(script, args, words, tmp_path):
     """Settings that only the library can judge (together, or against the data): its
     ConfigError, said by cli.run as one line before training."""
     proc = run_bad(script, *args, "--out", str(tmp_path))
     assert_one_error_line(proc, script, *words)
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert not list(tmp_path.glob("*.pt"))   # nothing trained, nothing saved
+    assert not list(tmp_path.glob("*.pt"))  # nothing trained, nothing saved
 
 
 def test_resume_into_another_runs_folder_is_one_error_line(tmp_path):
@@ -228,6 +285,7 @@ def test_cli_run_turns_probgen_errors_into_one_line(capsys):
     def failing(error):
         def main(argv=None):
             raise error
+
         return main
 
     assert cli.run(lambda argv=None: {"done": True}) == 0
@@ -259,6 +317,7 @@ def test_results_json_writes_paths_anywhere_in_the_arguments(tmp_path):
 
 # ------------------------------------------------------------------- --resume and data
 
+
 def first_fit_data(script, *argv, tmp_path, skip=0):
     """The training data that ``examples/script --smoke argv`` hands to its fit (the one
     after ``skip`` fits, which train), caught as the epoch starts; nothing trains."""
@@ -271,7 +330,7 @@ def first_fit_data(script, *argv, tmp_path, skip=0):
     from tests.conftest import load_example
 
     if str(ROOT / "examples") not in sys.path:
-        sys.path.insert(0, str(ROOT / "examples"))   # the examples' shared helpers
+        sys.path.insert(0, str(ROOT / "examples"))  # the examples' shared helpers
     example = load_example(script[:-3])
     seen, original = [], loop.Run.train_epoch
 
@@ -289,8 +348,20 @@ def first_fit_data(script, *argv, tmp_path, skip=0):
     loop.Run.train_epoch = catch
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            example.cli.run(example.main, ["--smoke", "--no-progress", "--threads", "1",
-                                           "--device", "cpu", "--out", str(tmp_path), *argv])
+            example.cli.run(
+                example.main,
+                [
+                    "--smoke",
+                    "--no-progress",
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path),
+                    *argv,
+                ],
+            )
     except Caught:
         pass
     finally:
@@ -301,9 +372,8 @@ def first_fit_data(script, *argv, tmp_path, skip=0):
 
 
 DATA_CASES = [(p.name, [], 0, {}) for p in EXAMPLES if p.name not in ("aging.py",)] + [
-    ("cvae.py", ["--quadrants", "2"], 1, {"quadrants": 2}),     # the CVAE's precomputed inputs
-    ("aae.py", ["--labels", "semi_supervised", "--num-labelled", "20"], 0,
-     {"num_labelled": 20}),
+    ("cvae.py", ["--quadrants", "2"], 1, {"quadrants": 2}),  # the CVAE's precomputed inputs
+    ("aae.py", ["--labels", "semi_supervised", "--num-labelled", "20"], 0, {"num_labelled": 20}),
     ("aae.py", ["--augment-shift", "2"], 0, {"augment_shift": 2}),
     ("gan.py", ["--data", "toy1d"], 0, {"dataset": "toy1d"}),
     ("anomaly.py", ["--digits", "4"], 0, {"without_digit": 4}),
@@ -311,10 +381,12 @@ DATA_CASES = [(p.name, [], 0, {}) for p in EXAMPLES if p.name not in ("aging.py"
 ]
 
 
-@pytest.mark.parametrize("script, argv, skip, expect", DATA_CASES,
-                         ids=[" ".join([s[:-3], *a]) for s, a, _, _ in DATA_CASES])
-def test_every_example_says_how_its_training_data_was_made(script, argv, skip, expect,
-                                                           tmp_path):
+@pytest.mark.parametrize(
+    "script, argv, skip, expect",
+    DATA_CASES,
+    ids=[" ".join([s[:-3], *a]) for s, a, _, _ in DATA_CASES],
+)
+def test_every_example_says_how_its_training_data_was_made(script, argv, skip, expect, tmp_path):
     """The fit loop keeps the training data's ``settings`` in each checkpoint and a
     ``--resume`` refuses other ones: every example's training data carries them (aging
     keeps no checkpoints, so nothing resumes)."""
@@ -332,20 +404,31 @@ def test_resume_refuses_other_data_settings(tmp_path, capsys):
     from tests.conftest import load_example, run_example
 
     example = load_example("vae")
-    tiny = ["--out", str(tmp_path), "--z-dim", "2", "--hidden", "16", "--iw-samples", "0",
-            "--epochs", "1"]
+    tiny = [
+        "--out",
+        str(tmp_path),
+        "--z-dim",
+        "2",
+        "--hidden",
+        "16",
+        "--iw-samples",
+        "0",
+        "--epochs",
+        "1",
+    ]
     assert run_example(example, *tiny) == 0
     before = (tmp_path / "checkpoint.pt").read_bytes()
     capsys.readouterr()
     assert run_example(example, *tiny, "--binarize", "static", "--resume") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "binarize" in err[0] and "'dynamic'" in err[0], err
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before   # left as it was
-    assert run_example(example, *tiny, "--resume") == 0          # the same settings resume
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # left as it was
+    assert run_example(example, *tiny, "--resume") == 0  # the same settings resume
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_one(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     """The disk fills while the resumed run writes its next checkpoint (half the bytes
     written, then ENOSPC, as torch.save meets it): one line naming the problem and the
     file, the previous checkpoint byte for byte, no partial file left."""
@@ -363,7 +446,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_on
 
     def full_disk(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        if hasattr(f, "truncate"):   # what reached the disk: a part of it
+        if hasattr(f, "truncate"):  # what reached the disk: a part of it
             f.truncate(f.tell() // 2)
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -380,6 +463,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_on
 
 
 # ------------------------------------------------------------------- --log trackers
+
 
 def read_tensorboard_scalars(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -398,8 +482,20 @@ def test_log_csv_and_tensorboard_record_each_fit_apart(tmp_path):
     from tests.conftest import load_example, run_example
 
     example = load_example("cvae")
-    assert run_example(example, "--out", str(tmp_path), "--quadrants", "1",
-                       "--log", "csv", "--log", "tensorboard") == 0
+    assert (
+        run_example(
+            example,
+            "--out",
+            str(tmp_path),
+            "--quadrants",
+            "1",
+            "--log",
+            "csv",
+            "--log",
+            "tensorboard",
+        )
+        == 0
+    )
     summary = results(tmp_path)["results"]["1 quadrant"]
     seen = set()
     for name, kind in (("baseline_q1", "baseline"), ("cvae_q1", "cvae")):
@@ -411,24 +507,31 @@ def test_log_csv_and_tensorboard_record_each_fit_apart(tmp_path):
         scalars = read_tensorboard_scalars(tmp_path / "tensorboard" / name)
         for key in ("train_loss", "val_loss", "lr"):
             logged = [float(r[key]) for r in rows]
-            assert logged == [h[key] for h in history], (name, key)   # written as Python does
+            assert logged == [h[key] for h in history], (name, key)  # written as Python does
             assert [s for s, _ in scalars[key]] == [1, 2]
             assert [v for _, v in scalars[key]] == pytest.approx(logged, rel=1e-6)  # float32
         seen.add(tuple(float(r["train_loss"]) for r in rows))
         config = json.loads((tmp_path / f"log_{name}_config.json").read_text())
-        assert config["args"]["quadrants"] == [1] and config["args"]["log"] == ["csv",
-                                                                                "tensorboard"]
+        assert config["args"]["quadrants"] == [1] and config["args"]["log"] == [
+            "csv",
+            "tensorboard",
+        ]
         assert config["fit"]["epochs"] == 2
-    assert len(seen) == 2   # two fits, two records: neither overwrote the other
+    assert len(seen) == 2  # two fits, two records: neither overwrote the other
     assert not (tmp_path / "log.csv").exists()
-    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["baseline_q1",
-                                                                           "cvae_q1"]
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == [
+        "baseline_q1",
+        "cvae_q1",
+    ]
 
 
-@pytest.mark.parametrize("tracker, module", [("tensorboard", "torch.utils.tensorboard"),
-                                             ("mlflow", "mlflow"), ("wandb", "wandb")])
-def test_a_missing_tracker_library_is_one_line_before_anything_runs(tracker, module, tmp_path,
-                                                                    capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "tracker, module",
+    [("tensorboard", "torch.utils.tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")],
+)
+def test_a_missing_tracker_library_is_one_line_before_anything_runs(
+    tracker, module, tmp_path, capsys, monkeypatch
+):
     """The library is imported as the command line is parsed: a missing one stops the
     script with one line naming the extra to install, before the data are read."""
     from tests.conftest import load_example, run_example
@@ -440,11 +543,11 @@ def test_a_missing_tracker_library_is_one_line_before_anything_runs(tracker, mod
 
     monkeypatch.setattr(example.cli, "mnist", never)
     monkeypatch.setattr(example, "fit", never)
-    monkeypatch.setitem(sys.modules, module, None)   # "import module" raises ImportError
-    with pytest.raises(SystemExit) as info:   # argparse's exit, as for any bad flag
+    monkeypatch.setitem(sys.modules, module, None)  # "import module" raises ImportError
+    with pytest.raises(SystemExit) as info:  # argparse's exit, as for any bad flag
         run_example(example, "--out", str(tmp_path), "--log", "csv", "--log", tracker)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ": error: the " in err[0], err
     assert f"pip install 'probgen[{tracker}]'" in err[0], err
-    assert list(tmp_path.iterdir()) == []   # no log file, no checkpoint
+    assert list(tmp_path.iterdir()) == []  # no log file, no checkpoint

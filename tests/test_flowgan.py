@@ -20,8 +20,12 @@ TINY = dict(depth=1, hidden=4)
 
 def tiny(adv_weight=0.5, **kw):
     kw = {**TINY, **kw} if kw.get("flow", "realnvp") == "realnvp" else kw
-    return FlowGAN(kw.pop("flow", "realnvp"), event_shape=kw.pop("event_shape", (1, 28, 28)),
-                   adv_weight=adv_weight, **kw)
+    return FlowGAN(
+        kw.pop("flow", "realnvp"),
+        event_shape=kw.pop("event_shape", (1, 28, 28)),
+        adv_weight=adv_weight,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -36,6 +40,7 @@ def grads(module):
 
 # --------------------------------------------------------------------------- the loss
 
+
 def test_hybrid_at_adv_weight_0_is_the_flows_own_loss(batch):
     """Value and gradients equal the flow's own SVI training loss, in bits/dim; no
     discriminator is run and only the flow's phase exists."""
@@ -47,7 +52,7 @@ def test_hybrid_at_adv_weight_0_is_the_flows_own_loss(batch):
     g_hybrid = grads(fg.flow_model)
     assert all(p.grad is None for p in fg.discriminator.parameters())
     fg.zero_grad(set_to_none=True)
-    own = probgen.SVIStep(fg.flow_model).loss(batch)        # nats per example
+    own = probgen.SVIStep(fg.flow_model).loss(batch)  # nats per example
     own.backward()
     d = fg.num_dims
     value = hybrid.item()
@@ -71,7 +76,7 @@ def test_adv_weight_1_computes_no_likelihood_and_0_5_mixes_the_terms(batch, monk
     loss.backward()
     torch.manual_seed(3)
     with torch.no_grad():
-        expect = F.softplus(-fg.discriminator(fg.fake(batch))).mean()   # -log D(f(z))
+        expect = F.softplus(-fg.discriminator(fg.fake(batch))).mean()  # -log D(f(z))
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
     assert all(p.grad is None for p in fg.discriminator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fg.flow_model.parameters())
@@ -116,6 +121,7 @@ def test_samples_are_differentiable_and_of_temperature_1(batch):
 
 # --------------------------------------------------------------------------- the phases
 
+
 @pytest.mark.parametrize("loss", ["non_saturating", "wgan_gp"])
 def test_each_phase_moves_its_own_player_only(batch, loss):
     fg = tiny(0.5, loss=loss)
@@ -125,8 +131,9 @@ def test_each_phase_moves_its_own_player_only(batch, loss):
         own = fg.discriminator if phase.name == "D" else fg.flow_model
         other = fg.flow_model if phase.name == "D" else fg.discriminator
         assert {id(p) for p in phase.declared_params()} == {id(p) for p in own.parameters()}
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own.parameters()), \
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in own.parameters()), (
             phase.name
+        )
         assert all(p.grad is None for p in other.parameters()), phase.name
 
 
@@ -145,8 +152,8 @@ def test_001_order_and_the_discriminator_judges_the_generator_steps_fakes(batch,
     disc = fg.discriminator
     monkeypatch.setattr(disc, "forward", lambda x: seen.append(x) or torch.zeros(x.shape[0]))
     d.loss(batch, ctx)
-    assert len(made) == 1 and any(x is kept for x in seen)    # no new draw: the same fakes
-    d.loss(batch, ctx)                                        # a later repeat: fresh fakes
+    assert len(made) == 1 and any(x is kept for x in seen)  # no new draw: the same fakes
+    d.loss(batch, ctx)  # a later repeat: fresh fakes
     assert len(made) == 2
     other = tiny(0.5, order="discriminator_first", k=2)
     assert [p.name for p in other.fit_step(probgen.FitConfig()).phases] == ["D", "G"]
@@ -161,15 +168,18 @@ def test_label_smoothing_sets_the_real_target_and_leaves_the_fake_one_at_0(batch
     with torch.no_grad():
         real_logits = fg.discriminator(2 * batch[0] - 1)
         fake_logits = fg.discriminator(fake)
-    expect = (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 0.8))
-              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    expect = F.binary_cross_entropy_with_logits(
+        real_logits, torch.full_like(real_logits, 0.8)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     assert got.item() == pytest.approx(expect.item(), rel=1e-5)
-    plain = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    plain = F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     assert abs(got.item() - plain.item()) > 1e-3
 
 
 # --------------------------------------------------------------------------- discriminators
+
 
 @pytest.mark.parametrize("name", ["dcgan", "resnet18"])
 def test_discriminators_take_28_grey_and_32_colour_and_refuse_others(name):
@@ -179,20 +189,22 @@ def test_discriminators_take_28_grey_and_32_colour_and_refuse_others(name):
         with pytest.raises(DataError, match="shape"):
             net(torch.rand(2, 3, 28, 28) if shape[0] == 1 else torch.rand(2, 1, 32, 32))
     for bad in [(3, 64, 64), (1, 28, 32), (784,)]:
-        with pytest.raises(ConfigError, match="28.*32"):
+        with pytest.raises(ConfigError, match=r"28.*32"):
             build_discriminator(name, bad)
 
 
 def test_discriminators_are_the_thesis_networks():
-    count = lambda m: sum(p.numel() for p in m.parameters())   # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     # 001 figure 3.2: 3 -> 32 -> 64 -> 128 -> 1; figure 3.3: CIFAR ResNet-18, one output
-    assert count(build_discriminator("dcgan", (3, 32, 32))) == \
-        3 * 32 * 16 + 32 * 64 * 16 + 64 * 2 + 64 * 128 * 16 + 128 * 2 + 128 * 16
+    assert (
+        count(build_discriminator("dcgan", (3, 32, 32)))
+        == 3 * 32 * 16 + 32 * 64 * 16 + 64 * 2 + 64 * 128 * 16 + 128 * 2 + 128 * 16
+    )
     res = build_discriminator("resnet18", (3, 32, 32))
     assert res.net.conv1.kernel_size == (3, 3) and res.net.conv1.stride == (1, 1)
     assert isinstance(res.net.maxpool, torch.nn.Identity)
     assert [len(getattr(res.net, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
-    assert count(res) == 11_169_345                     # SPEC-adversarial 6.5's count
+    assert count(res) == 11_169_345  # SPEC-adversarial 6.5's count
     critic = FlowGAN("realnvp", loss="wgan_gp", discriminator="resnet18", **TINY)
     assert critic.k == 5
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.discriminator.modules())
@@ -219,6 +231,7 @@ def test_settings_are_checked():
 
 
 # --------------------------------------------------------------------------- as a model
+
 
 def test_a_pyro_model_that_saves_and_loads(batch, tmp_path):
     fg = tiny(0.5)
@@ -254,23 +267,40 @@ def test_a_short_run_of_each_setting(name, mnist_small):
     fg = tiny(**SETTINGS[name])
     fg.initialize(train.tensors[0][:16])
     before = {k: v.clone() for k, v in fg.state_dict().items()}
-    res = probgen.fit(fg, train, val, epochs=1, batch_size=16, lr=1e-3, patience=None,
-                      restore_best=False, device="cpu", **QUIET)
+    res = probgen.fit(
+        fg,
+        train,
+        val,
+        epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        patience=None,
+        restore_best=False,
+        device="cpu",
+        **QUIET,
+    )
     h = res.history[-1]
-    g_loss = h["train_loss/G"] if "train_loss/D" in h else h["train_loss"]   # one phase
+    g_loss = h["train_loss/G"] if "train_loss/D" in h else h["train_loss"]  # one phase
     assert math.isfinite(g_loss) and math.isfinite(h["val_loss"])
-    assert 0 < h["val_loss"] < 20                                    # bits/dim of the flow
+    assert 0 < h["val_loss"] < 20  # bits/dim of the flow
     assert ("train_loss/D" in h) == (fg._adv_w > 0)
-    flow_moved = any(not torch.equal(before[k], v) for k, v in fg.state_dict().items()
-                     if k.startswith("flow_model."))
-    d_moved = any(not torch.equal(before[k], v) for k, v in fg.state_dict().items()
-                  if k.startswith("discriminator.") and v.is_floating_point())
+    flow_moved = any(
+        not torch.equal(before[k], v)
+        for k, v in fg.state_dict().items()
+        if k.startswith("flow_model.")
+    )
+    d_moved = any(
+        not torch.equal(before[k], v)
+        for k, v in fg.state_dict().items()
+        if k.startswith("discriminator.") and v.is_floating_point()
+    )
     assert flow_moved and d_moved == (fg._adv_w > 0)
     assert fg.exact == (name != "denseflow")
 
 
 # --------------------------------------------------------------------------- examples/flow_gan.py
 # Run in this process (its module imported once), as tests/test_gan.py runs examples/gan.py.
+
 
 @pytest.fixture(scope="module")
 def example():
@@ -281,8 +311,21 @@ def test_flowgan_example_sweep_smoke(example, tmp_path):
     import json
 
     out = tmp_path / "out"
-    assert run_example(example, "--disc", "dcgan", "--adv-weight", "0", "1", "--like-reg", "2",
-                       "--out", str(out)) == 0
+    assert (
+        run_example(
+            example,
+            "--disc",
+            "dcgan",
+            "--adv-weight",
+            "0",
+            "1",
+            "--like-reg",
+            "2",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     r = json.loads((out / "results.json").read_text())["results"]
     assert set(r["settings"]) == {"w0", "dcgan_w1", "dcgan_grover2"}
     for tag, s in r["settings"].items():
@@ -311,10 +354,30 @@ def test_flowgan_example_cifar10_and_bad_weight(example, tmp_path, monkeypatch, 
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
     out = tmp_path / "out"
-    assert run_example(example, "--data", "cifar10", "--data-root", str(tmp_path / "data"),
-                       "--disc", "wgan_gp", "--adv-weight", "0.5", "--epochs", "1",
-                       "--train-size", "48", "--batch-size", "16", "--val-size", "16",
-                       "--out", str(out)) == 0
+    assert (
+        run_example(
+            example,
+            "--data",
+            "cifar10",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--disc",
+            "wgan_gp",
+            "--adv-weight",
+            "0.5",
+            "--epochs",
+            "1",
+            "--train-size",
+            "48",
+            "--batch-size",
+            "16",
+            "--val-size",
+            "16",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     r = json.loads((out / "results.json").read_text())["results"]
     assert r["fid_name"] is None and set(r["settings"]) == {"wgan_gp_w0.5"}
     assert 0 < r["settings"]["wgan_gp_w0.5"]["test_bits_per_dim"] < 20
@@ -329,12 +392,27 @@ def test_flowgan_example_nice_base_is_a_setting(example, tmp_path, capsys):
     """``--base normal`` builds NICE on a Gaussian base (recorded in the checkpoint); the
     other flows, whose base is normal, refuse it."""
     out = tmp_path / "out"
-    assert run_example(example, "--flow", "nice", "--base", "normal", "--adv-weight", "0",
-                       "--fid-samples", "200", "--out", str(out)) == 0
+    assert (
+        run_example(
+            example,
+            "--flow",
+            "nice",
+            "--base",
+            "normal",
+            "--adv-weight",
+            "0",
+            "--fid-samples",
+            "200",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     fg = probgen.load(out / "flowgan_w0.pt")
     assert fg.flow_model.flow.base == "normal"
-    assert isinstance(fg.flow_model.flow.distribution().base_dist.base_dist,
-                      torch.distributions.Normal)
+    assert isinstance(
+        fg.flow_model.flow.distribution().base_dist.base_dist, torch.distributions.Normal
+    )
     with pytest.raises(SystemExit):
         run_example(example, "--flow", "realnvp", "--base", "normal", "--out", str(out))
     assert "--base picks NICE's base" in capsys.readouterr().err
@@ -346,8 +424,20 @@ def test_flowgan_example_init_starts_from_a_trained_flow(example, tmp_path):
     from probgen.errors import CheckpointError
 
     src = tmp_path / "src"
-    assert run_example(example, "--flow", "nice", "--adv-weight", "0", "--fid-samples", "200",
-                       "--out", str(src)) == 0
+    assert (
+        run_example(
+            example,
+            "--flow",
+            "nice",
+            "--adv-weight",
+            "0",
+            "--fid-samples",
+            "200",
+            "--out",
+            str(src),
+        )
+        == 0
+    )
     trained = probgen.load(src / "flowgan_w0.pt").flow_model.state_dict()
     args = example.parse_args(["--smoke", "--flow", "nice", "--adv-weight", "0.5"])
     setting = example.settings(args)[0]
@@ -355,13 +445,29 @@ def test_flowgan_example_init_starts_from_a_trained_flow(example, tmp_path):
     assert not all(torch.equal(v, trained[k]) for k, v in fresh.flow_model.state_dict().items())
     example.start_from(fresh, src / "flowgan_w0.pt")
     assert all(torch.equal(v, trained[k]) for k, v in fresh.flow_model.state_dict().items())
-    other = example.build(example.parse_args(["--smoke", "--flow", "realnvp"]), setting,
-                          (1, 28, 28))
+    other = example.build(
+        example.parse_args(["--smoke", "--flow", "realnvp"]), setting, (1, 28, 28)
+    )
     with pytest.raises(CheckpointError, match="--init"):
         example.start_from(other, src / "flowgan_w0.pt")
     # the whole run: the adversarial setting trains on from the copied weights
     out = tmp_path / "out"
-    assert run_example(example, "--flow", "nice", "--disc", "wgan_gp", "--adv-weight", "0.5",
-                       "--fid-samples", "200", "--init", str(src / "flowgan_w0.pt"),
-                       "--out", str(out)) == 0
+    assert (
+        run_example(
+            example,
+            "--flow",
+            "nice",
+            "--disc",
+            "wgan_gp",
+            "--adv-weight",
+            "0.5",
+            "--fid-samples",
+            "200",
+            "--init",
+            str(src / "flowgan_w0.pt"),
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     assert (out / "flowgan_wgan_gp_w0.5.pt").exists()

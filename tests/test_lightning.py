@@ -296,8 +296,17 @@ def test_gan_with_phase_optim_trained_by_lightning_equals_fit(tmp_path):
     start = GAN(data_shape=(1, 4, 4), z_dim=2, net="mlp", g_hidden=[8], d_hidden=[8])
     by_fit, by_lightning, plain = (copy.deepcopy(start) for _ in range(3))
     phase_optim = {"D": {"lr": 3e-3}, "G": {"betas": (0.2, 0.9)}}
-    probgen.fit(by_fit, data, seed=5, epochs=2, batch_size=16, patience=None,
-                restore_best=False, phase_optim=phase_optim, **QUIET)
+    probgen.fit(
+        by_fit,
+        data,
+        seed=5,
+        epochs=2,
+        batch_size=16,
+        patience=None,
+        restore_best=False,
+        phase_optim=phase_optim,
+        **QUIET,
+    )
 
     def lightning_run(gan, **settings):
         set_seed(5)
@@ -450,7 +459,7 @@ def test_tensor_batches_are_checked_once_as_fit_checks_them(tmp_path, monkeypatc
     assert calls == [40, 40], calls
     calls.clear()
     t.test(module, TensorBatches(val, 20))
-    assert calls == [], calls     # the validation data, checked already
+    assert calls == [], calls  # the validation data, checked already
     t.test(module, TensorBatches(TensorData(binary[:30]), 20))
     assert calls == [30], calls
     calls.clear()

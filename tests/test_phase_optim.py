@@ -46,8 +46,15 @@ NO_MONITOR = dict(patience=None, restore_best=False)
 
 def tiny_gan(seed: int = 0) -> GAN:
     torch.manual_seed(seed)
-    return GAN(data_shape=(2,), z_dim=2, net="mlp", g_hidden=[8], d_hidden=[8],
-               output="identity", data_range=None)
+    return GAN(
+        data_shape=(2,),
+        z_dim=2,
+        net="mlp",
+        g_hidden=[8],
+        d_hidden=[8],
+        output="identity",
+        data_range=None,
+    )
 
 
 def toy() -> TensorData:
@@ -67,11 +74,16 @@ class OwnSettings(PhasedStep):
     built before): the reference a ``phase_optim`` run must equal."""
 
     def __init__(self, gan: GAN, **settings):
-        super().__init__(gan, adversarial_phases(gan.discriminator, gan.generator, gan.real,
-                                                 gan.fake, gan.spec, k=gan.k, **settings))
+        super().__init__(
+            gan,
+            adversarial_phases(
+                gan.discriminator, gan.generator, gan.real, gan.fake, gan.spec, k=gan.k, **settings
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- the runs
+
 
 def test_phase_optim_trains_as_phases_that_carry_the_settings():
     """``phase_optim`` gives the D phase its lr and the G phase its betas: the weights equal
@@ -80,19 +92,22 @@ def test_phase_optim_trains_as_phases_that_carry_the_settings():
     start = tiny_gan()
     by_config, by_phases, plain = (copy.deepcopy(start) for _ in range(3))
     run = dict(epochs=2, batch_size=16, lr=2e-3, seed=1, **NO_MONITOR, **QUIET)
-    result = probgen.fit(by_config, toy(), **run,
-                         phase_optim={"D": {"lr": 5e-4}, "G": {"betas": (0.2, 0.9)}})
+    result = probgen.fit(
+        by_config, toy(), **run, phase_optim={"D": {"lr": 5e-4}, "G": {"betas": (0.2, 0.9)}}
+    )
     probgen.fit(OwnSettings(by_phases, d_lr=5e-4, betas=(0.5, 0.999)), toy(), **run)
     # the reference's G phase needs its own betas: build its step's phases by hand
     ref = copy.deepcopy(start)
-    d, _ = adversarial_phases(ref.discriminator, ref.generator, ref.real, ref.fake, ref.spec,
-                              d_lr=5e-4)
-    _, g = adversarial_phases(ref.discriminator, ref.generator, ref.real, ref.fake, ref.spec,
-                              betas=(0.2, 0.9))
+    d, _ = adversarial_phases(
+        ref.discriminator, ref.generator, ref.real, ref.fake, ref.spec, d_lr=5e-4
+    )
+    _, g = adversarial_phases(
+        ref.discriminator, ref.generator, ref.real, ref.fake, ref.spec, betas=(0.2, 0.9)
+    )
     probgen.fit(PhasedStep(ref, [d, g]), toy(), **run)
     probgen.fit(plain, toy(), **run)
     assert largest_difference(weights(by_config), weights(ref)) == 0.0
-    assert largest_difference(weights(by_config), weights(by_phases)) > 1e-5   # G's betas
+    assert largest_difference(weights(by_config), weights(by_phases)) > 1e-5  # G's betas
     assert largest_difference(weights(by_config), weights(plain)) > 1e-4
     # recorded as JSON keeps it (tuples as lists), and the history's lr is D's
     assert result.config.phase_optim == {"D": {"lr": 5e-4}, "G": {"betas": [0.2, 0.9]}}
@@ -109,20 +124,37 @@ def test_phase_optim_overrides_the_phases_own_settings_and_optimizer():
     def loss(batch, ctx):
         return net(batch[0]).pow(2).mean()
 
-    step = PhasedStep(net, [Phase("a", loss, params=net, lr=0.5,
-                                  optim_kwargs={"betas": (0.9, 0.99), "eps": 1e-3}),
-                            Phase("b", loss, params=net, optimizer="sgd",
-                                  optim_kwargs={"lr": 0.3, "momentum": 0.5})])
+    step = PhasedStep(
+        net,
+        [
+            Phase("a", loss, params=net, lr=0.5, optim_kwargs={"betas": (0.9, 0.99), "eps": 1e-3}),
+            Phase(
+                "b", loss, params=net, optimizer="sgd", optim_kwargs={"lr": 0.3, "momentum": 0.5}
+            ),
+        ],
+    )
 
     class Look(probgen.train.Callback):
         def on_epoch_end(self, run, entry):
             for st in run.phases:
-                seen[st.phase.name] = (type(st.optimizer).__name__,
-                                       dict(st.optimizer.param_groups[0]))
+                seen[st.phase.name] = (
+                    type(st.optimizer).__name__,
+                    dict(st.optimizer.param_groups[0]),
+                )
 
-    probgen.fit(step, TensorData(torch.randn(8, 2)), epochs=1, batch_size=8, callbacks=[Look()],
-                phase_optim={"a": {"lr": 0.01, "betas": [0.1, 0.2]},
-                             "b": {"lr": 0.02, "optimizer": "adam"}}, **NO_MONITOR, **QUIET)
+    probgen.fit(
+        step,
+        TensorData(torch.randn(8, 2)),
+        epochs=1,
+        batch_size=8,
+        callbacks=[Look()],
+        phase_optim={
+            "a": {"lr": 0.01, "betas": [0.1, 0.2]},
+            "b": {"lr": 0.02, "optimizer": "adam"},
+        },
+        **NO_MONITOR,
+        **QUIET,
+    )
     kind, a = seen["a"]
     assert kind == "Adam" and a["lr"] == 0.01 and a["betas"] == (0.1, 0.2) and a["eps"] == 1e-3
     kind, b = seen["b"]
@@ -136,32 +168,44 @@ def test_phase_optim_round_trips_through_json():
     assert "phase_optim" in cfg.explicit() and "phase_optim" not in FitConfig().explicit()
 
 
-@pytest.mark.parametrize("phase_optim, words", [
-    ({"X": {"lr": 1e-3}}, ["phase_optim names 'X'", "its phases are 'D', 'G'"]),
-    ({"D": 1e-3}, ["phase_optim['D'] must be a dict of optimizer settings"]),
-    ({"D": {"lr": 0.0}}, ["phase_optim['D']['lr'] must be more than 0"]),
-    ({"D": {"lr": math.inf}}, ["phase_optim['D']['lr'] must be a finite number"]),
-    ({"D": {"lr": "fast"}}, ["phase_optim['D']['lr']"]),
-    ({"G": {"momentum": 0.9}}, ["phase_optim['G']", "Adam refuses", "momentum"]),
-    ({"G": {"betas": [0.5, 1.5]}}, ["phase_optim['G']", "Adam refuses", "beta"]),
-    ({"G": {"optimizer": "lbfgs"}}, ["phase_optim['G']['optimizer']", "lbfgs"]),
-    ([("D", {"lr": 1e-3})], ["phase_optim must be a dict of phase name"]),
-])
+@pytest.mark.parametrize(
+    "phase_optim, words",
+    [
+        ({"X": {"lr": 1e-3}}, ["phase_optim names 'X'", "its phases are 'D', 'G'"]),
+        ({"D": 1e-3}, ["phase_optim['D'] must be a dict of optimizer settings"]),
+        ({"D": {"lr": 0.0}}, ["phase_optim['D']['lr'] must be more than 0"]),
+        ({"D": {"lr": math.inf}}, ["phase_optim['D']['lr'] must be a finite number"]),
+        ({"D": {"lr": "fast"}}, ["phase_optim['D']['lr']"]),
+        ({"G": {"momentum": 0.9}}, ["phase_optim['G']", "Adam refuses", "momentum"]),
+        ({"G": {"betas": [0.5, 1.5]}}, ["phase_optim['G']", "Adam refuses", "beta"]),
+        ({"G": {"optimizer": "lbfgs"}}, ["phase_optim['G']['optimizer']", "lbfgs"]),
+        ([("D", {"lr": 1e-3})], ["phase_optim must be a dict of phase name"]),
+    ],
+)
 def test_bad_phase_optim_is_one_line_before_training(phase_optim, words, tmp_path):
     gan = tiny_gan()
     before = weights(gan)
     with pytest.raises(ConfigError) as err:
-        probgen.fit(gan, toy(), epochs=1, batch_size=16, checkpoint=str(tmp_path / "r.pt"),
-                    phase_optim=phase_optim, **NO_MONITOR, **QUIET)
+        probgen.fit(
+            gan,
+            toy(),
+            epochs=1,
+            batch_size=16,
+            checkpoint=str(tmp_path / "r.pt"),
+            phase_optim=phase_optim,
+            **NO_MONITOR,
+            **QUIET,
+        )
     message = str(err.value)
     assert "\n" not in message
     for w in words:
         assert w in message, message
-    assert largest_difference(weights(gan), before) == 0.0      # nothing trained
+    assert largest_difference(weights(gan), before) == 0.0  # nothing trained
     assert not (tmp_path / "r.pt").exists()
 
 
 # --------------------------------------------------------------------------- resume
+
 
 def test_resume_applies_a_new_phase_lr_and_refuses_other_new_settings(tmp_path, capsys):
     """As ``lr``: a resumed run may change a phase's learning rate (applied, said in one
@@ -169,21 +213,37 @@ def test_resume_applies_a_new_phase_lr_and_refuses_other_new_settings(tmp_path, 
     ckpt = str(tmp_path / "run.pt")
     run = dict(batch_size=16, lr=1e-3, seed=1, checkpoint=ckpt, **NO_MONITOR, **QUIET)
     probgen.fit(tiny_gan(), toy(), epochs=1, phase_optim={"D": {"lr": 1e-3}}, **run)
-    resumed = probgen.fit(tiny_gan(), toy(), epochs=2, resume=True,
-                          phase_optim={"D": {"lr": 2e-4}}, **dict(run, verbose=True))
+    resumed = probgen.fit(
+        tiny_gan(),
+        toy(),
+        epochs=2,
+        resume=True,
+        phase_optim={"D": {"lr": 2e-4}},
+        **dict(run, verbose=True),
+    )
     assert [h["lr"] for h in resumed.history] == [1e-3, pytest.approx(2e-4)]
     assert "with phase 'D': lr 0.0002 (the checkpoint ran with 0.001)" in capsys.readouterr().out
-    with pytest.raises(CheckpointError, match=r"phase_optim\['G'\]: \{\} in the checkpoint, "
-                                              r"\{'betas': \[0.1, 0.9\]\} now"):
-        probgen.fit(tiny_gan(), toy(), epochs=3, resume=True,
-                    phase_optim={"D": {"lr": 2e-4}, "G": {"betas": [0.1, 0.9]}}, **run)
+    with pytest.raises(
+        CheckpointError,
+        match=r"phase_optim\['G'\]: \{\} in the checkpoint, "
+        r"\{'betas': \[0.1, 0.9\]\} now",
+    ):
+        probgen.fit(
+            tiny_gan(),
+            toy(),
+            epochs=3,
+            resume=True,
+            phase_optim={"D": {"lr": 2e-4}, "G": {"betas": [0.1, 0.9]}},
+            **run,
+        )
 
 
 def test_resume_with_an_unchanged_phase_optim_continues_the_run(tmp_path):
     """Stopped after one epoch and resumed with the same ``phase_optim``: the weights of
     the uninterrupted run (the D phase's own lr kept, not scaled by a new run lr)."""
-    settings = dict(batch_size=16, lr=1e-3, seed=1, phase_optim={"D": {"lr": 3e-4}},
-                    **NO_MONITOR, **QUIET)
+    settings = dict(
+        batch_size=16, lr=1e-3, seed=1, phase_optim={"D": {"lr": 3e-4}}, **NO_MONITOR, **QUIET
+    )
     whole = tiny_gan()
     probgen.fit(whole, toy(), epochs=2, **settings)
     ckpt = str(tmp_path / "run.pt")
@@ -195,45 +255,77 @@ def test_resume_with_an_unchanged_phase_optim_continues_the_run(tmp_path):
 
 # --------------------------------------------------------------------------- players
 
-@pytest.mark.parametrize("build, d_names, g_names", [
-    (lambda: tiny_gan(), ["D"], ["G"]),
-    (lambda: AAE(image_shape=(4,), z_dim=2, hidden=(8,), d_hidden=(8,)),
-     ["discriminator"], ["generator"]),
-    (lambda: SemiSupervisedAAE(image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,),
-                               d_hidden=(8,)),
-     ["discriminator_z", "discriminator_y"], ["generator_z", "generator_y"]),
-    (lambda: AgeCGAN(image_shape=(1, 8, 8), num_levels=2, z_dim=2, g_width=4, d_width=4,
-                     e_width=4), ["D"], ["G"]),
-    (lambda: CAAE(image_shape=(1, 8, 8), num_levels=2, z_dim=2, hidden=(8,), net="mlp",
-                  d_hidden=(8,), d_img_width=4),
-     ["discriminator_z", "discriminator_img"], ["encoder_generator"]),
-])
+
+@pytest.mark.parametrize(
+    "build, d_names, g_names",
+    [
+        (lambda: tiny_gan(), ["D"], ["G"]),
+        (
+            lambda: AAE(image_shape=(4,), z_dim=2, hidden=(8,), d_hidden=(8,)),
+            ["discriminator"],
+            ["generator"],
+        ),
+        (
+            lambda: SemiSupervisedAAE(
+                image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,), d_hidden=(8,)
+            ),
+            ["discriminator_z", "discriminator_y"],
+            ["generator_z", "generator_y"],
+        ),
+        (
+            lambda: AgeCGAN(
+                image_shape=(1, 8, 8), num_levels=2, z_dim=2, g_width=4, d_width=4, e_width=4
+            ),
+            ["D"],
+            ["G"],
+        ),
+        (
+            lambda: CAAE(
+                image_shape=(1, 8, 8),
+                num_levels=2,
+                z_dim=2,
+                hidden=(8,),
+                net="mlp",
+                d_hidden=(8,),
+                d_img_width=4,
+            ),
+            ["discriminator_z", "discriminator_img"],
+            ["encoder_generator"],
+        ),
+    ],
+)
 def test_player_optim_names_each_models_players(build, d_names, g_names):
     model = build()
     po = player_optim(model, d_lr=1e-4, g_lr=2e-4, betas=(0.5, 0.9))
-    assert po == {**{n: {"lr": 1e-4, "betas": [0.5, 0.9]} for n in d_names},
-                  **{n: {"lr": 2e-4, "betas": [0.5, 0.9]} for n in g_names}}
+    assert po == {
+        **{n: {"lr": 1e-4, "betas": [0.5, 0.9]} for n in d_names},
+        **{n: {"lr": 2e-4, "betas": [0.5, 0.9]} for n in g_names},
+    }
     assert player_optim(model) is None
 
 
 def test_player_optim_refuses_a_player_the_phases_lack():
     flow_only = FlowGAN("realnvp", event_shape=(1, 28, 28), adv_weight=0.0, depth=1, hidden=4)
     assert player_optim(flow_only, g_lr=1e-3) == {"G": {"lr": 1e-3}}
-    with pytest.raises(ConfigError, match="d_lr is set, but the phases \\(G\\) have no "
-                                          "discriminator"):
+    with pytest.raises(
+        ConfigError, match="d_lr is set, but the phases \\(G\\) have no discriminator"
+    ):
         player_optim(flow_only, d_lr=1e-3)
 
 
 def test_regularization_optim_is_a_tenth_of_the_run_lr_by_default():
-    model = SemiSupervisedAAE(image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,),
-                              d_hidden=(8,))
+    model = SemiSupervisedAAE(image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,), d_hidden=(8,))
     po = regularization_optim(model, 1e-3, g_lr=5e-4)
-    assert po == {"discriminator_z": {"lr": pytest.approx(1e-4)},
-                  "discriminator_y": {"lr": pytest.approx(1e-4)},
-                  "generator_z": {"lr": 5e-4}, "generator_y": {"lr": 5e-4}}
+    assert po == {
+        "discriminator_z": {"lr": pytest.approx(1e-4)},
+        "discriminator_y": {"lr": pytest.approx(1e-4)},
+        "generator_z": {"lr": 5e-4},
+        "generator_y": {"lr": 5e-4},
+    }
 
 
 # --------------------------------------------------------------------------- old files
+
 
 def test_a_checkpoint_written_with_the_old_learning_rate_arguments_loads():
     """``gan.pt`` records ``d_lr``, ``g_lr`` and ``betas`` among the GAN's settings (see
@@ -259,28 +351,70 @@ def test_an_old_checkpoint_resumes_with_the_model_without_its_learning_rates(tmp
     ckpt = tmp_path / "gan.pt"
     shutil.copy(OLD / "gan.pt", ckpt)
     torch.manual_seed(0)
-    gan = GAN(data_shape=(2,), z_dim=2, net="mlp", g_hidden=[4], d_hidden=[4],
-              output="identity", data_range=None)
+    gan = GAN(
+        data_shape=(2,),
+        z_dim=2,
+        net="mlp",
+        g_hidden=[4],
+        d_hidden=[4],
+        output="identity",
+        data_range=None,
+    )
     x = torch.randn(16, 2)
-    result = probgen.fit(gan, TensorData(x), epochs=2, batch_size=8, checkpoint=str(ckpt),
-                         resume=True, seed=0, **QUIET)
+    result = probgen.fit(
+        gan,
+        TensorData(x),
+        epochs=2,
+        batch_size=8,
+        checkpoint=str(ckpt),
+        resume=True,
+        seed=0,
+        **QUIET,
+    )
     assert result.epochs_run == 2
     # the optimizer state carries on: D's lr as the old run set it
     assert result.history[-1]["lr"] == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (GAN, dict(data_shape=(2,), z_dim=2, net="mlp", g_hidden=[4], d_hidden=[4],
-               output="identity", data_range=None)),
-    (FlowGAN, dict(flow="realnvp", event_shape=(1, 28, 28), depth=1, hidden=4)),
-    (AAE, dict(image_shape=(4,), z_dim=2, hidden=(8,), d_hidden=(8,))),
-    (SemiSupervisedAAE, dict(image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,),
-                             d_hidden=(8,))),
-    (AgeCGAN, dict(image_shape=(1, 8, 8), num_levels=2, z_dim=2, g_width=4, d_width=4,
-                   e_width=4)),
-    (CAAE, dict(image_shape=(1, 8, 8), num_levels=2, z_dim=2, hidden=(8,), net="mlp",
-                d_hidden=(8,), d_img_width=4)),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (
+            GAN,
+            dict(
+                data_shape=(2,),
+                z_dim=2,
+                net="mlp",
+                g_hidden=[4],
+                d_hidden=[4],
+                output="identity",
+                data_range=None,
+            ),
+        ),
+        (FlowGAN, dict(flow="realnvp", event_shape=(1, 28, 28), depth=1, hidden=4)),
+        (AAE, dict(image_shape=(4,), z_dim=2, hidden=(8,), d_hidden=(8,))),
+        (
+            SemiSupervisedAAE,
+            dict(image_shape=(4,), num_classes=3, z_dim=2, hidden=(8,), d_hidden=(8,)),
+        ),
+        (
+            AgeCGAN,
+            dict(image_shape=(1, 8, 8), num_levels=2, z_dim=2, g_width=4, d_width=4, e_width=4),
+        ),
+        (
+            CAAE,
+            dict(
+                image_shape=(1, 8, 8),
+                num_levels=2,
+                z_dim=2,
+                hidden=(8,),
+                net="mlp",
+                d_hidden=(8,),
+                d_img_width=4,
+            ),
+        ),
+    ],
+)
 def test_settings_recorded_with_the_old_learning_rates_rebuild(cls, kwargs):
     """Every model whose constructor lost its learning rates: its settings as an earlier
     probgen recorded them (each dropped argument set) rebuild the same model."""

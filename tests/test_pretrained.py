@@ -39,8 +39,13 @@ def no_pickle(monkeypatch):
         def __init__(self, *args, **kwargs):
             refuse()
 
-    for owner, name in ((torch, "load"), (torch.serialization, "load"), (pickle, "load"),
-                        (pickle, "loads"), (pickle, "Unpickler")):
+    for owner, name in (
+        (torch, "load"),
+        (torch.serialization, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+    ):
         monkeypatch.setattr(owner, name, Refused if name == "Unpickler" else refuse)
 
 
@@ -69,8 +74,9 @@ def _flat(out):
 def _outputs(name, model, batch):
     """Every phase's training loss and the post-fit methods (test_device's), each under a
     fixed seed, in eval mode, in a scope of Pyro's param store of their own."""
-    step = as_step(model, probgen.FitConfig(patience=None, restore_best=False,
-                                            **CONFIG.get(name, {})))
+    step = as_step(
+        model, probgen.FitConfig(patience=None, restore_best=False, **CONFIG.get(name, {}))
+    )
     out = []
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
         pyro.set_rng_seed(7)
@@ -89,12 +95,11 @@ def test_every_registered_model_has_a_round_trip_case():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_round_trip_gives_identical_outputs_without_pickle(name, mnist_small, tmp_path,
-                                                           no_pickle):
+def test_round_trip_gives_identical_outputs_without_pickle(name, mnist_small, tmp_path, no_pickle):
     """A folder rebuilds the model (from other initial weights: another seed) with every
     parameter and buffer equal, ActNorm's start and fixed permutations included, and
     the same losses, samples, codes and log-densities under a fixed seed; no pickle."""
-    model, batch, _ = _step(name, mnist_small)   # lazily made state (ActNorm) set
+    model, batch, _ = _step(name, mnist_small)  # lazily made state (ActNorm) set
     model.eval()
     folder = model.save_pretrained(tmp_path / name)
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
@@ -127,14 +132,21 @@ def test_the_rebuilt_model_is_a_fresh_copy_not_the_original_init(tmp_path, no_pi
     assert torch.equal(p0, p2) and not torch.equal(p1, p2)
 
 
-@pytest.mark.parametrize("make, call", [
-    (lambda: Baseline(hidden=(16,)), lambda m, x: m.predict(x)),
-    (lambda: RecurrentAger((1, 8, 8), num_levels=3, hidden=8, embed=8, weights=[1.0, 3.0]),
-     lambda m, x: m.sequence_loss(x[:2, :, :8, :8].reshape(2, 1, 1, 8, 8).expand(2, 3, 1, 8, 8),
-                                  start=0)),
-])
-def test_rebuildable_networks_that_are_not_registered_round_trip(make, call, mnist_small,
-                                                                 tmp_path, no_pickle):
+@pytest.mark.parametrize(
+    "make, call",
+    [
+        (lambda: Baseline(hidden=(16,)), lambda m, x: m.predict(x)),
+        (
+            lambda: RecurrentAger((1, 8, 8), num_levels=3, hidden=8, embed=8, weights=[1.0, 3.0]),
+            lambda m, x: m.sequence_loss(
+                x[:2, :, :8, :8].reshape(2, 1, 1, 8, 8).expand(2, 3, 1, 8, 8), start=0
+            ),
+        ),
+    ],
+)
+def test_rebuildable_networks_that_are_not_registered_round_trip(
+    make, call, mnist_small, tmp_path, no_pickle
+):
     """Networks made rebuildable without being registered models (the CVAE's baseline,
     the recurrent ager with its loss-weight buffer) get the same methods."""
     model = make()
@@ -152,8 +164,9 @@ def test_nested_models_are_recorded_and_rebuilt(tmp_path):
     model.save_pretrained(tmp_path / "c")
     config = read_pretrained_config(tmp_path / "c")
     assert config["name"] == "cvae"
-    assert config["model"]["args"]["baseline"]["__probgen_model__"] == \
-        "probgen.models.cvae:Baseline"
+    assert (
+        config["model"]["args"]["baseline"]["__probgen_model__"] == "probgen.models.cvae:Baseline"
+    )
     assert config["model"]["args"]["baseline"]["args"]["hidden"] == [8]
     again = from_pretrained(tmp_path / "c")
     assert isinstance(again.baseline, Baseline)
@@ -162,6 +175,7 @@ def test_nested_models_are_recorded_and_rebuilt(tmp_path):
 
 
 # --------------------------------------------------------------------------- what it records
+
 
 def test_config_records_version_settings_and_data_settings(mnist_small, tmp_path):
     model = VAE(z_dim=2, hidden=(8,))
@@ -192,19 +206,28 @@ def test_save_pretrained_takes_a_fit_results_data_settings(tmp_path):
     splits = image_splits("mnist", val_size=32, limit=96, binarize="dynamic", seed=3)
     train = splits["train"].subset(slice(0, 40))
     model = VAE(z_dim=2, hidden=(8,))
-    result = probgen.fit(model, train, splits["val"], epochs=1, batch_size=20, device="cpu",
-                         seed=0, progress=False, verbose=False)
+    result = probgen.fit(
+        model,
+        train,
+        splits["val"],
+        epochs=1,
+        batch_size=20,
+        device="cpu",
+        seed=0,
+        progress=False,
+        verbose=False,
+    )
     assert result.data_settings == train.settings
-    assert result.data_settings is not train.settings     # a copy: later edits stay apart
+    assert result.data_settings is not train.settings  # a copy: later edits stay apart
     assert result.data_settings["binarize"] == "dynamic"
     assert result.data_settings["subsets"] == [[0, 40, None]]
     model.save_pretrained(tmp_path / "m", data_settings=result)
-    assert read_pretrained_config(tmp_path / "m")["data"] == \
-        json.loads(json.dumps(train.settings))
+    assert read_pretrained_config(tmp_path / "m")["data"] == json.loads(json.dumps(train.settings))
     # data without settings (a plain TensorData): nothing recorded, as without data_settings
     plain = probgen.data.TensorData((train.tensors[0] > 0.5).float())
-    result = probgen.fit(model, plain, epochs=1, batch_size=20, device="cpu", seed=0,
-                         progress=False, verbose=False)
+    result = probgen.fit(
+        model, plain, epochs=1, batch_size=20, device="cpu", seed=0, progress=False, verbose=False
+    )
     assert result.data_settings is None
     model.save_pretrained(tmp_path / "n", data_settings=result)
     assert read_pretrained_config(tmp_path / "n")["data"] is None
@@ -251,10 +274,10 @@ class _Tied(nn.Module):
         self.dec = nn.Linear(3, 4)
         self.dec.weight = nn.Parameter(torch.empty(4, 3))
         self.head = nn.Linear(3, 4, bias=False)
-        self.head.weight = self.dec.weight                        # tied
+        self.head.weight = self.dec.weight  # tied
         base = torch.arange(12.0).reshape(3, 4)
         self.register_buffer("table", base)
-        self.register_buffer("row", base[1])                     # part of table's memory
+        self.register_buffer("row", base[1])  # part of table's memory
         self.register_buffer("transposed", torch.randn(4, 3).t())  # not contiguous
 
 
@@ -290,6 +313,7 @@ def test_safetensors_itself_refuses_what_file_tensors_prepares():
 
 # --------------------------------------------------------------------------- one-line errors
 
+
 def _one_line(err, *says):
     text = str(err.value)
     assert "\n" not in text, text
@@ -322,28 +346,54 @@ def folder(tmp_path):
     return tmp_path / "vae"
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda c: c["model"].update({"__probgen_model__": "probgen.models.vae:OldVAE"}),
-     ["a model class this probgen does not have", "probgen 0.1.0"]),
-    (lambda c: c["model"].update({"__probgen_model__": "probgen.models.gone:VAE"}),
-     ["a model class this probgen does not have (ModuleNotFoundError"]),
-    (lambda c: c["model"].update({"__probgen_model__": "os:system"}),
-     ["probgen rebuilds only probgen's own registered models"]),
-    (lambda c: c["model"]["args"].update({"dropout_rate": 0.1}),
-     ["it records 'dropout_rate', which the constructor no longer takes", "edit the \"model\""]),
-    (lambda c: c["model"]["args"].update({"latent_dim": c["model"]["args"].pop("z_dim")}),
-     ["it records 'latent_dim', which the constructor no longer takes",
-      "the constructor now also takes 'z_dim' (default 50)"]),
-    (lambda c: c["model"]["args"].pop("beta"),
-     ["the constructor now also takes 'beta' (default 1.0), which it does not record",
-      "strict=False"]),
-    (lambda c: c["model"]["args"].update({"z_dim": 0}),
-     ["cannot build from its recorded settings (ConfigError"]),
-    (lambda c: c.update({"format_version": 2, "probgen_version": "9.0"}),
-     ["written by a newer probgen (9.0, folder format 2 > 1); upgrade probgen"]),
-    (lambda c: c.update({"format": "something.else"}), ["not the config of a probgen model"]),
-    (lambda c: c.pop("model"), ["records no model settings"]),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (
+            lambda c: c["model"].update({"__probgen_model__": "probgen.models.vae:OldVAE"}),
+            ["a model class this probgen does not have", "probgen 0.1.0"],
+        ),
+        (
+            lambda c: c["model"].update({"__probgen_model__": "probgen.models.gone:VAE"}),
+            ["a model class this probgen does not have (ModuleNotFoundError"],
+        ),
+        (
+            lambda c: c["model"].update({"__probgen_model__": "os:system"}),
+            ["probgen rebuilds only probgen's own registered models"],
+        ),
+        (
+            lambda c: c["model"]["args"].update({"dropout_rate": 0.1}),
+            [
+                "it records 'dropout_rate', which the constructor no longer takes",
+                'edit the "model"',
+            ],
+        ),
+        (
+            lambda c: c["model"]["args"].update({"latent_dim": c["model"]["args"].pop("z_dim")}),
+            [
+                "it records 'latent_dim', which the constructor no longer takes",
+                "the constructor now also takes 'z_dim' (default 50)",
+            ],
+        ),
+        (
+            lambda c: c["model"]["args"].pop("beta"),
+            [
+                "the constructor now also takes 'beta' (default 1.0), which it does not record",
+                "strict=False",
+            ],
+        ),
+        (
+            lambda c: c["model"]["args"].update({"z_dim": 0}),
+            ["cannot build from its recorded settings (ConfigError"],
+        ),
+        (
+            lambda c: c.update({"format_version": 2, "probgen_version": "9.0"}),
+            ["written by a newer probgen (9.0, folder format 2 > 1); upgrade probgen"],
+        ),
+        (lambda c: c.update({"format": "something.else"}), ["not the config of a probgen model"]),
+        (lambda c: c.pop("model"), ["records no model settings"]),
+    ],
+)
 def test_changed_settings_give_one_line(folder, change, says):
     _edit(folder, change)
     with pytest.raises(CheckpointError) as err:
@@ -357,11 +407,16 @@ def test_an_argument_added_since_takes_its_default_when_not_strict(folder):
     assert again.beta == 1.0
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda t: t.pop(sorted(t)[0]), ["does not fit the VAE config.json describes: it lacks '"]),
-    (lambda t: t.update({"extra.weight": torch.zeros(2)}),
-     ["it has 'extra.weight', which the model does not"]),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda t: t.pop(sorted(t)[0]), ["does not fit the VAE config.json describes: it lacks '"]),
+        (
+            lambda t: t.update({"extra.weight": torch.zeros(2)}),
+            ["it has 'extra.weight', which the model does not"],
+        ),
+    ],
+)
 def test_missing_or_extra_weights_give_one_line(folder, change, says):
     _rewrite_weights(folder, change)
     with pytest.raises(CheckpointError) as err:
@@ -373,20 +428,29 @@ def test_weights_of_another_shape_give_one_line(tmp_path):
     VAE(z_dim=3, hidden=(8,)).save_pretrained(tmp_path / "a")
     VAE(z_dim=3, hidden=(9,)).save_pretrained(tmp_path / "b")
     shutil.copy(tmp_path / "b" / WEIGHTS_NAME, tmp_path / "a" / WEIGHTS_NAME)
-    _edit(tmp_path / "a", lambda c: c["weights"].update(
-        sha256=json.loads((tmp_path / "b" / CONFIG_NAME).read_text())["weights"]["sha256"]))
+    _edit(
+        tmp_path / "a",
+        lambda c: c["weights"].update(
+            sha256=json.loads((tmp_path / "b" / CONFIG_NAME).read_text())["weights"]["sha256"]
+        ),
+    )
     with pytest.raises(CheckpointError) as err:
         from_pretrained(tmp_path / "a")
     _one_line(err, "in the file and", "in the model")
 
 
-@pytest.mark.parametrize("spoil, says", [
-    (lambda f: (f / WEIGHTS_NAME).write_bytes((f / WEIGHTS_NAME).read_bytes()[:-7]),
-     "is not the weights file config.json was written with"),
-    (lambda f: (f / WEIGHTS_NAME).unlink(), "has a config.json but no model.safetensors"),
-    (lambda f: (f / CONFIG_NAME).unlink(), "has no config.json, so it is not a probgen model"),
-    (lambda f: (f / CONFIG_NAME).write_text("{not json"), "is not readable JSON"),
-])
+@pytest.mark.parametrize(
+    "spoil, says",
+    [
+        (
+            lambda f: (f / WEIGHTS_NAME).write_bytes((f / WEIGHTS_NAME).read_bytes()[:-7]),
+            "is not the weights file config.json was written with",
+        ),
+        (lambda f: (f / WEIGHTS_NAME).unlink(), "has a config.json but no model.safetensors"),
+        (lambda f: (f / CONFIG_NAME).unlink(), "has no config.json, so it is not a probgen model"),
+        (lambda f: (f / CONFIG_NAME).write_text("{not json"), "is not readable JSON"),
+    ],
+)
 def test_spoilt_folders_give_one_line(folder, spoil, says):
     spoil(folder)
     with pytest.raises(CheckpointError) as err:
@@ -464,8 +528,10 @@ def test_a_failed_save_leaves_the_earlier_folder_byte_for_byte(folder, monkeypat
 
 # --------------------------------------------------------------------------- the Hub
 
-def test_push_to_hub_and_from_a_repo_id_through_local_folders(tmp_path, monkeypatch,
-                                                              no_network, no_pickle):
+
+def test_push_to_hub_and_from_a_repo_id_through_local_folders(
+    tmp_path, monkeypatch, no_network, no_pickle
+):
     """push_to_hub uploads the folder's two files (the upload replaced by a copy into a
     local 'remote'); from_pretrained("user/repo") downloads them (snapshot_download
     replaced by that folder) and rebuilds the same model."""
@@ -487,15 +553,20 @@ def test_push_to_hub_and_from_a_repo_id_through_local_folders(tmp_path, monkeypa
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.chdir(tmp_path)   # "user/vae" is no folder here
+    monkeypatch.chdir(tmp_path)  # "user/vae" is no folder here
     torch.manual_seed(0)
     model = VAE(z_dim=3, hidden=(8,)).eval()
-    assert model.push_to_hub("user/vae", private=True, data_settings={"dataset": "mnist"}) \
+    assert (
+        model.push_to_hub("user/vae", private=True, data_settings={"dataset": "mnist"})
         == "commit-info"
+    )
     again = from_pretrained("user/vae", revision="main", local_files_only=True)
     files = [CONFIG_NAME, WEIGHTS_NAME]
-    assert calls == [("create", "user/vae", True), ("upload", "user/vae", files),
-                     ("download", "user/vae", "main", files, {"local_files_only": True})]
+    assert calls == [
+        ("create", "user/vae", True),
+        ("upload", "user/vae", files),
+        ("download", "user/vae", "main", files, {"local_files_only": True}),
+    ]
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(model.reconstruct(x), again.reconstruct(x))
     assert read_pretrained_config("user/vae")["data"] == {"dataset": "mnist"}
@@ -531,18 +602,22 @@ def test_hub_failures_give_one_line(tmp_path, monkeypatch, no_network):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError) as err:
         from_pretrained("user/vae")
-    _one_line(err, "no local folder 'user/vae', and fetching it from the Hugging Face Hub "
-                   "failed (OSError: We couldn't connect to the Hub.)")
+    _one_line(
+        err,
+        "no local folder 'user/vae', and fetching it from the Hugging Face Hub "
+        "failed (OSError: We couldn't connect to the Hub.)",
+    )
     with pytest.raises(ConfigError) as err:
         VAE(z_dim=2, hidden=(8,)).push_to_hub("not a repo id")
-    _one_line(err, "repo_id must read \"user/repo\"")
+    _one_line(err, 'repo_id must read "user/repo"')
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     with pytest.raises(ConfigError) as err:
         from_pretrained("user/vae")
-    _one_line(err, "pip install \"probgen[hub]\"")
+    _one_line(err, 'pip install "probgen[hub]"')
 
 
 # --------------------------------------------------------------------------- the docs page
+
 
 def test_probgen_exports_from_pretrained():
     from probgen.models import registry
@@ -560,10 +635,13 @@ def test_docs_snippet_runs(tmp_path, monkeypatch, no_pickle):
     code = re.search(r"```python\n(.*?)\n```", block, re.S).group(1)
     for original in ('val_size=10000, binarize="static")', "epochs=10", "print("):
         assert original in code, f"the test shrinks {original!r}; update it with the page"
-    code = (code.replace('val_size=10000, binarize="static")',
-                         'val_size=100, limit=300, binarize="static")')
-            .replace("epochs=10", "epochs=1, progress=False, verbose=False")
-            .replace("print(", "shape = ("))
+    code = (
+        code.replace(
+            'val_size=10000, binarize="static")', 'val_size=100, limit=300, binarize="static")'
+        )
+        .replace("epochs=10", "epochs=1, progress=False, verbose=False")
+        .replace("print(", "shape = (")
+    )
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(compile(code, "docs/pretrained.md", "exec"), scope)

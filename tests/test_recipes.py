@@ -58,7 +58,9 @@ def test_semi_supervised_draws_a_count_of_labels_balanced_with_its_own_seed():
     data, repeats = recipes.semi_supervised(train, 20, labelled_share=0.5, seed=3)
     assert torch.equal(torch.random.get_rng_state(), before)
     kept = data.tensors[1][data.tensors[1] >= 0]
-    assert len(kept) == 20 * repeats and torch.equal(torch.bincount(kept[:20]), torch.full((10,), 2))
+    assert len(kept) == 20 * repeats and torch.equal(
+        torch.bincount(kept[:20]), torch.full((10,), 2)
+    )
     # the same draw as labelled_split with that seed; another seed keeps other images
     explicit = labelled_split(y, 20, 10, torch.Generator().manual_seed(3))
     same, _ = recipes.semi_supervised(train, explicit, labelled_share=0.5)

@@ -33,9 +33,19 @@ from probgen.data import TensorData
 from probgen.train import Callback, SVIStep
 
 DATA = Path(__file__).resolve().parent / "data" / "before_split"
-SCORES = [5.0, 1.0, 4.0, 3.0, 6.0, 7.0]      # best at epoch 1; patience 3 stops after epoch 4
-SETTINGS = dict(batch_size=8, lr=0.05, seed=0, monitor="score", mode="min", patience=3,
-                restore_best=True, device="cpu", progress=False, verbose=False)
+SCORES = [5.0, 1.0, 4.0, 3.0, 6.0, 7.0]  # best at epoch 1; patience 3 stops after epoch 4
+SETTINGS = dict(
+    batch_size=8,
+    lr=0.05,
+    seed=0,
+    monitor="score",
+    mode="min",
+    patience=3,
+    restore_best=True,
+    device="cpu",
+    progress=False,
+    verbose=False,
+)
 
 
 class Net(nn.Module):
@@ -66,13 +76,20 @@ def make_run():
 
 
 def fit(step, x, y, epochs, **kw):
-    return probgen.fit(step, TensorData(x[:24], y[:24]), TensorData(x[24:], y[24:]),
-                       epochs=epochs, callbacks=[Scores()], **SETTINGS, **kw)
+    return probgen.fit(
+        step,
+        TensorData(x[:24], y[:24]),
+        TensorData(x[24:], y[24:]),
+        epochs=epochs,
+        callbacks=[Scores()],
+        **SETTINGS,
+        **kw,
+    )
 
 
 def _store() -> dict:
     store = pyro.get_param_store()
-    return {name: store[name].detach().clone() for name in store.keys()}
+    return {name: store[name].detach().clone() for name in store}
 
 
 def test_a_checkpoint_of_the_loop_before_the_split_resumes_as_the_uninterrupted_run(tmp_path):
@@ -82,17 +99,19 @@ def test_a_checkpoint_of_the_loop_before_the_split_resumes_as_the_uninterrupted_
     pyro.clear_param_store()
     try:
         net, step = make_run()
-        result = fit(step, reference["x"], reference["y"], epochs=6, checkpoint=str(ckpt),
-                     resume=True)
+        result = fit(
+            step, reference["x"], reference["y"], epochs=6, checkpoint=str(ckpt), resume=True
+        )
         params = _store()
     finally:
         pyro.clear_param_store()
     assert result.epochs_run == reference["epochs_run"] == 5 and result.stopped_early
     assert result.best_epoch == reference["best_epoch"] == 1
     for key in ("train_loss", "val_loss"):
-        assert torch.allclose(torch.tensor(result.curve(key)), reference[key],
-                              rtol=1e-6, atol=1e-7), key
-    for name, value in net.state_dict().items():     # epoch 1's weights, restored
+        assert torch.allclose(
+            torch.tensor(result.curve(key)), reference[key], rtol=1e-6, atol=1e-7
+        ), key
+    for name, value in net.state_dict().items():  # epoch 1's weights, restored
         assert torch.allclose(value, reference["module"][name], rtol=1e-6, atol=1e-7), name
     assert sorted(params) == sorted(reference["params"])
     for name, value in params.items():
@@ -106,18 +125,26 @@ def write(folder: Path) -> None:
     x = torch.randn(36, 3, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 + 0.5 * torch.randn(36, generator=g)
     pyro.clear_param_store()
-    torch.manual_seed(1)                  # the network's initial weights
+    torch.manual_seed(1)  # the network's initial weights
     _, step = make_run()
     fit(step, x, y, epochs=3, checkpoint=str(folder / "run.pt"))
     pyro.clear_param_store()
     torch.manual_seed(1)
     net, step = make_run()
     result = fit(step, x, y, epochs=6)
-    torch.save({"x": x, "y": y, "module": net.state_dict(), "params": _store(),
-                "train_loss": torch.tensor(result.curve("train_loss")),
-                "val_loss": torch.tensor(result.curve("val_loss")),
-                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run},
-               folder / "reference.pt")
+    torch.save(
+        {
+            "x": x,
+            "y": y,
+            "module": net.state_dict(),
+            "params": _store(),
+            "train_loss": torch.tensor(result.curve("train_loss")),
+            "val_loss": torch.tensor(result.curve("val_loss")),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+        },
+        folder / "reference.pt",
+    )
     pyro.clear_param_store()
 
 

@@ -184,17 +184,24 @@ def _lines(ax):
 
 
 def test_phase_losses_figure_draws_each_phase_then_the_extra_figures_recorded():
-    a = [{"epoch": e, "train_loss/G": 2.0 * e, "train_loss/D": 1.0 + e, "val_loss": 3.0}
-         for e in range(3)]
+    a = [
+        {"epoch": e, "train_loss/G": 2.0 * e, "train_loss/D": 1.0 + e, "val_loss": 3.0}
+        for e in range(3)
+    ]
     b = [{"epoch": e, "train_loss/D": 5.0 - e, "val_error": 9.0 - e} for e in range(2)]
     fig = viz.phase_losses_figure(
         {"a": a, "b": b}, extra={"val_error": "class error (%)", "fid": "FID"}
     )
     # phases in name order, val_loss is no phase, fid was never recorded
     assert [ax.get_title() for ax in fig.axes] == [
-        "D loss (epoch mean)", "G loss (epoch mean)", "class error (%)"]
-    assert _lines(fig.axes[0]) == {"a": ([1, 2, 3], [1.0, 2.0, 3.0], "-"),
-                                   "b": ([1, 2], [5.0, 4.0], "-")}
+        "D loss (epoch mean)",
+        "G loss (epoch mean)",
+        "class error (%)",
+    ]
+    assert _lines(fig.axes[0]) == {
+        "a": ([1, 2, 3], [1.0, 2.0, 3.0], "-"),
+        "b": ([1, 2], [5.0, 4.0], "-"),
+    }
     assert _lines(fig.axes[2]) == {"b": ([1, 2], [9.0, 8.0], "-")}
 
 

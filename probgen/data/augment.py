@@ -7,7 +7,7 @@ the reconstruction target move together, and a labelled image keeps its label.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,19 +44,24 @@ class RandomShift:
         only_labelled: shift only the images of non-negative label.
     """
 
-    def __init__(self, max_shift: int = 2, image_shape: Optional[Sequence[int]] = None,
-                 fill: float = 0.0, only_labelled: bool = False):
-        max_shift = checks.nonnegative_int("max_shift", max_shift,
-                                           hint="a whole number of pixels")
+    def __init__(
+        self,
+        max_shift: int = 2,
+        image_shape: Sequence[int] | None = None,
+        fill: float = 0.0,
+        only_labelled: bool = False,
+    ):
+        max_shift = checks.nonnegative_int("max_shift", max_shift, hint="a whole number of pixels")
         self.max_shift, self.fill = max_shift, float(fill)
         self.only_labelled = bool(only_labelled)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
     def __repr__(self):
-        return (f"RandomShift(max_shift={self.max_shift}, fill={self.fill}"
-                + (", only_labelled=True)" if self.only_labelled else ")"))
+        return f"RandomShift(max_shift={self.max_shift}, fill={self.fill}" + (
+            ", only_labelled=True)" if self.only_labelled else ")"
+        )
 
-    def shift(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def shift(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The images ``x`` (``(B, C, H, W)``, or flat with ``image_shape``) shifted."""
         if self.max_shift == 0 or x.shape[0] == 0:
             return x
@@ -66,8 +71,7 @@ class RandomShift:
                 raise ConfigError("RandomShift needs image_shape for flat (B, D) images.")
             x = x.reshape((shape[0],) + self.image_shape)
         if x.dim() != 4:
-            raise ConfigError(
-                f"RandomShift shifts (B, C, H, W) images, got shape {tuple(shape)}.")
+            raise ConfigError(f"RandomShift shifts (B, C, H, W) images, got shape {tuple(shape)}.")
         b, c, h, w = x.shape
         s = self.max_shift
         if s >= min(h, w):
@@ -77,18 +81,20 @@ class RandomShift:
         dy, dx = randint(-s, s + 1, (2, b), x.device, generator)
         padded = torch.nn.functional.pad(x, (s, s, s, s), value=self.fill)
         # output pixel (i, j) reads padded pixel (i + s - dy, j + s - dx)
-        rows = (torch.arange(h, device=x.device).view(1, h) + s - dy.view(b, 1))
-        cols = (torch.arange(w, device=x.device).view(1, w) + s - dx.view(b, 1))
+        rows = torch.arange(h, device=x.device).view(1, h) + s - dy.view(b, 1)
+        cols = torch.arange(w, device=x.device).view(1, w) + s - dx.view(b, 1)
         bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
         ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
         out = padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
         return out.reshape(shape)
 
-    def __call__(self, batch, generator: Optional[torch.Generator] = None):
+    def __call__(self, batch, generator: torch.Generator | None = None):
         if self.only_labelled:
             if torch.is_tensor(batch) or len(batch) < 2:
-                raise ConfigError("RandomShift(only_labelled=True) needs (images, labels, ...) "
-                                  "batches: the labels say which images to shift.")
+                raise ConfigError(
+                    "RandomShift(only_labelled=True) needs (images, labels, ...) "
+                    "batches: the labels say which images to shift."
+                )
             x, y = batch[0], batch[1]
             keep = y >= 0
             if x.device.type != "cpu":

@@ -7,7 +7,8 @@ target stays the clean image. Picked by name from :data:`CORRUPTIONS`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class GaussianNoise:
     def __init__(self, std: float = 0.4, clip: bool = True):
         self.std, self.clip = checks.nonnegative_float("the noise std", std), clip
 
-    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         y = x + self.std * randn_like(x, generator)
         return y.clamp(0, 1) if self.clip else y
 
@@ -43,15 +44,24 @@ class RandomBlocks:
     ``image_shape`` is needed for flat ``(B, D)`` inputs.
     """
 
-    def __init__(self, size: int = 9, count: int = 1, fill: float = 0.0,
-                 image_shape: Optional[Sequence[int]] = None):
+    def __init__(
+        self,
+        size: int = 9,
+        count: int = 1,
+        fill: float = 0.0,
+        image_shape: Sequence[int] | None = None,
+    ):
         size = checks.positive_int("the block size", size)
         count = checks.positive_int("the block count", count)
         self.size, self.count, self.fill = size, count, float(fill)
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
-    def mask(self, shape: torch.Size, device: torch.device | str | None,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def mask(
+        self,
+        shape: torch.Size,
+        device: torch.device | str | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Boolean ``(B, 1, H, W)``: True inside a block."""
         b, h, w = shape[0], shape[-2], shape[-1]
         if self.size > min(h, w):
@@ -62,11 +72,12 @@ class RandomBlocks:
         rows = torch.arange(h, device=device).view(1, 1, h, 1)
         cols = torch.arange(w, device=device).view(1, 1, 1, w)
         top, left = top.view(b, self.count, 1, 1), left.view(b, self.count, 1, 1)
-        inside = ((rows >= top) & (rows < top + self.size)
-                  & (cols >= left) & (cols < left + self.size))
+        inside = (
+            (rows >= top) & (rows < top + self.size) & (cols >= left) & (cols < left + self.size)
+        )
         return inside.any(1, keepdim=True)
 
-    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = x.shape
         if x.dim() == 2:
             if self.image_shape is None:
@@ -79,8 +90,9 @@ class RandomBlocks:
         return f"RandomBlocks(size={self.size}, count={self.count}, fill={self.fill})"
 
 
-def make_corruption(name: Optional[str], image_shape: Optional[Sequence[int]] = None,
-                    **kwargs: Any) -> Optional[Callable[..., torch.Tensor]]:
+def make_corruption(
+    name: str | None, image_shape: Sequence[int] | None = None, **kwargs: Any
+) -> Callable[..., torch.Tensor] | None:
     """The corruption called ``name`` (``None`` -> no corruption); ``image_shape`` is the
     default shape of ``blocks`` (which needs it for flat inputs), ignored by the others."""
     if name == "blocks" and image_shape is not None:

@@ -13,21 +13,30 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from probgen import checks, files
-from probgen.errors import ConfigError, DataNotFoundError
-from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
-                                     static_binarize, to_unit_interval)
+from probgen.data.preprocess import (
+    check_binarize,
+    dynamic_binarization,
+    split_indices,
+    static_binarize,
+    to_unit_interval,
+)
 from probgen.data.tensors import TensorData
+from probgen.errors import ConfigError, DataNotFoundError
 
 BUNDLED_MNIST = Path(__file__).parent / "_bundled" / "mnist"
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def default_root() -> Path:
@@ -36,7 +45,7 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "probgen"
 
 
-def unpack_bundled_mnist(root: Union[str, Path]) -> Path:
+def unpack_bundled_mnist(root: str | Path) -> Path:
     """Unpack the bundled MNIST into ``root/MNIST/raw`` (torchvision's layout) if missing."""
     raw = Path(root) / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -45,8 +54,11 @@ def unpack_bundled_mnist(root: Union[str, Path]) -> Path:
             # gunzipped to a temporary name, then renamed: a concurrent or killed unpack
             # never leaves a half-written file under the real name (torchvision's
             # extract_archive writes in place)
-            with files.replacing(raw / name, clean=False) as tmp, \
-                    gzip.open(BUNDLED_MNIST / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+            with (
+                files.replacing(raw / name, clean=False) as tmp,
+                gzip.open(BUNDLED_MNIST / f"{name}.gz", "rb") as fin,
+                open(tmp, "wb") as fout,
+            ):
                 shutil.copyfileobj(fin, fout)
     files.write_text(raw / "SOURCE.md", (BUNDLED_MNIST / "SOURCE.md").read_text(), clean=False)
     return raw
@@ -55,15 +67,20 @@ def unpack_bundled_mnist(root: Union[str, Path]) -> Path:
 def _torchvision_class(name: str):
     import torchvision.datasets as tvd
 
-    classes = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "kmnist": tvd.KMNIST,
-               "cifar10": tvd.CIFAR10}
+    classes = {
+        "mnist": tvd.MNIST,
+        "fashion-mnist": tvd.FashionMNIST,
+        "kmnist": tvd.KMNIST,
+        "cifar10": tvd.CIFAR10,
+    }
     if name not in classes:
         raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(classes)}.")
     return classes[name]
 
 
-def load_images(name: str = "mnist", train: bool = True, root: Optional[Union[str, Path]] = None,
-                download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_images(
+    name: str = "mnist", train: bool = True, root: str | Path | None = None, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a torchvision image data set as ``(images uint8 (N, [C,] H, W), labels int64)``.
 
     Args:
@@ -84,10 +101,12 @@ def load_images(name: str = "mnist", train: bool = True, root: Optional[Union[st
     try:
         ds = cls(str(root), train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
-        hint = ("probgen ships MNIST: call without `root` (or with an empty folder of your "
-                "choice via `probgen.data.unpack_bundled_mnist(root)`) to use the bundled copy"
-                if name == "mnist" else
-                "pass download=True on a machine with network access, or copy the files there")
+        hint = (
+            "probgen ships MNIST: call without `root` (or with an empty folder of your "
+            "choice via `probgen.data.unpack_bundled_mnist(root)`) to use the bundled copy"
+            if name == "mnist"
+            else "pass download=True on a machine with network access, or copy the files there"
+        )
         raise DataNotFoundError(
             f"{name} was not found under {root} ({err}). This machine may be offline; {hint}."
         ) from None
@@ -98,10 +117,17 @@ def load_images(name: str = "mnist", train: bool = True, root: Optional[Union[st
     return images, labels
 
 
-def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = "none",
-                 seed: int = 0, device: Union[str, torch.device] = "cpu",
-                 root: Optional[Union[str, Path]] = None, download: bool = False,
-                 limit: Optional[int] = None) -> Dict[str, TensorData]:
+def image_splits(
+    name: str = "mnist",
+    *,
+    val_size: int = 10000,
+    binarize: str = "none",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    root: str | Path | None = None,
+    download: bool = False,
+    limit: int | None = None,
+) -> dict[str, TensorData]:
     """Train / validation / test splits as device-resident :class:`TensorData` of (images, labels).
 
     Images are float32 ``(N, C, H, W)`` grey levels in [0, 1].
@@ -133,9 +159,11 @@ def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = 
     te_images, te_labels = load_images(name, False, root, download)
     if val_size:
         tr_idx, va_idx = split_indices(len(tr_labels), val_size, seed)
-        parts = {"train": (tr_images[tr_idx], tr_labels[tr_idx]),
-                 "val": (tr_images[va_idx], tr_labels[va_idx]),
-                 "test": (te_images, te_labels)}
+        parts = {
+            "train": (tr_images[tr_idx], tr_labels[tr_idx]),
+            "val": (tr_images[va_idx], tr_labels[va_idx]),
+            "test": (te_images, te_labels),
+        }
     else:
         parts = {"train": (tr_images, tr_labels), "test": (te_images, te_labels)}
     for k, (images, labels) in parts.items():
@@ -143,13 +171,20 @@ def image_splits(name: str = "mnist", *, val_size: int = 10000, binarize: str = 
             images, labels = images[:limit], labels[:limit]
         x = to_unit_interval(images).to(device)
         y = labels.to(device)
-        transform: Optional[Callable] = None
+        transform: Callable | None = None
         if binarize == "static" or (binarize == "dynamic" and k != "train"):
             x = static_binarize(x, seed + {"train": 0, "val": 1, "test": 2}[k])
         elif binarize == "dynamic":
             transform = dynamic_binarization
-        settings = {"dataset": name, "split": k, "val_size": val_size, "binarize": binarize,
-                    "limit": limit, "seed": seed}
-        out[k] = TensorData(x, y, transform=transform, names=("images", "labels"),
-                            settings=settings)
+        settings = {
+            "dataset": name,
+            "split": k,
+            "val_size": val_size,
+            "binarize": binarize,
+            "limit": limit,
+            "seed": seed,
+        }
+        out[k] = TensorData(
+            x, y, transform=transform, names=("images", "labels"), settings=settings
+        )
     return out

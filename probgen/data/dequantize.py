@@ -27,7 +27,7 @@ probgen's image data sets hold grey levels ``k / (L - 1)`` in [0, 1] (what
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
@@ -52,11 +52,12 @@ def check_unit_interval(x: torch.Tensor, what: str = "images") -> None:
         raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
     if torch.jit.is_tracing():
         return
-    if x.numel() and bool((~((x >= 0) & (x <= 1))).any()):   # (NaN counts as outside)
+    if x.numel() and bool((~((x >= 0) & (x <= 1))).any()):  # (NaN counts as outside)
         raise DataError(
             f"{what} must be grey levels in [0, 1]; found values in [{x.min().item():.4g}, "
             f"{x.max().item():.4g}]. Scale 8-bit images by 1/255 (probgen.data.image_splits "
-            f"does) or dequantize them with probgen.data.dequantize.uniform_dequantize.")
+            f"does) or dequantize them with probgen.data.dequantize.uniform_dequantize."
+        )
 
 
 def to_levels(x: torch.Tensor, num_levels: int = 256, check: bool = True) -> torch.Tensor:
@@ -72,22 +73,27 @@ def to_levels(x: torch.Tensor, num_levels: int = 256, check: bool = True) -> tor
     """
     _check_levels(num_levels)
     if not torch.is_tensor(x):
-        check_unit_interval(x)   # raises: not a tensor
+        check_unit_interval(x)  # raises: not a tensor
     k = torch.round(x * (num_levels - 1))
     if not check or torch.jit.is_tracing() or not x.numel():
         return k
     outside = ~((x >= 0) & (x <= 1))
     if bool((outside | ((x * (num_levels - 1) - k).abs() > 1e-3)).any()):
-        check_unit_interval(x)   # the values outside [0, 1] have their own message
+        check_unit_interval(x)  # the values outside [0, 1] have their own message
         raise DataError(
             f"these images are not on the grid of {num_levels} grey levels (k / {num_levels - 1}); "
             f"they may be dequantized already. Pass the quantized grey levels, or skip "
-            f"dequantization.")
+            f"dequantization."
+        )
     return k
 
 
-def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = None,
-                       num_levels: int = 256, check: bool = True) -> torch.Tensor:
+def uniform_dequantize(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    num_levels: int = 256,
+    check: bool = True,
+) -> torch.Tensor:
     """``(k + u) / L`` with ``u ~ U(0, 1)``, for grey levels ``x = k / (L - 1)``.
 
     Args:
@@ -119,8 +125,7 @@ def uniform_dequantization(num_levels: int = 256, check: bool = True) -> Transfo
     return transform
 
 
-def dequantized(data: TensorData, seed: Optional[int] = None,
-                num_levels: int = 256) -> TensorData:
+def dequantized(data: TensorData, seed: int | None = None, num_levels: int = 256) -> TensorData:
     """``data`` with its images (first tensor) uniformly dequantized.
 
     Args:
@@ -128,10 +133,11 @@ def dequantized(data: TensorData, seed: Optional[int] = None,
             an integer: one fixed draw made now (evaluation sets, comparable runs).
     """
     if seed is None:
-        if data.transform is None:   # the grey levels the transform will read, once
+        if data.transform is None:  # the grey levels the transform will read, once
             to_levels(data.tensors[0], num_levels)
-        return data.with_transform(uniform_dequantization(num_levels,
-                                                          check=data.transform is not None))
+        return data.with_transform(
+            uniform_dequantization(num_levels, check=data.transform is not None)
+        )
     if data.transform is not None:
         raise DataError("a fixed dequantization needs data without a batch transform.")
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -157,13 +163,15 @@ def logit_transform(alpha: float = 0.05) -> ComposeTransform:
     """
     alpha = _check_alpha(alpha)
     beta = 1.0 - 2.0 * alpha
-    return ComposeTransform([SigmoidTransform(cache_size=1),
-                             AffineTransform(-alpha / beta, 1.0 / beta, cache_size=1)],
-                            cache_size=1)
+    return ComposeTransform(
+        [SigmoidTransform(cache_size=1), AffineTransform(-alpha / beta, 1.0 / beta, cache_size=1)],
+        cache_size=1,
+    )
 
 
-def logit_preprocess(x: torch.Tensor, alpha: float = 0.05,
-                     event_dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_preprocess(
+    x: torch.Tensor, alpha: float = 0.05, event_dim: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(y, log_det)``: :math:`y = \operatorname{logit}(\alpha + (1-2\alpha)x)` and
     :math:`\log|\det \partial y / \partial x|` summed over the last ``event_dim`` dimensions.
 
@@ -192,7 +200,8 @@ class VariationalDequantizer(torch.nn.Module):
     a conditional flow; a diagonal family is the simplest that learns). It is a
     Pyro ``TransformedDistribution`` (torch's ``SigmoidTransform`` over a Normal, then
     an affine squeeze into ``[U_MARGIN, 1 - U_MARGIN]`` so that float32 rounding never
-    puts ``u`` on the edge of the prior's support), so probgen's flow model uses it as the guide of the latent dequantization noise.
+    puts ``u`` on the edge of the prior's support), so probgen's flow model uses it as the
+    guide of the latent dequantization noise.
 
     Args:
         event_shape: ``(C, H, W)``.
@@ -214,16 +223,22 @@ class VariationalDequantizer(torch.nn.Module):
         with torch.no_grad():  # and near uniform: sigmoid(N(0, 1.6^2)) is roughly flat
             last.bias.zero_()
             last.bias[c:] = math.log(1.6)
-        self.net = nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), last)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(),
+            last,
+        )
 
-    def distribution(self, levels: torch.Tensor,
-                     num_levels: int = 256) -> torch.distributions.TransformedDistribution:
+    def distribution(
+        self, levels: torch.Tensor, num_levels: int = 256
+    ) -> torch.distributions.TransformedDistribution:
         """``q(u | k)`` for integer levels ``k`` of shape ``(B, C, H, W)`` (batch ``(B,)``)."""
         import pyro.distributions as dist
 
         x = levels / (num_levels - 1) - 0.5
-        h = self.net(x).to(x.dtype)   # (autocast: the distribution in the data's dtype)
+        h = self.net(x).to(x.dtype)  # (autocast: the distribution in the data's dtype)
         loc, log_scale = h.chunk(2, dim=1)
         base = dist.Normal(loc, torch.exp(log_scale.clamp(-7.0, 5.0))).to_event(3)
         # squeezed into [eps, 1 - eps]: in float32 sigmoid(y) rounds to exactly 1 for

@@ -11,38 +11,45 @@ to the GPU would cost a host-to-device copy per batch and stall on the CPU's gen
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
-Device = Union[str, torch.device]
+Device = str | torch.device
 
 
-def _generator_for(device: Device, generator: Optional[torch.Generator]
-                   ) -> Optional[torch.Generator]:
+def _generator_for(device: Device, generator: torch.Generator | None) -> torch.Generator | None:
     """``generator`` when it can draw on ``device``, else ``None`` (the device's stream)."""
     if generator is None:
         return None
     return generator if torch.device(device).type == generator.device.type else None
 
 
-def randint(low: int, high: int, shape: Sequence[int], device: Device,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def randint(
+    low: int,
+    high: int,
+    shape: Sequence[int],
+    device: Device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Integers uniform in ``[low, high)`` of ``shape``, made on ``device``."""
-    return torch.randint(low, high, tuple(shape), device=device,
-                         generator=_generator_for(device, generator))
+    return torch.randint(
+        low, high, tuple(shape), device=device, generator=_generator_for(device, generator)
+    )
 
 
-def rand_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def rand_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``U(0, 1)`` draws of ``x``'s shape, dtype and device."""
-    return torch.rand(x.shape, generator=_generator_for(x.device, generator), device=x.device,
-                      dtype=x.dtype)
+    return torch.rand(
+        x.shape, generator=_generator_for(x.device, generator), device=x.device, dtype=x.dtype
+    )
 
 
-def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``N(0, 1)`` draws of ``x``'s shape, dtype and device."""
-    return torch.randn(x.shape, generator=_generator_for(x.device, generator), device=x.device,
-                       dtype=x.dtype)
+    return torch.randn(
+        x.shape, generator=_generator_for(x.device, generator), device=x.device, dtype=x.dtype
+    )
 
 
 __all__ = ["rand_like", "randint", "randn_like"]

@@ -29,11 +29,12 @@ wraps it in a ``DataLoader``, which the fit loop takes as training data.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ from probgen.errors import ConfigError, DataError
 
 ATTRIBUTES = ("thickness", "slant")
 
-AGE_GROUPS: Dict[str, Tuple[int, ...]] = {
+AGE_GROUPS: dict[str, tuple[int, ...]] = {
     # lower bounds of the groups (Antipov et al. 2017: 0-18, 19-29, 30-39, 40-49, 50-59, 60+)
     "agecgan": (0, 19, 30, 40, 50, 60),
     # Zhang et al. 2017: 0-5, 6-10, 11-15, 16-20, 21-30, 31-40, 41-50, 51-60, 61-70, 71+
@@ -56,12 +57,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 # --------------------------------------------------------------------------- morphology
 
+
 def _cross_neighbours(x: torch.Tensor) -> torch.Tensor:
     """``(5, N, C, H, W)``: each pixel and its four neighbours (outside the image: 0)."""
     p = F.pad(x, (1, 1, 1, 1))
     h, w = x.shape[-2:]
-    return torch.stack([p[..., 1:h + 1, 1:w + 1], p[..., 0:h, 1:w + 1], p[..., 2:h + 2, 1:w + 1],
-                        p[..., 1:h + 1, 0:w], p[..., 1:h + 1, 2:w + 2]])
+    return torch.stack(
+        [
+            p[..., 1 : h + 1, 1 : w + 1],
+            p[..., 0:h, 1 : w + 1],
+            p[..., 2 : h + 2, 1 : w + 1],
+            p[..., 1 : h + 1, 0:w],
+            p[..., 1 : h + 1, 2 : w + 2],
+        ]
+    )
 
 
 def _square2(x: torch.Tensor, step: int) -> torch.Tensor:
@@ -113,8 +122,14 @@ def stroke_thickness(images: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return torch.where(boundary > 0, 2 * area / boundary.clamp_min(1), torch.zeros_like(area))
 
 
-def graded_images(images: torch.Tensor, attribute: str = "thickness", levels: int = 6, *,
-                  thinning: int = 1, max_shear: float = 0.5) -> torch.Tensor:
+def graded_images(
+    images: torch.Tensor,
+    attribute: str = "thickness",
+    levels: int = 6,
+    *,
+    thinning: int = 1,
+    max_shear: float = 0.5,
+) -> torch.Tensor:
     """Every image at every level: ``(N, C, H, W)`` in [0, 1] -> ``(N, levels, C, H, W)``.
 
     Args:
@@ -127,8 +142,10 @@ def graded_images(images: torch.Tensor, attribute: str = "thickness", levels: in
     checks.choice("attribute", attribute, ATTRIBUTES)
     levels = checks.integer("levels", levels, low=2, hint="a graded data set needs 2 or more")
     if not torch.is_tensor(images) or images.dim() != 4:
-        raise DataError(f"graded_images takes images (N, C, H, W), got "
-                        f"{tuple(images.shape) if torch.is_tensor(images) else type(images)}.")
+        raise DataError(
+            f"graded_images takes images (N, C, H, W), got "
+            f"{tuple(images.shape) if torch.is_tensor(images) else type(images)}."
+        )
     x = images.float()
     out = []
     if attribute == "thickness":
@@ -171,15 +188,19 @@ class GradedSet:
         n, k = self.images.shape[:2]
         level = torch.arange(k, device=self.images.device).repeat(n)
         ident = torch.arange(n, device=self.images.device).repeat_interleave(k)
-        return TensorData(self.images.reshape((n * k,) + self.images.shape[2:]), level, ident,
-                          names=("images", "level", "identity"))
+        return TensorData(
+            self.images.reshape((n * k,) + self.images.shape[2:]),
+            level,
+            ident,
+            names=("images", "level", "identity"),
+        )
 
     def sequences(self) -> TensorData:
         """``TensorData(images (N, K, C, H, W), digits (N,))``: whole progressions (the
         recurrent model's training pairs are their neighbouring levels)."""
         return TensorData(self.images, self.digits, names=("sequences", "digits"))
 
-    def to(self, device) -> "GradedSet":
+    def to(self, device) -> GradedSet:
         return GradedSet(self.images.to(device), self.digits.to(device), self.attribute)
 
 
@@ -188,10 +209,18 @@ def _cache_key(**settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int = 10000,
-                 seed: int = 0, limit: Optional[int] = None, thinning: int = 1,
-                 max_shear: float = 0.5, device: Union[str, torch.device] = "cpu",
-                 cache: Union[bool, str, Path] = True) -> Dict[str, GradedSet]:
+def graded_mnist(
+    attribute: str = "thickness",
+    levels: int = 6,
+    *,
+    val_size: int = 10000,
+    seed: int = 0,
+    limit: int | None = None,
+    thinning: int = 1,
+    max_shear: float = 0.5,
+    device: str | torch.device = "cpu",
+    cache: bool | str | Path = True,
+) -> dict[str, GradedSet]:
     """The bundled MNIST's train / val / test splits, every digit at ``levels`` levels.
 
     Args:
@@ -206,30 +235,52 @@ def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int
         cache: ``True``: read or write ``default_root()/graded``; a folder: there;
             ``False``: compute every time.
     """
-    settings = dict(attribute=attribute, levels=levels, thinning=thinning, max_shear=max_shear,
-                    val_size=val_size, seed=seed, limit=limit, version=1)
+    settings = dict(
+        attribute=attribute,
+        levels=levels,
+        thinning=thinning,
+        max_shear=max_shear,
+        val_size=val_size,
+        seed=seed,
+        limit=limit,
+        version=1,
+    )
     path = None
     if cache:
         folder = Path(default_root() / "graded" if cache is True else cache)
         path = folder / f"graded_mnist_{attribute}_{_cache_key(**settings)}.pt"
         if path.exists():
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            return {k: GradedSet(v["images"].float().div_(255).to(device),
-                                 v["digits"].to(device), attribute)
-                    for k, v in stored.items()}
+            return {
+                k: GradedSet(
+                    v["images"].float().div_(255).to(device), v["digits"].to(device), attribute
+                )
+                for k, v in stored.items()
+            }
     splits = image_splits("mnist", val_size=val_size, seed=seed, limit=limit)
     out = {}
     for k, data in splits.items():
         x, y = data.tensors
-        out[k] = GradedSet(graded_images(x, attribute, levels, thinning=thinning,
-                                         max_shear=max_shear), y, attribute)
+        out[k] = GradedSet(
+            graded_images(x, attribute, levels, thinning=thinning, max_shear=max_shear),
+            y,
+            attribute,
+        )
     if path is not None:
         # stored as bytes (a quarter of the floats' size); written whole or not at all, by
         # any number of processes at once
-        files.torch_save({k: {"images": (v.images * 255).round().to(torch.uint8),
-                              "digits": v.digits} for k, v in out.items()}, path, clean=False)
-        out = {k: GradedSet((v.images * 255).round() / 255, v.digits, attribute)
-               for k, v in out.items()}   # the same values as a cached read
+        files.torch_save(
+            {
+                k: {"images": (v.images * 255).round().to(torch.uint8), "digits": v.digits}
+                for k, v in out.items()
+            },
+            path,
+            clean=False,
+        )
+        out = {
+            k: GradedSet((v.images * 255).round() / 255, v.digits, attribute)
+            for k, v in out.items()
+        }  # the same values as a cached read
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -238,7 +289,7 @@ def graded_mnist(attribute: str = "thickness", levels: int = 6, *, val_size: int
 _UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)")
 
 
-def parse_face_name(name: str) -> Tuple[int, int, int]:
+def parse_face_name(name: str) -> tuple[int, int, int]:
     """``(age, gender, race)`` from a UTKFace file name ``{age}_{gender}_{race}_{datetime}``.
 
     Raises:
@@ -246,30 +297,39 @@ def parse_face_name(name: str) -> Tuple[int, int, int]:
     """
     m = _UTK_NAME.match(Path(name).name)
     if m is None or int(m.group(1)) > 130:
-        raise DataError(f"face file {name!r} does not follow the UTKFace pattern "
-                        f"{{age}}_{{gender 0|1}}_{{race 0-4}}_{{datetime}}.jpg (age 0-130); rename "
-                        f"or remove it, or pass strict=False to skip such files.")
+        raise DataError(
+            f"face file {name!r} does not follow the UTKFace pattern "
+            f"{{age}}_{{gender 0|1}}_{{race 0-4}}_{{datetime}}.jpg (age 0-130); rename "
+            f"or remove it, or pass strict=False to skip such files."
+        )
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
-def age_bounds(groups: Union[str, Sequence[int]]) -> Tuple[int, ...]:
+def age_bounds(groups: str | Sequence[int]) -> tuple[int, ...]:
     """The lower bounds of the age groups: a name in :data:`AGE_GROUPS` or increasing
     integers starting at 0."""
     if isinstance(groups, str):
         if groups not in AGE_GROUPS:
-            raise ConfigError(f"age groups must be one of {sorted(AGE_GROUPS)} or a list of "
-                              f"lower bounds such as (0, 20, 40, 60), got {groups!r}.")
+            raise ConfigError(
+                f"age groups must be one of {sorted(AGE_GROUPS)} or a list of "
+                f"lower bounds such as (0, 20, 40, 60), got {groups!r}."
+            )
         return AGE_GROUPS[groups]
     bounds = tuple(groups)
-    if len(bounds) < 2 or bounds[0] != 0 or any(
-            isinstance(b, bool) or not isinstance(b, int) for b in bounds) or \
-            any(b >= c for b, c in zip(bounds, bounds[1:])):
-        raise ConfigError(f"age group bounds must be increasing integers starting at 0 (at "
-                          f"least two groups), got {groups!r}.")
+    if (
+        len(bounds) < 2
+        or bounds[0] != 0
+        or any(isinstance(b, bool) or not isinstance(b, int) for b in bounds)
+        or any(b >= c for b, c in itertools.pairwise(bounds))
+    ):
+        raise ConfigError(
+            f"age group bounds must be increasing integers starting at 0 (at "
+            f"least two groups), got {groups!r}."
+        )
     return bounds
 
 
-def age_group(age: int, groups: Union[str, Sequence[int]] = "agecgan") -> int:
+def age_group(age: int, groups: str | Sequence[int] = "agecgan") -> int:
     """The group of an age: the last group whose lower bound is at most ``age``."""
     bounds = age_bounds(groups)
     return sum(1 for b in bounds if age >= b) - 1
@@ -293,9 +353,14 @@ class AgeFolder(torch.utils.data.Dataset):
         files, ages, groups: the images' paths, ages and group indices.
     """
 
-    def __init__(self, root: Union[str, Path], size: int = 64,
-                 groups: Union[str, Sequence[int]] = "agecgan", channels: int = 3,
-                 strict: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 64,
+        groups: str | Sequence[int] = "agecgan",
+        channels: int = 3,
+        strict: bool = True,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"face folder {str(root)!r} does not exist or is not a folder.")
@@ -303,9 +368,9 @@ class AgeFolder(torch.utils.data.Dataset):
         checks.choice("channels", channels, (1, 3))
         self.channels = channels
         self.bounds = age_bounds(groups)
-        self.files: List[Path] = []
-        self.ages: List[int] = []
-        self.skipped: List[str] = []
+        self.files: list[Path] = []
+        self.ages: list[int] = []
+        self.skipped: list[str] = []
         for p in sorted(root.iterdir()):
             if not p.is_file() or not p.name.lower().endswith(IMAGE_SUFFIXES):
                 continue
@@ -319,8 +384,10 @@ class AgeFolder(torch.utils.data.Dataset):
             self.files.append(p)
             self.ages.append(age)
         if not self.files:
-            raise DataError(f"face folder {str(root)!r} holds no image named "
-                            f"{{age}}_{{gender}}_{{race}}_{{datetime}}.jpg.")
+            raise DataError(
+                f"face folder {str(root)!r} holds no image named "
+                f"{{age}}_{{gender}}_{{race}}_{{datetime}}.jpg."
+            )
         self.groups = torch.tensor([age_group(a, self.bounds) for a in self.ages])
 
     @property
@@ -330,7 +397,7 @@ class AgeFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def first(self, n: int, device: Union[str, torch.device, None] = None):
+    def first(self, n: int, device: str | torch.device | None = None):
         """``(images (m, C, size, size), groups (m,))`` of the first ``m = min(n, len)``
         faces, on ``device`` (the CPU by default): a fixed batch to draw edits of."""
         m = min(checks.positive_int("n", n), len(self))
@@ -351,18 +418,43 @@ class AgeFolder(torch.utils.data.Dataset):
         return img.float().div_(255), self.groups[i]
 
 
-def faces_loader(root: Union[str, Path], size: int = 64,
-                 groups: Union[str, Sequence[int]] = "agecgan", batch_size: int = 64,
-                 shuffle: bool = True, num_workers: int = 0, channels: int = 3,
-                 strict: bool = True, generator: Optional[torch.Generator] = None):
+def faces_loader(
+    root: str | Path,
+    size: int = 64,
+    groups: str | Sequence[int] = "agecgan",
+    batch_size: int = 64,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    channels: int = 3,
+    strict: bool = True,
+    generator: torch.Generator | None = None,
+):
     """A ``DataLoader`` of ``(images, groups)`` batches from :class:`AgeFolder` (what
     ``probgen.fit`` takes as training data when a data set does not fit in memory)."""
     ds = AgeFolder(root, size, groups, channels, strict)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=num_workers, generator=generator,
-                                       drop_last=False)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        drop_last=False,
+    )
 
 
-__all__ = ["AGE_GROUPS", "ATTRIBUTES", "AgeFolder", "GradedSet", "age_bounds", "age_group",
-           "dilate", "erode", "faces_loader", "graded_images", "graded_mnist", "parse_face_name",
-           "shear", "stroke_thickness"]
+__all__ = [
+    "AGE_GROUPS",
+    "ATTRIBUTES",
+    "AgeFolder",
+    "GradedSet",
+    "age_bounds",
+    "age_group",
+    "dilate",
+    "erode",
+    "faces_loader",
+    "graded_images",
+    "graded_mnist",
+    "parse_face_name",
+    "shear",
+    "stroke_thickness",
+]

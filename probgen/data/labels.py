@@ -17,8 +17,6 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from probgen import checks
@@ -28,8 +26,12 @@ UNLABELLED = -1
 """The label of an unlabelled example in a semi-supervised data set."""
 
 
-def labelled_split(labels: torch.Tensor, num_labelled: int, num_classes: int = 10,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def labelled_split(
+    labels: torch.Tensor,
+    num_labelled: int,
+    num_classes: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Labels with all but ``num_labelled`` examples set to :data:`UNLABELLED`.
 
     The same number of each class is kept (``num_labelled / num_classes``, the remainder to
@@ -53,8 +55,10 @@ def labelled_split(labels: torch.Tensor, num_labelled: int, num_classes: int = 1
     checks.positive_int("num_labelled", num_labelled)
     checks.positive_int("num_classes", num_classes)
     if num_labelled < num_classes:
-        raise DataError(f"semi-supervised training needs at least one labelled example per "
-                        f"class: num_labelled={num_labelled!r} for {num_classes} classes.")
+        raise DataError(
+            f"semi-supervised training needs at least one labelled example per "
+            f"class: num_labelled={num_labelled!r} for {num_classes} classes."
+        )
     if not torch.is_tensor(labels) or labels.dim() != 1:
         raise DataError("labels must be a 1-D tensor of class indices.")
     out = torch.full_like(labels, UNLABELLED)
@@ -63,8 +67,10 @@ def labelled_split(labels: torch.Tensor, num_labelled: int, num_classes: int = 1
         want = base + (1 if c < extra else 0)
         idx = (labels == c).nonzero().flatten()
         if idx.numel() < want:
-            raise DataError(f"too few examples of class {c} to label {want} of them: the data "
-                            f"have {idx.numel()}; ask for fewer labelled examples.")
+            raise DataError(
+                f"too few examples of class {c} to label {want} of them: the data "
+                f"have {idx.numel()}; ask for fewer labelled examples."
+            )
         pick = torch.randperm(idx.numel(), generator=generator)[:want].to(idx.device)
         out[idx[pick]] = c
     return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from probgen import checks
@@ -20,18 +18,19 @@ def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:
         images = images.unsqueeze(1)
     elif images.dim() != 4:
-        raise DataError(f"expected images of shape (N, H, W) or (N, C, H, W), got {tuple(images.shape)}.")
+        raise DataError(
+            f"expected images of shape (N, H, W) or (N, C, H, W), got {tuple(images.shape)}."
+        )
     return images.float().div_(255.0)
 
 
-def binarize_sample(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def binarize_sample(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw x_bin ~ Bernoulli(x) for grey levels x in [0, 1] (on ``x``'s device: a CPU
     generator drives CPU tensors, an accelerator its own stream; :mod:`probgen.data.draws`)."""
     return (rand_like(x, generator) < x).to(x.dtype)
 
 
-def dynamic_binarization(batch: tuple,
-                         generator: Optional[torch.Generator] = None) -> tuple:
+def dynamic_binarization(batch: tuple, generator: torch.Generator | None = None) -> tuple:
     """Batch transform: resample the binarization of the first tensor (the images) each draw.
 
     Every draw is binary whatever the data, so checking one draw of the transformed data
@@ -54,8 +53,7 @@ def check_binarize(binarize: str) -> str:
     return checks.choice("binarize", binarize, BINARIZE_CHOICES)
 
 
-def split_indices(n: int, val_size: int,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(n: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of ``range(n)`` into (train, validation) index tensors."""
     if not 0 <= val_size < n:
         raise ConfigError(f"val_size must be in [0, {n}), got {val_size}.")

@@ -7,7 +7,7 @@ in its checkpoints, and a resumed run refuses data made otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import torch
 
@@ -24,7 +24,7 @@ TOY1D_MEAN = -1.0
 TOY1D_STD = 1.0
 
 
-def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
+def with_settings(data, base: dict[str, Any] | None = None, **settings):
     """``data`` (a :class:`~probgen.data.TensorData`) recording how it was made: ``base``
     (another split's ``settings``) updated by ``settings``. The fit loop keeps the training
     data's settings in its checkpoints and ``--resume`` refuses other ones; data that a
@@ -42,18 +42,21 @@ def with_settings(data, base: Optional[Dict[str, Any]] = None, **settings):
     return data
 
 
-def download_splits(name: str, *, root: Optional[str] = None, download: bool = True,
-                    **kwargs) -> Dict[str, TensorData]:
+def download_splits(
+    name: str, *, root: str | None = None, download: bool = True, **kwargs
+) -> dict[str, TensorData]:
     """:func:`~probgen.data.image_splits` of a data set that may have to be downloaded
     (CIFAR-10 through torchvision): a download that cannot reach the network, or files
     that are missing, is one :class:`~probgen.errors.DataNotFoundError` that says where to
     put them."""
     try:
         return image_splits(name, root=root, download=download, **kwargs)
-    except OSError as err:   # a download that could not reach the network
-        raise DataNotFoundError(f"{name} is not under {root or 'the cache folder'} and could "
-                                f"not be downloaded ({err}); copy the files there, or run "
-                                f"where the network is reachable.") from None
+    except OSError as err:  # a download that could not reach the network
+        raise DataNotFoundError(
+            f"{name} is not under {root or 'the cache folder'} and could "
+            f"not be downloaded ({err}); copy the files there, or run "
+            f"where the network is reachable."
+        ) from None
 
 
 def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
@@ -75,9 +78,14 @@ def toy1d(size: int, seed: int = 0, device=None) -> TensorData:
     return with_settings(TensorData(x.to(device)), dataset="toy1d", size=size, seed=seed)
 
 
-def semi_supervised(train: TensorData, labels: Union[torch.Tensor, int],
-                    labelled_share: float, *, num_classes: int = 10,
-                    seed: int = 0) -> Tuple[TensorData, int]:
+def semi_supervised(
+    train: TensorData,
+    labels: torch.Tensor | int,
+    labelled_share: float,
+    *,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> tuple[TensorData, int]:
     """The training images with the partial ``labels`` (-1: unlabelled), the labelled
     images repeated to make about ``labelled_share`` of the set, so that most batches hold
     some (Makhzani et al. 2015, "Adversarial Autoencoders", section 5, train on labelled
@@ -113,13 +121,18 @@ def semi_supervised(train: TensorData, labels: Union[torch.Tensor, int],
     x = train.tensors[0]
     if isinstance(labels, int) and not isinstance(labels, bool):
         if len(train.tensors) < 2:
-            raise DataError("semi_supervised draws its labelled images from the true labels: "
-                            "give train as (images, labels).")
-        labels = labelled_split(train.tensors[1].cpu(), labels, num_classes,
-                                torch.Generator().manual_seed(seed))
+            raise DataError(
+                "semi_supervised draws its labelled images from the true labels: "
+                "give train as (images, labels)."
+            )
+        labels = labelled_split(
+            train.tensors[1].cpu(), labels, num_classes, torch.Generator().manual_seed(seed)
+        )
     if not torch.is_tensor(labels) or labels.shape != (x.shape[0],):
-        raise DataError(f"semi_supervised needs one label per training image "
-                        f"({x.shape[0]}), got {getattr(labels, 'shape', type(labels))}.")
+        raise DataError(
+            f"semi_supervised needs one label per training image "
+            f"({x.shape[0]}), got {getattr(labels, 'shape', type(labels))}."
+        )
     labelled_share = checks.fraction("labelled_share", labelled_share)
     labels = labels.to(x.device)
     keep = labels >= 0
@@ -129,9 +142,12 @@ def semi_supervised(train: TensorData, labels: Union[torch.Tensor, int],
     repeats = max(1, round(labelled_share * x.shape[0] / ((1 - labelled_share) * n_lab)))
     xs = torch.cat([x[~keep]] + [x[keep]] * repeats)
     ys = torch.cat([labels[~keep]] + [labels[keep]] * repeats)
-    data = with_settings(TensorData(xs, ys, transform=train.transform),
-                         getattr(train, "settings", None), num_labelled=n_lab,
-                         labelled_share=labelled_share)
+    data = with_settings(
+        TensorData(xs, ys, transform=train.transform),
+        getattr(train, "settings", None),
+        num_labelled=n_lab,
+        labelled_share=labelled_share,
+    )
     return data, repeats
 
 
@@ -142,28 +158,36 @@ def shifted(train: TensorData, max_shift: int, only_labelled: bool = False) -> T
     if not checks.nonnegative_int("max_shift", max_shift):
         return train
     shift = RandomShift(max_shift, train.tensors[0].shape[1:], only_labelled=only_labelled)
-    return with_settings(train.with_transform(shift), getattr(train, "settings", None),
-                         augment_shift=max_shift,
-                         augment_which="labelled" if only_labelled else "all")
+    return with_settings(
+        train.with_transform(shift),
+        getattr(train, "settings", None),
+        augment_shift=max_shift,
+        augment_which="labelled" if only_labelled else "all",
+    )
 
 
-def dequantized_splits(splits: Dict[str, TensorData], seed: int = 0,
-                       eval_size: Optional[int] = None) -> Dict[str, Any]:
+def dequantized_splits(
+    splits: dict[str, TensorData], seed: int = 0, eval_size: int | None = None
+) -> dict[str, Any]:
     """Image splits for a density model of continuous data: ``train`` dequantized afresh
     at every draw, ``val`` and ``test`` once each with the seeds ``seed + 1`` and ``seed +
     2`` (comparable runs; ``val`` is ``None`` without a validation split), ``test`` cut to
     its first ``eval_size`` images; and ``test_images``, those images as they were (for
     an FID)."""
     seed = checks.seed("seed", seed)
-    eval_size = checks.optional(checks.positive_int, "eval_size", eval_size,
-                                hint="or None for every test image")
+    eval_size = checks.optional(
+        checks.positive_int, "eval_size", eval_size, hint="or None for every test image"
+    )
     test = splits["test"]
     if eval_size is not None:
         test = test.subset(slice(0, eval_size))
     val = splits.get("val")
-    return {"train": dequantized(splits["train"]),
-            "val": dequantized(val, seed=seed + 1) if val is not None and len(val) else None,
-            "test": dequantized(test, seed=seed + 2), "test_images": test.tensors[0]}
+    return {
+        "train": dequantized(splits["train"]),
+        "val": dequantized(val, seed=seed + 1) if val is not None and len(val) else None,
+        "test": dequantized(test, seed=seed + 2),
+        "test_images": test.tensors[0],
+    }
 
 
 def balanced_labels(num_classes: int, n: int, device=None) -> torch.Tensor:
@@ -180,5 +204,14 @@ def balanced_labels(num_classes: int, n: int, device=None) -> torch.Tensor:
     return torch.arange(num_classes, device=device).repeat_interleave(-(-n // num_classes))[:n]
 
 
-__all__ = ["TOY1D_MEAN", "TOY1D_STD", "balanced_labels", "dequantized_splits",
-           "download_splits", "semi_supervised", "shifted", "toy1d", "with_settings"]
+__all__ = [
+    "TOY1D_MEAN",
+    "TOY1D_STD",
+    "balanced_labels",
+    "dequantized_splits",
+    "download_splits",
+    "semi_supervised",
+    "shifted",
+    "toy1d",
+    "with_settings",
+]

@@ -43,23 +43,27 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection, Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from probgen import checks, files
 from probgen.data.datasets import default_root, load_images, unpack_bundled_mnist
-from probgen.data.preprocess import (check_binarize, dynamic_binarization, split_indices,
-                                     static_binarize)
+from probgen.data.preprocess import (
+    check_binarize,
+    dynamic_binarization,
+    split_indices,
+    static_binarize,
+)
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 
-SCENE_FORMAT = 3          # bump when the generator changes: old cache files are not reused
+SCENE_FORMAT = 3  # bump when the generator changes: old cache files are not reused
 TRUTH_NAMES = ("images", "masks", "segmentation", "counts", "classes", "positions")
-_PLACEMENT_TRIES = 100    # draws per digit, and scenes redrawn, before the lattice
-_MAX_DIGITS = 63          # the cache packs the masks as bits of one integer per pixel
+_PLACEMENT_TRIES = 100  # draws per digit, and scenes redrawn, before the lattice
+_MAX_DIGITS = 63  # the cache packs the masks as bits of one integer per pixel
 
 
 def lattice_capacity(canvas: int, digit_size: int, min_distance: float) -> int:
@@ -68,19 +72,27 @@ def lattice_capacity(canvas: int, digit_size: int, min_distance: float) -> int:
     span = canvas - digit_size
     if min_distance <= 0:
         return _MAX_DIGITS
-    per_side = int(math.floor(span / min_distance)) + 1
+    per_side = math.floor(span / min_distance) + 1
     return per_side * per_side
 
 
-def check_scene_settings(canvas: int, digit_size: int, min_digits: int, max_digits: int,
-                         min_distance: float, mask_threshold: float) -> None:
+def check_scene_settings(
+    canvas: int,
+    digit_size: int,
+    min_digits: int,
+    max_digits: int,
+    min_distance: float,
+    mask_threshold: float,
+) -> None:
     """Refuse settings that cannot make scenes, with a message that says which and why."""
     canvas = checks.positive_int("canvas", canvas)
     min_digits = checks.positive_int("min_digits", min_digits)
     max_digits = checks.positive_int("max_digits", max_digits)
     if canvas < digit_size:
-        raise ConfigError(f"a canvas of {canvas}x{canvas} pixels is smaller than one digit "
-                          f"({digit_size}x{digit_size}); use canvas >= {digit_size}.")
+        raise ConfigError(
+            f"a canvas of {canvas}x{canvas} pixels is smaller than one digit "
+            f"({digit_size}x{digit_size}); use canvas >= {digit_size}."
+        )
     if min_digits > max_digits:
         raise ConfigError(f"min_digits ({min_digits}) is larger than max_digits ({max_digits}).")
     if max_digits > _MAX_DIGITS:
@@ -91,7 +103,8 @@ def check_scene_settings(canvas: int, digit_size: int, min_digits: int, max_digi
         raise ConfigError(
             f"{max_digits} digits do not fit on a {canvas}x{canvas} canvas with centres "
             f"{min_distance:g} pixels apart (at most {cap}); lower max_digits or min_distance, "
-            f"or enlarge the canvas.")
+            f"or enlarge the canvas."
+        )
     if not isinstance(mask_threshold, (int, float)) or not 0 <= mask_threshold < 1:
         raise ConfigError(f"mask_threshold is a grey level in [0, 1), got {mask_threshold!r}.")
 
@@ -114,15 +127,24 @@ def _place(rng: np.random.Generator, n: int, span: int, min_distance: float) -> 
         if ok:
             return pos
     # crowded settings: a shuffled lattice of spacing min_distance (fits by the check)
-    per_side = int(math.floor(span / min_distance)) + 1
+    per_side = math.floor(span / min_distance) + 1
     grid = np.array([(r, c) for r in range(per_side) for c in range(per_side)], dtype=np.int64)
     grid = np.floor(grid * min_distance).astype(np.int64)
     return grid[rng.permutation(len(grid))[:n]]
 
 
-def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, canvas: int = 64,
-                min_digits: int = 1, max_digits: int = 4, min_distance: float = 14.0,
-                mask_threshold: float = 0.5, seed: int = 0) -> Dict[str, torch.Tensor]:
+def make_scenes(
+    digits: torch.Tensor,
+    labels: torch.Tensor,
+    num_scenes: int,
+    *,
+    canvas: int = 64,
+    min_digits: int = 1,
+    max_digits: int = 4,
+    min_distance: float = 14.0,
+    mask_threshold: float = 0.5,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Draw ``num_scenes`` scenes from a pool of digits (no cache; see :func:`scene_splits`).
 
     Args:
@@ -143,8 +165,9 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
         digit's index in ``digits`` (``-1`` for empty slots).
     """
     if digits.dim() != 3 or digits.dtype != torch.uint8:
-        raise ConfigError(f"digits must be uint8 of shape (M, h, w), got {digits.dtype} "
-                          f"{tuple(digits.shape)}.")
+        raise ConfigError(
+            f"digits must be uint8 of shape (M, h, w), got {digits.dtype} {tuple(digits.shape)}."
+        )
     h, w = digits.shape[1:]
     if h != w:
         raise ConfigError(f"digits must be square, got {h}x{w}.")
@@ -152,7 +175,7 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
     num_scenes = checks.positive_int("num_scenes", num_scenes)
     rng = np.random.default_rng(seed)
     span = canvas - h
-    level = int(math.floor(mask_threshold * 255))     # mask: grey level > threshold
+    level = math.floor(mask_threshold * 255)  # mask: grey level > threshold
     src = digits.numpy()
     lab = labels.numpy()
     images = np.zeros((num_scenes, canvas, canvas), dtype=np.uint8)
@@ -166,7 +189,7 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
         n = int(counts[s])
         idx = rng.integers(0, len(src), size=n)
         pos = _place(rng, n, span, min_distance)
-        best = np.zeros((canvas, canvas), dtype=np.int16)       # brightest level so far, -1 none
+        best = np.zeros((canvas, canvas), dtype=np.int16)  # brightest level so far, -1 none
         best.fill(-1)
         for i in range(n):
             r, c = pos[i]
@@ -182,18 +205,31 @@ def make_scenes(digits: torch.Tensor, labels: torch.Tensor, num_scenes: int, *, 
             classes[s, i] = lab[idx[i]]
             positions[s, i] = pos[i]
             sources[s, i] = idx[i]
-    return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks),
-            "segmentation": torch.from_numpy(seg), "counts": torch.from_numpy(counts),
-            "classes": torch.from_numpy(classes), "positions": torch.from_numpy(positions),
-            "sources": torch.from_numpy(sources)}
+    return {
+        "images": torch.from_numpy(images),
+        "masks": torch.from_numpy(masks),
+        "segmentation": torch.from_numpy(seg),
+        "counts": torch.from_numpy(counts),
+        "classes": torch.from_numpy(classes),
+        "positions": torch.from_numpy(positions),
+        "sources": torch.from_numpy(sources),
+    }
 
 
 # --------------------------------------------------------------------------- cache
 
+
 def _pack_masks(masks: torch.Tensor) -> torch.Tensor:
     d = masks.shape[1]
-    dtype = torch.uint8 if d <= 8 else torch.int16 if d <= 15 else torch.int32 if d <= 31 \
+    dtype = (
+        torch.uint8
+        if d <= 8
+        else torch.int16
+        if d <= 15
+        else torch.int32
+        if d <= 31
         else torch.int64
+    )
     bits = (1 << torch.arange(d, dtype=torch.int64)).view(1, d, 1, 1)
     return (masks.to(torch.int64) * bits).sum(1).to(dtype)
 
@@ -208,12 +244,12 @@ def _cache_file(folder: Path, settings: dict) -> Path:
     return folder / f"mnist-{settings['split']}-{settings['num_scenes']}-{key}.pt"
 
 
-def _load_cached(path: Path, settings: dict) -> Optional[Dict[str, torch.Tensor]]:
+def _load_cached(path: Path, settings: dict) -> dict[str, torch.Tensor] | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None
-    except Exception:          # a truncated or foreign file: draw again and overwrite it
+    except Exception:  # a truncated or foreign file: draw again and overwrite it
         return None
     if blob.get("settings") != json.dumps(settings, sort_keys=True):
         return None
@@ -222,7 +258,7 @@ def _load_cached(path: Path, settings: dict) -> Optional[Dict[str, torch.Tensor]
     return out
 
 
-def _save_cached(path: Path, settings: dict, scenes: Dict[str, torch.Tensor]) -> None:
+def _save_cached(path: Path, settings: dict, scenes: dict[str, torch.Tensor]) -> None:
     blob = {k: v for k, v in scenes.items() if k != "masks"}
     blob["packed_masks"] = _pack_masks(scenes["masks"])
     blob["settings"] = json.dumps(settings, sort_keys=True)
@@ -234,14 +270,24 @@ def _seed_of(seed: int, split: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:8], "little")
 
 
-def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, *,
-                 canvas: int = 64, min_digits: int = 1, max_digits: int = 4,
-                 min_distance: float = 14.0, mask_threshold: float = 0.5,
-                 val_size: int = 10000, binarize: str = "none", seed: int = 0,
-                 truth: Union[bool, Collection[str]] = False,
-                 device: Union[str, torch.device] = "cpu",
-                 root: Optional[Union[str, Path]] = None,
-                 cache: bool = True) -> Dict[str, TensorData]:
+def scene_splits(
+    num_train: int = 20000,
+    num_val: int = 2000,
+    num_test: int = 2000,
+    *,
+    canvas: int = 64,
+    min_digits: int = 1,
+    max_digits: int = 4,
+    min_distance: float = 14.0,
+    mask_threshold: float = 0.5,
+    val_size: int = 10000,
+    binarize: str = "none",
+    seed: int = 0,
+    truth: bool | Collection[str] = False,
+    device: str | torch.device = "cpu",
+    root: str | Path | None = None,
+    cache: bool = True,
+) -> dict[str, TensorData]:
     """Train / validation / test scenes as device-resident :class:`TensorData`.
 
     Without ground truth (``truth=False``) each split holds the images alone,
@@ -272,8 +318,10 @@ def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 20
     """
     check_binarize(binarize)
     check_scene_settings(canvas, 28, min_digits, max_digits, min_distance, mask_threshold)
-    sizes = {"train": checks.positive_int("num_train", num_train),
-             "test": checks.positive_int("num_test", num_test)}
+    sizes = {
+        "train": checks.positive_int("num_train", num_train),
+        "test": checks.positive_int("num_test", num_test),
+    }
     if val_size:
         sizes["val"] = checks.positive_int("num_val", num_val)
     wanted = set(sizes) if truth is True else set() if truth is False else set(truth)
@@ -286,19 +334,35 @@ def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 20
     for k in ("train", "val", "test"):
         if k not in sizes:
             continue
-        settings = dict(format=SCENE_FORMAT, split=k, num_scenes=sizes[k], canvas=canvas,
-                        min_digits=min_digits, max_digits=max_digits,
-                        min_distance=float(min_distance), mask_threshold=float(mask_threshold),
-                        val_size=val_size, seed=seed)
+        settings = dict(
+            format=SCENE_FORMAT,
+            split=k,
+            num_scenes=sizes[k],
+            canvas=canvas,
+            min_digits=min_digits,
+            max_digits=max_digits,
+            min_distance=float(min_distance),
+            mask_threshold=float(mask_threshold),
+            val_size=val_size,
+            seed=seed,
+        )
         path = _cache_file(folder / "scenes", settings)
         scenes = _load_cached(path, settings) if cache else None
         if scenes is None:
             if not pools:
                 pools = _digit_pools(val_size, seed, root)
             digits, labels = pools[k]
-            scenes = make_scenes(digits, labels, sizes[k], canvas=canvas, min_digits=min_digits,
-                                 max_digits=max_digits, min_distance=min_distance,
-                                 mask_threshold=mask_threshold, seed=_seed_of(seed, k))
+            scenes = make_scenes(
+                digits,
+                labels,
+                sizes[k],
+                canvas=canvas,
+                min_digits=min_digits,
+                max_digits=max_digits,
+                min_distance=min_distance,
+                mask_threshold=mask_threshold,
+                seed=_seed_of(seed, k),
+            )
             if cache:
                 _save_cached(path, settings, scenes)
         x = scenes["images"].unsqueeze(1).float().div_(255.0)
@@ -318,14 +382,16 @@ def scene_splits(num_train: int = 20000, num_val: int = 2000, num_test: int = 20
 
 def _digit_pools(val_size: int, seed: int, root):
     if root is not None:
-        unpack_bundled_mnist(root)       # everything under the caller's folder
+        unpack_bundled_mnist(root)  # everything under the caller's folder
     tr_images, tr_labels = load_images("mnist", True, root)
     te_images, te_labels = load_images("mnist", False, root)
     if val_size:
         tr_idx, va_idx = split_indices(len(tr_labels), val_size, seed)
-        return {"train": (tr_images[tr_idx], tr_labels[tr_idx]),
-                "val": (tr_images[va_idx], tr_labels[va_idx]),
-                "test": (te_images, te_labels)}
+        return {
+            "train": (tr_images[tr_idx], tr_labels[tr_idx]),
+            "val": (tr_images[va_idx], tr_labels[va_idx]),
+            "test": (te_images, te_labels),
+        }
     return {"train": (tr_images, tr_labels), "test": (te_images, te_labels)}
 
 

@@ -17,7 +17,8 @@ run refuses data made otherwise.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ from probgen import checks
 from probgen.errors import DataError
 
 Batch = tuple
-Transform = Callable[[Batch, Optional[torch.Generator]], Batch]
+Transform = Callable[[Batch, torch.Generator | None], Batch]
 
 
 class TensorData:
@@ -41,9 +42,13 @@ class TensorData:
             or indices it took.
     """
 
-    def __init__(self, *tensors: torch.Tensor, transform: Optional[Transform] = None,
-                 names: Optional[Sequence[str]] = None,
-                 settings: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        transform: Transform | None = None,
+        names: Sequence[str] | None = None,
+        settings: dict[str, Any] | None = None,
+    ):
         if not tensors:
             raise DataError("TensorData needs at least one tensor.")
         n = tensors[0].shape[0]
@@ -53,7 +58,8 @@ class TensorData:
             if t.shape[0] != n:
                 raise DataError(
                     f"TensorData: all tensors need the same first dimension; tensor 0 has {n}, "
-                    f"tensor {i} has {t.shape[0]}.")
+                    f"tensor {i} has {t.shape[0]}."
+                )
         self.tensors = tuple(tensors)
         self.transform = transform
         self.names = tuple(names) if names is not None else None
@@ -67,25 +73,33 @@ class TensorData:
     def __repr__(self) -> str:
         shapes = ", ".join(
             f"{(self.names[i] + '=') if self.names else ''}{tuple(t.shape)}"
-            for i, t in enumerate(self.tensors))
+            for i, t in enumerate(self.tensors)
+        )
         return f"TensorData({shapes}, device={self.device})"
 
     @property
     def device(self) -> torch.device:
         return self.tensors[0].device
 
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> "TensorData":
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TensorData:
         """The same data on ``device``; ``dtype`` converts the floating-point tensors only
         (labels and indices keep theirs)."""
+
         def move(t):
             if dtype is not None and t.is_floating_point():
                 return t.to(device=device, dtype=dtype)
             return t.to(device) if device is not None else t
-        return TensorData(*(move(t) for t in self.tensors), transform=self.transform,
-                          names=self.names, settings=self.settings)
 
-    def subset(self, index: slice | Sequence[int] | torch.Tensor) -> "TensorData":
+        return TensorData(
+            *(move(t) for t in self.tensors),
+            transform=self.transform,
+            names=self.names,
+            settings=self.settings,
+        )
+
+    def subset(self, index: slice | Sequence[int] | torch.Tensor) -> TensorData:
         """The examples at ``index``: a slice, a boolean mask, a list or a tensor of
         indices. The settings, if any, keep how the subset was taken: a slice as
         ``[start, stop, step]``, other indices as their count and a digest of the
@@ -94,10 +108,14 @@ class TensorData:
         if self.settings is not None:
             settings = dict(self.settings)
             settings["subsets"] = list(settings.get("subsets", [])) + [_describe_index(index)]
-        return TensorData(*(t[index] for t in self.tensors), transform=self.transform,
-                          names=self.names, settings=settings)
+        return TensorData(
+            *(t[index] for t in self.tensors),
+            transform=self.transform,
+            names=self.names,
+            settings=settings,
+        )
 
-    def with_transform(self, transform: Optional[Transform]) -> "TensorData":
+    def with_transform(self, transform: Transform | None) -> TensorData:
         """The same tensors with ``transform`` applied after the current one.
 
         Two transforms composed keep ``one_draw_checks`` (every draw passes a data check
@@ -109,18 +127,26 @@ class TensorData:
         if first is None:
             combined = transform
         else:
+
             def combined(batch, generator=None):
                 return transform(first(batch, generator), generator)
-            if getattr(first, "one_draw_checks", False) and \
-                    getattr(transform, "one_draw_checks", False):
-                combined.one_draw_checks = True
-        return TensorData(*self.tensors, transform=combined, names=self.names,
-                          settings=self.settings)
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None,
-                drop_last: bool = False,
-                device: torch.device | str | None = None) -> Iterator[Batch]:
+            if getattr(first, "one_draw_checks", False) and getattr(
+                transform, "one_draw_checks", False
+            ):
+                combined.one_draw_checks = True
+        return TensorData(
+            *self.tensors, transform=combined, names=self.names, settings=self.settings
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> Iterator[Batch]:
         """Iterate over batches (tuples of tensors).
 
         Args:
@@ -156,13 +182,16 @@ class TensorData:
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             if staged:
-                index = slice(start, start + batch_size) if order is None else \
-                    order[start:start + batch_size]
+                index = (
+                    slice(start, start + batch_size)
+                    if order is None
+                    else order[start : start + batch_size]
+                )
                 batch = tuple(_staged(t, index, target) for t in self.tensors)
             elif order is None:
-                batch = tuple(t[start:start + batch_size] for t in self.tensors)
+                batch = tuple(t[start : start + batch_size] for t in self.tensors)
             else:
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 batch = tuple(t.index_select(0, idx) for t in self.tensors)
             if self.transform is not None:
                 batch = self.transform(batch, generator)

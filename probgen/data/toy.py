@@ -9,7 +9,7 @@ reproducible from ``seed``, roughly centred and within [-4, 4]^2;
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -42,8 +42,9 @@ def two_moons(n: int, noise: float = 0.08, seed: int = 0) -> torch.Tensor:
 
 
 @TOY.register("rings")
-def rings(n: int, radii: Sequence[float] = (1.0, 2.0, 3.0), noise: float = 0.08,
-          seed: int = 0) -> torch.Tensor:
+def rings(
+    n: int, radii: Sequence[float] = (1.0, 2.0, 3.0), noise: float = 0.08, seed: int = 0
+) -> torch.Tensor:
     """Concentric circles; each point picks a ring with probability proportional to its
     radius (uniform density along the circles), plus Gaussian noise."""
     _check_n(n)
@@ -73,8 +74,14 @@ def toy_points(name: str, n: int, seed: int = 0) -> torch.Tensor:
     return TOY.get(name)(n, seed=seed)
 
 
-def toy_splits(name: str, train: int = 8000, val: int = 1000, test: int = 2000,
-               seed: int = 0, device: Union[str, torch.device] = "cpu") -> Dict[str, TensorData]:
+def toy_splits(
+    name: str,
+    train: int = 8000,
+    val: int = 1000,
+    test: int = 2000,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, TensorData]:
     """Independent train / validation / test draws of a toy density as :class:`TensorData`."""
     out = {}
     for i, (split, n) in enumerate((("train", train), ("val", val), ("test", test))):

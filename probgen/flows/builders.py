@@ -26,7 +26,8 @@ by hand       ActNorm (data-dependent start, flag in the state dict), NICE's sca
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 from pyro.distributions.transforms import AffineCoupling
 from torch.distributions.transforms import ReshapeTransform
@@ -35,29 +36,37 @@ from probgen import checks
 from probgen.errors import ConfigError
 from probgen.flows.core import AugmentedFlow, DenseLevel, DensityFlow, Flow, _numel
 from probgen.flows.nets import AdditiveHypernet, ConvHypernet, dense_hypernet
-from probgen.flows.transforms import (CheckerboardAffineCoupling, CrossUnitCoupling,
-                                      MultiscaleTransform, Permute, actnorm, chain,
-                                      invertible_conv1x1, invertible_linear, scaling)
+from probgen.flows.transforms import (
+    CheckerboardAffineCoupling,
+    CrossUnitCoupling,
+    MultiscaleTransform,
+    Permute,
+    actnorm,
+    chain,
+    invertible_conv1x1,
+    invertible_linear,
+    scaling,
+)
 from probgen.registry import Registry
 
 FLOWS: Registry = Registry("flow")
 
-Hidden = Union[int, Sequence[int], None]
+Hidden = int | Sequence[int] | None
 
 
-def _event_shape(event_shape) -> Tuple[int, ...]:
+def _event_shape(event_shape) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in event_shape)
     except TypeError:
-        raise ConfigError(f"event_shape must be a tuple such as (2,) or (1, 28, 28), "
-                          f"got {event_shape!r}.") from None
+        raise ConfigError(
+            f"event_shape must be a tuple such as (2,) or (1, 28, 28), got {event_shape!r}."
+        ) from None
     if len(shape) not in (1, 3) or any(s < 1 for s in shape):
         raise ConfigError(f"flows model vectors (D,) or images (C, H, W); got event shape {shape}.")
     return shape
 
 
-
-def _mlp_hidden(hidden: Hidden, dim: int) -> Tuple[int, ...]:
+def _mlp_hidden(hidden: Hidden, dim: int) -> tuple[int, ...]:
     """Hidden layer sizes of a coupling MLP: two layers of ``clip(D/2, 64, 1000)`` by default."""
     if hidden is None:
         width = int(min(1000, max(64, dim // 2)))
@@ -83,14 +92,16 @@ def _max_squeezes(h: int, w: int) -> int:
     return n
 
 
-def _levels(levels: Optional[int], shape, squeezes_needed, cap: int = 3) -> int:
+def _levels(levels: int | None, shape, squeezes_needed, cap: int = 3) -> int:
     """The number of scales: ``levels``, checked, or the most the image allows (at most ``cap``)."""
-    c, h, w = shape
+    _c, h, w = shape
     possible = _max_squeezes(h, w)
     feasible = [l for l in range(1, 9) if squeezes_needed(l) <= possible]
     if not feasible:
-        raise ConfigError(f"this flow squeezes 2x2 pixels into channels, which needs even "
-                          f"height and width; {h}x{w} images cannot be squeezed.")
+        raise ConfigError(
+            f"this flow squeezes 2x2 pixels into channels, which needs even "
+            f"height and width; {h}x{w} images cannot be squeezed."
+        )
     if levels is None:
         return min(cap, max(feasible))
     checks.positive_int("levels", levels)
@@ -98,7 +109,8 @@ def _levels(levels: Optional[int], shape, squeezes_needed, cap: int = 3) -> int:
         raise ConfigError(
             f"{levels} levels squeeze {h}x{w} images {squeezes_needed(levels)} times, but "
             f"{h}x{w} halves evenly only {possible} times (each squeeze needs even height and "
-            f"width); use at most {max(feasible)} levels.")
+            f"width); use at most {max(feasible)} levels."
+        )
     return levels
 
 
@@ -106,10 +118,11 @@ def _check_depth(depth) -> int:
     return checks.positive_int("depth", depth)
 
 
-def _vector_coupling(dim: int, hidden: Tuple[int, ...], additive: bool = False):
+def _vector_coupling(dim: int, hidden: tuple[int, ...], additive: bool = False):
     if dim < 2:
-        raise ConfigError(f"a coupling layer splits the dimensions in two and needs at least "
-                          f"2, got {dim}.")
+        raise ConfigError(
+            f"a coupling layer splits the dimensions in two and needs at least 2, got {dim}."
+        )
     d1 = dim // 2
     net = (AdditiveHypernet if additive else dense_hypernet)(d1, dim - d1, hidden)
     return AffineCoupling(d1, net)
@@ -118,8 +131,10 @@ def _vector_coupling(dim: int, hidden: Tuple[int, ...], additive: bool = False):
 def _channel_coupling(shape, hidden: int):
     c, h, w = shape
     if c < 2:
-        raise ConfigError(f"a channel coupling splits the channels in two and needs at least 2, "
-                          f"got {c}; squeeze first.")
+        raise ConfigError(
+            f"a channel coupling splits the channels in two and needs at least 2, "
+            f"got {c}; squeeze first."
+        )
     c1 = c // 2
     return AffineCoupling(c1, ConvHypernet((c1, h, w), c - c1, hidden), dim=-3)
 
@@ -129,9 +144,11 @@ def _split_prior(shape, hidden: int):
     Pyro's ``AffineCoupling`` from the kept half ``h`` to ``z_out``."""
     c, h, w = shape
     if c % 2:
-        raise ConfigError(f"factoring out half of the channels needs an even channel count, "
-                          f"got {c} channels at {h}x{w}; choose settings (growth, units) that leave an "
-                          f"even channel count at every scale.")
+        raise ConfigError(
+            f"factoring out half of the channels needs an even channel count, "
+            f"got {c} channels at {h}x{w}; choose settings (growth, units) that leave an "
+            f"even channel count at every scale."
+        )
     return AffineCoupling(c // 2, ConvHypernet((c // 2, h, w), c // 2, hidden), dim=-3)
 
 
@@ -144,17 +161,17 @@ def glow_step(shape: Sequence[int], hidden: Hidden) -> list:
     """
     shape = tuple(shape)
     if len(shape) == 3:
-        return [actnorm(shape), invertible_conv1x1(shape[0]),
-                _channel_coupling(shape, hidden)]
-    return [actnorm(shape), invertible_linear(shape[0]),
-            _vector_coupling(shape[0], hidden)]
+        return [actnorm(shape), invertible_conv1x1(shape[0]), _channel_coupling(shape, hidden)]
+    return [actnorm(shape), invertible_linear(shape[0]), _vector_coupling(shape[0], hidden)]
 
 
 # ---------------------------------------------------------------------------- NICE
 
+
 @FLOWS.register("nice")
-def nice(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
-         base: str = "logistic") -> Flow:
+def nice(
+    event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None, base: str = "logistic"
+) -> Flow:
     r"""NICE (Dinh, Krueger & Bengio 2015): additive couplings and a diagonal scaling.
 
     Density direction: flatten (images), split into even and odd positions, then
@@ -192,9 +209,11 @@ def nice(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
 
 # ------------------------------------------------------------------------- RealNVP
 
+
 @FLOWS.register("realnvp")
-def realnvp(event_shape: Sequence[int], depth: int = 3, hidden: Hidden = None,
-            levels: Optional[int] = None) -> Flow:
+def realnvp(
+    event_shape: Sequence[int], depth: int = 3, hidden: Hidden = None, levels: int | None = None
+) -> Flow:
     r"""RealNVP (Dinh, Sohl-Dickstein & Bengio 2017): affine couplings, multiscale.
 
     Images, density direction, at every scale but the last: ``depth`` checkerboard
@@ -248,9 +267,15 @@ def realnvp(event_shape: Sequence[int], depth: int = 3, hidden: Hidden = None,
 
 # ---------------------------------------------------------------------------- Glow
 
+
 @FLOWS.register("glow")
-def glow(event_shape: Sequence[int], depth: int = 8, hidden: Hidden = None,
-         levels: Optional[int] = None, split_prior: bool = True) -> Flow:
+def glow(
+    event_shape: Sequence[int],
+    depth: int = 8,
+    hidden: Hidden = None,
+    levels: int | None = None,
+    split_prior: bool = True,
+) -> Flow:
     r"""Glow (Kingma & Dhariwal 2018): steps of ActNorm, 1x1 convolution, affine coupling.
 
     Images, density direction, at each of ``levels`` scales: squeeze, ``depth``
@@ -298,10 +323,16 @@ def glow(event_shape: Sequence[int], depth: int = 8, hidden: Hidden = None,
 
 # ------------------------------------------------------------------------ DenseFlow
 
+
 @FLOWS.register("denseflow")
-def denseflow(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
-              levels: Optional[int] = None, units: int = 2,
-              growth: Optional[int] = None) -> AugmentedFlow:
+def denseflow(
+    event_shape: Sequence[int],
+    depth: int = 4,
+    hidden: Hidden = None,
+    levels: int | None = None,
+    units: int = 2,
+    growth: int | None = None,
+) -> AugmentedFlow:
     r"""DenseFlow (Grcic, Grubisic & Segvic 2021), reduced to what runs on a CPU.
 
     Images, density direction, at each scale: squeeze, then ``units`` times: a
@@ -363,6 +394,7 @@ def denseflow(event_shape: Sequence[int], depth: int = 4, hidden: Hidden = None,
 
 # ------------------------------------------------------------------------ identity
 
+
 @FLOWS.register("identity")
 def identity(event_shape: Sequence[int], base: str = "normal") -> Flow:
     """No transform: the base distribution itself (closed-form checks, baselines)."""
@@ -388,6 +420,7 @@ def build_flow(name: str, event_shape: Sequence[int], **kwargs: Any) -> DensityF
         inspect.signature(builder).bind(event_shape, **kwargs)
     except TypeError as err:
         accepted = [p for p in inspect.signature(builder).parameters if p != "event_shape"]
-        raise ConfigError(f"flow {name!r} does not take those settings ({err}); it takes "
-                          f"{', '.join(accepted)}.") from None
+        raise ConfigError(
+            f"flow {name!r} does not take those settings ({err}); it takes {', '.join(accepted)}."
+        ) from None
     return builder(event_shape, **kwargs)

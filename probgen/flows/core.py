@@ -13,7 +13,8 @@ the stochastic lower bound and whose samples are exact.
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -24,9 +25,15 @@ from torch.distributions.utils import clamp_probs
 
 from probgen import checks
 from probgen.errors import ConfigError, DataError
-from probgen.flows.transforms import (CrossUnitCoupling, apply_inverse,
-                                      is_initialized, reset_caches, squeeze2d,
-                                      standard_normal_log_prob, unsqueeze2d)
+from probgen.flows.transforms import (
+    CrossUnitCoupling,
+    apply_inverse,
+    is_initialized,
+    reset_caches,
+    squeeze2d,
+    standard_normal_log_prob,
+    unsqueeze2d,
+)
 
 BASES = ("normal", "logistic", "uniform")
 
@@ -81,39 +88,45 @@ class DensityFlow(nn.Module):
         if not torch.is_tensor(x):
             raise DataError(f"a flow takes a tensor, got {type(x).__name__}.")
         k = len(self.event_shape)
-        if x.dim() <= k - 1 or tuple(x.shape[x.dim() - k:]) != self.event_shape:
+        if x.dim() <= k - 1 or tuple(x.shape[x.dim() - k :]) != self.event_shape:
             raise DataError(
                 f"this flow models events of shape {self.event_shape}; got a tensor of shape "
-                f"{tuple(x.shape)}. Pass a batch of shape (B, {', '.join(map(str, self.event_shape))}).")
+                f"{tuple(x.shape)}. Pass a batch of shape "
+                f"(B, {', '.join(map(str, self.event_shape))})."
+            )
 
     def check_initialized(self) -> None:
         if not is_initialized(self):
             raise ConfigError(
                 "this flow has ActNorm layers that are initialised from the first data batch "
                 "and have not seen one; call flow.initialize(x) with a batch of data (or train "
-                "it) before sampling.")
+                "it) before sampling."
+            )
 
     @torch.no_grad()
-    def initialize(self, x: torch.Tensor) -> "DensityFlow":
+    def initialize(self, x: torch.Tensor) -> DensityFlow:
         """Run one batch through the density direction (ActNorm's data-dependent start)."""
         if x.shape[0] < 2:
             raise DataError("data-dependent initialisation needs a batch of at least 2 examples.")
         self.log_prob(x)
         return self
 
-    def base_distribution(self, shape: Sequence[int], temperature: float = 1.0,
-                          base: str = "normal") -> dist.TorchDistribution:
+    def base_distribution(
+        self, shape: Sequence[int], temperature: float = 1.0, base: str = "normal"
+    ) -> dist.TorchDistribution:
         """Base of ``shape`` on this flow's device and dtype, scaled by ``temperature``."""
         temperature = checks.positive_float("temperature", temperature)
         loc = self._anchor.new_zeros(tuple(shape))
         if base == "normal":
-            d = dist.Normal(loc, loc.new_full((), temperature))   # (a float: a host copy)
+            d = dist.Normal(loc, loc.new_full((), temperature))  # (a float: a host copy)
         elif base == "logistic":
             d = FiniteLogistic(loc, loc.new_full((), temperature))
         elif base == "uniform":
             if temperature != 1.0:
-                raise ConfigError("a uniform base has no temperature; sample it with "
-                                  "temperature=1.0 (or use a normal or logistic base).")
+                raise ConfigError(
+                    "a uniform base has no temperature; sample it with "
+                    "temperature=1.0 (or use a normal or logistic base)."
+                )
             d = dist.Uniform(loc, loc + 1.0)
         else:
             checks.choice("base", base, BASES)
@@ -121,7 +134,8 @@ class DensityFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
-        """``num_samples`` draws, ``(num_samples, *event_shape)``, base scaled by ``temperature``."""
+        """``num_samples`` draws, ``(num_samples, *event_shape)``, the base scaled by
+        ``temperature``."""
         self.check_initialized()
         return self.distribution(temperature).sample((num_samples,))  # caches cleared there
 
@@ -142,23 +156,31 @@ class Flow(DensityFlow):
 
     exact = True
 
-    def __init__(self, transform: Optional[Transform], event_shape: Sequence[int],
-                 latent_shape: Optional[Sequence[int]] = None, base: str = "normal"):
+    def __init__(
+        self,
+        transform: Transform | None,
+        event_shape: Sequence[int],
+        latent_shape: Sequence[int] | None = None,
+        base: str = "normal",
+    ):
         super().__init__(event_shape)
         checks.choice("base", base, BASES)
         self.transform = transform
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else self.event_shape
         self.base = base
 
-    def transforms(self) -> List[Transform]:
+    def transforms(self) -> list[Transform]:
         return [] if self.transform is None else [self.transform]
 
-    def density_parts(self, temperature: float = 1.0
-                      ) -> Tuple[dist.TorchDistribution, List[Transform]]:
+    def density_parts(
+        self, temperature: float = 1.0
+    ) -> tuple[dist.TorchDistribution, list[Transform]]:
         """``(base distribution, transforms)`` of :meth:`distribution` (a model adds its
         preprocessing transforms after these)."""
-        return (self.base_distribution(self.latent_shape, temperature, self.base),
-                self.transforms())
+        return (
+            self.base_distribution(self.latent_shape, temperature, self.base),
+            self.transforms(),
+        )
 
     def distribution(self, temperature: float = 1.0) -> dist.TransformedDistribution:
         """``TransformedDistribution(base, [transform])``; the base's scale is ``temperature``.
@@ -188,6 +210,7 @@ class Flow(DensityFlow):
 
 # ------------------------------------------------------------------------- DenseFlow
 
+
 class DenseLevel(nn.Module):
     """One scale of DenseFlow, on events of shape ``(C, H, W)`` or ``(D,)``.
 
@@ -207,9 +230,14 @@ class DenseLevel(nn.Module):
         event_dim: 3 for images, 1 for vectors.
     """
 
-    def __init__(self, units: Sequence[Tuple[CrossUnitCoupling, Transform]], squeeze: bool,
-                 inner: Optional["DenseLevel"] = None, split_prior: Optional[Transform] = None,
-                 event_dim: int = 3):
+    def __init__(
+        self,
+        units: Sequence[tuple[CrossUnitCoupling, Transform]],
+        squeeze: bool,
+        inner: DenseLevel | None = None,
+        split_prior: Transform | None = None,
+        event_dim: int = 3,
+    ):
         super().__init__()
         self.augments = nn.ModuleList([u[0] for u in units])
         self.steps = nn.ModuleList([u[1] for u in units])
@@ -218,8 +246,9 @@ class DenseLevel(nn.Module):
         self.split_prior = split_prior
         self.event_dim = event_dim
 
-    def encode(self, x: torch.Tensor, noise: Optional[Iterator[torch.Tensor]] = None
-               ) -> Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
+    def encode(
+        self, x: torch.Tensor, noise: Iterator[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """``(latents, log_det, noises)``.
 
         ``log_det`` is ``log|det d latents / d [x, e]|`` of the (bijective) map from the
@@ -246,9 +275,11 @@ class DenseLevel(nn.Module):
         latents, l, more = self.inner.encode(h, noise)
         return latents + [z_out], ld + l, used + more
 
-    def shapes(self, in_shape: Sequence[int]
-               ) -> Tuple[List[Tuple[int, ...]], List[Tuple[int, ...]]]:
-        """``(latent shapes, noise shapes)`` for events of ``in_shape``, in :meth:`encode`'s order."""
+    def shapes(
+        self, in_shape: Sequence[int]
+    ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """``(latent shapes, noise shapes)`` for events of ``in_shape``, in :meth:`encode`'s
+        order."""
         shape = tuple(in_shape)
         if self.squeeze:
             c, h, w = shape
@@ -309,8 +340,9 @@ class AugmentedFlow(DensityFlow):
     def latent_dim(self) -> int:
         return sum(_numel(s) for s in self.latent_shapes)
 
-    def encode(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None
-               ) -> Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
+    def encode(
+        self, x: torch.Tensor, noise: Sequence[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """``(latents, log_det, noises)`` of one noise draw (see :meth:`DenseLevel.encode`)."""
         self.check_input(x)
         reset_caches(self)
@@ -320,8 +352,9 @@ class AugmentedFlow(DensityFlow):
         reset_caches(self)
         return self.level.decode(list(latents))
 
-    def log_weight(self, x: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None
-                   ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def log_weight(
+        self, x: torch.Tensor, noise: Sequence[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One importance weight ``log N(w) + log|det| - log N(e)`` per example, and the latents."""
         latents, ld, noises = self.encode(x, noise)
         ed = len(self.event_shape)
@@ -338,8 +371,9 @@ class AugmentedFlow(DensityFlow):
         self.check_input(x)
         return self.log_weight_mean(x, num_samples)[0]
 
-    def log_weight_mean(self, x: torch.Tensor, num_samples: int = 1
-                        ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def log_weight_mean(
+        self, x: torch.Tensor, num_samples: int = 1
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(log mean_k exp(log_weight_k), latents of the first draw)`` over
         ``num_samples`` noise draws: the importance-weighted bound (1: the ELBO)."""
         lw, latents = self.log_weight(x)
@@ -348,13 +382,15 @@ class AugmentedFlow(DensityFlow):
             lw = torch.logsumexp(torch.stack([lw] + more), 0) - math.log(num_samples)
         return lw, latents
 
-    def draw_latents(self, n: int, temperature: float = 1.0) -> List[torch.Tensor]:
+    def draw_latents(self, n: int, temperature: float = 1.0) -> list[torch.Tensor]:
         temperature = checks.positive_float("temperature", temperature)
-        return [self._anchor.new_empty((n,) + s).normal_() * temperature
-                for s in self.latent_shapes]
+        return [
+            self._anchor.new_empty((n,) + s).normal_() * temperature for s in self.latent_shapes
+        ]
 
-    def distribution(self, temperature: float = 1.0,
-                     num_samples: int = 1) -> "AugmentedFlowDistribution":
+    def distribution(
+        self, temperature: float = 1.0, num_samples: int = 1
+    ) -> AugmentedFlowDistribution:
         """The data distribution (:class:`AugmentedFlowDistribution`), caches cleared."""
         reset_caches(self)
         return AugmentedFlowDistribution(self, temperature, num_samples)
@@ -369,7 +405,7 @@ class AugmentedFlowDistribution(TorchDistribution):
     flow once.
     """
 
-    arg_constraints = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     has_rsample = True
 
     def __init__(self, flow: AugmentedFlow, temperature: float = 1.0, num_samples: int = 1):
@@ -388,7 +424,7 @@ class AugmentedFlowDistribution(TorchDistribution):
         batch = x.shape[: x.dim() - k]
         return x.reshape((-1,) + self.flow.event_shape), batch
 
-    def log_prob_and_latent(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def log_prob_and_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_prob bound, flattened latent of one draw (..., latent_dim))``."""
         if self._last[0] is x:
             return self._last[1], self._last[2]

@@ -20,7 +20,7 @@ three significant digits). Without autocast the cast is a no-op.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from pyro.nn import DenseNN
@@ -52,12 +52,15 @@ class ConvNet(nn.Module):
         super().__init__()
         checks.positive_int("hidden channels", hidden)
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-            near_zero_(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            near_zero_(nn.Conv2d(hidden, out_channels, 3, padding=1)),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).to(x.dtype)   # (autocast: back to the input's dtype)
+        return self.net(x).to(x.dtype)  # (autocast: back to the input's dtype)
 
 
 class ConvHypernet(nn.Module):
@@ -98,7 +101,9 @@ class InputDtypeDenseNN(DenseNN):
 def dense_hypernet(in_dim: int, out_dim: int, hidden: Sequence[int]) -> DenseNN:
     """Pyro's ``DenseNN`` returning ``(mean, log_scale)``, last layer near zero (outputs in
     the input's dtype: :class:`InputDtypeDenseNN`)."""
-    net = InputDtypeDenseNN(in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim, out_dim])
+    net = InputDtypeDenseNN(
+        in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim, out_dim]
+    )
     near_zero_(net.layers[-1])
     return net
 
@@ -115,7 +120,9 @@ class AdditiveHypernet(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
         super().__init__()
-        self.net = InputDtypeDenseNN(in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim])
+        self.net = InputDtypeDenseNN(
+            in_dim, list(checks.sizes("hidden layer sizes", hidden)), param_dims=[out_dim]
+        )
 
     def forward(self, x1: torch.Tensor):
         m = self.net(x1)

@@ -44,7 +44,7 @@ What is here and why it is written by hand:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ LOG_SCALE_CLIP = (-5.0, 3.0)  # as Pyro's AffineCoupling
 
 
 # ---------------------------------------------------------------------------- helpers
+
 
 def squeeze2d(x: torch.Tensor) -> torch.Tensor:
     """Space-to-depth: ``(..., C, H, W)`` -> ``(..., 4C, H/2, W/2)``.
@@ -142,6 +143,7 @@ def chain(density_order: Sequence[Transform]) -> TransformModule:
 
 # ----------------------------------------------------------------------- base class
 
+
 class CachedLogDetTransform(TransformModule):
     """A bijection that computes its output and log-determinant in one pass.
 
@@ -169,12 +171,16 @@ class CachedLogDetTransform(TransformModule):
     def codomain(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, self._event_dim)
 
-    def forward_and_log_det(self, x: torch.Tensor  # pragma: no cover - abstract
-                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(
+        self,
+        x: torch.Tensor,  # pragma: no cover - abstract
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def inverse_and_log_det(self, y: torch.Tensor  # pragma: no cover - abstract
-                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(
+        self,
+        y: torch.Tensor,  # pragma: no cover - abstract
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _call(self, x):
@@ -201,6 +207,7 @@ class CachedLogDetTransform(TransformModule):
 
 # -------------------------------------------------------------------------- adapters
 
+
 class NormflowsTransform(CachedLogDetTransform):
     """A normflows ``Flow`` as a Pyro transform.
 
@@ -224,19 +231,21 @@ class NormflowsTransform(CachedLogDetTransform):
         k = x.dim() - self._event_dim
         event = tuple(x.shape[k:])
         if k < 0 or any(e is not None and e != s for e, s in zip(self.event_shape, event)):
-            raise DataError(f"{type(self.flow).__name__} takes events of shape "
-                            f"{self.event_shape}, got a tensor of shape {tuple(x.shape)}.")
+            raise DataError(
+                f"{type(self.flow).__name__} takes events of shape "
+                f"{self.event_shape}, got a tensor of shape {tuple(x.shape)}."
+            )
         return x.reshape((-1,) + event), x.shape[:k]
 
     def _log_det(self, ld, xf, batch):
         return (xf.new_zeros(xf.shape[0]) + ld).reshape(batch)
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xf, batch = self._flat(x)
         y, ld = self.flow(xf)
         return y.reshape(batch + y.shape[1:]), self._log_det(ld, xf, batch)
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         yf, batch = self._flat(y)
         x, ld = self.flow.inverse(yf)
         return x.reshape(batch + x.shape[1:]), -self._log_det(ld, yf, batch)
@@ -245,13 +254,16 @@ class NormflowsTransform(CachedLogDetTransform):
         return f"NormflowsTransform({type(self.flow).__name__}, event_shape={self.event_shape})"
 
 
-def _check_event(x: torch.Tensor, event_shape: Sequence[Optional[int]], what: str):
+def _check_event(x: torch.Tensor, event_shape: Sequence[int | None], what: str):
     """Raise :class:`DataError` unless ``x`` ends in ``event_shape`` (``None`` matches any size)."""
     k = len(event_shape)
-    if x.dim() < k or any(e is not None and e != s for e, s in zip(event_shape, x.shape[x.dim() - k:])):
+    if x.dim() < k or any(
+        e is not None and e != s for e, s in zip(event_shape, x.shape[x.dim() - k :])
+    ):
         shown = tuple("any" if e is None else e for e in event_shape)
-        raise DataError(f"{what} takes events of shape {shown}, got a tensor of shape "
-                        f"{tuple(x.shape)}.")
+        raise DataError(
+            f"{what} takes events of shape {shown}, got a tensor of shape {tuple(x.shape)}."
+        )
 
 
 class ElementwiseAffine(CachedLogDetTransform):
@@ -269,15 +281,17 @@ class ElementwiseAffine(CachedLogDetTransform):
         shift: learn ``t`` (else ``t = 0``: NICE's scaling layer).
     """
 
-    def __init__(self, event_shape: Sequence[int], param_shape: Sequence[int],
-                 shift: bool = True):
+    def __init__(self, event_shape: Sequence[int], param_shape: Sequence[int], shift: bool = True):
         super().__init__(len(event_shape))
         self.event_shape = tuple(event_shape)
         param_shape = tuple(param_shape)
         if len(param_shape) != len(self.event_shape) or any(
-                p not in (1, e) for p, e in zip(param_shape, self.event_shape)):
-            raise ConfigError(f"parameters of shape {param_shape} do not broadcast over events "
-                              f"of shape {self.event_shape}.")
+            p not in (1, e) for p, e in zip(param_shape, self.event_shape)
+        ):
+            raise ConfigError(
+                f"parameters of shape {param_shape} do not broadcast over events "
+                f"of shape {self.event_shape}."
+            )
         self.log_scale = nn.Parameter(torch.zeros(param_shape))
         self.shift = nn.Parameter(torch.zeros(param_shape)) if shift else None
         self._repeats = math.prod(self.event_shape) // math.prod(param_shape)
@@ -286,12 +300,12 @@ class ElementwiseAffine(CachedLogDetTransform):
         ld = self.log_scale.sum() * self._repeats
         return ld.expand(x.shape[: x.dim() - self._event_dim])
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_event(x, self.event_shape, type(self).__name__)
         y = x * torch.exp(self.log_scale)
         return (y if self.shift is None else y + self.shift), self._log_det(x)
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_event(y, self.event_shape, type(self).__name__)
         x = y if self.shift is None else y - self.shift
         return x * torch.exp(-self.log_scale), self._log_det(y)
@@ -352,11 +366,11 @@ class ActNorm(ElementwiseAffine):
             if math.prod(v.shape[: v.dim() - self._event_dim]) >= 2:
                 self._start(v.detach(), density)
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._wait_or_start(x, density=False)
         return super().forward_and_log_det(x)
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._wait_or_start(y, density=True)
         return super().inverse_and_log_det(y)
 
@@ -380,8 +394,9 @@ class InvertibleLinear(CachedLogDetTransform):
     def __init__(self, channels: int, event_dim: int = 3):
         super().__init__(event_dim)
         if event_dim not in (1, 3):
-            raise ConfigError(f"InvertibleLinear works on (C, H, W) or (C,) events, "
-                              f"got event_dim={event_dim}.")
+            raise ConfigError(
+                f"InvertibleLinear works on (C, H, W) or (C,) events, got event_dim={event_dim}."
+            )
         self.channels = checks.positive_int("channels", channels)
         self.event_shape = (channels,) + (None, None) * (event_dim == 3)
         q, _ = torch.linalg.qr(torch.randn(channels, channels))
@@ -407,8 +422,9 @@ class InvertibleLinear(CachedLogDetTransform):
     def inverse_weight(self) -> torch.Tensor:
         """:math:`W^{-1} = U^{-1} L^{-1} P^T`, the sampling direction's matrix."""
         lower, upper = (f.double() for f in self._factors())
-        w = torch.linalg.solve_triangular(lower, self.permutation.double().T, upper=False,
-                                          unitriangular=True)
+        w = torch.linalg.solve_triangular(
+            lower, self.permutation.double().T, upper=False, unitriangular=True
+        )
         return torch.linalg.solve_triangular(upper, w, upper=True).to(self.lower.dtype)
 
     def _map_channels(self, w, x):
@@ -418,18 +434,19 @@ class InvertibleLinear(CachedLogDetTransform):
             if self._event_dim == 1:
                 return x @ w.T.to(x.dtype)
             flat = x.reshape((-1,) + x.shape[-3:])
-            return F.conv2d(flat, w.to(x.dtype).reshape(self.channels, self.channels, 1, 1)
-                            ).reshape(x.shape)
+            return F.conv2d(
+                flat, w.to(x.dtype).reshape(self.channels, self.channels, 1, 1)
+            ).reshape(x.shape)
 
     def _log_det(self, x):
         per_pixel = x.shape[-2] * x.shape[-1] if self._event_dim == 3 else 1
         return (self.log_abs_s.sum() * per_pixel).expand(x.shape[: x.dim() - self._event_dim])
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_event(x, self.event_shape, "InvertibleLinear")
         return self._map_channels(self.inverse_weight(), x), -self._log_det(x)
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_event(y, self.event_shape, "InvertibleLinear")
         return self._map_channels(self.weight(), y), -self._log_det(y)
 
@@ -467,6 +484,7 @@ def is_initialized(module: nn.Module) -> bool:
 
 # ------------------------------------------------------------------- small bijections
 
+
 class Permute(PyroPermute, TransformModule):
     """Pyro's :class:`~pyro.distributions.transforms.Permute` with the index
     tensors stored as buffers, so that ``.to(device)`` moves them.
@@ -493,12 +511,12 @@ class Permute(PyroPermute, TransformModule):
         return self
 
     @staticmethod
-    def reverse(n: int, dim: int = -1) -> "Permute":
+    def reverse(n: int, dim: int = -1) -> Permute:
         """Reverse the order along ``dim``: alternates which half a coupling conditions on."""
         return Permute(torch.arange(n - 1, -1, -1), dim=dim)
 
     @staticmethod
-    def even_odd(n: int) -> "Permute":
+    def even_odd(n: int) -> Permute:
         """NICE's partition as contiguous halves: in the density direction (``.inv``,
         which is how :func:`chain` runs it) even positions come first, then odd ones."""
         order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)])
@@ -555,6 +573,7 @@ class Squeeze(TransformModule):
 
 # --------------------------------------------------------------------- checkerboard
 
+
 def checkerboard(height: int, width: int, parity: int = 0) -> torch.Tensor:
     """``b[i, j] = (i + j + parity) mod 2``, shape ``(1, H, W)``."""
     i = torch.arange(height).view(-1, 1)
@@ -598,12 +617,12 @@ class CheckerboardAffineCoupling(CachedLogDetTransform):
         t = t * (1 - b)
         return s.reshape(batch + self.event_shape), t.reshape(batch + self.event_shape)
 
-    def forward_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._params(x)
         y = x * torch.exp(s) + t  # s = t = 0 where the mask keeps x
         return y, s.flatten(-3).sum(-1)
 
-    def inverse_and_log_det(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._params(y)  # b * y == b * x
         return (y - t) * torch.exp(-s), s.flatten(-3).sum(-1)
 
@@ -616,6 +635,7 @@ def _image_shape(shape, what):
 
 
 # ----------------------------------------------------------------------- multiscale
+
 
 class MultiscaleTransform(CachedLogDetTransform):
     r"""One scale of a multiscale flow, as one shape-preserving bijection of ``(C, H, W)``.
@@ -645,20 +665,27 @@ class MultiscaleTransform(CachedLogDetTransform):
         split_prior: optional transform on ``(4C, H/2, W/2)`` conditioned on the first 2C channels.
     """
 
-    def __init__(self, event_shape: Sequence[int], post: Transform,
-                 pre: Optional[Transform] = None, inner: Optional[Transform] = None,
-                 split_prior: Optional[Transform] = None):
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        post: Transform,
+        pre: Transform | None = None,
+        inner: Transform | None = None,
+        split_prior: Transform | None = None,
+    ):
         super().__init__(3)
         c, h, w = _image_shape(event_shape, "MultiscaleTransform")
         if h % 2 or w % 2:
-            raise ConfigError(f"a scale squeezes 2x2 pixels into channels and needs even "
-                              f"height and width; got {h}x{w}. Use fewer levels.")
+            raise ConfigError(
+                f"a scale squeezes 2x2 pixels into channels and needs even "
+                f"height and width; got {h}x{w}. Use fewer levels."
+            )
         if split_prior is not None and inner is None:
             raise ConfigError("a split prior needs an inner scale (something to factor out).")
         self.event_shape = (c, h, w)
         self.pre, self.post, self.inner, self.split_prior = pre, post, inner, split_prior
 
-    def forward_and_log_det(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ld = z.new_zeros(z.shape[:-3])
         v = squeeze2d(z)
         if self.inner is not None:
@@ -678,7 +705,7 @@ class MultiscaleTransform(CachedLogDetTransform):
             ld = ld + l
         return x, ld
 
-    def inverse_and_log_det(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ld = x.new_zeros(x.shape[:-3])
         if self.pre is not None:
             x, l = apply_inverse(self.pre, x, 3)
@@ -698,6 +725,7 @@ class MultiscaleTransform(CachedLogDetTransform):
 
 
 # ------------------------------------------------------------------------- DenseFlow
+
 
 class CrossUnitCoupling(nn.Module):
     r"""DenseFlow's cross-unit coupling (Grcic, Grubisic & Segvic 2021): noise augmentation.
@@ -721,8 +749,7 @@ class CrossUnitCoupling(nn.Module):
         hidden: conditioner width: hidden channels (int) for images, layer sizes for vectors.
     """
 
-    def __init__(self, event_shape: Sequence[int], growth: int,
-                 hidden: int | Sequence[int] = 64):
+    def __init__(self, event_shape: Sequence[int], growth: int, hidden: int | Sequence[int] = 64):
         super().__init__()
         self.event_shape = tuple(event_shape)
         self.growth = checks.positive_int("growth", growth)
@@ -730,25 +757,29 @@ class CrossUnitCoupling(nn.Module):
             self.net = ConvNet(self.event_shape[0], 2 * growth, hidden)
         elif len(self.event_shape) == 1:
             hidden = (hidden,) if isinstance(hidden, int) else hidden
-            self.net = InputDtypeDenseNN(self.event_shape[0], list(checks.sizes("hidden layer sizes", hidden)),
-                                         param_dims=[2 * growth])
+            self.net = InputDtypeDenseNN(
+                self.event_shape[0],
+                list(checks.sizes("hidden layer sizes", hidden)),
+                param_dims=[2 * growth],
+            )
             near_zero_(self.net.layers[-1])
         else:
-            raise ConfigError(f"CrossUnitCoupling works on (C, H, W) or (D,) events, "
-                              f"got {self.event_shape}.")
+            raise ConfigError(
+                f"CrossUnitCoupling works on (C, H, W) or (D,) events, got {self.event_shape}."
+            )
 
     @property
     def event_dim(self) -> int:
         return len(self.event_shape)
 
     @property
-    def out_shape(self) -> Tuple[int, ...]:
+    def out_shape(self) -> tuple[int, ...]:
         return (self.event_shape[0] + self.growth,) + self.event_shape[1:]
 
-    def noise_shape(self, batch: Sequence[int]) -> Tuple[int, ...]:
+    def noise_shape(self, batch: Sequence[int]) -> tuple[int, ...]:
         return tuple(batch) + (self.growth,) + self.event_shape[1:]
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of the added noise, each of the noise's shape."""
         batch = z.shape[: z.dim() - self.event_dim]
         out = self.net(z.reshape((-1,) + self.event_shape))
@@ -757,15 +788,18 @@ class CrossUnitCoupling(nn.Module):
         shape = self.noise_shape(batch)
         return mu.reshape(shape), log_sigma.reshape(shape)
 
-    def augment(self, z: torch.Tensor, noise: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(
+        self, z: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(z_aug, sum log sigma, e)``: ``e`` is drawn unless given."""
         mu, log_sigma = self(z)
         if noise is None:
             noise = torch.randn_like(mu)
         elif noise.shape != mu.shape:
-            raise DataError(f"noise of shape {tuple(noise.shape)} does not fit this "
-                            f"augmentation, which needs {tuple(mu.shape)}.")
+            raise DataError(
+                f"noise of shape {tuple(noise.shape)} does not fit this "
+                f"augmentation, which needs {tuple(mu.shape)}."
+            )
         u = mu + torch.exp(log_sigma) * noise
         ld = log_sigma.reshape(log_sigma.shape[: z.dim() - self.event_dim] + (-1,)).sum(-1)
         return torch.cat([z, u], dim=-self.event_dim), ld, noise

@@ -45,8 +45,8 @@ subclass adds those, plus the flow's latent for ``FlowModel``'s ``z`` site.
 from __future__ import annotations
 
 import importlib
-import sys
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -92,8 +92,9 @@ def import_zuko():
     try:
         return importlib.import_module("zuko")
     except ImportError:
-        raise ConfigError(f"zuko flows need the zuko package, which is not installed: "
-                          f"{INSTALL}.") from None
+        raise ConfigError(
+            f"zuko flows need the zuko package, which is not installed: {INSTALL}."
+        ) from None
     finally:
         if first:
             torch.distributions.Distribution._validate_args = validate
@@ -121,28 +122,39 @@ def zuko_settings(kwargs: dict[str, Any] | None, what: str = "zuko flow settings
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict):
-        raise ConfigError(f"{what} must be a dict of zuko's constructor settings, got a "
-                          f"{type(kwargs).__name__}.")
+        raise ConfigError(
+            f"{what} must be a dict of zuko's constructor settings, got a {type(kwargs).__name__}."
+        )
     own = sorted(set(kwargs) & set(_OWN))
     if own:
-        raise ConfigError(f"{what} set {own}, which probgen sets itself (the size, the "
-                          f"context size, and the depth as the model's flow depth); "
-                          f"leave them out.")
+        raise ConfigError(
+            f"{what} set {own}, which probgen sets itself (the size, the "
+            f"context size, and the depth as the model's flow depth); "
+            f"leave them out."
+        )
     for key, value in kwargs.items():
         if not _json_data(value):
-            raise ConfigError(f"{what}[{key!r}] is a {type(value).__name__}; give settings "
-                              f"as JSON data (numbers, strings, lists), which a saved model "
-                              f"records and rebuilds from.")
+            raise ConfigError(
+                f"{what}[{key!r}] is a {type(value).__name__}; give settings "
+                f"as JSON data (numbers, strings, lists), which a saved model "
+                f"records and rebuilds from."
+            )
     act = kwargs.get("activation")
-    if act is not None and not (isinstance(act, str) and isinstance(getattr(nn, act, None), type)
-                                and issubclass(getattr(nn, act), nn.Module)):
-        raise ConfigError(f"{what}['activation'] must name a torch.nn module class such as "
-                          f"'ReLU' or 'ELU', got {act!r}.")
+    if act is not None and not (
+        isinstance(act, str)
+        and isinstance(getattr(nn, act, None), type)
+        and issubclass(getattr(nn, act), nn.Module)
+    ):
+        raise ConfigError(
+            f"{what}['activation'] must name a torch.nn module class such as "
+            f"'ReLU' or 'ELU', got {act!r}."
+        )
     return dict(kwargs)
 
 
-def zuko_flow(name: str, features: int, /, context: int = 0, depth: int = 3,
-              **kwargs: Any) -> nn.Module:
+def zuko_flow(
+    name: str, features: int, /, context: int = 0, depth: int = 3, **kwargs: Any
+) -> nn.Module:
     """Build the zuko flow ``name`` (a name in :data:`ZUKO_FLOWS`).
 
     Args:
@@ -175,9 +187,11 @@ def zuko_flow(name: str, features: int, /, context: int = 0, depth: int = 3,
         return cls(features, context=context, transforms=depth, **built)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or ["no detail"])[0]
-        raise ConfigError(f"zuko {zuko.__version__}'s {cls_name} refuses the settings "
-                          f"{sorted(kwargs)} ({type(err).__name__}: {first}); see "
-                          f"zuko.flows.{cls_name}.") from None
+        raise ConfigError(
+            f"zuko {zuko.__version__}'s {cls_name} refuses the settings "
+            f"{sorted(kwargs)} ({type(err).__name__}: {first}); see "
+            f"zuko.flows.{cls_name}."
+        ) from None
 
 
 class ZukoDistribution(ZukoToPyro):
@@ -205,8 +219,9 @@ class ZukoDistribution(ZukoToPyro):
         with torch.no_grad():
             return self.dist.sample(torch.Size(sample_shape))
 
-    def expand(self, batch_shape: Sequence[int],
-               _instance: ZukoDistribution | None = None) -> ZukoDistribution:
+    def expand(
+        self, batch_shape: Sequence[int], _instance: ZukoDistribution | None = None
+    ) -> ZukoDistribution:
         """The distribution with ``batch_shape``; the densities of earlier draws stay
         remembered (a plate that expands a distribution after a model computed ``x``'s
         density, as ``FlowModel`` does for its ``z`` site, does not run the flow again)."""
@@ -215,10 +230,11 @@ class ZukoDistribution(ZukoToPyro):
         return new
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if x in self.cache:   # a remembered density, broadcast as log_prob would
+        if x in self.cache:  # a remembered density, broadcast as log_prob would
             lp = self.cache[x]
-            shape = torch.broadcast_shapes(x.shape[:x.dim() - len(self.event_shape)],
-                                           self.batch_shape)
+            shape = torch.broadcast_shapes(
+                x.shape[: x.dim() - len(self.event_shape)], self.batch_shape
+            )
             return lp if lp.shape == shape else lp.expand(shape)
         return self.dist.log_prob(x)
 
@@ -232,12 +248,14 @@ class ZukoDistribution(ZukoToPyro):
         The density is remembered for ``log_prob(x)`` of this very tensor."""
         d = self.dist
         if not hasattr(d, "transform") or not hasattr(d, "base"):
-            raise ConfigError(f"the latent of a {type(d).__name__} is not defined; a zuko "
-                              f"NormalizingFlow has one.")
+            raise ConfigError(
+                f"the latent of a {type(d).__name__} is not defined; a zuko "
+                f"NormalizingFlow has one."
+            )
         u, ladj = d.transform.call_and_ladj(x)
-        k = getattr(d, "reinterpreted", 0)   # event dims of the transform beyond the base's
+        k = getattr(d, "reinterpreted", 0)  # event dims of the transform beyond the base's
         if k:
-            ladj = ladj.reshape(ladj.shape[:ladj.dim() - k] + (-1,)).sum(-1)
+            ladj = ladj.reshape(ladj.shape[: ladj.dim() - k] + (-1,)).sum(-1)
         lp = d.base.log_prob(u) + ladj
         self.cache[x] = lp
         return lp, u
@@ -267,26 +285,34 @@ class ZukoDensity(DensityFlow):
     def __init__(self, flow: nn.Module, event_shape: Sequence[int]):
         super().__init__(_event_shape(event_shape))
         if not isinstance(flow, nn.Module) or not callable(flow):
-            raise ConfigError(f"ZukoDensity takes a zuko flow (a module whose call returns a "
-                              f"distribution), got a {type(flow).__name__}.")
+            raise ConfigError(
+                f"ZukoDensity takes a zuko flow (a module whose call returns a "
+                f"distribution), got a {type(flow).__name__}."
+            )
         self.flow = flow
         d = flow()
         dim = _numel(self.event_shape)
         if tuple(d.batch_shape) != () or tuple(d.event_shape) != (dim,):
-            raise ConfigError(f"this zuko flow models events of shape {tuple(d.event_shape)} "
-                              f"(batch {tuple(d.batch_shape)}); data of shape "
-                              f"{self.event_shape} need an unconditional flow over {dim} "
-                              f"features.")
-        like = next((t for t in list(flow.parameters()) + list(flow.buffers())
-                     if t.is_floating_point()), self._anchor)
-        try:   # a conditional flow builds its distribution without a context, then fails
+            raise ConfigError(
+                f"this zuko flow models events of shape {tuple(d.event_shape)} "
+                f"(batch {tuple(d.batch_shape)}); data of shape "
+                f"{self.event_shape} need an unconditional flow over {dim} "
+                f"features."
+            )
+        like = next(
+            (t for t in list(flow.parameters()) + list(flow.buffers()) if t.is_floating_point()),
+            self._anchor,
+        )
+        try:  # a conditional flow builds its distribution without a context, then fails
             with torch.no_grad():
                 d.log_prob(like.new_zeros(dim))
         except (RuntimeError, ValueError, TypeError) as err:
             first = (str(err).strip().splitlines() or ["no detail"])[0]
-            raise ConfigError(f"this zuko flow cannot score data without a context "
-                              f"({type(err).__name__}: {first}); a density needs an "
-                              f"unconditional flow (context=0).") from None
+            raise ConfigError(
+                f"this zuko flow cannot score data without a context "
+                f"({type(err).__name__}: {first}); a density needs an "
+                f"unconditional flow (context=0)."
+            ) from None
         self.latent_shape = (dim,)
 
     def transforms(self) -> list:
@@ -303,15 +329,19 @@ class ZukoDensity(DensityFlow):
         base = d.base
         inner = getattr(base, "base_dist", None)
         if not isinstance(inner, torch.distributions.Normal):
-            raise ConfigError(f"temperature scales a Gaussian base; this zuko flow's base is "
-                              f"a {type(base).__name__}: sample it with temperature=1.0.")
+            raise ConfigError(
+                f"temperature scales a Gaussian base; this zuko flow's base is "
+                f"a {type(base).__name__}: sample it with temperature=1.0."
+            )
         scaled = torch.distributions.Independent(
             torch.distributions.Normal(inner.loc, inner.scale * temperature),
-            base.reinterpreted_batch_ndims)
+            base.reinterpreted_batch_ndims,
+        )
         return type(d)(d.transform, scaled)
 
-    def density_parts(self, temperature: float = 1.0
-                      ) -> tuple[dist.TorchDistribution, list[torch.distributions.Transform]]:
+    def density_parts(
+        self, temperature: float = 1.0
+    ) -> tuple[dist.TorchDistribution, list[torch.distributions.Transform]]:
         """``(base, transforms)``: :class:`ZukoDistribution` over the flattened event and
         the reshape to ``event_shape``; the base's standard deviation times
         ``temperature`` (a Gaussian base only)."""
@@ -330,7 +360,7 @@ class ZukoDensity(DensityFlow):
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.event_shape)
-        return x.reshape(x.shape[:x.dim() - k] + self.latent_shape)
+        return x.reshape(x.shape[: x.dim() - k] + self.latent_shape)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The flow's noise-side value ``f(flatten(x))``, shape ``(..., D)``."""
@@ -356,14 +386,22 @@ def _density_builder(name: str):
 
     build.__name__ = name.replace(":", "_")
     build.__qualname__ = build.__name__
-    build.__doc__ = (f"zuko's ``{cls_name}`` over the flattened event, ``depth`` "
-                     f"transformations; ``kwargs``: zuko's settings (JSON data). See "
-                     f":class:`ZukoDensity` and :func:`zuko_flow`.")
+    build.__doc__ = (
+        f"zuko's ``{cls_name}`` over the flattened event, ``depth`` "
+        f"transformations; ``kwargs``: zuko's settings (JSON data). See "
+        f":class:`ZukoDensity` and :func:`zuko_flow`."
+    )
     return build
 
 
 for _name in ZUKO_FLOWS.names():
     FLOWS.register(_name, _density_builder(_name))
 
-__all__ = ["ZUKO_FLOWS", "ZukoDensity", "ZukoDistribution", "import_zuko",
-           "zuko_flow", "zuko_settings"]
+__all__ = [
+    "ZUKO_FLOWS",
+    "ZukoDensity",
+    "ZukoDistribution",
+    "import_zuko",
+    "zuko_flow",
+    "zuko_settings",
+]

@@ -39,9 +39,10 @@ functions of two densities on a grid, so that it can be checked numerically:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +61,24 @@ GENERATOR_KINDS = ("minimax", "non_saturating", "wasserstein")
 
 # --------------------------------------------------------------------------- the losses
 
+
 def _check_smoothing(smoothing: float) -> float:
-    return checks.real("label_smoothing", smoothing, low=0.0, high=1.0, high_open=True,
-                       hint="0.1 makes the real label 0.9")
+    return checks.real(
+        "label_smoothing",
+        smoothing,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        hint="0.1 makes the real label 0.9",
+    )
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
-                       kind: str = "bce", label_smoothing: float = 0.0) -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    kind: str = "bce",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """The discriminator's loss (mean over the batch), to minimise.
 
     Args:
@@ -82,17 +94,21 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
     smoothing = _check_smoothing(label_smoothing)
     if kind == "bce":
         target = real_logits.new_full(real_logits.shape, 1.0 - smoothing)
-        return (F.binary_cross_entropy_with_logits(real_logits, target)
-                + F.softplus(fake_logits).mean())            # -log(1 - sigmoid(l))
+        return (
+            F.binary_cross_entropy_with_logits(real_logits, target) + F.softplus(fake_logits).mean()
+        )  # -log(1 - sigmoid(l))
     if smoothing:
-        raise ConfigError(f"label smoothing applies to the cross-entropy discriminator, not to "
-                          f"the {kind!r} loss; set label_smoothing=0.")
+        raise ConfigError(
+            f"label smoothing applies to the cross-entropy discriminator, not to "
+            f"the {kind!r} loss; set label_smoothing=0."
+        )
     if kind == "wasserstein":
         return fake_logits.mean() - real_logits.mean()
     if kind == "hinge":
         return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-    raise ConfigError(f"discriminator loss kind must be one of {DISCRIMINATOR_KINDS}, "
-                      f"got {kind!r}.")
+    raise ConfigError(
+        f"discriminator loss kind must be one of {DISCRIMINATOR_KINDS}, got {kind!r}."
+    )
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> torch.Tensor:
@@ -109,31 +125,39 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> t
     why the non-saturating form learns when the discriminator wins early on.
     """
     if kind == "minimax":
-        return -F.softplus(fake_logits).mean()               # log(1 - sigmoid(l))
+        return -F.softplus(fake_logits).mean()  # log(1 - sigmoid(l))
     if kind == "non_saturating":
-        return F.softplus(-fake_logits).mean()               # -log sigmoid(l)
+        return F.softplus(-fake_logits).mean()  # -log sigmoid(l)
     if kind == "wasserstein":
         return -fake_logits.mean()
     raise ConfigError(f"generator loss kind must be one of {GENERATOR_KINDS}, got {kind!r}.")
 
 
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                     fake: torch.Tensor, generator: Optional[torch.Generator] = None
-                     ) -> torch.Tensor:
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """WGAN-GP's penalty ``E[(||grad_x D(x^)||_2 - 1)^2]`` at ``x^ = e x + (1 - e) x~``,
     ``e ~ U(0, 1)`` per example (Gulrajani et al. 2017, Algorithm 1). Differentiable in
     the critic's parameters (``create_graph``); multiply by the weight (10 in the paper).
     """
     if real.shape != fake.shape:
-        raise ConfigError(f"gradient_penalty: real {tuple(real.shape)} and fake "
-                          f"{tuple(fake.shape)} examples must have the same shape.")
+        raise ConfigError(
+            f"gradient_penalty: real {tuple(real.shape)} and fake "
+            f"{tuple(fake.shape)} examples must have the same shape."
+        )
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     # drawn on real's device: from generator when it lives there (probgen.data.draws)
-    eps = rand_like(real.new_empty(shape), generator) if generator is not None \
+    eps = (
+        rand_like(real.new_empty(shape), generator)
+        if generator is not None
         else real.new_empty(shape).uniform_()
+    )
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
-    grad, = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return (grad.reshape(grad.shape[0], -1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
@@ -144,7 +168,7 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     equilibrium. ``real_logits`` must come from ``real`` with ``requires_grad``; multiply by
     ``gamma / 2``. Differentiable in the discriminator's parameters.
     """
-    grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 
 
@@ -168,11 +192,12 @@ class AdversarialLoss:
     generator: str
     gradient_penalty: float = 0.0
     k: int = 1
-    betas: Tuple[float, float] = (0.5, 0.999)
+    betas: tuple[float, float] = (0.5, 0.999)
     probability: bool = True
 
-    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor,
-               label_smoothing: float = 0.0) -> torch.Tensor:
+    def d_loss(
+        self, real_logits: torch.Tensor, fake_logits: torch.Tensor, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         return discriminator_loss(real_logits, fake_logits, self.discriminator, label_smoothing)
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -183,21 +208,33 @@ ADVERSARIAL_LOSSES: Registry = Registry("adversarial loss")
 # Radford et al. 2016 ("Unsupervised Representation Learning with Deep Convolutional GANs"):
 # Adam with beta1 = 0.5; Gulrajani et al. 2017: n_critic = 5, Adam betas (0, 0.9), lambda = 10.
 ADVERSARIAL_LOSSES.register("minimax", AdversarialLoss("minimax", "bce", "minimax"))
-ADVERSARIAL_LOSSES.register("non_saturating",
-                            AdversarialLoss("non_saturating", "bce", "non_saturating"))
-ADVERSARIAL_LOSSES.register("wgan_gp", AdversarialLoss(
-    "wgan_gp", "wasserstein", "wasserstein", gradient_penalty=10.0, k=5, betas=(0.0, 0.9),
-    probability=False))
-ADVERSARIAL_LOSSES.register("hinge", AdversarialLoss("hinge", "hinge", "wasserstein",
-                                                     probability=False))
+ADVERSARIAL_LOSSES.register(
+    "non_saturating", AdversarialLoss("non_saturating", "bce", "non_saturating")
+)
+ADVERSARIAL_LOSSES.register(
+    "wgan_gp",
+    AdversarialLoss(
+        "wgan_gp",
+        "wasserstein",
+        "wasserstein",
+        gradient_penalty=10.0,
+        k=5,
+        betas=(0.0, 0.9),
+        probability=False,
+    ),
+)
+ADVERSARIAL_LOSSES.register(
+    "hinge", AdversarialLoss("hinge", "hinge", "wasserstein", probability=False)
+)
 
 
-def adversarial_loss(name: Union[str, AdversarialLoss]) -> AdversarialLoss:
+def adversarial_loss(name: str | AdversarialLoss) -> AdversarialLoss:
     """The :class:`AdversarialLoss` named ``name`` (or ``name`` itself)."""
     return name if isinstance(name, AdversarialLoss) else ADVERSARIAL_LOSSES.get(name)
 
 
 # --------------------------------------------------------------------------- the phases
+
 
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[nn.Module]:
@@ -221,19 +258,24 @@ def check_k(k: Any) -> int:
     return checks.positive_int("k (discriminator steps per generator step)", k)
 
 
-def adversarial_phases(discriminator: nn.Module, generator_params: Any,
-                       real: Callable[[tuple], torch.Tensor],
-                       fake: Callable[[tuple], torch.Tensor],
-                       loss: Union[str, AdversarialLoss] = "non_saturating", *,
-                       k: Optional[int] = None, label_smoothing: float = 0.0,
-                       gp_weight: Optional[float] = None, r1_weight: float = 0.0,
-                       d_lr: Optional[float] = None,
-                       g_lr: Optional[float] = None,
-                       betas: Optional[Sequence[float]] = None,
-                       generator_extra: Optional[Callable[[tuple, Dict[str, Any]],
-                                                          torch.Tensor]] = None,
-                       adversarial_weight: float = 1.0,
-                       names: Tuple[str, str] = ("D", "G")) -> List:
+def adversarial_phases(
+    discriminator: nn.Module,
+    generator_params: Any,
+    real: Callable[[tuple], torch.Tensor],
+    fake: Callable[[tuple], torch.Tensor],
+    loss: str | AdversarialLoss = "non_saturating",
+    *,
+    k: int | None = None,
+    label_smoothing: float = 0.0,
+    gp_weight: float | None = None,
+    r1_weight: float = 0.0,
+    d_lr: float | None = None,
+    g_lr: float | None = None,
+    betas: Sequence[float] | None = None,
+    generator_extra: Callable[[tuple, dict[str, Any]], torch.Tensor] | None = None,
+    adversarial_weight: float = 1.0,
+    names: tuple[str, str] = ("D", "G"),
+) -> list:
     """The two phases of an adversarial game for :class:`~probgen.infer.PhasedStep`.
 
     Args:
@@ -266,16 +308,20 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
     k = check_k(spec.k if k is None else k)
     smoothing = _check_smoothing(label_smoothing)
     if smoothing and spec.discriminator != "bce":
-        raise ConfigError(f"label smoothing applies to the cross-entropy losses (minimax, "
-                          f"non_saturating), not to {spec.name!r}.")
+        raise ConfigError(
+            f"label smoothing applies to the cross-entropy losses (minimax, "
+            f"non_saturating), not to {spec.name!r}."
+        )
     gp = spec.gradient_penalty if gp_weight is None else gp_weight
     gp = checks.nonnegative_float("gp_weight", gp)
     r1_weight = checks.nonnegative_float("r1_weight", r1_weight)
     betas = tuple(spec.betas if betas is None else betas)
     if len(betas) != 2:
         raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}.")
-    betas = tuple(checks.real(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
-                  for i, b in enumerate(betas))
+    betas = tuple(
+        checks.real(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+        for i, b in enumerate(betas)
+    )
 
     # The discriminator sees what real() and fake() return: the model's checked data and
     # its own outputs. It checks their shapes, not their values (each value check would
@@ -305,16 +351,35 @@ def adversarial_phases(discriminator: nn.Module, generator_params: Any,
             value = adversarial_weight * value
         return value
 
-    return [Phase(names[0], d_loss, params=discriminator, lr=d_lr,
-                  optim_kwargs={"betas": betas}, repeats=k, fresh_batch=True,
-                  player="discriminator"),
-            Phase(names[1], g_loss, params=generator_params, lr=g_lr,
-                  optim_kwargs={"betas": betas}, player="generator")]
+    return [
+        Phase(
+            names[0],
+            d_loss,
+            params=discriminator,
+            lr=d_lr,
+            optim_kwargs={"betas": betas},
+            repeats=k,
+            fresh_batch=True,
+            player="discriminator",
+        ),
+        Phase(
+            names[1],
+            g_loss,
+            params=generator_params,
+            lr=g_lr,
+            optim_kwargs={"betas": betas},
+            player="generator",
+        ),
+    ]
 
 
-def player_optim(phases: Any, *, d_lr: Optional[float] = None, g_lr: Optional[float] = None,
-                 betas: Optional[Sequence[float]] = None
-                 ) -> Optional[Dict[str, Dict[str, Any]]]:
+def player_optim(
+    phases: Any,
+    *,
+    d_lr: float | None = None,
+    g_lr: float | None = None,
+    betas: Sequence[float] | None = None,
+) -> dict[str, dict[str, Any]] | None:
     """Optimizer settings of the players of an adversarial game, by phase, as
     :class:`~probgen.train.FitConfig`'s ``phase_optim`` takes them: the learning rate
     ``d_lr`` for every discriminator phase, ``g_lr`` for every generator phase and Adam's
@@ -347,34 +412,56 @@ def player_optim(phases: Any, *, d_lr: Optional[float] = None, g_lr: Optional[fl
             asked[player]["lr"] = checks.positive_float(f"{player[0]}_lr", lr)
         if betas is not None:
             asked[player]["betas"] = list(betas)
-    out = {ph.name: dict(asked[ph.player]) for ph in phases
-           if ph.player is not None and asked[ph.player]}
+    out = {
+        ph.name: dict(asked[ph.player])
+        for ph in phases
+        if ph.player is not None and asked[ph.player]
+    }
     players = {ph.player for ph in phases}
     for player, lr in (("discriminator", d_lr), ("generator", g_lr)):
         if lr is not None and player not in players:
-            raise ConfigError(f"{player[0]}_lr is set, but the phases "
-                              f"({', '.join(ph.name for ph in phases)}) have no {player}.")
+            raise ConfigError(
+                f"{player[0]}_lr is set, but the phases "
+                f"({', '.join(ph.name for ph in phases)}) have no {player}."
+            )
     return out or None
 
 
 # --------------------------------------------------------------------------- theory on a grid
 
+
 def optimal_discriminator(p_data: torch.Tensor, p_g: torch.Tensor) -> torch.Tensor:
     """``D*(x) = p_data(x) / (p_data(x) + p_g(x))`` (Goodfellow et al. 2014, Proposition 1),
     elementwise; 1/2 where both densities are 0."""
     total = p_data + p_g
-    return torch.where(total > 0, p_data / total.clamp_min(torch.finfo(total.dtype).tiny),
-                       torch.full_like(total, 0.5))
+    return torch.where(
+        total > 0,
+        p_data / total.clamp_min(torch.finfo(total.dtype).tiny),
+        torch.full_like(total, 0.5),
+    )
 
 
-def value_on_grid(d: torch.Tensor, p_data: torch.Tensor, p_g: torch.Tensor,
-                  dx: float) -> torch.Tensor:
+def value_on_grid(
+    d: torch.Tensor, p_data: torch.Tensor, p_g: torch.Tensor, dx: float
+) -> torch.Tensor:
     """``V(D, G) = int p_data log D + p_g log(1 - D) dx`` by a Riemann sum on a grid of
     spacing ``dx`` (``0 log 0 = 0``). At ``D = D*`` it is ``-log 4 + 2 JSD(p_data || p_g)``
     (Goodfellow et al. 2014, Theorem 1)."""
     return (torch.xlogy(p_data, d) + torch.xlogy(p_g, 1 - d)).sum() * dx
 
 
-__all__ = ["ADVERSARIAL_LOSSES", "AdversarialLoss", "adversarial_loss", "adversarial_phases",
-           "check_k", "discriminator_loss", "frozen", "generator_loss", "gradient_penalty",
-           "optimal_discriminator", "player_optim", "r1_penalty", "value_on_grid"]
+__all__ = [
+    "ADVERSARIAL_LOSSES",
+    "AdversarialLoss",
+    "adversarial_loss",
+    "adversarial_phases",
+    "check_k",
+    "discriminator_loss",
+    "frozen",
+    "generator_loss",
+    "gradient_penalty",
+    "optimal_discriminator",
+    "player_optim",
+    "r1_penalty",
+    "value_on_grid",
+]

@@ -9,29 +9,31 @@ mismatch is one clear error rather than a ``TypeError`` from deep inside an ELBO
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from probgen.errors import ConfigError
 
-BatchToArgs = Callable[[Any], Tuple[Sequence, Dict[str, Any]]]
+BatchToArgs = Callable[[Any], tuple[Sequence, dict[str, Any]]]
 
 __all__ = ["BatchArguments", "BatchToArgs", "batch_len", "default_batch_to_args"]
 
+
 def batch_len(batch: Any) -> int:
     """The number of examples in a batch: the first dimension of its first tensor."""
-    items = batch.values() if isinstance(batch, dict) else \
-        (batch,) if torch.is_tensor(batch) else batch
+    items = (
+        batch.values() if isinstance(batch, dict) else (batch,) if torch.is_tensor(batch) else batch
+    )
     for item in items:
         if torch.is_tensor(item) and item.dim() > 0:
             return item.shape[0]
     raise ConfigError("a batch needs at least one tensor (its first dimension is the batch).")
 
 
-
-def default_batch_to_args(batch: Any) -> Tuple[tuple, Dict[str, Any]]:
+def default_batch_to_args(batch: Any) -> tuple[tuple, dict[str, Any]]:
     """Pyro's reading of a batch: a dict -> keyword arguments, a tuple or list ->
     positional ones, a tensor -> one positional argument.
 
@@ -52,9 +54,11 @@ def default_batch_to_args(batch: Any) -> Tuple[tuple, Dict[str, Any]]:
         return tuple(batch), {}
     if torch.is_tensor(batch):
         return (batch,), {}
-    raise ConfigError(f"a batch must be a tensor, a tuple/list or a dict of them, got a "
-                      f"{type(batch).__name__}; adapt it with batch_to_args=fn returning "
-                      f"(args, kwargs).")
+    raise ConfigError(
+        f"a batch must be a tensor, a tuple/list or a dict of them, got a "
+        f"{type(batch).__name__}; adapt it with batch_to_args=fn returning "
+        f"(args, kwargs)."
+    )
 
 
 def _describe_batch(args, kwargs, adapted: bool) -> str:
@@ -67,7 +71,7 @@ def _describe_batch(args, kwargs, adapted: bool) -> str:
     return f"batch_to_args gave {what}" if adapted else f"the batch gives {what}"
 
 
-def _signature(fn) -> Optional[inspect.Signature]:
+def _signature(fn) -> inspect.Signature | None:
     target = fn.forward if isinstance(fn, nn.Module) else fn
     try:
         return inspect.signature(target)
@@ -79,8 +83,7 @@ def callable_name(fn) -> str:
     """A callable's name for messages: a module's class, a function's qualified name."""
     if isinstance(fn, nn.Module):
         return type(fn).__name__
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or \
-        type(fn).__name__
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 class BatchArguments:
@@ -94,27 +97,40 @@ class BatchArguments:
         where: who is asking, for messages (``"SVIStep"``).
     """
 
-    def __init__(self, callables: Dict[str, Callable], batch_to_args: Optional[BatchToArgs] = None,
-                 leading: tuple = (), where: str = "SVIStep"):
+    def __init__(
+        self,
+        callables: dict[str, Callable],
+        batch_to_args: BatchToArgs | None = None,
+        leading: tuple = (),
+        where: str = "SVIStep",
+    ):
         if batch_to_args is not None and not callable(batch_to_args):
-            raise ConfigError(f"{where}: batch_to_args must be a function of the batch returning "
-                              f"(args, kwargs), got {type(batch_to_args).__name__}.")
+            raise ConfigError(
+                f"{where}: batch_to_args must be a function of the batch returning "
+                f"(args, kwargs), got {type(batch_to_args).__name__}."
+            )
         self.callables = callables
         self.batch_to_args = batch_to_args
         self.leading = leading
         self.where = where
         self._checked = set()
 
-    def __call__(self, batch) -> Tuple[tuple, Dict[str, Any]]:
+    def __call__(self, batch) -> tuple[tuple, dict[str, Any]]:
         if self.batch_to_args is None:
             args, kwargs = default_batch_to_args(batch)
         else:
             out = self.batch_to_args(batch)
-            if not (isinstance(out, tuple) and len(out) == 2 and
-                    isinstance(out[0], (tuple, list)) and isinstance(out[1], dict)):
-                raise ConfigError(f"{self.where}: batch_to_args must return (args, kwargs): a "
-                                  f"tuple of positional arguments and a dict of keyword ones, "
-                                  f"got {type(out).__name__}.")
+            if not (
+                isinstance(out, tuple)
+                and len(out) == 2
+                and isinstance(out[0], (tuple, list))
+                and isinstance(out[1], dict)
+            ):
+                raise ConfigError(
+                    f"{self.where}: batch_to_args must return (args, kwargs): a "
+                    f"tuple of positional arguments and a dict of keyword ones, "
+                    f"got {type(out).__name__}."
+                )
             args, kwargs = tuple(out[0]), out[1]
         key = (len(args), tuple(kwargs))
         if key not in self._checked:
@@ -140,4 +156,5 @@ class BatchArguments:
                 f"which do not fit {' and '.join(shown)} ({'; '.join(failed)}). A dict batch "
                 f"goes in as keyword arguments (its keys must be the argument names), a tuple "
                 f"positionally; adapt other batches with batch_to_args=lambda batch: (args, "
-                f"kwargs).")
+                f"kwargs)."
+            )

@@ -33,7 +33,7 @@ is one per process, not per thread, as Pyro's param store is: run one fit at a t
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -51,7 +51,7 @@ class StepContext(Messenger):
             may skip ``pyro.module``), or ``None``.
     """
 
-    def __init__(self, data_checked: bool = False, module: Optional[Any] = None):
+    def __init__(self, data_checked: bool = False, module: Any | None = None):
         super().__init__()
         self.data_checked = bool(data_checked)
         self.module = module
@@ -65,7 +65,7 @@ class StepContext(Messenger):
         return f"StepContext(data_checked={self.data_checked}, module={held})"
 
 
-def current_step() -> Optional[StepContext]:
+def current_step() -> StepContext | None:
     """The innermost :class:`StepContext` on Pyro's handler stack: the fit loop's, while it
     runs a step's computations; else ``None``."""
     for frame in reversed(_PYRO_STACK):

@@ -51,21 +51,30 @@ parameter from the context, as the paper does.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
-from pyro.distributions.transforms import (ConditionalAffineAutoregressive, ConditionalPlanar,
-                                           ConditionalSplineAutoregressive)
+from pyro.distributions.transforms import (
+    ConditionalAffineAutoregressive,
+    ConditionalPlanar,
+    ConditionalSplineAutoregressive,
+)
 from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 from torch.distributions import Transform, constraints
 
 from probgen import checks
 from probgen.errors import ConfigError
-from probgen.flows.zuko_bridge import (ZUKO_FLOWS, ZukoDistribution, import_zuko, zuko_flow,
-                                       zuko_settings)
+from probgen.flows.zuko_bridge import (
+    ZUKO_FLOWS,
+    ZukoDistribution,
+    import_zuko,
+    zuko_flow,
+    zuko_settings,
+)
 from probgen.registry import Registry
 
 GUIDE_FLOWS: Registry = Registry("flow guide")
@@ -78,52 +87,76 @@ def _order(z_dim: int, step: int) -> torch.Tensor:
     return idx if step % 2 == 0 else idx.flip(0)
 
 
-def _hidden(hidden: Optional[Sequence[int]], default: List[int], z_dim: int, name: str):
+def _hidden(hidden: Sequence[int] | None, default: list[int], z_dim: int, name: str):
     h = list(default if hidden is None else hidden)
     h = list(checks.sizes("guide_flow_kwargs['hidden']", h))
     if name in ("iaf", "spline") and min(h) < z_dim:
-        raise ConfigError(f"the {name} flow's autoregressive network needs hidden layers at least "
-                          f"as wide as z_dim = {z_dim}, got {h}; widen them or leave "
-                          f"guide_flow_kwargs['hidden'] unset.")
+        raise ConfigError(
+            f"the {name} flow's autoregressive network needs hidden layers at least "
+            f"as wide as z_dim = {z_dim}, got {h}; widen them or leave "
+            f"guide_flow_kwargs['hidden'] unset."
+        )
     return h
 
 
 @GUIDE_FLOWS.register("planar")
-def planar_steps(z_dim: int, context_dim: int, depth: int,
-                 hidden: Optional[Sequence[int]] = None) -> List[nn.Module]:
+def planar_steps(
+    z_dim: int, context_dim: int, depth: int, hidden: Sequence[int] | None = None
+) -> list[nn.Module]:
     """``depth`` amortized planar steps; each step's ``(b, u, w)`` come from a dense
     network of the context (default hidden layer: ``[10 z_dim]``)."""
     h = _hidden(hidden, [10 * z_dim], z_dim, "planar")
-    return [ConditionalPlanar(DenseNN(context_dim, h, param_dims=[1, z_dim, z_dim]))
-            for _ in range(depth)]
+    return [
+        ConditionalPlanar(DenseNN(context_dim, h, param_dims=[1, z_dim, z_dim]))
+        for _ in range(depth)
+    ]
 
 
 @GUIDE_FLOWS.register("iaf")
-def iaf_steps(z_dim: int, context_dim: int, depth: int, hidden: Optional[Sequence[int]] = None,
-              stable: bool = True) -> List[nn.Module]:
+def iaf_steps(
+    z_dim: int,
+    context_dim: int,
+    depth: int,
+    hidden: Sequence[int] | None = None,
+    stable: bool = True,
+) -> list[nn.Module]:
     """``depth`` IAF steps, each a conditional MADE (default hidden layer ``[10 z_dim]``,
     Pyro's default), the order reversed between steps; ``stable``: Kingma et al.'s
     sigmoid-gated update ``z' = s z + (1 - s) m``."""
     h = _hidden(hidden, [10 * z_dim], z_dim, "iaf")
-    return [ConditionalAffineAutoregressive(
-        ConditionalAutoRegressiveNN(z_dim, context_dim, h, permutation=_order(z_dim, k)),
-        stable=stable) for k in range(depth)]
+    return [
+        ConditionalAffineAutoregressive(
+            ConditionalAutoRegressiveNN(z_dim, context_dim, h, permutation=_order(z_dim, k)),
+            stable=stable,
+        )
+        for k in range(depth)
+    ]
 
 
 @GUIDE_FLOWS.register("spline")
-def spline_steps(z_dim: int, context_dim: int, depth: int,
-                 hidden: Optional[Sequence[int]] = None, count_bins: int = 8,
-                 bound: float = 3.0, order: str = "linear") -> List[nn.Module]:
+def spline_steps(
+    z_dim: int,
+    context_dim: int,
+    depth: int,
+    hidden: Sequence[int] | None = None,
+    count_bins: int = 8,
+    bound: float = 3.0,
+    order: str = "linear",
+) -> list[nn.Module]:
     """``depth`` autoregressive spline steps (``count_bins`` segments on
     ``[-bound, bound]``, identity outside), order reversed between steps."""
     h = _hidden(hidden, [10 * z_dim], z_dim, "spline")
     out = []
     for k in range(depth):
         param_dims = [count_bins, count_bins, count_bins - 1, count_bins]
-        arn = ConditionalAutoRegressiveNN(z_dim, context_dim, h, param_dims=param_dims,
-                                          permutation=_order(z_dim, k))
-        out.append(ConditionalSplineAutoregressive(z_dim, arn, count_bins=count_bins,
-                                                   bound=bound, order=order))
+        arn = ConditionalAutoRegressiveNN(
+            z_dim, context_dim, h, param_dims=param_dims, permutation=_order(z_dim, k)
+        )
+        out.append(
+            ConditionalSplineAutoregressive(
+                z_dim, arn, count_bins=count_bins, bound=bound, order=order
+            )
+        )
     return out
 
 
@@ -158,21 +191,24 @@ class ConditionedSylvester(Transform):
 
     def _call(self, x):
         u = x
-        for m in range(self.v.shape[-2]):          # Q^T x = H_M ... H_1 x
+        for m in range(self.v.shape[-2]):  # Q^T x = H_M ... H_1 x
             u = _reflect(u, self.v[..., m, :])
         a = (self.r_tilde @ u.unsqueeze(-1)).squeeze(-1) + self.b
         h = torch.tanh(a)
         w = (self.r @ h.unsqueeze(-1)).squeeze(-1)
-        for m in reversed(range(self.v.shape[-2])):   # Q w = H_1 ... H_M w
+        for m in reversed(range(self.v.shape[-2])):  # Q w = H_1 ... H_M w
             w = _reflect(w, self.v[..., m, :])
-        diag = torch.diagonal(self.r, dim1=-2, dim2=-1) * torch.diagonal(self.r_tilde, dim1=-2,
-                                                                          dim2=-1)
+        diag = torch.diagonal(self.r, dim1=-2, dim2=-1) * torch.diagonal(
+            self.r_tilde, dim1=-2, dim2=-1
+        )
         self._cached_log_det = torch.log1p((1.0 - h.pow(2)) * diag).sum(-1)
         return x + w
 
     def _inverse(self, y):
-        raise KeyError("the Sylvester flow has no analytic inverse: it scores only its own "
-                       "draws (from the cache of the forward pass).")
+        raise KeyError(
+            "the Sylvester flow has no analytic inverse: it scores only its own "
+            "draws (from the cache of the forward pass)."
+        )
 
     def log_abs_det_jacobian(self, x, y):
         x_old, y_old = self._cached_x_y
@@ -195,7 +231,8 @@ class ConditionalHouseholderSylvester(ConditionalTransformModule):
     def __init__(self, z_dim: int, context_dim: int, num_householder: int = 4):
         super().__init__()
         num_householder = checks.positive_int(
-            "guide_flow_kwargs['householder'] (reflections per Sylvester step)", num_householder)
+            "guide_flow_kwargs['householder'] (reflections per Sylvester step)", num_householder
+        )
         self.z_dim, self.num_householder = z_dim, num_householder
         rows, cols = torch.triu_indices(z_dim, z_dim, offset=1)
         self.register_buffer("rows", rows, persistent=False)
@@ -203,10 +240,10 @@ class ConditionalHouseholderSylvester(ConditionalTransformModule):
         n_off = rows.numel()
         self.sizes = [num_householder * z_dim, z_dim, z_dim, n_off, n_off, z_dim]
         self.net = nn.Linear(context_dim, sum(self.sizes))
-        with torch.no_grad():   # start near the identity map
+        with torch.no_grad():  # start near the identity map
             self.net.weight.mul_(0.1)
             self.net.bias.zero_()
-            self.net.bias[:num_householder * z_dim].normal_()   # distinct reflections
+            self.net.bias[: num_householder * z_dim].normal_()  # distinct reflections
 
     def _triangular(self, diag: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
         d = self.z_dim
@@ -224,11 +261,11 @@ class ConditionalHouseholderSylvester(ConditionalTransformModule):
 
 
 @GUIDE_FLOWS.register("sylvester")
-def sylvester_steps(z_dim: int, context_dim: int, depth: int,
-                    householder: int = 4) -> List[nn.Module]:
+def sylvester_steps(
+    z_dim: int, context_dim: int, depth: int, householder: int = 4
+) -> list[nn.Module]:
     """``depth`` amortized Householder-Sylvester steps of ``householder`` reflections."""
-    return [ConditionalHouseholderSylvester(z_dim, context_dim, householder)
-            for _ in range(depth)]
+    return [ConditionalHouseholderSylvester(z_dim, context_dim, householder) for _ in range(depth)]
 
 
 # -- zuko's flows, through Pyro's ZukoToPyro -------------------------------------------------
@@ -263,8 +300,15 @@ class ZukoGuideFlow(nn.Module):
             ...; :func:`~probgen.flows.zuko_bridge.zuko_flow`).
     """
 
-    def __init__(self, name: str, z_dim: int, context_dim: int, depth: int,
-                 inverse: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        name: str,
+        z_dim: int,
+        context_dim: int,
+        depth: int,
+        inverse: bool = True,
+        **kwargs: Any,
+    ):
         super().__init__()
         checks.flag("guide_flow_kwargs['inverse']", inverse)
         kwargs = zuko_settings(kwargs, "guide_flow_kwargs")
@@ -280,23 +324,25 @@ class ZukoGuideFlow(nn.Module):
         """The map from the base draw ``z0`` to ``z`` (a torch transform)."""
         return self._q_transform(context).inv
 
-    def distribution(self, loc: torch.Tensor, scale: torch.Tensor,
-                     context: torch.Tensor) -> ZukoDistribution:
+    def distribution(
+        self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor
+    ) -> ZukoDistribution:
         """``q(z | x)``, batch ``(B,)``, event ``(z_dim,)``."""
         import_zuko()
         from zuko.distributions import DiagNormal, NormalizingFlow
 
-        return ZukoDistribution(NormalizingFlow(self._q_transform(context),
-                                                DiagNormal(loc, scale)))
+        return ZukoDistribution(NormalizingFlow(self._q_transform(context), DiagNormal(loc, scale)))
 
 
 def _zuko_guide(name: str):
-    def zuko_steps(z_dim: int, context_dim: int, depth: int, inverse: bool = True,
-                   **kwargs: Any) -> List[nn.Module]:
+    def zuko_steps(
+        z_dim: int, context_dim: int, depth: int, inverse: bool = True, **kwargs: Any
+    ) -> list[nn.Module]:
         return [ZukoGuideFlow(name, z_dim, context_dim, depth, inverse=inverse, **kwargs)]
 
-    zuko_steps.__doc__ = (f"The ``{name}`` guide: one :class:`ZukoGuideFlow` of ``depth`` "
-                          f"transformations.")
+    zuko_steps.__doc__ = (
+        f"The ``{name}`` guide: one :class:`ZukoGuideFlow` of ``depth`` transformations."
+    )
     return zuko_steps
 
 
@@ -331,35 +377,36 @@ class AmortizedFlow(nn.Module):
         try:
             steps = build(z_dim, context_dim, depth, **kwargs)
         except TypeError as err:
-            raise ConfigError(f"guide_flow_kwargs {sorted(kwargs)} do not fit the {kind!r} flow "
-                              f"({err}); see probgen.infer.guides.{build.__name__}.") from None
+            raise ConfigError(
+                f"guide_flow_kwargs {sorted(kwargs)} do not fit the {kind!r} flow "
+                f"({err}); see probgen.infer.guides.{build.__name__}."
+            ) from None
         self.kind, self.depth = kind, depth
         self.steps = nn.ModuleList(steps)
 
-    def transforms(self, context: torch.Tensor) -> List[Transform]:
+    def transforms(self, context: torch.Tensor) -> list[Transform]:
         """The ``K`` steps conditioned on ``context`` ``(B, C)``, in sampling order."""
         return [step.condition(context) for step in self.steps]
 
-    def distribution(self, loc: torch.Tensor, scale: torch.Tensor,
-                     context: torch.Tensor):
+    def distribution(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor):
         """``q(z | x)``: ``N(loc, scale)`` (``(B, D)``, one event per row) through the
         steps conditioned on ``context`` ``(B, C)``: a Pyro ``TransformedDistribution``,
         or for a zuko flow a :class:`~probgen.flows.zuko_bridge.ZukoDistribution`."""
-        if isinstance(self.steps[0], ZukoGuideFlow):   # one zuko flow: zuko scores it
+        if isinstance(self.steps[0], ZukoGuideFlow):  # one zuko flow: zuko scores it
             return self.steps[0].distribution(loc, scale, context)
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, self.transforms(context))
 
 
-def flow_settings(kind: Optional[str], depth: int, kwargs: Optional[Dict[str, Any]]) -> Dict:
+def flow_settings(kind: str | None, depth: int, kwargs: dict[str, Any] | None) -> dict:
     """Check a model's flow-guide settings before building anything (one-line errors)."""
     if kind is None:
         return {}
     if kind not in GUIDE_FLOWS:
-        raise ConfigError(f"guide_flow must be None or one of {GUIDE_FLOWS.names()}, "
-                          f"got {kind!r}.")
+        raise ConfigError(f"guide_flow must be None or one of {GUIDE_FLOWS.names()}, got {kind!r}.")
     checks.positive_int("guide_flow_depth (flow steps)", depth)
     if kwargs is not None and not isinstance(kwargs, dict):
-        raise ConfigError(f"guide_flow_kwargs must be a dict of the flow's settings, "
-                          f"got {type(kwargs).__name__}.")
+        raise ConfigError(
+            f"guide_flow_kwargs must be a dict of the flow's settings, got {type(kwargs).__name__}."
+        )
     return dict(kwargs or {})

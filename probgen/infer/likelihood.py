@@ -24,7 +24,8 @@ differential entropy rate :math:`-\log p(x) / (D \log 2)`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -37,11 +38,17 @@ from probgen import checks
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 
-__all__ = ["bits_per_dim", "broadcast_failure", "iw_log_likelihood", "log_importance_weights",
-           "mean_bits_per_dim"]
+__all__ = [
+    "bits_per_dim",
+    "broadcast_failure",
+    "iw_log_likelihood",
+    "log_importance_weights",
+    "mean_bits_per_dim",
+]
 
 
 # --------------------------------------------------------------------------- importance sampling
+
 
 def _repeat(args, k: int):
     return tuple(a.repeat((k,) + (1,) * (a.dim() - 1)) if torch.is_tensor(a) else a for a in args)
@@ -65,13 +72,16 @@ def _site_log_prob(name, site, shape) -> torch.Tensor:
     # (beta of a beta-VAE, beta = 0 of an autoencoder), so the joint uses the full density.
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None and site["is_observed"]:
-        lp = lp * site["mask"] if torch.is_tensor(site["mask"]) else (lp if site["mask"] else 0 * lp)
+        lp = (
+            lp * site["mask"] if torch.is_tensor(site["mask"]) else (lp if site["mask"] else 0 * lp)
+        )
     n = shape[-1]
-    if lp.dim() < len(shape) or tuple(lp.shape[:len(shape)]) != tuple(shape):
+    if lp.dim() < len(shape) or tuple(lp.shape[: len(shape)]) != tuple(shape):
         raise _NotPerExample(
             f"site {name!r} has log_prob of shape {tuple(lp.shape)}, not one value per example "
             f"({n}); importance sampling here needs every latent and observed site inside the "
-            f"data plate along the first dimension.")
+            f"data plate along the first dimension."
+        )
     return lp.reshape(*shape, -1).sum(-1)
 
 
@@ -81,13 +91,15 @@ def broadcast_failure(err: BaseException) -> bool:
     time) rather than that the machine failed: out of memory (``torch.OutOfMemoryError`` is
     a ``RuntimeError``), a CUDA error, tensors on two devices. Those are re-raised: a slow
     path would hide them, or run out of memory in turn."""
-    device_errors = (torch.OutOfMemoryError,) + ((torch.AcceleratorError,)
-                                                 if hasattr(torch, "AcceleratorError") else ())
+    device_errors = (torch.OutOfMemoryError,) + (
+        (torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()
+    )
     if isinstance(err, device_errors):
         return False
     text = str(err)
-    return not any(s in text for s in ("same device", "CUDA", "out of memory",
-                                       "device-side assert"))
+    return not any(
+        s in text for s in ("same device", "CUDA", "out of memory", "device-side assert")
+    )
 
 
 def _point_mass(fn) -> bool:
@@ -106,16 +118,19 @@ def _check_guide_site(name, site) -> None:
             f"the guide's site {name!r} is a point mass ({type(site['fn']).__name__}), as in a "
             f"plain autoencoder: log q(z|x) is not a density, so the ELBO and importance-sampled "
             f"log-likelihood estimate nothing. Use a Gaussian encoder (a VAE) for these metrics, "
-            f"or score an autoencoder by its reconstruction error (probgen.metrics.mse_per_image).")
+            f"or score an autoencoder by its reconstruction error (probgen.metrics.mse_per_image)."
+        )
 
 
 def _joint_log_weights(model, guide, args, shape, particle_plate=None) -> torch.Tensor:
     def run(fn, **kw):
         if particle_plate is None:
             return poutine.trace(fn).get_trace(*args)
+
         def wrapped(*a):
             with pyro.plate("_iw_particles", particle_plate, dim=-2):
                 return fn(*a)
+
         return poutine.trace(wrapped).get_trace(*args)
 
     guide_tr = run(guide)
@@ -125,9 +140,11 @@ def _joint_log_weights(model, guide, args, shape, particle_plate=None) -> torch.
     if particle_plate is None:
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
     else:
+
         def wrapped_model(*a):
             with pyro.plate("_iw_particles", particle_plate, dim=-2):
                 return model(*a)
+
         model_tr = poutine.trace(poutine.replay(wrapped_model, trace=guide_tr)).get_trace(*args)
     lw = 0.0
     for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
@@ -144,9 +161,13 @@ def _joint_log_weights(model, guide, args, shape, particle_plate=None) -> torch.
     return lw
 
 
-def log_importance_weights(model: Callable, guide: Callable, *args: Any,
-                           num_particles: Optional[int] = None,
-                           vectorize: Optional[bool] = None) -> torch.Tensor:
+def log_importance_weights(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_particles: int | None = None,
+    vectorize: bool | None = None,
+) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)`` per example for draws ``z ~ q``.
 
     With ``num_particles=None``: one draw, shape ``(N,)``. With ``num_particles=k``:
@@ -183,9 +204,14 @@ def default_chunk(num_samples: int, n: int) -> int:
 
 
 @torch.no_grad()
-def iw_log_likelihood(model: Callable, guide: Callable, *args: Any, num_samples: int = 100,
-                      chunk_size: Optional[int] = None,
-                      vectorize: Optional[bool] = None) -> torch.Tensor:
+def iw_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 100,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+) -> torch.Tensor:
     """Importance-sampled ``log p(x)`` per example (Burda et al. 2016).
 
     ``log (1/k) sum_j p(x, z_j) / q(z_j | x)``, ``z_j ~ q(z | x)``: a lower bound
@@ -196,8 +222,9 @@ def iw_log_likelihood(model: Callable, guide: Callable, *args: Any, num_samples:
     (:class:`ConfigError`): there is no density to weight by.
     """
     num_samples = checks.positive_int("num_samples", num_samples)
-    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
-                                 hint="or None for a size that fits memory")
+    chunk_size = checks.optional(
+        checks.positive_int, "chunk_size", chunk_size, hint="or None for a size that fits memory"
+    )
     n = num_examples(args)
     chunk = chunk_size or default_chunk(num_samples, n)
     acc = None
@@ -214,15 +241,18 @@ def iw_log_likelihood(model: Callable, guide: Callable, *args: Any, num_samples:
 
 # --------------------------------------------------------------------------- bits/dim
 
-def check_dims_and_levels(num_dims: int, num_levels: Optional[int]) -> None:
+
+def check_dims_and_levels(num_dims: int, num_levels: int | None) -> None:
     """Refuse a non-positive ``num_dims`` or fewer than 2 ``num_levels`` (ConfigError)."""
     checks.positive_int("num_dims", num_dims)
-    checks.optional(checks.integer, "num_levels", num_levels, low=2,
-                    hint="or None for continuous data")
+    checks.optional(
+        checks.integer, "num_levels", num_levels, low=2, hint="or None for continuous data"
+    )
 
 
-def bits_per_dim(log_prob: torch.Tensor | float, num_dims: int,
-                 num_levels: Optional[int] = 256) -> torch.Tensor | float:
+def bits_per_dim(
+    log_prob: torch.Tensor | float, num_dims: int, num_levels: int | None = 256
+) -> torch.Tensor | float:
     """Bits/dim of log-densities (nats) of data in [0, 1]^D dequantized from ``num_levels``.
 
     Args:
@@ -247,9 +277,14 @@ def bits_per_dim(log_prob: torch.Tensor | float, num_dims: int,
 
 
 @torch.no_grad()
-def mean_bits_per_dim(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], data: TensorData,
-                      num_dims: int, num_levels: Optional[int] = 256, batch_size: int = 500,
-                      progress: bool = False) -> float:
+def mean_bits_per_dim(
+    log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
+    data: TensorData,
+    num_dims: int,
+    num_levels: int | None = 256,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> float:
     """Mean bits/dim over a data set (first tensor of each batch), no gradients.
 
     ``log_prob_fn(x)`` returns ``log p(x)`` per example, including every
@@ -259,8 +294,13 @@ def mean_bits_per_dim(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], data:
     """
     check_dims_and_levels(num_dims, num_levels)
     total, count = 0.0, 0
-    for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
-                      desc="bits/dim", disable=not progress, leave=False):
+    for batch in tqdm(
+        data.batches(batch_size),
+        total=data.num_batches(batch_size),
+        desc="bits/dim",
+        disable=not progress,
+        leave=False,
+    ):
         lp = log_prob_fn(batch[0])
         total += float(bits_per_dim(lp, num_dims, num_levels).sum())
         count += lp.shape[0]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from pyro.infer import MCMC, NUTS
@@ -41,14 +42,14 @@ class Chains:
         seconds: wall time of each chain (warm-up included).
     """
 
-    samples: Dict[str, torch.Tensor]
+    samples: dict[str, torch.Tensor]
     model: Callable
-    args: Tuple = ()
-    kwargs: Dict[str, Any] = field(default_factory=dict)
-    diverging: Optional[torch.Tensor] = None
-    acceptance: List[float] = field(default_factory=list)
-    step_size: List[float] = field(default_factory=list)
-    seconds: List[float] = field(default_factory=list)
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    diverging: torch.Tensor | None = None
+    acceptance: list[float] = field(default_factory=list)
+    step_size: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
     @property
     def num_chains(self) -> int:
@@ -58,18 +59,26 @@ class Chains:
     def num_draws(self) -> int:
         return next(iter(self.samples.values())).shape[1]
 
-    def get_samples(self, group_by_chain: bool = False) -> Dict[str, torch.Tensor]:
+    def get_samples(self, group_by_chain: bool = False) -> dict[str, torch.Tensor]:
         """As Pyro's ``MCMC.get_samples``: ``(chains, draws, ...)`` or ``(chains * draws, ...)``."""
         if group_by_chain:
             return dict(self.samples)
         return {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.samples.items()}
 
 
-def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500,
-             warmup_steps: int = 500, target_accept_prob: float = 0.8,
-             max_tree_depth: int = 10, jit_compile: bool = False,
-             init_strategy: Optional[Callable] = None,
-             progress: bool = False, **kwargs) -> Chains:
+def run_nuts(
+    model: Callable,
+    *args,
+    num_chains: int = 4,
+    num_samples: int = 500,
+    warmup_steps: int = 500,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    jit_compile: bool = False,
+    init_strategy: Callable | None = None,
+    progress: bool = False,
+    **kwargs,
+) -> Chains:
     """Sample a Pyro model's latent sites with NUTS, ``num_chains`` chains.
 
     Args:
@@ -94,35 +103,47 @@ def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500
     num_chains = checks.positive_int("num_chains", num_chains)
     num_samples = checks.positive_int("num_samples", num_samples)
     warmup_steps = checks.nonnegative_int("warmup_steps", warmup_steps)
-    kernel_kw = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                     jit_compile=jit_compile, ignore_jit_warnings=True)
+    kernel_kw = dict(
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        jit_compile=jit_compile,
+        ignore_jit_warnings=True,
+    )
     if init_strategy is not None:
         kernel_kw["init_strategy"] = init_strategy
-    per_chain: List[Dict[str, torch.Tensor]] = []
-    divergent: List[torch.Tensor] = []
+    per_chain: list[dict[str, torch.Tensor]] = []
+    divergent: list[torch.Tensor] = []
     out = Chains({}, model, args, dict(kwargs))
-    for c in range(num_chains):
+    for _ in range(num_chains):
         t0 = time.perf_counter()
         kernel = NUTS(model, **kernel_kw)
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
-                    num_chains=1, disable_progbar=not progress)
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=1,
+            disable_progbar=not progress,
+        )
         with warnings.catch_warnings():
             # torch deprecates jit.trace, which Pyro's jit_compile uses: say nothing of it
-            warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated",
-                                    category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*torch.jit.trace.*deprecated", category=FutureWarning
+            )
             mcmc.run(*args, **kwargs)
         samples = mcmc.get_samples()
         if not samples:
-            raise ConfigError("the model has no latent sample sites for NUTS to sample "
-                              "(every site is observed).")
+            raise ConfigError(
+                "the model has no latent sample sites for NUTS to sample (every site is observed)."
+            )
         per_chain.append(samples)
         diag = mcmc.diagnostics()
         flags = torch.zeros(num_samples, dtype=torch.bool)
         for idx in diag.get("divergences", {}).values():
             flags[list(idx)] = True
         divergent.append(flags)
-        out.acceptance.append(float(next(iter(diag.get("acceptance rate", {0: float("nan")})
-                                               .values()))))
+        out.acceptance.append(
+            float(next(iter(diag.get("acceptance rate", {0: float("nan")}).values())))
+        )
         out.step_size.append(float(kernel.step_size))
         out.seconds.append(time.perf_counter() - t0)
     out.samples = {k: torch.stack([s[k] for s in per_chain]) for k in per_chain[0]}
@@ -130,8 +151,7 @@ def run_nuts(model: Callable, *args, num_chains: int = 4, num_samples: int = 500
     return out
 
 
-def vae_nuts(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, **nuts_kwargs
-             ) -> Chains:
+def vae_nuts(vae, x: torch.Tensor, labels: torch.Tensor | None = None, **nuts_kwargs) -> Chains:
     """The exact posterior ``p(z | x)`` of a trained VAE, decoder fixed, by NUTS.
 
     ``x`` holds a handful of images ``(N, *image_shape)``; their codes are sampled
@@ -144,7 +164,7 @@ def vae_nuts(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, **nuts
     flags = [(p, p.requires_grad) for p in vae.parameters()]
     try:
         for p, _ in flags:
-            p.requires_grad_(False)   # NUTS differentiates z only: skip the weights' graph
+            p.requires_grad_(False)  # NUTS differentiates z only: skip the weights' graph
         return run_nuts(vae.model, x, labels, **nuts_kwargs)
     finally:
         for p, flag in flags:

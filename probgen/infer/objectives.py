@@ -25,18 +25,26 @@ name               Pyro class                                  KL term
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import pyro.infer as infer
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import (check_fully_reparametrized, get_dependent_plate_dims,
-                             is_identically_zero, is_validation_enabled, torch_item, torch_sum)
+from pyro.infer.util import (
+    check_fully_reparametrized,
+    get_dependent_plate_dims,
+    is_identically_zero,
+    is_validation_enabled,
+    torch_item,
+    torch_sum,
+)
 from torch.distributions import kl_divergence
 
 from probgen import checks
 from probgen.errors import ConfigError
 from probgen.registry import Registry
+
 
 class IWAE_ELBO(infer.RenyiELBO):
     """Pyro's :class:`~pyro.infer.RenyiELBO` at ``alpha = 0``: the IWAE bound, with a
@@ -51,14 +59,19 @@ class IWAE_ELBO(infer.RenyiELBO):
     non-reparameterizable sites are refused.
     """
 
-    def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1,
-                 vectorize_particles: bool = True):
-        super().__init__(alpha=0.0, num_particles=num_particles,
-                         max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=vectorize_particles)
+    def __init__(
+        self, num_particles: int = 2, max_plate_nesting: int = 1, vectorize_particles: bool = True
+    ):
+        super().__init__(
+            alpha=0.0,
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+        )
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
-                            **kwargs: Any) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         log_weights = []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
@@ -71,7 +84,8 @@ class IWAE_ELBO(infer.RenyiELBO):
                     if not site["fn"].has_rsample:
                         raise ConfigError(
                             f"the iwae objective needs reparameterizable guide sites; {name!r} "
-                            f"({type(site['fn']).__name__}) is not. Use objective='trace'.")
+                            f"({type(site['fn']).__name__}) is not. Use objective='trace'."
+                        )
                     lw = lw - torch_sum(site["log_prob"], sum_dims)
             log_weights.append(lw)
         if self.vectorize_particles and self.num_particles > 1:
@@ -98,8 +112,9 @@ class Trace_ELBO(infer.Trace_ELBO):
     :func:`probgen.fit` stops on a non-finite loss with a clear error.
     """
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
-                            **kwargs: Any) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         total = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle = _reparameterized_loss(model_trace, guide_trace)
@@ -112,7 +127,7 @@ class Trace_ELBO(infer.Trace_ELBO):
         return total if self.num_particles == 1 else total / self.num_particles
 
 
-def _reparameterized_loss(model_trace, guide_trace) -> Optional[torch.Tensor]:
+def _reparameterized_loss(model_trace, guide_trace) -> torch.Tensor | None:
     """``sum log q - sum log p`` of one particle, or None when a guide site has a
     score-function term (or no entropy term of its own), where the surrogate objective
     differs from the ELBO."""
@@ -149,8 +164,9 @@ class TraceMeanField_ELBO(infer.TraceMeanField_ELBO):
     ``loss`` (a float, by contract a host read) is Pyro's.
     """
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,
-                            **kwargs: Any) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         total = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle = -_mean_field_elbo(model_trace, guide_trace)
@@ -183,7 +199,7 @@ def _mean_field_elbo(model_trace, guide_trace):
         except NotImplementedError:
             entropy_term = guide_site["score_parts"].entropy_term
             elbo = elbo + model_site["log_prob_sum"] - entropy_term.sum()
-    for name, guide_site in guide_trace.nodes.items():   # auxiliary guide sites
+    for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
         if guide_site["type"] == "sample" and name not in model_trace.nodes:
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
@@ -200,12 +216,21 @@ OBJECTIVES.register("iwae", IWAE_ELBO)
 
 # The uncompiled twin of each objective (evaluation runs without gradients,
 # where a compiled trace buys nothing).
-_EAGER = {"trace": "trace", "meanfield": "meanfield", "jit": "trace",
-          "jit_meanfield": "meanfield", "iwae": "iwae"}
+_EAGER = {
+    "trace": "trace",
+    "meanfield": "meanfield",
+    "jit": "trace",
+    "jit_meanfield": "meanfield",
+    "iwae": "iwae",
+}
 
 
-def make_elbo(name: str = "trace", num_particles: int = 1,
-              max_plate_nesting: Optional[int] = 1, eager: bool = False) -> infer.ELBO:
+def make_elbo(
+    name: str = "trace",
+    num_particles: int = 1,
+    max_plate_nesting: int | None = 1,
+    eager: bool = False,
+) -> infer.ELBO:
     """Build the Pyro ELBO called ``name`` with ``num_particles`` vectorized particles.
 
     Args:
@@ -222,9 +247,12 @@ def make_elbo(name: str = "trace", num_particles: int = 1,
     num_particles = checks.positive_int("num_particles", num_particles)
     cls = OBJECTIVES.get(_EAGER.get(name, name) if eager else name)
     if max_plate_nesting is None:
-        max_plate_nesting = float("inf")   # Pyro's "not given": it guesses from the model
-    kwargs = dict(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                  vectorize_particles=num_particles > 1)
+        max_plate_nesting = float("inf")  # Pyro's "not given": it guesses from the model
+    kwargs = dict(
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        vectorize_particles=num_particles > 1,
+    )
     if name.startswith("jit") and not eager:
         kwargs["ignore_jit_warnings"] = True
     return cls(**kwargs)

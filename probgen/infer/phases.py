@@ -11,20 +11,24 @@ first time it is seen. A phase can also name its parameters up front (a module's
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from pyro import poutine
-from pyro.params.param_store import (module_from_param_with_module_name, normalize_param_name,
-                                     user_param_name)
+from pyro.params.param_store import (
+    module_from_param_with_module_name,
+    normalize_param_name,
+    user_param_name,
+)
 from torch import nn
 
 from probgen import checks
 from probgen.errors import ConfigError
 from probgen.registry import Registry
 
-LossFn = Callable[[Any, Dict[str, Any]], Any]
+LossFn = Callable[[Any, dict[str, Any]], Any]
 
 OPTIMIZERS: Registry = Registry("optimizer")
 OPTIMIZERS.register("adam", torch.optim.Adam)
@@ -34,7 +38,7 @@ OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
 
 PLAYERS = (None, "discriminator", "generator")
 
-__all__ = ["LossFn", "OPTIMIZERS", "PLAYERS", "Phase", "traced_params"]
+__all__ = ["OPTIMIZERS", "PLAYERS", "LossFn", "Phase", "traced_params"]
 
 
 @dataclass
@@ -74,15 +78,15 @@ class Phase:
     name: str
     loss: LossFn
     params: Any = None
-    optimizer: Union[str, type, None] = None
-    lr: Optional[float] = None
-    optim_kwargs: Union[Dict[str, Any], Callable[..., Dict[str, Any]]] = field(default_factory=dict)
+    optimizer: str | type | None = None
+    lr: float | None = None
+    optim_kwargs: dict[str, Any] | Callable[..., dict[str, Any]] = field(default_factory=dict)
     repeats: int = 1
     fresh_batch: bool = True
     owns_backward: bool = False
-    clip_norm: Optional[float] = None
-    discover: Union[bool, str, None] = None
-    player: Optional[str] = None
+    clip_norm: float | None = None
+    discover: bool | str | None = None
+    player: str | None = None
 
     def __post_init__(self) -> None:
         if self.discover is None:
@@ -91,19 +95,27 @@ class Phase:
         if not callable(self.loss):
             raise ConfigError(f"phase {self.name!r}: loss must be callable as loss(batch, ctx).")
         opt = self.optimizer
-        if opt is not None and not isinstance(opt, str) and not (
-                isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
-            raise ConfigError(f"phase {self.name!r}: optimizer must be a name in "
-                              f"probgen.train.OPTIMIZERS or a torch.optim optimizer class, got "
-                              f"{opt!r}.")
+        if (
+            opt is not None
+            and not isinstance(opt, str)
+            and not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer))
+        ):
+            raise ConfigError(
+                f"phase {self.name!r}: optimizer must be a name in "
+                f"probgen.train.OPTIMIZERS or a torch.optim optimizer class, got "
+                f"{opt!r}."
+            )
         if self.player not in PLAYERS:
-            raise ConfigError(f"phase {self.name!r}: player must be one of {list(PLAYERS)}, "
-                              f"got {self.player!r}.")
+            raise ConfigError(
+                f"phase {self.name!r}: player must be one of {list(PLAYERS)}, got {self.player!r}."
+            )
         if not (isinstance(self.optim_kwargs, dict) or callable(self.optim_kwargs)):
-            raise ConfigError(f"phase {self.name!r}: optim_kwargs must be a dict or a function "
-                              f"of the parameter's name returning one.")
+            raise ConfigError(
+                f"phase {self.name!r}: optim_kwargs must be a dict or a function "
+                f"of the parameter's name returning one."
+            )
 
-    def declared_params(self) -> Optional[List[torch.Tensor]]:
+    def declared_params(self) -> list[torch.Tensor] | None:
         """The parameters named up front (``None`` when they are found by tracing)."""
         p = self.params
         if p is None:
@@ -119,7 +131,7 @@ class Phase:
         """Whether the optimizer settings differ per parameter (Pyro's callable form)."""
         return callable(self.optim_kwargs)
 
-    def optim_args_for(self, name: str) -> Dict[str, Any]:
+    def optim_args_for(self, name: str) -> dict[str, Any]:
         """The optimizer settings of the parameter called ``name`` (``pyro:<store name>``
         or ``module:<attribute path>``), as ``pyro.optim.PyroOptim`` computes them."""
         if not callable(self.optim_kwargs):
@@ -130,11 +142,16 @@ class Phase:
             argc = len(inspect.signature(fn).parameters)
         except (TypeError, ValueError):
             argc = 1
-        out = fn(normalize_param_name(store_name)) if argc == 1 else \
-            fn(module_from_param_with_module_name(store_name), user_param_name(store_name))
+        out = (
+            fn(normalize_param_name(store_name))
+            if argc == 1
+            else fn(module_from_param_with_module_name(store_name), user_param_name(store_name))
+        )
         if not isinstance(out, dict):
-            raise ConfigError(f"phase {self.name!r}: the per-parameter optimizer settings must "
-                              f"be a dict, got {type(out).__name__} for {store_name!r}.")
+            raise ConfigError(
+                f"phase {self.name!r}: the per-parameter optimizer settings must "
+                f"be a dict, got {type(out).__name__} for {store_name!r}."
+            )
         return out
 
     @property
@@ -143,7 +160,7 @@ class Phase:
         return self.lr is not None or callable(self.optim_kwargs) or "lr" in self.optim_kwargs
 
 
-def traced_params(fn: Callable[[], Any]) -> Tuple[Any, Dict[str, torch.Tensor]]:
+def traced_params(fn: Callable[[], Any]) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run ``fn()`` and return ``(result, {name: unconstrained tensor})`` of the Pyro
     param sites it touched, in the order they were first touched (as ``SVI.step``)."""
     with poutine.trace(param_only=True) as capture:

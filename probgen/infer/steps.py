@@ -27,7 +27,8 @@ The steps live here, below the models, so that a model family can define its own
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from pyro.infer.elbo import ELBO
@@ -38,12 +39,17 @@ from torch import nn
 
 from probgen import checks
 from probgen.errors import ConfigError
-from probgen.infer.batches import (BatchArguments, BatchToArgs, batch_len, callable_name,
-                                   default_batch_to_args)
+from probgen.infer.batches import (
+    BatchArguments,
+    BatchToArgs,
+    batch_len,
+    callable_name,
+    default_batch_to_args,
+)
 from probgen.infer.objectives import make_elbo
 from probgen.infer.phases import OPTIMIZERS, LossFn, Phase
 
-__all__ = ["ELBOLoss", "LossStep", "PhasedStep", "STEP_SETTINGS", "SVIStep", "Step", "as_step"]
+__all__ = ["STEP_SETTINGS", "ELBOLoss", "LossStep", "PhasedStep", "SVIStep", "Step", "as_step"]
 
 
 # Settings of FitConfig that only build the step of a probgen model.
@@ -63,11 +69,11 @@ class Step:
             two models of one class); the user's store is left as it was.
     """
 
-    module: Optional[nn.Module] = None
+    module: nn.Module | None = None
     phases: Sequence[Phase] = ()
     isolate_param_store: bool = False
 
-    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
+    def eval_loss(self, batch: Any) -> torch.Tensor | None:
         """Validation loss per example (``None``: this step has none)."""
         return None
 
@@ -77,7 +83,7 @@ class Step:
         return False
 
     @property
-    def declared_module(self) -> Optional[nn.Module]:
+    def declared_module(self) -> nn.Module | None:
         """The module every phase optimizes by declaration, whose model may then skip
         ``pyro.module`` inside the loop (:mod:`probgen.infer.context`); else ``None``."""
         return None
@@ -101,7 +107,7 @@ class Step:
             ignored.add("optimizer")
         return ignored
 
-    def signature(self) -> Dict[str, Any]:
+    def signature(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (checkpointed)."""
         return {"step": type(self).__name__}
 
@@ -117,47 +123,64 @@ class LossStep(Step):
         **phase_kwargs: optimizer settings of the one phase (``lr``, ``optim_kwargs``...).
     """
 
-    def __init__(self, module: nn.Module, loss_fn: Callable[..., torch.Tensor], *,
-                 batch_to_args: Optional[BatchToArgs] = None, **phase_kwargs: Any):
+    def __init__(
+        self,
+        module: nn.Module,
+        loss_fn: Callable[..., torch.Tensor],
+        *,
+        batch_to_args: BatchToArgs | None = None,
+        **phase_kwargs: Any,
+    ):
         self.module = module
         self.loss_fn = loss_fn
-        self.arguments = BatchArguments({"loss_fn": loss_fn}, batch_to_args, leading=(module,),
-                                        where="LossStep")
+        self.arguments = BatchArguments(
+            {"loss_fn": loss_fn}, batch_to_args, leading=(module,), where="LossStep"
+        )
         self.phases = [Phase("loss", self._loss, params=module, **phase_kwargs)]
 
     def _loss(self, batch, ctx=None):
         args, kwargs = self.arguments(batch)
         return self.loss_fn(self.module, *args, **kwargs)
 
-    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
+    def eval_loss(self, batch: Any) -> torch.Tensor | None:
         return self._loss(batch)
 
 
-_ELBO = Union[str, Any]
+_ELBO = str | Any
 
 
 def _is_elbo(obj) -> bool:
-    return isinstance(obj, ELBO) or (hasattr(obj, "loss") and (
-        hasattr(obj, "differentiable_loss") or hasattr(obj, "loss_and_grads")))
+    return isinstance(obj, ELBO) or (
+        hasattr(obj, "loss")
+        and (hasattr(obj, "differentiable_loss") or hasattr(obj, "loss_and_grads"))
+    )
 
 
 def _positional_refusal(model, guide, extra) -> str:
     first = extra[0]
     if isinstance(first, PyroOptim):
-        return ("SVIStep takes the optimizer and the loss as keywords, after the model and "
-                "guide: write SVIStep(model, guide, optim=pyro.optim.Adam({...}), "
-                "loss=Trace_ELBO()) (pyro.infer.SVI's third and fourth positional arguments).")
+        return (
+            "SVIStep takes the optimizer and the loss as keywords, after the model and "
+            "guide: write SVIStep(model, guide, optim=pyro.optim.Adam({...}), "
+            "loss=Trace_ELBO()) (pyro.infer.SVI's third and fourth positional arguments)."
+        )
     if _is_elbo(first) or isinstance(first, str):
-        return (f"SVIStep takes the objective as a keyword: write SVIStep(model, guide, "
-                f"loss={first!r}).")
+        return (
+            f"SVIStep takes the objective as a keyword: write SVIStep(model, guide, "
+            f"loss={first!r})."
+        )
     if isinstance(model, nn.Module) and callable(guide) and callable(first):
-        return ("SVIStep(module, model, guide) is no longer read positionally: write "
-                "SVIStep(model, guide, module=module).")
-    return (f"SVIStep takes two positional arguments, the model and the guide (got "
-            f"{2 + len(extra)}); give the rest as keywords: loss=..., optim=..., module=....")
+        return (
+            "SVIStep(module, model, guide) is no longer read positionally: write "
+            "SVIStep(model, guide, module=module)."
+        )
+    return (
+        f"SVIStep takes two positional arguments, the model and the guide (got "
+        f"{2 + len(extra)}); give the rest as keywords: loss=..., optim=..., module=...."
+    )
 
 
-def _optim_phase_kwargs(optim) -> Dict[str, Any]:
+def _optim_phase_kwargs(optim) -> dict[str, Any]:
     """A Pyro optimizer, a torch optimizer class or a name, as a phase's settings."""
     if isinstance(optim, str):
         OPTIMIZERS.get(optim)
@@ -165,20 +188,28 @@ def _optim_phase_kwargs(optim) -> Dict[str, Any]:
     if isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer):
         return {"optimizer": optim}
     if isinstance(optim, PyroLRScheduler):
-        raise ConfigError("SVIStep: a Pyro learning-rate scheduler is not an optimizer here; "
-                          "give optim=pyro.optim.<Optimizer>({...}) and lr_schedule=... to fit.")
+        raise ConfigError(
+            "SVIStep: a Pyro learning-rate scheduler is not an optimizer here; "
+            "give optim=pyro.optim.<Optimizer>({...}) and lr_schedule=... to fit."
+        )
     if isinstance(optim, PyroOptim):
         clip = optim.pt_clip_args
         if callable(clip) or clip:
-            raise ConfigError("SVIStep: Pyro's clip_args (clipping each parameter's gradient "
-                              "alone) are not supported; give fit clip_norm=..., which clips the "
-                              "norm over all the parameters together.")
+            raise ConfigError(
+                "SVIStep: Pyro's clip_args (clipping each parameter's gradient "
+                "alone) are not supported; give fit clip_norm=..., which clips the "
+                "norm over all the parameters together."
+            )
         args = optim.pt_optim_args
-        return {"optimizer": optim.pt_optim_constructor,
-                "optim_kwargs": args if callable(args) else dict(args)}
-    raise ConfigError(f"SVIStep: optim must be a Pyro optimizer (pyro.optim.Adam({{...}})), a "
-                      f"torch.optim optimizer class or a name in probgen.train.OPTIMIZERS, got "
-                      f"{type(optim).__name__}.")
+        return {
+            "optimizer": optim.pt_optim_constructor,
+            "optim_kwargs": args if callable(args) else dict(args),
+        }
+    raise ConfigError(
+        f"SVIStep: optim must be a Pyro optimizer (pyro.optim.Adam({{...}})), a "
+        f"torch.optim optimizer class or a name in probgen.train.OPTIMIZERS, got "
+        f"{type(optim).__name__}."
+    )
 
 
 class _SubsampleProbe(Messenger):
@@ -188,14 +219,16 @@ class _SubsampleProbe(Messenger):
     def __init__(self):
         super().__init__()
         self.seen = False
-        self.full_size: Optional[int] = None
+        self.full_size: int | None = None
 
     def _process_message(self, msg):
         if msg["type"] == "sample" and msg.get("is_observed") and not self.seen:
             self.seen = True
-            sizes = [f.full_size for f in msg["cond_indep_stack"]
-                     if f.full_size is not None and f.size is not None
-                     and int(f.full_size) > int(f.size)]
+            sizes = [
+                f.full_size
+                for f in msg["cond_indep_stack"]
+                if f.full_size is not None and f.size is not None and int(f.full_size) > int(f.size)
+            ]
             self.full_size = int(math.prod(int(s) for s in sizes)) if sizes else None
 
 
@@ -250,32 +283,47 @@ class SVIStep(Step):
             fit the model's or guide's signature.
     """
 
-    def __init__(self, model: Optional[Callable] = None, guide: Optional[Callable] = None,
-                 *extra: Any, loss: Optional[_ELBO] = None,
-                 optim: Union[PyroOptim, type, str, None] = None,
-                 module: Optional[nn.Module] = None, num_particles: Optional[int] = None,
-                 eval_particles: Optional[int] = None,
-                 max_plate_nesting: Optional[int] = None, per_example: Optional[bool] = None,
-                 batch_to_args: Optional[BatchToArgs] = None, objective: Optional[str] = None,
-                 **phase_kwargs: Any):
+    def __init__(
+        self,
+        model: Callable | None = None,
+        guide: Callable | None = None,
+        *extra: Any,
+        loss: _ELBO | None = None,
+        optim: PyroOptim | type | str | None = None,
+        module: nn.Module | None = None,
+        num_particles: int | None = None,
+        eval_particles: int | None = None,
+        max_plate_nesting: int | None = None,
+        per_example: bool | None = None,
+        batch_to_args: BatchToArgs | None = None,
+        objective: str | None = None,
+        **phase_kwargs: Any,
+    ):
         if extra:
             raise ConfigError(_positional_refusal(model, guide, extra))
         if loss is not None and objective is not None:
             raise ConfigError("give the objective once: loss= (or its old name objective=).")
-        module_form = (guide is None and module is None and isinstance(model, nn.Module)
-                       and hasattr(model, "model") and hasattr(model, "guide"))
+        module_form = (
+            guide is None
+            and module is None
+            and isinstance(model, nn.Module)
+            and hasattr(model, "model")
+            and hasattr(model, "guide")
+        )
         if module_form:
             module, model, guide = model, model.model, model.guide
         if model is None or guide is None:
-            raise ConfigError("SVIStep needs a Pyro model and guide: SVIStep(model, guide, "
-                              "loss=..., optim=...) or SVIStep(module) for a module with "
-                              ".model and .guide.")
+            raise ConfigError(
+                "SVIStep needs a Pyro model and guide: SVIStep(model, guide, "
+                "loss=..., optim=...) or SVIStep(module) for a module with "
+                ".model and .guide."
+            )
         if not callable(model) or not callable(guide):
-            raise ConfigError("SVIStep: model and guide must be callables that take the "
-                              "batch's tensors.")
+            raise ConfigError(
+                "SVIStep: model and guide must be callables that take the batch's tensors."
+            )
         if module is not None and not isinstance(module, nn.Module):
-            raise ConfigError(f"SVIStep: module must be an nn.Module, got "
-                              f"{type(module).__name__}.")
+            raise ConfigError(f"SVIStep: module must be an nn.Module, got {type(module).__name__}.")
         if optim is not None:
             if "optimizer" in phase_kwargs or "optim_kwargs" in phase_kwargs:
                 raise ConfigError("SVIStep: give the optimizer once, as optim=.")
@@ -292,33 +340,46 @@ class SVIStep(Step):
         if max_plate_nesting is None and isolated:
             max_plate_nesting = getattr(module, "max_plate_nesting", 1)
         if isinstance(loss, str):
-            n = 1 if num_particles is None else checks.positive_int("num_particles",
-                                                                   num_particles)
-            m = n if eval_particles is None else checks.positive_int("eval_particles",
-                                                                    eval_particles)
+            n = 1 if num_particles is None else checks.positive_int("num_particles", num_particles)
+            m = (
+                n
+                if eval_particles is None
+                else checks.positive_int("eval_particles", eval_particles)
+            )
             self.objective = loss
             self.elbo = make_elbo(loss, n, max_plate_nesting)
             self.eval_elbo = make_elbo(loss, m, max_plate_nesting, eager=True)
         else:
             if not _is_elbo(loss):
-                raise ConfigError(f"loss must be an objective name or a Pyro ELBO instance, "
-                                  f"got {type(loss).__name__}.")
+                raise ConfigError(
+                    f"loss must be an objective name or a Pyro ELBO instance, "
+                    f"got {type(loss).__name__}."
+                )
             if num_particles is not None or eval_particles is not None:
-                raise ConfigError(f"SVIStep: {type(loss).__name__} instance has its own "
-                                  f"num_particles; give them to it, not to SVIStep.")
+                raise ConfigError(
+                    f"SVIStep: {type(loss).__name__} instance has its own "
+                    f"num_particles; give them to it, not to SVIStep."
+                )
             self.objective = type(loss).__name__
             self.elbo = self.eval_elbo = loss
         self.per_example = module_form if per_example is None else bool(per_example)
         self.isolate_param_store = isolated
         self._own_methods = own_methods
         self.arguments = BatchArguments({"model": model, "guide": guide}, batch_to_args)
-        self._divisors: Dict[Any, Optional[int]] = {}
+        self._divisors: dict[Any, int | None] = {}
         owns = not hasattr(self.elbo, "differentiable_loss")
         # The module's parameters, and whatever else the ELBO touches through Pyro
         # (looked for on every step, as SVI.step does; once for probgen's own models).
-        self.phases = [Phase("elbo", self._loss, params=module,
-                             discover="first" if isolated else True,
-                             owns_backward=owns, **phase_kwargs)]
+        self.phases = [
+            Phase(
+                "elbo",
+                self._loss,
+                params=module,
+                discover="first" if isolated else True,
+                owns_backward=owns,
+                **phase_kwargs,
+            )
+        ]
 
     def _divisor(self, n: int, key, run: Callable[[], Any]):
         """Run the ELBO (``run``) and return ``(its value, the number of examples it
@@ -342,19 +403,21 @@ class SVIStep(Step):
         if self.phases[0].owns_backward:
             # Pyro objectives without differentiable_loss (TraceGraph_ELBO, RenyiELBO)
             # compute their own surrogate gradients; SVI calls them the same way.
-            value, d = self._divisor(n, key, lambda: self.elbo.loss_and_grads(
-                self.model, self.guide, *args, **kwargs))
+            value, d = self._divisor(
+                n, key, lambda: self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            )
             value = torch.as_tensor(float(value))
             return value, value / d
-        loss, d = self._divisor(n, key, lambda: self.elbo.differentiable_loss(
-            self.model, self.guide, *args, **kwargs))
+        loss, d = self._divisor(
+            n, key, lambda: self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        )
         if self.per_example:
             loss = loss / d
             return loss
         return loss, loss.detach() / d
 
     @property
-    def declared_module(self) -> Optional[nn.Module]:
+    def declared_module(self) -> nn.Module | None:
         # The one phase declares params=module; its own model/guide methods see it. A
         # compiled (Jit*) ELBO traces the parameters through pyro.module: never skipped.
         if not self._own_methods or type(self.elbo).__name__.startswith("Jit"):
@@ -373,29 +436,33 @@ class SVIStep(Step):
         check(*tensors)
         return True
 
-    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
+    def eval_loss(self, batch: Any) -> torch.Tensor | None:
         args, kwargs = self.arguments(batch)
         n = batch_len(batch)
         key = (len(args), tuple(kwargs))
         elbo = self.eval_elbo
         if hasattr(elbo, "differentiable_loss"):
-            value, d = self._divisor(n, key, lambda: elbo.differentiable_loss(
-                self.model, self.guide, *args, **kwargs))
+            value, d = self._divisor(
+                n, key, lambda: elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            )
             return value / d
-        value, d = self._divisor(n, key, lambda: elbo.loss(self.model, self.guide, *args,
-                                                            **kwargs))
+        value, d = self._divisor(n, key, lambda: elbo.loss(self.model, self.guide, *args, **kwargs))
         return torch.as_tensor(float(value)) / d
 
     def describe(self) -> str:
-        return type(self.module).__qualname__ if self.module is not None else \
-            callable_name(self.model)
+        return (
+            type(self.module).__qualname__ if self.module is not None else callable_name(self.model)
+        )
 
-    def signature(self) -> Dict[str, Any]:
+    def signature(self) -> dict[str, Any]:
         opt = self.phases[0].optimizer
-        return {"step": "SVIStep", "elbo": type(self.elbo).__name__,
-                "num_particles": getattr(self.elbo, "num_particles", None),
-                "optimizer": opt if isinstance(opt, str) or opt is None else opt.__name__,
-                "per_example": self.per_example}
+        return {
+            "step": "SVIStep",
+            "elbo": type(self.elbo).__name__,
+            "num_particles": getattr(self.elbo, "num_particles", None),
+            "optimizer": opt if isinstance(opt, str) or opt is None else opt.__name__,
+            "per_example": self.per_example,
+        }
 
 
 class ELBOLoss:
@@ -417,15 +484,24 @@ class ELBOLoss:
         per_example: divide by the batch size (the default) or return Pyro's sum.
     """
 
-    def __init__(self, model: Callable, guide: Callable, loss: _ELBO = "trace",
-                 num_particles: int = 1,
-                 max_plate_nesting: Optional[int] = 1, per_example: bool = True):
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        loss: _ELBO = "trace",
+        num_particles: int = 1,
+        max_plate_nesting: int | None = 1,
+        per_example: bool = True,
+    ):
         self.model, self.guide = model, guide
-        self.elbo = make_elbo(loss, num_particles, max_plate_nesting) if isinstance(loss, str) \
-            else loss
+        self.elbo = (
+            make_elbo(loss, num_particles, max_plate_nesting) if isinstance(loss, str) else loss
+        )
         if not hasattr(self.elbo, "differentiable_loss"):
-            raise ConfigError(f"{type(self.elbo).__name__} has no differentiable_loss, so it cannot "
-                              f"be one term of a sum; use an SVIStep for it alone.")
+            raise ConfigError(
+                f"{type(self.elbo).__name__} has no differentiable_loss, so it cannot "
+                f"be one term of a sum; use an SVIStep for it alone."
+            )
         self.per_example = per_example
 
     def __call__(self, batch) -> torch.Tensor:
@@ -451,8 +527,13 @@ class PhasedStep(Step):
         ])
     """
 
-    def __init__(self, module: Optional[nn.Module], phases: Iterable[Phase],
-                 eval_loss: Optional[Callable] = None, isolate_param_store: bool = True):
+    def __init__(
+        self,
+        module: nn.Module | None,
+        phases: Iterable[Phase],
+        eval_loss: Callable | None = None,
+        isolate_param_store: bool = True,
+    ):
         self.module = module
         self.phases = list(phases)
         if not self.phases:
@@ -463,10 +544,11 @@ class PhasedStep(Step):
         self._eval_loss = eval_loss
         self.isolate_param_store = isolate_param_store
 
-    def eval_loss(self, batch: Any) -> Optional[torch.Tensor]:
+    def eval_loss(self, batch: Any) -> torch.Tensor | None:
         return None if self._eval_loss is None else self._eval_loss(batch)
 
-def as_step(obj: Any, config: Any, batch_to_args: Optional[BatchToArgs] = None) -> Step:
+
+def as_step(obj: Any, config: Any, batch_to_args: BatchToArgs | None = None) -> Step:
     """A :class:`Step` for ``obj``: a step already; a model with ``fit_step(config)``
     (the adversarial families); a module with ``model``/``guide`` (SVI); a network
     with a ``loss`` method.
@@ -479,21 +561,29 @@ def as_step(obj: Any, config: Any, batch_to_args: Optional[BatchToArgs] = None) 
         return obj
     if callable(getattr(obj, "fit_step", None)):
         if batch_to_args is not None:
-            raise ConfigError(f"batch_to_args is for a model/guide pair or a network with a "
-                              f".loss; {type(obj).__name__} builds its own step.")
+            raise ConfigError(
+                f"batch_to_args is for a model/guide pair or a network with a "
+                f".loss; {type(obj).__name__} builds its own step."
+            )
         step = obj.fit_step(config)
         if not isinstance(step, Step):
             raise ConfigError(f"{type(obj).__name__}.fit_step must return a probgen Step.")
         return step
     if isinstance(obj, nn.Module) and hasattr(obj, "model") and hasattr(obj, "guide"):
-        return SVIStep(obj, objective=config.objective, num_particles=config.num_particles,
-                       eval_particles=config.eval_particles, batch_to_args=batch_to_args)
+        return SVIStep(
+            obj,
+            objective=config.objective,
+            num_particles=config.num_particles,
+            eval_particles=config.eval_particles,
+            batch_to_args=batch_to_args,
+        )
     if isinstance(obj, nn.Module) and callable(getattr(obj, "loss", None)):
         step = LossStep(obj, lambda module, *args, **kwargs: module.loss(*args, **kwargs))
-        step.arguments = BatchArguments({"loss": obj.loss}, batch_to_args,
-                                        where=f"{type(obj).__name__}.loss")
+        step.arguments = BatchArguments(
+            {"loss": obj.loss}, batch_to_args, where=f"{type(obj).__name__}.loss"
+        )
         return step
-    if hasattr(obj, "loss") and hasattr(obj, "module"):   # a step of the older, duck-typed form
+    if hasattr(obj, "loss") and hasattr(obj, "module"):  # a step of the older, duck-typed form
         legacy = Step()
         legacy.module = obj.module
         legacy.phases = [Phase("loss", lambda b, ctx: obj.loss(b), params=obj.module)]
@@ -502,4 +592,5 @@ def as_step(obj: Any, config: Any, batch_to_args: Optional[BatchToArgs] = None) 
     raise ConfigError(
         f"fit() needs a Pyro model with .model and .guide methods, a network with a .loss "
         f"method, an SVIStep, a LossStep or a PhasedStep; got {type(obj).__name__}. Wrap a "
-        f"plain network as LossStep(net, loss_fn) and a model/guide pair as SVIStep(model, guide).")
+        f"plain network as LossStep(net, loss_fn) and a model/guide pair as SVIStep(model, guide)."
+    )

@@ -9,8 +9,22 @@ then ``az.summary``, ``az.plot_posterior``, ``az.plot_pair``, ``az.plot_ppc`` an
 """
 
 from probgen.inspect.arviz import arviz, to_inference_data
-from probgen.inspect.convert import (from_draws, from_guide, from_mcmc, from_vae, latent_sites,
-                                     vae_names)
+from probgen.inspect.convert import (
+    from_draws,
+    from_guide,
+    from_mcmc,
+    from_vae,
+    latent_sites,
+    vae_names,
+)
 
-__all__ = ["arviz", "from_draws", "from_guide", "from_mcmc", "from_vae", "latent_sites",
-           "to_inference_data", "vae_names"]
+__all__ = [
+    "arviz",
+    "from_draws",
+    "from_guide",
+    "from_mcmc",
+    "from_vae",
+    "latent_sites",
+    "to_inference_data",
+    "vae_names",
+]

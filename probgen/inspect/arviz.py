@@ -10,8 +10,9 @@ dict-of-groups signature; a move to 1.x changes this function only.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,8 +21,15 @@ if TYPE_CHECKING:
 else:  # arviz is imported on first use (see arviz()); at run time the hint reads Any
     InferenceData = Any
 
-GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "observed_data",
-          "sample_stats", "prior", "constant_data")
+GROUPS = (
+    "posterior",
+    "posterior_predictive",
+    "log_likelihood",
+    "observed_data",
+    "sample_stats",
+    "prior",
+    "constant_data",
+)
 
 
 def arviz() -> ModuleType:
@@ -33,10 +41,12 @@ def arviz() -> ModuleType:
     return az
 
 
-def to_inference_data(groups: Mapping[str, Mapping[str, np.ndarray]],
-                      dims: Optional[Mapping[str, List[str]]] = None,
-                      coords: Optional[Mapping[str, Any]] = None,
-                      attrs: Optional[Mapping[str, Any]] = None) -> InferenceData:
+def to_inference_data(
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    dims: Mapping[str, list[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> InferenceData:
     """ArviZ ``InferenceData`` from ``{group: {variable: array}}``.
 
     Arrays of the sampled groups (posterior, posterior_predictive, log_likelihood,
@@ -55,5 +65,6 @@ def to_inference_data(groups: Mapping[str, Mapping[str, np.ndarray]],
         # ArviZ warns when a variable in one group has fewer axes than its dims list
         # (the pointwise log-likelihood): that truncation is intended here.
         warnings.simplefilter("ignore", UserWarning)
-        return az.from_dict(**kw, dims=dict(dims or {}), coords=dict(coords or {}),
-                            attrs=dict(attrs or {}))
+        return az.from_dict(
+            **kw, dims=dict(dims or {}), coords=dict(coords or {}), attrs=dict(attrs or {})
+        )

@@ -6,8 +6,9 @@ Built on ``az.plot_pair`` (one call per posterior, on shared axes) inside a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +23,7 @@ else:  # matplotlib is imported when a figure is drawn; at run time the hint rea
 COLOURS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple")
 
 
-def informative_latents(idata: InferenceData, example: Any, count: int = 3,
-                        var: str = "z") -> list:
+def informative_latents(idata: InferenceData, example: Any, count: int = 3, var: str = "z") -> list:
     """The ``count`` latent dimensions whose posterior sd (over all chains and draws) is
     smallest for this example: where the image pins its code down (under a standard
     normal prior the others keep sd near 1)."""
@@ -31,9 +31,15 @@ def informative_latents(idata: InferenceData, example: Any, count: int = 3,
     return [int(i) for i in np.argsort(sd)[:count]]
 
 
-def pair_overlay(posteriors: Mapping[str, InferenceData], example: Any, latents: Sequence[int],
-                 var: str = "z", max_points: int = 400, title: Optional[str] = None,
-                 path: Optional[Union[str, Path]] = None) -> Figure:
+def pair_overlay(
+    posteriors: Mapping[str, InferenceData],
+    example: Any,
+    latents: Sequence[int],
+    var: str = "z",
+    max_points: int = 400,
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Figure:
     """A pair plot of ``latents`` of one example's code, each posterior in its colour.
 
     Args:
@@ -63,9 +69,15 @@ def pair_overlay(posteriors: Mapping[str, InferenceData], example: Any, latents:
         step = max(1, n // max_points)
         thinned = post.stack(sample=("chain", "draw")).isel(sample=slice(None, None, step))
         data = {f"{var}[{d}]": thinned.sel(latent=d).values[None, :] for d in latents}
-        az.plot_pair(data, kind="scatter", ax=axes, marginals=False, textsize=9,
-                     scatter_kwargs={"color": colour, "alpha": 0.45, "s": 10},
-                     backend_kwargs={})
+        az.plot_pair(
+            data,
+            kind="scatter",
+            ax=axes,
+            marginals=False,
+            textsize=9,
+            scatter_kwargs={"color": colour, "alpha": 0.45, "s": 10},
+            backend_kwargs={},
+        )
         handles.append(Line2D([], [], marker="o", linestyle="", color=colour, label=label))
     fig.legend(handles=handles, loc="upper right", frameon=False)
     if title:

@@ -18,7 +18,7 @@ upper bound.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 # bits_per_dim and mean_bits_per_dim live below the models (a flow reports its bits/dim);
 # re-exported here.
@@ -26,7 +26,7 @@ from probgen.infer.likelihood import bits_per_dim, mean_bits_per_dim  # noqa: F4
 from probgen.infer.likelihood import check_dims_and_levels as _check
 
 
-def nats_to_bits_per_dim(nll: float, num_dims: int, num_levels: Optional[int] = 256) -> float:
+def nats_to_bits_per_dim(nll: float, num_dims: int, num_levels: int | None = 256) -> float:
     """Bits/dim of a mean negative log-likelihood in nats per example (e.g. a training loss).
 
     Examples:
@@ -71,8 +71,9 @@ def neg_log_density(bits: float, num_dims: int, num_levels: int = 256) -> float:
     return (bits - math.log2(num_levels)) * num_dims * math.log(2)
 
 
-def history_in_bits_per_dim(history: List[Dict[str, Any]], num_dims: int,
-                            num_levels: Optional[int] = 256) -> List[Dict[str, Any]]:
+def history_in_bits_per_dim(
+    history: list[dict[str, Any]], num_dims: int, num_levels: int | None = 256
+) -> list[dict[str, Any]]:
     """A fit's history (``FitResult.history``) with its ``train_loss`` and ``val_loss`` in
     nats per example turned into bits/dim (each entry's ``epoch`` and ``seconds`` kept), for
     :func:`probgen.viz.learning_curves`.
@@ -83,8 +84,16 @@ def history_in_bits_per_dim(history: List[Dict[str, Any]], num_dims: int,
         >>> history_in_bits_per_dim(history, num_dims=784)
         [{'epoch': 0, 'train_loss': 8.0, 'val_loss': None, 'seconds': 2.5}]
     """
-    return [{"epoch": h["epoch"],
-             "train_loss": nats_to_bits_per_dim(h["train_loss"], num_dims, num_levels),
-             "val_loss": (nats_to_bits_per_dim(h["val_loss"], num_dims, num_levels)
-                          if h["val_loss"] is not None else None),
-             "seconds": h["seconds"]} for h in history]
+    return [
+        {
+            "epoch": h["epoch"],
+            "train_loss": nats_to_bits_per_dim(h["train_loss"], num_dims, num_levels),
+            "val_loss": (
+                nats_to_bits_per_dim(h["val_loss"], num_dims, num_levels)
+                if h["val_loss"] is not None
+                else None
+            ),
+            "seconds": h["seconds"],
+        }
+        for h in history
+    ]

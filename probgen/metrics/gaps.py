@@ -35,7 +35,7 @@ closed form, which the tests use to check this machinery exactly.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -43,6 +43,7 @@ import torch
 
 from probgen import checks
 from probgen.errors import ConfigError
+
 # elbo_and_log_px is the estimate of one batch that likelihood.elbo_and_iw_nll makes too
 from probgen.metrics.likelihood import elbo_and_log_px, log_importance_weights
 
@@ -93,9 +94,14 @@ class LocalGuide:
     Callable as a Pyro guide with the model's arguments (which it ignores).
     """
 
-    def __init__(self, site: str, make_q: Callable[..., dist.Distribution],
-                 init: Mapping[str, torch.Tensor], plate: str = "data",
-                 stick_the_landing: bool = False):
+    def __init__(
+        self,
+        site: str,
+        make_q: Callable[..., dist.Distribution],
+        init: Mapping[str, torch.Tensor],
+        plate: str = "data",
+        stick_the_landing: bool = False,
+    ):
         if not init:
             raise ConfigError("a LocalGuide needs at least one parameter tensor (N, ...).")
         self.site, self.make_q, self.plate = site, make_q, plate
@@ -103,9 +109,11 @@ class LocalGuide:
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in init.items()}
         sizes = {v.shape[0] if v.dim() else None for v in self.params.values()}
         if len(sizes) != 1 or None in sizes:
-            raise ConfigError(f"every LocalGuide parameter needs the examples along its first "
-                              f"axis, the same number for all; got shapes "
-                              f"{ {k: tuple(v.shape) for k, v in self.params.items()} }.")
+            raise ConfigError(
+                f"every LocalGuide parameter needs the examples along its first "
+                f"axis, the same number for all; got shapes "
+                f"{ {k: tuple(v.shape) for k, v in self.params.items()} }."
+            )
         self.num_examples = sizes.pop()
 
     def distribution(self) -> dist.Distribution:
@@ -119,8 +127,15 @@ class LocalGuide:
             return pyro.sample(self.site, self.distribution())
 
 
-def optimise_local_guide(model: Callable, guide: LocalGuide, *args, steps: int = 2000,
-                         lr: float = 1e-2, num_particles: int = 10, **kwargs) -> List[float]:
+def optimise_local_guide(
+    model: Callable,
+    guide: LocalGuide,
+    *args,
+    steps: int = 2000,
+    lr: float = 1e-2,
+    num_particles: int = 10,
+    **kwargs,
+) -> list[float]:
     """Maximise each example's ELBO over its own guide parameters, the model fixed.
 
     Adam on ``guide.params`` only (the model's weights are read, never moved, and get
@@ -139,8 +154,7 @@ def optimise_local_guide(model: Callable, guide: LocalGuide, *args, steps: int =
     history = []
     with pyro.validation_enabled(False):
         for _ in range(steps):
-            lw = log_importance_weights(model, guide, *args, num_particles=num_particles,
-                                        **kwargs)
+            lw = log_importance_weights(model, guide, *args, num_particles=num_particles, **kwargs)
             loss = -lw.mean(0).sum()
             grads = torch.autograd.grad(loss, params)
             for p, g in zip(params, grads):
@@ -153,9 +167,16 @@ def optimise_local_guide(model: Callable, guide: LocalGuide, *args, steps: int =
     return history
 
 
-def inference_gaps(model: Callable, amortized_guide: Callable, local_guide: Callable, *args,
-                   elbo_particles: int = 1000, iw_samples: int = 5000, chunk: int = 100,
-                   **kwargs) -> Dict[str, torch.Tensor]:
+def inference_gaps(
+    model: Callable,
+    amortized_guide: Callable,
+    local_guide: Callable,
+    *args,
+    elbo_particles: int = 1000,
+    iw_samples: int = 5000,
+    chunk: int = 100,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
     """The gaps of Cremer et al. (2018) per example, for a fitted ``local_guide``.
 
     Returns ``{log_px, elbo_local, elbo_amortized, approximation_gap,
@@ -164,15 +185,37 @@ def inference_gaps(model: Callable, amortized_guide: Callable, local_guide: Call
     ``log_px`` is, per example, the importance-sampled estimate of the guide whose
     weights have the larger effective sample size.
     """
-    a = elbo_and_log_px(model, amortized_guide, *args, elbo_particles=elbo_particles,
-                        iw_samples=iw_samples, chunk=chunk, **kwargs)
-    b = elbo_and_log_px(model, local_guide, *args, elbo_particles=elbo_particles,
-                        iw_samples=iw_samples, chunk=chunk, **kwargs)
+    a = elbo_and_log_px(
+        model,
+        amortized_guide,
+        *args,
+        elbo_particles=elbo_particles,
+        iw_samples=iw_samples,
+        chunk=chunk,
+        **kwargs,
+    )
+    b = elbo_and_log_px(
+        model,
+        local_guide,
+        *args,
+        elbo_particles=elbo_particles,
+        iw_samples=iw_samples,
+        chunk=chunk,
+        **kwargs,
+    )
     log_px = torch.where(b["ess"] >= a["ess"], b["log_px"], a["log_px"])
-    return {"log_px": log_px, "elbo_local": b["elbo"], "elbo_amortized": a["elbo"],
-            "approximation_gap": log_px - b["elbo"], "amortization_gap": b["elbo"] - a["elbo"],
-            "inference_gap": log_px - a["elbo"], "log_px_local": b["log_px"],
-            "log_px_amortized": a["log_px"], "ess_local": b["ess"], "ess_amortized": a["ess"]}
+    return {
+        "log_px": log_px,
+        "elbo_local": b["elbo"],
+        "elbo_amortized": a["elbo"],
+        "approximation_gap": log_px - b["elbo"],
+        "amortization_gap": b["elbo"] - a["elbo"],
+        "inference_gap": log_px - a["elbo"],
+        "log_px_local": b["log_px"],
+        "log_px_amortized": a["log_px"],
+        "ess_local": b["ess"],
+        "ess_amortized": a["ess"],
+    }
 
 
 # -- probgen's VAE ------------------------------------------------------------------------
@@ -182,12 +225,14 @@ def _diag(loc, log_scale):
     return dist.Normal(loc, log_scale.exp()).to_event(1)
 
 
-def vae_local_guide(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> LocalGuide:
+def vae_local_guide(vae, x: torch.Tensor, labels: torch.Tensor | None = None) -> LocalGuide:
     """The per-image member of a VAE's guide family, started at the encoder's output:
     ``(loc, log_scale)``, plus the flow's context with a flow guide."""
     if vae.encoder_kind != "gaussian":
-        raise ConfigError("the inference gaps need a density q(z|x); this VAE's encoder is a "
-                          "point mass (an autoencoder).")
+        raise ConfigError(
+            "the inference gaps need a density q(z|x); this VAE's encoder is a "
+            "point mass (an autoencoder)."
+        )
     flat = vae._flat(x)
     with torch.no_grad():
         h = vae.encoder.body(flat, vae._onehot(labels, flat.shape[0]))
@@ -202,9 +247,17 @@ def vae_local_guide(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None)
     return LocalGuide("z", make_q, {**init, "context": h})
 
 
-def vae_gaps(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, steps: int = 2000,
-             lr: float = 1e-2, opt_particles: int = 10, elbo_particles: int = 1000,
-             iw_samples: int = 5000, chunk: int = 100) -> Dict[str, torch.Tensor]:
+def vae_gaps(
+    vae,
+    x: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    steps: int = 2000,
+    lr: float = 1e-2,
+    opt_particles: int = 10,
+    elbo_particles: int = 1000,
+    iw_samples: int = 5000,
+    chunk: int = 100,
+) -> dict[str, torch.Tensor]:
     """:func:`inference_gaps` of a trained VAE on the images ``x`` (its own guide family,
     :func:`vae_local_guide`), the VAE in eval mode and its weights untouched."""
     steps = checks.positive_int("steps", steps)
@@ -220,10 +273,19 @@ def vae_gaps(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, steps:
         for p, _ in flags:
             p.requires_grad_(False)
         local = vae_local_guide(vae, x, labels)
-        history = optimise_local_guide(vae.model, local, x, labels, steps=steps, lr=lr,
-                                       num_particles=opt_particles)
-        out = inference_gaps(vae.model, vae.guide, local, x, labels,
-                             elbo_particles=elbo_particles, iw_samples=iw_samples, chunk=chunk)
+        history = optimise_local_guide(
+            vae.model, local, x, labels, steps=steps, lr=lr, num_particles=opt_particles
+        )
+        out = inference_gaps(
+            vae.model,
+            vae.guide,
+            local,
+            x,
+            labels,
+            elbo_particles=elbo_particles,
+            iw_samples=iw_samples,
+            chunk=chunk,
+        )
         out["history"] = torch.tensor(history)
         return out
     finally:
@@ -232,8 +294,9 @@ def vae_gaps(vae, x: torch.Tensor, labels: Optional[torch.Tensor] = None, steps:
         vae.train(was_training)
 
 
-def vae_gap_table(models: Mapping[str, object], x: torch.Tensor,
-                  labels: Optional[torch.Tensor] = None, **options) -> List[Dict[str, float]]:
+def vae_gap_table(
+    models: Mapping[str, object], x: torch.Tensor, labels: torch.Tensor | None = None, **options
+) -> list[dict[str, float]]:
     """One row per trained VAE (``{name: vae}``): mean ``log p(x)``, local and amortized
     ELBO, approximation, amortization and inference gaps over the images ``x`` (nats),
     and the seconds it took. ``options`` as for :func:`vae_gaps`."""
@@ -241,9 +304,22 @@ def vae_gap_table(models: Mapping[str, object], x: torch.Tensor,
     for name, vae in models.items():
         t0 = time.perf_counter()
         g = vae_gaps(vae, x, labels, **options)
-        rows.append({"guide": name, "images": int(x.shape[0]),
-                     **{k: float(g[k].mean()) for k in (
-                         "log_px", "elbo_local", "elbo_amortized", "approximation_gap",
-                         "amortization_gap", "inference_gap")},
-                     "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "guide": name,
+                "images": int(x.shape[0]),
+                **{
+                    k: float(g[k].mean())
+                    for k in (
+                        "log_px",
+                        "elbo_local",
+                        "elbo_amortized",
+                        "approximation_gap",
+                        "amortization_gap",
+                        "inference_gap",
+                    )
+                },
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     return rows

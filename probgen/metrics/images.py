@@ -8,7 +8,7 @@ against closed forms in the tests.
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -22,8 +22,9 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 def mse_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each image, ``(B,)``."""
     if pred.shape != target.shape:
-        raise DataError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ "
-                        f"in shape.")
+        raise DataError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape."
+        )
     return (_flat(pred) - _flat(target)).pow(2).mean(1)
 
 
@@ -40,7 +41,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_value: float = 1.0) -> to
         tensor([20., 40.])
     """
     mse = mse_per_image(pred, target).clamp(min=1e-12)
-    return 10.0 * torch.log10(max_value ** 2 / mse)
+    return 10.0 * torch.log10(max_value**2 / mse)
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -73,8 +74,9 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, scores.numel() + 1, dtype=scores.dtype)
     # average ranks over ties
-    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True,
-                                                     return_counts=True)
+    _uniq, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
     ends = counts.cumsum(0).double()
     mean_rank = ends - (counts.double() - 1) / 2
     ranks[order] = mean_rank[inverse]
@@ -82,7 +84,7 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def pca(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pca(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Principal components of ``(N, ...)`` data.
 
     Returns ``(mean (D,), components (D, D) as rows, explained_variance_ratio (D,))``,
@@ -112,8 +114,9 @@ def pca(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return mean, evecs.T, evals / evals.sum()
 
 
-def pca_reconstruction(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor,
-                       k: int) -> torch.Tensor:
+def pca_reconstruction(
+    x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, k: int
+) -> torch.Tensor:
     """Project ``x`` on the first ``k`` components and back; same shape as ``x``."""
     flat = _flat(x).double() - mean
     w = components[:k]
@@ -121,15 +124,20 @@ def pca_reconstruction(x: torch.Tensor, mean: torch.Tensor, components: torch.Te
 
 
 @torch.no_grad()
-def restoration_psnr(restore: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor,
-                     corrupted: torch.Tensor,
-                     region: "torch.Tensor | None" = None) -> dict:
+def restoration_psnr(
+    restore: Callable[[torch.Tensor], torch.Tensor],
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    region: torch.Tensor | None = None,
+) -> dict:
     """Mean PSNR (dB) of the corrupted images and of ``restore(corrupted)`` against the
     clean ones; with a boolean ``region`` (same shape), also the MSE and the PSNR of
     the pixels inside it (pooled over the images)."""
     restored = restore(corrupted).reshape(clean.shape)
-    out = {"psnr_before": float(psnr(corrupted, clean).mean()),
-           "psnr_after": float(psnr(restored, clean).mean())}
+    out = {
+        "psnr_before": float(psnr(corrupted, clean).mean()),
+        "psnr_after": float(psnr(restored, clean).mean()),
+    }
     if region is not None:
         r = region.expand_as(clean).to(clean.dtype)
         n = r.sum().clamp(min=1)

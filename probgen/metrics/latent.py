@@ -10,7 +10,7 @@ moves with the input; inactive ones sit at the prior.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -18,8 +18,9 @@ from probgen.data.tensors import TensorData
 
 
 @torch.no_grad()
-def collect_codes(encode: Callable, data: TensorData, batch_size: int = 1000
-                  ) -> Dict[str, Optional[torch.Tensor]]:
+def collect_codes(
+    encode: Callable, data: TensorData, batch_size: int = 1000
+) -> dict[str, torch.Tensor | None]:
     """Run ``encode(*batch) -> (loc, scale | None)`` over ``data``.
 
     Returns ``loc`` ``(N, z)``, ``scale`` ``(N, z)`` or ``None``, and ``labels``
@@ -33,8 +34,11 @@ def collect_codes(encode: Callable, data: TensorData, batch_size: int = 1000
             scales.append(scale)
         if len(batch) > 1:
             labels.append(batch[1])
-    return {"loc": torch.cat(locs), "scale": torch.cat(scales) if scales else None,
-            "labels": torch.cat(labels) if labels else None}
+    return {
+        "loc": torch.cat(locs),
+        "scale": torch.cat(scales) if scales else None,
+        "labels": torch.cat(labels) if labels else None,
+    }
 
 
 def kl_per_dimension(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

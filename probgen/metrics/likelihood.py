@@ -8,22 +8,35 @@ the arguments), which is how every probgen model is written.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import pyro
 import torch
 
 from probgen import checks
 from probgen.data.tensors import TensorData
+
 # The estimators the models use themselves live below them; re-exported here.
-from probgen.infer.likelihood import (broadcast_failure, default_chunk,  # noqa: F401
-                                      iw_log_likelihood, log_importance_weights, num_examples)
+from probgen.infer.likelihood import (  # noqa: F401
+    broadcast_failure,
+    default_chunk,
+    iw_log_likelihood,
+    log_importance_weights,
+    num_examples,
+)
 from probgen.models.likelihoods import masked_bernoulli_nll  # noqa: F401
 
 
-def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int = 100,
-           batch_size: int = 100, chunk_size: Optional[int] = None,
-           progress: bool = False, vectorize: Optional[bool] = None) -> float:
+def iw_nll(
+    model: Callable,
+    guide: Callable,
+    data: TensorData,
+    num_samples: int = 100,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    vectorize: bool | None = None,
+) -> float:
     """Mean importance-sampled negative log-likelihood over a data set (see
     :func:`iw_log_likelihood`).
 
@@ -60,21 +73,39 @@ def iw_nll(model: Callable, guide: Callable, data: TensorData, num_samples: int 
     from tqdm.auto import tqdm
 
     batch_size = checks.positive_int("batch_size", batch_size)
-    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
-                                 hint="or None for a size that fits memory")
+    chunk_size = checks.optional(
+        checks.positive_int, "chunk_size", chunk_size, hint="or None for a size that fits memory"
+    )
     total, count = 0.0, 0
-    for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
-                      desc=f"IW NLL (k={num_samples})", disable=not progress, leave=False):
-        ll = iw_log_likelihood(model, guide, *batch, num_samples=num_samples,
-                               chunk_size=chunk_size, vectorize=vectorize)
+    for batch in tqdm(
+        data.batches(batch_size),
+        total=data.num_batches(batch_size),
+        desc=f"IW NLL (k={num_samples})",
+        disable=not progress,
+        leave=False,
+    ):
+        ll = iw_log_likelihood(
+            model,
+            guide,
+            *batch,
+            num_samples=num_samples,
+            chunk_size=chunk_size,
+            vectorize=vectorize,
+        )
         total -= float(ll.sum())
         count += ll.shape[0]
     return total / count
 
 
 @torch.no_grad()
-def elbo_per_example(model: Callable, guide: Callable, data: TensorData, num_particles: int = 1,
-                     batch_size: int = 500, vectorize: Optional[bool] = None) -> torch.Tensor:
+def elbo_per_example(
+    model: Callable,
+    guide: Callable,
+    data: TensorData,
+    num_particles: int = 1,
+    batch_size: int = 500,
+    vectorize: bool | None = None,
+) -> torch.Tensor:
     """The ELBO of each example, ``(N,)``, averaged over ``num_particles`` draws of q.
 
     ``E_q[log p(x, z) - log q(z | x)]`` with unscaled densities (a beta on the latent
@@ -87,15 +118,22 @@ def elbo_per_example(model: Callable, guide: Callable, data: TensorData, num_par
     out = []
     with pyro.validation_enabled(False):
         for batch in data.batches(batch_size):
-            lw = log_importance_weights(model, guide, *batch, num_particles=num_particles,
-                                        vectorize=vectorize)
+            lw = log_importance_weights(
+                model, guide, *batch, num_particles=num_particles, vectorize=vectorize
+            )
             out.append(lw.mean(0))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def negative_elbo(model: Callable, guide: Callable, data: TensorData, num_particles: int = 10,
-                  batch_size: int = 500, vectorize: Optional[bool] = None) -> float:
+def negative_elbo(
+    model: Callable,
+    guide: Callable,
+    data: TensorData,
+    num_particles: int = 10,
+    batch_size: int = 500,
+    vectorize: bool | None = None,
+) -> float:
     """Mean ``-ELBO`` per example over a data set, ``num_particles`` samples each.
 
     The unscaled bound, whatever KL weight the model was trained with:
@@ -103,13 +141,28 @@ def negative_elbo(model: Callable, guide: Callable, data: TensorData, num_partic
     reports as ``neg_elbo``). For a beta = 1 model it is Pyro's ``Trace_ELBO`` loss per
     example. The example of :func:`iw_nll` computes both on a model of known likelihood.
     """
-    return -float(elbo_per_example(model, guide, data, num_particles=num_particles,
-                                   batch_size=batch_size, vectorize=vectorize).mean())
+    return -float(
+        elbo_per_example(
+            model,
+            guide,
+            data,
+            num_particles=num_particles,
+            batch_size=batch_size,
+            vectorize=vectorize,
+        ).mean()
+    )
 
 
 @torch.no_grad()
-def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int = 1000,
-                    iw_samples: int = 5000, chunk: int = 100, **kwargs) -> Dict[str, torch.Tensor]:
+def elbo_and_log_px(
+    model: Callable,
+    guide: Callable,
+    *args,
+    elbo_particles: int = 1000,
+    iw_samples: int = 5000,
+    chunk: int = 100,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
     """Per example: the ELBO (mean of the first ``elbo_particles`` log weights), the
     importance-sampled ``log p(x)`` (all ``max(elbo_particles, iw_samples)``) and the
     effective sample size of those weights, from one set of draws, ``chunk`` particles
@@ -153,15 +206,25 @@ def elbo_and_log_px(model: Callable, guide: Callable, *args, elbo_particles: int
             acc = part if acc is None else torch.logaddexp(acc, part)
             acc2 = part2 if acc2 is None else torch.logaddexp(acc2, part2)
             done += k
-    return {"elbo": elbo / elbo_particles, "log_px": acc - math.log(total),
-            "ess": (2 * acc - acc2).exp()}
+    return {
+        "elbo": elbo / elbo_particles,
+        "log_px": acc - math.log(total),
+        "ess": (2 * acc - acc2).exp(),
+    }
 
 
 @torch.no_grad()
-def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
-                    elbo_particles: int = 10, iw_samples: int = 100, batch_size: int = 100,
-                    chunk_size: Optional[int] = None, vectorize: Optional[bool] = None,
-                    progress: bool = False) -> Dict[str, float]:
+def elbo_and_iw_nll(
+    model: Callable,
+    guide: Callable,
+    data: TensorData,
+    elbo_particles: int = 10,
+    iw_samples: int = 100,
+    batch_size: int = 100,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """``-ELBO`` (``elbo_particles`` draws) and importance-sampled NLL (``iw_samples``
     draws), mean per example, from one set of draws of q.
 
@@ -177,19 +240,34 @@ def elbo_and_iw_nll(model: Callable, guide: Callable, data: TensorData,
     elbo_particles = checks.positive_int("elbo_particles", elbo_particles)
     iw_samples = checks.positive_int("iw_samples", iw_samples)
     batch_size = checks.positive_int("batch_size", batch_size)
-    chunk_size = checks.optional(checks.positive_int, "chunk_size", chunk_size,
-                                 hint="or None for a size that fits memory")
+    chunk_size = checks.optional(
+        checks.positive_int, "chunk_size", chunk_size, hint="or None for a size that fits memory"
+    )
     k_total = max(elbo_particles, iw_samples)
     elbo_sum, nll_sum, count = 0.0, 0.0, 0
-    for batch in tqdm(data.batches(batch_size), total=data.num_batches(batch_size),
-                      desc=f"ELBO and IW NLL (k={k_total})", disable=not progress, leave=False):
+    for batch in tqdm(
+        data.batches(batch_size),
+        total=data.num_batches(batch_size),
+        desc=f"ELBO and IW NLL (k={k_total})",
+        disable=not progress,
+        leave=False,
+    ):
         n = num_examples(batch)
-        out = elbo_and_log_px(model, guide, *batch, elbo_particles=elbo_particles,
-                              iw_samples=iw_samples, vectorize=vectorize,
-                              chunk=default_chunk(k_total, n) if chunk_size is None
-                              else chunk_size)
+        out = elbo_and_log_px(
+            model,
+            guide,
+            *batch,
+            elbo_particles=elbo_particles,
+            iw_samples=iw_samples,
+            vectorize=vectorize,
+            chunk=default_chunk(k_total, n) if chunk_size is None else chunk_size,
+        )
         elbo_sum += float(out["elbo"].sum())
         nll_sum -= float(out["log_px"].sum())
         count += n
-    return {"neg_elbo": -elbo_sum / count, "iw_nll": nll_sum / count,
-            "elbo_particles": elbo_particles, "iw_samples": k_total}
+    return {
+        "neg_elbo": -elbo_sum / count,
+        "iw_nll": nll_sum / count,
+        "elbo_particles": elbo_particles,
+        "iw_samples": k_total,
+    }

@@ -39,7 +39,7 @@ inside an objective only; neither takes two sets of codes.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -60,41 +60,51 @@ def _flat(x, name: str) -> torch.Tensor:
     if flat.dtype.is_floating_point or flat.dtype.is_complex:
         bad = ~torch.isfinite(flat).all(1)
         if bool(bad.any()):
-            raise DataError(f"{name} hold NaN or infinite values ({int(bad.sum())} of "
-                            f"{flat.shape[0]} examples, the first at index "
-                            f"{int(bad.nonzero()[0])}); drop or fix them before estimating.")
+            raise DataError(
+                f"{name} hold NaN or infinite values ({int(bad.sum())} of "
+                f"{flat.shape[0]} examples, the first at index "
+                f"{int(bad.nonzero()[0])}); drop or fix them before estimating."
+            )
     return flat
 
 
 @torch.no_grad()
-def _parzen_grid(samples, data, sigmas: Sequence[float], batch_size: int,
-                 dtype: torch.dtype, name: str = "data") -> torch.Tensor:
+def _parzen_grid(
+    samples, data, sigmas: Sequence[float], batch_size: int, dtype: torch.dtype, name: str = "data"
+) -> torch.Tensor:
     """``(len(sigmas), m)`` log-densities: the distances are computed once for every width."""
     s, x = _flat(samples, "samples"), _flat(data, name)
     if s.shape[1] != x.shape[1]:
-        raise DataError(f"samples have {s.shape[1]} values each but data {x.shape[1]}; the "
-                        f"window compares examples of one size.")
+        raise DataError(
+            f"samples have {s.shape[1]} values each but data {x.shape[1]}; the "
+            f"window compares examples of one size."
+        )
     batch_size = checks.positive_int("batch_size", batch_size)
     s = s.to(device=x.device, dtype=dtype)
     x = x.to(dtype)
     n, d = s.shape
     sig = torch.tensor(list(sigmas), dtype=dtype, device=x.device)
-    const = -math.log(n) - 0.5 * d * torch.log(2 * math.pi * sig ** 2)          # (S,)
+    const = -math.log(n) - 0.5 * d * torch.log(2 * math.pi * sig**2)  # (S,)
     s_sq = s.pow(2).sum(1)
     out = []
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         dist2 = (xb.pow(2).sum(1, keepdim=True) + s_sq - 2.0 * xb @ s.T).clamp_min(0.0)
-        lse = torch.stack([torch.logsumexp(dist2 * (-0.5 / float(v) ** 2), dim=1)
-                           for v in sig])                                           # (S, b)
+        lse = torch.stack(
+            [torch.logsumexp(dist2 * (-0.5 / float(v) ** 2), dim=1) for v in sig]
+        )  # (S, b)
         out.append(lse + const[:, None])
     return torch.cat(out, 1)
 
 
 @torch.no_grad()
-def parzen_log_likelihood(samples: torch.Tensor, data: torch.Tensor, sigma: float,
-                          batch_size: int = 100, dtype: torch.dtype = torch.float64
-                          ) -> torch.Tensor:
+def parzen_log_likelihood(
+    samples: torch.Tensor,
+    data: torch.Tensor,
+    sigma: float,
+    batch_size: int = 100,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """``log p^(x)`` of each example of ``data`` under the Parzen window of ``samples``.
 
     Args:
@@ -122,9 +132,14 @@ def parzen_log_likelihood(samples: torch.Tensor, data: torch.Tensor, sigma: floa
 
 
 @torch.no_grad()
-def parzen_score(samples: torch.Tensor, test: torch.Tensor, val: torch.Tensor,
-                 sigmas: Optional[Sequence[float]] = None, batch_size: int = 100,
-                 dtype: torch.dtype = torch.float64) -> Dict[str, object]:
+def parzen_score(
+    samples: torch.Tensor,
+    test: torch.Tensor,
+    val: torch.Tensor,
+    sigmas: Sequence[float] | None = None,
+    batch_size: int = 100,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, object]:
     """The Parzen-window protocol: the width maximising the validation split's mean
     log-likelihood, then the test set's mean and its standard error at that width.
 
@@ -153,21 +168,30 @@ def parzen_score(samples: torch.Tensor, test: torch.Tensor, val: torch.Tensor,
         >>> score["sigma"], round(score["log_likelihood"], 2), round(score["std_error"], 2)
         (0.3, -1.4, 0.02)
     """
-    grid = [checks.positive_float("each of sigmas (the Parzen window's widths)", s)
-            for s in (DEFAULT_SIGMAS if sigmas is None else sigmas)]
+    grid = [
+        checks.positive_float("each of sigmas (the Parzen window's widths)", s)
+        for s in (DEFAULT_SIGMAS if sigmas is None else sigmas)
+    ]
     if not grid:
         raise ConfigError("sigmas must hold at least one window width.")
-    val_ll = [float(v) for v in
-              _parzen_grid(samples, val, grid, batch_size, dtype, "the validation images").mean(1)]
+    val_ll = [
+        float(v)
+        for v in _parzen_grid(samples, val, grid, batch_size, dtype, "the validation images").mean(
+            1
+        )
+    ]
     best = max(range(len(grid)), key=lambda i: val_ll[i])
     ll = _parzen_grid(samples, test, [grid[best]], batch_size, dtype, "the test images")[0]
-    return {"log_likelihood": float(ll.mean()),
-            "std_error": float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else 0.0,
-            "sigma": grid[best],
-            "sigma_at_grid_edge": len(grid) > 1 and best in (0, len(grid) - 1),
-            "val_log_likelihood": val_ll, "sigmas": grid,
-            "num_samples": int(samples.shape[0]),
-            "num_test": int(ll.numel())}
+    return {
+        "log_likelihood": float(ll.mean()),
+        "std_error": float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else 0.0,
+        "sigma": grid[best],
+        "sigma_at_grid_edge": len(grid) > 1 and best in (0, len(grid) - 1),
+        "val_log_likelihood": val_ll,
+        "sigmas": grid,
+        "num_samples": int(samples.shape[0]),
+        "num_test": int(ll.numel()),
+    }
 
 
 def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -> float:
@@ -189,13 +213,14 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -
     return med if med > 0 else 1.0
 
 
-def _kernel_sum(p: torch.Tensor, q: torch.Tensor, h: float, block_size: int,
-                drop_diagonal: bool = False) -> torch.Tensor:
+def _kernel_sum(
+    p: torch.Tensor, q: torch.Tensor, h: float, block_size: int, drop_diagonal: bool = False
+) -> torch.Tensor:
     """``sum_ij exp(-|p_i - q_j|^2 / 2h^2)`` by blocks of ``block_size`` rows of ``p`` (memory
     ``block_size x len(q)``); ``drop_diagonal`` leaves out the terms ``i == j`` (``p is q``)."""
     total = p.new_zeros(())
     for i in range(0, p.shape[0], block_size):
-        k = torch.exp(-torch.cdist(p[i:i + block_size], q).pow(2) / (2 * h * h))
+        k = torch.exp(-torch.cdist(p[i : i + block_size], q).pow(2) / (2 * h * h))
         if drop_diagonal:
             k.diagonal(offset=i).zero_()
         total = total + k.sum()
@@ -203,8 +228,13 @@ def _kernel_sum(p: torch.Tensor, q: torch.Tensor, h: float, block_size: int,
 
 
 @torch.no_grad()
-def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
-        max_points: int = 5000, block_size: int = 500) -> Dict[str, float]:
+def mmd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bandwidth: float | None = None,
+    max_points: int = 5000,
+    block_size: int = 500,
+) -> dict[str, float]:
     """Unbiased squared MMD between samples ``x`` ``(n, d)`` and ``y`` ``(m, d)`` with a
     Gaussian kernel (Gretton et al. 2012), e.g. an AAE's codes of a test set and draws of its
     prior.
@@ -233,22 +263,31 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: Optional[float] = None,
         0.203
     """
     block_size = checks.positive_int("block_size", block_size)
-    max_points = checks.integer("max_points", max_points, low=2, hint="MMD needs two points "
-                                "of each sample")
-    bandwidth = checks.optional(checks.positive_float, "bandwidth (the MMD kernel's width)",
-                                bandwidth, hint="or None for the median distance")
+    max_points = checks.integer(
+        "max_points", max_points, low=2, hint="MMD needs two points of each sample"
+    )
+    bandwidth = checks.optional(
+        checks.positive_float,
+        "bandwidth (the MMD kernel's width)",
+        bandwidth,
+        hint="or None for the median distance",
+    )
     a = _flat(x, "x")[:max_points].double()
     b = _flat(y, "y")[:max_points].to(device=a.device, dtype=a.dtype)
     if a.shape[1] != b.shape[1]:
-        raise DataError(f"the two samples have {a.shape[1]} and {b.shape[1]} values each; MMD "
-                        f"compares points of one space.")
+        raise DataError(
+            f"the two samples have {a.shape[1]} and {b.shape[1]} values each; MMD "
+            f"compares points of one space."
+        )
     n, m = a.shape[0], b.shape[0]
     if n < 2 or m < 2:
         raise DataError(f"MMD needs at least two points in each sample, got {n} and {m}.")
     h = median_bandwidth(a, b) if bandwidth is None else bandwidth
-    value = (_kernel_sum(a, a, h, block_size, drop_diagonal=True) / (n * (n - 1))
-             + _kernel_sum(b, b, h, block_size, drop_diagonal=True) / (m * (m - 1))
-             - 2 * _kernel_sum(a, b, h, block_size) / (n * m))
+    value = (
+        _kernel_sum(a, a, h, block_size, drop_diagonal=True) / (n * (n - 1))
+        + _kernel_sum(b, b, h, block_size, drop_diagonal=True) / (m * (m - 1))
+        - 2 * _kernel_sum(a, b, h, block_size) / (n * m)
+    )
     return {"mmd2": float(value), "bandwidth": h, "n": n, "m": m}
 
 

@@ -43,9 +43,9 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -83,15 +83,21 @@ def _to_unit_float(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dtype == torch.bool:
         return x.float()
     if not x.is_floating_point():
-        raise DataError(f"{name}: images must be float in [0, 1] or uint8 in [0, 255], got {_describe(x)}.")
+        raise DataError(
+            f"{name}: images must be float in [0, 1] or uint8 in [0, 255], got {_describe(x)}."
+        )
     if x.numel() and not bool(torch.isfinite(x).all()):
-        raise DataError(f"{name}: images contain NaN or infinite values; check the model's samples.")
+        raise DataError(
+            f"{name}: images contain NaN or infinite values; check the model's samples."
+        )
     if x.numel():
         lo, hi = float(x.min()), float(x.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             hint = " (tanh outputs: pass (x + 1) / 2)" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3 else ""
-            raise DataError(f"{name}: grey levels must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
-                            f"rescale them to [0, 1]{hint}.")
+            raise DataError(
+                f"{name}: grey levels must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                f"rescale them to [0, 1]{hint}."
+            )
     return x.float().clamp(0, 1)
 
 
@@ -122,8 +128,10 @@ def check_mnist_images(images, name: str = "images") -> torch.Tensor:
             what = f"grey images of another size ({_describe(images)})"
         else:
             what = f"a tensor of {_describe(images)}"
-        raise DataError(f"{name}: the MNIST-classifier features take grey 28x28 images (N, 1, 28, 28), "
-                        f"got {what}; for other images use feature='inception' with Inception weights.")
+        raise DataError(
+            f"{name}: the MNIST-classifier features take grey 28x28 images (N, 1, 28, 28), "
+            f"got {what}; for other images use feature='inception' with Inception weights."
+        )
     if x.shape[0] == 0:
         raise DataError(f"{name}: no images.")
     return _to_unit_float(x, name)
@@ -139,7 +147,9 @@ def _inception_input(images, name: str) -> torch.Tensor:
     elif x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
-        raise DataError(f"{name}: Inception features take images (N, 1 or 3, H, W), got {_describe(images)}.")
+        raise DataError(
+            f"{name}: Inception features take images (N, 1 or 3, H, W), got {_describe(images)}."
+        )
     x = _to_unit_float(x, name)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -162,17 +172,20 @@ class MNISTFeatures(nn.Module):
         classifier: a trained :class:`MNISTClassifier`; default: the shipped weights.
     """
 
-    def __init__(self, classifier: Optional[nn.Module] = None):
+    def __init__(self, classifier: nn.Module | None = None):
         super().__init__()
         if classifier is None:
-            # the shipped network, channels-last (twice as fast on CPU); a given one is used as it is
+            # the shipped network, channels-last (twice as fast on CPU); a given one is used
+            # as it is
             classifier = load_classifier().to(memory_format=torch.channels_last)
         elif classifier.training:
-            raise ConfigError("MNISTFeatures needs the classifier in eval mode: call classifier.eval() first.")
+            raise ConfigError(
+                "MNISTFeatures needs the classifier in eval mode: call classifier.eval() first."
+            )
         self.classifier = classifier
         self.num_features = self.classifier.num_features
 
-    def train(self, mode: bool = True) -> "MNISTFeatures":
+    def train(self, mode: bool = True) -> MNISTFeatures:
         return super().train(False)
 
     @torch.no_grad()
@@ -198,36 +211,46 @@ def _classifier_on(device: str) -> nn.Module:
     return load_classifier(device=device).to(memory_format=torch.channels_last)
 
 
-def _inception(weights: Optional[str]) -> nn.Module:
+def _inception(weights: str | None) -> nn.Module:
     return _load_inception(_inception_weights_path(weights))
 
 
-def _inception_weights_path(weights: Optional[str]) -> Optional[str]:
+def _inception_weights_path(weights: str | None) -> str | None:
     """Check the Inception settings (without loading anything); the path, or None to download."""
     if weights is None:
         raise ConfigError(
             "Inception FID needs the Inception-v3 FID weights: pass inception_weights='/path/to/"
             "weights-inception-2015-12-05-6726825d.pth' (torch-fidelity's file) or "
-            "inception_weights='download' (network needed); feature='mnist' works offline.")
+            "inception_weights='download' (network needed); feature='mnist' works offline."
+        )
     path = None
     if weights != "download":
         if not Path(weights).is_file():
-            raise ConfigError(f"Inception weights file {weights!r} not found: pass the path of "
-                              f"torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or "
-                              f"inception_weights='download'.")
+            raise ConfigError(
+                f"Inception weights file {weights!r} not found: pass the path of "
+                f"torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or "
+                f"inception_weights='download'."
+            )
         path = str(weights)
     from torchmetrics.utilities import imports
+
     if not imports._TORCH_FIDELITY_AVAILABLE:
-        raise ConfigError("Inception FID needs torch-fidelity (torchmetrics' Inception-v3): "
-                          "`pip install torch-fidelity`, or use feature='mnist'.")
+        raise ConfigError(
+            "Inception FID needs torch-fidelity (torchmetrics' Inception-v3): "
+            "`pip install torch-fidelity`, or use feature='mnist'."
+        )
     return path
 
 
 @functools.lru_cache(maxsize=2)
-def _load_inception(path: Optional[str]) -> nn.Module:
+def _load_inception(path: str | None) -> nn.Module:
     from torchmetrics.image.fid import NoTrainInceptionV3
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)],
-                              feature_extractor_weights_path=path)
+
+    return NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=[str(INCEPTION_FEATURES)],
+        feature_extractor_weights_path=path,
+    )
 
 
 def _feature_id(feature: str) -> str:
@@ -236,7 +259,7 @@ def _feature_id(feature: str) -> str:
     return f"inception-v3:{INCEPTION_FEATURES}"
 
 
-def _check_feature(feature: str, inception_weights: Optional[str] = None) -> None:
+def _check_feature(feature: str, inception_weights: str | None = None) -> None:
     checks.choice("feature", feature, FEATURES)
     if feature == "inception":
         _inception_weights_path(inception_weights)
@@ -249,10 +272,15 @@ def _device_of(images, device) -> torch.device:
 
 
 @torch.no_grad()
-def extract_features(images: torch.Tensor, *, feature: str = "mnist",
-                     inception_weights: Optional[str] = None, batch_size: int = 100,
-                     device: torch.device | str | None = None, name: str = "images"
-                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def extract_features(
+    images: torch.Tensor,
+    *,
+    feature: str = "mnist",
+    inception_weights: str | None = None,
+    batch_size: int = 100,
+    device: torch.device | str | None = None,
+    name: str = "images",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features ``(N, d)`` (float32, on CPU) and, for ``feature="mnist"``, class logits ``(N, 10)``.
 
     Args:
@@ -271,7 +299,7 @@ def extract_features(images: torch.Tensor, *, feature: str = "mnist",
         x = check_mnist_images(images, name)
         net = _classifier_on(str(dev))
         for i in range(0, x.shape[0], batch_size):
-            f, lg = net.features_and_logits(x[i:i + batch_size].to(dev))
+            f, lg = net.features_and_logits(x[i : i + batch_size].to(dev))
             feats.append(f.float().cpu())
             logits.append(lg.float().cpu())
         return torch.cat(feats), torch.cat(logits)
@@ -279,7 +307,7 @@ def extract_features(images: torch.Tensor, *, feature: str = "mnist",
     x = _inception_input(images, name)
     net = net.to(dev)
     for i in range(0, x.shape[0], batch_size):
-        feats.append(net(x[i:i + batch_size].to(dev)).float().cpu())
+        feats.append(net(x[i : i + batch_size].to(dev)).float().cpu())
     return torch.cat(feats), None
 
 
@@ -301,9 +329,9 @@ class QualityReference:
     """
 
     features: torch.Tensor
-    class_counts: Optional[torch.Tensor]
+    class_counts: torch.Tensor | None
     feature_network: str
-    _radii: Dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _radii: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -318,27 +346,46 @@ class QualityReference:
             self._radii[k] = knn_radii(self.features, k)
         return self._radii[k]
 
-    def save(self, path: Union[str, Path]) -> None:
-        torch.save({"features": self.features, "class_counts": self.class_counts,
-                    "feature_network": self.feature_network}, path)
+    def save(self, path: str | Path) -> None:
+        torch.save(
+            {
+                "features": self.features,
+                "class_counts": self.class_counts,
+                "feature_network": self.feature_network,
+            },
+            path,
+        )
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "QualityReference":
+    def load(cls, path: str | Path) -> QualityReference:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             return cls(state["features"], state["class_counts"], state["feature_network"])
         except Exception as err:  # a foreign pickle, a truncated file, missing keys
-            raise CheckpointError(f"{path} is not a saved QualityReference ({type(err).__name__}); "
-                                  f"build it again "
-                                  f"with reference_statistics(images).") from None
+            raise CheckpointError(
+                f"{path} is not a saved QualityReference ({type(err).__name__}); "
+                f"build it again "
+                f"with reference_statistics(images)."
+            ) from None
 
 
-def reference_statistics(images: torch.Tensor, *, feature: str = "mnist",
-                         inception_weights: Optional[str] = None, batch_size: int = 100,
-                         device: torch.device | str | None = None) -> QualityReference:
+def reference_statistics(
+    images: torch.Tensor,
+    *,
+    feature: str = "mnist",
+    inception_weights: str | None = None,
+    batch_size: int = 100,
+    device: torch.device | str | None = None,
+) -> QualityReference:
     """The :class:`QualityReference` of a set of real images (see :func:`extract_features`)."""
-    feats, logits = extract_features(images, feature=feature, inception_weights=inception_weights,
-                                     batch_size=batch_size, device=device, name="reference")
+    feats, logits = extract_features(
+        images,
+        feature=feature,
+        inception_weights=inception_weights,
+        batch_size=batch_size,
+        device=device,
+        name="reference",
+    )
     counts = None if logits is None else torch.bincount(logits.argmax(1), minlength=10)
     return QualityReference(feats, counts, _feature_id(feature))
 
@@ -364,11 +411,15 @@ def mnist_reference(split: str = "test") -> QualityReference:
 def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
     for name, f in (("reference features", real), ("sample features", fake)):
         if not torch.is_tensor(f) or f.dim() != 2:
-            raise DataError(f"{name} must be a (N, d) tensor, got "
-                            f"{_describe(f) if torch.is_tensor(f) else type(f).__name__}.")
+            raise DataError(
+                f"{name} must be a (N, d) tensor, got "
+                f"{_describe(f) if torch.is_tensor(f) else type(f).__name__}."
+            )
     if real.shape[1] != fake.shape[1]:
-        raise DataError(f"reference and sample features differ in width ({real.shape[1]} vs "
-                        f"{fake.shape[1]}): were they made by the same feature network?")
+        raise DataError(
+            f"reference and sample features differ in width ({real.shape[1]} vs "
+            f"{fake.shape[1]}): were they made by the same feature network?"
+        )
 
 
 def _min_fid_samples(num_features: int) -> int:
@@ -404,17 +455,26 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     need = _min_fid_samples(real.shape[1])
     for name, f in (("reference features", real), ("sample features", fake)):
         if f.shape[0] < need:
-            raise DataError(f"FID on {real.shape[1]} features needs at least {need} {name}, got "
-                            f"{f.shape[0]}; draw more (10,000 is usual).")
+            raise DataError(
+                f"FID on {real.shape[1]} features needs at least {need} {name}, got "
+                f"{f.shape[0]}; draw more (10,000 is usual)."
+            )
     from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     metric.update(real.detach().double().cpu(), real=True)
     metric.update(fake.detach().double().cpu(), real=False)
     return float(metric.compute())
 
 
-def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100,
-                    subset_size: int = 1000, seed: int = 0) -> Tuple[float, float]:
+def kernel_distance(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID (mean, std over ``subsets`` random subsets of ``subset_size``) by torchmetrics'
     KernelInceptionDistance (cubic polynomial kernel).
 
@@ -428,14 +488,18 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 10
     checks.seed("seed", seed)
     for name, f in (("reference", real), ("samples", fake)):
         if f.shape[0] < subset_size:
-            raise DataError(f"KID subsets of {subset_size} need at least {subset_size} {name}, got "
-                            f"{f.shape[0]}; pass a smaller kid_subset_size or more images.")
+            raise DataError(
+                f"KID subsets of {subset_size} need at least {subset_size} {name}, got "
+                f"{f.shape[0]}; pass a smaller kid_subset_size or more images."
+            )
     from torchmetrics.image.kid import KernelInceptionDistance
+
     with warnings.catch_warnings():
         # torchmetrics warns that KID keeps every feature; here they are in memory already
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets,
-                                         subset_size=subset_size)
+        metric = KernelInceptionDistance(
+            feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size
+        )
     # float32 kernels: on MNIST-classifier features they agree with float64 to 1e-8 (KID
     # values 1e-3 to 1) at less than half the time
     metric.update(real.detach().float().cpu(), real=True)
@@ -459,30 +523,35 @@ def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Te
     checks.positive_int("k", k)
     chunk = checks.positive_int("chunk", chunk)
     if features.shape[0] <= k:
-        raise DataError(f"k-NN radii with k={k} need more than {k} points, got {features.shape[0]}.")
+        raise DataError(
+            f"k-NN radii with k={k} need more than {k} points, got {features.shape[0]}."
+        )
     f = features.float()
     out = []
     for i in range(0, f.shape[0], chunk):
-        d = torch.cdist(f[i:i + chunk], f)
+        d = torch.cdist(f[i : i + chunk], f)
         # the k+1 smallest include the point itself (distance 0)
         out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(out)
 
 
 @torch.no_grad()
-def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-                     chunk: int = 1024) -> torch.Tensor:
+def _inside_any_ball(
+    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     """For each point: is it within ``radii[j]`` of some ``centres[j]``?"""
     p, c, r = points.float(), centres.float(), radii.float()
     out = []
     for i in range(0, p.shape[0], chunk):
-        out.append((torch.cdist(p[i:i + chunk], c) <= r[None, :]).any(dim=1))
+        out.append((torch.cdist(p[i : i + chunk], c) <= r[None, :]).any(dim=1))
     return torch.cat(out)
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
-                     real_radii: Optional[torch.Tensor] = None) -> Tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets ``(N, d)``, ``(M, d)``.
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, real_radii: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets ``(N, d)``,
+    ``(M, d)``.
 
     The real manifold is the union of balls around each real feature vector with radius
     the distance to its k-th nearest real neighbour; likewise for the samples.
@@ -563,12 +632,15 @@ def _feature_width(feature: str, reference) -> int:
     return INCEPTION_FEATURES if feature == "inception" else _classifier_on("cpu").num_features
 
 
-def _check_counts(samples, reference, feature: str, kid_subset_size: Optional[int] = None,
-                  k: Optional[int] = None) -> None:
+def _check_counts(
+    samples, reference, feature: str, kid_subset_size: int | None = None, k: int | None = None
+) -> None:
     """Refuse too few samples or reference images before any network runs."""
     if reference is None and feature != "mnist":
-        raise ConfigError("with feature='inception' pass the real images (or their "
-                          "QualityReference) as reference.")
+        raise ConfigError(
+            "with feature='inception' pass the real images (or their "
+            "QualityReference) as reference."
+        )
     width = _feature_width(feature, reference)
     need = {f"FID on {width} features": _min_fid_samples(width)}
     if kid_subset_size is not None:
@@ -580,29 +652,48 @@ def _check_counts(samples, reference, feature: str, kid_subset_size: Optional[in
     for name, x in (("samples", samples), ("reference images", reference)):
         if torch.is_tensor(x) and x.dim() >= 1 and x.shape[0] < most:
             hint = " or lower kid_subset_size" if kid_subset_size is not None else ""
-            raise DataError(f"need at least {most} {name} ({why}), got {x.shape[0]}; "
-                            f"draw more (10,000 is usual){hint}.")
+            raise DataError(
+                f"need at least {most} {name} ({why}), got {x.shape[0]}; "
+                f"draw more (10,000 is usual){hint}."
+            )
 
 
-def _as_reference(reference, feature: str, inception_weights, batch_size: int, device) -> QualityReference:
+def _as_reference(
+    reference, feature: str, inception_weights, batch_size: int, device
+) -> QualityReference:
     if reference is None:
         if feature != "mnist":
-            raise ConfigError("with feature='inception' pass the real images (or their "
-                              "QualityReference) as reference.")
+            raise ConfigError(
+                "with feature='inception' pass the real images (or their "
+                "QualityReference) as reference."
+            )
         return mnist_reference("test")
     if isinstance(reference, QualityReference):
         if reference.feature_network != _feature_id(feature):
-            raise ConfigError(f"the reference was made with {reference.feature_network}, not "
-                              f"{_feature_id(feature)}: build it with reference_statistics(images, "
-                              f"feature={feature!r}).")
+            raise ConfigError(
+                f"the reference was made with {reference.feature_network}, not "
+                f"{_feature_id(feature)}: build it with reference_statistics(images, "
+                f"feature={feature!r})."
+            )
         return reference
-    return reference_statistics(reference, feature=feature, inception_weights=inception_weights,
-                                batch_size=batch_size, device=device)
+    return reference_statistics(
+        reference,
+        feature=feature,
+        inception_weights=inception_weights,
+        batch_size=batch_size,
+        device=device,
+    )
 
 
-def fid(samples: torch.Tensor, reference: torch.Tensor | QualityReference | None = None, *,
-        feature: str = "mnist", inception_weights: Optional[str] = None,
-        batch_size: int = 100, device: torch.device | str | None = None) -> float:
+def fid(
+    samples: torch.Tensor,
+    reference: torch.Tensor | QualityReference | None = None,
+    *,
+    feature: str = "mnist",
+    inception_weights: str | None = None,
+    batch_size: int = 100,
+    device: torch.device | str | None = None,
+) -> float:
     """FID of ``samples`` against ``reference`` ("FID, MNIST-classifier features" by default).
 
     Only FID: the cheap score for curves during training. ``reference``: ``None`` (the
@@ -611,18 +702,31 @@ def fid(samples: torch.Tensor, reference: torch.Tensor | QualityReference | None
     _check_feature(feature, inception_weights)
     _check_counts(samples, reference, feature)
     ref = _as_reference(reference, feature, inception_weights, batch_size, device)
-    feats, _ = extract_features(samples, feature=feature, inception_weights=inception_weights,
-                                batch_size=batch_size, device=device, name="samples")
+    feats, _ = extract_features(
+        samples,
+        feature=feature,
+        inception_weights=inception_weights,
+        batch_size=batch_size,
+        device=device,
+        name="samples",
+    )
     return frechet_distance(ref.features, feats)
 
 
-def sample_quality(samples: torch.Tensor,
-                   reference: torch.Tensor | QualityReference | None = None, *,
-                   feature: str = "mnist",
-                   inception_weights: Optional[str] = None, kid_subsets: int = 100,
-                   kid_subset_size: int = 1000, k: int = 3, min_class_share: float = 0.1,
-                   seed: int = 0, batch_size: int = 100,
-                   device: torch.device | str | None = None) -> dict:
+def sample_quality(
+    samples: torch.Tensor,
+    reference: torch.Tensor | QualityReference | None = None,
+    *,
+    feature: str = "mnist",
+    inception_weights: str | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    k: int = 3,
+    min_class_share: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 100,
+    device: torch.device | str | None = None,
+) -> dict:
     """FID, KID, precision/recall and class coverage of ``samples`` against ``reference``.
 
     Args:
@@ -656,21 +760,35 @@ def sample_quality(samples: torch.Tensor,
     checks.positive_int("batch_size", batch_size)
     _check_counts(samples, reference, feature, kid_subset_size, k)
     ref = _as_reference(reference, feature, inception_weights, batch_size, device)
-    feats, logits = extract_features(samples, feature=feature, inception_weights=inception_weights,
-                                     batch_size=batch_size, device=device, name="samples")
+    feats, logits = extract_features(
+        samples,
+        feature=feature,
+        inception_weights=inception_weights,
+        batch_size=batch_size,
+        device=device,
+        name="samples",
+    )
     out = {"fid": frechet_distance(ref.features, feats)}
-    out["kid_mean"], out["kid_std"] = kernel_distance(ref.features, feats, subsets=kid_subsets,
-                                                      subset_size=kid_subset_size, seed=seed)
-    out["precision"], out["recall"] = precision_recall(ref.features, feats, k, real_radii=ref.radii(k))
+    out["kid_mean"], out["kid_std"] = kernel_distance(
+        ref.features, feats, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
+    out["precision"], out["recall"] = precision_recall(
+        ref.features, feats, k, real_radii=ref.radii(k)
+    )
     if logits is not None:
         out.update(class_coverage(logits, min_class_share))
     else:
         out.update(classes_covered=None, class_kl=None, class_histogram=None)
     mnist = feature == "mnist"
-    out.update(num_samples=feats.shape[0], num_reference=len(ref),
-               fid_name=FID_NAME if mnist else INCEPTION_FID_NAME,
-               kid_name=KID_NAME if mnist else INCEPTION_KID_NAME,
-               feature_network=ref.feature_network, k=k, kid_subset_size=kid_subset_size)
+    out.update(
+        num_samples=feats.shape[0],
+        num_reference=len(ref),
+        fid_name=FID_NAME if mnist else INCEPTION_FID_NAME,
+        kid_name=KID_NAME if mnist else INCEPTION_KID_NAME,
+        feature_network=ref.feature_network,
+        k=k,
+        kid_subset_size=kid_subset_size,
+    )
     return out
 
 
@@ -683,6 +801,7 @@ def fid_metric(**kwargs):
     the real statistics across ``reset()``).
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
+
     return FrechetInceptionDistance(feature=MNISTFeatures(), normalize=True, **kwargs)
 
 
@@ -691,10 +810,16 @@ def kid_metric(subsets: int = 100, subset_size: int = 1000, **kwargs):
     checks.positive_int("subsets", subsets)
     checks.integer("subset_size", subset_size, low=2)
     from torchmetrics.image.kid import KernelInceptionDistance
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        return KernelInceptionDistance(feature=MNISTFeatures(), subsets=subsets, subset_size=subset_size,
-                                       normalize=True, **kwargs)
+        return KernelInceptionDistance(
+            feature=MNISTFeatures(),
+            subsets=subsets,
+            subset_size=subset_size,
+            normalize=True,
+            **kwargs,
+        )
 
 
 @dataclass
@@ -712,7 +837,7 @@ class QualityScorer:
 
     reference: QualityReference
     feature: str = "mnist"
-    inception_weights: Optional[str] = None
+    inception_weights: str | None = None
     kid_subset_size: int = 1000
     seed: int = 0
 
@@ -727,16 +852,22 @@ class QualityScorer:
 
     def fid(self, samples) -> float:
         """FID of ``samples`` against the reference."""
-        return fid(samples, self.reference, feature=self.feature,
-                   inception_weights=self.inception_weights)
+        return fid(
+            samples, self.reference, feature=self.feature, inception_weights=self.inception_weights
+        )
 
     def report(self, samples) -> dict:
         """:func:`sample_quality` of ``samples`` against the reference, KID on subsets of
         ``min(kid_subset_size, reference images, samples)``."""
         n = samples.shape[0] if torch.is_tensor(samples) else len(samples)
-        return sample_quality(samples, self.reference, feature=self.feature,
-                              inception_weights=self.inception_weights, seed=self.seed,
-                              kid_subset_size=min(self.kid_subset_size, len(self.reference), n))
+        return sample_quality(
+            samples,
+            self.reference,
+            feature=self.feature,
+            inception_weights=self.inception_weights,
+            seed=self.seed,
+            kid_subset_size=min(self.kid_subset_size, len(self.reference), n),
+        )
 
     @torch.no_grad()
     def sample_report(self, model, num_samples: int, seed: int = 0) -> dict:
@@ -747,8 +878,7 @@ class QualityScorer:
         checks.positive_int("num_samples", num_samples)
         checks.seed("seed", seed)
         start = time.perf_counter()
-        out = self.report(model.sample(num_samples,
-                                       generator=torch.Generator().manual_seed(seed)))
+        out = self.report(model.sample(num_samples, generator=torch.Generator().manual_seed(seed)))
         out["eval_seconds"] = time.perf_counter() - start
         return out
 
@@ -767,14 +897,25 @@ def report_line(report: dict) -> str:
         classes covered 10/10 (KL to uniform 0.012)'
     """
     classes = len(report.get("class_histogram") or ()) or 10
-    covered = (f", classes covered {report['classes_covered']}/{classes} (KL to uniform "
-               f"{report['class_kl']:.3f})" if report.get("classes_covered") is not None else "")
-    return (f"{report['fid_name']} {report['fid']:.2f}, KID {report['kid_mean']:.4f}, "
-            f"precision {report['precision']:.3f}, recall {report['recall']:.3f}{covered}")
+    covered = (
+        f", classes covered {report['classes_covered']}/{classes} (KL to uniform "
+        f"{report['class_kl']:.3f})"
+        if report.get("classes_covered") is not None
+        else ""
+    )
+    return (
+        f"{report['fid_name']} {report['fid']:.2f}, KID {report['kid_mean']:.4f}, "
+        f"precision {report['precision']:.3f}, recall {report['recall']:.3f}{covered}"
+    )
 
 
-def quality_scorer(images: torch.Tensor, *, inception_weights: Optional[str] = None,
-                   kid_subset_size: int = 1000, seed: int = 0) -> Optional[QualityScorer]:
+def quality_scorer(
+    images: torch.Tensor,
+    *,
+    inception_weights: str | None = None,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> QualityScorer | None:
     """A :class:`QualityScorer` against the real ``images`` with the features that fit them:
     the shipped MNIST classifier's for grey 28x28 images, else Inception-v3's when
     ``inception_weights`` is given (a path, or ``"download"``); ``None`` where no feature
@@ -793,8 +934,9 @@ def quality_scorer(images: torch.Tensor, *, inception_weights: Optional[str] = N
         kw = {"feature": "inception", "inception_weights": inception_weights}
     else:
         return None
-    return QualityScorer(reference_statistics(images, **kw), kid_subset_size=kid_subset_size,
-                         seed=seed, **kw)
+    return QualityScorer(
+        reference_statistics(images, **kw), kid_subset_size=kid_subset_size, seed=seed, **kw
+    )
 
 
 class FIDCurve(Metric):
@@ -817,26 +959,57 @@ class FIDCurve(Metric):
         fit(gan, train, callbacks=[curve, TrainingCPUTime(leave_out=["fid"])])
     """
 
-    def __init__(self, score: Callable[[torch.Tensor], float], num_samples: int,
-                 every: int = 1, seed: int = 0, name: str = "fid"):
+    def __init__(
+        self,
+        score: Callable[[torch.Tensor], float],
+        num_samples: int,
+        every: int = 1,
+        seed: int = 0,
+        name: str = "fid",
+    ):
         checks.positive_int("num_samples", num_samples)
         checks.seed("seed", seed)
         self.score, self.num_samples, self.seed = score, num_samples, seed
         super().__init__(name, self._curve, every)
 
-    def _curve(self, module) -> Dict[str, float]:
-        out = {self.name: self.score(module.sample(
-            self.num_samples, generator=torch.Generator().manual_seed(self.seed)))}
-        if getattr(module, "ema", None):   # the live weights', from the same noise
-            out[f"{self.name}_live"] = self.score(module.sample(
-                self.num_samples, generator=torch.Generator().manual_seed(self.seed),
-                averaged=False))
+    def _curve(self, module) -> dict[str, float]:
+        out = {
+            self.name: self.score(
+                module.sample(self.num_samples, generator=torch.Generator().manual_seed(self.seed))
+            )
+        }
+        if getattr(module, "ema", None):  # the live weights', from the same noise
+            out[f"{self.name}_live"] = self.score(
+                module.sample(
+                    self.num_samples,
+                    generator=torch.Generator().manual_seed(self.seed),
+                    averaged=False,
+                )
+            )
         return out
 
 
-__all__ = ["FID_NAME", "FIDCurve", "KID_NAME", "MNISTFeatures", "QualityReference",
-           "QualityScorer", "check_mnist_images", "quality_scorer",
-           "class_coverage", "extract_features", "fid", "fid_metric", "frechet_distance",
-           "kernel_distance", "kid_metric", "knn_radii", "min_fid_samples", "mnist_reference",
-           "precision_recall",
-           "reference_statistics", "report_line", "sample_quality"]
+__all__ = [
+    "FID_NAME",
+    "KID_NAME",
+    "FIDCurve",
+    "MNISTFeatures",
+    "QualityReference",
+    "QualityScorer",
+    "check_mnist_images",
+    "class_coverage",
+    "extract_features",
+    "fid",
+    "fid_metric",
+    "frechet_distance",
+    "kernel_distance",
+    "kid_metric",
+    "knn_radii",
+    "min_fid_samples",
+    "mnist_reference",
+    "precision_recall",
+    "quality_scorer",
+    "reference_statistics",
+    "report_line",
+    "sample_quality",
+]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -35,9 +36,14 @@ from probgen.models.autoencoder import Autoencoder
 
 
 @torch.no_grad()
-def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
-                       iw_samples: int = 0, iw_size: Optional[int] = None,
-                       progress: bool = False) -> Dict[str, Any]:
+def autoencoder_report(
+    model,
+    data: TensorData,
+    elbo_particles: int = 10,
+    iw_samples: int = 0,
+    iw_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Metrics of a :class:`probgen.models.VAE` (or any model with ``encode``/``reconstruct``
     and a Pyro ``model``/``guide``) on ``data``, per example, in nats:
 
@@ -60,7 +66,7 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
     param = next(model.parameters(), None)
     if param is not None and data.device != param.device:
         data = data.to(param.device)  # e.g. trained on a GPU, test set on the CPU
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     codes = collect_codes(model.encode, data)
     au = active_units(codes["loc"])
     out["active_units"] = int(au.sum())
@@ -69,8 +75,9 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
         out["kl"] = float(kl.sum())
         out["kl_per_dim"] = [float(v) for v in kl]
         # unscaled densities: the bound on log p(x), not the (beta-weighted) training objective
-        out["neg_elbo"] = -float(elbo_per_example(model.model, model.guide, data,
-                                                  num_particles=elbo_particles).mean())
+        out["neg_elbo"] = -float(
+            elbo_per_example(model.model, model.guide, data, num_particles=elbo_particles).mean()
+        )
     mse, n = 0.0, 0
     for batch in data.batches(1000):
         rec = model.reconstruct(*batch)
@@ -78,22 +85,30 @@ def autoencoder_report(model, data: TensorData, elbo_particles: int = 10,
         n += batch[0].shape[0]
     out["recon_mse"] = mse / n
     if iw_samples and codes["scale"] is not None:
-        subset = data if iw_size is None or iw_size >= len(data) else \
-            data.subset(slice(0, iw_size))
+        subset = data if iw_size is None or iw_size >= len(data) else data.subset(slice(0, iw_size))
         t0 = time.perf_counter()
-        out["iw_nll"] = iw_nll(model.model, model.guide, subset, num_samples=iw_samples,
-                               progress=progress)
+        out["iw_nll"] = iw_nll(
+            model.model, model.guide, subset, num_samples=iw_samples, progress=progress
+        )
         out["iw_samples"], out["iw_size"] = iw_samples, len(subset)
         out["iw_seconds"] = time.perf_counter() - t0
     return out
 
 
 @torch.no_grad()
-def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
-                      iw_samples: int = 0, iw_size: Optional[int] = None,
-                      groups: Optional[torch.Tensor] = None, seed: int = 0,
-                      batch_size: int = 100, iw_batch_size: int = 50,
-                      progress: bool = False) -> Dict[str, Any]:
+def likelihood_report(
+    model,
+    data: TensorData,
+    *,
+    elbo_particles: int = 10,
+    iw_samples: int = 0,
+    iw_size: int | None = None,
+    groups: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 100,
+    iw_batch_size: int = 50,
+    progress: bool = False,
+) -> dict[str, Any]:
     """The likelihood bounds of a Pyro ``model``/``guide`` pair on ``data``, in nats per
     example:
 
@@ -132,26 +147,35 @@ def likelihood_report(model, data: TensorData, *, elbo_particles: int = 10,
     iw_size = checks.optional(checks.positive_int, "iw_size", iw_size, hint="or None for all")
     iw_batch_size = checks.positive_int("iw_batch_size", iw_batch_size)
     with seeded(seed):
-        per_example = -elbo_per_example(model.model, model.guide, data,
-                                        num_particles=elbo_particles, batch_size=batch_size)
-    out: Dict[str, Any] = {"neg_elbo": float(per_example.mean())}
+        per_example = -elbo_per_example(
+            model.model, model.guide, data, num_particles=elbo_particles, batch_size=batch_size
+        )
+    out: dict[str, Any] = {"neg_elbo": float(per_example.mean())}
     if iw_samples:
         sub = data if iw_size is None else data.subset(slice(0, iw_size))
         with seeded(seed):
-            both = elbo_and_iw_nll(model.model, model.guide, sub, elbo_particles=elbo_particles,
-                                   iw_samples=iw_samples, batch_size=iw_batch_size,
-                                   progress=progress)
+            both = elbo_and_iw_nll(
+                model.model,
+                model.guide,
+                sub,
+                elbo_particles=elbo_particles,
+                iw_samples=iw_samples,
+                batch_size=iw_batch_size,
+                progress=progress,
+            )
         out.update(iw_nll=both["iw_nll"], neg_elbo_iw_subset=both["neg_elbo"])
     if groups is not None:
         groups = groups.to(per_example.device)
-        out["neg_elbo_by_group"] = {int(g): float(per_example[groups == g].mean())
-                                    for g in groups.unique().tolist()}
+        out["neg_elbo_by_group"] = {
+            int(g): float(per_example[groups == g].mean()) for g in groups.unique().tolist()
+        }
     return out
 
 
 # --------------------------------------------------------------------------- aging
 
-def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, float]:
+
+def edit_report(produce, truth: torch.Tensor, features, level_net) -> dict[str, float]:
     """Edits of an attribute (aging) scored against ground truth at every level.
 
     ``truth`` ``(N, K, C, H, W)`` holds each of ``N`` identities at each of ``K`` levels
@@ -175,9 +199,10 @@ def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, 
 
     n, levels = truth.shape[:2]
     with torch.no_grad():
-        truth_f = torch.stack([features(truth[:, t]) for t in range(levels)], 1)   # (N, K, F)
-    acc: Dict[str, list] = {k: [] for k in ("rec_mse", "rec_feat", "ident", "attr", "mse",
-                                            "mse_fwd", "ssim")}
+        truth_f = torch.stack([features(truth[:, t]) for t in range(levels)], 1)  # (N, K, F)
+    acc: dict[str, list] = {
+        k: [] for k in ("rec_mse", "rec_feat", "ident", "attr", "mse", "mse_fwd", "ssim")
+    }
     seconds = 0.0
     for s in range(levels):
         start = time.perf_counter()
@@ -185,16 +210,18 @@ def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, 
         seconds += time.perf_counter() - start
         acc["rec_mse"].append((out[:, s] - truth[:, s]).pow(2).mean().item())
         with torch.no_grad():
-            acc["rec_feat"].append((features(out[:, s]) - truth_f[:, s]).pow(2).sum(1).mean()
-                                   .item())
+            acc["rec_feat"].append(
+                (features(out[:, s]) - truth_f[:, s]).pow(2).sum(1).mean().item()
+            )
         for t in range(levels):
             if t == s or torch.isnan(out[:, t]).any():
                 continue
             e = out[:, t]
             with torch.no_grad():
                 nearest = torch.cdist(features(e), truth_f[:, t]).argmin(1)
-                acc["ident"].append((nearest == torch.arange(n, device=nearest.device))
-                                    .float().mean().item())
+                acc["ident"].append(
+                    (nearest == torch.arange(n, device=nearest.device)).float().mean().item()
+                )
                 acc["attr"].append((level_net(e).argmax(1) == t).float().mean().item())
             err = (e - truth[:, t]).pow(2).mean().item()
             acc["mse"].append(err)
@@ -205,13 +232,20 @@ def edit_report(produce, truth: torch.Tensor, features, level_net) -> Dict[str, 
     def mean(v):
         return sum(v) / len(v) if v else float("nan")
 
-    return {"rec_mse": mean(acc["rec_mse"]), "rec_feature": mean(acc["rec_feat"]),
-            "identity": mean(acc["ident"]), "attribute_acc": mean(acc["attr"]),
-            "target_mse": mean(acc["mse"]), "target_mse_forward": mean(acc["mse_fwd"]),
-            "target_ssim": mean(acc["ssim"]), "seconds_per_image": seconds / (n * levels)}
+    return {
+        "rec_mse": mean(acc["rec_mse"]),
+        "rec_feature": mean(acc["rec_feat"]),
+        "identity": mean(acc["ident"]),
+        "attribute_acc": mean(acc["attr"]),
+        "target_mse": mean(acc["mse"]),
+        "target_mse_forward": mean(acc["mse_fwd"]),
+        "target_ssim": mean(acc["ssim"]),
+        "seconds_per_image": seconds / (n * levels),
+    }
 
 
-# --------------------------------------------------------------------------- adversarial autoencoders
+# ------------------------------------------------------------------ adversarial autoencoders
+
 
 def as_autoencoder(model) -> Autoencoder:
     """``model`` when it is an :class:`~probgen.models.autoencoder.Autoencoder` (a VAE, an
@@ -219,15 +253,30 @@ def as_autoencoder(model) -> Autoencoder:
     else is refused with a :class:`~probgen.errors.ConfigError` naming what it lacks."""
     if isinstance(model, Autoencoder):
         return model
-    missing = [name for name in ("codes", "prior_sample", "decode", "reconstruct",
-                                 "reconstruction_loss", "sample", "z_dim", "num_labels",
-                                 "label_to_decoder", "device") if not hasattr(model, name)]
-    raise ConfigError(f"{type(model).__name__} is no autoencoder with a prior: it lacks "
-                      f"{', '.join(missing)} (see probgen.models.autoencoder.Autoencoder).")
+    missing = [
+        name
+        for name in (
+            "codes",
+            "prior_sample",
+            "decode",
+            "reconstruct",
+            "reconstruction_loss",
+            "sample",
+            "z_dim",
+            "num_labels",
+            "label_to_decoder",
+            "device",
+        )
+        if not hasattr(model, name)
+    ]
+    raise ConfigError(
+        f"{type(model).__name__} is no autoencoder with a prior: it lacks "
+        f"{', '.join(missing)} (see probgen.models.autoencoder.Autoencoder)."
+    )
 
 
 @contextlib.contextmanager
-def seeded(seed: int, device: Optional[torch.device] = None) -> Iterator[None]:
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
     """Seed the CPU's (and a CUDA ``device``'s) random numbers inside a forked random
     state: afterwards the process's random state is as it was, so a report or a figure
     that draws numbers leaves the caller's stream alone.
@@ -281,11 +330,11 @@ class AAEReport:
             ``grid / num_labels`` of each label in turn), on the CPU.
     """
 
-    metrics: Dict[str, Any]
+    metrics: dict[str, Any]
     codes: torch.Tensor
     labels: torch.Tensor
     prior_draws: torch.Tensor
-    prior_labels: Optional[torch.Tensor]
+    prior_labels: torch.Tensor | None
     samples: torch.Tensor
 
 
@@ -299,10 +348,19 @@ def _samples(model: Autoencoder, n: int, generator: torch.Generator) -> torch.Te
 
 
 @torch.no_grad()
-def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch.Tensor, *,
-               parzen_samples: int = 10000, parzen_val: int = 1000, scorer=None,
-               fid_samples: int = 10000, seed: int = 0, grid: int = 100,
-               batch_size: int = 1000) -> AAEReport:
+def aae_report(
+    model,
+    test: tuple[torch.Tensor, torch.Tensor],
+    val_images: torch.Tensor,
+    *,
+    parzen_samples: int = 10000,
+    parzen_val: int = 1000,
+    scorer=None,
+    fid_samples: int = 10000,
+    seed: int = 0,
+    grid: int = 100,
+    batch_size: int = 1000,
+) -> AAEReport:
     """An adversarial autoencoder measured as Makhzani et al. 2015 ("Adversarial
     Autoencoders") do, and more. On the test ``(images, labels)``:
 
@@ -333,8 +391,9 @@ def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch
     Returns:
         An :class:`AAEReport`: the numbers and the draws behind them.
     """
-    parzen_samples = checks.nonnegative_int("parzen_samples", parzen_samples, hint="0 skips "
-                                            "the Parzen window")
+    parzen_samples = checks.nonnegative_int(
+        "parzen_samples", parzen_samples, hint="0 skips the Parzen window"
+    )
     parzen_val = checks.positive_int("parzen_val", parzen_val)
     fid_samples = checks.nonnegative_int("fid_samples", fid_samples)
     seed = checks.seed("seed", seed)
@@ -346,60 +405,89 @@ def aae_report(model, test: Tuple[torch.Tensor, torch.Tensor], val_images: torch
         model.corrupt = None
     try:
         with seeded(seed, model.device):
-            return _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer,
-                               fid_samples, seed, grid, batch_size)
+            return _aae_report(
+                model,
+                test,
+                val_images,
+                parzen_samples,
+                parzen_val,
+                scorer,
+                fid_samples,
+                seed,
+                grid,
+                batch_size,
+            )
     finally:
         if corrupt is not None:
             model.corrupt = corrupt
 
 
-def _aae_report(model, test, val_images, parzen_samples, parzen_val, scorer, fid_samples,
-                seed, grid, batch_size) -> AAEReport:
+def _aae_report(
+    model, test, val_images, parzen_samples, parzen_val, scorer, fid_samples, seed, grid, batch_size
+) -> AAEReport:
     model.eval()
     x, y = test
     y_in = y if model.num_labels else None
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     rec, nll, n = 0.0, 0.0, 0
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        yb = y_in[i:i + batch_size] if y_in is not None else None
+        xb = x[i : i + batch_size]
+        yb = y_in[i : i + batch_size] if y_in is not None else None
         r = model.reconstruct(xb, yb)
         rec += float(mse_per_image(r, xb.reshape(r.shape)).sum())
-        nll += float(model.reconstruction_loss((xb, yb) if yb is not None else (xb,))) \
-            * xb.shape[0]
+        nll += float(model.reconstruction_loss((xb, yb) if yb is not None else (xb,))) * xb.shape[0]
         n += xb.shape[0]
     out["recon_mse"], out["recon_nll"] = rec / n, nll / n
     gen = torch.Generator().manual_seed(seed)
-    codes = torch.cat([model.codes(x[i:i + batch_size])
-                       for i in range(0, x.shape[0], batch_size)])
+    codes = torch.cat(
+        [model.codes(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    )
     prior_draws = model.prior_sample(codes.shape[0], y_in)
     match = mmd(codes, prior_draws)
     out.update(mmd2=match["mmd2"], mmd_bandwidth=match["bandwidth"], mmd_points=match["n"])
     if hasattr(model, "predict"):
         out["test_error"] = class_error(model, x, y)
-    labels = (torch.arange(model.num_labels, device=model.device)
-              .repeat_interleave(grid // model.num_labels) if model.label_to_decoder else None)
+    labels = (
+        torch.arange(model.num_labels, device=model.device).repeat_interleave(
+            grid // model.num_labels
+        )
+        if model.label_to_decoder
+        else None
+    )
     samples = model.sample(grid if labels is None else None, labels=labels).cpu()
     if parzen_samples:
         t0 = time.perf_counter()
         s = _samples(model, parzen_samples, gen)
         val = val_images[:parzen_val]
-        p = parzen_score(s.reshape(s.shape[0], -1), x.reshape(x.shape[0], -1),
-                         val.reshape(val.shape[0], -1))
-        out.update(parzen_ll=p["log_likelihood"], parzen_std_error=p["std_error"],
-                   parzen_sigma=p["sigma"], parzen_sigma_at_grid_edge=p["sigma_at_grid_edge"],
-                   parzen_samples=p["num_samples"], parzen_seconds=time.perf_counter() - t0)
+        p = parzen_score(
+            s.reshape(s.shape[0], -1), x.reshape(x.shape[0], -1), val.reshape(val.shape[0], -1)
+        )
+        out.update(
+            parzen_ll=p["log_likelihood"],
+            parzen_std_error=p["std_error"],
+            parzen_sigma=p["sigma"],
+            parzen_sigma_at_grid_edge=p["sigma_at_grid_edge"],
+            parzen_samples=p["num_samples"],
+            parzen_seconds=time.perf_counter() - t0,
+        )
     if scorer is not None and fid_samples:
         t0 = time.perf_counter()
         q = scorer.report(_samples(model, fid_samples, gen).clamp(0, 1))
-        out.update(fid=q["fid"], fid_name=q["fid_name"], kid_mean=q["kid_mean"],
-                   kid_std=q["kid_std"], kid_name=q["kid_name"],
-                   kid_subset_size=q["kid_subset_size"], quality_samples=q["num_samples"],
-                   quality_reference=q["num_reference"], fid_seconds=time.perf_counter() - t0)
+        out.update(
+            fid=q["fid"],
+            fid_name=q["fid_name"],
+            kid_mean=q["kid_mean"],
+            kid_std=q["kid_std"],
+            kid_name=q["kid_name"],
+            kid_subset_size=q["kid_subset_size"],
+            quality_samples=q["num_samples"],
+            quality_reference=q["num_reference"],
+            fid_seconds=time.perf_counter() - t0,
+        )
     return AAEReport(out, codes, y, prior_draws, y_in, samples)
 
 
-def aae_line(metrics: Dict[str, Any]) -> str:
+def aae_line(metrics: dict[str, Any]) -> str:
     """One line of what :func:`aae_report` measured, for a log or a script's output: the
     reconstruction's mean squared error, the MMD^2 of the codes and the prior, and where
     measured the Parzen-window log-likelihood (with its standard error and width), FID and
@@ -424,11 +512,12 @@ def aae_line(metrics: Dict[str, Any]) -> str:
         (sigma 0.200), test error 7.31% with 100 labels (ema average of 60 epochs; the
         trained weights 7.79%)'
     """
-    parts = [f"recon MSE {metrics['recon_mse']:.4f}",
-             f"MMD^2(q(z), p(z)) {metrics['mmd2']:.4f}"]
+    parts = [f"recon MSE {metrics['recon_mse']:.4f}", f"MMD^2(q(z), p(z)) {metrics['mmd2']:.4f}"]
     if "parzen_ll" in metrics:
-        parts.append(f"Parzen LL {metrics['parzen_ll']:.1f} +- "
-                     f"{metrics['parzen_std_error']:.1f} (sigma {metrics['parzen_sigma']:.3f})")
+        parts.append(
+            f"Parzen LL {metrics['parzen_ll']:.1f} +- "
+            f"{metrics['parzen_std_error']:.1f} (sigma {metrics['parzen_sigma']:.3f})"
+        )
     if "fid" in metrics:
         parts.append(f"FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4f}")
     if "test_error" in metrics:
@@ -436,11 +525,23 @@ def aae_line(metrics: Dict[str, Any]) -> str:
         if metrics.get("num_labelled") is not None:
             error += f" with {metrics['num_labelled']} labels"
         if "test_error_trained" in metrics:
-            error += (f" ({metrics['average']} average of {metrics['epochs_averaged']} "
-                      f"epochs; the trained weights {metrics['test_error_trained']:.2f}%)")
+            error += (
+                f" ({metrics['average']} average of {metrics['epochs_averaged']} "
+                f"epochs; the trained weights {metrics['test_error_trained']:.2f}%)"
+            )
         parts.append(error)
     return ", ".join(parts)
 
 
-__all__ = ["AAEReport", "Autoencoder", "aae_line", "aae_report", "as_autoencoder", "autoencoder_report",
-           "class_error", "edit_report", "likelihood_report", "seeded"]
+__all__ = [
+    "AAEReport",
+    "Autoencoder",
+    "aae_line",
+    "aae_report",
+    "as_autoencoder",
+    "autoencoder_report",
+    "class_error",
+    "edit_report",
+    "likelihood_report",
+    "seeded",
+]

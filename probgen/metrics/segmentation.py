@@ -20,7 +20,8 @@ a batch of scenes at once, on the pixels a mask selects (the foreground).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,9 @@ def _comb2(n: torch.Tensor) -> torch.Tensor:
     return n * (n - 1) / 2
 
 
-def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
-                        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def adjusted_rand_index(
+    labels_true: torch.Tensor, labels_pred: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Adjusted Rand index of two labellings; batched over a leading dimension.
 
     Args:
@@ -58,8 +60,10 @@ def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
         tensor([ 1.0000, -0.5000], dtype=torch.float64)
     """
     if labels_true.shape != labels_pred.shape:
-        raise DataError(f"the two labellings must have one shape, got {tuple(labels_true.shape)} "
-                        f"and {tuple(labels_pred.shape)}.")
+        raise DataError(
+            f"the two labellings must have one shape, got {tuple(labels_true.shape)} "
+            f"and {tuple(labels_pred.shape)}."
+        )
     for name, t in (("labels_true", labels_true), ("labels_pred", labels_pred)):
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise DataError(f"{name} must hold integer labels, got {t.dtype}.")
@@ -72,14 +76,16 @@ def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
         w = torch.ones(t.shape, dtype=torch.float64, device=t.device)
     else:
         if mask.shape != labels_true.shape:
-            raise DataError(f"mask must have the labels' shape {tuple(labels_true.shape)}, got "
-                            f"{tuple(mask.shape)}.")
+            raise DataError(
+                f"mask must have the labels' shape {tuple(labels_true.shape)}, got "
+                f"{tuple(mask.shape)}."
+            )
         w = mask.reshape(t.shape).to(torch.float64)
     ct = int(t.max()) + 1 if t.numel() else 1
     cp = int(p.max()) + 1 if p.numel() else 1
     a = F.one_hot(t, ct).to(torch.float64) * w.unsqueeze(-1)
     b = F.one_hot(p, cp).to(torch.float64)
-    table = a.transpose(1, 2) @ b                           # (B, ct, cp) contingency
+    table = a.transpose(1, 2) @ b  # (B, ct, cp) contingency
     n = table.sum((1, 2))
     index = _comb2(table).sum((1, 2))
     sum_a = _comb2(table.sum(2)).sum(1)
@@ -88,8 +94,9 @@ def adjusted_rand_index(labels_true: torch.Tensor, labels_pred: torch.Tensor,
     expected = torch.where(pairs > 0, sum_a * sum_b / pairs.clamp(min=1), torch.zeros_like(n))
     maximum = (sum_a + sum_b) / 2
     denom = maximum - expected
-    ari = torch.where(denom != 0, (index - expected) / torch.where(denom != 0, denom, 1.0),
-                      torch.ones_like(n))
+    ari = torch.where(
+        denom != 0, (index - expected) / torch.where(denom != 0, denom, 1.0), torch.ones_like(n)
+    )
     return ari[0] if single else ari
 
 
@@ -119,8 +126,9 @@ def active_entities(renders: torch.Tensor, min_ink: float = 20.0) -> torch.Tenso
     return renders.flatten(2).sum(-1) >= min_ink
 
 
-def decomposition_scores(renders: torch.Tensor, segmentation: torch.Tensor,
-                         counts: torch.Tensor, min_ink: float = 20.0) -> Dict[str, torch.Tensor]:
+def decomposition_scores(
+    renders: torch.Tensor, segmentation: torch.Tensor, counts: torch.Tensor, min_ink: float = 20.0
+) -> dict[str, torch.Tensor]:
     """Per-scene decomposition quality of entity renders against ground truth.
 
     Args:
@@ -136,8 +144,10 @@ def decomposition_scores(renders: torch.Tensor, segmentation: torch.Tensor,
         number of active entities; ``count_correct`` ``(B,)`` bool.
     """
     if renders.dim() != 4 or segmentation.shape != (renders.shape[0],) + renders.shape[2:]:
-        raise DataError(f"renders must be (B, K, H, W) and segmentation (B, H, W) of the same "
-                        f"scenes, got {tuple(renders.shape)} and {tuple(segmentation.shape)}.")
+        raise DataError(
+            f"renders must be (B, K, H, W) and segmentation (B, H, W) of the same "
+            f"scenes, got {tuple(renders.shape)} and {tuple(segmentation.shape)}."
+        )
     pred = entity_labels(renders)
     ari = adjusted_rand_index(segmentation.long(), pred, mask=segmentation > 0)
     active = active_entities(renders, min_ink).sum(1)
@@ -145,9 +155,14 @@ def decomposition_scores(renders: torch.Tensor, segmentation: torch.Tensor,
 
 
 @torch.no_grad()
-def decomposition_report(decompose: Callable[[torch.Tensor], Dict[str, torch.Tensor]],
-                         data: TensorData, segmentation: torch.Tensor, counts: torch.Tensor,
-                         min_ink: float = 20.0, batch_size: int = 200) -> Dict[str, Any]:
+def decomposition_report(
+    decompose: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    data: TensorData,
+    segmentation: torch.Tensor,
+    counts: torch.Tensor,
+    min_ink: float = 20.0,
+    batch_size: int = 200,
+) -> dict[str, Any]:
     """:func:`decomposition_scores` of a whole test set, overall and by object count.
 
     Args:
@@ -166,17 +181,26 @@ def decomposition_report(decompose: Callable[[torch.Tensor], Dict[str, torch.Ten
         per object count ``digits`` with its ``scenes``, ``ari``, ``count_accuracy`` and
         ``mean_active`` (active entities).
     """
-    scores: Dict[str, list] = {"ari": [], "active": [], "count_correct": []}
-    for (xb, *_), segb, cb in zip(data.batches(batch_size), segmentation.split(batch_size),
-                                  counts.split(batch_size)):
+    scores: dict[str, list] = {"ari": [], "active": [], "count_correct": []}
+    for (xb, *_), segb, cb in zip(
+        data.batches(batch_size), segmentation.split(batch_size), counts.split(batch_size)
+    ):
         for k, v in decomposition_scores(decompose(xb)["ink"], segb, cb, min_ink).items():
             scores[k].append(v.cpu())
     s = {k: torch.cat(v) for k, v in scores.items()}
     cnt = counts.cpu()
-    by_count = [{"digits": c, "scenes": int((cnt == c).sum()),
-                 "ari": float(s["ari"][cnt == c].mean()),
-                 "count_accuracy": float(s["count_correct"][cnt == c].float().mean()),
-                 "mean_active": float(s["active"][cnt == c].float().mean())}
-                for c in cnt.unique().tolist()]
-    return {"ari": float(s["ari"].mean()),
-            "count_accuracy": float(s["count_correct"].float().mean()), "by_count": by_count}
+    by_count = [
+        {
+            "digits": c,
+            "scenes": int((cnt == c).sum()),
+            "ari": float(s["ari"][cnt == c].mean()),
+            "count_accuracy": float(s["count_correct"][cnt == c].float().mean()),
+            "mean_active": float(s["active"][cnt == c].float().mean()),
+        }
+        for c in cnt.unique().tolist()
+    ]
+    return {
+        "ari": float(s["ari"].mean()),
+        "count_accuracy": float(s["count_correct"].float().mean()),
+        "by_count": by_count,
+    }

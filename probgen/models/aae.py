@@ -76,7 +76,8 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -93,14 +94,27 @@ from probgen.infer.adversarial import adversarial_loss, adversarial_phases, chec
 from probgen.infer.context import current_step
 from probgen.infer.phases import Phase
 from probgen.infer.steps import ELBOLoss
-from probgen.models.checks import (CheckedStep, checked_labels, flat_images, generated_count,
-                                   loop_checked)
+from probgen.models.checks import (
+    CheckedStep,
+    checked_labels,
+    flat_images,
+    generated_count,
+    loop_checked,
+)
 from probgen.models.likelihoods import LIKELIHOODS
+from probgen.models.priors import (  # noqa: F401
+    PRIORS,
+    CircleMixturePrior,
+    CodePrior,
+    GivenPrior,
+    NormalPrior,
+    SwissRoll,
+    SwissRollPrior,
+    UniformPrior,
+    make_prior,
+)
 from probgen.models.registry import MODELS
 from probgen.nn.coders import NETS
-from probgen.models.priors import (PRIORS, CircleMixturePrior, CodePrior,  # noqa: F401
-                                   GivenPrior, NormalPrior, SwissRoll, SwissRollPrior,
-                                   UniformPrior, make_prior)
 from probgen.nn.gan_nets import MLPDiscriminator
 
 ENCODERS = ("deterministic", "gaussian", "universal")
@@ -156,19 +170,31 @@ class AAE(nn.Module):
     (deterministic: the image the likelihood stands for, ``(B, D)``).
     """
 
-    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 2,
-                 hidden: Optional[Sequence[int]] = None, net: str = "mlp",
-                 likelihood: str = "gaussian", encoder: str = "deterministic",
-                 noise_dim: Optional[int] = None, prior: Union[str, Any] = "normal",
-                 prior_kwargs: Optional[Dict[str, Any]] = None, num_labels: int = 0,
-                 label_to_discriminator: bool = True, label_to_decoder: bool = False,
-                 d_hidden: Sequence[int] = (256, 256), loss: str = "non_saturating",
-                 k: Optional[int] = None, label_smoothing: float = 0.0,
-                 gp_weight: Optional[float] = None,
-                 phase_order: str = "reconstruction_first", activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
-                 corruption: Optional[str] = None,
-                 corruption_kwargs: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (1, 28, 28),
+        z_dim: int = 2,
+        hidden: Sequence[int] | None = None,
+        net: str = "mlp",
+        likelihood: str = "gaussian",
+        encoder: str = "deterministic",
+        noise_dim: int | None = None,
+        prior: str | Any = "normal",
+        prior_kwargs: dict[str, Any] | None = None,
+        num_labels: int = 0,
+        label_to_discriminator: bool = True,
+        label_to_decoder: bool = False,
+        d_hidden: Sequence[int] = (256, 256),
+        loss: str = "non_saturating",
+        k: int | None = None,
+        label_smoothing: float = 0.0,
+        gp_weight: float | None = None,
+        phase_order: str = "reconstruction_first",
+        activation: str | None = None,
+        likelihood_kwargs: dict[str, Any] | None = None,
+        corruption: str | None = None,
+        corruption_kwargs: dict[str, Any] | None = None,
+    ):
         super().__init__()
         checks.choice("encoder", encoder, ENCODERS)
         checks.choice("phase_order", phase_order, PHASE_ORDERS)
@@ -177,15 +203,18 @@ class AAE(nn.Module):
         checks.flag("label_to_discriminator", label_to_discriminator)
         checks.flag("label_to_decoder", label_to_decoder)
         if num_labels and not (label_to_discriminator or label_to_decoder):
-            raise ConfigError("a conditional AAE (num_labels > 0) gives the label to the "
-                              "discriminator, the decoder or both: set label_to_discriminator "
-                              "or label_to_decoder.")
+            raise ConfigError(
+                "a conditional AAE (num_labels > 0) gives the label to the "
+                "discriminator, the decoder or both: set label_to_discriminator "
+                "or label_to_decoder."
+            )
         if encoder == "universal":
             noise_dim = z_dim if noise_dim is None else noise_dim
             noise_dim = checks.positive_int("noise_dim", noise_dim)
         elif noise_dim is not None:
-            raise ConfigError(f"noise_dim is the universal encoder's noise size; encoder="
-                              f"{encoder!r} takes none.")
+            raise ConfigError(
+                f"noise_dim is the universal encoder's noise size; encoder={encoder!r} takes none."
+            )
         self.image_shape = tuple(image_shape)
         self.z_dim, self.num_labels = z_dim, num_labels
         self.encoder_kind, self.noise_dim = encoder, noise_dim or 0
@@ -202,20 +231,27 @@ class AAE(nn.Module):
             kw["hidden"] = tuple(hidden)
         if activation is not None:
             kw["activation"] = activation
-        self._net_kwargs = kw   # (the semi-supervised AAE builds its decoder alike)
+        self._net_kwargs = kw  # (the semi-supervised AAE builds its decoder alike)
         build = NETS.get(net)
         # the encoder's conditioning input carries the universal encoder's noise; the
         # decoder's the label (two builds: the two networks condition on different things)
-        self.encoder, decoder = build(self.image_shape, z_dim, num_labels=self.noise_dim,
-                                      stochastic=encoder == "gaussian", **kw)
+        self.encoder, decoder = build(
+            self.image_shape,
+            z_dim,
+            num_labels=self.noise_dim,
+            stochastic=encoder == "gaussian",
+            **kw,
+        )
         decoder_labels = num_labels if self.label_to_decoder else 0
         if decoder_labels != self.noise_dim:
             _, decoder = build(self.image_shape, z_dim, num_labels=decoder_labels, **kw)
         self.decoder = decoder
         self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
         if corruption is None and corruption_kwargs:
-            raise ConfigError(f"corruption_kwargs {sorted(corruption_kwargs)} set a corruption, "
-                              f"but corruption=None: name one ('noise' or 'blocks').")
+            raise ConfigError(
+                f"corruption_kwargs {sorted(corruption_kwargs)} set a corruption, "
+                f"but corruption=None: name one ('noise' or 'blocks')."
+            )
         self.corruption = corruption
         self.corrupt = make_corruption(corruption, self.image_shape, **(corruption_kwargs or {}))
         d_in = z_dim + (num_labels if self.label_to_discriminator else 0)
@@ -224,19 +260,27 @@ class AAE(nn.Module):
         self.k = check_k(self.spec.k if k is None else k)
         self.label_smoothing, self.gp_weight = label_smoothing, gp_weight
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
-        AAE.phases(self)   # the adversarial settings' checks (smoothing, gp weight)
+        AAE.phases(self)  # the adversarial settings' checks (smoothing, gp weight)
 
     def extra_repr(self) -> str:
         labels = ""
         if self.num_labels:
-            to = [n for n, on in (("discriminator", self.label_to_discriminator),
-                                  ("decoder", self.label_to_decoder)) if on]
+            to = [
+                n
+                for n, on in (
+                    ("discriminator", self.label_to_discriminator),
+                    ("decoder", self.label_to_decoder),
+                )
+                if on
+            ]
             labels = f", num_labels={self.num_labels} -> {'+'.join(to)}"
         noise = f", noise_dim={self.noise_dim}" if self.encoder_kind == "universal" else ""
-        return (f"z_dim={self.z_dim}, net={self.net_kind}, likelihood={self.likelihood_name}, "
-                f"encoder={self.encoder_kind}{noise}, prior={self.prior_name}{labels}, "
-                f"loss={self.spec.name}, k={self.k}, phase_order={self.phase_order}"
-                + (f", corruption={self.corrupt!r}" if self.corrupt is not None else ""))
+        return (
+            f"z_dim={self.z_dim}, net={self.net_kind}, likelihood={self.likelihood_name}, "
+            f"encoder={self.encoder_kind}{noise}, prior={self.prior_name}{labels}, "
+            f"loss={self.spec.name}, k={self.k}, phase_order={self.phase_order}"
+            + (f", corruption={self.corrupt!r}" if self.corrupt is not None else "")
+        )
 
     @property
     def device(self) -> torch.device:
@@ -250,12 +294,13 @@ class AAE(nn.Module):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return flat_images(x, self.image_shape)
 
-    def _labels(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """The checked labels of a conditional model (``None`` for an unconditional one)."""
         return checked_labels(labels, n, self.num_labels)
 
-    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def check_data(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flat images and checked labels (clear errors otherwise); the likelihood's support
         is checked outside the fit loop's steps (which check the whole data once)."""
         flat = self._flat(x)
@@ -263,41 +308,50 @@ class AAE(nn.Module):
             self.likelihood.check(flat)
         return flat, self._labels(labels, flat.shape[0])
 
-    def _onehot(self, labels: Optional[torch.Tensor], like: torch.Tensor):
+    def _onehot(self, labels: torch.Tensor | None, like: torch.Tensor):
         return None if labels is None else F.one_hot(labels, self.num_labels).to(like.dtype)
 
     # -- the prior, the encoder, the decoder ----------------------------------------
-    def prior(self, labels: Optional[torch.Tensor] = None) -> dist.Distribution:
+    def prior(self, labels: torch.Tensor | None = None) -> dist.Distribution:
         """``p(z)`` (event shape ``(z_dim,)``); with labels and ``label_to_discriminator``,
         each label's own component (batch shape ``(B,)``)."""
         if labels is not None and self.label_to_discriminator:
             return self.prior_spec.conditional(labels, self._anchor, self.num_labels)
         return self.prior_spec.distribution(self._anchor)
 
-    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prior_sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``(n, z_dim)`` draws of ``p(z)`` (of each label's component, with labels)."""
         p = self.prior(labels)
         z = p.sample() if labels is not None and self.label_to_discriminator else p.sample((n,))
         return z.to(self._anchor.dtype)
 
-    def _noise(self, noise: Optional[torch.Tensor], flat: torch.Tensor
-               ) -> Optional[torch.Tensor]:
+    def _noise(self, noise: torch.Tensor | None, flat: torch.Tensor) -> torch.Tensor | None:
         """The universal encoder's ``eta``: ``noise`` checked, or a fresh ``N(0, I)`` draw;
         ``None`` for the other kinds (which refuse a ``noise``)."""
         if self.encoder_kind != "universal":
             if noise is not None:
-                raise ConfigError(f"noise feeds the universal encoder only; this AAE's "
-                                  f"encoder={self.encoder_kind!r} takes none (pass noise=None).")
+                raise ConfigError(
+                    f"noise feeds the universal encoder only; this AAE's "
+                    f"encoder={self.encoder_kind!r} takes none (pass noise=None)."
+                )
             return None
         n = flat.shape[0]
         if noise is None:
             return torch.randn(n, self.noise_dim, dtype=flat.dtype, device=flat.device)
-        if not torch.is_tensor(noise) or tuple(noise.shape) != (n, self.noise_dim) or \
-                not noise.dtype.is_floating_point:
-            got = f"{tuple(noise.shape)} {noise.dtype}" if torch.is_tensor(noise) else \
-                type(noise).__name__
-            raise DataError(f"noise must be a float tensor of shape ({n}, {self.noise_dim}): one "
-                            f"eta of noise_dim={self.noise_dim} values per image; got {got}.")
+        if (
+            not torch.is_tensor(noise)
+            or tuple(noise.shape) != (n, self.noise_dim)
+            or not noise.dtype.is_floating_point
+        ):
+            got = (
+                f"{tuple(noise.shape)} {noise.dtype}"
+                if torch.is_tensor(noise)
+                else type(noise).__name__
+            )
+            raise DataError(
+                f"noise must be a float tensor of shape ({n}, {self.noise_dim}): one "
+                f"eta of noise_dim={self.noise_dim} values per image; got {got}."
+            )
         return noise.to(flat)
 
     def _seen(self, flat: torch.Tensor) -> torch.Tensor:
@@ -305,8 +359,7 @@ class AAE(nn.Module):
         (the target stays clean), or as given."""
         return flat if self.corrupt is None else self.corrupt(flat)
 
-    def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
-                  ) -> dist.Distribution:
+    def posterior(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dist.Distribution:
         """``q(z | x)`` for flat or shaped images (batch ``(B,)``, event ``(z_dim,)``): a
         point mass, a diagonal Gaussian, or for the universal encoder a point mass at
         ``f(x, eta)`` with ``eta`` = ``noise`` (``(B, noise_dim)``; the universal encoder
@@ -321,15 +374,20 @@ class AAE(nn.Module):
             return dist.Delta(loc, event_dim=1)
         return dist.Normal(loc, scale).to_event(1)
 
-    def decoder_output(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None
-                       ) -> torch.Tensor:
+    def decoder_output(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's ``(B, D)`` output (the likelihood's parameters)."""
         onehot = self._onehot(labels, z) if self.label_to_decoder else None
         return self.decoder(z, onehot)
 
     # -- Pyro model and guide ---------------------------------------------------------
-    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        size: int | None = None,
+        *,
+        reconstruction_only: bool = False,
+    ) -> torch.Tensor:
         """The generative model. ``reconstruction_only`` masks the latent site's density
         out (the reconstruction phase's objective: no prior density is needed)."""
         if x is not None:
@@ -341,20 +399,28 @@ class AAE(nn.Module):
             if labels is not None:
                 labels = self._labels(labels, n)
             elif self.label_to_decoder:
-                raise DataError(f"this AAE's decoder takes a label: pass labels (B,) in "
-                                f"0..{self.num_labels - 1} to generate.")
+                raise DataError(
+                    f"this AAE's decoder takes a label: pass labels (B,) in "
+                    f"0..{self.num_labels - 1} to generate."
+                )
         with pyro.plate("data", n):
             p_z = self.prior(labels)
             if reconstruction_only:
                 p_z = p_z.mask(False)
             z = pyro.sample("z", p_z)
             out = self.decoder_output(z, labels)
-            if current_step() is None:   # no loss reads it: skipped in fit's own steps
+            if current_step() is None:  # no loss reads it: skipped in fit's own steps
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
-    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
+    def guide(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        size: int | None = None,
+        *,
+        reconstruction_only: bool = False,
+    ) -> torch.Tensor:
         """The encoder ``z ~ q(z | x)`` (labels do not reach it; with ``corruption`` it
         sees the corrupted images)."""
         flat = self._flat(x)
@@ -375,7 +441,7 @@ class AAE(nn.Module):
         labels = batch[1] if len(batch) > 1 and self.reads_labels else None
         return self.check_data(x, labels)
 
-    def _discriminator_input(self, z: torch.Tensor, labels: Optional[torch.Tensor]):
+    def _discriminator_input(self, z: torch.Tensor, labels: torch.Tensor | None):
         if not self.label_to_discriminator:
             return z
         return torch.cat([z, self._onehot(labels, z)], -1)
@@ -396,24 +462,41 @@ class AAE(nn.Module):
     def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
         """``-E_{q(z|x)} log p(x | z)`` per image (mean over the batch): Pyro's
         ``Trace_ELBO`` of this model/guide pair with the latent site masked out."""
-        loss = ELBOLoss(functools.partial(self.model, reconstruction_only=True),
-                        functools.partial(self.guide, reconstruction_only=True), "trace")
+        loss = ELBOLoss(
+            functools.partial(self.model, reconstruction_only=True),
+            functools.partial(self.guide, reconstruction_only=True),
+            "trace",
+        )
         args = tuple(batch[:2]) if self.reads_labels else (batch[0],)
         return loss(args)
 
     def _autoencoder_parameters(self):
-        return (list(self.encoder.parameters()) + list(self.decoder.parameters())
-                + list(self.likelihood.parameters()))
+        return (
+            list(self.encoder.parameters())
+            + list(self.decoder.parameters())
+            + list(self.likelihood.parameters())
+        )
 
-    def phases(self) -> List[Phase]:
+    def phases(self) -> list[Phase]:
         """The three phases in ``phase_order``: ``reconstruction`` (encoder + decoder),
         ``discriminator`` (the discriminator, ``k`` times) and ``generator`` (the encoder)."""
         d_phase, g_phase = adversarial_phases(
-            self.discriminator, self.encoder, self.real, self.fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
-            names=("discriminator", "generator"))
-        rec = Phase("reconstruction", lambda batch, ctx: self.reconstruction_loss(batch),
-                    params=self._autoencoder_parameters, discover=False)
+            self.discriminator,
+            self.encoder,
+            self.real,
+            self.fake,
+            self.spec,
+            k=self.k,
+            label_smoothing=self.label_smoothing,
+            gp_weight=self.gp_weight,
+            names=("discriminator", "generator"),
+        )
+        rec = Phase(
+            "reconstruction",
+            lambda batch, ctx: self.reconstruction_loss(batch),
+            params=self._autoencoder_parameters,
+            discover=False,
+        )
         if self.phase_order == "reconstruction_first":
             return [rec, d_phase, g_phase]
         return [d_phase, g_phase, rec]
@@ -427,8 +510,14 @@ class AAE(nn.Module):
 
     # -- using a trained model ------------------------------------------------------------
     @torch.no_grad()
-    def codes(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
-              sample: bool = True, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def codes(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        sample: bool = True,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``(B, z_dim)`` codes of the images: draws of ``q(z | x)`` (so that codes of a data
         set are draws of the aggregated posterior ``q(z)``), or with ``sample=False`` its
         centre: the point, the Gaussian's mean, or ``f(x, 0)`` for the universal encoder.
@@ -441,7 +530,7 @@ class AAE(nn.Module):
             return q.sample()
         return q.mean if isinstance(q, dist.Independent) else q.v
 
-    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The likelihood's mean image for each code, ``(B, *image_shape)``."""
         if self.label_to_decoder:
             labels = self._labels(labels, z.shape[0])
@@ -449,13 +538,12 @@ class AAE(nn.Module):
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the centre of each image's code, ``(B, *image_shape)``."""
         return self.decode(self.codes(x, sample=False), labels)
 
     @torch.no_grad()
-    def sample(self, n: Optional[int] = None,
-               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images of ``z ~ p(z)`` (of each label's component) drawn with
         :class:`pyro.infer.Predictive`: ``(n, *image_shape)``, or one per label."""
         pred = Predictive(self.model, num_samples=1, return_sites=("mean",))
@@ -463,7 +551,7 @@ class AAE(nn.Module):
         return mean.reshape((mean.shape[0],) + self.image_shape)
 
     @torch.no_grad()
-    def discriminate(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def discriminate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The discriminator's probability that codes come from the prior (a critic's raw
         value for WGAN-GP and hinge), in eval mode."""
         if self.label_to_discriminator:
@@ -494,4 +582,4 @@ class AAEStep(CheckedStep):
 # semi-supervised AAE moved to probgen.models.semi_supervised_aae, which imports this
 # module: its old path probgen.models.aae:SemiSupervisedAAE is read by the registry's table
 # of moved classes (probgen.models.registry.MOVED), for checkpoints that record it.
-__all__ = ["AAE", "AAEStep", "ENCODERS", "PHASE_ORDERS"]
+__all__ = ["AAE", "ENCODERS", "PHASE_ORDERS", "AAEStep"]

@@ -42,7 +42,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -71,25 +71,24 @@ class Autoencoder(Protocol):
     def eval(self) -> Any:
         """Evaluation mode (``torch.nn.Module.eval``)."""
 
-    def codes(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
-              sample: bool = True) -> torch.Tensor:
+    def codes(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, *, sample: bool = True
+    ) -> torch.Tensor:
         """``(B, z_dim)`` draws of ``q(z | x)``, or with ``sample=False`` its centre."""
 
-    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prior_sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``(n, z_dim)`` draws of ``p(z)`` (of each label's part with labels)."""
 
-    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The likelihood's mean image of each code, ``(B, *image_shape)``."""
 
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                    ) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Each image decoded from its central code, ``(B, *image_shape)``."""
 
     def reconstruction_loss(self, batch: tuple) -> torch.Tensor:
         """``-E_q log p(x | z)`` per image, the batch's mean."""
 
-    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
+    def sample(self, n: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decoded prior draws: ``n`` of them, or one per label."""
 
 

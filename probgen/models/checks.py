@@ -15,7 +15,8 @@ NaN counts as bad.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -48,18 +49,20 @@ def flat_images(x, image_shape: Sequence[int], what: str = "images") -> torch.Te
     dim = int(torch.Size(image_shape).numel())
     if not torch.is_tensor(x):
         raise DataError(f"{what} must be a tensor, got {type(x).__name__}.")
-    if x.dim() < 2 or math.prod(x.shape[1:]) != dim:   # (x[0].numel() would cost an op)
+    if x.dim() < 2 or math.prod(x.shape[1:]) != dim:  # (x[0].numel() would cost an op)
         raise DataError(
             f"{what} of shape {tuple(x.shape)} do not fit this model, which takes images of "
             f"shape {tuple(image_shape)} (batch first: (B, {', '.join(map(str, image_shape))})"
-            f" or (B, {dim})).")
+            f" or (B, {dim}))."
+        )
     if x.shape[0] == 0:
         raise DataError(f"{what}: got a batch of 0 images; pass at least one.")
     return x.reshape(x.shape[0], dim)
 
 
-def checked_labels(labels, n: int, num_labels: int, unlabelled: Optional[int] = None
-                   ) -> Optional[torch.Tensor]:
+def checked_labels(
+    labels, n: int, num_labels: int, unlabelled: int | None = None
+) -> torch.Tensor | None:
     """One integer label in ``0..num_labels-1`` per image (``None`` when the model takes
     no labels); a clear error naming what is wrong otherwise. With ``unlabelled`` (a
     semi-supervised model's mark, -1), that value is taken too, and ``None`` means no
@@ -68,24 +71,30 @@ def checked_labels(labels, n: int, num_labels: int, unlabelled: Optional[int] = 
     if num_labels == 0 or (labels is None and unlabelled is not None):
         return None
     if labels is None:
-        raise DataError(f"this model is conditioned on {num_labels} classes; pass labels (B,) "
-                        f"with the images (a data set of (images, labels)).")
+        raise DataError(
+            f"this model is conditioned on {num_labels} classes; pass labels (B,) "
+            f"with the images (a data set of (images, labels))."
+        )
     mark = "" if unlabelled is None else f" ({unlabelled} for an unlabelled one)"
     if not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != n:
         shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
-        raise DataError(f"got {n} images but labels of shape {shape}: pass one integer label "
-                        f"per image{mark}, shape ({n},).")
+        raise DataError(
+            f"got {n} images but labels of shape {shape}: pass one integer label "
+            f"per image{mark}, shape ({n},)."
+        )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError(f"labels must be integers, got {labels.dtype}.")
     low = 0 if unlabelled is None else min(0, unlabelled)
     if not loop_checked() and found((labels < low) | (labels >= num_labels)):
         also = "" if unlabelled is None else f", or be {unlabelled} for an unlabelled example"
-        raise DataError(f"labels must lie in 0..{num_labels - 1}{also}; found "
-                        f"{labels.min().item()}..{labels.max().item()}.")
+        raise DataError(
+            f"labels must lie in 0..{num_labels - 1}{also}; found "
+            f"{labels.min().item()}..{labels.max().item()}."
+        )
     return labels
 
 
-def generated_count(labels: Optional[torch.Tensor], size: Optional[int]) -> int:
+def generated_count(labels: torch.Tensor | None, size: int | None) -> int:
     """How many images a model's ``model(None, labels, size)`` generates: one per label,
     else ``size``; a clear error when neither is given."""
     if labels is None and size is None:
@@ -105,9 +114,14 @@ class CheckedStep(PhasedStep):
             (default: the module's ``check_data``).
     """
 
-    def __init__(self, module: Optional[torch.nn.Module], phases: Iterable,
-                 eval_loss: Optional[Callable] = None, check: Optional[Callable] = None,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        module: torch.nn.Module | None,
+        phases: Iterable,
+        eval_loss: Callable | None = None,
+        check: Callable | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(module, phases, eval_loss=eval_loss, **kwargs)
         self._check = check
 
@@ -126,5 +140,13 @@ class CheckedLossStep(LossStep):
         return True
 
 
-__all__ = ["CheckedLossStep", "CheckedStep", "checked_labels", "flat_images", "found",
-           "generated_count", "loop_checked", "outside_unit_interval"]
+__all__ = [
+    "CheckedLossStep",
+    "CheckedStep",
+    "checked_labels",
+    "flat_images",
+    "found",
+    "generated_count",
+    "loop_checked",
+    "outside_unit_interval",
+]

@@ -18,7 +18,8 @@ At prediction time (no ``y``), the guide falls back to the prior network, so
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -32,25 +33,37 @@ from probgen.data.masks import MISSING
 from probgen.data.tensors import TensorData
 from probgen.errors import DataError
 from probgen.infer.steps import Step
-from probgen.models.checks import (CheckedLossStep, flat_images, found, loop_checked,
-                                   outside_unit_interval)
+from probgen.models.checks import (
+    CheckedLossStep,
+    flat_images,
+    found,
+    loop_checked,
+    outside_unit_interval,
+)
 from probgen.models.likelihoods import masked_bernoulli_nll
 from probgen.models.registry import MODELS
 from probgen.nn.mlp import MLP, GaussianMLP
 
 
-def check_completion_batch(inputs: torch.Tensor, targets: Optional[torch.Tensor],
-                           image_shape: Tuple[int, ...], values: bool = True) -> None:
+def check_completion_batch(
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None,
+    image_shape: tuple[int, ...],
+    values: bool = True,
+) -> None:
     """Raise :class:`DataError` unless inputs/targets fit a completion model.
 
     Shapes are always checked; ``values=False`` skips the value checks, which read the
     data back to the host (the fit loop's steps over data it checked whole)."""
-    flat_images(inputs, image_shape, what="inputs")   # the shape check the VAE and AAE use
-    if targets is not None and (targets.shape[0] != inputs.shape[0]
-                                or math.prod(targets.shape[1:]) != math.prod(inputs.shape[1:])):
+    flat_images(inputs, image_shape, what="inputs")  # the shape check the VAE and AAE use
+    if targets is not None and (
+        targets.shape[0] != inputs.shape[0]
+        or math.prod(targets.shape[1:]) != math.prod(inputs.shape[1:])
+    ):
         raise DataError(
             f"targets of shape {tuple(targets.shape)} do not match inputs of shape "
-            f"{tuple(inputs.shape)}.")
+            f"{tuple(inputs.shape)}."
+        )
     if not values:
         return
     bad = outside_unit_interval(inputs) & (inputs != MISSING)
@@ -58,15 +71,17 @@ def check_completion_batch(inputs: torch.Tensor, targets: Optional[torch.Tensor]
         v = inputs[bad].flatten()[0].item()
         raise DataError(
             f"input pixels must be grey levels in [0, 1], or {MISSING} where hidden; found {v}. "
-            f"Scale images to [0, 1] and mark hidden pixels with probgen.data.MISSING.")
+            f"Scale images to [0, 1] and mark hidden pixels with probgen.data.MISSING."
+        )
     if targets is not None and found(outside_unit_interval(targets)):
         raise DataError(
             "the Bernoulli likelihood needs targets in [0, 1]; found values outside "
             f"(min {targets.min().item():.3g}, max {targets.max().item():.3g}). Scale images "
-            "to [0, 1] (e.g. divide uint8 pixels by 255).")
+            "to [0, 1] (e.g. divide uint8 pixels by 255)."
+        )
 
 
-def _shared_columns(hidden: torch.Tensor) -> Optional[torch.Tensor]:
+def _shared_columns(hidden: torch.Tensor) -> torch.Tensor | None:
     """The indices of the hidden pixels when every row of ``hidden`` (B, D) hides the
     same ones, else ``None``. Only on the CPU: finding them reads the mask back to the
     host (two synchronisations on a GPU, where they cost more than the quarter of the
@@ -86,8 +101,9 @@ class Baseline(nn.Module):
     Trained with the masked Bernoulli loss on the hidden pixels (``loss``).
     """
 
-    def __init__(self, image_shape: Sequence[int] = (1, 28, 28),
-                 hidden: Sequence[int] = (500, 500)):
+    def __init__(
+        self, image_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (500, 500)
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         d = int(torch.Size(self.image_shape).numel())
@@ -97,14 +113,14 @@ class Baseline(nn.Module):
         """Logits of every pixel, ``(B, D)``."""
         return self.net(inputs.reshape(inputs.shape[0], -1))
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             *rest: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *rest: torch.Tensor
+    ) -> torch.Tensor:
         """Mean over the batch of the Bernoulli NLL of the hidden pixels."""
         check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         return self.nll(inputs, targets).mean()
 
-    def check_data(self, inputs: torch.Tensor, targets: torch.Tensor,
-                   *rest: torch.Tensor) -> None:
+    def check_data(self, inputs: torch.Tensor, targets: torch.Tensor, *rest: torch.Tensor) -> None:
         """Check a whole data set of ``(inputs, targets)`` (a clear error otherwise)."""
         check_completion_batch(inputs, targets, self.image_shape)
 
@@ -143,17 +159,23 @@ class CVAE(nn.Module):
     (deterministic pixel probabilities, which the model returns, when predicting).
     """
 
-    def __init__(self, baseline: Optional[Baseline] = None,
-                 image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 200,
-                 hidden: Sequence[int] = (500, 500)):
+    def __init__(
+        self,
+        baseline: Baseline | None = None,
+        image_shape: Sequence[int] = (1, 28, 28),
+        z_dim: int = 200,
+        hidden: Sequence[int] = (500, 500),
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         d = int(torch.Size(self.image_shape).numel())
         z_dim = checks.positive_int("z_dim", z_dim)
         self.baseline = baseline if baseline is not None else Baseline(self.image_shape, hidden)
         if tuple(self.baseline.image_shape) != self.image_shape:
-            raise DataError(f"the baseline takes images {self.baseline.image_shape}, "
-                            f"the CVAE {self.image_shape}.")
+            raise DataError(
+                f"the baseline takes images {self.baseline.image_shape}, "
+                f"the CVAE {self.image_shape}."
+            )
         self.baseline.requires_grad_(False)
         self.prior_net = GaussianMLP([d, *hidden, z_dim])
         self.recognition_net = GaussianMLP([d, *hidden, z_dim])
@@ -195,28 +217,39 @@ class CVAE(nn.Module):
             self.baseline.train(was_training)
         if not parts:
             raise DataError("with_completions got an empty data set.")
-        return TensorData(*(torch.cat(t) for t in zip(*parts)),
-                          names=("inputs", "targets", "completed"))
+        return TensorData(
+            *(torch.cat(t) for t in zip(*parts)), names=("inputs", "targets", "completed")
+        )
 
-    def _prior_input(self, x: torch.Tensor, completed: Optional[torch.Tensor]) -> torch.Tensor:
+    def _prior_input(self, x: torch.Tensor, completed: torch.Tensor | None) -> torch.Tensor:
         if completed is None:
             return self.complete(x)
         if completed.shape != x.shape:
-            raise DataError(f"completed inputs of shape {tuple(completed.shape)} do not match "
-                            f"inputs of shape {tuple(x.shape)}; build them with "
-                            f"CVAE.with_completions(data).")
+            raise DataError(
+                f"completed inputs of shape {tuple(completed.shape)} do not match "
+                f"inputs of shape {tuple(x.shape)}; build them with "
+                f"CVAE.with_completions(data)."
+            )
         return completed
 
-    def check_data(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                   completed: Optional[torch.Tensor] = None) -> None:
+    def check_data(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        completed: torch.Tensor | None = None,
+    ) -> None:
         """Check a whole data set of ``(inputs, targets[, completed])`` once (the fit loop
         does, before the first step; the model then skips its per-batch value checks)."""
         check_completion_batch(inputs, targets, self.image_shape)
         if completed is not None:
             self._prior_input(inputs.reshape(inputs.shape[0], -1), completed)
 
-    def model(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
-              completed: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def model(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        completed: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         check_completion_batch(inputs, targets, self.image_shape, values=not loop_checked())
         self._register()
         x = inputs.reshape(inputs.shape[0], -1)
@@ -247,8 +280,12 @@ class CVAE(nn.Module):
             pyro.sample("y", dist.Independent(y, 1, validate_args=False), obs=obs)
         return None
 
-    def guide(self, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None,
-              completed: Optional[torch.Tensor] = None) -> None:
+    def guide(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        completed: torch.Tensor | None = None,
+    ) -> None:
         x = inputs.reshape(inputs.shape[0], -1)
         with pyro.plate("data", x.shape[0]):
             if targets is None:
@@ -265,7 +302,12 @@ class CVAE(nn.Module):
         Returns ``(num_samples, B, *image_shape)``: visible pixels kept, hidden
         pixels the generation network's probabilities for each sampled z.
         """
-        pred = Predictive(self.model, guide=self.guide, num_samples=num_samples,
-                          return_sites=("probs",), parallel=True)
+        pred = Predictive(
+            self.model,
+            guide=self.guide,
+            num_samples=num_samples,
+            return_sites=("probs",),
+            parallel=True,
+        )
         probs = pred(inputs)["probs"].reshape((num_samples,) + tuple(inputs.shape))
         return torch.where(inputs == MISSING, probs, inputs)

@@ -31,7 +31,8 @@ importance sampling over ``u`` tightens it (:meth:`FlowModel.log_prob` with ``nu
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -39,8 +40,12 @@ import torch
 from torch import nn
 
 from probgen import checks
-from probgen.data.dequantize import (VariationalDequantizer, check_unit_interval,
-                                     logit_transform, to_levels)
+from probgen.data.dequantize import (
+    VariationalDequantizer,
+    check_unit_interval,
+    logit_transform,
+    to_levels,
+)
 from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError, DataError
 from probgen.flows.builders import build_flow
@@ -82,20 +87,28 @@ class FlowModel(nn.Module):
     ``u`` (latent dequantization noise, with ``dequantization`` set).
     """
 
-    def __init__(self, flow: Union[DensityFlow, str] = "glow",
-                 event_shape: Sequence[int] = (1, 28, 28), preprocess: str = "logit",
-                 alpha: float = 0.05, num_levels: Optional[int] = -1,
-                 dequantization: Optional[str] = None, dequantizer_hidden: int = 32,
-                 **flow_kwargs: Any):
+    def __init__(
+        self,
+        flow: DensityFlow | str = "glow",
+        event_shape: Sequence[int] = (1, 28, 28),
+        preprocess: str = "logit",
+        alpha: float = 0.05,
+        num_levels: int | None = -1,
+        dequantization: str | None = None,
+        dequantizer_hidden: int = 32,
+        **flow_kwargs: Any,
+    ):
         super().__init__()
         if isinstance(flow, str):
             flow = build_flow(flow, event_shape, **flow_kwargs)
         elif flow_kwargs:
-            raise ConfigError(f"flow settings {sorted(flow_kwargs)} only apply when the flow "
-                              f"is given by name.")
+            raise ConfigError(
+                f"flow settings {sorted(flow_kwargs)} only apply when the flow is given by name."
+            )
         if not isinstance(flow, DensityFlow):
-            raise ConfigError(f"flow must be a probgen flow or a builder name, got "
-                              f"{type(flow).__name__}.")
+            raise ConfigError(
+                f"flow must be a probgen flow or a builder name, got {type(flow).__name__}."
+            )
         checks.choice("preprocess", preprocess, PREPROCESS)
         self.flow = flow
         self.preprocess = preprocess
@@ -109,8 +122,11 @@ class FlowModel(nn.Module):
         if dequantization is not None and self.num_levels is None:
             raise ConfigError("dequantization needs the number of grey levels (num_levels).")
         self.dequantization = dequantization
-        self.dequantizer = (VariationalDequantizer(self.event_shape, dequantizer_hidden)
-                            if dequantization == "variational" else None)
+        self.dequantizer = (
+            VariationalDequantizer(self.event_shape, dequantizer_hidden)
+            if dequantization == "variational"
+            else None
+        )
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -133,24 +149,30 @@ class FlowModel(nn.Module):
         loop checks a whole data set once instead of every step)."""
         self.flow.check_input(x)
         if x.dim() != len(self.event_shape) + 1:
-            raise DataError(f"this model takes a batch of shape (B, "
-                            f"{', '.join(map(str, self.event_shape))}); got a tensor of shape "
-                            f"{tuple(x.shape)}.")
+            raise DataError(
+                f"this model takes a batch of shape (B, "
+                f"{', '.join(map(str, self.event_shape))}); got a tensor of shape "
+                f"{tuple(x.shape)}."
+            )
         if not values:
             return
         if self.dequantization is not None:
-            to_levels(x, self.num_levels)   # [0, 1] and on the grid: one read
+            to_levels(x, self.num_levels)  # [0, 1] and on the grid: one read
         elif self.preprocess == "logit":
             check_unit_interval(x, "the data of a flow with logit preprocessing")
         elif self.num_levels is not None:
-            check_unit_interval(x, f"the data of a flow of {self.num_levels} grey levels "
-                                   f"(pass num_levels=None for continuous data)")
+            check_unit_interval(
+                x,
+                f"the data of a flow of {self.num_levels} grey levels "
+                f"(pass num_levels=None for continuous data)",
+            )
 
     def _data_transforms(self):
         return [logit_transform(self.alpha)] if self.preprocess == "logit" else []
 
-    def distribution(self, temperature: float = 1.0,
-                     num_samples: int = 1) -> dist.TorchDistribution:
+    def distribution(
+        self, temperature: float = 1.0, num_samples: int = 1
+    ) -> dist.TorchDistribution:
         """The Pyro distribution of the data (including preprocessing).
 
         Exact flows: ``TransformedDistribution(base, [flow transform, logit^{-1}])``.
@@ -176,7 +198,7 @@ class FlowModel(nn.Module):
             for t in reversed(d.transforms):
                 y = t.inv(y)
             base = d.base_dist
-        if hasattr(base, "log_prob_and_latent"):   # DenseFlow's bound, a zuko flow's noise
+        if hasattr(base, "log_prob_and_latent"):  # DenseFlow's bound, a zuko flow's noise
             return base.log_prob_and_latent(y)[1]
         return y.reshape(y.shape[0], -1)
 
@@ -184,8 +206,13 @@ class FlowModel(nn.Module):
         zeros = like.new_zeros(like.shape[1:])
         return dist.Uniform(zeros, zeros + 1.0).to_event(len(self.event_shape))
 
-    def model(self, x: Optional[torch.Tensor] = None, *rest: torch.Tensor, num_samples: int = 1,
-              temperature: float = 1.0) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        *rest: torch.Tensor,
+        num_samples: int = 1,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         pyro.module("flow", self.flow)
         checked = loop_checked()
         if x is not None:
@@ -196,7 +223,7 @@ class FlowModel(nn.Module):
         d = self.distribution(temperature)
         with pyro.plate("data", n):
             if x is not None and self.dequantization is not None:
-                k = to_levels(x, self.num_levels, check=False)   # checked above
+                k = to_levels(x, self.num_levels, check=False)  # checked above
                 u = pyro.sample("u", self._noise_prior(x))
                 x = (k + u) / self.num_levels
             z = self._latent(d, x) if x is not None else None
@@ -206,8 +233,7 @@ class FlowModel(nn.Module):
             pyro.deterministic("z", z, event_dim=1)
         return x
 
-    def guide(self, x: Optional[torch.Tensor] = None, *rest: torch.Tensor,
-              **kwargs: Any) -> None:
+    def guide(self, x: torch.Tensor | None = None, *rest: torch.Tensor, **kwargs: Any) -> None:
         """Empty for continuous data (the latent of a flow is a function of the data);
         with dequantization, the distribution of the noise ``u`` given the grey levels."""
         if x is None or self.dequantization is None:
@@ -232,33 +258,48 @@ class FlowModel(nn.Module):
         """
         self.check_data(x)
         if self.dequantization is not None:
-            return iw_log_likelihood(self.model, self.guide, x, num_samples=num_samples,
-                                     chunk_size=max(1, 512 // max(x.shape[0], 1)))
+            return iw_log_likelihood(
+                self.model,
+                self.guide,
+                x,
+                num_samples=num_samples,
+                chunk_size=max(1, 512 // max(x.shape[0], 1)),
+            )
         if self.flow.exact and num_samples != 1:
-            raise ConfigError("num_samples applies to DenseFlow's bound and to dequantization "
-                              "models only; this flow is exact.")
+            raise ConfigError(
+                "num_samples applies to DenseFlow's bound and to dequantization "
+                "models only; this flow is exact."
+            )
         return self.distribution(num_samples=num_samples).log_prob(x)
 
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-        """Bits/dim per example (an upper bound for DenseFlow, see :mod:`probgen.infer.likelihood`)."""
+        """Bits/dim per example (an upper bound for DenseFlow, see
+        :mod:`probgen.infer.likelihood`)."""
         return bits_per_dim(self.log_prob(x, num_samples), self.num_dims, self.num_levels)
 
     @torch.no_grad()
-    def evaluate_bits_per_dim(self, data: TensorData, batch_size: int = 500,
-                              num_samples: int = 1, progress: bool = False) -> float:
+    def evaluate_bits_per_dim(
+        self, data: TensorData, batch_size: int = 500, num_samples: int = 1, progress: bool = False
+    ) -> float:
         """Mean bits/dim over ``data`` (first tensor): dequantized images, or grey
         levels in [0, 1] when the model dequantizes them itself (``dequantization``)."""
         was = self.training
         self.eval()
         try:
             device = self.flow._anchor.device  # data may live elsewhere (a CPU test set)
-            return mean_bits_per_dim(lambda x: self.log_prob(x.to(device), num_samples), data,
-                                     self.num_dims, self.num_levels, batch_size, progress)
+            return mean_bits_per_dim(
+                lambda x: self.log_prob(x.to(device), num_samples),
+                data,
+                self.num_dims,
+                self.num_levels,
+                batch_size,
+                progress,
+            )
         finally:
             self.train(was)
 
     @torch.no_grad()
-    def initialize(self, x: torch.Tensor) -> "FlowModel":
+    def initialize(self, x: torch.Tensor) -> FlowModel:
         """Data-dependent initialisation (ActNorm) from one batch of data."""
         self.check_data(x)
         if x.shape[0] < 2:

@@ -42,7 +42,8 @@ network that only the training phases see.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +54,8 @@ from probgen.infer.adversarial import adversarial_loss, adversarial_phases, chec
 from probgen.infer.likelihood import bits_per_dim
 from probgen.infer.phases import Phase
 from probgen.infer.steps import ELBOLoss
-from probgen.models.flow import FlowModel
 from probgen.models.checks import CheckedStep, loop_checked
+from probgen.models.flow import FlowModel
 from probgen.models.registry import MODELS
 from probgen.nn.flowgan_nets import FLOWGAN_DISCRIMINATORS, check_image_shape
 
@@ -88,45 +89,69 @@ class FlowGAN(nn.Module):
         **flow_kwargs: builder settings (``depth``, ``hidden``, ``levels``, ...).
     """
 
-    def __init__(self, flow: Union[str, FlowModel] = "realnvp",
-                 event_shape: Sequence[int] = (1, 28, 28), adv_weight: Optional[float] = None,
-                 like_reg: Optional[float] = None, discriminator: str = "dcgan",
-                 loss: str = "non_saturating", k: Optional[int] = None,
-                 label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
-                 d_width: Optional[int] = None, d_norm: Optional[str] = None,
-                 order: str = "generator_first", alpha: float = 0.05,
-                 num_levels: Optional[int] = -1, dequantization: Optional[str] = None,
-                 **flow_kwargs: Any):
+    def __init__(
+        self,
+        flow: str | FlowModel = "realnvp",
+        event_shape: Sequence[int] = (1, 28, 28),
+        adv_weight: float | None = None,
+        like_reg: float | None = None,
+        discriminator: str = "dcgan",
+        loss: str = "non_saturating",
+        k: int | None = None,
+        label_smoothing: float = 0.0,
+        gp_weight: float | None = None,
+        d_width: int | None = None,
+        d_norm: str | None = None,
+        order: str = "generator_first",
+        alpha: float = 0.05,
+        num_levels: int | None = -1,
+        dequantization: str | None = None,
+        **flow_kwargs: Any,
+    ):
         super().__init__()
         if isinstance(flow, FlowModel):
             if flow_kwargs:
-                raise ConfigError(f"flow settings {sorted(flow_kwargs)} apply only when the flow "
-                                  f"is given by name.")
+                raise ConfigError(
+                    f"flow settings {sorted(flow_kwargs)} apply only when the flow "
+                    f"is given by name."
+                )
             self.flow_model = flow
         elif isinstance(flow, str):
             check_image_shape(event_shape, "Flow-GAN")
-            self.flow_model = FlowModel(flow, event_shape, alpha=alpha, num_levels=num_levels,
-                                        dequantization=dequantization, **flow_kwargs)
+            self.flow_model = FlowModel(
+                flow,
+                event_shape,
+                alpha=alpha,
+                num_levels=num_levels,
+                dequantization=dequantization,
+                **flow_kwargs,
+            )
         else:
-            raise ConfigError(f"flow must be a flow builder name or a FlowModel, got "
-                              f"{type(flow).__name__}.")
+            raise ConfigError(
+                f"flow must be a flow builder name or a FlowModel, got {type(flow).__name__}."
+            )
         shape = check_image_shape(self.flow_model.event_shape, "Flow-GAN")
         if self.flow_model.preprocess != "logit" and self.flow_model.num_levels is None:
-            raise ConfigError("Flow-GAN models images in [0, 1]: give the flow logit "
-                              "preprocessing or a number of grey levels.")
+            raise ConfigError(
+                "Flow-GAN models images in [0, 1]: give the flow logit "
+                "preprocessing or a number of grey levels."
+            )
         if like_reg is not None:
             if adv_weight is not None:
-                raise ConfigError("give either adv_weight (the hybrid (1 - w) bits/dim + w "
-                                  "adversarial) or like_reg (Grover et al.: adversarial + "
-                                  "like_reg bits/dim), not both.")
+                raise ConfigError(
+                    "give either adv_weight (the hybrid (1 - w) bits/dim + w "
+                    "adversarial) or like_reg (Grover et al.: adversarial + "
+                    "like_reg bits/dim), not both."
+                )
             self.form = "grover"
             self.like_reg = checks.nonnegative_float("like_reg", like_reg)
             self.adv_weight = None
             self._like_w, self._adv_w = self.like_reg, 1.0
         else:
             self.form = "hybrid"
-            self.adv_weight = checks.probability("adv_weight",
-                                                 0.5 if adv_weight is None else adv_weight)
+            self.adv_weight = checks.probability(
+                "adv_weight", 0.5 if adv_weight is None else adv_weight
+            )
             self.like_reg = None
             self._like_w, self._adv_w = 1.0 - self.adv_weight, self.adv_weight
         self.order = checks.choice("order", order, ORDERS)
@@ -136,21 +161,33 @@ class FlowGAN(nn.Module):
         penalty = self.spec.gradient_penalty if gp_weight is None else gp_weight
         self.disc_kind = discriminator
         self.discriminator = FLOWGAN_DISCRIMINATORS.get(discriminator)(
-            shape, width=d_width, norm=d_norm or ("layer" if penalty else "batch"),
-            value_range=None)   # a flow's samples may leave [0, 1] slightly (logit margin)
-        self._reuse: Optional[torch.Tensor] = None
-        self._sums: Dict[str, torch.Tensor] = {}
-        self._counts: Dict[str, int] = {}
+            shape, width=d_width, norm=d_norm or ("layer" if penalty else "batch"), value_range=None
+        )  # a flow's samples may leave [0, 1] slightly (logit margin)
+        self._reuse: torch.Tensor | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
         # the settings checks of the game (smoothing, penalty)
-        adversarial_phases(self.discriminator, self.flow_model, self.real, self.real,
-                           self.spec, k=self.k, label_smoothing=label_smoothing,
-                           gp_weight=gp_weight)
+        adversarial_phases(
+            self.discriminator,
+            self.flow_model,
+            self.real,
+            self.real,
+            self.spec,
+            k=self.k,
+            label_smoothing=label_smoothing,
+            gp_weight=gp_weight,
+        )
 
     def extra_repr(self) -> str:
-        weight = (f"adv_weight={self.adv_weight}" if self.form == "hybrid"
-                  else f"like_reg={self.like_reg}")
-        return (f"{weight}, discriminator={self.disc_kind}, loss={self.spec.name}, k={self.k}, "
-                f"label_smoothing={self.label_smoothing}, order={self.order}")
+        weight = (
+            f"adv_weight={self.adv_weight}"
+            if self.form == "hybrid"
+            else f"like_reg={self.like_reg}"
+        )
+        return (
+            f"{weight}, discriminator={self.disc_kind}, loss={self.spec.name}, k={self.k}, "
+            f"label_smoothing={self.label_smoothing}, order={self.order}"
+        )
 
     # -- the flow ------------------------------------------------------------------------
     @property
@@ -158,7 +195,7 @@ class FlowGAN(nn.Module):
         return self.flow_model.flow
 
     @property
-    def event_shape(self) -> Tuple[int, ...]:
+    def event_shape(self) -> tuple[int, ...]:
         return self.flow_model.event_shape
 
     @property
@@ -177,21 +214,27 @@ class FlowGAN(nn.Module):
     def check_data(self, x: torch.Tensor, *rest: Any) -> None:
         self.flow_model.check_data(x)
 
-    def initialize(self, x: torch.Tensor) -> "FlowGAN":
+    def initialize(self, x: torch.Tensor) -> FlowGAN:
         """The flow's data-dependent initialisation (ActNorm) from one batch."""
         self.flow_model.initialize(x)
         return self
 
-    def model(self, x: Optional[torch.Tensor] = None, *rest: Any, size: Optional[int] = None,
-              temperature: float = 1.0) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        *rest: Any,
+        size: int | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """The flow's Pyro model (sites ``x`` and ``z``): scores ``x``, or draws ``size``
         examples (1 without either)."""
         if x is None:
-            return self.flow_model.model(None, num_samples=1 if size is None else size,
-                                         temperature=temperature)
+            return self.flow_model.model(
+                None, num_samples=1 if size is None else size, temperature=temperature
+            )
         return self.flow_model.model(x, *rest)
 
-    def guide(self, x: Optional[torch.Tensor] = None, *rest: Any, **kwargs: Any) -> Any:
+    def guide(self, x: torch.Tensor | None = None, *rest: Any, **kwargs: Any) -> Any:
         return self.flow_model.guide(x, *rest, **kwargs)
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
@@ -201,8 +244,9 @@ class FlowGAN(nn.Module):
     def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         return self.flow_model.bits_per_dim(x, num_samples)
 
-    def evaluate_bits_per_dim(self, data: Any, batch_size: int = 500, num_samples: int = 1,
-                              progress: bool = False) -> float:
+    def evaluate_bits_per_dim(
+        self, data: Any, batch_size: int = 500, num_samples: int = 1, progress: bool = False
+    ) -> float:
         return self.flow_model.evaluate_bits_per_dim(data, batch_size, num_samples, progress)
 
     # -- the terms -----------------------------------------------------------------------
@@ -238,13 +282,13 @@ class FlowGAN(nn.Module):
         self._sums[name] = self._sums[name] + v if name in self._sums else v
         self._counts[name] = self._counts.get(name, 0) + 1
 
-    def pop_term_means(self) -> Dict[str, float]:
+    def pop_term_means(self) -> dict[str, float]:
         """Means of the generator loss's terms (``bpd``, ``adv``) since the last call."""
         out = {k: float(v) / self._counts[k] for k, v in self._sums.items()}
         self._sums, self._counts = {}, {}
         return out
 
-    def generator_loss(self, batch: tuple, ctx: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    def generator_loss(self, batch: tuple, ctx: dict[str, Any] | None = None) -> torch.Tensor:
         """The flow's loss: the hybrid (or Grover's) sum; a term whose weight is 0 is not
         computed at all (no discriminator at ``adv_weight=0``, no likelihood at 1). Leaves
         the detached fakes in ``ctx["fake"]`` for the discriminator step that follows."""
@@ -264,19 +308,31 @@ class FlowGAN(nn.Module):
         return total
 
     # -- the phases ----------------------------------------------------------------------
-    def phases(self) -> List[Phase]:
+    def phases(self) -> list[Phase]:
         """``[G, D]`` (``generator_first``) or ``[D, G]``; only ``G`` at ``adv_weight=0``.
 
         The discriminator phase is :func:`probgen.infer.adversarial.adversarial_phases`'s
         (its loss, label smoothing, gradient penalty, k repeats on fresh batches); its
         first repeat after a generator step judges that step's fakes, detached."""
-        g_phase = Phase("G", self.generator_loss, params=self.flow_model,
-                        optim_kwargs={"betas": tuple(self.spec.betas)}, player="generator")
+        g_phase = Phase(
+            "G",
+            self.generator_loss,
+            params=self.flow_model,
+            optim_kwargs={"betas": tuple(self.spec.betas)},
+            player="generator",
+        )
         if not self._adv_w:
             return [g_phase]
         d_phase, _ = adversarial_phases(
-            self.discriminator, self.flow_model, self.real, self._d_fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight)
+            self.discriminator,
+            self.flow_model,
+            self.real,
+            self._d_fake,
+            self.spec,
+            k=self.k,
+            label_smoothing=self.label_smoothing,
+            gp_weight=self.gp_weight,
+        )
         d_loss = d_phase.loss
 
         def discriminator_loss(batch, ctx):
@@ -298,4 +354,4 @@ class FlowGAN(nn.Module):
         return CheckedStep(self, self.phases(), eval_loss=self.eval_loss)
 
 
-__all__ = ["FlowGAN", "ORDERS"]
+__all__ = ["ORDERS", "FlowGAN"]

@@ -32,7 +32,8 @@ fixed function (as latent inversion by MCMC or optimisation wants it).
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -84,15 +85,26 @@ class GAN(nn.Module):
             thousand steps); training uses the live one.
     """
 
-    def __init__(self, data_shape: Sequence[int] = (1, 28, 28), z_dim: int = 100,
-                 net: str = "dcgan", loss: str = "non_saturating", k: Optional[int] = None,
-                 label_smoothing: float = 0.0, gp_weight: Optional[float] = None,
-                 r1_weight: float = 0.0, prior: str = "normal", output: str = "tanh",
-                 data_range: Optional[Tuple[float, float]] = (0.0, 1.0),
-                 g_hidden: Optional[Sequence[int]] = None,
-                 d_hidden: Optional[Sequence[int]] = None,
-                 g_width: Optional[int] = None, d_width: Optional[int] = None,
-                 d_norm: Optional[str] = None, ema: float = 0.0):
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        z_dim: int = 100,
+        net: str = "dcgan",
+        loss: str = "non_saturating",
+        k: int | None = None,
+        label_smoothing: float = 0.0,
+        gp_weight: float | None = None,
+        r1_weight: float = 0.0,
+        prior: str = "normal",
+        output: str = "tanh",
+        data_range: tuple[float, float] | None = (0.0, 1.0),
+        g_hidden: Sequence[int] | None = None,
+        d_hidden: Sequence[int] | None = None,
+        g_width: int | None = None,
+        d_width: int | None = None,
+        d_norm: str | None = None,
+        ema: float = 0.0,
+    ):
         super().__init__()
         self.spec = adversarial_loss(loss)
         self.k = check_k(self.spec.k if k is None else k)
@@ -103,40 +115,68 @@ class GAN(nn.Module):
                 raise ConfigError(f"data_range must be (low, high) or None, got {data_range!r}.")
             lo, hi = data_range
             lo = checks.real("data_range's low", lo)
-            hi = checks.real("data_range's high", hi, low=lo, low_open=True,
-                             hint="data_range is (low, high) with low < high")
+            hi = checks.real(
+                "data_range's high",
+                hi,
+                low=lo,
+                low_open=True,
+                hint="data_range is (low, high) with low < high",
+            )
             self.data_range = (lo, hi)
             if output == "identity":
-                raise ConfigError("output='identity' is for unbounded data (data_range=None); "
-                                  "bounded data need output='tanh' or 'sigmoid'.")
+                raise ConfigError(
+                    "output='identity' is for unbounded data (data_range=None); "
+                    "bounded data need output='tanh' or 'sigmoid'."
+                )
         else:
             self.data_range = None
         self.data_shape = tuple(data_shape)
         self.z_dim, self.prior_kind, self.output = z_dim, prior, output
         self.label_smoothing, self.gp_weight, self.r1_weight = label_smoothing, gp_weight, r1_weight
-        if d_norm is None and net == "dcgan" and (self.spec.gradient_penalty
-                                                 if gp_weight is None else gp_weight):
-            d_norm = "layer"   # no batch norm in a critic with a gradient penalty
+        if (
+            d_norm is None
+            and net == "dcgan"
+            and (self.spec.gradient_penalty if gp_weight is None else gp_weight)
+        ):
+            d_norm = "layer"  # no batch norm in a critic with a gradient penalty
         self.net_kind = net
         self.generator, self.discriminator = GAN_NETS.get(net)(
-            self.data_shape, z_dim, g_hidden=g_hidden, d_hidden=d_hidden, g_width=g_width,
-            d_width=d_width, d_norm=d_norm,
-            value_range=(-1.0, 1.0) if self.data_range is not None else None)
-        self.ema = checks.real("ema", ema, low=0.0, high=1.0, high_open=True,
-                               hint="a decay (0.999 is usual; 0: none)")
-        self.generator_ema = (copy.deepcopy(self.generator).requires_grad_(False).eval()
-                              if self.ema else None)
+            self.data_shape,
+            z_dim,
+            g_hidden=g_hidden,
+            d_hidden=d_hidden,
+            g_width=g_width,
+            d_width=d_width,
+            d_norm=d_norm,
+            value_range=(-1.0, 1.0) if self.data_range is not None else None,
+        )
+        self.ema = checks.real(
+            "ema", ema, low=0.0, high=1.0, high_open=True, hint="a decay (0.999 is usual; 0: none)"
+        )
+        self.generator_ema = (
+            copy.deepcopy(self.generator).requires_grad_(False).eval() if self.ema else None
+        )
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         # settings checks that need the networks (k, smoothing, gp weight)
-        adversarial_phases(self.discriminator, self.generator, lambda b: b, lambda b: b,
-                           self.spec, k=self.k, label_smoothing=label_smoothing,
-                           gp_weight=gp_weight, r1_weight=r1_weight)
+        adversarial_phases(
+            self.discriminator,
+            self.generator,
+            lambda b: b,
+            lambda b: b,
+            self.spec,
+            k=self.k,
+            label_smoothing=label_smoothing,
+            gp_weight=gp_weight,
+            r1_weight=r1_weight,
+        )
 
     def extra_repr(self) -> str:
-        return (f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
-                f"loss={self.spec.name}, k={self.k}, label_smoothing={self.label_smoothing}, "
-                f"prior={self.prior_kind}, output={self.output}"
-                + (f", ema={self.ema}" if self.ema else ""))
+        return (
+            f"data_shape={self.data_shape}, z_dim={self.z_dim}, net={self.net_kind}, "
+            f"loss={self.spec.name}, k={self.k}, label_smoothing={self.label_smoothing}, "
+            f"prior={self.prior_kind}, output={self.output}"
+            + (f", ema={self.ema}" if self.ema else "")
+        )
 
     @property
     def device(self) -> torch.device:
@@ -151,11 +191,12 @@ class GAN(nn.Module):
             return dist.Normal(zero, 1.0).to_event(1)
         return dist.Uniform(zero, zero + 1.0).to_event(1)
 
-    def _sample_z(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def _sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         draw = torch.randn if self.prior_kind == "normal" else torch.rand
-        if generator is not None:   # a caller's own stream (fixed noise for figures, FID)
-            return draw(n, self.z_dim, generator=generator,
-                        device=generator.device).to(self._anchor.device)
+        if generator is not None:  # a caller's own stream (fixed noise for figures, FID)
+            return draw(n, self.z_dim, generator=generator, device=generator.device).to(
+                self._anchor.device
+            )
         return draw(n, self.z_dim, device=self._anchor.device)
 
     @property
@@ -174,12 +215,14 @@ class GAN(nn.Module):
         for avg, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
             avg.copy_(live)
 
-    def generate(self, z: torch.Tensor, net: Optional[nn.Module] = None) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         """``G(z)`` in the networks' space ([-1, 1] for bounded data); ``z`` is ``(..., z_dim)``.
         ``net``: the generator to run (default: the live one, which training moves)."""
         if not torch.is_tensor(z) or z.shape[-1:] != (self.z_dim,):
-            raise DataError(f"z must be a tensor (..., {self.z_dim}), got "
-                            f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}.")
+            raise DataError(
+                f"z must be a tensor (..., {self.z_dim}), got "
+                f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}."
+            )
         lead = z.shape[:-1]
         out = (net or self.generator)(z.reshape(-1, self.z_dim))
         if self.output == "tanh":
@@ -206,8 +249,9 @@ class GAN(nn.Module):
         """``G(z)`` in the data's range, by :attr:`sampler`."""
         return self.from_net(self.generate(z, self.sampler))
 
-    def model(self, x: Optional[torch.Tensor] = None, *args: Any, size: Optional[int] = None
-              ) -> torch.Tensor:
+    def model(
+        self, x: torch.Tensor | None = None, *args: Any, size: int | None = None
+    ) -> torch.Tensor:
         """The Pyro model: ``z ~ p(z)`` (site ``z``), ``x = G(z)`` (deterministic site ``x``),
         the generator in eval mode.
 
@@ -232,8 +276,13 @@ class GAN(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, n: int, batch_size: int = 1000, generator: Optional[torch.Generator] = None,
-               averaged: bool = True) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        averaged: bool = True,
+    ) -> torch.Tensor:
         """``n`` examples ``G(z)``, ``z ~ p(z)``, in the data's range (eval mode: batch norm
         uses its running statistics; the module's mode is restored). ``z`` is drawn from
         ``generator`` when given (the same noise every call), else from torch's global
@@ -243,9 +292,14 @@ class GAN(nn.Module):
         was = self.training
         self.eval()
         try:
-            return torch.cat([self.from_net(self.generate(
-                self._sample_z(min(batch_size, n - i), generator), net))
-                for i in range(0, n, batch_size)])
+            return torch.cat(
+                [
+                    self.from_net(
+                        self.generate(self._sample_z(min(batch_size, n - i), generator), net)
+                    )
+                    for i in range(0, n, batch_size)
+                ]
+            )
         finally:
             self.train(was)
 
@@ -273,22 +327,30 @@ class GAN(nn.Module):
         """The batch's data (its first tensor), checked (its values outside the fit loop's
         steps over data the loop checked) and mapped to the networks' space."""
         x = batch[0]
-        check_input(x, self.data_shape, self.data_range, "the GAN's data",
-                    values=not loop_checked())
+        check_input(
+            x, self.data_shape, self.data_range, "the GAN's data", values=not loop_checked()
+        )
         return self.to_net(x)
 
     def fake(self, batch: tuple) -> torch.Tensor:
         """``G(z)`` for fresh ``z``, one per example of the batch, in the networks' space."""
         return self.generate(self._sample_z(batch[0].shape[0]))
 
-    def phases(self) -> List[Phase]:
+    def phases(self) -> list[Phase]:
         """The discriminator and generator phases (see :func:`adversarial_phases`); with
         ``ema``, each generator step first folds the weights its last step left into the
         average."""
         d_phase, g_phase = adversarial_phases(
-            self.discriminator, self.generator, self.real, self.fake, self.spec, k=self.k,
-            label_smoothing=self.label_smoothing, gp_weight=self.gp_weight,
-            r1_weight=self.r1_weight)
+            self.discriminator,
+            self.generator,
+            self.real,
+            self.fake,
+            self.spec,
+            k=self.k,
+            label_smoothing=self.label_smoothing,
+            gp_weight=self.gp_weight,
+            r1_weight=self.r1_weight,
+        )
         if self.generator_ema is not None:
             g_loss = g_phase.loss
 
@@ -308,13 +370,15 @@ class GAN(nn.Module):
         (``patience=None, restore_best=False``).
         """
         monitor = config.monitor
-        if (monitor in ("val_loss", "train_loss") or monitor.startswith("train_loss/")) and \
-                (config.patience is not None or config.restore_best):
+        if (monitor in ("val_loss", "train_loss") or monitor.startswith("train_loss/")) and (
+            config.patience is not None or config.restore_best
+        ):
             raise ConfigError(
                 f"a GAN has no validation loss and its {monitor} (a discriminator or "
                 f"generator loss) does not measure sample quality: pass patience=None and "
                 f"restore_best=False, or monitor a figure such as an FID computed by a "
-                f"Metric callback (monitor='fid', mode='min').")
+                f"Metric callback (monitor='fid', mode='min')."
+            )
         return CheckedStep(self, self.phases())
 
 

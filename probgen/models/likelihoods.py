@@ -22,7 +22,6 @@ some pixels only (the CVAE's baseline; re-exported by :mod:`probgen.metrics.like
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pyro.distributions as dist
 import torch
@@ -40,7 +39,8 @@ def _check_unit_interval(x: torch.Tensor, name: str) -> None:
     if found(outside_unit_interval(x)):
         raise DataError(
             f"the {name} likelihood needs pixels in [0, 1]; found values from {x.min().item():.3g} "
-            f"to {x.max().item():.3g}. Scale images to [0, 1] (e.g. divide uint8 pixels by 255).")
+            f"to {x.max().item():.3g}. Scale images to [0, 1] (e.g. divide uint8 pixels by 255)."
+        )
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -60,7 +60,8 @@ class BernoulliLikelihood(nn.Module):
             raise DataError(
                 f"the bernoulli likelihood needs binary pixels (0 or 1); found {bad:.4g}. "
                 f"Binarize the data (image_splits(..., binarize='dynamic' or 'static')) or use "
-                f"likelihood='continuous_bernoulli' or 'gaussian' for grey levels.")
+                f"likelihood='continuous_bernoulli' or 'gaussian' for grey levels."
+            )
 
 
 @LIKELIHOODS.register("continuous_bernoulli")
@@ -101,8 +102,9 @@ class GaussianLikelihood(nn.Module):
         return self.log_scale.exp().clamp(min=self.min_scale)
 
     def forward(self, out: torch.Tensor):
-        return dist.Normal(torch.sigmoid(out), self.scale.to(out.dtype),
-                           validate_args=False).to_event(1)
+        return dist.Normal(
+            torch.sigmoid(out), self.scale.to(out.dtype), validate_args=False
+        ).to_event(1)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
@@ -119,8 +121,9 @@ class LearnedGaussianLikelihood(GaussianLikelihood):
         super().__init__(scale, learn_scale=True, min_scale=min_scale)
 
 
-def masked_bernoulli_nll(logits: torch.Tensor, targets: torch.Tensor,
-                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def masked_bernoulli_nll(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-example ``-sum_i m_i log Bernoulli(t_i | sigmoid(logits_i))`` -> shape ``(B,)``.
 
     Targets may be grey levels in [0, 1] (the cross-entropy of Pyro's CVAE

@@ -49,7 +49,8 @@ image's pixel probabilities, same shape. ``fit`` trains it with
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -63,8 +64,14 @@ from probgen.infer.steps import SVIStep
 from probgen.models.checks import loop_checked
 from probgen.models.likelihoods import BernoulliLikelihood
 from probgen.models.registry import MODELS
-from probgen.nn.mevae_nets import (COMPOSITIONS, PRESENCE_DIM, WHERE_DIM, CandidateEncoder,
-                                   EntityDecoder, select_topk_by_kl)
+from probgen.nn.mevae_nets import (
+    COMPOSITIONS,
+    PRESENCE_DIM,
+    WHERE_DIM,
+    CandidateEncoder,
+    EntityDecoder,
+    select_topk_by_kl,
+)
 
 
 @MODELS.register("mevae")
@@ -88,13 +95,21 @@ class MEVAE(nn.Module):
         context_layers: 3x3 convolutions on the candidate grid (neighbours' context).
     """
 
-    max_plate_nesting = 2   # data x entities (read by SVIStep when the model is fit as it is)
+    max_plate_nesting = 2  # data x entities (read by SVIStep when the model is fit as it is)
 
-    def __init__(self, image_shape: Sequence[int] = (1, 64, 64), num_entities: int = 4,
-                 what_dim: int = 12, glimpse: int = 28,
-                 encoder_channels: Sequence[int] = (16, 32, 64, 64), encoder_hidden: int = 128,
-                 decoder_hidden: Sequence[int] = (256, 512), activation: str = "relu",
-                 composition: str = "noisy_or", context_layers: int = 2):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (1, 64, 64),
+        num_entities: int = 4,
+        what_dim: int = 12,
+        glimpse: int = 28,
+        encoder_channels: Sequence[int] = (16, 32, 64, 64),
+        encoder_hidden: int = 128,
+        decoder_hidden: Sequence[int] = (256, 512),
+        activation: str = "relu",
+        composition: str = "noisy_or",
+        context_layers: int = 2,
+    ):
         super().__init__()
         image_shape = tuple(image_shape)
         if len(image_shape) != 3 or image_shape[0] != 1:
@@ -107,22 +122,31 @@ class MEVAE(nn.Module):
         self.latent_dim = what_dim + WHERE_DIM + PRESENCE_DIM
         canvas = image_shape[1]
         self.decoder = EntityDecoder(what_dim, canvas, glimpse, tuple(decoder_hidden), activation)
-        self.encoder = CandidateEncoder(image_shape, self.latent_dim, tuple(encoder_channels),
-                                        encoder_hidden, activation, context_layers)
+        self.encoder = CandidateEncoder(
+            image_shape,
+            self.latent_dim,
+            tuple(encoder_channels),
+            encoder_hidden,
+            activation,
+            context_layers,
+        )
         self.compose = COMPOSITIONS.get(composition)
         self.grid = self.encoder.grid
-        if num_entities > self.grid ** 2:
+        if num_entities > self.grid**2:
             raise ConfigError(
                 f"num_entities (K = {num_entities}) is larger than the encoder's grid of "
-                f"{self.grid}x{self.grid} = {self.grid ** 2} candidates; lower K or use fewer "
-                f"encoder_channels (a finer grid).")
-        self.background = nn.Parameter(torch.tensor(-4.0))   # logit of a pixel no entity inks
+                f"{self.grid}x{self.grid} = {self.grid**2} candidates; lower K or use fewer "
+                f"encoder_channels (a finer grid)."
+            )
+        self.background = nn.Parameter(torch.tensor(-4.0))  # logit of a pixel no entity inks
         self._likelihood = BernoulliLikelihood()
 
     def extra_repr(self) -> str:
-        return (f"K={self.num_entities}, latent per entity={self.latent_dim} "
-                f"(what {self.what_dim} + where {WHERE_DIM} + presence {PRESENCE_DIM}), "
-                f"grid={self.grid}x{self.grid}")
+        return (
+            f"K={self.num_entities}, latent per entity={self.latent_dim} "
+            f"(what {self.what_dim} + where {WHERE_DIM} + presence {PRESENCE_DIM}), "
+            f"grid={self.grid}x{self.grid}"
+        )
 
     # -- input checks -------------------------------------------------------------------
     @property
@@ -136,7 +160,8 @@ class MEVAE(nn.Module):
             raise DataError(
                 f"scenes of shape {tuple(x.shape)} do not fit this model, which takes scenes of "
                 f"shape {self.image_shape} (batch first: "
-                f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim})).")
+                f"(B, {', '.join(map(str, self.image_shape))}) or (B, {self.data_dim}))."
+            )
         return x.reshape(x.shape[0], -1)
 
     def check_data(self, x: torch.Tensor, *rest: torch.Tensor) -> None:
@@ -146,12 +171,13 @@ class MEVAE(nn.Module):
         self._likelihood.check(self._flat(x))
 
     # -- the pieces -----------------------------------------------------------------------
-    def candidates(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def candidates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate's Gaussian: ``(loc, scale)``, each ``(B, G*G, D)``."""
         return self.encoder(self._flat(x))
 
-    def select(self, x: torch.Tensor
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def select(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(indices (B, K), loc (B, K, D), scale (B, K, D), kl (B, G*G))``: the kept
         candidates (largest KL first) and every candidate's KL."""
         loc, scale = self.candidates(x)
@@ -167,8 +193,7 @@ class MEVAE(nn.Module):
         return out.flatten(-2)
 
     # -- Pyro model and guide ----------------------------------------------------------------
-    def model(self, x: Optional[torch.Tensor] = None,
-              size: Optional[int] = None) -> torch.Tensor:
+    def model(self, x: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         pyro.module("mevae", self)
         if x is not None:
             flat = self._flat(x)
@@ -184,27 +209,35 @@ class MEVAE(nn.Module):
             with pyro.plate("entities", self.num_entities, dim=-1):
                 prior = dist.Normal(p.new_zeros(()), p.new_ones(())).expand([self.latent_dim])
                 z = pyro.sample("z", prior.to_event(1))
-            logits = self.logits(z).unsqueeze(-2)                        # (..., B, 1, H*W)
+            logits = self.logits(z).unsqueeze(-2)  # (..., B, 1, H*W)
             pyro.deterministic("mean", torch.sigmoid(logits), event_dim=1)
-            return pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False)
-                               .to_event(1), obs=obs)
+            return pyro.sample(
+                "x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=obs
+            )
 
-    def guide(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+    def guide(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
         pyro.module("mevae", self)
         _, loc, scale, _ = self.select(x)
-        with pyro.plate("data", loc.shape[0], dim=-2):
-            with pyro.plate("entities", self.num_entities, dim=-1):
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        with (
+            pyro.plate("data", loc.shape[0], dim=-2),
+            pyro.plate("entities", self.num_entities, dim=-1),
+        ):
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def fit_step(self, config: Any) -> SVIStep:
         """The SVI step :func:`probgen.fit` trains this model with: the run's objective
         and particles, two plates (scenes and entities)."""
-        return SVIStep(self, loss=config.objective, num_particles=config.num_particles,
-                       eval_particles=config.eval_particles, max_plate_nesting=2)
+        return SVIStep(
+            self,
+            loss=config.objective,
+            num_particles=config.num_particles,
+            eval_particles=config.eval_particles,
+            max_plate_nesting=2,
+        )
 
     # -- using a trained model ---------------------------------------------------------------
     @torch.no_grad()
-    def decompose(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def decompose(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The scene explained by its posterior means.
 
         Returns ``indices`` (B, K) the kept candidates (row-major on the grid, largest KL
@@ -216,9 +249,15 @@ class MEVAE(nn.Module):
         idx, loc, _, kl = self.select(x)
         ink = self.entity_ink(loc)
         recon = torch.sigmoid(self.compose(ink, self.background, dim=-3))
-        return {"indices": idx, "kl": kl.view(-1, self.grid, self.grid), "z": loc, "ink": ink,
-                "presence": self.decoder.alpha(loc), "centres": self.decoder.centre(loc),
-                "reconstruction": recon.unsqueeze(1)}
+        return {
+            "indices": idx,
+            "kl": kl.view(-1, self.grid, self.grid),
+            "z": loc,
+            "ink": ink,
+            "presence": self.decoder.alpha(loc),
+            "centres": self.decoder.centre(loc),
+            "reconstruction": recon.unsqueeze(1),
+        }
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +265,7 @@ class MEVAE(nn.Module):
         return self.decompose(x)["reconstruction"]
 
     @torch.no_grad()
-    def generate(self, n: int) -> Dict[str, torch.Tensor]:
+    def generate(self, n: int) -> dict[str, torch.Tensor]:
         """``n`` scenes from the prior, drawn with :class:`pyro.infer.Predictive`:
         ``z`` (n, K, D), ``ink`` (n, K, H, W), ``mean`` (n, 1, H, W)."""
         pred = Predictive(self.model, num_samples=1, return_sites=("z", "mean"))

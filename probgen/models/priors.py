@@ -31,7 +31,8 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Union
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -42,6 +43,7 @@ from probgen import checks
 from probgen.errors import ConfigError, DataError
 from probgen.registry import Registry
 
+
 class SwissRoll(dist.TorchDistribution):
     """Points on a 2-D swiss roll: ``u ~ U(low, high)``, angle ``2 pi turns u``, radius
     ``radius (0.2 + 0.8 u)``, plus ``N(0, noise^2 I)``. ``low``/``high`` select a segment of
@@ -51,34 +53,48 @@ class SwissRoll(dist.TorchDistribution):
     autoencoder needs none (``log_prob`` raises :class:`NotImplementedError`).
     """
 
-    arg_constraints: Dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, low, high, turns: float = 1.5, radius: float = 4.0, noise: float = 0.05,
-                 validate_args=None):
-        self.low, self.high = torch.broadcast_tensors(torch.as_tensor(low),
-                                                      torch.as_tensor(high))
+    def __init__(
+        self,
+        low,
+        high,
+        turns: float = 1.5,
+        radius: float = 4.0,
+        noise: float = 0.05,
+        validate_args=None,
+    ):
+        self.low, self.high = torch.broadcast_tensors(torch.as_tensor(low), torch.as_tensor(high))
         self.turns, self.radius, self.noise = turns, radius, noise
         super().__init__(self.low.shape, torch.Size([2]), validate_args=False)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return SwissRoll(self.low.expand(batch_shape), self.high.expand(batch_shape),
-                         self.turns, self.radius, self.noise)
+        return SwissRoll(
+            self.low.expand(batch_shape),
+            self.high.expand(batch_shape),
+            self.turns,
+            self.radius,
+            self.noise,
+        )
 
     def sample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape
-        u = self.low + (self.high - self.low) * torch.rand(shape, dtype=self.low.dtype,
-                                                           device=self.low.device)
+        u = self.low + (self.high - self.low) * torch.rand(
+            shape, dtype=self.low.dtype, device=self.low.device
+        )
         angle = 2 * math.pi * self.turns * u
         r = self.radius * (0.2 + 0.8 * u)
         point = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], -1)
         return point + self.noise * torch.randn_like(point)
 
     def log_prob(self, value):
-        raise NotImplementedError("the swiss-roll prior has no density in closed form; an "
-                                  "adversarial autoencoder needs only its samples.")
+        raise NotImplementedError(
+            "the swiss-roll prior has no density in closed form; an "
+            "adversarial autoencoder needs only its samples."
+        )
 
 
 class CodePrior:
@@ -93,7 +109,7 @@ class CodePrior:
     prior object can serve several models.
     """
 
-    num_components: Optional[int] = None
+    num_components: int | None = None
     has_components: bool = False
 
     def __init__(self, z_dim: int):
@@ -102,8 +118,9 @@ class CodePrior:
     def distribution(self, like: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
 
-    def conditional(self, labels: torch.Tensor, like: torch.Tensor,
-                    num_labels: int) -> dist.Distribution:
+    def conditional(
+        self, labels: torch.Tensor, like: torch.Tensor, num_labels: int
+    ) -> dist.Distribution:
         raise ConfigError(f"the {type(self).__name__} has no component per class.")
 
     def check_labels(self, num_labels: int) -> None:
@@ -113,12 +130,14 @@ class CodePrior:
                 f"label_to_discriminator maps each class to its own component of the prior, "
                 f"but the {type(self).__name__} has none (every class would draw from the "
                 f"whole prior): use prior='mixture' or 'swiss_roll', or give the label to the "
-                f"decoder only (label_to_discriminator=False, label_to_decoder=True).")
+                f"decoder only (label_to_discriminator=False, label_to_decoder=True)."
+            )
         if self.num_components is not None and self.num_components != num_labels:
             raise ConfigError(
                 f"the prior has {self.num_components} components but the model {num_labels} "
                 f"classes; each class is mapped to its own component, so give the prior "
-                f"num_components={num_labels} (prior_kwargs).")
+                f"num_components={num_labels} (prior_kwargs)."
+            )
 
 
 PRIORS: Registry = Registry("AAE prior")
@@ -126,8 +145,10 @@ PRIORS: Registry = Registry("AAE prior")
 
 def _need_2d(z_dim: int, name: str) -> None:
     if z_dim != 2:
-        raise ConfigError(f"the {name} prior lives in two dimensions; it needs z_dim=2, got "
-                          f"z_dim={z_dim} (use prior='normal' or 'uniform' for other sizes).")
+        raise ConfigError(
+            f"the {name} prior lives in two dimensions; it needs z_dim=2, got "
+            f"z_dim={z_dim} (use prior='normal' or 'uniform' for other sizes)."
+        )
 
 
 @PRIORS.register("normal")
@@ -150,8 +171,13 @@ class UniformPrior(CodePrior):
     def __init__(self, z_dim: int, low: float = -1.0, high: float = 1.0):
         super().__init__(z_dim)
         self.low = checks.real("the uniform prior's low", low)
-        self.high = checks.real("the uniform prior's high", high, low=self.low, low_open=True,
-                                hint="the uniform prior needs low < high")
+        self.high = checks.real(
+            "the uniform prior's high",
+            high,
+            low=self.low,
+            low_open=True,
+            hint="the uniform prior needs low < high",
+        )
 
     def distribution(self, like):
         zero = like.new_zeros(self.z_dim)
@@ -167,12 +193,19 @@ class CircleMixturePrior(CodePrior):
 
     has_components = True
 
-    def __init__(self, z_dim: int, num_components: int = 10, radius: float = 4.0,
-                 radial_scale: float = 1.0, tangential_scale: float = 0.25):
+    def __init__(
+        self,
+        z_dim: int,
+        num_components: int = 10,
+        radius: float = 4.0,
+        radial_scale: float = 1.0,
+        tangential_scale: float = 0.25,
+    ):
         super().__init__(z_dim)
         _need_2d(z_dim, "mixture")
-        self.num_components = checks.positive_int("the mixture prior's num_components",
-                                                  num_components)
+        self.num_components = checks.positive_int(
+            "the mixture prior's num_components", num_components
+        )
         self.radius = checks.positive_float("the mixture prior's radius", radius)
         self.radial_scale = checks.positive_float("radial_scale", radial_scale)
         self.tangential_scale = checks.positive_float("tangential_scale", tangential_scale)
@@ -180,16 +213,24 @@ class CircleMixturePrior(CodePrior):
     def components(self, like) -> dist.MultivariateNormal:
         """The components as one MultivariateNormal of batch shape ``(num_components,)``."""
         angle = torch.arange(self.num_components, dtype=like.dtype, device=like.device) * (
-            2 * math.pi / self.num_components)
-        radial = torch.stack([torch.cos(angle), torch.sin(angle)], -1)        # (K, 2)
+            2 * math.pi / self.num_components
+        )
+        radial = torch.stack([torch.cos(angle), torch.sin(angle)], -1)  # (K, 2)
         tangent = torch.stack([-torch.sin(angle), torch.cos(angle)], -1)
         loc = self.radius * radial
         # covariance R diag(s_r^2, s_t^2) R^T, R = [radial, tangent] as columns
-        rot = torch.stack([radial, tangent], -1)                              # (K, 2, 2)
-        variances = torch.cat([like.new_full((1,), self.radial_scale ** 2),   # (filled on the
-                               like.new_full((1,), self.tangential_scale ** 2)])  # device)
-        cov = rot @ torch.diag_embed(variances).expand(
-            self.num_components, 2, 2) @ rot.transpose(-1, -2)
+        rot = torch.stack([radial, tangent], -1)  # (K, 2, 2)
+        variances = torch.cat(
+            [
+                like.new_full((1,), self.radial_scale**2),  # (filled on the
+                like.new_full((1,), self.tangential_scale**2),
+            ]
+        )  # device)
+        cov = (
+            rot
+            @ torch.diag_embed(variances).expand(self.num_components, 2, 2)
+            @ rot.transpose(-1, -2)
+        )
         return dist.MultivariateNormal(loc, covariance_matrix=cov)
 
     def distribution(self, like):
@@ -216,13 +257,16 @@ class SwissRollPrior(CodePrior):
         self.noise = checks.nonnegative_float("the swiss roll's noise", noise)
 
     def distribution(self, like):
-        return SwissRoll(like.new_zeros(()), like.new_ones(()), self.turns, self.radius,
-                         self.noise)
+        return SwissRoll(like.new_zeros(()), like.new_ones(()), self.turns, self.radius, self.noise)
 
     def conditional(self, labels, like, num_labels=None):
-        n = float(checks.positive_int("num_labels", num_labels,
-                                      hint="the swiss roll's segments need the number of "
-                                           "classes"))
+        n = float(
+            checks.positive_int(
+                "num_labels",
+                num_labels,
+                hint="the swiss roll's segments need the number of classes",
+            )
+        )
         k = labels.to(like.dtype)
         return SwissRoll(k / n, (k + 1) / n, self.turns, self.radius, self.noise)
 
@@ -230,12 +274,17 @@ class SwissRollPrior(CodePrior):
 class _Sampled(dist.TorchDistribution):
     """A distribution known by a sampler alone: ``fn(n) -> (n, z_dim)``."""
 
-    arg_constraints: Dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, fn: Callable[[int], torch.Tensor], z_dim: int, like: torch.Tensor,
-                 batch_shape=torch.Size()):
+    def __init__(
+        self,
+        fn: Callable[[int], torch.Tensor],
+        z_dim: int,
+        like: torch.Tensor,
+        batch_shape=torch.Size(),
+    ):
         self.fn, self.like = fn, like
         super().__init__(torch.Size(batch_shape), torch.Size([z_dim]), validate_args=False)
 
@@ -248,8 +297,10 @@ class _Sampled(dist.TorchDistribution):
         z = self.fn(n)
         if not torch.is_tensor(z) or tuple(z.shape) != (n,) + tuple(self.event_shape):
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise DataError(f"the prior's sampler, asked for {n} draws, returned {got}; it must "
-                            f"return a tensor ({n}, {self.event_shape[0]}).")
+            raise DataError(
+                f"the prior's sampler, asked for {n} draws, returned {got}; it must "
+                f"return a tensor ({n}, {self.event_shape[0]})."
+            )
         return z.to(self.like).reshape(shape + self.event_shape)
 
     def log_prob(self, value):
@@ -264,40 +315,58 @@ class GivenPrior(CodePrior):
         super().__init__(z_dim)
         if isinstance(prior, torch.distributions.Distribution):
             if not isinstance(prior, TorchDistributionMixin):
-                raise ConfigError(f"the prior {type(prior).__name__} is a torch distribution; "
-                                  f"pass its pyro.distributions version (Pyro's plates need it).")
+                raise ConfigError(
+                    f"the prior {type(prior).__name__} is a torch distribution; "
+                    f"pass its pyro.distributions version (Pyro's plates need it)."
+                )
             if tuple(prior.event_shape) != (z_dim,) or tuple(prior.batch_shape) != ():
                 raise ConfigError(
                     f"the prior must have batch shape () and event shape ({z_dim},), got "
                     f"{tuple(prior.batch_shape)} and {tuple(prior.event_shape)}; e.g. "
-                    f"dist.Normal(torch.zeros({z_dim}), 1).to_event(1).")
+                    f"dist.Normal(torch.zeros({z_dim}), 1).to_event(1)."
+                )
             self.prior, self.fn = prior, None
         elif callable(getattr(prior, "sample", None)):
             self.prior, self.fn = None, lambda n: prior.sample((n,))
         elif callable(prior):
             self.prior, self.fn = None, prior
         else:
-            raise ConfigError(f"prior must be a name in {PRIORS.names()}, a Pyro distribution or "
-                              f"a sampler, got {type(prior).__name__}.")
+            raise ConfigError(
+                f"prior must be a name in {PRIORS.names()}, a Pyro distribution or "
+                f"a sampler, got {type(prior).__name__}."
+            )
 
     def distribution(self, like):
         return self.prior if self.prior is not None else _Sampled(self.fn, self.z_dim, like)
 
 
-def make_prior(prior: Union[str, Any], z_dim: int,
-               prior_kwargs: Optional[Dict[str, Any]] = None) -> CodePrior:
+def make_prior(
+    prior: str | Any, z_dim: int, prior_kwargs: dict[str, Any] | None = None
+) -> CodePrior:
     """A :class:`CodePrior` from a name in :data:`PRIORS` (with its settings) or an object."""
     if isinstance(prior, str):
         try:
             return PRIORS.get(prior)(z_dim, **(prior_kwargs or {}))
         except TypeError as err:
-            raise ConfigError(f"prior {prior!r}: bad prior_kwargs {prior_kwargs!r} ({err}).") \
-                from None
+            raise ConfigError(
+                f"prior {prior!r}: bad prior_kwargs {prior_kwargs!r} ({err})."
+            ) from None
     if prior_kwargs:
-        raise ConfigError("prior_kwargs are settings of a named prior; pass them to the object "
-                          "you give as prior instead.")
+        raise ConfigError(
+            "prior_kwargs are settings of a named prior; pass them to the object "
+            "you give as prior instead."
+        )
     return prior if isinstance(prior, CodePrior) else GivenPrior(z_dim, prior)
 
 
-__all__ = ["PRIORS", "CircleMixturePrior", "CodePrior", "GivenPrior", "NormalPrior",
-           "SwissRoll", "SwissRollPrior", "UniformPrior", "make_prior"]
+__all__ = [
+    "PRIORS",
+    "CircleMixturePrior",
+    "CodePrior",
+    "GivenPrior",
+    "NormalPrior",
+    "SwissRoll",
+    "SwissRollPrior",
+    "UniformPrior",
+    "make_prior",
+]

@@ -19,7 +19,7 @@ import importlib
 import inspect
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import pyro.util
 import torch
@@ -31,9 +31,8 @@ from probgen.registry import Registry
 _CONFIG_ATTR = "_probgen_init_args"
 _MODEL_KEY = "__probgen_model__"
 
-MOVED: Dict[str, str] = {
-    "probgen.models.aae:SemiSupervisedAAE":
-        "probgen.models.semi_supervised_aae:SemiSupervisedAAE",
+MOVED: dict[str, str] = {
+    "probgen.models.aae:SemiSupervisedAAE": "probgen.models.semi_supervised_aae:SemiSupervisedAAE",
 }
 """Registered classes that moved, ``"old.module:Class" -> "new.module:Class"``: checkpoints
 and model folders record the path of the class that wrote them, and
@@ -42,7 +41,7 @@ and model folders record the path of the class that wrote them, and
 
 _LR_SETTINGS = ("lr", "d_lr", "g_lr", "betas")
 
-DROPPED: Dict[str, Tuple[str, ...]] = {
+DROPPED: dict[str, tuple[str, ...]] = {
     "probgen.models.gan:GAN": ("d_lr", "g_lr", "betas"),
     "probgen.models.flowgan:FlowGAN": ("d_lr", "g_lr", "betas"),
     "probgen.models.aae:AAE": _LR_SETTINGS,
@@ -56,7 +55,7 @@ folders that record them still load, without them. The learning rates and Adam b
 the adversarial models are the run's now (``FitConfig.phase_optim``)."""
 
 
-def current_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+def current_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Recorded model settings (:func:`model_config`) as this probgen reads them: a
     moved class under its new path (:data:`MOVED`), arguments it no longer takes that did
     not shape the model left out (:data:`DROPPED`), registered models inside likewise.
@@ -66,8 +65,11 @@ def current_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     path = config.get(_MODEL_KEY, "")
     path = MOVED.get(path, path) if isinstance(path, str) else path
     dropped = DROPPED.get(path, ()) if isinstance(path, str) else ()
-    args = {k: current_settings(v) if isinstance(v, dict) and _MODEL_KEY in v else v
-            for k, v in config["args"].items() if k not in dropped}
+    args = {
+        k: current_settings(v) if isinstance(v, dict) and _MODEL_KEY in v else v
+        for k, v in config["args"].items()
+        if k not in dropped
+    }
     return {**config, _MODEL_KEY: path, "args": args}
 
 
@@ -81,14 +83,14 @@ def _encode(value: Any, where: str) -> Any:
         return [_encode(v, where) for v in value]
     if isinstance(value, dict):
         return {str(k): _encode(v, where) for k, v in value.items()}
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:   # numpy / torch scalars
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
         return value.item()
     if hasattr(type(value), _CONFIG_ATTR + "_recorded"):
         return model_config(value)
     raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot record")
 
 
-def model_config(module: torch.nn.Module) -> Dict[str, Any]:
+def model_config(module: torch.nn.Module) -> dict[str, Any]:
     """``{"__probgen_model__": "module:Class", "args": {...}}`` of a registered model."""
     recorded = module.__dict__.get(_CONFIG_ATTR)
     cls = type(module)
@@ -100,8 +102,13 @@ def model_config(module: torch.nn.Module) -> Dict[str, Any]:
     return {_MODEL_KEY: f"{cls.__module__}:{cls.__qualname__}", "args": encoded}
 
 
-def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
-                      strict: bool = False, how: Optional[str] = None) -> torch.nn.Module:
+def build_from_config(
+    config: dict[str, Any],
+    source: str = "the checkpoint",
+    *,
+    strict: bool = False,
+    how: str | None = None,
+) -> torch.nn.Module:
     """Rebuild a model from :func:`model_config` (only classes of the probgen package).
 
     Args:
@@ -119,44 +126,59 @@ def build_from_config(config: Dict[str, Any], source: str = "the checkpoint", *,
             renamed or moved, or its constructor gained or lost an argument (a checkpoint
             of another probgen version), or it refuses the recorded values.
     """
-    how = how or ("it was written by another probgen version: load it with that version, or "
-                  "build the model yourself and restore it with probgen.load(path, "
-                  "module=model)")
+    how = how or (
+        "it was written by another probgen version: load it with that version, or "
+        "build the model yourself and restore it with probgen.load(path, "
+        "module=model)"
+    )
     if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
-        raise CheckpointError(f"{source} records no model settings probgen can read (written "
-                              f"by another probgen version); {how}.")
+        raise CheckpointError(
+            f"{source} records no model settings probgen can read (written "
+            f"by another probgen version); {how}."
+        )
     config = current_settings(config)
     path = config.get(_MODEL_KEY, "")
     module_name, _, qualname = str(path).partition(":")
     if not module_name.startswith("probgen.") or not qualname:
-        raise CheckpointError(f"{source} names model class {path!r}; probgen rebuilds "
-                              f"only probgen's own registered models.")
+        raise CheckpointError(
+            f"{source} names model class {path!r}; probgen rebuilds "
+            f"only probgen's own registered models."
+        )
     try:
         obj = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as err:
-        raise CheckpointError(f"{source} holds a {path}, a model class this probgen does not "
-                              f"have ({type(err).__name__}: {err}); {how}.") from None
+        raise CheckpointError(
+            f"{source} holds a {path}, a model class this probgen does not "
+            f"have ({type(err).__name__}: {err}); {how}."
+        ) from None
     if not hasattr(obj, _CONFIG_ATTR + "_recorded"):
         raise CheckpointError(f"{source}: {path} is not a registered probgen model.")
-    args = {k: build_from_config(v, source, strict=strict, how=how)
-            if isinstance(v, dict) and _MODEL_KEY in v else v
-            for k, v in config["args"].items()}
+    args = {
+        k: build_from_config(v, source, strict=strict, how=how)
+        if isinstance(v, dict) and _MODEL_KEY in v
+        else v
+        for k, v in config["args"].items()
+    }
     differs = _signature_differences(obj, args, strict=strict)
     if differs:
-        raise CheckpointError(f"{source} holds a {obj.__name__} whose settings do not fit this "
-                              f"probgen's {obj.__name__} ({differs}); {how}.")
+        raise CheckpointError(
+            f"{source} holds a {obj.__name__} whose settings do not fit this "
+            f"probgen's {obj.__name__} ({differs}); {how}."
+        )
     try:
         return obj(**args)
     except (TypeError, ValueError, ProbgenError) as err:
         first = (str(err).strip().splitlines() or ["no detail"])[0]
-        raise CheckpointError(f"{source} holds a {obj.__name__} that this probgen cannot build "
-                              f"from its recorded settings ({type(err).__name__}: {first}); "
-                              f"{how}.") from None
+        raise CheckpointError(
+            f"{source} holds a {obj.__name__} that this probgen cannot build "
+            f"from its recorded settings ({type(err).__name__}: {first}); "
+            f"{how}."
+        ) from None
 
 
-def _signature_differences(cls, args: Dict[str, Any], strict: bool = False) -> str:
+def _signature_differences(cls, args: dict[str, Any], strict: bool = False) -> str:
     """What the recorded ``args`` lack or have too many for ``cls``'s constructor (with
     ``strict``, arguments with a default that ``args`` lack too)."""
     init = getattr(cls.__init__, "__wrapped__", cls.__init__)
@@ -173,20 +195,26 @@ def _signature_differences(cls, args: Dict[str, Any], strict: bool = False) -> s
     added = [p for p in named if strict and p.default is not p.empty and p.name not in args]
     parts = []
     if unknown:
-        parts.append(f"it records {', '.join(map(repr, unknown))}, which the constructor no "
-                     f"longer takes")
+        parts.append(
+            f"it records {', '.join(map(repr, unknown))}, which the constructor no longer takes"
+        )
     if missing:
-        parts.append(f"the constructor now needs {', '.join(map(repr, missing))}, which it "
-                     f"does not record")
+        parts.append(
+            f"the constructor now needs {', '.join(map(repr, missing))}, which it does not record"
+        )
     if added:
-        parts.append("the constructor now also takes " + ", ".join(
-            f"{p.name!r} (default {p.default!r})" for p in added) + ", which it does not record")
+        parts.append(
+            "the constructor now also takes "
+            + ", ".join(f"{p.name!r} (default {p.default!r})" for p in added)
+            + ", which it does not record"
+        )
     return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- model folders
 
-def _registered_name(cls) -> Optional[str]:
+
+def _registered_name(cls) -> str | None:
     """The name ``cls`` is registered under in :data:`MODELS` (``None`` for a network made
     rebuildable without being registered)."""
     return next((name for name in MODELS if MODELS.get(name) is cls), None)
@@ -202,17 +230,19 @@ def _data_settings(data_settings) -> Any:
     elif hasattr(data_settings, "settings"):
         value = data_settings.settings
     else:
-        raise ConfigError(f"data_settings must be a dict, a TensorData or a fit result, got a "
-                          f"{type(data_settings).__name__}.")
+        raise ConfigError(
+            f"data_settings must be a dict, a TensorData or a fit result, got a "
+            f"{type(data_settings).__name__}."
+        )
     try:
         return _encode(value, "data_settings")
     except TypeError as err:
-        raise ConfigError(f"{err}; give data settings made of numbers, strings, lists and "
-                          f"dicts.") from None
+        raise ConfigError(
+            f"{err}; give data settings made of numbers, strings, lists and dicts."
+        ) from None
 
 
-def save_pretrained(self: torch.nn.Module, path: Union[str, Path], *,
-                    data_settings: Any = None) -> Path:
+def save_pretrained(self: torch.nn.Module, path: str | Path, *, data_settings: Any = None) -> Path:
     """Write this model as a folder: ``config.json`` (its class and constructor settings,
     probgen's version, the training data's settings) and ``model.safetensors`` (its
     weights and buffers). No pickle: :func:`probgen.from_pretrained` reads it back with
@@ -241,21 +271,35 @@ def save_pretrained(self: torch.nn.Module, path: Union[str, Path], *,
     try:
         model = model_config(self)
     except TypeError as err:
-        raise ConfigError(f"{err}: a model folder records how to rebuild the model from "
-                          f"settings (numbers, strings, registered models); build it from "
-                          f"settings, or save its state_dict with safetensors.torch.save_model."
-                          ) from None
-    record = {"name": _registered_name(type(self)), "model": model,
-              "data": _data_settings(data_settings)}
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-            torch.distributed.get_rank() != 0:
+        raise ConfigError(
+            f"{err}: a model folder records how to rebuild the model from "
+            f"settings (numbers, strings, registered models); build it from "
+            f"settings, or save its state_dict with safetensors.torch.save_model."
+        ) from None
+    record = {
+        "name": _registered_name(type(self)),
+        "model": model,
+        "data": _data_settings(data_settings),
+    }
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_rank() != 0
+    ):
         return Path(path)
     return pretrained.write_folder(self, path, record)
 
 
-def push_to_hub(self: torch.nn.Module, repo_id: str, *, data_settings: Any = None,
-                private: Optional[bool] = None, token: Optional[str] = None,
-                commit_message: Optional[str] = None, revision: Optional[str] = None) -> Any:
+def push_to_hub(
+    self: torch.nn.Module,
+    repo_id: str,
+    *,
+    data_settings: Any = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> Any:
     """Upload this model's folder (:meth:`save_pretrained`) to the Hugging Face Hub
     repository ``repo_id`` (``"user/repo"``, created when missing); needs
     ``huggingface_hub`` (``pip install "probgen[hub]"``). Returns its ``CommitInfo``.
@@ -263,20 +307,32 @@ def push_to_hub(self: torch.nn.Module, repo_id: str, *, data_settings: Any = Non
     pretrained.check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="probgen-") as tmp:
         self.save_pretrained(tmp, data_settings=data_settings)
-        return pretrained.upload(tmp, repo_id, private=private, token=token,
-                                 commit_message=commit_message, revision=revision)
+        return pretrained.upload(
+            tmp,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            revision=revision,
+        )
 
 
-def read_pretrained_config(path: Union[str, Path], *, revision: Optional[str] = None,
-                           **hub_options: Any) -> Dict[str, Any]:
+def read_pretrained_config(
+    path: str | Path, *, revision: str | None = None, **hub_options: Any
+) -> dict[str, Any]:
     """The ``config.json`` of a model folder (or Hub repository): ``model`` (class and
     settings), ``data`` (the training data's settings), ``probgen_version``, ..."""
     return pretrained.read_config(pretrained.resolve(path, revision, **hub_options))
 
 
-def from_pretrained(path: Union[str, Path], *,
-                    map_location: Union[str, torch.device, None] = "cpu", strict: bool = True,
-                    revision: Optional[str] = None, **hub_options: Any) -> torch.nn.Module:
+def from_pretrained(
+    path: str | Path,
+    *,
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    revision: str | None = None,
+    **hub_options: Any,
+) -> torch.nn.Module:
     """The model a folder written by ``save_pretrained`` holds, rebuilt and in eval mode.
 
     The model is built from ``config.json`` (probgen's own registered classes only, as
@@ -309,33 +365,39 @@ def from_pretrained(path: Union[str, Path], *,
     """
     folder = pretrained.resolve(path, revision, **hub_options)
     config = pretrained.read_config(folder)
-    how = (f"it was written by probgen {config.get('probgen_version', 'unknown')}: load it "
-           f"with that version, or edit the \"model\" entry of its {pretrained.CONFIG_NAME} "
-           f"to this probgen's class and arguments")
+    how = (
+        f"it was written by probgen {config.get('probgen_version', 'unknown')}: load it "
+        f'with that version, or edit the "model" entry of its {pretrained.CONFIG_NAME} '
+        f"to this probgen's class and arguments"
+    )
     if strict:
         how += " (from_pretrained(..., strict=False) gives added arguments their defaults)"
     state = pyro.util.get_rng_state()
     try:
-        model = build_from_config(config.get("model"), strict=strict, how=how,
-                                  source=str(folder / pretrained.CONFIG_NAME))
+        model = build_from_config(
+            config.get("model"), strict=strict, how=how, source=str(folder / pretrained.CONFIG_NAME)
+        )
     finally:
         pyro.util.set_rng_state(state)
     dtype = pretrained.saved_dtype(config)
-    if dtype is not None and any(t.is_floating_point() and t.dtype != dtype
-                                 for t in model.state_dict().values()):
-        model.to(dtype)   # saved in float64 (say): it comes back in float64
+    if dtype is not None and any(
+        t.is_floating_point() and t.dtype != dtype for t in model.state_dict().values()
+    ):
+        model.to(dtype)  # saved in float64 (say): it comes back in float64
     pretrained.load_weights(model, folder, config)
     if map_location is not None:
         model.to(map_location)
     return model.eval()
 
 
-def _class_from_pretrained(cls: type, path: Union[str, Path], **kwargs: Any) -> torch.nn.Module:
+def _class_from_pretrained(cls: type, path: str | Path, **kwargs: Any) -> torch.nn.Module:
     """The model of this class a folder holds (see :func:`from_pretrained`)."""
     model = from_pretrained(path, **kwargs)
     if not isinstance(model, cls):
-        raise CheckpointError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}; "
-                              f"load it with probgen.from_pretrained({str(path)!r}).")
+        raise CheckpointError(
+            f"{path} holds a {type(model).__name__}, not a {cls.__name__}; "
+            f"load it with probgen.from_pretrained({str(path)!r})."
+        )
     return model
 
 
@@ -355,7 +417,7 @@ def rebuildable(cls: type) -> type:
             bound = sig.bind(self, *args, **kwargs)
             bound.apply_defaults()
             recorded = dict(list(bound.arguments.items())[1:])
-            for name, p in sig.parameters.items():   # **kwargs flattened
+            for name, p in sig.parameters.items():  # **kwargs flattened
                 if p.kind is p.VAR_KEYWORD and name in recorded:
                     recorded.update(recorded.pop(name))
             object.__setattr__(self, _CONFIG_ATTR, (cls, recorded))
@@ -363,8 +425,11 @@ def rebuildable(cls: type) -> type:
 
     cls.__init__ = __init__
     setattr(cls, _CONFIG_ATTR + "_recorded", True)
-    for name, method in (("save_pretrained", save_pretrained), ("push_to_hub", push_to_hub),
-                         ("from_pretrained", classmethod(_class_from_pretrained))):
+    for name, method in (
+        ("save_pretrained", save_pretrained),
+        ("push_to_hub", push_to_hub),
+        ("from_pretrained", classmethod(_class_from_pretrained)),
+    ):
         if name not in cls.__dict__:
             setattr(cls, name, method)
     # probgen's models name their pyro.module sites after their class: two models of

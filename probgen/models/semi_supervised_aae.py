@@ -17,7 +17,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -69,27 +70,58 @@ class SemiSupervisedAAE(AAE):
         z_dim: the style's size.
     """
 
-    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
-                 z_dim: int = 10, hidden: Optional[Sequence[int]] = None, net: str = "mlp",
-                 likelihood: str = "gaussian", encoder: str = "deterministic",
-                 noise_dim: Optional[int] = None, prior: Union[str, Any] = "normal",
-                 prior_kwargs: Optional[Dict[str, Any]] = None,
-                 d_hidden: Sequence[int] = (256, 256), loss: str = "non_saturating",
-                 k: Optional[int] = None, label_smoothing: float = 0.0,
-                 gp_weight: Optional[float] = None, phase_order: str = "reconstruction_first",
-                 activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
-                 corruption: Optional[str] = None,
-                 corruption_kwargs: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        z_dim: int = 10,
+        hidden: Sequence[int] | None = None,
+        net: str = "mlp",
+        likelihood: str = "gaussian",
+        encoder: str = "deterministic",
+        noise_dim: int | None = None,
+        prior: str | Any = "normal",
+        prior_kwargs: dict[str, Any] | None = None,
+        d_hidden: Sequence[int] = (256, 256),
+        loss: str = "non_saturating",
+        k: int | None = None,
+        label_smoothing: float = 0.0,
+        gp_weight: float | None = None,
+        phase_order: str = "reconstruction_first",
+        activation: str | None = None,
+        likelihood_kwargs: dict[str, Any] | None = None,
+        corruption: str | None = None,
+        corruption_kwargs: dict[str, Any] | None = None,
+    ):
         num_classes = checks.integer("num_classes", num_classes, low=2)
-        super().__init__(image_shape, z_dim, hidden, net, likelihood, encoder, noise_dim, prior,
-                         prior_kwargs, 0, True, False, d_hidden, loss, k, label_smoothing,
-                         gp_weight, phase_order, activation,
-                         likelihood_kwargs, corruption=corruption,
-                         corruption_kwargs=corruption_kwargs)
+        super().__init__(
+            image_shape,
+            z_dim,
+            hidden,
+            net,
+            likelihood,
+            encoder,
+            noise_dim,
+            prior,
+            prior_kwargs,
+            0,
+            True,
+            False,
+            d_hidden,
+            loss,
+            k,
+            label_smoothing,
+            gp_weight,
+            phase_order,
+            activation,
+            likelihood_kwargs,
+            corruption=corruption,
+            corruption_kwargs=corruption_kwargs,
+        )
         self.num_classes = num_classes
-        _, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_classes,
-                                        **self._net_kwargs)
+        _, self.decoder = NETS.get(net)(
+            self.image_shape, z_dim, num_labels=num_classes, **self._net_kwargs
+        )
         self.class_head = nn.Linear(self.encoder.loc.in_features, num_classes)
         self.discriminator_y = MLPDiscriminator((num_classes,), hidden=tuple(d_hidden))
 
@@ -104,19 +136,24 @@ class SemiSupervisedAAE(AAE):
     def _labels(self, labels, n):
         return checked_labels(labels, n, self.num_classes, unlabelled=UNLABELLED)
 
-    def check_dataset(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def check_dataset(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`check_data` of a whole data set; one with unlabelled examples (a training
         set) must hold at least one labelled example of every class."""
         flat, labels = self.check_data(x, labels)
         if labels is None:
-            raise DataError(f"semi-supervised training reads (images, labels) with label "
-                            f"{UNLABELLED} for the unlabelled images; pass labels too.")
+            raise DataError(
+                f"semi-supervised training reads (images, labels) with label "
+                f"{UNLABELLED} for the unlabelled images; pass labels too."
+            )
         counts = torch.bincount(labels[labels >= 0], minlength=self.num_classes)
         missing = [c for c in range(self.num_classes) if int(counts[c]) == 0]
-        if missing and found(labels < 0):   # (a fully labelled split: validation)
-            raise DataError(f"too few labelled examples per class: classes {missing} have none; "
-                            f"label at least one example of every class (labelled_split).")
+        if missing and found(labels < 0):  # (a fully labelled split: validation)
+            raise DataError(
+                f"too few labelled examples per class: classes {missing} have none; "
+                f"label at least one example of every class (labelled_split)."
+            )
         return flat, labels
 
     def _onehot(self, labels, like):
@@ -132,43 +169,53 @@ class SemiSupervisedAAE(AAE):
             return dist.Delta(loc, event_dim=1)
         return dist.Normal(loc, scale).to_event(1)
 
-    def posterior(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None
-                  ) -> dist.Distribution:
+    def posterior(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dist.Distribution:
         """``q(z | x)``, the style's distribution."""
         return self._style(self._features(self._flat(x), noise))
 
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The class head's logits ``(B, num_classes)`` (universal encoder: at ``eta = 0``)."""
         flat = self._flat(x)
-        noise = flat.new_zeros(flat.shape[0], self.noise_dim) \
-            if self.encoder_kind == "universal" else None
+        noise = (
+            flat.new_zeros(flat.shape[0], self.noise_dim)
+            if self.encoder_kind == "universal"
+            else None
+        )
         return self.class_head(self._features(flat, noise))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """The most probable class of each image, ``(B,)``."""
-        return torch.cat([self.class_logits(x[i:i + batch_size]).argmax(-1)
-                          for i in range(0, x.shape[0], batch_size)])
+        return torch.cat(
+            [
+                self.class_logits(x[i : i + batch_size]).argmax(-1)
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        )
 
-    def decoder_output(self, z: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    def decoder_output(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The decoder's output for style ``z`` and class ``y`` (one-hot or softmax
         ``(B, num_classes)``, or integer labels ``(B,)``)."""
         if y is not None and y.dim() == 1:
             y = self._onehot(y, z)
         return self.decoder(z, y)
 
-    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images of styles ``z`` with the classes ``labels``: integers ``(B,)``, or
         class probabilities ``(B, num_classes)`` as the decoder sees them in training (the
         class head's softmax: what :meth:`reconstruct` decodes)."""
         if labels is None:
-            raise DataError("the semi-supervised AAE's decoder takes a class: pass labels (B,) "
-                            "or class probabilities (B, num_classes).")
+            raise DataError(
+                "the semi-supervised AAE's decoder takes a class: pass labels (B,) "
+                "or class probabilities (B, num_classes)."
+            )
         if torch.is_tensor(labels) and labels.dtype.is_floating_point and labels.dim() == 2:
             if tuple(labels.shape) != (z.shape[0], self.num_classes):
-                raise DataError(f"class probabilities must be ({z.shape[0]}, "
-                                f"{self.num_classes}), one row per code; got "
-                                f"{tuple(labels.shape)}.")
+                raise DataError(
+                    f"class probabilities must be ({z.shape[0]}, "
+                    f"{self.num_classes}), one row per code; got "
+                    f"{tuple(labels.shape)}."
+                )
         else:
             labels = self._labels(labels, z.shape[0])
             if found(labels < 0):
@@ -177,12 +224,14 @@ class SemiSupervisedAAE(AAE):
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                    ) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode each image's style centre with its predicted class softmax."""
         flat = self._flat(x)
-        noise = flat.new_zeros(flat.shape[0], self.noise_dim) \
-            if self.encoder_kind == "universal" else None
+        noise = (
+            flat.new_zeros(flat.shape[0], self.noise_dim)
+            if self.encoder_kind == "universal"
+            else None
+        )
         h = self._features(flat, noise)
         q = self._style(h)
         z = q.mean if isinstance(q, dist.Independent) else q.v
@@ -193,29 +242,37 @@ class SemiSupervisedAAE(AAE):
         """Labels to generate with: a class for each (the unlabelled mark is refused)."""
         labels = self._labels(labels, n)
         if found(labels < 0):
-            raise DataError(f"to generate, every label must be a class in 0.."
-                            f"{self.num_classes - 1}; {UNLABELLED} (unlabelled) has none: "
-                            f"pass size=... instead to draw the classes.")
+            raise DataError(
+                f"to generate, every label must be a class in 0.."
+                f"{self.num_classes - 1}; {UNLABELLED} (unlabelled) has none: "
+                f"pass size=... instead to draw the classes."
+            )
         return labels
 
     @torch.no_grad()
-    def sample(self, n: Optional[int] = None,
-               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images of ``y ~ p(y)`` (or ``labels``), ``z ~ p(z)``: ``(n, *image_shape)``,
         or one per label."""
-        if labels is not None:   # checked here too: an error inside Predictive gains lines
-            self._class_labels(labels, labels.shape[0] if torch.is_tensor(labels)
-                               and labels.dim() == 1 else -1)
+        if labels is not None:  # checked here too: an error inside Predictive gains lines
+            self._class_labels(
+                labels, labels.shape[0] if torch.is_tensor(labels) and labels.dim() == 1 else -1
+            )
         return super().sample(n, labels)
 
     # -- Pyro model and guide ---------------------------------------------------------
-    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        size: int | None = None,
+        *,
+        reconstruction_only: bool = False,
+    ) -> torch.Tensor:
         """``y ~ OneHotCategorical(uniform)``, ``z ~ p(z)``, ``x ~ p(x | decoder(z, y))``;
         generating with ``labels`` fixes ``y``."""
         observed_y = None
         if x is not None:
-            flat, _ = self.check_data(x, labels)   # the labels are data, not model inputs
+            flat, _ = self.check_data(x, labels)  # the labels are data, not model inputs
             n = flat.shape[0]
         else:
             flat = None
@@ -234,8 +291,14 @@ class SemiSupervisedAAE(AAE):
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
-    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None, *, reconstruction_only: bool = False) -> torch.Tensor:
+    def guide(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        size: int | None = None,
+        *,
+        reconstruction_only: bool = False,
+    ) -> torch.Tensor:
         """``y`` a point at the class head's softmax, ``z ~ q(z | x)``."""
         flat = self._flat(x)
         h = self._features(self._seen(flat))
@@ -295,24 +358,48 @@ class SemiSupervisedAAE(AAE):
         return list(self.encoder.body.parameters()) + list(self.class_head.parameters())
 
     def _autoencoder_parameters(self):
-        return (list(self.encoder.parameters()) + list(self.class_head.parameters())
-                + list(self.decoder.parameters()) + list(self.likelihood.parameters()))
+        return (
+            list(self.encoder.parameters())
+            + list(self.class_head.parameters())
+            + list(self.decoder.parameters())
+            + list(self.likelihood.parameters())
+        )
 
-    def phases(self) -> List[Phase]:
+    def phases(self) -> list[Phase]:
         """``reconstruction``, ``discriminator_z``, ``generator_z``, ``discriminator_y``,
         ``generator_y`` (reconstruction first or last, as ``phase_order`` says), then
         ``classification``."""
         kw = dict(k=self.k, label_smoothing=self.label_smoothing, gp_weight=self.gp_weight)
-        z_phases = adversarial_phases(self.discriminator, self._style_parameters, self.real,
-                                      self.fake, self.spec, names=("discriminator_z",
-                                                                   "generator_z"), **kw)
-        y_phases = adversarial_phases(self.discriminator_y, self._class_parameters, self.real_y,
-                                      self.fake_y, self.spec, names=("discriminator_y",
-                                                                     "generator_y"), **kw)
-        rec = Phase("reconstruction", lambda batch, ctx: self.reconstruction_loss(batch),
-                    params=self._autoencoder_parameters, discover=False)
-        cls = Phase("classification", lambda batch, ctx: self.classification_loss(batch),
-                    params=self._class_parameters, discover=False)
+        z_phases = adversarial_phases(
+            self.discriminator,
+            self._style_parameters,
+            self.real,
+            self.fake,
+            self.spec,
+            names=("discriminator_z", "generator_z"),
+            **kw,
+        )
+        y_phases = adversarial_phases(
+            self.discriminator_y,
+            self._class_parameters,
+            self.real_y,
+            self.fake_y,
+            self.spec,
+            names=("discriminator_y", "generator_y"),
+            **kw,
+        )
+        rec = Phase(
+            "reconstruction",
+            lambda batch, ctx: self.reconstruction_loss(batch),
+            params=self._autoencoder_parameters,
+            discover=False,
+        )
+        cls = Phase(
+            "classification",
+            lambda batch, ctx: self.classification_loss(batch),
+            params=self._class_parameters,
+            discover=False,
+        )
         regularization = z_phases + y_phases
         if self.phase_order == "reconstruction_first":
             return [rec] + regularization + [cls]
@@ -324,9 +411,9 @@ REGULARIZATION_LR_SHARE = 0.1
 regularization phases by default."""
 
 
-def regularization_optim(model: SemiSupervisedAAE, lr: float, *,
-                         d_lr: Optional[float] = None, g_lr: Optional[float] = None
-                         ) -> Dict[str, Dict[str, Any]]:
+def regularization_optim(
+    model: SemiSupervisedAAE, lr: float, *, d_lr: float | None = None, g_lr: float | None = None
+) -> dict[str, dict[str, Any]]:
     """A ``phase_optim`` (:class:`~probgen.train.FitConfig`) that trains the four
     regularization phases (``discriminator_z``, ``discriminator_y``, ``generator_z``,
     ``generator_y``) slower than the reconstruction and classification: at ``d_lr`` and
@@ -346,8 +433,9 @@ def regularization_optim(model: SemiSupervisedAAE, lr: float, *,
     """
     lr = checks.positive_float("lr", lr)
     share = REGULARIZATION_LR_SHARE * lr
-    return player_optim(model, d_lr=share if d_lr is None else d_lr,
-                        g_lr=share if g_lr is None else g_lr)
+    return player_optim(
+        model, d_lr=share if d_lr is None else d_lr, g_lr=share if g_lr is None else g_lr
+    )
 
 
 __all__ = ["REGULARIZATION_LR_SHARE", "SemiSupervisedAAE", "regularization_optim"]

@@ -40,7 +40,8 @@ IWAE is a training objective, not a model: train a ``vae`` with
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -120,81 +121,121 @@ class VAE(nn.Module):
     :func:`probgen.metrics.kl_per_dimension`) do not describe this model's prior.
     """
 
-    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), z_dim: int = 50,
-                 hidden: Optional[Sequence[int]] = None, net: str = "mlp",
-                 likelihood: str = "bernoulli", encoder: str = "gaussian", beta: float = 1.0,
-                 num_labels: int = 0, corruption: Optional[str] = None,
-                 activation: Optional[str] = None,
-                 likelihood_kwargs: Optional[Dict[str, Any]] = None,
-                 corruption_kwargs: Optional[Dict[str, Any]] = None,
-                 guide_flow: Optional[str] = None, guide_flow_depth: int = 2,
-                 guide_flow_kwargs: Optional[Dict[str, Any]] = None,
-                 prior_flow: Optional[str] = None, prior_flow_depth: int = 3,
-                 prior_flow_kwargs: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (1, 28, 28),
+        z_dim: int = 50,
+        hidden: Sequence[int] | None = None,
+        net: str = "mlp",
+        likelihood: str = "bernoulli",
+        encoder: str = "gaussian",
+        beta: float = 1.0,
+        num_labels: int = 0,
+        corruption: str | None = None,
+        activation: str | None = None,
+        likelihood_kwargs: dict[str, Any] | None = None,
+        corruption_kwargs: dict[str, Any] | None = None,
+        guide_flow: str | None = None,
+        guide_flow_depth: int = 2,
+        guide_flow_kwargs: dict[str, Any] | None = None,
+        prior_flow: str | None = None,
+        prior_flow_depth: int = 3,
+        prior_flow_kwargs: dict[str, Any] | None = None,
+    ):
         super().__init__()
         checks.choice("encoder", encoder, ENCODERS)
         flow_kw = flow_settings(guide_flow, guide_flow_depth, guide_flow_kwargs)
         if guide_flow is not None and encoder != "gaussian":
-            raise ConfigError(f"guide_flow={guide_flow!r} pushes the encoder's Gaussian through a "
-                              f"flow; it needs encoder='gaussian', got {encoder!r}.")
+            raise ConfigError(
+                f"guide_flow={guide_flow!r} pushes the encoder's Gaussian through a "
+                f"flow; it needs encoder='gaussian', got {encoder!r}."
+            )
         beta = checks.nonnegative_float("beta", beta, hint="beta weights the KL term")
         if prior_flow is not None:
             if prior_flow not in ZUKO_FLOWS:
-                raise ConfigError(f"prior_flow must be None (N(0, I)) or one of "
-                                  f"{ZUKO_FLOWS.names()}, got {prior_flow!r}.")
+                raise ConfigError(
+                    f"prior_flow must be None (N(0, I)) or one of "
+                    f"{ZUKO_FLOWS.names()}, got {prior_flow!r}."
+                )
             if beta == 0:
-                raise ConfigError(f"prior_flow={prior_flow!r} is learned from the ELBO's "
-                                  f"log p(z) term, which beta = 0 masks out; use beta > 0 "
-                                  f"or no prior flow.")
+                raise ConfigError(
+                    f"prior_flow={prior_flow!r} is learned from the ELBO's "
+                    f"log p(z) term, which beta = 0 masks out; use beta > 0 "
+                    f"or no prior flow."
+                )
             zuko_settings(prior_flow_kwargs, "prior_flow_kwargs")
         self.image_shape = tuple(image_shape)
         self.z_dim, self.beta, self.num_labels = z_dim, float(beta), num_labels
-        self.settings = dict(image_shape=list(self.image_shape), z_dim=z_dim,
-                             hidden=list(hidden) if hidden is not None else None, net=net,
-                             likelihood=likelihood, encoder=encoder, beta=float(beta),
-                             num_labels=num_labels, corruption=corruption, activation=activation,
-                             likelihood_kwargs=likelihood_kwargs,
-                             corruption_kwargs=corruption_kwargs)
-        if guide_flow is not None:   # recorded only when set: a plain VAE's settings stay as they were
-            self.settings.update(guide_flow=guide_flow, guide_flow_depth=guide_flow_depth,
-                                 guide_flow_kwargs=guide_flow_kwargs)
+        self.settings = dict(
+            image_shape=list(self.image_shape),
+            z_dim=z_dim,
+            hidden=list(hidden) if hidden is not None else None,
+            net=net,
+            likelihood=likelihood,
+            encoder=encoder,
+            beta=float(beta),
+            num_labels=num_labels,
+            corruption=corruption,
+            activation=activation,
+            likelihood_kwargs=likelihood_kwargs,
+            corruption_kwargs=corruption_kwargs,
+        )
+        if (
+            guide_flow is not None
+        ):  # recorded only when set: a plain VAE's settings stay as they were
+            self.settings.update(
+                guide_flow=guide_flow,
+                guide_flow_depth=guide_flow_depth,
+                guide_flow_kwargs=guide_flow_kwargs,
+            )
         if prior_flow is not None:
-            self.settings.update(prior_flow=prior_flow, prior_flow_depth=prior_flow_depth,
-                                 prior_flow_kwargs=prior_flow_kwargs)
+            self.settings.update(
+                prior_flow=prior_flow,
+                prior_flow_depth=prior_flow_depth,
+                prior_flow_kwargs=prior_flow_kwargs,
+            )
         kw = {}
         if hidden is not None:
             kw["hidden"] = tuple(hidden)
         if activation is not None:
             kw["activation"] = activation
         self.encoder_kind = encoder
-        self.encoder, self.decoder = NETS.get(net)(self.image_shape, z_dim, num_labels=num_labels,
-                                                   stochastic=encoder == "gaussian", **kw)
+        self.encoder, self.decoder = NETS.get(net)(
+            self.image_shape, z_dim, num_labels=num_labels, stochastic=encoder == "gaussian", **kw
+        )
         self.likelihood = LIKELIHOODS.get(likelihood)(**(likelihood_kwargs or {}))
         self.corrupt = make_corruption(corruption, self.image_shape, **(corruption_kwargs or {}))
         self._plates: dict = {}
         self.guide_flow = None
         if guide_flow is not None:
-            self.guide_flow = AmortizedFlow(guide_flow, z_dim, self._context_dim(),
-                                            guide_flow_depth, **flow_kw)
+            self.guide_flow = AmortizedFlow(
+                guide_flow, z_dim, self._context_dim(), guide_flow_depth, **flow_kw
+            )
         self.prior_flow = None
         if prior_flow is not None:
-            self.prior_flow = zuko_flow(prior_flow, z_dim, 0, prior_flow_depth,
-                                        **(prior_flow_kwargs or {}))
+            self.prior_flow = zuko_flow(
+                prior_flow, z_dim, 0, prior_flow_depth, **(prior_flow_kwargs or {})
+            )
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "VAE":
+    def from_preset(cls, name: str, **overrides: Any) -> VAE:
         """A model of the preset ``name`` (see :data:`PRESETS`), settings overridden."""
         return cls(**{**PRESETS.get(name), **overrides})
 
     def extra_repr(self) -> str:
         s = self.settings
-        flow = (f", guide_flow={s['guide_flow']} x {s['guide_flow_depth']}"
-                if s.get("guide_flow") else "")
+        flow = (
+            f", guide_flow={s['guide_flow']} x {s['guide_flow_depth']}"
+            if s.get("guide_flow")
+            else ""
+        )
         if s.get("prior_flow"):
             flow += f", prior_flow={s['prior_flow']} x {s['prior_flow_depth']}"
-        return (f"z_dim={s['z_dim']}, net={s['net']}, likelihood={s['likelihood']}, "
-                f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
-                f"corruption={s['corruption']}{flow}")
+        return (
+            f"z_dim={s['z_dim']}, net={s['net']}, likelihood={s['likelihood']}, "
+            f"encoder={s['encoder']}, beta={s['beta']}, num_labels={s['num_labels']}, "
+            f"corruption={s['corruption']}{flow}"
+        )
 
     @property
     def label_to_decoder(self) -> bool:
@@ -214,12 +255,13 @@ class VAE(nn.Module):
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return flat_images(x, self.image_shape)
 
-    def _onehot(self, labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    def _onehot(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         labels = checked_labels(labels, n, self.num_labels)
         return None if labels is None else F.one_hot(labels, self.num_labels)
 
-    def check_data(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def check_data(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flat images and one-hot labels, after checking both (clear errors otherwise)."""
         flat = self._flat(x)
         # Inside fit, data checked whole before the first step is not checked per batch.
@@ -234,7 +276,7 @@ class VAE(nn.Module):
         if self.beta == 0:
             return poutine.mask(mask=False)
         if self.beta == 1:
-            return contextlib.nullcontext()   # a scale of 1 would only cost a multiply per step
+            return contextlib.nullcontext()  # a scale of 1 would only cost a multiply per step
         return poutine.scale(scale=self.beta)
 
     # False: a fresh plate in every step as well (how the per-step cost was timed)
@@ -246,16 +288,20 @@ class VAE(nn.Module):
         through Pyro's whole handler stack for its subsample site on every call, which the
         ELBO never reads. Elsewhere a fresh ``pyro.plate("data", n)``."""
         if self.reuse_plates and step is not None and step.module is self:
-            plates = self.__dict__.setdefault("_plates", {})   # (a VAE pickled before it)
+            plates = self.__dict__.setdefault("_plates", {})  # (a VAE pickled before it)
             plate = plates.get(n)
-            if plate is None:   # made outside the handlers: no trace records its making
+            if plate is None:  # made outside the handlers: no trace records its making
                 with poutine.block():
                     plate = plates[n] = pyro.plate("data", n, dim=-1)
             return plate
         return pyro.plate("data", n)
 
-    def model(self, x: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        size: int | None = None,
+    ) -> torch.Tensor:
         step = current_step()
         if step is None or step.registers(self):
             pyro.module("vae", self)
@@ -271,7 +317,7 @@ class VAE(nn.Module):
             with self._kl_weight():
                 z = pyro.sample("z", prior)
             out = self.decoder(z, onehot)
-            if step is None:   # no loss reads it: skipped in fit's own steps
+            if step is None:  # no loss reads it: skipped in fit's own steps
                 pyro.deterministic("mean", self.likelihood.mean(out), event_dim=1)
             return pyro.sample("x", self.likelihood(out), obs=flat)
 
@@ -288,17 +334,21 @@ class VAE(nn.Module):
         # scale heads read), as in Kingma et al. (2016) and van den Berg et al. (2018).
         return self.encoder.loc.in_features
 
-    def _q(self, seen: torch.Tensor, onehot: Optional[torch.Tensor]):
+    def _q(self, seen: torch.Tensor, onehot: torch.Tensor | None):
         if self.guide_flow is None:
             loc, scale = self.encoder(seen, onehot)
-            return (dist.Normal(loc, scale).to_event(1) if scale is not None
-                    else dist.Delta(loc, event_dim=1))
+            return (
+                dist.Normal(loc, scale).to_event(1)
+                if scale is not None
+                else dist.Delta(loc, event_dim=1)
+            )
         h = self.encoder.body(seen, onehot)
         loc, scale = self.encoder.gaussian(h)
         return self.guide_flow.distribution(loc, scale, h)
 
-    def guide(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-              size: Optional[int] = None) -> torch.Tensor:
+    def guide(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, size: int | None = None
+    ) -> torch.Tensor:
         flat = self._flat(x)
         onehot = self._onehot(labels, flat.shape[0])
         seen = self.corrupt(flat) if self.corrupt is not None else flat
@@ -307,8 +357,9 @@ class VAE(nn.Module):
             with self._kl_weight():
                 return pyro.sample("z", q)
 
-    def posterior(self, x: torch.Tensor,
-                  labels: Optional[torch.Tensor] = None) -> dist.TorchDistribution:
+    def posterior(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
         """``q(z | x)`` for the images as given (no corruption added), as a distribution
         with batch shape ``(B,)`` and event shape ``(z_dim,)``: the encoder's Gaussian,
         or with ``guide_flow`` a :class:`~pyro.distributions.TransformedDistribution`
@@ -317,20 +368,21 @@ class VAE(nn.Module):
         return self._q(flat, self._onehot(labels, flat.shape[0]))
 
     # -- using a trained model ------------------------------------------------------------
-    def encode(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None
-               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def encode(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``q(z | x)``'s ``(loc, scale)`` for the images as given (no corruption added);
         ``scale`` is ``None`` for a point-mass encoder. With ``guide_flow`` these are the
         flow's base Gaussian (:meth:`posterior` is the whole q)."""
         flat = self._flat(x)
         return self.encoder(flat, self._onehot(labels, flat.shape[0]))
 
-    def decode(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The likelihood's mean image for each code, ``(B, *image_shape)``."""
         out = self.decoder(z, self._onehot(labels, z.shape[0]))
         return self.likelihood.mean(out).reshape((z.shape[0],) + self.image_shape)
 
-    def _centre(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _centre(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's mean code of each image (with ``guide_flow``: the base mean pushed
         through the flow)."""
         loc = self.encode(x, labels)[0]
@@ -342,15 +394,16 @@ class VAE(nn.Module):
         return loc
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the encoder's mean code of each image: ``(B, *image_shape)`` (with
         ``guide_flow``: the base mean pushed through the flow)."""
         return self.decode(self._centre(x, labels), labels)
 
     # -- the autoencoder interface (probgen.models.autoencoder) -------------------------
     @torch.no_grad()
-    def codes(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
-              sample: bool = True) -> torch.Tensor:
+    def codes(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, *, sample: bool = True
+    ) -> torch.Tensor:
         """``(B, z_dim)`` codes of the images as given (no corruption added): draws of
         ``q(z | x)`` (over a data set, draws of the aggregated posterior ``q(z)``), or with
         ``sample=False`` the code :meth:`reconstruct` decodes."""
@@ -359,7 +412,7 @@ class VAE(nn.Module):
         return self.posterior(x, labels).sample()
 
     @torch.no_grad()
-    def prior_sample(self, n: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prior_sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``(n, z_dim)`` draws of ``p(z)`` (labels, checked, do not change it: a
         label-conditional VAE's prior is the same for every label)."""
         n = checks.positive_int("n", n)
@@ -380,7 +433,7 @@ class VAE(nn.Module):
         return -self.likelihood(self.decoder(z, onehot)).log_prob(flat).mean()
 
     @torch.no_grad()
-    def sample(self, n: Optional[int] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images of ``z ~ p(z)`` drawn with :class:`pyro.infer.Predictive`:
         ``(n, *image_shape)``, or one per label.
 

@@ -5,4 +5,13 @@ from probgen.nn.coders import NETS, Encoder
 from probgen.nn.heads import GaussianHead
 from probgen.nn.mlp import ACTIVATIONS, MLP, GaussianMLP
 
-__all__ = ["ACTIVATIONS", "Encoder", "GaussianHead", "GaussianMLP", "MLP", "MNISTClassifier", "NETS", "load_classifier"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "NETS",
+    "Encoder",
+    "GaussianHead",
+    "GaussianMLP",
+    "MNISTClassifier",
+    "load_classifier",
+]

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,13 @@ from torch import nn
 
 from probgen import checks
 from probgen.errors import DataError
-from probgen.nn.gan_nets import (DCGANDiscriminator, DCGANGenerator, check_input, dcgan_plan,
-                                 default_width)
+from probgen.nn.gan_nets import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    check_input,
+    dcgan_plan,
+    default_width,
+)
 
 
 def label_maps(levels: torch.Tensor, num_levels: int, like: torch.Tensor) -> torch.Tensor:
@@ -37,8 +42,9 @@ class ConditionalGenerator(nn.Module):
     """``G(z, onehot) -> image`` (no output activation): a DCGAN generator of
     ``z_dim + num_levels`` inputs."""
 
-    def __init__(self, image_shape: Sequence[int], z_dim: int, num_levels: int,
-                 width: Optional[int] = None):
+    def __init__(
+        self, image_shape: Sequence[int], z_dim: int, num_levels: int, width: int | None = None
+    ):
         super().__init__()
         self.z_dim = checks.positive_int("z_dim", z_dim)
         self.num_levels = checks.positive_int("num_levels", num_levels)
@@ -53,8 +59,13 @@ class ConditionalDiscriminator(DCGANDiscriminator):
     channels (one tensor in, so that :func:`probgen.infer.adversarial.adversarial_phases`
     serves it as any discriminator). Image values in [-1, 1]; the label maps in {0, 1}."""
 
-    def __init__(self, image_shape: Sequence[int], num_levels: int, width: Optional[int] = None,
-                 norm: str = "batch"):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        num_levels: int,
+        width: int | None = None,
+        norm: str = "batch",
+    ):
         shape = checks.sizes("image_shape", image_shape)
         self.num_levels = checks.positive_int("num_levels", num_levels)
         super().__init__((shape[0] + num_levels,) + shape[1:], width, norm, (-1.0, 1.0))
@@ -72,18 +83,25 @@ class ConvEncoder(nn.Module):
         value_range: the range inputs must lie in (``None``: unchecked).
     """
 
-    def __init__(self, image_shape: Sequence[int], z_dim: int, width: Optional[int] = None,
-                 value_range: Optional[Tuple[float, float]] = (-1.0, 1.0)):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        z_dim: int,
+        width: int | None = None,
+        value_range: tuple[float, float] | None = (-1.0, 1.0),
+    ):
         super().__init__()
         self.image_shape = checks.sizes("image_shape", image_shape)
         self.z_dim = checks.positive_int("z_dim", z_dim)
         start, stages = dcgan_plan(self.image_shape)
-        width = checks.positive_int("width", width if width is not None
-                                    else default_width(self.image_shape, "discriminator"))
+        width = checks.positive_int(
+            "width",
+            width if width is not None else default_width(self.image_shape, "discriminator"),
+        )
         self.value_range = value_range
         layers, channels = [], self.image_shape[0]
         for i in range(stages):
-            out = width * 2 ** i
+            out = width * 2**i
             layers.append(nn.Conv2d(channels, out, 4, 2, 1, bias=False))
             if i > 0:
                 layers.append(nn.BatchNorm2d(out))
@@ -122,14 +140,17 @@ class GRUAger(nn.Module):
         self.upper = nn.GRUCell(hidden, hidden)
         self.decode = nn.Linear(hidden, d)
 
-    def forward(self, x: torch.Tensor, steps: int,
-                teacher: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, steps: int, teacher: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x (B, *image_shape)`` in [0, 1] -> the next ``steps`` images ``(B, steps,
         *image_shape)`` in [0, 1]. ``teacher (B, steps, ...)``: feed the true image of each
         step to the next one instead of the network's own output (teacher forcing)."""
         if x.dim() != len(self.image_shape) + 1 or tuple(x.shape[1:]) != self.image_shape:
-            raise DataError(f"the recurrent ager takes images (B, "
-                            f"{', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}.")
+            raise DataError(
+                f"the recurrent ager takes images (B, "
+                f"{', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}."
+            )
         steps = checks.nonnegative_int("steps", steps)
         b = x.shape[0]
         h1 = x.new_zeros(b, self.hidden)
@@ -147,5 +168,10 @@ class GRUAger(nn.Module):
         return torch.stack(outs, 1).reshape((b, steps) + self.image_shape)
 
 
-__all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "ConvEncoder", "GRUAger",
-           "label_maps"]
+__all__ = [
+    "ConditionalDiscriminator",
+    "ConditionalGenerator",
+    "ConvEncoder",
+    "GRUAger",
+    "label_maps",
+]

@@ -15,7 +15,8 @@ else ``(loc, None)`` (a point code: no scale head, so every parameter is used).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import itertools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def _numel(shape: Sequence[int]) -> int:
     return int(torch.Size(shape).numel())
 
 
-def _with_label(h: torch.Tensor, onehot: Optional[torch.Tensor]) -> torch.Tensor:
+def _with_label(h: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
     if onehot is None:
         return h
     # z may carry extra leading (particle) dimensions: broadcast the label to them.
@@ -50,16 +51,18 @@ class Encoder(GaussianHead):
         self.body = body
         self.add_head(features, z_dim, stochastic)
 
-    def forward(self, x: torch.Tensor, onehot: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, onehot: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.gaussian(self.body(x, onehot))
 
 
 class _MLPBody(nn.Module):
     def __init__(self, in_dim: int, hidden: Sequence[int], num_labels: int, activation: str):
         super().__init__()
-        self.net = nn.Sequential(MLP([in_dim + num_labels, *hidden], activation),
-                                 ACTIVATIONS[activation]())
+        self.net = nn.Sequential(
+            MLP([in_dim + num_labels, *hidden], activation), ACTIVATIONS[activation]()
+        )
 
     def forward(self, x, onehot=None):
         return self.net(_with_label(x.reshape(x.shape[0], -1), onehot))
@@ -76,12 +79,16 @@ class _MLPDecoder(nn.Module):
 
 def _check_conv_shape(image_shape, channels):
     if len(image_shape) != 3:
-        raise ConfigError(f"the conv network takes images (C, H, W), got shape {tuple(image_shape)}.")
-    c, h, w = image_shape
+        raise ConfigError(
+            f"the conv network takes images (C, H, W), got shape {tuple(image_shape)}."
+        )
+    _c, h, w = image_shape
     f = 2 ** len(channels)
     if h % f or w % f:
-        raise ConfigError(f"the conv network halves the image {len(channels)} times, so H and W "
-                          f"must be divisible by {f}; got {h}x{w}. Pad the images or use net='mlp'.")
+        raise ConfigError(
+            f"the conv network halves the image {len(channels)} times, so H and W "
+            f"must be divisible by {f}; got {h}x{w}. Pad the images or use net='mlp'."
+        )
 
 
 class _ConvBody(nn.Module):
@@ -96,12 +103,14 @@ class _ConvBody(nn.Module):
         self.conv = nn.Sequential(*layers, nn.Flatten())
         self.image_shape = tuple(image_shape)
         flat = prev * (h // 2 ** len(channels)) * (w // 2 ** len(channels))
-        self.dense = nn.Sequential(nn.Linear(flat + num_labels, hidden[-1]),
-                                   ACTIVATIONS[activation]())
+        self.dense = nn.Sequential(
+            nn.Linear(flat + num_labels, hidden[-1]), ACTIVATIONS[activation]()
+        )
 
     def forward(self, x, onehot=None):
-        return self.dense(_with_label(self.conv(x.reshape((x.shape[0],) + self.image_shape)),
-                                      onehot))
+        return self.dense(
+            _with_label(self.conv(x.reshape((x.shape[0],) + self.image_shape)), onehot)
+        )
 
 
 class _ConvDecoder(nn.Module):
@@ -112,11 +121,14 @@ class _ConvDecoder(nn.Module):
         f = 2 ** len(channels)
         self.start = (channels[-1], h // f, w // f)
         self.dense = nn.Sequential(
-            nn.Linear(z_dim + num_labels, hidden[-1]), ACTIVATIONS[activation](),
-            nn.Linear(hidden[-1], _numel(self.start)), ACTIVATIONS[activation]())
+            nn.Linear(z_dim + num_labels, hidden[-1]),
+            ACTIVATIONS[activation](),
+            nn.Linear(hidden[-1], _numel(self.start)),
+            ACTIVATIONS[activation](),
+        )
         layers = []
         chans = list(reversed(channels)) + [c]
-        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(chans)):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
             if i < len(chans) - 2:
                 layers.append(ACTIVATIONS[activation]())
@@ -137,8 +149,14 @@ def _check(image_shape, z_dim, hidden, num_labels, activation):
 
 
 @NETS.register("mlp")
-def mlp_coders(image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (200, 200),
-               num_labels: int = 0, activation: str = "tanh", stochastic: bool = True):
+def mlp_coders(
+    image_shape: Sequence[int],
+    z_dim: int,
+    hidden: Sequence[int] = (200, 200),
+    num_labels: int = 0,
+    activation: str = "tanh",
+    stochastic: bool = True,
+):
     """Fully connected encoder and decoder; returns ``(encoder, decoder)``.
 
     The decoder returns ``(B, D)`` pre-activations (logits or means) of the pixels.
@@ -150,10 +168,17 @@ def mlp_coders(image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (
 
 
 @NETS.register("conv")
-def conv_coders(image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (256,),
-                num_labels: int = 0, activation: str = "relu", stochastic: bool = True):
+def conv_coders(
+    image_shape: Sequence[int],
+    z_dim: int,
+    hidden: Sequence[int] = (256,),
+    num_labels: int = 0,
+    activation: str = "relu",
+    stochastic: bool = True,
+):
     """Convolutional encoder (two stride-2 convs, 32 and 64 channels) and its mirror decoder."""
     _check(image_shape, z_dim, hidden, num_labels, activation)
-    enc = Encoder(_ConvBody(image_shape, hidden, num_labels, activation), hidden[-1], z_dim,
-                  stochastic)
+    enc = Encoder(
+        _ConvBody(image_shape, hidden, num_labels, activation), hidden[-1], z_dim, stochastic
+    )
     return enc, _ConvDecoder(z_dim, hidden, image_shape, num_labels, activation)

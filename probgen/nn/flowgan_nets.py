@@ -23,7 +23,7 @@ images other than 28x28 or 32x32 are refused when the network is built.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,22 +37,26 @@ SIDES = (28, 32)
 NORMS = ("batch", "layer")
 
 
-def check_image_shape(image_shape: Sequence[int], who: str) -> Tuple[int, int, int]:
+def check_image_shape(image_shape: Sequence[int], who: str) -> tuple[int, int, int]:
     """``(C, H, H)`` with ``H`` 28 or 32, else a :class:`ConfigError` saying so."""
     try:
         shape = tuple(int(s) for s in image_shape)
     except (TypeError, ValueError):
         raise ConfigError(f"{who} takes an image shape (C, H, W), got {image_shape!r}.") from None
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] not in SIDES or shape[0] < 1:
-        raise ConfigError(f"{who} takes square images of side 28 (MNIST) or 32 (CIFAR-10), "
-                          f"(C, 28, 28) or (C, 32, 32), got image shape {shape}.")
+        raise ConfigError(
+            f"{who} takes square images of side 28 (MNIST) or 32 (CIFAR-10), "
+            f"(C, 28, 28) or (C, 32, 32), got image shape {shape}."
+        )
     return shape
 
 
 def _check_norm(norm: str) -> str:
     if norm not in NORMS:
-        raise ConfigError(f"the discriminator's norm must be one of {NORMS} (layer: for a "
-                          f"critic with a gradient penalty), got {norm!r}.")
+        raise ConfigError(
+            f"the discriminator's norm must be one of {NORMS} (layer: for a "
+            f"critic with a gradient penalty), got {norm!r}."
+        )
     return norm
 
 
@@ -66,8 +70,12 @@ class ResNet18Discriminator(nn.Module):
         value_range: the range inputs must lie in (``None``: unchecked).
     """
 
-    def __init__(self, image_shape: Sequence[int] = (3, 32, 32), norm: str = "batch",
-                 value_range: Optional[Tuple[float, float]] = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (3, 32, 32),
+        norm: str = "batch",
+        value_range: tuple[float, float] | None = None,
+    ):
         super().__init__()
         from torchvision.models import resnet18
 
@@ -88,23 +96,32 @@ class ResNet18Discriminator(nn.Module):
 
 
 @FLOWGAN_DISCRIMINATORS.register("dcgan")
-def dcgan_discriminator(image_shape: Sequence[int], *, width: Optional[int] = None,
-                        norm: str = "batch",
-                        value_range: Optional[Tuple[float, float]] = None) -> nn.Module:
+def dcgan_discriminator(
+    image_shape: Sequence[int],
+    *,
+    width: int | None = None,
+    norm: str = "batch",
+    value_range: tuple[float, float] | None = None,
+) -> nn.Module:
     """The thesis's DCGAN discriminator (base width 32 unless ``width`` is given)."""
     shape = check_image_shape(image_shape, "the DCGAN discriminator")
-    return DCGANDiscriminator(shape, 32 if width is None else width, _check_norm(norm),
-                              value_range)
+    return DCGANDiscriminator(shape, 32 if width is None else width, _check_norm(norm), value_range)
 
 
 @FLOWGAN_DISCRIMINATORS.register("resnet18")
-def resnet18_discriminator(image_shape: Sequence[int], *, width: Optional[int] = None,
-                           norm: str = "batch",
-                           value_range: Optional[Tuple[float, float]] = None) -> nn.Module:
+def resnet18_discriminator(
+    image_shape: Sequence[int],
+    *,
+    width: int | None = None,
+    norm: str = "batch",
+    value_range: tuple[float, float] | None = None,
+) -> nn.Module:
     """:class:`ResNet18Discriminator` (its widths are ResNet-18's: ``width`` is refused)."""
     if width is not None:
-        raise ConfigError("the ResNet-18 discriminator has ResNet-18's widths; leave d_width "
-                          "unset (it sets the DCGAN discriminator's base width).")
+        raise ConfigError(
+            "the ResNet-18 discriminator has ResNet-18's widths; leave d_width "
+            "unset (it sets the DCGAN discriminator's base width)."
+        )
     return ResNet18Discriminator(image_shape, norm, value_range)
 
 
@@ -113,5 +130,11 @@ def build_discriminator(name: str, image_shape: Sequence[int], **kwargs) -> nn.M
     return FLOWGAN_DISCRIMINATORS.get(name)(image_shape, **kwargs)
 
 
-__all__ = ["FLOWGAN_DISCRIMINATORS", "ResNet18Discriminator", "build_discriminator",
-           "check_image_shape", "dcgan_discriminator", "resnet18_discriminator"]
+__all__ = [
+    "FLOWGAN_DISCRIMINATORS",
+    "ResNet18Discriminator",
+    "build_discriminator",
+    "check_image_shape",
+    "dcgan_discriminator",
+    "resnet18_discriminator",
+]

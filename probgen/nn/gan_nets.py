@@ -37,9 +37,9 @@ A critic trained with a gradient penalty should not use batch norm (Gulrajani et
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -56,8 +56,13 @@ def _numel(shape: Sequence[int]) -> int:
     return int(torch.Size(shape).numel())
 
 
-def check_input(x: torch.Tensor, shape: Tuple[int, ...], value_range: Optional[Tuple[float, float]],
-                who: str, values: Optional[bool] = None) -> None:
+def check_input(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    value_range: tuple[float, float] | None,
+    who: str,
+    values: bool | None = None,
+) -> None:
     """Raise :class:`DataError` unless ``x`` is ``(B, *shape)`` with values in ``value_range``.
 
     The value check reads one flag back to the host (a synchronisation on a GPU); it runs
@@ -66,18 +71,22 @@ def check_input(x: torch.Tensor, shape: Tuple[int, ...], value_range: Optional[T
     if not torch.is_tensor(x):
         raise DataError(f"{who} takes a tensor, got {type(x).__name__}.")
     if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
-        raise DataError(f"{who} takes examples of shape (B, {', '.join(map(str, shape))}), got "
-                        f"{tuple(x.shape)}.")
+        raise DataError(
+            f"{who} takes examples of shape (B, {', '.join(map(str, shape))}), got "
+            f"{tuple(x.shape)}."
+        )
     if values is None:
         values = not _INPUTS_CHECKED.get()
     if value_range is not None and values and x.numel():
         lo, hi = torch.aminmax(x.detach())
         a, b = value_range
         tol = 1e-4 * (b - a)
-        if bool(~((lo >= a - tol) & (hi <= b + tol))):   # also catches NaN
-            raise DataError(f"{who} takes values in [{a:g}, {b:g}], got values in "
-                            f"[{float(lo):.4g}, {float(hi):.4g}]; rescale the data (images in "
-                            f"[0, 1] are mapped to [-1, 1] by the GAN model).")
+        if bool(~((lo >= a - tol) & (hi <= b + tol))):  # also catches NaN
+            raise DataError(
+                f"{who} takes values in [{a:g}, {b:g}], got values in "
+                f"[{float(lo):.4g}, {float(hi):.4g}]; rescale the data (images in "
+                f"[0, 1] are mapped to [-1, 1] by the GAN model)."
+            )
 
 
 _INPUTS_CHECKED: ContextVar[bool] = ContextVar("probgen_inputs_checked", default=False)
@@ -114,6 +123,7 @@ def _check_norm(norm: str) -> str:
 
 # --------------------------------------------------------------------------- MLP
 
+
 class MLPGenerator(nn.Module):
     """``z (B, z_dim) -> Linear -> ReLU -> ... -> Linear -> (B, *data_shape)`` (no output
     activation).
@@ -125,8 +135,13 @@ class MLPGenerator(nn.Module):
         batch_norm: batch norm after each hidden linear layer.
     """
 
-    def __init__(self, data_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (256, 512),
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        z_dim: int,
+        hidden: Sequence[int] = (256, 512),
+        batch_norm: bool = False,
+    ):
         super().__init__()
         self.data_shape = checks.sizes("data_shape", data_shape)
         self.z_dim = checks.positive_int("z_dim", z_dim)
@@ -154,8 +169,12 @@ class MLPDiscriminator(nn.Module):
         value_range: the range inputs must lie in (``None``: unchecked).
     """
 
-    def __init__(self, data_shape: Sequence[int], hidden: Sequence[int] = (512, 256),
-                 value_range: Optional[Tuple[float, float]] = None):
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        hidden: Sequence[int] = (512, 256),
+        value_range: tuple[float, float] | None = None,
+    ):
         super().__init__()
         self.data_shape = checks.sizes("data_shape", data_shape)
         hidden = checks.sizes("hidden layer sizes", hidden)
@@ -174,20 +193,25 @@ class MLPDiscriminator(nn.Module):
 
 # --------------------------------------------------------------------------- DCGAN
 
-def dcgan_plan(image_shape: Sequence[int]) -> Tuple[int, int]:
+
+def dcgan_plan(image_shape: Sequence[int]) -> tuple[int, int]:
     """``(start, stages)``: the side of the first feature map and the number of stride-2
     stages (``side = start * 2**stages``, ``4 <= start <= 7``) for a square image."""
     shape = checks.sizes("data_shape", image_shape)
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise ConfigError(f"DCGAN networks take square images (C, H, H), got data_shape "
-                          f"{shape}; use net='mlp' for other data.")
+        raise ConfigError(
+            f"DCGAN networks take square images (C, H, H), got data_shape "
+            f"{shape}; use net='mlp' for other data."
+        )
     side, stages = shape[1], 0
     while side % 2 == 0 and side > 7:
         side //= 2
         stages += 1
     if stages == 0 or not 4 <= side <= 7:
-        raise ConfigError(f"DCGAN networks take images whose side is 4 to 7 times a power of two "
-                          f"(28, 32, 64, ...), got {shape[1]}x{shape[2]}.")
+        raise ConfigError(
+            f"DCGAN networks take images whose side is 4 to 7 times a power of two "
+            f"(28, 32, 64, ...), got {shape[1]}x{shape[2]}."
+        )
     return side, stages
 
 
@@ -215,17 +239,21 @@ class DCGANGenerator(nn.Module):
         width: channels of the last hidden feature map (default :func:`default_width`).
     """
 
-    def __init__(self, image_shape: Sequence[int], z_dim: int = 100, width: Optional[int] = None):
+    def __init__(self, image_shape: Sequence[int], z_dim: int = 100, width: int | None = None):
         super().__init__()
         self.image_shape = checks.sizes("image_shape", image_shape)
         self.z_dim = checks.positive_int("z_dim", z_dim)
         start, stages = dcgan_plan(self.image_shape)
-        width = checks.positive_int("width", width if width is not None
-                                    else default_width(self.image_shape, "generator"))
+        width = checks.positive_int(
+            "width", width if width is not None else default_width(self.image_shape, "generator")
+        )
         channels = width * 2 ** (stages - 1)
         self.start = (channels, start, start)
-        self.project = nn.Sequential(nn.Linear(z_dim, channels * start * start, bias=False),
-                                     nn.BatchNorm1d(channels * start * start), nn.ReLU())
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, channels * start * start, bias=False),
+            nn.BatchNorm1d(channels * start * start),
+            nn.ReLU(),
+        )
         layers = []
         for i in range(stages):
             last = i == stages - 1
@@ -238,8 +266,9 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise DataError(f"the generator takes noise of shape (B, {self.z_dim}), got "
-                            f"{tuple(z.shape)}.")
+            raise DataError(
+                f"the generator takes noise of shape (B, {self.z_dim}), got {tuple(z.shape)}."
+            )
         return self.net(self.project(z).reshape((z.shape[0],) + self.start))
 
 
@@ -258,18 +287,25 @@ class DCGANDiscriminator(nn.Module):
         value_range: the range inputs must lie in (``None``: unchecked).
     """
 
-    def __init__(self, image_shape: Sequence[int], width: Optional[int] = None,
-                 norm: str = "batch", value_range: Optional[Tuple[float, float]] = (-1.0, 1.0)):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        width: int | None = None,
+        norm: str = "batch",
+        value_range: tuple[float, float] | None = (-1.0, 1.0),
+    ):
         super().__init__()
         self.image_shape = checks.sizes("image_shape", image_shape)
         start, stages = dcgan_plan(self.image_shape)
-        width = checks.positive_int("width", width if width is not None
-                                    else default_width(self.image_shape, "discriminator"))
+        width = checks.positive_int(
+            "width",
+            width if width is not None else default_width(self.image_shape, "discriminator"),
+        )
         _check_norm(norm)
         self.value_range = tuple(value_range) if value_range is not None else None
         layers, channels = [], self.image_shape[0]
         for i in range(stages):
-            out = width * 2 ** i
+            out = width * 2**i
             layers.append(nn.Conv2d(channels, out, 4, 2, 1, bias=False))
             if i > 0:
                 layers.append(_norm2d(norm, out))
@@ -285,29 +321,49 @@ class DCGANDiscriminator(nn.Module):
 
 # --------------------------------------------------------------------------- builders
 
+
 @GAN_NETS.register("mlp")
-def mlp_nets(data_shape: Sequence[int], z_dim: int, *, g_hidden: Optional[Sequence[int]] = None,
-             d_hidden: Optional[Sequence[int]] = None, d_norm: Optional[str] = None,
-             value_range: Optional[Tuple[float, float]] = None, **unused):
+def mlp_nets(
+    data_shape: Sequence[int],
+    z_dim: int,
+    *,
+    g_hidden: Sequence[int] | None = None,
+    d_hidden: Sequence[int] | None = None,
+    d_norm: str | None = None,
+    value_range: tuple[float, float] | None = None,
+    **unused,
+):
     """``(MLPGenerator, MLPDiscriminator)``; the MLP discriminator has no norm layers."""
     _reject(unused, "mlp")
     if d_norm not in (None, "none"):
-        raise ConfigError(f"the MLP discriminator has no normalization layers; d_norm={d_norm!r} "
-                          f"needs net='dcgan' (or leave it unset).")
+        raise ConfigError(
+            f"the MLP discriminator has no normalization layers; d_norm={d_norm!r} "
+            f"needs net='dcgan' (or leave it unset)."
+        )
     g = MLPGenerator(data_shape, z_dim, **({} if g_hidden is None else {"hidden": g_hidden}))
-    d = MLPDiscriminator(data_shape, value_range=value_range,
-                         **({} if d_hidden is None else {"hidden": d_hidden}))
+    d = MLPDiscriminator(
+        data_shape, value_range=value_range, **({} if d_hidden is None else {"hidden": d_hidden})
+    )
     return g, d
 
 
 @GAN_NETS.register("dcgan")
-def dcgan_nets(data_shape: Sequence[int], z_dim: int, *, g_width: Optional[int] = None,
-               d_width: Optional[int] = None, d_norm: Optional[str] = None,
-               value_range: Optional[Tuple[float, float]] = (-1.0, 1.0), **unused):
+def dcgan_nets(
+    data_shape: Sequence[int],
+    z_dim: int,
+    *,
+    g_width: int | None = None,
+    d_width: int | None = None,
+    d_norm: str | None = None,
+    value_range: tuple[float, float] | None = (-1.0, 1.0),
+    **unused,
+):
     """``(DCGANGenerator, DCGANDiscriminator)``; ``d_norm`` defaults to batch norm."""
     _reject(unused, "dcgan")
-    return (DCGANGenerator(data_shape, z_dim, g_width),
-            DCGANDiscriminator(data_shape, d_width, d_norm or "batch", value_range))
+    return (
+        DCGANGenerator(data_shape, z_dim, g_width),
+        DCGANDiscriminator(data_shape, d_width, d_norm or "batch", value_range),
+    )
 
 
 def _reject(unused: dict, net: str) -> None:
@@ -316,5 +372,16 @@ def _reject(unused: dict, net: str) -> None:
         raise ConfigError(f"net={net!r} takes no setting {', '.join(given)}.")
 
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "GAN_NETS", "MLPDiscriminator", "MLPGenerator",
-           "check_input", "dcgan_nets", "inputs_checked", "dcgan_plan", "default_width", "mlp_nets"]
+__all__ = [
+    "GAN_NETS",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "check_input",
+    "dcgan_nets",
+    "dcgan_plan",
+    "default_width",
+    "inputs_checked",
+    "mlp_nets",
+]

@@ -26,8 +26,6 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import nn
 
@@ -47,14 +45,14 @@ class GaussianHead(nn.Module):
     """
 
     loc: nn.Linear
-    log_scale: Optional[nn.Linear]
+    log_scale: nn.Linear | None
 
     def add_head(self, features: int, out: int, stochastic: bool = True) -> None:
         """Register the head: ``loc`` and (``stochastic``) ``log_scale``, ``features -> out``."""
         self.loc = nn.Linear(features, out)
         self.log_scale = nn.Linear(features, out) if stochastic else None
 
-    def gaussian(self, h: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def gaussian(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(loc, scale)`` of the features ``h`` (``scale`` is ``None`` for a point mass)."""
         # loc first: where h feeds more than the head (a flow's context, a class head), the
         # order its gradients are summed in follows the order of these calls

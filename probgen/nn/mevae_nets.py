@@ -15,7 +15,7 @@ An entity's latent is laid out as ``[what (what_dim) | where (2) | presence (1)]
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,9 @@ def gaussian_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return 0.5 * (loc.pow(2) + scale.pow(2) - 1.0).sum(-1) - scale.log().sum(-1)
 
 
-def select_topk_by_kl(loc: torch.Tensor, scale: torch.Tensor, k: int
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_topk_by_kl(
+    loc: torch.Tensor, scale: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``k`` candidates farthest (in KL) from the standard normal prior.
 
     Args:
@@ -53,8 +54,10 @@ def select_topk_by_kl(loc: torch.Tensor, scale: torch.Tensor, k: int
         exactly the kept candidates' outputs.
     """
     if loc.dim() != 3 or loc.shape != scale.shape:
-        raise ConfigError(f"loc and scale must both be (B, M, D), got {tuple(loc.shape)} and "
-                          f"{tuple(scale.shape)}.")
+        raise ConfigError(
+            f"loc and scale must both be (B, M, D), got {tuple(loc.shape)} and "
+            f"{tuple(scale.shape)}."
+        )
     m = loc.shape[1]
     k = checks.int_in_range("k", k, 1, m, hint=f"at most the number of candidates, {m}")
     kl = gaussian_kl(loc, scale)
@@ -108,16 +111,24 @@ class CandidateEncoder(nn.Module):
     Returns ``(loc (B, G*G, D), scale (B, G*G, D))``, candidates in row-major order.
     """
 
-    def __init__(self, image_shape: Sequence[int], latent_dim: int,
-                 channels: Sequence[int] = (16, 32, 64, 64), hidden: int = 128,
-                 activation: str = "relu", context_layers: int = 2):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        channels: Sequence[int] = (16, 32, 64, 64),
+        hidden: int = 128,
+        activation: str = "relu",
+        context_layers: int = 2,
+    ):
         super().__init__()
         c, h, w = image_shape
         f = 2 ** len(channels)
         context_layers = checks.nonnegative_int("context_layers", context_layers)
         if h != w or h % f:
-            raise ConfigError(f"the candidate encoder halves a square canvas {len(channels)} "
-                              f"times, so its side must be divisible by {f}; got {h}x{w}.")
+            raise ConfigError(
+                f"the candidate encoder halves a square canvas {len(channels)} "
+                f"times, so its side must be divisible by {f}; got {h}x{w}."
+            )
         act = ACTIVATIONS[activation]
         layers, prev = [], c + 2
         for ch in channels:
@@ -135,10 +146,10 @@ class CandidateEncoder(nn.Module):
         self.grid = h // f
         self.image_shape = (c, h, w)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.reshape((x.shape[0],) + self.image_shape)
         h = self.body(torch.cat([x, coordinate_channels(x.shape[0], *x.shape[2:], x)], 1))
-        loc = self.loc(h).flatten(2).transpose(1, 2)                 # (B, G*G, D)
+        loc = self.loc(h).flatten(2).transpose(1, 2)  # (B, G*G, D)
         scale = F.softplus(self.log_scale(h)).flatten(2).transpose(1, 2) + 1e-4
         return loc, scale
 
@@ -154,8 +165,14 @@ class EntityDecoder(nn.Module):
     entity can draw nothing. The decoder is shared by every entity.
     """
 
-    def __init__(self, what_dim: int, canvas: int, glimpse: int = 28,
-                 hidden: Sequence[int] = (256, 512), activation: str = "relu"):
+    def __init__(
+        self,
+        what_dim: int,
+        canvas: int,
+        glimpse: int = 28,
+        hidden: Sequence[int] = (256, 512),
+        activation: str = "relu",
+    ):
         super().__init__()
         if glimpse > canvas:
             raise ConfigError(f"the glimpse ({glimpse} pixels) must fit on the canvas ({canvas}).")
@@ -163,7 +180,7 @@ class EntityDecoder(nn.Module):
         self.reach = 1.0 - glimpse / canvas
         self.net = MLP([what_dim, *hidden, glimpse * glimpse], activation)
         with torch.no_grad():
-            self.net[-1].bias.fill_(-2.0)     # start near MNIST's mean ink, not a grey square
+            self.net[-1].bias.fill_(-2.0)  # start near MNIST's mean ink, not a grey square
         self.presence = nn.Linear(1, 1)
         with torch.no_grad():
             self.presence.weight.fill_(3.0)
@@ -171,7 +188,7 @@ class EntityDecoder(nn.Module):
 
     def split(self, z: torch.Tensor):
         w0 = self.what_dim
-        return z[..., :w0], z[..., w0:w0 + WHERE_DIM], z[..., w0 + WHERE_DIM:]
+        return z[..., :w0], z[..., w0 : w0 + WHERE_DIM], z[..., w0 + WHERE_DIM :]
 
     def alpha(self, z: torch.Tensor) -> torch.Tensor:
         """Each entity's presence in (0, 1), ``z.shape[:-1]``."""
@@ -190,8 +207,9 @@ class EntityDecoder(nn.Module):
         # output pixel u (canvas coordinates) reads the window at (u - centre) * canvas / glimpse
         # (a translation and a fixed zoom: affine_grid's batched matrix product is not needed)
         grid = (_canvas_grid(c, flat) - self.centre(flat).view(n, 1, 1, 2)) * (c / g)
-        ink = F.grid_sample(window, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
+        ink = F.grid_sample(
+            window, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         ink = ink.view(n, c, c) * self.alpha(flat).view(n, 1, 1)
         return ink.view(*lead, c, c)
 
@@ -200,8 +218,9 @@ COMPOSITIONS: Registry = Registry("composition")
 
 
 @COMPOSITIONS.register("noisy_or")
-def noisy_or_logits(ink: torch.Tensor, background_logit: torch.Tensor, dim: int = -3
-                    ) -> torch.Tensor:
+def noisy_or_logits(
+    ink: torch.Tensor, background_logit: torch.Tensor, dim: int = -3
+) -> torch.Tensor:
     """Compose entity renders by a noisy OR, as Bernoulli logits.
 
     A pixel is off only if the background and every entity leave it off:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import itertools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -10,13 +11,19 @@ from torch import nn
 from probgen import checks
 from probgen.nn.heads import GaussianHead
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus,
-               "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
-def _check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
-    return checks.sizes("layer sizes", sizes, min_len=2,
-                        hint="an MLP needs [input, hidden..., output]")
+def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    return checks.sizes(
+        "layer sizes", sizes, min_len=2, hint="an MLP needs [input, hidden..., output]"
+    )
 
 
 class MLP(nn.Sequential):
@@ -31,7 +38,7 @@ class MLP(nn.Sequential):
         sizes = _check_sizes(sizes)
         checks.choice("activation", activation, sorted(ACTIVATIONS))
         layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())
@@ -56,5 +63,5 @@ class GaussianMLP(GaussianHead):
             self.body.append(ACTIVATIONS[activation]())
         self.add_head(body[-1], out)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gaussian(self.body(x))

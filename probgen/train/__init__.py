@@ -8,22 +8,75 @@ define their own steps) and are re-exported here: ``probgen.train.SVIStep`` is
 
 from probgen.infer.phases import OPTIMIZERS, Phase
 from probgen.infer.steps import ELBOLoss, LossStep, PhasedStep, Step, SVIStep, as_step
-from probgen.train.callbacks import (AVERAGES, Callback, Metric, Snapshots, TrainingCPUTime,
-                                     WeightAverage, training_seconds)
-from probgen.train.checkpoint import (RestoredRun, load, load_checkpoint, load_model,
-                                      save_checkpoint, save_model)
+from probgen.train.callbacks import (
+    AVERAGES,
+    Callback,
+    Metric,
+    Snapshots,
+    TrainingCPUTime,
+    WeightAverage,
+    training_seconds,
+)
+from probgen.train.checkpoint import (
+    RestoredRun,
+    load,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model,
+)
 from probgen.train.config import FitConfig, FitResult
 from probgen.train.device import resolve_device, set_seed
 from probgen.train.distributed import is_main_process
 from probgen.train.loop import Run, fit
 from probgen.train.schedules import SCHEDULES
-from probgen.train.trackers import (TRACKERS, CSVLogger, MLflow, TensorBoard, Tracker, WandB,
-                                    make_trackers)
+from probgen.train.trackers import (
+    TRACKERS,
+    CSVLogger,
+    MLflow,
+    TensorBoard,
+    Tracker,
+    WandB,
+    make_trackers,
+)
 from probgen.train.validation import evaluate
 
-__all__ = ["AVERAGES", "CSVLogger", "Callback", "ELBOLoss", "FitConfig", "FitResult", "LossStep",
-           "MLflow", "Metric", "OPTIMIZERS", "Phase", "PhasedStep", "RestoredRun", "Run",
-           "SCHEDULES", "SVIStep", "Snapshots", "Step", "TRACKERS", "TensorBoard", "Tracker",
-           "TrainingCPUTime", "WandB", "WeightAverage", "as_step", "evaluate", "fit",
-           "is_main_process", "load", "load_checkpoint", "load_model", "make_trackers",
-           "resolve_device", "save_checkpoint", "save_model", "set_seed", "training_seconds"]
+__all__ = [
+    "AVERAGES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TRACKERS",
+    "CSVLogger",
+    "Callback",
+    "ELBOLoss",
+    "FitConfig",
+    "FitResult",
+    "LossStep",
+    "MLflow",
+    "Metric",
+    "Phase",
+    "PhasedStep",
+    "RestoredRun",
+    "Run",
+    "SVIStep",
+    "Snapshots",
+    "Step",
+    "TensorBoard",
+    "Tracker",
+    "TrainingCPUTime",
+    "WandB",
+    "WeightAverage",
+    "as_step",
+    "evaluate",
+    "fit",
+    "is_main_process",
+    "load",
+    "load_checkpoint",
+    "load_model",
+    "make_trackers",
+    "resolve_device",
+    "save_checkpoint",
+    "save_model",
+    "set_seed",
+    "training_seconds",
+]

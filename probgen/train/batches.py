@@ -4,7 +4,7 @@ step, and where a :class:`~probgen.data.TensorData` stays during a run."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 
@@ -13,8 +13,18 @@ from probgen.errors import DataError
 from probgen.infer.batches import batch_len
 from probgen.train.speed import data_bytes, place_on_device
 
-__all__ = ["as_batch", "batches", "check_data_once", "conform_dtypes", "first_tensor",
-           "place_data", "require_batches", "shard", "shuffles", "steps_per_epoch"]
+__all__ = [
+    "as_batch",
+    "batches",
+    "check_data_once",
+    "conform_dtypes",
+    "first_tensor",
+    "place_data",
+    "require_batches",
+    "shard",
+    "shuffles",
+    "steps_per_epoch",
+]
 
 
 def _move(t, device):
@@ -35,7 +45,7 @@ def as_batch(item, device):
         return {k: _move(v, device) for k, v in item.items()}
     if isinstance(item, (tuple, list)):
         return tuple(_move(v, device) for v in item)
-    return item     # another object: the step's batch_to_args reads it
+    return item  # another object: the step's batch_to_args reads it
 
 
 def shard(batch, rank: int, world: int):
@@ -44,13 +54,14 @@ def shard(batch, rank: int, world: int):
     per = n // world
 
     def cut(t):
-        return t[rank * per:(rank + 1) * per] if torch.is_tensor(t) and t.dim() else t
+        return t[rank * per : (rank + 1) * per] if torch.is_tensor(t) and t.dim() else t
+
     if isinstance(batch, dict):
         return {k: cut(v) for k, v in batch.items()}
     return tuple(cut(t) for t in batch)
 
 
-def first_tensor(batch) -> Optional[torch.Tensor]:
+def first_tensor(batch) -> torch.Tensor | None:
     """The first tensor of a tuple or dict batch (``None`` for other batches)."""
     items = batch.values() if isinstance(batch, dict) else batch
     if not isinstance(items, (tuple, list)) and not isinstance(batch, dict):
@@ -66,7 +77,7 @@ def shuffles(data: TensorData, batch_size: int, world: int) -> bool:
     return len(data) > batch_size * max(world, 1)
 
 
-def steps_per_epoch(data, batch_size: int, world: int) -> Tuple[int, bool]:
+def steps_per_epoch(data, batch_size: int, world: int) -> tuple[int, bool]:
     """``(steps in an epoch, whether that is known)``: data without a length counts one."""
     if isinstance(data, TensorData):
         n = len(data) // world if world > 1 else len(data)
@@ -77,9 +88,17 @@ def steps_per_epoch(data, batch_size: int, world: int) -> Tuple[int, bool]:
         return 1, False
 
 
-def batches(data, batch_size: int, *, shuffle: bool, generator: torch.Generator,
-            staged: Optional[torch.device], batch_device: Optional[torch.device],
-            rank: int = 0, world: int = 1) -> Iterator:
+def batches(
+    data,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator,
+    staged: torch.device | None,
+    batch_device: torch.device | None,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator:
     """An epoch's batches of ``data``: a TensorData sliced (shuffled by ``generator``; each
     batch copied to ``staged`` through pinned memory when the data stays elsewhere), any
     other iterable's items as batches on ``batch_device``. Under torchrun every process
@@ -89,20 +108,25 @@ def batches(data, batch_size: int, *, shuffle: bool, generator: torch.Generator,
     if isinstance(data, TensorData):
         shuffle = shuffle and shuffles(data, batch_size, world)
         if world > 1:
-            for batch in data.batches(batch_size * world, shuffle=shuffle, generator=generator,
-                                      drop_last=True, device=staged):
+            for batch in data.batches(
+                batch_size * world,
+                shuffle=shuffle,
+                generator=generator,
+                drop_last=True,
+                device=staged,
+            ):
                 yield shard(batch, rank, world)
         else:
-            yield from data.batches(batch_size, shuffle=shuffle, generator=generator,
-                                    device=staged)
+            yield from data.batches(batch_size, shuffle=shuffle, generator=generator, device=staged)
     else:
         for item in data:
             batch = as_batch(item, batch_device)
             yield shard(batch, rank, world) if world > 1 else batch
 
 
-def place_data(datasets: Dict[str, object], target: Optional[torch.device],
-               data_on_device) -> Tuple[Dict[str, object], Dict[str, torch.device], List[str]]:
+def place_data(
+    datasets: dict[str, object], target: torch.device | None, data_on_device
+) -> tuple[dict[str, object], dict[str, torch.device], list[str]]:
     """Each TensorData of ``datasets`` on the batches' device ``target``, whole (the fast
     path, and the default for data that takes at most half of a GPU's free memory), or,
     as ``data_on_device`` decides, left in host memory with every batch copied through
@@ -114,8 +138,11 @@ def place_data(datasets: Dict[str, object], target: Optional[torch.device],
     placed, staged, notes = dict(datasets), {}, []
     if target is None:
         return placed, staged, notes
-    moving = {k: d for k, d in datasets.items()
-              if isinstance(d, TensorData) and not same_device(d.device, target)}
+    moving = {
+        k: d
+        for k, d in datasets.items()
+        if isinstance(d, TensorData) and not same_device(d.device, target)
+    }
     host = {k: d for k, d in moving.items() if d.device.type == "cpu"}
     whole = place_on_device({k: data_bytes(d) for k, d in host.items()}, target, data_on_device)
     for name, data in moving.items():
@@ -123,15 +150,21 @@ def place_data(datasets: Dict[str, object], target: Optional[torch.device],
             placed[name] = data.to(target)
             continue
         staged[name] = target
-        why = "" if data_on_device is False else \
-            " (it takes more than half of the device's free memory)"
-        notes.append(f"the {name} data ({data_bytes(data) / 2**30:.2f} GiB) stays in host "
-                     f"memory{why}; each batch is copied to {target} through pinned memory")
+        why = (
+            ""
+            if data_on_device is False
+            else " (it takes more than half of the device's free memory)"
+        )
+        notes.append(
+            f"the {name} data ({data_bytes(data) / 2**30:.2f} GiB) stays in host "
+            f"memory{why}; each batch is copied to {target} through pinned memory"
+        )
     return placed, staged, notes
 
 
-def conform_dtypes(module: Optional[torch.nn.Module], datasets: Dict[str, object], who: str
-                   ) -> Tuple[Dict[str, object], Optional[str]]:
+def conform_dtypes(
+    module: torch.nn.Module | None, datasets: dict[str, object], who: str
+) -> tuple[dict[str, object], str | None]:
     """Data of another dtype than the module's: floats are converted, uint8 images are
     refused (their scale is not the loop's to guess). Data for a step without a module
     (or a module without floating-point parameters) is left as given, as under Pyro's SVI.
@@ -148,8 +181,11 @@ def conform_dtypes(module: Optional[torch.nn.Module], datasets: Dict[str, object
     Raises:
         DataError: uint8 tensors.
     """
-    want = next((p.dtype for p in module.parameters() if p.is_floating_point()), None) \
-        if module is not None else None
+    want = (
+        next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        if module is not None
+        else None
+    )
     out, notes = dict(datasets), []
     if want is None:
         return out, None
@@ -162,16 +198,24 @@ def conform_dtypes(module: Optional[torch.nn.Module], datasets: Dict[str, object
                 raise DataError(
                     f"the {label} data's {name} are uint8 (levels 0-255), and {who} computes "
                     f"in {want}: convert them first, e.g. probgen.data.to_unit_interval(x) for "
-                    f"grey levels in [0, 1], and build the TensorData from that.")
-        other = sorted({str(t.dtype).replace("torch.", "") for t in data.tensors
-                        if t.is_floating_point() and t.dtype != want})
+                    f"grey levels in [0, 1], and build the TensorData from that."
+                )
+        other = sorted(
+            {
+                str(t.dtype).replace("torch.", "")
+                for t in data.tensors
+                if t.is_floating_point() and t.dtype != want
+            }
+        )
         if other:
             out[label] = data.to(dtype=want)
             notes.append(f"the {label} data from {'/'.join(other)}")
     if not notes:
         return out, None
-    return out, (f"converted {' and '.join(notes)} to {str(want).replace('torch.', '')}, the "
-                 f"dtype of {type(module).__name__}'s parameters")
+    return out, (
+        f"converted {' and '.join(notes)} to {str(want).replace('torch.', '')}, the "
+        f"dtype of {type(module).__name__}'s parameters"
+    )
 
 
 def check_data_once(step, data) -> bool:
@@ -222,11 +266,14 @@ def require_batches(data, world: int, batch_size: int, label: str) -> None:
     if not isinstance(data, TensorData):
         return
     if len(data) == 0:
-        raise DataError(f"the {label} data is empty." if label == "training" else
-                        f"the {label} data is empty; give data with at least one example, "
-                        f"or val=None.")
+        raise DataError(
+            f"the {label} data is empty."
+            if label == "training"
+            else f"the {label} data is empty; give data with at least one example, or val=None."
+        )
     if label == "training" and world > 1 and len(data) < batch_size * world:
         raise DataError(
             f"the training data has {len(data)} examples, fewer than one global batch of "
             f"{batch_size * world} (batch_size {batch_size} x {world} processes); give a "
-            f"smaller batch_size.")
+            f"smaller batch_size."
+        )

@@ -33,15 +33,18 @@ Experiment trackers (CSV, TensorBoard, MLflow, W&B) are callbacks too:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 from probgen import checks
 from probgen.errors import ConfigError
+
 # The protocol lives below every module that implements or calls it; importable from here.
 from probgen.train.config import FitResult
 from probgen.train.hooks import Callback, LambdaCallback, Run, as_callback  # noqa: F401
+
 # CSVLogger and TensorBoard lived here before they became trackers: the old import path
 # keeps working (trackers.py builds on probgen.train.hooks, not on this module).
 from probgen.train.trackers import CSVLogger, TensorBoard  # noqa: F401
@@ -88,17 +91,16 @@ class Metric(Callback):
                 mode="min", patience=4)
     """
 
-    def __init__(self, name: str, fn: Callable[[Any], Union[float, Mapping[str, Any]]],
-                 every: int = 1):
+    def __init__(self, name: str, fn: Callable[[Any], float | Mapping[str, Any]], every: int = 1):
         every = checks.positive_int(f"Metric {name!r}: every", every)
         self.name, self.fn, self.every = name, fn, every
 
-    def due(self, run: Run, entry: Dict[str, Any]) -> bool:
+    def due(self, run: Run, entry: dict[str, Any]) -> bool:
         """Whether the metric is computed at this epoch: every ``every``-th and the last."""
         epoch = entry["epoch"] + 1
         return epoch % self.every == 0 or epoch == run.config.epochs
 
-    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
         import torch
 
         if not self.due(run, entry):
@@ -148,14 +150,16 @@ class TrainingCPUTime(Callback):
     def on_fit_start(self, run: Run) -> None:
         self.last = time.process_time()
 
-    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
         now = time.process_time()
         spent = sum(entry.get(f"{name}_cpu_seconds", 0.0) for name in self.leave_out)
         entry["cpu_seconds"] = now - self.last - spent
         self.last = now
 
 
-def training_seconds(history: Sequence[Mapping[str, Any]], leave_out: Sequence[str] = ("fid",)) -> Tuple[float, float]:
+def training_seconds(
+    history: Sequence[Mapping[str, Any]], leave_out: Sequence[str] = ("fid",)
+) -> tuple[float, float]:
     """``(wall, cpu)`` seconds of training in a run's history: the entries' wall
     ``seconds`` less the ``<name>_seconds`` of the metrics in ``leave_out`` (an FID every
     epoch is no training), and their ``cpu_seconds`` (:class:`TrainingCPUTime`) where every
@@ -168,10 +172,14 @@ def training_seconds(history: Sequence[Mapping[str, Any]], leave_out: Sequence[s
         >>> training_seconds(history)
         (120.0, 113.0)
     """
-    wall = sum(h["seconds"] - sum(h.get(f"{name}_seconds", 0.0) for name in leave_out)
-               for h in history)
-    cpu = (sum(h["cpu_seconds"] for h in history)
-           if history and all("cpu_seconds" in h for h in history) else float("nan"))
+    wall = sum(
+        h["seconds"] - sum(h.get(f"{name}_seconds", 0.0) for name in leave_out) for h in history
+    )
+    cpu = (
+        sum(h["cpu_seconds"] for h in history)
+        if history and all("cpu_seconds" in h for h in history)
+        else float("nan")
+    )
     return wall, cpu
 
 
@@ -192,14 +200,16 @@ class Snapshots(Callback):
         rows_figure({k: v["samples"] for k, v in shots.taken.items()})
     """
 
-    def __init__(self, epochs: Sequence[int], take: Callable[[Any], Dict[str, Any]]):
-        self.epochs = {checks.positive_int("Snapshots: each of epochs", e,
-                                           hint="epochs are counted from 1") for e in epochs}
+    def __init__(self, epochs: Sequence[int], take: Callable[[Any], dict[str, Any]]):
+        self.epochs = {
+            checks.positive_int("Snapshots: each of epochs", e, hint="epochs are counted from 1")
+            for e in epochs
+        }
         self.take = take
-        self.taken: Dict[str, Dict[str, Any]] = {}
+        self.taken: dict[str, dict[str, Any]] = {}
 
     @staticmethod
-    def spread(epochs: int, n: int) -> List[int]:
+    def spread(epochs: int, n: int) -> list[int]:
         """About ``n`` epochs evenly spread over ``1..epochs``, the first and last among
         them.
 
@@ -212,7 +222,7 @@ class Snapshots(Callback):
         picks = {max(1, round(epochs * (i + 1) / n)) for i in range(n)}
         return sorted(picks | {1, epochs})
 
-    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 not in self.epochs or not run.is_main:
@@ -220,7 +230,7 @@ class Snapshots(Callback):
         with torch.no_grad():
             self.taken[f"epoch {entry['epoch'] + 1}"] = dict(self.take(run.module))
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"taken": self.taken}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -260,21 +270,28 @@ class WeightAverage(Callback):
         fit(model, train, val, callbacks=[avg], restore_best=False)   # model: averaged
     """
 
-    def __init__(self, kind: str = "ema", decay: float = 0.8, start: int = 1,
-                 metrics: Optional[Dict[str, Callable[[Any], float]]] = None,
-                 swap: bool = True):
+    def __init__(
+        self,
+        kind: str = "ema",
+        decay: float = 0.8,
+        start: int = 1,
+        metrics: dict[str, Callable[[Any], float]] | None = None,
+        swap: bool = True,
+    ):
         checks.choice("WeightAverage: kind", kind, AVERAGES)
-        decay = checks.fraction("WeightAverage: decay", decay,
-                                hint="0.8 keeps about the last 5 epochs")
-        start = checks.positive_int("WeightAverage: start", start,
-                                    hint="the first epoch averaged, counted from 1")
+        decay = checks.fraction(
+            "WeightAverage: decay", decay, hint="0.8 keeps about the last 5 epochs"
+        )
+        start = checks.positive_int(
+            "WeightAverage: start", start, hint="the first epoch averaged, counted from 1"
+        )
         self.kind, self.decay, self.start, self.swap = kind, decay, start, bool(swap)
         self.metrics = dict(metrics or {})
-        self._avg = None        # the AveragedModel, built from the module on the first update
-        self._pending = None    # a resumed state, loaded on that first build
+        self._avg = None  # the AveragedModel, built from the module on the first update
+        self._pending = None  # a resumed state, loaded on that first build
 
     @property
-    def averaged(self) -> Optional[nn.Module]:
+    def averaged(self) -> nn.Module | None:
         """The module with the averaged weights (``None`` before the first update)."""
         return None if self._avg is None else self._avg.module
 
@@ -292,15 +309,17 @@ class WeightAverage(Callback):
 
     def on_fit_start(self, run: Run) -> None:
         if run.module is None:
-            raise ConfigError("WeightAverage averages a module's weights, but this run has no "
-                              "module (a model whose parameters live only in Pyro's param "
-                              "store); wrap the networks in an nn.Module / PyroModule.")
+            raise ConfigError(
+                "WeightAverage averages a module's weights, but this run has no "
+                "module (a model whose parameters live only in Pyro's param "
+                "store); wrap the networks in an nn.Module / PyroModule."
+            )
         if self._pending is not None:
             self._build(run.module)
             self._avg.load_state_dict(self._pending)
             self._pending = None
 
-    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 < self.start:
@@ -321,8 +340,9 @@ class WeightAverage(Callback):
         import torch
 
         if self._avg is None:
-            raise ConfigError(f"WeightAverage has no average yet: no epoch since start="
-                              f"{self.start} has finished.")
+            raise ConfigError(
+                f"WeightAverage has no average yet: no epoch since start={self.start} has finished."
+            )
         with torch.no_grad():
             for p, q in zip(module.parameters(), self._avg.module.parameters(), strict=True):
                 p.copy_(q.to(p.device))
@@ -331,7 +351,7 @@ class WeightAverage(Callback):
         if self.swap and self._avg is not None:
             self.copy_to(run.module)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {} if self._avg is None else {"averaged": self._avg.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -368,6 +388,6 @@ def _copyable(module):
     return copy.deepcopy(module, memo)
 
 
-def metric_value(entry: Dict[str, Any], key: str) -> Optional[float]:
+def metric_value(entry: dict[str, Any], key: str) -> float | None:
     v = entry.get(key)
     return None if v is None else float(v)

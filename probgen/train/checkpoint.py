@@ -18,12 +18,14 @@ written on a GPU opens on a machine without one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any
 
 import pyro
 import torch
@@ -36,7 +38,7 @@ from probgen.models.registry import build_from_config, model_config
 from probgen.train.distributed import is_main_process
 
 # what torch.load takes as map_location: a device, a callable or a {from: to} mapping
-MapLocation = Union[str, torch.device, Callable, Dict[str, str], None]
+MapLocation = str | torch.device | Callable | dict[str, str] | None
 
 FORMAT = "probgen.checkpoint"
 VERSION = 1
@@ -44,7 +46,8 @@ VERSION = 1
 
 # --------------------------------------------------------------------------- writing
 
-def check_writable(path: Union[str, Path]) -> Path:
+
+def check_writable(path: str | Path) -> Path:
     """Refuse, before any training, a checkpoint path that cannot be written: a folder,
     a path under a file, a read-only folder. Creates the missing folders.
 
@@ -53,24 +56,32 @@ def check_writable(path: Union[str, Path]) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"the checkpoint path {path} is a folder; give a file name "
-                              f"inside it (e.g. {path / 'checkpoint.pt'}).")
+        raise CheckpointError(
+            f"the checkpoint path {path} is a folder; give a file name "
+            f"inside it (e.g. {path / 'checkpoint.pt'})."
+        )
     for parent in [path.parent, *path.parent.parents]:
         if parent.exists():
             if not parent.is_dir():
-                raise CheckpointError(f"cannot write the checkpoint {path}: {parent} is a file, "
-                                      f"not a folder. Choose another path.")
+                raise CheckpointError(
+                    f"cannot write the checkpoint {path}: {parent} is a file, "
+                    f"not a folder. Choose another path."
+                )
             break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointError(f"cannot create the folder {path.parent} for the checkpoint "
-                              f"({err.strerror or err}). Choose another path.") from None
+        raise CheckpointError(
+            f"cannot create the folder {path.parent} for the checkpoint "
+            f"({err.strerror or err}). Choose another path."
+        ) from None
     if not os.access(path.parent, os.W_OK | os.X_OK) or (
-            path.exists() and not os.access(path, os.W_OK) and
-            not os.access(path.parent, os.W_OK)):
-        raise CheckpointError(f"cannot write the checkpoint {path}: the folder {path.parent} "
-                              f"is not writable. Choose another path.")
+        path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK)
+    ):
+        raise CheckpointError(
+            f"cannot write the checkpoint {path}: the folder {path.parent} "
+            f"is not writable. Choose another path."
+        )
     return path
 
 
@@ -79,8 +90,9 @@ def _disk_full(err: BaseException, folder: Path) -> bool:
         return True
     # torch.save reports a failed write as a RuntimeError from its zip writer
     # ("[enforce fail at inline_container.cc] ... file write failed"): ask the disk.
-    if isinstance(err, RuntimeError) and ("file write failed" in str(err) or
-                                          "inline_container" in str(err)):
+    if isinstance(err, RuntimeError) and (
+        "file write failed" in str(err) or "inline_container" in str(err)
+    ):
         try:
             return shutil.disk_usage(folder).free < 64 * 2**20
         except OSError:
@@ -88,7 +100,7 @@ def _disk_full(err: BaseException, folder: Path) -> bool:
     return False
 
 
-def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically.
 
     The file is written under a temporary name in the same folder, flushed to
@@ -107,25 +119,36 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
     """
     path = Path(path)
     existed = path.exists()
-    intact = ("the previous checkpoint is intact" if existed else
-              "no checkpoint was written")
+    intact = "the previous checkpoint is intact" if existed else "no checkpoint was written"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointWriteError(f"cannot create the folder {path.parent} for the "
-                                   f"checkpoint {path} ({err.strerror or err}).", err.errno,
-                                   path.parent) from None
+        raise CheckpointWriteError(
+            f"cannot create the folder {path.parent} for the "
+            f"checkpoint {path} ({err.strerror or err}).",
+            err.errno,
+            path.parent,
+        ) from None
     payload = dict(state, format=FORMAT, version=VERSION)
     try:
         files.torch_save(payload, path)
     except (OSError, RuntimeError) as err:
         if _disk_full(err, path.parent):
             code = err.errno if isinstance(err, OSError) and err.errno else errno.ENOSPC
-            raise CheckpointWriteError(f"no space left on the device while writing {path}; "
-                                       f"{intact}. Free some space and resume with "
-                                       f"resume=True (--resume).", code, path) from None
-        why = err.strerror if isinstance(err, OSError) and err.strerror else \
-            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointWriteError(
+                f"no space left on the device while writing {path}; "
+                f"{intact}. Free some space and resume with "
+                f"resume=True (--resume).",
+                code,
+                path,
+            ) from None
+        why = (
+            err.strerror
+            if isinstance(err, OSError) and err.strerror
+            else str(err).strip().splitlines()[0]
+            if str(err).strip()
+            else type(err).__name__
+        )
         message = f"could not write the checkpoint {path} ({why}); {intact}."
         if isinstance(err, OSError) and err.errno:
             # the file system's refusal (read-only, permissions, I/O): an OSError too
@@ -136,7 +159,8 @@ def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> Path:
 
 # --------------------------------------------------------------------------- reading
 
-def load_checkpoint(path: Union[str, Path], map_location: MapLocation = "cpu") -> Dict[str, Any]:
+
+def load_checkpoint(path: str | Path, map_location: MapLocation = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -158,11 +182,13 @@ def load_checkpoint(path: Union[str, Path], map_location: MapLocation = "cpu") -
         raise CheckpointError(
             f"{path} is a PyTorch file but not a probgen checkpoint (it has no "
             f"format={FORMAT!r} entry). Load plain state dicts with torch.load and "
-            f"module.load_state_dict instead.")
+            f"module.load_state_dict instead."
+        )
     if state.get("version", 0) > VERSION:
         raise CheckpointError(
             f"{path} was written by a newer probgen (checkpoint version {state['version']} > "
-            f"{VERSION}); upgrade probgen to read it.")
+            f"{VERSION}); upgrade probgen to read it."
+        )
     return state
 
 
@@ -170,37 +196,58 @@ def _why_unreadable(path: Path, err: Exception) -> str:
     """Why ``torch.load(path, weights_only=True)`` failed, in one sentence."""
     text = str(err)
     first = text.strip().splitlines()[0] if text.strip() else "no detail"
-    if "Weights only load failed" in text or "Unsupported global" in text or \
-            "unsupported global" in text.lower():
+    if (
+        "Weights only load failed" in text
+        or "Unsupported global" in text
+        or "unsupported global" in text.lower()
+    ):
         culprit = ""
         for line in text.splitlines():
             if "GLOBAL" in line or "Unsupported global" in line:
                 culprit = " (" + line.strip().rstrip(".") + ")"
                 break
-        return (f"{path} holds Python objects other than tensors, numbers, strings, lists and "
-                f"dicts{culprit}, so it was not written by probgen's fit loop or save_model; "
-                f"probgen does not run the code such a file names. If you trust it, open it "
-                f"with torch.load(path, weights_only=False).")
+        return (
+            f"{path} holds Python objects other than tensors, numbers, strings, lists and "
+            f"dicts{culprit}, so it was not written by probgen's fit loop or save_model; "
+            f"probgen does not run the code such a file names. If you trust it, open it "
+            f"with torch.load(path, weights_only=False)."
+        )
     if "CUDA" in text and ("deserialize" in text or "torch.cuda.is_available" in text):
-        return (f"{path} holds CUDA tensors and this machine has no CUDA device; load it with "
-                f"map_location='cpu' (the default).")
+        return (
+            f"{path} holds CUDA tensors and this machine has no CUDA device; load it with "
+            f"map_location='cpu' (the default)."
+        )
     size = path.stat().st_size if path.exists() else 0
     truncated = isinstance(err, EOFError) or any(
-        s in text for s in ("central directory", "failed finding", "unexpected EOF",
-                            "Ran out of input", "file read failed", "PytorchStreamReader"))
+        s in text
+        for s in (
+            "central directory",
+            "failed finding",
+            "unexpected EOF",
+            "Ran out of input",
+            "file read failed",
+            "PytorchStreamReader",
+        )
+    )
     if truncated:
-        return (f"{path} is truncated ({size} bytes; {type(err).__name__}: {first}): the write "
-                f"that made it was cut short. Delete it, or point to an intact checkpoint; "
-                f"training with resume=True starts afresh when none exists.")
-    return (f"{path} is not a PyTorch checkpoint file ({type(err).__name__}: {first}). Point "
-            f"to a file written by probgen.fit or save_model.")
+        return (
+            f"{path} is truncated ({size} bytes; {type(err).__name__}: {first}): the write "
+            f"that made it was cut short. Delete it, or point to an intact checkpoint; "
+            f"training with resume=True starts afresh when none exists."
+        )
+    return (
+        f"{path} is not a PyTorch checkpoint file ({type(err).__name__}: {first}). Point "
+        f"to a file written by probgen.fit or save_model."
+    )
 
 
-def load_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], source="checkpoint"):
+def load_module_state(module: torch.nn.Module, state_dict: dict[str, Any], source="checkpoint"):
     """``module.load_state_dict`` with a clear message when the shapes or names differ."""
     if not isinstance(state_dict, dict):
-        raise CheckpointError(f"the {source} holds no weights for a module (its 'module' entry "
-                              f"is {type(state_dict).__name__}).")
+        raise CheckpointError(
+            f"the {source} holds no weights for a module (its 'module' entry "
+            f"is {type(state_dict).__name__})."
+        )
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as err:
@@ -213,36 +260,39 @@ def load_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], sourc
     return module
 
 
-def save_model(module: torch.nn.Module, path: Union[str, Path], **extra: Any) -> Path:
+def save_model(module: torch.nn.Module, path: str | Path, **extra: Any) -> Path:
     """Save a module's weights (and any extra JSON-like entries) as a probgen checkpoint;
     a registered probgen model's settings go with them, for :func:`load`."""
     path = Path(path)
-    if not is_main_process():   # under torchrun, rank 0 alone writes files
+    if not is_main_process():  # under torchrun, rank 0 alone writes files
         return path
     state = dict(extra, module=module.state_dict(), module_class=type(module).__qualname__)
-    try:
+    with contextlib.suppress(TypeError):
         state["model"] = model_config(module)
-    except TypeError:
-        pass
     return save_checkpoint(path, state)
 
 
 def _param_store_run(path, state) -> str:
-    names = sorted((state.get("pyro_params") or {}))
+    names = sorted(state.get("pyro_params") or {})
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    return (f"{path} is a run of a Pyro model whose parameters live in Pyro's param store "
-            f"({len(names)} of them{': ' + shown if names else ''}) and holds no module weights; "
-            f"restore it with probgen.load(path, model=model, guide=guide).")
+    return (
+        f"{path} is a run of a Pyro model whose parameters live in Pyro's param store "
+        f"({len(names)} of them{': ' + shown if names else ''}) and holds no module weights; "
+        f"restore it with probgen.load(path, model=model, guide=guide)."
+    )
 
 
-def load_model(module: torch.nn.Module, path: Union[str, Path],
-               map_location: MapLocation = "cpu") -> torch.nn.Module:
+def load_model(
+    module: torch.nn.Module, path: str | Path, map_location: MapLocation = "cpu"
+) -> torch.nn.Module:
     """Load weights saved by :func:`save_model` or by the fit loop into ``module``
     (the last epoch's; :func:`load` picks the best ones and restores Pyro parameters)."""
     state = load_checkpoint(path, map_location=map_location)
     if "module" not in state:
-        raise CheckpointError(f"{path} holds no model weights (no 'module' entry): it was not "
-                              f"written by probgen's fit or save_model, or by an older probgen.")
+        raise CheckpointError(
+            f"{path} holds no model weights (no 'module' entry): it was not "
+            f"written by probgen's fit or save_model, or by an older probgen."
+        )
     if state["module"] is None:
         raise CheckpointError(_param_store_run(path, state))
     return load_module_state(module, state["module"], source=f"checkpoint {path}")
@@ -250,7 +300,8 @@ def load_model(module: torch.nn.Module, path: Union[str, Path],
 
 # --------------------------------------------------------------------------- constraints
 
-def encode_constraint(constraint) -> Optional[Dict[str, Any]]:
+
+def encode_constraint(constraint) -> dict[str, Any] | None:
     """A Pyro/torch constraint as checkpoint data, or ``None`` when it cannot be written
     as data (a constraint class probgen does not know how to rebuild)."""
     import pyro.distributions.constraints as pc
@@ -276,7 +327,7 @@ def encode_constraint(constraint) -> Optional[Dict[str, Any]]:
     return {"class": cls.__name__, "args": args}
 
 
-def decode_constraint(data: Optional[Dict[str, Any]]):
+def decode_constraint(data: dict[str, Any] | None):
     """The constraint :func:`encode_constraint` wrote (``None`` for ``None``)."""
     import pyro.distributions.constraints as pc
 
@@ -285,18 +336,21 @@ def decode_constraint(data: Optional[Dict[str, Any]]):
     if "name" in data:
         return getattr(pc, data["name"])
     cls = getattr(torch_constraints, data["class"], None) or getattr(pc, data["class"])
-    args = {k: decode_constraint(v["constraint"]) if isinstance(v, dict) else v
-            for k, v in data["args"].items()}
+    args = {
+        k: decode_constraint(v["constraint"]) if isinstance(v, dict) else v
+        for k, v in data["args"].items()
+    }
     return cls(**args)
 
 
-def param_store_constraints(names) -> Dict[str, Optional[Dict[str, Any]]]:
+def param_store_constraints(names) -> dict[str, dict[str, Any] | None]:
     """The encoded constraints of the named entries of Pyro's (current) param store."""
     table = pyro.get_param_store().get_state()["constraints"]
     return {n: encode_constraint(table[n]) if n in table else None for n in names}
 
 
 # --------------------------------------------------------------------------- load
+
 
 @dataclass
 class RestoredRun:
@@ -313,36 +367,42 @@ class RestoredRun:
 
     model: Any = None
     guide: Any = None
-    module: Optional[torch.nn.Module] = None
-    params: Dict[str, torch.Tensor] = field(default_factory=dict)
-    epoch: Optional[int] = None
-    history: List[Dict[str, Any]] = field(default_factory=list)
+    module: torch.nn.Module | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pick_weights(path, state, weights):
     """(module state, Pyro params) of the weights asked for."""
     if "module" not in state and "pyro_params" not in state:
-        raise CheckpointError(f"{path} holds no model weights (no 'module' entry): it was not "
-                              f"written by probgen's fit or save_model, or by an older probgen; "
-                              f"load it with the version that wrote it.")
+        raise CheckpointError(
+            f"{path} holds no model weights (no 'module' entry): it was not "
+            f"written by probgen's fit or save_model, or by an older probgen; "
+            f"load it with the version that wrote it."
+        )
     best = state.get("best_state")
     if weights is None:
         # what fit returned: the best weights when the run restored them, else the last
         restored = (state.get("config") or {}).get("restore_best", True)
         weights = "best" if restored is True else "last"
-    if weights == "best" and isinstance(best, dict) and best and \
-            ("module" in best or "pyro_params" in best):
+    if (
+        weights == "best"
+        and isinstance(best, dict)
+        and best
+        and ("module" in best or "pyro_params" in best)
+    ):
         return best.get("module"), best.get("pyro_params") or {}
     if weights == "best" and isinstance(best, dict) and best and "pyro_params" not in best:
-        return best, {}          # a checkpoint of the first edition of the loop
+        return best, {}  # a checkpoint of the first edition of the loop
     return state.get("module"), state.get("pyro_params") or {}
 
 
-def callable_modules(model, guide) -> Dict[str, torch.nn.Module]:
+def callable_modules(model, guide) -> dict[str, torch.nn.Module]:
     """The modules a model/guide pair is made of: the callables themselves when they are
     ``nn.Module``s (a ``PyroModule`` model, an AutoGuide) and the modules their bound
     methods belong to (a tutorial-style VAE's ``model``/``guide`` methods), by role."""
-    out: Dict[str, torch.nn.Module] = {}
+    out: dict[str, torch.nn.Module] = {}
     for key, fn in (("model", model), ("guide", guide)):
         if isinstance(fn, torch.nn.Module):
             out[key] = fn
@@ -352,8 +412,9 @@ def callable_modules(model, guide) -> Dict[str, torch.nn.Module]:
     return out
 
 
-def param_owners(modules: Dict[str, torch.nn.Module],
-                 params: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
+def param_owners(
+    modules: dict[str, torch.nn.Module], params: dict[str, torch.Tensor]
+) -> dict[str, list[str]]:
     """``{store name: [role, attribute path]}`` for the Pyro parameters that are a
     module's own ``nn.Parameter`` (registered by ``pyro.module``, a ``PyroModule`` or an
     AutoGuide): :func:`load` puts their values back into the module itself, as Pyro's
@@ -370,8 +431,9 @@ def param_owners(modules: Dict[str, torch.nn.Module],
     return out
 
 
-def module_buffers(modules: Dict[str, torch.nn.Module],
-                   skip: Optional[torch.nn.Module] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+def module_buffers(
+    modules: dict[str, torch.nn.Module], skip: torch.nn.Module | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     """The buffers of a model/guide pair's modules, by role and attribute path (fixed
     random permutations and masks of an AutoIAFNormal's flow, running statistics): they
     are no Pyro parameters, and a run reloads only with them."""
@@ -385,7 +447,7 @@ def module_buffers(modules: Dict[str, torch.nn.Module],
     return out
 
 
-def _get(module: torch.nn.Module, kind: str, path: str) -> Optional[torch.Tensor]:
+def _get(module: torch.nn.Module, kind: str, path: str) -> torch.Tensor | None:
     try:
         return module.get_parameter(path) if kind == "param" else module.get_buffer(path)
     except AttributeError:
@@ -400,12 +462,13 @@ def _constraint_of(path, name, encoded, current):
             raise CheckpointError(
                 f"{path}: the constraint of Pyro parameter {name!r} was not recorded (a "
                 f"constraint class probgen cannot write as data); call the model and guide "
-                f"once so that the parameter exists, then load again.")
-        constraint = torch_constraints.real   # a checkpoint of an older probgen
+                f"once so that the parameter exists, then load again."
+            )
+        constraint = torch_constraints.real  # a checkpoint of an older probgen
     return constraint
 
 
-def _put(path, role, module, items, missing_ok: bool) -> List:
+def _put(path, role, module, items, missing_ok: bool) -> list:
     """Copy ``items`` ((kind, store name, attribute path, value, constraint)) into
     ``module``; returns the store entries of the parameters, and the items it could not
     place (when ``missing_ok``)."""
@@ -416,11 +479,16 @@ def _put(path, role, module, items, missing_ok: bool) -> List:
             if missing_ok and target is None:
                 left.append((kind, name, attr, value, constraint))
                 continue
-            what = f"{role}.{attr}" + (f" (shape {tuple(target.shape)}, the run's "
-                                       f"{tuple(value.shape)})" if target is not None else "")
-            raise CheckpointError(f"{path}: the run's {what} does not fit this "
-                                  f"{type(module).__name__}; give the model and guide the "
-                                  f"run was trained with, built with the same settings.")
+            what = f"{role}.{attr}" + (
+                f" (shape {tuple(target.shape)}, the run's {tuple(value.shape)})"
+                if target is not None
+                else ""
+            )
+            raise CheckpointError(
+                f"{path}: the run's {what} does not fit this "
+                f"{type(module).__name__}; give the model and guide the "
+                f"run was trained with, built with the same settings."
+            )
         with torch.no_grad():
             target.copy_(value)
         if kind == "param":
@@ -430,20 +498,26 @@ def _put(path, role, module, items, missing_ok: bool) -> List:
 
 def _register(entries) -> None:
     if entries:
-        pyro.get_param_store().set_state({"params": {n: t for n, t, _ in entries},
-                                          "constraints": {n: c for n, _, c in entries}})
+        pyro.get_param_store().set_state(
+            {"params": {n: t for n, t, _ in entries}, "constraints": {n: c for n, _, c in entries}}
+        )
 
 
-def _restore_params(path, params: Dict[str, torch.Tensor], encoded: Dict[str, Any],
-                    owners: Dict[str, List[str]], buffers: Dict[str, Dict[str, torch.Tensor]],
-                    modules: Dict[str, torch.nn.Module]) -> Dict[str, torch.Tensor]:
+def _restore_params(
+    path,
+    params: dict[str, torch.Tensor],
+    encoded: dict[str, Any],
+    owners: dict[str, list[str]],
+    buffers: dict[str, dict[str, torch.Tensor]],
+    modules: dict[str, torch.nn.Module],
+) -> dict[str, torch.Tensor]:
     """Put the run's Pyro parameters back: a module's own parameters (and its buffers)
     into the module, with the param store's entry pointing at them as ``pyro.module``
     registers them; the others into Pyro's param store with their constraints. Returns
     the parameters' constrained values."""
     current = pyro.get_param_store().get_state()["constraints"]
     shown, loose = {}, []
-    by_role: Dict[str, List] = {}
+    by_role: dict[str, list] = {}
     for name, value in params.items():
         constraint = _constraint_of(path, name, encoded, current)
         shown[name] = torch.distributions.transform_to(constraint)(value).detach()
@@ -454,13 +528,15 @@ def _restore_params(path, params: Dict[str, torch.Tensor], encoded: Dict[str, An
             by_role.setdefault(role, []).append(("param", name, attr, value, constraint))
     for role, bufs in buffers.items():
         if modules.get(role) is not None:
-            by_role.setdefault(role, []).extend(("buffer", None, attr, value, None)
-                                                for attr, value in bufs.items())
+            by_role.setdefault(role, []).extend(
+                ("buffer", None, attr, value, None) for attr, value in bufs.items()
+            )
     _register(loose)
     for role, items in by_role.items():
         module = modules[role]
-        lazy = hasattr(module, "_setup_prototype") and \
-            getattr(module, "prototype_trace", True) is None
+        lazy = (
+            hasattr(module, "_setup_prototype") and getattr(module, "prototype_trace", True) is None
+        )
         entries, left = _put(path, role, module, items, missing_ok=lazy)
         _register(entries)
         if left:
@@ -476,8 +552,9 @@ def _when_set_up(path, module, role, items) -> None:
         handle.remove()
         if getattr(mod, "prototype_trace", None) is None:
             mod._setup_prototype(*args, **kwargs)
-        if any(_get(mod, kind, attr) is None for kind, _, attr, _, _ in items) and \
-                callable(getattr(mod, "get_posterior", None)):
+        if any(_get(mod, kind, attr) is None for kind, _, attr, _, _ in items) and callable(
+            getattr(mod, "get_posterior", None)
+        ):
             # a normalizing-flow guide (AutoIAFNormal) builds its transform here, in the
             # same order of random draws as its first call would
             with poutine.block():
@@ -488,10 +565,15 @@ def _when_set_up(path, module, role, items) -> None:
     handle = module.register_forward_pre_hook(load_on_first_call, with_kwargs=True)
 
 
-def load(path: Union[str, Path], model: Optional[Callable] = None,
-         guide: Optional[Callable] = None, *, module: Optional[torch.nn.Module] = None,
-         map_location: MapLocation = "cpu",
-         weights: Optional[str] = None) -> Union[torch.nn.Module, "RestoredRun"]:
+def load(
+    path: str | Path,
+    model: Callable | None = None,
+    guide: Callable | None = None,
+    *,
+    module: torch.nn.Module | None = None,
+    map_location: MapLocation = "cpu",
+    weights: str | None = None,
+) -> torch.nn.Module | RestoredRun:
     """A ready model from a checkpoint of the fit loop (or of :func:`save_model`), or a
     user's Pyro run restored.
 
@@ -550,7 +632,8 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
                 f"{state.get('module_class') or 'model'} that is not a registered probgen "
                 f"model, or was built from objects rather than settings). Build the model "
                 f"yourself and load its weights with probgen.load(path, module=model) (or "
-                f"probgen.train.load_model(model, path)).")
+                f"probgen.train.load_model(model, path))."
+            )
         built = build_from_config(settings, source=str(path))
         load_module_state(built, module_state, source=source)
         if map_location is not None:
@@ -559,24 +642,45 @@ def load(path: Union[str, Path], model: Optional[Callable] = None,
     target = module
     saved_class = state.get("module_class")
     if target is None and module_state is not None:
-        for candidate in (model, guide, getattr(model, "__self__", None),
-                          getattr(guide, "__self__", None)):
-            if isinstance(candidate, torch.nn.Module) and \
-                    type(candidate).__qualname__ == saved_class:
+        for candidate in (
+            model,
+            guide,
+            getattr(model, "__self__", None),
+            getattr(guide, "__self__", None),
+        ):
+            if (
+                isinstance(candidate, torch.nn.Module)
+                and type(candidate).__qualname__ == saved_class
+            ):
                 target = candidate
                 break
         if target is None:
-            raise CheckpointError(f"{path} holds the weights of a {saved_class}, and neither "
-                                  f"the model nor the guide is one: pass it as "
-                                  f"probgen.load(path, model=..., guide=..., module=...).")
+            raise CheckpointError(
+                f"{path} holds the weights of a {saved_class}, and neither "
+                f"the model nor the guide is one: pass it as "
+                f"probgen.load(path, model=..., guide=..., module=...)."
+            )
     if target is not None:
         if module_state is None:
-            raise CheckpointError(f"{path} holds no module weights for module="
-                                  f"{type(target).__name__}: its run kept every parameter in "
-                                  f"Pyro's param store; load it without module=.")
+            raise CheckpointError(
+                f"{path} holds no module weights for module="
+                f"{type(target).__name__}: its run kept every parameter in "
+                f"Pyro's param store; load it without module=."
+            )
         load_module_state(target, module_state, source=source)
-    params = _restore_params(path, pyro_params, state.get("pyro_constraints") or {},
-                             state.get("pyro_owners") or {}, state.get("pyro_buffers") or {},
-                             callable_modules(model, guide))
-    return RestoredRun(model=model, guide=guide, module=target, params=params,
-                       epoch=state.get("epoch"), history=list(state.get("history") or []))
+    params = _restore_params(
+        path,
+        pyro_params,
+        state.get("pyro_constraints") or {},
+        state.get("pyro_owners") or {},
+        state.get("pyro_buffers") or {},
+        callable_modules(model, guide),
+    )
+    return RestoredRun(
+        model=model,
+        guide=guide,
+        module=target,
+        params=params,
+        epoch=state.get("epoch"),
+        history=list(state.get("history") or []),
+    )

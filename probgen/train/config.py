@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 from probgen import checks
 from probgen.errors import ConfigError
@@ -157,60 +157,68 @@ class FitConfig:
     ``fit`` says so in one line when ``precision`` or ``matmul_precision`` differ.
     """
 
-    epochs: Optional[int] = None
-    num_steps: Optional[int] = None
+    epochs: int | None = None
+    num_steps: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
-    phase_optim: Optional[Dict[str, Dict[str, Any]]] = None
+    phase_optim: dict[str, dict[str, Any]] | None = None
     weight_decay: float = 0.0
-    lr_schedule: Optional[str] = None
+    lr_schedule: str | None = None
     warmup_epochs: float = 0.0
-    patience: Union[int, None, str] = AUTO
+    patience: int | str | None = AUTO
     min_delta: float = 0.0
     monitor: str = "val_loss"
     mode: str = "min"
-    restore_best: Union[bool, str] = AUTO
+    restore_best: bool | str = AUTO
     device: str = "auto"
-    seed: Optional[int] = None
+    seed: int | None = None
     objective: str = "trace"
     num_particles: int = 1
-    eval_particles: Optional[int] = None
-    clip_norm: Optional[float] = None
+    eval_particles: int | None = None
+    clip_norm: float | None = None
     eval_batch_size: int = 1000
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     resume: bool = False
     progress: bool = True
     verbose: bool = True
-    validate: Optional[bool] = None
-    matmul_precision: Optional[str] = None
-    precision: Optional[str] = None
-    compile: Union[bool, Dict[str, Any]] = False
-    data_on_device: Union[bool, str] = AUTO
+    validate: bool | None = None
+    matmul_precision: str | None = None
+    precision: str | None = None
+    compile: bool | dict[str, Any] = False
+    data_on_device: bool | str = AUTO
 
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _plain(getattr(self, f.name)))
         self.phase_optim = _json_form(self.phase_optim)
 
-    def check(self) -> "FitConfig":
+    def check(self) -> FitConfig:
         """Refuse bad settings, one line each (:class:`~probgen.errors.ConfigError`)."""
         if self.epochs is not None and self.num_steps is not None:
-            raise ConfigError(f"give epochs or num_steps, not both (epochs={self.epochs!r}, "
-                              f"num_steps={self.num_steps!r}).")
+            raise ConfigError(
+                f"give epochs or num_steps, not both (epochs={self.epochs!r}, "
+                f"num_steps={self.num_steps!r})."
+            )
         for name in ("batch_size", "num_particles", "eval_batch_size"):
             checks.positive_int(name, getattr(self, name))
         for name in ("epochs", "num_steps", "eval_particles"):
             checks.optional(checks.positive_int, name, getattr(self, name))
         if self.patience != AUTO:
-            checks.optional(checks.positive_int, "patience", self.patience,
-                            hint="or None (no early stopping) or 'auto'")
+            checks.optional(
+                checks.positive_int,
+                "patience",
+                self.patience,
+                hint="or None (no early stopping) or 'auto'",
+            )
         if self.restore_best != AUTO and not isinstance(self.restore_best, bool):
-            raise ConfigError(f"restore_best must be True, False or 'auto', got "
-                              f"{self.restore_best!r}.")
+            raise ConfigError(
+                f"restore_best must be True, False or 'auto', got {self.restore_best!r}."
+            )
         if self.validate is not None and not isinstance(self.validate, bool):
-            raise ConfigError(f"validate must be True, False or None (as the user set it), "
-                              f"got {self.validate!r}.")
+            raise ConfigError(
+                f"validate must be True, False or None (as the user set it), got {self.validate!r}."
+            )
         checks.optional(checks.seed, "seed", self.seed, hint="or None")
         self._check_speed()
         checks.positive_float("lr", self.lr)
@@ -239,79 +247,106 @@ class FitConfig:
         if po is None:
             return
         if not isinstance(po, dict):
-            raise ConfigError(f"phase_optim must be a dict of phase name -> optimizer settings "
-                              f"({{'D': {{'lr': 1e-4}}}}), got {po!r}.")
+            raise ConfigError(
+                f"phase_optim must be a dict of phase name -> optimizer settings "
+                f"({{'D': {{'lr': 1e-4}}}}), got {po!r}."
+            )
         for name, settings in po.items():
             if not isinstance(name, str):
                 raise ConfigError(f"phase_optim: phase names must be strings, got {name!r}.")
             if not isinstance(settings, dict):
-                raise ConfigError(f"phase_optim[{name!r}] must be a dict of optimizer settings "
-                                  f"({{'lr': 1e-4, 'betas': [0.5, 0.999]}}), got {settings!r}.")
+                raise ConfigError(
+                    f"phase_optim[{name!r}] must be a dict of optimizer settings "
+                    f"({{'lr': 1e-4, 'betas': [0.5, 0.999]}}), got {settings!r}."
+                )
             for key in settings:
                 if not isinstance(key, str):
-                    raise ConfigError(f"phase_optim[{name!r}]: setting names must be strings, "
-                                      f"got {key!r}.")
+                    raise ConfigError(
+                        f"phase_optim[{name!r}]: setting names must be strings, got {key!r}."
+                    )
             if "lr" in settings:
                 checks.positive_float(f"phase_optim[{name!r}]['lr']", settings["lr"])
             if "optimizer" in settings:
                 if not isinstance(settings["optimizer"], str):
-                    raise ConfigError(f"phase_optim[{name!r}]['optimizer'] must be a name in "
-                                      f"probgen.train.OPTIMIZERS ({', '.join(OPTIMIZERS)}), got "
-                                      f"{settings['optimizer']!r}.")
+                    raise ConfigError(
+                        f"phase_optim[{name!r}]['optimizer'] must be a name in "
+                        f"probgen.train.OPTIMIZERS ({', '.join(OPTIMIZERS)}), got "
+                        f"{settings['optimizer']!r}."
+                    )
                 if settings["optimizer"] not in OPTIMIZERS:
-                    raise ConfigError(f"phase_optim[{name!r}]['optimizer']: unknown optimizer "
-                                      f"{settings['optimizer']!r}; choose one of "
-                                      f"{', '.join(OPTIMIZERS)}.")
+                    raise ConfigError(
+                        f"phase_optim[{name!r}]['optimizer']: unknown optimizer "
+                        f"{settings['optimizer']!r}; choose one of "
+                        f"{', '.join(OPTIMIZERS)}."
+                    )
 
     def _check_speed(self) -> None:
         if self.matmul_precision is not None and self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ConfigError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)} or "
-                              f"None (torch's setting as it is), got {self.matmul_precision!r}.")
+            raise ConfigError(
+                f"matmul_precision must be one of {list(MATMUL_PRECISIONS)} or "
+                f"None (torch's setting as it is), got {self.matmul_precision!r}."
+            )
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be None (float32) or one of {list(PRECISIONS)}, "
-                              f"got {self.precision!r}.")
+            raise ConfigError(
+                f"precision must be None (float32) or one of {list(PRECISIONS)}, "
+                f"got {self.precision!r}."
+            )
         if isinstance(self.compile, dict):
             unknown = sorted(set(self.compile) - COMPILE_OPTIONS)
             if unknown:
-                raise ConfigError(f"compile: {unknown} are not torch.compile arguments; give "
-                                  f"some of {sorted(COMPILE_OPTIONS)}, or compile=True.")
-            modes = (None, "default", "reduce-overhead", "max-autotune",
-                     "max-autotune-no-cudagraphs")
+                raise ConfigError(
+                    f"compile: {unknown} are not torch.compile arguments; give "
+                    f"some of {sorted(COMPILE_OPTIONS)}, or compile=True."
+                )
+            modes = (
+                None,
+                "default",
+                "reduce-overhead",
+                "max-autotune",
+                "max-autotune-no-cudagraphs",
+            )
             if self.compile.get("mode") not in modes:
-                raise ConfigError(f"compile: mode must be one of {list(modes)}, got "
-                                  f"{self.compile['mode']!r}.")
+                raise ConfigError(
+                    f"compile: mode must be one of {list(modes)}, got {self.compile['mode']!r}."
+                )
             backend = self.compile.get("backend")
             if isinstance(backend, str):
                 import torch._dynamo
+
                 names = torch._dynamo.list_backends(exclude_tags=())
                 if backend not in names:
-                    raise ConfigError(f"compile: backend {backend!r} is not one of torch's "
-                                      f"({', '.join(names)}).")
+                    raise ConfigError(
+                        f"compile: backend {backend!r} is not one of torch's ({', '.join(names)})."
+                    )
         elif not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be True, False or a dict of torch.compile "
-                              f"arguments, got {self.compile!r}.")
+            raise ConfigError(
+                f"compile must be True, False or a dict of torch.compile "
+                f"arguments, got {self.compile!r}."
+            )
         if self.data_on_device != AUTO and not isinstance(self.data_on_device, bool):
-            raise ConfigError(f"data_on_device must be True, False or 'auto', got "
-                              f"{self.data_on_device!r}.")
+            raise ConfigError(
+                f"data_on_device must be True, False or 'auto', got {self.data_on_device!r}."
+            )
 
-    def resolved(self, has_val: bool) -> "FitConfig":
+    def resolved(self, has_val: bool) -> FitConfig:
         """These settings with ``"auto"`` decided for a run with (or without) validation
         data: what the run does, and what its result and checkpoint record."""
         asked = self.monitor != "val_loss" or isinstance(self.patience, int)
         active = has_val or asked
-        patience = (DEFAULT_PATIENCE if active else None) if self.patience == AUTO \
-            else self.patience
+        patience = (
+            (DEFAULT_PATIENCE if active else None) if self.patience == AUTO else self.patience
+        )
         restore = active if self.restore_best == AUTO else self.restore_best
         epochs = self.epochs
         if epochs is None and self.num_steps is None:
             epochs = DEFAULT_EPOCHS
         return replace(self, patience=patience, restore_best=restore, epochs=epochs)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "FitConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FitConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -322,7 +357,7 @@ class FitConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "FitConfig":
+    def from_json(cls, text: str) -> FitConfig:
         return cls.from_dict(json.loads(text))
 
     def explicit(self) -> set:
@@ -336,9 +371,25 @@ class FitConfig:
 # phase_optim's learning rates: its other settings are compared by probgen.train.resume.)
 # The speed settings change how, not what, a run computes (within rounding), like the
 # device; a resumed run may change them (precision and matmul_precision with a message).
-NOT_RUN_DEFINING = ("epochs", "num_steps", "patience", "device", "checkpoint", "resume",
-                    "progress", "verbose", "validate", "eval_batch_size", "lr", "phase_optim",
-                    "restore_best", "matmul_precision", "precision", "compile", "data_on_device")
+NOT_RUN_DEFINING = (
+    "epochs",
+    "num_steps",
+    "patience",
+    "device",
+    "checkpoint",
+    "resume",
+    "progress",
+    "verbose",
+    "validate",
+    "eval_batch_size",
+    "lr",
+    "phase_optim",
+    "restore_best",
+    "matmul_precision",
+    "precision",
+    "compile",
+    "data_on_device",
+)
 
 
 @dataclass
@@ -356,28 +407,28 @@ class FitResult:
     ``model.save_pretrained(DIR, data_settings=result)`` records it.
     """
 
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    best_epoch: Optional[int] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
     best_loss: float = math.inf
-    best_value: Optional[float] = None
+    best_value: float | None = None
     monitor: str = "val_loss"
     stopped_early: bool = False
     steps: int = 0
     wall_time: float = 0.0
     device: str = "cpu"
     world_size: int = 1
-    config: Optional[FitConfig] = None
-    data_settings: Optional[Dict[str, Any]] = None
+    config: FitConfig | None = None
+    data_settings: dict[str, Any] | None = None
 
     @property
-    def train_loss(self) -> List[float]:
+    def train_loss(self) -> list[float]:
         return [h["train_loss"] for h in self.history]
 
     @property
-    def val_loss(self) -> List[Optional[float]]:
+    def val_loss(self) -> list[float | None]:
         return [h["val_loss"] for h in self.history]
 
-    def curve(self, key: str) -> List[Optional[float]]:
+    def curve(self, key: str) -> list[float | None]:
         """One figure over the epochs (``None`` where an epoch did not compute it)."""
         return [h.get(key) for h in self.history]
 
@@ -391,13 +442,15 @@ class FitResult:
         (``wall_time`` is this process's part only)."""
         return float(sum(h["seconds"] for h in self.history))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["config"] = self.config.to_dict() if self.config else None
         return d
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}
-        return (f"FitResult(epochs_run={self.epochs_run}, best_epoch={self.best_epoch}, "
-                f"best_loss={self.best_loss:.4f}, last={last.get('train_loss')}, "
-                f"stopped_early={self.stopped_early}, wall_time={self.wall_time:.1f}s)")
+        return (
+            f"FitResult(epochs_run={self.epochs_run}, best_epoch={self.best_epoch}, "
+            f"best_loss={self.best_loss:.4f}, last={last.get('train_loss')}, "
+            f"stopped_early={self.stopped_early}, wall_time={self.wall_time:.1f}s)"
+        )

@@ -5,7 +5,7 @@ one would."""
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,13 +14,22 @@ from probgen.data.tensors import TensorData
 from probgen.errors import ConfigError
 from probgen.train import distributed as ddp
 
-__all__ = ["module_device", "reduce_device", "resolve_device", "rng_state", "run_device",
-           "seed_run", "set_rng_state", "set_seed"]
+__all__ = [
+    "module_device",
+    "reduce_device",
+    "resolve_device",
+    "rng_state",
+    "run_device",
+    "seed_run",
+    "set_rng_state",
+    "set_seed",
+]
 
 
 # --------------------------------------------------------------------------- devices
 
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
+
+def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; a CUDA request without CUDA is an error."""
     if isinstance(device, torch.device):
         device = str(device)
@@ -30,13 +39,15 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
         return torch.device("cpu")
     if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} was asked for, but this machine has no CUDA "
-                              f"device; use device='cpu' or 'auto'.")
+            raise ConfigError(
+                f"device={device!r} was asked for, but this machine has no CUDA "
+                f"device; use device='cpu' or 'auto'."
+            )
         return torch.device(device)
     raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.")
 
 
-def module_device(module) -> Optional[torch.device]:
+def module_device(module) -> torch.device | None:
     """The device of a module's first parameter or buffer (``None``: no module, or one
     without tensors)."""
     if module is None:
@@ -56,7 +67,7 @@ def reduce_device(device) -> torch.device:
     return torch.device("cpu")
 
 
-def run_device(module, device: str, train) -> Tuple[torch.device, Optional[torch.device], bool]:
+def run_device(module, device: str, train) -> tuple[torch.device, torch.device | None, bool]:
     """``(the run's device, where batches go, whether the device is to be read from the
     first batch)``; joins torchrun's process group when there is one.
 
@@ -74,6 +85,7 @@ def run_device(module, device: str, train) -> Tuple[torch.device, Optional[torch
 
 # --------------------------------------------------------------------------- seeds
 
+
 def set_seed(seed: int) -> None:
     """Seed Python's, numpy's and torch's global random generators (for scripts; the
     fit loop calls it only when its ``seed`` setting is not ``None``)."""
@@ -82,7 +94,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_run(seed: Optional[int], rank: int, draws_order: bool) -> torch.Generator:
+def seed_run(seed: int | None, rank: int, draws_order: bool) -> torch.Generator:
     """Seed a run; return the generator of its batch order (on the CPU).
 
     With a ``seed``, every process seeds the global generators with ``seed + rank`` (its
@@ -108,20 +120,28 @@ def seed_run(seed: Optional[int], rank: int, draws_order: bool) -> torch.Generat
 
 # --------------------------------------------------------------------------- RNG states
 
-def rng_state(loader_gen: torch.Generator) -> Dict[str, Any]:
+
+def rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
     """The states of torch's, numpy's, Python's and CUDA's generators and of the batch
     order's, as checkpoint data (tensors, numbers, lists)."""
     keys, pos, has_gauss, gauss = np.random.get_state()[1:]
-    state = {"torch": torch.get_rng_state(), "loader": loader_gen.get_state(),
-             "python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "loader": loader_gen.get_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def set_rng_state(state: Dict[str, Any], loader_gen: torch.Generator) -> Optional[str]:
+def set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> str | None:
     """Restore the generators; a note (one line) when the checkpoint's CUDA states cannot
     be restored here, else ``None``. The states are read on the CPU, wherever the
     checkpoint was mapped."""
@@ -130,21 +150,32 @@ def set_rng_state(state: Dict[str, Any], loader_gen: torch.Generator) -> Optiona
     random.setstate(_as_tuple(state["python"]))
     if "numpy" in state:
         n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"],
-                             n["has_gauss"], n["gauss"]))
+        np.random.set_state(
+            (
+                "MT19937",
+                n["keys"].cpu().numpy().astype(np.uint32),
+                n["pos"],
+                n["has_gauss"],
+                n["gauss"],
+            )
+        )
     cuda = state.get("cuda")
     if not cuda:
         return None
     if not torch.cuda.is_available():
-        return ("the checkpoint holds the random-generator states of CUDA devices, and this "
-                "machine has none: the run goes on without them, so its random draws differ "
-                "from an uninterrupted run on the GPU")
+        return (
+            "the checkpoint holds the random-generator states of CUDA devices, and this "
+            "machine has none: the run goes on without them, so its random draws differ "
+            "from an uninterrupted run on the GPU"
+        )
     count = torch.cuda.device_count()
     for i, s in enumerate(cuda[:count]):
         torch.cuda.set_rng_state(s.cpu(), i)
     if len(cuda) > count:
-        return (f"the checkpoint holds the random-generator states of {len(cuda)} CUDA "
-                f"devices and this machine has {count}: the first {count} were restored")
+        return (
+            f"the checkpoint holds the random-generator states of {len(cuda)} CUDA "
+            f"devices and this machine has {count}: the first {count} were restored"
+        )
     return None
 
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -105,10 +106,13 @@ def _close_group() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        if dist.get_backend() == "gloo" and dist.get_world_size() > 1 and \
-                getattr(sys, "last_value", None) is None:
+        if (
+            dist.get_backend() == "gloo"
+            and dist.get_world_size() > 1
+            and getattr(sys, "last_value", None) is None
+        ):
             dist.barrier()
-    except Exception:   # a process that did not come: close anyway, as before
+    except Exception:  # a process that did not come: close anyway, as before
         pass
     finally:
         dist.destroy_process_group()
@@ -138,25 +142,25 @@ def average_gradients(params: Sequence[torch.Tensor]) -> None:
     local = [p.grad is not None for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     # all ones: filled on the device, no copy from the host
-    flags = grads[0].new_ones(len(params)) if all(local) else \
-        torch.tensor([float(h) for h in local], dtype=grads[0].dtype, device=grads[0].device)
+    flags = (
+        grads[0].new_ones(len(params))
+        if all(local)
+        else torch.tensor([float(h) for h in local], dtype=grads[0].dtype, device=grads[0].device)
+    )
     flat = torch.cat([g.reshape(-1) for g in grads] + [flags])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    if all(local):
-        # This process had every gradient, so every flag is set: no need to read them
-        # (reading is a host sync on a GPU, once per phase and step).
-        seen = local
-    else:
-        seen = (flat[-len(params):] > 0).tolist()
+    # When this process had every gradient, every flag is set: no need to read them
+    # (reading is a host sync on a GPU, once per phase and step).
+    seen = local if all(local) else (flat[-len(params) :] > 0).tolist()
     offset = 0
     for p, has in zip(params, seen):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if has else None
+        p.grad = flat[offset : offset + n].view_as(p).clone() if has else None
         offset += n
 
 
-def all_reduce_sum(values: Sequence[float], device) -> List[float]:
+def all_reduce_sum(values: Sequence[float], device) -> list[float]:
     """Sum each number over the processes."""
     if not is_distributed():
         return list(values)
@@ -174,7 +178,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order (a one-item list outside torchrun)."""
     if not is_distributed():
         return [obj]

@@ -12,7 +12,8 @@ there too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from probgen.errors import ConfigError
 from probgen.train.config import FitResult
@@ -22,8 +23,14 @@ from probgen.train.config import FitResult
 #: rather than imported (what callbacks read of it: :mod:`probgen.train.callbacks`)
 Run = Any
 
-HOOKS = ("on_fit_start", "on_validation_end", "on_epoch_end", "on_fit_end",
-         "on_train_batch_end", "on_exception")
+HOOKS = (
+    "on_fit_start",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_fit_end",
+    "on_train_batch_end",
+    "on_exception",
+)
 
 
 class Callback:
@@ -32,33 +39,32 @@ class Callback:
     def on_fit_start(self, run: Run) -> None:
         pass
 
-    def on_validation_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
         pass
 
     def on_fit_end(self, run: Run, result: FitResult) -> None:
         pass
 
-    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]
-                           ) -> None:
+    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]) -> None:
         pass
 
     def on_exception(self, run: Run, error: BaseException) -> None:
         pass
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
 class LambdaCallback(Callback):
     """``f(entry)`` called at the end of every epoch (the older callback form)."""
 
-    def __init__(self, fn: Callable[[Dict[str, Any]], None]):
+    def __init__(self, fn: Callable[[dict[str, Any]], None]):
         self.fn = fn
 
     def on_epoch_end(self, run, entry):
@@ -76,8 +82,10 @@ def as_callback(obj) -> Callback:
         return obj
     if callable(obj):
         return LambdaCallback(obj)
-    raise ConfigError(f"a callback must be a Callback or a function of the epoch's entry, got "
-                      f"{type(obj).__name__}.")
+    raise ConfigError(
+        f"a callback must be a Callback or a function of the epoch's entry, got "
+        f"{type(obj).__name__}."
+    )
 
 
 __all__ = ["HOOKS", "Callback", "LambdaCallback", "as_callback"]

@@ -34,13 +34,15 @@ whole before the first step.)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import pyro
 import torch
@@ -54,22 +56,38 @@ from probgen.infer.phases import traced_params
 from probgen.infer.steps import Step, as_step
 from probgen.models.registry import is_probgen_model
 from probgen.train import distributed as ddp
-from probgen.train.batches import (batches, check_data_once, conform_dtypes, first_tensor,
-                                   place_data, require_batches, shuffles, steps_per_epoch)
+
+# Names that lived in this module before the loop was split, under their older path.
+from probgen.train.batches import (
+    as_batch,  # noqa: F401
+    batches,
+    check_data_once,
+    conform_dtypes,
+    first_tensor,
+    place_data,
+    require_batches,
+    shuffles,
+    steps_per_epoch,
+)
 from probgen.train.callbacks import Callback, as_callback
 from probgen.train.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from probgen.train.config import FitConfig, FitResult
-from probgen.train.device import module_device, rng_state, run_device, seed_run
+from probgen.train.device import (  # noqa: F401
+    module_device,
+    resolve_device,
+    rng_state,
+    run_device,
+    seed_run,
+    set_seed,
+)
 from probgen.train.phases import PhaseState, all_params, check_phase_optim
 from probgen.train.resume import check_same_run, checkpoint_state, restore
 from probgen.train.speed import NetworkSpeed, matmul_precision, speed_plan
 from probgen.train.stopping import BestWeights, EarlyStopping
-from probgen.train.validation import evaluate_pass
-
-# Names that lived in this module before the loop was split, under their older path.
-from probgen.train.batches import as_batch  # noqa: F401, I001
-from probgen.train.device import resolve_device, set_seed  # noqa: F401
-from probgen.train.validation import evaluate  # noqa: F401
+from probgen.train.validation import (
+    evaluate,  # noqa: F401
+    evaluate_pass,
+)
 
 __all__ = ["Run", "fit"]
 
@@ -96,10 +114,16 @@ class Run:
     ``run.epoch``, ``run.device`` and ``run.is_main``.
     """
 
-    def __init__(self, step: Any, train: Union[TensorData, Iterable],
-                 val: Optional[Union[TensorData, Iterable]], config: FitConfig,
-                 callbacks: Sequence = (), explicit: Iterable[str] = (),
-                 batch_to_args: Optional[Callable[..., Any]] = None):
+    def __init__(
+        self,
+        step: Any,
+        train: TensorData | Iterable,
+        val: TensorData | Iterable | None,
+        config: FitConfig,
+        callbacks: Sequence = (),
+        explicit: Iterable[str] = (),
+        batch_to_args: Callable[..., Any] | None = None,
+    ):
         self.config = config
         self.explicit = set(explicit)
         self.batch_to_args = batch_to_args
@@ -107,21 +131,23 @@ class Run:
         self.train_data, self.val_data = train, val
         self.step_obj = step
         settings = getattr(train, "settings", None)
-        self.result = FitResult(config=config, monitor=config.monitor,
-                                data_settings=copy.deepcopy(settings) if isinstance(settings, dict)
-                                else None)
+        self.result = FitResult(
+            config=config,
+            monitor=config.monitor,
+            data_settings=copy.deepcopy(settings) if isinstance(settings, dict) else None,
+        )
         self.start_epoch = 0
         self.epoch = 0
         self.finished = False
         self.module = None
-        self.speed: Optional[NetworkSpeed] = None
-        self.staged: Dict[str, Optional[torch.device]] = {"train_data": None, "val_data": None}
+        self.speed: NetworkSpeed | None = None
+        self.staged: dict[str, torch.device | None] = {"train_data": None, "val_data": None}
         self.home = None
         self.was_training = None
         self.is_main = True
         self.ckpt_path = Path(config.checkpoint) if config.checkpoint else None
-        self.stopping: Optional[EarlyStopping] = None
-        self.best_weights: Optional[BestWeights] = None
+        self.stopping: EarlyStopping | None = None
+        self.best_weights: BestWeights | None = None
         self._run_bar = None
 
     # ------------------------------------------------------------------ 1. set-up
@@ -135,7 +161,8 @@ class Run:
             check_writable(self.ckpt_path)
         self.module = self.step.module
         self.device, self.batch_device, self.device_from_data = run_device(
-            self.module, c.device, self.train_data)
+            self.module, c.device, self.train_data
+        )
         self.world, self.rank = ddp.world_size(), ddp.rank()
         self.is_main = self.rank == 0
         self._move_module()
@@ -146,9 +173,15 @@ class Run:
         self.train_checked = check_data_once(self.step, self.train_data)
         self.val_checked = check_data_once(self.step, self.val_data)
         self.declared = getattr(self.step, "declared_module", None)
-        self.loader_gen = seed_run(c.seed, self.rank, isinstance(self.train_data, TensorData) and (
-            shuffles(self.train_data, c.batch_size, self.world)
-            or self.train_data.transform is not None))
+        self.loader_gen = seed_run(
+            c.seed,
+            self.rank,
+            isinstance(self.train_data, TensorData)
+            and (
+                shuffles(self.train_data, c.batch_size, self.world)
+                or self.train_data.transform is not None
+            ),
+        )
         self.phases = self._phase_states()
         self.stopping = EarlyStopping(c.monitor, c.mode, c.min_delta, c.patience)
         self.best_weights = BestWeights(self.stopping, enabled=c.restore_best)
@@ -162,9 +195,11 @@ class Run:
         """The step of what ``fit`` was given; a ready-made step's settings cleared."""
         c, ready_made = self.config, isinstance(self.step_obj, Step)
         if ready_made and self.batch_to_args is not None:
-            raise ConfigError("fit(batch_to_args=...) adapts the batches of a step fit builds; "
-                              "give a ready-made step its own: SVIStep(model, guide, "
-                              "batch_to_args=fn) or LossStep(net, loss_fn, batch_to_args=fn).")
+            raise ConfigError(
+                "fit(batch_to_args=...) adapts the batches of a step fit builds; "
+                "give a ready-made step its own: SVIStep(model, guide, "
+                "batch_to_args=fn) or LossStep(net, loss_fn, batch_to_args=fn)."
+            )
         step = as_step(self.step_obj, c, self.batch_to_args)
         if ready_made:
             # Settings the step does not read are refused when set, and not recorded.
@@ -178,8 +213,9 @@ class Run:
                     f"does not read {'it' if one else 'them'}: it brings its own "
                     f"(SVIStep(model, guide, loss=..., num_particles=..., optim=...)). Set "
                     f"{'it' if one else 'them'} on the step, or pass the model "
-                    f"itself to fit.")
-            self.config = replace(c, **{k: None for k in ignored})
+                    f"itself to fit."
+                )
+            self.config = replace(c, **dict.fromkeys(ignored))
         return step
 
     def _move_module(self) -> None:
@@ -189,21 +225,27 @@ class Run:
         self.home = module_device(self.module)
         if self.home is not None and self.home != self.device:
             self.module.to(self.device)
-            self._say(f"fit: moved {type(self.module).__name__} from {self.home} to "
-                      f"{self.device} (it goes back when fit returns)")
+            self._say(
+                f"fit: moved {type(self.module).__name__} from {self.home} to "
+                f"{self.device} (it goes back when fit returns)"
+            )
 
     def _check_data(self) -> None:
         if not isinstance(self.train_data, (TensorData, Iterable)):
-            raise ConfigError(f"train must be a TensorData or an iterable of batches (e.g. a "
-                              f"torch DataLoader), got {type(self.train_data).__name__}.")
+            raise ConfigError(
+                f"train must be a TensorData or an iterable of batches (e.g. a "
+                f"torch DataLoader), got {type(self.train_data).__name__}."
+            )
         require_batches(self.train_data, self.world, self.config.batch_size, "training")
         require_batches(self.val_data, self.world, self.config.batch_size, "validation")
 
     def _conform_dtypes(self) -> None:
         """Floating-point data of another dtype than the module's converted (said once)."""
-        data, note = conform_dtypes(self.module, {"training": self.train_data,
-                                                  "validation": self.val_data},
-                                    self.step.describe())
+        data, note = conform_dtypes(
+            self.module,
+            {"training": self.train_data, "validation": self.val_data},
+            self.step.describe(),
+        )
         self.train_data, self.val_data = data["training"], data["validation"]
         if note:
             self._say(f"fit: {note}")
@@ -211,9 +253,11 @@ class Run:
     def _place_data(self) -> None:
         """Each TensorData on the batches' device, whole, or left in host memory with its
         batches copied through pinned memory (as ``data_on_device`` decides)."""
-        data, staged, notes = place_data({"training": self.train_data,
-                                          "validation": self.val_data},
-                                         self.batch_device, self.config.data_on_device)
+        data, staged, notes = place_data(
+            {"training": self.train_data, "validation": self.val_data},
+            self.batch_device,
+            self.config.data_on_device,
+        )
         self.train_data, self.val_data = data["training"], data["validation"]
         self.staged = {"train_data": staged.get("training"), "val_data": staged.get("validation")}
         for note in notes:
@@ -223,12 +267,16 @@ class Run:
         phases = [PhaseState(p, self.config, self.module) for p in self.step.phases]
         for st in phases:
             if not st.phase.discover and not st.params:
-                raise ConfigError(f"phase {st.phase.name!r} of {self.step.describe()} has no "
-                                  f"trainable parameters.")
+                raise ConfigError(
+                    f"phase {st.phase.name!r} of {self.step.describe()} has no "
+                    f"trainable parameters."
+                )
             if st.phase.per_parameter and self.config.lr_schedule is not None:
-                raise ConfigError(f"phase {st.phase.name!r}: per-parameter optimizer settings "
-                                  f"and lr_schedule={self.config.lr_schedule!r} cannot go "
-                                  f"together; give the optimizer one dict of settings.")
+                raise ConfigError(
+                    f"phase {st.phase.name!r}: per-parameter optimizer settings "
+                    f"and lr_schedule={self.config.lr_schedule!r} cannot go "
+                    f"together; give the optimizer one dict of settings."
+                )
         return phases
 
     def _count_steps(self) -> None:
@@ -249,9 +297,16 @@ class Run:
 
     def _batches(self, data, shuffle: bool):
         which = "train_data" if data is self.train_data else "val_data"
-        return batches(data, self.config.batch_size, shuffle=shuffle, generator=self.loader_gen,
-                       staged=self.staged.get(which), batch_device=self.batch_device,
-                       rank=self.rank, world=self.world)
+        return batches(
+            data,
+            self.config.batch_size,
+            shuffle=shuffle,
+            generator=self.loader_gen,
+            staged=self.staged.get(which),
+            batch_device=self.batch_device,
+            rank=self.rank,
+            world=self.world,
+        )
 
     def _discover_all(self) -> None:
         """Run each discovering phase once on a first batch, without a gradient step, so
@@ -262,13 +317,13 @@ class Run:
         batch = next(iter(self._batches(self.train_data, shuffle=False)), None)
         if batch is None:
             raise DataError("the training data gave no batch (an empty DataLoader?).")
-        ctx: Dict[str, Any] = {}
+        ctx: dict[str, Any] = {}
         for st in self.phases:
             if st.phase.discover:
-                _, found = traced_params(lambda: st.phase.loss(batch, ctx))
+                _, found = traced_params(lambda st=st: st.phase.loss(batch, ctx))
                 self._join(st, found)
 
-    def _join(self, st: PhaseState, found: Dict[str, torch.Tensor]) -> None:
+    def _join(self, st: PhaseState, found: dict[str, torch.Tensor]) -> None:
         new = [t for name, t in found.items() if st.add(f"pyro:{name}", t)]
         if new:
             ddp.broadcast_tensors(new)
@@ -288,7 +343,7 @@ class Run:
         restore(self, state)
 
     # ------------------------------------------------------------------ 3. train epoch
-    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch: every batch through every phase; the epoch's history entry."""
         t0 = time.perf_counter()
         names = [st.phase.name for st in self.phases]
@@ -303,8 +358,9 @@ class Run:
                     break
                 if self.device_from_data and i == 0:
                     self._read_device(batch)
-                losses, exhausted = self.train_step(batch, batches, epoch, i, totals, counts,
-                                                    keep=bool(batch_hooks))
+                losses, exhausted = self.train_step(
+                    batch, batches, epoch, i, totals, counts, keep=bool(batch_hooks)
+                )
                 bar.update(1)
                 if i % 10 == 0 and self.config.progress and self.is_main:
                     shown = float(totals[names[0]]) / max(counts[names[0]], 1)
@@ -321,24 +377,33 @@ class Run:
                 if exhausted:
                     break
         finally:
-            if self.max_steps is None:    # counting steps: one bar for the whole run
+            if self.max_steps is None:  # counting steps: one bar for the whole run
                 bar.close()
         if i == 0:
-            raise DataError(f"the training data gave no batch in epoch {epoch + 1} (an empty "
-                            f"DataLoader, or an iterator that was used up by the epoch "
-                            f"before?); give data with at least one batch, re-iterable.")
+            raise DataError(
+                f"the training data gave no batch in epoch {epoch + 1} (an empty "
+                f"DataLoader, or an iterator that was used up by the epoch "
+                f"before?); give data with at least one batch, re-iterable."
+            )
         return self._epoch_entry(epoch, t0, totals, counts)
 
-    def train_step(self, batch: Any, batches: Iterator[Any], epoch: int, i: int,
-                   totals: Dict[str, Any], counts: Dict[str, Any], keep: bool
-                   ) -> Tuple[Optional[Dict[str, Any]], bool]:
+    def train_step(
+        self,
+        batch: Any,
+        batches: Iterator[Any],
+        epoch: int,
+        i: int,
+        totals: dict[str, Any],
+        counts: dict[str, Any],
+        keep: bool,
+    ) -> tuple[dict[str, Any] | None, bool]:
         """One batch through every phase (a phase's repeats after the first take fresh
         batches from ``batches``); the losses are summed where they are, and read (a host
         sync on a GPU) every 10th step there, every step on the CPU. Returns ``(each
         phase's loss for the callbacks, or None unless ``keep``; whether the data ran
         out)``."""
-        ctx: Dict[str, Any] = {}
-        losses: Optional[Dict[str, Any]] = {} if keep else None
+        ctx: dict[str, Any] = {}
+        losses: dict[str, Any] | None = {} if keep else None
         check = i % (1 if self.device.type == "cpu" else 10) == 0
         for st in self.phases:
             name, done = st.phase.name, []
@@ -355,13 +420,16 @@ class Run:
                 if check and not math.isfinite(float(value)):
                     self._diverged(epoch, i, float(value), name)
             if losses is not None and done:
-                losses[name] = done[0] if len(done) == 1 else \
-                    torch.stack([torch.as_tensor(d) for d in done]).mean()
+                losses[name] = (
+                    done[0]
+                    if len(done) == 1
+                    else torch.stack([torch.as_tensor(d) for d in done]).mean()
+                )
             if batch is None:
                 break
         return losses, batch is None
 
-    def run_phase(self, st: PhaseState, batch: Any, ctx: Dict[str, Any]) -> torch.Tensor:
+    def run_phase(self, st: PhaseState, batch: Any, ctx: dict[str, Any]) -> torch.Tensor:
         """One optimizer step of one phase; returns the reported loss (a tensor). The loss
         runs inside the step context (:class:`~probgen.infer.context.StepContext`)."""
         ph = st.phase
@@ -373,30 +441,32 @@ class Run:
                 out = ph.loss(batch, ctx)
         if found is not None:
             self._join(st, found)
-        loss, reported = (out if isinstance(out, tuple) else (out, out))
+        loss, reported = out if isinstance(out, tuple) else (out, out)
         reported = reported.detach() if torch.is_tensor(reported) else torch.as_tensor(reported)
         if self.device.type == "cpu" and not math.isfinite(float(reported)):
-            return reported   # checked and reported by the caller, before any update
+            return reported  # checked and reported by the caller, before any update
         if st.optimizer is None:
             if not st.params:
                 raise ConfigError(
                     f"phase {ph.name!r} of {self.step.describe()} found no trainable "
                     f"parameters: its loss touched no pyro.param / pyro.module site and it "
-                    f"declares none.")
+                    f"declares none."
+                )
             st.build_optimizer(self.total_steps(), self.steps_per_epoch)
         st.update(loss, ph.clip_norm if ph.clip_norm is not None else self.config.clip_norm)
         return reported
 
-    def _epoch_entry(self, epoch: int, t0: float, totals, counts) -> Dict[str, Any]:
+    def _epoch_entry(self, epoch: int, t0: float, totals, counts) -> dict[str, Any]:
         """The epoch's mean losses (over every process), its learning rate and start."""
         names = [st.phase.name for st in self.phases]
-        sums = ddp.all_reduce_sum([float(totals[n]) for n in names] +
-                                  [counts[n] for n in names], self.device)
+        sums = ddp.all_reduce_sum(
+            [float(totals[n]) for n in names] + [counts[n] for n in names], self.device
+        )
         means = {n: sums[j] / max(sums[len(names) + j], 1) for j, n in enumerate(names)}
         for n, v in means.items():
             if not math.isfinite(v):
                 self._diverged(epoch, None, v, n, where="training")
-        entry: Dict[str, Any] = {"epoch": epoch, "train_loss": means[names[0]]}
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": means[names[0]]}
         if len(names) > 1:
             for n in names:
                 entry[f"train_loss/{n}"] = means[n]
@@ -410,28 +480,43 @@ class Run:
         if self.max_steps is not None:
             # counting steps: one bar for the whole run
             if self._run_bar is None:
-                self._run_bar = tqdm(total=self.max_steps, initial=self.result.steps,
-                                     desc="steps", disable=not show, leave=False,
-                                     dynamic_ncols=True)
+                self._run_bar = tqdm(
+                    total=self.max_steps,
+                    initial=self.result.steps,
+                    desc="steps",
+                    disable=not show,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             return self._run_bar
-        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                    disable=not show, leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{c.epochs}",
+            disable=not show,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def _read_device(self, batch) -> None:
         """A bare model/guide pair on data without a device of its own: the first batch's."""
         first = first_tensor(batch)
         if first is not None:
             self.device = first.device
-            if self.speed is not None:     # autocast where the data is
+            if self.speed is not None:  # autocast where the data is
                 self.speed.device_type = self.device.type
 
     # ------------------------------------------------------------------ 4. validate
-    def validate(self, entry: Dict[str, Any]) -> None:
+    def validate(self, entry: dict[str, Any]) -> None:
         val_loss = None
         if self.val_data is not None:
             with StepContext(data_checked=self.val_checked, module=self.declared):
-                val_loss = evaluate_pass(self.step, self.val_data, self.config.eval_batch_size,
-                                         self.batch_device, self.device)
+                val_loss = evaluate_pass(
+                    self.step,
+                    self.val_data,
+                    self.config.eval_batch_size,
+                    self.batch_device,
+                    self.device,
+                )
             if val_loss is not None and not math.isfinite(val_loss):
                 self._diverged(entry["epoch"], None, val_loss, None, where="validation")
         entry["val_loss"] = val_loss
@@ -440,8 +525,11 @@ class Run:
     def checkpoint(self, epoch_done: int) -> None:
         if self.ckpt_path is None:
             return
-        rngs = ddp.gather_objects(rng_state(self.loader_gen)) if self.world > 1 else \
-            rng_state(self.loader_gen)
+        rngs = (
+            ddp.gather_objects(rng_state(self.loader_gen))
+            if self.world > 1
+            else rng_state(self.loader_gen)
+        )
         if self.is_main:
             save_checkpoint(self.ckpt_path, checkpoint_state(self, epoch_done, rngs))
 
@@ -457,10 +545,9 @@ class Run:
                 except BaseException as err:
                     for cb in self.hooks:
                         if _overrides(cb, "on_exception"):
-                            try:
+                            # the training error is the one reported
+                            with contextlib.suppress(Exception):
                                 cb.on_exception(self, err)
-                            except Exception:
-                                pass    # the training error is the one reported
                     raise
             for cb in self.hooks:
                 _call(cb, "on_fit_end", self, self.result)
@@ -475,7 +562,7 @@ class Run:
             stack.enter_context(pyro.get_param_store().scope())
         validate = self.config.validate
         if validate is None and is_probgen_model(self.module):
-            validate = False   # its data is checked whole before the first step
+            validate = False  # its data is checked whole before the first step
         if validate is not None:
             stack.enter_context(pyro.validation_enabled(validate))
         stack.enter_context(matmul_precision(self.config.matmul_precision))
@@ -501,7 +588,7 @@ class Run:
                 self.epoch = epoch
                 entry = self.train_epoch(epoch)
                 self.validate(entry)
-                for cb in self.hooks:    # the run's callbacks, early stopping, best weights
+                for cb in self.hooks:  # the run's callbacks, early stopping, best weights
                     _call(cb, "on_validation_end", self, entry)
                 entry["seconds"] = time.perf_counter() - entry.pop("_t0")
                 self.result.history.append(entry)
@@ -512,9 +599,14 @@ class Run:
                 for cb in self.hooks:
                     _call(cb, "on_epoch_end", self, entry)
                 if self.result.stopped_early:
-                    self._say(self.stopping.stop_line(
-                        self.result, entry, self.config.epochs,
-                        self.best_weights.held(self.result.best_epoch)))
+                    self._say(
+                        self.stopping.stop_line(
+                            self.result,
+                            entry,
+                            self.config.epochs,
+                            self.best_weights.held(self.result.best_epoch),
+                        )
+                    )
                     break
                 epoch += 1
         finally:
@@ -525,17 +617,26 @@ class Run:
     def _print(self, entry, improved) -> None:
         if not (self.config.verbose and self.is_main):
             return
-        extra = "".join(f"  {k.split('/')[-1]} {v:.4f}" for k, v in entry.items()
-                        if k.startswith("train_loss/"))
-        others = "".join(f"  {k} {v:.4g}" for k, v in entry.items()
-                         if k not in ("epoch", "train_loss", "val_loss", "lr", "seconds")
-                         and not k.startswith("train_loss/") and isinstance(v, (int, float))
-                         and not isinstance(v, bool))
+        extra = "".join(
+            f"  {k.split('/')[-1]} {v:.4f}" for k, v in entry.items() if k.startswith("train_loss/")
+        )
+        others = "".join(
+            f"  {k} {v:.4g}"
+            for k, v in entry.items()
+            if k not in ("epoch", "train_loss", "val_loss", "lr", "seconds")
+            and not k.startswith("train_loss/")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+        )
         steps = f"  step {self.result.steps}" if self.max_steps is not None else ""
-        tqdm.write(f"epoch {entry['epoch'] + 1:3d}{steps}  train {entry['train_loss']:9.4f}"
-                   + extra
-                   + (f"  val {entry['val_loss']:9.4f}" if entry["val_loss"] is not None else "")
-                   + others + ("  *" if improved else "") + f"  ({entry['seconds']:.1f}s)")
+        tqdm.write(
+            f"epoch {entry['epoch'] + 1:3d}{steps}  train {entry['train_loss']:9.4f}"
+            + extra
+            + (f"  val {entry['val_loss']:9.4f}" if entry["val_loss"] is not None else "")
+            + others
+            + ("  *" if improved else "")
+            + f"  ({entry['seconds']:.1f}s)"
+        )
 
     def _say(self, line: str) -> None:
         if self.config.verbose and self.is_main:
@@ -579,14 +680,22 @@ class Run:
         raise TrainingDivergedError(
             f"the training loss became {value} at {where}; {kept}. Try a lower learning rate, "
             f"gradient clipping (clip_norm) or check the data for NaNs.",
-            epoch=epoch, step=step_i,
-            checkpoint=str(ckpt) if ckpt is not None and ckpt.exists() else None)
+            epoch=epoch,
+            step=step_i,
+            checkpoint=str(ckpt) if ckpt is not None and ckpt.exists() else None,
+        )
 
 
-def fit(step: Any, train: Union[TensorData, Iterable],
-        val: Optional[Union[TensorData, Iterable]] = None, config: Optional[FitConfig] = None,
-        callbacks: Sequence = (), *, batch_to_args: Optional[Callable[..., Any]] = None,
-        **overrides: Any) -> FitResult:
+def fit(
+    step: Any,
+    train: TensorData | Iterable,
+    val: TensorData | Iterable | None = None,
+    config: FitConfig | None = None,
+    callbacks: Sequence = (),
+    *,
+    batch_to_args: Callable[..., Any] | None = None,
+    **overrides: Any,
+) -> FitResult:
     """Train ``step`` on ``train``; return a :class:`FitResult`.
 
     With a Pyro model/guide pair and the default settings, ``fit`` does what a loop of
@@ -618,9 +727,9 @@ def fit(step: Any, train: Union[TensorData, Iterable],
 
     Data: a TensorData in host memory is moved to the GPU once, whole, when it takes at
     most half of the GPU's free memory (``data_on_device="auto"``), else each batch is
-    copied through pinned memory. Floating-point tensors of a TensorData of another dtype than the module's
-    parameters (float64 images for a float32 model) are converted, said in one line;
-    uint8 images are refused (:class:`~probgen.errors.DataError`), since their scale is
+    copied through pinned memory. Floating-point tensors of a TensorData of another dtype
+    than the module's parameters (float64 images for a float32 model) are converted, said
+    in one line; uint8 images are refused (:class:`~probgen.errors.DataError`), since their scale is
     not the loop's to guess. A step without a module gets its data as given.
 
     Pyro's validation (``validate=None``, the default): a step of the user's (a bare
@@ -651,5 +760,6 @@ def fit(step: Any, train: Union[TensorData, Iterable],
     if config is not None:
         given |= config.explicit()
     config = replace(config or FitConfig(), **overrides).check()
-    return Run(step, train, val, config, callbacks, explicit=given,
-               batch_to_args=batch_to_args).execute()
+    return Run(
+        step, train, val, config, callbacks, explicit=given, batch_to_args=batch_to_args
+    ).execute()

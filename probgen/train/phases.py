@@ -3,7 +3,8 @@ joined), its optimizer and schedule, its step count, and its update."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,7 @@ def _torch_form(value: Any) -> Any:
     return value
 
 
-def phase_settings(phase_optim: Optional[Dict[str, Dict[str, Any]]], name: str
-                   ) -> Dict[str, Any]:
+def phase_settings(phase_optim: dict[str, dict[str, Any]] | None, name: str) -> dict[str, Any]:
     """The optimizer settings ``phase_optim`` (:class:`~probgen.train.FitConfig`) gives the
     phase called ``name`` (``{}`` for none), in torch's form."""
     return _torch_form(dict((phase_optim or {}).get(name) or {}))
@@ -52,24 +52,28 @@ def check_phase_optim(phases: Sequence[Phase], config: FitConfig, where: str) ->
     names = [ph.name for ph in phases]
     unknown = [n for n in po if n not in names]
     if unknown:
-        raise ConfigError(f"phase_optim names {', '.join(map(repr, unknown))}, which "
-                          f"{where} does not have; its phases are "
-                          f"{', '.join(map(repr, names))}.")
+        raise ConfigError(
+            f"phase_optim names {', '.join(map(repr, unknown))}, which "
+            f"{where} does not have; its phases are "
+            f"{', '.join(map(repr, names))}."
+        )
     for ph in phases:
         if ph.name not in po:
             continue
         cls = _optimizer_class(ph, config)
         own = {} if ph.per_parameter else _own_settings(ph, config, "")
         settings = {**_base_settings(ph, config), **own, **_overrides(ph, config)}
-        try:   # torch's optimizer judges its own settings (names and values)
+        try:  # torch's optimizer judges its own settings (names and values)
             cls([torch.zeros(1, requires_grad=True)], **settings)
         except (TypeError, ValueError, KeyError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"phase_optim[{ph.name!r}]: {cls.__name__} refuses the settings "
-                              f"{settings} ({first}).") from None
+            raise ConfigError(
+                f"phase_optim[{ph.name!r}]: {cls.__name__} refuses the settings "
+                f"{settings} ({first})."
+            ) from None
 
 
-def _base_settings(phase: Phase, config: FitConfig) -> Dict[str, Any]:
+def _base_settings(phase: Phase, config: FitConfig) -> dict[str, Any]:
     """The run's settings of a phase's optimizer: its ``lr`` (unless the phase has its
     own) and ``weight_decay``."""
     lr = phase.lr if phase.lr is not None else config.lr
@@ -80,7 +84,7 @@ def _base_settings(phase: Phase, config: FitConfig) -> Dict[str, Any]:
     return kwargs
 
 
-def _own_settings(phase: Phase, config: FitConfig, name: str) -> Dict[str, Any]:
+def _own_settings(phase: Phase, config: FitConfig, name: str) -> dict[str, Any]:
     """The phase's own optimizer settings of the parameter called ``name``; only its
     learning rate when the run's ``phase_optim`` gives the phase another optimizer (the
     others were the phase's optimizer's)."""
@@ -90,7 +94,7 @@ def _own_settings(phase: Phase, config: FitConfig, name: str) -> Dict[str, Any]:
     return own
 
 
-def _overrides(phase: Phase, config: FitConfig) -> Dict[str, Any]:
+def _overrides(phase: Phase, config: FitConfig) -> dict[str, Any]:
     """The run's ``phase_optim`` settings of ``phase`` (``optimizer`` left out)."""
     over = phase_settings(getattr(config, "phase_optim", None), phase.name)
     over.pop("optimizer", None)
@@ -115,10 +119,10 @@ class PhaseState:
         module: the step's module (its parameters' names for the checkpoint), or ``None``.
     """
 
-    def __init__(self, phase: Phase, config: FitConfig, module: Optional[nn.Module]) -> None:
+    def __init__(self, phase: Phase, config: FitConfig, module: nn.Module | None) -> None:
         self.phase = phase
-        self.params: List[torch.Tensor] = []
-        self.names: List[str] = []
+        self.params: list[torch.Tensor] = []
+        self.names: list[str] = []
         self._ids = set()
         self.optimizer = None
         self.scheduler = None
@@ -140,25 +144,23 @@ class PhaseState:
         if self.optimizer is not None:
             if self.phase.per_parameter:
                 # Pyro's per-parameter settings: a group of its own
-                self.optimizer.add_param_group(dict(self.group_settings(name),
-                                                    params=[tensor]))
+                self.optimizer.add_param_group(dict(self.group_settings(name), params=[tensor]))
             else:
                 # One parameter group per phase, grown as Pyro creates parameters (so the
                 # schedule covers them all); Adam's state is per parameter either way.
                 self.optimizer.param_groups[0]["params"].append(tensor)
         return True
 
-    def _base(self) -> Dict[str, Any]:
+    def _base(self) -> dict[str, Any]:
         return _base_settings(self.phase, self.config)
 
-    def group_settings(self, name: str) -> Dict[str, Any]:
+    def group_settings(self, name: str) -> dict[str, Any]:
         """The optimizer settings of the parameter called ``name``: the run's (``lr``,
         ``weight_decay``), then the phase's, then the run's ``phase_optim`` for it."""
         own = _own_settings(self.phase, self.config, name)
         return {**self._base(), **own, **_overrides(self.phase, self.config)}
 
-    def initial_lr(self, lr: Optional[float], phase_optim: Optional[Dict[str, Any]]
-                   ) -> Optional[float]:
+    def initial_lr(self, lr: float | None, phase_optim: dict[str, Any] | None) -> float | None:
         """The learning rate this phase starts with under a run's ``lr`` and ``phase_optim``
         (``None``: per parameter, or none given)."""
         over = phase_settings(phase_optim, self.phase.name)
@@ -174,17 +176,21 @@ class PhaseState:
         c, ph = self.config, self.phase
         cls = _optimizer_class(ph, c)
         if ph.per_parameter:
-            groups = [dict(self.group_settings(n), params=[p])
-                      for n, p in zip(self.names, self.params)]
+            groups = [
+                dict(self.group_settings(n), params=[p]) for n, p in zip(self.names, self.params)
+            ]
             self.optimizer = cls(groups, **self._base())
         else:
             self.optimizer = cls(list(self.params), **self.group_settings(""))
         if c.lr_schedule is not None:
             self.scheduler = SCHEDULES.get(c.lr_schedule)(
-                self.optimizer, max(total_steps * ph.repeats, 1), steps_per_epoch * ph.repeats,
-                c.warmup_epochs)
+                self.optimizer,
+                max(total_steps * ph.repeats, 1),
+                steps_per_epoch * ph.repeats,
+                c.warmup_epochs,
+            )
 
-    def update(self, loss: torch.Tensor, clip_norm: Optional[float]) -> None:
+    def update(self, loss: torch.Tensor, clip_norm: float | None) -> None:
         """One optimizer step on ``loss``: its backward pass (unless the phase's loss made
         it), the gradients averaged over torchrun's processes and clipped to ``clip_norm``,
         the step and the schedule's; the gradients cleared afterwards."""
@@ -206,12 +212,12 @@ class PhaseState:
             self.scheduler.step()
         self.steps += 1
 
-    def lr(self) -> Optional[float]:
+    def lr(self) -> float | None:
         """The first parameter group's learning rate now (``None`` before the optimizer)."""
         return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
 
 
-def all_params(phases: Sequence[PhaseState]) -> List[torch.Tensor]:
+def all_params(phases: Sequence[PhaseState]) -> list[torch.Tensor]:
     """Every phase's parameters, each once, in the order they joined."""
     seen, out = set(), []
     for st in phases:
@@ -222,7 +228,7 @@ def all_params(phases: Sequence[PhaseState]) -> List[torch.Tensor]:
     return out
 
 
-def pyro_params(phases: Sequence[PhaseState]) -> Dict[str, torch.Tensor]:
+def pyro_params(phases: Sequence[PhaseState]) -> dict[str, torch.Tensor]:
     """Parameters found through Pyro that no module holds, by param-store name."""
     out = {}
     for st in phases:

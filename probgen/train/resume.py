@@ -8,15 +8,20 @@ is read the same way, so its checkpoints resume as they did.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from probgen.errors import CheckpointError
 from probgen.models.registry import current_settings, model_config
-from probgen.train.checkpoint import (callable_modules, load_module_state, module_buffers,
-                                      param_owners, param_store_constraints)
+from probgen.train.checkpoint import (
+    callable_modules,
+    load_module_state,
+    module_buffers,
+    param_owners,
+    param_store_constraints,
+)
 from probgen.train.config import NOT_RUN_DEFINING
 from probgen.train.device import set_rng_state
 from probgen.train.phases import pyro_params
@@ -24,7 +29,7 @@ from probgen.train.phases import pyro_params
 __all__ = ["check_same_run", "checkpoint_state", "model_settings", "restore"]
 
 
-def model_settings(module: Optional[torch.nn.Module]) -> Optional[Dict[str, Any]]:
+def model_settings(module: torch.nn.Module | None) -> dict[str, Any] | None:
     """The constructor settings of a registered probgen model (``None`` for others)."""
     if module is None:
         return None
@@ -34,7 +39,7 @@ def model_settings(module: Optional[torch.nn.Module]) -> Optional[Dict[str, Any]
         return None
 
 
-def checkpoint_state(run: Any, epoch_done: int, rngs: Any) -> Dict[str, Any]:
+def checkpoint_state(run: Any, epoch_done: int, rngs: Any) -> dict[str, Any]:
     """What the loop writes after ``epoch_done`` epochs: the weights, the Pyro parameters
     (with their constraints, owners and the pair's buffers), every phase's optimizer and
     schedule, the random states ``rngs``, the settings, history, early stopping and best
@@ -42,37 +47,50 @@ def checkpoint_state(run: Any, epoch_done: int, rngs: Any) -> Dict[str, Any]:
     step, data)."""
     live = pyro_params(run.phases)
     # the modules of a model/guide pair (an AutoGuide, a PyroModule, a VAE's methods)
-    pair_modules = callable_modules(getattr(run.step, "model", None),
-                                    getattr(run.step, "guide", None))
+    pair_modules = callable_modules(
+        getattr(run.step, "model", None), getattr(run.step, "guide", None)
+    )
     params = {k: v.detach() for k, v in live.items()}
     module = run.module
-    state = {"epoch": epoch_done, "steps": run.result.steps,
-             "module": module.state_dict() if module is not None else None,
-             "pyro_params": params,
-             "pyro_constraints": param_store_constraints(params),
-             "pyro_owners": param_owners(pair_modules, live),
-             "pyro_buffers": module_buffers(pair_modules, skip=module),
-             "phases": [{"name": st.phase.name, "names": list(st.names), "steps": st.steps,
-                         "optimizer": st.optimizer.state_dict() if st.optimizer else None,
-                         "scheduler": st.scheduler.state_dict() if st.scheduler else None}
-                        for st in run.phases],
-             "rng": rngs, "world_size": run.world,
-             "config": run.config.to_dict(), "history": run.result.history,
-             "best_epoch": run.result.best_epoch, "best_loss": run.result.best_loss,
-             **run.best_weights.state_dict(), **run.stopping.state_dict(),
-             "stopped_early": run.result.stopped_early,
-             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {}
-                           for cb in run.callbacks],
-             "module_class": type(module).__qualname__ if module is not None else None,
-             "step": run.step.signature(),
-             "data": getattr(run.train_data, "settings", None)}
+    state = {
+        "epoch": epoch_done,
+        "steps": run.result.steps,
+        "module": module.state_dict() if module is not None else None,
+        "pyro_params": params,
+        "pyro_constraints": param_store_constraints(params),
+        "pyro_owners": param_owners(pair_modules, live),
+        "pyro_buffers": module_buffers(pair_modules, skip=module),
+        "phases": [
+            {
+                "name": st.phase.name,
+                "names": list(st.names),
+                "steps": st.steps,
+                "optimizer": st.optimizer.state_dict() if st.optimizer else None,
+                "scheduler": st.scheduler.state_dict() if st.scheduler else None,
+            }
+            for st in run.phases
+        ],
+        "rng": rngs,
+        "world_size": run.world,
+        "config": run.config.to_dict(),
+        "history": run.result.history,
+        "best_epoch": run.result.best_epoch,
+        "best_loss": run.result.best_loss,
+        **run.best_weights.state_dict(),
+        **run.stopping.state_dict(),
+        "stopped_early": run.result.stopped_early,
+        "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {} for cb in run.callbacks],
+        "module_class": type(module).__qualname__ if module is not None else None,
+        "step": run.step.signature(),
+        "data": getattr(run.train_data, "settings", None),
+    }
     settings = model_settings(module)
     if settings is not None:
         state["model"] = settings
     return state
 
 
-def check_same_run(run: Any, state: Dict[str, Any]) -> None:
+def check_same_run(run: Any, state: dict[str, Any]) -> None:
     """A resumed run must continue the same training: every setting that changes what it
     computes is the same (epochs, patience and lr may change), on the same data, with the
     same model, objective, particle count and phases.
@@ -82,32 +100,40 @@ def check_same_run(run: Any, state: Dict[str, Any]) -> None:
     """
     saved = state.get("config") or {}
     now = run.config.to_dict()
-    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
-             for k in now if k in saved and k not in NOT_RUN_DEFINING and saved[k] != now[k]]
+    diffs = [
+        f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+        for k in now
+        if k in saved and k not in NOT_RUN_DEFINING and saved[k] != now[k]
+    ]
     if saved.get("lr_schedule") is not None and saved.get("epochs") != now["epochs"]:
         # a schedule spans the run's epochs: changing them changes every later step
-        diffs.append(f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
-                     f"now (the {saved['lr_schedule']} schedule spans them)")
+        diffs.append(
+            f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
+            f"now (the {saved['lr_schedule']} schedule spans them)"
+        )
     diffs += _phase_optim_differences(saved.get("phase_optim"), now.get("phase_optim"))
     diffs += _model_differences(run.module, state)
     saved_step, mine_step = state.get("step") or {}, run.step.signature()
-    diffs += [f"step {k}: {saved_step[k]!r} in the checkpoint, {mine_step[k]!r} now"
-              for k in mine_step if k in saved_step and saved_step[k] != mine_step[k]]
+    diffs += [
+        f"step {k}: {saved_step[k]!r} in the checkpoint, {mine_step[k]!r} now"
+        for k in mine_step
+        if k in saved_step and saved_step[k] != mine_step[k]
+    ]
     diffs += _differences("data", state.get("data"), getattr(run.train_data, "settings", None))
     phases, mine = state.get("phases"), [s.phase.name for s in run.phases]
     if phases is not None and [p["name"] for p in phases] != mine:
         diffs.append(f"phases: {[p['name'] for p in phases]} in the checkpoint, {mine} now")
     if state.get("world_size", 1) != run.world and run.config.seed is not None:
-        diffs.append(f"processes: {state.get('world_size', 1)} in the checkpoint, "
-                     f"{run.world} now")
+        diffs.append(f"processes: {state.get('world_size', 1)} in the checkpoint, {run.world} now")
     if diffs:
         raise CheckpointError(
             f"cannot resume from {run.ckpt_path}: it belongs to another run "
             f"({'; '.join(diffs)}). Use another checkpoint path (--out) or start afresh "
-            f"without resume.")
+            f"without resume."
+        )
 
 
-def _without_lr(phase_optim) -> Dict[str, Dict[str, Any]]:
+def _without_lr(phase_optim) -> dict[str, dict[str, Any]]:
     """``phase_optim`` less its learning rates (which a resumed run may change), phases
     left with no setting dropped; ``None`` (an earlier probgen's checkpoint) is ``{}``."""
     out = {}
@@ -118,14 +144,17 @@ def _without_lr(phase_optim) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def _phase_optim_differences(saved, now) -> List[str]:
+def _phase_optim_differences(saved, now) -> list[str]:
     """The phases whose optimizer settings (other than the learning rate) differ."""
     saved, now = _without_lr(saved), _without_lr(now)
-    return [f"phase_optim[{k!r}]: {saved.get(k, {})!r} in the checkpoint, {now.get(k, {})!r} "
-            f"now" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return [
+        f"phase_optim[{k!r}]: {saved.get(k, {})!r} in the checkpoint, {now.get(k, {})!r} now"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
 
 
-def _model_differences(module, state: Dict[str, Any]) -> List[str]:
+def _model_differences(module, state: dict[str, Any]) -> list[str]:
     cls = state.get("module_class")
     mine = type(module).__qualname__ if module is not None else None
     if cls is not None and cls != mine:
@@ -137,14 +166,17 @@ def _model_differences(module, state: Dict[str, Any]) -> List[str]:
     return _differences("model setting", saved.get("args", {}), now.get("args", {}))
 
 
-def _differences(what: str, saved, now) -> List[str]:
+def _differences(what: str, saved, now) -> list[str]:
     if not (isinstance(saved, dict) and isinstance(now, dict)):
         return []
-    return [f"{what} {k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
-            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return [
+        f"{what} {k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
 
 
-def restore(run: Any, state: Dict[str, Any]) -> None:
+def restore(run: Any, state: dict[str, Any]) -> None:
     """Put a run back where its checkpoint ``state`` left it: weights, Pyro parameters,
     optimizers and schedules (with a changed ``lr`` applied), random states, history,
     early stopping, best weights and the callbacks' states."""
@@ -159,7 +191,7 @@ def restore(run: Any, state: Dict[str, Any]) -> None:
     _apply_new_lr(run, state)
     _note_speed_changes(run, state)
     rng = state["rng"]
-    if isinstance(rng, list):   # one state per process of a torchrun job
+    if isinstance(rng, list):  # one state per process of a torchrun job
         rng = rng[run.rank] if run.rank < len(rng) else rng[0]
     note = set_rng_state(rng, run.loader_gen)
     if note:
@@ -175,7 +207,7 @@ def restore(run: Any, state: Dict[str, Any]) -> None:
         if hasattr(cb, "load_state_dict") and cb_state:
             cb.load_state_dict(cb_state)
     if state.get("stopped_early"):
-        run.finished = True    # that run was finished already
+        run.finished = True  # that run was finished already
         run.result.stopped_early = True
 
 
@@ -186,7 +218,8 @@ def _restore_phases(run, saved_phases) -> None:
         if missing:
             raise CheckpointError(
                 f"cannot resume from {run.ckpt_path}: phase {st.phase.name!r} had "
-                f"parameters this run does not create ({', '.join(missing[:3])}).")
+                f"parameters this run does not create ({', '.join(missing[:3])})."
+            )
         order = list(saved["names"]) + [n for n in st.names if n not in saved["names"]]
         st.params = [by_name[n] for n in order]
         st.names = order
@@ -225,12 +258,15 @@ def _apply_new_lr(run, state) -> None:
                     g["lr"] = st.group_settings(name)["lr"]
         else:
             continue
-        if (old_po or {}).get(st.phase.name, {}).get("lr") is not None or \
-                (new_po or {}).get(st.phase.name, {}).get("lr") is not None:
+        if (old_po or {}).get(st.phase.name, {}).get("lr") is not None or (new_po or {}).get(
+            st.phase.name, {}
+        ).get("lr") is not None:
             changed.append(f"phase {st.phase.name!r}: lr {new} (the checkpoint ran with {old})")
     if old_lr is not None and new_lr is not None and old_lr != new_lr:
-        _say(run, f"fit: resuming {run.ckpt_path} with lr {new_lr} (the checkpoint ran with "
-                  f"{old_lr})")
+        _say(
+            run,
+            f"fit: resuming {run.ckpt_path} with lr {new_lr} (the checkpoint ran with {old_lr})",
+        )
     for line in changed:
         _say(run, f"fit: resuming {run.ckpt_path} with {line}")
 
@@ -239,9 +275,11 @@ def _note_speed_changes(run, state) -> None:
     """One line when the numerics settings differ from the checkpoint's run (allowed:
     a bfloat16 run on a GPU may go on in float32 on a CPU)."""
     saved = state.get("config") or {}
-    changed = [f"{k} {getattr(run.config, k)!r} (the checkpoint ran with {saved[k]!r})"
-               for k in ("precision", "matmul_precision")
-               if k in saved and saved[k] != getattr(run.config, k)]
+    changed = [
+        f"{k} {getattr(run.config, k)!r} (the checkpoint ran with {saved[k]!r})"
+        for k in ("precision", "matmul_precision")
+        if k in saved and saved[k] != getattr(run.config, k)
+    ]
     if changed:
         _say(run, f"fit: resuming {run.ckpt_path} with {' and '.join(changed)}")
 

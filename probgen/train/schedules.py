@@ -28,13 +28,14 @@ SCHEDULES: Registry = Registry("learning-rate schedule")
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total: int) -> int:
-    return min(int(round(warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    return min(round(warmup_epochs * steps_per_epoch), max(total - 1, 0))
 
 
 @SCHEDULES.register("cosine")
 def cosine(optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
     return lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
 
 
 @SCHEDULES.register("warmup_cosine")
@@ -56,8 +57,9 @@ def onecycle(optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: f
     if warmup_epochs:
         share = min(max(warmup_epochs * steps_per_epoch / total_steps, 0.01), 0.99)
     max_lr = [g["lr"] for g in optimizer.param_groups]
-    return lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps + 1,
-                                   pct_start=share, cycle_momentum=False)
+    return lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=share, cycle_momentum=False
+    )
 
 
 @SCHEDULES.register("linear")
@@ -67,5 +69,6 @@ def linear(optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: flo
 
 @SCHEDULES.register("step")
 def step(optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
-    return lr_scheduler.MultiStepLR(optimizer, milestones=[total_steps // 2, 3 * total_steps // 4],
-                                    gamma=0.1)
+    return lr_scheduler.MultiStepLR(
+        optimizer, milestones=[total_steps // 2, 3 * total_steps // 4], gamma=0.1
+    )

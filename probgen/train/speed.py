@@ -50,7 +50,8 @@ import copy
 import functools
 import inspect
 import weakref
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,9 +60,19 @@ from probgen import checks
 from probgen.errors import ConfigError
 from probgen.train.checkpoint import callable_modules
 
-__all__ = ["COMPILE_OPTIONS", "DEVICE_DATA_SHARE", "MATMUL_PRECISIONS", "PRECISIONS",
-           "NetworkCall", "NetworkSpeed", "device_free_memory", "find_networks",
-           "matmul_precision", "place_on_device", "speed_plan"]
+__all__ = [
+    "COMPILE_OPTIONS",
+    "DEVICE_DATA_SHARE",
+    "MATMUL_PRECISIONS",
+    "PRECISIONS",
+    "NetworkCall",
+    "NetworkSpeed",
+    "device_free_memory",
+    "find_networks",
+    "matmul_precision",
+    "place_on_device",
+    "speed_plan",
+]
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 """Values of ``FitConfig.matmul_precision`` (``None``: leave torch's setting alone)."""
@@ -78,7 +89,7 @@ of the GPU's free memory (measured when ``fit`` starts; training data first)."""
 def _compile_options() -> frozenset:
     try:
         return frozenset(inspect.signature(torch.compile).parameters) - {"model"}
-    except (TypeError, ValueError):     # pragma: no cover - a torch without a signature
+    except (TypeError, ValueError):  # pragma: no cover - a torch without a signature
         return frozenset({"fullgraph", "dynamic", "backend", "mode", "options", "disable"})
 
 
@@ -88,12 +99,13 @@ COMPILE_OPTIONS = _compile_options()
 
 # --------------------------------------------------------------------------- TF32
 
+
 # torch >= 2.9 keeps the float32 precision per backend (``torch.backends.<b>.<op>
 # .fp32_precision``) next to the older global setting; the two are kept apart by torch,
 # and reading the old one after a new one was set raises. So the setting is saved in both
 # forms and each is put back through its own interface: after fit, every getter returns
 # what it returned before (tested in tests/test_speed.py).
-def _fp32_slots() -> List[Any]:
+def _fp32_slots() -> list[Any]:
     b = torch.backends
     slots = [b]
     for backend in ("cuda", "cudnn", "mkldnn"):
@@ -116,15 +128,15 @@ def _readable(slot) -> bool:
         return False
 
 
-def _legacy_precision() -> Optional[str]:
+def _legacy_precision() -> str | None:
     try:
         return torch.get_float32_matmul_precision()
-    except RuntimeError:    # the newer per-backend setting was used: the old one is unset
+    except RuntimeError:  # the newer per-backend setting was used: the old one is unset
         return None
 
 
 @contextlib.contextmanager
-def matmul_precision(value: Optional[str]) -> Iterator[None]:
+def matmul_precision(value: str | None) -> Iterator[None]:
     """Set torch's float32 matrix-product precision for the ``with`` block only.
 
     ``None`` changes nothing. ``"high"`` allows TensorFloat-32 on Ampere or later GPUs
@@ -154,9 +166,11 @@ def matmul_precision(value: Optional[str]) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- networks
 
+
 def _is_pyro_part(m: nn.Module) -> bool:
     """A Pyro callable or object: a ``PyroModule`` (an AutoGuide too) or a transform."""
     from pyro.nn import PyroModule
+
     return isinstance(m, (PyroModule, torch.distributions.Transform))
 
 
@@ -168,7 +182,7 @@ def _trainable(m: nn.Module) -> bool:
     return any(p.requires_grad for p in m.parameters())
 
 
-def find_networks(roots: Iterable[nn.Module]) -> List[nn.Module]:
+def find_networks(roots: Iterable[nn.Module]) -> list[nn.Module]:
     """The networks of a model: the largest plain ``nn.Module`` parts with a ``forward``
     and trainable parameters, holding no Pyro callable (``PyroModule``, AutoGuide,
     transform) anywhere inside; in the order ``named_modules`` meets them.
@@ -177,7 +191,7 @@ def find_networks(roots: Iterable[nn.Module]) -> List[nn.Module]:
     one network; a root with ``model``/``guide`` or ``fit_step`` (a Pyro model) is not,
     and its parts are looked at.
     """
-    out: List[nn.Module] = []
+    out: list[nn.Module] = []
     seen = set()
 
     def plain(m: nn.Module) -> bool:
@@ -187,8 +201,9 @@ def find_networks(roots: Iterable[nn.Module]) -> List[nn.Module]:
         if id(m) in seen:
             return
         seen.add(id(m))
-        model_like = root and ((hasattr(m, "model") and hasattr(m, "guide"))
-                               or hasattr(m, "fit_step"))
+        model_like = root and (
+            (hasattr(m, "model") and hasattr(m, "guide")) or hasattr(m, "fit_step")
+        )
         if not model_like and _has_forward(m) and plain(m):
             if _trainable(m):
                 out.append(m)
@@ -207,7 +222,7 @@ def _cast_back(out, low: torch.dtype, want: torch.dtype):
     dicts of them too); anything else as it is."""
     if torch.is_tensor(out):
         return out.to(want) if out.dtype == low else out
-    if isinstance(out, tuple) and hasattr(out, "_fields"):     # a named tuple
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a named tuple
         return type(out)(*(_cast_back(o, low, want) for o in out))
     if isinstance(out, (tuple, list)):
         return type(out)(_cast_back(o, low, want) for o in out)
@@ -225,11 +240,11 @@ class NetworkCall:
     back in float32) and/or compiled. Installed on the instance, removed when ``fit``
     returns (:class:`NetworkSpeed`)."""
 
-    def __init__(self, speed: "NetworkSpeed", module: nn.Module, original, user: bool):
+    def __init__(self, speed: NetworkSpeed, module: nn.Module, original, user: bool):
         self.speed = speed
         self.module = weakref.ref(module)
-        self.original = original    # the class's forward bound to module, or the user's
-        self.user = user            # the user had set a forward on the instance
+        self.original = original  # the class's forward bound to module, or the user's
+        self.user = user  # the user had set a forward on the instance
         self.call = self._run
 
     def _run(self, *args, **kwargs):
@@ -274,16 +289,21 @@ class NetworkSpeed:
         dtype: the networks' parameters' dtype, which outputs come back in.
     """
 
-    def __init__(self, networks: List[nn.Module], device_type: str,
-                 autocast: Optional[torch.dtype] = None,
-                 compile: Optional[Dict[str, Any]] = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        networks: list[nn.Module],
+        device_type: str,
+        autocast: torch.dtype | None = None,
+        compile: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.networks = list(networks)
         self.device_type = device_type
         self.autocast = autocast
         self.compile_kwargs = compile
         self.dtype = dtype
         self.compile_pending = compile is not None
-        self._installed: List[NetworkCall] = []
+        self._installed: list[NetworkCall] = []
 
     def _attach(self, module: nn.Module, original=None, user: bool = False) -> NetworkCall:
         if original is None:
@@ -318,7 +338,7 @@ class NetworkSpeed:
         self._installed.clear()
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["NetworkSpeed"]:
+    def active(self) -> Iterator[NetworkSpeed]:
         self.install()
         try:
             yield self
@@ -328,7 +348,8 @@ class NetworkSpeed:
 
 # --------------------------------------------------------------------------- data
 
-def device_free_memory(device: torch.device) -> Optional[int]:
+
+def device_free_memory(device: torch.device) -> int | None:
     """Free bytes on ``device`` (a CUDA device), ``None`` where that is not known."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
@@ -340,8 +361,9 @@ def data_bytes(data) -> int:
     return int(sum(t.numel() * t.element_size() for t in data.tensors))
 
 
-def place_on_device(sizes: Dict[str, int], device: torch.device,
-                    setting: Union[bool, str]) -> Dict[str, bool]:
+def place_on_device(
+    sizes: dict[str, int], device: torch.device, setting: bool | str
+) -> dict[str, bool]:
     """Which data sets (``name -> bytes``, in order) go to ``device`` whole: all with
     ``True``, none with ``False``; with ``"auto"``, each while it takes at most
     :data:`DEVICE_DATA_SHARE` of the free memory left (all of them on a device whose
@@ -361,7 +383,7 @@ def place_on_device(sizes: Dict[str, int], device: torch.device,
     return out
 
 
-def speed_plan(config, module, step, device: torch.device) -> Optional[NetworkSpeed]:
+def speed_plan(config, module, step, device: torch.device) -> NetworkSpeed | None:
     """The networks of a run's ``step`` (its ``module``, or the modules of its model/guide
     pair) that ``precision`` and ``compile`` concern, checked before any training; ``None``
     when neither is asked for in ``config``.
@@ -373,34 +395,54 @@ def speed_plan(config, module, step, device: torch.device) -> Optional[NetworkSp
     c = config
     if c.precision is None and not c.compile:
         return None
-    asked = " and ".join(x for x in (f"precision={c.precision!r}" if c.precision else "",
-                                     "compile" if c.compile else "") if x)
-    roots = [module] if module is not None else list(callable_modules(
-        getattr(step, "model", None), getattr(step, "guide", None)).values())
+    asked = " and ".join(
+        x
+        for x in (
+            f"precision={c.precision!r}" if c.precision else "",
+            "compile" if c.compile else "",
+        )
+        if x
+    )
+    roots = (
+        [module]
+        if module is not None
+        else list(
+            callable_modules(getattr(step, "model", None), getattr(step, "guide", None)).values()
+        )
+    )
     networks = find_networks(roots)
     if not networks:
         raise ConfigError(
             f"{asked} concerns the networks of the model (plain nn.Modules with trainable "
             f"parameters: encoders, decoders, coupling networks), and "
             f"{step.describe()} has none that fit holds; give the step a module "
-            f"holding them (SVIStep(model, guide, module=net)), or leave {asked} unset.")
+            f"holding them (SVIStep(model, guide, module=net)), or leave {asked} unset."
+        )
     low = PRECISIONS.get(c.precision) if c.precision is not None else None
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for n in networks
-                     for p in n.parameters() if p.is_floating_point()})
+    dtypes = sorted(
+        {
+            str(p.dtype).replace("torch.", "")
+            for n in networks
+            for p in n.parameters()
+            if p.is_floating_point()
+        }
+    )
     if low is not None:
         if dtypes != ["float32"]:
-            raise ConfigError(f"precision={c.precision!r} runs float32 networks in "
-                              f"bfloat16, and {step.describe()}'s networks hold "
-                              f"{'/'.join(dtypes)} parameters; give float32 ones or leave "
-                              f"precision unset.")
+            raise ConfigError(
+                f"precision={c.precision!r} runs float32 networks in "
+                f"bfloat16, and {step.describe()}'s networks hold "
+                f"{'/'.join(dtypes)} parameters; give float32 ones or leave "
+                f"precision unset."
+            )
         # emulated bfloat16 (GPUs before Ampere) runs, but slower than float32
-        if device.type == "cuda" and \
-                not torch.cuda.is_bf16_supported(including_emulation=False):
-            raise ConfigError(f"precision={c.precision!r}: {device} "
-                              f"({torch.cuda.get_device_name(device)}) has no native "
-                              f"bfloat16 support; leave precision unset on this GPU.")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ConfigError(
+                f"precision={c.precision!r}: {device} "
+                f"({torch.cuda.get_device_name(device)}) has no native "
+                f"bfloat16 support; leave precision unset on this GPU."
+            )
     options = None
     if c.compile:
         options = dict(c.compile) if isinstance(c.compile, dict) else {}
-    return NetworkSpeed(networks, device.type, autocast=low, compile=options,
-                        dtype=torch.float32)
+    return NetworkSpeed(networks, device.type, autocast=low, compile=options, dtype=torch.float32)

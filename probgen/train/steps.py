@@ -9,5 +9,12 @@ re-exports them for code that imports them from here.
 # ruff: noqa: F401  (re-exports)
 from probgen.infer.batches import BatchArguments, batch_len, default_batch_to_args
 from probgen.infer.phases import OPTIMIZERS, Phase, traced_params
-from probgen.infer.steps import (STEP_SETTINGS, ELBOLoss, LossStep, PhasedStep, Step, SVIStep,
-                                 as_step)
+from probgen.infer.steps import (
+    STEP_SETTINGS,
+    ELBOLoss,
+    LossStep,
+    PhasedStep,
+    Step,
+    SVIStep,
+    as_step,
+)

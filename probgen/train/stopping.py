@@ -10,7 +10,7 @@ as the loop has always written them: a checkpoint of an earlier probgen resumes 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -38,30 +38,36 @@ class EarlyStopping(Callback):
             best epoch is still recorded).
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", min_delta: float = 0.0,
-                 patience: Optional[int] = None):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        min_delta: float = 0.0,
+        patience: int | None = None,
+    ):
         self.monitor, self.mode, self.min_delta, self.patience = monitor, mode, min_delta, patience
         self.bad_epochs = 0
-        self.improved = False          # whether the last check improved on the best
-        self.monitored = monitor       # the figure the last check read
+        self.improved = False  # whether the last check improved on the best
+        self.monitored = monitor  # the figure the last check read
 
-    def on_validation_end(self, run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run, entry: dict[str, Any]) -> None:
         self.improved = self.check(run.result, entry)
 
-    def check(self, result, entry: Dict[str, Any]) -> bool:
+    def check(self, result, entry: dict[str, Any]) -> bool:
         """Update ``result``'s best figure and the patience count; True when it improved."""
         key = self.monitor
         if key == "val_loss" and entry.get("val_loss") is None:
             key = "train_loss"
         self.monitored = key
-        value = ddp.broadcast_object(entry.get(key))   # every process takes rank 0's decision
+        value = ddp.broadcast_object(entry.get(key))  # every process takes rank 0's decision
         if value is None:
             return False
         value = float(value)
         sign = 1.0 if self.mode == "min" else -1.0
         best = result.best_loss
-        improved = (best is None or not math.isfinite(best) or
-                    sign * value < sign * best - self.min_delta)
+        improved = (
+            best is None or not math.isfinite(best) or sign * value < sign * best - self.min_delta
+        )
         if improved:
             result.best_loss, result.best_epoch = value, entry["epoch"]
             result.best_value = value
@@ -72,20 +78,22 @@ class EarlyStopping(Callback):
             result.stopped_early = True
         return improved
 
-    def stop_line(self, result, entry: Dict[str, Any], epochs: Optional[int], held: str) -> str:
+    def stop_line(self, result, entry: dict[str, Any], epochs: int | None, held: str) -> str:
         """The one line ``fit`` prints when this stopped the run (``held``: which weights
         the model holds now)."""
         best = result.best_epoch
         of = f" of {epochs}" if epochs is not None else ""
         p = self.patience
-        return (f"fit: stopped early after epoch {entry['epoch'] + 1}{of}: {self.monitored} did "
-                f"not improve on {result.best_loss:.6g} (epoch {best + 1}) for {p} "
-                f"check{'s' if p != 1 else ''} (patience={p}); {held}.")
+        return (
+            f"fit: stopped early after epoch {entry['epoch'] + 1}{of}: {self.monitored} did "
+            f"not improve on {result.best_loss:.6g} (epoch {best + 1}) for {p} "
+            f"check{'s' if p != 1 else ''} (patience={p}); {held}."
+        )
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"bad_epochs": self.bad_epochs}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_epochs = state["bad_epochs"]
 
 
@@ -103,9 +111,9 @@ class BestWeights(Callback):
     def __init__(self, stopping: EarlyStopping, enabled: bool = True):
         self.stopping = stopping
         self.enabled = bool(enabled)
-        self.state: Optional[Dict[str, Any]] = None
+        self.state: dict[str, Any] | None = None
 
-    def on_validation_end(self, run, entry: Dict[str, Any]) -> None:
+    def on_validation_end(self, run, entry: dict[str, Any]) -> None:
         if self.enabled and self.stopping.improved:
             self.state = _snapshot(run.module, pyro_params(run.phases))
 
@@ -115,7 +123,7 @@ class BestWeights(Callback):
         snap = self.state
         if snap is None:
             return False
-        if "pyro_params" not in snap:    # a checkpoint of the first edition: module only
+        if "pyro_params" not in snap:  # a checkpoint of the first edition: module only
             snap = {"module": snap, "pyro_params": {}}
         if run.module is not None and snap.get("module") is not None:
             run.module.load_state_dict(snap["module"])
@@ -126,21 +134,24 @@ class BestWeights(Callback):
                     params[k].copy_(v)
         return True
 
-    def held(self, epoch: Optional[int]) -> str:
+    def held(self, epoch: int | None) -> str:
         """Which weights the model holds after the run, for messages."""
         if self.enabled and self.state is not None:
             return f"the model holds epoch {epoch + 1}'s weights (restore_best)"
         return "the model holds the last epoch's weights"
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best_state": self.state}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = state.get("best_state")
 
 
-def _snapshot(module, params: Dict[str, torch.Tensor]) -> Dict[str, Any]:
-    snap = {"module": {k: v.detach().clone() for k, v in module.state_dict().items()}
-            if module is not None else None}
+def _snapshot(module, params: dict[str, torch.Tensor]) -> dict[str, Any]:
+    snap = {
+        "module": {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if module is not None
+        else None
+    }
     snap["pyro_params"] = {k: v.detach().clone() for k, v in params.items()}
     return snap

@@ -47,6 +47,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import inspect
@@ -55,8 +56,9 @@ import math
 import numbers
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -78,8 +80,10 @@ def _require(module: str, tracker: str, extra: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"the {tracker} tracker needs the {package} package: "
-                          f"pip install 'probgen[{extra}]' (or pip install {package}).") from None
+        raise ConfigError(
+            f"the {tracker} tracker needs the {package} package: "
+            f"pip install 'probgen[{extra}]' (or pip install {package})."
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -89,7 +93,8 @@ def _first_line(err: BaseException) -> str:
 
 # --------------------------------------------------------------------------- what is logged
 
-def epoch_scalars(entry: Mapping[str, Any]) -> Dict[str, float]:
+
+def epoch_scalars(entry: Mapping[str, Any]) -> dict[str, float]:
     """Every numeric figure of a history entry (not ``epoch``, not ``None``/NaN/bools)."""
     out = {}
     for k, v in entry.items():
@@ -101,7 +106,7 @@ def epoch_scalars(entry: Mapping[str, Any]) -> Dict[str, float]:
     return out
 
 
-def step_scalars(losses: Mapping[str, Any]) -> Dict[str, float]:
+def step_scalars(losses: Mapping[str, Any]) -> dict[str, float]:
     """Per-step names of the phases' losses, named as the epoch entry names them:
     ``batch/train_loss`` for the first phase, and ``batch/train_loss/<phase>`` for each
     phase of a step with several."""
@@ -115,30 +120,29 @@ def step_scalars(losses: Mapping[str, Any]) -> Dict[str, float]:
     return out
 
 
-def run_hparams(run, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def run_hparams(run, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The run's settings as a nested dict: ``fit`` (the :class:`FitConfig`), ``model``
     (a registered probgen model's constructor settings, with ``class``) and ``extra``."""
-    out: Dict[str, Any] = {"fit": run.config.to_dict()}
+    out: dict[str, Any] = {"fit": run.config.to_dict()}
     if getattr(run, "module", None) is not None:
-        try:
+        # not a registered probgen model (TypeError): no settings to record
+        with contextlib.suppress(TypeError):
             out["model"] = _model_dict(model_config(run.module))
-        except TypeError:   # not a registered probgen model: no settings to record
-            pass
     if extra:
         out.update(dict(extra))
     return out
 
 
-def _model_dict(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def _model_dict(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = {"class": cfg["__probgen_model__"]}
     for k, v in cfg["args"].items():
         out[k] = _model_dict(v) if isinstance(v, dict) and "__probgen_model__" in v else v
     return out
 
 
-def flatten(nested: Mapping[str, Any], sep: str = ".") -> Dict[str, Union[str, int, float, bool]]:
+def flatten(nested: Mapping[str, Any], sep: str = ".") -> dict[str, str | int | float | bool]:
     """``{"fit": {"lr": 0.1}}`` -> ``{"fit.lr": 0.1}``; lists and ``None`` as text."""
-    out: Dict[str, Union[str, int, float, bool]] = {}
+    out: dict[str, str | int | float | bool] = {}
 
     def walk(prefix, value):
         if isinstance(value, Mapping) and value:
@@ -155,11 +159,15 @@ def flatten(nested: Mapping[str, Any], sep: str = ".") -> Dict[str, Union[str, i
 
 # --------------------------------------------------------------------------- images
 
+
 def _count_param(fn) -> bool:
     """Whether ``fn``'s first argument is a number of samples (``n``, ``num_samples``)."""
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return False
     return bool(params) and params[0].name in ("n", "num_samples")
@@ -169,7 +177,7 @@ def _is_image_batch(x) -> bool:
     return torch.is_tensor(x) and x.dim() == 4 and x.shape[1] in (1, 3) and x.is_floating_point()
 
 
-def first_images(run, n: int) -> Optional[torch.Tensor]:
+def first_images(run, n: int) -> torch.Tensor | None:
     """The first ``n`` images of the validation data (else of the training data), when it
     is a :class:`~probgen.data.TensorData` whose first tensor is ``(N, C, H, W)``."""
     for data in (getattr(run, "val_data", None), getattr(run, "train_data", None)):
@@ -181,7 +189,7 @@ def first_images(run, n: int) -> Optional[torch.Tensor]:
 IMAGE_KINDS = ("samples", "reconstructions")
 
 
-def model_images(run, n: int = 16, kinds=IMAGE_KINDS) -> Dict[str, torch.Tensor]:
+def model_images(run, n: int = 16, kinds=IMAGE_KINDS) -> dict[str, torch.Tensor]:
     """Image grids of a probgen model, as far as it has the methods:
 
     * ``samples``: ``module.sample(n)`` where ``sample``'s first argument is a count
@@ -192,7 +200,7 @@ def model_images(run, n: int = 16, kinds=IMAGE_KINDS) -> Dict[str, torch.Tensor]
     A module with neither gives ``{}``; so does data that are not images.
     """
     module = getattr(run, "module", None)
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     if module is None:
         return out
     sample = getattr(module, "sample", None)
@@ -210,7 +218,7 @@ def model_images(run, n: int = 16, kinds=IMAGE_KINDS) -> Dict[str, torch.Tensor]
     return out
 
 
-def image_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 2) -> torch.Tensor:
+def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
     """A ``(N, C, H, W)`` batch as one ``(3, H', W')`` grid in [0, 1] (on the CPU), ``nrow``
     images per row (default: a square grid), ``padding`` white pixels around each.
 
@@ -218,8 +226,10 @@ def image_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 
     because importing torchvision takes about 3 s and probgen's training path does not
     otherwise need it."""
     if not _is_image_batch(images):
-        raise ConfigError(f"an image grid needs a float tensor (N, C, H, W) with 1 or 3 "
-                          f"channels, got {tuple(images.shape)} {images.dtype}.")
+        raise ConfigError(
+            f"an image grid needs a float tensor (N, C, H, W) with 1 or 3 "
+            f"channels, got {tuple(images.shape)} {images.dtype}."
+        )
     x = images.detach().float().cpu().clamp(0, 1)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -231,16 +241,17 @@ def image_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 
     grid = x.new_ones(3, rows * (h + padding) + padding, cols * (w + padding) + padding)
     for k in range(n):
         top, left = (k // cols) * (h + padding) + padding, (k % cols) * (w + padding) + padding
-        grid[:, top:top + h, left:left + w] = x[k]
+        grid[:, top : top + h, left : left + w] = x[k]
     return grid
 
 
 def to_uint8_hwc(grid: torch.Tensor):
     """A ``(C, H, W)`` grid in [0, 1] as a ``(H, W, C)`` uint8 numpy array."""
-    return (grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    return grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 # --------------------------------------------------------------------------- the base class
+
 
 class Tracker(Callback):
     """What every tracker logs and when; a backend says how (``_open``, ``_log_scalars``,
@@ -263,22 +274,32 @@ class Tracker(Callback):
     #: the library's name in messages
     library = "tracker"
 
-    def __init__(self, log_every_n_steps: Optional[int] = 50,
-                 images: Union[str, ImagesFn, None] = "auto", image_every: int = 1,
-                 num_images: int = 16, hparams: Optional[Mapping[str, Any]] = None,
-                 on_error: str = "warn", image_seed: int = 0):
+    def __init__(
+        self,
+        log_every_n_steps: int | None = 50,
+        images: str | ImagesFn | None = "auto",
+        image_every: int = 1,
+        num_images: int = 16,
+        hparams: Mapping[str, Any] | None = None,
+        on_error: str = "warn",
+        image_seed: int = 0,
+    ):
         who = type(self).__name__
-        checks.optional(checks.positive_int, f"{who}: log_every_n_steps", log_every_n_steps,
-                        hint="or None")
+        checks.optional(
+            checks.positive_int, f"{who}: log_every_n_steps", log_every_n_steps, hint="or None"
+        )
         checks.positive_int(f"{who}: image_every", image_every)
         checks.positive_int(f"{who}: num_images", num_images)
         if not (images is None or images == "auto" or callable(images)):
-            raise ConfigError(f"{type(self).__name__}: images must be 'auto', None or a "
-                              f"function run -> {{name: tensor (N, C, H, W)}}, got {images!r}.")
+            raise ConfigError(
+                f"{type(self).__name__}: images must be 'auto', None or a "
+                f"function run -> {{name: tensor (N, C, H, W)}}, got {images!r}."
+            )
         checks.choice(f"{who}: on_error", on_error, ON_ERROR)
         if hparams is not None and not isinstance(hparams, Mapping):
-            raise ConfigError(f"{type(self).__name__}: hparams must be a dict, got "
-                              f"{type(hparams).__name__}.")
+            raise ConfigError(
+                f"{type(self).__name__}: hparams must be a dict, got {type(hparams).__name__}."
+            )
         self.log_every_n_steps = log_every_n_steps
         self.images = images
         self.image_every = image_every
@@ -286,22 +307,22 @@ class Tracker(Callback):
         self.hparams = dict(hparams or {})
         self.on_error = on_error
         self.image_seed = image_seed
-        self._live = False          # open on rank 0, between on_fit_start and the end
-        self._skip: set = set()     # image kinds images="auto" cannot draw for this model
-        self._resume: Dict[str, Any] = {}   # a checkpoint's state, used by the next start
+        self._live = False  # open on rank 0, between on_fit_start and the end
+        self._skip: set = set()  # image kinds images="auto" cannot draw for this model
+        self._resume: dict[str, Any] = {}  # a checkpoint's state, used by the next start
 
     # ------------------------------------------------------------------ backend interface
-    def _open(self, run, resume: Dict[str, Any], purge_step: Optional[int]) -> None:
+    def _open(self, run, resume: dict[str, Any], purge_step: int | None) -> None:
         """Start (or, with ``resume``, continue) the tracker run. ``purge_step``: on a
         resume, the first global step whose earlier logs are stale (or ``None``)."""
 
-    def _log_scalars(self, scalars: Dict[str, float], step: int, axis: str) -> None:
+    def _log_scalars(self, scalars: dict[str, float], step: int, axis: str) -> None:
         """``axis`` is ``"epoch"`` (step = epoch + 1) or ``"batch"`` (global step + 1)."""
 
-    def _log_images(self, grids: Dict[str, torch.Tensor], step: int) -> None:
+    def _log_images(self, grids: dict[str, torch.Tensor], step: int) -> None:
         """``grids``: name -> ``(3, H, W)`` float grid in [0, 1]; step = epoch + 1."""
 
-    def _log_hparams(self, nested: Dict[str, Any], run, resumed: bool) -> None:
+    def _log_hparams(self, nested: dict[str, Any], run, resumed: bool) -> None:
         pass
 
     def _flush(self) -> None:
@@ -310,7 +331,7 @@ class Tracker(Callback):
     def _close(self, failed: bool) -> None:
         pass
 
-    def _state(self) -> Dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {}
 
     # ------------------------------------------------------------------ guard
@@ -323,14 +344,15 @@ class Tracker(Callback):
             if self.on_error == "raise":
                 raise
             self._live = False
-            warnings.warn(f"probgen: the {self.library} tracker stopped logging after an error "
-                          f"while {what} ({_first_line(err)}); training goes on, and "
-                          f"FitResult.history and the checkpoint keep every figure.",
-                          RuntimeWarning, stacklevel=3)
-            try:
+            warnings.warn(
+                f"probgen: the {self.library} tracker stopped logging after an error "
+                f"while {what} ({_first_line(err)}); training goes on, and "
+                f"FitResult.history and the checkpoint keep every figure.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            with contextlib.suppress(Exception):
                 self._close(failed=True)
-            except Exception:
-                pass
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, run: Run) -> None:
@@ -349,47 +371,53 @@ class Tracker(Callback):
         except ConfigError:
             raise
         except Exception as err:
-            raise ConfigError(f"the {self.library} tracker could not start: "
-                              f"{_first_line(err)}.") from err
+            raise ConfigError(
+                f"the {self.library} tracker could not start: {_first_line(err)}."
+            ) from err
         self._live = True
-        self._guard("logging the hyperparameters", self._log_hparams,
-                    run_hparams(run, self.hparams), run, start > 0)
+        self._guard(
+            "logging the hyperparameters",
+            self._log_hparams,
+            run_hparams(run, self.hparams),
+            run,
+            start > 0,
+        )
 
-    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]
-                           ) -> None:
+    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]) -> None:
         every = self.log_every_n_steps
         if not self._live or every is None or (step_index + 1) % every:
             return
-        self._guard(f"logging step {step_index + 1}", lambda: self._log_scalars(
-            step_scalars(losses), step_index + 1, "batch"))
+        self._guard(
+            f"logging step {step_index + 1}",
+            lambda: self._log_scalars(step_scalars(losses), step_index + 1, "batch"),
+        )
 
-    def on_epoch_end(self, run: Run, entry: Dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
         if not self._live:
             return
         epoch = entry["epoch"] + 1
-        self._guard(f"logging epoch {epoch}", self._log_scalars, epoch_scalars(entry), epoch,
-                    "epoch")
+        self._guard(
+            f"logging epoch {epoch}", self._log_scalars, epoch_scalars(entry), epoch, "epoch"
+        )
         if self.images is not None and self._live and self._image_epoch(run, epoch):
             self._guard(f"logging the images of epoch {epoch}", self._images, run, epoch)
         self._guard("flushing", self._flush)
 
     def on_fit_end(self, run: Run, result: FitResult) -> None:
-        self._guard("closing the run", self._close, False)   # the last checkpoint is written
+        self._guard("closing the run", self._close, False)  # the last checkpoint is written
         self._live = False
 
     def on_exception(self, run: Run, error: BaseException) -> None:
         if self._live:
             self._live = False
-            try:
+            with contextlib.suppress(Exception):  # the training error is the one to report
                 self._close(failed=True)
-            except Exception:
-                pass   # the training error is the one to report
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         # the run id also after a logging error stopped the tracker: a resume may log again
         return self._state()
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state or {})
 
     # ------------------------------------------------------------------ images
@@ -402,7 +430,7 @@ class Tracker(Callback):
         if grids:
             self._log_images(grids, epoch)
 
-    def _auto_images(self, run) -> Dict[str, torch.Tensor]:
+    def _auto_images(self, run) -> dict[str, torch.Tensor]:
         """:func:`model_images`, each kind on its own: a kind the model cannot draw without
         more arguments (labels, levels) is skipped from then on, with one warning."""
         out = {}
@@ -413,13 +441,16 @@ class Tracker(Callback):
                 out.update(model_images(run, self.num_images, kinds=(kind,)))
             except Exception as err:
                 self._skip.add(kind)
-                warnings.warn(f"probgen: the {self.library} tracker logs no {kind} of this "
-                              f"{type(run.module).__name__} ({_first_line(err)}); pass "
-                              f"images=fn(run) -> {{name: images}} to draw them.",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"probgen: the {self.library} tracker logs no {kind} of this "
+                    f"{type(run.module).__name__} ({_first_line(err)}); pass "
+                    f"images=fn(run) -> {{name: images}} to draw them.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return out
 
-    def draw_images(self, run: Run) -> Dict[str, torch.Tensor]:
+    def draw_images(self, run: Run) -> dict[str, torch.Tensor]:
         """``images(run)`` as grids, drawn in eval mode, without gradients and with the
         global RNG forked (seeded by ``image_seed``), the module's mode restored."""
         fn = self._auto_images if self.images == "auto" else self.images
@@ -447,12 +478,13 @@ class Tracker(Callback):
                 continue
             nrow = None
             if name == "reconstructions" and self.images == "auto":
-                nrow = x.shape[0] // 2   # inputs above their reconstructions
+                nrow = x.shape[0] // 2  # inputs above their reconstructions
             grids[name] = image_grid(x, nrow)
         return grids
 
 
 # --------------------------------------------------------------------------- CSV
+
 
 class CSVLogger(Tracker):
     """CSV files (no extra needed).
@@ -465,20 +497,20 @@ class CSVLogger(Tracker):
 
     library = "CSV"
 
-    def __init__(self, path: Union[str, Path], **kwargs: Any):
+    def __init__(self, path: str | Path, **kwargs: Any):
         super().__init__(**kwargs)
         self.path = Path(path)
         stem = self.path.with_suffix("")
         self.steps_path = stem.with_name(stem.name + "_steps.csv")
         self.config_path = stem.with_name(stem.name + "_config.json")
         self.image_dir = stem.with_name(stem.name + "_images")
-        self._steps_fields: Optional[List[str]] = None
+        self._steps_fields: list[str] | None = None
         self._run = None
 
     def _open(self, run, resume, purge_step):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._run = run
-        kept: List[Dict[str, str]] = []
+        kept: list[dict[str, str]] = []
         if purge_step is not None and self.steps_path.exists():
             with open(self.steps_path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) < purge_step]
@@ -500,7 +532,7 @@ class CSVLogger(Tracker):
     def _log_scalars(self, scalars, step, axis):
         if axis == "epoch":
             rows = self._run.result.history
-            keys: List[str] = []
+            keys: list[str] = []
             for row in rows:
                 keys += [k for k in row if k not in keys and not isinstance(row[k], (dict, list))]
             with open(self.path, "w", newline="") as f:
@@ -531,6 +563,7 @@ class CSVLogger(Tracker):
 
 # --------------------------------------------------------------------------- TensorBoard
 
+
 class TensorBoard(Tracker):
     """TensorBoard event files in ``log_dir`` (extra ``tensorboard``).
 
@@ -543,10 +576,9 @@ class TensorBoard(Tracker):
 
     library = "TensorBoard"
 
-    def __init__(self, log_dir: Union[str, Path], **kwargs: Any):
+    def __init__(self, log_dir: str | Path, **kwargs: Any):
         super().__init__(**kwargs)
-        self._tb = _require("torch.utils.tensorboard", "TensorBoard", "tensorboard",
-                            "tensorboard")
+        self._tb = _require("torch.utils.tensorboard", "TensorBoard", "tensorboard", "tensorboard")
         self.log_dir = str(log_dir)
         self._writer = None
 
@@ -591,6 +623,7 @@ class TensorBoard(Tracker):
 
 # --------------------------------------------------------------------------- MLflow
 
+
 class MLflow(Tracker):
     """An MLflow run in a local store, no server (extra ``mlflow``).
 
@@ -609,9 +642,15 @@ class MLflow(Tracker):
 
     library = "MLflow"
 
-    def __init__(self, save_dir: Union[str, Path] = "mlruns", tracking_uri: Optional[str] = None,
-                 experiment: str = "probgen", run_name: Optional[str] = None,
-                 tags: Optional[Mapping[str, str]] = None, **kwargs: Any):
+    def __init__(
+        self,
+        save_dir: str | Path = "mlruns",
+        tracking_uri: str | None = None,
+        experiment: str = "probgen",
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self._mlflow = _require("mlflow", "MLflow", "mlflow", "mlflow-skinny")
         self.save_dir = Path(save_dir)
@@ -622,8 +661,8 @@ class MLflow(Tracker):
         self.experiment, self.run_name = experiment, run_name
         self.tags = dict(tags or {})
         self.client = None
-        self.uri: Optional[str] = None   # the store's URI, once a fit has started
-        self.run_id: Optional[str] = None
+        self.uri: str | None = None  # the store's URI, once a fit has started
+        self.run_id: str | None = None
 
     def _open(self, run, resume, purge_step):
         from mlflow.tracking import MlflowClient
@@ -647,27 +686,36 @@ class MLflow(Tracker):
                 self.client.update_run(rid, status="RUNNING")
                 self.run_id = rid
             else:
-                warnings.warn(f"probgen: the checkpoint's MLflow run {rid} is not in {uri}; "
-                              f"logging the resumed fit to a new run.", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"probgen: the checkpoint's MLflow run {rid} is not in {uri}; "
+                    f"logging the resumed fit to a new run.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if self.run_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
-            eid = exp.experiment_id if exp is not None else \
-                self.client.create_experiment(self.experiment, artifact_location=artifacts)
-            self.run_id = self.client.create_run(eid, run_name=self.run_name,
-                                                 tags=self.tags).info.run_id
+            eid = (
+                exp.experiment_id
+                if exp is not None
+                else self.client.create_experiment(self.experiment, artifact_location=artifacts)
+            )
+            self.run_id = self.client.create_run(
+                eid, run_name=self.run_name, tags=self.tags
+            ).info.run_id
 
     def _log_scalars(self, scalars, step, axis):
         from mlflow.entities import Metric
 
         ms = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step)
-                                                    for k, v in scalars.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, v, ms, step) for k, v in scalars.items()]
+        )
 
     def _log_images(self, grids, step):
         for name, grid in grids.items():
-            self.client.log_image(self.run_id, to_uint8_hwc(grid),
-                                  artifact_file=f"images/{name}/epoch_{step:04d}.png")
+            self.client.log_image(
+                self.run_id, to_uint8_hwc(grid), artifact_file=f"images/{name}/epoch_{step:04d}.png"
+            )
 
     def _log_hparams(self, nested, run, resumed):
         from mlflow.entities import Param, RunTag
@@ -676,8 +724,8 @@ class MLflow(Tracker):
         old = self.client.get_run(self.run_id).data.params if resumed else {}
         params = [Param(k, v) for k, v in flat.items() if k not in old]
         tags = [RunTag(f"resume.{k}", v) for k, v in flat.items() if k in old and old[k] != v]
-        for i in range(0, max(len(params), len(tags)), 100):   # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=params[i:i + 100], tags=tags[i:i + 100])
+        for i in range(0, max(len(params), len(tags)), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=params[i : i + 100], tags=tags[i : i + 100])
         if not resumed:
             self.client.log_dict(self.run_id, nested, "config.json")
 
@@ -690,6 +738,7 @@ class MLflow(Tracker):
 
 
 # --------------------------------------------------------------------------- W&B
+
 
 class WandB(Tracker):
     """A Weights & Biases run, offline by default (extra ``wandb``).
@@ -709,19 +758,26 @@ class WandB(Tracker):
 
     library = "W&B"
 
-    def __init__(self, project: str = "probgen", dir: Union[str, Path] = ".",
-                 mode: str = "offline", run_name: Optional[str] = None,
-                 init_kwargs: Optional[Mapping[str, Any]] = None, **kwargs: Any):
+    def __init__(
+        self,
+        project: str = "probgen",
+        dir: str | Path = ".",
+        mode: str = "offline",
+        run_name: str | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if mode not in ("offline", "online", "disabled"):
-            raise ConfigError(f"WandB: mode must be 'offline', 'online' or 'disabled', got "
-                              f"{mode!r}.")
+            raise ConfigError(
+                f"WandB: mode must be 'offline', 'online' or 'disabled', got {mode!r}."
+            )
         self._wandb = _require("wandb", "W&B", "wandb", "wandb")
         self.project, self.dir, self.mode, self.run_name = project, Path(dir), mode, run_name
         self.init_kwargs = dict(init_kwargs or {})
         self.settings = self.init_kwargs.pop("settings", None)
         self.run = None
-        self.run_id: Optional[str] = None
+        self.run_id: str | None = None
         self._defined: set = set()
 
     def _open(self, run, resume, purge_step):
@@ -731,9 +787,15 @@ class WandB(Tracker):
         if settings is None or isinstance(settings, Mapping):
             # the caller's stdout is left alone, and the run says nothing on it
             settings = wandb.Settings(**{"console": "off", "silent": True, **(settings or {})})
-        kwargs = dict(project=self.project, dir=str(self.dir), mode=self.mode,
-                      name=self.run_name, config=run_hparams(run, self.hparams),
-                      reinit="create_new", settings=settings)
+        kwargs = dict(
+            project=self.project,
+            dir=str(self.dir),
+            mode=self.mode,
+            name=self.run_name,
+            config=run_hparams(run, self.hparams),
+            reinit="create_new",
+            settings=settings,
+        )
         if resume.get("run_id"):
             kwargs.update(id=resume["run_id"], resume="allow")
         kwargs.update(self.init_kwargs)
@@ -757,11 +819,10 @@ class WandB(Tracker):
             if k not in self._defined:
                 self.run.define_metric(k, step_metric="epoch")
                 self._defined.add(k)
-        self.run.log({**{k: wandb.Image(to_uint8_hwc(g)) for k, g in grids.items()},
-                      "epoch": step})
+        self.run.log({**{k: wandb.Image(to_uint8_hwc(g)) for k, g in grids.items()}, "epoch": step})
 
     def _log_hparams(self, nested, run, resumed):
-        if resumed:   # the settings a resume may change (epochs, lr)
+        if resumed:  # the settings a resume may change (epochs, lr)
             self.run.config.update(nested, allow_val_change=True)
 
     def _close(self, failed):
@@ -777,17 +838,23 @@ class WandB(Tracker):
 
 #: tracker name -> ``factory(out_dir, run_name, **kwargs)``, for command lines (``--log NAME``)
 TRACKERS: Registry = Registry("tracker")
-TRACKERS.register("csv", lambda out, name, **kw: CSVLogger(
-    Path(out) / (f"log_{name}.csv" if name else "log.csv"), **kw))
-TRACKERS.register("tensorboard", lambda out, name, **kw: TensorBoard(
-    Path(out) / "tensorboard" / (name or ""), **kw))
-TRACKERS.register("mlflow", lambda out, name, **kw: MLflow(
-    save_dir=Path(out) / "mlruns", run_name=name, **kw))
+TRACKERS.register(
+    "csv",
+    lambda out, name, **kw: CSVLogger(Path(out) / (f"log_{name}.csv" if name else "log.csv"), **kw),
+)
+TRACKERS.register(
+    "tensorboard",
+    lambda out, name, **kw: TensorBoard(Path(out) / "tensorboard" / (name or ""), **kw),
+)
+TRACKERS.register(
+    "mlflow", lambda out, name, **kw: MLflow(save_dir=Path(out) / "mlruns", run_name=name, **kw)
+)
 TRACKERS.register("wandb", lambda out, name, **kw: WandB(dir=out, run_name=name, **kw))
 
 
-def make_trackers(names: Optional[Sequence[str]], out_dir: Union[str, Path],
-                  run_name: Optional[str] = None, **kwargs: Any) -> List[Tracker]:
+def make_trackers(
+    names: Sequence[str] | None, out_dir: str | Path, run_name: str | None = None, **kwargs: Any
+) -> list[Tracker]:
     """One tracker per name in ``names`` (``csv``, ``tensorboard``, ``mlflow``, ``wandb``),
     each writing under ``out_dir``: ``log.csv``, ``tensorboard/``, ``mlruns/``, ``wandb/``.
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import ExitStack
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 import pyro
 import torch
@@ -23,8 +24,12 @@ __all__ = ["evaluate", "evaluate_pass"]
 
 
 @torch.no_grad()
-def evaluate(step: Any, data: Union[TensorData, Iterable[Any]], batch_size: int = 1000,
-             device: torch.device | str | None = None) -> Optional[float]:
+def evaluate(
+    step: Any,
+    data: TensorData | Iterable[Any],
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> float | None:
     """Mean per-example ``step.eval_loss`` over ``data`` (no gradients, eval mode).
 
     ``step`` is what :func:`fit` takes (a probgen model, an :class:`SVIStep`, a
@@ -56,7 +61,7 @@ def evaluate(step: Any, data: Union[TensorData, Iterable[Any]], batch_size: int 
         return evaluate_pass(step, data, batch_size, batch_device, reduce_device(batch_device))
 
 
-def evaluate_pass(step, data, batch_size: int, batch_device, sum_device) -> Optional[float]:
+def evaluate_pass(step, data, batch_size: int, batch_device, sum_device) -> float | None:
     """One pass of ``step.eval_loss`` over ``data`` in eval mode (the fit loop's validation
     and :func:`evaluate`), reduced over processes on ``sum_device``; ``None`` when the
     step has no validation loss."""
@@ -74,12 +79,19 @@ def evaluate_pass(step, data, batch_size: int, batch_device, sum_device) -> Opti
                 data = data.subset(slice(rank, None, world))
             # data elsewhere than the batches' device (host data for a GPU): each batch
             # copied through pinned memory, the data set left where it is
-            staged = batch_device if batch_device is not None and \
-                not same_device(data.device, batch_device) else None
+            staged = (
+                batch_device
+                if batch_device is not None and not same_device(data.device, batch_device)
+                else None
+            )
             batches = data.batches(batch_size, device=staged)
         else:
-            batches = (shard(as_batch(b, batch_device), rank, world) if world > 1
-                       else as_batch(b, batch_device) for b in data)
+            batches = (
+                shard(as_batch(b, batch_device), rank, world)
+                if world > 1
+                else as_batch(b, batch_device)
+                for b in data
+            )
         seen = False
         for batch in batches:
             seen = True
@@ -89,18 +101,22 @@ def evaluate_pass(step, data, batch_size: int, batch_device, sum_device) -> Opti
             b = batch_len(batch)
             if torch.is_tensor(value):
                 total = total + value.detach() * b
-            else:   # a number already on the host (a Pyro ELBO's .loss): no read
+            else:  # a number already on the host (a Pyro ELBO's .loss): no read
                 total = total + float(value) * b
             n += b
         if not seen and world == 1:
-            raise DataError("the validation data gave no batch (an empty DataLoader or data "
-                            "set?); give data with at least one example, or val=None.")
+            raise DataError(
+                "the validation data gave no batch (an empty DataLoader or data "
+                "set?); give data with at least one example, or val=None."
+            )
     finally:
         if module is not None:
             module.train(was_training)
     # one read of the sum (a host sync on a GPU) per pass, not one per batch
     total, n = ddp.all_reduce_sum([float(total), n], sum_device)
     if n == 0:
-        raise DataError("the validation data gave no batch on any process; give data with at "
-                        "least one example, or val=None.")
+        raise DataError(
+            "the validation data gave no batch on any process; give data with at "
+            "least one example, or val=None."
+        )
     return total / n

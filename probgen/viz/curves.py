@@ -8,9 +8,12 @@ and whatever callbacks added (a :class:`~probgen.train.Metric`'s figures, ``cpu_
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+)
 
 from probgen.viz.images import new_figure, save
 
@@ -20,24 +23,24 @@ if TYPE_CHECKING:
 else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
     Axes = Figure = Any
 
-PathLike = Union[str, Path, None]
+PathLike = str | Path | None
 History = Sequence[Mapping]
-Panel = Union[str, Tuple[str, ...]]
+Panel = str | tuple[str, ...]
 
 
-def _runs(histories: Union[History, Mapping[str, History]]) -> Dict[str, History]:
+def _runs(histories: History | Mapping[str, History]) -> dict[str, History]:
     """``{label: history}``; one bare history is the run ``""``."""
     if isinstance(histories, Mapping):
         return dict(histories)
     return {"": histories}
 
 
-def epochs(history: History) -> List[int]:
+def epochs(history: History) -> list[int]:
     """The x of :func:`history_figure` by default: each entry's epoch, counted from 1."""
     return [h["epoch"] + 1 for h in history]
 
 
-def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> List[float]:
+def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> list[float]:
     """Minutes of training at the end of each epoch, one value per entry: the sum of the
     entries' ``cpu_seconds`` (:class:`~probgen.train.callbacks.TrainingCPUTime`) where every
     entry has them, else of their wall ``seconds`` less the ``<name>_seconds`` of the metrics
@@ -55,26 +58,33 @@ def training_minutes(history: History, leave_out: Sequence[str] = ("fid",)) -> L
     cpu = bool(history) and all("cpu_seconds" in h for h in history)
     out, t = [], 0.0
     for h in history:
-        t += h["cpu_seconds"] if cpu else \
-            h["seconds"] - sum(h.get(f"{name}_seconds", 0.0) for name in leave_out)
+        t += (
+            h["cpu_seconds"]
+            if cpu
+            else h["seconds"] - sum(h.get(f"{name}_seconds", 0.0) for name in leave_out)
+        )
         out.append(t / 60)
     return out
 
 
-def plot_history(ax: Axes, histories: Union[History, Mapping[str, History]], keys: Panel,
-                 x: Callable[[History], Sequence[float]] = epochs,
-                 styles: Union[str, Mapping[str, str], None] = None,
-                 names: Optional[Mapping[str, str]] = None,
-                 markersize: Optional[float] = None) -> int:
+def plot_history(
+    ax: Axes,
+    histories: History | Mapping[str, History],
+    keys: Panel,
+    x: Callable[[History], Sequence[float]] = epochs,
+    styles: str | Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
+    markersize: float | None = None,
+) -> int:
     """Draw ``keys`` of every run's history on the matplotlib axes ``ax``; return the
     number of lines drawn.
 
     Run ``i`` is drawn in colour ``C{i}``; key ``keys[j]`` in ``styles[key]`` (one format
-    string for every key; default: solid, dashed, dotted, dash-dot in turn) with the legend label ``names[key]`` in
-    which ``{run}`` stands for the run's label (default ``"{run}"`` for one key,
-    ``"{run} {key}"`` for several; the key where that is empty). Entries that lack a key or hold ``None`` there (a
-    metric computed every few epochs) are skipped; a run with no value of a key draws
-    no line for it.
+    string for every key; default: solid, dashed, dotted, dash-dot in turn) with the
+    legend label ``names[key]`` in which ``{run}`` stands for the run's label (default
+    ``"{run}"`` for one key, ``"{run} {key}"`` for several; the key where that is empty).
+    Entries that lack a key or hold ``None`` there (a metric computed every few epochs)
+    are skipped; a run with no value of a key draws no line for it.
     """
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     default_styles = ("-", "--", ":", "-.")
@@ -86,24 +96,40 @@ def plot_history(ax: Axes, histories: Union[History, Mapping[str, History]], key
             if not points:
                 continue
             name = (names or {}).get(key, "{run}" if len(keys) == 1 else "{run} {key}")
-            style = styles if isinstance(styles, str) else \
-                (styles or {}).get(key, default_styles[j % len(default_styles)])
+            style = (
+                styles
+                if isinstance(styles, str)
+                else (styles or {}).get(key, default_styles[j % len(default_styles)])
+            )
             kw = {} if markersize is None else {"ms": markersize}
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{i}",
-                    label=name.format(run=label, key=key).strip() or key, **kw)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                style,
+                color=f"C{i}",
+                label=name.format(run=label, key=key).strip() or key,
+                **kw,
+            )
             drawn += 1
     return drawn
 
 
-def history_figure(histories: Union[History, Mapping[str, History]], keys: Sequence[Panel],
-                   path: PathLike = None, *, titles: Optional[Mapping[Panel, str]] = None,
-                   ylabel: Optional[str] = None, xlabel: str = "epoch",
-                   x: Callable[[History], Sequence[float]] = epochs,
-                   styles: Union[str, Mapping[str, str], None] = None,
-                   names: Optional[Mapping[str, str]] = None,
-                   markersize: Optional[float] = None, logy: bool = False,
-                   figsize: Optional[Tuple[float, float]] = None,
-                   title: Optional[str] = None) -> Figure:
+def history_figure(
+    histories: History | Mapping[str, History],
+    keys: Sequence[Panel],
+    path: PathLike = None,
+    *,
+    titles: Mapping[Panel, str] | None = None,
+    ylabel: str | None = None,
+    xlabel: str = "epoch",
+    x: Callable[[History], Sequence[float]] = epochs,
+    styles: str | Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
+    markersize: float | None = None,
+    logy: bool = False,
+    figsize: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> Figure:
     """One panel per entry of ``keys``: what the runs recorded under it, against epoch.
 
     Args:
@@ -133,8 +159,9 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
                        ["train_loss/D", "train_loss/G"], "losses.png")
     """
     keys = list(keys)
-    fig, axes = new_figure(1, len(keys), figsize=figsize or (max(6.0, 4.5 * len(keys)), 3.8),
-                           squeeze=False)
+    fig, axes = new_figure(
+        1, len(keys), figsize=figsize or (max(6.0, 4.5 * len(keys)), 3.8), squeeze=False
+    )
     for ax, key in zip(axes[0], keys):
         drawn = plot_history(ax, histories, key, x, styles, names, markersize)
         default = key if isinstance(key, str) else ""
@@ -153,19 +180,28 @@ def history_figure(histories: Union[History, Mapping[str, History]], keys: Seque
     return save(fig, path)
 
 
-def learning_curves(histories: Mapping[str, History], path: PathLike = None,
-                    ylabel: str = "loss per example") -> Figure:
+def learning_curves(
+    histories: Mapping[str, History], path: PathLike = None, ylabel: str = "loss per example"
+) -> Figure:
     """Train (dashed) and validation (solid) loss against epoch, one colour per run."""
-    return history_figure(histories, [("train_loss", "val_loss")], path, ylabel=ylabel,
-                          titles={("train_loss", "val_loss"): ""},
-                          styles={"train_loss": "--", "val_loss": "-"},
-                          names={"train_loss": "{run} train", "val_loss": "{run} val"},
-                          figsize=(6, 4))
+    return history_figure(
+        histories,
+        [("train_loss", "val_loss")],
+        path,
+        ylabel=ylabel,
+        titles={("train_loss", "val_loss"): ""},
+        styles={"train_loss": "--", "val_loss": "-"},
+        names={"train_loss": "{run} train", "val_loss": "{run} val"},
+        figsize=(6, 4),
+    )
 
 
-def phase_losses_figure(histories: Union[History, Mapping[str, History]],
-                        path: PathLike = None, *,
-                        extra: Optional[Mapping[str, str]] = None) -> Figure:
+def phase_losses_figure(
+    histories: History | Mapping[str, History],
+    path: PathLike = None,
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> Figure:
     """One panel per training phase whose loss the runs recorded (``train_loss/<phase>``,
     the epoch's mean; a phased step's D, G, reconstruction...), in name order, then a
     panel for each key of ``extra`` that some run recorded (key -> the panel's title).
@@ -187,8 +223,9 @@ def phase_losses_figure(histories: Union[History, Mapping[str, History]],
     return history_figure(runs, keys, path, titles=titles)
 
 
-def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
-                     name: str = "FID", key: str = "fid") -> Figure:
+def fid_curve_figure(
+    histories: Mapping[str, History], path: PathLike = None, name: str = "FID", key: str = "fid"
+) -> Figure:
     """``key`` (an FID) against epochs and against training time, log scale: this process's
     CPU minutes where every epoch recorded them (``cpu_seconds``: with one thread, what the
     training cost whatever else ran), else wall minutes; the FID computations left out of
@@ -197,14 +234,22 @@ def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
     fig, axes = new_figure(1, 2, figsize=(10, 3.6))
     cpu = all("cpu_seconds" in h for hist in histories.values() for h in hist)
     live = f"{key}_live"
-    with_live = {label: hist for label, hist in histories.items()
-                 if any(h.get(key) is not None for h in hist)
-                 and all(live in h for h in hist if h.get(key) is not None)}
+    with_live = {
+        label: hist
+        for label, hist in histories.items()
+        if any(h.get(key) is not None for h in hist)
+        and all(live in h for h in hist if h.get(key) is not None)
+    }
     for ax, x in zip(axes, (epochs, lambda h: training_minutes(h, (key,)))):
         plot_history(ax, histories, key, x, styles={key: "o-"})
-        plot_history(ax, {label: (hist if label in with_live else []) for label, hist
-                          in histories.items()}, live, x, styles={live: "x--"},
-                     names={live: "{run}, live G"})
+        plot_history(
+            ax,
+            {label: (hist if label in with_live else []) for label, hist in histories.items()},
+            live,
+            x,
+            styles={live: "x--"},
+            names={live: "{run}, live G"},
+        )
         ax.set_ylabel(name)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
@@ -215,9 +260,14 @@ def fid_curve_figure(histories: Mapping[str, History], path: PathLike = None,
     return save(fig, path)
 
 
-def tradeoff_figure(points: Mapping[str, Tuple[float, float]], path: PathLike = None, *,
-                    xlabel: str = "", ylabel: str = "",
-                    title: Optional[str] = None) -> Figure:
+def tradeoff_figure(
+    points: Mapping[str, tuple[float, float]],
+    path: PathLike = None,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+) -> Figure:
     """One labelled point per setting of a sweep (``label -> (x, y)``): what one figure
     costs in another (test bits/dim against FID). The x axis turns logarithmic when its
     values span more than a factor of ten (a purely adversarial flow's bits/dim can be
@@ -238,6 +288,13 @@ def tradeoff_figure(points: Mapping[str, Tuple[float, float]], path: PathLike = 
     return save(fig, path)
 
 
-__all__ = ["epochs", "fid_curve_figure", "history_figure", "learning_curves", "phase_losses_figure",
-           "plot_history",
-           "tradeoff_figure", "training_minutes"]
+__all__ = [
+    "epochs",
+    "fid_curve_figure",
+    "history_figure",
+    "learning_curves",
+    "phase_losses_figure",
+    "plot_history",
+    "tradeoff_figure",
+    "training_minutes",
+]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,14 +19,18 @@ if TYPE_CHECKING:
 else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
     Axes = Figure = Any
 
-Extent = Tuple[float, float, float, float]
+Extent = tuple[float, float, float, float]
 
 
 @torch.no_grad()
-def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
-                    extent: Extent = (-4, 4, -4, 4), resolution: int = 200,
-                    batch_size: int = 10000, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None) -> Tuple[np.ndarray, float]:
+def density_on_grid(
+    log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
+    extent: Extent = (-4, 4, -4, 4),
+    resolution: int = 200,
+    batch_size: int = 10000,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, float]:
     """Evaluate ``exp(log_prob_fn(points))`` on a ``resolution`` x ``resolution`` grid.
 
     The points are made on ``device`` in ``dtype``; by default where ``log_prob_fn``'s
@@ -55,10 +60,14 @@ def density_on_grid(log_prob_fn: Callable[[torch.Tensor], torch.Tensor],
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
     where, kind = module_place(log_prob_fn)
-    pts = pts.to(device=device if device is not None else where,
-                 dtype=dtype or kind or torch.get_default_dtype())
-    out = [log_prob_fn(pts[i:i + batch_size]).double().cpu()
-           for i in range(0, pts.shape[0], batch_size)]
+    pts = pts.to(
+        device=device if device is not None else where,
+        dtype=dtype or kind or torch.get_default_dtype(),
+    )
+    out = [
+        log_prob_fn(pts[i : i + batch_size]).double().cpu()
+        for i in range(0, pts.shape[0], batch_size)
+    ]
     logp = torch.cat(out).reshape(resolution, resolution)
     area = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
     return torch.exp(logp).numpy(), area
@@ -79,10 +88,13 @@ def _save(fig, path, top: float = 1.0):
     return save(fig, path, dpi=110)
 
 
-def toy_density_figure(data: Mapping[str, torch.Tensor],
-                       densities: Mapping[str, Mapping[str, np.ndarray]],
-                       path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
-                       titles: Optional[Mapping[Tuple[str, str], str]] = None) -> Figure:
+def toy_density_figure(
+    data: Mapping[str, torch.Tensor],
+    densities: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path | None = None,
+    extent: Extent = (-4, 4, -4, 4),
+    titles: Mapping[tuple[str, str], str] | None = None,
+) -> Figure:
     """Rows: data sets; columns: a 2-D histogram of the data, then each model's density.
 
     Args:
@@ -92,8 +104,12 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
     """
     models = list(dict.fromkeys(m for d in densities.values() for m in d))
     rows = list(data)
-    fig, axes = new_figure(len(rows), 1 + len(models),
-                           figsize=(1.9 * (1 + len(models)), 1.9 * len(rows)), squeeze=False)
+    fig, axes = new_figure(
+        len(rows),
+        1 + len(models),
+        figsize=(1.9 * (1 + len(models)), 1.9 * len(rows)),
+        squeeze=False,
+    )
     for r, name in enumerate(rows):
         pts = data[name].detach().double().cpu().numpy()
         ax = axes[r, 0]
@@ -106,21 +122,32 @@ def toy_density_figure(data: Mapping[str, torch.Tensor],
                 # a robust colour scale: a few noisy grid points (DenseFlow's estimate is
                 # stochastic) must not dim the rest
                 vmax = float(np.quantile(grid, 0.995)) or None
-                ax.imshow(grid, origin="lower", extent=extent, cmap="viridis", aspect="equal",
-                          vmin=0, vmax=vmax)
+                ax.imshow(
+                    grid,
+                    origin="lower",
+                    extent=extent,
+                    cmap="viridis",
+                    aspect="equal",
+                    vmin=0,
+                    vmax=vmax,
+                )
             title = (titles or {}).get((name, model), model)
             _style(ax, extent, title)
     return _save(fig, path)
 
 
-def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
-                       path: Union[str, Path, None] = None, extent: Extent = (-4, 4, -4, 4),
-                       title: Optional[str] = None) -> Figure:
+def toy_samples_figure(
+    samples: Mapping[str, Mapping[float, torch.Tensor]],
+    path: str | Path | None = None,
+    extent: Extent = (-4, 4, -4, 4),
+    title: str | None = None,
+) -> Figure:
     """Rows: models; columns: temperatures; scatter plots of 2-D samples."""
     rows = list(samples)
     temps = sorted({t for s in samples.values() for t in s})
-    fig, axes = new_figure(len(rows), len(temps), figsize=(1.9 * len(temps), 1.9 * len(rows)),
-                           squeeze=False)
+    fig, axes = new_figure(
+        len(rows), len(temps), figsize=(1.9 * len(temps), 1.9 * len(rows)), squeeze=False
+    )
     for r, model in enumerate(rows):
         for c, t in enumerate(temps):
             ax = axes[r, c]
@@ -134,16 +161,18 @@ def toy_samples_figure(samples: Mapping[str, Mapping[float, torch.Tensor]],
     return _save(fig, path, top=1 - 0.3 / (1.9 * len(rows)) if title else 1.0)
 
 
-def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
-                            path: Union[str, Path, None] = None, nrow: int = 8,
-                            title: Optional[str] = None) -> Figure:
+def temperature_grid_figure(
+    samples: Mapping[float, torch.Tensor],
+    path: str | Path | None = None,
+    nrow: int = 8,
+    title: str | None = None,
+) -> Figure:
     """Image samples side by side, one grid per temperature (``{T: (N, C, H, W)}`` in [0, 1])."""
     temps = sorted(samples)
     grids = [image_grid(samples[t].clamp(0, 1), nrow=nrow) for t in temps]
     width = 3.4
     height = width * grids[0].shape[0] / grids[0].shape[1] + 0.35
-    fig, axes = new_figure(1, len(temps), figsize=(width * len(temps), height + 0.3),
-                           squeeze=False)
+    fig, axes = new_figure(1, len(temps), figsize=(width * len(temps), height + 0.3), squeeze=False)
     for ax, t, grid in zip(axes[0], temps, grids):
         ax.imshow(grid, interpolation="nearest")
         ax.set_xticks([])
@@ -155,8 +184,9 @@ def temperature_grid_figure(samples: Mapping[float, torch.Tensor],
 
 
 @torch.no_grad()
-def discriminator_snapshot(gan: GAN, n: int, seed: int = 0,
-                           grid: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def discriminator_snapshot(
+    gan: GAN, n: int, seed: int = 0, grid: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """A GAN at one point of training, as :func:`discriminator_figure` and
     :func:`~probgen.viz.rows_figure` draw it (a
     :class:`~probgen.train.callbacks.Snapshots` ``take``).
@@ -177,15 +207,21 @@ def discriminator_snapshot(gan: GAN, n: int, seed: int = 0,
     shot = {"samples": gan.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()}
     if grid is not None:
         d = gan.discriminate(grid[:, None]).cpu()
-        shot["d"] = d if gan.spec.probability else \
-            (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+        shot["d"] = (
+            d if gan.spec.probability else (d - d.min()) / (d.max() - d.min()).clamp_min(1e-12)
+        )
     return shot
 
 
-def discriminator_figure(shots: Mapping[str, Mapping[str, torch.Tensor]], grid: torch.Tensor,
-                         target: torch.Tensor, path: Optional[Union[str, Path]] = None,
-                         title: Optional[str] = None, target_label: str = "target",
-                         xlim: Tuple[float, float] = (-5.0, 5.0)) -> Figure:
+def discriminator_figure(
+    shots: Mapping[str, Mapping[str, torch.Tensor]],
+    grid: torch.Tensor,
+    target: torch.Tensor,
+    path: str | Path | None = None,
+    title: str | None = None,
+    target_label: str = "target",
+    xlim: tuple[float, float] = (-5.0, 5.0),
+) -> Figure:
     """A 1-D GAN over training: one panel per snapshot (``label -> {"samples": G(z),
     "d": D(grid) in [0, 1]}``, as :class:`~probgen.train.callbacks.Snapshots` keeps them),
     the histogram of the samples over the ``target`` density (its values on ``grid``) and
@@ -196,8 +232,15 @@ def discriminator_figure(shots: Mapping[str, Mapping[str, torch.Tensor]], grid: 
     fig, axes = new_figure(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
     for ax, (label, shot) in zip(axes[0], shots.items()):
         x = shot["samples"].detach().cpu().reshape(-1)
-        ax.hist(x.clamp(*xlim).numpy(), bins=80, range=xlim, density=True, alpha=0.5,
-                color="C0", label="G(z)")
+        ax.hist(
+            x.clamp(*xlim).numpy(),
+            bins=80,
+            range=xlim,
+            density=True,
+            alpha=0.5,
+            color="C0",
+            label="G(z)",
+        )
         ax.plot(grid.numpy(), target.numpy(), color="k", lw=1, label=target_label)
         ax.plot(grid.numpy(), shot["d"].detach().cpu().numpy(), color="C3", lw=1.2, label="D(x)")
         ax.axhline(0.5, color="C3", lw=0.6, ls=":")

@@ -9,8 +9,9 @@ either way it is returned (the last expression of a notebook cell shows it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def image_row(images: torch.Tensor, pad: int = 1) -> np.ndarray:
     n, h, w, _ = rgb.shape
     out = np.ones((h, n * (w + pad) - pad, 3))
     for i in range(n):
-        out[:, i * (w + pad): i * (w + pad) + w] = rgb[i]
+        out[:, i * (w + pad) : i * (w + pad) + w] = rgb[i]
     return out
 
 
@@ -95,19 +96,21 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
     """
     nrow = checks.positive_int("nrow", nrow)
     pad = checks.nonnegative_int("pad", pad)
-    rows = [image_row(images[i:i + nrow], pad) for i in range(0, images.shape[0], nrow)]
+    rows = [image_row(images[i : i + nrow], pad) for i in range(0, images.shape[0], nrow)]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1) for r in rows]
     spacer = np.ones((pad, width, 3))
-    return np.concatenate(sum(([r, spacer] for r in rows), [])[:-1], 0)
+    return np.concatenate([part for r in rows for part in (r, spacer)][:-1], 0)
 
 
-def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
-                title: Optional[str] = None) -> Figure:
+def rows_figure(
+    rows: dict[str, torch.Tensor], path: str | Path | None = None, title: str | None = None
+) -> Figure:
     """One labelled row of images per entry of ``rows`` (label -> ``(B, C, H, W)``)."""
     n = max(r.shape[0] for r in rows.values())
-    fig, axes = new_figure(len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4),
-                           squeeze=False)
+    fig, axes = new_figure(
+        len(rows), 1, figsize=(0.6 * n + 1.2, 0.62 * len(rows) + 0.4), squeeze=False
+    )
     for ax, (label, imgs) in zip(axes[:, 0], rows.items()):
         ax.imshow(image_row(imgs), interpolation="nearest")
         ax.set_xticks([])
@@ -118,13 +121,18 @@ def rows_figure(rows: Dict[str, torch.Tensor], path: Union[str, Path, None] = No
     top = 1.0
     if title:
         fig.suptitle(title, fontsize=10)
-        top = 1.0 - 0.3 / fig.get_figheight()     # room for the title (tight_layout ignores it)
+        top = 1.0 - 0.3 / fig.get_figheight()  # room for the title (tight_layout ignores it)
     fig.tight_layout(pad=0.3, h_pad=0.1, rect=(0, 0, 1, top))
     return save(fig, path)
 
 
-def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, None] = None,
-                title: Optional[str] = None, size: float = 0.5) -> Figure:
+def grid_figure(
+    images: torch.Tensor,
+    nrow: int = 10,
+    path: str | Path | None = None,
+    title: str | None = None,
+    size: float = 0.5,
+) -> Figure:
     """A grid of images, ``nrow`` per row."""
     grid = image_grid(images, nrow=nrow)
     rows = (images.shape[0] + nrow - 1) // nrow
@@ -137,7 +145,7 @@ def grid_figure(images: torch.Tensor, nrow: int = 10, path: Union[str, Path, Non
     return save(fig, path)
 
 
-def save(fig: Figure, path: Union[str, Path, None], dpi: int = 120) -> Figure:
+def save(fig: Figure, path: str | Path | None, dpi: int = 120) -> Figure:
     """Write ``fig`` to ``path`` (folders made) and return it; without a path just return it.
 
     A figure that pyplot manages (a user's own ``plt.subplots``) is closed after
@@ -146,7 +154,7 @@ def save(fig: Figure, path: Union[str, Path, None], dpi: int = 120) -> Figure:
     """
     if path is None:
         return fig
-    if not is_main_process():   # under torchrun, rank 0 alone writes files
+    if not is_main_process():  # under torchrun, rank 0 alone writes files
         return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     # "tight": a long row label or a suptitle that tight_layout left outside the canvas
@@ -159,9 +167,13 @@ def save(fig: Figure, path: Union[str, Path, None], dpi: int = 120) -> Figure:
     return fig
 
 
-def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
-                      predictions: Dict[str, torch.Tensor], path: Union[str, Path, None] = None,
-                      title: Optional[str] = None) -> Figure:
+def completion_figure(
+    inputs: torch.Tensor,
+    truth: torch.Tensor,
+    predictions: dict[str, torch.Tensor],
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
     """Rows: inputs (hidden pixels tinted), truth, then one row per prediction.
 
     ``predictions`` maps a row label to ``(B, C, H, W)`` images, or to
@@ -177,9 +189,14 @@ def completion_figure(inputs: torch.Tensor, truth: torch.Tensor,
     return rows_figure(rows, path, title)
 
 
-def progression_figure(truth: torch.Tensor, producers: Dict[str, Callable], level: int = 0,
-                       n: int = 3, path: Union[str, Path, None] = None,
-                       title: Optional[str] = None) -> Figure:
+def progression_figure(
+    truth: torch.Tensor,
+    producers: dict[str, Callable],
+    level: int = 0,
+    n: int = 3,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
     """Edits of an attribute against its true progression: for each of the first ``n``
     identities of ``truth`` ``(N, K, C, H, W)``, the true images at every level, then
     each producer's ``produce(x, level)`` of the image at ``level`` (``(1, K, C, H, W)``,
@@ -188,6 +205,6 @@ def progression_figure(truth: torch.Tensor, producers: Dict[str, Callable], leve
     for i in range(min(n, truth.shape[0])):
         rows[f"#{i} truth"] = truth[i]
         for name, produce in producers.items():
-            row = produce(truth[i:i + 1, level], level)[0]
+            row = produce(truth[i : i + 1, level], level)[0]
             rows[f"#{i} {name}"] = torch.nan_to_num(row, nan=0.0).clamp(0, 1)
     return rows_figure(rows, path, title)

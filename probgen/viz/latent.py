@@ -3,8 +3,9 @@ PCA against an autoencoder, anomaly scores."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,8 +15,7 @@ from probgen.metrics.images import pca
 from probgen.metrics.report import AAEReport, seeded
 from probgen.models.aae import AAE
 from probgen.models.vae import VAE
-from probgen.viz.images import (grid_figure, image_grid, module_place, new_figure, rows_figure,
-                                save)
+from probgen.viz.images import grid_figure, image_grid, module_place, new_figure, rows_figure, save
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 else:  # matplotlib is imported when a figure is drawn; at run time these hints read Any
     Axes = Figure = Any
 
-PathLike = Union[str, Path, None]
+PathLike = str | Path | None
 
 
 def _project_2d(z: torch.Tensor, projection: str = "pca") -> torch.Tensor:
@@ -35,11 +35,17 @@ def _project_2d(z: torch.Tensor, projection: str = "pca") -> torch.Tensor:
     return ((z.double() - mean) @ components[:2].T).to(z.dtype)
 
 
-def latent_scatter(codes: Dict[str, torch.Tensor],
-                   labels: Union[torch.Tensor, Dict[str, Optional[torch.Tensor]]],
-                   path: PathLike = None, max_points: Optional[int] = 5000,
-                   title: Optional[str] = None, *, projection: str = "pca",
-                   prior_circle: bool = True, shared_frame: bool = False) -> Figure:
+def latent_scatter(
+    codes: dict[str, torch.Tensor],
+    labels: torch.Tensor | dict[str, torch.Tensor | None],
+    path: PathLike = None,
+    max_points: int | None = 5000,
+    title: str | None = None,
+    *,
+    projection: str = "pca",
+    prior_circle: bool = True,
+    shared_frame: bool = False,
+) -> Figure:
     """Side-by-side scatter plots of codes (one panel per entry), coloured by class.
 
     Args:
@@ -61,13 +67,24 @@ def latent_scatter(codes: Dict[str, torch.Tensor],
         if lab is None:
             ax.scatter(z2[:, 0], z2[:, 1], s=3, alpha=0.5, color="0.4")
         else:
-            sc = ax.scatter(z2[:, 0], z2[:, 1], c=lab[:max_points].cpu().numpy(), cmap="tab10",
-                            s=3, alpha=0.7, vmin=-0.5, vmax=9.5)
+            sc = ax.scatter(
+                z2[:, 0],
+                z2[:, 1],
+                c=lab[:max_points].cpu().numpy(),
+                cmap="tab10",
+                s=3,
+                alpha=0.7,
+                vmin=-0.5,
+                vmax=9.5,
+            )
         if prior_circle:
             t = np.linspace(0, 2 * np.pi, 200)
             ax.plot(2 * np.cos(t), 2 * np.sin(t), "k--", lw=0.8, alpha=0.6)
-        extra = "" if z.shape[1] <= 2 else (" (first 2 PCs)" if projection == "pca" else
-                                             " (first 2 coordinates)")
+        extra = (
+            ""
+            if z.shape[1] <= 2
+            else (" (first 2 PCs)" if projection == "pca" else " (first 2 coordinates)")
+        )
         ax.set_title(name + extra, fontsize=10)
         ax.set_xlabel("z1")
         ax.set_ylabel("z2")
@@ -86,9 +103,12 @@ def latent_scatter(codes: Dict[str, torch.Tensor],
     return save(fig, path)
 
 
-def manifold_codes(n: int = 15, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None,
-                   around: Optional[torch.Tensor] = None) -> torch.Tensor:
+def manifold_codes(
+    n: int = 15,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    around: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The ``(n * n, 2)`` codes of :func:`manifold_grids`, on ``device`` (row-major:
     ``z2`` falls down the rows, ``z1`` grows along them): at the standard normal's
     quantiles, or with ``around`` (draws of another prior) evenly over the central 98% of
@@ -119,8 +139,12 @@ def manifold_codes(n: int = 15, device: torch.device | str | None = None,
 
 
 @torch.no_grad()
-def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
-                    device=None, around: Optional[torch.Tensor] = None) -> torch.Tensor:
+def manifold_images(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    n: int = 15,
+    device=None,
+    around: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``decode`` of the :func:`manifold_codes` grid, ``(n * n, C, H, W)``; the codes are
     made on ``device``, by default where ``decode``'s module lives (a model's bound
     ``decode``), else on the CPU."""
@@ -128,10 +152,14 @@ def manifold_images(decode: Callable[[torch.Tensor], torch.Tensor], n: int = 15,
     return decode(manifold_codes(n, device if device is not None else where, dtype, around))
 
 
-def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], n: int = 15,
-                   path: PathLike = None, title: Optional[str] = None,
-                   device: torch.device | str | None = None,
-                   around: Optional[torch.Tensor] = None) -> Figure:
+def manifold_grids(
+    decoders: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    n: int = 15,
+    path: PathLike = None,
+    title: str | None = None,
+    device: torch.device | str | None = None,
+    around: torch.Tensor | None = None,
+) -> Figure:
     """Decode an ``n x n`` grid of 2-D codes placed at the normal quantiles.
 
     Grid point ``(i, j)`` is ``(Phi^-1(u_j), Phi^-1(u_i))`` with ``u`` evenly spaced in
@@ -153,14 +181,19 @@ def manifold_grids(decoders: Dict[str, Callable[[torch.Tensor], torch.Tensor]], 
     return save(fig, path)
 
 
-def interpolation_figure(rows: Dict[str, torch.Tensor], path: PathLike = None,
-                         title: Optional[str] = None) -> Figure:
+def interpolation_figure(
+    rows: dict[str, torch.Tensor], path: PathLike = None, title: str | None = None
+) -> Figure:
     """Rows of images along a path between two codes (label -> ``(steps, C, H, W)``)."""
     return rows_figure(rows, path, title)
 
 
-def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
-                       ae_errors: Dict[int, float], path: PathLike = None) -> Figure:
+def pca_vs_autoencoder(
+    explained: torch.Tensor,
+    pca_errors: dict[int, float],
+    ae_errors: dict[int, float],
+    path: PathLike = None,
+) -> Figure:
     """Left: PCA's cumulative explained variance; right: reconstruction error (MSE per
     pixel) of PCA and of an autoencoder at the same code sizes."""
     fig, (a, b) = new_figure(1, 2, figsize=(10, 4))
@@ -169,8 +202,13 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
     k90 = int(np.searchsorted(cum, 0.9) + 1)
     a.axhline(0.9, color="grey", ls=":", lw=0.8)
     a.axvline(k90, color="grey", ls=":", lw=0.8)
-    a.annotate(f"90% at {k90} components", (k90, 0.9), xytext=(k90 + 40, 0.75),
-               arrowprops=dict(arrowstyle="->", lw=0.8), fontsize=9)
+    a.annotate(
+        f"90% at {k90} components",
+        (k90, 0.9),
+        xytext=(k90 + 40, 0.75),
+        arrowprops=dict(arrowstyle="->", lw=0.8),
+        fontsize=9,
+    )
     a.set_xscale("log")
     a.set_xlabel("principal components")
     a.set_ylabel("explained variance (cumulative)")
@@ -188,8 +226,9 @@ def pca_vs_autoencoder(explained: torch.Tensor, pca_errors: Dict[int, float],
     return save(fig, path)
 
 
-def style_codes(model: torch.nn.Module, styles: int,
-                seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def style_codes(
+    model: torch.nn.Module, styles: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(styles * classes, z_dim)`` prior draws of a label-conditional autoencoder and
     their labels: row ``s`` holds style ``s`` for every class. A style is a set of random
     numbers (seeded with ``seed + s`` in a forked random state, so the caller's stream is
@@ -212,19 +251,25 @@ def style_codes(model: torch.nn.Module, styles: int,
 
 
 @torch.no_grad()
-def style_figure(model: torch.nn.Module, path: PathLike = None, styles: int = 8,
-                 seed: int = 0) -> Figure:
+def style_figure(
+    model: torch.nn.Module, path: PathLike = None, styles: int = 8, seed: int = 0
+) -> Figure:
     """What a label-conditional decoder does with the label: rows, one style each
     (:func:`style_codes`); columns, the label given to the decoder (``model.decode(z,
     labels)``)."""
     z, labels = style_codes(model, styles, seed)
     images = model.decode(z, labels).cpu()
-    return grid_figure(images, nrow=labels.numel() // styles, path=path,
-                       title="style z fixed along each row, label 0-9 along the columns")
+    return grid_figure(
+        images,
+        nrow=labels.numel() // styles,
+        path=path,
+        title="style z fixed along each row, label 0-9 along the columns",
+    )
 
 
-def aae_figures(model: AAE, report: AAEReport, folder: Union[str, Path], tag: str,
-                seed: int = 0) -> Dict[str, Figure]:
+def aae_figures(
+    model: AAE, report: AAEReport, folder: str | Path, tag: str, seed: int = 0
+) -> dict[str, Figure]:
     """The figures of an autoencoder with a prior from its
     :class:`~probgen.metrics.report.AAEReport`, written to ``folder``:
 
@@ -239,7 +284,7 @@ def aae_figures(model: AAE, report: AAEReport, folder: Union[str, Path], tag: st
     The titles name ``model.encoder_kind`` and ``model.prior_name`` where the model has
     them. Returns the figures by name."""
     folder = Path(folder)
-    semi = hasattr(model, "predict")     # a class code next to the style code
+    semi = hasattr(model, "predict")  # a class code next to the style code
     kind = getattr(model, "encoder_kind", "vae")
     prior = getattr(model, "prior_name", "normal")
     to_decoder = getattr(model, "label_to_decoder", False)
@@ -249,24 +294,34 @@ def aae_figures(model: AAE, report: AAEReport, folder: Union[str, Path], tag: st
         figs["codes"] = latent_scatter(
             dict(zip(names, (report.codes, report.prior_draws))),
             dict(zip(names, (report.labels, report.prior_labels))),
-            folder / f"codes_{tag}.png", max_points=None, projection="first",
-            prior_circle=False, shared_frame=True,
-            title=f"{kind} encoder, {prior} prior" + (" (the style code)" if semi else ""))
+            folder / f"codes_{tag}.png",
+            max_points=None,
+            projection="first",
+            prior_circle=False,
+            shared_frame=True,
+            title=f"{kind} encoder, {prior} prior" + (" (the style code)" if semi else ""),
+        )
         if model.z_dim == 2 and not to_decoder and not semi:
             figs["manifold"] = manifold_grids(
                 {f"decoded 2-D codes ({kind}, {prior})": model.decode},
-                path=folder / f"manifold_{tag}.png", around=report.prior_draws)
-    if to_decoder or semi:   # the decoder takes the label (the class code)
+                path=folder / f"manifold_{tag}.png",
+                around=report.prior_draws,
+            )
+    if to_decoder or semi:  # the decoder takes the label (the class code)
         figs["style"] = style_figure(model, folder / f"style_{tag}.png", seed=seed)
-    figs["samples"] = grid_figure(report.samples, nrow=10, path=folder / f"samples_{tag}.png",
-                                  title="decoded z ~ p(z)" + (" (one row per digit)"
-                                                              if to_decoder else ""))
+    figs["samples"] = grid_figure(
+        report.samples,
+        nrow=10,
+        path=folder / f"samples_{tag}.png",
+        title="decoded z ~ p(z)" + (" (one row per digit)" if to_decoder else ""),
+    )
     return figs
 
 
 @torch.no_grad()
-def vae_figures(model: VAE, images: torch.Tensor, labels: torch.Tensor, folder: Union[str, Path],
-                tag: str = "") -> Dict[str, Figure]:
+def vae_figures(
+    model: VAE, images: torch.Tensor, labels: torch.Tensor, folder: str | Path, tag: str = ""
+) -> dict[str, Figure]:
     """The figures of a model of the VAE family (:class:`probgen.models.VAE`), written to
     ``folder``: ``reconstructions<tag>.png`` (twelve of ``images`` above their
     reconstructions), ``samples<tag>.png`` (decoded ``z ~ N(0, I)``: 80, or eight of each
@@ -274,21 +329,33 @@ def vae_figures(model: VAE, images: torch.Tensor, labels: torch.Tensor, folder: 
     encoder means of ``images``, coloured by ``labels``; :func:`latent_scatter`). The
     samples are drawn from the global random stream. Returns the figures by name."""
     folder = Path(folder)
-    figs = {"reconstructions": rows_figure(
-        {"data": images[:12], "reconstruction": model.reconstruct(images[:12], labels[:12])},
-        path=folder / f"reconstructions{tag}.png", title="test digits")}
-    rows = torch.arange(10, device=images.device).repeat_interleave(8) \
-        if model.num_labels else None
-    figs["samples"] = grid_figure(model.sample(80) if rows is None else
-                                  model.sample(labels=rows), nrow=10 if rows is None else 8,
-                                  path=folder / f"samples{tag}.png", title="decoded z ~ N(0, I)")
-    figs["latent"] = latent_scatter({"encoder mean": model.encode(images, labels)[0]}, labels,
-                                    path=folder / f"latent{tag}.png")
+    figs = {
+        "reconstructions": rows_figure(
+            {"data": images[:12], "reconstruction": model.reconstruct(images[:12], labels[:12])},
+            path=folder / f"reconstructions{tag}.png",
+            title="test digits",
+        )
+    }
+    rows = torch.arange(10, device=images.device).repeat_interleave(8) if model.num_labels else None
+    figs["samples"] = grid_figure(
+        model.sample(80) if rows is None else model.sample(labels=rows),
+        nrow=10 if rows is None else 8,
+        path=folder / f"samples{tag}.png",
+        title="decoded z ~ N(0, I)",
+    )
+    figs["latent"] = latent_scatter(
+        {"encoder mean": model.encode(images, labels)[0]}, labels, path=folder / f"latent{tag}.png"
+    )
     return figs
 
 
-def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
-                   label: str = "held-out class", path: PathLike = None) -> Figure:
+def anomaly_figure(
+    scores: torch.Tensor,
+    is_anomaly: torch.Tensor,
+    auc: float,
+    label: str = "held-out class",
+    path: PathLike = None,
+) -> Figure:
     """Histograms of anomaly scores (-ELBO) of normal and anomalous test images."""
     fig, ax = new_figure(figsize=(6, 4))
     s = scores.detach().cpu().numpy()
@@ -304,6 +371,16 @@ def anomaly_figure(scores: torch.Tensor, is_anomaly: torch.Tensor, auc: float,
     return save(fig, path)
 
 
-__all__ = ["aae_figures", "anomaly_figure", "interpolation_figure", "latent_scatter", "manifold_codes",
-           "manifold_grids", "manifold_images", "pca_vs_autoencoder", "style_codes",
-           "style_figure", "vae_figures"]
+__all__ = [
+    "aae_figures",
+    "anomaly_figure",
+    "interpolation_figure",
+    "latent_scatter",
+    "manifold_codes",
+    "manifold_grids",
+    "manifold_images",
+    "pca_vs_autoencoder",
+    "style_codes",
+    "style_figure",
+    "vae_figures",
+]

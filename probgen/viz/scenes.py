@@ -4,7 +4,7 @@ candidate grid a guide chose from."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,9 +16,18 @@ else:  # matplotlib is imported when a figure is drawn; at run time the hint rea
     Figure = Any
 
 #: one colour per entity (RGB in [0, 1]), repeated beyond eight entities
-ENTITY_COLOURS = torch.tensor([[0.95, 0.25, 0.2], [0.2, 0.6, 1.0], [0.3, 0.85, 0.3],
-                               [1.0, 0.8, 0.1], [0.8, 0.35, 0.95], [0.1, 0.9, 0.9],
-                               [1.0, 0.5, 0.0], [0.9, 0.9, 0.9]])
+ENTITY_COLOURS = torch.tensor(
+    [
+        [0.95, 0.25, 0.2],
+        [0.2, 0.6, 1.0],
+        [0.3, 0.85, 0.3],
+        [1.0, 0.8, 0.1],
+        [0.8, 0.35, 0.95],
+        [0.1, 0.9, 0.9],
+        [1.0, 0.5, 0.0],
+        [0.9, 0.9, 0.9],
+    ]
+)
 
 
 def entity_colour(k: int) -> torch.Tensor:
@@ -51,8 +60,13 @@ def one_colour(ink: torch.Tensor, k: int) -> torch.Tensor:
     return ink.unsqueeze(1) * entity_colour(k).to(ink).view(1, 3, 1, 1)
 
 
-def kl_map_figure(x: torch.Tensor, parts: Dict[str, torch.Tensor], grid: int,
-                  path: Optional[Union[str, Path]] = None, n: int = 6) -> Figure:
+def kl_map_figure(
+    x: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+    grid: int,
+    path: str | Path | None = None,
+    n: int = 6,
+) -> Figure:
     """Top: scenes ``x`` ``(B, 1, H, W)`` with the kept cells boxed and their entities'
     centres crossed, in the entities' colours; bottom: every candidate's KL on the
     ``grid x grid`` candidate grid, the kept ones numbered. ``parts``: a
@@ -70,12 +84,28 @@ def kl_map_figure(x: torch.Tensor, parts: Dict[str, torch.Tensor], grid: int,
         for r, idx in enumerate(parts["indices"][j].tolist()):
             colour = entity_colour(r).tolist()
             gy, gx = divmod(idx, grid)
-            top.add_patch(Rectangle((gx * cell - 0.5, gy * cell - 0.5), cell, cell, fill=False,
-                                    edgecolor=colour, lw=1.2))
+            top.add_patch(
+                Rectangle(
+                    (gx * cell - 0.5, gy * cell - 0.5),
+                    cell,
+                    cell,
+                    fill=False,
+                    edgecolor=colour,
+                    lw=1.2,
+                )
+            )
             cx, cy = ((parts["centres"][j, r].cpu() + 1) * canvas / 2 - 0.5).tolist()
             top.plot([cx], [cy], "+", color=colour, ms=7, mew=1.5)
-            bottom.text(gx, gy, str(r + 1), ha="center", va="center", fontsize=7, color=colour,
-                        fontweight="bold")
+            bottom.text(
+                gx,
+                gy,
+                str(r + 1),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=colour,
+                fontweight="bold",
+            )
         for ax in (top, bottom):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -84,8 +114,9 @@ def kl_map_figure(x: torch.Tensor, parts: Dict[str, torch.Tensor], grid: int,
         fig.colorbar(im, ax=bottom, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     axes[0, 0].set_ylabel("kept cells (boxes),\nentity centres (+)", fontsize=7)
     axes[1, 0].set_ylabel("KL(q || N(0, I)), nats", fontsize=7)
-    fig.suptitle(f"candidate grid {grid}x{grid}: the K largest KL are kept (numbered by rank)",
-                 fontsize=9)
+    fig.suptitle(
+        f"candidate grid {grid}x{grid}: the K largest KL are kept (numbered by rank)", fontsize=9
+    )
     fig.tight_layout(pad=0.3)
     return save(fig, path)
 
