@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from probgen import viz
+from probgen.errors import DataError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BACKENDS = ["svg", "pdf"]
@@ -203,6 +204,12 @@ def test_phase_losses_figure_draws_each_phase_then_the_extra_figures_recorded():
         "b": ([1, 2], [5.0, 4.0], "-"),
     }
     assert _lines(fig.axes[2]) == {"b": ([1, 2], [9.0, 8.0], "-")}
+    # a key of extra that is a phase's loss is drawn once, under extra's title
+    fig = viz.phase_losses_figure(b, extra={"train_loss/D": "D"})
+    assert [ax.get_title() for ax in fig.axes] == ["D"]
+    # one phase (train_loss alone) and nothing of extra: no panel to draw, said in one line
+    with pytest.raises(DataError, match="record no train_loss/<phase>"):
+        viz.phase_losses_figure([{"epoch": 0, "train_loss": 1.0}])
 
 
 def test_history_figure_draws_the_asked_keys_of_every_run():

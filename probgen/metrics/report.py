@@ -525,9 +525,11 @@ def aae_line(metrics: dict[str, Any]) -> str:
         if metrics.get("num_labelled") is not None:
             error += f" with {metrics['num_labelled']} labels"
         if "test_error_trained" in metrics:
+            n = metrics.get("epochs_averaged")
+            over = "" if n is None else f" of {n} epochs"
             error += (
-                f" ({metrics['average']} average of {metrics['epochs_averaged']} "
-                f"epochs; the trained weights {metrics['test_error_trained']:.2f}%)"
+                f" ({metrics.get('average') or 'weight'} average{over}; the trained weights "
+                f"{metrics['test_error_trained']:.2f}%)"
             )
         parts.append(error)
     return ", ".join(parts)

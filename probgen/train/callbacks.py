@@ -43,7 +43,7 @@ from probgen.errors import ConfigError
 
 # The protocol lives below every module that implements or calls it; importable from here.
 from probgen.train.config import FitResult
-from probgen.train.hooks import Callback, LambdaCallback, Run, as_callback  # noqa: F401
+from probgen.train.hooks import Callback, LambdaCallback, RunView, as_callback  # noqa: F401
 
 # CSVLogger and TensorBoard lived here before they became trackers: the old import path
 # keeps working (trackers.py builds on probgen.train.hooks, not on this module).
@@ -95,12 +95,12 @@ class Metric(Callback):
         every = checks.positive_int(f"Metric {name!r}: every", every)
         self.name, self.fn, self.every = name, fn, every
 
-    def due(self, run: Run, entry: dict[str, Any]) -> bool:
+    def due(self, run: RunView, entry: dict[str, Any]) -> bool:
         """Whether the metric is computed at this epoch: every ``every``-th and the last."""
         epoch = entry["epoch"] + 1
         return epoch % self.every == 0 or epoch == run.config.epochs
 
-    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_validation_end(self, run: RunView, entry: dict[str, Any]) -> None:
         import torch
 
         if not self.due(run, entry):
@@ -147,10 +147,10 @@ class TrainingCPUTime(Callback):
         self.leave_out = tuple(leave_out)
         self.last = time.process_time()
 
-    def on_fit_start(self, run: Run) -> None:
+    def on_fit_start(self, run: RunView) -> None:
         self.last = time.process_time()
 
-    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_validation_end(self, run: RunView, entry: dict[str, Any]) -> None:
         now = time.process_time()
         spent = sum(entry.get(f"{name}_cpu_seconds", 0.0) for name in self.leave_out)
         entry["cpu_seconds"] = now - self.last - spent
@@ -222,7 +222,7 @@ class Snapshots(Callback):
         picks = {max(1, round(epochs * (i + 1) / n)) for i in range(n)}
         return sorted(picks | {1, epochs})
 
-    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_epoch_end(self, run: RunView, entry: dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 not in self.epochs or not run.is_main:
@@ -307,7 +307,7 @@ class WeightAverage(Callback):
         self._avg = AveragedModel(_copyable(module), multi_avg_fn=fn, use_buffers=False)
         self._avg.requires_grad_(False)
 
-    def on_fit_start(self, run: Run) -> None:
+    def on_fit_start(self, run: RunView) -> None:
         if run.module is None:
             raise ConfigError(
                 "WeightAverage averages a module's weights, but this run has no "
@@ -319,7 +319,7 @@ class WeightAverage(Callback):
             self._avg.load_state_dict(self._pending)
             self._pending = None
 
-    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_validation_end(self, run: RunView, entry: dict[str, Any]) -> None:
         import torch
 
         if entry["epoch"] + 1 < self.start:
@@ -347,7 +347,7 @@ class WeightAverage(Callback):
             for p, q in zip(module.parameters(), self._avg.module.parameters(), strict=True):
                 p.copy_(q.to(p.device))
 
-    def on_fit_end(self, run: Run, result: FitResult) -> None:
+    def on_fit_end(self, run: RunView, result: FitResult) -> None:
         if self.swap and self._avg is not None:
             self.copy_to(run.module)
 

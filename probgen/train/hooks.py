@@ -13,15 +13,35 @@ there too.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from probgen.errors import ConfigError
-from probgen.train.config import FitResult
+from probgen.train.config import FitConfig, FitResult
 
-#: what the hooks receive as ``run``: the fit loop's ``Run``
-#: (:mod:`probgen.train.loop`), which builds on this module, so it is named here
-#: rather than imported (what callbacks read of it: :mod:`probgen.train.callbacks`)
-Run = Any
+
+class RunView(Protocol):
+    """What the hooks receive as ``run``: the fit loop's run (``probgen.train.loop.Run``,
+    which builds on this module, so it is described here rather than imported), as a
+    callback reads it."""
+
+    #: the module being trained (``None`` for a model whose parameters live only in
+    #: Pyro's param store)
+    module: torch.nn.Module | None
+    #: the training step (:class:`probgen.infer.steps.Step`)
+    step: Any
+    #: the run's settings
+    config: FitConfig
+    #: the result so far (history, steps, best loss)
+    result: FitResult
+    #: the current epoch, from 0
+    epoch: int
+    #: where the run trains
+    device: torch.device
+    #: rank 0 of a torchrun job, or the only process
+    is_main: bool
+
 
 HOOKS = (
     "on_fit_start",
@@ -36,22 +56,22 @@ HOOKS = (
 class Callback:
     """Base class with every hook a no-op."""
 
-    def on_fit_start(self, run: Run) -> None:
+    def on_fit_start(self, run: RunView) -> None:
         pass
 
-    def on_validation_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_validation_end(self, run: RunView, entry: dict[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_epoch_end(self, run: RunView, entry: dict[str, Any]) -> None:
         pass
 
-    def on_fit_end(self, run: Run, result: FitResult) -> None:
+    def on_fit_end(self, run: RunView, result: FitResult) -> None:
         pass
 
-    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]) -> None:
+    def on_train_batch_end(self, run: RunView, step_index: int, losses: Mapping[str, Any]) -> None:
         pass
 
-    def on_exception(self, run: Run, error: BaseException) -> None:
+    def on_exception(self, run: RunView, error: BaseException) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

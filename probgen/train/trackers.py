@@ -68,7 +68,7 @@ from probgen.errors import ConfigError
 from probgen.models.registry import model_config
 from probgen.registry import Registry
 from probgen.train.config import FitResult
-from probgen.train.hooks import Callback, Run
+from probgen.train.hooks import Callback, RunView
 
 ImagesFn = Callable[[Any], Mapping[str, torch.Tensor]]
 
@@ -355,7 +355,7 @@ class Tracker(Callback):
                 self._close(failed=True)
 
     # ------------------------------------------------------------------ hooks
-    def on_fit_start(self, run: Run) -> None:
+    def on_fit_start(self, run: RunView) -> None:
         self._live = False
         self._skip = set()
         if not getattr(run, "is_main", True):
@@ -383,7 +383,7 @@ class Tracker(Callback):
             start > 0,
         )
 
-    def on_train_batch_end(self, run: Run, step_index: int, losses: Mapping[str, Any]) -> None:
+    def on_train_batch_end(self, run: RunView, step_index: int, losses: Mapping[str, Any]) -> None:
         every = self.log_every_n_steps
         if not self._live or every is None or (step_index + 1) % every:
             return
@@ -392,7 +392,7 @@ class Tracker(Callback):
             lambda: self._log_scalars(step_scalars(losses), step_index + 1, "batch"),
         )
 
-    def on_epoch_end(self, run: Run, entry: dict[str, Any]) -> None:
+    def on_epoch_end(self, run: RunView, entry: dict[str, Any]) -> None:
         if not self._live:
             return
         epoch = entry["epoch"] + 1
@@ -403,11 +403,11 @@ class Tracker(Callback):
             self._guard(f"logging the images of epoch {epoch}", self._images, run, epoch)
         self._guard("flushing", self._flush)
 
-    def on_fit_end(self, run: Run, result: FitResult) -> None:
+    def on_fit_end(self, run: RunView, result: FitResult) -> None:
         self._guard("closing the run", self._close, False)  # the last checkpoint is written
         self._live = False
 
-    def on_exception(self, run: Run, error: BaseException) -> None:
+    def on_exception(self, run: RunView, error: BaseException) -> None:
         if self._live:
             self._live = False
             with contextlib.suppress(Exception):  # the training error is the one to report
@@ -450,7 +450,7 @@ class Tracker(Callback):
                 )
         return out
 
-    def draw_images(self, run: Run) -> dict[str, torch.Tensor]:
+    def draw_images(self, run: RunView) -> dict[str, torch.Tensor]:
         """``images(run)`` as grids, drawn in eval mode, without gradients and with the
         global RNG forked (seeded by ``image_seed``), the module's mode restored."""
         fn = self._auto_images if self.images == "auto" else self.images

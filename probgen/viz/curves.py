@@ -15,6 +15,7 @@ from typing import (
     Any,
 )
 
+from probgen.errors import DataError
 from probgen.viz.images import new_figure, save
 
 if TYPE_CHECKING:
@@ -214,11 +215,20 @@ def phase_losses_figure(
 
     Returns:
         The figure (written to ``path`` when given).
+
+    Raises:
+        DataError: no run recorded a phase's loss or one of ``extra``'s keys.
     """
     runs, extra = _runs(histories), dict(extra or {})
     seen = {k for history in runs.values() for entry in history for k in entry}
     keys = sorted(k for k in seen if k.startswith("train_loss/"))
-    keys += [k for k in extra if k in seen]
+    keys += [k for k in extra if k in seen and k not in keys]
+    if not keys:
+        raise DataError(
+            "phase_losses_figure: the histories record no train_loss/<phase> (a run of one "
+            "phase records train_loss alone: draw it with learning_curves) and none of "
+            f"extra's keys {sorted(extra)}."
+        )
     titles = {k: extra.get(k) or f"{k.split('/', 1)[1]} loss (epoch mean)" for k in keys}
     return history_figure(runs, keys, path, titles=titles)
 
