@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,13 +126,15 @@ def test_phase_optim_overrides_the_phases_own_settings_and_optimizer():
     def loss(batch, ctx):
         return net(batch[0]).pow(2).mean()
 
+    sgd = {"momentum": 0.5, "weight_decay": 0.1, "maximize": True}
     step = PhasedStep(
         net,
         [
             Phase("a", loss, params=net, lr=0.5, optim_kwargs={"betas": (0.9, 0.99), "eps": 1e-3}),
-            Phase(
-                "b", loss, params=net, optimizer="sgd", optim_kwargs={"lr": 0.3, "momentum": 0.5}
-            ),
+            Phase("b", loss, params=net, optimizer="sgd", optim_kwargs={"lr": 0.3, **sgd}),
+            # switched to Adam without an lr: each keeps its own (in optim_kwargs, or lr=)
+            Phase("c", loss, params=net, optimizer="sgd", optim_kwargs={"lr": 0.3, **sgd}),
+            Phase("d", loss, params=net, lr=0.4, optimizer="sgd", optim_kwargs=sgd),
         ],
     )
 
@@ -151,14 +155,23 @@ def test_phase_optim_overrides_the_phases_own_settings_and_optimizer():
         phase_optim={
             "a": {"lr": 0.01, "betas": [0.1, 0.2]},
             "b": {"lr": 0.02, "optimizer": "adam"},
+            "c": {"optimizer": "adam"},
+            "d": {"optimizer": "adam"},
         },
         **NO_MONITOR,
         **QUIET,
     )
     kind, a = seen["a"]
     assert kind == "Adam" and a["lr"] == 0.01 and a["betas"] == (0.1, 0.2) and a["eps"] == 1e-3
-    kind, b = seen["b"]
-    assert kind == "Adam" and b["lr"] == 0.02 and "momentum" not in b
+    # a switched phase has Adam's own settings but its learning rate: none of the SGD
+    # settings Adam also takes (weight_decay, maximize) carried over
+    adam = dict(torch.optim.Adam([torch.zeros(1, requires_grad=True)]).param_groups[0])
+    for name, lr in (("b", 0.02), ("c", 0.3), ("d", 0.4)):
+        kind, group = seen[name]
+        assert kind == "Adam" and group["lr"] == lr, name
+        assert {k: v for k, v in group.items() if k not in ("lr", "params")} == {
+            k: v for k, v in adam.items() if k not in ("lr", "params")
+        }, name
 
 
 def test_phase_optim_round_trips_through_json():
@@ -166,6 +179,26 @@ def test_phase_optim_round_trips_through_json():
     again = FitConfig.from_json(cfg.to_json())
     assert again == cfg and again.phase_optim["G"]["betas"] == [0.5, 0.99]
     assert "phase_optim" in cfg.explicit() and "phase_optim" not in FitConfig().explicit()
+
+
+def test_numpy_arrays_and_tensors_in_phase_optim_are_recorded_as_lists(tmp_path):
+    """A numpy array or a tensor is kept as the list it holds (a 0-d one as its number):
+    the run trains with it, records it as JSON, and resumes with either form."""
+    ckpt = str(tmp_path / "run.pt")
+    run = dict(batch_size=16, seed=1, checkpoint=ckpt, **NO_MONITOR, **QUIET)
+    as_tensors = {
+        "D": {"lr": torch.tensor(2.0**-12, requires_grad=True)},
+        "G": {"betas": torch.tensor([0.5, 0.75])},
+    }
+    result = probgen.fit(tiny_gan(), toy(), epochs=1, phase_optim=as_tensors, **run)
+    recorded = {"D": {"lr": 2.0**-12}, "G": {"betas": [0.5, 0.75]}}
+    assert result.config.phase_optim == recorded
+    assert FitConfig.from_json(result.config.to_json()).phase_optim == recorded
+    as_arrays = {"D": {"lr": np.float32(2.0**-12)}, "G": {"betas": np.array([0.5, 0.75])}}
+    again = probgen.fit(tiny_gan(), toy(), epochs=2, resume=True, phase_optim=as_arrays, **run)
+    assert again.epochs_run == 2 and again.config.phase_optim == recorded
+    groups = [p["optimizer"]["param_groups"][0] for p in torch.load(ckpt)["phases"]]
+    assert groups[0]["lr"] == 2.0**-12 and groups[1]["betas"] == (0.5, 0.75)
 
 
 @pytest.mark.parametrize(
@@ -178,6 +211,16 @@ def test_phase_optim_round_trips_through_json():
         ({"D": {"lr": "fast"}}, ["phase_optim['D']['lr']"]),
         ({"G": {"momentum": 0.9}}, ["phase_optim['G']", "Adam refuses", "momentum"]),
         ({"G": {"betas": [0.5, 1.5]}}, ["phase_optim['G']", "Adam refuses", "beta"]),
+        # torch refuses these with IndexError and RuntimeError
+        ({"G": {"betas": [0.5]}}, ["phase_optim['G']", "Adam refuses", "index out of range"]),
+        (
+            {"G": {"fused": True, "foreach": True}},
+            ["phase_optim['G']", "Adam refuses", "`fused` and `foreach` cannot be `True`"],
+        ),
+        # not JSON data: the run could not record it
+        ({"G": {"betas": [0.5, object()]}}, ["phase_optim['G']['betas'][1]", "type object"]),
+        ({"G": {"eps": {"value": 1e-8}}}, ["phase_optim['G']['eps']", "type dict"]),
+        ({"G": {"betas": {0.5, 0.9}}}, ["phase_optim['G']['betas']", "type set"]),
         ({"G": {"optimizer": "lbfgs"}}, ["phase_optim['G']['optimizer']", "lbfgs"]),
         ([("D", {"lr": 1e-3})], ["phase_optim must be a dict of phase name"]),
     ],
@@ -238,19 +281,64 @@ def test_resume_applies_a_new_phase_lr_and_refuses_other_new_settings(tmp_path, 
         )
 
 
-def test_resume_with_an_unchanged_phase_optim_continues_the_run(tmp_path):
+def test_resume_with_an_unchanged_phase_optim_continues_the_run(tmp_path, capsys):
     """Stopped after one epoch and resumed with the same ``phase_optim``: the weights of
-    the uninterrupted run (the D phase's own lr kept, not scaled by a new run lr)."""
+    the uninterrupted run. Resumed with another run ``lr``, the D phase keeps its own
+    rate (not scaled by the new run lr) and G, which follows the run's, moves to it."""
     settings = dict(
         batch_size=16, lr=1e-3, seed=1, phase_optim={"D": {"lr": 3e-4}}, **NO_MONITOR, **QUIET
     )
     whole = tiny_gan()
     probgen.fit(whole, toy(), epochs=2, **settings)
-    ckpt = str(tmp_path / "run.pt")
-    probgen.fit(tiny_gan(), toy(), epochs=1, checkpoint=ckpt, **settings)
+    ckpt, other = tmp_path / "run.pt", tmp_path / "other.pt"
+    probgen.fit(tiny_gan(), toy(), epochs=1, checkpoint=str(ckpt), **settings)
+    shutil.copy(ckpt, other)
     again = tiny_gan()
-    probgen.fit(again, toy(), epochs=2, checkpoint=ckpt, resume=True, **settings)
+    probgen.fit(again, toy(), epochs=2, checkpoint=str(ckpt), resume=True, **settings)
     assert largest_difference(weights(whole), weights(again)) < 1e-6
+    capsys.readouterr()
+    result = probgen.fit(
+        tiny_gan(),
+        toy(),
+        epochs=2,
+        checkpoint=str(other),
+        resume=True,
+        **dict(settings, lr=2e-3, verbose=True),
+    )
+    assert phase_rates(other) == {"D": 3e-4, "G": 2e-3}
+    assert [h["lr"] for h in result.history] == [3e-4, 3e-4]  # the history's lr is D's
+    out = capsys.readouterr().out
+    assert "with lr 0.002 (the checkpoint ran with 0.001)" in out and "phase 'D'" not in out
+
+
+def phase_rates(ckpt) -> dict:
+    """Each phase's learning rate as the checkpoint's optimizers hold it."""
+    return {p["name"]: p["optimizer"]["param_groups"][0]["lr"] for p in torch.load(ckpt)["phases"]}
+
+
+def test_a_phases_own_lr_changed_between_runs_is_applied_from_the_rate_it_ran_with(
+    tmp_path, capsys
+):
+    """A ready-made step whose ``Phase(lr=...)`` changed between the runs: the resumed
+    phase goes on at the new rate (the checkpoint records the rate the phase started
+    with; today's phase cannot say it)."""
+    net = torch.nn.Linear(2, 1)
+
+    def loss(batch, ctx):
+        return net(batch[0]).pow(2).mean()
+
+    def step(lr):
+        return PhasedStep(net, [Phase("a", loss, params=net, lr=lr)])
+
+    ckpt = tmp_path / "run.pt"
+    data = TensorData(torch.randn(8, 2))
+    run = dict(batch_size=4, checkpoint=str(ckpt), **NO_MONITOR, **QUIET)
+    probgen.fit(step(0.1), data, epochs=1, **run)
+    result = probgen.fit(step(0.05), data, epochs=2, resume=True, **dict(run, verbose=True))
+    assert [h["lr"] for h in result.history] == [0.1, 0.05]
+    assert "with phase 'a': lr 0.05 (the checkpoint ran with 0.1)" in capsys.readouterr().out
+    entry = torch.load(ckpt)["phases"][0]
+    assert entry["lr_setting"] == entry["initial_lr"] == 0.05
 
 
 # --------------------------------------------------------------------------- players
@@ -311,6 +399,35 @@ def test_player_optim_refuses_a_player_the_phases_lack():
         ConfigError, match="d_lr is set, but the phases \\(G\\) have no discriminator"
     ):
         player_optim(flow_only, d_lr=1e-3)
+
+
+@pytest.mark.parametrize(
+    "betas, words",
+    [
+        (0.5, "betas must be a pair of numbers in [0, 1)"),
+        ((0.5, 0.9, 0.99), "betas must be a pair of numbers in [0, 1)"),
+        ("ab", "betas must be a pair of numbers in [0, 1)"),
+        ((0.5, 1.0), "betas[1] must lie in [0, 1), got 1.0"),
+        ((-0.1, 0.9), "betas[0] must lie in [0, 1), got -0.1"),
+        ((0.5, "x"), "betas[1] must be a number"),
+    ],
+)
+def test_player_optim_refuses_betas_that_are_no_pair_in_one_line(betas, words):
+    with pytest.raises(ConfigError) as err:
+        player_optim(tiny_gan(), betas=betas)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_player_optim_takes_betas_as_an_array_and_refuses_them_without_players():
+    assert player_optim(tiny_gan(), betas=np.array([0.5, 0.75])) == {
+        "D": {"betas": [0.5, 0.75]},
+        "G": {"betas": [0.5, 0.75]},
+    }
+    net = torch.nn.Linear(2, 1)
+    plain = [Phase("a", lambda b, ctx: net(b[0]).sum(), params=net)]
+    with pytest.raises(ConfigError, match=r"betas is set, but the phases \(a\) have no player"):
+        player_optim(plain, betas=(0.5, 0.9))
+    assert player_optim(plain) is None
 
 
 def test_regularization_optim_is_a_tenth_of_the_run_lr_by_default():
@@ -374,6 +491,69 @@ def test_an_old_checkpoint_resumes_with_the_model_without_its_learning_rates(tmp
     assert result.epochs_run == 2
     # the optimizer state carries on: D's lr as the old run set it
     assert result.history[-1]["lr"] == pytest.approx(1e-4)
+
+
+def resume_old_gan(ckpt, epochs: int, **settings):
+    """Resume (a copy of) ``gan.pt`` with today's GAN, built as the module docstring's."""
+    torch.manual_seed(0)
+    gan = GAN(
+        data_shape=(2,),
+        z_dim=2,
+        net="mlp",
+        g_hidden=[4],
+        d_hidden=[4],
+        output="identity",
+        data_range=None,
+    )
+    run = dict(batch_size=8, checkpoint=str(ckpt), resume=True, seed=0, **QUIET)
+    return probgen.fit(gan, TensorData(torch.randn(16, 2)), epochs=epochs, **{**run, **settings})
+
+
+def test_an_old_checkpoint_resumed_with_phase_optim_keeps_the_rate_it_ran_with(tmp_path, capsys):
+    """``gan.pt`` ran D at 1e-4 and G at 2e-4 (``GAN(d_lr=1e-4, g_lr=2e-4)``) under a run
+    ``lr`` of 1e-3, and records no phase's starting rate: ``phase_optim`` giving those
+    rates again leaves them (scaled from the rate the phase ran with, not from the run's
+    ``lr``), and a new one is applied from it."""
+    ckpt = tmp_path / "gan.pt"
+    shutil.copy(OLD / "gan.pt", ckpt)
+    resume_old_gan(ckpt, 2, phase_optim={"D": {"lr": 1e-4}}, verbose=True)
+    assert "with phase 'D': lr 0.0001 (the checkpoint ran with 0.0001)" in capsys.readouterr().out
+    assert phase_rates(ckpt) == {"D": 1e-4, "G": 2e-4}
+    # what the run's settings gave each phase, and the rate it started with
+    entries = torch.load(ckpt)["phases"]
+    assert [(p["lr_setting"], p["initial_lr"]) for p in entries] == [(1e-4, 1e-4), (1e-3, 2e-4)]
+    # D's new rate is applied from 1e-4; G's settings are as they were: it goes on
+    resume_old_gan(ckpt, 3, phase_optim={"D": {"lr": 5e-5}})
+    assert phase_rates(ckpt) == {"D": 5e-5, "G": 2e-4}
+    # resumed first as it was (D goes on at 1e-4 though the run's lr is 1e-3): the
+    # checkpoint it writes records 1e-4 as D's starting rate, so a later phase_optim
+    # giving 1e-4 changes nothing
+    shutil.copy(OLD / "gan.pt", ckpt)
+    resume_old_gan(ckpt, 2)
+    assert phase_rates(ckpt) == {"D": 1e-4, "G": 2e-4}
+    resume_old_gan(ckpt, 3, phase_optim={"D": {"lr": 1e-4}})
+    assert phase_rates(ckpt) == {"D": 1e-4, "G": 2e-4}
+
+
+def test_an_old_checkpoint_resumes_with_the_betas_it_ran_with(tmp_path):
+    """``gan.pt``'s phases ran with betas (0.4, 0.9) and its settings record no
+    ``phase_optim``: a ``phase_optim`` giving those betas continues it; other betas are
+    refused, the message saying what the optimizer ran with."""
+    ckpt = tmp_path / "gan.pt"
+    shutil.copy(OLD / "gan.pt", ckpt)
+    both = {"D": {"betas": (0.4, 0.9)}, "G": {"betas": [0.4, 0.9]}}
+    assert resume_old_gan(ckpt, 2, phase_optim=both).epochs_run == 2
+    # the resumed run records them: it resumes with them again, not without
+    assert resume_old_gan(ckpt, 3, phase_optim=both).epochs_run == 3
+    with pytest.raises(CheckpointError, match=r"phase_optim\['D'\]"):
+        resume_old_gan(ckpt, 4, phase_optim={"G": {"betas": [0.4, 0.9]}})
+    shutil.copy(OLD / "gan.pt", ckpt)
+    with pytest.raises(
+        CheckpointError,
+        match=r"phase_optim\['G'\]: \{\} in the checkpoint \(its optimizer ran with "
+        r"\{'betas': \(0.4, 0.9\)\}\), \{'betas': \[0.5, 0.9\]\} now",
+    ):
+        resume_old_gan(ckpt, 2, phase_optim={"G": {"betas": [0.5, 0.9]}})
 
 
 @pytest.mark.parametrize(

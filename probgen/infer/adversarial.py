@@ -401,30 +401,51 @@ def player_optim(
         ``{phase name: settings}``, or ``None`` when nothing is set.
 
     Raises:
-        ConfigError: a learning rate that is no positive number, or settings for a
-            player the phases lack.
+        ConfigError: a learning rate that is no positive number, betas that are no pair
+            of numbers in [0, 1), or settings for a player the phases lack.
     """
     if callable(getattr(phases, "phases", None)):
         phases = phases.phases()
+    if betas is not None:
+        betas = _betas(betas)
     asked = {"discriminator": {}, "generator": {}}
     for player, lr in (("discriminator", d_lr), ("generator", g_lr)):
         if lr is not None:
             asked[player]["lr"] = checks.positive_float(f"{player[0]}_lr", lr)
         if betas is not None:
-            asked[player]["betas"] = list(betas)
+            asked[player]["betas"] = betas
     out = {
         ph.name: dict(asked[ph.player])
         for ph in phases
         if ph.player is not None and asked[ph.player]
     }
     players = {ph.player for ph in phases}
+    names = ", ".join(ph.name for ph in phases)
     for player, lr in (("discriminator", d_lr), ("generator", g_lr)):
         if lr is not None and player not in players:
-            raise ConfigError(
-                f"{player[0]}_lr is set, but the phases "
-                f"({', '.join(ph.name for ph in phases)}) have no {player}."
-            )
+            raise ConfigError(f"{player[0]}_lr is set, but the phases ({names}) have no {player}.")
+    if betas is not None and not players - {None}:
+        raise ConfigError(
+            f"betas is set, but the phases ({names}) have no player (no phase is a "
+            f"discriminator or a generator); give the phases' settings by name in "
+            f"phase_optim instead."
+        )
     return out or None
+
+
+def _betas(betas: Any) -> list[float]:
+    """Adam's ``betas``: a pair of numbers in [0, 1) (as a list, JSON's form)."""
+    if hasattr(betas, "tolist"):  # a numpy array or a tensor
+        betas = betas.tolist()
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(
+            f"betas must be a pair of numbers in [0, 1) (Adam's, such as (0.5, 0.999)), "
+            f"got {betas!r}."
+        )
+    return [
+        checks.real(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True)
+        for i, b in enumerate(betas)
+    ]
 
 
 # --------------------------------------------------------------------------- theory on a grid

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from probgen import checks
 from probgen.errors import ConfigError
 from probgen.infer.objectives import OBJECTIVES
@@ -18,7 +21,11 @@ from probgen.train.speed import COMPILE_OPTIONS, MATMUL_PRECISIONS, PRECISIONS
 
 
 def _json_form(value):
-    """Tuples -> lists, recursively (``phase_optim`` as JSON gives it back)."""
+    """Tuples -> lists, recursively (``phase_optim`` as JSON gives it back); numpy arrays
+    and torch tensors -> lists (a 0-d one -> its number). Other values are left as they
+    are, for :meth:`FitConfig.check` to refuse."""
+    if isinstance(value, torch.Tensor):
+        return _json_form(value.detach().cpu().tolist())
     if isinstance(value, (tuple, list)):
         return [_json_form(v) for v in value]
     if isinstance(value, dict):
@@ -27,12 +34,34 @@ def _json_form(value):
 
 
 def _plain(value):
-    """numpy numbers -> Python numbers, ``Path`` -> ``str`` (JSON-ready)."""
+    """numpy numbers -> Python numbers, numpy arrays -> lists, ``Path`` -> ``str``
+    (JSON-ready)."""
     if isinstance(value, Path):
         return str(value)
-    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+    if isinstance(value, np.ndarray):
+        return value.tolist()  # a 0-d array gives its number
+    if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+_JSON_LEAVES = (bool, int, float, str, type(None))
+
+
+def _refuse_non_json(where: str, value) -> None:
+    """A ``phase_optim`` setting must be JSON data (it is recorded with the run and
+    compared on resume): a bool, number, string or None, or a list of those."""
+    items = value if isinstance(value, list) else [value]
+    for i, v in enumerate(items):
+        if not isinstance(v, _JSON_LEAVES):
+            at = f"{where}[{i}]" if isinstance(value, list) else where
+            kind = type(v).__qualname__
+            if type(v).__module__ != "builtins":
+                kind = f"{type(v).__module__}.{kind}"
+            raise ConfigError(
+                f"{at}: a value of type {kind} cannot be recorded with the run; give a "
+                f"bool, a number, a string, None or a list of those."
+            )
 
 
 AUTO = "auto"
@@ -68,10 +97,11 @@ class FitConfig:
             ``optimizer`` (a name in :data:`OPTIMIZERS`), which replaces the phase's
             optimizer and its settings but its learning rate. For example
             ``{"D": {"lr": 1e-4}, "G": {"betas": [0.5, 0.99]}}``. Kept as JSON data
-            (tuples become lists; the optimizer gets them as tuples). ``fit`` refuses a
-            phase name the step lacks and a setting the optimizer refuses, before
-            training. A resumed run may change the learning rates here (applied, with a
-            message, as ``lr``), not the other settings.
+            (tuples, numpy arrays and tensors become lists; the optimizer gets them as
+            tuples); any other value is refused. ``fit`` refuses a phase name the step
+            lacks and a setting the optimizer refuses, before training. A resumed run may
+            change the learning rates here (applied, with a message, as ``lr``), not the
+            other settings.
         weight_decay: L2 penalty of the optimizer.
         lr_schedule: ``None`` (constant), ``cosine``, ``warmup_cosine``, ``onecycle``,
             ``linear`` or ``step``: a name in :data:`probgen.train.SCHEDULES`, stepped
@@ -259,11 +289,12 @@ class FitConfig:
                     f"phase_optim[{name!r}] must be a dict of optimizer settings "
                     f"({{'lr': 1e-4, 'betas': [0.5, 0.999]}}), got {settings!r}."
                 )
-            for key in settings:
+            for key, value in settings.items():
                 if not isinstance(key, str):
                     raise ConfigError(
                         f"phase_optim[{name!r}]: setting names must be strings, got {key!r}."
                     )
+                _refuse_non_json(f"phase_optim[{name!r}][{key!r}]", value)
             if "lr" in settings:
                 checks.positive_float(f"phase_optim[{name!r}]['lr']", settings["lr"])
             if "optimizer" in settings:

@@ -65,8 +65,11 @@ def check_phase_optim(phases: Sequence[Phase], config: FitConfig, where: str) ->
         settings = {**_base_settings(ph, config), **own, **_overrides(ph, config)}
         try:  # torch's optimizer judges its own settings (names and values)
             cls([torch.zeros(1, requires_grad=True)], **settings)
-        except (TypeError, ValueError, KeyError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        except Exception as err:
+            # Any failure to build on a dummy tensor is a refusal: torch raises TypeError
+            # and ValueError, but also IndexError (``betas=[0.5]``) and RuntimeError
+            # (``fused=True, foreach=True``).
+            first = (str(err).strip().splitlines() or [""])[0] or type(err).__name__
             raise ConfigError(
                 f"phase_optim[{ph.name!r}]: {cls.__name__} refuses the settings "
                 f"{settings} ({first})."
@@ -128,6 +131,10 @@ class PhaseState:
         self.scheduler = None
         self.steps = 0
         self.config = config
+        # The learning rate the phase started this run with (recorded in the checkpoint,
+        # so that a resumed run with another rate scales from it): set when the optimizer
+        # is built, and by probgen.train.resume when a run comes back from a checkpoint.
+        self.start_lr: float | None = None
         names = {id(p): f"module:{n}" for n, p in module.named_parameters()} if module else {}
         declared = phase.declared_params()
         if declared is not None:
@@ -175,6 +182,7 @@ class PhaseState:
         """The optimizer of the parameters found so far, and the schedule over the run."""
         c, ph = self.config, self.phase
         cls = _optimizer_class(ph, c)
+        self.start_lr = self.initial_lr(getattr(c, "lr", None), getattr(c, "phase_optim", None))
         if ph.per_parameter:
             groups = [
                 dict(self.group_settings(n), params=[p]) for n, p in zip(self.names, self.params)

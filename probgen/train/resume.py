@@ -24,7 +24,7 @@ from probgen.train.checkpoint import (
 )
 from probgen.train.config import NOT_RUN_DEFINING
 from probgen.train.device import set_rng_state
-from probgen.train.phases import pyro_params
+from probgen.train.phases import phase_settings, pyro_params
 
 __all__ = ["check_same_run", "checkpoint_state", "model_settings", "restore"]
 
@@ -67,6 +67,12 @@ def checkpoint_state(run: Any, epoch_done: int, rngs: Any) -> dict[str, Any]:
                 "steps": st.steps,
                 "optimizer": st.optimizer.state_dict() if st.optimizer else None,
                 "scheduler": st.scheduler.state_dict() if st.scheduler else None,
+                # the rate the run's settings give the phase, and the rate it started
+                # with (the same but where an earlier probgen's checkpoint went on at
+                # its own): a resumed run whose settings give another rate scales the
+                # phase's rates from the one it started with (_apply_new_lr)
+                "lr_setting": st.initial_lr(run.config.lr, run.config.phase_optim),
+                "initial_lr": st.start_lr,
             }
             for st in run.phases
         ],
@@ -111,7 +117,9 @@ def check_same_run(run: Any, state: dict[str, Any]) -> None:
             f"epochs: {saved.get('epochs')!r} in the checkpoint, {now['epochs']!r} "
             f"now (the {saved['lr_schedule']} schedule spans them)"
         )
-    diffs += _phase_optim_differences(saved.get("phase_optim"), now.get("phase_optim"))
+    diffs += _phase_optim_differences(
+        saved.get("phase_optim"), now.get("phase_optim"), _ran_with(state)
+    )
     diffs += _model_differences(run.module, state)
     saved_step, mine_step = state.get("step") or {}, run.step.signature()
     diffs += [
@@ -144,14 +152,57 @@ def _without_lr(phase_optim) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _phase_optim_differences(saved, now) -> list[str]:
-    """The phases whose optimizer settings (other than the learning rate) differ."""
-    saved, now = _without_lr(saved), _without_lr(now)
+def _ran_with(state: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """An earlier probgen's checkpoint (its settings hold no ``phase_optim``): each
+    phase's optimizer parameter groups as saved, the settings the phase ran with (a GAN
+    built with ``betas`` ran with them); ``{}`` for a checkpoint that records
+    ``phase_optim``."""
+    if "phase_optim" in (state.get("config") or {"phase_optim": None}):
+        return {}
+    return {
+        entry["name"]: entry["optimizer"]["param_groups"]
+        for entry in state.get("phases") or []
+        if entry.get("optimizer")
+    }
+
+
+def _phase_optim_differences(saved, now, ran=None) -> list[str]:
+    """The phases whose optimizer settings (other than the learning rate) differ.
+
+    ``ran``: an earlier probgen's checkpoint's parameter groups by phase
+    (:func:`_ran_with`); a setting today's ``phase_optim`` gives that all of its phase's
+    groups held is the run's own, not a difference (the message says what they held)."""
+    saved, now, ran = _without_lr(saved), _without_lr(now), ran or {}
+    held = {}
+    for name, groups in ran.items():
+        if name not in now or not groups:
+            continue
+        asked = phase_settings({name: now[name]}, name)
+        held[name] = {k: groups[0][k] for k in asked if k in groups[0]}
+        kept = {
+            k: v
+            for k, v in now[name].items()
+            if k == "optimizer" or not all(k in g and _same(g[k], asked[k]) for g in groups)
+        }
+        if kept:
+            now[name] = kept
+        else:
+            del now[name]
     return [
-        f"phase_optim[{k!r}]: {saved.get(k, {})!r} in the checkpoint, {now.get(k, {})!r} now"
+        f"phase_optim[{k!r}]: {saved.get(k, {})!r} in the checkpoint"
+        + (f" (its optimizer ran with {held[k]!r})" if held.get(k) else "")
+        + f", {now.get(k, {})!r} now"
         for k in sorted(set(saved) | set(now))
         if saved.get(k) != now.get(k)
     ]
+
+
+def _same(a, b) -> bool:
+    """``a == b`` as one truth value (False where the comparison gives none)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _model_differences(module, state: dict[str, Any]) -> list[str]:
@@ -232,24 +283,49 @@ def _restore_phases(run, saved_phases) -> None:
 
 
 def _apply_new_lr(run, state) -> None:
-    """A resumed run with other learning rates (``lr``, or ``phase_optim``'s): every phase
-    whose starting rate changed has its rates (and its schedule's) scaled by new/old, or,
-    with per-parameter settings (no schedule), set anew; said in one line each."""
+    """A resumed run with other learning rates (``lr``, or ``phase_optim``'s, or a
+    phase's own): every phase whose starting rate changed has its rates (and its
+    schedule's) scaled by new/old, or, with per-parameter settings (no schedule), set
+    anew; said in one line each.
+
+    A phase's entry in the checkpoint says the rate the run's settings gave it
+    (``lr_setting``: the run's ``lr``, ``phase_optim``'s or the phase's own) and the rate
+    it started with (``initial_lr``); a rate is applied anew when the settings now give
+    another, scaled from the one it started with. An earlier probgen's checkpoint says
+    neither: there a rate is applied anew when the run's ``lr`` or ``phase_optim`` of it
+    changed, scaled from the restored optimizer's starting rate (the rate the phase ran
+    with: a GAN built with ``d_lr`` ran its D phase with it, whatever ``lr`` said); with
+    none changed the phase goes on at the rate it ran with."""
     saved = state.get("config") or {}
     old_lr, new_lr = saved.get("lr"), run.config.lr
     old_po, new_po = saved.get("phase_optim"), run.config.phase_optim
+    entries = state.get("phases") or []
     changed = []
-    for st in run.phases:
-        old, new = st.initial_lr(old_lr, old_po), st.initial_lr(new_lr, new_po)
-        if st.optimizer is None or old == new:
+    for i, st in enumerate(run.phases):
+        new = st.initial_lr(new_lr, new_po)
+        entry = entries[i] if i < len(entries) else {}
+        if st.optimizer is None:
+            continue
+        if "lr_setting" in entry:
+            old = entry.get("initial_lr")
+            moved = entry["lr_setting"] != new
+        else:  # an earlier probgen's checkpoint
+            old = st.initial_lr(old_lr, old_po)
+            moved = old != new
+            if old is not None and not st.phase.per_parameter:
+                first = st.optimizer.param_groups[0]
+                old = first.get("initial_lr", first["lr"])
+        st.start_lr = old
+        if not moved:
             continue
         if old is not None and new is not None:
+            scale = new / old  # exactly 1 when the rate is the one the phase ran with
             for g in st.optimizer.param_groups:
-                g["lr"] = g["lr"] * new / old
+                g["lr"] = g["lr"] * scale
                 if "initial_lr" in g:
-                    g["initial_lr"] = g["initial_lr"] * new / old
+                    g["initial_lr"] = g["initial_lr"] * scale
             if st.scheduler is not None:
-                st.scheduler.base_lrs = [b * new / old for b in st.scheduler.base_lrs]
+                st.scheduler.base_lrs = [b * scale for b in st.scheduler.base_lrs]
         elif st.phase.per_parameter:
             # one group per parameter, in the order of st.names (per-parameter settings
             # go with no schedule: probgen.train.loop refuses the pair)
@@ -258,9 +334,8 @@ def _apply_new_lr(run, state) -> None:
                     g["lr"] = st.group_settings(name)["lr"]
         else:
             continue
-        if (old_po or {}).get(st.phase.name, {}).get("lr") is not None or (new_po or {}).get(
-            st.phase.name, {}
-        ).get("lr") is not None:
+        st.start_lr = new
+        if old != old_lr or new != new_lr:  # not only the run's lr (said below)
             changed.append(f"phase {st.phase.name!r}: lr {new} (the checkpoint ran with {old})")
     if old_lr is not None and new_lr is not None and old_lr != new_lr:
         _say(
