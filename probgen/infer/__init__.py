@@ -8,6 +8,7 @@ from probgen.infer.adversarial import (
     discriminator_loss,
     generator_loss,
     gradient_penalty,
+    player_optim,
 )
 from probgen.infer.batches import BatchArguments, batch_len, default_batch_to_args
 from probgen.infer.context import StepContext, current_step
@@ -48,5 +49,6 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "make_elbo",
+    "player_optim",
     "traced_params",
 ]
